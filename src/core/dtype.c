@@ -1,0 +1,179 @@
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+static const wmat_dtype_traits g_traits[WMAT_DTYPE_COUNT] = {
+    [WMAT_F32] = {"f32", 1, 4, 1},
+    [WMAT_F16] = {"f16", 1, 2, 1},
+    [WMAT_BF16] = {"bf16", 1, 2, 1},
+    [WMAT_Q8_0] = {"q8_0", 32, 34, 1},
+    [WMAT_Q4_0] = {"q4_0", 32, 18, 1},
+    [WMAT_I32] = {"i32", 1, 4, 0},
+    [WMAT_U8] = {"u8", 1, 1, 0},
+};
+
+const wmat_dtype_traits *wmat_dtype_info(wmat_dtype t)
+{
+    if ((unsigned)t >= WMAT_DTYPE_COUNT) return NULL;
+    return &g_traits[t];
+}
+
+int wmat_dtype_from_name(const char *name)
+{
+    for (int i = 0; i < WMAT_DTYPE_COUNT; i++)
+        if (strcmp(name, g_traits[i].name) == 0) return i;
+    return -1;
+}
+
+size_t wmat_dtype_bytes(wmat_dtype t, uint64_t n)
+{
+    const wmat_dtype_traits *tr = wmat_dtype_info(t);
+    if (!tr || n % (uint64_t)tr->block_size) return 0;
+    uint64_t bytes;
+    if (!wmat__mul_ok(n / (uint64_t)tr->block_size, tr->block_bytes, &bytes)) return 0;
+    if (bytes > SIZE_MAX) return 0;
+    return (size_t)bytes;
+}
+
+static inline uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static inline float bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t wmat_f32_to_f16(float f)
+{
+    uint32_t x = f32_bits(f);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    uint32_t a = x & 0x7fffffffu;
+    if (a >= 0x7f800000u) { /* Inf or NaN: keep NaN payload bits, force quiet */
+        if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+        return (uint16_t)(sign | 0x7c00u);
+    }
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to Inf */
+    if (a < 0x38800000u) {                                   /* f16 subnormal or zero */
+        if (a < 0x33000000u) return (uint16_t)sign;          /* <= 2^-25 rounds to 0 */
+        uint32_t e = a >> 23;
+        uint32_t mant = (a & 0x7fffffu) | 0x800000u;
+        uint32_t shift = 126 - e;
+        uint32_t q = mant >> shift;
+        uint32_t rem = mant & ((1u << shift) - 1);
+        uint32_t half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t h = (a >> 13) - (112u << 10);
+    uint32_t rem = a & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+}
+
+float wmat_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t e = (h >> 10) & 0x1fu;
+    uint32_t m = h & 0x3ffu;
+    if (e == 0) {
+        if (m == 0) return bits_f32(sign);
+        /* subnormal: m * 2^-24 is exact in float */
+        float v = (float)m * (1.0f / 16777216.0f);
+        return sign ? -v : v;
+    }
+    if (e == 31) return bits_f32(sign | 0x7f800000u | (m << 13));
+    return bits_f32(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+uint16_t wmat_f32_to_bf16(float f)
+{
+    uint32_t x = f32_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+
+float wmat_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+int wmat_to_f32(float *dst, const void *src, wmat_dtype st, uint64_t n)
+{
+    switch (st) {
+    case WMAT_F32: memmove(dst, src, n * 4); return WMAT_OK;
+    case WMAT_F16: {
+        const unsigned char *p = src;
+        for (uint64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            dst[i] = wmat_f16_to_f32(h);
+        }
+        return WMAT_OK;
+    }
+    case WMAT_BF16: {
+        const unsigned char *p = src;
+        for (uint64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            dst[i] = wmat_bf16_to_f32(h);
+        }
+        return WMAT_OK;
+    }
+    case WMAT_Q8_0:
+        if (n % 32) return wmat_set_error(WMAT_ERR_INVALID, "q8_0: %llu values is not a multiple of 32", (unsigned long long)n);
+        wmat__dequantize_row_q8_0(src, dst, (int64_t)n);
+        return WMAT_OK;
+    case WMAT_Q4_0:
+        if (n % 32) return wmat_set_error(WMAT_ERR_INVALID, "q4_0: %llu values is not a multiple of 32", (unsigned long long)n);
+        wmat__dequantize_row_q4_0(src, dst, (int64_t)n);
+        return WMAT_OK;
+    default:
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "no conversion from %s to f32",
+                              wmat_dtype_info(st) ? wmat_dtype_info(st)->name : "unknown dtype");
+    }
+}
+
+int wmat_from_f32(void *dst, wmat_dtype dt, const float *src, uint64_t n)
+{
+    switch (dt) {
+    case WMAT_F32: memmove(dst, src, n * 4); return WMAT_OK;
+    case WMAT_F16: {
+        unsigned char *p = dst;
+        for (uint64_t i = 0; i < n; i++) {
+            uint16_t h = wmat_f32_to_f16(src[i]);
+            memcpy(p + 2 * i, &h, 2);
+        }
+        return WMAT_OK;
+    }
+    case WMAT_BF16: {
+        unsigned char *p = dst;
+        for (uint64_t i = 0; i < n; i++) {
+            uint16_t h = wmat_f32_to_bf16(src[i]);
+            memcpy(p + 2 * i, &h, 2);
+        }
+        return WMAT_OK;
+    }
+    case WMAT_Q8_0:
+        if (n % 32) return wmat_set_error(WMAT_ERR_INVALID, "q8_0 needs a multiple of 32 values, got %llu", (unsigned long long)n);
+        wmat__quantize_row_q8_0(src, dst, (int64_t)n);
+        return WMAT_OK;
+    case WMAT_Q4_0:
+        if (n % 32) return wmat_set_error(WMAT_ERR_INVALID, "q4_0 needs a multiple of 32 values, got %llu", (unsigned long long)n);
+        wmat__quantize_row_q4_0(src, dst, (int64_t)n);
+        return WMAT_OK;
+    default:
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "no conversion from f32 to %s",
+                              wmat_dtype_info(dt) ? wmat_dtype_info(dt)->name : "unknown dtype");
+    }
+}
+
+int64_t wmat_tensor_nelem(const wmat_tensor *t)
+{
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    return n;
+}

@@ -1,0 +1,176 @@
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int wmat__map_file(const char *path, wmat_map *out)
+{
+    out->addr = NULL;
+    out->len = 0;
+    if (wmat__fault_io()) return wmat_set_error(WMAT_ERR_IO, "%s: cannot open: injected I/O fault", path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return wmat_set_error(WMAT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return wmat_set_error(WMAT_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return wmat_set_error(WMAT_ERR_IO, "%s: not a regular file", path);
+    }
+    if (st.st_size == 0) {
+        close(fd);
+        return WMAT_OK;
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);
+    if (p == MAP_FAILED) return wmat_set_error(WMAT_ERR_IO, "%s: cannot map: %s", path, strerror(e));
+    out->addr = p;
+    out->len = (size_t)st.st_size;
+    return WMAT_OK;
+}
+
+void wmat__unmap(wmat_map *m)
+{
+    if (m->addr) munmap(m->addr, m->len);
+    m->addr = NULL;
+    m->len = 0;
+}
+
+int wmat__afile_open(wmat_afile *af, const char *path)
+{
+    memset(af, 0, sizeof *af);
+    size_t n = strlen(path) + 32;
+    af->path = wmat__strdup(path);
+    af->tmp_path = wmat__malloc(n);
+    if (!af->path || !af->tmp_path) {
+        wmat__free(af->path);
+        wmat__free(af->tmp_path);
+        af->path = af->tmp_path = NULL;
+        return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", path);
+    }
+    snprintf(af->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
+    if (wmat__fault_io()) {
+        wmat__afile_abort(af);
+        return wmat_set_error(WMAT_ERR_IO, "%s: cannot create: injected I/O fault", path);
+    }
+    af->f = fopen(af->tmp_path, "wb");
+    if (!af->f) {
+        int e = errno;
+        wmat__afile_abort(af);
+        return wmat_set_error(WMAT_ERR_IO, "%s: cannot create: %s", path, strerror(e));
+    }
+    return WMAT_OK;
+}
+
+int wmat__afile_write(wmat_afile *af, const void *data, size_t n)
+{
+    if (af->failed) return WMAT_ERR_IO;
+    if (n == 0) return WMAT_OK;
+    if (wmat__fault_io() || fwrite(data, 1, n, af->f) != n) {
+        af->failed = 1;
+        return wmat_set_error(WMAT_ERR_IO, "%s: write failed: %s", af->path,
+                              errno ? strerror(errno) : "injected I/O fault");
+    }
+    af->written += n;
+    return WMAT_OK;
+}
+
+int wmat__afile_pad(wmat_afile *af, size_t alignment)
+{
+    static const unsigned char zeros[256];
+    size_t pad = (size_t)((alignment - af->written % alignment) % alignment);
+    while (pad) {
+        size_t k = pad < sizeof zeros ? pad : sizeof zeros;
+        int rc = wmat__afile_write(af, zeros, k);
+        if (rc) return rc;
+        pad -= k;
+    }
+    return WMAT_OK;
+}
+
+int wmat__afile_commit(wmat_afile *af)
+{
+    int rc = WMAT_OK;
+    if (af->failed) {
+        rc = WMAT_ERR_IO;
+    } else if (wmat__fault_io() || fflush(af->f) != 0 || fsync(fileno(af->f)) != 0) {
+        rc = wmat_set_error(WMAT_ERR_IO, "%s: cannot flush: %s", af->path,
+                            errno ? strerror(errno) : "injected I/O fault");
+    }
+    if (fclose(af->f) != 0 && rc == WMAT_OK)
+        rc = wmat_set_error(WMAT_ERR_IO, "%s: cannot close: %s", af->path, strerror(errno));
+    af->f = NULL;
+    if (rc == WMAT_OK && rename(af->tmp_path, af->path) != 0)
+        rc = wmat_set_error(WMAT_ERR_IO, "%s: cannot rename from %s: %s", af->path, af->tmp_path,
+                            strerror(errno));
+    if (rc != WMAT_OK) unlink(af->tmp_path);
+    wmat__free(af->path);
+    wmat__free(af->tmp_path);
+    af->path = af->tmp_path = NULL;
+    return rc;
+}
+
+void wmat__afile_abort(wmat_afile *af)
+{
+    if (af->f) fclose(af->f);
+    af->f = NULL;
+    if (af->tmp_path) unlink(af->tmp_path);
+    wmat__free(af->path);
+    wmat__free(af->tmp_path);
+    af->path = af->tmp_path = NULL;
+}
+
+int wmat_read_file(const char *path, char **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    wmat_map m;
+    int rc = wmat__map_file(path, &m);
+    if (rc) return rc;
+    char *buf = wmat__malloc(m.len + 1);
+    if (!buf) {
+        wmat__unmap(&m);
+        return wmat_set_error(WMAT_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, m.len + 1);
+    }
+    if (m.len) memcpy(buf, m.addr, m.len);
+    buf[m.len] = '\0';
+    *len = m.len;
+    *out = buf;
+    wmat__unmap(&m);
+    return WMAT_OK;
+}
+
+int wmat_read_tokens_u16(const char *path, int32_t **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    wmat_map m;
+    int rc = wmat__map_file(path, &m);
+    if (rc) return rc;
+    if (m.len % 2) {
+        wmat__unmap(&m);
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: token file has an odd size (%zu bytes); expected little-endian uint16 ids", path, m.len);
+    }
+    size_t cnt = m.len / 2;
+    int32_t *ids = wmat__malloc((cnt ? cnt : 1) * sizeof *ids);
+    if (!ids) {
+        wmat__unmap(&m);
+        return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for %zu tokens", path, cnt);
+    }
+    const unsigned char *p = m.addr;
+    for (size_t i = 0; i < cnt; i++) ids[i] = (int32_t)(p[2 * i] | (p[2 * i + 1] << 8));
+    wmat__unmap(&m);
+    *out = ids;
+    *n = cnt;
+    return WMAT_OK;
+}

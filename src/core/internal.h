@@ -1,0 +1,84 @@
+/* Private helpers shared by all modules (never installed). */
+#ifndef WMAT_INTERNAL_H
+#define WMAT_INTERNAL_H
+
+#include "wmat.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define WMAT_ALIGN 64
+
+/* Allocation goes through these so that the fault-injection build can make
+ * the n-th allocation fail (docs/FUZZING.md). */
+void *wmat__malloc(size_t n);
+void *wmat__calloc(size_t n, size_t size);
+void *wmat__realloc(void *p, size_t n);
+void *wmat__aligned_alloc(size_t n); /* WMAT_ALIGN-aligned, zeroed; free with wmat__free */
+void wmat__free(void *p);
+char *wmat__strdup(const char *s);
+
+/* Fault injection: when armed, the countdown-th allocation or I/O call fails.
+ * Compiled in only with WMAT_FAULT_INJECTION; otherwise these are no-ops. */
+void wmat__fault_arm(long alloc_countdown, long io_countdown);
+long wmat__fault_alloc_calls(void);
+long wmat__fault_io_calls(void);
+bool wmat__fault_io(void); /* true: this I/O call should fail */
+
+/* Overflow-checked size arithmetic: return false on overflow. */
+static inline bool wmat__mul_ok(uint64_t a, uint64_t b, uint64_t *out)
+{
+    if (a != 0 && b > UINT64_MAX / a) return false;
+    *out = a * b;
+    return true;
+}
+static inline bool wmat__add_ok(uint64_t a, uint64_t b, uint64_t *out)
+{
+    if (b > UINT64_MAX - a) return false;
+    *out = a + b;
+    return true;
+}
+
+/* ---- files */
+
+/* A read-only memory mapping of a whole file. */
+typedef struct {
+    void *addr;
+    size_t len;
+} wmat_map;
+
+/* Map `path` read-only. Empty files map to addr == NULL, len == 0. */
+int wmat__map_file(const char *path, wmat_map *out);
+void wmat__unmap(wmat_map *m);
+
+/* Atomic output: data goes to "<path>.tmp.<pid>" in the same directory and
+ * is renamed over `path` only by wmat__afile_commit after fsync. */
+typedef struct {
+    FILE *f;
+    char *path;
+    char *tmp_path;
+    int failed;
+    uint64_t written;
+} wmat_afile;
+
+int wmat__afile_open(wmat_afile *af, const char *path);
+int wmat__afile_write(wmat_afile *af, const void *data, size_t n);
+int wmat__afile_pad(wmat_afile *af, size_t alignment); /* zero bytes up to a multiple */
+int wmat__afile_commit(wmat_afile *af);
+void wmat__afile_abort(wmat_afile *af); /* removes the temporary, keeps `path` */
+
+/* Current time in seconds (monotonic). */
+double wmat__now(void);
+
+/* True if every value is finite; *bad_index gets the first non-finite one. */
+bool wmat__all_finite(const float *x, size_t n, size_t *bad_index);
+
+/* ggml block quantization (src/core/ggml_quants.c), bit-exact with ggml's
+ * reference (quantize_row_q8_0_ref / q4_0_ref). k must be a multiple of 32. */
+void wmat__quantize_row_q8_0(const float *x, void *y, int64_t k);
+void wmat__dequantize_row_q8_0(const void *x, float *y, int64_t k);
+void wmat__quantize_row_q4_0(const float *x, void *y, int64_t k);
+void wmat__dequantize_row_q4_0(const void *x, float *y, int64_t k);
+
+#endif

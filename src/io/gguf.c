@@ -1,0 +1,13 @@
+/* GGUF v3 reader and writer (stub until implemented). */
+#include "model_internal.h"
+int wmat__gguf_load(wmat_model **out, const char *path, const wmat_load_params *p)
+{
+    (void)p;
+    *out = NULL;
+    return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: GGUF reading is not implemented yet", path);
+}
+int wmat__gguf_save(wmat_model *m, const char *path, const wmat_save_params *p)
+{
+    (void)m; (void)p;
+    return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: GGUF writing is not implemented yet", path);
+}

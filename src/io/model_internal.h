@@ -1,0 +1,67 @@
+/* The model object shared by the format readers and writers (src/io) and the
+ * runtime (src/model). Private: the public view is the accessors in wmat.h. */
+#ifndef WMAT_MODEL_INTERNAL_H
+#define WMAT_MODEL_INTERNAL_H
+
+#include "../core/internal.h"
+
+struct wmat_model {
+    wmat_config cfg;
+    wmat_format format;
+    char *path;
+
+    wmat_tensor *tensors; /* canonical (HF) names */
+    int n_tensors, cap_tensors;
+
+    /* role -> index into tensors (-1: absent), filled by wmat__model_bind */
+    int *layer_idx; /* (n_layers, WMAT_W_LAYER_COUNT) */
+    int tok_embd_idx, final_norm_idx, classifier_idx; /* classifier -1 when tied */
+
+    wmat_tokenizer *tok;
+
+    wmat_map *maps; /* files this model's tensors point into */
+    int n_maps;
+};
+
+/* Canonical names: "model.embed_tokens.weight", "model.norm.weight",
+ * "lm_head.weight", "model.layers.N.<role>.weight". */
+extern const char *const wmat__layer_role_names[WMAT_W_LAYER_COUNT];
+#define WMAT_NAME_TOK_EMBD "model.embed_tokens.weight"
+#define WMAT_NAME_FINAL_NORM "model.norm.weight"
+#define WMAT_NAME_CLASSIFIER "lm_head.weight"
+void wmat__layer_tensor_name(char *buf, size_t n, int layer, wmat_layer_weight w);
+
+/* New empty model: copies cfg (may be NULL and set later) and path. */
+int wmat__model_new(wmat_model **out, const wmat_config *cfg, wmat_format fmt, const char *path);
+/* Append a tensor; `data` is borrowed (mapped) unless flags has
+ * WMAT_TF_OWNED, in which case the model frees it with wmat__free. On failure
+ * an owned `data` is freed too. */
+int wmat__model_add_tensor(wmat_model *m, const char *name, wmat_dtype dtype, int ndim,
+                           const int64_t *shape, void *data, uint32_t flags);
+/* Keep a mapping alive for the model's lifetime (takes ownership). */
+int wmat__model_add_map(wmat_model *m, wmat_map *map);
+/* Fill cfg-derived fields (head_dim) and the role table; check that every
+ * expected tensor exists with the shape the config implies. Errors name
+ * m->path and the tensor. */
+int wmat__model_bind(wmat_model *m);
+/* Fill in defaults and check a config for sanity (positive sizes, heads
+ * divide dim, kv heads divide heads, even head_dim). `what` names the source
+ * in messages. */
+int wmat__config_check(wmat_config *cfg, const char *what);
+
+/* HF <-> llama2.c rotary row order for q (n_heads) or k (n_kv_heads):
+ * dst and src are (n_heads*head_dim, cols); they must not overlap. */
+void wmat__rope_unpermute_hf(float *dst, const float *src, int n_heads, int head_dim, int64_t cols);
+void wmat__rope_permute_hf(float *dst, const float *src, int n_heads, int head_dim, int64_t cols);
+
+/* Format readers and writers. Loaders return a model whose tensors may be in
+ * their stored dtype/layout; wmat_model_load then materializes on request.
+ * Savers get a materialized model (all f32, canonical). */
+int wmat__llama2c_load(wmat_model **out, const char *path, const wmat_load_params *p);
+int wmat__llama2c_save(wmat_model *m, const char *path, const wmat_save_params *p);
+int wmat__gguf_load(wmat_model **out, const char *path, const wmat_load_params *p);
+int wmat__gguf_save(wmat_model *m, const char *path, const wmat_save_params *p);
+int wmat__hf_load(wmat_model **out, const char *path, const wmat_load_params *p);
+int wmat__hf_save(wmat_model *m, const char *path, const wmat_save_params *p);
+
+#endif

@@ -1,0 +1,2 @@
+/* stub: replaced by the real tokenizer */
+#include "../core/internal.h"
