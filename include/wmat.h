@@ -177,6 +177,14 @@ typedef enum {
     WMAT_GEMM_REFERENCE = 3
 } wmat_gemm_backend;
 
+/* wmat_linalg_init: probe and self-check the backends (once), then set the
+ * thread policy: n_threads > 0 is the count for BLAS/oneDNN calls made
+ * outside an OpenMP parallel region, <= 0 means every CPU this process may
+ * use. OpenBLAS gets it through openblas_set_num_threads unless the user set
+ * OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS or OMP_NUM_THREADS; OpenMP through
+ * omp_set_num_threads unless the user set OMP_NUM_THREADS (the user's
+ * variables always win). Calls from inside a parallel region use one
+ * thread. Other linalg functions initialize lazily with the defaults. */
 WMAT_API int wmat_linalg_init(int n_threads);
 WMAT_API int wmat_gemm_set_backend(wmat_gemm_backend b);
 WMAT_API wmat_gemm_backend wmat_gemm_get_backend(void);
@@ -189,6 +197,45 @@ WMAT_API int wmat_gemm_backend_available(wmat_gemm_backend b);
 WMAT_API void wmat_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
                          const float *A, int lda, const float *B, int ldb, float beta,
                          float *C, int ldc);
+
+/* One line on how linalg set itself up: the OpenBLAS core and where it came
+ * from, which backends passed their self-check (a small GEMM against a
+ * double-precision reference) and which AUTO uses. Valid until the next
+ * wmat_linalg_init. */
+WMAT_API const char *wmat_linalg_status(void);
+
+/* OpenBLAS core type. A DYNAMIC_ARCH OpenBLAS picks its kernels when it is
+ * loaded; some builds do not recognise newer CPUs and fall back to generic
+ * kernels ("Prescott", "Sandybridge", ...) that run several times slower.
+ * The fix is OPENBLAS_CORETYPE in the environment before the library
+ * loads, so a running process cannot apply it to itself.
+ *
+ * wmat_blas_tune_advice: 1 if OpenBLAS loaded a weaker core than this CPU
+ * supports and OPENBLAS_CORETYPE is unset, with the value to set written to
+ * `value` (cap bytes; 32 is enough); 0 if nothing is to be done (value "").
+ * Programs embedding libwmat can set the variable in their launcher, or
+ * call wmat_blas_tune_reexec.
+ *
+ * wmat_blas_tune_reexec: call first thing in main(), before any thread or
+ * open file matters. If tuning is needed it sets OPENBLAS_CORETYPE and
+ * WMAT_BLAS_TUNED and re-executes /proc/self/exe with the same argv (it
+ * does not return). It does nothing and returns 0 when the user set
+ * OPENBLAS_CORETYPE, when WMAT_BLAS_TUNED is already set (so it happens at
+ * most once), when WMAT_NO_BLAS_TUNE is set, or when argv holds
+ * "--no-blas-tune" (before any "--"). Returns a negative status, with the
+ * environment restored, if execv failed; the program can go on untuned.
+ * wmat_linalg_init then checks the tuned kernels against a reference and
+ * falls back to another backend if they are wrong (see wmat_linalg_status). */
+WMAT_API int wmat_blas_tune_advice(char *value, size_t cap);
+WMAT_API int wmat_blas_tune_reexec(int argc, char **argv);
+
+/* Write a report of the machine and the linear-algebra setup to `out`: CPU
+ * model and features (avx2, avx512, vnni, bf16, amx), OpenBLAS config and
+ * core, oneDNN version, thread counts, and figures measured now: fp32 GEMM
+ * GFLOP/s per backend, int8 GOP/s, bf16 GFLOP/s, memcpy GB/s. quick != 0
+ * uses small sizes (well under a second); otherwise 2048^3 GEMMs (seconds).
+ * Calls wmat_linalg_init(n_threads). This is what `wmat sysinfo` prints. */
+WMAT_API int wmat_sysinfo_report(FILE *out, int n_threads, int quick);
 
 /* ---------------------------------------------------------------- tokenizer */
 
@@ -364,6 +411,9 @@ WMAT_API int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_r
 WMAT_API void wmat_runtime_free(wmat_runtime *rt);
 WMAT_API void wmat_runtime_set_hook(wmat_runtime *rt, wmat_linear_hook fn, void *user);
 WMAT_API size_t wmat_runtime_bytes(const wmat_runtime *rt);
+WMAT_API int wmat_runtime_max_tokens(const wmat_runtime *rt);
+WMAT_API int wmat_runtime_vocab(const wmat_runtime *rt);
+WMAT_API const wmat_context *wmat_runtime_context(const wmat_runtime *rt);
 
 /* Batched forward of tokens[0..T) at positions 0..T-1 from an empty cache.
  * logits: (T, vocab) or NULL when only hooks are wanted. */

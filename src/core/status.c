@@ -12,10 +12,14 @@ void wmat_clear_error(void) { g_err[0] = '\0'; }
 
 int wmat_set_error(int status, const char *fmt, ...)
 {
+    /* Format into a scratch buffer first: callers may pass wmat_last_error()
+     * itself as an argument to add context to a message. */
+    char tmp[sizeof g_err];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
+    memcpy(g_err, tmp, sizeof g_err);
     return status;
 }
 

@@ -1,0 +1,458 @@
+/* The model object: a table of named tensors with their roles, the config,
+ * the tokenizer and the file mappings the tensors point into. */
+#include "model_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+const char *const wmat__layer_role_names[WMAT_W_LAYER_COUNT] = {
+    [WMAT_W_ATTN_NORM] = "input_layernorm",
+    [WMAT_W_Q] = "self_attn.q_proj",
+    [WMAT_W_K] = "self_attn.k_proj",
+    [WMAT_W_V] = "self_attn.v_proj",
+    [WMAT_W_O] = "self_attn.o_proj",
+    [WMAT_W_FFN_NORM] = "post_attention_layernorm",
+    [WMAT_W_GATE] = "mlp.gate_proj",
+    [WMAT_W_DOWN] = "mlp.down_proj",
+    [WMAT_W_UP] = "mlp.up_proj",
+};
+
+static const wmat_layer_weight g_linear_roles[WMAT_LIN_COUNT] = {
+    WMAT_W_Q, WMAT_W_K, WMAT_W_V, WMAT_W_O, WMAT_W_GATE, WMAT_W_UP, WMAT_W_DOWN,
+};
+static const char *const g_linear_names[WMAT_LIN_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+
+const char *wmat_linear_name(wmat_linear_kind k)
+{
+    return (unsigned)k < WMAT_LIN_COUNT ? g_linear_names[k] : "classifier";
+}
+
+void wmat__layer_tensor_name(char *buf, size_t n, int layer, wmat_layer_weight w)
+{
+    snprintf(buf, n, "model.layers.%d.%s.weight", layer, wmat__layer_role_names[w]);
+}
+
+const char *wmat_format_name(wmat_format f)
+{
+    switch (f) {
+    case WMAT_FMT_LLAMA2C: return "llama2c";
+    case WMAT_FMT_GGUF: return "gguf";
+    case WMAT_FMT_HF: return "hf";
+    default: return "unknown";
+    }
+}
+
+wmat_format wmat_format_from_name(const char *name)
+{
+    if (!strcmp(name, "llama2c")) return WMAT_FMT_LLAMA2C;
+    if (!strcmp(name, "gguf")) return WMAT_FMT_GGUF;
+    if (!strcmp(name, "hf")) return WMAT_FMT_HF;
+    return WMAT_FMT_UNKNOWN;
+}
+
+int wmat__model_new(wmat_model **out, const wmat_config *cfg, wmat_format fmt, const char *path)
+{
+    *out = NULL;
+    wmat_model *m = wmat__calloc(1, sizeof *m);
+    if (!m) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", path ? path : "model");
+    if (cfg) m->cfg = *cfg;
+    m->format = fmt;
+    m->tok_embd_idx = m->final_norm_idx = m->classifier_idx = -1;
+    if (path) {
+        m->path = wmat__strdup(path);
+        if (!m->path) {
+            wmat__free(m);
+            return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", path);
+        }
+    }
+    *out = m;
+    return WMAT_OK;
+}
+
+void wmat_model_free(wmat_model *m)
+{
+    if (!m) return;
+    for (int i = 0; i < m->n_tensors; i++)
+        if (m->tensors[i].flags & WMAT_TF_OWNED) wmat__free(m->tensors[i].data);
+    wmat__free(m->tensors);
+    wmat__free(m->layer_idx);
+    for (int i = 0; i < m->n_maps; i++) wmat__unmap(&m->maps[i]);
+    wmat__free(m->maps);
+    wmat_tokenizer_free(m->tok);
+    wmat__free(m->path);
+    wmat__free(m);
+}
+
+int wmat__model_add_tensor(wmat_model *m, const char *name, wmat_dtype dtype, int ndim,
+                           const int64_t *shape, void *data, uint32_t flags)
+{
+    const char *src = m->path ? m->path : "model";
+    if (ndim < 1 || ndim > WMAT_MAX_DIMS || strlen(name) >= WMAT_NAME_MAX) {
+        if (flags & WMAT_TF_OWNED) wmat__free(data);
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor '%.64s': bad rank %d or name too long", src, name, ndim);
+    }
+    uint64_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0 || !wmat__mul_ok(n, (uint64_t)shape[i], &n)) {
+            if (flags & WMAT_TF_OWNED) wmat__free(data);
+            return wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor '%s': shape overflows", src, name);
+        }
+    }
+    if (m->n_tensors == m->cap_tensors) {
+        int cap = m->cap_tensors ? m->cap_tensors * 2 : 64;
+        wmat_tensor *t = wmat__realloc(m->tensors, (size_t)cap * sizeof *t);
+        if (!t) {
+            if (flags & WMAT_TF_OWNED) wmat__free(data);
+            return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for the tensor table", src);
+        }
+        m->tensors = t;
+        m->cap_tensors = cap;
+    }
+    wmat_tensor *t = &m->tensors[m->n_tensors++];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->dtype = dtype;
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    t->data = data;
+    t->nbytes = wmat_dtype_bytes(dtype, n);
+    t->flags = flags;
+    return WMAT_OK;
+}
+
+int wmat__model_add_map(wmat_model *m, wmat_map *map)
+{
+    wmat_map *maps = wmat__realloc(m->maps, (size_t)(m->n_maps + 1) * sizeof *maps);
+    if (!maps) {
+        wmat__unmap(map);
+        return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", m->path ? m->path : "model");
+    }
+    m->maps = maps;
+    m->maps[m->n_maps++] = *map;
+    map->addr = NULL;
+    map->len = 0;
+    return WMAT_OK;
+}
+
+int wmat__config_check(wmat_config *c, const char *what)
+{
+    if (c->dim <= 0 || c->hidden_dim <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->vocab_size <= 0 ||
+        c->seq_len <= 0)
+        return wmat_set_error(WMAT_ERR_FORMAT,
+                              "%s: bad config (dim %d, hidden %d, layers %d, heads %d, vocab %d, seq_len %d): all must be positive",
+                              what, c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->vocab_size, c->seq_len);
+    if (c->n_kv_heads <= 0) c->n_kv_heads = c->n_heads;
+    /* Bounds that no real LLaMA exceeds; they keep products in int range. */
+    if (c->dim > 65536 || c->hidden_dim > 262144 || c->n_layers > 1024 || c->n_heads > 1024 ||
+        c->vocab_size > 4194304 || c->seq_len > 1048576)
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: config values too large (dim %d, hidden %d, layers %d, heads %d, vocab %d, seq_len %d)",
+                              what, c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->vocab_size, c->seq_len);
+    if (c->dim % c->n_heads)
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: dim %d is not a multiple of n_heads %d", what, c->dim, c->n_heads);
+    if (c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads)
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: n_heads %d is not a multiple of n_kv_heads %d", what, c->n_heads,
+                              c->n_kv_heads);
+    c->head_dim = c->dim / c->n_heads;
+    if (c->head_dim % 2)
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: head dimension %d is odd (RoPE needs pairs)", what, c->head_dim);
+    if (!(c->rope_theta > 0) || !isfinite(c->rope_theta)) c->rope_theta = 10000.0f;
+    if (!(c->norm_eps > 0) || !isfinite(c->norm_eps)) c->norm_eps = 1e-5f;
+    if (c->bos_id < 0 || c->bos_id >= c->vocab_size) c->bos_id = 1 < c->vocab_size ? 1 : 0;
+    if (c->eos_id < 0 || c->eos_id >= c->vocab_size) c->eos_id = 2 < c->vocab_size ? 2 : 0;
+    return WMAT_OK;
+}
+
+static int find_index(const wmat_model *m, const char *name)
+{
+    for (int i = 0; i < m->n_tensors; i++)
+        if (!strcmp(m->tensors[i].name, name)) return i;
+    return -1;
+}
+
+static int expect(wmat_model *m, const char *name, int64_t d0, int64_t d1, int *idx, int required)
+{
+    const char *src = m->path ? m->path : "model";
+    int i = find_index(m, name);
+    *idx = i;
+    if (i < 0) return required ? wmat_set_error(WMAT_ERR_FORMAT, "%s: missing tensor %s", src, name) : WMAT_OK;
+    const wmat_tensor *t = &m->tensors[i];
+    int ok = d1 ? (t->ndim == 2 && t->shape[0] == d0 && t->shape[1] == d1) : (t->ndim == 1 && t->shape[0] == d0);
+    if (!ok) {
+        char got[96] = "";
+        size_t k = 0;
+        for (int j = 0; j < t->ndim && k < sizeof got - 24; j++)
+            k += (size_t)snprintf(got + k, sizeof got - k, "%s%lld", j ? " x " : "", (long long)t->shape[j]);
+        if (d1)
+            return wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor %s has shape (%s), the config implies (%lld x %lld)", src,
+                                  name, got, (long long)d0, (long long)d1);
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor %s has shape (%s), the config implies (%lld)", src, name, got,
+                              (long long)d0);
+    }
+    if (t->data == NULL && t->nbytes > 0)
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor %s has no data", src, name);
+    return WMAT_OK;
+}
+
+int wmat__model_bind(wmat_model *m)
+{
+    const char *src = m->path ? m->path : "model";
+    int rc = wmat__config_check(&m->cfg, src);
+    if (rc) return rc;
+    const wmat_config *c = &m->cfg;
+    wmat__free(m->layer_idx);
+    m->layer_idx = wmat__malloc((size_t)c->n_layers * WMAT_W_LAYER_COUNT * sizeof(int));
+    if (!m->layer_idx) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", src);
+    const int64_t kv = (int64_t)c->n_kv_heads * c->head_dim;
+    rc = expect(m, WMAT_NAME_TOK_EMBD, c->vocab_size, c->dim, &m->tok_embd_idx, 1);
+    if (!rc) rc = expect(m, WMAT_NAME_FINAL_NORM, c->dim, 0, &m->final_norm_idx, 1);
+    if (!rc) rc = expect(m, WMAT_NAME_CLASSIFIER, c->vocab_size, c->dim, &m->classifier_idx, !c->tied_embeddings);
+    if (!rc && c->tied_embeddings) m->classifier_idx = -1;
+    for (int l = 0; l < c->n_layers && !rc; l++) {
+        for (int w = 0; w < WMAT_W_LAYER_COUNT && !rc; w++) {
+            int64_t d0 = 0, d1 = 0;
+            switch ((wmat_layer_weight)w) {
+            case WMAT_W_ATTN_NORM:
+            case WMAT_W_FFN_NORM: d0 = c->dim; break;
+            case WMAT_W_Q:
+            case WMAT_W_O: d0 = c->dim; d1 = c->dim; break;
+            case WMAT_W_K:
+            case WMAT_W_V: d0 = kv; d1 = c->dim; break;
+            case WMAT_W_GATE:
+            case WMAT_W_UP: d0 = c->hidden_dim; d1 = c->dim; break;
+            case WMAT_W_DOWN: d0 = c->dim; d1 = c->hidden_dim; break;
+            default: break;
+            }
+            char name[WMAT_NAME_MAX];
+            wmat__layer_tensor_name(name, sizeof name, l, (wmat_layer_weight)w);
+            rc = expect(m, name, d0, d1, &m->layer_idx[l * WMAT_W_LAYER_COUNT + w], 1);
+        }
+    }
+    return rc;
+}
+
+void wmat__rope_unpermute_hf(float *dst, const float *src, int n_heads, int head_dim, int64_t cols)
+{
+    /* HF stores each head's rows as [even pairs' first halves..., second
+     * halves...]; llama2.c/GGUF interleave them: meta row 2i+j = HF row j*hd/2+i. */
+    const int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++)
+        for (int i = 0; i < half; i++)
+            for (int j = 0; j < 2; j++)
+                memcpy(dst + ((int64_t)h * head_dim + 2 * i + j) * cols,
+                       src + ((int64_t)h * head_dim + j * half + i) * cols, (size_t)cols * sizeof(float));
+}
+
+void wmat__rope_permute_hf(float *dst, const float *src, int n_heads, int head_dim, int64_t cols)
+{
+    const int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++)
+        for (int i = 0; i < half; i++)
+            for (int j = 0; j < 2; j++)
+                memcpy(dst + ((int64_t)h * head_dim + j * half + i) * cols,
+                       src + ((int64_t)h * head_dim + 2 * i + j) * cols, (size_t)cols * sizeof(float));
+}
+
+/* ------------------------------------------------------------ public API */
+
+wmat_load_params wmat_load_default_params(void)
+{
+    wmat_load_params p = {NULL, 1, 0};
+    return p;
+}
+
+wmat_save_params wmat_save_default_params(void)
+{
+    wmat_save_params p = {WMAT_FMT_GGUF, WMAT_F32, NULL};
+    return p;
+}
+
+wmat_format wmat_detect_format(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) return WMAT_FMT_UNKNOWN;
+    if (S_ISDIR(st.st_mode)) return WMAT_FMT_HF;
+    FILE *f = fopen(path, "rb");
+    if (!f) return WMAT_FMT_UNKNOWN;
+    char magic[4] = {0};
+    size_t n = fread(magic, 1, 4, f);
+    fclose(f);
+    if (n == 4 && !memcmp(magic, "GGUF", 4)) return WMAT_FMT_GGUF;
+    return WMAT_FMT_LLAMA2C;
+}
+
+int wmat_model_materialize(wmat_model *m)
+{
+    const char *src = m->path ? m->path : "model";
+    for (int i = 0; i < m->n_tensors; i++) {
+        wmat_tensor *t = &m->tensors[i];
+        int aligned = ((uintptr_t)t->data % sizeof(float)) == 0;
+        if (t->dtype == WMAT_F32 && aligned && !(t->flags & WMAT_TF_HF_ROPE)) continue;
+        int64_t n = wmat_tensor_nelem(t);
+        float *buf = wmat__aligned_alloc((size_t)n * sizeof(float));
+        if (!buf) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory converting %s to f32", src, t->name);
+        int rc = wmat_to_f32(buf, t->data, t->dtype, (uint64_t)n);
+        if (rc) {
+            wmat__free(buf);
+            return wmat_set_error(rc, "%s: tensor %s: %s", src, t->name, wmat_last_error());
+        }
+        if (t->flags & WMAT_TF_HF_ROPE) {
+            float *perm = wmat__aligned_alloc((size_t)n * sizeof(float));
+            if (!perm) {
+                wmat__free(buf);
+                return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", src);
+            }
+            int heads = (int)(t->shape[0] / m->cfg.head_dim);
+            wmat__rope_unpermute_hf(perm, buf, heads, m->cfg.head_dim, t->shape[1]);
+            wmat__free(buf);
+            buf = perm;
+        }
+        if (t->flags & WMAT_TF_OWNED) wmat__free(t->data);
+        t->data = buf;
+        t->dtype = WMAT_F32;
+        t->nbytes = (size_t)n * sizeof(float);
+        t->flags = (t->flags | WMAT_TF_OWNED) & ~WMAT_TF_HF_ROPE;
+    }
+    return WMAT_OK;
+}
+
+static int check_finite(wmat_model *m)
+{
+    for (int i = 0; i < m->n_tensors; i++) {
+        wmat_tensor *t = &m->tensors[i];
+        if (t->dtype != WMAT_F32) continue;
+        size_t bad;
+        if (!wmat__all_finite(t->data, (size_t)wmat_tensor_nelem(t), &bad))
+            return wmat_set_error(WMAT_ERR_NUMERIC, "%s: tensor %s has a non-finite value (%g) at index %zu",
+                                  m->path ? m->path : "model", t->name, ((const float *)t->data)[bad], bad);
+    }
+    return WMAT_OK;
+}
+
+int wmat_model_load(wmat_model **out, const char *path, const wmat_load_params *p)
+{
+    *out = NULL;
+    wmat_load_params def = wmat_load_default_params();
+    if (!p) p = &def;
+    wmat_format f = wmat_detect_format(path);
+    int rc;
+    wmat_model *m = NULL;
+    switch (f) {
+    case WMAT_FMT_LLAMA2C: rc = wmat__llama2c_load(&m, path, p); break;
+    case WMAT_FMT_GGUF: rc = wmat__gguf_load(&m, path, p); break;
+    case WMAT_FMT_HF: rc = wmat__hf_load(&m, path, p); break;
+    default: return wmat_set_error(WMAT_ERR_IO, "%s: no such file or directory", path);
+    }
+    if (rc) {
+        wmat_model_free(m);
+        return rc;
+    }
+    if (p->materialize_f32) rc = wmat_model_materialize(m);
+    if (!rc && p->check_finite) rc = check_finite(m);
+    if (rc) {
+        wmat_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return WMAT_OK;
+}
+
+int wmat_model_save(wmat_model *m, const char *path, const wmat_save_params *p)
+{
+    wmat_save_params def = wmat_save_default_params();
+    if (!p) p = &def;
+    int rc = wmat_model_materialize(m);
+    if (rc) return rc;
+    switch (p->format) {
+    case WMAT_FMT_LLAMA2C: return wmat__llama2c_save(m, path, p);
+    case WMAT_FMT_GGUF: return wmat__gguf_save(m, path, p);
+    case WMAT_FMT_HF: return wmat__hf_save(m, path, p);
+    default: return wmat_set_error(WMAT_ERR_INVALID, "%s: unknown output format", path);
+    }
+}
+
+int wmat_model_create(wmat_model **out, const wmat_config *cfg)
+{
+    *out = NULL;
+    wmat_config c = *cfg;
+    int rc = wmat__config_check(&c, "config");
+    if (rc) return rc;
+    wmat_model *m;
+    rc = wmat__model_new(&m, &c, WMAT_FMT_UNKNOWN, NULL);
+    if (rc) return rc;
+    const int64_t kv = (int64_t)c.n_kv_heads * c.head_dim;
+    struct { const char *name; int64_t d0, d1; } glob[3] = {
+        {WMAT_NAME_TOK_EMBD, c.vocab_size, c.dim}, {WMAT_NAME_FINAL_NORM, c.dim, 0}, {WMAT_NAME_CLASSIFIER, c.vocab_size, c.dim}};
+    for (int g = 0; g < 3 && !rc; g++) {
+        if (g == 2 && c.tied_embeddings) break;
+        int64_t shape[2] = {glob[g].d0, glob[g].d1};
+        int nd = glob[g].d1 ? 2 : 1;
+        size_t n = (size_t)(glob[g].d0 * (glob[g].d1 ? glob[g].d1 : 1));
+        void *d = wmat__aligned_alloc(n * sizeof(float));
+        rc = d ? wmat__model_add_tensor(m, glob[g].name, WMAT_F32, nd, shape, d, WMAT_TF_OWNED)
+               : wmat_set_error(WMAT_ERR_NOMEM, "out of memory creating a model");
+    }
+    for (int l = 0; l < c.n_layers && !rc; l++) {
+        for (int w = 0; w < WMAT_W_LAYER_COUNT && !rc; w++) {
+            int64_t d0 = c.dim, d1 = c.dim;
+            if (w == WMAT_W_ATTN_NORM || w == WMAT_W_FFN_NORM) d1 = 0;
+            if (w == WMAT_W_K || w == WMAT_W_V) d0 = kv;
+            if (w == WMAT_W_GATE || w == WMAT_W_UP) d0 = c.hidden_dim;
+            if (w == WMAT_W_DOWN) d1 = c.hidden_dim;
+            int64_t shape[2] = {d0, d1};
+            char name[WMAT_NAME_MAX];
+            wmat__layer_tensor_name(name, sizeof name, l, (wmat_layer_weight)w);
+            size_t n = (size_t)(d0 * (d1 ? d1 : 1));
+            void *d = wmat__aligned_alloc(n * sizeof(float));
+            rc = d ? wmat__model_add_tensor(m, name, WMAT_F32, d1 ? 2 : 1, shape, d, WMAT_TF_OWNED)
+                   : wmat_set_error(WMAT_ERR_NOMEM, "out of memory creating a model");
+        }
+    }
+    if (!rc) rc = wmat__model_bind(m);
+    if (rc) {
+        wmat_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return WMAT_OK;
+}
+
+const wmat_config *wmat_model_config(const wmat_model *m) { return &m->cfg; }
+wmat_format wmat_model_format(const wmat_model *m) { return m->format; }
+const char *wmat_model_path(const wmat_model *m) { return m->path ? m->path : ""; }
+int wmat_model_n_tensors(const wmat_model *m) { return m->n_tensors; }
+wmat_tensor *wmat_model_tensor(wmat_model *m, int i) { return i >= 0 && i < m->n_tensors ? &m->tensors[i] : NULL; }
+wmat_tensor *wmat_model_find(wmat_model *m, const char *name)
+{
+    int i = find_index(m, name);
+    return i < 0 ? NULL : &m->tensors[i];
+}
+wmat_tensor *wmat_model_layer_tensor(wmat_model *m, int layer, wmat_layer_weight w)
+{
+    if (!m->layer_idx || layer < 0 || layer >= m->cfg.n_layers || (unsigned)w >= WMAT_W_LAYER_COUNT) return NULL;
+    return &m->tensors[m->layer_idx[layer * WMAT_W_LAYER_COUNT + w]];
+}
+wmat_tensor *wmat_model_tok_embeddings(wmat_model *m) { return m->tok_embd_idx < 0 ? NULL : &m->tensors[m->tok_embd_idx]; }
+wmat_tensor *wmat_model_final_norm(wmat_model *m) { return m->final_norm_idx < 0 ? NULL : &m->tensors[m->final_norm_idx]; }
+wmat_tensor *wmat_model_classifier(wmat_model *m)
+{
+    return m->classifier_idx >= 0 ? &m->tensors[m->classifier_idx] : wmat_model_tok_embeddings(m);
+}
+wmat_tensor *wmat_model_linear(wmat_model *m, int layer, wmat_linear_kind k)
+{
+    if ((unsigned)k >= WMAT_LIN_COUNT) return NULL;
+    return wmat_model_layer_tensor(m, layer, g_linear_roles[k]);
+}
+int64_t wmat_model_n_params(const wmat_model *m)
+{
+    int64_t n = 0;
+    for (int i = 0; i < m->n_tensors; i++) n += wmat_tensor_nelem(&m->tensors[i]);
+    return n;
+}
+wmat_tokenizer *wmat_model_tokenizer(wmat_model *m) { return m->tok; }
+void wmat_model_set_tokenizer(wmat_model *m, wmat_tokenizer *t)
+{
+    if (m->tok && m->tok != t) wmat_tokenizer_free(m->tok);
+    m->tok = t;
+}

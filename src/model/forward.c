@@ -1,0 +1,295 @@
+/* The LLaMA-family transformer: a batched forward over a window (GEMM, for
+ * evaluation, calibration and training) and a one-token decode with a KV
+ * cache (matvec, for generation). fp32 throughout. The decode path follows
+ * llama2.c's run.c operation for operation (same RoPE and RMSNorm float
+ * expressions) so greedy text matches it token for token. */
+#include "io/model_internal.h"
+
+#include "kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+struct wmat_runtime {
+    wmat_model *m;
+    wmat_config c;
+    int T_max;  /* batched window */
+    int kv_len; /* decode positions */
+    int n_pos;  /* positions covered by the RoPE tables */
+    int n_threads;
+    wmat_context ctx;
+    wmat_arena *arena;
+
+    float *rope_cos, *rope_sin; /* (n_pos, head_dim/2) */
+
+    /* batched activations */
+    float *x;   /* (T, dim) residual stream */
+    float *xb;  /* (T, dim) normed input / attention output */
+    float *q;   /* (T, dim) */
+    float *k;   /* (T, kv_dim) */
+    float *v;   /* (T, kv_dim) */
+    float *att; /* (T, T) scores of one head */
+    float *hb;  /* (T, hidden) */
+    float *hb2; /* (T, hidden) */
+
+    /* decode state */
+    float *key_cache, *value_cache; /* (L, kv_len, kv_dim) */
+    float *dx, *dxb, *dxb2, *dq, *dhb, *dhb2;
+    float *datt; /* (n_heads, kv_len) */
+
+    wmat_linear_hook hook;
+    void *hook_user;
+};
+
+wmat_runtime_params wmat_runtime_default_params(void)
+{
+    wmat_runtime_params p = {0, 0, NULL};
+    return p;
+}
+
+static float *take(wmat_runtime *rt, size_t n_floats)
+{
+    return wmat_arena_alloc(rt->arena, n_floats * sizeof(float));
+}
+
+int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_params *p)
+{
+    *out = NULL;
+    wmat_runtime_params def = wmat_runtime_default_params();
+    if (!p) p = &def;
+    for (int i = 0; i < m->n_tensors; i++)
+        if (m->tensors[i].dtype != WMAT_F32)
+            return wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is %s; call wmat_model_materialize first",
+                                  wmat_model_path(m), m->tensors[i].name, wmat_dtype_info(m->tensors[i].dtype)->name);
+    wmat_runtime *rt = wmat__calloc(1, sizeof *rt);
+    if (!rt) return wmat_set_error(WMAT_ERR_NOMEM, "runtime: out of memory");
+    rt->m = m;
+    rt->c = m->cfg;
+    const wmat_config *c = &rt->c;
+    rt->T_max = p->max_batch_tokens > 0 ? p->max_batch_tokens : c->seq_len;
+    rt->kv_len = p->kv_cache_len > 0 ? p->kv_cache_len : c->seq_len;
+    rt->n_pos = rt->T_max > rt->kv_len ? rt->T_max : rt->kv_len;
+    rt->n_threads = wmat_context_threads(p->ctx);
+    rt->ctx = p->ctx ? *p->ctx : wmat_context_default();
+
+    const size_t T = (size_t)rt->T_max, D = (size_t)c->dim, H = (size_t)c->hidden_dim;
+    const size_t KV = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    const size_t half = (size_t)c->head_dim / 2, P = (size_t)rt->n_pos, S = (size_t)rt->kv_len;
+    const size_t L = (size_t)c->n_layers;
+    size_t floats = 2 * P * half + T * (3 * D + 2 * KV + 2 * H) + T * T + 2 * L * S * KV +
+                    4 * D + 2 * H + (size_t)c->n_heads * S;
+    size_t bytes = floats * sizeof(float) + 32 * WMAT_ALIGN;
+    int rc = wmat_arena_create(&rt->arena, bytes);
+    if (rc) {
+        wmat__free(rt);
+        return wmat_set_error(rc, "runtime for %s: cannot allocate %zu MB of activations and KV cache",
+                              wmat_model_path(m), bytes >> 20);
+    }
+    rt->rope_cos = take(rt, P * half);
+    rt->rope_sin = take(rt, P * half);
+    rt->x = take(rt, T * D);
+    rt->xb = take(rt, T * D);
+    rt->q = take(rt, T * D);
+    rt->k = take(rt, T * KV);
+    rt->v = take(rt, T * KV);
+    rt->att = take(rt, T * T);
+    rt->hb = take(rt, T * H);
+    rt->hb2 = take(rt, T * H);
+    rt->key_cache = take(rt, L * S * KV);
+    rt->value_cache = take(rt, L * S * KV);
+    rt->dx = take(rt, D);
+    rt->dxb = take(rt, D);
+    rt->dxb2 = take(rt, D);
+    rt->dq = take(rt, D);
+    rt->dhb = take(rt, H);
+    rt->dhb2 = take(rt, H);
+    rt->datt = take(rt, (size_t)c->n_heads * S);
+    if (!rt->datt) {
+        wmat_runtime_free(rt);
+        return wmat_set_error(WMAT_ERR_INTERNAL, "runtime: arena sizing is wrong");
+    }
+    /* run.c: freq = 1 / 10000^(head_dim_index / head_size), in float. */
+    for (size_t pos = 0; pos < P; pos++) {
+        for (size_t i = 0; i < half; i++) {
+            float freq = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
+            float val = (float)pos * freq;
+            rt->rope_cos[pos * half + i] = cosf(val);
+            rt->rope_sin[pos * half + i] = sinf(val);
+        }
+    }
+    *out = rt;
+    return WMAT_OK;
+}
+
+void wmat_runtime_free(wmat_runtime *rt)
+{
+    if (!rt) return;
+    wmat_arena_free(rt->arena);
+    wmat__free(rt);
+}
+
+void wmat_runtime_set_hook(wmat_runtime *rt, wmat_linear_hook fn, void *user)
+{
+    rt->hook = fn;
+    rt->hook_user = user;
+}
+
+size_t wmat_runtime_bytes(const wmat_runtime *rt) { return wmat_arena_capacity(rt->arena); }
+int wmat_runtime_max_tokens(const wmat_runtime *rt) { return rt->T_max; }
+int wmat_runtime_vocab(const wmat_runtime *rt) { return rt->c.vocab_size; }
+const wmat_context *wmat_runtime_context(const wmat_runtime *rt) { return &rt->ctx; }
+
+/* Rotate the pairs (2i, 2i+1) of each head of one row, as run.c does. */
+static void rope_row(float *row, int n_heads, int head_dim, const float *cs, const float *sn)
+{
+    const int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = row + (size_t)h * head_dim;
+        for (int i = 0; i < half; i++) {
+            float v0 = v[2 * i], v1 = v[2 * i + 1];
+            v[2 * i] = v0 * cs[i] - v1 * sn[i];
+            v[2 * i + 1] = v0 * sn[i] + v1 * cs[i];
+        }
+    }
+}
+
+static int call_hook(wmat_runtime *rt, int layer, wmat_linear_kind k, const float *X, int T, int in,
+                     const wmat_tensor *W)
+{
+    if (!rt->hook) return WMAT_OK;
+    if (rt->hook(rt->hook_user, layer, k, X, T, in, W))
+        return wmat_set_error(WMAT_ERR_CANCELLED, "forward pass stopped by the observation hook (layer %d, %s)", layer,
+                              wmat_linear_name(k));
+    return WMAT_OK;
+}
+
+/* Y (T, out) = X (T, in) W^T, or Y += ... when accumulate. */
+static void linear(float *Y, const float *X, const wmat_tensor *W, int T, int accumulate)
+{
+    const int out = (int)W->shape[0], in = (int)W->shape[1];
+    wmat_sgemm(0, 1, T, out, in, 1.0f, X, in, (const float *)W->data, in, accumulate ? 1.0f : 0.0f, Y, out);
+}
+
+int wmat_forward(wmat_runtime *rt, const int32_t *tokens, int T, float *logits)
+{
+    const wmat_config *c = &rt->c;
+    wmat_model *m = rt->m;
+    if (T <= 0 || T > rt->T_max)
+        return wmat_set_error(WMAT_ERR_INVALID, "forward: %d tokens, the runtime holds windows of 1..%d", T, rt->T_max);
+    const int D = c->dim, KV = c->n_kv_heads * c->head_dim, H = c->hidden_dim, hd = c->head_dim;
+    const int half = hd / 2, kv_mul = c->n_heads / c->n_kv_heads;
+    const float *emb = wmat_model_tok_embeddings(m)->data;
+    for (int t = 0; t < T; t++) {
+        if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
+            return wmat_set_error(WMAT_ERR_INVALID, "forward: token %d at position %d is outside the vocabulary (%d)",
+                                  tokens[t], t, c->vocab_size);
+        memcpy(rt->x + (size_t)t * D, emb + (size_t)tokens[t] * D, (size_t)D * sizeof(float));
+    }
+    const int nt = rt->n_threads;
+    int rc = WMAT_OK;
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int l = 0; l < c->n_layers; l++) {
+        const float *w_an = wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data;
+        wmat__rmsnorm_rows(rt->xb, rt->x, w_an, T, D, c->norm_eps, nt);
+        const wmat_tensor *wq = wmat_model_linear(m, l, WMAT_LIN_Q), *wk = wmat_model_linear(m, l, WMAT_LIN_K),
+                          *wv = wmat_model_linear(m, l, WMAT_LIN_V), *wo = wmat_model_linear(m, l, WMAT_LIN_O);
+        if ((rc = call_hook(rt, l, WMAT_LIN_Q, rt->xb, T, D, wq)) || (rc = call_hook(rt, l, WMAT_LIN_K, rt->xb, T, D, wk)) ||
+            (rc = call_hook(rt, l, WMAT_LIN_V, rt->xb, T, D, wv)))
+            return rc;
+        linear(rt->q, rt->xb, wq, T, 0);
+        linear(rt->k, rt->xb, wk, T, 0);
+        linear(rt->v, rt->xb, wv, T, 0);
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int t = 0; t < T; t++) {
+            const float *cs = rt->rope_cos + (size_t)t * half, *sn = rt->rope_sin + (size_t)t * half;
+            rope_row(rt->q + (size_t)t * D, c->n_heads, hd, cs, sn);
+            rope_row(rt->k + (size_t)t * KV, c->n_kv_heads, hd, cs, sn);
+        }
+        /* Causal attention, one head at a time: S = Q_h K_h^T (T, T), masked
+         * softmax by rows, O_h = P V_h written into xb (T, dim). */
+        for (int h = 0; h < c->n_heads; h++) {
+            const int kvh = h / kv_mul;
+            wmat_sgemm(0, 1, T, T, hd, scale, rt->q + (size_t)h * hd, D, rt->k + (size_t)kvh * hd, KV, 0.0f, rt->att, T);
+            wmat__causal_softmax_rows(rt->att, T, nt);
+            wmat_sgemm(0, 0, T, hd, T, 1.0f, rt->att, T, rt->v + (size_t)kvh * hd, KV, 0.0f, rt->xb + (size_t)h * hd, D);
+        }
+        if ((rc = call_hook(rt, l, WMAT_LIN_O, rt->xb, T, D, wo))) return rc;
+        linear(rt->x, rt->xb, wo, T, 1);
+
+        const float *w_fn = wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data;
+        wmat__rmsnorm_rows(rt->xb, rt->x, w_fn, T, D, c->norm_eps, nt);
+        const wmat_tensor *wg = wmat_model_linear(m, l, WMAT_LIN_GATE), *wu = wmat_model_linear(m, l, WMAT_LIN_UP),
+                          *wd = wmat_model_linear(m, l, WMAT_LIN_DOWN);
+        if ((rc = call_hook(rt, l, WMAT_LIN_GATE, rt->xb, T, D, wg)) || (rc = call_hook(rt, l, WMAT_LIN_UP, rt->xb, T, D, wu)))
+            return rc;
+        linear(rt->hb, rt->xb, wg, T, 0);
+        linear(rt->hb2, rt->xb, wu, T, 0);
+        wmat__swiglu(rt->hb, rt->hb2, (size_t)T * H, nt);
+        if ((rc = call_hook(rt, l, WMAT_LIN_DOWN, rt->hb, T, H, wd))) return rc;
+        linear(rt->x, rt->hb, wd, T, 1);
+    }
+    wmat__rmsnorm_rows(rt->xb, rt->x, wmat_model_final_norm(m)->data, T, D, c->norm_eps, nt);
+    const wmat_tensor *wc = wmat_model_classifier(m);
+    if ((rc = call_hook(rt, c->n_layers, WMAT_LIN_COUNT, rt->xb, T, D, wc))) return rc;
+    if (logits) linear(logits, rt->xb, wc, T, 0);
+    return WMAT_OK;
+}
+
+int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
+{
+    const wmat_config *c = &rt->c;
+    wmat_model *m = rt->m;
+    if (pos < 0 || pos >= rt->kv_len)
+        return wmat_set_error(WMAT_ERR_INVALID, "decode: position %d outside the KV cache (0..%d)", pos, rt->kv_len - 1);
+    if (token < 0 || token >= c->vocab_size)
+        return wmat_set_error(WMAT_ERR_INVALID, "decode: token %d outside the vocabulary (%d)", token, c->vocab_size);
+    const int D = c->dim, KV = c->n_kv_heads * c->head_dim, H = c->hidden_dim, hd = c->head_dim;
+    const int half = hd / 2, kv_mul = c->n_heads / c->n_kv_heads, S = rt->kv_len;
+    const int nt = rt->n_threads;
+    float *x = rt->dx;
+    memcpy(x, (const float *)wmat_model_tok_embeddings(m)->data + (size_t)token * D, (size_t)D * sizeof(float));
+    const float *cs = rt->rope_cos + (size_t)pos * half, *sn = rt->rope_sin + (size_t)pos * half;
+    for (int l = 0; l < c->n_layers; l++) {
+        wmat__rmsnorm_rows(rt->dxb, x, wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data, 1, D, c->norm_eps, 1);
+        float *kc = rt->key_cache + ((size_t)l * S + pos) * KV;
+        float *vc = rt->value_cache + ((size_t)l * S + pos) * KV;
+        wmat__matvec(rt->dq, wmat_model_linear(m, l, WMAT_LIN_Q)->data, rt->dxb, D, D, nt);
+        wmat__matvec(kc, wmat_model_linear(m, l, WMAT_LIN_K)->data, rt->dxb, KV, D, nt);
+        wmat__matvec(vc, wmat_model_linear(m, l, WMAT_LIN_V)->data, rt->dxb, KV, D, nt);
+        rope_row(rt->dq, c->n_heads, hd, cs, sn);
+        rope_row(kc, c->n_kv_heads, hd, cs, sn);
+        const float *kbase = rt->key_cache + (size_t)l * S * KV, *vbase = rt->value_cache + (size_t)l * S * KV;
+        const float inv = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for num_threads(nt) schedule(static) if (pos > 64)
+        for (int h = 0; h < c->n_heads; h++) {
+            const float *q = rt->dq + (size_t)h * hd;
+            float *att = rt->datt + (size_t)h * S;
+            const size_t koff = (size_t)(h / kv_mul) * hd;
+            for (int t = 0; t <= pos; t++) {
+                const float *k = kbase + (size_t)t * KV + koff;
+                float score = 0.0f;
+                for (int i = 0; i < hd; i++) score += q[i] * k[i];
+                att[t] = score * inv;
+            }
+            wmat__softmax(att, pos + 1);
+            float *xb = rt->dxb + (size_t)h * hd;
+            memset(xb, 0, (size_t)hd * sizeof(float));
+            for (int t = 0; t <= pos; t++) {
+                const float *v = vbase + (size_t)t * KV + koff;
+                const float a = att[t];
+                for (int i = 0; i < hd; i++) xb[i] += a * v[i];
+            }
+        }
+        wmat__matvec(rt->dxb2, wmat_model_linear(m, l, WMAT_LIN_O)->data, rt->dxb, D, D, nt);
+        for (int i = 0; i < D; i++) x[i] += rt->dxb2[i];
+        wmat__rmsnorm_rows(rt->dxb, x, wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data, 1, D, c->norm_eps, 1);
+        wmat__matvec(rt->dhb, wmat_model_linear(m, l, WMAT_LIN_GATE)->data, rt->dxb, H, D, nt);
+        wmat__matvec(rt->dhb2, wmat_model_linear(m, l, WMAT_LIN_UP)->data, rt->dxb, H, D, nt);
+        wmat__swiglu(rt->dhb, rt->dhb2, (size_t)H, 1);
+        wmat__matvec(rt->dxb, wmat_model_linear(m, l, WMAT_LIN_DOWN)->data, rt->dhb, D, H, nt);
+        for (int i = 0; i < D; i++) x[i] += rt->dxb[i];
+    }
+    wmat__rmsnorm_rows(x, x, wmat_model_final_norm(m)->data, 1, D, c->norm_eps, 1);
+    wmat__matvec(logits, wmat_model_classifier(m)->data, x, c->vocab_size, D, nt);
+    return WMAT_OK;
+}

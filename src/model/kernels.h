@@ -1,0 +1,18 @@
+/* Element-wise and matrix-vector kernels of the fp32 runtime. */
+#ifndef WMAT_KERNELS_H
+#define WMAT_KERNELS_H
+
+#include <stddef.h>
+
+/* out[r] = w * x[r] / rms(x[r]) for T rows of n; out may equal x. */
+void wmat__rmsnorm_rows(float *out, const float *x, const float *w, int T, int n, float eps, int n_threads);
+/* In-place softmax of n values. */
+void wmat__softmax(float *x, int n);
+/* Row t of the (T, T) score matrix keeps columns 0..t, softmaxed; the rest 0. */
+void wmat__causal_softmax_rows(float *s, int T, int n_threads);
+/* a[i] = silu(a[i]) * b[i] */
+void wmat__swiglu(float *a, const float *b, size_t n, int n_threads);
+/* out (rows) = W (rows, cols) x (cols). */
+void wmat__matvec(float *out, const float *W, const float *x, int rows, int cols, int n_threads);
+
+#endif

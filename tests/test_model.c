@@ -1,0 +1,434 @@
+/* The runtime against llama2.c: greedy text, logits of a literal run.c
+ * reference, the published perplexities, format agreement, hooks, and
+ * hostile checkpoints. */
+#include "test_util.h"
+
+#include "ref_llama2c.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static wmat_model *load(const char *path)
+{
+    wmat_model *m = NULL;
+    wmat_load_params lp = wmat_load_default_params();
+    lp.check_finite = 1;
+    int rc = wmat_model_load(&m, path, &lp);
+    if (rc) fail_msg("load %s: %s", path, wmat_last_error());
+    return m;
+}
+
+static wmat_runtime *runtime(wmat_model *m, int T, int kv)
+{
+    wmat_runtime_params rp = wmat_runtime_default_params();
+    rp.max_batch_tokens = T;
+    rp.kv_cache_len = kv;
+    wmat_runtime *rt = NULL;
+    TU_OK(wmat_runtime_create(&rt, m, &rp));
+    return rt;
+}
+
+static int argmax(const float *x, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+/* Greedy continuation as run.c prints it (steps positions, prompt included). */
+static char *greedy_text(wmat_model *m, const char *prompt, int steps)
+{
+    wmat_tokenizer *tok = wmat_model_tokenizer(m);
+    assert_non_null(tok);
+    int32_t *ids;
+    size_t n;
+    TU_OK(wmat_tokenizer_encode(tok, prompt, strlen(prompt), 1, 0, &ids, &n));
+    const wmat_config *c = wmat_model_config(m);
+    wmat_runtime *rt = runtime(m, 1, steps);
+    float *logits = malloc((size_t)c->vocab_size * 4);
+    size_t cap = 1 << 16, len = 0;
+    char *out = calloc(cap, 1);
+    int32_t token = ids[0];
+    for (int pos = 0; pos < steps; pos++) {
+        TU_OK(wmat_decode(rt, token, pos, logits));
+        int next = (size_t)pos + 1 < n ? ids[pos + 1] : argmax(logits, c->vocab_size);
+        if (next == 1) break;
+        char buf[8];
+        size_t pl;
+        const char *piece = wmat_tokenizer_decode(tok, token, next, buf, &pl);
+        if (len + pl + 1 < cap) {
+            memcpy(out + len, piece, pl);
+            len += pl;
+        }
+        token = next;
+    }
+    free(logits);
+    free(ids);
+    wmat_runtime_free(rt);
+    return out;
+}
+
+/* The continuation for a prompt in golden/stories260K_greedy.txt. */
+static char *golden_text(const char *path, const char *prompt)
+{
+    char *all;
+    size_t len;
+    TU_OK(wmat_read_file(path, &all, &len));
+    char key[256];
+    snprintf(key, sizeof key, "### prompt: %s ", prompt);
+    char *p = strstr(all, key);
+    assert_non_null(p);
+    p = strchr(p, '\n') + 1;
+    char *end = strstr(p, "\n###");
+    if (!end) end = all + len;
+    while (end > p && end[-1] == '\n') end--;
+    char *out = strndup(p, (size_t)(end - p));
+    free(all);
+    return out;
+}
+
+static void test_stories260K_greedy_matches_llama2c(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(model, "models/stories260K.bin");
+    TU_NEED_DATA(golden, "golden/stories260K_greedy.txt");
+    wmat_model *m = load(model);
+    const char *prompts[] = {"Once upon a time", "The little dog"};
+    for (int i = 0; i < 2; i++) {
+        char *want = golden_text(golden, prompts[i]);
+        char *got = greedy_text(m, prompts[i], 128);
+        /* run.c's output ends where the 128 positions end; compare all of it */
+        if (strcmp(got, want) != 0) fail_msg("prompt '%s'\nwant: %s\ngot:  %s", prompts[i], want, got);
+        free(want);
+        free(got);
+    }
+    wmat_model_free(m);
+}
+
+/* Every llama2.c model: decode and batched forward against the literal
+ * reference; greedy tokens identical. */
+static void check_against_reference(const char *rel)
+{
+    const char *path = tu_data(rel);
+    if (!path) {
+        print_message("SKIP: %s not found\n", rel);
+        return;
+    }
+    wmat_model *m = load(path);
+    ref_model *ref = ref_load(path);
+    assert_non_null(ref);
+    const wmat_config *c = wmat_model_config(m);
+    const int V = c->vocab_size, steps = c->seq_len < 96 ? c->seq_len : 96;
+    wmat_runtime *rt = runtime(m, steps, steps);
+    float *logits = malloc((size_t)V * 4), *batch = malloc((size_t)steps * V * 4);
+    int32_t toks[512];
+    int token = 1;
+    double max_diff = 0, max_diff_batch = 0, scale = 0;
+    for (int pos = 0; pos < steps; pos++) {
+        toks[pos] = token;
+        TU_OK(wmat_decode(rt, token, pos, logits));
+        const float *rl = ref_forward(ref, token, pos);
+        for (int i = 0; i < V; i++) {
+            max_diff = fmax(max_diff, fabs(logits[i] - rl[i]));
+            scale = fmax(scale, fabs(rl[i]));
+        }
+        int a = argmax(logits, V), b = argmax(rl, V);
+        if (a != b) fail_msg("%s: greedy token differs at position %d: wmat %d, reference %d", rel, pos, a, b);
+        token = a;
+    }
+    /* batched forward of the same sequence, compared with the reference's
+     * step-by-step logits (rerun the reference) */
+    TU_OK(wmat_forward(rt, toks, steps, batch));
+    ref_free(ref);
+    ref = ref_load(path);
+    for (int pos = 0; pos < steps; pos++) {
+        const float *rl = ref_forward(ref, toks[pos], pos);
+        for (int i = 0; i < V; i++) max_diff_batch = fmax(max_diff_batch, fabs(batch[(size_t)pos * V + i] - rl[i]));
+    }
+    print_message("%s: %d greedy tokens equal; max |logit diff| decode %.2e, batched %.2e (logit scale %.1f)\n", rel,
+                  steps, max_diff, max_diff_batch, scale);
+    assert_true(max_diff < 1e-4 * fmax(1.0, scale));
+    assert_true(max_diff_batch < 1e-4 * fmax(1.0, scale));
+    free(logits);
+    free(batch);
+    ref_free(ref);
+    wmat_runtime_free(rt);
+    wmat_model_free(m);
+}
+
+static void test_all_llama2c_models_match_reference(void **state)
+{
+    (void)state;
+    check_against_reference("models/stories260K.bin");
+    check_against_reference("models/llama2xs_tinystories_iter500.bin");
+    check_against_reference("models/aidreams260K.bin");
+    check_against_reference("models/mix4m.bin");
+}
+
+static void test_eval_matches_published_refs(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(refs, "golden/eval_refs.tsv");
+    char *tsv;
+    size_t len;
+    TU_OK(wmat_read_file(refs, &tsv, &len));
+    char *save = NULL;
+    int checked = 0;
+    for (char *line = strtok_r(tsv, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char model[128], toks[128];
+        int ctx, maxw;
+        double nll, ppl;
+        long scored;
+        if (sscanf(line, "%127s %127s %d %d %lf %lf %ld", model, toks, &ctx, &maxw, &nll, &ppl, &scored) != 7) continue;
+        char mrel[200], trel[200];
+        snprintf(mrel, sizeof mrel, "models/%s", model);
+        snprintf(trel, sizeof trel, "golden/%s", toks);
+        const char *mp = tu_data(mrel), *tp = tu_data(trel);
+        if (!mp || !tp) continue;
+        wmat_model *m = load(mp);
+        wmat_runtime *rt = runtime(m, ctx, 1);
+        int32_t *ids;
+        size_t n;
+        TU_OK(wmat_read_tokens_u16(tp, &ids, &n));
+        wmat_eval_result r;
+        TU_OK(wmat_eval_tokens(rt, ids, n, ctx, maxw, &r));
+        print_message("%s on %s: nll %.6f (ref %.6f), ppl %.4f (ref %.4f), %llu tokens, %.0f tok/s\n", model, toks,
+                      r.mean_nll, nll, r.ppl, ppl, (unsigned long long)r.tokens_scored, r.tokens_per_s);
+        assert_int_equal(r.tokens_scored, scored);
+        assert_true(fabs(r.mean_nll - nll) / nll < 1e-4);
+        free(ids);
+        wmat_runtime_free(rt);
+        wmat_model_free(m);
+        checked++;
+    }
+    free(tsv);
+    assert_true(checked > 0);
+}
+
+static void test_eval_protocol_partial_window(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(path, "models/stories260K.bin");
+    wmat_model *m = load(path);
+    wmat_runtime *rt = runtime(m, 16, 1);
+    /* 40 tokens, ctx 16: windows 0..16, 16..32, 32..39 (partial): 39 scored */
+    int32_t ids[40];
+    for (int i = 0; i < 40; i++) ids[i] = (i * 37 + 5) % 512;
+    wmat_eval_result r;
+    TU_OK(wmat_eval_tokens(rt, ids, 40, 16, 0, &r));
+    assert_int_equal(r.tokens_scored, 39);
+    assert_int_equal(r.windows, 3);
+    /* the same NLL by hand: each window from an empty cache */
+    float *lg = malloc(16 * 512 * 4);
+    double total = 0;
+    for (int w = 0; w < 3; w++) {
+        int len = w < 2 ? 16 : 7;
+        TU_OK(wmat_forward(rt, ids + 16 * w, len, lg));
+        for (int t = 0; t < len; t++) {
+            const float *row = lg + t * 512;
+            double mx = row[0], s = 0;
+            for (int i = 1; i < 512; i++) mx = fmax(mx, row[i]);
+            for (int i = 0; i < 512; i++) s += exp(row[i] - mx);
+            total += log(s) + mx - row[ids[16 * w + t + 1]];
+        }
+    }
+    assert_true(fabs(total / 39 - r.mean_nll) < 1e-9);
+    TU_OK(wmat_eval_tokens(rt, ids, 40, 16, 2, &r));
+    assert_int_equal(r.tokens_scored, 32);
+    assert_int_equal(wmat_eval_tokens(rt, ids, 40, 17, 0, &r), WMAT_ERR_INVALID);
+    free(lg);
+    wmat_runtime_free(rt);
+    wmat_model_free(m);
+}
+
+typedef struct {
+    int calls[7];
+    int classifier_calls;
+    float *cls_x;
+    int T;
+} hook_state;
+
+static int hook(void *user, int layer, wmat_linear_kind k, const float *X, int T, int in, const wmat_tensor *W)
+{
+    hook_state *s = user;
+    assert_int_equal(in, (int)W->shape[1]);
+    if (k == WMAT_LIN_COUNT) {
+        s->classifier_calls++;
+        s->cls_x = malloc((size_t)T * in * 4);
+        memcpy(s->cls_x, X, (size_t)T * in * 4);
+        s->T = T;
+    } else {
+        s->calls[k]++;
+    }
+    (void)layer;
+    return 0;
+}
+
+static void test_hooks_see_linear_inputs(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(path, "models/stories260K.bin");
+    wmat_model *m = load(path);
+    wmat_runtime *rt = runtime(m, 32, 1);
+    hook_state s;
+    memset(&s, 0, sizeof s);
+    wmat_runtime_set_hook(rt, hook, &s);
+    int32_t ids[32];
+    for (int i = 0; i < 32; i++) ids[i] = (i * 11 + 1) % 512;
+    float *lg = malloc(32 * 512 * 4);
+    TU_OK(wmat_forward(rt, ids, 32, lg));
+    for (int k = 0; k < 7; k++) assert_int_equal(s.calls[k], 5);
+    assert_int_equal(s.classifier_calls, 1);
+    /* the classifier's input times its weight is the logits */
+    const wmat_tensor *W = wmat_model_classifier(m);
+    const float *w = W->data;
+    double md = 0;
+    for (int t = 0; t < 32; t++)
+        for (int v = 0; v < 512; v++) {
+            double acc = 0;
+            for (int j = 0; j < 64; j++) acc += (double)s.cls_x[t * 64 + j] * w[v * 64 + j];
+            md = fmax(md, fabs(acc - lg[t * 512 + v]));
+        }
+    assert_true(md < 1e-4);
+    free(s.cls_x);
+    free(lg);
+    wmat_runtime_free(rt);
+    wmat_model_free(m);
+}
+
+static void compare_logits(const char *a, const char *b)
+{
+    wmat_model *ma = load(a), *mb = load(b);
+    const wmat_config *c = wmat_model_config(ma);
+    int T = 64;
+    wmat_runtime *ra = runtime(ma, T, 1), *rb = runtime(mb, T, 1);
+    int32_t ids[64];
+    for (int i = 0; i < T; i++) ids[i] = (i * 29 + 1) % c->vocab_size;
+    float *la = malloc((size_t)T * c->vocab_size * 4), *lb = malloc((size_t)T * c->vocab_size * 4);
+    TU_OK(wmat_forward(ra, ids, T, la));
+    TU_OK(wmat_forward(rb, ids, T, lb));
+    double md = 0;
+    for (size_t i = 0; i < (size_t)T * c->vocab_size; i++) md = fmax(md, fabs(la[i] - lb[i]));
+    print_message("%s vs %s: max |logit diff| %.3g\n", a, b, md);
+    assert_true(md < 1e-4);
+    free(la);
+    free(lb);
+    wmat_runtime_free(ra);
+    wmat_runtime_free(rb);
+    wmat_model_free(ma);
+    wmat_model_free(mb);
+}
+
+static void test_formats_give_same_logits(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(bin, "models/stories260K.bin");
+    TU_NEED_DATA(gguf, "models/stories260K.gguf");
+    compare_logits(bin, gguf);
+    TU_NEED_DATA(mbin, "models/mix4m.bin");
+    TU_NEED_DATA(mhf, "models/mix4m-hf");
+    compare_logits(mbin, mhf);
+}
+
+/* ---- hostile llama2.c checkpoints */
+
+static int load_err(const char *path, const char *must_contain)
+{
+    wmat_model *m = NULL;
+    wmat_load_params lp = wmat_load_default_params();
+    lp.check_finite = 1;
+    lp.tokenizer_path = NULL;
+    int rc = wmat_model_load(&m, path, &lp);
+    assert_null(m);
+    assert_int_not_equal(rc, WMAT_OK);
+    if (!strstr(wmat_last_error(), path)) fail_msg("error does not name the file: %s", wmat_last_error());
+    if (must_contain && !strstr(wmat_last_error(), must_contain))
+        fail_msg("error '%s' does not mention '%s'", wmat_last_error(), must_contain);
+    return rc;
+}
+
+static void test_hostile_llama2c(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(src, "models/stories260K.bin");
+    char *data;
+    size_t len;
+    TU_OK(wmat_read_file(src, &data, &len));
+    const char *p = tu_tmp("hostile.bin");
+    /* truncated at many points */
+    size_t cuts[] = {0, 3, 27, 28, 100, len / 2, len - 4, len - 1};
+    for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+        assert_int_equal(tu_write_file(p, data, cuts[i]), 0);
+        load_err(p, NULL);
+    }
+    /* trailing garbage */
+    char *big = malloc(len + 8);
+    memcpy(big, data, len);
+    memset(big + len, 0, 8);
+    assert_int_equal(tu_write_file(p, big, len + 8), 0);
+    load_err(p, "trailing");
+    free(big);
+    /* header fields */
+    int32_t bad[][7] = {
+        {0, 172, 5, 8, 4, 512, 512},         {64, -1, 5, 8, 4, 512, 512},        {64, 172, 5, 7, 4, 512, 512},
+        {64, 172, 5, 8, 3, 512, 512},        {64, 172, 5, 8, 0, 512, 512},       {64, 172, 5, 8, 4, INT32_MIN, 512},
+        {2147483647, 2147483647, 2147483647, 1, 1, 2147483647, 2147483647}, {64, 172, 5, 8, 16, 512, 512},
+        {64, 172, 5, 64, 64, 512, 512},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memcpy(data, bad[i], 28);
+        assert_int_equal(tu_write_file(p, data, len), 0);
+        load_err(p, NULL);
+    }
+    /* NaN weight */
+    TU_OK(wmat_read_file(src, &big, &len));
+    float nanv = NAN;
+    memcpy(big + 28 + 4 * 1000, &nanv, 4);
+    assert_int_equal(tu_write_file(p, big, len), 0);
+    assert_int_equal(load_err(p, "non-finite"), WMAT_ERR_NUMERIC);
+    free(big);
+    free(data);
+    load_err(tu_tmp("does-not-exist.bin"), NULL);
+}
+
+static void test_save_llama2c_roundtrip(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(src, "models/stories260K.bin");
+    wmat_model *m = load(src);
+    wmat_save_params sp = wmat_save_default_params();
+    sp.format = WMAT_FMT_LLAMA2C;
+    const char *out = tu_tmp("rt.bin");
+    TU_OK(wmat_model_save(m, out, &sp));
+    wmat_model *m2 = load(out);
+    assert_non_null(wmat_model_tokenizer(m2)); /* written beside it as rt_tok512.bin */
+    assert_int_equal(wmat_model_n_tensors(m), wmat_model_n_tensors(m2));
+    for (int i = 0; i < wmat_model_n_tensors(m); i++) {
+        wmat_tensor *a = wmat_model_tensor(m, i), *b = wmat_model_find(m2, a->name);
+        assert_non_null(b);
+        assert_int_equal(a->nbytes, b->nbytes);
+        assert_memory_equal(a->data, b->data, a->nbytes);
+    }
+    sp.dtype = WMAT_F16;
+    assert_int_equal(wmat_model_save(m, tu_tmp("x.bin"), &sp), WMAT_ERR_UNSUPPORTED);
+    wmat_model_free(m2);
+    wmat_model_free(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stories260K_greedy_matches_llama2c),
+        cmocka_unit_test(test_all_llama2c_models_match_reference),
+        cmocka_unit_test(test_eval_matches_published_refs),
+        cmocka_unit_test(test_eval_protocol_partial_window),
+        cmocka_unit_test(test_hooks_see_linear_inputs),
+        cmocka_unit_test(test_formats_give_same_logits),
+        cmocka_unit_test(test_hostile_llama2c),
+        cmocka_unit_test(test_save_llama2c_roundtrip),
+    };
+    return cmocka_run_group_tests_name("model", tests, NULL, NULL);
+}

@@ -1,0 +1,182 @@
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+cli_common g_cli = {0, NULL, 0};
+
+static const cli_opt g_common_opts[] = {
+    {"--threads", OPT_INT, &g_cli.threads, "N", "threads (default: all cores)"},
+    {"--tokenizer", OPT_STR, &g_cli.tokenizer, "FILE", "llama2.c tokenizer file (default: found beside the model)"},
+    {"--no-blas-tune", OPT_FLAG, NULL, NULL, "keep the BLAS library's own kernel choice"},
+    {"--help", OPT_FLAG, &g_cli.help, NULL, "show this help"},
+    {NULL, 0, NULL, NULL, NULL},
+};
+
+static void print_opts(const cli_opt *opts)
+{
+    for (const cli_opt *o = opts; o && o->name; o++) {
+        char lhs[64];
+        snprintf(lhs, sizeof lhs, "%s%s%s", o->name, o->arg ? " " : "", o->arg ? o->arg : "");
+        fprintf(stdout, "  %-24s %s\n", lhs, o->help);
+    }
+}
+
+void cli_usage(const cli_command *cmd, const cli_opt *opts)
+{
+    fprintf(stdout, "usage: wmat %s %s\n\n%s\n\noptions:\n", cmd->name, cmd->usage, cmd->summary);
+    print_opts(opts);
+    print_opts(g_common_opts);
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "wmat %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n(see 'wmat %s --help')\n", cmd);
+    va_end(ap);
+    return 2;
+}
+
+int cli_fail(const char *cmd)
+{
+    fprintf(stderr, "wmat %s: error: %s\n", cmd, wmat_last_error()[0] ? wmat_last_error() : "unknown failure");
+    return 1;
+}
+
+static const cli_opt *find_opt(const cli_opt *opts, const char *name)
+{
+    for (const cli_opt *o = opts; o && o->name; o++)
+        if (!strcmp(o->name, name)) return o;
+    return NULL;
+}
+
+static int set_opt(const char *cmd, const cli_opt *o, const char *val)
+{
+    char *end;
+    switch (o->kind) {
+    case OPT_FLAG:
+        if (o->dst) *(int *)o->dst = 1;
+        return 0;
+    case OPT_STR: *(const char **)o->dst = val; return 0;
+    case OPT_INT: {
+        errno = 0;
+        long v = strtol(val, &end, 10);
+        if (errno || *end || end == val || v < -2147483647L || v > 2147483647L)
+            return cli_usage_error(cmd, "%s expects an integer, got '%s'", o->name, val);
+        *(int *)o->dst = (int)v;
+        return 0;
+    }
+    case OPT_FLOAT: {
+        errno = 0;
+        float v = strtof(val, &end);
+        if (errno || *end || end == val || !isfinite(v))
+            return cli_usage_error(cmd, "%s expects a number, got '%s'", o->name, val);
+        *(float *)o->dst = v;
+        return 0;
+    }
+    }
+    return 0;
+}
+
+int cli_parse(const cli_command *cmd, int argc, char **argv, const cli_opt *opts, const char **pos, int min_pos,
+              int max_pos, int *n_pos)
+{
+    *n_pos = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (a[0] == '-' && a[1] == '-' && a[2]) {
+            char name[64];
+            const char *eq = strchr(a, '=');
+            size_t nl = eq ? (size_t)(eq - a) : strlen(a);
+            if (nl >= sizeof name) return cli_usage_error(cmd->name, "unknown option '%s'", a);
+            memcpy(name, a, nl);
+            name[nl] = '\0';
+            const cli_opt *o = find_opt(opts, name);
+            if (!o) o = find_opt(g_common_opts, name);
+            if (!o) return cli_usage_error(cmd->name, "unknown option '%s'", a);
+            const char *val = NULL;
+            if (o->kind != OPT_FLAG) {
+                if (eq) val = eq + 1;
+                else if (i + 1 < argc) val = argv[++i];
+                else return cli_usage_error(cmd->name, "%s needs a value (%s)", o->name, o->arg ? o->arg : "VALUE");
+            } else if (eq) {
+                return cli_usage_error(cmd->name, "%s takes no value", o->name);
+            }
+            int rc = set_opt(cmd->name, o, val);
+            if (rc) return rc;
+        } else if (!strcmp(a, "-h")) {
+            g_cli.help = 1;
+        } else {
+            if (*n_pos >= max_pos) return cli_usage_error(cmd->name, "unexpected argument '%s'", a);
+            pos[(*n_pos)++] = a;
+        }
+    }
+    if (g_cli.help) {
+        cli_usage(cmd, opts);
+        return 1;
+    }
+    if (*n_pos < min_pos) return cli_usage_error(cmd->name, "missing arguments: %s", cmd->usage);
+    if (g_cli.threads < 0) return cli_usage_error(cmd->name, "--threads must be positive");
+    return 0;
+}
+
+int cli_load_model(const char *cmd, const char *path, int materialize, wmat_model **out)
+{
+    wmat_load_params lp = wmat_load_default_params();
+    lp.tokenizer_path = g_cli.tokenizer;
+    lp.materialize_f32 = materialize;
+    lp.check_finite = materialize;
+    int rc = wmat_model_load(out, path, &lp);
+    return rc ? cli_fail(cmd) : 0;
+}
+
+int cli_load_tokens(const char *cmd, wmat_model *m, const char *text_path, const char *tokens_path, int32_t **ids,
+                    size_t *n)
+{
+    if (tokens_path) return wmat_read_tokens_u16(tokens_path, ids, n) ? cli_fail(cmd) : 0;
+    wmat_tokenizer *tok = wmat_model_tokenizer(m);
+    if (!tok) {
+        fprintf(stderr, "wmat %s: error: %s has no tokenizer; pass --tokenizer FILE (a llama2.c tokenizer such as tok512.bin) or use --tokens\n",
+                cmd, wmat_model_path(m));
+        return 1;
+    }
+    char *text;
+    size_t len;
+    if (wmat_read_file(text_path, &text, &len)) return cli_fail(cmd);
+    int rc = wmat_tokenizer_encode(tok, text, len, 1, 0, ids, n);
+    free(text);
+    return rc ? cli_fail(cmd) : 0;
+}
+
+const char *cli_bytes(double b, char *buf, size_t n)
+{
+    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int i = 0;
+    while (b >= 1024 && i < 4) {
+        b /= 1024;
+        i++;
+    }
+    snprintf(buf, n, i ? "%.2f %s" : "%.0f %s", b, u[i]);
+    return buf;
+}
+
+int cli_progress(void *user, const char *what, uint64_t done, uint64_t total)
+{
+    (void)user;
+    if (!isatty(STDERR_FILENO) || total == 0) return 0;
+    int width = 30, fill = (int)((double)done / (double)total * width);
+    fprintf(stderr, "\r%-10s [", what);
+    for (int i = 0; i < width; i++) fputc(i < fill ? '=' : ' ', stderr);
+    fprintf(stderr, "] %llu/%llu", (unsigned long long)done, (unsigned long long)total);
+    if (done == total) fputc('\n', stderr);
+    fflush(stderr);
+    return 0;
+}

@@ -1,0 +1,68 @@
+/* Shared pieces of the wmat command line: option parsing, model loading,
+ * error reporting. Each command lives in its own cmd_*.c and is listed in
+ * the table in wmat.c. */
+#ifndef WMAT_CLI_H
+#define WMAT_CLI_H
+
+#include "wmat.h"
+
+typedef enum { OPT_FLAG, OPT_STR, OPT_INT, OPT_FLOAT } cli_opt_kind;
+
+typedef struct {
+    const char *name; /* "--steps" */
+    cli_opt_kind kind;
+    void *dst;        /* int* for FLAG/INT, const char** for STR, float* for FLOAT */
+    const char *arg;  /* placeholder for help ("N"), NULL for flags */
+    const char *help;
+} cli_opt;
+
+typedef struct {
+    const char *name;
+    const char *summary;
+    const char *usage; /* "MODEL (--text FILE | --tokens FILE) [options]" */
+    int (*run)(int argc, char **argv);
+} cli_command;
+
+/* Options every command takes. */
+typedef struct {
+    int threads;
+    const char *tokenizer;
+    int help;
+} cli_common;
+
+extern cli_common g_cli;
+
+/* Parse argv[1..] of a command (argv[0] is the command name). Positional
+ * arguments go to pos[0..max_pos). Returns 0 to go on, 1 when --help was
+ * printed, 2 on a usage error (already reported). */
+int cli_parse(const cli_command *cmd, int argc, char **argv, const cli_opt *opts, const char **pos, int min_pos,
+              int max_pos, int *n_pos);
+void cli_usage(const cli_command *cmd, const cli_opt *opts);
+
+/* Print "wmat CMD: error: <last wmat error>" to stderr; returns 1. */
+int cli_fail(const char *cmd);
+/* Print a formatted error; returns 2 (usage) */
+int cli_usage_error(const char *cmd, const char *fmt, ...);
+
+/* Load a model for running (materialized f32) or for inspection. */
+int cli_load_model(const char *cmd, const char *path, int materialize, wmat_model **out);
+/* Tokens of a text file ([BOS] + text) or a uint16 token file. */
+int cli_load_tokens(const char *cmd, wmat_model *m, const char *text_path, const char *tokens_path, int32_t **ids,
+                    size_t *n);
+/* Human-readable byte count into buf. */
+const char *cli_bytes(double b, char *buf, size_t n);
+/* A progress callback drawing a bar on stderr (when it is a terminal). */
+int cli_progress(void *user, const char *what, uint64_t done, uint64_t total);
+
+/* Commands */
+int cmd_info(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_sysinfo(int argc, char **argv);
+
+extern const cli_command g_commands[];
+const cli_command *cli_find_command(const char *name);
+
+#endif

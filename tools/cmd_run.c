@@ -1,0 +1,350 @@
+/* info, eval, generate, tokenize, convert */
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static wmat_context cli_context(void)
+{
+    wmat_context c = wmat_context_default();
+    c.n_threads = g_cli.threads;
+    c.progress = cli_progress;
+    return c;
+}
+
+int cmd_info(int argc, char **argv)
+{
+    const cli_command *cmd = cli_find_command("info");
+    int json = 0;
+    cli_opt opts[] = {{"--json", OPT_FLAG, &json, NULL, "machine-readable output"}, {NULL, 0, NULL, NULL, NULL}};
+    const char *pos[1];
+    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 1, 1, &np);
+    if (rc) return rc == 1 ? 0 : rc;
+    wmat_model *m;
+    if (cli_load_model("info", pos[0], 0, &m)) return 1;
+    const wmat_config *c = wmat_model_config(m);
+    wmat_tokenizer *tok = wmat_model_tokenizer(m);
+    size_t total_bytes = 0;
+    for (int i = 0; i < wmat_model_n_tensors(m); i++) total_bytes += wmat_model_tensor(m, i)->nbytes;
+    char b1[32];
+    if (json) {
+        printf("{\"path\": \"%s\", \"format\": \"%s\", \"dim\": %d, \"hidden_dim\": %d, \"n_layers\": %d, \"n_heads\": %d, "
+               "\"n_kv_heads\": %d, \"vocab_size\": %d, \"seq_len\": %d, \"head_dim\": %d, \"rope_theta\": %g, "
+               "\"norm_eps\": %g, \"tied_embeddings\": %s, \"n_params\": %lld, \"bytes\": %zu, \"tensors\": [",
+               wmat_model_path(m), wmat_format_name(wmat_model_format(m)), c->dim, c->hidden_dim, c->n_layers, c->n_heads,
+               c->n_kv_heads, c->vocab_size, c->seq_len, c->head_dim, c->rope_theta, c->norm_eps,
+               c->tied_embeddings ? "true" : "false", (long long)wmat_model_n_params(m), total_bytes);
+        for (int i = 0; i < wmat_model_n_tensors(m); i++) {
+            const wmat_tensor *t = wmat_model_tensor(m, i);
+            printf("%s{\"name\": \"%s\", \"dtype\": \"%s\", \"shape\": [", i ? ", " : "", t->name,
+                   wmat_dtype_info(t->dtype)->name);
+            for (int d = 0; d < t->ndim; d++) printf("%s%lld", d ? ", " : "", (long long)t->shape[d]);
+            printf("], \"bytes\": %zu}", t->nbytes);
+        }
+        printf("]}\n");
+        wmat_model_free(m);
+        return 0;
+    }
+    printf("model       %s (%s)\n", wmat_model_path(m), wmat_format_name(wmat_model_format(m)));
+    printf("arch        llama: dim %d, hidden %d, layers %d, heads %d (kv %d, head dim %d), vocab %d, context %d\n", c->dim,
+           c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size, c->seq_len);
+    printf("            rope theta %g, rms eps %g, classifier %s\n", c->rope_theta, c->norm_eps,
+           c->tied_embeddings ? "tied to the embedding" : "separate");
+    printf("tokenizer   %s\n", tok ? "yes" : "none (pass --tokenizer FILE)");
+    if (tok) printf("            %d pieces, bos %d, eos %d\n", wmat_tokenizer_vocab_size(tok), c->bos_id, c->eos_id);
+    printf("parameters  %lld (%.3f M), %s of weights\n\n", (long long)wmat_model_n_params(m),
+           (double)wmat_model_n_params(m) / 1e6, cli_bytes((double)total_bytes, b1, sizeof b1));
+    printf("%-48s %-6s %-16s %12s\n", "tensor", "dtype", "shape", "bytes");
+    for (int i = 0; i < wmat_model_n_tensors(m); i++) {
+        const wmat_tensor *t = wmat_model_tensor(m, i);
+        char shape[64] = "";
+        size_t k = 0;
+        for (int d = 0; d < t->ndim; d++)
+            k += (size_t)snprintf(shape + k, sizeof shape - k, "%s%lld", d ? " x " : "", (long long)t->shape[d]);
+        printf("%-48s %-6s %-16s %12zu\n", t->name, wmat_dtype_info(t->dtype)->name, shape, t->nbytes);
+    }
+    wmat_model_free(m);
+    return 0;
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    const cli_command *cmd = cli_find_command("eval");
+    const char *text = NULL, *tokens = NULL;
+    int ctx = 0, max_windows = 0, json = 0;
+    cli_opt opts[] = {
+        {"--text", OPT_STR, &text, "FILE", "UTF-8 text, encoded as [BOS] + tokens of the whole file"},
+        {"--tokens", OPT_STR, &tokens, "FILE", "little-endian uint16 token ids (llama2.c's format)"},
+        {"--ctx", OPT_INT, &ctx, "N", "window length (default: the model's context)"},
+        {"--max-windows", OPT_INT, &max_windows, "K", "score only the first K windows (default: all)"},
+        {"--json", OPT_FLAG, &json, NULL, "print the result as JSON"},
+        {NULL, 0, NULL, NULL, NULL},
+    };
+    const char *pos[1];
+    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 1, 1, &np);
+    if (rc) return rc == 1 ? 0 : rc;
+    if (!!text == !!tokens) return cli_usage_error("eval", "give exactly one of --text FILE or --tokens FILE");
+    if (ctx < 0 || max_windows < 0) return cli_usage_error("eval", "--ctx and --max-windows must be positive");
+    wmat_model *m;
+    if (cli_load_model("eval", pos[0], 1, &m)) return 1;
+    const wmat_config *c = wmat_model_config(m);
+    if (ctx == 0) ctx = c->seq_len;
+    if (ctx > c->seq_len) {
+        wmat_model_free(m);
+        return cli_usage_error("eval", "--ctx %d is longer than the model's context (%d)", ctx, c->seq_len);
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (cli_load_tokens("eval", m, text, tokens, &ids, &n)) {
+        wmat_model_free(m);
+        return 1;
+    }
+    wmat_context wc = cli_context();
+    wmat_runtime_params rp = wmat_runtime_default_params();
+    rp.max_batch_tokens = ctx;
+    rp.kv_cache_len = 1;
+    rp.ctx = &wc;
+    wmat_runtime *rt = NULL;
+    wmat_eval_result res;
+    rc = wmat_runtime_create(&rt, m, &rp);
+    if (!rc) rc = wmat_eval_tokens(rt, ids, n, ctx, max_windows, &res);
+    if (rc) {
+        cli_fail("eval");
+    } else if (json) {
+        printf("{\"model\": \"%s\", \"ctx\": %d, \"windows\": %d, \"tokens_scored\": %llu, \"mean_nll\": %.6f, "
+               "\"ppl\": %.6f, \"seconds\": %.4f, \"tokens_per_s\": %.1f}\n",
+               wmat_model_path(m), ctx, res.windows, (unsigned long long)res.tokens_scored, res.mean_nll, res.ppl,
+               res.seconds, res.tokens_per_s);
+    } else {
+        printf("model         %s\n", wmat_model_path(m));
+        printf("stream        %s (%zu tokens), ctx %d, %d windows\n", text ? text : tokens, n, ctx, res.windows);
+        printf("mean NLL      %.6f\n", res.mean_nll);
+        printf("perplexity    %.4f\n", res.ppl);
+        printf("scored        %llu tokens in %.2f s (%.0f tokens/s)\n", (unsigned long long)res.tokens_scored,
+               res.seconds, res.tokens_per_s);
+    }
+    wmat_runtime_free(rt);
+    free(ids);
+    wmat_model_free(m);
+    return rc ? 1 : 0;
+}
+
+/* Print a decoded piece, skipping lone control bytes as run.c does. */
+static void print_piece(const char *p, size_t len)
+{
+    if (len == 1) {
+        unsigned char b = (unsigned char)p[0];
+        if (!(b >= 32 && b < 127) && b != '\n' && b != '\t' && b != ' ' && b < 128) return;
+    }
+    fwrite(p, 1, len, stdout);
+}
+
+int cmd_generate(int argc, char **argv)
+{
+    const cli_command *cmd = cli_find_command("generate");
+    const char *prompt = "";
+    int steps = 256, seed_set = 0, seed = 0;
+    float temp = 1.0f, top_p = 0.9f;
+    cli_opt opts[] = {
+        {"--prompt", OPT_STR, &prompt, "TEXT", "text to continue (default: empty)"},
+        {"--steps", OPT_INT, &steps, "N", "positions in total, prompt included, as run.c's -n (default 256)"},
+        {"--temp", OPT_FLOAT, &temp, "T", "temperature; 0 is greedy (default 1.0)"},
+        {"--top-p", OPT_FLOAT, &top_p, "P", "nucleus sampling mass (default 0.9; 1 disables)"},
+        {"--seed", OPT_INT, &seed, "S", "random seed (default: time)"},
+        {NULL, 0, NULL, NULL, NULL},
+    };
+    const char *pos[1];
+    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 1, 1, &np);
+    if (rc) return rc == 1 ? 0 : rc;
+    for (int i = 1; i < argc; i++)
+        if (!strncmp(argv[i], "--seed", 6)) seed_set = 1;
+    if (steps <= 0) return cli_usage_error("generate", "--steps must be positive");
+    if (temp < 0 || top_p < 0 || top_p > 1) return cli_usage_error("generate", "--temp must be >= 0 and --top-p in [0, 1]");
+    wmat_model *m;
+    if (cli_load_model("generate", pos[0], 1, &m)) return 1;
+    const wmat_config *c = wmat_model_config(m);
+    wmat_tokenizer *tok = wmat_model_tokenizer(m);
+    if (!tok) {
+        fprintf(stderr, "wmat generate: error: %s has no tokenizer; pass --tokenizer FILE\n", wmat_model_path(m));
+        wmat_model_free(m);
+        return 1;
+    }
+    if (steps > c->seq_len) steps = c->seq_len;
+    int32_t *ids = NULL;
+    size_t n_prompt = 0;
+    if (wmat_tokenizer_encode(tok, prompt, strlen(prompt), 1, 0, &ids, &n_prompt)) {
+        wmat_model_free(m);
+        return cli_fail("generate");
+    }
+    wmat_context wc = wmat_context_default();
+    wc.n_threads = g_cli.threads;
+    wmat_runtime_params rp = wmat_runtime_default_params();
+    rp.max_batch_tokens = 1;
+    rp.kv_cache_len = steps;
+    rp.ctx = &wc;
+    wmat_runtime *rt = NULL;
+    float *logits = malloc((size_t)c->vocab_size * sizeof(float));
+    rc = logits ? wmat_runtime_create(&rt, m, &rp) : WMAT_ERR_NOMEM;
+    if (rc) {
+        free(ids);
+        free(logits);
+        wmat_model_free(m);
+        return cli_fail("generate");
+    }
+    wmat_rng rng;
+    wmat_rng_seed(&rng, seed_set ? (uint64_t)seed : (uint64_t)time(NULL));
+    int32_t token = ids[0];
+    int pos_i = 0;
+    double t0 = 0;
+    while (pos_i < steps) {
+        if ((rc = wmat_decode(rt, token, pos_i, logits))) break;
+        int next;
+        if ((size_t)pos_i + 1 < n_prompt) next = ids[pos_i + 1];
+        else next = wmat_sample(logits, c->vocab_size, temp, top_p, &rng);
+        if (next < 0) {
+            rc = next;
+            break;
+        }
+        pos_i++;
+        if (next == c->bos_id) break;
+        char buf[8];
+        size_t len;
+        const char *piece = wmat_tokenizer_decode(tok, token, next, buf, &len);
+        print_piece(piece, len);
+        fflush(stdout);
+        token = next;
+        if (pos_i == 1) t0 = now_s();
+    }
+    printf("\n");
+    if (rc) cli_fail("generate");
+    else if (pos_i > 1) fprintf(stderr, "achieved tok/s: %.1f\n", (pos_i - 1) / (now_s() - t0));
+    wmat_runtime_free(rt);
+    free(logits);
+    free(ids);
+    wmat_model_free(m);
+    return rc ? 1 : 0;
+}
+
+int cmd_tokenize(int argc, char **argv)
+{
+    const cli_command *cmd = cli_find_command("tokenize");
+    const char *text = NULL, *out = NULL;
+    int no_bos = 0, print = 0;
+    cli_opt opts[] = {
+        {"--text", OPT_STR, &text, "FILE", "UTF-8 text to encode (the whole file as one string)"},
+        {"--out", OPT_STR, &out, "FILE", "where to write the uint16 ids"},
+        {"--no-bos", OPT_FLAG, &no_bos, NULL, "do not start with BOS"},
+        {"--print", OPT_FLAG, &print, NULL, "also print the ids, space-separated"},
+        {NULL, 0, NULL, NULL, NULL},
+    };
+    const char *pos[1];
+    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 1, 1, &np);
+    if (rc) return rc == 1 ? 0 : rc;
+    if (!text || (!out && !print)) return cli_usage_error("tokenize", "--text FILE and --out FILE are required");
+    wmat_model *m;
+    if (cli_load_model("tokenize", pos[0], 0, &m)) return 1;
+    wmat_tokenizer *tok = wmat_model_tokenizer(m);
+    if (!tok) {
+        fprintf(stderr, "wmat tokenize: error: %s has no tokenizer; pass --tokenizer FILE\n", wmat_model_path(m));
+        wmat_model_free(m);
+        return 1;
+    }
+    if (wmat_tokenizer_vocab_size(tok) > 65536) {
+        fprintf(stderr, "wmat tokenize: error: vocabulary of %d does not fit uint16 ids\n", wmat_tokenizer_vocab_size(tok));
+        wmat_model_free(m);
+        return 1;
+    }
+    char *buf;
+    size_t len;
+    if (wmat_read_file(text, &buf, &len)) {
+        wmat_model_free(m);
+        return cli_fail("tokenize");
+    }
+    int32_t *ids;
+    size_t n;
+    double t0 = now_s();
+    rc = wmat_tokenizer_encode(tok, buf, len, !no_bos, 0, &ids, &n);
+    double dt = now_s() - t0;
+    free(buf);
+    if (rc) {
+        wmat_model_free(m);
+        return cli_fail("tokenize");
+    }
+    if (print) {
+        for (size_t i = 0; i < n; i++) printf("%s%d", i ? " " : "", ids[i]);
+        printf("\n");
+    }
+    if (out) {
+        FILE *f = fopen(out, "wb");
+        int ok = f != NULL;
+        for (size_t i = 0; ok && i < n; i++) {
+            unsigned char b[2] = {(unsigned char)(ids[i] & 0xff), (unsigned char)(ids[i] >> 8)};
+            ok = fwrite(b, 1, 2, f) == 2;
+        }
+        if (f && fclose(f) != 0) ok = 0;
+        if (!ok) {
+            fprintf(stderr, "wmat tokenize: error: cannot write %s\n", out);
+            remove(out);
+            rc = 1;
+        } else {
+            fprintf(stderr, "%s: %zu bytes -> %zu tokens in %.3f s; wrote %s\n", text, len, n, dt, out);
+        }
+    }
+    free(ids);
+    wmat_model_free(m);
+    return rc ? 1 : 0;
+}
+
+int cmd_convert(int argc, char **argv)
+{
+    const cli_command *cmd = cli_find_command("convert");
+    const char *to = NULL, *dtype = "f32", *tok_out = NULL;
+    cli_opt opts[] = {
+        {"--to", OPT_STR, &to, "FORMAT", "llama2c, gguf or hf"},
+        {"--dtype", OPT_STR, &dtype, "TYPE", "weight type: f32 (default), f16, bf16 (hf, gguf), q8_0, q4_0 (gguf)"},
+        {"--tokenizer-out", OPT_STR, &tok_out, "FILE", "llama2c: where to write the tokenizer (default OUT_tokV.bin)"},
+        {NULL, 0, NULL, NULL, NULL},
+    };
+    const char *pos[2];
+    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 2, 2, &np);
+    if (rc) return rc == 1 ? 0 : rc;
+    if (!to) return cli_usage_error("convert", "--to llama2c|gguf|hf is required");
+    wmat_save_params sp = wmat_save_default_params();
+    sp.format = wmat_format_from_name(to);
+    if (sp.format == WMAT_FMT_UNKNOWN) return cli_usage_error("convert", "unknown format '%s' (llama2c, gguf, hf)", to);
+    int dt = wmat_dtype_from_name(dtype);
+    if (dt < 0 || !wmat_dtype_info((wmat_dtype)dt)->is_float)
+        return cli_usage_error("convert", "unknown --dtype '%s' (f32, f16, bf16, q8_0, q4_0)", dtype);
+    sp.dtype = (wmat_dtype)dt;
+    sp.tokenizer_path = tok_out;
+    wmat_model *m;
+    if (cli_load_model("convert", pos[0], 1, &m)) return 1;
+    double t0 = now_s();
+    rc = wmat_model_save(m, pos[1], &sp);
+    if (rc) {
+        wmat_model_free(m);
+        return cli_fail("convert");
+    }
+    fprintf(stderr, "wrote %s (%s, %s) in %.2f s\n", pos[1], to, dtype, now_s() - t0);
+    wmat_model_free(m);
+    return 0;
+}
+
+int cmd_sysinfo(int argc, char **argv)
+{
+    const cli_command *cmd = cli_find_command("sysinfo");
+    const char *pos[1];
+    int np, rc = cli_parse(cmd, argc, argv, NULL, pos, 0, 0, &np);
+    if (rc) return rc == 1 ? 0 : rc;
+    printf("gemm backend: %s\n", wmat_gemm_backend_name(wmat_gemm_get_backend()));
+    return 0;
+}

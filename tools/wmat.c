@@ -1,0 +1,64 @@
+/* wmat: the command line. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+const cli_command g_commands[] = {
+    {"info", "Show a model's architecture and every tensor (name, shape, dtype, bytes).", "MODEL [options]", cmd_info},
+    {"eval", "Perplexity of a text or token stream: windows of ctx+1 tokens overlapping by one, each from an empty cache.",
+     "MODEL (--text FILE | --tokens FILE) [options]", cmd_eval},
+    {"generate", "Continue a prompt (greedy with --temp 0).", "MODEL --prompt TEXT [options]", cmd_generate},
+    {"tokenize", "Encode a text file as llama2.c does and write little-endian uint16 ids.",
+     "MODEL --text FILE --out FILE [options]", cmd_tokenize},
+    {"convert", "Write a model in another format or weight type (atomic output).",
+     "IN OUT --to llama2c|gguf|hf [--dtype f32|f16|bf16|q8_0|q4_0] [options]", cmd_convert},
+    {"sysinfo", "CPU features, math libraries and kernels in use, and GEMM / memory speed measured now.", "[options]",
+     cmd_sysinfo},
+    {NULL, NULL, NULL, NULL},
+};
+
+const cli_command *cli_find_command(const char *name)
+{
+    for (const cli_command *c = g_commands; c->name; c++)
+        if (!strcmp(c->name, name)) return c;
+    return NULL;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "wmat %s: load, run, measure and transform the weight matrices of LLaMA-family models\n\n", WMAT_VERSION);
+    fprintf(f, "usage: wmat COMMAND [ARGS] [--threads N] [--help]\n\ncommands:\n");
+    for (const cli_command *c = g_commands; c->name; c++) fprintf(f, "  %-10s %s\n", c->name, c->summary);
+    fprintf(f, "\nMODEL is a llama2.c .bin (tokenizer found beside it or given with --tokenizer),\n"
+               "a .gguf file, or a Hugging Face directory (config.json + safetensors).\n"
+               "'wmat COMMAND --help' describes a command.\n");
+}
+
+static int wants_blas_tune(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--no-blas-tune")) return 0;
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("wmat %s\n", WMAT_VERSION);
+        return 0;
+    }
+    const cli_command *cmd = cli_find_command(argv[1]);
+    if (!cmd) {
+        fprintf(stderr, "wmat: unknown command '%s'\n\n", argv[1]);
+        usage(stderr);
+        return 2;
+    }
+    (void)wants_blas_tune;
+    wmat_linalg_init(0);
+    return cmd->run(argc - 1, argv + 1);
+}
