@@ -178,13 +178,16 @@ typedef enum {
 } wmat_gemm_backend;
 
 /* wmat_linalg_init: probe and self-check the backends (once), then set the
- * thread policy: n_threads > 0 is the count for BLAS/oneDNN calls made
- * outside an OpenMP parallel region, <= 0 means every CPU this process may
- * use. OpenBLAS gets it through openblas_set_num_threads unless the user set
- * OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS or OMP_NUM_THREADS; OpenMP through
- * omp_set_num_threads unless the user set OMP_NUM_THREADS (the user's
- * variables always win). Calls from inside a parallel region use one
- * thread. Other linalg functions initialize lazily with the defaults. */
+ * thread policy. n_threads > 0 is the thread count of linear algebra called
+ * outside an OpenMP parallel region; <= 0 means every CPU this process may
+ * use. One thread pool runs, OpenMP's: oneDNN and the reference use it, and
+ * OpenBLAS is set to one thread while wmat splits large OpenBLAS GEMMs over
+ * OpenMP threads (an idle OpenBLAS pool spins for ~0.1 s after each call and
+ * slows OpenMP work in that window many times over). The user's variables
+ * always win: with OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS or OMP_NUM_THREADS
+ * set, OpenBLAS's count stays as loaded; with OMP_NUM_THREADS set, OpenMP's
+ * does. Calls from inside a parallel region use one thread. Without this
+ * call linalg initializes lazily and changes no thread setting. */
 WMAT_API int wmat_linalg_init(int n_threads);
 WMAT_API int wmat_gemm_set_backend(wmat_gemm_backend b);
 WMAT_API wmat_gemm_backend wmat_gemm_get_backend(void);
@@ -441,6 +444,8 @@ WMAT_API int wmat_eval_tokens(wmat_runtime *rt, const int32_t *tokens, size_t n,
 
 /* Read a file of little-endian uint16 token ids. *out malloc'd. */
 WMAT_API int wmat_read_tokens_u16(const char *path, int32_t **out, size_t *n);
+/* Write ids as little-endian uint16 (atomic); ids must be in 0..65535. */
+WMAT_API int wmat_write_tokens_u16(const char *path, const int32_t *ids, size_t n);
 /* Read a whole file into memory (NUL-terminated). *out malloc'd. */
 WMAT_API int wmat_read_file(const char *path, char **out, size_t *len);
 

@@ -247,25 +247,35 @@ int cmd_tokenize(int argc, char **argv)
         {NULL, 0, NULL, NULL, NULL},
     };
     const char *pos[1];
-    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 1, 1, &np);
+    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 0, 1, &np);
     if (rc) return rc == 1 ? 0 : rc;
     if (!text || (!out && !print)) return cli_usage_error("tokenize", "--text FILE and --out FILE are required");
-    wmat_model *m;
-    if (cli_load_model("tokenize", pos[0], 0, &m)) return 1;
-    wmat_tokenizer *tok = wmat_model_tokenizer(m);
-    if (!tok) {
-        fprintf(stderr, "wmat tokenize: error: %s has no tokenizer; pass --tokenizer FILE\n", wmat_model_path(m));
-        wmat_model_free(m);
-        return 1;
+    if (np == 0 && !g_cli.tokenizer) return cli_usage_error("tokenize", "give a MODEL or --tokenizer FILE");
+    wmat_model *m = NULL;
+    wmat_tokenizer *tok = NULL, *own_tok = NULL;
+    if (np == 0) {
+        /* a tokenizer file alone: its whole vocabulary */
+        if (wmat_tokenizer_load_llama2c(&own_tok, g_cli.tokenizer, 0)) return cli_fail("tokenize");
+        tok = own_tok;
+    } else {
+        if (cli_load_model("tokenize", pos[0], 0, &m)) return 1;
+        tok = wmat_model_tokenizer(m);
+        if (!tok) {
+            fprintf(stderr, "wmat tokenize: error: %s has no tokenizer; pass --tokenizer FILE\n", wmat_model_path(m));
+            wmat_model_free(m);
+            return 1;
+        }
     }
     if (wmat_tokenizer_vocab_size(tok) > 65536) {
         fprintf(stderr, "wmat tokenize: error: vocabulary of %d does not fit uint16 ids\n", wmat_tokenizer_vocab_size(tok));
+        wmat_tokenizer_free(own_tok);
         wmat_model_free(m);
         return 1;
     }
     char *buf;
     size_t len;
     if (wmat_read_file(text, &buf, &len)) {
+        wmat_tokenizer_free(own_tok);
         wmat_model_free(m);
         return cli_fail("tokenize");
     }
@@ -276,6 +286,7 @@ int cmd_tokenize(int argc, char **argv)
     double dt = now_s() - t0;
     free(buf);
     if (rc) {
+        wmat_tokenizer_free(own_tok);
         wmat_model_free(m);
         return cli_fail("tokenize");
     }
@@ -284,22 +295,15 @@ int cmd_tokenize(int argc, char **argv)
         printf("\n");
     }
     if (out) {
-        FILE *f = fopen(out, "wb");
-        int ok = f != NULL;
-        for (size_t i = 0; ok && i < n; i++) {
-            unsigned char b[2] = {(unsigned char)(ids[i] & 0xff), (unsigned char)(ids[i] >> 8)};
-            ok = fwrite(b, 1, 2, f) == 2;
-        }
-        if (f && fclose(f) != 0) ok = 0;
-        if (!ok) {
-            fprintf(stderr, "wmat tokenize: error: cannot write %s\n", out);
-            remove(out);
+        if (wmat_write_tokens_u16(out, ids, n)) {
+            cli_fail("tokenize");
             rc = 1;
         } else {
             fprintf(stderr, "%s: %zu bytes -> %zu tokens in %.3f s; wrote %s\n", text, len, n, dt, out);
         }
     }
     free(ids);
+    wmat_tokenizer_free(own_tok);
     wmat_model_free(m);
     return rc ? 1 : 0;
 }
@@ -342,9 +346,11 @@ int cmd_convert(int argc, char **argv)
 int cmd_sysinfo(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("sysinfo");
+    int quick = 0;
+    cli_opt opts[] = {{"--quick", OPT_FLAG, &quick, NULL, "short measurements (about 0.3 s instead of a few seconds)"},
+                      {NULL, 0, NULL, NULL, NULL}};
     const char *pos[1];
-    int np, rc = cli_parse(cmd, argc, argv, NULL, pos, 0, 0, &np);
+    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 0, 0, &np);
     if (rc) return rc == 1 ? 0 : rc;
-    printf("gemm backend: %s\n", wmat_gemm_backend_name(wmat_gemm_get_backend()));
-    return 0;
+    return wmat_sysinfo_report(stdout, g_cli.threads, quick) ? cli_fail("sysinfo") : 0;
 }

@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 const cli_command g_commands[] = {
@@ -10,7 +11,7 @@ const cli_command g_commands[] = {
      "MODEL (--text FILE | --tokens FILE) [options]", cmd_eval},
     {"generate", "Continue a prompt (greedy with --temp 0).", "MODEL --prompt TEXT [options]", cmd_generate},
     {"tokenize", "Encode a text file as llama2.c does and write little-endian uint16 ids.",
-     "MODEL --text FILE --out FILE [options]", cmd_tokenize},
+     "[MODEL | --tokenizer FILE] --text FILE --out FILE [options]", cmd_tokenize},
     {"convert", "Write a model in another format or weight type (atomic output).",
      "IN OUT --to llama2c|gguf|hf [--dtype f32|f16|bf16|q8_0|q4_0] [options]", cmd_convert},
     {"sysinfo", "CPU features, math libraries and kernels in use, and GEMM / memory speed measured now.", "[options]",
@@ -35,11 +36,15 @@ static void usage(FILE *f)
                "'wmat COMMAND --help' describes a command.\n");
 }
 
-static int wants_blas_tune(int argc, char **argv)
+/* --threads N anywhere on the line, read before the command parses its
+ * options, so the math libraries start with the right thread count. */
+static int prescan_threads(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--no-blas-tune")) return 0;
-    return 1;
+    for (int i = 1; i < argc; i++) {
+        if (!strncmp(argv[i], "--threads=", 10)) return atoi(argv[i] + 10);
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) return atoi(argv[i + 1]);
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -58,7 +63,11 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    (void)wants_blas_tune;
-    wmat_linalg_init(0);
+    /* May re-execute the program once with OPENBLAS_CORETYPE set (never when
+     * the user set it or passed --no-blas-tune). */
+    wmat_blas_tune_reexec(argc, argv);
+    int threads = prescan_threads(argc, argv);
+    if (wmat_linalg_init(threads > 0 ? threads : 0) != WMAT_OK)
+        fprintf(stderr, "wmat: warning: %s\n", wmat_last_error());
     return cmd->run(argc - 1, argv + 1);
 }

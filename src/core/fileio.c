@@ -174,3 +174,28 @@ int wmat_read_tokens_u16(const char *path, int32_t **out, size_t *n)
     *n = cnt;
     return WMAT_OK;
 }
+
+int wmat_write_tokens_u16(const char *path, const int32_t *ids, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] > 65535)
+            return wmat_set_error(WMAT_ERR_INVALID, "%s: token id %d at index %zu does not fit uint16", path, ids[i], i);
+    wmat_afile af;
+    int rc = wmat__afile_open(&af, path);
+    if (rc) return rc;
+    unsigned char buf[4096];
+    size_t k = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        buf[k++] = (unsigned char)(ids[i] & 0xff);
+        buf[k++] = (unsigned char)(ids[i] >> 8);
+        if (k == sizeof buf || i + 1 == n) {
+            rc = wmat__afile_write(&af, buf, k);
+            k = 0;
+        }
+    }
+    if (rc) {
+        wmat__afile_abort(&af);
+        return rc;
+    }
+    return wmat__afile_commit(&af);
+}
