@@ -6,9 +6,15 @@
 #include "io/model_internal.h"
 
 #include "kernels.h"
+#include "linear.h"
 
 #include <math.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static inline int omp_get_thread_num(void) { return 0; }
+#endif
 
 struct wmat_runtime {
     wmat_model *m;
@@ -28,7 +34,7 @@ struct wmat_runtime {
     float *q;   /* (T, dim) */
     float *k;   /* (T, kv_dim) */
     float *v;   /* (T, kv_dim) */
-    float *att; /* (T, T) scores of one head */
+    float *att; /* (n_threads, T, T) scores, one head per thread */
     float *hb;  /* (T, hidden) */
     float *hb2; /* (T, hidden) */
 
@@ -57,10 +63,13 @@ int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_pa
     *out = NULL;
     wmat_runtime_params def = wmat_runtime_default_params();
     if (!p) p = &def;
-    for (int i = 0; i < m->n_tensors; i++)
-        if (m->tensors[i].dtype != WMAT_F32)
-            return wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is %s; call wmat_model_materialize first",
-                                  wmat_model_path(m), m->tensors[i].name, wmat_dtype_info(m->tensors[i].dtype)->name);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const wmat_tensor *t = &m->tensors[i];
+        int ok = t->ndim == 2 && t != wmat_model_tok_embeddings(m) ? wmat__linear_supported(t) : t->dtype == WMAT_F32;
+        if (!ok)
+            return wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is %s, which the runtime cannot use; call wmat_model_materialize first",
+                                  wmat_model_path(m), t->name, wmat_dtype_info(t->dtype) ? wmat_dtype_info(t->dtype)->name : "?");
+    }
     wmat_runtime *rt = wmat__calloc(1, sizeof *rt);
     if (!rt) return wmat_set_error(WMAT_ERR_NOMEM, "runtime: out of memory");
     rt->m = m;
@@ -76,7 +85,8 @@ int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_pa
     const size_t KV = (size_t)c->n_kv_heads * (size_t)c->head_dim;
     const size_t half = (size_t)c->head_dim / 2, P = (size_t)rt->n_pos, S = (size_t)rt->kv_len;
     const size_t L = (size_t)c->n_layers;
-    size_t floats = 2 * P * half + T * (3 * D + 2 * KV + 2 * H) + T * T + 2 * L * S * KV +
+    const size_t NT = (size_t)rt->n_threads;
+    size_t floats = 2 * P * half + T * (3 * D + 2 * KV + 2 * H) + NT * T * T + 2 * L * S * KV +
                     4 * D + 2 * H + (size_t)c->n_heads * S;
     size_t bytes = floats * sizeof(float) + 32 * WMAT_ALIGN;
     int rc = wmat_arena_create(&rt->arena, bytes);
@@ -92,7 +102,7 @@ int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_pa
     rt->q = take(rt, T * D);
     rt->k = take(rt, T * KV);
     rt->v = take(rt, T * KV);
-    rt->att = take(rt, T * T);
+    rt->att = take(rt, NT * T * T);
     rt->hb = take(rt, T * H);
     rt->hb2 = take(rt, T * H);
     rt->key_cache = take(rt, L * S * KV);
@@ -163,12 +173,6 @@ static int call_hook(wmat_runtime *rt, int layer, wmat_linear_kind k, const floa
     return WMAT_OK;
 }
 
-/* Y (T, out) = X (T, in) W^T, or Y += ... when accumulate. */
-static void linear(float *Y, const float *X, const wmat_tensor *W, int T, int accumulate)
-{
-    const int out = (int)W->shape[0], in = (int)W->shape[1];
-    wmat_sgemm(0, 1, T, out, in, 1.0f, X, in, (const float *)W->data, in, accumulate ? 1.0f : 0.0f, Y, out);
-}
 
 int wmat_forward(wmat_runtime *rt, const int32_t *tokens, int T, float *logits)
 {
@@ -196,9 +200,9 @@ int wmat_forward(wmat_runtime *rt, const int32_t *tokens, int T, float *logits)
         if ((rc = call_hook(rt, l, WMAT_LIN_Q, rt->xb, T, D, wq)) || (rc = call_hook(rt, l, WMAT_LIN_K, rt->xb, T, D, wk)) ||
             (rc = call_hook(rt, l, WMAT_LIN_V, rt->xb, T, D, wv)))
             return rc;
-        linear(rt->q, rt->xb, wq, T, 0);
-        linear(rt->k, rt->xb, wk, T, 0);
-        linear(rt->v, rt->xb, wv, T, 0);
+        wmat__linear_batch(rt->q, rt->xb, wq, T, 0, nt);
+        wmat__linear_batch(rt->k, rt->xb, wk, T, 0, nt);
+        wmat__linear_batch(rt->v, rt->xb, wv, T, 0, nt);
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int t = 0; t < T; t++) {
             const float *cs = rt->rope_cos + (size_t)t * half, *sn = rt->rope_sin + (size_t)t * half;
@@ -207,14 +211,18 @@ int wmat_forward(wmat_runtime *rt, const int32_t *tokens, int T, float *logits)
         }
         /* Causal attention, one head at a time: S = Q_h K_h^T (T, T), masked
          * softmax by rows, O_h = P V_h written into xb (T, dim). */
+        /* Heads in parallel; GEMMs inside a parallel region run on one
+         * thread (the linalg policy), each thread with its own score buffer. */
+#pragma omp parallel for num_threads(nt) schedule(static)
         for (int h = 0; h < c->n_heads; h++) {
             const int kvh = h / kv_mul;
-            wmat_sgemm(0, 1, T, T, hd, scale, rt->q + (size_t)h * hd, D, rt->k + (size_t)kvh * hd, KV, 0.0f, rt->att, T);
-            wmat__causal_softmax_rows(rt->att, T, nt);
-            wmat_sgemm(0, 0, T, hd, T, 1.0f, rt->att, T, rt->v + (size_t)kvh * hd, KV, 0.0f, rt->xb + (size_t)h * hd, D);
+            float *att = rt->att + (size_t)omp_get_thread_num() * (size_t)T * (size_t)T;
+            wmat_sgemm(0, 1, T, T, hd, scale, rt->q + (size_t)h * hd, D, rt->k + (size_t)kvh * hd, KV, 0.0f, att, T);
+            wmat__causal_softmax_rows(att, T, 1);
+            wmat_sgemm(0, 0, T, hd, T, 1.0f, att, T, rt->v + (size_t)kvh * hd, KV, 0.0f, rt->xb + (size_t)h * hd, D);
         }
         if ((rc = call_hook(rt, l, WMAT_LIN_O, rt->xb, T, D, wo))) return rc;
-        linear(rt->x, rt->xb, wo, T, 1);
+        wmat__linear_batch(rt->x, rt->xb, wo, T, 1, nt);
 
         const float *w_fn = wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data;
         wmat__rmsnorm_rows(rt->xb, rt->x, w_fn, T, D, c->norm_eps, nt);
@@ -222,16 +230,16 @@ int wmat_forward(wmat_runtime *rt, const int32_t *tokens, int T, float *logits)
                           *wd = wmat_model_linear(m, l, WMAT_LIN_DOWN);
         if ((rc = call_hook(rt, l, WMAT_LIN_GATE, rt->xb, T, D, wg)) || (rc = call_hook(rt, l, WMAT_LIN_UP, rt->xb, T, D, wu)))
             return rc;
-        linear(rt->hb, rt->xb, wg, T, 0);
-        linear(rt->hb2, rt->xb, wu, T, 0);
-        wmat__swiglu(rt->hb, rt->hb2, (size_t)T * H, nt);
+        wmat__linear_batch(rt->hb, rt->xb, wg, T, 0, nt);
+        wmat__linear_batch(rt->hb2, rt->xb, wu, T, 0, nt);
+        wmat__swiglu_fast(rt->hb, rt->hb2, (size_t)T * H, nt);
         if ((rc = call_hook(rt, l, WMAT_LIN_DOWN, rt->hb, T, H, wd))) return rc;
-        linear(rt->x, rt->hb, wd, T, 1);
+        wmat__linear_batch(rt->x, rt->hb, wd, T, 1, nt);
     }
     wmat__rmsnorm_rows(rt->xb, rt->x, wmat_model_final_norm(m)->data, T, D, c->norm_eps, nt);
     const wmat_tensor *wc = wmat_model_classifier(m);
     if ((rc = call_hook(rt, c->n_layers, WMAT_LIN_COUNT, rt->xb, T, D, wc))) return rc;
-    if (logits) linear(logits, rt->xb, wc, T, 0);
+    if (logits) wmat__linear_batch(logits, rt->xb, wc, T, 0, nt);
     return WMAT_OK;
 }
 
@@ -253,9 +261,9 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
         wmat__rmsnorm_rows(rt->dxb, x, wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data, 1, D, c->norm_eps, 1);
         float *kc = rt->key_cache + ((size_t)l * S + pos) * KV;
         float *vc = rt->value_cache + ((size_t)l * S + pos) * KV;
-        wmat__matvec(rt->dq, wmat_model_linear(m, l, WMAT_LIN_Q)->data, rt->dxb, D, D, nt);
-        wmat__matvec(kc, wmat_model_linear(m, l, WMAT_LIN_K)->data, rt->dxb, KV, D, nt);
-        wmat__matvec(vc, wmat_model_linear(m, l, WMAT_LIN_V)->data, rt->dxb, KV, D, nt);
+        wmat__linear_vec(rt->dq, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_Q), 0, nt);
+        wmat__linear_vec(kc, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_K), 0, nt);
+        wmat__linear_vec(vc, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_V), 0, nt);
         rope_row(rt->dq, c->n_heads, hd, cs, sn);
         rope_row(kc, c->n_kv_heads, hd, cs, sn);
         const float *kbase = rt->key_cache + (size_t)l * S * KV, *vbase = rt->value_cache + (size_t)l * S * KV;
@@ -280,16 +288,14 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
                 for (int i = 0; i < hd; i++) xb[i] += a * v[i];
             }
         }
-        wmat__matvec(rt->dxb2, wmat_model_linear(m, l, WMAT_LIN_O)->data, rt->dxb, D, D, nt);
-        for (int i = 0; i < D; i++) x[i] += rt->dxb2[i];
+        wmat__linear_vec(x, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_O), 1, nt);
         wmat__rmsnorm_rows(rt->dxb, x, wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data, 1, D, c->norm_eps, 1);
-        wmat__matvec(rt->dhb, wmat_model_linear(m, l, WMAT_LIN_GATE)->data, rt->dxb, H, D, nt);
-        wmat__matvec(rt->dhb2, wmat_model_linear(m, l, WMAT_LIN_UP)->data, rt->dxb, H, D, nt);
+        wmat__linear_vec(rt->dhb, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_GATE), 0, nt);
+        wmat__linear_vec(rt->dhb2, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_UP), 0, nt);
         wmat__swiglu(rt->dhb, rt->dhb2, (size_t)H, 1);
-        wmat__matvec(rt->dxb, wmat_model_linear(m, l, WMAT_LIN_DOWN)->data, rt->dhb, D, H, nt);
-        for (int i = 0; i < D; i++) x[i] += rt->dxb[i];
+        wmat__linear_vec(x, rt->dhb, wmat_model_linear(m, l, WMAT_LIN_DOWN), 1, nt);
     }
     wmat__rmsnorm_rows(x, x, wmat_model_final_norm(m)->data, 1, D, c->norm_eps, 1);
-    wmat__matvec(logits, wmat_model_classifier(m)->data, x, c->vocab_size, D, nt);
+    wmat__linear_vec(logits, x, wmat_model_classifier(m), 0, nt);
     return WMAT_OK;
 }

@@ -8,11 +8,15 @@
 void wmat__rmsnorm_rows(float *out, const float *x, const float *w, int T, int n, float eps, int n_threads);
 /* In-place softmax of n values. */
 void wmat__softmax(float *x, int n);
-/* Row t of the (T, T) score matrix keeps columns 0..t, softmaxed; the rest 0. */
+/* Row t of the (T, T) score matrix keeps columns 0..t, softmaxed (vectorized
+ * exp); the rest 0. */
 void wmat__causal_softmax_rows(float *s, int T, int n_threads);
-/* a[i] = silu(a[i]) * b[i] */
+/* a[i] = silu(a[i]) * b[i] with a vectorized exp (batched path; about
+ * 2 ulp from expf) */
+void wmat__swiglu_fast(float *a, const float *b, size_t n, int n_threads);
+/* a[i] = silu(a[i]) * b[i] with libm's expf, as run.c (decode path) */
 void wmat__swiglu(float *a, const float *b, size_t n, int n_threads);
-/* out (rows) = W (rows, cols) x (cols). */
-void wmat__matvec(float *out, const float *W, const float *x, int rows, int cols, int n_threads);
+/* out (rows) = W (rows, cols) x (cols), or out += ... when accumulate. */
+void wmat__matvec(float *out, const float *W, const float *x, int rows, int cols, int accumulate, int n_threads);
 
 #endif
