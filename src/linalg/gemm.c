@@ -499,6 +499,18 @@ static void probe(void)
             n += (size_t)snprintf(g.dnnl_note + n, sizeof g.dnnl_note - n, " %s %s%s%s", op[i],
                                   ok[i] ? "ok" : "FAILED (", ok[i] ? "" : why[i], ok[i] ? "" : ")");
     }
+    /* WMAT_GEMM_BACKEND=openblas|onednn|reference|auto pins the fp32
+     * backend for a whole process (the test suite runs once per backend). */
+    const char *want = getenv("WMAT_GEMM_BACKEND");
+    if (want && *want) {
+        static const char *const names[] = {"auto", "openblas", "onednn", "reference"};
+        for (int b = 0; b < 4; b++) {
+            if (strcmp(want, names[b]) != 0) continue;
+            bool avail = b == WMAT_GEMM_AUTO || b == WMAT_GEMM_REFERENCE || (b == WMAT_GEMM_OPENBLAS && g.openblas_ok) ||
+                         (b == WMAT_GEMM_ONEDNN && g.dnnl_f32);
+            if (avail) atomic_store(&g_backend, b);
+        }
+    }
     wmat_clear_error();
     update_status();
 }

@@ -275,9 +275,7 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
             const size_t koff = (size_t)(h / kv_mul) * hd;
             for (int t = 0; t <= pos; t++) {
                 const float *k = kbase + (size_t)t * KV + koff;
-                float score = 0.0f;
-                for (int i = 0; i < hd; i++) score += q[i] * k[i];
-                att[t] = score * inv;
+                att[t] = wmat__dot(q, k, hd) * inv;
             }
             wmat__softmax(att, pos + 1);
             float *xb = rt->dxb + (size_t)h * hd;

@@ -113,17 +113,21 @@ void wmat__swiglu(float *a, const float *b, size_t n, int n_threads)
     }
 }
 
-/* 16 independent partial sums let the compiler vectorize without
- * -ffast-math; target_clones picks AVX-512 / AVX2+FMA at load time. */
+/* 64 independent partial sums (four AVX-512 or eight AVX2 registers) hide
+ * the FMA latency and let the compiler vectorize without -ffast-math;
+ * target_clones picks AVX-512 / AVX2+FMA at load time. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
-static float dot(const float *a, const float *b, int n)
+float wmat__dot(const float *a, const float *b, int n)
 {
-    float acc[16] = {0};
+    float acc[64] = {0};
     int j = 0;
+    for (; j + 64 <= n; j += 64)
+        for (int k = 0; k < 64; k++) acc[k] += a[j + k] * b[j + k];
     for (; j + 16 <= n; j += 16)
         for (int k = 0; k < 16; k++) acc[k] += a[j + k] * b[j + k];
+    for (int k = 0; k < 16; k++) acc[k] += acc[k + 16] + acc[k + 32] + acc[k + 48];
     float s = 0.0f;
     for (int k = 0; k < 16; k++) s += acc[k];
     for (; j < n; j++) s += a[j] * b[j];
@@ -136,7 +140,7 @@ void wmat__matvec(float *out, const float *W, const float *x, int rows, int cols
     const long work = (long)rows * cols;
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (work >= 65536)
     for (int r = 0; r < rows; r++) {
-        float d = dot(W + (size_t)r * cols, x, cols);
+        float d = wmat__dot(W + (size_t)r * cols, x, cols);
         out[r] = accumulate ? out[r] + d : d;
     }
 }

@@ -16,6 +16,8 @@ void wmat__causal_softmax_rows(float *s, int T, int n_threads);
 void wmat__swiglu_fast(float *a, const float *b, size_t n, int n_threads);
 /* a[i] = silu(a[i]) * b[i] with libm's expf, as run.c (decode path) */
 void wmat__swiglu(float *a, const float *b, size_t n, int n_threads);
+/* sum a[i] b[i], vectorized (not in run.c's summation order) */
+float wmat__dot(const float *a, const float *b, int n);
 /* out (rows) = W (rows, cols) x (cols), or out += ... when accumulate. */
 void wmat__matvec(float *out, const float *W, const float *x, int rows, int cols, int accumulate, int n_threads);
 

@@ -100,8 +100,10 @@ static void softmax(float *x, int n)
     for (int i = 0; i < n; i++) x[i] /= s;
 }
 
+/* run.c parallelises exactly these two loops when built with OpenMP. */
 static void matmul(float *o, const float *x, const float *w, int n, int d)
 {
+#pragma omp parallel for
     for (int i = 0; i < d; i++) {
         float v = 0.0f;
         for (int j = 0; j < n; j++) v += w[(long)i * n + j] * x[j];
@@ -132,6 +134,7 @@ float *ref_forward(ref_model *r, int token, int pos)
                 vec[i + 1] = v0 * fci + v1 * fcr;
             }
         }
+#pragma omp parallel for
         for (int h = 0; h < r->nh; h++) {
             float *q = r->q + h * hs, *att = r->att + (long)h * r->seq;
             for (int t = 0; t <= pos; t++) {
