@@ -68,6 +68,7 @@ typedef enum {
     WMAT_Q4_0 = 4, /* ggml block: fp16 scale + 16 bytes of nibbles, 18 / 32 */
     WMAT_I32 = 5,
     WMAT_U8 = 6,
+    WMAT_QPACKED = 7, /* quantized storage: data is a wmat_qtensor (see that section) */
     WMAT_DTYPE_COUNT
 } wmat_dtype;
 
@@ -282,7 +283,8 @@ typedef enum {
     WMAT_FMT_UNKNOWN = 0,
     WMAT_FMT_LLAMA2C = 1,
     WMAT_FMT_GGUF = 2,
-    WMAT_FMT_HF = 3
+    WMAT_FMT_HF = 3,
+    WMAT_FMT_QUANT = 4 /* native quantized directory (docs/_formats_quant.md) */
 } wmat_format;
 
 WMAT_API const char *wmat_format_name(wmat_format f);
@@ -454,6 +456,386 @@ WMAT_API int wmat_read_file(const char *path, char **out, size_t *len);
 /* Sample from logits (modified in place): temp <= 0 is argmax; top_p in
  * (0,1) does nucleus sampling. */
 WMAT_API int wmat_sample(float *logits, int n, float temp, float top_p, wmat_rng *rng);
+
+/* ================================================================ analysis
+ * Spectra, outliers, low-rank-ness and fine-tuning fingerprints of weight
+ * matrices (src/analyze, docs/ANALYSIS.md). Eigenvalues are lambda = s^2 of
+ * W^T W without normalization (WeightWatcher's default). */
+
+/* Continuous power-law fit of positive samples (WeightWatcher / Clauset):
+ * for each candidate xmin, alpha = 1 + n / sum ln(x_i / xmin) over x_i >=
+ * xmin; the xmin with the smallest Kolmogorov-Smirnov distance D wins. */
+typedef struct {
+    double alpha, xmin, xmax, D;
+    int n;            /* samples used (positive values) */
+    int n_tail;       /* samples >= xmin */
+    int n_candidates; /* xmin candidates considered */
+    int n_ks_exact;   /* candidates whose D was computed over the whole tail */
+    int64_t n_evals;  /* CDF evaluations done in the xmin search (work, for benchmarks) */
+} wmat_powerlaw;
+
+/* Fit x[0..n) (any order; values <= 0 ignored). min_tail: smallest tail
+ * (<= 1: 2). WMAT_ERR_INVALID if fewer than min_tail positive samples;
+ * then *out has alpha = NaN. The result is the exact minimum of D; the
+ * search prunes candidates with bounds instead of the O(n^2) scan
+ * (docs/ANALYSIS.md). */
+WMAT_API int wmat_powerlaw_fit(const double *x, int n, int min_tail, wmat_powerlaw *out);
+
+/* All min(rows, cols) singular values of W (rows, cols) row-major, in
+ * descending order, in double. exact = 0: eigenvalues of the Gram matrix
+ * (dsyrk + dsyevd; values below ~1e-7 s_max lose relative accuracy);
+ * exact = 1: LAPACK dgesdd. */
+WMAT_API int wmat_singular_values(const float *W, int64_t rows, int64_t cols, int exact, double *s);
+
+typedef struct {
+    int exact;                 /* 1: singular values by dgesdd (default 0: Gram + dsyevd) */
+    int intruder_k;            /* top singular vectors checked against the base (default 10) */
+    double intruder_threshold; /* max |cos| below this marks an intruder (default 0.5) */
+    int pl_min_tail;           /* smallest tail of the power-law fit (default 10) */
+    int heads;                 /* attention heads: -1 auto (layers*heads <= 256), 0 off, 1 on */
+    int top_channels;          /* outlier channels kept per matrix (default 5, at most 16) */
+    const wmat_context *ctx;   /* threads and progress (NULL: default) */
+} wmat_analyze_params;
+
+WMAT_API wmat_analyze_params wmat_analyze_default_params(void);
+
+#define WMAT_AN_TOP 16
+#define WMAT_AN_INTRUDER_MAX 64
+
+/* One weight matrix. Arrays are owned by the analysis. Column names of the
+ * CSV/JSON are the field names (docs/ANALYSIS.md). */
+typedef struct {
+    char name[WMAT_NAME_MAX];
+    char role[16];   /* q k v o gate up down embed classifier other */
+    int layer;       /* -1 for global matrices */
+    int64_t rows, cols;
+    int n_sv;        /* min(rows, cols) */
+    double *sv;      /* singular values, descending (n_sv) */
+    /* norms and ranks */
+    double norm_fro, spectral_norm_sv; /* ||W||_F, ||W||_2 = s_max */
+    double norm;                       /* WeightWatcher's "norm": ||W||_F^2 (sum of eigenvalues) */
+    double lambda_max;                 /* s_max^2 */
+    double spectral_norm;              /* WeightWatcher's "spectral_norm": lambda_max (= s_max^2) */
+    double log_norm, log_spectral_norm;/* log10 ||W||_F^2, log10 lambda_max */
+    double log_alpha_norm;             /* log10 sum lambda_i^alpha (WeightWatcher) */
+    double stable_rank;                /* ||W||_F^2 / ||W||_2^2 */
+    double entropy_rank;               /* effective rank: exp(-sum p ln p), p = s / sum s */
+    int rank90, rank95, rank99;        /* singular values holding that share of sum s^2 */
+    /* power law of the eigenvalues */
+    double alpha, xmin, xmax, D, alpha_weighted;
+    int num_pl_spikes;                 /* tail size of the fit */
+    /* Marchenko-Pastur */
+    double sigma_mp, lambda_plus, mp_softrank;
+    int num_spikes;
+    /* low rank (WeLore-style) */
+    double lr_err10, lr_err25, lr_err50; /* relative Frobenius error of the best rank-k approximation */
+    int lrc;                             /* 1: low-rank component (lr_err25 <= 0.5) */
+    /* outliers: channel = column (input, IC) or row (output, OC) */
+    double ic_max_ratio, oc_max_ratio;   /* max over channels of max|w| / RMS */
+    double ic_kurtosis_max, oc_kurtosis_max; /* Pearson kurtosis (3 for a Gaussian) */
+    double ic_kurtosis_mean, oc_kurtosis_mean;
+    int n_top;
+    int top_ic[WMAT_AN_TOP], top_oc[WMAT_AN_TOP];
+    double top_ic_ratio[WMAT_AN_TOP], top_oc_ratio[WMAT_AN_TOP];
+    double *ic_ratio, *oc_ratio;         /* per channel max|w| / RMS (cols, rows) */
+    double rtn4_err_per_oc;              /* 4-bit symmetric RTN, one scale per row: ||W-Q||_F / ||W||_F */
+    double rtn4_err_per_ic;              /* one scale per column */
+    /* against the base (has_base) */
+    int has_base;
+    double delta_rel;                    /* ||W - B||_F / ||B||_F */
+    double delta_stable_rank, delta_entropy_rank;
+    double *delta_sv;                    /* singular values of W - B (n_sv) */
+    double subspace_overlap;             /* ||U_k^T U'_k||_F^2 / k (left vectors, k = intruder_k) */
+    int intruder_k, num_intruders;
+    double intruder_cos[WMAT_AN_INTRUDER_MAX]; /* max |cos| of u_i to every base left vector, i < k */
+    double seconds;
+} wmat_matrix_stats;
+
+/* One attention head: SVD of its OV circuit W_O[:, h] W_V[kvh] and of its
+ * QK circuit W_Q[h]^T W_K[kvh] (both dim x dim of rank <= head_dim). */
+typedef struct {
+    int layer, head, kv_head;
+    int n_sv;                   /* head_dim */
+    double *ov_sv, *qk_sv;
+    double ov_norm_fro, qk_norm_fro, ov_stable_rank, qk_stable_rank, ov_entropy_rank, qk_entropy_rank;
+} wmat_head_stats;
+
+typedef enum { WMAT_COMP_Q = 0, WMAT_COMP_K = 1, WMAT_COMP_V = 2, WMAT_COMP_COUNT } wmat_comp_kind;
+
+/* Composition of head A (earlier layer) into head B (later layer):
+ * ||W_B W_OV^A||_F / (||W_B||_F ||W_OV^A||_F), W_B = W_QK^B^T (Q), W_QK^B (K)
+ * or W_OV^B (V) (Elhage et al. 2021). */
+typedef struct {
+    wmat_comp_kind kind;
+    int src_layer, src_head, dst_layer, dst_head;
+    double score;
+} wmat_composition;
+
+typedef struct wmat_analysis wmat_analysis;
+
+/* Analyze every 2-D tensor of m (materialized first if needed). base: NULL
+ * or a model with the same tensors and shapes (compared by name). */
+WMAT_API int wmat_analyze_model(wmat_analysis **out, wmat_model *m, wmat_model *base,
+                                const wmat_analyze_params *p);
+/* Analyze a set of 2-D tensors (no heads); base may be NULL or hold n
+ * tensors of the same shapes. n = 0 fails with WMAT_ERR_INVALID. */
+WMAT_API int wmat_analyze_tensors(wmat_analysis **out, const wmat_tensor *const *w,
+                                  const wmat_tensor *const *base, int n,
+                                  const wmat_analyze_params *p);
+WMAT_API void wmat_analysis_free(wmat_analysis *a);
+
+WMAT_API int wmat_analysis_n_matrices(const wmat_analysis *a);
+WMAT_API const wmat_matrix_stats *wmat_analysis_matrix(const wmat_analysis *a, int i);
+WMAT_API int wmat_analysis_n_heads(const wmat_analysis *a);
+WMAT_API const wmat_head_stats *wmat_analysis_head(const wmat_analysis *a, int i);
+/* Composition scores sorted by score, strongest first, all kinds mixed. */
+WMAT_API int wmat_analysis_n_compositions(const wmat_analysis *a);
+WMAT_API const wmat_composition *wmat_analysis_composition(const wmat_analysis *a, int i);
+WMAT_API double wmat_analysis_seconds(const wmat_analysis *a);
+
+/* Writers: a path is written atomically; the summary goes to a FILE*. */
+WMAT_API int wmat_analysis_write_csv(const wmat_analysis *a, const char *path);
+WMAT_API int wmat_analysis_write_json(const wmat_analysis *a, const char *path);
+WMAT_API int wmat_analysis_write_html(const wmat_analysis *a, const char *path, const char *title);
+WMAT_API int wmat_analysis_write_summary(const wmat_analysis *a, FILE *out, int max_rows);
+
+/* ================================================================ end analysis */
+
+/* ---------------------------------------------------------------- quantized storage */
+/* Packed quantized weights (docs/_formats_quant.md). A model tensor of dtype
+ * WMAT_QPACKED holds 2..8-bit codes packed per row, fp16 scales, u8 zero
+ * points (asymmetric schemes) and an optional act-order permutation; its
+ * `data` is a wmat_qtensor owned by the model and `nbytes` the packed size.
+ * The runtime multiplies by it directly (dequantizing on the fly); models
+ * with packed tensors are built with the methods (wmat quantize) and saved
+ * with wmat_quant_model_save. wmat_model_load reads the native directory. */
+
+typedef struct wmat_qtensor wmat_qtensor;
+
+/* Scheme and sizes of one packed tensor. */
+typedef struct {
+    int bits;      /* 2..8 */
+    int sym;       /* 1 symmetric (zero 2^(bits-1)), 0 with stored zero points */
+    int axis;      /* 0: groups along inputs (per-OC / grouped), 1: along outputs (per-IC) */
+    int group;     /* group length along axis */
+    int has_perm;  /* act-order permutation stored */
+    int64_t rows, cols;
+    uint64_t code_bytes, scale_bytes, zero_bytes, perm_bytes;
+    double bits_per_weight; /* 8 * (all four) / (rows * cols) */
+} wmat_qinfo;
+
+/* Fill *out for a WMAT_QPACKED tensor; WMAT_ERR_INVALID for any other. */
+WMAT_API int wmat_tensor_qinfo(const wmat_tensor *t, wmat_qinfo *out);
+
+/* Size report of a whole model. */
+typedef struct {
+    int n_packed;                  /* tensors stored packed */
+    uint64_t packed_weights;       /* weights in those tensors */
+    uint64_t packed_bytes;         /* their codes + scales + zeros + perms */
+    uint64_t other_weights;        /* every other tensor */
+    uint64_t other_bytes;          /* ... as stored now */
+    double packed_bits_per_weight; /* 8 * packed_bytes / packed_weights (0 if none) */
+    double model_bits_per_weight;  /* 8 * all bytes / all weights */
+} wmat_quant_size;
+
+WMAT_API void wmat_model_quant_size(const wmat_model *m, wmat_quant_size *out);
+
+/* Save a model holding packed tensors (the others must be materialized f32).
+ *   WMAT_FMT_QUANT: the native directory `path` (config.json,
+ *     quant_config.json, model.safetensors, tokenizer.bin), loadable by
+ *     wmat_model_load and run without dequantizing;
+ *   WMAT_FMT_GGUF: a GGUF file; packed tensors must fit a ggml type exactly
+ *     (symmetric 4-bit groups of 32 along inputs -> Q4_0, symmetric 8-bit
+ *     groups of 32 -> Q8_0, no permutation or an identity one); any other
+ *     scheme is WMAT_ERR_UNSUPPORTED naming the tensor and the reason.
+ *     Unquantized matrices are written f32.
+ * Output is atomic as for wmat_model_save. */
+WMAT_API int wmat_quant_model_save(wmat_model *m, const char *path, wmat_format fmt);
+
+/* ---------------------------------------------------------------- end quantized storage */
+
+/* ---------------------------------------------------------------- training */
+/* Training and fine-tuning (src/train, docs/TRAINING.md). A trainer owns
+ * parameters, gradients and optimizer states in arenas of the same layout
+ * (llm.c's habit) and allocates nothing inside a step (GaLore's SVD uses
+ * LAPACK's own workspace). Results are deterministic for a seed and a
+ * thread count; a checkpoint resumes to bit-identical weights. */
+
+typedef enum { WMAT_TRAIN_FULL = 0, WMAT_TRAIN_LORA = 1, WMAT_TRAIN_GALORE = 2 } wmat_train_method;
+typedef enum { WMAT_OPT_ADAMW = 0, WMAT_OPT_SGD = 1 } wmat_optimizer_kind;
+
+typedef struct {
+    wmat_train_method method;
+    wmat_optimizer_kind optimizer;
+    int batch;            /* windows per micro-batch (default 8) */
+    int ctx;              /* tokens per window (default min(seq_len, 128)) */
+    int grad_accum;       /* micro-batches per step (default 1) */
+    int steps;            /* length of the schedule (default 100) */
+    float lr, min_lr;     /* peak and final learning rate (cosine); min_lr < 0: lr / 10 */
+    int warmup;           /* linear warmup steps */
+    float beta1, beta2, eps, weight_decay; /* AdamW; decay is decoupled, 2-D weights only */
+    float momentum;       /* SGD */
+    float grad_clip;      /* global-norm clipping, <= 0: off */
+    uint64_t seed;
+    int shuffle;          /* 1: windows in a seeded random order per epoch */
+    /* LoRA: W + s B A, s = alpha / r (alpha / sqrt(r) with rslora) */
+    int lora_rank;
+    float lora_alpha;
+    int lora_rslora;
+    unsigned lora_targets;   /* bits (1u << wmat_linear_kind) */
+    /* GaLore */
+    int galore_rank;         /* <= 0: dim / 4 */
+    int galore_gap;          /* projector update every T steps */
+    float galore_scale;
+    unsigned galore_targets; /* bits (1u << wmat_linear_kind) */
+    int galore_randomized;   /* 1: randomized range finder instead of a full SVD */
+    const wmat_context *exec; /* threads (NULL: default) */
+} wmat_train_params;
+
+WMAT_API wmat_train_params wmat_train_default_params(void);
+/* Parse "q,k,v,o,gate,up,down" (or "all") into a target mask; an unknown
+ * name is WMAT_ERR_INVALID naming it. */
+WMAT_API int wmat_train_parse_targets(const char *list, unsigned *mask);
+
+typedef struct wmat_trainer wmat_trainer;
+
+/* A trainer for model m (materialized f32; it must outlive the trainer).
+ * full / galore: the weights are copied into the trainer's parameter arena;
+ * lora: m is the frozen base, read in place. */
+WMAT_API int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_params *p);
+WMAT_API void wmat_trainer_free(wmat_trainer *t);
+/* Training tokens (borrowed; must outlive the trainer's use). Fails with a
+ * clear message when shorter than one window of ctx + 1 tokens. */
+WMAT_API int wmat_trainer_set_data(wmat_trainer *t, const int32_t *tokens, size_t n);
+
+typedef struct {
+    int step;         /* steps done after this one */
+    double loss;      /* mean training loss of the step */
+    float lr;
+    float grad_norm;  /* before clipping */
+    double seconds;
+    uint64_t tokens;  /* tokens in this step */
+} wmat_train_step_info;
+
+/* One optimizer step (grad_accum micro-batches). */
+WMAT_API int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info);
+WMAT_API int wmat_trainer_steps_done(const wmat_trainer *t);
+/* The current weights as a model (full/galore: a view of the parameters;
+ * lora: base with the adapters merged, refreshed by this call). Owned by the
+ * trainer; valid until the next step or until the trainer is freed. It has
+ * a copy of the base model's tokenizer. */
+WMAT_API int wmat_trainer_model(wmat_trainer *t, wmat_model **out);
+/* wmat_eval_tokens on a runtime over the current weights. */
+WMAT_API int wmat_trainer_eval(wmat_trainer *t, const int32_t *tokens, size_t n, int ctx, int max_windows,
+                               wmat_eval_result *res);
+/* Checkpoint: weights being trained, optimizer state (GaLore projectors
+ * included), step, RNG and data position, as one safetensors file
+ * (atomic). Loading checks that it belongs to this model and method. */
+WMAT_API int wmat_trainer_save_checkpoint(wmat_trainer *t, const char *path);
+WMAT_API int wmat_trainer_load_checkpoint(wmat_trainer *t, const char *path);
+
+typedef struct {
+    size_t weights;       /* all weights the forward reads */
+    size_t grads;
+    size_t optim;         /* optimizer states (GaLore projectors included) */
+    size_t optim_scratch; /* GaLore SVD / projection scratch */
+    size_t activations;
+    size_t peak_rss;      /* VmHWM of this process */
+    int64_t trainable;    /* trainable parameters */
+    size_t galore_state;  /* states of GaLore-projected matrices */
+    size_t galore_adam_equiv; /* what AdamW would keep for those matrices */
+} wmat_train_memory;
+WMAT_API void wmat_trainer_memory(const wmat_trainer *t, wmat_train_memory *mem);
+/* VmHWM from /proc/self/status in bytes (0 if unavailable). */
+WMAT_API size_t wmat_peak_rss(void);
+
+/* LoRA: write the adapters in PEFT's layout (dir/adapter_config.json and
+ * dir/adapter_model.safetensors, q/k rows of B in HF's rotary order). */
+WMAT_API int wmat_trainer_save_lora(wmat_trainer *t, const char *dir);
+/* Merge a PEFT LoRA adapter directory into m (W += s B A) in place. */
+WMAT_API int wmat_lora_merge_peft(wmat_model *m, const char *dir);
+
+/* Random init for pretraining: N(0, std) for matrices, residual
+ * projections (o, down) scaled by 1/sqrt(2 L), norms 1. */
+WMAT_API int wmat_model_init_random(wmat_model *m, uint64_t seed, float std);
+/* A config from a preset name ("tiny", "small", "mix4m") or a JSON file in
+ * HF's config.json keys; vocab_size <= 0 in the file keeps cfg's. */
+WMAT_API int wmat_train_config(const char *name_or_path, wmat_config *cfg);
+/* A byte-level llama2.c-style tokenizer: <unk>, <s>, </s>, then 256 byte
+ * pieces (printable ASCII as themselves, others "<0xXX>"): 259 ids. */
+WMAT_API int wmat_tokenizer_bytes(wmat_tokenizer **out);
+/* A copy of a tokenizer. */
+WMAT_API int wmat_tokenizer_clone(const wmat_tokenizer *t, wmat_tokenizer **out);
+/* ---------------------------------------------------------------- end training */
+
+/* ---------------------------------------------------------------- quantization methods */
+/* Post-training weight quantization (docs/QUANT.md): RTN, imatrix-weighted
+ * RTN, GPTQ and AdaDim over every linear layer, with calibration through the
+ * runtime's observation hook. wmat_quantize_model writes the dequantized
+ * ("fake-quant") weights into the model in place, so wmat_eval_tokens on it
+ * measures the quantized model; packing for storage goes through the
+ * quantized-storage section (the CLI: wmat quantize). */
+
+typedef struct {
+    const char *method;   /* "rtn", "imatrix", "gptq", "adadim-rtn", "adadim-gptq" */
+    int bits;             /* 2..8 */
+    int sym;              /* 1 symmetric, 0 asymmetric (zero point) */
+    int group;            /* group length; 0: the whole axis (per-OC, or per-IC with per_ic) */
+    int per_ic;           /* groups along outputs (one scale per input channel) */
+    int act_order;        /* GPTQ: columns by decreasing H_jj */
+    int static_groups;    /* GPTQ: group scales from the original W */
+    int clip;             /* RTN/GPTQ grids: search shrink factors of the range */
+    float damp;           /* GPTQ: lambda (0.01), raised automatically if Cholesky fails */
+    const char *keep;     /* comma-separated name patterns left in fp32 (glob, or substring) */
+    const char *overrides;/* "PATTERN=METHOD[:BITS[:GROUP]],..." GROUP a number, "oc" or "ic" */
+    int group_fallback;   /* 1: a tensor whose width the group does not divide is quantized
+                             per-OC (reported); 0: that is an error */
+    int embeddings;       /* also quantize the token embedding (data-free RTN unless tied) */
+    int classifier;       /* also quantize the classifier (the embedding when tied) */
+    int sequential;       /* 1 (default): per block (block l calibrated with blocks < l
+                             quantized); 2: per stage of a block (q/k/v, o, gate/up, down;
+                             about 4x the forward passes); 0: statistics of the fp32 model */
+    const int32_t *calib; /* calibration tokens (windows of calib_ctx), may be NULL for rtn */
+    size_t n_calib;
+    int calib_ctx;        /* window length; <= 0: min(seq_len, 256) */
+    int n_threads;        /* <= 0: all cores */
+    wmat_progress_fn progress; /* called per tensor ("q" name) and per calibration pass */
+    void *progress_user;
+} wmat_quantize_params;
+
+WMAT_API wmat_quantize_params wmat_quantize_default_params(void);
+/* Methods in the registry: name i (NULL past the end) and whether it needs
+ * calibration data. */
+WMAT_API const char *wmat_quantize_method_name(int i, int *needs_calibration);
+
+typedef struct {
+    char name[WMAT_NAME_MAX];
+    char scheme[128];       /* "gptq 4b asym per-OC", "kept (fp32)", ... */
+    int64_t rows, cols;
+    int quantized;
+    double bits_per_weight; /* codes + fp16 scales + zero points (+ perm), as stored */
+    double rel_error;       /* ||W - Q||_F / ||W||_F */
+    double out_error;       /* tr(dW H dW^T) / tr(W H W^T) on the calibration data; -1 without */
+    double seconds;         /* the method's time for this tensor */
+    double damp;            /* GPTQ: lambda used */
+} wmat_quantize_tensor;
+
+typedef struct {
+    int n_tensors;
+    wmat_quantize_tensor *tensors; /* owned; wmat_quantize_report_free */
+    double bytes_before, bytes_after; /* whole model: fp32 vs quantized tensors as stored */
+    double bits_per_weight;  /* over the quantized tensors */
+    double seconds, calib_seconds, method_seconds;
+    int forwards;            /* calibration forward calls (windows x passes) */
+    int calib_windows, calib_ctx;
+    size_t stats_bytes;      /* peak bytes of calibration statistics held at once */
+} wmat_quantize_report;
+
+/* Quantize m (materialized fp32) in place as fake-quant: every selected
+ * tensor gets its dequantized weights. rep may be NULL. */
+WMAT_API int wmat_quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quantize_report *rep);
+WMAT_API void wmat_quantize_report_free(wmat_quantize_report *rep);
+/* ---------------------------------------------------------------- end quantization methods */
 
 #ifdef __cplusplus
 }

@@ -4,14 +4,17 @@
 #   scripts/setup-deps.sh            build + test dependencies
 #   scripts/setup-deps.sh --fuzz     also clang-14 and libFuzzer runtime
 #   scripts/setup-deps.sh --peer     also Node.js/npm for the llama.cpp peer check
+#   scripts/setup-deps.sh --report   also Chromium, to render the analysis report in tests
 set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libcjson-dev libcmocka-dev libdnnl-dev)
 for arg in "$@"; do
   case "$arg" in
     --fuzz) pkgs+=(clang-14 libclang-rt-14-dev) ;;
-    --peer) pkgs+=(nodejs npm) ;;
+    --peer) # a Node.js already on PATH (e.g. a newer one than Debian's) is kept
+            if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then pkgs+=(nodejs npm); fi ;;
     --demo) pkgs+=(bible-kjv) ;;
+    --report) pkgs+=(chromium) ;;
     *) echo "setup-deps: unknown option $arg" >&2; exit 2 ;;
   esac
 done

@@ -16,6 +16,9 @@ const cli_command g_commands[] = {
      "IN OUT --to llama2c|gguf|hf [--dtype f32|f16|bf16|q8_0|q4_0] [options]", cmd_convert},
     {"sysinfo", "CPU features, math libraries and kernels in use, and GEMM / memory speed measured now.", "[options]",
      cmd_sysinfo},
+    {"analyze", "Spectra, outliers, low-rank-ness, fine-tuning fingerprints and head circuits of every matrix.", "MODEL [--base BASE] [--csv F] [--json F] [--html F] [options]", cmd_analyze},
+    {"quantize", "Post-training quantization (RTN, imatrix, GPTQ, AdaDim) with calibration; per-tensor report.", "MODEL OUT --method M --bits B [options]", cmd_quantize},
+    {"train", "Train: full fine-tuning, LoRA or GaLore, or a new model from a config (--init); loss curve CSV + SVG.", "MODEL OUT --data FILE [--val FILE] [--method full|lora|galore] [options] | --init CONFIG OUT --data FILE", cmd_train},
     {NULL, NULL, NULL, NULL},
 };
 
@@ -66,8 +69,14 @@ int main(int argc, char **argv)
     /* May re-execute the program once with OPENBLAS_CORETYPE set (never when
      * the user set it or passed --no-blas-tune). */
     wmat_blas_tune_reexec(argc, argv);
+    /* Commands that only read and write files skip the math libraries'
+     * start-up (the GEMM self-checks cost ~0.1 s): `wmat info` stays instant. */
+    static const char *const no_math[] = {"info", "tokenize", "convert", NULL};
+    int needs_math = 1;
+    for (int i = 0; no_math[i]; i++)
+        if (!strcmp(argv[1], no_math[i])) needs_math = 0;
     int threads = prescan_threads(argc, argv);
-    if (wmat_linalg_init(threads > 0 ? threads : 0) != WMAT_OK)
+    if (needs_math && wmat_linalg_init(threads > 0 ? threads : 0) != WMAT_OK)
         fprintf(stderr, "wmat: warning: %s\n", wmat_last_error());
     return cmd->run(argc - 1, argv + 1);
 }

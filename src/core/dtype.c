@@ -11,6 +11,9 @@ static const wmat_dtype_traits g_traits[WMAT_DTYPE_COUNT] = {
     [WMAT_Q4_0] = {"q4_0", 32, 18, 1},
     [WMAT_I32] = {"i32", 1, 4, 0},
     [WMAT_U8] = {"u8", 1, 1, 0},
+    /* quantized storage: data is a wmat_qtensor, not an array; its size is
+     * per tensor (t->nbytes), so the table gives none */
+    [WMAT_QPACKED] = {"qpacked", 1, 0, 0},
 };
 
 const wmat_dtype_traits *wmat_dtype_info(wmat_dtype t)

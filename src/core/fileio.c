@@ -158,8 +158,9 @@ int wmat_read_tokens_u16(const char *path, int32_t **out, size_t *n)
     int rc = wmat__map_file(path, &m);
     if (rc) return rc;
     if (m.len % 2) {
+        size_t len = m.len; /* wmat__unmap clears it */
         wmat__unmap(&m);
-        return wmat_set_error(WMAT_ERR_FORMAT, "%s: token file has an odd size (%zu bytes); expected little-endian uint16 ids", path, m.len);
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: token file has an odd size (%zu bytes); expected little-endian uint16 ids", path, len);
     }
     size_t cnt = m.len / 2;
     int32_t *ids = wmat__malloc((cnt ? cnt : 1) * sizeof *ids);
@@ -198,4 +199,50 @@ int wmat_write_tokens_u16(const char *path, const int32_t *ids, size_t n)
         return rc;
     }
     return wmat__afile_commit(&af);
+}
+
+int wmat__make_dirs(const char *dir)
+{
+    char *p = wmat__strdup(dir);
+    if (!p) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", dir);
+    int rc = WMAT_OK;
+    for (char *q = p + 1;; q++) {
+        if (*q != '/' && *q) continue;
+        char c = *q;
+        *q = '\0';
+        struct stat st;
+        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
+            rc = wmat_set_error(WMAT_ERR_IO, "%s: cannot create directory %s: %s", dir, p, strerror(errno));
+            break;
+        }
+        if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            rc = wmat_set_error(WMAT_ERR_IO, "%s: %s exists and is not a directory", dir, p);
+            break;
+        }
+        *q = c;
+        if (!c) break;
+    }
+    wmat__free(p);
+    return rc;
+}
+
+char *wmat__path_join(const char *dir, const char *name)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = wmat__malloc(a + b + 2);
+    if (!p) {
+        wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", dir);
+        return NULL;
+    }
+    memcpy(p, dir, a);
+    size_t k = a;
+    if (a && dir[a - 1] != '/') p[k++] = '/';
+    memcpy(p + k, name, b + 1);
+    return p;
+}
+
+bool wmat__is_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }

@@ -68,6 +68,13 @@ int wmat__afile_pad(wmat_afile *af, size_t alignment); /* zero bytes up to a mul
 int wmat__afile_commit(wmat_afile *af);
 void wmat__afile_abort(wmat_afile *af); /* removes the temporary, keeps `path` */
 
+/* "dir/name", malloc'd; NULL with the error set when out of memory. */
+char *wmat__path_join(const char *dir, const char *name);
+/* True for an existing regular file (links followed). */
+bool wmat__is_file(const char *path);
+/* mkdir -p: create dir and its parents; existing directories are fine. */
+int wmat__make_dirs(const char *dir);
+
 /* Current time in seconds (monotonic). */
 double wmat__now(void);
 

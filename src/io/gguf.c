@@ -12,6 +12,7 @@
  * each at a 32-byte aligned offset and padded, and the SentencePiece
  * vocabulary in GGUF's spelling (U+2581 for spaces, typed tokens). */
 #include "model_internal.h"
+#include "../quant/qstore.h" /* wmat__gguf_save_with's declaration (quantized storage export) */
 
 #include <stdlib.h>
 #include <string.h>
@@ -965,6 +966,7 @@ typedef struct {
     char name[64];
     wmat_dtype dt;
     uint64_t nbytes, offset;
+    int encoded; /* bytes come from the caller's encoder (wmat__gguf_save_with) */
 } gw_tensor;
 
 /* Append a tensor to the write plan; layer1 > 0 names it blk.(layer1-1).<gguf>.weight. */
@@ -997,9 +999,24 @@ static void model_name(const wmat_model *m, char *buf, size_t n)
     snprintf(buf, n, "%.*s", (int)(end - start), src + start);
 }
 
+static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat_dtype file_dt, wmat_gguf_encode_fn enc,
+                          void *user);
+
 int wmat__gguf_save(wmat_model *m, const char *path, const wmat_save_params *p)
 {
-    const wmat_dtype want = p->dtype;
+    return gguf_save_core(m, path, p->dtype, p->dtype, NULL, NULL);
+}
+
+/* Entry point for pre-quantized tensors (quantized storage, qstore.h). */
+int wmat__gguf_save_with(wmat_model *m, const char *path, wmat_dtype matrix_dtype, wmat_dtype file_dtype,
+                         wmat_gguf_encode_fn enc, void *user)
+{
+    return gguf_save_core(m, path, matrix_dtype, file_dtype, enc, user);
+}
+
+static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat_dtype file_dt, wmat_gguf_encode_fn enc,
+                          void *user)
+{
     if (want != WMAT_F32 && want != WMAT_F16 && want != WMAT_BF16 && want != WMAT_Q8_0 && want != WMAT_Q4_0)
         return wmat_set_error(WMAT_ERR_INVALID, "%s: GGUF weights can be f32, f16, bf16, q8_0 or q4_0 (asked for %s)", path,
                               wmat_dtype_info(want) ? wmat_dtype_info(want)->name : "an unknown type");
@@ -1030,15 +1047,29 @@ int wmat__gguf_save(wmat_model *m, const char *path, const wmat_save_params *p)
     for (size_t i = 0; i < count && !rc; i++) {
         gw_tensor *g = &ts[i];
         const wmat_tensor *t = g->t;
-        if (t->dtype != WMAT_F32 || (!t->data && t->nbytes) || t->ndim < 1 || t->ndim > 2) {
+        if (enc) {
+            wmat_dtype edt = WMAT_F32;
+            int e = enc(user, t, &edt, NULL);
+            if (e < 0) {
+                rc = e;
+                break;
+            }
+            g->encoded = e == 1;
+            if (g->encoded) g->dt = edt;
+        }
+        if (g->encoded) {
+            /* the encoder vouched for the type */
+        } else if (t->dtype != WMAT_F32 || (!t->data && t->nbytes) || t->ndim < 1 || t->ndim > 2) {
             rc = wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is not a materialized f32 matrix or vector", path, t->name);
             break;
         }
         /* Norms stay f32 (as in llama.cpp's files); a matrix whose rows do
          * not split into 32-value blocks falls back to f16. */
-        g->dt = t->ndim == 1 ? WMAT_F32 : want;
-        const int bs = wmat_dtype_info(g->dt)->block_size;
-        if (t->shape[t->ndim - 1] % bs) g->dt = WMAT_F16;
+        if (!g->encoded) {
+            g->dt = t->ndim == 1 ? WMAT_F32 : want;
+            const int bs = wmat_dtype_info(g->dt)->block_size;
+            if (t->shape[t->ndim - 1] % bs) g->dt = WMAT_F16;
+        }
         g->nbytes = wmat_dtype_bytes(g->dt, (uint64_t)wmat_tensor_nelem(t));
         g->offset = off;
         uint64_t padded = (g->nbytes + GG_DEFAULT_ALIGNMENT - 1) / GG_DEFAULT_ALIGNMENT * GG_DEFAULT_ALIGNMENT;
@@ -1060,7 +1091,7 @@ int wmat__gguf_save(wmat_model *m, const char *path, const wmat_save_params *p)
     void *buf = NULL;
     wmat_afile af;
     gw counter = {NULL, 0, 0};
-    w_kvs(&counter, m, want, name, &scratch, &scratch_cap);
+    w_kvs(&counter, m, file_dt, name, &scratch, &scratch_cap);
     rc = wmat__afile_open(&af, path);
     if (rc) goto fail_open;
     gw w = {&af, 0, 0};
@@ -1068,7 +1099,7 @@ int wmat__gguf_save(wmat_model *m, const char *path, const wmat_save_params *p)
     w_u32(&w, 3);
     w_u64(&w, (uint64_t)count);
     w_u64(&w, counter.n_kv);
-    w_kvs(&w, m, want, name, &scratch, &scratch_cap);
+    w_kvs(&w, m, file_dt, name, &scratch, &scratch_cap);
     for (size_t i = 0; i < count; i++) {
         const wmat_tensor *t = ts[i].t;
         w_str(&w, ts[i].name, strlen(ts[i].name));
@@ -1086,6 +1117,14 @@ int wmat__gguf_save(wmat_model *m, const char *path, const wmat_save_params *p)
     }
     for (size_t i = 0; i < count && !rc; i++) {
         const wmat_tensor *t = ts[i].t;
+        if (ts[i].encoded) {
+            wmat_dtype edt = ts[i].dt;
+            int e = enc(user, t, &edt, buf);
+            rc = e < 0 ? e : WMAT_OK;
+            if (!rc) rc = wmat__afile_write(&af, buf, (size_t)ts[i].nbytes);
+            if (!rc) rc = wmat__afile_pad(&af, GG_DEFAULT_ALIGNMENT);
+            continue;
+        }
         size_t bad;
         /* ggml's block encoders turn NaN/Inf into out-of-range integer
          * conversions: refuse rather than write garbage. */

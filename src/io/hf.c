@@ -20,27 +20,7 @@
 #define TOKENIZER_NAME "tokenizer.bin"
 #define TOKENIZER_JSON_NAME "tokenizer.json"
 
-/* "dir/name", malloc'd; NULL with the error set when out of memory. */
-static char *join(const char *dir, const char *name)
-{
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = wmat__malloc(a + b + 2);
-    if (!p) {
-        wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", dir);
-        return NULL;
-    }
-    memcpy(p, dir, a);
-    size_t k = a;
-    if (a && dir[a - 1] != '/') p[k++] = '/';
-    memcpy(p + k, name, b + 1);
-    return p;
-}
 
-static bool is_file(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
 
 /* ------------------------------------------------------------ config.json */
 
@@ -137,7 +117,7 @@ static bool json_true(const cJSON *root, const char *key)
  * is refused by name rather than silently mis-run. */
 static int read_config(const char *dir, wmat_config *cfg)
 {
-    char *path = join(dir, CONFIG_NAME);
+    char *path = wmat__path_join(dir, CONFIG_NAME);
     if (!path) return WMAT_ERR_NOMEM;
     cJSON *root = NULL;
     int rc = read_json(path, &root);
@@ -333,7 +313,7 @@ static int load_sharded(wmat_model *m, const char *dir, const char *index_path)
         if (j == n_shards) shards[n_shards++] = e->valuestring;
     }
     for (int j = 0; j < n_shards; j++) {
-        char *p = join(dir, shards[j]);
+        char *p = wmat__path_join(dir, shards[j]);
         if (!p) {
             rc = WMAT_ERR_NOMEM;
             goto done;
@@ -515,10 +495,10 @@ static int load_tokenizer(wmat_model *m, const char *dir, const wmat_load_params
     if (p && p->tokenizer_path) {
         rc = wmat_tokenizer_load_llama2c(&tok, p->tokenizer_path, m->cfg.vocab_size);
     } else {
-        char *bin = join(dir, TOKENIZER_NAME), *json = join(dir, TOKENIZER_JSON_NAME);
+        char *bin = wmat__path_join(dir, TOKENIZER_NAME), *json = wmat__path_join(dir, TOKENIZER_JSON_NAME);
         if (!bin || !json) rc = WMAT_ERR_NOMEM;
-        else if (is_file(bin)) rc = wmat_tokenizer_load_llama2c(&tok, bin, m->cfg.vocab_size);
-        else if (is_file(json)) rc = load_tokenizer_json(&tok, json, &m->cfg);
+        else if (wmat__is_file(bin)) rc = wmat_tokenizer_load_llama2c(&tok, bin, m->cfg.vocab_size);
+        else if (wmat__is_file(json)) rc = load_tokenizer_json(&tok, json, &m->cfg);
         wmat__free(bin);
         wmat__free(json);
     }
@@ -535,19 +515,19 @@ int wmat__hf_load(wmat_model **out, const char *dir, const wmat_load_params *p)
     wmat_model *m = NULL;
     char *single = NULL, *index = NULL;
     if ((rc = wmat__model_new(&m, &cfg, WMAT_FMT_HF, dir))) return rc;
-    single = join(dir, WEIGHTS_NAME);
-    index = join(dir, INDEX_NAME);
+    single = wmat__path_join(dir, WEIGHTS_NAME);
+    index = wmat__path_join(dir, INDEX_NAME);
     if (!single || !index) {
         rc = WMAT_ERR_NOMEM;
         goto fail;
     }
     /* transformers prefers the single file too when both exist. */
-    if (is_file(single)) {
+    if (wmat__is_file(single)) {
         wmat_st_file *f;
         if ((rc = wmat__st_open(&f, single))) goto fail;
         rc = add_file_tensors(m, f);
         wmat__st_close(f);
-    } else if (is_file(index)) {
+    } else if (wmat__is_file(index)) {
         rc = load_sharded(m, dir, index);
     } else {
         rc = wmat_set_error(WMAT_ERR_IO, "%s: no %s or %s (wmat reads safetensors weights only)", dir, WEIGHTS_NAME,
@@ -594,8 +574,9 @@ static const char *torch_dtype_name(wmat_dtype d)
     return d == WMAT_F16 ? "float16" : d == WMAT_BF16 ? "bfloat16" : "float32";
 }
 
-/* Build config.json (the fields LlamaConfig reads, in its order). */
-static int config_json(const wmat_config *c, wmat_dtype dt, char *buf, size_t n)
+/* Build config.json (the fields LlamaConfig reads, in its order); `extra`
+ * (may be NULL) is inserted as further members, e.g. a quantization_config. */
+int wmat__hf_config_json(const wmat_config *c, wmat_dtype dt, const char *extra, char *buf, size_t n)
 {
     char eps[32], theta[32];
     fmt_float(eps, sizeof eps, c->norm_eps);
@@ -621,11 +602,11 @@ static int config_json(const wmat_config *c, wmat_dtype dt, char *buf, size_t n)
                      "  \"tie_word_embeddings\": %s,\n"
                      "  \"bos_token_id\": %d,\n"
                      "  \"eos_token_id\": %d,\n"
-                     "  \"torch_dtype\": \"%s\"\n"
+                     "  \"torch_dtype\": \"%s\"%s%s\n"
                      "}\n",
                      c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
                      c->seq_len, eps, theta, c->tied_embeddings ? "true" : "false", c->bos_id, c->eos_id,
-                     torch_dtype_name(dt));
+                     torch_dtype_name(dt), extra ? ",\n  " : "", extra ? extra : "");
     return k > 0 && (size_t)k < n ? k : -1;
 }
 
@@ -649,31 +630,6 @@ static int fill_tensor(void *user, const wmat_st_entry *e, void *dst)
     return wmat_from_f32(dst, s->dt, x, n);
 }
 
-/* mkdir -p; existing directories are fine. */
-static int make_dirs(const char *dir)
-{
-    char *p = wmat__strdup(dir);
-    if (!p) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", dir);
-    int rc = WMAT_OK;
-    for (char *q = p + 1;; q++) {
-        if (*q != '/' && *q) continue;
-        char c = *q;
-        *q = '\0';
-        struct stat st;
-        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
-            rc = wmat_set_error(WMAT_ERR_IO, "%s: cannot create directory %s: %s", dir, p, strerror(errno));
-            break;
-        }
-        if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) {
-            rc = wmat_set_error(WMAT_ERR_IO, "%s: %s exists and is not a directory", dir, p);
-            break;
-        }
-        *q = c;
-        if (!c) break;
-    }
-    wmat__free(p);
-    return rc;
-}
 
 int wmat__hf_save(wmat_model *m, const char *dir, const wmat_save_params *p)
 {
@@ -693,7 +649,7 @@ int wmat__hf_save(wmat_model *m, const char *dir, const wmat_save_params *p)
     wmat_st_entry *ent = wmat__calloc((size_t)n_max, sizeof *ent);
     save_src *src = wmat__calloc((size_t)n_max, sizeof *src);
     char *cfg_text = wmat__malloc(4096);
-    char *st_path = join(dir, WEIGHTS_NAME), *cfg_path = join(dir, CONFIG_NAME), *tok_path = join(dir, TOKENIZER_NAME);
+    char *st_path = wmat__path_join(dir, WEIGHTS_NAME), *cfg_path = wmat__path_join(dir, CONFIG_NAME), *tok_path = wmat__path_join(dir, TOKENIZER_NAME);
     float *perm = NULL;
     wmat_afile st_af = {0}, cfg_af = {0};
     bool st_open = false, cfg_open = false;
@@ -751,13 +707,13 @@ int wmat__hf_save(wmat_model *m, const char *dir, const wmat_save_params *p)
         }
         for (int i = 0; i < n; i++) src[i].perm = perm;
     }
-    int cfg_len = config_json(c, dt, cfg_text, 4096);
+    int cfg_len = wmat__hf_config_json(c, dt, NULL, cfg_text, 4096);
     if (cfg_len < 0) {
         rc = wmat_set_error(WMAT_ERR_INTERNAL, "%s: config.json does not fit its buffer", dir);
         goto done;
     }
 
-    if ((rc = make_dirs(dir))) goto done;
+    if ((rc = wmat__make_dirs(dir))) goto done;
     /* Write every file to its temporary first and rename only when all are
      * complete, so a failure leaves the previous directory contents. */
     static const wmat_st_meta meta[1] = {{"format", "pt"}};

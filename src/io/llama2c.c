@@ -221,8 +221,8 @@ int wmat__llama2c_save(wmat_model *m, const char *path, const wmat_save_params *
         wmat__afile_abort(&af);
         return rc;
     }
-    rc = wmat__afile_commit(&af);
-    if (rc) return rc;
+    /* The tokenizer (itself atomic) goes first, so that a failure leaves no
+     * checkpoint under the final name (issue 7, tests/test_faults.c). */
     if (m->tok) {
         char tp[4096];
         const char *tok_path = p->tokenizer_path;
@@ -236,6 +236,10 @@ int wmat__llama2c_save(wmat_model *m, const char *path, const wmat_save_params *
             tok_path = tp;
         }
         rc = wmat_tokenizer_save_llama2c(m->tok, tok_path);
+        if (rc) {
+            wmat__afile_abort(&af);
+            return rc;
+        }
     }
-    return rc;
+    return wmat__afile_commit(&af);
 }

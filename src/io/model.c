@@ -1,6 +1,7 @@
 /* The model object: a table of named tensors with their roles, the config,
  * the tokenizer and the file mappings the tensors point into. */
 #include "model_internal.h"
+#include "../quant/qstore.h" /* quantized storage: native directory loader and saver (issue 3) */
 
 #include <math.h>
 #include <stdio.h>
@@ -40,6 +41,7 @@ const char *wmat_format_name(wmat_format f)
     case WMAT_FMT_LLAMA2C: return "llama2c";
     case WMAT_FMT_GGUF: return "gguf";
     case WMAT_FMT_HF: return "hf";
+    case WMAT_FMT_QUANT: return "quant";
     default: return "unknown";
     }
 }
@@ -49,6 +51,7 @@ wmat_format wmat_format_from_name(const char *name)
     if (!strcmp(name, "llama2c")) return WMAT_FMT_LLAMA2C;
     if (!strcmp(name, "gguf")) return WMAT_FMT_GGUF;
     if (!strcmp(name, "hf")) return WMAT_FMT_HF;
+    if (!strcmp(name, "quant")) return WMAT_FMT_QUANT;
     return WMAT_FMT_UNKNOWN;
 }
 
@@ -272,7 +275,7 @@ wmat_format wmat_detect_format(const char *path)
 {
     struct stat st;
     if (stat(path, &st) != 0) return WMAT_FMT_UNKNOWN;
-    if (S_ISDIR(st.st_mode)) return WMAT_FMT_HF;
+    if (S_ISDIR(st.st_mode)) return wmat__quant_dir_detect(path) ? WMAT_FMT_QUANT : WMAT_FMT_HF;
     FILE *f = fopen(path, "rb");
     if (!f) return WMAT_FMT_UNKNOWN;
     char magic[4] = {0};
@@ -287,6 +290,7 @@ int wmat_model_materialize(wmat_model *m)
     const char *src = m->path ? m->path : "model";
     for (int i = 0; i < m->n_tensors; i++) {
         wmat_tensor *t = &m->tensors[i];
+        if (t->dtype == WMAT_QPACKED) continue; /* packed weights stay packed: the runtime runs them */
         int aligned = ((uintptr_t)t->data % sizeof(float)) == 0;
         if (t->dtype == WMAT_F32 && aligned && !(t->flags & WMAT_TF_HF_ROPE)) continue;
         int64_t n = wmat_tensor_nelem(t);
@@ -342,6 +346,7 @@ int wmat_model_load(wmat_model **out, const char *path, const wmat_load_params *
     case WMAT_FMT_LLAMA2C: rc = wmat__llama2c_load(&m, path, p); break;
     case WMAT_FMT_GGUF: rc = wmat__gguf_load(&m, path, p); break;
     case WMAT_FMT_HF: rc = wmat__hf_load(&m, path, p); break;
+    case WMAT_FMT_QUANT: rc = wmat__quant_load(&m, path, p); break;
     default: return wmat_set_error(WMAT_ERR_IO, "%s: no such file or directory", path);
     }
     if (rc) {
@@ -364,6 +369,15 @@ int wmat_model_save(wmat_model *m, const char *path, const wmat_save_params *p)
     if (!p) p = &def;
     int rc = wmat_model_materialize(m);
     if (rc) return rc;
+    /* Models holding packed tensors (or asking for the native quantized
+     * directory) go through the quantized-storage saver. */
+    int packed = p->format == WMAT_FMT_QUANT;
+    for (int i = 0; i < m->n_tensors && !packed; i++) packed = m->tensors[i].dtype == WMAT_QPACKED;
+    if (packed) {
+        if (p->format == WMAT_FMT_QUANT || p->format == WMAT_FMT_GGUF) return wmat_quant_model_save(m, path, p->format);
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: the model holds packed quantized tensors; save it as 'quant' or 'gguf'",
+                              path);
+    }
     switch (p->format) {
     case WMAT_FMT_LLAMA2C: return wmat__llama2c_save(m, path, p);
     case WMAT_FMT_GGUF: return wmat__gguf_save(m, path, p);

@@ -54,6 +54,10 @@ int wmat__config_check(wmat_config *cfg, const char *what);
 void wmat__rope_unpermute_hf(float *dst, const float *src, int n_heads, int head_dim, int64_t cols);
 void wmat__rope_permute_hf(float *dst, const float *src, int n_heads, int head_dim, int64_t cols);
 
+/* config.json text for a model (HF LlamaConfig fields); extra members may
+ * be NULL. Returns the length, or -1 if it does not fit. */
+int wmat__hf_config_json(const wmat_config *c, wmat_dtype dt, const char *extra, char *buf, size_t n);
+
 /* Format readers and writers. Loaders return a model whose tensors may be in
  * their stored dtype/layout; wmat_model_load then materializes on request.
  * Savers get a materialized model (all f32, canonical). */

@@ -521,7 +521,7 @@ int wmat__st_write_afile(wmat_afile *af, const wmat_st_entry *entries, int n, co
         sb_str(&h, "]}");
     }
     sb_str(&h, "}");
-    while (h.len % 8) sb_str(&h, " ");
+    while (h.len % 8 && !h.oom) sb_str(&h, " "); /* no progress once out of memory */
     if (h.oom) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for the header", what);
         goto done;

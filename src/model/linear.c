@@ -1,10 +1,11 @@
 #include "linear.h"
 
 #include "kernels.h"
+#include "../quant/qstore.h"
 
 #include <stdlib.h>
 
-int wmat__linear_supported(const wmat_tensor *W) { return W->dtype == WMAT_F32; }
+int wmat__linear_supported(const wmat_tensor *W) { return W->dtype == WMAT_F32 || W->dtype == WMAT_QPACKED; }
 
 void wmat__linear_batch(float *Y, const float *X, const wmat_tensor *W, int T, int accumulate, int n_threads)
 {
@@ -13,6 +14,9 @@ void wmat__linear_batch(float *Y, const float *X, const wmat_tensor *W, int T, i
     switch (W->dtype) {
     case WMAT_F32:
         wmat_sgemm(0, 1, T, out, in, 1.0f, X, in, (const float *)W->data, in, accumulate ? 1.0f : 0.0f, Y, out);
+        return;
+    case WMAT_QPACKED: /* packed quantized (src/quant/qkernels.c): tiles dequantized into a GEMM */
+        wmat__qmatmul(Y, X, (const wmat_qtensor *)W->data, T, accumulate, n_threads);
         return;
     default: abort(); /* guarded by wmat__linear_supported at runtime creation */
     }
@@ -23,6 +27,9 @@ void wmat__linear_vec(float *y, const float *x, const wmat_tensor *W, int accumu
     const int out = (int)W->shape[0], in = (int)W->shape[1];
     switch (W->dtype) {
     case WMAT_F32: wmat__matvec(y, (const float *)W->data, x, out, in, accumulate, n_threads); return;
+    case WMAT_QPACKED: /* codes unpacked in registers, never dequantized to memory */
+        wmat__qmatvec(y, x, (const wmat_qtensor *)W->data, accumulate, n_threads);
+        return;
     default: abort();
     }
 }

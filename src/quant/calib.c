@@ -1,0 +1,148 @@
+/* Calibration statistics of linear-layer inputs, gathered through the
+ * runtime's observation hook (wmat_runtime_set_hook) during wmat_forward.
+ *
+ * Per input (features n, tokens N): H = 2/N sum x x^T (GPTQ, double),
+ * x2 = mean x^2 (imatrix, the diagonal of H / 2), absmax = max |x|.
+ * The q/k/v projections share one input (the attention-normed stream), as
+ * do gate/up; so a block has four inputs ("slots"): attn, o, ffn, down, and
+ * the classifier a fifth. wmat__calib_collect runs the calibration windows
+ * through the model with a hook that accumulates only the requested slots of
+ * one layer and stops the forward right after the last of them (the hook's
+ * abort return), so memory is one block's statistics and a layer-l pass
+ * costs about (l + 1) / n_layers of a full forward. */
+#include "methods.h"
+
+#include <math.h>
+#include <string.h>
+
+int wmat__qstats_init(wmat_qstats *s, int64_t n, int with_hessian)
+{
+    memset(s, 0, sizeof *s);
+    s->n = n;
+    s->x2 = wmat__calloc((size_t)n, sizeof(double));
+    s->absmax = wmat__calloc((size_t)n, sizeof(float));
+    if (with_hessian) s->H = wmat__calloc((size_t)(n * n), sizeof(double));
+    if (!s->x2 || !s->absmax || (with_hessian && !s->H)) {
+        wmat__qstats_free(s);
+        return wmat_set_error(WMAT_ERR_NOMEM, "calibration: out of memory for statistics of %lld inputs", (long long)n);
+    }
+    return WMAT_OK;
+}
+
+void wmat__qstats_free(wmat_qstats *s)
+{
+    wmat__free(s->H);
+    wmat__free(s->x2);
+    wmat__free(s->absmax);
+    memset(s, 0, sizeof *s);
+}
+
+void wmat__qstats_reset(wmat_qstats *s)
+{
+    if (s->H) memset(s->H, 0, (size_t)(s->n * s->n) * sizeof(double));
+    memset(s->x2, 0, (size_t)s->n * sizeof(double));
+    memset(s->absmax, 0, (size_t)s->n * sizeof(float));
+    s->n_tokens = 0;
+}
+
+void wmat__qstats_add(wmat_qstats *s, const float *X, int T)
+{
+    const int64_t n = s->n;
+    for (int t = 0; t < T; t++)
+        for (int64_t j = 0; j < n; j++) {
+            const float v = X[(int64_t)t * n + j];
+            s->x2[j] += (double)v * v;
+            if (fabsf(v) > s->absmax[j]) s->absmax[j] = fabsf(v);
+        }
+    if (s->H) {
+        /* X^T X in float per window (<= a few hundred tokens), summed in double */
+        float *G = wmat__malloc((size_t)(n * n) * sizeof(float));
+        if (G) {
+            wmat_sgemm(1, 0, (int)n, (int)n, T, 1.0f, X, (int)n, X, (int)n, 0.0f, G, (int)n);
+            for (int64_t i = 0; i < n * n; i++) s->H[i] += G[i];
+            wmat__free(G);
+        } else {
+            for (int t = 0; t < T; t++)
+                for (int64_t i = 0; i < n; i++)
+                    for (int64_t j = 0; j < n; j++)
+                        s->H[i * n + j] += (double)X[(int64_t)t * n + i] * X[(int64_t)t * n + j];
+        }
+    }
+    s->n_tokens += (uint64_t)T;
+}
+
+void wmat__qstats_finish(wmat_qstats *s)
+{
+    const double N = s->n_tokens ? (double)s->n_tokens : 1.0;
+    for (int64_t j = 0; j < s->n; j++) s->x2[j] /= N;
+    if (s->H)
+        for (int64_t i = 0; i < s->n * s->n; i++) s->H[i] *= 2.0 / N;
+}
+
+int wmat__calib_slot(wmat_linear_kind k)
+{
+    switch (k) {
+    case WMAT_LIN_Q: case WMAT_LIN_K: case WMAT_LIN_V: return WMAT_CSLOT_ATTN;
+    case WMAT_LIN_O: return WMAT_CSLOT_O;
+    case WMAT_LIN_GATE: case WMAT_LIN_UP: return WMAT_CSLOT_FFN;
+    case WMAT_LIN_DOWN: return WMAT_CSLOT_DOWN;
+    default: return WMAT_CSLOT_CLS;
+    }
+}
+
+typedef struct {
+    int layer;
+    unsigned want; /* bit s: accumulate slot s */
+    int last;      /* highest wanted slot: stop right after it */
+    wmat_qstats **slots;
+    int stopped;
+} hook_state;
+
+static int calib_hook(void *user, int layer, wmat_linear_kind kind, const float *X, int T, int in,
+                      const wmat_tensor *W)
+{
+    hook_state *h = user;
+    if (layer < h->layer) return 0;
+    if (layer > h->layer) {
+        h->stopped = 1;
+        return 1;
+    }
+    const int s = wmat__calib_slot(kind);
+    /* the first linear of a slot sees its input; K, V, UP see the same X */
+    const int first = kind == WMAT_LIN_Q || kind == WMAT_LIN_O || kind == WMAT_LIN_GATE || kind == WMAT_LIN_DOWN ||
+                      kind == WMAT_LIN_COUNT;
+    if (first && (h->want >> s & 1u) && h->slots[s]) wmat__qstats_add(h->slots[s], X, T);
+    if (s >= h->last && s != WMAT_CSLOT_CLS) {
+        h->stopped = 1;
+        return 1;
+    }
+    return 0;
+}
+
+int wmat__calib_collect(wmat_runtime *rt, const int32_t *tokens, int n_windows, int ctx, int layer,
+                        wmat_qstats **slots, unsigned want, int *forwards)
+{
+    if (!want) return WMAT_OK;
+    hook_state h = {layer, want, 0, slots, 0};
+    for (int s = 0; s < WMAT_CSLOT_COUNT; s++)
+        if (want >> s & 1u) h.last = s;
+    for (int s = 0; s < WMAT_CSLOT_COUNT; s++)
+        if ((want >> s & 1u) && slots[s]) wmat__qstats_reset(slots[s]);
+    wmat_runtime_set_hook(rt, calib_hook, &h);
+    int rc = WMAT_OK;
+    for (int w = 0; w < n_windows; w++) {
+        h.stopped = 0;
+        rc = wmat_forward(rt, tokens + (size_t)w * (size_t)ctx, ctx, NULL);
+        if (forwards) (*forwards)++;
+        if (rc == WMAT_ERR_CANCELLED && h.stopped) {
+            wmat_clear_error();
+            rc = WMAT_OK;
+        }
+        if (rc) break;
+    }
+    wmat_runtime_set_hook(rt, NULL, NULL);
+    if (rc) return rc;
+    for (int s = 0; s < WMAT_CSLOT_COUNT; s++)
+        if ((want >> s & 1u) && slots[s]) wmat__qstats_finish(slots[s]);
+    return WMAT_OK;
+}

@@ -1,0 +1,136 @@
+/* Quantization methods (RTN, imatrix-weighted RTN, GPTQ, AdaDim) and the
+ * calibration that feeds them. Internal interface of src/quant; the public
+ * driver is the "quantization methods" section of wmat.h.
+ *
+ * A method turns one fp32 weight W (rows = out, cols = in) plus optional
+ * calibration statistics of its input into a wmat_qresult (quant.h, the
+ * contract with quantized storage). Methods are listed in one table
+ * (wmat__qmethods) so the CLI and the tests iterate over all of them;
+ * adding a method is a new row there and a function here.
+ */
+#ifndef WMAT_QUANT_METHODS_H
+#define WMAT_QUANT_METHODS_H
+
+#include "quant.h"
+
+/* Per-tensor quantization parameters. */
+typedef struct {
+    int bits;          /* 2..8 */
+    int sym;           /* 1 symmetric (zero = 2^(bits-1)), 0 asymmetric min-max */
+    wmat_qaxis axis;   /* IN: groups along inputs (per-OC when group = cols); OUT: per-IC */
+    int group;         /* group length along axis; 0 = the whole axis */
+    int clip;          /* 1: search shrink factors of the range, keep the lowest error */
+    int act_order;     /* GPTQ: columns by decreasing H_jj */
+    int static_groups; /* GPTQ: group scales from the original W (before error feedback) */
+    float damp;        /* GPTQ: relative damping lambda (0.01); raised if Cholesky fails */
+    int block;         /* GPTQ: lazy-update block size (128) */
+    int n_threads;     /* OpenMP threads of the method's loops (>= 1) */
+} wmat_qparams;
+
+wmat_qparams wmat__qparams_default(void);
+
+/* Statistics of one linear input (n features) over N calibration tokens. */
+typedef struct {
+    int64_t n;
+    uint64_t n_tokens;
+    double *H;      /* (n, n) 2/N sum x x^T (GPTQ's Hessian), or NULL */
+    double *x2;     /* (n) mean x_j^2 (imatrix) */
+    float *absmax;  /* (n) max |x_j| */
+} wmat_qstats;
+
+int wmat__qstats_init(wmat_qstats *s, int64_t n, int with_hessian);
+void wmat__qstats_free(wmat_qstats *s);
+void wmat__qstats_reset(wmat_qstats *s);
+/* Accumulate X (T, n) row-major. */
+void wmat__qstats_add(wmat_qstats *s, const float *X, int T);
+/* Finish: H = 2/N sum x x^T, x2 = sum x^2 / N (idempotent flag inside). */
+void wmat__qstats_finish(wmat_qstats *s);
+
+/* What a method reports about one tensor. */
+typedef struct {
+    char scheme[96];   /* "gptq 4b asym per-OC act-order", "adadim-rtn: per-IC" ... */
+    double damp;       /* GPTQ: the lambda that was used */
+    int chose_ic;      /* AdaDim: 1 when per-IC won */
+    double err_in, err_out; /* AdaDim: output errors of the per-OC/group and per-IC candidates */
+} wmat_qmethod_info;
+
+/* A method: quantize W (rows, cols) given statistics st (NULL when the
+ * method needs none or none is available). out is allocated by the method
+ * (wmat_qresult_alloc) and owned by the caller afterwards. */
+typedef int (*wmat_qmethod_fn)(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                               const wmat_qparams *p, wmat_qmethod_info *info);
+
+typedef struct {
+    const char *name;
+    wmat_qmethod_fn fn;
+    int needs_calibration; /* 1: needs st (imatrix: x2; GPTQ/AdaDim: H) */
+    int needs_hessian;     /* 1: st->H must be present */
+    const char *summary;
+} wmat_qmethod;
+
+/* The registry, terminated by a row with name == NULL. */
+extern const wmat_qmethod wmat__qmethods[];
+const wmat_qmethod *wmat__qmethod_find(const char *name);
+
+/* The methods (rtn.c, gptq.c, adadim.c). */
+int wmat__quant_rtn(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                    const wmat_qparams *p, wmat_qmethod_info *info);
+int wmat__quant_imatrix(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                        const wmat_qparams *p, wmat_qmethod_info *info);
+int wmat__quant_gptq(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                     const wmat_qparams *p, wmat_qmethod_info *info);
+int wmat__quant_adadim_rtn(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                           const wmat_qparams *p, wmat_qmethod_info *info);
+int wmat__quant_adadim_gptq(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                            const wmat_qparams *p, wmat_qmethod_info *info);
+
+/* ---- shared pieces of the grids (rtn.c) */
+
+/* Fit scale/zero of one group of n values x[i * stride] on the grid of
+ * `bits`: min-max (the reference GPTQ quantizer: the range always includes
+ * 0; an all-zero group gets [-1, 1]); with clip, shrink factors 1.00, 0.99,
+ * .., 0.20 of the range, keeping the lowest sum wt_i (x_i - q_i)^2 (wt NULL:
+ * unweighted; wt is indexed like x, wt[i * wstride]); with refit, each
+ * candidate's scale is also refitted by weighted least squares for its
+ * codes (llama.cpp's imatrix search). */
+void wmat__qfit(const float *x, int64_t n, int64_t stride, const float *wt, int64_t wstride, int bits, int sym,
+                int clip, int refit, float *scale, float *zero);
+/* code = clamp(rint(x / scale) + zero, 0, 2^bits - 1) (round half to even). */
+static inline uint8_t wmat__qcode(float x, float scale, float zero, int maxq)
+{
+    float q = __builtin_rintf(x / scale) + zero;
+    if (q < 0.0f) q = 0.0f;
+    if (q > (float)maxq) q = (float)maxq;
+    return (uint8_t)q;
+}
+/* Resolve p->group (0 = whole axis) and check it divides the axis. */
+int wmat__qgroup(const wmat_qparams *p, int64_t rows, int64_t cols, int *group);
+
+/* tr(dW H dW^T) for dW = W - deq(q) (rows, cols), H (cols, cols) double:
+ * the calibration output error sum ||W x - Q x||^2 * 2 / N. */
+double wmat__qoutput_error(const float *W, const float *Wq, int64_t rows, int64_t cols, const double *H);
+
+/* ---- calibration through the runtime's observation hook (calib.c) */
+
+/* The inputs of a block that linear layers share (q/k/v one, gate/up one). */
+enum { WMAT_CSLOT_ATTN = 0, WMAT_CSLOT_O, WMAT_CSLOT_FFN, WMAT_CSLOT_DOWN, WMAT_CSLOT_CLS, WMAT_CSLOT_COUNT };
+
+int wmat__calib_slot(wmat_linear_kind k);
+
+/* Run n_windows windows of ctx tokens (tokens[w*ctx ..]) through rt and
+ * accumulate the inputs of `layer` for the slots in `want` (bit s = slot s)
+ * into slots[s] (reset first, finished after). The forward stops right
+ * after the last wanted slot. For the classifier, layer = n_layers and
+ * want = 1 << WMAT_CSLOT_CLS. *forwards counts forward calls. */
+int wmat__calib_collect(wmat_runtime *rt, const int32_t *tokens, int n_windows, int ctx, int layer,
+                        wmat_qstats **slots, unsigned want, int *forwards);
+
+/* ---- the model driver (methods.c)
+ * wmat_quantize_model, also handing back the result of every tensor:
+ * *results is an array of wmat_model_n_tensors(m) qresults (codes == NULL
+ * where a tensor was not quantized); the caller frees each with
+ * wmat_qresult_free and the array with wmat__free. results may be NULL. */
+int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quantize_report *rep,
+                         wmat_qresult **results);
+
+#endif

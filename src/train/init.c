@@ -1,0 +1,259 @@
+/* Pieces around training: random init, config presets and JSON configs,
+ * a byte-level tokenizer, tokenizer copies, merging PEFT LoRA adapters. */
+#include "train.h"
+
+#include "../io/model_internal.h"
+#include "../io/safetensors.h"
+#include "../linalg/linalg.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int wmat_model_init_random(wmat_model *m, uint64_t seed, float std)
+{
+    const wmat_config *c = wmat_model_config(m);
+    wmat_rng r;
+    wmat_rng_seed(&r, seed);
+    const float res_std = std / sqrtf(2.0f * (float)c->n_layers);
+    for (int i = 0; i < wmat_model_n_tensors(m); i++) {
+        wmat_tensor *t = wmat_model_tensor(m, i);
+        if (t->dtype != WMAT_F32) return wmat_set_error(WMAT_ERR_INVALID, "init: tensor %s is not f32", t->name);
+        if (!(t->flags & WMAT_TF_OWNED)) return wmat_set_error(WMAT_ERR_INVALID, "init: tensor %s is read-only", t->name);
+        float *d = t->data;
+        int64_t n = wmat_tensor_nelem(t);
+        if (t->ndim == 1) {
+            for (int64_t j = 0; j < n; j++) d[j] = 1.0f;
+            continue;
+        }
+        const size_t len = strlen(t->name);
+        int resid = (len > 14 && !strcmp(t->name + len - 14, "o_proj.weight")) ||
+                    (len > 17 && !strcmp(t->name + len - 17, "down_proj.weight"));
+        const float s = resid ? res_std : std;
+        for (int64_t j = 0; j < n; j++) d[j] = s * wmat_rng_normal(&r);
+    }
+    return WMAT_OK;
+}
+
+static int preset(const char *name, wmat_config *c)
+{
+    /* vocab_size and seq_len keep the caller's when set */
+    struct { const char *name; int dim, hidden, layers, heads, kv, seq; } ps[] = {
+        {"tiny", 64, 172, 5, 8, 4, 256},   /* stories260K's shape */
+        {"small", 128, 352, 4, 4, 4, 256}, /* the demo's default (hidden a multiple of 32 for packed quantizers) */
+        {"mix4m", 256, 704, 6, 8, 4, 256}, /* the shared mix4m's shape */
+    };
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
+        if (!strcmp(name, ps[i].name)) {
+            c->dim = ps[i].dim;
+            c->hidden_dim = ps[i].hidden;
+            c->n_layers = ps[i].layers;
+            c->n_heads = ps[i].heads;
+            c->n_kv_heads = ps[i].kv;
+            if (c->seq_len <= 0) c->seq_len = ps[i].seq;
+            if (c->vocab_size <= 0) c->vocab_size = 512;
+            return 1;
+        }
+    return 0;
+}
+
+static int json_int(const cJSON *o, const char *k, int def)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) ? (int)v->valuedouble : def;
+}
+
+int wmat_train_config(const char *name_or_path, wmat_config *cfg)
+{
+    wmat_config c;
+    memset(&c, 0, sizeof c);
+    c.vocab_size = cfg->vocab_size;
+    c.seq_len = cfg->seq_len;
+    c.rope_theta = 10000.0f;
+    c.norm_eps = 1e-5f;
+    c.tied_embeddings = 1;
+    c.bos_id = 1;
+    c.eos_id = 2;
+    if (!preset(name_or_path, &c)) {
+        char *text;
+        size_t len;
+        int rc = wmat_read_file(name_or_path, &text, &len);
+        if (rc)
+            return wmat_set_error(WMAT_ERR_INVALID, "config '%s' is neither a preset (tiny, small, mix4m) nor a readable JSON file",
+                                  name_or_path);
+        cJSON *j = cJSON_ParseWithLength(text, len);
+        free(text);
+        if (!j || !cJSON_IsObject(j)) {
+            cJSON_Delete(j);
+            return wmat_set_error(WMAT_ERR_FORMAT, "%s: not a JSON object", name_or_path);
+        }
+        c.dim = json_int(j, "hidden_size", json_int(j, "dim", 0));
+        c.hidden_dim = json_int(j, "intermediate_size", json_int(j, "hidden_dim", 0));
+        c.n_layers = json_int(j, "num_hidden_layers", json_int(j, "n_layers", 0));
+        c.n_heads = json_int(j, "num_attention_heads", json_int(j, "n_heads", 0));
+        c.n_kv_heads = json_int(j, "num_key_value_heads", json_int(j, "n_kv_heads", c.n_heads));
+        int v = json_int(j, "vocab_size", 0);
+        if (v > 0 && c.vocab_size <= 0) c.vocab_size = v;
+        int s = json_int(j, "max_position_embeddings", json_int(j, "max_seq_len", 0));
+        if (s > 0 && c.seq_len <= 0) c.seq_len = s;
+        const cJSON *th = cJSON_GetObjectItemCaseSensitive(j, "rope_theta");
+        if (cJSON_IsNumber(th)) c.rope_theta = (float)th->valuedouble;
+        const cJSON *ep = cJSON_GetObjectItemCaseSensitive(j, "rms_norm_eps");
+        if (cJSON_IsNumber(ep)) c.norm_eps = (float)ep->valuedouble;
+        const cJSON *tw = cJSON_GetObjectItemCaseSensitive(j, "tie_word_embeddings");
+        if (cJSON_IsBool(tw)) c.tied_embeddings = cJSON_IsTrue(tw);
+        cJSON_Delete(j);
+        if (c.seq_len <= 0) c.seq_len = 256;
+    }
+    if (c.vocab_size <= 0) c.vocab_size = 512;
+    int rc = wmat__config_check(&c, name_or_path);
+    if (rc) return rc;
+    *cfg = c;
+    return WMAT_OK;
+}
+
+int wmat_tokenizer_bytes(wmat_tokenizer **out)
+{
+    enum { N = 259 };
+    static char store[N][8];
+    const char *pieces[N];
+    size_t lens[N];
+    float scores[N];
+    int32_t types[N];
+    const char *special[3] = {"<unk>", "<s>", "</s>"};
+    for (int i = 0; i < N; i++) {
+        char buf[8];
+        if (i < 3) {
+            snprintf(buf, sizeof buf, "%s", special[i]);
+            types[i] = i == 0 ? 2 : 3;
+        } else {
+            int b = i - 3;
+            if (b >= 32 && b < 127) {
+                buf[0] = (char)b;
+                buf[1] = 0;
+                types[i] = 1;
+            } else {
+                snprintf(buf, sizeof buf, "<0x%02X>", b);
+                types[i] = 6;
+            }
+        }
+        pieces[i] = buf;
+        lens[i] = strlen(buf);
+        scores[i] = 0.0f;
+        memcpy(store[i], buf, sizeof buf);
+        pieces[i] = store[i];
+    }
+    return wmat_tokenizer_from_vocab(out, N, pieces, lens, scores, types, 1, 2);
+}
+
+int wmat_tokenizer_clone(const wmat_tokenizer *t, wmat_tokenizer **out)
+{
+    const int n = wmat_tokenizer_vocab_size(t);
+    const char **pieces = wmat__malloc((size_t)n * sizeof(char *));
+    size_t *lens = wmat__malloc((size_t)n * sizeof(size_t));
+    float *scores = wmat__malloc((size_t)n * sizeof(float));
+    int32_t *types = wmat__malloc((size_t)n * sizeof(int32_t));
+    int rc;
+    if (!pieces || !lens || !scores || !types) {
+        rc = wmat_set_error(WMAT_ERR_NOMEM, "tokenizer copy: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        pieces[i] = wmat_tokenizer_piece(t, i, &lens[i]);
+        scores[i] = wmat_tokenizer_score(t, i);
+        types[i] = wmat_tokenizer_type(t, i);
+    }
+    rc = wmat_tokenizer_from_vocab(out, n, pieces, lens, scores, types, wmat_tokenizer_bos(t), wmat_tokenizer_eos(t));
+done:
+    wmat__free(pieces);
+    wmat__free(lens);
+    wmat__free(scores);
+    wmat__free(types);
+    return rc;
+}
+
+/* ------------------------------------------------------------ PEFT merge */
+
+static const char *const hf_mods[WMAT_LIN_COUNT] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                    "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                                    "mlp.down_proj"};
+
+int wmat_lora_merge_peft(wmat_model *m, const char *dir)
+{
+    const wmat_config *c = wmat_model_config(m);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    char *text;
+    size_t len;
+    int rc = wmat_read_file(path, &text, &len);
+    if (rc) return rc;
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!j) return wmat_set_error(WMAT_ERR_FORMAT, "%s: not JSON", path);
+    int r = json_int(j, "r", 0);
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, "lora_alpha");
+    float alpha = cJSON_IsNumber(a) ? (float)a->valuedouble : (float)r;
+    int rs = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "use_rslora"));
+    cJSON_Delete(j);
+    if (r <= 0) return wmat_set_error(WMAT_ERR_FORMAT, "%s: missing or bad rank r", path);
+    const float s = rs ? alpha / sqrtf((float)r) : alpha / (float)r;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    wmat_st_file *f;
+    if ((rc = wmat__st_open(&f, path))) return rc;
+    int merged = 0;
+    float *Bbuf = NULL, *Abuf = NULL, *Bp = NULL;
+    for (int l = 0; l < c->n_layers && !rc; l++)
+        for (int k = 0; k < WMAT_LIN_COUNT && !rc; k++) {
+            char na[256], nb[256];
+            snprintf(na, sizeof na, "base_model.model.model.layers.%d.%s.lora_A.weight", l, hf_mods[k]);
+            snprintf(nb, sizeof nb, "base_model.model.model.layers.%d.%s.lora_B.weight", l, hf_mods[k]);
+            const wmat_st_tensor *ta = wmat__st_find(f, na), *tb = wmat__st_find(f, nb);
+            if (!ta && !tb) continue;
+            wmat_tensor *W = wmat_model_linear(m, l, (wmat_linear_kind)k);
+            if (!ta || !tb || ta->ndim != 2 || tb->ndim != 2 || ta->shape[0] != r || tb->shape[1] != r ||
+                ta->shape[1] != W->shape[1] || tb->shape[0] != W->shape[0] || ta->dtype != WMAT_ST_F32 ||
+                tb->dtype != WMAT_ST_F32 || W->dtype != WMAT_F32) {
+                rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: %s / lora_B do not fit %s (f32, rank %d)", path, na, W->name, r);
+                break;
+            }
+            const int o = (int)W->shape[0], in = (int)W->shape[1];
+            Abuf = wmat__malloc((size_t)r * in * sizeof(float));
+            Bbuf = wmat__malloc((size_t)o * r * sizeof(float));
+            Bp = wmat__malloc((size_t)o * r * sizeof(float));
+            if (!Abuf || !Bbuf || !Bp) {
+                rc = wmat_set_error(WMAT_ERR_NOMEM, "LoRA merge: out of memory");
+                break;
+            }
+            memcpy(Abuf, ta->data, ta->nbytes);
+            memcpy(Bbuf, tb->data, tb->nbytes);
+            const float *B = Bbuf;
+            if (k == WMAT_LIN_Q || k == WMAT_LIN_K) {
+                wmat__rope_unpermute_hf(Bp, Bbuf, k == WMAT_LIN_Q ? c->n_heads : c->n_kv_heads, c->head_dim, r);
+                B = Bp;
+            }
+            if (!(W->flags & WMAT_TF_OWNED)) {
+                float *cp = wmat__aligned_alloc(W->nbytes);
+                if (!cp) {
+                    rc = wmat_set_error(WMAT_ERR_NOMEM, "LoRA merge: out of memory");
+                    break;
+                }
+                memcpy(cp, W->data, W->nbytes);
+                W->data = cp;
+                W->flags |= WMAT_TF_OWNED;
+            }
+            wmat_sgemm(0, 0, o, in, r, s, B, r, Abuf, in, 1.0f, W->data, in);
+            wmat__free(Abuf);
+            wmat__free(Bbuf);
+            wmat__free(Bp);
+            Abuf = Bbuf = Bp = NULL;
+            merged++;
+        }
+    wmat__free(Abuf);
+    wmat__free(Bbuf);
+    wmat__free(Bp);
+    wmat__st_close(f);
+    if (!rc && merged == 0) rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: no LoRA weight matches a layer of the model", path);
+    return rc;
+}

@@ -1,0 +1,78 @@
+/* Training engine (private): op forward/backward pairs and the trainer
+ * object. llm.c's habits: parameters, gradients and optimizer states live in
+ * arenas with the same layout; every op is x_forward / x_backward writing
+ * into buffers the caller owns; shapes are in comments. BT = B*T rows.
+ *
+ * The forward computes the same function as src/model/forward.c (RMSNorm
+ * with float sums, llama2.c's interleaved RoPE with freq = theta^(-2i/hd),
+ * causal softmax attention with grouped KV heads, SwiGLU), with libm's expf
+ * where the runtime uses a 2-ulp vectorized exp. */
+#ifndef WMAT_TRAIN_H
+#define WMAT_TRAIN_H
+
+#include "../core/internal.h"
+
+/* ---- ops (all fp32, row-major; backward functions ACCUMULATE into
+ * parameter gradients and, where the comment says so, into dinp) */
+
+/* out (BT, C) = emb[tok[i]] */
+void wmat__embed_forward(float *out, const int32_t *tok, const float *emb, int BT, int C);
+/* demb (V, C) += rows of dout (BT, C); serial (deterministic) */
+void wmat__embed_backward(float *demb, const float *dout, const int32_t *tok, int BT, int C);
+
+/* out (BT, C) = w * x * rstd, rstd (BT) saved */
+void wmat__rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int BT, int C, float eps, int nt);
+/* dx (BT, C) += ..., dw (C) += ... */
+void wmat__rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                            const float *rstd, int BT, int C, int nt);
+
+/* Rotate pairs (2i, 2i+1) of each of nh heads of every row in place; row r
+ * is at position r % T. cs, sn: (T, hd/2). */
+void wmat__rope_forward(float *x, int BT, int T, int nh, int hd, const float *cs, const float *sn, int nt);
+/* The transpose (inverse rotation), in place on the gradient. */
+void wmat__rope_backward(float *dx, int BT, int T, int nh, int hd, const float *cs, const float *sn, int nt);
+
+/* Causal grouped-query attention. q (BT, nh*hd), k, v (BT, nkv*hd);
+ * out (BT, nh*hd). scratch: nt * 2 * T * T floats. */
+void wmat__attention_forward(float *out, const float *q, const float *k, const float *v, int B, int T, int nh,
+                             int nkv, int hd, float *scratch, int nt);
+/* dq, dk, dv are OVERWRITTEN; the probabilities are recomputed. */
+void wmat__attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                              const float *v, int B, int T, int nh, int nkv, int hd, float *scratch, int nt);
+
+/* out (N) = silu(g) * u */
+void wmat__swiglu_forward(float *out, const float *g, const float *u, size_t N, int nt);
+/* dg, du (N) OVERWRITTEN */
+void wmat__swiglu_backward(float *dg, float *du, const float *dout, const float *g, const float *u, size_t N, int nt);
+
+/* Y (BT, out) = X (BT, in) W^T (+ s * (X A^T) B^T when A, B given; xa
+ * (BT, r) saved). */
+void wmat__linear_forward(float *Y, float *xa, const float *X, const float *W, const float *A, const float *B,
+                          float s, int BT, int in, int out, int r);
+/* dX (BT, in) = (or += when acc_dx) dY W (+ LoRA path); dW (out, in) += dY^T X
+ * when dW; dA (r, in), dB (out, r) += when given; dxa: (BT, r) scratch. */
+void wmat__linear_backward(float *dX, float *dW, float *dA, float *dB, float *dxa, const float *dY, const float *X,
+                           const float *W, const float *A, const float *B, const float *xa, float s, int BT, int in,
+                           int out, int r, int acc_dx);
+
+/* Cross-entropy of logits (BT, V) against targets: losses (BT) written;
+ * logits OVERWRITTEN by dlogits = (softmax - onehot) * dscale. Returns the
+ * mean loss (double, serial sum). */
+double wmat__xent_forward_backward(float *logits, float *losses, const int32_t *targets, int BT, int V, float dscale,
+                                   int nt);
+
+/* ---- trainer internals the tests look at */
+
+struct wmat_trainer;
+/* Forward (and backward unless no_backward) of one batch of B windows of T
+ * tokens: inputs/targets (B*T). Gradients are zeroed first when zero_grad.
+ * *loss: mean over the B*T predictions. The logits stay in
+ * wmat__trainer_logits() when no_backward. */
+int wmat__trainer_fwdbwd(struct wmat_trainer *t, const int32_t *inputs, const int32_t *targets, int B, int T,
+                         float dscale, int zero_grad, int no_backward, double *loss);
+float *wmat__trainer_logits(struct wmat_trainer *t);
+/* Flat trainable parameters and their gradients (same layout), n floats. */
+float *wmat__trainer_params(struct wmat_trainer *t, size_t *n);
+float *wmat__trainer_grads(struct wmat_trainer *t, size_t *n);
+
+#endif

@@ -1,0 +1,24 @@
+/* llama.cpp as a peer: run its greedy decoding on a GGUF file through the
+ * npm package node-llama-cpp (WMAT_NODE_LLAMA_DIR, default /opt/nlc) and
+ * ../shared/tools/llamacpp-greedy.mjs. */
+#ifndef WMAT_TEST_LLAMACPP_H
+#define WMAT_TEST_LLAMACPP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    char *text;       /* the continuation (without the prompt), UTF-8 */
+    int32_t *tokens;  /* its token ids */
+    size_t n_tokens;
+    char *raw;        /* everything the script printed */
+} llamacpp_result;
+
+void llamacpp_result_free(llamacpp_result *r);
+/* Where node-llama-cpp and the script are; NULL (with *why) when absent. */
+const char *llamacpp_script(char *nlc_dir, size_t n, const char **why);
+/* 0: ok; 1: llama.cpp unavailable (*why set; skip); -1: it ran and failed
+ * (r->raw holds its output). */
+int llamacpp_greedy(const char *gguf, const char *prompt, int n_tokens, llamacpp_result *r, const char **why);
+
+#endif

@@ -1,0 +1,96 @@
+/* `wmat train` end to end: a new byte-level model from a preset on a small
+ * text, the loss curve files, the saved model reloaded and evaluated, an
+ * interrupt-and-resume through the CLI giving the same file, clear errors. */
+#include "test_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char *text_file(void)
+{
+    static char path[4096];
+    snprintf(path, sizeof path, "%s", tu_tmp("text.txt"));
+    size_t n = 0, cap = 64 * 1024;
+    char *buf = malloc(cap);
+    const char *lines[] = {"In the beginning was the word.\n", "And the word was with the cat.\n",
+                           "The cat sat on the mat and the dog sat on the log.\n"};
+    while (n + 80 < cap) {
+        const char *l = lines[(n / 7) % 3];
+        size_t k = strlen(l);
+        memcpy(buf + n, l, k);
+        n += k;
+    }
+    assert_int_equal(tu_write_file(path, buf, n), 0);
+    free(buf);
+    return path;
+}
+
+static void test_cli_init_train_eval(void **state)
+{
+    (void)state;
+    const char *txt = text_file();
+    char cmd[8192];
+    const char *out = tu_tmp("m.gguf");
+    snprintf(cmd, sizeof cmd,
+             "%s train --init tiny %s --byte-tokenizer --data %s --val %s --steps 12 --batch 2 --ctx 32 --threads 1 --json "
+             "--eval-every 6 2>/dev/null",
+             tu_cli(), out, txt, txt);
+    int rc;
+    char *o = tu_run(cmd, &rc);
+    if (rc) fail_msg("wmat train failed (%d): %s", rc, o);
+    assert_non_null(strstr(o, "\"val_loss_end\""));
+    free(o);
+    char p[4200];
+    snprintf(p, sizeof p, "%s.loss.svg", out);
+    FILE *f = fopen(p, "r");
+    assert_non_null(f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s eval %s --text %s --ctx 32 --max-windows 4 --json", tu_cli(), out, txt);
+    o = tu_run(cmd, &rc);
+    if (rc) fail_msg("wmat eval of the trained model failed: %s", o);
+    assert_non_null(strstr(o, "\"ppl\""));
+    free(o);
+}
+
+static void test_cli_resume_identical(void **state)
+{
+    (void)state;
+    const char *txt = text_file();
+    char cmd[8192], base[4096];
+    snprintf(base, sizeof base, "%s train --init tiny --byte-tokenizer --data %s --steps 10 --batch 2 --ctx 16 --threads 1",
+             tu_cli(), txt);
+    const char *u = tu_tmp("u.gguf"), *r = tu_tmp("r.gguf"), *ck = tu_tmp("r.ckpt");
+    int rc;
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", base, u);
+    free(tu_run(cmd, &rc));
+    assert_int_equal(rc, 0);
+    snprintf(cmd, sizeof cmd, "%s %s --checkpoint %s --stop-after 4 2>&1", base, r, ck);
+    free(tu_run(cmd, &rc));
+    assert_int_equal(rc, 0);
+    snprintf(cmd, sizeof cmd, "%s %s --checkpoint %s --resume %s 2>&1", base, r, ck, ck);
+    free(tu_run(cmd, &rc));
+    assert_int_equal(rc, 0);
+    snprintf(cmd, sizeof cmd, "cmp -s %s %s", u, r);
+    free(tu_run(cmd, &rc));
+    if (rc) fail_msg("resumed model differs from the uninterrupted one");
+    /* errors */
+    snprintf(cmd, sizeof cmd, "%s train --init tiny %s --byte-tokenizer --data %s --ctx 100000 2>&1", tu_cli(), u, txt);
+    char *o = tu_run(cmd, &rc);
+    assert_int_not_equal(rc, 0);
+    free(o);
+    snprintf(cmd, sizeof cmd, "%s train %s %s --data %s --method lora --lora-targets q,nope 2>&1", tu_cli(), u, r, txt);
+    o = tu_run(cmd, &rc);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(o, "nope"));
+    free(o);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cli_init_train_eval),
+        cmocka_unit_test(test_cli_resume_identical),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

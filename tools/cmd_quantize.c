@@ -1,0 +1,244 @@
+/* wmat quantize: post-training quantization with calibration, a per-tensor
+ * report, optional fake-quant perplexity, and packed output through the
+ * quantized storage (native directory or GGUF). */
+#include "cli.h"
+#include "quant/methods.h"
+#include "quant/qstore.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct {
+    double t0;
+} qprogress;
+
+/* A bar per tensor with the time left, on stderr when it is a terminal. */
+static int progress_eta(void *user, const char *what, uint64_t done, uint64_t total)
+{
+    qprogress *q = user;
+    if (!isatty(STDERR_FILENO) || total == 0) return 0;
+    const double el = wmat__now() - q->t0, eta = done ? el / (double)done * (double)(total - done) : 0.0;
+    const int width = 24, fill = (int)((double)done / (double)total * width);
+    fprintf(stderr, "\rquantize [");
+    for (int i = 0; i < width; i++) fputc(i < fill ? '=' : ' ', stderr);
+    fprintf(stderr, "] %llu/%llu %-40.40s ETA %5.1fs", (unsigned long long)done, (unsigned long long)total, what, eta);
+    if (done == total) fputc('\n', stderr);
+    fflush(stderr);
+    return 0;
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+/* Calibration or evaluation tokens: a .txt file is text ([BOS] + its
+ * tokens), anything else little-endian uint16 ids. */
+static int load_stream(const char *cmd, wmat_model *m, const char *path, int32_t **ids, size_t *n)
+{
+    return ends_with(path, ".txt") ? cli_load_tokens(cmd, m, path, NULL, ids, n)
+                                   : cli_load_tokens(cmd, m, NULL, path, ids, n);
+}
+
+/* The one place that hands results to quantized storage. */
+static int write_packed(wmat_model *m, const wmat_qresult *results, const char *out, wmat_format fmt)
+{
+    for (int i = 0; i < wmat_model_n_tensors(m); i++) {
+        if (!results[i].codes) continue;
+        int rc = wmat_model_set_quantized(m, wmat_model_tensor(m, i)->name, &results[i]);
+        if (rc) return rc;
+    }
+    return wmat_quant_model_save(m, out, fmt);
+}
+
+int cmd_quantize(int argc, char **argv)
+{
+    const cli_command *cmd = cli_find_command("quantize");
+    wmat_quantize_params qp = wmat_quantize_default_params();
+    const char *method = "rtn", *calib = NULL, *to = "native", *seq = "block", *eval = NULL, *keep = NULL,
+               *overrides = NULL;
+    int bits = 4, group = 0, per_ic = 0, per_oc = 0, sym = 0, asym = 0, act_order = 0, static_groups = 0, clip = 0;
+    int calib_tokens = 0, calib_ctx = 0, group_fallback = 0, embeddings = 0, classifier = 0, eval_windows = 0,
+        eval_ctx = 0, eval_offset = 0, quiet = 0;
+    float damp = 0.01f;
+    cli_opt opts[] = {
+        {"--method", OPT_STR, &method, "M", "rtn (default), imatrix, gptq, adadim-rtn, adadim-gptq"},
+        {"--bits", OPT_INT, &bits, "B", "bits per weight, 2..8 (default 4)"},
+        {"--group", OPT_INT, &group, "G", "groups of G consecutive inputs per row (default: per-OC)"},
+        {"--per-oc", OPT_FLAG, &per_oc, NULL, "one scale per output channel (default)"},
+        {"--per-ic", OPT_FLAG, &per_ic, NULL, "one scale per input channel (groups of G outputs with --group)"},
+        {"--sym", OPT_FLAG, &sym, NULL, "symmetric grid (zero point 2^(B-1))"},
+        {"--asym", OPT_FLAG, &asym, NULL, "asymmetric min-max grid with a zero point (default)"},
+        {"--act-order", OPT_FLAG, &act_order, NULL, "GPTQ: quantize columns by decreasing H_jj"},
+        {"--static-groups", OPT_FLAG, &static_groups, NULL, "GPTQ: group scales from the original W"},
+        {"--clip", OPT_FLAG, &clip, NULL, "search shrink factors of each group's range (lowest error)"},
+        {"--damp", OPT_FLOAT, &damp, "L", "GPTQ damping, times mean(diag H) (default 0.01; raised if needed)"},
+        {"--calib", OPT_STR, &calib, "FILE", "calibration stream: .txt text, else uint16 token ids"},
+        {"--calib-tokens", OPT_INT, &calib_tokens, "N", "calibration tokens (default 64 windows, or the file if shorter)"},
+        {"--calib-ctx", OPT_INT, &calib_ctx, "T", "calibration window (default min(context, 256))"},
+        {"--sequential", OPT_STR, &seq, "MODE", "block (default: block l calibrated on blocks < l quantized), stage (q/k/v, o, gate/up, down in turn; ~4x the passes), off"},
+        {"--keep", OPT_STR, &keep, "PATS", "comma-separated name patterns left in fp32 (glob or substring)"},
+        {"--override", OPT_STR, &overrides, "LIST", "PATTERN=METHOD[:BITS[:G|oc|ic]],... per-tensor choices"},
+        {"--group-fallback", OPT_FLAG, &group_fallback, NULL, "per-channel where G does not divide a width"},
+        {"--embeddings", OPT_FLAG, &embeddings, NULL, "also quantize the token embedding"},
+        {"--classifier", OPT_FLAG, &classifier, NULL, "also quantize the classifier (the embedding when tied)"},
+        {"--to", OPT_STR, &to, "FMT", "native (default), gguf, or none (report / --eval only)"},
+        {"--eval", OPT_STR, &eval, "FILE", "perplexity of the quantized weights on this stream (fake-quant)"},
+        {"--eval-ctx", OPT_INT, &eval_ctx, "T", "evaluation window (default min(context, 256))"},
+        {"--eval-windows", OPT_INT, &eval_windows, "K", "evaluate the first K windows (default all)"},
+        {"--eval-offset", OPT_INT, &eval_offset, "N", "skip the first N tokens of the --eval stream (held-out part)"},
+        {"--quiet", OPT_FLAG, &quiet, NULL, "no per-tensor table"},
+        {NULL, 0, NULL, NULL, NULL},
+    };
+    const char *pos[2];
+    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 1, 2, &np);
+    if (rc) return rc == 1 ? 0 : rc;
+    wmat_format fmt = WMAT_FMT_UNKNOWN;
+    if (!strcmp(to, "native")) fmt = WMAT_FMT_QUANT;
+    else if (!strcmp(to, "gguf")) fmt = WMAT_FMT_GGUF;
+    else if (strcmp(to, "none")) return cli_usage_error("quantize", "--to must be native, gguf or none (got '%s')", to);
+    if (fmt != WMAT_FMT_UNKNOWN && np < 2) return cli_usage_error("quantize", "give OUT (or --to none)");
+    int needs_calib = 0;
+    const wmat_qmethod *qm = wmat__qmethod_find(method);
+    if (!qm) return cli_usage_error("quantize", "unknown --method '%s' (rtn, imatrix, gptq, adadim-rtn, adadim-gptq)", method);
+    needs_calib = qm->needs_calibration;
+    if (bits < 2 || bits > 8) return cli_usage_error("quantize", "--bits %d: supported widths are 2..8", bits);
+    if (group < 0) return cli_usage_error("quantize", "--group must be positive");
+    if (per_ic && per_oc) return cli_usage_error("quantize", "--per-ic and --per-oc exclude each other");
+    if (group && per_oc) return cli_usage_error("quantize", "--group and --per-oc exclude each other");
+    if (sym && asym) return cli_usage_error("quantize", "--sym and --asym exclude each other");
+    if (calib_tokens < 0 || calib_ctx < 0 || eval_ctx < 0 || eval_windows < 0 || eval_offset < 0)
+        return cli_usage_error("quantize", "token counts must be positive");
+    if (needs_calib && !calib)
+        return cli_usage_error("quantize", "--method %s needs calibration data: --calib FILE", method);
+    if (!strcmp(seq, "stage")) qp.sequential = 2;
+    else if (!strcmp(seq, "block")) qp.sequential = 1;
+    else if (!strcmp(seq, "off")) qp.sequential = 0;
+    else return cli_usage_error("quantize", "--sequential must be stage, block or off");
+
+    wmat_model *m;
+    if (cli_load_model("quantize", pos[0], 1, &m)) return 1;
+    const wmat_config *c = wmat_model_config(m);
+    int32_t *cal = NULL, *ev = NULL;
+    size_t n_cal = 0, n_ev = 0;
+    wmat_qresult *results = NULL;
+    wmat_quantize_report rep;
+    memset(&rep, 0, sizeof rep);
+    rc = 1;
+    const int cctx = calib_ctx ? calib_ctx : (c->seq_len < 256 ? c->seq_len : 256);
+    if (calib) {
+        if (load_stream("quantize", m, calib, &cal, &n_cal)) goto out;
+        if (calib_tokens > 0 && n_cal < (size_t)calib_tokens) {
+            fprintf(stderr,
+                    "wmat quantize: error: calibration stream %s has %zu tokens, fewer than the %d requested "
+                    "(--calib-tokens); give a longer stream or a smaller N\n",
+                    calib, n_cal, calib_tokens);
+            goto out;
+        }
+        size_t want = calib_tokens > 0 ? (size_t)calib_tokens : (size_t)64 * (size_t)cctx;
+        if (n_cal < want) {
+            fprintf(stderr, "wmat quantize: note: calibration stream has %zu tokens (default is %zu); using them all\n",
+                    n_cal, want);
+            want = n_cal;
+        }
+        if (want < (size_t)cctx)
+            fprintf(stderr, "wmat quantize: note: calibration uses one window of %zu tokens (shorter than %d)\n", want,
+                    cctx);
+        n_cal = want;
+    }
+    qp.method = method;
+    qp.bits = bits;
+    qp.sym = sym;
+    qp.group = group;
+    qp.per_ic = per_ic;
+    qp.act_order = act_order;
+    qp.static_groups = static_groups;
+    qp.clip = clip;
+    qp.damp = damp;
+    qp.keep = keep;
+    qp.overrides = overrides;
+    qp.group_fallback = group_fallback;
+    qp.embeddings = embeddings;
+    qp.classifier = classifier;
+    qp.calib = cal;
+    qp.n_calib = n_cal;
+    qp.calib_ctx = cctx;
+    qp.n_threads = g_cli.threads;
+    qprogress pr = {wmat__now()};
+    qp.progress = progress_eta;
+    qp.progress_user = &pr;
+    if (wmat__quantize_model(m, &qp, &rep, &results)) {
+        cli_fail("quantize");
+        goto out;
+    }
+    char b1[32], b2[32];
+    if (!quiet) {
+        printf("%-44s %-34s %11s %6s %9s %9s %8s\n", "tensor", "scheme", "shape", "bpw", "rel.err", "out.err", "ms");
+        for (int i = 0; i < rep.n_tensors; i++) {
+            const wmat_quantize_tensor *t = &rep.tensors[i];
+            char shape[32], oe[16];
+            snprintf(shape, sizeof shape, "%lldx%lld", (long long)t->rows, (long long)t->cols);
+            if (t->out_error >= 0) snprintf(oe, sizeof oe, "%.3e", t->out_error);
+            else snprintf(oe, sizeof oe, "-");
+            printf("%-44s %-34s %11s %6.2f %9.3e %9s %8.1f\n", t->name, t->scheme, shape, t->bits_per_weight,
+                   t->rel_error, oe, 1e3 * t->seconds);
+        }
+    }
+    printf("size          %s -> %s (%.2fx)\n", cli_bytes(rep.bytes_before, b1, sizeof b1),
+           cli_bytes(rep.bytes_after, b2, sizeof b2), rep.bytes_after > 0 ? rep.bytes_before / rep.bytes_after : 0.0);
+    printf("bits/weight   %.3f over quantized tensors, %.3f over the model\n", rep.bits_per_weight,
+           8.0 * rep.bytes_after / ((double)wmat_model_n_params(m)));
+    if (rep.calib_windows)
+        printf("calibration   %s: %d windows x %d tokens, %d forward passes (%s), %.2f s; statistics peak %s\n",
+               calib, rep.calib_windows, rep.calib_ctx, rep.forwards, seq, rep.calib_seconds,
+               cli_bytes((double)rep.stats_bytes, b1, sizeof b1));
+    printf("time          %.2f s total, %.2f s in the method; peak RSS %s\n", rep.seconds, rep.method_seconds,
+           cli_bytes((double)wmat_peak_rss(), b2, sizeof b2));
+    if (eval) {
+        if (load_stream("quantize", m, eval, &ev, &n_ev)) goto out;
+        if ((size_t)eval_offset + 2 > n_ev) {
+            fprintf(stderr, "wmat quantize: error: --eval-offset %d leaves fewer than 2 of the %zu tokens of %s\n",
+                    eval_offset, n_ev, eval);
+            goto out;
+        }
+        const int ectx = eval_ctx ? eval_ctx : (c->seq_len < 256 ? c->seq_len : 256);
+        wmat_context wc = wmat_context_default();
+        wc.n_threads = g_cli.threads;
+        wmat_runtime_params rp = wmat_runtime_default_params();
+        rp.max_batch_tokens = ectx;
+        rp.kv_cache_len = 1;
+        rp.ctx = &wc;
+        wmat_runtime *rt = NULL;
+        wmat_eval_result er;
+        int erc = wmat_runtime_create(&rt, m, &rp);
+        if (!erc) erc = wmat_eval_tokens(rt, ev + eval_offset, n_ev - (size_t)eval_offset, ectx, eval_windows, &er);
+        wmat_runtime_free(rt);
+        if (erc) {
+            cli_fail("quantize");
+            goto out;
+        }
+        printf("perplexity    %.4f on %s from token %d (ctx %d, %d windows; fake-quant weights)\n", er.ppl, eval,
+               eval_offset, ectx, er.windows);
+    }
+    if (fmt != WMAT_FMT_UNKNOWN) {
+        double t0 = wmat__now();
+        if (write_packed(m, results, pos[1], fmt)) {
+            cli_fail("quantize");
+            goto out;
+        }
+        printf("wrote         %s (%s) in %.2f s\n", pos[1], to, wmat__now() - t0);
+    }
+    rc = 0;
+out:
+    if (results)
+        for (int i = 0; i < wmat_model_n_tensors(m); i++) wmat_qresult_free(&results[i]);
+    wmat__free(results);
+    wmat_quantize_report_free(&rep);
+    free(cal);
+    free(ev);
+    wmat_model_free(m);
+    return rc;
+}

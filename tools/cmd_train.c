@@ -1,0 +1,368 @@
+/* train: full fine-tuning, LoRA, GaLore, or pretraining from a config. */
+#include "cli.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+static wmat_format out_format(const char *path, const char *to)
+{
+    if (to) return wmat_format_from_name(to);
+    if (ends_with(path, ".gguf")) return WMAT_FMT_GGUF;
+    if (ends_with(path, ".bin")) return WMAT_FMT_LLAMA2C;
+    return WMAT_FMT_HF;
+}
+
+/* A simple SVG line chart of one or two series (train loss, val loss). */
+static int write_svg(const char *path, const int *xs, const double *ys, int n, const int *vx, const double *vy, int vn)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    const double W = 640, H = 400, ml = 60, mr = 20, mt = 30, mb = 50;
+    double xmin = 0, xmax = 1, ymin = 1e30, ymax = -1e30;
+    for (int i = 0; i < n; i++) {
+        if (xs[i] > xmax) xmax = xs[i];
+        if (ys[i] < ymin) ymin = ys[i];
+        if (ys[i] > ymax) ymax = ys[i];
+    }
+    for (int i = 0; i < vn; i++) {
+        if (vx[i] > xmax) xmax = vx[i];
+        if (vy[i] < ymin) ymin = vy[i];
+        if (vy[i] > ymax) ymax = vy[i];
+    }
+    if (!(ymax > ymin)) {
+        ymin -= 1;
+        ymax += 1;
+    }
+    double pad = 0.05 * (ymax - ymin);
+    ymin -= pad;
+    ymax += pad;
+#define PX(x) (ml + ((x)-xmin) / (xmax - xmin) * (W - ml - mr))
+#define PY(y) (mt + (ymax - (y)) / (ymax - ymin) * (H - mt - mb))
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
+    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    fprintf(f, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", ml, H - mb, W - mr, H - mb);
+    fprintf(f, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", ml, mt, ml, H - mb);
+    for (int i = 0; i <= 4; i++) {
+        double y = ymin + (ymax - ymin) * i / 4, x = xmin + (xmax - xmin) * i / 4;
+        fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"end\">%.2f</text>\n", ml - 4, PY(y) + 4, y);
+        fprintf(f, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"#ddd\"/>\n", ml, PY(y), W - mr, PY(y));
+        fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%.0f</text>\n", PX(x), H - mb + 16, x);
+    }
+    fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">step</text>\n", (W + ml) / 2, H - 12);
+    fprintf(f, "<text x=\"14\" y=\"%g\" transform=\"rotate(-90 14 %g)\" text-anchor=\"middle\">loss</text>\n", H / 2, H / 2);
+    fprintf(f, "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"");
+    for (int i = 0; i < n; i++) fprintf(f, "%.1f,%.1f ", PX(xs[i]), PY(ys[i]));
+    fprintf(f, "\"/>\n");
+    if (vn > 0) {
+        fprintf(f, "<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\" points=\"");
+        for (int i = 0; i < vn; i++) fprintf(f, "%.1f,%.1f ", PX(vx[i]), PY(vy[i]));
+        fprintf(f, "\"/>\n");
+        for (int i = 0; i < vn; i++) fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"#d62728\"/>\n", PX(vx[i]), PY(vy[i]));
+    }
+    fprintf(f, "<text x=\"%g\" y=\"18\" fill=\"#1f77b4\">train loss</text>\n", ml + 10);
+    if (vn > 0) fprintf(f, "<text x=\"%g\" y=\"18\" fill=\"#d62728\">held-out loss</text>\n", ml + 110);
+    fprintf(f, "</svg>\n");
+#undef PX
+#undef PY
+    return fclose(f) ? -1 : 0;
+}
+
+static int load_data(const char *cmd, wmat_model *m, const char *path, int32_t **ids, size_t *n)
+{
+    if (ends_with(path, ".u16") || ends_with(path, ".tok") || ends_with(path, ".bin"))
+        return cli_load_tokens(cmd, m, NULL, path, ids, n);
+    return cli_load_tokens(cmd, m, path, NULL, ids, n);
+}
+
+int cmd_train(int argc, char **argv)
+{
+    const cli_command *cmd = cli_find_command("train");
+    const char *data = NULL, *val = NULL, *method = "full", *init = NULL, *to = NULL, *targets = NULL, *gtargets = NULL;
+    const char *ckpt = NULL, *resume = NULL, *csv = NULL, *svg = NULL, *lora_out = NULL, *opt = "adamw";
+    int tokenizer_kind = 0;
+    int steps = 100, batch = 8, ctx = 0, accum = 1, warmup = -1, seed = 1337, eval_every = 0, eval_windows = 0;
+    int ckpt_every = 0, rank = 8, grank = 0, ggap = 50, rslora = 0, randomized = 0, json = 0, no_shuffle = 0;
+    int stop_after = 0, save_merged = 1, time_limit = 0;
+    float lr = 0, min_lr = -1, wd = 0, clip = 1.0f, alpha = 16, gscale = 1.0f, b2 = 0.95f, mom = 0.9f;
+    cli_opt opts[] = {
+        {"--data", OPT_STR, &data, "FILE", "training text (UTF-8) or uint16 tokens (.u16/.tok)"},
+        {"--val", OPT_STR, &val, "FILE", "held-out text or tokens for periodic evaluation"},
+        {"--init", OPT_STR, &init, "CONFIG", "train a new model: preset (tiny, small, mix4m) or HF-style config.json"},
+        {"--byte-tokenizer", OPT_FLAG, &tokenizer_kind, NULL, "with --init: a byte-level tokenizer (259 ids)"},
+        {"--method", OPT_STR, &method, "M", "full | lora | galore (default full)"},
+        {"--optimizer", OPT_STR, &opt, "O", "adamw | sgd (default adamw)"},
+        {"--steps", OPT_INT, &steps, "N", "optimizer steps (default 100)"},
+        {"--batch", OPT_INT, &batch, "B", "windows per micro-batch (default 8)"},
+        {"--ctx", OPT_INT, &ctx, "T", "tokens per window (default min(seq_len, 128))"},
+        {"--accum", OPT_INT, &accum, "K", "gradient accumulation micro-batches (default 1)"},
+        {"--lr", OPT_FLOAT, &lr, "LR", "peak learning rate (default 1e-3; LoRA 2e-3)"},
+        {"--min-lr", OPT_FLOAT, &min_lr, "LR", "final learning rate of the cosine (default lr/10)"},
+        {"--warmup", OPT_INT, &warmup, "N", "warmup steps (default steps/20)"},
+        {"--wd", OPT_FLOAT, &wd, "WD", "decoupled weight decay (default 0)"},
+        {"--beta2", OPT_FLOAT, &b2, "B2", "Adam beta2 (default 0.95)"},
+        {"--momentum", OPT_FLOAT, &mom, "M", "SGD momentum (default 0.9)"},
+        {"--clip", OPT_FLOAT, &clip, "C", "global gradient-norm clip, 0 off (default 1)"},
+        {"--seed", OPT_INT, &seed, "S", "seed of init, shuffling and LoRA init (default 1337)"},
+        {"--no-shuffle", OPT_FLAG, &no_shuffle, NULL, "take windows in order"},
+        {"--lora-rank", OPT_INT, &rank, "R", "LoRA rank (default 8)"},
+        {"--lora-alpha", OPT_FLOAT, &alpha, "A", "LoRA alpha (default 16)"},
+        {"--lora-targets", OPT_STR, &targets, "LIST", "q,k,v,o,gate,up,down or all (default q,v)"},
+        {"--rslora", OPT_FLAG, &rslora, NULL, "scale by alpha/sqrt(r)"},
+        {"--lora-out", OPT_STR, &lora_out, "DIR", "also write the adapter in PEFT's layout"},
+        {"--galore-rank", OPT_INT, &grank, "R", "GaLore rank (default dim/4)"},
+        {"--galore-gap", OPT_INT, &ggap, "T", "steps between projector updates (default 50)"},
+        {"--galore-scale", OPT_FLOAT, &gscale, "S", "GaLore update scale (default 1)"},
+        {"--galore-targets", OPT_STR, &gtargets, "LIST", "which matrices (default all seven)"},
+        {"--galore-randomized", OPT_FLAG, &randomized, NULL, "randomized range finder instead of a full SVD"},
+        {"--eval-every", OPT_INT, &eval_every, "N", "evaluate on --val every N steps (default steps/10)"},
+        {"--eval-windows", OPT_INT, &eval_windows, "K", "windows per evaluation (default all)"},
+        {"--checkpoint", OPT_STR, &ckpt, "FILE", "save a training checkpoint here (every --checkpoint-every and at the end)"},
+        {"--checkpoint-every", OPT_INT, &ckpt_every, "N", "checkpoint period in steps"},
+        {"--resume", OPT_STR, &resume, "FILE", "resume from a checkpoint"},
+        {"--stop-after", OPT_INT, &stop_after, "N", "stop after step N (simulates an interruption)"},
+        {"--time-limit", OPT_INT, &time_limit, "S", "stop after S seconds of training (the schedule still spans --steps)"},
+        {"--csv", OPT_STR, &csv, "FILE", "loss curve CSV (default OUT.loss.csv)"},
+        {"--svg", OPT_STR, &svg, "FILE", "loss curve SVG (default OUT.loss.svg)"},
+        {"--to", OPT_STR, &to, "FMT", "output format llama2c|gguf|hf (default by extension)"},
+        {"--json", OPT_FLAG, &json, NULL, "print a JSON summary at the end"},
+        {NULL, 0, NULL, NULL, NULL},
+    };
+    const char *pos[2];
+    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 1, 2, &np);
+    if (rc) return rc == 1 ? 0 : rc;
+    const char *model_path = init ? NULL : pos[0];
+    const char *out = init ? pos[0] : (np == 2 ? pos[1] : NULL);
+    if (init && np != 1) return cli_usage_error("train", "with --init give only OUT");
+    if (!init && np != 2) return cli_usage_error("train", "give MODEL and OUT (or --init CONFIG OUT)");
+    if (!data) return cli_usage_error("train", "--data FILE is required");
+    wmat_train_params p = wmat_train_default_params();
+    if (!strcmp(method, "full")) p.method = WMAT_TRAIN_FULL;
+    else if (!strcmp(method, "lora")) p.method = WMAT_TRAIN_LORA;
+    else if (!strcmp(method, "galore")) p.method = WMAT_TRAIN_GALORE;
+    else return cli_usage_error("train", "--method must be full, lora or galore");
+    if (!strcmp(opt, "adamw")) p.optimizer = WMAT_OPT_ADAMW;
+    else if (!strcmp(opt, "sgd")) p.optimizer = WMAT_OPT_SGD;
+    else return cli_usage_error("train", "--optimizer must be adamw or sgd");
+    if (init && p.method == WMAT_TRAIN_LORA) return cli_usage_error("train", "LoRA needs a pretrained MODEL, not --init");
+    if (steps <= 0 || batch <= 0 || accum <= 0 || ctx < 0) return cli_usage_error("train", "--steps, --batch, --accum must be positive");
+    if (targets && wmat_train_parse_targets(targets, &p.lora_targets)) return cli_usage_error("train", "--lora-targets: %s", wmat_last_error());
+    if (gtargets && wmat_train_parse_targets(gtargets, &p.galore_targets))
+        return cli_usage_error("train", "--galore-targets: %s", wmat_last_error());
+    p.steps = steps;
+    p.batch = batch;
+    p.ctx = ctx;
+    p.grad_accum = accum;
+    p.lr = lr > 0 ? lr : (p.method == WMAT_TRAIN_LORA ? 2e-3f : 1e-3f);
+    p.min_lr = min_lr;
+    p.warmup = warmup >= 0 ? warmup : steps / 20;
+    p.weight_decay = wd;
+    p.beta2 = b2;
+    p.momentum = mom;
+    p.grad_clip = clip;
+    p.seed = (uint64_t)seed;
+    p.shuffle = !no_shuffle;
+    p.lora_rank = rank;
+    p.lora_alpha = alpha;
+    p.lora_rslora = rslora;
+    p.galore_rank = grank;
+    p.galore_gap = ggap;
+    p.galore_scale = gscale;
+    p.galore_randomized = randomized;
+    wmat_context wc = wmat_context_default();
+    wc.n_threads = g_cli.threads;
+    p.exec = &wc;
+
+    wmat_model *m = NULL;
+    wmat_trainer *t = NULL;
+    int32_t *ids = NULL, *vids = NULL;
+    size_t n = 0, vn = 0;
+    int *xs = NULL, *vx = NULL;
+    double *ys = NULL, *vy = NULL;
+    int n_pts = 0, n_v = 0;
+    FILE *fcsv = NULL;
+    int ret = 1;
+    if (init) {
+        wmat_config c;
+        memset(&c, 0, sizeof c);
+        wmat_tokenizer *tok = NULL;
+        if (tokenizer_kind) {
+            if (wmat_tokenizer_bytes(&tok)) return cli_fail("train");
+        } else if (g_cli.tokenizer) {
+            if (wmat_tokenizer_load_llama2c(&tok, g_cli.tokenizer, 0)) return cli_fail("train");
+        } else {
+            return cli_usage_error("train", "--init needs a tokenizer: --byte-tokenizer or --tokenizer FILE");
+        }
+        c.vocab_size = wmat_tokenizer_vocab_size(tok);
+        if (wmat_train_config(init, &c) || wmat_model_create(&m, &c) || wmat_model_init_random(m, (uint64_t)seed, 0.02f)) {
+            wmat_tokenizer_free(tok);
+            wmat_model_free(m);
+            return cli_fail("train");
+        }
+        if (wmat_tokenizer_vocab_size(tok) != c.vocab_size) {
+            wmat_tokenizer_free(tok);
+            wmat_model_free(m);
+            return cli_usage_error("train", "the config's vocab_size differs from the tokenizer's (%d)", c.vocab_size);
+        }
+        wmat_model_set_tokenizer(m, tok);
+    } else if (cli_load_model("train", model_path, 1, &m)) {
+        return 1;
+    }
+    const wmat_config *c = wmat_model_config(m);
+    if (load_data("train", m, data, &ids, &n)) goto done;
+    if (val && load_data("train", m, val, &vids, &vn)) goto done;
+    if (wmat_trainer_create(&t, m, &p) || wmat_trainer_set_data(t, ids, n)) {
+        cli_fail("train");
+        goto done;
+    }
+    if (resume && wmat_trainer_load_checkpoint(t, resume)) {
+        cli_fail("train");
+        goto done;
+    }
+    int T = ctx > 0 ? ctx : (c->seq_len < 128 ? c->seq_len : 128);
+    if (eval_every <= 0) eval_every = steps / 10 > 0 ? steps / 10 : 1;
+    wmat_train_memory mem;
+    wmat_trainer_memory(t, &mem);
+    char b1[32], b2s[32], b3[32], b4[32], b5[32];
+    fprintf(stderr, "train: %s, %s, %lld params (%lld trainable), %zu tokens, batch %d x ctx %d x accum %d, %d steps, lr %g\n",
+            method, init ? init : model_path, (long long)wmat_model_n_params(m), (long long)mem.trainable, n, batch, T, accum,
+            steps, p.lr);
+    fprintf(stderr, "memory: weights %s, grads %s, optimizer %s, activations %s, peak RSS %s\n",
+            cli_bytes((double)mem.weights, b1, sizeof b1), cli_bytes((double)mem.grads, b2s, sizeof b2s),
+            cli_bytes((double)mem.optim, b3, sizeof b3), cli_bytes((double)mem.activations, b4, sizeof b4),
+            cli_bytes((double)mem.peak_rss, b5, sizeof b5));
+    char csv_def[4096], svg_def[4096];
+    snprintf(csv_def, sizeof csv_def, "%s.loss.csv", out);
+    snprintf(svg_def, sizeof svg_def, "%s.loss.svg", out);
+    if (!csv) csv = csv_def;
+    if (!svg) svg = svg_def;
+    fcsv = fopen(csv, "w");
+    if (!fcsv) {
+        fprintf(stderr, "wmat train: error: cannot write %s\n", csv);
+        goto done;
+    }
+    fprintf(fcsv, "step,train_loss,val_loss,lr,grad_norm,tokens_per_s\n");
+    xs = malloc((size_t)steps * sizeof *xs);
+    ys = malloc((size_t)steps * sizeof *ys);
+    vx = malloc(((size_t)steps + 2) * sizeof *vx);
+    vy = malloc(((size_t)steps + 2) * sizeof *vy);
+    if (!xs || !ys || !vx || !vy) goto done;
+    double val0 = NAN, vlast = NAN, tsum = 0, tok_sum = 0;
+    wmat_eval_result er;
+    if (vids && wmat_trainer_steps_done(t) == 0) {
+        if (wmat_trainer_eval(t, vids, vn, T, eval_windows, &er)) {
+            cli_fail("train");
+            goto done;
+        }
+        val0 = vlast = er.mean_nll;
+        vx[n_v] = 0;
+        vy[n_v++] = er.mean_nll;
+        fprintf(stderr, "step %5d  held-out loss %.4f  ppl %.2f\n", 0, er.mean_nll, er.ppl);
+        fprintf(fcsv, "0,,%.6f,,,\n", er.mean_nll);
+    }
+    double last_loss = NAN;
+    int start = wmat_trainer_steps_done(t);
+    for (int s = start; s < steps; s++) {
+        wmat_train_step_info si;
+        if (wmat_trainer_step(t, &si)) {
+            cli_fail("train");
+            goto done;
+        }
+        tsum += si.seconds;
+        tok_sum += (double)si.tokens;
+        last_loss = si.loss;
+        xs[n_pts] = si.step;
+        ys[n_pts++] = si.loss;
+        double tps = tok_sum / tsum, eta = tsum / (s - start + 1) * (steps - s - 1);
+        int do_eval = vids && (si.step % eval_every == 0 || si.step == steps);
+        double vl = NAN;
+        if (do_eval) {
+            if (wmat_trainer_eval(t, vids, vn, T, eval_windows, &er)) {
+                cli_fail("train");
+                goto done;
+            }
+            vl = vlast = er.mean_nll;
+            vx[n_v] = si.step;
+            vy[n_v++] = vl;
+        }
+        fprintf(fcsv, "%d,%.6f,", si.step, si.loss);
+        if (do_eval) fprintf(fcsv, "%.6f", vl);
+        fprintf(fcsv, ",%g,%.4f,%.1f\n", si.lr, si.grad_norm, si.tokens / (si.seconds > 0 ? si.seconds : 1e-9));
+        if (do_eval || si.step % 10 == 0 || si.step == steps || si.step == start + 1) {
+            fprintf(stderr, "step %5d/%d  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s  ETA %.0fs", si.step, steps, si.loss, si.lr,
+                    si.grad_norm, tps, eta);
+            if (do_eval) fprintf(stderr, "  held-out loss %.4f ppl %.2f", vl, exp(vl));
+            fprintf(stderr, "\n");
+        }
+        if (ckpt && ckpt_every > 0 && si.step % ckpt_every == 0 && wmat_trainer_save_checkpoint(t, ckpt)) {
+            cli_fail("train");
+            goto done;
+        }
+        if (stop_after > 0 && si.step >= stop_after) break;
+        if (time_limit > 0 && tsum >= time_limit && si.step < steps) {
+            if (vids && !do_eval && !wmat_trainer_eval(t, vids, vn, T, eval_windows, &er)) {
+                vlast = er.mean_nll;
+                vx[n_v] = si.step;
+                vy[n_v++] = er.mean_nll;
+            }
+            fprintf(stderr, "time limit of %d s reached after step %d\n", time_limit, si.step);
+            break;
+        }
+    }
+    if (ckpt && wmat_trainer_save_checkpoint(t, ckpt)) {
+        cli_fail("train");
+        goto done;
+    }
+    fclose(fcsv);
+    fcsv = NULL;
+    if (write_svg(svg, xs, ys, n_pts, vx, vy, n_v)) fprintf(stderr, "wmat train: warning: cannot write %s\n", svg);
+    if (lora_out && wmat_trainer_save_lora(t, lora_out)) {
+        cli_fail("train");
+        goto done;
+    }
+    wmat_model *trained;
+    if (save_merged) {
+        wmat_save_params sp = wmat_save_default_params();
+        sp.format = out_format(out, to);
+        if (sp.format == WMAT_FMT_UNKNOWN) {
+            cli_usage_error("train", "--to must be llama2c, gguf or hf");
+            goto done;
+        }
+        if (wmat_trainer_model(t, &trained) || wmat_model_save(trained, out, &sp)) {
+            cli_fail("train");
+            goto done;
+        }
+    }
+    wmat_trainer_memory(t, &mem);
+    fprintf(stderr, "saved %s (%s); loss curve %s, %s; peak RSS %s\n", out, wmat_format_name(out_format(out, to)), csv, svg,
+            cli_bytes((double)mem.peak_rss, b5, sizeof b5));
+    if (json) {
+        printf("{\"method\": \"%s\", \"steps\": %d, \"final_train_loss\": %.6f, \"val_loss_start\": %.6f, \"val_loss_end\": %.6f, "
+               "\"tokens_per_s\": %.1f, \"seconds\": %.3f, \"trainable_params\": %lld, \"bytes_weights\": %zu, \"bytes_grads\": %zu, "
+               "\"bytes_optimizer\": %zu, \"bytes_optimizer_scratch\": %zu, \"bytes_activations\": %zu, \"peak_rss\": %zu, "
+               "\"galore_state_bytes\": %zu, \"galore_adamw_equiv_bytes\": %zu}\n",
+               method, wmat_trainer_steps_done(t), last_loss, isnan(val0) ? -1.0 : val0, isnan(vlast) ? -1.0 : vlast,
+               tsum > 0 ? tok_sum / tsum : 0.0, tsum, (long long)mem.trainable, mem.weights, mem.grads, mem.optim,
+               mem.optim_scratch, mem.activations, mem.peak_rss, mem.galore_state, mem.galore_adam_equiv);
+    }
+    ret = 0;
+done:
+    if (fcsv) fclose(fcsv);
+    free(xs);
+    free(ys);
+    free(vx);
+    free(vy);
+    wmat_trainer_free(t);
+    free(ids);
+    free(vids);
+    wmat_model_free(m);
+    return ret;
+}
