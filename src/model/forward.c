@@ -270,21 +270,9 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
         const float inv = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for num_threads(nt) schedule(static) if (pos > 64)
         for (int h = 0; h < c->n_heads; h++) {
-            const float *q = rt->dq + (size_t)h * hd;
-            float *att = rt->datt + (size_t)h * S;
             const size_t koff = (size_t)(h / kv_mul) * hd;
-            for (int t = 0; t <= pos; t++) {
-                const float *k = kbase + (size_t)t * KV + koff;
-                att[t] = wmat__dot(q, k, hd) * inv;
-            }
-            wmat__softmax(att, pos + 1);
-            float *xb = rt->dxb + (size_t)h * hd;
-            memset(xb, 0, (size_t)hd * sizeof(float));
-            for (int t = 0; t <= pos; t++) {
-                const float *v = vbase + (size_t)t * KV + koff;
-                const float a = att[t];
-                for (int i = 0; i < hd; i++) xb[i] += a * v[i];
-            }
+            wmat__attend_one(rt->dxb + (size_t)h * hd, rt->dq + (size_t)h * hd, kbase + koff, vbase + koff, KV, pos + 1,
+                             hd, inv, rt->datt + (size_t)h * S);
         }
         wmat__linear_vec(x, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_O), 1, nt);
         wmat__rmsnorm_rows(rt->dxb, x, wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data, 1, D, c->norm_eps, 1);

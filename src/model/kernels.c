@@ -78,6 +78,33 @@ static void softmax_fast(float *x, int n)
     for (int i = 0; i < n; i++) x[i] *= inv;
 }
 
+/* Head dimensions are small (8..128): the dot products are inlined with
+ * eight partial sums, and the whole function is cloned per ISA. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+void wmat__attend_one(float *out, const float *q, const float *k, const float *v, int stride, int n, int hd,
+                      float scale, float *att)
+{
+    for (int t = 0; t < n; t++) {
+        const float *kt = k + (size_t)t * stride;
+        float acc[8] = {0};
+        int i = 0;
+        for (; i + 8 <= hd; i += 8)
+            for (int j = 0; j < 8; j++) acc[j] += q[i + j] * kt[i + j];
+        float d = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        for (; i < hd; i++) d += q[i] * kt[i];
+        att[t] = d * scale;
+    }
+    wmat__softmax(att, n);
+    memset(out, 0, (size_t)hd * sizeof(float));
+    for (int t = 0; t < n; t++) {
+        const float *vt = v + (size_t)t * stride;
+        const float a = att[t];
+        for (int i = 0; i < hd; i++) out[i] += a * vt[i];
+    }
+}
+
 void wmat__causal_softmax_rows(float *s, int T, int n_threads)
 {
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
@@ -230,8 +257,11 @@ typedef void (*matvec_rows_fn)(float *, const float *, const float *, int, int, 
 static matvec_rows_fn pick_matvec(void)
 {
 #if defined(__GNUC__) && defined(__x86_64__)
-    if (getenv("WMAT_MATVEC_REF")) return matvec_rows_ref;
+    const char *force = getenv("WMAT_MATVEC"); /* ref | avx2 | avx512: tests and benchmarks */
     __builtin_cpu_init();
+    if (force && !strcmp(force, "ref")) return matvec_rows_ref;
+    if (force && !strcmp(force, "avx2") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return matvec_rows_avx2;
     if (__builtin_cpu_supports("avx512f")) return matvec_rows_avx512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return matvec_rows_avx2;
 #endif

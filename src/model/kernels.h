@@ -11,6 +11,11 @@ void wmat__softmax(float *x, int n);
 /* Row t of the (T, T) score matrix keeps columns 0..t, softmaxed (vectorized
  * exp); the rest 0. */
 void wmat__causal_softmax_rows(float *s, int T, int n_threads);
+/* One head of one query over n cached positions: scores q.k_t * scale,
+ * softmax (libm expf, as run.c), out = sum_t p_t v_t. k and v rows are
+ * `stride` floats apart; att is scratch of n floats. */
+void wmat__attend_one(float *out, const float *q, const float *k, const float *v, int stride, int n, int hd,
+                      float scale, float *att);
 /* a[i] = silu(a[i]) * b[i] with a vectorized exp (batched path; about
  * 2 ulp from expf) */
 void wmat__swiglu_fast(float *a, const float *b, size_t n, int n_threads);
