@@ -17,105 +17,7 @@
 #include "core/internal.h" /* wmat__now */
 #include "wmat.h"
 
-/* ---- run.c's encode(), transcribed (same as tests/test_tokenizer.c) */
-
-typedef struct {
-    const char *str;
-    int id;
-} ref_index;
-
-typedef struct {
-    int n;
-    char **vocab;
-    float *scores;
-    ref_index *sorted;
-    size_t max_token_length;
-} ref_tok;
-
-static int ref_cmp(const void *a, const void *b)
-{
-    return strcmp(((const ref_index *)a)->str, ((const ref_index *)b)->str);
-}
-
-static int ref_build(ref_tok *r, const wmat_tokenizer *t)
-{
-    r->n = wmat_tokenizer_vocab_size(t);
-    r->vocab = calloc((size_t)r->n, sizeof *r->vocab);
-    r->scores = calloc((size_t)r->n, sizeof *r->scores);
-    r->sorted = calloc((size_t)r->n, sizeof *r->sorted);
-    if (!r->vocab || !r->scores || !r->sorted) return -1;
-    r->max_token_length = 0;
-    for (int i = 0; i < r->n; i++) {
-        size_t len;
-        const char *p = wmat_tokenizer_piece(t, i, &len);
-        if (!(r->vocab[i] = malloc(len + 1))) return -1;
-        memcpy(r->vocab[i], p, len);
-        r->vocab[i][len] = '\0';
-        r->scores[i] = wmat_tokenizer_score(t, i);
-        r->sorted[i].str = r->vocab[i];
-        r->sorted[i].id = i;
-        if (strlen(r->vocab[i]) > r->max_token_length) r->max_token_length = strlen(r->vocab[i]);
-    }
-    qsort(r->sorted, (size_t)r->n, sizeof *r->sorted, ref_cmp);
-    return 0;
-}
-
-static void ref_free(ref_tok *r)
-{
-    for (int i = 0; r->vocab && i < r->n; i++) free(r->vocab[i]);
-    free(r->vocab);
-    free(r->scores);
-    free(r->sorted);
-}
-
-static int ref_lookup(const ref_tok *r, const char *str)
-{
-    ref_index key = {.str = str};
-    ref_index *res = bsearch(&key, r->sorted, (size_t)r->n, sizeof *r->sorted, ref_cmp);
-    return res ? res->id : -1;
-}
-
-static void ref_encode(const ref_tok *r, const char *text, int bos, int eos, int *tokens, int *n_tokens)
-{
-    char *buf = malloc(r->max_token_length * 2 + 1 + 2);
-    if (!buf) abort();
-    size_t str_len = 0;
-    *n_tokens = 0;
-    if (bos) tokens[(*n_tokens)++] = 1;
-    if (text[0] != '\0') tokens[(*n_tokens)++] = ref_lookup(r, " ");
-    for (const char *c = text; *c != '\0'; c++) {
-        if ((*c & 0xC0) != 0x80) str_len = 0;
-        buf[str_len++] = *c;
-        buf[str_len] = '\0';
-        if ((*(c + 1) & 0xC0) == 0x80 && str_len < 4) continue;
-        int id = ref_lookup(r, buf);
-        if (id != -1) {
-            tokens[(*n_tokens)++] = id;
-        } else {
-            for (size_t i = 0; i < str_len; i++) tokens[(*n_tokens)++] = (unsigned char)buf[i] + 3;
-        }
-        str_len = 0;
-    }
-    for (;;) {
-        float best_score = -1e10;
-        int best_id = -1, best_idx = -1;
-        for (int i = 0; i < *n_tokens - 1; i++) {
-            snprintf(buf, r->max_token_length * 2 + 3, "%s%s", r->vocab[tokens[i]], r->vocab[tokens[i + 1]]);
-            int id = ref_lookup(r, buf);
-            if (id != -1 && r->scores[id] > best_score) {
-                best_score = r->scores[id];
-                best_id = id;
-                best_idx = i;
-            }
-        }
-        if (best_idx == -1) break;
-        tokens[best_idx] = best_id;
-        for (int i = best_idx + 1; i < *n_tokens - 1; i++) tokens[i] = tokens[i + 1];
-        (*n_tokens)--;
-    }
-    if (eos) tokens[(*n_tokens)++] = 2;
-    free(buf);
-}
+#include "ref_tokenizer.h"
 
 /* ---- timing helpers */
 
@@ -145,7 +47,7 @@ static double time_ref_checked(const wmat_tokenizer *t, const ref_tok *r, const 
     s[len] = '\0';
     int n_ref;
     double t0 = wmat__now();
-    ref_encode(r, s, 1, 0, ref, &n_ref);
+    ref_tok_encode(r, s, 1, 0, ref, &n_ref);
     double dt = wmat__now() - t0;
     int32_t *ids;
     size_t n;
@@ -182,7 +84,7 @@ int main(int argc, char **argv)
     }
     if (prefix > len) prefix = len;
     ref_tok r;
-    if (ref_build(&r, t) != 0) {
+    if (ref_tok_build(&r, t) != 0) {
         fprintf(stderr, "out of memory\n");
         return 1;
     }
@@ -221,7 +123,7 @@ int main(int argc, char **argv)
     printf("reference scaling exponent measured between %zu and %zu bytes: %.2f; full text: %zu tokens\n",
            half, prefix, expo, n_tok);
 
-    ref_free(&r);
+    ref_tok_free(&r);
     free(text);
     wmat_tokenizer_free(t);
     return 0;

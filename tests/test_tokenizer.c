@@ -26,106 +26,7 @@
  * bsearch, byte fallback at byte + 3, rescan every pair after each merge),
  * so that the fast encoder can be held to it on any input. */
 
-typedef struct {
-    const char *str;
-    int id;
-} ref_index;
-
-typedef struct {
-    int n;
-    char **vocab;
-    float *scores;
-    ref_index *sorted;
-    size_t max_token_length;
-} ref_tok;
-
-static int ref_cmp(const void *a, const void *b)
-{
-    return strcmp(((const ref_index *)a)->str, ((const ref_index *)b)->str);
-}
-
-static void ref_build(ref_tok *r, const wmat_tokenizer *t)
-{
-    r->n = wmat_tokenizer_vocab_size(t);
-    r->vocab = calloc((size_t)r->n, sizeof *r->vocab);
-    r->scores = calloc((size_t)r->n, sizeof *r->scores);
-    r->sorted = calloc((size_t)r->n, sizeof *r->sorted);
-    assert_non_null(r->vocab);
-    assert_non_null(r->scores);
-    assert_non_null(r->sorted);
-    r->max_token_length = 0;
-    for (int i = 0; i < r->n; i++) {
-        size_t len;
-        const char *p = wmat_tokenizer_piece(t, i, &len);
-        r->vocab[i] = malloc(len + 1);
-        assert_non_null(r->vocab[i]);
-        memcpy(r->vocab[i], p, len);
-        r->vocab[i][len] = '\0';
-        r->scores[i] = wmat_tokenizer_score(t, i);
-        r->sorted[i].str = r->vocab[i];
-        r->sorted[i].id = i;
-        if (strlen(r->vocab[i]) > r->max_token_length) r->max_token_length = strlen(r->vocab[i]);
-    }
-    qsort(r->sorted, (size_t)r->n, sizeof *r->sorted, ref_cmp);
-}
-
-static void ref_free(ref_tok *r)
-{
-    for (int i = 0; i < r->n; i++) free(r->vocab[i]);
-    free(r->vocab);
-    free(r->scores);
-    free(r->sorted);
-}
-
-static int ref_lookup(const ref_tok *r, const char *str)
-{
-    ref_index key = {.str = str};
-    ref_index *res = bsearch(&key, r->sorted, (size_t)r->n, sizeof *r->sorted, ref_cmp);
-    return res ? res->id : -1;
-}
-
-/* tokens must hold strlen(text) + 3 */
-static void ref_encode(const ref_tok *r, const char *text, int bos, int eos, int *tokens, int *n_tokens)
-{
-    char *buf = malloc(r->max_token_length * 2 + 1 + 2);
-    assert_non_null(buf);
-    size_t str_len = 0;
-    *n_tokens = 0;
-    if (bos) tokens[(*n_tokens)++] = 1;
-    if (text[0] != '\0') tokens[(*n_tokens)++] = ref_lookup(r, " ");
-    for (const char *c = text; *c != '\0'; c++) {
-        if ((*c & 0xC0) != 0x80) str_len = 0;
-        buf[str_len++] = *c;
-        buf[str_len] = '\0';
-        if ((*(c + 1) & 0xC0) == 0x80 && str_len < 4) continue;
-        int id = ref_lookup(r, buf);
-        if (id != -1) {
-            tokens[(*n_tokens)++] = id;
-        } else {
-            for (size_t i = 0; i < str_len; i++) tokens[(*n_tokens)++] = (unsigned char)buf[i] + 3;
-        }
-        str_len = 0;
-    }
-    for (;;) {
-        float best_score = -1e10;
-        int best_id = -1, best_idx = -1;
-        for (int i = 0; i < *n_tokens - 1; i++) {
-            snprintf(buf, r->max_token_length * 2 + 3, "%s%s", r->vocab[tokens[i]], r->vocab[tokens[i + 1]]);
-            int id = ref_lookup(r, buf);
-            if (id != -1 && r->scores[id] > best_score) {
-                best_score = r->scores[id];
-                best_id = id;
-                best_idx = i;
-            }
-        }
-        if (best_idx == -1) break;
-        tokens[best_idx] = best_id;
-        for (int i = best_idx + 1; i < *n_tokens - 1; i++) tokens[i] = tokens[i + 1];
-        (*n_tokens)--;
-    }
-    if (eos) tokens[(*n_tokens)++] = 2;
-    free(buf);
-}
+#include "ref_tokenizer.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -149,7 +50,7 @@ static void check_against_ref(const wmat_tokenizer *t, const ref_tok *r, const c
     assert_non_null(want);
     assert_non_null(want32);
     int n_want;
-    ref_encode(r, text, bos, eos, want, &n_want);
+    ref_tok_encode(r, text, bos, eos, want, &n_want);
     for (int i = 0; i < n_want; i++) want32[i] = want[i];
     int32_t *got;
     size_t n_got;
@@ -675,7 +576,7 @@ static size_t random_text(wmat_rng *rng, const ref_tok *r, char *out, size_t max
 static void property(const wmat_tokenizer *t, int cases, size_t max_len, uint64_t seed)
 {
     ref_tok r;
-    ref_build(&r, t);
+    assert_int_equal(ref_tok_build(&r, t), 0);
     wmat_rng rng;
     wmat_rng_seed(&rng, seed);
     char *text = malloc(max_len + 1);
@@ -685,7 +586,7 @@ static void property(const wmat_tokenizer *t, int cases, size_t max_len, uint64_
         check_against_ref(t, &r, text, i % 2, i % 3 == 0);
     }
     free(text);
-    ref_free(&r);
+    ref_tok_free(&r);
 }
 
 static void test_property_synthetic(void **state)
@@ -701,9 +602,9 @@ static void test_property_empty_piece(void **state)
 {
     wmat_tokenizer *t = syn_tokenizer_ex(1);
     ref_tok r;
-    ref_build(&r, t);
+    assert_int_equal(ref_tok_build(&r, t), 0);
     check_against_ref(t, &r, "zz az za abzzab z", 1, 0);
-    ref_free(&r);
+    ref_tok_free(&r);
     property(t, TT_SANITIZED ? 500 : 2000, 48, 4);
     wmat_tokenizer_free(t);
 }
