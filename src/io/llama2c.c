@@ -7,7 +7,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 /* Order of the per-layer groups in the file. */
 static const struct {
@@ -35,12 +34,6 @@ static void role_shape(const wmat_config *c, wmat_layer_weight w, int64_t *d0, i
     }
 }
 
-static int file_exists(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
-
 /* Tokenizer beside a checkpoint: STEM_tokV.bin, tokV.bin, tokenizer.bin. */
 static int find_tokenizer(const char *path, int vocab, char *out, size_t n)
 {
@@ -50,11 +43,11 @@ static int find_tokenizer(const char *path, int vocab, char *out, size_t n)
     const char *dot = strrchr(base, '.');
     int stemlen = dot ? (int)(dot - base) : (int)strlen(base);
     snprintf(out, n, "%.*s%.*s_tok%d.bin", dirlen, path, stemlen, base, vocab);
-    if (file_exists(out)) return 1;
+    if (wmat__is_file(out)) return 1;
     snprintf(out, n, "%.*stok%d.bin", dirlen, path, vocab);
-    if (file_exists(out)) return 1;
+    if (wmat__is_file(out)) return 1;
     snprintf(out, n, "%.*stokenizer.bin", dirlen, path);
-    if (file_exists(out)) return 1;
+    if (wmat__is_file(out)) return 1;
     return 0;
 }
 
