@@ -423,6 +423,15 @@ WMAT_API const wmat_context *wmat_runtime_context(const wmat_runtime *rt);
 /* Batched forward of tokens[0..T) at positions 0..T-1 from an empty cache.
  * logits: (T, vocab) or NULL when only hooks are wanted. */
 WMAT_API int wmat_forward(wmat_runtime *rt, const int32_t *tokens, int T, float *logits);
+/* The same forward in three pieces, for work that goes block by block
+ * (calibration, layer-wise reconstruction): embed tokens into a residual
+ * stream X (T, dim); run blocks l0..l1-1 on it (hooks fire as in
+ * wmat_forward); final norm and classifier (logits may be NULL: hooks only).
+ * X_in may equal X_out; X_out may be NULL (only the hooks are wanted). A hook
+ * that aborts leaves X_out untouched. */
+WMAT_API int wmat_forward_embed(wmat_runtime *rt, const int32_t *tokens, int T, float *X);
+WMAT_API int wmat_forward_layers(wmat_runtime *rt, const float *X_in, float *X_out, int T, int l0, int l1);
+WMAT_API int wmat_forward_head(wmat_runtime *rt, const float *X, int T, float *logits);
 /* One-token decode at position pos using the KV cache (positions < pos must
  * have been decoded). logits: (vocab). */
 WMAT_API int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits);
@@ -826,9 +835,10 @@ typedef struct {
     double bytes_before, bytes_after; /* whole model: fp32 vs quantized tensors as stored */
     double bits_per_weight;  /* over the quantized tensors */
     double seconds, calib_seconds, method_seconds;
-    int forwards;            /* calibration forward calls (windows x passes) */
+    int block_passes;        /* calibration: windows x blocks run (the classifier head counts as one) */
     int calib_windows, calib_ctx;
     size_t stats_bytes;      /* peak bytes of calibration statistics held at once */
+    size_t state_bytes;      /* the calibration windows' residual streams (windows x ctx x dim floats) */
 } wmat_quantize_report;
 
 /* Quantize m (materialized fp32) in place as fake-quant: every selected

@@ -249,12 +249,14 @@ typedef struct {
     int classifier_calls;
     float *cls_x;
     int T;
+    int abort_at_layer; /* > 0: abort at this layer's first linear */
 } hook_state;
 
 static int hook(void *user, int layer, wmat_linear_kind k, const float *X, int T, int in, const wmat_tensor *W)
 {
     hook_state *s = user;
     assert_int_equal(in, (int)W->shape[1]);
+    if (s->abort_at_layer > 0 && layer == s->abort_at_layer) return 1;
     if (k == WMAT_LIN_COUNT) {
         s->classifier_calls++;
         s->cls_x = malloc((size_t)T * in * 4);
@@ -295,6 +297,45 @@ static void test_hooks_see_linear_inputs(void **state)
     assert_true(md < 1e-4);
     free(s.cls_x);
     free(lg);
+    wmat_runtime_free(rt);
+    wmat_model_free(m);
+}
+
+/* embed + blocks in two ranges + head is wmat_forward, bit for bit; bad
+ * ranges are refused; a hook abort leaves X_out as it was. */
+static void test_forward_in_pieces(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(path, "models/stories260K.bin");
+    wmat_model *m = load(path);
+    wmat_runtime *rt = runtime(m, 32, 1);
+    int32_t ids[32];
+    for (int i = 0; i < 32; i++) ids[i] = (i * 7 + 3) % 512;
+    float *ref = malloc(32 * 512 * 4), *lg = malloc(32 * 512 * 4), *X = malloc(32 * 64 * 4), *Y = malloc(32 * 64 * 4);
+    TU_OK(wmat_forward(rt, ids, 32, ref));
+    for (int split = 0; split <= 5; split++) {
+        TU_OK(wmat_forward_embed(rt, ids, 32, X));
+        TU_OK(wmat_forward_layers(rt, X, Y, 32, 0, split));
+        TU_OK(wmat_forward_layers(rt, Y, Y, 32, split, 5));
+        TU_OK(wmat_forward_head(rt, Y, 32, lg));
+        assert_memory_equal(ref, lg, 32 * 512 * 4);
+    }
+    assert_int_equal(wmat_forward_layers(rt, X, Y, 32, 2, 6), WMAT_ERR_INVALID);
+    assert_int_equal(wmat_forward_layers(rt, X, Y, 32, 3, 2), WMAT_ERR_INVALID);
+    assert_int_equal(wmat_forward_layers(rt, X, Y, 33, 0, 1), WMAT_ERR_INVALID);
+    assert_non_null(strstr(wmat_last_error(), "windows of 1..32"));
+    hook_state s;
+    memset(&s, 0, sizeof s);
+    s.abort_at_layer = 1;
+    wmat_runtime_set_hook(rt, hook, &s);
+    for (int i = 0; i < 32 * 64; i++) Y[i] = -1.0f;
+    assert_int_equal(wmat_forward_layers(rt, X, Y, 32, 0, 5), WMAT_ERR_CANCELLED);
+    for (int i = 0; i < 32 * 64; i++) assert_true(Y[i] == -1.0f);
+    free(s.cls_x);
+    free(ref);
+    free(lg);
+    free(X);
+    free(Y);
     wmat_runtime_free(rt);
     wmat_model_free(m);
 }
@@ -426,6 +467,7 @@ int main(void)
         cmocka_unit_test(test_eval_matches_published_refs),
         cmocka_unit_test(test_eval_protocol_partial_window),
         cmocka_unit_test(test_hooks_see_linear_inputs),
+        cmocka_unit_test(test_forward_in_pieces),
         cmocka_unit_test(test_formats_give_same_logits),
         cmocka_unit_test(test_hostile_llama2c),
         cmocka_unit_test(test_save_llama2c_roundtrip),

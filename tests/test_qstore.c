@@ -230,12 +230,13 @@ static void check_matvec(const wmat_qtensor *qt, const float *W, const float *x,
 static void test_kernels_vs_reference(void **state)
 {
     (void)state;
+    const int prev_act8 = wmat__qkernel_set_act8(0); /* the fp32-activation kernels (int8: test_act8_decode) */
     print_message("  kernels: best level here %s\n", wmat__qkernel_name(wmat__qkernel_best()));
     wmat_rng rng;
     wmat_rng_seed(&rng, 7);
     static const int bits_list[] = {2, 3, 4, 6, 8};
-    const int64_t rows = 96, cols = 256;
-    float *x = malloc((size_t)cols * 4), *W = malloc((size_t)(rows * cols) * 4);
+    const int64_t cols = 256;
+    float *x = malloc((size_t)cols * 4), *W = malloc((size_t)(96 * cols) * 4);
     for (int64_t k = 0; k < cols; k++) x[k] = wmat_rng_normal(&rng);
     for (size_t bi = 0; bi < sizeof bits_list / sizeof bits_list[0]; bi++)
         for (int sym = 0; sym < 2; sym++)
@@ -243,6 +244,8 @@ static void test_kernels_vs_reference(void **state)
                 for (int perm = 0; perm < 2; perm++)
                     for (int gi = 0; gi < 3; gi++) {
                         const int bits = bits_list[bi];
+                        /* 94 rows along inputs: the four-row kernels' tail */
+                        const int64_t rows = axis == 0 ? 94 : 96;
                         const int gin[3] = {32, 128, (int)cols}, gout[3] = {8, 32, (int)rows};
                         const int group = axis == 0 ? gin[gi] : gout[gi];
                         wmat_qresult q;
@@ -257,6 +260,7 @@ static void test_kernels_vs_reference(void **state)
                         wmat_qtensor_free(qt);
                         wmat_qresult_free(&q);
                     }
+    wmat__qkernel_set_act8(prev_act8);
     free(x);
     free(W);
 }
@@ -436,10 +440,32 @@ static void test_native_and_gguf_mix4m(void **state)
     double d = max_rel_diff(lr, lq, (size_t)T * V);
     print_message("  batched logits, packed vs dequantized f32: max rel diff %.2e\n", d);
     assert_true(d < 1e-4);
+    const int prev_act8 = wmat__qkernel_set_act8(0);
     float *dq = decode_logits(m, ids, 16), *dr = decode_logits(ref, ids, 16);
     d = max_rel_diff(dr, dq, 16 * V);
-    print_message("  decode logits, packed vs dequantized f32: max rel diff %.2e\n", d);
+    print_message("  decode logits, packed (fp32 activations) vs dequantized f32: max rel diff %.2e\n", d);
     assert_true(d < 1e-4);
+    /* the default int8-activation decode: activation rounding only, same argmax */
+    wmat__qkernel_set_act8(1);
+    if (wmat__qkernel_act8_active()) {
+        float *d8 = decode_logits(m, ids, 16);
+        d = max_rel_diff(dr, d8, 16 * V);
+        int same = 0;
+        for (int t = 0; t < 16; t++) {
+            size_t a = 0, b = 0;
+            for (size_t v = 1; v < V; v++) {
+                if (dr[t * V + v] > dr[t * V + a]) a = v;
+                if (d8[t * V + v] > d8[t * V + b]) b = v;
+            }
+            same += a == b;
+        }
+        print_message("  decode logits, packed (int8 activations) vs dequantized f32: max rel diff %.2e, argmax "
+                      "equal at %d of 16 positions\n", d, same);
+        assert_true(d < 2e-2);
+        assert_true(same >= 15);
+        free(d8);
+    }
+    wmat__qkernel_set_act8(prev_act8);
 
     /* native directory: sizes, then a memory-mapped load with identical logits */
     const char *dir = tu_tmp("mix4m-q4");
@@ -459,7 +485,9 @@ static void test_native_and_gguf_mix4m(void **state)
     assert_false(t0->flags & 0u);
     float *lb = logits_of(back, ids, T);
     assert_memory_equal(lb, lq, (size_t)T * V * 4);
+    wmat__qkernel_set_act8(0);
     float *db = decode_logits(back, ids, 16);
+    wmat__qkernel_set_act8(prev_act8);
     assert_memory_equal(db, dq, 16 * V * 4);
 
     /* GGUF: bytes equal ggml's own Q4_0 of the original weights; logits agree */

@@ -481,7 +481,7 @@ static void test_driver_stories260k(void **state)
         for (int k = 0; k < rep.n_tensors; k++) kept += !rep.tensors[k].quantized;
         assert_int_equal(kept, 3);
         assert_true(rep.bytes_after < rep.bytes_before);
-        print_message("stories260K %-11s: %.3f bits/weight, %d forwards\n", p.method, rep.bits_per_weight, rep.forwards);
+        print_message("stories260K %-11s: %.3f bits/weight, %d block passes\n", p.method, rep.bits_per_weight, rep.block_passes);
         wmat_quantize_report_free(&rep);
         wmat_model_free(m);
     }
@@ -571,23 +571,31 @@ static void test_cli_packed_matches_fake_quant(void **state)
 /* The quality claims on mix4m (docs/QUANT.md): per-OC, asymmetric min-max,
  * calibration = the first 64 windows of 256 tokens of the TinyStories head,
  * evaluation = the first 64 windows of WikiText-2, ctx 256. */
-static double quantized_ppl(const char *mp, const char *method, int bits, const int32_t *cal, size_t nc,
-                            const int32_t *ev, size_t ne)
+static double quantized_ppl_axis(const char *mp, const char *method, int bits, int per_ic, const int32_t *cal,
+                                 size_t nc, const int32_t *ev, size_t ne)
 {
     wmat_model *m = load(mp);
     wmat_quantize_params p = wmat_quantize_default_params();
     p.method = method;
     p.bits = bits;
+    p.per_ic = per_ic;
     p.calib = cal;
     p.n_calib = nc;
     p.calib_ctx = 256;
     wmat_quantize_report rep;
     TU_OK(wmat_quantize_model(m, &p, &rep));
     const double r = ppl(m, ev, ne, 256, 64);
-    print_message("mix4m %-6s %d bits: ppl %.4f (%.2f s, %d forwards)\n", method, bits, r, rep.seconds, rep.forwards);
+    print_message("mix4m %-6s %d bits%s: ppl %.4f (%.2f s, %d block passes)\n", method, bits, per_ic ? " per-IC" : "", r,
+                  rep.seconds, rep.block_passes);
     wmat_quantize_report_free(&rep);
     wmat_model_free(m);
     return r;
+}
+
+static double quantized_ppl(const char *mp, const char *method, int bits, const int32_t *cal, size_t nc,
+                            const int32_t *ev, size_t ne)
+{
+    return quantized_ppl_axis(mp, method, bits, 0, cal, nc, ev, ne);
 }
 
 static void test_mix4m_quality(void **state)
@@ -620,9 +628,23 @@ static void test_mix4m_quality(void **state)
     assert_true(g3 - fp <= 0.5 * (r3 - fp));
     assert_true(g4 - fp <= 1.3 * (22.060 - 21.961));
     assert_true(g3 - fp <= 1.3 * (22.000 - 21.961));
-    /* AdaDim never worse than the better of its two fixed dimensions */
-    const double a3 = quantized_ppl(mp, "adadim-gptq", 3, cal, nc, ev, ne);
-    print_message("adadim-gptq 3: %.4f vs gptq per-OC %.4f\n", a3, g3);
+    /* AdaDim against its two fixed dimensions. Calibrated in the evaluation's
+     * domain (WikiText tokens from 200000 on, disjoint from the evaluated
+     * windows) it beats both at 3 bits, over RTN and over GPTQ. Across
+     * domains (TinyStories calibration) AdaDim-GPTQ's per-IC k/v choice loses
+     * to per-OC on WikiText (docs/QUANT.md, "AdaDim"): printed, not asserted. */
+    const double a3x = quantized_ppl(mp, "adadim-gptq", 3, cal, nc, ev, ne);
+    print_message("TinyStories calibration: adadim-gptq 3: %.4f vs gptq per-OC %.4f\n", a3x, g3);
+    assert_true(ne >= 200000 + 64 * 256);
+    const int32_t *wcal = ev + 200000;
+    const double wr_oc = quantized_ppl_axis(mp, "rtn", 3, 0, wcal, nc, ev, ne);
+    const double wr_ic = quantized_ppl_axis(mp, "rtn", 3, 1, wcal, nc, ev, ne);
+    const double wr_ad = quantized_ppl_axis(mp, "adadim-rtn", 3, 0, wcal, nc, ev, ne);
+    const double wg_oc = quantized_ppl_axis(mp, "gptq", 3, 0, wcal, nc, ev, ne);
+    const double wg_ic = quantized_ppl_axis(mp, "gptq", 3, 1, wcal, nc, ev, ne);
+    const double wg_ad = quantized_ppl_axis(mp, "adadim-gptq", 3, 0, wcal, nc, ev, ne);
+    assert_true(wr_ad <= fmin(wr_oc, wr_ic));
+    assert_true(wg_ad <= fmin(wg_oc, wg_ic));
     free(cal);
     free(ev);
 }

@@ -191,10 +191,13 @@ int cmd_quantize(int argc, char **argv)
            cli_bytes(rep.bytes_after, b2, sizeof b2), rep.bytes_after > 0 ? rep.bytes_before / rep.bytes_after : 0.0);
     printf("bits/weight   %.3f over quantized tensors, %.3f over the model\n", rep.bits_per_weight,
            8.0 * rep.bytes_after / ((double)wmat_model_n_params(m)));
-    if (rep.calib_windows)
-        printf("calibration   %s: %d windows x %d tokens, %d forward passes (%s), %.2f s; statistics peak %s\n",
-               calib, rep.calib_windows, rep.calib_ctx, rep.forwards, seq, rep.calib_seconds,
-               cli_bytes((double)rep.stats_bytes, b1, sizeof b1));
+    if (rep.calib_windows) {
+        char b3[32];
+        printf("calibration   %s: %d windows x %d tokens, %d block passes (%s), %.2f s; statistics peak %s, "
+               "streams %s\n",
+               calib, rep.calib_windows, rep.calib_ctx, rep.block_passes, seq, rep.calib_seconds,
+               cli_bytes((double)rep.stats_bytes, b1, sizeof b1), cli_bytes((double)rep.state_bytes, b3, sizeof b3));
+    }
     printf("time          %.2f s total, %.2f s in the method; peak RSS %s\n", rep.seconds, rep.method_seconds,
            cli_bytes((double)wmat_peak_rss(), b2, sizeof b2));
     if (eval) {

@@ -174,25 +174,40 @@ static int call_hook(wmat_runtime *rt, int layer, wmat_linear_kind k, const floa
 }
 
 
-int wmat_forward(wmat_runtime *rt, const int32_t *tokens, int T, float *logits)
+static int check_window(const wmat_runtime *rt, int T, const char *what)
+{
+    if (T <= 0 || T > rt->T_max)
+        return wmat_set_error(WMAT_ERR_INVALID, "%s: %d tokens, the runtime holds windows of 1..%d", what, T, rt->T_max);
+    return WMAT_OK;
+}
+
+int wmat_forward_embed(wmat_runtime *rt, const int32_t *tokens, int T, float *X)
 {
     const wmat_config *c = &rt->c;
-    wmat_model *m = rt->m;
-    if (T <= 0 || T > rt->T_max)
-        return wmat_set_error(WMAT_ERR_INVALID, "forward: %d tokens, the runtime holds windows of 1..%d", T, rt->T_max);
-    const int D = c->dim, KV = c->n_kv_heads * c->head_dim, H = c->hidden_dim, hd = c->head_dim;
-    const int half = hd / 2, kv_mul = c->n_heads / c->n_kv_heads;
-    const float *emb = wmat_model_tok_embeddings(m)->data;
+    int rc = check_window(rt, T, "forward");
+    if (rc) return rc;
+    const int D = c->dim;
+    const float *emb = wmat_model_tok_embeddings(rt->m)->data;
     for (int t = 0; t < T; t++) {
         if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
             return wmat_set_error(WMAT_ERR_INVALID, "forward: token %d at position %d is outside the vocabulary (%d)",
                                   tokens[t], t, c->vocab_size);
-        memcpy(rt->x + (size_t)t * D, emb + (size_t)tokens[t] * D, (size_t)D * sizeof(float));
+        memcpy(X + (size_t)t * D, emb + (size_t)tokens[t] * D, (size_t)D * sizeof(float));
     }
+    return WMAT_OK;
+}
+
+/* Blocks l0..l1-1 on the residual stream rt->x (T, dim), in place. */
+static int run_layers(wmat_runtime *rt, int T, int l0, int l1)
+{
+    const wmat_config *c = &rt->c;
+    wmat_model *m = rt->m;
+    const int D = c->dim, KV = c->n_kv_heads * c->head_dim, H = c->hidden_dim, hd = c->head_dim;
+    const int half = hd / 2, kv_mul = c->n_heads / c->n_kv_heads;
     const int nt = rt->n_threads;
     int rc = WMAT_OK;
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = l0; l < l1; l++) {
         const float *w_an = wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data;
         wmat__rmsnorm_rows(rt->xb, rt->x, w_an, T, D, c->norm_eps, nt);
         const wmat_tensor *wq = wmat_model_linear(m, l, WMAT_LIN_Q), *wk = wmat_model_linear(m, l, WMAT_LIN_K),
@@ -236,11 +251,41 @@ int wmat_forward(wmat_runtime *rt, const int32_t *tokens, int T, float *logits)
         if ((rc = call_hook(rt, l, WMAT_LIN_DOWN, rt->hb, T, H, wd))) return rc;
         wmat__linear_batch(rt->x, rt->hb, wd, T, 1, nt);
     }
-    wmat__rmsnorm_rows(rt->xb, rt->x, wmat_model_final_norm(m)->data, T, D, c->norm_eps, nt);
-    const wmat_tensor *wc = wmat_model_classifier(m);
-    if ((rc = call_hook(rt, c->n_layers, WMAT_LIN_COUNT, rt->xb, T, D, wc))) return rc;
+    return WMAT_OK;
+}
+
+int wmat_forward_layers(wmat_runtime *rt, const float *X_in, float *X_out, int T, int l0, int l1)
+{
+    int rc = check_window(rt, T, "forward_layers");
+    if (rc) return rc;
+    if (l0 < 0 || l1 > rt->c.n_layers || l0 > l1)
+        return wmat_set_error(WMAT_ERR_INVALID, "forward_layers: blocks %d..%d outside 0..%d", l0, l1 - 1,
+                              rt->c.n_layers - 1);
+    const size_t bytes = (size_t)T * (size_t)rt->c.dim * sizeof(float);
+    if (X_in != rt->x) memcpy(rt->x, X_in, bytes);
+    if ((rc = run_layers(rt, T, l0, l1))) return rc;
+    if (X_out && X_out != rt->x) memcpy(X_out, rt->x, bytes);
+    return WMAT_OK;
+}
+
+int wmat_forward_head(wmat_runtime *rt, const float *X, int T, float *logits)
+{
+    const wmat_config *c = &rt->c;
+    int rc = check_window(rt, T, "forward_head");
+    if (rc) return rc;
+    const int nt = rt->n_threads;
+    wmat__rmsnorm_rows(rt->xb, X, wmat_model_final_norm(rt->m)->data, T, c->dim, c->norm_eps, nt);
+    const wmat_tensor *wc = wmat_model_classifier(rt->m);
+    if ((rc = call_hook(rt, c->n_layers, WMAT_LIN_COUNT, rt->xb, T, c->dim, wc))) return rc;
     if (logits) wmat__linear_batch(logits, rt->xb, wc, T, 0, nt);
     return WMAT_OK;
+}
+
+int wmat_forward(wmat_runtime *rt, const int32_t *tokens, int T, float *logits)
+{
+    int rc;
+    if ((rc = wmat_forward_embed(rt, tokens, T, rt->x)) || (rc = run_layers(rt, T, 0, rt->c.n_layers))) return rc;
+    return wmat_forward_head(rt, rt->x, T, logits);
 }
 
 int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)

@@ -5,11 +5,16 @@
  * x2 = mean x^2 (imatrix, the diagonal of H / 2), absmax = max |x|.
  * The q/k/v projections share one input (the attention-normed stream), as
  * do gate/up; so a block has four inputs ("slots"): attn, o, ffn, down, and
- * the classifier a fifth. wmat__calib_collect runs the calibration windows
- * through the model with a hook that accumulates only the requested slots of
- * one layer and stops the forward right after the last of them (the hook's
- * abort return), so memory is one block's statistics and a layer-l pass
- * costs about (l + 1) / n_layers of a full forward. */
+ * the classifier a fifth.
+ *
+ * The calibration windows' residual streams are kept between blocks
+ * (wmat__calib_states, n_windows x ctx x dim floats, as GPTQ's reference
+ * keeps its "inps"): block l is calibrated by running only block l on them
+ * (wmat_forward_layers) with a hook that accumulates the requested slots and
+ * stops right after the last of them, and once block l is quantized the
+ * streams advance through it. So calibrating the whole model costs about one
+ * forward per stage, not the (L + 1) / 2 forwards of re-running blocks
+ * 0..l-1 each time. */
 #include "methods.h"
 
 #include <math.h>
@@ -93,7 +98,7 @@ int wmat__calib_slot(wmat_linear_kind k)
 typedef struct {
     int layer;
     unsigned want; /* bit s: accumulate slot s */
-    int last;      /* highest wanted slot: stop right after it */
+    int last;      /* highest wanted slot: stop right after it (-1: never) */
     wmat_qstats **slots;
     int stopped;
 } hook_state;
@@ -101,47 +106,98 @@ typedef struct {
 static int calib_hook(void *user, int layer, wmat_linear_kind kind, const float *X, int T, int in,
                       const wmat_tensor *W)
 {
+    (void)in;
+    (void)W;
     hook_state *h = user;
-    if (layer < h->layer) return 0;
-    if (layer > h->layer) {
-        h->stopped = 1;
-        return 1;
-    }
+    if (layer != h->layer) return 0;
     const int s = wmat__calib_slot(kind);
     /* the first linear of a slot sees its input; K, V, UP see the same X */
     const int first = kind == WMAT_LIN_Q || kind == WMAT_LIN_O || kind == WMAT_LIN_GATE || kind == WMAT_LIN_DOWN ||
                       kind == WMAT_LIN_COUNT;
     if (first && (h->want >> s & 1u) && h->slots[s]) wmat__qstats_add(h->slots[s], X, T);
-    if (s >= h->last && s != WMAT_CSLOT_CLS) {
+    if (h->last >= 0 && s >= h->last && s != WMAT_CSLOT_CLS) {
         h->stopped = 1;
         return 1;
     }
     return 0;
 }
 
-int wmat__calib_collect(wmat_runtime *rt, const int32_t *tokens, int n_windows, int ctx, int layer,
-                        wmat_qstats **slots, unsigned want, int *forwards)
+int wmat__calib_states_init(wmat__calib_states *st, wmat_runtime *rt, const int32_t *tokens, int n_windows, int ctx,
+                            int dim)
 {
-    if (!want) return WMAT_OK;
-    hook_state h = {layer, want, 0, slots, 0};
-    for (int s = 0; s < WMAT_CSLOT_COUNT; s++)
-        if (want >> s & 1u) h.last = s;
+    memset(st, 0, sizeof *st);
+    const size_t n = (size_t)n_windows * (size_t)ctx * (size_t)dim;
+    st->X = wmat__malloc(n * sizeof(float));
+    if (!st->X)
+        return wmat_set_error(WMAT_ERR_NOMEM,
+                              "calibration: out of memory for the residual streams of %d windows x %d tokens x %d "
+                              "(%zu MB); lower --calib-tokens",
+                              n_windows, ctx, dim, (n * sizeof(float)) >> 20);
+    st->rt = rt;
+    st->n_windows = n_windows;
+    st->ctx = ctx;
+    st->dim = dim;
+    st->bytes = n * sizeof(float);
+    for (int w = 0; w < n_windows; w++) {
+        int rc = wmat_forward_embed(rt, tokens + (size_t)w * (size_t)ctx, ctx, wmat__calib_state(st, w));
+        if (rc) {
+            wmat__calib_states_free(st);
+            return rc;
+        }
+    }
+    return WMAT_OK;
+}
+
+void wmat__calib_states_free(wmat__calib_states *st)
+{
+    wmat__free(st->X);
+    memset(st, 0, sizeof *st);
+}
+
+float *wmat__calib_state(wmat__calib_states *st, int w)
+{
+    return st->X + (size_t)w * (size_t)st->ctx * (size_t)st->dim;
+}
+
+int wmat__calib_advance(wmat__calib_states *st)
+{
+    const int L = st->layer;
+    for (int w = 0; w < st->n_windows; w++) {
+        float *X = wmat__calib_state(st, w);
+        int rc = wmat_forward_layers(st->rt, X, X, st->ctx, L, L + 1);
+        if (rc) return rc;
+        st->block_passes++;
+    }
+    st->layer++;
+    return WMAT_OK;
+}
+
+int wmat__calib_collect(wmat__calib_states *st, int n_layers, wmat_qstats **slots, unsigned want, int advance)
+{
+    const int layer = st->layer;
+    if (!want) return advance && layer < n_layers ? wmat__calib_advance(st) : WMAT_OK;
+    hook_state h = {layer, want, -1, slots, 0};
+    if (!advance)
+        for (int s = 0; s < WMAT_CSLOT_COUNT; s++)
+            if (want >> s & 1u) h.last = s;
     for (int s = 0; s < WMAT_CSLOT_COUNT; s++)
         if ((want >> s & 1u) && slots[s]) wmat__qstats_reset(slots[s]);
-    wmat_runtime_set_hook(rt, calib_hook, &h);
+    wmat_runtime_set_hook(st->rt, calib_hook, &h);
     int rc = WMAT_OK;
-    for (int w = 0; w < n_windows; w++) {
+    for (int w = 0; w < st->n_windows && !rc; w++) {
+        float *X = wmat__calib_state(st, w);
         h.stopped = 0;
-        rc = wmat_forward(rt, tokens + (size_t)w * (size_t)ctx, ctx, NULL);
-        if (forwards) (*forwards)++;
+        rc = layer >= n_layers ? wmat_forward_head(st->rt, X, st->ctx, NULL)
+                               : wmat_forward_layers(st->rt, X, advance ? X : NULL, st->ctx, layer, layer + 1);
+        st->block_passes++;
         if (rc == WMAT_ERR_CANCELLED && h.stopped) {
             wmat_clear_error();
             rc = WMAT_OK;
         }
-        if (rc) break;
     }
-    wmat_runtime_set_hook(rt, NULL, NULL);
+    wmat_runtime_set_hook(st->rt, NULL, NULL);
     if (rc) return rc;
+    if (advance && layer < n_layers) st->layer++;
     for (int s = 0; s < WMAT_CSLOT_COUNT; s++)
         if ((want >> s & 1u) && slots[s]) wmat__qstats_finish(slots[s]);
     return WMAT_OK;

@@ -226,6 +226,8 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
     wmat_quantize_tensor *trep = wmat__calloc((size_t)max_jobs, sizeof *trep);
     float *Wq = NULL;
     wmat_runtime *rt = NULL;
+    wmat__calib_states cs;
+    memset(&cs, 0, sizeof cs);
     wmat_qstats stats[WMAT_CSLOT_COUNT];
     memset(stats, 0, sizeof stats);
     int rc = WMAT_OK, nj = 0;
@@ -313,7 +315,12 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
         rp.kv_cache_len = 1;
         rp.ctx = &wc;
         if ((rc = wmat_runtime_create(&rt, m, &rp))) goto done;
+        if ((rc = wmat__calib_states_init(&cs, rt, p->calib, n_windows, ctx, c->dim))) goto done;
     }
+    /* the streams need not go past the last block that wants statistics */
+    int last_calib = -1;
+    for (int i = 0; i < nj; i++)
+        if (!jobs[i].keep && jobs[i].method->needs_calibration && jobs[i].layer > last_calib) last_calib = jobs[i].layer;
     int64_t max_elems = 0;
     for (int i = 0; i < nj; i++)
         if (wmat_tensor_nelem(jobs[i].t) > max_elems) max_elems = wmat_tensor_nelem(jobs[i].t);
@@ -324,7 +331,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
     }
 
     /* ---- passes: per layer, per stage (or the whole block) */
-    int forwards = 0, done_jobs = 0;
+    int done_jobs = 0;
     double calib_s = 0.0, method_s = 0.0;
     size_t stats_peak = 0;
     const int seq = p->sequential;
@@ -359,7 +366,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
             if (sbytes > stats_peak) stats_peak = sbytes;
             if (want) {
                 const double t0 = wmat__now();
-                rc = wmat__calib_collect(rt, p->calib, n_windows, ctx, l, slots, want, &forwards);
+                rc = wmat__calib_collect(&cs, L, slots, want, seq == 0 && l < last_calib);
                 calib_s += wmat__now() - t0;
                 if (rc) goto done;
             }
@@ -381,6 +388,13 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                 }
             }
             for (int k = 0; k < WMAT_CSLOT_COUNT; k++) wmat__qstats_free(&stats[k]);
+        }
+        /* block l is final (quantized, or fp32 with seq == 0): move the streams past it */
+        if (cs.X && l >= 0 && l < last_calib && cs.layer == l) {
+            const double t0 = wmat__now();
+            rc = wmat__calib_advance(&cs);
+            calib_s += wmat__now() - t0;
+            if (rc) goto done;
         }
     }
     /* statistics of the fp32 model: write the weights back only now */
@@ -426,7 +440,8 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
         rep->bits_per_weight = qw > 0 ? qbits / qw : 0.0;
         rep->calib_seconds = calib_s;
         rep->method_seconds = method_s;
-        rep->forwards = forwards;
+        rep->block_passes = cs.block_passes;
+        rep->state_bytes = cs.bytes;
         rep->calib_windows = n_windows;
         rep->calib_ctx = need_calib ? ctx : 0;
         rep->stats_bytes = stats_peak;
@@ -434,6 +449,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
     }
 done:
     for (int k = 0; k < WMAT_CSLOT_COUNT; k++) wmat__qstats_free(&stats[k]);
+    wmat__calib_states_free(&cs);
     wmat_runtime_free(rt);
     wmat__free(Wq);
     wmat__free(trep);

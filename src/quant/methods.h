@@ -117,13 +117,30 @@ enum { WMAT_CSLOT_ATTN = 0, WMAT_CSLOT_O, WMAT_CSLOT_FFN, WMAT_CSLOT_DOWN, WMAT_
 
 int wmat__calib_slot(wmat_linear_kind k);
 
-/* Run n_windows windows of ctx tokens (tokens[w*ctx ..]) through rt and
- * accumulate the inputs of `layer` for the slots in `want` (bit s = slot s)
- * into slots[s] (reset first, finished after). The forward stops right
- * after the last wanted slot. For the classifier, layer = n_layers and
- * want = 1 << WMAT_CSLOT_CLS. *forwards counts forward calls. */
-int wmat__calib_collect(wmat_runtime *rt, const int32_t *tokens, int n_windows, int ctx, int layer,
-                        wmat_qstats **slots, unsigned want, int *forwards);
+/* The calibration windows' residual streams at the input of block `layer`. */
+typedef struct {
+    wmat_runtime *rt;
+    float *X; /* (n_windows, ctx, dim) */
+    int n_windows, ctx, dim;
+    int layer;         /* blocks the streams have gone through */
+    int block_passes;  /* windows x blocks run so far (the head counts as one) */
+    size_t bytes;
+} wmat__calib_states;
+
+/* Embed windows w = 0..n_windows-1 (tokens[w*ctx ..]) as the streams. */
+int wmat__calib_states_init(wmat__calib_states *st, wmat_runtime *rt, const int32_t *tokens, int n_windows, int ctx,
+                            int dim);
+void wmat__calib_states_free(wmat__calib_states *st);
+float *wmat__calib_state(wmat__calib_states *st, int w);
+/* Run block st->layer on every stream, in place (with the current weights). */
+int wmat__calib_advance(wmat__calib_states *st);
+/* Accumulate the inputs of block st->layer (the classifier when st->layer ==
+ * n_layers, want = 1 << WMAT_CSLOT_CLS) for the slots in `want` (bit s =
+ * slot s) into slots[s] (reset first, finished after). advance = 0: the
+ * block stops right after the last wanted slot and the streams stay;
+ * advance = 1: the whole block runs and the streams move past it (statistics
+ * and advance in one pass, for weights that will not change before it). */
+int wmat__calib_collect(wmat__calib_states *st, int n_layers, wmat_qstats **slots, unsigned want, int advance);
 
 /* ---- the model driver (methods.c)
  * wmat_quantize_model, also handing back the result of every tensor:

@@ -346,7 +346,7 @@ typedef float (*row_fn)(const uint8_t *, int, int64_t, const float *, int64_t, i
                         const uint8_t *, int);
 
 static int g_forced = -1;
-static int g_act8 = -1; /* -1: not decided yet, from WMAT_QACT8 ("1": on) */
+static int g_act8 = -1; /* -1: not decided yet, from WMAT_QACT8 (on unless "0") */
 
 static int have_vnni(void)
 {
@@ -363,7 +363,7 @@ static int act8_setting(void)
 {
     if (g_act8 < 0) {
         const char *e = getenv("WMAT_QACT8");
-        g_act8 = e && e[0] == '1';
+        g_act8 = !(e && e[0] == '0');
     }
     return g_act8;
 }

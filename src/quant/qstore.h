@@ -107,18 +107,20 @@ int wmat__qkernel_best(void);
  * force; a level the CPU lacks is refused (returns the previous one).
  * Process-wide; for tests and benchmarks. */
 int wmat__qkernel_force(int level);
-/* Decode with int8 activations (opt-in, process-wide; returns the previous
- * setting; the environment variable WMAT_QACT8=1 turns it on at start, so
- * `WMAT_QACT8=1 wmat generate ...` uses it). When on, wmat__qmatvec on a tensor with groups along inputs
+/* Decode with int8 activations (the default where it is fast; process-wide;
+ * returns the previous setting; the environment variable WMAT_QACT8=0 turns
+ * it off at start, so `WMAT_QACT8=0 wmat generate ...` keeps fp32
+ * activations). When on, wmat__qmatvec on a tensor with groups along inputs
  * quantizes x[perm] once per call to int8 per block of 32 (ggml's Q8_0
  * rule: d = max|x|/127, round) and computes each block's dot product in
  * integers (AVX-512 VNNI vpdpbusd; the reference twin at level REF):
  *     y[r] = sum_blocks f16(s_g) * d_b * (sum_j c_j xq_j - z_g sum_j xq_j)
  * as llama.cpp does for Q4_0/Q8_0 on CPUs. It is about twice as fast as the
- * fp32-activation kernel and adds the activation rounding (~1e-3 relative
- * on a dot product). Off, or on a CPU without AVX-512 VNNI at a fast level,
- * or for groups along outputs, the fp32-activation kernel runs. The batched
- * path (wmat__qmatmul, T >= 3) is never affected. */
+ * fp32-activation kernel (which is compute-bound, not memory-bound, on this
+ * hardware) and adds the activation rounding (~1e-3 relative on a dot
+ * product). Off, or on a CPU without AVX-512 VNNI at a fast level, or for
+ * groups along outputs, the fp32-activation kernel runs. The batched path
+ * (wmat__qmatmul, T >= 3: eval, calibration) is never affected. */
 int wmat__qkernel_set_act8(int on);
 /* 1 if wmat__qmatvec would use int8 activations now (for groups along inputs). */
 int wmat__qkernel_act8_active(void);
