@@ -36,11 +36,16 @@ run() { # TARGET SECONDS [extra libFuzzer args]
   [ -n "${DICT[$t]}" ] && d=(-dict="$ROOT/fuzz/dict/${DICT[$t]}.dict")
   mkdir -p "$B/corpus/$t" "$B/artifacts/$t"
   # A fuzzer that holds a whole CPU would slow down the rest of the machine.
+  # nice alone is not enough: with autogroup scheduling (Debian's default)
+  # nice ranks threads only inside one session's group, and a group gets its
+  # equal share whatever its members' nice. So the fuzzer runs in a session
+  # of its own whose group is niced to 19 too.
+  local cmd=(nice -n 19 "$B/fuzz/fuzz_$t" "$B/corpus/$t" "$ROOT/fuzz/corpus/$t" "${d[@]}"
+    -max_len="${MAXLEN[$t]}" -rss_limit_mb=2048 -timeout=10 -max_total_time="$secs"
+    -print_final_stats=1 -artifact_prefix="$B/artifacts/$t/" "$@")
   ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1 \
   OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
-  nice -n 19 "$B/fuzz/fuzz_$t" "$B/corpus/$t" "$ROOT/fuzz/corpus/$t" "${d[@]}" \
-    -max_len="${MAXLEN[$t]}" -rss_limit_mb=2048 -timeout=10 -max_total_time="$secs" \
-    -print_final_stats=1 -artifact_prefix="$B/artifacts/$t/" "$@"
+  setsid --wait bash -c 'echo 19 > /proc/self/autogroup 2>/dev/null; exec "$@"' fuzz "${cmd[@]}"
 }
 
 case "${1:-build}" in

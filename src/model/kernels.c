@@ -47,7 +47,10 @@ void wmat__softmax(float *x, int n)
 static inline float exp_fast(float x)
 {
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    const float n = __builtin_roundf(x * 1.44269504088896341f);
+    /* round to nearest by the 1.5 * 2^23 shifter: roundf() itself does not
+     * vectorize (no vector instruction rounds half away from zero), which
+     * made every call a libm call */
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
     float p = 1.0f / 720.0f;
     p = p * r + 1.0f / 120.0f;
@@ -67,23 +70,106 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
 static void softmax_fast(float *x, int n)
 {
+    /* 16 partial maxima and sums: without -ffast-math a single float
+     * reduction keeps the compiler from vectorizing the loop around it */
+    float m16[16], s16[16];
+    for (int k = 0; k < 16; k++) m16[k] = x[0];
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16; k++) m16[k] = x[i + k] > m16[k] ? x[i + k] : m16[k];
     float max = x[0];
-    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    for (int k = 0; k < 16; k++) max = m16[k] > max ? m16[k] : max;
+    for (; i < n; i++) max = x[i] > max ? x[i] : max;
+    for (i = 0; i < n; i++) x[i] = exp_fast(x[i] - max);
+    for (int k = 0; k < 16; k++) s16[k] = 0.0f;
+    for (i = 0; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16; k++) s16[k] += x[i + k];
     float sum = 0.0f;
-    for (int i = 0; i < n; i++) {
-        x[i] = exp_fast(x[i] - max);
-        sum += x[i];
-    }
+    for (int k = 0; k < 16; k++) sum += s16[k];
+    for (; i < n; i++) sum += x[i];
     const float inv = 1.0f / sum;
-    for (int i = 0; i < n; i++) x[i] *= inv;
+    for (i = 0; i < n; i++) x[i] *= inv;
 }
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#include <stdint.h>
+#define WMAT_ATT_AVX512 1
+
+/* r[i] = sum of the 16 lanes of v[i], i = 0..15, in one vector: pairwise
+ * unpack/shuffle levels instead of sixteen horizontal reductions. */
+__attribute__((target("avx512f"))) static inline __m512 hsum16x16(const __m512 v[16])
+{
+    __m512 t[4];
+    for (int g = 0; g < 4; g++) {
+        const __m512 *w = v + 4 * g;
+        const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(w[0], w[1]), _mm512_unpackhi_ps(w[0], w[1]));
+        const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(w[2], w[3]), _mm512_unpackhi_ps(w[2], w[3]));
+        /* per 128-bit lane: [w0, w1, w2, w3] partial sums */
+        t[g] = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xEE));
+    }
+    const __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], 0x88), _mm512_shuffle_f32x4(t[0], t[1], 0xDD));
+    const __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(t[2], t[3], 0x88), _mm512_shuffle_f32x4(t[2], t[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, 0x88), _mm512_shuffle_f32x4(w01, w23, 0xDD));
+}
+
+/* wmat__attend_one for head dimensions that are multiples of 16 (up to
+ * 256): scores of 16 positions per step, q held in registers, the weighted
+ * sum of V in registers. The softmax is the precise one run.c uses. */
+__attribute__((target("avx512f"))) static void attend_one_avx512(float *out, const float *q, const float *k,
+                                                                 const float *v, int stride, int n, int hd,
+                                                                 float scale, float *att)
+{
+    const int nv = hd / 16;
+    __m512 qv[16];
+    for (int i = 0; i < nv; i++) qv[i] = _mm512_loadu_ps(q + 16 * i);
+    const __m512 sc = _mm512_set1_ps(scale);
+    int t = 0;
+    for (; t + 16 <= n; t += 16) {
+        __m512 d[16];
+        for (int u = 0; u < 16; u++) {
+            const float *kt = k + (size_t)(t + u) * stride;
+            __m512 a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kt));
+            for (int i = 1; i < nv; i++) a = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(kt + 16 * i), a);
+            d[u] = a;
+        }
+        _mm512_storeu_ps(att + t, _mm512_mul_ps(hsum16x16(d), sc));
+    }
+    for (; t < n; t++) {
+        const float *kt = k + (size_t)t * stride;
+        __m512 a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kt));
+        for (int i = 1; i < nv; i++) a = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(kt + 16 * i), a);
+        att[t] = _mm512_reduce_add_ps(a) * scale;
+    }
+    wmat__softmax(att, n);
+    __m512 o[16];
+    for (int i = 0; i < nv; i++) o[i] = _mm512_setzero_ps();
+    for (t = 0; t < n; t++) {
+        const float *vt = v + (size_t)t * stride;
+        const __m512 a = _mm512_set1_ps(att[t]);
+        for (int i = 0; i < nv; i++) o[i] = _mm512_fmadd_ps(a, _mm512_loadu_ps(vt + 16 * i), o[i]);
+    }
+    for (int i = 0; i < nv; i++) _mm512_storeu_ps(out + 16 * i, o[i]);
+}
+
+static int use_attend_avx512(int hd)
+{
+    static int cpu = -1;
+    if (cpu < 0) {
+        __builtin_cpu_init();
+        const char *force = getenv("WMAT_MATVEC"); /* "ref" / "avx2" also keep attention off AVX-512 */
+        cpu = __builtin_cpu_supports("avx512f") && !(force && (!strcmp(force, "ref") || !strcmp(force, "avx2")));
+    }
+    return cpu && hd % 16 == 0 && hd <= 256;
+}
+#endif
 
 /* Head dimensions are small (8..128): the dot products are inlined with
  * eight partial sums, and the whole function is cloned per ISA. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
-void wmat__attend_one(float *out, const float *q, const float *k, const float *v, int stride, int n, int hd,
+static void attend_one_c(float *out, const float *q, const float *k, const float *v, int stride, int n, int hd,
                       float scale, float *att)
 {
     for (int t = 0; t < n; t++) {
@@ -103,6 +189,18 @@ void wmat__attend_one(float *out, const float *q, const float *k, const float *v
         const float a = att[t];
         for (int i = 0; i < hd; i++) out[i] += a * vt[i];
     }
+}
+
+void wmat__attend_one(float *out, const float *q, const float *k, const float *v, int stride, int n, int hd,
+                      float scale, float *att)
+{
+#ifdef WMAT_ATT_AVX512
+    if (use_attend_avx512(hd)) {
+        attend_one_avx512(out, q, k, v, stride, n, hd, scale, att);
+        return;
+    }
+#endif
+    attend_one_c(out, q, k, v, stride, n, hd, scale, att);
 }
 
 void wmat__causal_softmax_rows(float *s, int T, int n_threads)
@@ -173,6 +271,12 @@ float wmat__dot(const float *a, const float *b, int n)
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 
+/* A weight row that starts off a cache line (a llama2.c file's 28-byte
+ * header leaves every mapped tensor 28 bytes off) would make every 64-byte
+ * load straddle two lines. The first masked step runs up to row 0's next
+ * line boundary, so the loads of W (the streamed operand) are whole lines
+ * and only x (in L1) is split; rows of a matrix share the offset when a
+ * row is a multiple of 64 bytes. A masked step also takes the tail. */
 __attribute__((target("avx512f"))) static void matvec_rows_avx512(float *out, const float *W, const float *x, int r0,
                                                                   int r1, int cols, int accumulate)
 {
@@ -180,22 +284,35 @@ __attribute__((target("avx512f"))) static void matvec_rows_avx512(float *out, co
     for (; r + 4 <= r1; r += 4) {
         const float *w0 = W + (size_t)r * cols, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        int head = (int)(((64 - ((uintptr_t)w0 & 63)) & 63) / 4);
+        if (head > cols) head = cols;
         int j = 0;
+        if (head) {
+            const __mmask16 m = (__mmask16)((1u << head) - 1);
+            const __m512 xv = _mm512_maskz_loadu_ps(m, x);
+            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0), xv, a0);
+            a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w1), xv, a1);
+            a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w2), xv, a2);
+            a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3), xv, a3);
+            j = head;
+        }
         for (; j + 16 <= cols; j += 16) {
-            __m512 xv = _mm512_loadu_ps(x + j);
+            const __m512 xv = _mm512_loadu_ps(x + j);
             a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + j), xv, a0);
             a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + j), xv, a1);
             a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + j), xv, a2);
             a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + j), xv, a3);
         }
-        float d[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2),
-                      _mm512_reduce_add_ps(a3)};
-        for (; j < cols; j++) {
-            d[0] += w0[j] * x[j];
-            d[1] += w1[j] * x[j];
-            d[2] += w2[j] * x[j];
-            d[3] += w3[j] * x[j];
+        if (j < cols) {
+            const __mmask16 m = (__mmask16)((1u << (cols - j)) - 1);
+            const __m512 xv = _mm512_maskz_loadu_ps(m, x + j);
+            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + j), xv, a0);
+            a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w1 + j), xv, a1);
+            a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w2 + j), xv, a2);
+            a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w3 + j), xv, a3);
         }
+        const float d[4] = {_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2),
+                            _mm512_reduce_add_ps(a3)};
         for (int k = 0; k < 4; k++) out[r + k] = accumulate ? out[r + k] + d[k] : d[k];
     }
     for (; r < r1; r++) {
