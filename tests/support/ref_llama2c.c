@@ -4,10 +4,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 struct ref_model {
     int dim, hidden, L, nh, nkv, vocab, seq, shared;
     float *data;
+    void *map;
+    size_t map_size;
     float *emb, *rms_att, *wq, *wk, *wv, *wo, *rms_ffn, *w1, *w2, *w3, *rms_final, *wcls;
     float *x, *xb, *xb2, *hb, *hb2, *q, *att, *logits, *kc, *vc;
 };
@@ -33,13 +36,17 @@ ref_model *ref_load(const char *path)
     r->shared = h[5] > 0;
     r->vocab = abs(h[5]);
     r->seq = h[6];
-    r->data = malloc((size_t)(size - 28));
-    if (fread(r->data, 1, (size_t)(size - 28), f) != (size_t)(size - 28)) {
-        fclose(f);
+    /* as run.c's read_checkpoint: the whole file mapped read-only, the
+     * weights right after the 28-byte header */
+    r->map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fileno(f), 0);
+    fclose(f);
+    if (r->map == MAP_FAILED) {
+        r->map = NULL;
         ref_free(r);
         return NULL;
     }
-    fclose(f);
+    r->map_size = (size_t)size;
+    r->data = (float *)((char *)r->map + 28);
     int hs = r->dim / r->nh, kvd = r->nkv * hs;
     long L = r->L;
     float *p = r->data;
@@ -72,7 +79,7 @@ ref_model *ref_load(const char *path)
 void ref_free(ref_model *r)
 {
     if (!r) return;
-    free(r->data);
+    if (r->map) munmap(r->map, r->map_size);
     free(r->x); free(r->xb); free(r->xb2); free(r->hb); free(r->hb2); free(r->q);
     free(r->att); free(r->logits); free(r->kc); free(r->vc);
     free(r);
