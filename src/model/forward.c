@@ -16,6 +16,9 @@
 static inline int omp_get_thread_num(void) { return 0; }
 #endif
 
+/* query rows per causal attention block in the batched forward */
+#define ATT_BLOCK 64
+
 struct wmat_runtime {
     wmat_model *m;
     wmat_config c;
@@ -232,9 +235,17 @@ static int run_layers(wmat_runtime *rt, int T, int l0, int l1)
         for (int h = 0; h < c->n_heads; h++) {
             const int kvh = h / kv_mul;
             float *att = rt->att + (size_t)omp_get_thread_num() * (size_t)T * (size_t)T;
-            wmat_sgemm(0, 1, T, T, hd, scale, rt->q + (size_t)h * hd, D, rt->k + (size_t)kvh * hd, KV, 0.0f, att, T);
-            wmat__causal_softmax_rows(att, T, 1);
-            wmat_sgemm(0, 0, T, hd, T, 1.0f, att, T, rt->v + (size_t)kvh * hd, KV, 0.0f, rt->xb + (size_t)h * hd, D);
+            /* query rows in blocks of ATT_BLOCK: block b needs keys
+             * 0..(b+1)*ATT_BLOCK only, so the masked upper triangle is
+             * mostly never computed (T = 256: 62.5% of the full products) */
+            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+                const int nr = T - r0 < ATT_BLOCK ? T - r0 : ATT_BLOCK, e = r0 + nr;
+                wmat_sgemm(0, 1, nr, e, hd, scale, rt->q + (size_t)r0 * D + (size_t)h * hd, D,
+                           rt->k + (size_t)kvh * hd, KV, 0.0f, att, T);
+                wmat__causal_softmax_block(att, nr, e, T, r0);
+                wmat_sgemm(0, 0, nr, hd, e, 1.0f, att, T, rt->v + (size_t)kvh * hd, KV, 0.0f,
+                           rt->xb + (size_t)r0 * D + (size_t)h * hd, D);
+            }
         }
         if ((rc = call_hook(rt, l, WMAT_LIN_O, rt->xb, T, D, wo))) return rc;
         wmat__linear_batch(rt->x, rt->xb, wo, T, 1, nt);

@@ -203,6 +203,16 @@ void wmat__attend_one(float *out, const float *q, const float *k, const float *v
     attend_one_c(out, q, k, v, stride, n, hd, scale, att);
 }
 
+void wmat__causal_softmax_block(float *s, int rows, int cols, int ld, int first)
+{
+    for (int i = 0; i < rows; i++) {
+        float *row = s + (size_t)i * ld;
+        const int n = first + i + 1;
+        softmax_fast(row, n);
+        if (n < cols) memset(row + n, 0, (size_t)(cols - n) * sizeof(float));
+    }
+}
+
 void wmat__causal_softmax_rows(float *s, int T, int n_threads)
 {
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)

@@ -11,6 +11,10 @@ void wmat__softmax(float *x, int n);
 /* Row t of the (T, T) score matrix keeps columns 0..t, softmaxed (vectorized
  * exp); the rest 0. */
 void wmat__causal_softmax_rows(float *s, int T, int n_threads);
+/* Rows first..first+rows-1 of a causal score matrix, stored from s with
+ * leading dimension ld and `cols` columns: row i keeps keys 0..first+i
+ * (softmax), the rest are zeroed. */
+void wmat__causal_softmax_block(float *s, int rows, int cols, int ld, int first);
 /* One head of one query over n cached positions: scores q.k_t * scale,
  * softmax (libm expf, as run.c), out = sum_t p_t v_t. k and v rows are
  * `stride` floats apart; att is scratch of n floats. */
