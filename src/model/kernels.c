@@ -285,24 +285,18 @@ float wmat__dot(const float *a, const float *b, int n)
  * floats follow each other in memory, so a decode step's matvecs are one
  * long stream that the hardware prefetchers follow; interleaving four rows
  * (four streams 1 KB apart, sharing each load of x) measured 1.5x slower on
- * mix4m (x stays in L1 either way). A row that starts off a cache line (a
- * llama2.c file's 28-byte header leaves every mapped tensor 28 bytes off)
- * would make every 64-byte load straddle two lines: a first masked step runs
- * to the next line boundary, and a masked step takes the tail. */
+ * mix4m (x stays in L1 either way). The lane of every product depends only
+ * on its column, never on the row's address, so a model gives the same bits
+ * wherever its weights lie (mapped 28 bytes off a line from a llama2.c file,
+ * or aligned in memory); peeling to a line boundary first measured no faster
+ * on this path. A masked step takes the tail. */
 __attribute__((target("avx512f"))) static void matvec_rows_avx512(float *out, const float *W, const float *x, int r0,
                                                                   int r1, int cols, int accumulate)
 {
     for (int r = r0; r < r1; r++) {
         const float *w = W + (size_t)r * cols;
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-        int head = (int)(((64 - ((uintptr_t)w & 63)) & 63) / 4);
-        if (head > cols) head = cols;
         int j = 0;
-        if (head) {
-            const __mmask16 m = (__mmask16)((1u << head) - 1);
-            a3 = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, w), _mm512_maskz_loadu_ps(m, x));
-            j = head;
-        }
         for (; j + 64 <= cols; j += 64) {
             a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + j), _mm512_loadu_ps(x + j), a0);
             a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + j + 16), _mm512_loadu_ps(x + j + 16), a1);
@@ -328,8 +322,7 @@ __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v)
     return _mm_cvtss_f32(lo);
 }
 
-/* matvec_rows_avx512's twin: one row at a time, W loads on 32-byte
- * boundaries after a first masked step. */
+/* matvec_rows_avx512's twin: one row at a time, a masked tail. */
 __attribute__((target("avx2,fma"))) static void matvec_rows_avx2(float *out, const float *W, const float *x, int r0,
                                                                   int r1, int cols, int accumulate)
 {
@@ -337,14 +330,7 @@ __attribute__((target("avx2,fma"))) static void matvec_rows_avx2(float *out, con
     for (int r = r0; r < r1; r++) {
         const float *w = W + (size_t)r * cols;
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        int head = (int)(((32 - ((uintptr_t)w & 31)) & 31) / 4);
-        if (head > cols) head = cols;
         int j = 0;
-        if (head) {
-            const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(head), lane);
-            a3 = _mm256_mul_ps(_mm256_maskload_ps(w, m), _mm256_maskload_ps(x, m));
-            j = head;
-        }
         for (; j + 32 <= cols; j += 32) {
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j), _mm256_loadu_ps(x + j), a0);
             a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + j + 8), _mm256_loadu_ps(x + j + 8), a1);
