@@ -317,9 +317,12 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
         wmat__rmsnorm_rows(rt->dxb, x, wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data, 1, D, c->norm_eps, 1);
         float *kc = rt->key_cache + ((size_t)l * S + pos) * KV;
         float *vc = rt->value_cache + ((size_t)l * S + pos) * KV;
-        wmat__linear_vec(rt->dq, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_Q), 0, nt);
-        wmat__linear_vec(kc, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_K), 0, nt);
-        wmat__linear_vec(vc, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_V), 0, nt);
+        {
+            float *const ys[3] = {rt->dq, kc, vc};
+            const wmat_tensor *const ws[3] = {wmat_model_linear(m, l, WMAT_LIN_Q), wmat_model_linear(m, l, WMAT_LIN_K),
+                                              wmat_model_linear(m, l, WMAT_LIN_V)};
+            wmat__linear_vec_multi(3, ys, rt->dxb, ws, nt);
+        }
         rope_row(rt->dq, c->n_heads, hd, cs, sn);
         rope_row(kc, c->n_kv_heads, hd, cs, sn);
         const float *kbase = rt->key_cache + (size_t)l * S * KV, *vbase = rt->value_cache + (size_t)l * S * KV;
@@ -332,8 +335,11 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
         }
         wmat__linear_vec(x, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_O), 1, nt);
         wmat__rmsnorm_rows(rt->dxb, x, wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data, 1, D, c->norm_eps, 1);
-        wmat__linear_vec(rt->dhb, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_GATE), 0, nt);
-        wmat__linear_vec(rt->dhb2, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_UP), 0, nt);
+        {
+            float *const ys[2] = {rt->dhb, rt->dhb2};
+            const wmat_tensor *const ws[2] = {wmat_model_linear(m, l, WMAT_LIN_GATE), wmat_model_linear(m, l, WMAT_LIN_UP)};
+            wmat__linear_vec_multi(2, ys, rt->dxb, ws, nt);
+        }
         wmat__swiglu(rt->dhb, rt->dhb2, (size_t)H, 1);
         wmat__linear_vec(x, rt->dhb, wmat_model_linear(m, l, WMAT_LIN_DOWN), 1, nt);
     }

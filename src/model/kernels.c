@@ -372,6 +372,34 @@ static matvec_rows_fn pick_matvec(void)
     return matvec_rows_ref;
 }
 
+void wmat__matvec_multi(int n, float *const *out, const float *const *W, const int *rows, const float *x, int cols,
+                        int n_threads)
+{
+    static matvec_rows_fn fn;
+    if (!fn) fn = pick_matvec();
+    int total = 0;
+    for (int i = 0; i < n; i++) total += rows[i];
+    const int nt = (long)total * cols >= 65536 ? n_threads : 1;
+    if (nt <= 1) {
+        for (int i = 0; i < n; i++) fn(out[i], W[i], x, 0, rows[i], cols, 0);
+        return;
+    }
+    /* the matrices' rows as one list split in contiguous blocks: one
+     * fork/join for q, k and v (or gate and up) instead of one each */
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int per = ((total + T - 1) / T + 15) / 16 * 16;
+        const int g0 = t * per < total ? t * per : total, g1 = g0 + per < total ? g0 + per : total;
+        int base = 0;
+        for (int i = 0; i < n; i++) {
+            const int a = g0 > base ? g0 - base : 0, b = g1 - base < rows[i] ? g1 - base : rows[i];
+            if (a < b) fn(out[i], W[i], x, a, b, cols, 0);
+            base += rows[i];
+        }
+    }
+}
+
 void wmat__matvec(float *out, const float *W, const float *x, int rows, int cols, int accumulate, int n_threads)
 {
     static matvec_rows_fn fn;

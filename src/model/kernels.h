@@ -28,6 +28,10 @@ void wmat__swiglu(float *a, const float *b, size_t n, int n_threads);
 /* sum a[i] b[i], vectorized (not in run.c's summation order) */
 float wmat__dot(const float *a, const float *b, int n);
 /* out (rows) = W (rows, cols) x (cols), or out += ... when accumulate. */
+/* out[i] (rows[i]) = W[i] x for n matrices of the same width, in one
+ * parallel region (rows of all matrices split over the threads). */
+void wmat__matvec_multi(int n, float *const *out, const float *const *W, const int *rows, const float *x, int cols,
+                        int n_threads);
 void wmat__matvec(float *out, const float *W, const float *x, int rows, int cols, int accumulate, int n_threads);
 
 #endif

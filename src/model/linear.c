@@ -33,3 +33,21 @@ void wmat__linear_vec(float *y, const float *x, const wmat_tensor *W, int accumu
     default: abort();
     }
 }
+
+void wmat__linear_vec_multi(int n, float *const *y, const float *x, const wmat_tensor *const *W, int n_threads)
+{
+    int all_f32 = n <= 4;
+    for (int i = 0; i < n && all_f32; i++)
+        all_f32 = W[i]->dtype == WMAT_F32 && W[i]->shape[1] == W[0]->shape[1];
+    if (!all_f32) {
+        for (int i = 0; i < n; i++) wmat__linear_vec(y[i], x, W[i], 0, n_threads);
+        return;
+    }
+    const float *w[4];
+    int rows[4];
+    for (int i = 0; i < n; i++) {
+        w[i] = (const float *)W[i]->data;
+        rows[i] = (int)W[i]->shape[0];
+    }
+    wmat__matvec_multi(n, y, w, rows, x, (int)W[0]->shape[1], n_threads);
+}

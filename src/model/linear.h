@@ -13,5 +13,8 @@ int wmat__linear_supported(const wmat_tensor *W);
 void wmat__linear_batch(float *Y, const float *X, const wmat_tensor *W, int T, int accumulate, int n_threads);
 /* y (out) = W x (+= when accumulate). */
 void wmat__linear_vec(float *y, const float *x, const wmat_tensor *W, int accumulate, int n_threads);
+/* y[i] = W[i] x for up to 4 weights sharing the input x (q/k/v, gate/up):
+ * one parallel region when all are fp32, else one call each. */
+void wmat__linear_vec_multi(int n, float *const *y, const float *x, const wmat_tensor *const *W, int n_threads);
 
 #endif
