@@ -160,19 +160,7 @@ static void test_kill_hf_over_existing(void **state) { (void)state; kill_one("k-
 static int setup(void **state)
 {
     (void)state;
-    wmat_config c;
-    memset(&c, 0, sizeof c);
-    c.dim = 1024;
-    c.hidden_dim = 2816;
-    c.n_layers = 2;
-    c.n_heads = 8;
-    c.n_kv_heads = 8;
-    c.vocab_size = 512;
-    c.seq_len = 64;
-    c.rope_theta = 10000.0f;
-    c.norm_eps = 1e-5f;
-    c.bos_id = 1;
-    c.eos_id = 2;
+    wmat_config c = tu_config(1024, 2816, 2, 8, 8, 512, 64);
     wmat_model *m = NULL;
     if (wmat_model_create(&m, &c) != WMAT_OK) return -1;
     snprintf(g_big, sizeof g_big, "%s", tu_tmp("big.bin"));

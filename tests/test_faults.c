@@ -278,19 +278,7 @@ static int setup(void **state)
     if (bin && wmat_model_load(&g_model, bin, &lp) == WMAT_OK) {
         print_message("model: %s\n", bin);
     } else {
-        wmat_config c;
-        memset(&c, 0, sizeof c);
-        c.dim = 64;
-        c.hidden_dim = 128;
-        c.n_layers = 2;
-        c.n_heads = 4;
-        c.n_kv_heads = 2;
-        c.vocab_size = 96;
-        c.seq_len = 32;
-        c.rope_theta = 10000.0f;
-        c.norm_eps = 1e-5f;
-        c.bos_id = 1;
-        c.eos_id = 2;
+        wmat_config c = tu_config(64, 128, 2, 4, 2, 96, 32);
         if (wmat_model_create(&g_model, &c) != WMAT_OK) return -1;
         wmat_rng r;
         wmat_rng_seed(&r, 7);

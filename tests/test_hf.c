@@ -18,20 +18,8 @@
 
 static wmat_config small_config(int tied)
 {
-    wmat_config c;
-    memset(&c, 0, sizeof c);
-    c.dim = 64;
-    c.hidden_dim = 96;
-    c.n_layers = 2;
-    c.n_heads = 4;
-    c.n_kv_heads = 2;
-    c.vocab_size = 40;
-    c.seq_len = 32;
-    c.rope_theta = 10000.0f;
-    c.norm_eps = 1e-5f;
+    wmat_config c = tu_config(64, 96, 2, 4, 2, 40, 32);
     c.tied_embeddings = tied;
-    c.bos_id = 1;
-    c.eos_id = 2;
     return c;
 }
 

@@ -354,20 +354,8 @@ static void test_op_xent_embed(void **state)
 
 static wmat_config tiny_cfg(int tied)
 {
-    wmat_config c;
-    memset(&c, 0, sizeof c);
-    c.dim = 16;
-    c.hidden_dim = 24;
-    c.n_layers = 2;
-    c.n_heads = 4;
-    c.n_kv_heads = 2;
-    c.vocab_size = 13;
-    c.seq_len = 16;
-    c.rope_theta = 10000.0f;
-    c.norm_eps = 1e-5f;
+    wmat_config c = tu_config(16, 24, 2, 4, 2, 13, 16);
     c.tied_embeddings = tied;
-    c.bos_id = 1;
-    c.eos_id = 2;
     return c;
 }
 

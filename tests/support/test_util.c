@@ -79,3 +79,21 @@ int tu_write_file(const char *path, const void *data, size_t n)
     size_t w = fwrite(data, 1, n, f);
     return (fclose(f) == 0 && w == n) ? 0 : -1;
 }
+
+wmat_config tu_config(int dim, int hidden, int layers, int heads, int kv_heads, int vocab, int seq_len)
+{
+    wmat_config c;
+    memset(&c, 0, sizeof c);
+    c.dim = dim;
+    c.hidden_dim = hidden;
+    c.n_layers = layers;
+    c.n_heads = heads;
+    c.n_kv_heads = kv_heads;
+    c.vocab_size = vocab;
+    c.seq_len = seq_len;
+    c.rope_theta = 10000.0f;
+    c.norm_eps = 1e-5f;
+    c.bos_id = 1;
+    c.eos_id = 2;
+    return c;
+}

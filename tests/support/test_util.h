@@ -38,5 +38,8 @@ const char *tu_cli(void);
 char *tu_run(const char *cmd, int *exit_code);
 /* Write bytes to a file; returns 0 on success. */
 int tu_write_file(const char *path, const void *data, size_t n);
+/* A LLaMA config for synthetic test models: rope theta 10000, eps 1e-5,
+ * BOS 1, EOS 2, untied. */
+wmat_config tu_config(int dim, int hidden, int layers, int heads, int kv_heads, int vocab, int seq_len);
 
 #endif
