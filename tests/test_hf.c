@@ -84,6 +84,23 @@ static unsigned char *slurp(const char *path, size_t *len)
     return (unsigned char *)buf;
 }
 
+/* Save m as an HF directory tu_tmp(name) in dtype and read back its
+ * model.safetensors whole; *hlen is the JSON header's length. */
+static unsigned char *saved_safetensors(wmat_model *m, const char *name, wmat_dtype dtype, size_t *len, uint64_t *hlen)
+{
+    wmat_save_params sp = wmat_save_default_params();
+    sp.format = WMAT_FMT_HF;
+    sp.dtype = dtype;
+    const char *dir = tu_tmp(name);
+    TU_OK(wmat_model_save(m, dir, &sp));
+    char p[1024];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    unsigned char *b = slurp(p, len);
+    *hlen = 0;
+    for (int i = 7; i >= 0; i--) *hlen = *hlen << 8 | b[i];
+    return b;
+}
+
 static void copy_file(const char *from, const char *to)
 {
     size_t n;
@@ -305,22 +322,16 @@ static void test_saved_layout(void **state)
 {
     (void)state;
     wmat_model *m = random_model(0, 99);
-    wmat_save_params sp = wmat_save_default_params();
-    sp.format = WMAT_FMT_HF;
-    sp.dtype = WMAT_F16;
-    const char *dir = tu_tmp("layout");
-    TU_OK(wmat_model_save(m, dir, &sp));
-    char p[1024];
-    snprintf(p, sizeof p, "%s/model.safetensors", dir);
     size_t len;
-    unsigned char *b = slurp(p, &len);
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | b[i];
+    uint64_t hlen;
+    unsigned char *b = saved_safetensors(m, "layout", WMAT_F16, &len, &hlen);
     assert_int_equal(hlen % 8, 0);
     assert_int_equal(b[8], '{');
     assert_memory_equal(b + 8, "{\"__metadata__\":{\"format\":\"pt\"},", 32);
     free(b);
 
+    char p[1024];
+    snprintf(p, sizeof p, "%s/model.safetensors", tu_tmp("layout"));
     wmat_st_file *f;
     TU_OK(wmat__st_open(&f, p));
     assert_string_equal(wmat__st_meta_get(f, "format"), "pt");
@@ -461,17 +472,9 @@ static void test_st_truncations(void **state)
 {
     (void)state;
     wmat_model *m = random_model(0, 5);
-    wmat_save_params sp = wmat_save_default_params();
-    sp.format = WMAT_FMT_HF;
-    sp.dtype = WMAT_BF16;
-    const char *dir = tu_tmp("trunc-src");
-    TU_OK(wmat_model_save(m, dir, &sp));
-    char p[1024];
-    snprintf(p, sizeof p, "%s/model.safetensors", dir);
     size_t len;
-    unsigned char *full = slurp(p, &len);
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | full[i];
+    uint64_t hlen;
+    unsigned char *full = saved_safetensors(m, "trunc-src", WMAT_BF16, &len, &hlen);
     for (size_t cut = 0; cut < len; cut += (cut < 8 + hlen + 64 ? 1 : 97)) {
         unsigned char *b = malloc(cut ? cut : 1);
         memcpy(b, full, cut);
@@ -487,6 +490,7 @@ static void test_st_truncations(void **state)
     wmat__st_close(f);
 
     /* Through the HF loader, as files. */
+    const char *dir = tu_tmp("trunc-src");
     const char *cdir = mkdir_tmp("trunc-dir");
     char cfg_from[1024], cfg_to[1024], st_to[1024];
     snprintf(cfg_from, sizeof cfg_from, "%s/config.json", dir);
@@ -591,16 +595,9 @@ static void test_st_fuzz(void **state)
 {
     (void)state;
     wmat_model *m = random_model(1, 11);
-    wmat_save_params sp = wmat_save_default_params();
-    sp.format = WMAT_FMT_HF;
-    const char *dir = tu_tmp("fuzz-src");
-    TU_OK(wmat_model_save(m, dir, &sp));
-    char p[1024];
-    snprintf(p, sizeof p, "%s/model.safetensors", dir);
     size_t len;
-    unsigned char *full = slurp(p, &len);
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | full[i];
+    uint64_t hlen;
+    unsigned char *full = saved_safetensors(m, "fuzz-src", wmat_save_default_params().dtype, &len, &hlen);
     size_t span = 8 + (size_t)hlen;
     wmat_rng rng;
     wmat_rng_seed(&rng, 1234);
