@@ -238,7 +238,7 @@ static QK_AVX512 void deq_row_avx512(const uint8_t *src, int bits, int64_t cb, i
     }
 }
 
-/* ---- int8 activations with AVX-512 VNNI (decode fast path, opt-in) */
+/* ---- int8 activations with AVX-512 VNNI (the default decode path where VNNI exists; WMAT_QACT8=0 turns it off) */
 
 #define QK_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
