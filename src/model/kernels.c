@@ -93,8 +93,27 @@ static void softmax_fast(float *x, int n)
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
-#include <stdint.h>
-#define WMAT_ATT_AVX512 1
+#define WMAT_KERNELS_X86 1
+
+/* The ISA of the decode kernels (matvec and attention): the best the CPU
+ * has, or WMAT_MATVEC=ref|avx2|avx512 for tests and benchmarks (a level the
+ * CPU lacks falls back to the best it has below it). Decided once. */
+enum { ISA_REF = 0, ISA_AVX2 = 2, ISA_AVX512 = 3 };
+static int decode_isa(void)
+{
+    static int isa = -1;
+    if (isa < 0) { /* idempotent: a race only repeats the same choice */
+        __builtin_cpu_init();
+        const int has512 = __builtin_cpu_supports("avx512f");
+        const int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        const char *force = getenv("WMAT_MATVEC");
+        int v = has512 ? ISA_AVX512 : has2 ? ISA_AVX2 : ISA_REF;
+        if (force && !strcmp(force, "ref")) v = ISA_REF;
+        else if (force && !strcmp(force, "avx2") && has2) v = ISA_AVX2;
+        isa = v;
+    }
+    return isa;
+}
 
 /* r[i] = sum of the 16 lanes of v[i], i = 0..15, in one vector: pairwise
  * unpack/shuffle levels instead of sixteen horizontal reductions. */
@@ -113,6 +132,14 @@ __attribute__((target("avx512f"))) static inline __m512 hsum16x16(const __m512 v
     return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, 0x88), _mm512_shuffle_f32x4(w01, w23, 0xDD));
 }
 
+/* q . k_t as 16 lane partial sums, q in nv registers. */
+__attribute__((target("avx512f"))) static inline __m512 qk_lanes(const __m512 *qv, int nv, const float *kt)
+{
+    __m512 a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kt));
+    for (int i = 1; i < nv; i++) a = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(kt + 16 * i), a);
+    return a;
+}
+
 /* wmat__attend_one for head dimensions that are multiples of 16 (up to
  * 256): scores of 16 positions per step, q held in registers, the weighted
  * sum of V in registers. The softmax is the precise one run.c uses. */
@@ -127,20 +154,10 @@ __attribute__((target("avx512f"))) static void attend_one_avx512(float *out, con
     int t = 0;
     for (; t + 16 <= n; t += 16) {
         __m512 d[16];
-        for (int u = 0; u < 16; u++) {
-            const float *kt = k + (size_t)(t + u) * stride;
-            __m512 a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kt));
-            for (int i = 1; i < nv; i++) a = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(kt + 16 * i), a);
-            d[u] = a;
-        }
+        for (int u = 0; u < 16; u++) d[u] = qk_lanes(qv, nv, k + (size_t)(t + u) * stride);
         _mm512_storeu_ps(att + t, _mm512_mul_ps(hsum16x16(d), sc));
     }
-    for (; t < n; t++) {
-        const float *kt = k + (size_t)t * stride;
-        __m512 a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kt));
-        for (int i = 1; i < nv; i++) a = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(kt + 16 * i), a);
-        att[t] = _mm512_reduce_add_ps(a) * scale;
-    }
+    for (; t < n; t++) att[t] = _mm512_reduce_add_ps(qk_lanes(qv, nv, k + (size_t)t * stride)) * scale;
     wmat__softmax(att, n);
     __m512 o[16];
     for (int i = 0; i < nv; i++) o[i] = _mm512_setzero_ps();
@@ -152,16 +169,6 @@ __attribute__((target("avx512f"))) static void attend_one_avx512(float *out, con
     for (int i = 0; i < nv; i++) _mm512_storeu_ps(out + 16 * i, o[i]);
 }
 
-static int use_attend_avx512(int hd)
-{
-    static int cpu = -1;
-    if (cpu < 0) {
-        __builtin_cpu_init();
-        const char *force = getenv("WMAT_MATVEC"); /* "ref" / "avx2" also keep attention off AVX-512 */
-        cpu = __builtin_cpu_supports("avx512f") && !(force && (!strcmp(force, "ref") || !strcmp(force, "avx2")));
-    }
-    return cpu && hd % 16 == 0 && hd <= 256;
-}
 #endif
 
 /* Head dimensions are small (8..128): the dot products are inlined with
@@ -194,8 +201,8 @@ static void attend_one_c(float *out, const float *q, const float *k, const float
 void wmat__attend_one(float *out, const float *q, const float *k, const float *v, int stride, int n, int hd,
                       float scale, float *att)
 {
-#ifdef WMAT_ATT_AVX512
-    if (use_attend_avx512(hd)) {
+#ifdef WMAT_KERNELS_X86
+    if (decode_isa() == ISA_AVX512 && hd % 16 == 0 && hd <= 256) {
         attend_one_avx512(out, q, k, v, stride, n, hd, scale, att);
         return;
     }
@@ -213,15 +220,6 @@ void wmat__causal_softmax_block(float *s, int rows, int cols, int ld, int first)
     }
 }
 
-void wmat__causal_softmax_rows(float *s, int T, int n_threads)
-{
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
-    for (int t = 0; t < T; t++) {
-        float *row = s + (size_t)t * T;
-        softmax_fast(row, t + 1);
-        if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
-    }
-}
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -276,10 +274,8 @@ float wmat__dot(const float *a, const float *b, int n)
     return s;
 }
 
-/* Explicit AVX-512 and
- * AVX2 paths (picked at run time) with a portable twin. */
-#if defined(__GNUC__) && defined(__x86_64__)
-#include <immintrin.h>
+/* Explicit AVX-512 and AVX2 paths (picked at run time) with a portable twin. */
+#ifdef WMAT_KERNELS_X86
 
 /* One row at a time, W read strictly in address order. Rows of 256..4096
  * floats follow each other in memory, so a decode step's matvecs are one
@@ -360,32 +356,32 @@ typedef void (*matvec_rows_fn)(float *, const float *, const float *, int, int, 
 
 static matvec_rows_fn pick_matvec(void)
 {
-#if defined(__GNUC__) && defined(__x86_64__)
-    const char *force = getenv("WMAT_MATVEC"); /* ref | avx2 | avx512: tests and benchmarks */
-    __builtin_cpu_init();
-    if (force && !strcmp(force, "ref")) return matvec_rows_ref;
-    if (force && !strcmp(force, "avx2") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return matvec_rows_avx2;
-    if (__builtin_cpu_supports("avx512f")) return matvec_rows_avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return matvec_rows_avx2;
+#ifdef WMAT_KERNELS_X86
+    switch (decode_isa()) {
+    case ISA_AVX512: return matvec_rows_avx512;
+    case ISA_AVX2: return matvec_rows_avx2;
+    default: break;
+    }
 #endif
     return matvec_rows_ref;
 }
 
 void wmat__matvec_multi(int n, float *const *out, const float *const *W, const int *rows, const float *x, int cols,
-                        int n_threads)
+                        int accumulate, int n_threads)
 {
-    static matvec_rows_fn fn;
-    if (!fn) fn = pick_matvec();
+    const matvec_rows_fn fn = pick_matvec();
     int total = 0;
     for (int i = 0; i < n; i++) total += rows[i];
+    /* Threads only pay off above ~64K multiply-adds (fork/join costs ~µs) */
     const int nt = (long)total * cols >= 65536 ? n_threads : 1;
     if (nt <= 1) {
-        for (int i = 0; i < n; i++) fn(out[i], W[i], x, 0, rows[i], cols, 0);
+        for (int i = 0; i < n; i++) fn(out[i], W[i], x, 0, rows[i], cols, accumulate);
         return;
     }
-    /* the matrices' rows as one list split in contiguous blocks: one
-     * fork/join for q, k and v (or gate and up) instead of one each */
+    /* The matrices' rows as one list cut in contiguous blocks, one per
+     * thread (a multiple of 16 rows, so neighbouring threads do not share
+     * a cache line of out): one fork/join for q, k and v (or gate and up)
+     * instead of one each. */
 #pragma omp parallel num_threads(nt)
     {
         const int t = omp_get_thread_num(), T = omp_get_num_threads();
@@ -394,7 +390,7 @@ void wmat__matvec_multi(int n, float *const *out, const float *const *W, const i
         int base = 0;
         for (int i = 0; i < n; i++) {
             const int a = g0 > base ? g0 - base : 0, b = g1 - base < rows[i] ? g1 - base : rows[i];
-            if (a < b) fn(out[i], W[i], x, a, b, cols, 0);
+            if (a < b) fn(out[i], W[i], x, a, b, cols, accumulate);
             base += rows[i];
         }
     }
@@ -402,22 +398,5 @@ void wmat__matvec_multi(int n, float *const *out, const float *const *W, const i
 
 void wmat__matvec(float *out, const float *W, const float *x, int rows, int cols, int accumulate, int n_threads)
 {
-    static matvec_rows_fn fn;
-    if (!fn) fn = pick_matvec(); /* idempotent: a race only repeats the same choice */
-    /* Threads only pay off above ~64K multiply-adds (fork/join costs ~µs);
-     * each thread takes a contiguous block of rows (a multiple of 16, so
-     * neighbouring threads do not share the cache line of out). */
-    const long work = (long)rows * cols;
-    const int nt = work >= 65536 ? n_threads : 1;
-    if (nt <= 1) {
-        fn(out, W, x, 0, rows, cols, accumulate);
-        return;
-    }
-#pragma omp parallel num_threads(nt)
-    {
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-        const int per = ((rows + T - 1) / T + 15) / 16 * 16;
-        const int r0 = t * per < rows ? t * per : rows, r1 = r0 + per < rows ? r0 + per : rows;
-        fn(out, W, x, r0, r1, cols, accumulate);
-    }
+    wmat__matvec_multi(1, &out, &W, &rows, x, cols, accumulate, n_threads);
 }

@@ -8,12 +8,9 @@
 void wmat__rmsnorm_rows(float *out, const float *x, const float *w, int T, int n, float eps, int n_threads);
 /* In-place softmax of n values. */
 void wmat__softmax(float *x, int n);
-/* Row t of the (T, T) score matrix keeps columns 0..t, softmaxed (vectorized
- * exp); the rest 0. */
-void wmat__causal_softmax_rows(float *s, int T, int n_threads);
 /* Rows first..first+rows-1 of a causal score matrix, stored from s with
  * leading dimension ld and `cols` columns: row i keeps keys 0..first+i
- * (softmax), the rest are zeroed. */
+ * (softmax with a vectorized exp), the rest are zeroed. */
 void wmat__causal_softmax_block(float *s, int rows, int cols, int ld, int first);
 /* One head of one query over n cached positions: scores q.k_t * scale,
  * softmax (libm expf, as run.c), out = sum_t p_t v_t. k and v rows are
@@ -27,11 +24,12 @@ void wmat__swiglu_fast(float *a, const float *b, size_t n, int n_threads);
 void wmat__swiglu(float *a, const float *b, size_t n, int n_threads);
 /* sum a[i] b[i], vectorized (not in run.c's summation order) */
 float wmat__dot(const float *a, const float *b, int n);
-/* out (rows) = W (rows, cols) x (cols), or out += ... when accumulate. */
-/* out[i] (rows[i]) = W[i] x for n matrices of the same width, in one
- * parallel region (rows of all matrices split over the threads). */
+/* out[i] (rows[i]) = W[i] x (or += when accumulate) for n matrices of the
+ * same width, in one parallel region (rows of all matrices split over the
+ * threads). */
 void wmat__matvec_multi(int n, float *const *out, const float *const *W, const int *rows, const float *x, int cols,
-                        int n_threads);
+                        int accumulate, int n_threads);
+/* out (rows) = W (rows, cols) x (cols), or out += ... when accumulate. */
 void wmat__matvec(float *out, const float *W, const float *x, int rows, int cols, int accumulate, int n_threads);
 
 #endif

@@ -49,5 +49,5 @@ void wmat__linear_vec_multi(int n, float *const *y, const float *x, const wmat_t
         w[i] = (const float *)W[i]->data;
         rows[i] = (int)W[i]->shape[0];
     }
-    wmat__matvec_multi(n, y, w, rows, x, (int)W[0]->shape[1], n_threads);
+    wmat__matvec_multi(n, y, w, rows, x, (int)W[0]->shape[1], 0, n_threads);
 }
