@@ -175,7 +175,7 @@ int wmat__calib_advance(wmat__calib_states *st)
 int wmat__calib_collect(wmat__calib_states *st, int n_layers, wmat_qstats **slots, unsigned want, int advance)
 {
     const int layer = st->layer;
-    if (!want) return advance && layer < n_layers ? wmat__calib_advance(st) : WMAT_OK;
+    if (!want) return WMAT_OK;
     hook_state h = {layer, want, -1, slots, 0};
     if (!advance)
         for (int s = 0; s < WMAT_CSLOT_COUNT; s++)
