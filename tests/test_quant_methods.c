@@ -500,36 +500,29 @@ static void test_cli_errors(void **state)
     (void)state;
     TU_NEED_DATA(mp, "models/stories260K.bin");
     TU_NEED_DATA(cp, "golden/tinystories_valid_head.tok512.u16");
-    char cmd[2048];
-    int code;
-    char *out;
-    snprintf(cmd, sizeof cmd, "%s quantize %s --to none --bits 9 2>&1", tu_cli(), mp);
-    out = tu_run(cmd, &code);
-    assert_int_equal(code, 2);
-    assert_non_null(strstr(out, "2..8"));
-    free(out);
-    snprintf(cmd, sizeof cmd, "%s quantize %s --to none --method gptq 2>&1", tu_cli(), mp);
-    out = tu_run(cmd, &code);
-    assert_int_equal(code, 2);
-    assert_non_null(strstr(out, "--calib"));
-    free(out);
-    snprintf(cmd, sizeof cmd, "%s quantize %s --to none --method gptq --calib %s --calib-tokens 100000000 2>&1",
-             tu_cli(), mp, cp);
-    out = tu_run(cmd, &code);
-    assert_int_equal(code, 1);
-    assert_non_null(strstr(out, "fewer than"));
-    free(out);
-    snprintf(cmd, sizeof cmd, "%s quantize %s --to none --group 64 --quiet 2>&1", tu_cli(), mp);
-    out = tu_run(cmd, &code);
-    assert_int_equal(code, 1);
-    assert_non_null(strstr(out, "does not divide"));
-    free(out);
-    snprintf(cmd, sizeof cmd, "%s quantize %s --to none --method imatrix --calib %s --calib-tokens 2048 --bits 3 2>&1",
-             tu_cli(), mp, cp);
-    out = tu_run(cmd, &code);
-    assert_int_equal(code, 0);
-    assert_non_null(strstr(out, "bits/weight"));
-    free(out);
+    /* arguments after `quantize MODEL --to none` (%s: the calibration file),
+     * exit code, and a piece of the message */
+    static const struct {
+        const char *args;
+        int code;
+        const char *says;
+    } cases[] = {
+        {"--bits 9", 2, "2..8"},
+        {"--method gptq", 2, "--calib"},
+        {"--method gptq --calib %s --calib-tokens 100000000", 1, "fewer than"},
+        {"--group 64 --quiet", 1, "does not divide"},
+        {"--method imatrix --calib %s --calib-tokens 2048 --bits 3", 0, "bits/weight"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char args[512], cmd[2048];
+        snprintf(args, sizeof args, cases[i].args, cp);
+        snprintf(cmd, sizeof cmd, "%s quantize %s --to none %s 2>&1", tu_cli(), mp, args);
+        int code;
+        char *out = tu_run(cmd, &code);
+        if (code != cases[i].code || !strstr(out, cases[i].says))
+            fail_msg("quantize %s: exit %d (want %d), output:\n%s", args, code, cases[i].code, out);
+        free(out);
+    }
 }
 
 /* The CLI writes real packed files through quantized storage; the packed
