@@ -89,29 +89,27 @@ int main(int argc, char **argv)
     printf("check: batched vs decode logits at position %d: max |diff| %.2e %s\n", T - 1, md, md < 1e-3 ? "ok" : "MISMATCH");
     if (md >= 1e-3) return 1;
 
-    /* batched: whole windows */
-    int reps = 0;
-    t0 = now();
-    double t_batch;
-    do {
-        wmat_forward(rt, toks, T, batch);
-        reps++;
-    } while ((t_batch = now() - t0) < 2.0);
-    double batch_tps = (double)reps * T / t_batch;
-
-    /* decode: T positions from an empty cache */
-    reps = 0;
-    t0 = now();
-    double t_dec;
-    do {
-        for (int p = 0; p < T; p++) wmat_decode(rt, toks[p], p, lg);
-        reps++;
-    } while ((t_dec = now() - t0) < 2.0);
-    double dec_tps = (double)reps * T / t_dec;
+    /* the same window through a runtime with packed weights (what eval uses) */
+    rp.kv_cache_len = 1;
+    rp.pack_weights = 1;
+    wmat_runtime *rtp;
+    if (wmat_runtime_create(&rtp, m, &rp)) {
+        fprintf(stderr, "bench_runtime: %s\n", wmat_last_error());
+        return 1;
+    }
+    float *batch_p = malloc((size_t)T * V * sizeof(float));
+    wmat_forward(rtp, toks, T, batch_p);
+    double mp = 0, mx = 0;
+    for (size_t i = 0; i < (size_t)T * V; i++) {
+        mp = fmax(mp, fabs(batch_p[i] - batch[i]));
+        mx = fmax(mx, fabs(batch[i]));
+    }
+    printf("check: packed weights (%.1f MiB) vs plain GEMM logits: max |diff| %.2e of max |logit| %.1f %s\n",
+           wmat_runtime_packed_bytes(rtp) / 1048576.0, mp, mx, mp <= 1e-5 * mx + 1e-6 ? "ok" : "MISMATCH");
+    if (mp > 1e-5 * mx + 1e-6) return 1;
 
     /* run.c's algorithm, compiled as run.c's `make runomp` does */
     ref_model *ref = ref_load(path);
-    double ref_tps = 0;
     if (ref) {
         int same = 1;
         for (int p = 0; p + 1 < T; p++) {
@@ -119,26 +117,77 @@ int main(int argc, char **argv)
             if (a != toks[p + 1]) same = 0;
         }
         printf("check: run.c baseline greedy tokens %s wmat's\n", same ? "equal" : "DIFFER FROM");
-        reps = 0;
-        t0 = now();
-        double t_ref;
+    }
+
+    /* eval's stream: the checked window repeated, 8 windows per thread */
+    const int n_win = 8 * (threads > 0 ? threads : 2);
+    const size_t n_stream = (size_t)n_win * T + 1;
+    int32_t *stream = malloc(n_stream * sizeof *stream);
+    for (size_t i = 0; i < n_stream; i++) stream[i] = toks[i % T];
+
+    /* Rounds that alternate the paths, so that each ratio compares paths
+     * that saw the same machine (a neighbour's load shifts them all). */
+    double t_dec = 0, t_batch = 0, t_pack = 0, t_eval = 0, t_ref = 0;
+    double n_dec = 0, n_batch = 0, n_pack = 0, n_eval = 0, n_ref = 0;
+    for (int round = 0; round < 5; round++) {
+        for (int p = 0; p < T; p++) wmat_decode(rt, toks[p], p, lg); /* untimed: caches and threads warm again */
+        double tr = now();
+        do {
+            for (int p = 0; p < T; p++) wmat_decode(rt, toks[p], p, lg);
+            n_dec += T;
+        } while (now() - tr < 0.4);
+        t_dec += now() - tr;
+        tr = now();
+        do {
+            wmat_forward(rt, toks, T, batch);
+            n_batch += T;
+        } while (now() - tr < 0.4);
+        t_batch += now() - tr;
+        tr = now();
+        do {
+            wmat_forward(rtp, toks, T, batch_p);
+            n_pack += T;
+        } while (now() - tr < 0.4);
+        t_pack += now() - tr;
+        tr = now();
+        do {
+            wmat_eval_result er;
+            if (wmat_eval_tokens(rtp, stream, n_stream, T, 0, &er)) {
+                fprintf(stderr, "bench_runtime: eval: %s\n", wmat_last_error());
+                return 1;
+            }
+            n_eval += (double)er.tokens_scored;
+        } while (now() - tr < 0.4);
+        t_eval += now() - tr;
+        if (!ref) continue;
+        for (int p = 0; p < T; p++) ref_forward(ref, toks[p], p);
+        tr = now();
         do {
             for (int p = 0; p < T; p++) ref_forward(ref, toks[p], p);
-            reps++;
-        } while ((t_ref = now() - t0) < 2.0);
-        ref_tps = (double)reps * T / t_ref;
-        ref_free(ref);
+            n_ref += T;
+        } while (now() - tr < 0.4);
+        t_ref += now() - tr;
     }
+    ref_free(ref);
+    const double ref_tps = ref ? n_ref / t_ref : 0.0;
+    free(stream);
+    const double dec_tps = n_dec / t_dec, batch_tps = n_batch / t_batch, pack_tps = n_pack / t_pack,
+                 eval_tps = n_eval / t_eval;
+
     printf("\n%-34s %12s %10s\n", "path", "tokens/s", "ratio");
     printf("%-34s %12.0f %10s\n", "decode (KV cache, matvec)", dec_tps, "1.00");
     printf("%-34s %12.0f %9.2fx\n", "batched forward (GEMM)", batch_tps, batch_tps / dec_tps);
+    printf("%-34s %12.0f %9.2fx\n", "batched, packed weights", pack_tps, pack_tps / dec_tps);
+    printf("%-34s %12.0f %9.2fx\n", "eval (windows in parallel, NLL)", eval_tps, eval_tps / dec_tps);
     if (ref_tps > 0) printf("%-34s %12.0f %9.2fx\n", "run.c algorithm, -Ofast -fopenmp", ref_tps, ref_tps / dec_tps);
-    printf("\nbatched / decode = %.2fx (target >= 5); wmat decode / run.c = %.2fx (target >= 1)\n", batch_tps / dec_tps,
+    printf("\neval / decode = %.2fx (target >= 5); wmat decode / run.c = %.2fx (target >= 1)\n", eval_tps / dec_tps,
            ref_tps > 0 ? dec_tps / ref_tps : 0.0);
     printf("model load (mapped, no conversion): %.2f ms\n", t_load * 1e3);
     free(toks);
     free(lg);
     free(batch);
+    free(batch_p);
+    wmat_runtime_free(rtp);
     wmat_runtime_free(rt);
     wmat_model_free(m);
     return 0;

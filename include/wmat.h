@@ -406,6 +406,12 @@ typedef struct {
     int max_batch_tokens;   /* window length for batched forward; <= 0: seq_len */
     int kv_cache_len;       /* decode positions; <= 0: seq_len */
     const wmat_context *ctx;
+    /* 1: keep a copy of the fp32 linear weights in the GEMM library's own
+     * blocked layout for the batched forward (oneDNN; 1.1-1.3x on small
+     * windows). The model's weights must then not change while the runtime
+     * lives (training and calibration leave it 0). Skipped, silently, when
+     * the fp32 linear weights exceed 1 GiB or oneDNN is not in use. */
+    int pack_weights;
 } wmat_runtime_params;
 
 WMAT_API wmat_runtime_params wmat_runtime_default_params(void);
@@ -416,6 +422,8 @@ WMAT_API int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_r
 WMAT_API void wmat_runtime_free(wmat_runtime *rt);
 WMAT_API void wmat_runtime_set_hook(wmat_runtime *rt, wmat_linear_hook fn, void *user);
 WMAT_API size_t wmat_runtime_bytes(const wmat_runtime *rt);
+/* Bytes of packed weight copies (0 when pack_weights was not asked or not possible). */
+WMAT_API size_t wmat_runtime_packed_bytes(const wmat_runtime *rt);
 WMAT_API int wmat_runtime_max_tokens(const wmat_runtime *rt);
 WMAT_API int wmat_runtime_vocab(const wmat_runtime *rt);
 WMAT_API const wmat_context *wmat_runtime_context(const wmat_runtime *rt);

@@ -213,6 +213,7 @@ int cmd_quantize(int argc, char **argv)
         wmat_runtime_params rp = wmat_runtime_default_params();
         rp.max_batch_tokens = ectx;
         rp.kv_cache_len = 1;
+        rp.pack_weights = 1;
         rp.ctx = &wc;
         wmat_runtime *rt = NULL;
         wmat_eval_result er;

@@ -112,6 +112,7 @@ int cmd_eval(int argc, char **argv)
     wmat_runtime_params rp = wmat_runtime_default_params();
     rp.max_batch_tokens = ctx;
     rp.kv_cache_len = 1;
+    rp.pack_weights = 1; /* weights stay fixed during eval */
     rp.ctx = &wc;
     wmat_runtime *rt = NULL;
     wmat_eval_result res;

@@ -710,3 +710,29 @@ int wmat__gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const uint
     wmat_gemm_backend b = (wmat_gemm_backend)atomic_load(&g_backend);
     return wmat__gemm_bf16_on(b, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
+
+int wmat__packed_gemm_create(wmat__packed_gemm **out, const float *W, int N, int K)
+{
+    *out = NULL;
+    ensure_probe();
+    wmat_gemm_backend want = (wmat_gemm_backend)atomic_load(&g_backend);
+    if (want == WMAT_GEMM_OPENBLAS || want == WMAT_GEMM_REFERENCE)
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "packed GEMM: the %s backend is selected",
+                              wmat_gemm_backend_name(want));
+    if (!g.dnnl_f32) return wmat_set_error(WMAT_ERR_UNSUPPORTED, "packed GEMM: oneDNN is not available");
+    if (N <= 0 || K <= 0 || !W) return wmat_set_error(WMAT_ERR_INVALID, "packed GEMM: bad shape %d x %d", N, K);
+    return wmat__dnnl_packed_create(out, W, N, K);
+}
+
+int wmat__packed_gemm_apply(const wmat__packed_gemm *p, const float *X, int M, float *Y, int accumulate)
+{
+    if (M <= 0) return WMAT_OK;
+    return wmat__dnnl_packed_apply(p, X, M, Y, accumulate, threads_now());
+}
+
+size_t wmat__packed_gemm_bytes(const wmat__packed_gemm *p) { return p ? wmat__dnnl_packed_bytes(p) : 0; }
+
+void wmat__packed_gemm_free(wmat__packed_gemm *p)
+{
+    if (p) wmat__dnnl_packed_free(p);
+}

@@ -180,6 +180,130 @@ done:
     return rc;
 }
 
+/* Packed weights: a matmul primitive whose weights are in the layout the
+ * implementation chose (format "any"), reordered once here. M is a runtime
+ * dimension so one primitive serves every window length; accumulation is a
+ * second primitive with a sum post-op over the same packed weights. */
+struct wmat__packed_gemm {
+    int N, K;
+    dnnl_primitive_t prim[2]; /* [accumulate] */
+    dnnl_memory_t w;          /* packed weights, allocated by oneDNN */
+    size_t bytes;
+};
+
+void wmat__dnnl_packed_free(wmat__packed_gemm *p)
+{
+    if (!p) return;
+    for (int i = 0; i < 2; i++)
+        if (p->prim[i]) dnnl_primitive_destroy(p->prim[i]);
+    if (p->w) dnnl_memory_destroy(p->w);
+    wmat__free(p);
+}
+
+size_t wmat__dnnl_packed_bytes(const wmat__packed_gemm *p) { return p->bytes; }
+
+int wmat__dnnl_packed_create(wmat__packed_gemm **out, const float *W, int N, int K)
+{
+    *out = NULL;
+    if (!g_engine) return wmat_set_error(WMAT_ERR_UNSUPPORTED, "oneDNN: no engine");
+    wmat__packed_gemm *p = wmat__calloc(1, sizeof *p);
+    if (!p) return wmat_set_error(WMAT_ERR_NOMEM, "packed GEMM: out of memory");
+    p->N = N;
+    p->K = K;
+    dnnl_memory_desc_t amd, bany, bplain, cmd;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t ops = NULL;
+    dnnl_primitive_desc_t pd[2] = {NULL, NULL}, rpd = NULL;
+    dnnl_primitive_t reorder = NULL;
+    dnnl_memory_t src = NULL;
+    dnnl_stream_t stream = NULL;
+    const char *what = "setup";
+    dnnl_status_t st;
+    int rc = WMAT_OK;
+    dnnl_dims_t ad = {DNNL_RUNTIME_DIM_VAL, K}, as = {K, 1};
+    dnnl_dims_t bd = {K, N}, bs = {1, K}; /* W (N, K) row-major is (K, N) with strides (1, K) */
+    dnnl_dims_t cd = {DNNL_RUNTIME_DIM_VAL, N}, cs = {N, 1};
+#define TRY(call, name)                               \
+    do {                                              \
+        what = name;                                  \
+        if ((st = (call)) != dnnl_success) goto fail; \
+    } while (0)
+    TRY(dnnl_memory_desc_init_by_strides(&amd, 2, ad, dnnl_f32, as), "memory desc X");
+    TRY(dnnl_memory_desc_init_by_strides(&bplain, 2, bd, dnnl_f32, bs), "memory desc W");
+    TRY(dnnl_memory_desc_init_by_tag(&bany, 2, bd, dnnl_f32, dnnl_format_tag_any), "memory desc packed W");
+    TRY(dnnl_memory_desc_init_by_strides(&cmd, 2, cd, dnnl_f32, cs), "memory desc Y");
+    dnnl_matmul_desc_t desc;
+    TRY(dnnl_matmul_desc_init(&desc, &amd, &bany, NULL, &cmd), "matmul desc");
+    TRY(dnnl_primitive_attr_create(&attr), "attr");
+    TRY(dnnl_post_ops_create(&ops), "post ops");
+    TRY(dnnl_post_ops_append_sum(ops, 1.0f), "sum post op");
+    TRY(dnnl_primitive_attr_set_post_ops(attr, ops), "set post ops");
+    TRY(dnnl_primitive_desc_create(&pd[0], &desc, NULL, g_engine, NULL), "matmul primitive desc");
+    TRY(dnnl_primitive_desc_create(&pd[1], &desc, attr, g_engine, NULL), "matmul primitive desc (sum)");
+    const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd[0], dnnl_query_weights_md, 0);
+    if (!wmd || !dnnl_memory_desc_equal(wmd, dnnl_primitive_desc_query_md(pd[1], dnnl_query_weights_md, 0))) {
+        st = dnnl_unimplemented;
+        what = "one weight layout for both primitives";
+        goto fail;
+    }
+    p->bytes = dnnl_memory_desc_get_size(wmd);
+    TRY(dnnl_primitive_create(&p->prim[0], pd[0]), "matmul primitive");
+    TRY(dnnl_primitive_create(&p->prim[1], pd[1]), "matmul primitive (sum)");
+    TRY(dnnl_memory_create(&p->w, wmd, g_engine, DNNL_MEMORY_ALLOCATE), "packed weight memory");
+    TRY(dnnl_memory_create(&src, &bplain, g_engine, (void *)W), "weight memory");
+    TRY(dnnl_reorder_primitive_desc_create(&rpd, &bplain, g_engine, wmd, g_engine, NULL), "reorder desc");
+    TRY(dnnl_primitive_create(&reorder, rpd), "reorder primitive");
+    TRY(dnnl_stream_create(&stream, g_engine, dnnl_stream_default_flags), "stream");
+    {
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, p->w}};
+        TRY(dnnl_primitive_execute(reorder, stream, 2, args), "weight reorder");
+        TRY(dnnl_stream_wait(stream), "weight reorder wait");
+    }
+#undef TRY
+    goto done;
+fail:
+    wmat__dnnl_packed_free(p);
+    p = NULL;
+    rc = wmat_set_error(st == dnnl_unimplemented ? WMAT_ERR_UNSUPPORTED : (st == dnnl_out_of_memory ? WMAT_ERR_NOMEM : WMAT_ERR_INTERNAL),
+                   "oneDNN packed GEMM %d x %d: %s failed (status %d)", N, K, what, (int)st);
+done:
+    if (stream) dnnl_stream_destroy(stream);
+    if (reorder) dnnl_primitive_destroy(reorder);
+    if (rpd) dnnl_primitive_desc_destroy(rpd);
+    if (src) dnnl_memory_destroy(src);
+    for (int i = 0; i < 2; i++)
+        if (pd[i]) dnnl_primitive_desc_destroy(pd[i]);
+    if (ops) dnnl_post_ops_destroy(ops);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    *out = p;
+    return rc;
+}
+
+int wmat__dnnl_packed_apply(const wmat__packed_gemm *p, const float *X, int M, float *Y, int accumulate, int nt)
+{
+    dnnl_memory_desc_t amd, cmd;
+    dnnl_memory_t a = NULL, c = NULL;
+    dnnl_stream_t stream = NULL;
+    dnnl_dims_t ad = {M, p->K}, as = {p->K, 1}, cd = {M, p->N}, cs = {p->N, 1};
+    dnnl_status_t st = dnnl_memory_desc_init_by_strides(&amd, 2, ad, dnnl_f32, as);
+    if (st == dnnl_success) st = dnnl_memory_desc_init_by_strides(&cmd, 2, cd, dnnl_f32, cs);
+    if (st == dnnl_success) st = dnnl_memory_create(&a, &amd, g_engine, (void *)X);
+    if (st == dnnl_success) st = dnnl_memory_create(&c, &cmd, g_engine, Y);
+    if (st == dnnl_success) st = dnnl_stream_create(&stream, g_engine, dnnl_stream_default_flags);
+    if (st == dnnl_success) {
+        dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, p->w}, {DNNL_ARG_DST, c}};
+        int prev = omp_get_max_threads();
+        if (prev != nt) omp_set_num_threads(nt);
+        st = dnnl_primitive_execute(p->prim[accumulate ? 1 : 0], stream, 3, args);
+        if (st == dnnl_success) st = dnnl_stream_wait(stream);
+        if (prev != nt) omp_set_num_threads(prev);
+    }
+    if (stream) dnnl_stream_destroy(stream);
+    if (a) dnnl_memory_destroy(a);
+    if (c) dnnl_memory_destroy(c);
+    return st == dnnl_success ? WMAT_OK : dnnl_fail("packed matmul", st);
+}
+
 #else /* !WMAT_HAVE_DNNL */
 
 static int not_built(void)
@@ -209,4 +333,15 @@ int wmat__dnnl_bf16(int ta, int tb, int M, int N, int K, float alpha, const uint
 {
     return not_built();
 }
+int wmat__dnnl_packed_create(wmat__packed_gemm **out, const float *W, int N, int K)
+{
+    *out = NULL;
+    return not_built();
+}
+int wmat__dnnl_packed_apply(const wmat__packed_gemm *p, const float *X, int M, float *Y, int accumulate, int nt)
+{
+    return not_built();
+}
+size_t wmat__dnnl_packed_bytes(const wmat__packed_gemm *p) { return 0; }
+void wmat__dnnl_packed_free(wmat__packed_gemm *p) {}
 #endif

@@ -67,6 +67,21 @@ int wmat__gemm_bf16_on(wmat_gemm_backend b, int trans_a, int trans_b, int M, int
                        float alpha, const uint16_t *A, int lda, const uint16_t *B, int ldb,
                        float beta, float *C, int ldc);
 
+/* ---- fp32 with the weights packed once: Y (M, N) = X (M, K) W^T (+ Y),
+ * W (N, K) row-major, as the runtime's batched linear layers use it. The
+ * packed copy lives in the object (its own N*K floats and a little more), so
+ * W may change or go away afterwards without effect. oneDNN only (a matmul
+ * primitive with the weights reordered to its blocked layout, M given at
+ * each call): small-M GEMMs skip packing B on every call, 1.1-1.3x a plain
+ * dnnl_sgemm on mix4m's shapes at 2 threads. WMAT_ERR_UNSUPPORTED when
+ * oneDNN is absent or no backend that could use it is selected; callers
+ * then stay on wmat_sgemm. Threads as wmat_sgemm (the linalg policy). */
+typedef struct wmat__packed_gemm wmat__packed_gemm;
+int wmat__packed_gemm_create(wmat__packed_gemm **out, const float *W, int N, int K);
+int wmat__packed_gemm_apply(const wmat__packed_gemm *p, const float *X, int M, float *Y, int accumulate);
+size_t wmat__packed_gemm_bytes(const wmat__packed_gemm *p);
+void wmat__packed_gemm_free(wmat__packed_gemm *p);
+
 /* Which backend wmat_sgemm would use for this shape right now (AUTO
  * resolved; honours wmat_gemm_set_backend and the parallel-region rule). */
 wmat_gemm_backend wmat__sgemm_pick(int M, int N, int K);
@@ -185,6 +200,13 @@ int wmat__dnnl_u8s8s32(int ta, int tb, int M, int N, int K, const uint8_t *A, in
                        const int8_t *B, int ldb, int accumulate, int32_t *C, int ldc, int nt);
 int wmat__dnnl_bf16(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda,
                     const uint16_t *B, int ldb, float beta, float *C, int ldc, int nt);
+
+/* The packed GEMM's oneDNN side (the wmat__packed_gemm_* wrappers decide
+ * whether it may be used and with how many threads). */
+int wmat__dnnl_packed_create(wmat__packed_gemm **out, const float *W, int N, int K);
+int wmat__dnnl_packed_apply(const wmat__packed_gemm *p, const float *X, int M, float *Y, int accumulate, int nt);
+size_t wmat__dnnl_packed_bytes(const wmat__packed_gemm *p);
+void wmat__dnnl_packed_free(wmat__packed_gemm *p);
 
 /* OpenBLAS (blas_tune.c): facts about the library as loaded. */
 const char *wmat__blas_config(void);

@@ -6,7 +6,9 @@
 #include "io/model_internal.h"
 
 #include "kernels.h"
+#include "linalg/linalg.h"
 #include "linear.h"
+#include "runtime.h"
 
 #include <math.h>
 #include <string.h>
@@ -15,6 +17,10 @@
 #else
 static inline int omp_get_thread_num(void) { return 0; }
 #endif
+
+/* packing (wmat_runtime_params.pack_weights) doubles the fp32 linear
+ * weights' memory: only below this size */
+#define PACK_MAX_BYTES ((size_t)1 << 30)
 
 /* query rows per causal attention block in the batched forward */
 #define ATT_BLOCK 64
@@ -37,7 +43,8 @@ struct wmat_runtime {
     float *q;   /* (T, dim) */
     float *k;   /* (T, kv_dim) */
     float *v;   /* (T, kv_dim) */
-    float *att; /* (n_threads, T, T) scores, one head per thread */
+    float *att; /* n_threads x att_per_thread: scores / attention scratch */
+    size_t att_per_thread;
     float *hb;  /* (T, hidden) */
     float *hb2; /* (T, hidden) */
 
@@ -46,20 +53,158 @@ struct wmat_runtime {
     float *dx, *dxb, *dxb2, *dq, *dhb, *dhb2;
     float *datt; /* (n_heads, kv_len) */
 
+    /* pack_weights: [l * WMAT_LIN_COUNT + kind], the classifier last; a
+     * NULL entry goes through wmat__linear_batch */
+    wmat__packed_gemm **packed;
+    size_t packed_bytes;
+    /* a worker of a window-parallel eval borrows its parent's RoPE tables
+     * and packed weights (wmat__runtime_worker_create) */
+    const wmat_runtime *parent;
+
     wmat_linear_hook hook;
     void *hook_user;
 };
 
 wmat_runtime_params wmat_runtime_default_params(void)
 {
-    wmat_runtime_params p = {0, 0, NULL};
+    wmat_runtime_params p = {0, 0, NULL, 0};
     return p;
+}
+
+static const wmat_tensor *packed_source(wmat_model *m, int i)
+{
+    const int L = m->cfg.n_layers;
+    return i < L * WMAT_LIN_COUNT ? wmat_model_linear(m, i / WMAT_LIN_COUNT, (wmat_linear_kind)(i % WMAT_LIN_COUNT))
+                                  : wmat_model_classifier(m);
+}
+
+/* All or nothing, best effort: any failure leaves every weight on wmat_sgemm. */
+static void pack_weights(wmat_runtime *rt)
+{
+    const int n = rt->c.n_layers * WMAT_LIN_COUNT + 1;
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        const wmat_tensor *W = packed_source(rt->m, i);
+        if (W->dtype == WMAT_F32) total += wmat_tensor_nelem(W) * sizeof(float);
+    }
+    if (total == 0 || total > PACK_MAX_BYTES) return;
+    rt->packed = wmat__calloc((size_t)n, sizeof *rt->packed);
+    if (!rt->packed) return;
+    for (int i = 0; i < n; i++) {
+        const wmat_tensor *W = packed_source(rt->m, i);
+        if (W->dtype != WMAT_F32) continue;
+        if (wmat__packed_gemm_create(&rt->packed[i], W->data, (int)W->shape[0], (int)W->shape[1])) {
+            for (int j = 0; j < i; j++) wmat__packed_gemm_free(rt->packed[j]);
+            wmat__free(rt->packed);
+            rt->packed = NULL;
+            rt->packed_bytes = 0;
+            break;
+        }
+        rt->packed_bytes += wmat__packed_gemm_bytes(rt->packed[i]);
+    }
+    wmat_clear_error();
+}
+
+static void linear_batch(wmat_runtime *rt, int slot, float *Y, const float *X, const wmat_tensor *W, int T, int accumulate)
+{
+    if (rt->packed && rt->packed[slot] && wmat__packed_gemm_apply(rt->packed[slot], X, T, Y, accumulate) == WMAT_OK)
+        return;
+    wmat__linear_batch(Y, X, W, T, accumulate, rt->n_threads);
 }
 
 static float *take(wmat_runtime *rt, size_t n_floats)
 {
     return wmat_arena_alloc(rt->arena, n_floats * sizeof(float));
 }
+
+/* The arena of activations and KV cache. A worker (parent != NULL) runs
+ * batched windows only, on one thread: no KV cache to speak of, and the
+ * parent's RoPE tables and packed weights. Frees rt on failure. */
+static int alloc_buffers(wmat_runtime *rt, const wmat_runtime *parent)
+{
+    const wmat_config *c = &rt->c;
+    wmat_model *m = rt->m;
+    const size_t T = (size_t)rt->T_max, D = (size_t)c->dim, H = (size_t)c->hidden_dim;
+    const size_t KV = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    const size_t half = (size_t)c->head_dim / 2, P = parent ? 0 : (size_t)rt->n_pos, S = (size_t)rt->kv_len;
+    const size_t L = (size_t)c->n_layers;
+    const size_t NT = (size_t)rt->n_threads;
+    const size_t ca = wmat__causal_attention_scratch(rt->T_max, c->head_dim);
+    rt->att_per_thread = T * T > ca ? T * T : ca;
+    size_t floats = 2 * P * half + T * (3 * D + 2 * KV + 2 * H) + NT * rt->att_per_thread + 2 * L * S * KV +
+                    4 * D + 2 * H + (size_t)c->n_heads * S;
+    size_t bytes = floats * sizeof(float) + 32 * WMAT_ALIGN;
+    int rc = wmat_arena_create(&rt->arena, bytes);
+    if (rc) {
+        wmat__free(rt);
+        return wmat_set_error(rc, "runtime for %s: cannot allocate %zu MB of activations and KV cache",
+                              wmat_model_path(m), bytes >> 20);
+    }
+    if (parent) {
+        rt->rope_cos = parent->rope_cos;
+        rt->rope_sin = parent->rope_sin;
+    } else {
+        rt->rope_cos = take(rt, P * half);
+        rt->rope_sin = take(rt, P * half);
+    }
+    rt->x = take(rt, T * D);
+    rt->xb = take(rt, T * D);
+    rt->q = take(rt, T * D);
+    rt->k = take(rt, T * KV);
+    rt->v = take(rt, T * KV);
+    rt->att = take(rt, NT * rt->att_per_thread);
+    rt->hb = take(rt, T * H);
+    rt->hb2 = take(rt, T * H);
+    rt->key_cache = take(rt, L * S * KV);
+    rt->value_cache = take(rt, L * S * KV);
+    rt->dx = take(rt, D);
+    rt->dxb = take(rt, D);
+    rt->dxb2 = take(rt, D);
+    rt->dq = take(rt, D);
+    rt->dhb = take(rt, H);
+    rt->dhb2 = take(rt, H);
+    rt->datt = take(rt, (size_t)c->n_heads * S);
+    if (!rt->datt) {
+        wmat_runtime_free(rt);
+        return wmat_set_error(WMAT_ERR_INTERNAL, "runtime: arena sizing is wrong");
+    }
+    if (parent) return WMAT_OK;
+    /* run.c: freq = 1 / 10000^(head_dim_index / head_size), in float. */
+    for (size_t pos = 0; pos < P; pos++) {
+        for (size_t i = 0; i < half; i++) {
+            float freq = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
+            float val = (float)pos * freq;
+            rt->rope_cos[pos * half + i] = cosf(val);
+            rt->rope_sin[pos * half + i] = sinf(val);
+        }
+    }
+    return WMAT_OK;
+}
+
+int wmat__runtime_worker_create(wmat_runtime **out, const wmat_runtime *parent)
+{
+    *out = NULL;
+    wmat_runtime *rt = wmat__calloc(1, sizeof *rt);
+    if (!rt) return wmat_set_error(WMAT_ERR_NOMEM, "runtime: out of memory");
+    rt->m = parent->m;
+    rt->c = parent->c;
+    rt->T_max = parent->T_max;
+    rt->kv_len = 1;
+    rt->n_pos = parent->n_pos;
+    rt->n_threads = 1;
+    rt->ctx = parent->ctx;
+    rt->ctx.n_threads = 1;
+    rt->ctx.progress = NULL;
+    rt->parent = parent;
+    rt->packed = parent->packed;
+    int rc = alloc_buffers(rt, parent);
+    if (rc) return rc;
+    *out = rt;
+    return WMAT_OK;
+}
+
+int wmat__runtime_has_hook(const wmat_runtime *rt) { return rt->hook != NULL; }
+int wmat__runtime_threads(const wmat_runtime *rt) { return rt->n_threads; }
 
 int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_params *p)
 {
@@ -84,52 +229,9 @@ int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_pa
     rt->n_threads = wmat_context_threads(p->ctx);
     rt->ctx = p->ctx ? *p->ctx : wmat_context_default();
 
-    const size_t T = (size_t)rt->T_max, D = (size_t)c->dim, H = (size_t)c->hidden_dim;
-    const size_t KV = (size_t)c->n_kv_heads * (size_t)c->head_dim;
-    const size_t half = (size_t)c->head_dim / 2, P = (size_t)rt->n_pos, S = (size_t)rt->kv_len;
-    const size_t L = (size_t)c->n_layers;
-    const size_t NT = (size_t)rt->n_threads;
-    size_t floats = 2 * P * half + T * (3 * D + 2 * KV + 2 * H) + NT * T * T + 2 * L * S * KV +
-                    4 * D + 2 * H + (size_t)c->n_heads * S;
-    size_t bytes = floats * sizeof(float) + 32 * WMAT_ALIGN;
-    int rc = wmat_arena_create(&rt->arena, bytes);
-    if (rc) {
-        wmat__free(rt);
-        return wmat_set_error(rc, "runtime for %s: cannot allocate %zu MB of activations and KV cache",
-                              wmat_model_path(m), bytes >> 20);
-    }
-    rt->rope_cos = take(rt, P * half);
-    rt->rope_sin = take(rt, P * half);
-    rt->x = take(rt, T * D);
-    rt->xb = take(rt, T * D);
-    rt->q = take(rt, T * D);
-    rt->k = take(rt, T * KV);
-    rt->v = take(rt, T * KV);
-    rt->att = take(rt, NT * T * T);
-    rt->hb = take(rt, T * H);
-    rt->hb2 = take(rt, T * H);
-    rt->key_cache = take(rt, L * S * KV);
-    rt->value_cache = take(rt, L * S * KV);
-    rt->dx = take(rt, D);
-    rt->dxb = take(rt, D);
-    rt->dxb2 = take(rt, D);
-    rt->dq = take(rt, D);
-    rt->dhb = take(rt, H);
-    rt->dhb2 = take(rt, H);
-    rt->datt = take(rt, (size_t)c->n_heads * S);
-    if (!rt->datt) {
-        wmat_runtime_free(rt);
-        return wmat_set_error(WMAT_ERR_INTERNAL, "runtime: arena sizing is wrong");
-    }
-    /* run.c: freq = 1 / 10000^(head_dim_index / head_size), in float. */
-    for (size_t pos = 0; pos < P; pos++) {
-        for (size_t i = 0; i < half; i++) {
-            float freq = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
-            float val = (float)pos * freq;
-            rt->rope_cos[pos * half + i] = cosf(val);
-            rt->rope_sin[pos * half + i] = sinf(val);
-        }
-    }
+    int rc = alloc_buffers(rt, NULL);
+    if (rc) return rc;
+    if (p->pack_weights) pack_weights(rt);
     *out = rt;
     return WMAT_OK;
 }
@@ -137,6 +239,9 @@ int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_pa
 void wmat_runtime_free(wmat_runtime *rt)
 {
     if (!rt) return;
+    if (rt->packed && !rt->parent)
+        for (int i = 0; i < rt->c.n_layers * WMAT_LIN_COUNT + 1; i++) wmat__packed_gemm_free(rt->packed[i]);
+    if (!rt->parent) wmat__free(rt->packed);
     wmat_arena_free(rt->arena);
     wmat__free(rt);
 }
@@ -148,6 +253,7 @@ void wmat_runtime_set_hook(wmat_runtime *rt, wmat_linear_hook fn, void *user)
 }
 
 size_t wmat_runtime_bytes(const wmat_runtime *rt) { return wmat_arena_capacity(rt->arena); }
+size_t wmat_runtime_packed_bytes(const wmat_runtime *rt) { return rt->packed_bytes; }
 int wmat_runtime_max_tokens(const wmat_runtime *rt) { return rt->T_max; }
 int wmat_runtime_vocab(const wmat_runtime *rt) { return rt->c.vocab_size; }
 const wmat_context *wmat_runtime_context(const wmat_runtime *rt) { return &rt->ctx; }
@@ -211,6 +317,7 @@ static int run_layers(wmat_runtime *rt, int T, int l0, int l1)
     int rc = WMAT_OK;
     const float scale = 1.0f / sqrtf((float)hd);
     for (int l = l0; l < l1; l++) {
+        const int slot = l * WMAT_LIN_COUNT;
         const float *w_an = wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data;
         wmat__rmsnorm_rows(rt->xb, rt->x, w_an, T, D, c->norm_eps, nt);
         const wmat_tensor *wq = wmat_model_linear(m, l, WMAT_LIN_Q), *wk = wmat_model_linear(m, l, WMAT_LIN_K),
@@ -218,23 +325,26 @@ static int run_layers(wmat_runtime *rt, int T, int l0, int l1)
         if ((rc = call_hook(rt, l, WMAT_LIN_Q, rt->xb, T, D, wq)) || (rc = call_hook(rt, l, WMAT_LIN_K, rt->xb, T, D, wk)) ||
             (rc = call_hook(rt, l, WMAT_LIN_V, rt->xb, T, D, wv)))
             return rc;
-        wmat__linear_batch(rt->q, rt->xb, wq, T, 0, nt);
-        wmat__linear_batch(rt->k, rt->xb, wk, T, 0, nt);
-        wmat__linear_batch(rt->v, rt->xb, wv, T, 0, nt);
+        linear_batch(rt, slot + WMAT_LIN_Q, rt->q, rt->xb, wq, T, 0);
+        linear_batch(rt, slot + WMAT_LIN_K, rt->k, rt->xb, wk, T, 0);
+        linear_batch(rt, slot + WMAT_LIN_V, rt->v, rt->xb, wv, T, 0);
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int t = 0; t < T; t++) {
             const float *cs = rt->rope_cos + (size_t)t * half, *sn = rt->rope_sin + (size_t)t * half;
             rope_row(rt->q + (size_t)t * D, c->n_heads, hd, cs, sn);
             rope_row(rt->k + (size_t)t * KV, c->n_kv_heads, hd, cs, sn);
         }
-        /* Causal attention, one head at a time: S = Q_h K_h^T (T, T), masked
-         * softmax by rows, O_h = P V_h written into xb (T, dim). */
-        /* Heads in parallel; GEMMs inside a parallel region run on one
-         * thread (the linalg policy), each thread with its own score buffer. */
+        /* Causal attention, heads in parallel, each thread with its own
+         * scratch: the AVX-512 kernel where there is one, else per head
+         * S = Q_h K_h^T (T, T), masked softmax by rows, O_h = P V_h into xb
+         * (GEMMs inside a parallel region run on one thread). */
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int h = 0; h < c->n_heads; h++) {
             const int kvh = h / kv_mul;
-            float *att = rt->att + (size_t)omp_get_thread_num() * (size_t)T * (size_t)T;
+            float *att = rt->att + (size_t)omp_get_thread_num() * rt->att_per_thread;
+            if (wmat__causal_attention(rt->xb + (size_t)h * hd, D, rt->q + (size_t)h * hd, D, rt->k + (size_t)kvh * hd,
+                                       rt->v + (size_t)kvh * hd, KV, T, hd, scale, att))
+                continue;
             /* query rows in blocks of ATT_BLOCK: block b needs keys
              * 0..(b+1)*ATT_BLOCK only, so the masked upper triangle is
              * mostly never computed (T = 256: 62.5% of the full products) */
@@ -248,7 +358,7 @@ static int run_layers(wmat_runtime *rt, int T, int l0, int l1)
             }
         }
         if ((rc = call_hook(rt, l, WMAT_LIN_O, rt->xb, T, D, wo))) return rc;
-        wmat__linear_batch(rt->x, rt->xb, wo, T, 1, nt);
+        linear_batch(rt, slot + WMAT_LIN_O, rt->x, rt->xb, wo, T, 1);
 
         const float *w_fn = wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data;
         wmat__rmsnorm_rows(rt->xb, rt->x, w_fn, T, D, c->norm_eps, nt);
@@ -256,11 +366,11 @@ static int run_layers(wmat_runtime *rt, int T, int l0, int l1)
                           *wd = wmat_model_linear(m, l, WMAT_LIN_DOWN);
         if ((rc = call_hook(rt, l, WMAT_LIN_GATE, rt->xb, T, D, wg)) || (rc = call_hook(rt, l, WMAT_LIN_UP, rt->xb, T, D, wu)))
             return rc;
-        wmat__linear_batch(rt->hb, rt->xb, wg, T, 0, nt);
-        wmat__linear_batch(rt->hb2, rt->xb, wu, T, 0, nt);
+        linear_batch(rt, slot + WMAT_LIN_GATE, rt->hb, rt->xb, wg, T, 0);
+        linear_batch(rt, slot + WMAT_LIN_UP, rt->hb2, rt->xb, wu, T, 0);
         wmat__swiglu_fast(rt->hb, rt->hb2, (size_t)T * H, nt);
         if ((rc = call_hook(rt, l, WMAT_LIN_DOWN, rt->hb, T, H, wd))) return rc;
-        wmat__linear_batch(rt->x, rt->hb, wd, T, 1, nt);
+        linear_batch(rt, slot + WMAT_LIN_DOWN, rt->x, rt->hb, wd, T, 1);
     }
     return WMAT_OK;
 }
@@ -288,7 +398,7 @@ int wmat_forward_head(wmat_runtime *rt, const float *X, int T, float *logits)
     wmat__rmsnorm_rows(rt->xb, X, wmat_model_final_norm(rt->m)->data, T, c->dim, c->norm_eps, nt);
     const wmat_tensor *wc = wmat_model_classifier(rt->m);
     if ((rc = call_hook(rt, c->n_layers, WMAT_LIN_COUNT, rt->xb, T, c->dim, wc))) return rc;
-    if (logits) wmat__linear_batch(logits, rt->xb, wc, T, 0, nt);
+    if (logits) linear_batch(rt, c->n_layers * WMAT_LIN_COUNT, logits, rt->xb, wc, T, 0);
     return WMAT_OK;
 }
 

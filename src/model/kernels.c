@@ -91,6 +91,32 @@ static void softmax_fast(float *x, int n)
     for (i = 0; i < n; i++) x[i] *= inv;
 }
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+double wmat__nll_row(const float *logits, int n, int target)
+{
+    /* exps in float (vectorized), summed in 16 double lanes */
+    float m16[16];
+    for (int k = 0; k < 16; k++) m16[k] = logits[0];
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16; k++) m16[k] = logits[i + k] > m16[k] ? logits[i + k] : m16[k];
+    float max = logits[0];
+    for (int k = 0; k < 16; k++) max = m16[k] > max ? m16[k] : max;
+    for (; i < n; i++) max = logits[i] > max ? logits[i] : max;
+    double s16[16] = {0};
+    for (i = 0; i + 16 <= n; i += 16) {
+        float e16[16];
+        for (int k = 0; k < 16; k++) e16[k] = exp_fast(logits[i + k] - max);
+        for (int k = 0; k < 16; k++) s16[k] += (double)e16[k];
+    }
+    double sum = 0.0;
+    for (int k = 0; k < 16; k++) sum += s16[k];
+    for (; i < n; i++) sum += exp_fast(logits[i] - max);
+    return log(sum) + (double)max - (double)logits[target];
+}
+
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #define WMAT_KERNELS_X86 1
@@ -167,6 +193,166 @@ __attribute__((target("avx512f"))) static void attend_one_avx512(float *out, con
         for (int i = 0; i < nv; i++) o[i] = _mm512_fmadd_ps(a, _mm512_loadu_ps(vt + 16 * i), o[i]);
     }
     for (int i = 0; i < nv; i++) _mm512_storeu_ps(out + 16 * i, o[i]);
+}
+
+
+/* ---- batched causal attention, one head, head dimension 16..128 (x16).
+ * Eight query rows at a time against K transposed (head dim x keys, keys
+ * padded to 32): a score is a broadcast of q times a vector of 16 keys, so
+ * the dot products need no horizontal sums, and each row block computes
+ * keys only up to its own last row (the masked triangle costs < 8 keys a
+ * row instead of the up-to-63 of a GEMM per 64-row block). */
+#define CA_ROWS 8
+
+static size_t ca_pad(int T) { return ((size_t)T + 31) & ~(size_t)31; }
+
+/* S[r][c..c+16*NB) = scale * q_r . Kt[:, c..], r < CA_ROWS */
+__attribute__((target("avx512f"), always_inline)) static inline void ca_scores(float *S, size_t Tp, const float *const *qr,
+                                                                                 const float *Kt, int hd, int c, int NB,
+                                                                                 __m512 sc)
+{
+    __m512 acc[CA_ROWS][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < CA_ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int d = 0; d < hd; d++) {
+        const float *kd = Kt + (size_t)d * Tp + c;
+        const __m512 b0 = _mm512_loadu_ps(kd);
+        const __m512 b1 = NB == 2 ? _mm512_loadu_ps(kd + 16) : b0;
+#pragma GCC unroll 8
+        for (int r = 0; r < CA_ROWS; r++) {
+            const __m512 a = _mm512_set1_ps(qr[r][d]);
+            acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+            if (NB == 2) acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < CA_ROWS; r++) {
+        _mm512_storeu_ps(S + r * Tp + c, _mm512_mul_ps(acc[r][0], sc));
+        if (NB == 2) _mm512_storeu_ps(S + r * Tp + c + 16, _mm512_mul_ps(acc[r][1], sc));
+    }
+}
+
+/* exp_fast's algorithm on 16 lanes */
+__attribute__((target("avx512f"), always_inline)) static inline __m512 exp512(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    const __m512 shifter = _mm512_set1_ps(12582912.0f);
+    const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), shifter), shifter);
+    const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f),
+                                      _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x));
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+/* row[0..n) <- exp(row - max), row[n..nk) <- 0 (nk <= n rounded up to 16);
+ * returns 1 / sum */
+__attribute__((target("avx512f"))) static float ca_softmax_row(float *row, int n)
+{
+    const int full = n & ~15;
+    const __mmask16 tail = (__mmask16)((1u << (n - full)) - 1u);
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < full; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(row + j));
+    if (tail) m = _mm512_mask_max_ps(m, tail, m, _mm512_maskz_loadu_ps(tail, row + full));
+    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+    __m512 sum = _mm512_setzero_ps();
+    for (int j = 0; j < full; j += 16) {
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(row + j), mx));
+        sum = _mm512_add_ps(sum, e);
+        _mm512_storeu_ps(row + j, e);
+    }
+    if (full < n || (n & 15)) {
+        const __m512 e = _mm512_maskz_mov_ps(tail, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, row + full), mx)));
+        sum = _mm512_add_ps(sum, e);
+        _mm512_storeu_ps(row + full, e); /* zeros past n, up to the next multiple of 16 */
+    }
+    return 1.0f / _mm512_reduce_add_ps(sum);
+}
+
+/* out rows r0..r0+R-1 of the block = inv[r] * sum_j P[r][j] v_j over
+ * j < nk, R * NV <= 16 accumulators; every loop is unrolled so they stay
+ * in registers */
+#define CA_PV(R, NV)                                                                                                   \
+    __attribute__((target("avx512f"))) static void ca_pv_##R##x##NV(float *out, int os, const float *S, size_t Tp,  \
+                                                                     const float *v, int ks, int nk, int rows,        \
+                                                                     const float *inv)                                \
+    {                                                                                                                  \
+        __m512 acc[R][NV];                                                                                             \
+        _Pragma("GCC unroll 16") for (int r = 0; r < R; r++) _Pragma("GCC unroll 16") for (int u = 0; u < NV; u++)   \
+            acc[r][u] = _mm512_setzero_ps();                                                                           \
+        for (int j = 0; j < nk; j++) {                                                                                 \
+            const float *vj = v + (size_t)j * ks;                                                                      \
+            __m512 vv[NV];                                                                                             \
+            _Pragma("GCC unroll 16") for (int u = 0; u < NV; u++) vv[u] = _mm512_loadu_ps(vj + 16 * u);               \
+            _Pragma("GCC unroll 16") for (int r = 0; r < R; r++)                                                       \
+            {                                                                                                          \
+                const __m512 a = _mm512_set1_ps(S[(size_t)r * Tp + j]);                                                \
+                _Pragma("GCC unroll 16") for (int u = 0; u < NV; u++) acc[r][u] = _mm512_fmadd_ps(a, vv[u], acc[r][u]); \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (int r = 0; r < R && r < rows; r++)                                                                        \
+            for (int u = 0; u < NV; u++)                                                                               \
+                _mm512_storeu_ps(out + (size_t)r * os + 16 * u, _mm512_mul_ps(acc[r][u], _mm512_set1_ps(inv[r])));    \
+    }
+CA_PV(8, 1)
+CA_PV(8, 2)
+CA_PV(4, 4)
+CA_PV(2, 8)
+#undef CA_PV
+
+__attribute__((target("avx512f"))) static void causal_attention_avx512(float *out, int os, const float *q, int qs,
+                                                                       const float *k, const float *v, int ks, int T,
+                                                                       int hd, float scale, float *scratch)
+{
+    const size_t Tp = ca_pad(T);
+    float *Kt = scratch, *S = scratch + (size_t)hd * Tp;
+    for (int d = 0; d < hd; d++) {
+        float *row = Kt + (size_t)d * Tp;
+        for (int j = 0; j < T; j++) row[j] = k[(size_t)j * ks + d];
+        for (size_t j = (size_t)T; j < Tp; j++) row[j] = 0.0f;
+    }
+    const __m512 sc = _mm512_set1_ps(scale);
+    const int NV = hd / 16;
+    float inv[CA_ROWS];
+    for (int i0 = 0; i0 < T; i0 += CA_ROWS) {
+        const int rows = T - i0 < CA_ROWS ? T - i0 : CA_ROWS;
+        const float *qr[CA_ROWS];
+        for (int r = 0; r < CA_ROWS; r++) qr[r] = q + (size_t)(i0 + (r < rows ? r : rows - 1)) * qs;
+        const int nk = i0 + rows, nkp = (nk + 15) & ~15;
+        int c = 0;
+        for (; c + 32 <= nkp; c += 32) ca_scores(S, Tp, qr, Kt, hd, c, 2, sc);
+        if (c < nkp) ca_scores(S, Tp, qr, Kt, hd, c, 1, sc);
+        /* row r attends to keys 0..i0+r; the rest of its first nkp get 0 */
+        for (int r = 0; r < CA_ROWS; r++) {
+            float *row = S + (size_t)r * Tp;
+            const int n = r < rows ? i0 + r + 1 : 1;
+            inv[r] = ca_softmax_row(row, n);
+            for (int j = (n + 15) & ~15; j < nkp; j += 16) _mm512_storeu_ps(row + j, _mm512_setzero_ps());
+        }
+        float *ob = out + (size_t)i0 * os;
+        switch (NV) {
+        case 1: ca_pv_8x1(ob, os, S, Tp, v, ks, nk, rows, inv); break;
+        case 2: ca_pv_8x2(ob, os, S, Tp, v, ks, nk, rows, inv); break;
+        case 4:
+            for (int r0 = 0; r0 < rows; r0 += 4)
+                ca_pv_4x4(ob + (size_t)r0 * os, os, S + (size_t)r0 * Tp, Tp, v, ks, i0 + (r0 + 4 < rows ? r0 + 4 : rows),
+                          rows - r0, inv + r0);
+            break;
+        case 8:
+            for (int r0 = 0; r0 < rows; r0 += 2)
+                ca_pv_2x8(ob + (size_t)r0 * os, os, S + (size_t)r0 * Tp, Tp, v, ks, i0 + (r0 + 2 < rows ? r0 + 2 : rows),
+                          rows - r0, inv + r0);
+            break;
+        default: /* 3, 5, 6, 7: never taken (the dispatcher allows 1, 2, 4, 8) */
+            break;
+        }
+    }
 }
 
 #endif
@@ -399,4 +585,20 @@ void wmat__matvec_multi(int n, float *const *out, const float *const *W, const i
 void wmat__matvec(float *out, const float *W, const float *x, int rows, int cols, int accumulate, int n_threads)
 {
     wmat__matvec_multi(1, &out, &W, &rows, x, cols, accumulate, n_threads);
+}
+
+/* Kt (hd x keys padded to 32) and the scores of 8 rows */
+size_t wmat__causal_attention_scratch(int T, int hd) { return ((size_t)hd + 8) * (((size_t)T + 31) & ~(size_t)31); }
+
+int wmat__causal_attention(float *out, int os, const float *q, int qs, const float *k, const float *v, int ks, int T,
+                           int hd, float scale, float *scratch)
+{
+#ifdef WMAT_KERNELS_X86
+    if (decode_isa() == ISA_AVX512 && (hd == 16 || hd == 32 || hd == 64 || hd == 128)) {
+        causal_attention_avx512(out, os, q, qs, k, v, ks, T, hd, scale, scratch);
+        return 1;
+    }
+#endif
+    (void)out, (void)os, (void)q, (void)qs, (void)k, (void)v, (void)ks, (void)T, (void)hd, (void)scale, (void)scratch;
+    return 0;
 }

@@ -17,11 +17,23 @@ void wmat__causal_softmax_block(float *s, int rows, int cols, int ld, int first)
  * `stride` floats apart; att is scratch of n floats. */
 void wmat__attend_one(float *out, const float *q, const float *k, const float *v, int stride, int n, int hd,
                       float scale, float *att);
+/* Causal attention of one head over a window of T positions from position
+ * 0: out[t] = sum_{j <= t} softmax_j(scale q_t . k_j) v_j (vectorized exp).
+ * Rows of q, out are qs, os floats apart; rows of k and v ks. scratch holds
+ * wmat__causal_attention_scratch(T, hd) floats. Returns 0, doing nothing,
+ * where it has no kernel (head dim not a multiple of 16 or above 128, no
+ * AVX-512): the caller then uses GEMMs. */
+int wmat__causal_attention(float *out, int os, const float *q, int qs, const float *k, const float *v, int ks, int T,
+                           int hd, float scale, float *scratch);
+size_t wmat__causal_attention_scratch(int T, int hd);
 /* a[i] = silu(a[i]) * b[i] with a vectorized exp (batched path; about
  * 2 ulp from expf) */
 void wmat__swiglu_fast(float *a, const float *b, size_t n, int n_threads);
 /* a[i] = silu(a[i]) * b[i] with libm's expf, as run.c (decode path) */
 void wmat__swiglu(float *a, const float *b, size_t n, int n_threads);
+/* -log softmax(logits)[target] over n logits, vectorized exp (~2 ulp),
+ * the normalizer summed in double */
+double wmat__nll_row(const float *logits, int n, int target);
 /* sum a[i] b[i], vectorized (not in run.c's summation order) */
 float wmat__dot(const float *a, const float *b, int n);
 /* out[i] (rows[i]) = W[i] x (or += when accumulate) for n matrices of the
