@@ -306,6 +306,40 @@ static void test_hooks_see_linear_inputs(void **state)
     wmat_model_free(m);
 }
 
+/* The batched path's RMSNorm and RoPE (vectorized) against the run.c
+ * expressions decode uses: equal up to float rounding. */
+static void test_batched_norm_rope(void **state)
+{
+    (void)state;
+    const int hds[] = {8, 32, 64, 48};
+    for (size_t a = 0; a < sizeof hds / sizeof *hds; a++) {
+        const int hd = hds[a], nh = 4, nkv = 2, T = 7, half = hd / 2, D = nh * hd, KV = nkv * hd;
+        float *q = malloc((size_t)T * D * 4), *k = malloc((size_t)T * KV * 4), *q2 = malloc((size_t)T * D * 4),
+              *k2 = malloc((size_t)T * KV * 4), *cs = malloc((size_t)T * half * 4), *sn = malloc((size_t)T * half * 4);
+        for (int i = 0; i < T * D; i++) q[i] = q2[i] = sinf((float)i * 0.37f) * 3.0f;
+        for (int i = 0; i < T * KV; i++) k[i] = k2[i] = cosf((float)i * 0.53f) * 2.0f;
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < half; i++) {
+                float ang = (float)t / powf(10000.0f, 2.0f * (float)i / (float)hd);
+                cs[t * half + i] = cosf(ang);
+                sn[t * half + i] = sinf(ang);
+            }
+        wmat__rope_rows(q, D, nh, k, KV, nkv, T, hd, cs, sn, 2);
+        for (int t = 0; t < T; t++) {
+            wmat__rope_row(q2 + (size_t)t * D, nh, hd, cs + t * half, sn + t * half);
+            wmat__rope_row(k2 + (size_t)t * KV, nkv, hd, cs + t * half, sn + t * half);
+        }
+        for (int i = 0; i < T * D; i++) assert_true(fabsf(q[i] - q2[i]) <= 1e-6f * (1 + fabsf(q2[i])));
+        for (int i = 0; i < T * KV; i++) assert_true(fabsf(k[i] - k2[i]) <= 1e-6f * (1 + fabsf(k2[i])));
+        float *w = malloc((size_t)D * 4), *o1 = malloc((size_t)T * D * 4), *o2 = malloc((size_t)T * D * 4);
+        for (int i = 0; i < D; i++) w[i] = 0.5f + (float)(i % 7) * 0.1f;
+        wmat__rmsnorm_rows_fast(o1, q, w, T, D, 1e-5f, 2);
+        wmat__rmsnorm_rows(o2, q, w, T, D, 1e-5f, 1);
+        for (int i = 0; i < T * D; i++) assert_true(fabsf(o1[i] - o2[i]) <= 1e-5f * (1 + fabsf(o2[i])));
+        free(q), free(k), free(q2), free(k2), free(cs), free(sn), free(w), free(o1), free(o2);
+    }
+}
+
 /* The AVX-512 causal attention kernel against the definition in double:
  * every head dimension it takes, windows that are and are not multiples of
  * its 8-row and 32-key blocks, rows of q, k/v and out at their own strides. */
@@ -652,6 +686,7 @@ int main(void)
         cmocka_unit_test(test_eval_protocol_partial_window),
         cmocka_unit_test(test_hooks_see_linear_inputs),
         cmocka_unit_test(test_forward_in_pieces),
+        cmocka_unit_test(test_batched_norm_rope),
         cmocka_unit_test(test_causal_attention_kernel),
         cmocka_unit_test(test_eval_parallel_windows),
         cmocka_unit_test(test_packed_weights),

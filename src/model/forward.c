@@ -258,20 +258,6 @@ int wmat_runtime_max_tokens(const wmat_runtime *rt) { return rt->T_max; }
 int wmat_runtime_vocab(const wmat_runtime *rt) { return rt->c.vocab_size; }
 const wmat_context *wmat_runtime_context(const wmat_runtime *rt) { return &rt->ctx; }
 
-/* Rotate the pairs (2i, 2i+1) of each head of one row, as run.c does. */
-static void rope_row(float *row, int n_heads, int head_dim, const float *cs, const float *sn)
-{
-    const int half = head_dim / 2;
-    for (int h = 0; h < n_heads; h++) {
-        float *v = row + (size_t)h * head_dim;
-        for (int i = 0; i < half; i++) {
-            float v0 = v[2 * i], v1 = v[2 * i + 1];
-            v[2 * i] = v0 * cs[i] - v1 * sn[i];
-            v[2 * i + 1] = v0 * sn[i] + v1 * cs[i];
-        }
-    }
-}
-
 static int call_hook(wmat_runtime *rt, int layer, wmat_linear_kind k, const float *X, int T, int in,
                      const wmat_tensor *W)
 {
@@ -312,14 +298,14 @@ static int run_layers(wmat_runtime *rt, int T, int l0, int l1)
     const wmat_config *c = &rt->c;
     wmat_model *m = rt->m;
     const int D = c->dim, KV = c->n_kv_heads * c->head_dim, H = c->hidden_dim, hd = c->head_dim;
-    const int half = hd / 2, kv_mul = c->n_heads / c->n_kv_heads;
+    const int kv_mul = c->n_heads / c->n_kv_heads;
     const int nt = rt->n_threads;
     int rc = WMAT_OK;
     const float scale = 1.0f / sqrtf((float)hd);
     for (int l = l0; l < l1; l++) {
         const int slot = l * WMAT_LIN_COUNT;
         const float *w_an = wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data;
-        wmat__rmsnorm_rows(rt->xb, rt->x, w_an, T, D, c->norm_eps, nt);
+        wmat__rmsnorm_rows_fast(rt->xb, rt->x, w_an, T, D, c->norm_eps, nt);
         const wmat_tensor *wq = wmat_model_linear(m, l, WMAT_LIN_Q), *wk = wmat_model_linear(m, l, WMAT_LIN_K),
                           *wv = wmat_model_linear(m, l, WMAT_LIN_V), *wo = wmat_model_linear(m, l, WMAT_LIN_O);
         if ((rc = call_hook(rt, l, WMAT_LIN_Q, rt->xb, T, D, wq)) || (rc = call_hook(rt, l, WMAT_LIN_K, rt->xb, T, D, wk)) ||
@@ -328,12 +314,7 @@ static int run_layers(wmat_runtime *rt, int T, int l0, int l1)
         linear_batch(rt, slot + WMAT_LIN_Q, rt->q, rt->xb, wq, T, 0);
         linear_batch(rt, slot + WMAT_LIN_K, rt->k, rt->xb, wk, T, 0);
         linear_batch(rt, slot + WMAT_LIN_V, rt->v, rt->xb, wv, T, 0);
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (int t = 0; t < T; t++) {
-            const float *cs = rt->rope_cos + (size_t)t * half, *sn = rt->rope_sin + (size_t)t * half;
-            rope_row(rt->q + (size_t)t * D, c->n_heads, hd, cs, sn);
-            rope_row(rt->k + (size_t)t * KV, c->n_kv_heads, hd, cs, sn);
-        }
+        wmat__rope_rows(rt->q, D, c->n_heads, rt->k, KV, c->n_kv_heads, T, hd, rt->rope_cos, rt->rope_sin, nt);
         /* Causal attention, heads in parallel, each thread with its own
          * scratch: the AVX-512 kernel where there is one, else per head
          * S = Q_h K_h^T (T, T), masked softmax by rows, O_h = P V_h into xb
@@ -361,7 +342,7 @@ static int run_layers(wmat_runtime *rt, int T, int l0, int l1)
         linear_batch(rt, slot + WMAT_LIN_O, rt->x, rt->xb, wo, T, 1);
 
         const float *w_fn = wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data;
-        wmat__rmsnorm_rows(rt->xb, rt->x, w_fn, T, D, c->norm_eps, nt);
+        wmat__rmsnorm_rows_fast(rt->xb, rt->x, w_fn, T, D, c->norm_eps, nt);
         const wmat_tensor *wg = wmat_model_linear(m, l, WMAT_LIN_GATE), *wu = wmat_model_linear(m, l, WMAT_LIN_UP),
                           *wd = wmat_model_linear(m, l, WMAT_LIN_DOWN);
         if ((rc = call_hook(rt, l, WMAT_LIN_GATE, rt->xb, T, D, wg)) || (rc = call_hook(rt, l, WMAT_LIN_UP, rt->xb, T, D, wu)))
@@ -395,7 +376,7 @@ int wmat_forward_head(wmat_runtime *rt, const float *X, int T, float *logits)
     int rc = check_window(rt, T, "forward_head");
     if (rc) return rc;
     const int nt = rt->n_threads;
-    wmat__rmsnorm_rows(rt->xb, X, wmat_model_final_norm(rt->m)->data, T, c->dim, c->norm_eps, nt);
+    wmat__rmsnorm_rows_fast(rt->xb, X, wmat_model_final_norm(rt->m)->data, T, c->dim, c->norm_eps, nt);
     const wmat_tensor *wc = wmat_model_classifier(rt->m);
     if ((rc = call_hook(rt, c->n_layers, WMAT_LIN_COUNT, rt->xb, T, c->dim, wc))) return rc;
     if (logits) linear_batch(rt, c->n_layers * WMAT_LIN_COUNT, logits, rt->xb, wc, T, 0);
@@ -433,8 +414,8 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
                                               wmat_model_linear(m, l, WMAT_LIN_V)};
             wmat__linear_vec_multi(3, ys, rt->dxb, ws, nt);
         }
-        rope_row(rt->dq, c->n_heads, hd, cs, sn);
-        rope_row(kc, c->n_kv_heads, hd, cs, sn);
+        wmat__rope_row(rt->dq, c->n_heads, hd, cs, sn);
+        wmat__rope_row(kc, c->n_kv_heads, hd, cs, sn);
         const float *kbase = rt->key_cache + (size_t)l * S * KV, *vbase = rt->value_cache + (size_t)l * S * KV;
         const float inv = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for num_threads(nt) schedule(static) if (pos > 64)

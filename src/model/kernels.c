@@ -28,6 +28,28 @@ void wmat__rmsnorm_rows(float *out, const float *x, const float *w, int T, int n
     }
 }
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+static void rmsnorm_row_fast(float *o, const float *xr, const float *w, int n, float eps)
+{
+    float s16[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int k = 0; k < 16; k++) s16[k] += xr[j + k] * xr[j + k];
+    float ss = 0.0f;
+    for (int k = 0; k < 16; k++) ss += s16[k];
+    for (; j < n; j++) ss += xr[j] * xr[j];
+    ss = 1.0f / sqrtf(ss / (float)n + eps);
+    for (j = 0; j < n; j++) o[j] = w[j] * (ss * xr[j]);
+}
+
+void wmat__rmsnorm_rows_fast(float *out, const float *x, const float *w, int T, int n, float eps, int n_threads)
+{
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (T > 1)
+    for (int t = 0; t < T; t++) rmsnorm_row_fast(out + (size_t)t * n, x + (size_t)t * n, w, n, eps);
+}
+
 void wmat__softmax(float *x, int n)
 {
     float max = x[0];
@@ -195,6 +217,21 @@ __attribute__((target("avx512f"))) static void attend_one_avx512(float *out, con
     for (int i = 0; i < nv; i++) _mm512_storeu_ps(out + 16 * i, o[i]);
 }
 
+
+/* RoPE on the heads of one row: pairs (2i, 2i+1) rotated by (cs[i], sn[i]),
+ * 16 values at a time: x * [c0 c0 c1 c1 ..] + swap(x) * [-s0 s0 -s1 s1 ..] */
+__attribute__((target("avx512f"))) static void rope_heads_avx512(float *row, int n_heads, int hd, const float *cdup,
+                                                                 const float *sdup)
+{
+    for (int h = 0; h < n_heads; h++) {
+        float *v = row + (size_t)h * hd;
+        for (int j = 0; j < hd; j += 16) {
+            const __m512 x = _mm512_loadu_ps(v + j);
+            const __m512 sw = _mm512_permute_ps(x, 0xB1);
+            _mm512_storeu_ps(v + j, _mm512_fmadd_ps(x, _mm512_loadu_ps(cdup + j), _mm512_mul_ps(sw, _mm512_loadu_ps(sdup + j))));
+        }
+    }
+}
 
 /* ---- batched causal attention, one head, head dimension 16..128 (x16).
  * Eight query rows at a time against K transposed (head dim x keys, keys
@@ -601,4 +638,49 @@ int wmat__causal_attention(float *out, int os, const float *q, int qs, const flo
 #endif
     (void)out, (void)os, (void)q, (void)qs, (void)k, (void)v, (void)ks, (void)T, (void)hd, (void)scale, (void)scratch;
     return 0;
+}
+
+void wmat__rope_row(float *row, int n_heads, int hd, const float *cs, const float *sn)
+{
+    const int half = hd / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = row + (size_t)h * hd;
+        for (int i = 0; i < half; i++) {
+            float v0 = v[2 * i], v1 = v[2 * i + 1];
+            v[2 * i] = v0 * cs[i] - v1 * sn[i];
+            v[2 * i + 1] = v0 * sn[i] + v1 * cs[i];
+        }
+    }
+}
+
+void wmat__rope_rows(float *q, int qs, int n_heads, float *k, int ks, int n_kv_heads, int T, int hd, const float *cos_tab,
+                     const float *sin_tab, int n_threads)
+{
+    const int half = hd / 2;
+#ifdef WMAT_KERNELS_X86
+    const int vec = decode_isa() == ISA_AVX512 && hd % 16 == 0 && hd <= 256;
+#else
+    const int vec = 0;
+#endif
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (T > 1)
+    for (int t = 0; t < T; t++) {
+        const float *cs = cos_tab + (size_t)t * half, *sn = sin_tab + (size_t)t * half;
+        float *qr = q + (size_t)t * qs, *kr = k + (size_t)t * ks;
+#ifdef WMAT_KERNELS_X86
+        if (vec) {
+            float cdup[256], sdup[256];
+            for (int i = 0; i < half; i++) {
+                cdup[2 * i] = cdup[2 * i + 1] = cs[i];
+                sdup[2 * i] = -sn[i];
+                sdup[2 * i + 1] = sn[i];
+            }
+            rope_heads_avx512(qr, n_heads, hd, cdup, sdup);
+            rope_heads_avx512(kr, n_kv_heads, hd, cdup, sdup);
+            continue;
+        }
+#endif
+        (void)vec;
+        wmat__rope_row(qr, n_heads, hd, cs, sn);
+        wmat__rope_row(kr, n_kv_heads, hd, cs, sn);
+    }
 }

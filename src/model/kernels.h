@@ -6,6 +6,17 @@
 
 /* out[r] = w * x[r] / rms(x[r]) for T rows of n; out may equal x. */
 void wmat__rmsnorm_rows(float *out, const float *x, const float *w, int T, int n, float eps, int n_threads);
+/* The same for the batched path: the sum of squares in 16 partial sums
+ * (vectorized; not run.c's order, which decode keeps). */
+void wmat__rmsnorm_rows_fast(float *out, const float *x, const float *w, int T, int n, float eps, int n_threads);
+/* RoPE for rows t = 0..T-1 (position t) of q (n_heads heads, rows qs
+ * apart) and k (n_kv_heads, ks apart): pairs (2i, 2i+1) of each head
+ * rotated by cos_tab / sin_tab (T x hd/2), as run.c; AVX-512 where hd is a
+ * multiple of 16 (FMA: not bit-equal to run.c's expression). */
+void wmat__rope_rows(float *q, int qs, int n_heads, float *k, int ks, int n_kv_heads, int T, int hd, const float *cos_tab,
+                     const float *sin_tab, int n_threads);
+/* RoPE on the heads of one row with run.c's float expressions (decode). */
+void wmat__rope_row(float *row, int n_heads, int hd, const float *cs, const float *sn);
 /* In-place softmax of n values. */
 void wmat__softmax(float *x, int n);
 /* Rows first..first+rows-1 of a causal score matrix, stored from s with
