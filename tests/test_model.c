@@ -450,7 +450,9 @@ static void test_eval_parallel_windows(void **state)
     TU_OK(wmat_eval_tokens(rt2, ids, n, 64, 0, &rh));
     assert_int_equal(hs.classifier_calls, 16);
     free(hs.cls_x);
-    assert_true(fabs(rh.mean_nll - r2.mean_nll) < 1e-6 * r1.mean_nll);
+    /* the same runtime window by window: bit-equal (a race between workers
+     * sharing packed weights or scratch would show here) */
+    assert_true(rh.mean_nll == r2.mean_nll);
     wmat_runtime_set_hook(rt2, NULL, NULL);
     /* cancellation from the progress callback */
     ps.calls = 0;

@@ -246,6 +246,16 @@ int wmat__dnnl_packed_create(wmat__packed_gemm **out, const float *W, int N, int
         what = "one weight layout for both primitives";
         goto fail;
     }
+    /* Eval runs one primitive from several threads at once; with a library
+     * scratchpad that could be shared, so such implementations are not used. */
+    for (int i = 0; i < 2; i++) {
+        const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd[i], dnnl_query_scratchpad_md, 0);
+        if (smd && dnnl_memory_desc_get_size(smd) > 0) {
+            st = dnnl_unimplemented;
+            what = "an implementation without scratchpad";
+            goto fail;
+        }
+    }
     p->bytes = dnnl_memory_desc_get_size(wmd);
     TRY(dnnl_primitive_create(&p->prim[0], pd[0]), "matmul primitive");
     TRY(dnnl_primitive_create(&p->prim[1], pd[1]), "matmul primitive (sum)");
