@@ -809,9 +809,10 @@ typedef struct {
                              per-OC (reported); 0: that is an error */
     int embeddings;       /* also quantize the token embedding (data-free RTN unless tied) */
     int classifier;       /* also quantize the classifier (the embedding when tied) */
-    int sequential;       /* 1 (default): per block (block l calibrated with blocks < l
-                             quantized); 2: per stage of a block (q/k/v, o, gate/up, down;
-                             about 4x the forward passes); 0: statistics of the fp32 model */
+    int sequential;       /* 2 (default): per stage of a block (q/k/v, o, gate/up, down),
+                             GPTQ's "true sequential"; 1: per block (block l calibrated
+                             with blocks < l quantized; ~15% faster on mix4m); 0:
+                             statistics of the fp32 model */
     const int32_t *calib; /* calibration tokens (windows of calib_ctx), may be NULL for rtn */
     size_t n_calib;
     int calib_ctx;        /* window length; <= 0: min(seq_len, 256) */

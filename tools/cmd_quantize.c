@@ -58,7 +58,7 @@ int cmd_quantize(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("quantize");
     wmat_quantize_params qp = wmat_quantize_default_params();
-    const char *method = "rtn", *calib = NULL, *to = "native", *seq = "block", *eval = NULL, *keep = NULL,
+    const char *method = "rtn", *calib = NULL, *to = "native", *seq = "stage", *eval = NULL, *keep = NULL,
                *overrides = NULL;
     int bits = 4, group = 0, per_ic = 0, per_oc = 0, sym = 0, asym = 0, act_order = 0, static_groups = 0, clip = 0;
     int calib_tokens = 0, calib_ctx = 0, group_fallback = 0, embeddings = 0, classifier = 0, eval_windows = 0,
@@ -79,7 +79,7 @@ int cmd_quantize(int argc, char **argv)
         {"--calib", OPT_STR, &calib, "FILE", "calibration stream: .txt text, else uint16 token ids"},
         {"--calib-tokens", OPT_INT, &calib_tokens, "N", "calibration tokens (default 64 windows, or the file if shorter)"},
         {"--calib-ctx", OPT_INT, &calib_ctx, "T", "calibration window (default min(context, 256))"},
-        {"--sequential", OPT_STR, &seq, "MODE", "block (default: block l calibrated on blocks < l quantized), stage (q/k/v, o, gate/up, down in turn; ~4x the passes), off"},
+        {"--sequential", OPT_STR, &seq, "MODE", "stage (default, GPTQ's true-sequential: q/k/v, o, gate/up, down in turn, each on the model quantized so far), block (block l calibrated on blocks < l quantized; fewer passes), off"},
         {"--keep", OPT_STR, &keep, "PATS", "comma-separated name patterns left in fp32 (glob or substring)"},
         {"--override", OPT_STR, &overrides, "LIST", "PATTERN=METHOD[:BITS[:G|oc|ic]],... per-tensor choices"},
         {"--group-fallback", OPT_FLAG, &group_fallback, NULL, "per-channel where G does not divide a width"},

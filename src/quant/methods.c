@@ -1,8 +1,9 @@
 /* The method registry and the model-level driver: which tensors, which
- * method and grid for each (overrides by name pattern, --keep), calibration
- * block by block ("true sequential": block l is calibrated on the model whose
- * blocks 0..l-1 are already quantized), the fake-quant write-back and the
- * per-tensor report. */
+ * method and grid for each (overrides by name pattern, --keep), sequential
+ * calibration (by default GPTQ's "true sequential": within each block q/k/v,
+ * then o, then gate/up, then down are calibrated on a model whose earlier
+ * stages and blocks are already quantized; or block by block), the
+ * fake-quant write-back and the per-tensor report. */
 #include "methods.h"
 
 #include <fnmatch.h>
@@ -42,7 +43,7 @@ wmat_quantize_params wmat_quantize_default_params(void)
     p.method = "rtn";
     p.bits = 4;
     p.damp = 0.01f;
-    p.sequential = 1;
+    p.sequential = 2;
     return p;
 }
 
