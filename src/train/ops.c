@@ -4,6 +4,7 @@
 #include "train.h"
 
 #include "../linalg/linalg.h"
+#include "../model/kernels.h"
 
 #include <math.h>
 #include <string.h>
@@ -74,15 +75,7 @@ void wmat__rope_forward(float *x, int BT, int T, int nh, int hd, const float *cs
 #pragma omp parallel for num_threads(nt) schedule(static) if ((long)BT * nh * hd >= 32768)
     for (int r = 0; r < BT; r++) {
         const float *c = cs + (size_t)(r % T) * half, *s = sn + (size_t)(r % T) * half;
-        float *row = x + (size_t)r * nh * hd;
-        for (int h = 0; h < nh; h++) {
-            float *v = row + (size_t)h * hd;
-            for (int i = 0; i < half; i++) {
-                float v0 = v[2 * i], v1 = v[2 * i + 1];
-                v[2 * i] = v0 * c[i] - v1 * s[i];
-                v[2 * i + 1] = v0 * s[i] + v1 * c[i];
-            }
-        }
+        wmat__rope_row(x + (size_t)r * nh * hd, nh, hd, c, s);
     }
 }
 
