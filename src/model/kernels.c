@@ -87,14 +87,11 @@ static inline float exp_fast(float x)
     return p * scale;
 }
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-static void softmax_fast(float *x, int n)
+/* max of x[0..n) in 16 partial maxima (a single running max does not
+ * vectorize without -ffast-math); inlined into each ISA clone */
+static inline float max_fast(const float *x, int n)
 {
-    /* 16 partial maxima and sums: without -ffast-math a single float
-     * reduction keeps the compiler from vectorizing the loop around it */
-    float m16[16], s16[16];
+    float m16[16];
     for (int k = 0; k < 16; k++) m16[k] = x[0];
     int i = 0;
     for (; i + 16 <= n; i += 16)
@@ -102,6 +99,19 @@ static void softmax_fast(float *x, int n)
     float max = x[0];
     for (int k = 0; k < 16; k++) max = m16[k] > max ? m16[k] : max;
     for (; i < n; i++) max = x[i] > max ? x[i] : max;
+    return max;
+}
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+static void softmax_fast(float *x, int n)
+{
+    /* 16 partial sums: without -ffast-math a single float reduction keeps
+     * the compiler from vectorizing the loop around it */
+    float s16[16];
+    const float max = max_fast(x, n);
+    int i;
     for (i = 0; i < n; i++) x[i] = exp_fast(x[i] - max);
     for (int k = 0; k < 16; k++) s16[k] = 0.0f;
     for (i = 0; i + 16 <= n; i += 16)
@@ -119,14 +129,8 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 double wmat__nll_row(const float *logits, int n, int target)
 {
     /* exps in float (vectorized), summed in 16 double lanes */
-    float m16[16];
-    for (int k = 0; k < 16; k++) m16[k] = logits[0];
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int k = 0; k < 16; k++) m16[k] = logits[i + k] > m16[k] ? logits[i + k] : m16[k];
-    float max = logits[0];
-    for (int k = 0; k < 16; k++) max = m16[k] > max ? m16[k] : max;
-    for (; i < n; i++) max = logits[i] > max ? logits[i] : max;
+    const float max = max_fast(logits, n);
+    int i;
     double s16[16] = {0};
     for (i = 0; i + 16 <= n; i += 16) {
         float e16[16];
