@@ -306,6 +306,39 @@ static void test_hooks_see_linear_inputs(void **state)
     wmat_model_free(m);
 }
 
+/* Decode on a team of threads (one parallel region per token) gives the
+ * logits of the single-thread path bit for bit. */
+static void test_decode_team_bit_equal(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(path, "models/mix4m.bin");
+    wmat_model *m = load(path);
+    wmat_context one = wmat_context_default(), two = wmat_context_default();
+    one.n_threads = 1;
+    two.n_threads = 2;
+    wmat_runtime_params rp = wmat_runtime_default_params();
+    rp.max_batch_tokens = 1;
+    rp.kv_cache_len = 80;
+    rp.ctx = &one;
+    wmat_runtime *r1, *r2;
+    TU_OK(wmat_runtime_create(&r1, m, &rp));
+    rp.ctx = &two;
+    TU_OK(wmat_runtime_create(&r2, m, &rp));
+    const int V = wmat_model_config(m)->vocab_size;
+    float *a = malloc((size_t)V * 4), *b = malloc((size_t)V * 4);
+    for (int pos = 0; pos < 80; pos++) { /* past 64 too, where the old path split attention */
+        int32_t tok = (pos * 37 + 11) % V;
+        TU_OK(wmat_decode(r1, tok, pos, a));
+        TU_OK(wmat_decode(r2, tok, pos, b));
+        if (memcmp(a, b, (size_t)V * 4)) fail_msg("position %d: team logits differ from one thread's", pos);
+    }
+    free(a);
+    free(b);
+    wmat_runtime_free(r1);
+    wmat_runtime_free(r2);
+    wmat_model_free(m);
+}
+
 /* The batched path's RMSNorm and RoPE (vectorized) against the run.c
  * expressions decode uses: equal up to float rounding. */
 static void test_batched_norm_rope(void **state)
@@ -688,6 +721,7 @@ int main(void)
         cmocka_unit_test(test_eval_protocol_partial_window),
         cmocka_unit_test(test_hooks_see_linear_inputs),
         cmocka_unit_test(test_forward_in_pieces),
+        cmocka_unit_test(test_decode_team_bit_equal),
         cmocka_unit_test(test_batched_norm_rope),
         cmocka_unit_test(test_causal_attention_kernel),
         cmocka_unit_test(test_eval_parallel_windows),

@@ -50,7 +50,9 @@ struct wmat_runtime {
 
     /* decode state */
     float *key_cache, *value_cache; /* (L, kv_len, kv_dim) */
-    float *dx, *dxb, *dxb2, *dq, *dhb, *dhb2;
+    float *dx, *dxb, *dq, *dhb, *dhb2;
+    float *dnorm;    /* (n_threads, dim): each thread's copy of the normed x (decode_team) */
+    int decode_team; /* decode in one parallel region (see decode_team) */
     float *datt; /* (n_heads, kv_len) */
 
     /* pack_weights: [l * WMAT_LIN_COUNT + kind], the classifier last; a
@@ -132,7 +134,7 @@ static int alloc_buffers(wmat_runtime *rt, const wmat_runtime *parent)
     const size_t ca = wmat__causal_attention_scratch(rt->T_max, c->head_dim);
     rt->att_per_thread = T * T > ca ? T * T : ca;
     size_t floats = 2 * P * half + T * (3 * D + 2 * KV + 2 * H) + NT * rt->att_per_thread + 2 * L * S * KV +
-                    4 * D + 2 * H + (size_t)c->n_heads * S;
+                    (3 + NT) * D + 2 * H + (size_t)c->n_heads * S;
     size_t bytes = floats * sizeof(float) + 32 * WMAT_ALIGN;
     int rc = wmat_arena_create(&rt->arena, bytes);
     if (rc) {
@@ -159,7 +161,7 @@ static int alloc_buffers(wmat_runtime *rt, const wmat_runtime *parent)
     rt->value_cache = take(rt, L * S * KV);
     rt->dx = take(rt, D);
     rt->dxb = take(rt, D);
-    rt->dxb2 = take(rt, D);
+    rt->dnorm = take(rt, NT * D);
     rt->dq = take(rt, D);
     rt->dhb = take(rt, H);
     rt->dhb2 = take(rt, H);
@@ -232,6 +234,12 @@ int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_pa
     int rc = alloc_buffers(rt, NULL);
     if (rc) return rc;
     if (p->pack_weights) pack_weights(rt);
+    /* one parallel region per decoded token pays off once the matvecs are
+     * big enough to split (the same 64K multiply-adds wmat__matvec_multi
+     * uses) and all of them are fp32 (packed types thread on their own) */
+    rt->decode_team = rt->n_threads > 1 && (long)c->dim * c->dim >= 65536;
+    for (int i = 0; i < c->n_layers * WMAT_LIN_COUNT + 1 && rt->decode_team; i++)
+        rt->decode_team = packed_source(m, i)->dtype == WMAT_F32;
     *out = rt;
     return WMAT_OK;
 }
@@ -390,6 +398,77 @@ int wmat_forward(wmat_runtime *rt, const int32_t *tokens, int T, float *logits)
     return wmat_forward_head(rt, rt->x, T, logits);
 }
 
+/* wmat_decode in one parallel region: each thread normalizes x into its
+ * own buffer (the same floats in every thread), computes its rows of each
+ * matvec (the split wmat__matvec_multi uses), rotates the q/k rows it
+ * computed and applies SwiGLU to the gate/up rows it computed, so the only
+ * synchronization is five barriers per layer where a result is read
+ * across threads. Every value is computed by the same expression as in the
+ * fork-per-matvec path, so logits are bit-identical to it. */
+static void decode_team(wmat_runtime *rt, int pos, float *logits)
+{
+    const wmat_config *c = &rt->c;
+    wmat_model *m = rt->m;
+    const int D = c->dim, KV = c->n_kv_heads * c->head_dim, H = c->hidden_dim, hd = c->head_dim;
+    const int half = hd / 2, kv_mul = c->n_heads / c->n_kv_heads, S = rt->kv_len, V = c->vocab_size;
+    float *x = rt->dx;
+    const float *cs = rt->rope_cos + (size_t)pos * half, *sn = rt->rope_sin + (size_t)pos * half;
+    const float inv = 1.0f / sqrtf((float)hd);
+#pragma omp parallel num_threads(rt->n_threads)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        float *nb = rt->dnorm + (size_t)t * D;
+        for (int l = 0; l < c->n_layers; l++) {
+            wmat__rmsnorm_rows(nb, x, wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data, 1, D, c->norm_eps, 1);
+            float *kc = rt->key_cache + ((size_t)l * S + pos) * KV;
+            float *vc = rt->value_cache + ((size_t)l * S + pos) * KV;
+            {
+                float *const ys[3] = {rt->dq, kc, vc};
+                const float *const ws[3] = {wmat_model_linear(m, l, WMAT_LIN_Q)->data,
+                                            wmat_model_linear(m, l, WMAT_LIN_K)->data,
+                                            wmat_model_linear(m, l, WMAT_LIN_V)->data};
+                const int rows[3] = {D, KV, KV};
+                wmat__matvec_multi_part(3, ys, ws, rows, nb, D, 0, t, T);
+                int g0, g1;
+                wmat__matvec_part_range(D + 2 * KV, t, T, &g0, &g1);
+                if (g0 < D) wmat__rope_span(rt->dq, g0, g1 < D ? g1 : D, hd, cs, sn);
+                if (g1 > D && g0 < D + KV) wmat__rope_span(kc, g0 > D ? g0 - D : 0, g1 - D < KV ? g1 - D : KV, hd, cs, sn);
+            }
+#pragma omp barrier
+            const float *kbase = rt->key_cache + (size_t)l * S * KV, *vbase = rt->value_cache + (size_t)l * S * KV;
+#pragma omp for schedule(static)
+            for (int h = 0; h < c->n_heads; h++) {
+                const size_t koff = (size_t)(h / kv_mul) * hd;
+                wmat__attend_one(rt->dxb + (size_t)h * hd, rt->dq + (size_t)h * hd, kbase + koff, vbase + koff, KV,
+                                 pos + 1, hd, inv, rt->datt + (size_t)h * S);
+            }
+            {
+                const float *wo = wmat_model_linear(m, l, WMAT_LIN_O)->data;
+                wmat__matvec_multi_part(1, &x, &wo, &D, rt->dxb, D, 1, t, T);
+            }
+#pragma omp barrier
+            wmat__rmsnorm_rows(nb, x, wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data, 1, D, c->norm_eps, 1);
+            {
+                const float *wg = wmat_model_linear(m, l, WMAT_LIN_GATE)->data, *wu = wmat_model_linear(m, l, WMAT_LIN_UP)->data;
+                wmat__matvec_multi_part(1, &rt->dhb, &wg, &H, nb, D, 0, t, T);
+                wmat__matvec_multi_part(1, &rt->dhb2, &wu, &H, nb, D, 0, t, T);
+                int a, b;
+                wmat__matvec_part_range(H, t, T, &a, &b);
+                if (a < b) wmat__swiglu(rt->dhb + a, rt->dhb2 + a, (size_t)(b - a), 1);
+            }
+#pragma omp barrier
+            {
+                const float *wd = wmat_model_linear(m, l, WMAT_LIN_DOWN)->data;
+                wmat__matvec_multi_part(1, &x, &wd, &D, rt->dhb, H, 1, t, T);
+            }
+#pragma omp barrier
+        }
+        wmat__rmsnorm_rows(nb, x, wmat_model_final_norm(m)->data, 1, D, c->norm_eps, 1);
+        const float *wc = wmat_model_classifier(m)->data;
+        wmat__matvec_multi_part(1, &logits, &wc, &V, nb, D, 0, t, T);
+    }
+}
+
 int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
 {
     const wmat_config *c = &rt->c;
@@ -403,6 +482,10 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
     const int nt = rt->n_threads;
     float *x = rt->dx;
     memcpy(x, (const float *)wmat_model_tok_embeddings(m)->data + (size_t)token * D, (size_t)D * sizeof(float));
+    if (rt->decode_team) {
+        decode_team(rt, pos, logits);
+        return WMAT_OK;
+    }
     const float *cs = rt->rope_cos + (size_t)pos * half, *sn = rt->rope_sin + (size_t)pos * half;
     for (int l = 0; l < c->n_layers; l++) {
         wmat__rmsnorm_rows(rt->dxb, x, wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data, 1, D, c->norm_eps, 1);

@@ -593,16 +593,37 @@ static matvec_rows_fn pick_matvec(void)
     return matvec_rows_ref;
 }
 
+void wmat__matvec_part_range(int total, int t, int T, int *g0, int *g1)
+{
+    const int per = ((total + T - 1) / T + 15) / 16 * 16;
+    *g0 = t * per < total ? t * per : total;
+    *g1 = *g0 + per < total ? *g0 + per : total;
+}
+
+void wmat__matvec_multi_part(int n, float *const *out, const float *const *W, const int *rows, const float *x, int cols,
+                             int accumulate, int t, int T)
+{
+    const matvec_rows_fn fn = pick_matvec();
+    int total = 0, g0, g1;
+    for (int i = 0; i < n; i++) total += rows[i];
+    wmat__matvec_part_range(total, t, T, &g0, &g1);
+    int base = 0;
+    for (int i = 0; i < n; i++) {
+        const int a = g0 > base ? g0 - base : 0, b = g1 - base < rows[i] ? g1 - base : rows[i];
+        if (a < b) fn(out[i], W[i], x, a, b, cols, accumulate);
+        base += rows[i];
+    }
+}
+
 void wmat__matvec_multi(int n, float *const *out, const float *const *W, const int *rows, const float *x, int cols,
                         int accumulate, int n_threads)
 {
-    const matvec_rows_fn fn = pick_matvec();
     int total = 0;
     for (int i = 0; i < n; i++) total += rows[i];
     /* Threads only pay off above ~64K multiply-adds (fork/join costs ~µs) */
     const int nt = (long)total * cols >= 65536 ? n_threads : 1;
     if (nt <= 1) {
-        for (int i = 0; i < n; i++) fn(out[i], W[i], x, 0, rows[i], cols, accumulate);
+        wmat__matvec_multi_part(n, out, W, rows, x, cols, accumulate, 0, 1);
         return;
     }
     /* The matrices' rows as one list cut in contiguous blocks, one per
@@ -610,17 +631,7 @@ void wmat__matvec_multi(int n, float *const *out, const float *const *W, const i
      * a cache line of out): one fork/join for q, k and v (or gate and up)
      * instead of one each. */
 #pragma omp parallel num_threads(nt)
-    {
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-        const int per = ((total + T - 1) / T + 15) / 16 * 16;
-        const int g0 = t * per < total ? t * per : total, g1 = g0 + per < total ? g0 + per : total;
-        int base = 0;
-        for (int i = 0; i < n; i++) {
-            const int a = g0 > base ? g0 - base : 0, b = g1 - base < rows[i] ? g1 - base : rows[i];
-            if (a < b) fn(out[i], W[i], x, a, b, cols, accumulate);
-            base += rows[i];
-        }
-    }
+    wmat__matvec_multi_part(n, out, W, rows, x, cols, accumulate, omp_get_thread_num(), omp_get_num_threads());
 }
 
 void wmat__matvec(float *out, const float *W, const float *x, int rows, int cols, int accumulate, int n_threads)
@@ -644,17 +655,19 @@ int wmat__causal_attention(float *out, int os, const float *q, int qs, const flo
     return 0;
 }
 
+void wmat__rope_span(float *row, int a, int b, int hd, const float *cs, const float *sn)
+{
+    for (int r = a; r < b; r += 2) {
+        const int i = (r % hd) / 2;
+        float v0 = row[r], v1 = row[r + 1];
+        row[r] = v0 * cs[i] - v1 * sn[i];
+        row[r + 1] = v0 * sn[i] + v1 * cs[i];
+    }
+}
+
 void wmat__rope_row(float *row, int n_heads, int hd, const float *cs, const float *sn)
 {
-    const int half = hd / 2;
-    for (int h = 0; h < n_heads; h++) {
-        float *v = row + (size_t)h * hd;
-        for (int i = 0; i < half; i++) {
-            float v0 = v[2 * i], v1 = v[2 * i + 1];
-            v[2 * i] = v0 * cs[i] - v1 * sn[i];
-            v[2 * i + 1] = v0 * sn[i] + v1 * cs[i];
-        }
-    }
+    wmat__rope_span(row, 0, n_heads * hd, hd, cs, sn);
 }
 
 void wmat__rope_rows(float *q, int qs, int n_heads, float *k, int ks, int n_kv_heads, int T, int hd, const float *cos_tab,

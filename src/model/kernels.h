@@ -15,8 +15,10 @@ void wmat__rmsnorm_rows_fast(float *out, const float *x, const float *w, int T, 
  * multiple of 16 (FMA: not bit-equal to run.c's expression). */
 void wmat__rope_rows(float *q, int qs, int n_heads, float *k, int ks, int n_kv_heads, int T, int hd, const float *cos_tab,
                      const float *sin_tab, int n_threads);
-/* RoPE on the heads of one row with run.c's float expressions (decode). */
+/* RoPE on the heads of one row with run.c's float expressions (decode);
+ * _span rotates only the values [a, b) of the row (a, b even). */
 void wmat__rope_row(float *row, int n_heads, int hd, const float *cs, const float *sn);
+void wmat__rope_span(float *row, int a, int b, int hd, const float *cs, const float *sn);
 /* In-place softmax of n values. */
 void wmat__softmax(float *x, int n);
 /* Rows first..first+rows-1 of a causal score matrix, stored from s with
@@ -52,6 +54,12 @@ float wmat__dot(const float *a, const float *b, int n);
  * threads). */
 void wmat__matvec_multi(int n, float *const *out, const float *const *W, const int *rows, const float *x, int cols,
                         int accumulate, int n_threads);
+/* Thread t of T's share of wmat__matvec_multi, for callers already inside
+ * a parallel region: rows [g0, g1) of the matrices' concatenated rows
+ * (wmat__matvec_part_range: contiguous, multiples of 16). */
+void wmat__matvec_multi_part(int n, float *const *out, const float *const *W, const int *rows, const float *x, int cols,
+                             int accumulate, int t, int T);
+void wmat__matvec_part_range(int total, int t, int T, int *g0, int *g1);
 /* out (rows) = W (rows, cols) x (cols), or out += ... when accumulate. */
 void wmat__matvec(float *out, const float *W, const float *x, int rows, int cols, int accumulate, int n_threads);
 
