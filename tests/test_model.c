@@ -22,15 +22,22 @@ static wmat_model *load(const char *path)
     return m;
 }
 
-static wmat_runtime *runtime(wmat_model *m, int T, int kv)
+/* threads <= 0: the default; base: a context to copy (progress), or NULL */
+static wmat_runtime *runtime_ctx(wmat_model *m, int T, int kv, int threads, int pack, const wmat_context *base)
 {
+    wmat_context c = base ? *base : wmat_context_default();
+    if (threads > 0) c.n_threads = threads;
     wmat_runtime_params rp = wmat_runtime_default_params();
     rp.max_batch_tokens = T;
     rp.kv_cache_len = kv;
+    rp.pack_weights = pack;
+    rp.ctx = &c; /* the runtime keeps a copy */
     wmat_runtime *rt = NULL;
     TU_OK(wmat_runtime_create(&rt, m, &rp));
     return rt;
 }
+
+static wmat_runtime *runtime(wmat_model *m, int T, int kv) { return runtime_ctx(m, T, kv, 0, 0, NULL); }
 
 static int argmax(const float *x, int n)
 {
@@ -313,17 +320,7 @@ static void test_decode_team_bit_equal(void **state)
     (void)state;
     TU_NEED_DATA(path, "models/mix4m.bin");
     wmat_model *m = load(path);
-    wmat_context one = wmat_context_default(), two = wmat_context_default();
-    one.n_threads = 1;
-    two.n_threads = 2;
-    wmat_runtime_params rp = wmat_runtime_default_params();
-    rp.max_batch_tokens = 1;
-    rp.kv_cache_len = 80;
-    rp.ctx = &one;
-    wmat_runtime *r1, *r2;
-    TU_OK(wmat_runtime_create(&r1, m, &rp));
-    rp.ctx = &two;
-    TU_OK(wmat_runtime_create(&r2, m, &rp));
+    wmat_runtime *r1 = runtime_ctx(m, 1, 80, 1, 0, NULL), *r2 = runtime_ctx(m, 1, 80, 2, 0, NULL);
     const int V = wmat_model_config(m)->vocab_size;
     float *a = malloc((size_t)V * 4), *b = malloc((size_t)V * 4);
     for (int pos = 0; pos < 80; pos++) { /* past 64 too, where the old path split attention */
@@ -450,21 +447,11 @@ static void test_eval_parallel_windows(void **state)
     int32_t *ids = malloc(n * sizeof *ids);
     for (size_t i = 0; i < n; i++) ids[i] = (int32_t)((i * 37 + 5) % 512);
     wmat_eval_result r1, r2, rh;
-    wmat_context one = wmat_context_default(), two = wmat_context_default();
-    one.n_threads = 1;
-    two.n_threads = 2;
     progress_state ps = {0, 0, 0, 0};
+    wmat_context two = wmat_context_default();
     two.progress = on_progress;
     two.progress_user = &ps;
-    wmat_runtime_params rp = wmat_runtime_default_params();
-    rp.max_batch_tokens = 64;
-    rp.kv_cache_len = 1;
-    rp.ctx = &one;
-    wmat_runtime *rt1, *rt2;
-    TU_OK(wmat_runtime_create(&rt1, m, &rp));
-    rp.ctx = &two;
-    rp.pack_weights = 1;
-    TU_OK(wmat_runtime_create(&rt2, m, &rp));
+    wmat_runtime *rt1 = runtime_ctx(m, 64, 1, 1, 0, NULL), *rt2 = runtime_ctx(m, 64, 1, 2, 1, &two);
     TU_OK(wmat_eval_tokens(rt1, ids, n, 64, 0, &r1));
     TU_OK(wmat_eval_tokens(rt2, ids, n, 64, 0, &r2));
     assert_int_equal(r1.windows, 16);
@@ -509,13 +496,7 @@ static void test_packed_weights(void **state)
     (void)state;
     TU_NEED_DATA(path, "models/stories260K.bin");
     wmat_model *m = load(path);
-    wmat_runtime_params rp = wmat_runtime_default_params();
-    rp.max_batch_tokens = 48;
-    rp.kv_cache_len = 1;
-    wmat_runtime *plain, *packed;
-    TU_OK(wmat_runtime_create(&plain, m, &rp));
-    rp.pack_weights = 1;
-    TU_OK(wmat_runtime_create(&packed, m, &rp));
+    wmat_runtime *plain = runtime_ctx(m, 48, 1, 0, 0, NULL), *packed = runtime_ctx(m, 48, 1, 0, 1, NULL);
     const wmat_gemm_backend be = wmat_gemm_get_backend();
     if (wmat_gemm_backend_available(WMAT_GEMM_ONEDNN) && (be == WMAT_GEMM_AUTO || be == WMAT_GEMM_ONEDNN)) {
         /* 5 layers of 7 linears + the classifier, each at least its own size */
@@ -543,7 +524,7 @@ static void test_packed_weights(void **state)
     wmat_runtime_free(packed);
     wmat_gemm_backend was = wmat_gemm_get_backend();
     TU_OK(wmat_gemm_set_backend(WMAT_GEMM_REFERENCE));
-    TU_OK(wmat_runtime_create(&packed, m, &rp));
+    packed = runtime_ctx(m, 48, 1, 0, 1, NULL);
     assert_int_equal(wmat_runtime_packed_bytes(packed), 0);
     TU_OK(wmat_forward(packed, ids, 48, b));
     TU_OK(wmat_gemm_set_backend(was));
