@@ -27,11 +27,16 @@ typedef struct {
     int ctx_len, V;
 } eval_stream;
 
+static size_t window_len(const eval_stream *es, size_t w)
+{
+    const size_t start = w * (size_t)es->ctx_len;
+    return es->n - start - 1 < (size_t)es->ctx_len ? es->n - start - 1 : (size_t)es->ctx_len;
+}
+
 /* Sum of the NLLs of window w; logits is (ctx_len, V) scratch. */
 static int eval_window(wmat_runtime *rt, const eval_stream *es, size_t w, float *logits, double *out)
 {
-    const size_t start = w * (size_t)es->ctx_len;
-    const size_t len = es->n - start - 1 < (size_t)es->ctx_len ? es->n - start - 1 : (size_t)es->ctx_len;
+    const size_t start = w * (size_t)es->ctx_len, len = window_len(es, w);
     int rc = wmat_forward(rt, es->tokens + start, (int)len, logits);
     if (rc) return rc;
     double wsum = 0.0;
@@ -44,12 +49,6 @@ static int eval_window(wmat_runtime *rt, const eval_stream *es, size_t w, float 
     }
     *out = wsum;
     return WMAT_OK;
-}
-
-static size_t window_len(const eval_stream *es, size_t w)
-{
-    const size_t start = w * (size_t)es->ctx_len;
-    return es->n - start - 1 < (size_t)es->ctx_len ? es->n - start - 1 : (size_t)es->ctx_len;
 }
 
 static int progress(const wmat_context *ctx, size_t done, size_t total)

@@ -52,7 +52,7 @@ struct wmat_runtime {
     float *key_cache, *value_cache; /* (L, kv_len, kv_dim) */
     float *dx, *dxb, *dq, *dhb, *dhb2;
     float *dnorm;    /* (n_threads, dim): each thread's copy of the normed x (decode_team) */
-    int decode_team; /* decode in one parallel region (see decode_team) */
+    int use_team;    /* decode in one parallel region (decode_team) */
     float *datt; /* (n_heads, kv_len) */
 
     /* pack_weights: [l * WMAT_LIN_COUNT + kind], the classifier last; a
@@ -73,6 +73,9 @@ wmat_runtime_params wmat_runtime_default_params(void)
     return p;
 }
 
+/* Linear weights by slot: l * WMAT_LIN_COUNT + kind, the classifier last. */
+static int linear_slots(const wmat_config *c) { return c->n_layers * WMAT_LIN_COUNT + 1; }
+
 static const wmat_tensor *packed_source(wmat_model *m, int i)
 {
     const int L = m->cfg.n_layers;
@@ -83,7 +86,7 @@ static const wmat_tensor *packed_source(wmat_model *m, int i)
 /* All or nothing, best effort: any failure leaves every weight on wmat_sgemm. */
 static void pack_weights(wmat_runtime *rt)
 {
-    const int n = rt->c.n_layers * WMAT_LIN_COUNT + 1;
+    const int n = linear_slots(&rt->c);
     size_t total = 0;
     for (int i = 0; i < n; i++) {
         const wmat_tensor *W = packed_source(rt->m, i);
@@ -237,9 +240,8 @@ int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_pa
     /* one parallel region per decoded token pays off once the matvecs are
      * big enough to split (the same 64K multiply-adds wmat__matvec_multi
      * uses) and all of them are fp32 (packed types thread on their own) */
-    rt->decode_team = rt->n_threads > 1 && (long)c->dim * c->dim >= 65536;
-    for (int i = 0; i < c->n_layers * WMAT_LIN_COUNT + 1 && rt->decode_team; i++)
-        rt->decode_team = packed_source(m, i)->dtype == WMAT_F32;
+    rt->use_team = rt->n_threads > 1 && (long)c->dim * c->dim >= 65536;
+    for (int i = 0; i < linear_slots(c) && rt->use_team; i++) rt->use_team = packed_source(m, i)->dtype == WMAT_F32;
     *out = rt;
     return WMAT_OK;
 }
@@ -248,7 +250,7 @@ void wmat_runtime_free(wmat_runtime *rt)
 {
     if (!rt) return;
     if (rt->packed && !rt->parent)
-        for (int i = 0; i < rt->c.n_layers * WMAT_LIN_COUNT + 1; i++) wmat__packed_gemm_free(rt->packed[i]);
+        for (int i = 0; i < linear_slots(&rt->c); i++) wmat__packed_gemm_free(rt->packed[i]);
     if (!rt->parent) wmat__free(rt->packed);
     wmat_arena_free(rt->arena);
     wmat__free(rt);
@@ -387,7 +389,7 @@ int wmat_forward_head(wmat_runtime *rt, const float *X, int T, float *logits)
     wmat__rmsnorm_rows_fast(rt->xb, X, wmat_model_final_norm(rt->m)->data, T, c->dim, c->norm_eps, nt);
     const wmat_tensor *wc = wmat_model_classifier(rt->m);
     if ((rc = call_hook(rt, c->n_layers, WMAT_LIN_COUNT, rt->xb, T, c->dim, wc))) return rc;
-    if (logits) linear_batch(rt, c->n_layers * WMAT_LIN_COUNT, logits, rt->xb, wc, T, 0);
+    if (logits) linear_batch(rt, linear_slots(c) - 1, logits, rt->xb, wc, T, 0);
     return WMAT_OK;
 }
 
@@ -482,7 +484,7 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
     const int nt = rt->n_threads;
     float *x = rt->dx;
     memcpy(x, (const float *)wmat_model_tok_embeddings(m)->data + (size_t)token * D, (size_t)D * sizeof(float));
-    if (rt->decode_team) {
+    if (rt->use_team) {
         decode_team(rt, pos, logits);
         return WMAT_OK;
     }

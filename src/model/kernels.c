@@ -657,11 +657,13 @@ int wmat__causal_attention(float *out, int os, const float *q, int qs, const flo
 
 void wmat__rope_span(float *row, int a, int b, int hd, const float *cs, const float *sn)
 {
+    const int half = hd / 2;
+    int i = (a % hd) / 2; /* the pair's index inside its head, wrapped at each head */
     for (int r = a; r < b; r += 2) {
-        const int i = (r % hd) / 2;
         float v0 = row[r], v1 = row[r + 1];
         row[r] = v0 * cs[i] - v1 * sn[i];
         row[r + 1] = v0 * sn[i] + v1 * cs[i];
+        if (++i == half) i = 0;
     }
 }
 
