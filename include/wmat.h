@@ -68,8 +68,9 @@ typedef enum {
     WMAT_Q4_0 = 4, /* ggml block: fp16 scale + 16 bytes of nibbles, 18 / 32 */
     WMAT_I32 = 5,
     WMAT_U8 = 6,
-    WMAT_QPACKED = 7, /* quantized storage: data is a wmat_qtensor (see that section) */
-    WMAT_DTYPE_COUNT
+    WMAT_OBJ = 7, /* a weight-operator object (packed quantized, low-rank, ...): see "weight kinds" */
+    WMAT_DTYPE_COUNT,
+    WMAT_QPACKED = WMAT_OBJ /* packed quantized storage is the first object kind (data: a wmat_qtensor) */
 } wmat_dtype;
 
 /* Traits of a storage type (ggml's habit: one table, no switch forests). */
@@ -123,6 +124,25 @@ typedef struct {
 } wmat_tensor;
 
 WMAT_API int64_t wmat_tensor_nelem(const wmat_tensor *t);
+
+/* ---------------------------------------------------------------- weight kinds */
+/* Every 2-D weight is an operator of a registered kind that the runtime
+ * multiplies by in its stored form: dense "f32", "f16", "bf16"; ggml blocks
+ * "q8_0", "q4_0"; "qpacked" (wmat's packed 2..8-bit codes); "lowrank"
+ * (W = A B). Plain kinds keep an array of their dtype in `data`; object
+ * kinds have dtype WMAT_OBJ. docs/ARCHITECTURE.md says how to add one. */
+WMAT_API int wmat_weight_kind_count(void);
+/* Name and one-line summary of kind i (NULL past the end). */
+WMAT_API const char *wmat_weight_kind_name(int i, const char **summary);
+/* The kind of a tensor ("f32", "q4_0", "qpacked", "lowrank", ...); NULL when
+ * it is no weight (a 1-D or integer tensor). */
+WMAT_API const char *wmat_tensor_kind(const wmat_tensor *t);
+/* Rows r0 .. r0+nr-1 of a 2-D weight of any kind as fp32 (nr, cols). */
+WMAT_API int wmat_tensor_dequant_rows(const wmat_tensor *t, int64_t r0, int64_t nr, float *out);
+/* Bits per weight as stored (codes, scales, factors: everything the kind keeps). */
+WMAT_API double wmat_tensor_bits_per_weight(const wmat_tensor *t);
+/* One line about the instance ("f16", "qpacked 4b sym g32 along inputs", "lowrank r16 f32"). */
+WMAT_API void wmat_tensor_describe(const wmat_tensor *t, char *buf, size_t n);
 
 /* ---------------------------------------------------------------- arena */
 
@@ -335,7 +355,9 @@ typedef struct wmat_model wmat_model;
 /* Load options. */
 typedef struct {
     const char *tokenizer_path; /* llama2.c tokenizer for .bin/HF; NULL: look beside the model */
-    int materialize_f32;        /* 1: convert every tensor to fp32 canonical layout now */
+    int materialize_f32;        /* 1: canonical layout now, every tensor fp32 (or only the norms with keep_stored) */
+    int keep_stored;            /* with materialize_f32: weights stay in their stored kind (f16, bf16, q8_0,
+                                   q4_0 run as stored: the runtime needs no fp32 copy) */
     int check_finite;           /* 1: reject NaN/Inf weights (costs a pass over the data) */
 } wmat_load_params;
 
@@ -353,6 +375,10 @@ WMAT_API void wmat_model_free(wmat_model *m);
 /* Convert all tensors to fp32 in wmat's canonical layout (required by the
  * runtime; wmat_model_load does it when materialize_f32 is set). */
 WMAT_API int wmat_model_materialize(wmat_model *m);
+/* What the runtime needs without an fp32 copy: canonical layout, vectors
+ * fp32, 2-D weights left in their stored kind (f16, bf16, q8_0, q4_0 rows
+ * reordered in place of type where HF's rotary order needs it). */
+WMAT_API int wmat_model_prepare_stored(wmat_model *m);
 
 WMAT_API const wmat_config *wmat_model_config(const wmat_model *m);
 WMAT_API wmat_format wmat_model_format(const wmat_model *m);

@@ -1,6 +1,7 @@
 /* The model object: a table of named tensors with their roles, the config,
  * the tokenizer and the file mappings the tensors point into. */
 #include "model_internal.h"
+#include "wop/wop.h"
 #include "../quant/qstore.h" /* quantized storage: native directory loader and saver (issue 3) */
 
 #include <math.h>
@@ -77,8 +78,7 @@ int wmat__model_new(wmat_model **out, const wmat_config *cfg, wmat_format fmt, c
 void wmat_model_free(wmat_model *m)
 {
     if (!m) return;
-    for (int i = 0; i < m->n_tensors; i++)
-        if (m->tensors[i].flags & WMAT_TF_OWNED) wmat__free(m->tensors[i].data);
+    for (int i = 0; i < m->n_tensors; i++) wmat__tensor_free_data(&m->tensors[i]);
     wmat__free(m->tensors);
     wmat__free(m->layer_idx);
     for (int i = 0; i < m->n_maps; i++) wmat__unmap(&m->maps[i]);
@@ -235,16 +235,22 @@ int wmat__model_bind(wmat_model *m)
     return rc;
 }
 
-void wmat__rope_unpermute_hf(float *dst, const float *src, int n_heads, int head_dim, int64_t cols)
+/* HF stores each head's rows as [even pairs' first halves..., second
+ * halves...]; llama2.c/GGUF interleave them: meta row 2i+j = HF row j*hd/2+i.
+ * Rows are moved whole, so this holds for rows of any stored type. */
+void wmat__rope_unpermute_rows(void *dst, const void *src, int n_heads, int head_dim, size_t row_bytes)
 {
-    /* HF stores each head's rows as [even pairs' first halves..., second
-     * halves...]; llama2.c/GGUF interleave them: meta row 2i+j = HF row j*hd/2+i. */
     const int half = head_dim / 2;
     for (int h = 0; h < n_heads; h++)
         for (int i = 0; i < half; i++)
             for (int j = 0; j < 2; j++)
-                memcpy(dst + ((int64_t)h * head_dim + 2 * i + j) * cols,
-                       src + ((int64_t)h * head_dim + j * half + i) * cols, (size_t)cols * sizeof(float));
+                memcpy((char *)dst + ((size_t)h * head_dim + 2 * i + j) * row_bytes,
+                       (const char *)src + ((size_t)h * head_dim + j * half + i) * row_bytes, row_bytes);
+}
+
+void wmat__rope_unpermute_hf(float *dst, const float *src, int n_heads, int head_dim, int64_t cols)
+{
+    wmat__rope_unpermute_rows(dst, src, n_heads, head_dim, (size_t)cols * sizeof(float));
 }
 
 void wmat__rope_permute_hf(float *dst, const float *src, int n_heads, int head_dim, int64_t cols)
@@ -261,7 +267,7 @@ void wmat__rope_permute_hf(float *dst, const float *src, int n_heads, int head_d
 
 wmat_load_params wmat_load_default_params(void)
 {
-    wmat_load_params p = {NULL, 1, 0};
+    wmat_load_params p = {.tokenizer_path = NULL, .materialize_f32 = 1, .keep_stored = 0, .check_finite = 0};
     return p;
 }
 
@@ -285,12 +291,40 @@ wmat_format wmat_detect_format(const char *path)
     return WMAT_FMT_LLAMA2C;
 }
 
-int wmat_model_materialize(wmat_model *m)
+/* A 2-D weight that the runtime can use as stored: a plain kind (f16,
+ * bf16, q8_0, q4_0) whose elements lie at their natural alignment. */
+static int runs_as_stored(const wmat_tensor *t)
+{
+    if (t->ndim != 2 || t->dtype == WMAT_OBJ || !wmat__wkind_of(t)) return 0;
+    const size_t align = t->dtype == WMAT_F32 ? 4 : 2; /* ggml blocks start with an fp16 scale */
+    return ((uintptr_t)t->data % align) == 0;
+}
+
+/* Put the rows of a stored weight in canonical (interleaved rotary) order,
+ * in an owned copy of its stored type. */
+static int unpermute_stored(wmat_model *m, wmat_tensor *t)
+{
+    const size_t row_bytes = wmat_dtype_bytes(t->dtype, (uint64_t)t->shape[1]);
+    void *buf = wmat__aligned_alloc(t->nbytes);
+    if (!buf) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory reordering %s", m->path ? m->path : "model", t->name);
+    wmat__rope_unpermute_rows(buf, t->data, (int)(t->shape[0] / m->cfg.head_dim), m->cfg.head_dim, row_bytes);
+    if (t->flags & WMAT_TF_OWNED) wmat__free(t->data);
+    t->data = buf;
+    t->flags = (t->flags | WMAT_TF_OWNED) & ~WMAT_TF_HF_ROPE;
+    return WMAT_OK;
+}
+
+static int materialize(wmat_model *m, int keep_stored)
 {
     const char *src = m->path ? m->path : "model";
     for (int i = 0; i < m->n_tensors; i++) {
         wmat_tensor *t = &m->tensors[i];
-        if (t->dtype == WMAT_QPACKED) continue; /* packed weights stay packed: the runtime runs them */
+        if (t->dtype == WMAT_OBJ) continue; /* object kinds (packed, low-rank) run as they are */
+        if (keep_stored && runs_as_stored(t)) {
+            int rc = (t->flags & WMAT_TF_HF_ROPE) ? unpermute_stored(m, t) : WMAT_OK;
+            if (rc) return rc;
+            continue;
+        }
         int aligned = ((uintptr_t)t->data % sizeof(float)) == 0;
         if (t->dtype == WMAT_F32 && aligned && !(t->flags & WMAT_TF_HF_ROPE)) continue;
         int64_t n = wmat_tensor_nelem(t);
@@ -321,17 +355,48 @@ int wmat_model_materialize(wmat_model *m)
     return WMAT_OK;
 }
 
+int wmat_model_materialize(wmat_model *m) { return materialize(m, 0); }
+int wmat_model_prepare_stored(wmat_model *m) { return materialize(m, 1); }
+
+/* Every weight checked as the runtime will read it: fp32 arrays directly,
+ * other kinds through their dequantization, a row block at a time. */
 static int check_finite(wmat_model *m)
 {
-    for (int i = 0; i < m->n_tensors; i++) {
+    const char *src = m->path ? m->path : "model";
+    float *buf = NULL;
+    size_t cap = 0;
+    int rc = WMAT_OK;
+    for (int i = 0; i < m->n_tensors && !rc; i++) {
         wmat_tensor *t = &m->tensors[i];
-        if (t->dtype != WMAT_F32) continue;
         size_t bad;
-        if (!wmat__all_finite(t->data, (size_t)wmat_tensor_nelem(t), &bad))
-            return wmat_set_error(WMAT_ERR_NUMERIC, "%s: tensor %s has a non-finite value (%g) at index %zu",
-                                  m->path ? m->path : "model", t->name, ((const float *)t->data)[bad], bad);
+        if (t->dtype == WMAT_F32) {
+            if (!wmat__all_finite(t->data, (size_t)wmat_tensor_nelem(t), &bad))
+                rc = wmat_set_error(WMAT_ERR_NUMERIC, "%s: tensor %s has a non-finite value (%g) at index %zu", src, t->name,
+                                    ((const float *)t->data)[bad], bad);
+            continue;
+        }
+        const wmat_wkind *k = wmat__wkind_of(t);
+        if (!k) continue;
+        const int64_t cols = t->shape[1];
+        int64_t step = (int64_t)(((size_t)1 << 20) / (size_t)cols);
+        if (step < 1) step = 1;
+        const size_t need = (size_t)step * (size_t)cols * sizeof(float);
+        if (need > cap) {
+            wmat__free(buf);
+            buf = wmat__malloc(need);
+            cap = buf ? need : 0;
+            if (!buf) rc = wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory checking %s", src, t->name);
+        }
+        for (int64_t r0 = 0; r0 < t->shape[0] && !rc; r0 += step) {
+            const int64_t nr = t->shape[0] - r0 < step ? t->shape[0] - r0 : step;
+            k->dequant_rows(t, r0, nr, buf);
+            if (!wmat__all_finite(buf, (size_t)(nr * cols), &bad))
+                rc = wmat_set_error(WMAT_ERR_NUMERIC, "%s: tensor %s has a non-finite value (%g) at row %lld, column %lld",
+                                    src, t->name, buf[bad], (long long)(r0 + (int64_t)bad / cols), (long long)((int64_t)bad % cols));
+        }
     }
-    return WMAT_OK;
+    wmat__free(buf);
+    return rc;
 }
 
 int wmat_model_load(wmat_model **out, const char *path, const wmat_load_params *p)
@@ -353,7 +418,7 @@ int wmat_model_load(wmat_model **out, const char *path, const wmat_load_params *
         wmat_model_free(m);
         return rc;
     }
-    if (p->materialize_f32) rc = wmat_model_materialize(m);
+    if (p->materialize_f32) rc = materialize(m, p->keep_stored);
     if (!rc && p->check_finite) rc = check_finite(m);
     if (rc) {
         wmat_model_free(m);

@@ -51,6 +51,7 @@ int wmat__config_check(wmat_config *cfg, const char *what);
 
 /* HF <-> llama2.c rotary row order for q (n_heads) or k (n_kv_heads):
  * dst and src are (n_heads*head_dim, cols); they must not overlap. */
+void wmat__rope_unpermute_rows(void *dst, const void *src, int n_heads, int head_dim, size_t row_bytes);
 void wmat__rope_unpermute_hf(float *dst, const float *src, int n_heads, int head_dim, int64_t cols);
 void wmat__rope_permute_hf(float *dst, const float *src, int n_heads, int head_dim, int64_t cols);
 

@@ -33,7 +33,12 @@ struct wmat_runtime {
     int n_pos;  /* positions covered by the RoPE tables */
     int n_threads;
     wmat_context ctx;
+    wmat_wexec ex; /* what the weight kernels may use: this runtime's threads and ISA */
     wmat_arena *arena;
+    void *ws;      /* the largest batched workspace any linear weight's kind asks for */
+    size_t ws_bytes;
+    void *prep[4]; /* decode: each weight's prepared input (q/k/v, gate/up share x) */
+    size_t prep_bytes;
 
     float *rope_cos, *rope_sin; /* (n_pos, head_dim/2) */
 
@@ -114,7 +119,26 @@ static void linear_batch(wmat_runtime *rt, int slot, float *Y, const float *X, c
 {
     if (rt->packed && rt->packed[slot] && wmat__packed_gemm_apply(rt->packed[slot], X, T, Y, accumulate) == WMAT_OK)
         return;
-    wmat__linear_batch(Y, X, W, T, accumulate, rt->n_threads);
+    wmat__linear_batch(Y, X, W, T, accumulate, rt->ws, &rt->ex);
+}
+
+/* y (= or +=) W x on the decode path. */
+static void linear_vec(wmat_runtime *rt, float *y, const float *x, const wmat_tensor *W, int accumulate)
+{
+    wmat__linear_vec_multi(1, &y, x, &W, accumulate, rt->prep, &rt->ex);
+}
+
+/* The workspace and decode buffers every linear weight's kind asks for. */
+static void kind_buffers(wmat_runtime *rt)
+{
+    rt->ws_bytes = rt->prep_bytes = 0;
+    for (int i = 0; i < linear_slots(&rt->c); i++) {
+        const wmat_tensor *W = packed_source(rt->m, i);
+        const wmat_wkind *k = wmat__wkind_of(W);
+        const size_t ws = k->ws_bytes(W, rt->T_max, &rt->ex), pb = k->prep_bytes(W, &rt->ex);
+        if (ws > rt->ws_bytes) rt->ws_bytes = ws;
+        if (pb > rt->prep_bytes) rt->prep_bytes = pb;
+    }
 }
 
 static float *take(wmat_runtime *rt, size_t n_floats)
@@ -138,7 +162,8 @@ static int alloc_buffers(wmat_runtime *rt, const wmat_runtime *parent)
     rt->att_per_thread = T * T > ca ? T * T : ca;
     size_t floats = 2 * P * half + T * (3 * D + 2 * KV + 2 * H) + NT * rt->att_per_thread + 2 * L * S * KV +
                     (3 + NT) * D + 2 * H + (size_t)c->n_heads * S;
-    size_t bytes = floats * sizeof(float) + 32 * WMAT_ALIGN;
+    kind_buffers(rt);
+    size_t bytes = floats * sizeof(float) + rt->ws_bytes + 4 * rt->prep_bytes + 40 * WMAT_ALIGN;
     int rc = wmat_arena_create(&rt->arena, bytes);
     if (rc) {
         wmat__free(rt);
@@ -169,7 +194,9 @@ static int alloc_buffers(wmat_runtime *rt, const wmat_runtime *parent)
     rt->dhb = take(rt, H);
     rt->dhb2 = take(rt, H);
     rt->datt = take(rt, (size_t)c->n_heads * S);
-    if (!rt->datt) {
+    rt->ws = rt->ws_bytes ? wmat_arena_alloc(rt->arena, rt->ws_bytes) : NULL;
+    for (int i = 0; i < 4; i++) rt->prep[i] = rt->prep_bytes ? wmat_arena_alloc(rt->arena, rt->prep_bytes) : NULL;
+    if (!rt->datt || (rt->ws_bytes && !rt->ws) || (rt->prep_bytes && !rt->prep[3])) {
         wmat_runtime_free(rt);
         return wmat_set_error(WMAT_ERR_INTERNAL, "runtime: arena sizing is wrong");
     }
@@ -200,6 +227,8 @@ int wmat__runtime_worker_create(wmat_runtime **out, const wmat_runtime *parent)
     rt->ctx = parent->ctx;
     rt->ctx.n_threads = 1;
     rt->ctx.progress = NULL;
+    rt->ex = parent->ex;
+    rt->ex.n_threads = 1;
     rt->parent = parent;
     rt->packed = parent->packed;
     int rc = alloc_buffers(rt, parent);
@@ -218,7 +247,9 @@ int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_pa
     if (!p) p = &def;
     for (int i = 0; i < m->n_tensors; i++) {
         const wmat_tensor *t = &m->tensors[i];
-        int ok = t->ndim == 2 && t != wmat_model_tok_embeddings(m) ? wmat__linear_supported(t) : t->dtype == WMAT_F32;
+        /* weights of any registered kind (the embedding is read by rows
+         * through its kind too); norms and other vectors fp32 */
+        int ok = t->ndim == 2 ? wmat__linear_supported(t) && !(t->flags & WMAT_TF_HF_ROPE) : t->dtype == WMAT_F32;
         if (!ok)
             return wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is %s, which the runtime cannot use; call wmat_model_materialize first",
                                   wmat_model_path(m), t->name, wmat_dtype_info(t->dtype) ? wmat_dtype_info(t->dtype)->name : "?");
@@ -233,6 +264,8 @@ int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_pa
     rt->n_pos = rt->T_max > rt->kv_len ? rt->T_max : rt->kv_len;
     rt->n_threads = wmat_context_threads(p->ctx);
     rt->ctx = p->ctx ? *p->ctx : wmat_context_default();
+    rt->ex = wmat__wexec_from(&rt->ctx);
+    rt->ex.isa = wmat__decode_isa();
 
     int rc = alloc_buffers(rt, NULL);
     if (rc) return rc;
@@ -292,12 +325,13 @@ int wmat_forward_embed(wmat_runtime *rt, const int32_t *tokens, int T, float *X)
     int rc = check_window(rt, T, "forward");
     if (rc) return rc;
     const int D = c->dim;
-    const float *emb = wmat_model_tok_embeddings(rt->m)->data;
+    const wmat_tensor *E = wmat_model_tok_embeddings(rt->m);
+    const wmat_wkind *ek = wmat__wkind_of(E);
     for (int t = 0; t < T; t++) {
         if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
             return wmat_set_error(WMAT_ERR_INVALID, "forward: token %d at position %d is outside the vocabulary (%d)",
                                   tokens[t], t, c->vocab_size);
-        memcpy(X + (size_t)t * D, emb + (size_t)tokens[t] * D, (size_t)D * sizeof(float));
+        ek->dequant_rows(E, tokens[t], 1, X + (size_t)t * D);
     }
     return WMAT_OK;
 }
@@ -483,7 +517,10 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
     const int half = hd / 2, kv_mul = c->n_heads / c->n_kv_heads, S = rt->kv_len;
     const int nt = rt->n_threads;
     float *x = rt->dx;
-    memcpy(x, (const float *)wmat_model_tok_embeddings(m)->data + (size_t)token * D, (size_t)D * sizeof(float));
+    {
+        const wmat_tensor *E = wmat_model_tok_embeddings(m);
+        wmat__wkind_of(E)->dequant_rows(E, token, 1, x);
+    }
     if (rt->use_team) {
         decode_team(rt, pos, logits);
         return WMAT_OK;
@@ -497,7 +534,7 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
             float *const ys[3] = {rt->dq, kc, vc};
             const wmat_tensor *const ws[3] = {wmat_model_linear(m, l, WMAT_LIN_Q), wmat_model_linear(m, l, WMAT_LIN_K),
                                               wmat_model_linear(m, l, WMAT_LIN_V)};
-            wmat__linear_vec_multi(3, ys, rt->dxb, ws, nt);
+            wmat__linear_vec_multi(3, ys, rt->dxb, ws, 0, rt->prep, &rt->ex);
         }
         wmat__rope_row(rt->dq, c->n_heads, hd, cs, sn);
         wmat__rope_row(kc, c->n_kv_heads, hd, cs, sn);
@@ -509,17 +546,17 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
             wmat__attend_one(rt->dxb + (size_t)h * hd, rt->dq + (size_t)h * hd, kbase + koff, vbase + koff, KV, pos + 1,
                              hd, inv, rt->datt + (size_t)h * S);
         }
-        wmat__linear_vec(x, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_O), 1, nt);
+        linear_vec(rt, x, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_O), 1);
         wmat__rmsnorm_rows(rt->dxb, x, wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data, 1, D, c->norm_eps, 1);
         {
             float *const ys[2] = {rt->dhb, rt->dhb2};
             const wmat_tensor *const ws[2] = {wmat_model_linear(m, l, WMAT_LIN_GATE), wmat_model_linear(m, l, WMAT_LIN_UP)};
-            wmat__linear_vec_multi(2, ys, rt->dxb, ws, nt);
+            wmat__linear_vec_multi(2, ys, rt->dxb, ws, 0, rt->prep, &rt->ex);
         }
         wmat__swiglu(rt->dhb, rt->dhb2, (size_t)H, 1);
-        wmat__linear_vec(x, rt->dhb, wmat_model_linear(m, l, WMAT_LIN_DOWN), 1, nt);
+        linear_vec(rt, x, rt->dhb, wmat_model_linear(m, l, WMAT_LIN_DOWN), 1);
     }
     wmat__rmsnorm_rows(x, x, wmat_model_final_norm(m)->data, 1, D, c->norm_eps, 1);
-    wmat__linear_vec(logits, x, wmat_model_classifier(m), 0, nt);
+    linear_vec(rt, logits, x, wmat_model_classifier(m), 0);
     return WMAT_OK;
 }

@@ -4,6 +4,8 @@
 
 #include <stddef.h>
 
+#include "wop/kern_f32.h" /* wmat__dot and the fp32 row kernels */
+
 /* out[r] = w * x[r] / rms(x[r]) for T rows of n; out may equal x. */
 void wmat__rmsnorm_rows(float *out, const float *x, const float *w, int T, int n, float eps, int n_threads);
 /* The same for the batched path: the sum of squares in 16 partial sums
@@ -47,8 +49,6 @@ void wmat__swiglu(float *a, const float *b, size_t n, int n_threads);
 /* -log softmax(logits)[target] over n logits, vectorized exp (~2 ulp),
  * the normalizer summed in double */
 double wmat__nll_row(const float *logits, int n, int target);
-/* sum a[i] b[i], vectorized (not in run.c's summation order) */
-float wmat__dot(const float *a, const float *b, int n);
 /* out[i] (rows[i]) = W[i] x (or += when accumulate) for n matrices of the
  * same width, in one parallel region (rows of all matrices split over the
  * threads). */
@@ -61,6 +61,9 @@ void wmat__matvec_multi_part(int n, float *const *out, const float *const *W, co
                              int accumulate, int t, int T);
 void wmat__matvec_part_range(int total, int t, int T, int *g0, int *g1);
 /* out (rows) = W (rows, cols) x (cols), or out += ... when accumulate. */
+/* The ISA level (WMAT_ISA_*) of the decode kernels: the best the CPU has,
+ * or the one WMAT_MATVEC=ref|avx2|avx512 names (tests and benchmarks). */
+int wmat__decode_isa(void);
 void wmat__matvec(float *out, const float *W, const float *x, int rows, int cols, int accumulate, int n_threads);
 
 #endif

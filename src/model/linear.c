@@ -1,53 +1,58 @@
 #include "linear.h"
 
 #include "kernels.h"
-#include "../quant/qstore.h"
 
-#include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
-int wmat__linear_supported(const wmat_tensor *W) { return W->dtype == WMAT_F32 || W->dtype == WMAT_QPACKED; }
+int wmat__linear_supported(const wmat_tensor *W) { return wmat__wkind_of(W) != NULL; }
 
-void wmat__linear_batch(float *Y, const float *X, const wmat_tensor *W, int T, int accumulate, int n_threads)
+void wmat__linear_batch(float *Y, const float *X, const wmat_tensor *W, int T, int accumulate, void *ws,
+                        const wmat_wexec *ex)
 {
-    const int out = (int)W->shape[0], in = (int)W->shape[1];
-    (void)n_threads; /* the GEMM layer applies the linalg thread policy */
-    switch (W->dtype) {
-    case WMAT_F32:
-        wmat_sgemm(0, 1, T, out, in, 1.0f, X, in, (const float *)W->data, in, accumulate ? 1.0f : 0.0f, Y, out);
-        return;
-    case WMAT_QPACKED: /* packed quantized (src/quant/qkernels.c): tiles dequantized into a GEMM */
-        wmat__qmatmul(Y, X, (const wmat_qtensor *)W->data, T, accumulate, n_threads);
-        return;
-    default: abort(); /* guarded by wmat__linear_supported at runtime creation */
-    }
+    wmat__wkind_of(W)->forward(W, X, Y, T, accumulate, ws, ex);
 }
 
-void wmat__linear_vec(float *y, const float *x, const wmat_tensor *W, int accumulate, int n_threads)
+/* Thread t of nt: rows [g0, g1) of the concatenated rows of the n weights. */
+static void vec_part(int n, float *const *y, const float *x, const wmat_tensor *const *W, const wmat_wkind *const *k,
+                     int accumulate, void *const *prep, const wmat_wexec *ex, int t, int nt)
 {
-    const int out = (int)W->shape[0], in = (int)W->shape[1];
-    switch (W->dtype) {
-    case WMAT_F32: wmat__matvec(y, (const float *)W->data, x, out, in, accumulate, n_threads); return;
-    case WMAT_QPACKED: /* codes unpacked in registers, never dequantized to memory */
-        wmat__qmatvec(y, x, (const wmat_qtensor *)W->data, accumulate, n_threads);
-        return;
-    default: abort();
-    }
-}
-
-void wmat__linear_vec_multi(int n, float *const *y, const float *x, const wmat_tensor *const *W, int n_threads)
-{
-    int all_f32 = n <= 4;
-    for (int i = 0; i < n && all_f32; i++)
-        all_f32 = W[i]->dtype == WMAT_F32 && W[i]->shape[1] == W[0]->shape[1];
-    if (!all_f32) {
-        for (int i = 0; i < n; i++) wmat__linear_vec(y[i], x, W[i], 0, n_threads);
-        return;
-    }
-    const float *w[4];
-    int rows[4];
+    int total = 0, g0, g1;
+    for (int i = 0; i < n; i++) total += (int)W[i]->shape[0];
+    wmat__matvec_part_range(total, t, nt, &g0, &g1);
+    int base = 0;
     for (int i = 0; i < n; i++) {
-        w[i] = (const float *)W[i]->data;
-        rows[i] = (int)W[i]->shape[0];
+        const int rows = (int)W[i]->shape[0];
+        const int a = g0 > base ? g0 - base : 0, b = g1 - base < rows ? g1 - base : rows;
+        if (a < b) k[i]->rows(W[i], x, prep[i], y[i], a, b, accumulate, ex);
+        base += rows;
     }
-    wmat__matvec_multi(n, y, w, rows, x, (int)W[0]->shape[1], 0, n_threads);
+}
+
+void wmat__linear_vec_multi(int n, float *const *y, const float *x, const wmat_tensor *const *W, int accumulate,
+                            void *const *prep, const wmat_wexec *ex)
+{
+    const wmat_wkind *k[4];
+    long work = 0;
+    for (int i = 0; i < n; i++) {
+        k[i] = wmat__wkind_of(W[i]);
+        if (k[i]->prep_bytes(W[i], ex)) k[i]->prepare(W[i], x, prep[i], ex);
+        work += (long)W[i]->shape[0] * (long)W[i]->shape[1];
+    }
+    /* threads only pay off above ~64K multiply-adds (fork/join costs ~µs) */
+    const int nt = work >= 65536 ? ex->n_threads : 1;
+    if (nt <= 1) {
+        vec_part(n, y, x, W, k, accumulate, prep, ex, 0, 1);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        int t = 0, T = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
+        vec_part(n, y, x, W, k, accumulate, prep, ex, t, T);
+    }
 }

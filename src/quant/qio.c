@@ -373,6 +373,7 @@ static int add_packed(wmat_model *m, const wmat_st_file *f, const cJSON *item, c
         return wmat_set_error(WMAT_ERR_FORMAT, "%s: \"axis\" must be \"in\" or \"out\" and \"sym\" a boolean", what);
     wmat_qtensor s;
     memset(&s, 0, sizeof s);
+    s.obj.kind = &wmat__wkind_qpacked;
     s.bits = (int)bits;
     s.sym = cJSON_IsTrue(sym);
     s.axis = strcmp(axis->valuestring, "in") ? WMAT_QAXIS_OUT : WMAT_QAXIS_IN;

@@ -428,11 +428,11 @@ static row_fn pick_row(void)
 
 /* Without scratch memory: the plain definition, for when malloc fails (the
  * runtime's linear entry points cannot fail). */
-static void matvec_nobuf(float *y, const float *x, const wmat_qtensor *qt, int accumulate)
+static void matvec_nobuf(float *y, const float *x, const wmat_qtensor *qt, int64_t r0, int64_t r1, int accumulate)
 {
     uint8_t c[32];
     const int64_t cols = qt->cols, rows = qt->rows;
-    for (int64_t r = 0; r < rows; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         const uint8_t *src = qt->codes + r * qt->row_bytes;
         float acc = 0.0f;
         for (int64_t k0 = 0; k0 < cols; k0 += 32, src += qt->chunk_bytes) {
@@ -449,15 +449,15 @@ static void matvec_nobuf(float *y, const float *x, const wmat_qtensor *qt, int a
     }
 }
 
-void wmat__qmatvec(float *y, const float *x, const wmat_qtensor *qt, int accumulate, int n_threads)
+/* Rows [r0, r1) of y = W x on the calling thread. */
+void wmat__qmatvec_rows(float *y, const float *x, const wmat_qtensor *qt, int64_t r0, int64_t r1, int accumulate)
 {
     const int64_t rows = qt->rows, cols = qt->cols;
     const int zsym = 1 << (qt->bits - 1);
     const row_fn row = pick_row();
-    const long work = (long)(rows * cols);
-    const int nt = work >= 65536 ? (n_threads > 0 ? n_threads : 1) : 1;
     const int need_xp = qt->perm != NULL, need_xs = qt->axis == WMAT_QAXIS_OUT;
     float *buf = NULL;
+    if (r0 >= r1) return;
     if (!need_xs && wmat__qkernel_act8_active()) {
         /* int8 activations: x[perm] quantized once, integer dot products per 32-code block */
         const int64_t nblk = cols / 32;
@@ -478,8 +478,7 @@ void wmat__qmatvec(float *y, const float *x, const wmat_qtensor *qt, int accumul
 #else
             const int fast = 0;
 #endif
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-            for (int64_t r = 0; r < rows; r++) {
+            for (int64_t r = r0; r < r1; r++) {
                 const uint8_t *src = qt->codes + r * qt->row_bytes;
                 const uint16_t *sc = qt->scales + r * gpr;
                 const uint8_t *zs = qt->zeros ? qt->zeros + r * gpr : NULL;
@@ -498,7 +497,7 @@ void wmat__qmatvec(float *y, const float *x, const wmat_qtensor *qt, int accumul
     if (need_xp || need_xs) {
         buf = wmat__malloc((size_t)cols * sizeof(float) * (size_t)(need_xp + need_xs));
         if (!buf) {
-            matvec_nobuf(y, x, qt, accumulate);
+            matvec_nobuf(y, x, qt, r0, r1, accumulate);
             return;
         }
     }
@@ -509,8 +508,7 @@ void wmat__qmatvec(float *y, const float *x, const wmat_qtensor *qt, int accumul
     }
     if (!need_xs) {
         const int64_t gpr = cols / qt->group; /* groups per row */
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-        for (int64_t r = 0; r < rows; r++) {
+        for (int64_t r = r0; r < r1; r++) {
             const float v = row(qt->codes + r * qt->row_bytes, qt->bits, qt->chunk_bytes, xp, cols, qt->group,
                                 qt->scales + r * gpr, qt->zeros ? qt->zeros + r * gpr : NULL, zsym);
             y[r] = accumulate ? y[r] + v : v;
@@ -518,7 +516,7 @@ void wmat__qmatvec(float *y, const float *x, const wmat_qtensor *qt, int accumul
     } else {
         float *xs = buf + (need_xp ? cols : 0);
         const int64_t rpg = rows / qt->group; /* row groups = groups per column */
-        for (int64_t rg = 0; rg < rpg; rg++) {
+        for (int64_t rg = r0 / qt->group; rg <= (r1 - 1) / qt->group; rg++) {
             float corr = 0.0f;
             for (int64_t k = 0; k < cols; k++) {
                 const int64_t g = k * rpg + rg;
@@ -527,9 +525,9 @@ void wmat__qmatvec(float *y, const float *x, const wmat_qtensor *qt, int accumul
                 xs[k] = s * xp[k];
                 corr += z * xs[k];
             }
-            const int64_t r0 = rg * qt->group, r1 = r0 + qt->group;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-            for (int64_t r = r0; r < r1; r++) {
+            const int64_t a = rg * qt->group > r0 ? rg * qt->group : r0;
+            const int64_t b = (rg + 1) * qt->group < r1 ? (rg + 1) * qt->group : r1;
+            for (int64_t r = a; r < b; r++) {
                 const float v = row(qt->codes + r * qt->row_bytes, qt->bits, qt->chunk_bytes, xs, cols, cols, NULL, NULL, 0) -
                                 corr;
                 y[r] = accumulate ? y[r] + v : v;
@@ -537,6 +535,24 @@ void wmat__qmatvec(float *y, const float *x, const wmat_qtensor *qt, int accumul
         }
     }
     wmat__free(buf);
+}
+
+void wmat__qmatvec(float *y, const float *x, const wmat_qtensor *qt, int accumulate, int n_threads)
+{
+    const int64_t rows = qt->rows;
+    const long work = (long)(rows * qt->cols);
+    const int nt = work >= 65536 ? (n_threads > 0 ? n_threads : 1) : 1;
+    if (nt <= 1) {
+        wmat__qmatvec_rows(y, x, qt, 0, rows, accumulate);
+        return;
+    }
+    /* contiguous row blocks, multiples of 16 rows (no shared cache line of y) */
+    const int64_t per = ((rows + nt - 1) / nt + 15) / 16 * 16;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int t = 0; t < nt; t++) {
+        const int64_t a = (int64_t)t * per < rows ? (int64_t)t * per : rows, b = a + per < rows ? a + per : rows;
+        wmat__qmatvec_rows(y, x, qt, a, b, accumulate);
+    }
 }
 
 /* ------------------------------------------------------------ matmul */
@@ -610,7 +626,7 @@ void wmat__qmatmul(float *Y, const float *X, const wmat_qtensor *qt, int T, int 
         wmat__free(W);
         wmat__free(Xp);
         for (int t = 0; t < T; t++)
-            matvec_nobuf(Y + (size_t)t * (size_t)rows, X + (size_t)t * (size_t)cols, qt, accumulate);
+            matvec_nobuf(Y + (size_t)t * (size_t)rows, X + (size_t)t * (size_t)cols, qt, 0, rows, accumulate);
         return;
     }
     const float *A = Xp ? Xp : X;

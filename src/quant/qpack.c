@@ -136,6 +136,7 @@ void wmat__qunpack_row(const wmat_qtensor *qt, int64_t r, uint8_t *codes)
 
 static void qt_shape(wmat_qtensor *qt, const wmat_qresult *q)
 {
+    qt->obj.kind = &wmat__wkind_qpacked;
     qt->bits = q->bits;
     qt->sym = q->sym;
     qt->axis = q->axis;

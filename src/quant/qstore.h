@@ -35,6 +35,9 @@
 #define WMAT_QSTORE_H
 
 #include "quant.h"
+#include "wop/wop.h"
+
+extern const wmat_wkind wmat__wkind_qpacked;
 
 /* A packed quantized matrix (rows = out, cols = in). The struct and, for a
  * tensor built by wmat_qtensor_pack, its arrays are ONE allocation (freed by
@@ -43,6 +46,7 @@
  * dtype WMAT_QPACKED has data = a wmat_qtensor * and WMAT_TF_OWNED set, so
  * wmat_model_free releases it like any owned tensor. */
 struct wmat_qtensor {
+    wmat_wobj obj;    /* the "qpacked" weight kind (src/wop/kind_qpacked.c) */
     int bits;         /* 2..8 */
     int sym;          /* 1: zero = 2^(bits-1), zeros == NULL */
     wmat_qaxis axis;
@@ -96,6 +100,8 @@ const wmat_qtensor *wmat_tensor_qtensor(const wmat_tensor *t);
  * The dispatching versions pick AVX-512, AVX2 or the plain C reference at
  * run time (or the level forced with wmat__qkernel_force). */
 void wmat__qmatvec(float *y, const float *x, const wmat_qtensor *qt, int accumulate, int n_threads);
+/* Rows [r0, r1) of y = W x on the calling thread (what wmat__qmatvec splits). */
+void wmat__qmatvec_rows(float *y, const float *x, const wmat_qtensor *qt, int64_t r0, int64_t r1, int accumulate);
 void wmat__qmatmul(float *Y, const float *X, const wmat_qtensor *qt, int T, int accumulate, int n_threads);
 /* ISA levels: 0 reference C, 2 AVX2+FMA, 3 AVX-512 (F+BW+VL). */
 #define WMAT_QK_REF 0

@@ -1,0 +1,159 @@
+/* Weight operators: every linear weight of a model is an operator of a
+ * registered kind with one table of functions (this file), so the runtime,
+ * the trainer, analysis and the file formats handle a new storage (a packed
+ * quantized type, low-rank factors, a sparse pattern, ...) without a switch
+ * over types anywhere.
+ *
+ * A tensor's kind:
+ *   - plain kinds store an array of their dtype in t->data (f32, f16, bf16,
+ *     ggml q8_0 and q4_0 rows), so a mapped file runs in place;
+ *   - object kinds have t->dtype == WMAT_OBJ and t->data pointing to a
+ *     struct whose first member is a wmat_wobj (the kind pointer).
+ * wmat__wkind_of(t) finds either. Adding a kind is one file defining a
+ * `const wmat_wkind` plus one line in registry.c; tests/test_wop.c runs its
+ * conformance suite over every registered kind.
+ *
+ * Conventions of the table:
+ *   W is (rows = out, cols = in); Y (T, rows) = X (T, cols) W^T.
+ *   Kernels never allocate: batched entry points get `ws` of ws_bytes(),
+ *   one-row entry points get `prep` of prep_bytes() (the input prepared
+ *   once, e.g. permuted or quantized to int8, shared by every thread).
+ *   `rows` computes y[r] for r in [r0, r1) on the calling thread only; the
+ *   caller splits rows over threads (row_align: the split's granularity).
+ *   forward/backward may use up to ex->n_threads OpenMP threads.
+ */
+#ifndef WMAT_WOP_H
+#define WMAT_WOP_H
+
+#include "core/internal.h"
+
+#include <cjson/cJSON.h>
+
+/* ISA levels of hand-written kernels (the numbering of src/quant's levels). */
+#define WMAT_ISA_REF 0
+#define WMAT_ISA_AVX2 2
+#define WMAT_ISA_AVX512 3
+
+/* What a kernel may use, resolved by its caller (no process-wide setting is
+ * read inside a kernel). */
+typedef struct {
+    int n_threads; /* >= 1 */
+    int isa;       /* WMAT_ISA_*; at most what the CPU runs */
+    int act8;      /* 1: int8 activations in one-row products where a kind has them */
+} wmat_wexec;
+
+/* The execution settings of a context: its thread count, the best ISA, int8
+ * activations on. */
+wmat_wexec wmat__wexec_from(const wmat_context *ctx);
+
+/* One named array of an object kind's storage (a "component"), as it is
+ * written to and read from a native directory: "<tensor name><suffix>". */
+typedef struct {
+    const char *suffix; /* ".qcodes", ".lr_a", ... (static strings) */
+    wmat_dtype dtype;   /* f32, f16, bf16, u8, i32 */
+    int ndim;
+    int64_t shape[2];
+    const void *data;
+} wmat_wpart;
+#define WMAT_WPART_MAX 8
+
+/* Finds a component of the tensor being loaded: the stored array named
+ * "<name><suffix>", checked to have this dtype and shape (an error naming
+ * the file otherwise). */
+typedef int (*wmat_wpart_get_fn)(void *user, const char *suffix, wmat_dtype dtype, int ndim, int64_t d0, int64_t d1,
+                                 const void **data);
+
+typedef struct wmat_wkind wmat_wkind;
+struct wmat_wkind {
+    const char *name;    /* "f32", "q4_0", "qpacked", "lowrank" */
+    const char *summary; /* one line for help and docs */
+    wmat_dtype dtype;    /* the storage dtype of a plain kind, WMAT_OBJ for object kinds */
+    int row_align;       /* rows() ranges start at multiples of this (1 if any) */
+
+    /* ---- run */
+    size_t (*ws_bytes)(const wmat_tensor *W, int T, const wmat_wexec *ex);
+    /* Y (T, rows) = X (T, cols) W^T, or += when acc. */
+    void (*forward)(const wmat_tensor *W, const float *X, float *Y, int T, int acc, void *ws, const wmat_wexec *ex);
+    /* dX (T, cols) = dY (T, rows) W, or += when acc (the input gradient,
+     * so a frozen weight of any kind can sit under an adapter). */
+    void (*backward)(const wmat_tensor *W, const float *dY, float *dX, int T, int acc, void *ws, const wmat_wexec *ex);
+    size_t (*prep_bytes)(const wmat_tensor *W, const wmat_wexec *ex);
+    void (*prepare)(const wmat_tensor *W, const float *x, void *prep, const wmat_wexec *ex);
+    void (*rows)(const wmat_tensor *W, const float *x, const void *prep, float *y, int64_t r0, int64_t r1, int acc,
+                 const wmat_wexec *ex);
+
+    /* ---- inspect */
+    /* Rows r0 .. r0+nr-1 of W as fp32 (nr, cols), in the original column order. */
+    void (*dequant_rows)(const wmat_tensor *W, int64_t r0, int64_t nr, float *out);
+    /* Bytes the weight takes as stored (bits per weight = 8 nbytes / (rows cols)). */
+    uint64_t (*nbytes)(const wmat_tensor *W);
+    /* A short description of the instance ("4b sym g32 along inputs", "rank 16 f32"). */
+    void (*describe)(const wmat_tensor *W, char *buf, size_t n);
+
+    /* A default instance approximating the fp32 matrix W (rows, cols): out
+     * gets owned data (an array or an object). What the conformance suite
+     * and quick conversions use; methods build richer instances themselves. */
+    int (*from_f32)(const float *W, int64_t rows, int64_t cols, wmat_tensor *out);
+    /* Error budget of the one-row path (prepare + rows) relative to the
+     * exact product with the dequantized W (int8 activations round x). */
+    float row_tol;
+
+    /* ---- own (object kinds) */
+    void (*free)(void *obj);
+
+    /* ---- files (object kinds; NULL for plain kinds, which are arrays) */
+    /* Fill desc (a JSON object, "kind" already set) with the fields load()
+     * needs and parts with the arrays to store. */
+    int (*save)(const wmat_tensor *W, cJSON *desc, wmat_wpart *parts, int *n_parts, const char *what);
+    /* Build the object from desc and the stored parts (data may point into
+     * a mapping that outlives the object). Hostile input gets an error
+     * naming `what`. */
+    int (*load)(const cJSON *desc, int64_t rows, int64_t cols, wmat_wpart_get_fn get, void *user, const char *what,
+                void **obj);
+    /* GGUF: the ggml type that holds W exactly (return 1 and set *dt), or 0
+     * with *why saying why none does; encode writes wmat_dtype_bytes(*dt)
+     * bytes. NULL: no ggml type (plain kinds are written as their dtype). */
+    int (*gguf_type)(const wmat_tensor *W, wmat_dtype *dt, const char **why);
+    void (*gguf_encode)(const wmat_tensor *W, void *dst);
+};
+
+/* First member of every object kind's struct. */
+typedef struct {
+    const wmat_wkind *kind;
+} wmat_wobj;
+
+/* ---- registry (registry.c) */
+int wmat__wkind_count(void);
+const wmat_wkind *wmat__wkind_at(int i);
+const wmat_wkind *wmat__wkind_find(const char *name);
+/* The kind of a tensor; NULL for a tensor that is no weight operator (i32, u8, or a non-2-D tensor). */
+const wmat_wkind *wmat__wkind_of(const wmat_tensor *t);
+
+/* ---- helpers over the table (wop.c): threading and buffers for callers
+ * that do not manage them themselves. They allocate the workspace and return
+ * a status; the runtime's hot paths use the table directly with its own
+ * buffers. */
+int wmat__wop_forward(const wmat_tensor *W, const float *X, float *Y, int T, int acc, const wmat_wexec *ex);
+int wmat__wop_backward(const wmat_tensor *W, const float *dY, float *dX, int T, int acc, const wmat_wexec *ex);
+/* y = W x with the one-row path (prepare + rows split over ex->n_threads). */
+int wmat__wop_matvec(const wmat_tensor *W, const float *x, float *y, int acc, const wmat_wexec *ex);
+/* Thread t of nt's share [r0, r1) of rows, aligned to the kind's row_align. */
+void wmat__wop_split(const wmat_wkind *k, int64_t rows, int t, int nt, int64_t *r0, int64_t *r1);
+
+/* ---- constructors of object kinds */
+/* A low-rank weight W = A B (A (rows, rank), B (rank, cols), fp32 in, stored
+ * as dt: f32, f16 or bf16). *obj is a new object for wmat__tensor_set_obj. */
+int wmat__lowrank_create(wmat_dtype dt, int64_t rows, int64_t cols, int64_t rank, const float *A, const float *B,
+                         void **obj);
+
+/* Replace t's data by an object of kind k (t takes ownership; the old
+ * owned data is freed). */
+void wmat__tensor_set_obj(wmat_tensor *t, void *obj);
+/* from_f32 of the plain kinds: W converted to t->dtype... of `dt`. */
+int wmat__wkind_plain_from_f32(wmat_dtype dt, const float *W, int64_t rows, int64_t cols, wmat_tensor *out);
+/* Fill a 2-D tensor header (name "", no flags). */
+void wmat__tensor_init2(wmat_tensor *t, wmat_dtype dt, int64_t rows, int64_t cols, void *data);
+/* Free what a tensor owns (its array or its object). */
+void wmat__tensor_free_data(wmat_tensor *t);
+
+#endif
