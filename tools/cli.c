@@ -132,8 +132,9 @@ int cli_load_model(const char *cmd, const char *path, int materialize, wmat_mode
 {
     wmat_load_params lp = wmat_load_default_params();
     lp.tokenizer_path = g_cli.tokenizer;
-    lp.materialize_f32 = materialize;
-    lp.check_finite = materialize;
+    lp.materialize_f32 = materialize != CLI_LOAD_RAW;
+    lp.keep_stored = materialize == CLI_LOAD_STORED;
+    lp.check_finite = materialize != CLI_LOAD_RAW;
     int rc = wmat_model_load(out, path, &lp);
     return rc ? cli_fail(cmd) : 0;
 }

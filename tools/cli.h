@@ -44,7 +44,11 @@ int cli_fail(const char *cmd);
 /* Print a formatted error; returns 2 (usage) */
 int cli_usage_error(const char *cmd, const char *fmt, ...);
 
-/* Load a model for running (materialized f32) or for inspection. */
+/* Load a model for inspection (CLI_LOAD_RAW: as stored, nothing converted),
+ * for editing its weights (CLI_LOAD_F32: every tensor fp32) or for running
+ * (CLI_LOAD_STORED: weights stay in their stored kind, f16/bf16/q8_0/q4_0
+ * run without an fp32 copy). */
+enum { CLI_LOAD_RAW = 0, CLI_LOAD_F32 = 1, CLI_LOAD_STORED = 2 };
 int cli_load_model(const char *cmd, const char *path, int materialize, wmat_model **out);
 /* Tokens of a text file ([BOS] + text) or a uint16 token file. */
 int cli_load_tokens(const char *cmd, wmat_model *m, const char *text_path, const char *tokens_path, int32_t **ids,

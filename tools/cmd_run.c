@@ -95,7 +95,7 @@ int cmd_eval(int argc, char **argv)
     if (!!text == !!tokens) return cli_usage_error("eval", "give exactly one of --text FILE or --tokens FILE");
     if (ctx < 0 || max_windows < 0) return cli_usage_error("eval", "--ctx and --max-windows must be positive");
     wmat_model *m;
-    if (cli_load_model("eval", pos[0], 1, &m)) return 1;
+    if (cli_load_model("eval", pos[0], CLI_LOAD_STORED, &m)) return 1;
     const wmat_config *c = wmat_model_config(m);
     if (ctx == 0) ctx = c->seq_len;
     if (ctx > c->seq_len) {
@@ -171,7 +171,7 @@ int cmd_generate(int argc, char **argv)
     if (steps <= 0) return cli_usage_error("generate", "--steps must be positive");
     if (temp < 0 || top_p < 0 || top_p > 1) return cli_usage_error("generate", "--temp must be >= 0 and --top-p in [0, 1]");
     wmat_model *m;
-    if (cli_load_model("generate", pos[0], 1, &m)) return 1;
+    if (cli_load_model("generate", pos[0], CLI_LOAD_STORED, &m)) return 1;
     const wmat_config *c = wmat_model_config(m);
     wmat_tokenizer *tok = wmat_model_tokenizer(m);
     if (!tok) {
