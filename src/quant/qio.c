@@ -23,7 +23,6 @@
 #define Q_VERSION 1
 #define JSON_MAX ((size_t)64 << 20)
 
-static const char *const g_suffix[4] = {".qcodes", ".qscales", ".qzeros", ".qperm"};
 
 
 
@@ -118,29 +117,16 @@ done:
 /* ------------------------------------------------------------ saving */
 
 
-/* The scheme of a packed tensor as a JSON object. */
-static cJSON *scheme_json(const wmat_qtensor *qt)
-{
-    cJSON *o = cJSON_CreateObject();
-    if (!o) return NULL;
-    cJSON *shape = cJSON_AddArrayToObject(o, "shape");
-    cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)qt->rows));
-    cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)qt->cols));
-    cJSON_AddNumberToObject(o, "bits", qt->bits);
-    cJSON_AddBoolToObject(o, "sym", qt->sym);
-    cJSON_AddStringToObject(o, "axis", qt->axis == WMAT_QAXIS_IN ? "in" : "out");
-    cJSON_AddNumberToObject(o, "group", qt->group);
-    cJSON_AddBoolToObject(o, "act_order", qt->perm != NULL);
-    cJSON_AddNumberToObject(o, "chunk_bytes", (double)qt->chunk_bytes);
-    return o;
-}
-
 int wmat_quant_model_save(wmat_model *m, const char *path, wmat_format fmt);
+
+/* The array a plain weight of a kind safetensors has no dtype for (ggml
+ * blocks) is stored under: "<name>.blocks", u8 (rows, bytes per row). */
+#define BLOCKS_SUFFIX ".blocks"
 
 static int save_native(wmat_model *m, const char *dir)
 {
     int rc = WMAT_OK, n = 0;
-    const int n_max = m->n_tensors * 4;
+    const int n_max = m->n_tensors * WMAT_WPART_MAX;
     wmat_st_entry *ent = wmat__calloc((size_t)(n_max ? n_max : 1), sizeof *ent);
     char(*names)[WMAT_NAME_MAX + 16] = wmat__calloc((size_t)(n_max ? n_max : 1), sizeof *names);
     char *cfg_text = wmat__malloc(4096), *qtext = NULL;
@@ -159,45 +145,56 @@ static int save_native(wmat_model *m, const char *dir)
     cJSON *tens = cJSON_AddObjectToObject(qroot, "tensors");
     for (int i = 0; i < m->n_tensors; i++) {
         const wmat_tensor *t = &m->tensors[i];
-        const wmat_qtensor *qt = wmat_tensor_qtensor(t);
-        if (!qt) {
-            if (t->dtype != WMAT_F32 || (t->flags & WMAT_TF_HF_ROPE)) {
-                rc = wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is not materialized", dir, t->name);
-                goto done;
-            }
-            wmat_st_entry *e = &ent[n++];
+        const wmat_wkind *k = wmat__wkind_of(t);
+        const int st_dt = wmat__st_from_wmat_dtype(t->dtype);
+        if (t->flags & WMAT_TF_HF_ROPE) {
+            rc = wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is not materialized", dir, t->name);
+            goto done;
+        }
+        if (t->dtype != WMAT_OBJ && (t->dtype == WMAT_F32 || t->dtype == WMAT_F16 || t->dtype == WMAT_BF16) && st_dt >= 0) {
+            wmat_st_entry *e = &ent[n++]; /* a plain array safetensors holds as it is */
             e->name = t->name;
-            e->dtype = WMAT_ST_F32;
+            e->dtype = (wmat_st_dtype)st_dt;
             e->ndim = t->ndim;
             for (int d = 0; d < t->ndim; d++) e->shape[d] = t->shape[d];
             e->data = t->data;
             continue;
         }
-        cJSON *sj = scheme_json(qt);
-        if (!sj) {
+        if (!k) {
+            rc = wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s (%s) cannot be stored", dir, t->name,
+                                wmat_dtype_info(t->dtype) ? wmat_dtype_info(t->dtype)->name : "?");
+            goto done;
+        }
+        /* described in quant_config.json by its kind, its arrays as parts */
+        cJSON *sj = cJSON_CreateObject();
+        cJSON *shape = sj ? cJSON_AddArrayToObject(sj, "shape") : NULL;
+        if (!sj || !shape || !cJSON_AddStringToObject(sj, "kind", k->name)) {
+            cJSON_Delete(sj);
             rc = wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", dir);
             goto done;
         }
         cJSON_AddItemToObject(tens, t->name, sj);
-        const int64_t gdim0 = qt->axis == WMAT_QAXIS_IN ? qt->rows : qt->cols;
-        const int64_t gdim1 = qt->n_groups / gdim0;
-        for (int k = 0; k < 4; k++) {
-            if ((k == 2 && !qt->zeros) || (k == 3 && !qt->perm)) continue;
+        cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[0]));
+        cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[1]));
+        wmat_wpart parts[WMAT_WPART_MAX];
+        int np = 0;
+        if (k->save) {
+            char what[WMAT_NAME_MAX + 64];
+            snprintf(what, sizeof what, "%s: tensor %s", dir, t->name);
+            if ((rc = k->save(t, sj, parts, &np, what))) goto done;
+        } else {
+            parts[np++] = (wmat_wpart){BLOCKS_SUFFIX, WMAT_U8, 2,
+                                       {t->shape[0], (int64_t)wmat_dtype_bytes(t->dtype, (uint64_t)t->shape[1])}, t->data};
+        }
+        for (int p = 0; p < np; p++) {
             wmat_st_entry *e = &ent[n];
-            snprintf(names[n], sizeof names[n], "%s%s", t->name, g_suffix[k]);
+            snprintf(names[n], sizeof names[n], "%s%s", t->name, parts[p].suffix);
             e->name = names[n++];
-            switch (k) {
-            case 0:
-                e->dtype = WMAT_ST_U8, e->ndim = 2, e->shape[0] = qt->rows, e->shape[1] = qt->row_bytes, e->data = qt->codes;
-                break;
-            case 1:
-                e->dtype = WMAT_ST_F16, e->ndim = 2, e->shape[0] = gdim0, e->shape[1] = gdim1, e->data = qt->scales;
-                break;
-            case 2:
-                e->dtype = WMAT_ST_U8, e->ndim = 2, e->shape[0] = gdim0, e->shape[1] = gdim1, e->data = qt->zeros;
-                break;
-            default: e->dtype = WMAT_ST_I32, e->ndim = 1, e->shape[0] = qt->cols, e->data = qt->perm; break;
-            }
+            e->dtype = (wmat_st_dtype)wmat__st_from_wmat_dtype(parts[p].dtype);
+            e->ndim = parts[p].ndim;
+            e->shape[0] = parts[p].shape[0];
+            e->shape[1] = parts[p].shape[1];
+            e->data = parts[p].data;
         }
     }
     qtext = cJSON_Print(qroot);
@@ -246,53 +243,33 @@ done:
 
 /* ------------------------------------------------------------ GGUF export */
 
-/* Why a packed tensor is not exactly a ggml type ("" if it is one). */
-static const char *gguf_misfit(const wmat_qtensor *qt, wmat_dtype *dt)
-{
-    if (qt->bits != 4 && qt->bits != 8) return "only 4-bit (Q4_0) and 8-bit (Q8_0) codes have an exact ggml type";
-    if (!qt->sym) return "asymmetric (zero points): Q4_0/Q8_0 are symmetric";
-    if (qt->axis != WMAT_QAXIS_IN) return "groups along outputs (per-IC): ggml blocks run along inputs";
-    if (qt->group != 32) return "groups must be 32 inputs long (ggml's block)";
-    if (qt->perm)
-        for (int64_t k = 0; k < qt->cols; k++)
-            if (qt->perm[k] != k) return "act-order permutation with groups: ggml has no column permutation";
-    *dt = qt->bits == 4 ? WMAT_Q4_0 : WMAT_Q8_0;
-    return "";
-}
-
 typedef struct {
     const char *path;
 } gguf_ctx;
 
+/* Weights of any kind: plain ggml types (f16, bf16, q8_0, q4_0) as stored,
+ * object kinds through their exact ggml type if they have one. */
 static int gguf_encode(void *user, const wmat_tensor *t, wmat_dtype *dt, void *dst)
 {
     const gguf_ctx *c = user;
-    const wmat_qtensor *qt = wmat_tensor_qtensor(t);
-    if (!qt) return 0;
-    wmat_dtype d = WMAT_F32;
-    const char *why = gguf_misfit(qt, &d);
-    if (*why)
-        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: tensor %s (%d-bit, %s, groups of %d along %s%s) cannot be exported to GGUF: %s",
-                              c->path, t->name, qt->bits, qt->sym ? "symmetric" : "asymmetric", qt->group,
-                              qt->axis == WMAT_QAXIS_IN ? "inputs" : "outputs", qt->perm ? ", act-order" : "", why);
-    *dt = d;
-    if (!dst) return 1;
-    unsigned char *o = dst;
-    const int64_t nb = qt->cols / 32;
-    for (int64_t r = 0; r < qt->rows; r++) {
-        const uint8_t *src = qt->codes + r * qt->row_bytes;
-        for (int64_t b = 0; b < nb; b++, src += qt->chunk_bytes) {
-            memcpy(o, &qt->scales[r * nb + b], 2); /* fp16 scale bits as stored */
-            if (d == WMAT_Q4_0) {
-                memcpy(o + 2, src, 16); /* the 4-bit chunk is Q4_0's qs: c_j | c_(j+16) << 4 */
-                o += 18;
-            } else {
-                for (int j = 0; j < 32; j++) o[2 + j] = (unsigned char)(int8_t)((int)src[j] - 128);
-                o += 34;
-            }
-        }
+    const wmat_wkind *k = wmat__wkind_of(t);
+    if (!k || t->dtype == WMAT_F32) return 0;
+    if (t->dtype != WMAT_OBJ) {
+        *dt = t->dtype;
+        if (dst) memcpy(dst, t->data, wmat_dtype_bytes(t->dtype, (uint64_t)wmat_tensor_nelem(t)));
+        return 1;
     }
-    return WMAT_OK;
+    const char *why = "it has no ggml type";
+    wmat_dtype d = WMAT_F32;
+    if (!k->gguf_type || !k->gguf_type(t, &d, &why)) {
+        char desc[96];
+        wmat_tensor_describe(t, desc, sizeof desc);
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: tensor %s (%s) cannot be exported to GGUF: %s", c->path, t->name,
+                              desc, why);
+    }
+    *dt = d;
+    if (dst) k->gguf_encode(t, dst);
+    return 1;
 }
 
 int wmat_quant_model_save(wmat_model *m, const char *path, wmat_format fmt)
@@ -301,7 +278,7 @@ int wmat_quant_model_save(wmat_model *m, const char *path, wmat_format fmt)
         int rc = wmat__model_bind(m);
         if (rc) return rc;
     }
-    int rc = wmat_model_materialize(m); /* packed tensors are left as they are */
+    int rc = wmat_model_prepare_stored(m); /* weights of every kind are written as they are */
     if (rc) return rc;
     if (fmt == WMAT_FMT_QUANT) return save_native(m, path);
     if (fmt != WMAT_FMT_GGUF)
@@ -309,8 +286,10 @@ int wmat_quant_model_save(wmat_model *m, const char *path, wmat_format fmt)
     /* general.file_type: the type most packed tensors become. */
     int n4 = 0, n8 = 0;
     for (int i = 0; i < m->n_tensors; i++) {
-        const wmat_qtensor *qt = wmat_tensor_qtensor(&m->tensors[i]);
+        const wmat_tensor *t = &m->tensors[i];
+        const wmat_qtensor *qt = wmat_tensor_qtensor(t);
         if (qt) n4 += qt->bits == 4, n8 += qt->bits == 8;
+        else n4 += t->dtype == WMAT_Q4_0, n8 += t->dtype == WMAT_Q8_0;
     }
     gguf_ctx c = {path};
     const wmat_dtype file_dt = n4 + n8 == 0 ? WMAT_F32 : n4 >= n8 ? WMAT_Q4_0 : WMAT_Q8_0;
@@ -319,41 +298,39 @@ int wmat_quant_model_save(wmat_model *m, const char *path, wmat_format fmt)
 
 /* ------------------------------------------------------------ loading */
 
-/* Find a part of a packed tensor and check its dtype and shape. */
-static int part(const wmat_st_file *f, const char *name, int k, wmat_st_dtype dt, int ndim, int64_t d0, int64_t d1,
-                const wmat_st_tensor **out)
+/* The parts of one described tensor, found in the safetensors file. */
+typedef struct {
+    const wmat_st_file *f;
+    const char *name;
+    uint8_t *used; /* per stored tensor: 1 once a kind took it */
+} part_src;
+
+static int get_part(void *user, const char *suffix, wmat_dtype dtype, int ndim, int64_t d0, int64_t d1, const void **data)
 {
+    part_src *ps = user;
     char full[WMAT_NAME_MAX + 16];
-    snprintf(full, sizeof full, "%s%s", name, g_suffix[k]);
-    const wmat_st_tensor *t = wmat__st_find(f, full);
-    *out = t;
-    if (!t) return wmat_set_error(WMAT_ERR_FORMAT, "%s: missing tensor %s", f->path, full);
-    if (t->dtype != dt || t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1))
+    snprintf(full, sizeof full, "%s%s", ps->name, suffix);
+    const wmat_st_tensor *t = wmat__st_find(ps->f, full);
+    if (!t) return wmat_set_error(WMAT_ERR_FORMAT, "%s: missing tensor %s", ps->f->path, full);
+    const int want = wmat__st_from_wmat_dtype(dtype);
+    if ((int)t->dtype != want || t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1))
         return wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor %s has dtype %s and the wrong shape (expected %s (%lld%s%lld))",
-                              f->path, full, wmat__st_dtype_name(t->dtype), wmat__st_dtype_name(dt), (long long)d0,
-                              ndim == 2 ? " x " : "", ndim == 2 ? (long long)d1 : 0LL);
+                              ps->f->path, full, wmat__st_dtype_name(t->dtype), want >= 0 ? wmat__st_dtype_name((wmat_st_dtype)want) : "?",
+                              (long long)d0, ndim == 2 ? " x " : "", ndim == 2 ? (long long)d1 : 0LL);
+    ps->used[t - ps->f->tensors] = 1;
+    *data = t->data;
     return WMAT_OK;
 }
 
-static int is_part_name(const char *name)
-{
-    size_t n = strlen(name);
-    for (int k = 0; k < 4; k++) {
-        size_t s = strlen(g_suffix[k]);
-        if (n > s && !strcmp(name + n - s, g_suffix[k])) return 1;
-    }
-    return 0;
-}
-
-/* One packed tensor of quant_config.json -> a descriptor into the mapping. */
-static int add_packed(wmat_model *m, const wmat_st_file *f, const cJSON *item, const char *qpath)
+/* One tensor of quant_config.json: its kind ("qpacked" when absent: files
+ * of version 1 wrote packed tensors only) builds it from its parts. */
+static int add_described(wmat_model *m, const wmat_st_file *f, const cJSON *item, const char *qpath, uint8_t *used)
 {
     const char *name = item->string;
     char what[WMAT_NAME_MAX + 64];
     snprintf(what, sizeof what, "%s: tensor %.128s", qpath, name);
     if (!cJSON_IsObject(item) || strlen(name) >= WMAT_NAME_MAX)
         return wmat_set_error(WMAT_ERR_FORMAT, "%s: not an object or name too long", what);
-    int64_t bits = 0, group = 0, rows = 0, cols = 0;
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(item, "shape");
     if (!cJSON_IsArray(shape) || cJSON_GetArraySize(shape) != 2)
         return wmat_set_error(WMAT_ERR_FORMAT, "%s: \"shape\" must be [rows, cols]", what);
@@ -361,67 +338,36 @@ static int add_packed(wmat_model *m, const wmat_st_file *f, const cJSON *item, c
     if (!cJSON_IsNumber(s0) || !cJSON_IsNumber(s1) || !(s0->valuedouble >= 1 && s0->valuedouble <= INT32_MAX) ||
         !(s1->valuedouble >= 1 && s1->valuedouble <= INT32_MAX))
         return wmat_set_error(WMAT_ERR_FORMAT, "%s: bad shape", what);
-    rows = (int64_t)s0->valuedouble;
-    cols = (int64_t)s1->valuedouble;
-    int rc = jint(item, "bits", 1, 2, 8, &bits, what);
-    if (!rc) rc = jint(item, "group", 1, 1, INT32_MAX, &group, what);
-    if (rc) return rc;
-    const cJSON *axis = cJSON_GetObjectItemCaseSensitive(item, "axis");
-    const cJSON *sym = cJSON_GetObjectItemCaseSensitive(item, "sym");
-    const cJSON *ao = cJSON_GetObjectItemCaseSensitive(item, "act_order");
-    if (!cJSON_IsString(axis) || (strcmp(axis->valuestring, "in") && strcmp(axis->valuestring, "out")) || !cJSON_IsBool(sym))
-        return wmat_set_error(WMAT_ERR_FORMAT, "%s: \"axis\" must be \"in\" or \"out\" and \"sym\" a boolean", what);
-    wmat_qtensor s;
-    memset(&s, 0, sizeof s);
-    s.obj.kind = &wmat__wkind_qpacked;
-    s.bits = (int)bits;
-    s.sym = cJSON_IsTrue(sym);
-    s.axis = strcmp(axis->valuestring, "in") ? WMAT_QAXIS_OUT : WMAT_QAXIS_IN;
-    s.group = (int)group;
-    s.rows = rows;
-    s.cols = cols;
-    const int64_t len = s.axis == WMAT_QAXIS_IN ? cols : rows;
-    if (cols % 32 || len % group || (s.axis == WMAT_QAXIS_IN && group % 32))
-        return wmat_set_error(WMAT_ERR_FORMAT, "%s: group %lld along %s does not fit a (%lld x %lld) matrix", what,
-                              (long long)group, axis->valuestring, (long long)rows, (long long)cols);
-    s.n_groups = s.axis == WMAT_QAXIS_IN ? rows * (cols / group) : cols * (rows / group);
-    s.chunk_bytes = wmat_qpack_chunk_bytes(s.bits);
-    s.row_bytes = cols / 32 * s.chunk_bytes;
-    const int64_t gd0 = s.axis == WMAT_QAXIS_IN ? rows : cols, gd1 = s.n_groups / gd0;
-    const wmat_st_tensor *tc, *ts, *tz = NULL, *tp = NULL;
-    rc = part(f, name, 0, WMAT_ST_U8, 2, rows, s.row_bytes, &tc);
-    if (!rc) rc = part(f, name, 1, WMAT_ST_F16, 2, gd0, gd1, &ts);
-    if (!rc && !s.sym) rc = part(f, name, 2, WMAT_ST_U8, 2, gd0, gd1, &tz);
-    if (!rc && cJSON_IsTrue(ao)) rc = part(f, name, 3, WMAT_ST_I32, 1, cols, 0, &tp);
-    if (rc) return rc;
-    if (((uintptr_t)ts->data % 2) || (tp && (uintptr_t)tp->data % 4))
-        return wmat_set_error(WMAT_ERR_FORMAT, "%s: scales or perm are not aligned to their element size", what);
-    s.codes = tc->data;
-    s.scales = ts->data;
-    s.zeros = tz ? tz->data : NULL;
-    s.perm = tp ? tp->data : NULL;
-    if (s.perm) { /* a hostile perm would index outside x: check it is a permutation */
-        uint8_t *seen = wmat__calloc((size_t)cols, 1);
-        if (!seen) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", what);
-        for (int64_t k = 0; k < cols && !rc; k++) {
-            int32_t p = s.perm[k];
-            if (p < 0 || p >= cols || seen[p]) rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: perm is not a permutation", what);
-            else seen[p] = 1;
-        }
-        wmat__free(seen);
+    const int64_t rows = (int64_t)s0->valuedouble, cols = (int64_t)s1->valuedouble;
+    const cJSON *kj = cJSON_GetObjectItemCaseSensitive(item, "kind");
+    if (kj && !cJSON_IsString(kj)) return wmat_set_error(WMAT_ERR_FORMAT, "%s: \"kind\" must be a string", what);
+    const wmat_wkind *k = wmat__wkind_find(kj ? kj->valuestring : "qpacked");
+    if (!k) return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: unknown weight kind \"%.32s\"", what, kj->valuestring);
+    if (wmat_model_find(m, name)) return wmat_set_error(WMAT_ERR_FORMAT, "%s: stored both described and plain", what);
+    part_src ps = {f, name, used};
+    const int64_t shp[2] = {rows, cols};
+    if (k->dtype != WMAT_OBJ) { /* a plain kind stored as raw blocks */
+        const size_t rb = wmat_dtype_bytes(k->dtype, (uint64_t)cols);
+        const void *d;
+        if (!rb) return wmat_set_error(WMAT_ERR_FORMAT, "%s: %lld columns do not fit %s blocks", what, (long long)cols, k->name);
+        int rc = get_part(&ps, BLOCKS_SUFFIX, WMAT_U8, 2, rows, (int64_t)rb, &d);
         if (rc) return rc;
+        if ((uintptr_t)d % 2) return wmat_set_error(WMAT_ERR_FORMAT, "%s: blocks are not 2-byte aligned", what);
+        return wmat__model_add_tensor(m, name, k->dtype, 2, shp, (void *)d, 0);
     }
-    wmat_qtensor *qt = wmat__malloc(sizeof *qt);
-    if (!qt) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", what);
-    *qt = s;
-    if (wmat_model_find(m, name)) {
-        wmat__free(qt);
-        return wmat_set_error(WMAT_ERR_FORMAT, "%s: stored both packed and unpacked", what);
+    if (!k->load) return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: kind %s cannot be read from files", what, k->name);
+    void *obj = NULL;
+    int rc = k->load(item, rows, cols, get_part, &ps, what, &obj);
+    if (rc) return rc;
+    rc = wmat__model_add_tensor(m, name, WMAT_OBJ, 2, shp, obj, 0);
+    if (rc) {
+        k->free(obj);
+        return rc;
     }
-    int64_t shp[2] = {rows, cols};
-    rc = wmat__model_add_tensor(m, name, WMAT_QPACKED, 2, shp, qt, WMAT_TF_OWNED);
-    if (!rc) m->tensors[m->n_tensors - 1].nbytes = (size_t)wmat_qtensor_nbytes(qt);
-    return rc;
+    wmat_tensor *t = &m->tensors[m->n_tensors - 1];
+    t->flags = WMAT_TF_OWNED;
+    t->nbytes = (size_t)k->nbytes(t);
+    return WMAT_OK;
 }
 
 int wmat__quant_load(wmat_model **out, const char *dir, const wmat_load_params *p)
@@ -433,6 +379,7 @@ int wmat__quant_load(wmat_model **out, const char *dir, const wmat_load_params *
     wmat_model *m = NULL;
     wmat_st_file *f = NULL;
     cJSON *q = NULL;
+    uint8_t *used = NULL;
     char *qpath = wmat__path_join(dir, Q_QCONFIG), *st_path = wmat__path_join(dir, Q_WEIGHTS), *tok = wmat__path_join(dir, Q_TOKENIZER);
     if (!qpath || !st_path || !tok) {
         rc = WMAT_ERR_NOMEM;
@@ -452,22 +399,29 @@ int wmat__quant_load(wmat_model **out, const char *dir, const wmat_load_params *
         goto done;
     }
     if ((rc = wmat__st_open(&f, st_path))) goto done;
-    for (const cJSON *it = tens->child; it && !rc; it = it->next) rc = add_packed(m, f, it, qpath);
+    used = wmat__calloc((size_t)f->n_tensors + 1, 1);
+    if (!used) {
+        rc = wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", dir);
+        goto done;
+    }
+    for (const cJSON *it = tens->child; it && !rc; it = it->next) rc = add_described(m, f, it, qpath, used);
     for (int i = 0; i < f->n_tensors && !rc; i++) {
         const wmat_st_tensor *t = &f->tensors[i];
-        if (is_part_name(t->name)) {
-            /* every part must belong to a described tensor */
-            char base[WMAT_NAME_MAX + 16];
-            snprintf(base, sizeof base, "%s", t->name);
-            *strrchr(base, '.') = '\0';
-            if (!cJSON_GetObjectItemCaseSensitive(tens, base))
-                rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor %s belongs to no tensor of %s", st_path, t->name, Q_QCONFIG);
-            continue;
+        if (used[i]) continue;
+        /* every array under a described tensor's name must be one of its parts */
+        char base[WMAT_NAME_MAX + 16];
+        snprintf(base, sizeof base, "%s", t->name);
+        char *dot = strrchr(base, '.');
+        if (dot) *dot = '\0';
+        if (dot && cJSON_GetObjectItemCaseSensitive(tens, base)) {
+            rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor %s belongs to no tensor of %s (not a part of %s's kind)", st_path,
+                                t->name, Q_QCONFIG, base);
+            break;
         }
         int wd = wmat__st_to_wmat_dtype(t->dtype);
         if (wd != WMAT_F32 && wd != WMAT_F16 && wd != WMAT_BF16) {
-            rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor %s has dtype %s (F32, F16, BF16 or packed parts)", st_path, t->name,
-                                wmat__st_dtype_name(t->dtype));
+            rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor %s has dtype %s (F32, F16, BF16 or parts of a described tensor)",
+                                st_path, t->name, wmat__st_dtype_name(t->dtype));
             break;
         }
         if (t->ndim < 1 || t->ndim > 2 || wmat_model_find(m, t->name)) {
@@ -482,8 +436,6 @@ int wmat__quant_load(wmat_model **out, const char *dir, const wmat_load_params *
         if (map.addr) rc = wmat__model_add_map(m, &map);
     }
     if (!rc) rc = wmat__model_bind(m);
-    if (!rc && m->tok_embd_idx >= 0 && m->tensors[m->tok_embd_idx].dtype == WMAT_QPACKED)
-        rc = wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: the token embedding cannot be packed", dir);
     if (!rc) {
         wmat_tokenizer *tk = NULL;
         if (p && p->tokenizer_path) rc = wmat_tokenizer_load_llama2c(&tk, p->tokenizer_path, cfg.vocab_size);
@@ -491,6 +443,7 @@ int wmat__quant_load(wmat_model **out, const char *dir, const wmat_load_params *
         if (!rc && tk) wmat_model_set_tokenizer(m, tk);
     }
 done:
+    wmat__free(used);
     wmat__st_close(f);
     cJSON_Delete(q);
     wmat__free(qpath);

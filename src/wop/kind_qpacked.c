@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 #define QP_TILE_FLOATS ((size_t)1 << 20) /* backward: W rows dequantized ~4 MB at a time */
 
@@ -112,6 +113,142 @@ static int qp_from_f32(const float *W, int64_t rows, int64_t cols, wmat_tensor *
     return WMAT_OK;
 }
 
+/* ---- files: the scheme in the description, four parts (docs/FORMATS.md) */
+
+static const char *const g_suffix[4] = {".qcodes", ".qscales", ".qzeros", ".qperm"};
+
+static int qp_save(const wmat_tensor *W, cJSON *o, wmat_wpart *parts, int *n_parts, const char *what)
+{
+    const wmat_qtensor *qt = qt_of(W);
+    if (!cJSON_AddNumberToObject(o, "bits", qt->bits) || !cJSON_AddBoolToObject(o, "sym", qt->sym) ||
+        !cJSON_AddStringToObject(o, "axis", qt->axis == WMAT_QAXIS_IN ? "in" : "out") ||
+        !cJSON_AddNumberToObject(o, "group", qt->group) || !cJSON_AddBoolToObject(o, "act_order", qt->perm != NULL) ||
+        !cJSON_AddNumberToObject(o, "chunk_bytes", (double)qt->chunk_bytes))
+        return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", what);
+    const int64_t gd0 = qt->axis == WMAT_QAXIS_IN ? qt->rows : qt->cols, gd1 = qt->n_groups / gd0;
+    int n = 0;
+    parts[n++] = (wmat_wpart){g_suffix[0], WMAT_U8, 2, {qt->rows, qt->row_bytes}, qt->codes};
+    parts[n++] = (wmat_wpart){g_suffix[1], WMAT_F16, 2, {gd0, gd1}, qt->scales};
+    if (qt->zeros) parts[n++] = (wmat_wpart){g_suffix[2], WMAT_U8, 2, {gd0, gd1}, qt->zeros};
+    if (qt->perm) parts[n++] = (wmat_wpart){g_suffix[3], WMAT_I32, 1, {qt->cols, 0}, qt->perm};
+    *n_parts = n;
+    return WMAT_OK;
+}
+
+/* An integer field in [lo, hi]. */
+static int jint(const cJSON *o, const char *key, double lo, double hi, int64_t *out, const char *what)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    const double d = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+    if (!(d >= lo && d <= hi) || d != floor(d))
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: field \"%s\" must be an integer in [%g, %g]", what, key, lo, hi);
+    *out = (int64_t)d;
+    return WMAT_OK;
+}
+
+static int qp_load(const cJSON *item, int64_t rows, int64_t cols, wmat_wpart_get_fn get, void *user, const char *what,
+                   void **obj)
+{
+    *obj = NULL;
+    int64_t bits = 0, group = 0;
+    int rc = jint(item, "bits", 2, 8, &bits, what);
+    if (!rc) rc = jint(item, "group", 1, INT32_MAX, &group, what);
+    if (rc) return rc;
+    const cJSON *axis = cJSON_GetObjectItemCaseSensitive(item, "axis");
+    const cJSON *sym = cJSON_GetObjectItemCaseSensitive(item, "sym");
+    const cJSON *ao = cJSON_GetObjectItemCaseSensitive(item, "act_order");
+    if (!cJSON_IsString(axis) || (strcmp(axis->valuestring, "in") && strcmp(axis->valuestring, "out")) || !cJSON_IsBool(sym))
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: \"axis\" must be \"in\" or \"out\" and \"sym\" a boolean", what);
+    if (ao && !cJSON_IsBool(ao)) return wmat_set_error(WMAT_ERR_FORMAT, "%s: \"act_order\" must be a boolean", what);
+    wmat_qtensor s;
+    memset(&s, 0, sizeof s);
+    s.obj.kind = &wmat__wkind_qpacked;
+    s.bits = (int)bits;
+    s.sym = cJSON_IsTrue(sym);
+    s.axis = strcmp(axis->valuestring, "in") ? WMAT_QAXIS_OUT : WMAT_QAXIS_IN;
+    s.group = (int)group;
+    s.rows = rows;
+    s.cols = cols;
+    const int64_t len = s.axis == WMAT_QAXIS_IN ? cols : rows;
+    if (cols % 32 || len % group || (s.axis == WMAT_QAXIS_IN && group % 32))
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: group %lld along %s does not fit a (%lld x %lld) matrix", what,
+                              (long long)group, axis->valuestring, (long long)rows, (long long)cols);
+    s.n_groups = s.axis == WMAT_QAXIS_IN ? rows * (cols / group) : cols * (rows / group);
+    s.chunk_bytes = wmat_qpack_chunk_bytes(s.bits);
+    s.row_bytes = cols / 32 * s.chunk_bytes;
+    const cJSON *cb = cJSON_GetObjectItemCaseSensitive(item, "chunk_bytes");
+    if (cb && (!cJSON_IsNumber(cb) || cb->valuedouble != (double)s.chunk_bytes))
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: \"chunk_bytes\" must be %lld for %d-bit codes", what,
+                              (long long)s.chunk_bytes, s.bits);
+    const int64_t gd0 = s.axis == WMAT_QAXIS_IN ? rows : cols, gd1 = s.n_groups / gd0;
+    const void *tc, *ts, *tz = NULL, *tp = NULL;
+    rc = get(user, g_suffix[0], WMAT_U8, 2, rows, s.row_bytes, &tc);
+    if (!rc) rc = get(user, g_suffix[1], WMAT_F16, 2, gd0, gd1, &ts);
+    if (!rc && !s.sym) rc = get(user, g_suffix[2], WMAT_U8, 2, gd0, gd1, &tz);
+    if (!rc && cJSON_IsTrue(ao)) rc = get(user, g_suffix[3], WMAT_I32, 1, cols, 0, &tp);
+    if (rc) return rc;
+    if (((uintptr_t)ts % 2) || (tp && (uintptr_t)tp % 4))
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: scales or perm are not aligned to their element size", what);
+    s.codes = tc;
+    s.scales = ts;
+    s.zeros = tz;
+    s.perm = tp;
+    if (s.perm) { /* a hostile perm would index outside x: check it is a permutation */
+        uint8_t *seen = wmat__calloc((size_t)cols, 1);
+        if (!seen) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", what);
+        for (int64_t k = 0; k < cols && !rc; k++) {
+            const int32_t p = s.perm[k];
+            if (p < 0 || p >= cols || seen[p]) rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: perm is not a permutation", what);
+            else seen[p] = 1;
+        }
+        wmat__free(seen);
+        if (rc) return rc;
+    }
+    wmat_qtensor *qt = wmat__malloc(sizeof *qt);
+    if (!qt) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", what);
+    *qt = s;
+    *obj = qt;
+    return WMAT_OK;
+}
+
+/* Exactly a ggml type: symmetric 4- or 8-bit codes in groups of 32 inputs,
+ * no column permutation (Q4_0's nibble order is the 4-bit chunk's). */
+static int qp_gguf_type(const wmat_tensor *W, wmat_dtype *dt, const char **why)
+{
+    const wmat_qtensor *qt = qt_of(W);
+    *why = "";
+    if (qt->bits != 4 && qt->bits != 8) *why = "only 4-bit (Q4_0) and 8-bit (Q8_0) codes have an exact ggml type";
+    else if (!qt->sym) *why = "asymmetric (zero points): Q4_0/Q8_0 are symmetric";
+    else if (qt->axis != WMAT_QAXIS_IN) *why = "groups along outputs (per-IC): ggml blocks run along inputs";
+    else if (qt->group != 32) *why = "groups must be 32 inputs long (ggml's block)";
+    else if (qt->perm)
+        for (int64_t k = 0; k < qt->cols && !**why; k++)
+            if (qt->perm[k] != k) *why = "act-order permutation with groups: ggml has no column permutation";
+    if (**why) return 0;
+    *dt = qt->bits == 4 ? WMAT_Q4_0 : WMAT_Q8_0;
+    return 1;
+}
+
+static void qp_gguf_encode(const wmat_tensor *W, void *dst)
+{
+    const wmat_qtensor *qt = qt_of(W);
+    unsigned char *o = dst;
+    const int64_t nb = qt->cols / 32;
+    for (int64_t r = 0; r < qt->rows; r++) {
+        const uint8_t *src = qt->codes + r * qt->row_bytes;
+        for (int64_t b = 0; b < nb; b++, src += qt->chunk_bytes) {
+            memcpy(o, &qt->scales[r * nb + b], 2); /* fp16 scale bits as stored */
+            if (qt->bits == 4) {
+                memcpy(o + 2, src, 16); /* the 4-bit chunk is Q4_0's qs: c_j | c_(j+16) << 4 */
+                o += 18;
+            } else {
+                for (int j = 0; j < 32; j++) o[2 + j] = (unsigned char)(int8_t)((int)src[j] - 128);
+                o += 34;
+            }
+        }
+    }
+}
+
 const wmat_wkind wmat__wkind_qpacked = {
     .name = "qpacked",
     .summary = "wmat's packed 2..8-bit codes with fp16 group scales (RTN, GPTQ, AdaDim output)",
@@ -128,5 +265,9 @@ const wmat_wkind wmat__wkind_qpacked = {
     .describe = qp_describe,
     .free = qp_free,
     .from_f32 = qp_from_f32,
+    .save = qp_save,
+    .load = qp_load,
+    .gguf_type = qp_gguf_type,
+    .gguf_encode = qp_gguf_encode,
     .row_tol = 2e-2f, /* int8 activations where the CPU has VNNI */
 };
