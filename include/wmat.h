@@ -304,7 +304,7 @@ typedef enum {
     WMAT_FMT_LLAMA2C = 1,
     WMAT_FMT_GGUF = 2,
     WMAT_FMT_HF = 3,
-    WMAT_FMT_QUANT = 4 /* native quantized directory (docs/_formats_quant.md) */
+    WMAT_FMT_QUANT = 4 /* native quantized directory (docs/FORMATS.md) */
 } wmat_format;
 
 WMAT_API const char *wmat_format_name(wmat_format f);
@@ -645,7 +645,7 @@ WMAT_API int wmat_analysis_write_summary(const wmat_analysis *a, FILE *out, int 
 /* ================================================================ end analysis */
 
 /* ---------------------------------------------------------------- quantized storage */
-/* Packed quantized weights (docs/_formats_quant.md). A model tensor of dtype
+/* Packed quantized weights (docs/FORMATS.md). A model tensor of dtype
  * WMAT_QPACKED holds 2..8-bit codes packed per row, fp16 scales, u8 zero
  * points (asymmetric schemes) and an optional act-order permutation; its
  * `data` is a wmat_qtensor owned by the model and `nbytes` the packed size.

@@ -3,10 +3,9 @@
  * circuits and composition scores), and the analysis object. */
 #include "analyze.h"
 
+#include "../linalg/dense.h"
 #include "../linalg/linalg.h"
 
-#include <cblas.h>
-#include <lapacke.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -221,7 +220,10 @@ static int analyze_one(const an_job *job, const wmat_analyze_params *p, wmat_mat
          * every left vector of the base */
         double *C = wmat__malloc((size_t)kk * r * sizeof(double));
         if (!C) goto nomem;
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, kk, r, rows, 1.0, U, r, Ub, r, 0.0, C, r);
+        if ((rc = wmat__dgemm(1, 0, kk, r, rows, 1.0, U, r, Ub, r, 0.0, C, r))) {
+            wmat__free(C);
+            goto done;
+        }
         double ov = 0;
         st->num_intruders = 0;
         for (int i = 0; i < kk; i++) {
@@ -416,11 +418,13 @@ typedef struct {
     double ov_fro, qk_fro;
 } head_f;
 
-static void gram_rows(const double *X, int hd, int dim, double *G)
+static int gram_rows(const double *X, int hd, int dim, double *G)
 {
-    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, hd, dim, 1.0, X, dim, 0.0, G, hd);
+    int rc = wmat__dsyrk_upper(0, hd, dim, 1.0, X, dim, 0.0, G, hd);
+    if (rc) return rc;
     for (int i = 0; i < hd; i++)
         for (int j = 0; j < i; j++) G[i * hd + j] = G[j * hd + i];
+    return WMAT_OK;
 }
 
 static double tr_prod(const double *A, const double *B, int n) /* tr(A B), B symmetric */
@@ -443,18 +447,19 @@ static int circuit_sv(const double *Gp, const double *Gr, int hd, double *s)
         goto done;
     }
     memcpy(E, Gp, n2 * sizeof(double));
-    if (LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', hd, E, hd, w)) {
-        rc = wmat_set_error(WMAT_ERR_NUMERIC, "dsyevd failed on a head Gram matrix");
+    if ((rc = wmat__dsyevd_upper(1, hd, E, hd, w))) {
+        rc = wmat_set_error(rc, "head Gram matrix: %s", wmat_last_error());
         goto done;
     }
     /* H = E diag(sqrt w) E^T */
     for (int i = 0; i < hd; i++)
         for (int j = 0; j < hd; j++) T[i * hd + j] = E[i * hd + j] * sqrt(w[j] > 0 ? w[j] : 0);
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, hd, hd, hd, 1.0, T, hd, E, hd, 0.0, H, hd);
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, hd, hd, hd, 1.0, H, hd, Gr, hd, 0.0, T, hd);
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, hd, hd, hd, 1.0, T, hd, H, hd, 0.0, E, hd);
-    if (LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'N', 'U', hd, E, hd, w)) {
-        rc = wmat_set_error(WMAT_ERR_NUMERIC, "dsyevd failed on a head circuit");
+    if ((rc = wmat__dgemm(0, 1, hd, hd, hd, 1.0, T, hd, E, hd, 0.0, H, hd)) ||
+        (rc = wmat__dgemm(0, 0, hd, hd, hd, 1.0, H, hd, Gr, hd, 0.0, T, hd)) ||
+        (rc = wmat__dgemm(0, 0, hd, hd, hd, 1.0, T, hd, H, hd, 0.0, E, hd)))
+        goto done;
+    if ((rc = wmat__dsyevd_upper(0, hd, E, hd, w))) {
+        rc = wmat_set_error(rc, "head circuit: %s", wmat_last_error());
         goto done;
     }
     for (int j = 0; j < hd; j++) s[j] = sqrt(w[hd - 1 - j] > 0 ? w[hd - 1 - j] : 0);
@@ -466,16 +471,19 @@ done:
     return rc;
 }
 
-/* ||Y^T X O_A V_A||_F^2 = tr(C^T Gy C Gva) with C = X O_A = X * ot_A^T. */
-static double comp_num2(const double *X, const double *Gy, const head_f *A, int hd, int dim, double *C, double *T1,
-                        double *T2)
+/* *out = ||Y^T X O_A V_A||_F^2 = tr(C^T Gy C Gva) with C = X O_A = X * ot_A^T. */
+static int comp_num2(const double *X, const double *Gy, const head_f *A, int hd, int dim, double *C, double *T1,
+                     double *T2, double *out)
 {
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, hd, hd, dim, 1.0, X, dim, A->ot, dim, 0.0, C, hd);
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, hd, hd, hd, 1.0, Gy, hd, C, hd, 0.0, T1, hd);
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, hd, hd, hd, 1.0, C, hd, A->gv, hd, 0.0, T2, hd);
+    int rc;
+    if ((rc = wmat__dgemm(0, 1, hd, hd, dim, 1.0, X, dim, A->ot, dim, 0.0, C, hd)) ||
+        (rc = wmat__dgemm(0, 0, hd, hd, hd, 1.0, Gy, hd, C, hd, 0.0, T1, hd)) ||
+        (rc = wmat__dgemm(0, 0, hd, hd, hd, 1.0, C, hd, A->gv, hd, 0.0, T2, hd)))
+        return rc;
     double t = 0;
     for (int i = 0; i < hd * hd; i++) t += T1[i] * T2[i];
-    return t > 0 ? t : 0;
+    *out = t > 0 ? t : 0;
+    return WMAT_OK;
 }
 
 static int comp_cmp(const void *x, const void *y)
@@ -545,10 +553,9 @@ static int analyze_heads(wmat_analysis *a, wmat_model *m, const wmat_analyze_par
                     rc = wmat_set_error(WMAT_ERR_NUMERIC, "layer %d attention weights hold a non-finite value", l);
                     goto done;
                 }
-            gram_rows(x->q, hd, dim, x->gq);
-            gram_rows(x->k, hd, dim, x->gk);
-            gram_rows(x->v, hd, dim, x->gv);
-            gram_rows(x->ot, hd, dim, x->go);
+            if ((rc = gram_rows(x->q, hd, dim, x->gq)) || (rc = gram_rows(x->k, hd, dim, x->gk)) ||
+                (rc = gram_rows(x->v, hd, dim, x->gv)) || (rc = gram_rows(x->ot, hd, dim, x->go)))
+                goto done;
             wmat_head_stats *hs = &a->h[l * H + h];
             hs->layer = l;
             hs->head = h;
@@ -577,7 +584,7 @@ static int analyze_heads(wmat_analysis *a, wmat_model *m, const wmat_analyze_par
     for (int la = 0; la < L; la++) npairs += H * H * (L - 1 - la);
     a->comp = wmat__malloc((size_t)(npairs ? npairs : 1) * WMAT_COMP_COUNT * sizeof(wmat_composition));
     if (!a->comp) goto nomem;
-    int nt = wmat_context_threads(p->ctx), fail = 0;
+    int nt = wmat_context_threads(p->ctx), fail = 0, gemm_fail = 0;
 #pragma omp parallel num_threads(nt)
     {
         double *C = wmat__malloc(3 * gsz * sizeof(double));
@@ -596,9 +603,15 @@ static int analyze_heads(wmat_analysis *a, wmat_model *m, const wmat_analyze_par
                 /* Q: W_QK^B^T W_OV^A = K^T Q O V: X = Q_B, Y = K_B;
                  * K: W_QK^B W_OV^A = Q^T K O V: X = K_B, Y = Q_B;
                  * V: W_OV^B W_OV^A = O V O V: X = V_B, Y = ot_B */
-                double nq = comp_num2(B->q, B->gk, A, hd, dim, C, C + gsz, C + 2 * gsz);
-                double nk = comp_num2(B->k, B->gq, A, hd, dim, C, C + gsz, C + 2 * gsz);
-                double nv = comp_num2(B->v, B->go, A, hd, dim, C, C + gsz, C + 2 * gsz);
+                double nq, nk, nv;
+                if (comp_num2(B->q, B->gk, A, hd, dim, C, C + gsz, C + 2 * gsz, &nq) ||
+                    comp_num2(B->k, B->gq, A, hd, dim, C, C + gsz, C + 2 * gsz, &nk) ||
+                    comp_num2(B->v, B->go, A, hd, dim, C, C + gsz, C + 2 * gsz, &nv)) {
+                    /* the message is on this worker's thread: restated below */
+#pragma omp atomic write
+                    gemm_fail = 1;
+                    continue;
+                }
                 double dq = B->qk_fro * ova, dv = B->ov_fro * ova;
                 a->comp_grid[WMAT_COMP_Q][(size_t)ai * NH + bi] = dq > 0 ? sqrt(nq) / dq : 0;
                 a->comp_grid[WMAT_COMP_K][(size_t)ai * NH + bi] = dq > 0 ? sqrt(nk) / dq : 0;
@@ -608,6 +621,11 @@ static int analyze_heads(wmat_analysis *a, wmat_model *m, const wmat_analyze_par
         wmat__free(C);
     }
     if (fail) goto nomem;
+    if (gemm_fail) {
+        rc = wmat_set_error(WMAT_ERR_INVALID, "head composition: a dgemm rejected its sizes (head dim %d, dim %d)", hd,
+                            dim);
+        goto done;
+    }
     int nc = 0;
     for (int kd = 0; kd < WMAT_COMP_COUNT; kd++)
         for (int ai = 0; ai < NH; ai++)

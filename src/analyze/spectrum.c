@@ -3,8 +3,8 @@
  * eigenvalues with its xmin search, the Marchenko-Pastur bulk. */
 #include "analyze.h"
 
-#include <cblas.h>
-#include <lapacke.h>
+#include "../linalg/dense.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,11 +23,7 @@ int wmat__an_spectrum(const double *W, int rows, int cols, int exact, double *s,
         if (U) VT = wmat__malloc((size_t)r * cols * sizeof(double));
         if (!A || (U && !VT)) goto nomem;
         memcpy(A, W, (size_t)rows * cols * sizeof(double));
-        int info = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, U ? 'S' : 'N', rows, cols, A, cols, s, U, r, VT, cols);
-        if (info != 0) {
-            rc = wmat_set_error(WMAT_ERR_NUMERIC, "dgesdd failed (info %d) on a %d x %d matrix", info, rows, cols);
-            goto done;
-        }
+        rc = wmat__dgesdd(rows, cols, A, cols, s, U, r, VT, cols);
         goto done;
     }
     /* Gram matrix of the smaller side, in double: G = W W^T (rows <= cols)
@@ -37,12 +33,12 @@ int wmat__an_spectrum(const double *W, int rows, int cols, int exact, double *s,
     w = wmat__malloc((size_t)g * sizeof(double));
     if (!G || !w) goto nomem;
     if (rows <= cols)
-        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, rows, cols, 1.0, W, cols, 0.0, G, g);
+        rc = wmat__dsyrk_upper(0, rows, cols, 1.0, W, cols, 0.0, G, g);
     else
-        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, cols, rows, 1.0, W, cols, 0.0, G, g);
-    int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, U ? 'V' : 'N', 'U', g, G, g, w);
-    if (info != 0) {
-        rc = wmat_set_error(WMAT_ERR_NUMERIC, "dsyevd failed (info %d) on a %d x %d Gram matrix", info, g, g);
+        rc = wmat__dsyrk_upper(1, cols, rows, 1.0, W, cols, 0.0, G, g);
+    if (!rc) rc = wmat__dsyevd_upper(U != NULL, g, G, g, w);
+    if (rc) {
+        rc = wmat_set_error(rc, "Gram matrix of a %d x %d matrix: %s", rows, cols, wmat_last_error());
         goto done;
     }
     for (int j = 0; j < r; j++) s[j] = sqrt(w[r - 1 - j] > 0 ? w[r - 1 - j] : 0.0);
@@ -57,8 +53,9 @@ int wmat__an_spectrum(const double *W, int rows, int cols, int exact, double *s,
             if (!V) goto nomem;
             for (int i = 0; i < cols; i++)
                 for (int j = 0; j < r; j++) V[(size_t)i * r + j] = G[(size_t)i * g + (r - 1 - j)];
-            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, r, cols, 1.0, W, cols, V, r, 0.0, U, r);
+            rc = wmat__dgemm(0, 0, rows, r, cols, 1.0, W, cols, V, r, 0.0, U, r);
             wmat__free(V);
+            if (rc) goto done;
             double tol = s[0] * 1e-7;
             for (int j = 0; j < r; j++) {
                 double nn = 0;

@@ -24,7 +24,8 @@
  * from the current column i just before it is quantized. */
 #include "methods.h"
 
-#include <lapacke.h>
+#include "../linalg/dense.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,9 +57,14 @@ static int inverse_cholesky(const double *H, int64_t n, double *lambda, float *U
     for (int attempt = 0; attempt < 5; attempt++, *lambda *= 10.0) {
         memcpy(A, H, (size_t)(n * n) * sizeof(double));
         for (int64_t j = 0; j < n; j++) A[j * n + j] += *lambda * mean;
-        if (LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', (lapack_int)n, A, (lapack_int)n)) continue;
-        if (LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'U', (lapack_int)n, A, (lapack_int)n)) continue;
-        if (LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', (lapack_int)n, A, (lapack_int)n)) continue;
+        int st = wmat__dpotrf_upper((int)n, A, (int)n);
+        if (!st) st = wmat__dpotri_upper((int)n, A, (int)n);
+        if (!st) st = wmat__dpotrf_upper((int)n, A, (int)n);
+        if (st == WMAT_ERR_NUMERIC) continue; /* more damping may cure it */
+        if (st) {
+            wmat__free(A);
+            return st; /* out of memory: the wrapper's message stands */
+        }
         int ok = 1;
         for (int64_t i = 0; i < n && ok; i++)
             for (int64_t j = 0; j < n; j++) {

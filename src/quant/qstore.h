@@ -1,6 +1,6 @@
 /* Quantized storage: packed weights, their kernels, files and GGUF export
  * (private interface; the public part is the "quantized storage" section of
- * wmat.h; the file layout is in docs/_formats_quant.md).
+ * wmat.h; the file layout is in docs/FORMATS.md, "Quantized storage").
  *
  * A method produces a wmat_qresult (src/quant/quant.h: unpacked codes, float
  * scales and zeros, optional act-order perm). wmat_qtensor_pack turns it into

@@ -1,0 +1,89 @@
+/* Dense double-precision BLAS/LAPACK wrappers (dense.h). Each checks the
+ * sizes the routine would reject itself: OpenBLAS's and LAPACKE's handlers
+ * for an illegal argument print to the terminal, which the library must not
+ * do, and a status names the problem better than their argument number. */
+#include "dense.h"
+
+#include "../core/internal.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+
+static int at_least_1(int n) { return n > 1 ? n : 1; }
+
+/* Whether a row-major matrix stored (rows, cols) fits leading dimension ld. */
+static int ld_ok(int cols, int ld) { return ld >= at_least_1(cols); }
+
+/* LAPACKE's answer as a status. info < 0 after our size checks is either
+ * its own allocation failing (row-major copies, workspace) or its NaN check
+ * rejecting the matrix argument. */
+static int lapacke_status(const char *routine, lapack_int info, int n_rows, int n_cols, const char *positive)
+{
+    if (info == 0) return WMAT_OK;
+    if (info == LAPACK_WORK_MEMORY_ERROR || info == LAPACK_TRANSPOSE_MEMORY_ERROR)
+        return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for a %d x %d matrix", routine, n_rows, n_cols);
+    if (info < 0)
+        return wmat_set_error(WMAT_ERR_NUMERIC, "%s: argument %d rejected on a %d x %d matrix (a NaN entry?)",
+                              routine, (int)-info, n_rows, n_cols);
+    return wmat_set_error(WMAT_ERR_NUMERIC, "%s: %s (info %d) on a %d x %d matrix", routine, positive, (int)info,
+                          n_rows, n_cols);
+}
+
+int wmat__dgemm(int trans_a, int trans_b, int M, int N, int K, double alpha, const double *A, int lda,
+                const double *B, int ldb, double beta, double *C, int ldc)
+{
+    if (M < 0 || N < 0 || K < 0 || !ld_ok(trans_a ? M : K, lda) || !ld_ok(trans_b ? K : N, ldb) || !ld_ok(N, ldc))
+        return wmat_set_error(WMAT_ERR_INVALID,
+                              "dgemm: bad sizes (M %d, N %d, K %d, trans %d/%d, lda %d, ldb %d, ldc %d)", M, N, K,
+                              trans_a, trans_b, lda, ldb, ldc);
+    cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
+                alpha, A, lda, B, ldb, beta, C, ldc);
+    return WMAT_OK;
+}
+
+int wmat__dsyrk_upper(int trans, int N, int K, double alpha, const double *A, int lda, double beta, double *C,
+                      int ldc)
+{
+    if (N < 0 || K < 0 || !ld_ok(trans ? N : K, lda) || !ld_ok(N, ldc))
+        return wmat_set_error(WMAT_ERR_INVALID, "dsyrk: bad sizes (N %d, K %d, trans %d, lda %d, ldc %d)", N, K,
+                              trans, lda, ldc);
+    cblas_dsyrk(CblasRowMajor, CblasUpper, trans ? CblasTrans : CblasNoTrans, N, K, alpha, A, lda, beta, C, ldc);
+    return WMAT_OK;
+}
+
+int wmat__dpotrf_upper(int n, double *A, int lda)
+{
+    if (n < 0 || !ld_ok(n, lda))
+        return wmat_set_error(WMAT_ERR_INVALID, "dpotrf: bad sizes (n %d, lda %d)", n, lda);
+    lapack_int info = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', (lapack_int)n, A, (lapack_int)lda);
+    return lapacke_status("dpotrf", info, n, n, "not positive definite");
+}
+
+int wmat__dpotri_upper(int n, double *A, int lda)
+{
+    if (n < 0 || !ld_ok(n, lda))
+        return wmat_set_error(WMAT_ERR_INVALID, "dpotri: bad sizes (n %d, lda %d)", n, lda);
+    lapack_int info = LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'U', (lapack_int)n, A, (lapack_int)lda);
+    return lapacke_status("dpotri", info, n, n, "singular: the factor has a zero on its diagonal");
+}
+
+int wmat__dsyevd_upper(int vectors, int n, double *A, int lda, double *w)
+{
+    if (n < 0 || !ld_ok(n, lda))
+        return wmat_set_error(WMAT_ERR_INVALID, "dsyevd: bad sizes (n %d, lda %d)", n, lda);
+    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, vectors ? 'V' : 'N', 'U', (lapack_int)n, A, (lapack_int)lda, w);
+    return lapacke_status("dsyevd", info, n, n, "did not converge");
+}
+
+int wmat__dgesdd(int M, int N, double *A, int lda, double *s, double *U, int ldu, double *VT, int ldvt)
+{
+    const int r = M < N ? M : N, vectors = U != NULL;
+    if (M < 0 || N < 0 || !ld_ok(N, lda) || (U == NULL) != (VT == NULL) || !ld_ok(vectors ? r : 1, ldu) ||
+        !ld_ok(vectors ? N : 1, ldvt))
+        return wmat_set_error(WMAT_ERR_INVALID,
+                              "dgesdd: bad arguments (M %d, N %d, lda %d, U %s, ldu %d, VT %s, ldvt %d)", M, N, lda,
+                              U ? "given" : "NULL", ldu, VT ? "given" : "NULL", ldvt);
+    lapack_int info = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, vectors ? 'S' : 'N', (lapack_int)M, (lapack_int)N, A,
+                                     (lapack_int)lda, s, U, (lapack_int)ldu, VT, (lapack_int)ldvt);
+    return lapacke_status("dgesdd", info, M, N, "did not converge");
+}
