@@ -21,7 +21,7 @@
 #include <string.h>
 
 #include "model/kernels.h"
-#include "quant/qstore.h"
+#include "wop/qstore.h"
 
 #define SPAN_BYTES ((size_t)192 << 20)
 

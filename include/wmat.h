@@ -882,6 +882,47 @@ WMAT_API int wmat_quantize_model(wmat_model *m, const wmat_quantize_params *p, w
 WMAT_API void wmat_quantize_report_free(wmat_quantize_report *rep);
 /* ---------------------------------------------------------------- end quantization methods */
 
+/* ---------------------------------------------------------------- decomposition */
+/* Factorization of the linear weights (src/decomp, docs/DECOMP.md): each
+ * selected matrix is replaced, in place, by a weight of a structured kind
+ * (truncated SVD: "lowrank", W = A B) that the runtime multiplies by
+ * directly. Save the result with wmat_model_save as WMAT_FMT_QUANT (the
+ * native directory stores every weight kind). */
+typedef struct {
+    const char *method;   /* "svd" */
+    int rank;             /* > 0: components kept per matrix */
+    float energy;         /* (0, 1]: else the fewest components holding this share of sum s_i^2 */
+    wmat_dtype dtype;     /* factors: WMAT_F32 (default), WMAT_F16 or WMAT_BF16 */
+    unsigned targets;     /* bits (1u << wmat_linear_kind); 0: all seven */
+    int classifier;       /* also the classifier (not when tied to the embedding) */
+    wmat_progress_fn progress; /* per matrix */
+    void *progress_user;
+} wmat_decompose_params;
+
+WMAT_API wmat_decompose_params wmat_decompose_default_params(void);
+/* Methods in the table: name i (NULL past the end), its summary and the kind it produces. */
+WMAT_API const char *wmat_decompose_method_name(int i, const char **summary, const char **produces);
+
+typedef struct {
+    char name[WMAT_NAME_MAX];
+    int64_t rows, cols, rank;
+    double rel_error;       /* ||W - W'||_F / ||W||_F */
+    double bits_per_weight; /* as stored after */
+    double seconds;
+} wmat_decompose_tensor;
+
+typedef struct {
+    int n_tensors;
+    wmat_decompose_tensor *tensors; /* owned; wmat_decompose_report_free */
+    uint64_t params_before, params_after; /* weights of the decomposed matrices, before and after */
+    double seconds;
+} wmat_decompose_report;
+
+/* Decompose m's selected matrices (fp32: load with materialize_f32) in place. */
+WMAT_API int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_decompose_report *rep);
+WMAT_API void wmat_decompose_report_free(wmat_decompose_report *rep);
+/* ---------------------------------------------------------------- end decomposition */
+
 #ifdef __cplusplus
 }
 #endif

@@ -5,7 +5,7 @@
 #include "test_util.h"
 
 #include "llamacpp.h"
-#include "quant/qstore.h"
+#include "quant/qmodel.h"
 
 #include <math.h>
 #include <stdio.h>

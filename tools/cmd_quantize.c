@@ -3,7 +3,7 @@
  * quantized storage (native directory or GGUF). */
 #include "cli.h"
 #include "quant/methods.h"
-#include "quant/qstore.h"
+#include "quant/qmodel.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -18,6 +18,8 @@ const cli_command g_commands[] = {
      cmd_sysinfo},
     {"analyze", "Spectra, outliers, low-rank-ness, fine-tuning fingerprints and head circuits of every matrix.", "MODEL [--base BASE] [--csv F] [--json F] [--html F] [options]", cmd_analyze},
     {"quantize", "Post-training quantization (RTN, imatrix, GPTQ, AdaDim) with calibration; per-tensor report.", "MODEL OUT --method M --bits B [options]", cmd_quantize},
+    {"decompose", "Factor linear weights into structured kinds (truncated SVD -> low-rank) that run as stored.",
+     "MODEL OUT (--rank R | --energy E) [--method M] [options]", cmd_decompose},
     {"train", "Train: full fine-tuning, LoRA or GaLore, or a new model from a config (--init); loss curve CSV + SVG.", "MODEL OUT --data FILE [--val FILE] [--method full|lora|galore] [options] | --init CONFIG OUT --data FILE", cmd_train},
     {NULL, NULL, NULL, NULL},
 };

@@ -12,7 +12,6 @@
  * each at a 32-byte aligned offset and padded, and the SentencePiece
  * vocabulary in GGUF's spelling (U+2581 for spaces, typed tokens). */
 #include "model_internal.h"
-#include "../quant/qstore.h" /* wmat__gguf_save_with's declaration (quantized storage export) */
 
 #include <stdlib.h>
 #include <string.h>

@@ -2,7 +2,6 @@
  * the tokenizer and the file mappings the tensors point into. */
 #include "model_internal.h"
 #include "wop/wop.h"
-#include "../quant/qstore.h" /* quantized storage: native directory loader and saver (issue 3) */
 
 #include <math.h>
 #include <stdio.h>

@@ -69,4 +69,25 @@ int wmat__gguf_save(wmat_model *m, const char *path, const wmat_save_params *p);
 int wmat__hf_load(wmat_model **out, const char *path, const wmat_load_params *p);
 int wmat__hf_save(wmat_model *m, const char *path, const wmat_save_params *p);
 
+/* ---- the native directory (native.c): dense, packed and other kinds */
+
+/* 1 if `dir` is a native quantized directory (holds quant_config.json). */
+int wmat__quant_dir_detect(const char *dir);
+/* Load a native quantized directory; packed tensors point into the mapping
+ * of model.safetensors. */
+int wmat__quant_load(wmat_model **out, const char *dir, const wmat_load_params *p);
+
+/* ---- GGUF export hook (defined in src/io/gguf.c)
+ * wmat__gguf_save_with: wmat__gguf_save, but `enc` is asked first about
+ * every tensor: it returns 1 and sets *dt when it encodes the tensor itself
+ * (then it is called again with dst != NULL to write exactly
+ * wmat_dtype_bytes(*dt, nelem) bytes), 0 to let the writer handle it (it
+ * must then be a materialized f32 tensor, written as `matrix_dtype` if a
+ * matrix, f32 if a vector), or a negative status. `file_dtype` is what
+ * general.file_type records. */
+typedef int (*wmat_gguf_encode_fn)(void *user, const wmat_tensor *t, wmat_dtype *dt, void *dst);
+int wmat__gguf_save_with(wmat_model *m, const char *path, wmat_dtype matrix_dtype, wmat_dtype file_dtype,
+                         wmat_gguf_encode_fn enc, void *user);
+
+
 #endif

@@ -11,7 +11,7 @@
 #ifndef WMAT_QUANT_METHODS_H
 #define WMAT_QUANT_METHODS_H
 
-#include "quant.h"
+#include "wop/quant.h"
 
 /* Per-tensor quantization parameters. */
 typedef struct {

@@ -1,10 +1,10 @@
 /* wmat's packed quantized weights (2..8-bit codes, fp16 scales, optional
- * zero points and act-order permutation; layout in src/quant/qstore.h) as
+ * zero points and act-order permutation; layout in src/wop/qstore.h) as
  * a weight kind: the packed kernels of qkernels.c run them directly. */
 #include "wop.h"
 
 #include "linalg/linalg.h"
-#include "quant/qstore.h"
+#include "qstore.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -1,10 +1,9 @@
 /* Files of quantized models: the native directory (write, detect, load
  * memory-mapped) and GGUF export of the schemes that are ggml types.
  * Format: docs/_formats_quant.md. */
-#include "qstore.h"
-
-#include "../io/model_internal.h"
-#include "../io/safetensors.h"
+#include "model_internal.h"
+#include "safetensors.h"
+#include "wop/qstore.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -2,7 +2,7 @@
  * (private interface; the public part is the "quantized storage" section of
  * wmat.h; the file layout is in docs/FORMATS.md, "Quantized storage").
  *
- * A method produces a wmat_qresult (src/quant/quant.h: unpacked codes, float
+ * A method produces a wmat_qresult (src/wop/quant.h: unpacked codes, float
  * scales and zeros, optional act-order perm). wmat_qtensor_pack turns it into
  * a wmat_qtensor: codes bit-packed per row, scales fp16, zero points u8,
  * perm i32. wmat_model_set_quantized swaps a model's fp32 tensor for the
@@ -35,7 +35,7 @@
 #define WMAT_QSTORE_H
 
 #include "quant.h"
-#include "wop/wop.h"
+#include "wop.h"
 
 extern const wmat_wkind wmat__wkind_qpacked;
 
@@ -84,17 +84,10 @@ void wmat__qunpack_row(const wmat_qtensor *qt, int64_t r, uint8_t *codes);
 /* Bytes of the packed arrays (codes + scales + zeros + perm). */
 uint64_t wmat_qtensor_nbytes(const wmat_qtensor *qt);
 
-/* Replace the tensor `name` of m by the packed form of q (shape must match
- * the tensor's (rows, cols); the old data is freed or left in its mapping).
- * The tensor must be a 2-D weight in wmat's canonical layout (materialized
- * f32, or already packed). Not the token embedding (the runtime reads its
- * rows as f32); the classifier of an untied model is fine. On failure the
- * model is unchanged. */
-int wmat_model_set_quantized(wmat_model *m, const char *name, const wmat_qresult *q);
 /* The packed tensor of a model tensor, NULL if it is not WMAT_QPACKED. */
 const wmat_qtensor *wmat_tensor_qtensor(const wmat_tensor *t);
 
-/* ---- kernels (src/quant/qkernels.c)
+/* ---- kernels (src/wop/qkernels.c)
  * y (rows) = W x (+= when accumulate); x is in original column order.
  * Y (T, rows) = X (T, cols) W^T (+= when accumulate).
  * The dispatching versions pick AVX-512, AVX2 or the plain C reference at
@@ -133,25 +126,5 @@ int wmat__qkernel_act8_active(void);
 /* The current level and its name ("ref", "avx2", "avx512"). */
 int wmat__qkernel_level(void);
 const char *wmat__qkernel_name(int level);
-
-/* ---- files (src/quant/qio.c) */
-
-/* 1 if `dir` is a native quantized directory (holds quant_config.json). */
-int wmat__quant_dir_detect(const char *dir);
-/* Load a native quantized directory; packed tensors point into the mapping
- * of model.safetensors. */
-int wmat__quant_load(wmat_model **out, const char *dir, const wmat_load_params *p);
-
-/* ---- GGUF export hook (defined in src/io/gguf.c)
- * wmat__gguf_save_with: wmat__gguf_save, but `enc` is asked first about
- * every tensor: it returns 1 and sets *dt when it encodes the tensor itself
- * (then it is called again with dst != NULL to write exactly
- * wmat_dtype_bytes(*dt, nelem) bytes), 0 to let the writer handle it (it
- * must then be a materialized f32 tensor, written as `matrix_dtype` if a
- * matrix, f32 if a vector), or a negative status. `file_dtype` is what
- * general.file_type records. */
-typedef int (*wmat_gguf_encode_fn)(void *user, const wmat_tensor *t, wmat_dtype *dt, void *dst);
-int wmat__gguf_save_with(wmat_model *m, const char *path, wmat_dtype matrix_dtype, wmat_dtype file_dtype,
-                         wmat_gguf_encode_fn enc, void *user);
 
 #endif

@@ -1,9 +1,8 @@
 /* Packing a wmat_qresult into a wmat_qtensor, unpacking and dequantizing
  * (reference code), and swapping packed tensors into a model.
- * Layouts: src/quant/qstore.h and docs/_formats_quant.md. */
+ * Layouts: src/wop/qstore.h and docs/FORMATS.md. */
 #include "qstore.h"
 
-#include "../io/model_internal.h"
 
 #include <math.h>
 #include <string.h>
@@ -242,32 +241,6 @@ const wmat_qtensor *wmat_tensor_qtensor(const wmat_tensor *t)
     return t && t->dtype == WMAT_QPACKED ? (const wmat_qtensor *)t->data : NULL;
 }
 
-int wmat_model_set_quantized(wmat_model *m, const char *name, const wmat_qresult *q)
-{
-    const char *src = m->path ? m->path : "model";
-    wmat_tensor *t = wmat_model_find(m, name);
-    if (!t) return wmat_set_error(WMAT_ERR_INVALID, "%s: no tensor %s", src, name);
-    if (t->ndim != 2 || t->shape[0] != q->rows || t->shape[1] != q->cols)
-        return wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is not a (%lld x %lld) matrix", src, name, (long long)q->rows,
-                              (long long)q->cols);
-    if (t == wmat_model_tok_embeddings(m))
-        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: %s is the token embedding (read by rows as f32); it cannot be packed",
-                              src, name);
-    if (t->dtype != WMAT_QPACKED && (t->dtype != WMAT_F32 || (t->flags & WMAT_TF_HF_ROPE)))
-        return wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is not materialized (f32, canonical layout)", src, name);
-    int rc = wmat_qresult_check_packable(q, name);
-    if (rc) return rc;
-    wmat_qtensor *qt;
-    rc = wmat_qtensor_pack(q, &qt);
-    if (rc) return wmat_set_error(rc, "%s: tensor %s: %s", src, name, wmat_last_error());
-    if (t->flags & WMAT_TF_OWNED) wmat__free(t->data);
-    t->data = qt;
-    t->dtype = WMAT_QPACKED;
-    t->nbytes = (size_t)wmat_qtensor_nbytes(qt);
-    t->flags = WMAT_TF_OWNED;
-    return WMAT_OK;
-}
-
 /* ---- public reports */
 
 int wmat_tensor_qinfo(const wmat_tensor *t, wmat_qinfo *out)
@@ -291,22 +264,3 @@ int wmat_tensor_qinfo(const wmat_tensor *t, wmat_qinfo *out)
     return WMAT_OK;
 }
 
-void wmat_model_quant_size(const wmat_model *m, wmat_quant_size *out)
-{
-    memset(out, 0, sizeof *out);
-    for (int i = 0; i < m->n_tensors; i++) {
-        const wmat_tensor *t = &m->tensors[i];
-        const uint64_t n = (uint64_t)wmat_tensor_nelem(t);
-        if (t->dtype == WMAT_QPACKED) {
-            out->n_packed++;
-            out->packed_weights += n;
-            out->packed_bytes += wmat_qtensor_nbytes(t->data);
-        } else {
-            out->other_weights += n;
-            out->other_bytes += t->nbytes;
-        }
-    }
-    if (out->packed_weights) out->packed_bits_per_weight = 8.0 * (double)out->packed_bytes / (double)out->packed_weights;
-    const uint64_t all = out->packed_weights + out->other_weights;
-    if (all) out->model_bits_per_weight = 8.0 * (double)(out->packed_bytes + out->other_bytes) / (double)all;
-}

@@ -1,0 +1,202 @@
+/* Decomposition (src/decomp): truncated SVD held to its definition.
+ *   - at full rank the decomposed model gives the fp32 model's logits
+ *     (stories260K and mix4m) within 1e-4 of the largest logit;
+ *   - at rank r the reported error is Eckart-Young's sqrt(sum_{i>=r}
+ *     s_i^2 / sum s_i^2), and it is the actual distance of the stored
+ *     factors' product from W;
+ *   - the native directory round-trips a low-rank model bit for bit;
+ *   - bad parameters are refused with a message, the model untouched. */
+#include "test_util.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static wmat_model *load(const char *path)
+{
+    wmat_load_params lp = wmat_load_default_params();
+    lp.materialize_f32 = 1;
+    wmat_model *m = NULL;
+    TU_OK(wmat_model_load(&m, path, &lp));
+    return m;
+}
+
+/* Logits of the first T tokens of a fixed sequence, batched forward. */
+static float *logits_of(wmat_model *m, int T)
+{
+    const wmat_config *c = wmat_model_config(m);
+    wmat_runtime_params rp = wmat_runtime_default_params();
+    rp.max_batch_tokens = T;
+    rp.kv_cache_len = 1;
+    wmat_runtime *rt;
+    TU_OK(wmat_runtime_create(&rt, m, &rp));
+    int32_t *ids = malloc((size_t)T * sizeof *ids);
+    for (int t = 0; t < T; t++) ids[t] = (int32_t)((t * 31 + 7) % c->vocab_size);
+    float *lg = malloc((size_t)T * (size_t)c->vocab_size * sizeof(float));
+    TU_OK(wmat_forward(rt, ids, T, lg));
+    free(ids);
+    wmat_runtime_free(rt);
+    return lg;
+}
+
+static double max_rel(const float *a, const float *b, size_t n)
+{
+    double mx = 0, scale = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(a[i]) || !isfinite(b[i])) return INFINITY;
+        const double d = fabs((double)a[i] - b[i]);
+        if (d > mx) mx = d;
+        if (fabs((double)b[i]) > scale) scale = fabs((double)b[i]);
+    }
+    return scale > 0 ? mx / scale : mx;
+}
+
+static void full_rank_case(const char *rel)
+{
+    TU_NEED_DATA(path, rel);
+    wmat_model *m = load(path);
+    const int T = 24, V = wmat_model_config(m)->vocab_size;
+    float *ref = logits_of(m, T);
+    wmat_decompose_params p = wmat_decompose_default_params();
+    p.rank = 1 << 20; /* capped at min(rows, cols) */
+    wmat_decompose_report rep;
+    TU_OK(wmat_decompose_model(m, &p, &rep));
+    assert_int_equal(rep.n_tensors, wmat_model_config(m)->n_layers * WMAT_LIN_COUNT);
+    for (int i = 0; i < rep.n_tensors; i++) {
+        const wmat_decompose_tensor *d = &rep.tensors[i];
+        assert_int_equal(d->rank, d->rows < d->cols ? d->rows : d->cols);
+        assert_true(d->rel_error < 1e-12);
+    }
+    assert_string_equal(wmat_tensor_kind(wmat_model_linear(m, 0, WMAT_LIN_Q)), "lowrank");
+    float *got = logits_of(m, T);
+    const double e = max_rel(got, ref, (size_t)T * (size_t)V);
+    print_message("%s: full-rank SVD logits within %.2e of the largest logit\n", rel, e);
+    if (!(e < 1e-4)) fail_msg("%s: full-rank SVD moved the logits by %g", rel, e);
+    wmat_decompose_report_free(&rep);
+    free(ref), free(got);
+    wmat_model_free(m);
+}
+
+static void test_full_rank_stories(void **state)
+{
+    (void)state;
+    full_rank_case("models/stories260K.bin");
+}
+
+static void test_full_rank_mix4m(void **state)
+{
+    (void)state;
+    full_rank_case("models/mix4m.bin");
+}
+
+/* Eckart-Young on a synthetic model: the reported error is the truncated
+ * tail of the spectrum, and the stored product is that far from W. */
+static void test_truncation_error(void **state)
+{
+    (void)state;
+    wmat_config c = tu_config(64, 96, 1, 4, 4, 32, 16);
+    wmat_model *m;
+    TU_OK(wmat_model_create(&m, &c));
+    TU_OK(wmat_model_init_random(m, 7, 0.05f));
+    wmat_tensor *W = wmat_model_linear(m, 0, WMAT_LIN_UP);
+    const int64_t R = W->shape[0], C = W->shape[1];
+    float *W0 = malloc((size_t)(R * C) * sizeof(float));
+    memcpy(W0, W->data, (size_t)(R * C) * sizeof(float));
+    wmat_decompose_params p = wmat_decompose_default_params();
+    p.rank = 10;
+    p.targets = 1u << WMAT_LIN_UP;
+    wmat_decompose_report rep;
+    TU_OK(wmat_decompose_model(m, &p, &rep));
+    assert_int_equal(rep.n_tensors, 1);
+    assert_int_equal(rep.tensors[0].rank, 10);
+    float *D = malloc((size_t)(R * C) * sizeof(float));
+    TU_OK(wmat_tensor_dequant_rows(W, 0, R, D));
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < R * C; i++) {
+        num += ((double)D[i] - W0[i]) * ((double)D[i] - W0[i]);
+        den += (double)W0[i] * W0[i];
+    }
+    const double actual = sqrt(num / den), reported = rep.tensors[0].rel_error;
+    print_message("rank 10 of (%lld x %lld): reported %.6f, actual %.6f\n", (long long)R, (long long)C, reported, actual);
+    assert_true(reported > 0.1 && reported < 1.0); /* a random matrix is far from rank 10 */
+    assert_true(fabs(actual - reported) < 1e-5 * (1 + reported));
+    assert_true(fabs(rep.tensors[0].bits_per_weight - 32.0 * 10 * (double)(R + C) / (double)(R * C)) < 1e-9);
+    /* energy: the fewest components holding 90% */
+    wmat_decompose_report_free(&rep);
+    wmat_model_free(m);
+    TU_OK(wmat_model_create(&m, &c));
+    TU_OK(wmat_model_init_random(m, 7, 0.05f));
+    p.rank = 0;
+    p.energy = 0.9f;
+    TU_OK(wmat_decompose_model(m, &p, &rep));
+    assert_true(rep.tensors[0].rel_error <= sqrt(0.1) + 1e-9);
+    assert_true(rep.tensors[0].rank > 10 && rep.tensors[0].rank < 64);
+    wmat_decompose_report_free(&rep);
+    free(W0), free(D);
+    wmat_model_free(m);
+}
+
+/* A low-rank model through the native directory: same kinds, same logits. */
+static void test_native_roundtrip(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(path, "models/stories260K.bin");
+    wmat_model *m = load(path);
+    wmat_decompose_params p = wmat_decompose_default_params();
+    p.rank = 24;
+    p.dtype = WMAT_BF16;
+    TU_OK(wmat_decompose_model(m, &p, NULL));
+    float *a = logits_of(m, 16);
+    wmat_save_params sp = wmat_save_default_params();
+    sp.format = WMAT_FMT_QUANT;
+    const char *dir = tu_tmp("svd24");
+    TU_OK(wmat_model_save(m, dir, &sp));
+    wmat_model *r = load(dir);
+    assert_string_equal(wmat_tensor_kind(wmat_model_linear(r, 3, WMAT_LIN_DOWN)), "lowrank");
+    char desc[64];
+    wmat_tensor_describe(wmat_model_linear(r, 3, WMAT_LIN_DOWN), desc, sizeof desc);
+    assert_string_equal(desc, "lowrank r24 bf16");
+    float *b = logits_of(r, 16);
+    assert_memory_equal(a, b, (size_t)16 * 512 * sizeof(float));
+    /* GGUF has no low-rank type: a clear refusal, no file */
+    sp.format = WMAT_FMT_GGUF;
+    assert_int_equal(wmat_model_save(r, tu_tmp("svd24.gguf"), &sp), WMAT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(wmat_last_error(), "lowrank"));
+    free(a), free(b);
+    wmat_model_free(m);
+    wmat_model_free(r);
+}
+
+static void test_bad_params(void **state)
+{
+    (void)state;
+    wmat_config c = tu_config(32, 64, 1, 2, 2, 16, 8);
+    wmat_model *m;
+    TU_OK(wmat_model_create(&m, &c));
+    wmat_decompose_params p = wmat_decompose_default_params();
+    assert_int_equal(wmat_decompose_model(m, &p, NULL), WMAT_ERR_INVALID); /* neither rank nor energy */
+    p.rank = 4;
+    p.method = "nope";
+    assert_int_equal(wmat_decompose_model(m, &p, NULL), WMAT_ERR_INVALID);
+    assert_non_null(strstr(wmat_last_error(), "nope"));
+    p.method = "svd";
+    p.dtype = WMAT_Q4_0;
+    assert_int_equal(wmat_decompose_model(m, &p, NULL), WMAT_ERR_INVALID);
+    p.dtype = WMAT_F32;
+    p.energy = 1.5f;
+    p.rank = 0;
+    assert_int_equal(wmat_decompose_model(m, &p, NULL), WMAT_ERR_INVALID);
+    assert_string_equal(wmat_tensor_kind(wmat_model_linear(m, 0, WMAT_LIN_Q)), "f32");
+    assert_string_equal(wmat_decompose_method_name(0, NULL, NULL), "svd");
+    wmat_model_free(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_full_rank_stories), cmocka_unit_test(test_full_rank_mix4m),
+        cmocka_unit_test(test_truncation_error),  cmocka_unit_test(test_native_roundtrip),
+        cmocka_unit_test(test_bad_params),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

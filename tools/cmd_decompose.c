@@ -1,0 +1,120 @@
+/* decompose: replace linear weights by structured kinds (truncated SVD ->
+ * low-rank), report per matrix, optionally evaluate before and after. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int eval_ppl(wmat_model *m, const int32_t *ids, size_t n, int ctx, int windows, double *ppl)
+{
+    wmat_context c = wmat_context_default();
+    c.n_threads = g_cli.threads;
+    wmat_runtime_params rp = wmat_runtime_default_params();
+    rp.max_batch_tokens = ctx;
+    rp.kv_cache_len = 1;
+    rp.ctx = &c;
+    wmat_runtime *rt;
+    if (wmat_runtime_create(&rt, m, &rp)) return 1;
+    wmat_eval_result r;
+    int rc = wmat_eval_tokens(rt, ids, n, ctx, windows, &r);
+    wmat_runtime_free(rt);
+    if (!rc) *ppl = r.ppl;
+    return rc != 0;
+}
+
+int cmd_decompose(int argc, char **argv)
+{
+    const cli_command *cmd = cli_find_command("decompose");
+    const char *method = "svd", *dtype = "f32", *targets = "all", *text = NULL, *tokens = NULL;
+    int rank = 0, classifier = 0, ctx = 0, windows = 16;
+    float energy = 0.0f;
+    char methods_help[512];
+    size_t off = (size_t)snprintf(methods_help, sizeof methods_help, "method:");
+    for (int i = 0;; i++) {
+        const char *sum, *prod, *name = wmat_decompose_method_name(i, &sum, &prod);
+        if (!name) break;
+        off += (size_t)snprintf(methods_help + off, sizeof methods_help - off, " %s (-> %s: %s)", name, prod, sum);
+        if (off >= sizeof methods_help) break;
+    }
+    cli_opt opts[] = {
+        {"--method", OPT_STR, &method, "M", methods_help},
+        {"--rank", OPT_INT, &rank, "R", "components kept per matrix"},
+        {"--energy", OPT_FLOAT, &energy, "E", "or the fewest components holding this share (0..1] of sum s_i^2"},
+        {"--dtype", OPT_STR, &dtype, "T", "factor type: f32 (default), f16, bf16"},
+        {"--targets", OPT_STR, &targets, "LIST", "linear layers: q,k,v,o,gate,up,down or all (default)"},
+        {"--classifier", OPT_FLAG, &classifier, NULL, "also the classifier (an untied one)"},
+        {"--tokens", OPT_STR, &tokens, "FILE", "evaluate before and after on a uint16 token stream"},
+        {"--text", OPT_STR, &text, "FILE", "... or on a text file"},
+        {"--ctx", OPT_INT, &ctx, "N", "evaluation window (default: the model's context, as wmat eval)"},
+        {"--max-windows", OPT_INT, &windows, "N", "evaluation windows (default 16; 0: all)"},
+        {NULL, 0, NULL, NULL, NULL},
+    };
+    const char *pos[2];
+    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 2, 2, &np);
+    if (rc) return rc == 1 ? 0 : rc;
+    wmat_decompose_params p = wmat_decompose_default_params();
+    p.method = method;
+    p.rank = rank;
+    p.energy = energy;
+    p.classifier = classifier;
+    p.progress = cli_progress;
+    const int dt = wmat_dtype_from_name(dtype);
+    if (dt != WMAT_F32 && dt != WMAT_F16 && dt != WMAT_BF16)
+        return cli_usage_error("decompose", "--dtype must be f32, f16 or bf16 (got '%s')", dtype);
+    p.dtype = (wmat_dtype)dt;
+    if (rank < 0 || !(energy >= 0 && energy <= 1) || (rank == 0 && energy == 0) || (rank > 0 && energy > 0))
+        return cli_usage_error("decompose", "give one of --rank R (> 0) or --energy E (0..1]");
+    if (!wmat_decompose_method_name(0, NULL, NULL)) return cli_usage_error("decompose", "no methods");
+    {
+        int known = 0;
+        for (int i = 0; wmat_decompose_method_name(i, NULL, NULL); i++) known |= !strcmp(wmat_decompose_method_name(i, NULL, NULL), method);
+        if (!known) return cli_usage_error("decompose", "unknown --method '%s' (see --help)", method);
+    }
+    if (strcmp(targets, "all") && wmat_train_parse_targets(targets, &p.targets)) return cli_fail("decompose");
+    if (text && tokens) return cli_usage_error("decompose", "--text and --tokens exclude each other");
+    if (ctx < 0 || windows < 0) return cli_usage_error("decompose", "--ctx and --max-windows must be positive");
+
+    wmat_model *m;
+    if (cli_load_model("decompose", pos[0], CLI_LOAD_F32, &m)) return 1;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    double ppl0 = 0, ppl1 = 0;
+    wmat_decompose_report rep;
+    memset(&rep, 0, sizeof rep);
+    rc = 1;
+    const wmat_config *c = wmat_model_config(m);
+    const int ectx = ctx ? ctx : c->seq_len; /* as wmat eval */
+    if ((text || tokens) && (cli_load_tokens("decompose", m, text, tokens, &ids, &n_ids) || eval_ppl(m, ids, n_ids, ectx, windows, &ppl0)))
+        goto out;
+    if (wmat_decompose_model(m, &p, &rep)) {
+        cli_fail("decompose");
+        goto out;
+    }
+    printf("%-44s %6s %6s %5s %9s %7s\n", "tensor", "rows", "cols", "rank", "rel.err", "bits/w");
+    for (int i = 0; i < rep.n_tensors; i++) {
+        const wmat_decompose_tensor *d = &rep.tensors[i];
+        printf("%-44s %6lld %6lld %5lld %9.5f %7.2f\n", d->name, (long long)d->rows, (long long)d->cols, (long long)d->rank,
+               d->rel_error, d->bits_per_weight);
+    }
+    printf("decomposed %d matrices in %.2f s: %llu -> %llu weights (%.1f%%)\n", rep.n_tensors, rep.seconds,
+           (unsigned long long)rep.params_before, (unsigned long long)rep.params_after,
+           rep.params_before ? 100.0 * (double)rep.params_after / (double)rep.params_before : 0.0);
+    if (ids) {
+        if (eval_ppl(m, ids, n_ids, ectx, windows, &ppl1)) goto out;
+        printf("perplexity %.4f -> %.4f (ctx %d, %d windows)\n", ppl0, ppl1, ectx, windows);
+    }
+    wmat_save_params sp = wmat_save_default_params();
+    sp.format = WMAT_FMT_QUANT;
+    if (wmat_model_save(m, pos[1], &sp)) {
+        cli_fail("decompose");
+        goto out;
+    }
+    printf("wrote %s (native directory; wmat eval/generate run it as stored)\n", pos[1]);
+    rc = 0;
+out:
+    wmat_decompose_report_free(&rep);
+    free(ids);
+    wmat_model_free(m);
+    return rc;
+}
