@@ -32,6 +32,12 @@
 #endif
 
 #define QK 32
+/* Software prefetch distance of the row streams: one line requested
+ * 1 KB ahead of the loads. On a Zen core the hardware prefetcher alone
+ * keeps too few lines in flight for a 2-byte type: a 5632 x 2048 f16
+ * matvec ran 1.70x fp32's speed without it, 2.1x with it (256 B: 1.9x,
+ * 2 KB: 1.9x). */
+#define PF_AHEAD 1024
 
 /* ------------------------------------------------------------ ISA */
 
@@ -270,6 +276,7 @@ KD_AVX2 static inline float hsum8(__m256 v)
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps(); \
         int64_t j = 0;                                                                                               \
         for (; j + 32 <= in; j += 32) {                                                                              \
+            _mm_prefetch((const char *)(w + 2 * j + PF_AHEAD), _MM_HINT_T0);                                 \
             a0 = _mm256_fmadd_ps(LOAD8(w + 2 * j), _mm256_loadu_ps(x + j), a0);                                      \
             a1 = _mm256_fmadd_ps(LOAD8(w + 2 * j + 16), _mm256_loadu_ps(x + j + 8), a1);                             \
             a2 = _mm256_fmadd_ps(LOAD8(w + 2 * j + 32), _mm256_loadu_ps(x + j + 16), a2);                            \
@@ -311,57 +318,70 @@ KD_AVX2 static inline __m256i dot_s8s8_avx2(__m256i w, __m256i x)
 /* Q4_0 codes 0..15 of one block as 32 bytes in element order. */
 KD_AVX2 static inline __m256i nibbles_avx2(const unsigned char *qs)
 {
-    const __m128i v = _mm_loadu_si128((const __m128i *)qs), m = _mm_set1_epi8(15);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+    /* both halves from one broadcast load; the high half shifted by 4 per
+     * 64-bit lane (bits crossing into a byte are masked off) */
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    return _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(15));
 }
 
-/* Two accumulators (even, odd blocks) keep two FMA chains in flight. */
-KD_AVX2 static float q8_dot_avx2(const unsigned char *w, const prep_view *p, int64_t in)
+/* fp16 values at w, w + stride, ..., w + 7 stride as 8 floats: inserts,
+ * not eight narrow stores and a wide load (that load would wait on a
+ * failed store forwarding). */
+KD_AVX2 static inline __m256 scales8_avx2(const unsigned char *w, size_t stride)
 {
-    const int64_t nb = in / QK;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2, w += 68) {
-        const __m256i i0 = dot_s8s8_avx2(_mm256_loadu_si256((const __m256i *)(w + 2)),
-                                         _mm256_loadu_si256((const __m256i *)(p->q + b * QK)));
-        const __m256i i1 = dot_s8s8_avx2(_mm256_loadu_si256((const __m256i *)(w + 36)),
-                                         _mm256_loadu_si256((const __m256i *)(p->q + b * QK + QK)));
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(w) * p->d[b]), _mm256_cvtepi32_ps(i0), a0);
-        a1 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(w + 34) * p->d[b + 1]), _mm256_cvtepi32_ps(i1), a1);
+    __m128i h = _mm_cvtsi32_si128(*(const uint16_t *)w);
+    h = _mm_insert_epi16(h, *(const uint16_t *)(w + stride), 1);
+    h = _mm_insert_epi16(h, *(const uint16_t *)(w + 2 * stride), 2);
+    h = _mm_insert_epi16(h, *(const uint16_t *)(w + 3 * stride), 3);
+    h = _mm_insert_epi16(h, *(const uint16_t *)(w + 4 * stride), 4);
+    h = _mm_insert_epi16(h, *(const uint16_t *)(w + 5 * stride), 5);
+    h = _mm_insert_epi16(h, *(const uint16_t *)(w + 6 * stride), 6);
+    h = _mm_insert_epi16(h, *(const uint16_t *)(w + 7 * stride), 7);
+    return _mm256_cvtph_ps(h);
+}
+
+/* Blocks go eight at a time: their eight scales d_w d_x are formed in one
+ * vector (one fp16 conversion, one product with x's contiguous scales) and
+ * each block takes its own by a lane permute, instead of a scalar
+ * load-convert-multiply-broadcast per block (5 of ~15 instructions a
+ * block). Two accumulators keep two FMA chains in flight. */
+#define KD_BLOCK_ROW(ATTR, name, BB, BLOCK)                                                                             \
+    ATTR static float name(const unsigned char *w, const prep_view *p, int64_t in)                                   \
+    {                                                                                                                  \
+        const int64_t nb = in / QK;                                                                                    \
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();                                                    \
+        _Alignas(32) float sc[8];                                                                                      \
+        int64_t b = 0;                                                                                                 \
+        for (; b + 8 <= nb; b += 8, w += 8 * BB) {                                                                     \
+            for (int l = 0; l < 8 * BB; l += 64) _mm_prefetch((const char *)(w + PF_AHEAD + l), _MM_HINT_T0);         \
+            _mm256_store_ps(sc, _mm256_mul_ps(scales8_avx2(w, BB), _mm256_loadu_ps(p->d + b)));                        \
+            for (int k = 0; k < 8; k += 2) {                                                                           \
+                const __m256i i0 = BLOCK(w + k * BB, p, b + k), i1 = BLOCK(w + (k + 1) * BB, p, b + k + 1);            \
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + k), _mm256_cvtepi32_ps(i0), a0);                         \
+                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + k + 1), _mm256_cvtepi32_ps(i1), a1);                     \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (; b < nb; b++, w += BB)                                                                                   \
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(w) * p->d[b]), _mm256_cvtepi32_ps(BLOCK(w, p, b)), a0);          \
+        return hsum8(_mm256_add_ps(a0, a1));                                                                           \
     }
-    if (b < nb) {
-        const __m256i i0 = dot_s8s8_avx2(_mm256_loadu_si256((const __m256i *)(w + 2)),
-                                         _mm256_loadu_si256((const __m256i *)(p->q + b * QK)));
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(w) * p->d[b]), _mm256_cvtepi32_ps(i0), a0);
-    }
-    return hsum8(_mm256_add_ps(a0, a1));
+
+/* One Q8_0 block (w at its scale) with x's block b: 8 int32 partial sums. */
+KD_AVX2 static inline __m256i q8_block_avx2(const unsigned char *w, const prep_view *p, int64_t b)
+{
+    return dot_s8s8_avx2(_mm256_loadu_si256((const __m256i *)(w + 2)), _mm256_loadu_si256((const __m256i *)(p->q + b * QK)));
 }
 
 /* sum (c - 8) x = sum c x - 8 sum x: the unsigned codes go straight into
  * maddubs, and 8 * sum(x) leaves as sum(x) from each of the 8 lanes. */
-KD_AVX2 static inline __m256i q4_block_avx2(const unsigned char *w, const int8_t *q, int32_t qsum)
+KD_AVX2 static inline __m256i q4_block_avx2(const unsigned char *w, const prep_view *p, int64_t b)
 {
-    const __m256i p16 = _mm256_maddubs_epi16(nibbles_avx2(w + 2), _mm256_loadu_si256((const __m256i *)q));
-    return _mm256_sub_epi32(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)), _mm256_set1_epi32(qsum));
+    const __m256i p16 = _mm256_maddubs_epi16(nibbles_avx2(w + 2), _mm256_loadu_si256((const __m256i *)(p->q + b * QK)));
+    return _mm256_sub_epi32(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)), _mm256_set1_epi32(p->sum[b]));
 }
 
-KD_AVX2 static float q4_dot_avx2(const unsigned char *w, const prep_view *p, int64_t in)
-{
-    const int64_t nb = in / QK;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2, w += 36) {
-        const __m256i i0 = q4_block_avx2(w, p->q + b * QK, p->sum[b]);
-        const __m256i i1 = q4_block_avx2(w + 18, p->q + b * QK + QK, p->sum[b + 1]);
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(w) * p->d[b]), _mm256_cvtepi32_ps(i0), a0);
-        a1 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(w + 18) * p->d[b + 1]), _mm256_cvtepi32_ps(i1), a1);
-    }
-    if (b < nb) {
-        const __m256i i0 = q4_block_avx2(w, p->q + b * QK, p->sum[b]);
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16s(w) * p->d[b]), _mm256_cvtepi32_ps(i0), a0);
-    }
-    return hsum8(_mm256_add_ps(a0, a1));
-}
+KD_BLOCK_ROW(KD_AVX2, q8_dot_avx2, 34, q8_block_avx2)
+KD_BLOCK_ROW(KD_AVX2, q4_dot_avx2, 18, q4_block_avx2)
 
 /* ------------------------------------------------------------ dot: AVX-512 */
 
@@ -372,6 +392,8 @@ KD_AVX2 static float q4_dot_avx2(const unsigned char *w, const prep_view *p, int
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps(); \
         int64_t j = 0;                                                                                               \
         for (; j + 64 <= in; j += 64) {                                                                              \
+            _mm_prefetch((const char *)(w + 2 * j + PF_AHEAD), _MM_HINT_T0);                                         \
+            _mm_prefetch((const char *)(w + 2 * j + PF_AHEAD + 64), _MM_HINT_T0);                                    \
             a0 = _mm512_fmadd_ps(CVT(_mm256_loadu_si256((const __m256i *)(w + 2 * j))), _mm512_loadu_ps(x + j), a0); \
             a1 = _mm512_fmadd_ps(CVT(_mm256_loadu_si256((const __m256i *)(w + 2 * j + 32))), _mm512_loadu_ps(x + j + 16), a1); \
             a2 = _mm512_fmadd_ps(CVT(_mm256_loadu_si256((const __m256i *)(w + 2 * j + 64))), _mm512_loadu_ps(x + j + 32), a2); \
@@ -395,37 +417,22 @@ KD_DENSE_AVX512(f16_dot_avx512, f16x16_avx512)
 KD_DENSE_AVX512(bf16_dot_avx512, bf16x16_avx512)
 
 /* VNNI: dpbusd does maddubs + madd in one instruction without the int16
- * step (the sign trick stays for Q8_0's signed weights). */
-KD_VNNI static float q8_dot_vnni(const unsigned char *w, const prep_view *p, int64_t in)
+ * step (the sign trick stays for Q8_0's signed weights); the rest as the
+ * AVX2 rows. */
+KD_VNNI static inline __m256i q8_block_vnni(const unsigned char *w, const prep_view *p, int64_t b)
 {
-    const int64_t nb = in / QK;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b < nb; b++, w += 34) {
-        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2));
-        const __m256i xv = _mm256_loadu_si256((const __m256i *)(p->q + b * QK));
-        const __m256i i = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv));
-        const __m256 f = _mm256_mul_ps(_mm256_set1_ps(f16s(w) * p->d[b]), _mm256_cvtepi32_ps(i));
-        if (b & 1) a1 = _mm256_add_ps(a1, f);
-        else a0 = _mm256_add_ps(a0, f);
-    }
-    return hsum8(_mm256_add_ps(a0, a1));
+    const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2));
+    const __m256i xv = _mm256_loadu_si256((const __m256i *)(p->q + b * QK));
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
 }
-
-KD_VNNI static float q4_dot_vnni(const unsigned char *w, const prep_view *p, int64_t in)
+KD_VNNI static inline __m256i q4_block_vnni(const unsigned char *w, const prep_view *p, int64_t b)
 {
-    const int64_t nb = in / QK;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++, w += 18) {
-        const __m256i xv = _mm256_loadu_si256((const __m256i *)(p->q + b * QK));
-        __m256i i = _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles_avx2(w + 2), xv);
-        i = _mm256_sub_epi32(i, _mm256_set1_epi32(p->sum[b]));
-        const __m256 f = _mm256_mul_ps(_mm256_set1_ps(f16s(w) * p->d[b]), _mm256_cvtepi32_ps(i));
-        if (b & 1) a1 = _mm256_add_ps(a1, f);
-        else a0 = _mm256_add_ps(a0, f);
-    }
-    return hsum8(_mm256_add_ps(a0, a1));
+    const __m256i xv = _mm256_loadu_si256((const __m256i *)(p->q + b * QK));
+    return _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles_avx2(w + 2), xv),
+                            _mm256_set1_epi32(p->sum[b]));
 }
+KD_BLOCK_ROW(KD_VNNI, q8_dot_vnni, 34, q8_block_vnni)
+KD_BLOCK_ROW(KD_VNNI, q4_dot_vnni, 18, q4_block_vnni)
 #endif
 
 /* ------------------------------------------------------------ dot: dispatch */
