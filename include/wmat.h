@@ -379,6 +379,10 @@ WMAT_API int wmat_model_materialize(wmat_model *m);
  * fp32, 2-D weights left in their stored kind (f16, bf16, q8_0, q4_0 rows
  * reordered in place of type where HF's rotary order needs it). */
 WMAT_API int wmat_model_prepare_stored(wmat_model *m);
+/* wmat_model_materialize, and weights of object kinds (packed, low-rank)
+ * expanded to dense fp32 too: for work that edits weights (quantize, train,
+ * decompose) starting from a model of any kind. */
+WMAT_API int wmat_model_dequantize(wmat_model *m);
 
 WMAT_API const wmat_config *wmat_model_config(const wmat_model *m);
 WMAT_API wmat_format wmat_model_format(const wmat_model *m);
@@ -592,6 +596,8 @@ typedef struct {
     int intruder_k, num_intruders;
     double intruder_cos[WMAT_AN_INTRUDER_MAX]; /* max |cos| of u_i to every base left vector, i < k */
     double seconds;
+    char kind[16];                       /* weight kind as stored ("f32", "q4_0", "qpacked", ...): other
+                                            kinds than f32 are analysed as their dequantized matrix */
 } wmat_matrix_stats;
 
 /* One attention head: SVD of its OV circuit W_O[:, h] W_V[kvh] and of its

@@ -136,6 +136,11 @@ int cli_load_model(const char *cmd, const char *path, int materialize, wmat_mode
     lp.keep_stored = materialize == CLI_LOAD_STORED;
     lp.check_finite = materialize != CLI_LOAD_RAW;
     int rc = wmat_model_load(out, path, &lp);
+    /* work that edits weights starts from fp32, whatever the stored kind */
+    if (!rc && materialize == CLI_LOAD_F32 && (rc = wmat_model_dequantize(*out))) {
+        wmat_model_free(*out);
+        *out = NULL;
+    }
     return rc ? cli_fail(cmd) : 0;
 }
 

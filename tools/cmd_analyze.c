@@ -37,8 +37,8 @@ int cmd_analyze(int argc, char **argv)
     if (rows < 0) return cli_usage_error("analyze", "--rows must be >= 0");
     if (heads && no_heads) return cli_usage_error("analyze", "give at most one of --heads and --no-heads");
     wmat_model *m = NULL, *b = NULL;
-    if (cli_load_model("analyze", pos[0], 1, &m)) return 1;
-    if (base_path && cli_load_model("analyze", base_path, 1, &b)) {
+    if (cli_load_model("analyze", pos[0], CLI_LOAD_STORED, &m)) return 1;
+    if (base_path && cli_load_model("analyze", base_path, CLI_LOAD_STORED, &b)) {
         wmat_model_free(m);
         return 1;
     }

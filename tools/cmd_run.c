@@ -332,7 +332,7 @@ int cmd_convert(int argc, char **argv)
     sp.dtype = (wmat_dtype)dt;
     sp.tokenizer_path = tok_out;
     wmat_model *m;
-    if (cli_load_model("convert", pos[0], 1, &m)) return 1;
+    if (cli_load_model("convert", pos[0], CLI_LOAD_STORED, &m)) return 1;
     double t0 = now_s();
     rc = wmat_model_save(m, pos[1], &sp);
     if (rc) {

@@ -40,9 +40,9 @@ static int tensor_double(const wmat_tensor *t, double **out)
     *out = NULL;
     if (!A) goto nomem;
     const float *src = t->data;
-    if (t->dtype != WMAT_F32) {
+    if (t->dtype != WMAT_F32) { /* any weight kind: its dequantized matrix */
         if (!(f = wmat__malloc(ne * sizeof(float)))) goto nomem;
-        if ((rc = wmat_to_f32(f, t->data, t->dtype, ne))) goto fail;
+        if ((rc = wmat_tensor_dequant_rows(t, 0, rows, f))) goto fail;
         src = f;
     }
     for (size_t i = 0; i < ne; i++) {
@@ -164,6 +164,7 @@ static int analyze_one(const an_job *job, const wmat_analyze_params *p, wmat_mat
     int rc = WMAT_OK;
     double *A = NULL, *B = NULL, *U = NULL, *Ub = NULL, *sb = NULL, *D = NULL;
     snprintf(st->name, sizeof st->name, "%s", t->name);
+    snprintf(st->kind, sizeof st->kind, "%s", wmat_tensor_kind(t) ? wmat_tensor_kind(t) : "?");
     snprintf(st->role, sizeof st->role, "%s", job->role);
     st->layer = job->layer;
     st->rows = rows;
@@ -356,16 +357,16 @@ static int check_pair(const wmat_tensor *w, const wmat_tensor *b)
         return wmat_set_error(WMAT_ERR_INVALID, "tensor %s is not a non-empty 2-D matrix", w ? w->name : "(null)");
     if (w->shape[0] > INT32_MAX / 2 || w->shape[1] > INT32_MAX / 2)
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "tensor %s is too large", w->name);
-    if (!wmat_dtype_info(w->dtype) || !wmat_dtype_info(w->dtype)->is_float)
-        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "tensor %s has no float weights", w->name);
+    if (!wmat_tensor_kind(w))
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "tensor %s is no weight matrix of a known kind", w->name);
     if (b) {
         if (b->ndim != 2 || b->shape[0] != w->shape[0] || b->shape[1] != w->shape[1])
             return wmat_set_error(WMAT_ERR_INVALID,
                                   "shape mismatch for %s: model %lld x %lld, base %lld x %lld", w->name,
                                   (long long)w->shape[0], (long long)w->shape[1], (long long)b->shape[0],
                                   b->ndim > 1 ? (long long)b->shape[1] : 1LL);
-        if (!b->data || !wmat_dtype_info(b->dtype)->is_float)
-            return wmat_set_error(WMAT_ERR_UNSUPPORTED, "base tensor %s has no float weights", b->name);
+        if (!b->data || !wmat_tensor_kind(b))
+            return wmat_set_error(WMAT_ERR_UNSUPPORTED, "base tensor %s is no weight matrix of a known kind", b->name);
     }
     return WMAT_OK;
 }
@@ -505,13 +506,14 @@ static int analyze_heads(wmat_analysis *a, wmat_model *m, const wmat_analyze_par
     for (int l = 0; l < L; l++) {
         const wmat_tensor *q = wmat_model_linear(m, l, WMAT_LIN_Q), *k = wmat_model_linear(m, l, WMAT_LIN_K),
                           *v = wmat_model_linear(m, l, WMAT_LIN_V), *o = wmat_model_linear(m, l, WMAT_LIN_O);
-        if (!q || !k || !v || !o || q->dtype != WMAT_F32 || k->dtype != WMAT_F32 || v->dtype != WMAT_F32 ||
-            o->dtype != WMAT_F32 || q->shape[0] != (int64_t)H * hd || q->shape[1] != dim ||
+        if (!q || !k || !v || !o || !wmat_tensor_kind(q) || !wmat_tensor_kind(k) || !wmat_tensor_kind(v) ||
+            !wmat_tensor_kind(o) || q->shape[0] != (int64_t)H * hd || q->shape[1] != dim ||
             k->shape[0] != (int64_t)KV * hd || v->shape[0] != (int64_t)KV * hd || o->shape[0] != dim ||
             o->shape[1] != (int64_t)H * hd)
             return WMAT_OK; /* not a plain LLaMA attention: no head analysis */
     }
     int NH = L * H, rc = WMAT_OK;
+    float *deq = NULL;
     size_t fsz = (size_t)hd * dim, gsz = (size_t)hd * hd;
     head_f *f = wmat__calloc((size_t)NH, sizeof(head_f));
     double *mem = wmat__malloc(((size_t)NH * (4 * fsz + 4 * gsz)) * sizeof(double));
@@ -535,9 +537,24 @@ static int analyze_heads(wmat_analysis *a, wmat_model *m, const wmat_analyze_par
         a->h[i].qk_sv = wmat__malloc((size_t)hd * sizeof(double));
         if (!a->h[i].ov_sv || !a->h[i].qk_sv) goto nomem;
     }
+    /* q, k, v, o of a layer as fp32 (other kinds dequantized into deq) */
+    deq = wmat__malloc(((size_t)2 * H * hd * dim + (size_t)2 * KV * hd * dim) * sizeof(float));
+    if (!deq) goto nomem;
     for (int l = 0; l < L; l++) {
-        const float *Q = wmat_model_linear(m, l, WMAT_LIN_Q)->data, *K = wmat_model_linear(m, l, WMAT_LIN_K)->data,
-                    *V = wmat_model_linear(m, l, WMAT_LIN_V)->data, *O = wmat_model_linear(m, l, WMAT_LIN_O)->data;
+        const float *P[4];
+        float *slot = deq;
+        for (int i = 0; i < 4; i++) {
+            static const wmat_linear_kind role[4] = {WMAT_LIN_Q, WMAT_LIN_K, WMAT_LIN_V, WMAT_LIN_O};
+            const wmat_tensor *t = wmat_model_linear(m, l, role[i]);
+            if (t->dtype == WMAT_F32) {
+                P[i] = t->data;
+                continue;
+            }
+            wmat_tensor_dequant_rows(t, 0, t->shape[0], slot);
+            P[i] = slot;
+            slot += (size_t)t->shape[0] * (size_t)t->shape[1];
+        }
+        const float *Q = P[0], *K = P[1], *V = P[2], *O = P[3];
         for (int h = 0; h < H; h++) {
             head_f *x = &f[l * H + h];
             int kvh = h / (H / KV); /* GQA: consecutive query heads share a kv head */
@@ -646,6 +663,7 @@ nomem:
 done:
     wmat__free(f);
     wmat__free(mem);
+    wmat__free(deq);
     return rc;
 }
 
@@ -674,8 +692,9 @@ int wmat_analyze_model(wmat_analysis **out, wmat_model *m, wmat_model *base, con
     if (!m) return wmat_set_error(WMAT_ERR_INVALID, "wmat_analyze_model: no model");
     wmat_analyze_params p = pp ? *pp : wmat_analyze_default_params();
     int rc;
-    if ((rc = wmat_model_materialize(m))) return rc;
-    if (base && (rc = wmat_model_materialize(base))) return rc;
+    /* canonical layout; weights stay in their kind (read dequantized, one matrix at a time) */
+    if ((rc = wmat_model_prepare_stored(m))) return rc;
+    if (base && (rc = wmat_model_prepare_stored(base))) return rc;
     int nt = wmat_model_n_tensors(m), n = 0;
     an_job *jobs = wmat__calloc((size_t)(nt ? nt : 1), sizeof(an_job));
     wmat_analysis *a = wmat__calloc(1, sizeof *a);

@@ -415,6 +415,11 @@ int wmat_analysis_write_summary(const wmat_analysis *a, FILE *out, int max_rows)
         fputc('\n', out);
     }
     if (rows < a->n) fprintf(out, "... %d more matrices (see --csv / --json / --html)\n", a->n - rows);
+    for (int i = 0; i < a->n; i++)
+        if (strcmp(a->m[i].kind, "f32")) { /* say so: the figures are of the dequantized matrices */
+            fprintf(out, "(weights stored as %s and other kinds are analysed as their dequantized matrices)\n", a->m[i].kind);
+            break;
+        }
     findings fd = {0};
     make_findings(a, &fd);
     fprintf(out, "\nfindings:\n");

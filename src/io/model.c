@@ -355,6 +355,27 @@ static int materialize(wmat_model *m, int keep_stored)
 }
 
 int wmat_model_materialize(wmat_model *m) { return materialize(m, 0); }
+
+int wmat_model_dequantize(wmat_model *m)
+{
+    int rc = materialize(m, 0);
+    for (int i = 0; i < m->n_tensors && !rc; i++) {
+        wmat_tensor *t = &m->tensors[i];
+        const wmat_wkind *k = t->dtype == WMAT_OBJ ? wmat__wkind_of(t) : NULL;
+        if (!k) continue;
+        const size_t n = (size_t)t->shape[0] * (size_t)t->shape[1];
+        float *buf = wmat__aligned_alloc(n * sizeof(float));
+        if (!buf) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory expanding %s (%s) to f32", m->path ? m->path : "model",
+                                        t->name, k->name);
+        k->dequant_rows(t, 0, t->shape[0], buf);
+        wmat__tensor_free_data(t);
+        t->data = buf;
+        t->dtype = WMAT_F32;
+        t->nbytes = n * sizeof(float);
+        t->flags = WMAT_TF_OWNED;
+    }
+    return rc;
+}
 int wmat_model_prepare_stored(wmat_model *m) { return materialize(m, 1); }
 
 /* Every weight checked as the runtime will read it: fp32 arrays directly,
