@@ -164,12 +164,25 @@ WMAT_API void wmat_arena_reset(wmat_arena *a);
  * (the work then fails with WMAT_ERR_CANCELLED). */
 typedef int (*wmat_progress_fn)(void *user, const char *what, uint64_t done, uint64_t total);
 
-/* Execution context: thread count and progress reporting. Functions taking
- * a `const wmat_context *` accept NULL for the defaults. */
+/* The GEMM backends of src/linalg (see the linalg section). */
+typedef enum {
+    WMAT_GEMM_AUTO = 0,
+    WMAT_GEMM_OPENBLAS = 1,
+    WMAT_GEMM_ONEDNN = 2,
+    WMAT_GEMM_REFERENCE = 3
+} wmat_gemm_backend;
+
+/* Execution context: threads, progress reporting and the choices kernels
+ * make, carried by each runtime (two runtimes with different contexts in
+ * one process do not affect each other). Functions taking a
+ * `const wmat_context *` accept NULL for the defaults. */
 typedef struct {
     int n_threads;               /* <= 0: all cores */
     wmat_progress_fn progress;   /* may be NULL */
     void *progress_user;
+    wmat_gemm_backend gemm;      /* fp32 GEMMs of a runtime; AUTO: the process default (wmat_gemm_set_backend) */
+    int act8;                    /* int8 activations in quantized decode: 1 on, 0 off, -1 default (on unless
+                                    WMAT_QACT8=0 in the environment) */
 } wmat_context;
 
 WMAT_API wmat_context wmat_context_default(void);
@@ -191,13 +204,6 @@ WMAT_API float wmat_rng_normal(wmat_rng *r);   /* N(0, 1) */
 /* Dense math goes through one interface (src/linalg) with a backend picked
  * at run time. Call wmat_linalg_init() once, early, before creating threads:
  * it may tune how the BLAS library loaded (see docs/ARCHITECTURE.md). */
-typedef enum {
-    WMAT_GEMM_AUTO = 0,
-    WMAT_GEMM_OPENBLAS = 1,
-    WMAT_GEMM_ONEDNN = 2,
-    WMAT_GEMM_REFERENCE = 3
-} wmat_gemm_backend;
-
 /* wmat_linalg_init: probe and self-check the backends (once), then set the
  * thread policy. n_threads > 0 is the thread count of linear algebra called
  * outside an OpenMP parallel region; <= 0 means every CPU this process may

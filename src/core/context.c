@@ -8,7 +8,7 @@
 
 wmat_context wmat_context_default(void)
 {
-    wmat_context c = {0, NULL, NULL};
+    wmat_context c = {.n_threads = 0, .progress = NULL, .progress_user = NULL, .gemm = WMAT_GEMM_AUTO, .act8 = -1};
     return c;
 }
 

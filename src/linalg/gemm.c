@@ -588,8 +588,26 @@ int wmat_gemm_backend_available(wmat_gemm_backend b)
     }
 }
 
+static int f32_on_nt(wmat_gemm_backend b, bool strict, int nt_req, int ta, int tb, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
 static int f32_on(wmat_gemm_backend b, bool strict, int ta, int tb, int M, int N, int K, float alpha,
                   const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    return f32_on_nt(b, strict, 0, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void wmat__sgemm_cfg(wmat_gemm_backend b, int n_threads, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    if (b == WMAT_GEMM_AUTO) b = (wmat_gemm_backend)atomic_load(&g_backend);
+    (void)f32_on_nt(b, false, n_threads, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* nt_req > 0: that many threads outside parallel regions (a runtime's own
+ * count), else the linalg thread policy's. */
+static int f32_on_nt(wmat_gemm_backend b, bool strict, int nt_req, int ta, int tb, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
     ensure_probe();
     int rc = check_args("sgemm", ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
@@ -599,7 +617,7 @@ static int f32_on(wmat_gemm_backend b, bool strict, int ta, int tb, int M, int N
                               wmat_gemm_backend_name(b));
     bool in_par = omp_in_parallel();
     wmat_gemm_backend use = pick_f32(b, M, N, K, in_par);
-    int nt = in_par ? 1 : atomic_load(&g_threads);
+    int nt = in_par ? 1 : nt_req > 0 ? nt_req : atomic_load(&g_threads);
     rc = sgemm_exec(use, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nt);
     if (rc != WMAT_OK && use != WMAT_GEMM_REFERENCE) /* e.g. oneDNN out of scratch memory */
         rc = sgemm_exec(WMAT_GEMM_REFERENCE, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nt);
@@ -711,11 +729,11 @@ int wmat__gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const uint
     return wmat__gemm_bf16_on(b, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-int wmat__packed_gemm_create(wmat__packed_gemm **out, const float *W, int N, int K)
+int wmat__packed_gemm_create(wmat__packed_gemm **out, wmat_gemm_backend want, const float *W, int N, int K)
 {
     *out = NULL;
     ensure_probe();
-    wmat_gemm_backend want = (wmat_gemm_backend)atomic_load(&g_backend);
+    if (want == WMAT_GEMM_AUTO) want = (wmat_gemm_backend)atomic_load(&g_backend);
     if (want == WMAT_GEMM_OPENBLAS || want == WMAT_GEMM_REFERENCE)
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "packed GEMM: the %s backend is selected",
                               wmat_gemm_backend_name(want));
@@ -724,10 +742,11 @@ int wmat__packed_gemm_create(wmat__packed_gemm **out, const float *W, int N, int
     return wmat__dnnl_packed_create(out, W, N, K);
 }
 
-int wmat__packed_gemm_apply(const wmat__packed_gemm *p, const float *X, int M, float *Y, int accumulate)
+int wmat__packed_gemm_apply(const wmat__packed_gemm *p, const float *X, int M, float *Y, int accumulate, int n_threads)
 {
     if (M <= 0) return WMAT_OK;
-    return wmat__dnnl_packed_apply(p, X, M, Y, accumulate, threads_now());
+    return wmat__dnnl_packed_apply(p, X, M, Y, accumulate,
+                                   omp_in_parallel() ? 1 : n_threads > 0 ? n_threads : threads_now());
 }
 
 size_t wmat__packed_gemm_bytes(const wmat__packed_gemm *p) { return p ? wmat__dnnl_packed_bytes(p) : 0; }

@@ -27,6 +27,12 @@
 /* wmat_sgemm (public) on one given backend; WMAT_GEMM_AUTO picks like
  * wmat_sgemm. WMAT_ERR_UNSUPPORTED if that backend is not available,
  * WMAT_ERR_INVALID for bad shapes. */
+/* wmat_sgemm on backend b (AUTO: the process default, which picks by
+ * shape) with n_threads threads outside parallel regions (<= 0: the thread
+ * policy's count): what a runtime calls with its own context, so two
+ * runtimes with different settings do not affect each other. */
+void wmat__sgemm_cfg(wmat_gemm_backend b, int n_threads, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 int wmat__sgemm_on(wmat_gemm_backend b, int trans_a, int trans_b, int M, int N, int K, float alpha,
                    const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
@@ -74,11 +80,12 @@ int wmat__gemm_bf16_on(wmat_gemm_backend b, int trans_a, int trans_b, int M, int
  * primitive with the weights reordered to its blocked layout, M given at
  * each call): small-M GEMMs skip packing B on every call, 1.1-1.3x a plain
  * dnnl_sgemm on mix4m's shapes at 2 threads. WMAT_ERR_UNSUPPORTED when
- * oneDNN is absent or no backend that could use it is selected; callers
- * then stay on wmat_sgemm. Threads as wmat_sgemm (the linalg policy). */
+ * oneDNN is absent or b (AUTO: the process default) is a backend that
+ * could not use it; callers then stay on plain GEMMs. apply runs on
+ * n_threads threads outside parallel regions (<= 0: the linalg policy's). */
 typedef struct wmat__packed_gemm wmat__packed_gemm;
-int wmat__packed_gemm_create(wmat__packed_gemm **out, const float *W, int N, int K);
-int wmat__packed_gemm_apply(const wmat__packed_gemm *p, const float *X, int M, float *Y, int accumulate);
+int wmat__packed_gemm_create(wmat__packed_gemm **out, wmat_gemm_backend b, const float *W, int N, int K);
+int wmat__packed_gemm_apply(const wmat__packed_gemm *p, const float *X, int M, float *Y, int accumulate, int n_threads);
 size_t wmat__packed_gemm_bytes(const wmat__packed_gemm *p);
 void wmat__packed_gemm_free(wmat__packed_gemm *p);
 

@@ -103,7 +103,7 @@ static void pack_weights(wmat_runtime *rt)
     for (int i = 0; i < n; i++) {
         const wmat_tensor *W = packed_source(rt->m, i);
         if (W->dtype != WMAT_F32) continue;
-        if (wmat__packed_gemm_create(&rt->packed[i], W->data, (int)W->shape[0], (int)W->shape[1])) {
+        if (wmat__packed_gemm_create(&rt->packed[i], rt->ex.gemm, W->data, (int)W->shape[0], (int)W->shape[1])) {
             for (int j = 0; j < i; j++) wmat__packed_gemm_free(rt->packed[j]);
             wmat__free(rt->packed);
             rt->packed = NULL;
@@ -117,7 +117,7 @@ static void pack_weights(wmat_runtime *rt)
 
 static void linear_batch(wmat_runtime *rt, int slot, float *Y, const float *X, const wmat_tensor *W, int T, int accumulate)
 {
-    if (rt->packed && rt->packed[slot] && wmat__packed_gemm_apply(rt->packed[slot], X, T, Y, accumulate) == WMAT_OK)
+    if (rt->packed && rt->packed[slot] && wmat__packed_gemm_apply(rt->packed[slot], X, T, Y, accumulate, rt->ex.n_threads) == WMAT_OK)
         return;
     wmat__linear_batch(Y, X, W, T, accumulate, rt->ws, &rt->ex);
 }
@@ -375,10 +375,10 @@ static int run_layers(wmat_runtime *rt, int T, int l0, int l1)
              * mostly never computed (T = 256: 62.5% of the full products) */
             for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
                 const int nr = T - r0 < ATT_BLOCK ? T - r0 : ATT_BLOCK, e = r0 + nr;
-                wmat_sgemm(0, 1, nr, e, hd, scale, rt->q + (size_t)r0 * D + (size_t)h * hd, D,
+                wmat__sgemm_cfg(rt->ex.gemm, 1, 0, 1, nr, e, hd, scale, rt->q + (size_t)r0 * D + (size_t)h * hd, D,
                            rt->k + (size_t)kvh * hd, KV, 0.0f, att, T);
                 wmat__causal_softmax_block(att, nr, e, T, r0);
-                wmat_sgemm(0, 0, nr, hd, e, 1.0f, att, T, rt->v + (size_t)kvh * hd, KV, 0.0f,
+                wmat__sgemm_cfg(rt->ex.gemm, 1, 0, 0, nr, hd, e, 1.0f, att, T, rt->v + (size_t)kvh * hd, KV, 0.0f,
                            rt->xb + (size_t)r0 * D + (size_t)h * hd, D);
             }
         }

@@ -16,16 +16,18 @@ static size_t f32_ws(const wmat_tensor *W, int T, const wmat_wexec *ex)
 
 static void f32_forward(const wmat_tensor *W, const float *X, float *Y, int T, int acc, void *ws, const wmat_wexec *ex)
 {
-    (void)ws, (void)ex; /* the GEMM layer applies the linalg thread policy */
+    (void)ws;
     const int out = (int)W->shape[0], in = (int)W->shape[1];
-    wmat_sgemm(0, 1, T, out, in, 1.0f, X, in, (const float *)W->data, in, acc ? 1.0f : 0.0f, Y, out);
+    wmat__sgemm_cfg(ex->gemm, ex->n_threads, 0, 1, T, out, in, 1.0f, X, in, (const float *)W->data, in, acc ? 1.0f : 0.0f,
+                    Y, out);
 }
 
 static void f32_backward(const wmat_tensor *W, const float *dY, float *dX, int T, int acc, void *ws, const wmat_wexec *ex)
 {
-    (void)ws, (void)ex;
+    (void)ws;
     const int out = (int)W->shape[0], in = (int)W->shape[1];
-    wmat_sgemm(0, 0, T, in, out, 1.0f, dY, out, (const float *)W->data, in, acc ? 1.0f : 0.0f, dX, in);
+    wmat__sgemm_cfg(ex->gemm, ex->n_threads, 0, 0, T, in, out, 1.0f, dY, out, (const float *)W->data, in,
+                    acc ? 1.0f : 0.0f, dX, in);
 }
 
 static size_t f32_prep_bytes(const wmat_tensor *W, const wmat_wexec *ex)

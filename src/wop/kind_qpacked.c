@@ -31,7 +31,7 @@ static size_t qp_ws(const wmat_tensor *W, int T, const wmat_wexec *ex)
 static void qp_forward(const wmat_tensor *W, const float *X, float *Y, int T, int acc, void *ws, const wmat_wexec *ex)
 {
     (void)ws;
-    wmat__qmatmul(Y, X, qt_of(W), T, acc, ex->n_threads);
+    wmat__qmatmul_x(Y, X, qt_of(W), T, acc, ex->n_threads, ex->isa, ex->act8);
 }
 
 /* dX = dY W, a tile of W's rows at a time: dX += dY[:, tile] W[tile, :]. */
@@ -64,7 +64,7 @@ static void qp_rows(const wmat_tensor *W, const float *x, const void *prep, floa
                     const wmat_wexec *ex)
 {
     (void)prep, (void)ex;
-    wmat__qmatvec_rows(y, x, qt_of(W), r0, r1, acc);
+    wmat__qmatvec_rows_x(y, x, qt_of(W), r0, r1, acc, ex->isa, ex->act8);
 }
 
 static void qp_dequant(const wmat_tensor *W, int64_t r0, int64_t nr, float *out)

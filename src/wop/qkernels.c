@@ -375,11 +375,10 @@ int wmat__qkernel_set_act8(int on)
     return prev;
 }
 
-int wmat__qkernel_act8_active(void)
-{
-    const int lv = wmat__qkernel_level();
-    return act8_setting() && (lv == WMAT_QK_REF || (lv == WMAT_QK_AVX512 && have_vnni()));
-}
+/* int8 activations run where they are the fast path (VNNI) or the reference. */
+static int act8_at(int level, int act8) { return act8 && (level == WMAT_QK_REF || (level == WMAT_QK_AVX512 && have_vnni())); }
+
+int wmat__qkernel_act8_active(void) { return act8_at(wmat__qkernel_level(), act8_setting()); }
 
 int wmat__qkernel_best(void)
 {
@@ -412,10 +411,10 @@ const char *wmat__qkernel_name(int level)
     return level == WMAT_QK_AVX512 ? "avx512" : level == WMAT_QK_AVX2 ? "avx2" : "ref";
 }
 
-static row_fn pick_row(void)
+static row_fn pick_row(int level)
 {
 #ifdef QK_X86
-    switch (wmat__qkernel_level()) {
+    switch (level) {
     case WMAT_QK_AVX512: return row_avx512;
     case WMAT_QK_AVX2: return row_avx2;
     default: break;
@@ -449,16 +448,22 @@ static void matvec_nobuf(float *y, const float *x, const wmat_qtensor *qt, int64
     }
 }
 
-/* Rows [r0, r1) of y = W x on the calling thread. */
 void wmat__qmatvec_rows(float *y, const float *x, const wmat_qtensor *qt, int64_t r0, int64_t r1, int accumulate)
+{
+    wmat__qmatvec_rows_x(y, x, qt, r0, r1, accumulate, wmat__qkernel_level(), act8_setting());
+}
+
+/* Rows [r0, r1) of y = W x on the calling thread, at ISA `level`. */
+void wmat__qmatvec_rows_x(float *y, const float *x, const wmat_qtensor *qt, int64_t r0, int64_t r1, int accumulate,
+                          int level, int act8)
 {
     const int64_t rows = qt->rows, cols = qt->cols;
     const int zsym = 1 << (qt->bits - 1);
-    const row_fn row = pick_row();
+    const row_fn row = pick_row(level);
     const int need_xp = qt->perm != NULL, need_xs = qt->axis == WMAT_QAXIS_OUT;
     float *buf = NULL;
     if (r0 >= r1) return;
-    if (!need_xs && wmat__qkernel_act8_active()) {
+    if (!need_xs && act8_at(level, act8)) {
         /* int8 activations: x[perm] quantized once, integer dot products per 32-code block */
         const int64_t nblk = cols / 32;
         float *f = wmat__malloc((size_t)cols * (need_xp ? 4 : 0) + (size_t)nblk * 8 + (size_t)cols + 64);
@@ -474,7 +479,7 @@ void wmat__qmatvec_rows(float *y, const float *x, const wmat_qtensor *qt, int64_
             quantize_act8(xs, cols, xq, dx, bsum);
             const int64_t gpr = cols / qt->group, bpg = qt->group / 32;
 #ifdef QK_X86
-            const int fast = wmat__qkernel_level() != WMAT_QK_REF;
+            const int fast = level != WMAT_QK_REF;
 #else
             const int fast = 0;
 #endif
@@ -539,11 +544,16 @@ void wmat__qmatvec_rows(float *y, const float *x, const wmat_qtensor *qt, int64_
 
 void wmat__qmatvec(float *y, const float *x, const wmat_qtensor *qt, int accumulate, int n_threads)
 {
+    wmat__qmatvec_x(y, x, qt, accumulate, n_threads, wmat__qkernel_level(), act8_setting());
+}
+
+void wmat__qmatvec_x(float *y, const float *x, const wmat_qtensor *qt, int accumulate, int n_threads, int level, int act8)
+{
     const int64_t rows = qt->rows;
     const long work = (long)(rows * qt->cols);
     const int nt = work >= 65536 ? (n_threads > 0 ? n_threads : 1) : 1;
     if (nt <= 1) {
-        wmat__qmatvec_rows(y, x, qt, 0, rows, accumulate);
+        wmat__qmatvec_rows_x(y, x, qt, 0, rows, accumulate, level, act8);
         return;
     }
     /* contiguous row blocks, multiples of 16 rows (no shared cache line of y) */
@@ -551,19 +561,19 @@ void wmat__qmatvec(float *y, const float *x, const wmat_qtensor *qt, int accumul
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int t = 0; t < nt; t++) {
         const int64_t a = (int64_t)t * per < rows ? (int64_t)t * per : rows, b = a + per < rows ? a + per : rows;
-        wmat__qmatvec_rows(y, x, qt, a, b, accumulate);
+        wmat__qmatvec_rows_x(y, x, qt, a, b, accumulate, level, act8);
     }
 }
 
 /* ------------------------------------------------------------ matmul */
 
 /* Dequantize rows r0..r0+nr in STORED column order into W (nr, cols). */
-static void dequant_rows_stored(const wmat_qtensor *qt, int64_t r0, int64_t nr, float *W, int nt)
+static void dequant_rows_stored(const wmat_qtensor *qt, int64_t r0, int64_t nr, float *W, int nt, int level)
 {
     const int64_t cols = qt->cols, rows = qt->rows;
     const int zsym = 1 << (qt->bits - 1);
 #ifdef QK_X86
-    if (qt->axis == WMAT_QAXIS_IN && wmat__qkernel_level() == WMAT_QK_AVX512) {
+    if (qt->axis == WMAT_QAXIS_IN && level == WMAT_QK_AVX512) {
         const int64_t gpr = cols / qt->group;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
         for (int64_t i = 0; i < nr; i++) {
@@ -601,11 +611,18 @@ static void dequant_rows_stored(const wmat_qtensor *qt, int64_t r0, int64_t nr, 
 
 void wmat__qmatmul(float *Y, const float *X, const wmat_qtensor *qt, int T, int accumulate, int n_threads)
 {
+    wmat__qmatmul_x(Y, X, qt, T, accumulate, n_threads, wmat__qkernel_level(), act8_setting());
+}
+
+void wmat__qmatmul_x(float *Y, const float *X, const wmat_qtensor *qt, int T, int accumulate, int n_threads, int level,
+                     int act8)
+{
     const int64_t rows = qt->rows, cols = qt->cols;
     const int nt = n_threads > 0 ? n_threads : 1;
     if (T < 3) { /* each token a matvec: reads the codes T times but dequantizes nothing */
         for (int t = 0; t < T; t++)
-            wmat__qmatvec(Y + (size_t)t * (size_t)rows, X + (size_t)t * (size_t)cols, qt, accumulate, n_threads);
+            wmat__qmatvec_x(Y + (size_t)t * (size_t)rows, X + (size_t)t * (size_t)cols, qt, accumulate, n_threads, level,
+                            act8);
         return;
     }
     /* Tile: about 4 MB of fp32 rows, at least 16 rows. */
@@ -632,7 +649,7 @@ void wmat__qmatmul(float *Y, const float *X, const wmat_qtensor *qt, int T, int 
     const float *A = Xp ? Xp : X;
     for (int64_t r0 = 0; r0 < rows; r0 += tile) {
         const int64_t nr = rows - r0 < tile ? rows - r0 : tile;
-        dequant_rows_stored(qt, r0, nr, W, nt);
+        dequant_rows_stored(qt, r0, nr, W, nt, level);
         wmat_sgemm(0, 1, T, (int)nr, (int)cols, 1.0f, A, (int)cols, W, (int)cols, accumulate ? 1.0f : 0.0f, Y + r0,
                    (int)rows);
     }

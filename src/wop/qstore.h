@@ -7,7 +7,7 @@
  * a wmat_qtensor: codes bit-packed per row, scales fp16, zero points u8,
  * perm i32. wmat_model_set_quantized swaps a model's fp32 tensor for the
  * packed one (dtype WMAT_QPACKED); the runtime then multiplies by it
- * directly (src/model/linear.c -> wmat__qmatvec / wmat__qmatmul), and
+ * directly (the qpacked kind, src/wop/kind_qpacked.c), and
  * wmat_quant_model_save writes the native directory or a GGUF.
  *
  * Value of a weight, exactly as every kernel computes it:
@@ -96,6 +96,14 @@ void wmat__qmatvec(float *y, const float *x, const wmat_qtensor *qt, int accumul
 /* Rows [r0, r1) of y = W x on the calling thread (what wmat__qmatvec splits). */
 void wmat__qmatvec_rows(float *y, const float *x, const wmat_qtensor *qt, int64_t r0, int64_t r1, int accumulate);
 void wmat__qmatmul(float *Y, const float *X, const wmat_qtensor *qt, int T, int accumulate, int n_threads);
+/* The same at an explicit ISA level and int8-activation choice (what the
+ * qpacked weight kind passes from its caller's wmat_wexec): no process-wide
+ * setting is read. The entry points above use the process defaults below. */
+void wmat__qmatvec_x(float *y, const float *x, const wmat_qtensor *qt, int accumulate, int n_threads, int level, int act8);
+void wmat__qmatvec_rows_x(float *y, const float *x, const wmat_qtensor *qt, int64_t r0, int64_t r1, int accumulate,
+                          int level, int act8);
+void wmat__qmatmul_x(float *Y, const float *X, const wmat_qtensor *qt, int T, int accumulate, int n_threads, int level,
+                     int act8);
 /* ISA levels: 0 reference C, 2 AVX2+FMA, 3 AVX-512 (F+BW+VL). */
 #define WMAT_QK_REF 0
 #define WMAT_QK_AVX2 2

@@ -6,6 +6,7 @@
 #include "kern_dense.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -13,8 +14,14 @@
 
 wmat_wexec wmat__wexec_from(const wmat_context *ctx)
 {
-    wmat_wexec ex = {wmat_context_threads(ctx), wmat__isa_best(), 1};
+    wmat_wexec ex = {wmat_context_threads(ctx), wmat__isa_best(), 1, WMAT_GEMM_AUTO};
     if (ex.n_threads < 1) ex.n_threads = 1;
+    if (ctx) ex.gemm = ctx->gemm;
+    if (ctx && ctx->act8 >= 0) ex.act8 = ctx->act8 != 0;
+    else {
+        const char *e = getenv("WMAT_QACT8"); /* read, never written: the default for contexts that leave it */
+        ex.act8 = !(e && e[0] == '0');
+    }
     return ex;
 }
 

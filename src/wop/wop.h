@@ -37,13 +37,14 @@
 /* What a kernel may use, resolved by its caller (no process-wide setting is
  * read inside a kernel). */
 typedef struct {
-    int n_threads; /* >= 1 */
-    int isa;       /* WMAT_ISA_*; at most what the CPU runs */
-    int act8;      /* 1: int8 activations in one-row products where a kind has them */
+    int n_threads;         /* >= 1 */
+    int isa;               /* WMAT_ISA_*; at most what the CPU runs */
+    int act8;              /* 1: int8 activations in one-row products where a kind has them */
+    wmat_gemm_backend gemm; /* fp32 GEMMs (AUTO: the process default) */
 } wmat_wexec;
 
-/* The execution settings of a context: its thread count, the best ISA, int8
- * activations on. */
+/* The execution settings of a context: its thread count and GEMM backend,
+ * the best ISA, its int8-activation choice (-1: on unless WMAT_QACT8=0). */
 wmat_wexec wmat__wexec_from(const wmat_context *ctx);
 
 /* One named array of an object kind's storage (a "component"), as it is
