@@ -105,7 +105,7 @@ int cmd_quantize(int argc, char **argv)
         {"--calib", OPT_STR, &calib, "FILE", "calibration stream: .txt text, else uint16 token ids"},
         {"--calib-tokens", OPT_INT, &calib_tokens, "N", "calibration tokens (default 64 windows, or the file if shorter)"},
         {"--calib-ctx", OPT_INT, &calib_ctx, "T", "calibration window (default min(context, 256))"},
-        {"--sequential", OPT_STR, &seq, "MODE", "stage (default, GPTQ's true-sequential: q/k/v, o, gate/up, down in turn, each on the model quantized so far), block (block l calibrated on blocks < l quantized; fewer passes), off"},
+        {"--sequential", OPT_STR, &seq, "MODE", "stage (default, 'true-sequential': q/k/v, o, gate/up, down in turn, each on the model quantized so far), block (block l calibrated on blocks < l quantized; fewer passes), off"},
         {"--keep", OPT_STR, &keep, "PATS", "comma-separated name patterns left in fp32 (glob or substring)"},
         {"--override", OPT_STR, &overrides, "LIST", "PATTERN=METHOD[:BITS[:G|oc|ic]][:KEY=VALUE]...,... per-tensor choices (below)"},
         {"--group-fallback", OPT_FLAG, &group_fallback, NULL, "per-channel where G does not divide a width"},

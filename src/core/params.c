@@ -403,8 +403,18 @@ int wmat__params_help(const wmat_param_spec *spec, int as_flags, char *buf, size
             for (char *p = lhs + strlen(flag); *p; p++)
                 if (*p == '_') *p = '-';
         const int ranged = s->type == WMAT_PARAM_INT || s->type == WMAT_PARAM_FLOAT;
+        char def[96];
+        snprintf(def, sizeof def, "%s", s->def && s->def[0] ? s->def : "none");
+        if (as_flags && s->type == WMAT_PARAM_BOOL && s->neg) {
+            /* the flag that gives the default: --asym rather than "false" */
+            wmat_param_value v;
+            if (wmat__param_parse(s, s->def, &v) == WMAT_OK) {
+                if (v.i) snprintf(def, sizeof def, "%s", flag);
+                else flag_name(s->neg, def, sizeof def);
+            }
+        }
         app(buf, n, &k, "  %-24s %s (%s%sdefault %s)\n", lhs, s->help ? s->help : "", ranged ? range : "",
-            ranged ? "; " : "", s->def && s->def[0] ? s->def : "none");
+            ranged ? "; " : "", def);
     }
     return (int)k;
 }

@@ -325,6 +325,9 @@ int wmat__quantize_check(const wmat_quantize_params *p)
         if (!om)
             return wmat_set_error(WMAT_ERR_INVALID, "override for '%s': unknown method '%s' (methods: %s, or keep)",
                                   it.pattern, it.method, names);
+        if (om->stats & WMAT_QSTAT_GRADIENTS)
+            return wmat_set_error(WMAT_ERR_UNSUPPORTED, "override for '%s': method '%s' needs gradients", it.pattern,
+                                  om->name);
         wmat_pset ps;
         if ((rc = wmat__pset_init(&ps, om->schema))) return rc;
         rc = ov_fields(&ps, &it, 1);
@@ -364,7 +367,12 @@ static int job_params(qjob *j, const wmat_quantize_params *p, int n_threads)
     struct_kv(p, kv, sizeof kv);
     if (!(rc = wmat__pset_parse_kv(&ps, kv, ',', 1))) rc = wmat__pset_parse_kv(&ps, p->method_params, ',', 1);
     ov_item it;
-    for (const char *s = p->overrides; !rc && (rc = ov_next(&s, &it)) > 0;) {
+    for (const char *s = p->overrides; !rc;) {
+        const int more = ov_next(&s, &it);
+        if (more <= 0) {
+            rc = more;
+            break;
+        }
         if (ov_is_keep(&it) || !pattern_match(it.pattern, strlen(it.pattern), j->t->name)) continue;
         rc = ov_fields(&ps, &it, 0);
     }
