@@ -285,12 +285,13 @@ int wmat__pset_flag(wmat_pset *ps, const char *arg, const char *next)
         neg = 1;
     }
     const wmat_param_spec *s = &ps->spec[i];
-    char flag[80];
+    char flag[80], negflag[80];
     flag_name(s->name, flag, sizeof flag);
+    flag_name(s->neg ? s->neg : "", negflag, sizeof negflag);
     const char *value = eq ? eq + 1 : NULL;
     int used = 1;
     if (neg) {
-        if (value) return wmat_set_error(WMAT_ERR_INVALID, "--%s takes no value, got '%.60s'", s->neg, value);
+        if (value) return wmat_set_error(WMAT_ERR_INVALID, "%s takes no value, got '%.60s'", negflag, value);
         value = "false";
     } else if (!value && s->type == WMAT_PARAM_BOOL) {
         value = "true";
@@ -306,7 +307,7 @@ int wmat__pset_flag(wmat_pset *ps, const char *arg, const char *next)
     int rc = assign(ps, i, value);
     if (rc) return rc;
     if (s->type == WMAT_PARAM_BOOL && was_set && before != ps->v[i].i) {
-        if (s->neg) return wmat_set_error(WMAT_ERR_INVALID, "%s and --%s exclude each other", flag, s->neg);
+        if (s->neg) return wmat_set_error(WMAT_ERR_INVALID, "%s and %s exclude each other", flag, negflag);
         return wmat_set_error(WMAT_ERR_INVALID, "%s given both true and false", flag);
     }
     return used;
