@@ -826,8 +826,9 @@ typedef struct {
 } wmat_quantize_params;
 
 WMAT_API wmat_quantize_params wmat_quantize_default_params(void);
-/* Methods in the registry: name i (NULL past the end) and whether it needs
- * calibration data. */
+/* The quantization methods of the registry (those wmat_quantize_model
+ * takes): name i (NULL past the end) and whether it needs calibration data.
+ * `wmat quantize --help` lists each one's keys. */
 WMAT_API const char *wmat_quantize_method_name(int i, int *needs_calibration);
 
 typedef struct {

@@ -142,8 +142,8 @@ int cmd_quantize(int argc, char **argv)
     qp.overrides = overrides;
     rc = wmat__quantize_check(&qp);
     const wmat_qmethod *qm = wmat__qmethod_find(method);
-    /* a key the method does not read is harmless (it may be for --override's
-     * methods), but say so when no other method can read it */
+    /* a key the method does not read is harmless (it may be meant for an
+     * --override method), so it is only noted, and only without --override */
     for (int i = 0; !rc && !overrides && i < mps.n; i++)
         if (mps.v[i].set && wmat__params_find(qm->schema, mps.spec[i].name, strlen(mps.spec[i].name)) < 0)
             fprintf(stderr, "wmat quantize: note: method %s does not read %s; ignored\n", method, mps.spec[i].name);

@@ -101,13 +101,15 @@ void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp)
     if (wmat__pset_has(ps, "block")) qp->block = (int)wmat__pset_int(ps, "block");
 }
 
+/* The i-th method wmat_quantize_model takes (family "quant"). */
 const char *wmat_quantize_method_name(int i, int *needs_calibration)
 {
-    int n = 0;
-    while (wmat__qmethods[n].name) n++;
-    if (i < 0 || i >= n) return NULL;
-    if (needs_calibration) *needs_calibration = wmat__qmethod_needs_calib(&wmat__qmethods[i]);
-    return wmat__qmethods[i].name;
+    for (const wmat_qmethod *m = wmat__qmethods; m->name && i >= 0; m++) {
+        if (strcmp(m->family, "quant") || i--) continue;
+        if (needs_calibration) *needs_calibration = wmat__qmethod_needs_calib(m);
+        return m->name;
+    }
+    return NULL;
 }
 
 wmat_quantize_params wmat_quantize_default_params(void)
