@@ -311,15 +311,16 @@ static void test_cli_override_keys(void **state)
     TU_NEED_DATA(cp, "golden/tinystories_valid_head.tok512.u16");
     char cmd[2048];
     snprintf(cmd, sizeof cmd,
-             "%s quantize %s --to none --calib %s --calib-tokens 1024 --calib-ctx 128 --bits 4 "
-             "--override 'q_proj=%s:bits=3:act_order:damp=0.05,k_proj=%s:2:ic:asym,v_proj=keep' 2>&1",
-             tu_cli(), mp, cp, wmat__qmethods[2].name, wmat__qmethods[0].name);
+             "%s quantize %s --to none --calib %s --calib-tokens 1024 --calib-ctx 128 --bits 4 --per-ic "
+             "--override 'q_proj=%s:bits=3:act_order:damp=0.05,k_proj=%s:2:oc:asym,v_proj=keep,o_proj=%s:bits=3:per-oc' 2>&1",
+             tu_cli(), mp, cp, wmat__qmethods[2].name, wmat__qmethods[0].name, wmat__qmethods[0].name);
     int code;
     char *out = tu_run(cmd, &code);
     if (code != 0) fail_msg("exit %d:\n%s", code, out);
     /* the reports' scheme column says what each tensor got */
-    const char *want[] = {"q_proj.weight       gptq 3b asym per-OC act-order", "k_proj.weight       rtn 2b asym per-IC",
-                          "v_proj.weight       kept (fp32)", "o_proj.weight       rtn 4b asym per-OC"};
+    const char *want[] = {"q_proj.weight       gptq 3b asym per-IC act-order", "k_proj.weight       rtn 2b asym per-OC",
+                          "v_proj.weight       kept (fp32)", "o_proj.weight       rtn 3b asym per-OC",
+                          "gate_proj.weight          rtn 4b asym per-IC"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         if (!strstr(out, want[i])) fail_msg("report lacks '%s':\n%s", want[i], out);
     free(out);

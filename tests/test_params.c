@@ -58,6 +58,7 @@ static void test_defaults_and_types(void **state)
     assert_string_equal(wmat__pset_str(&ps, "mode"), "off");
     assert_string_equal(wmat__pset_str(&ps, "note"), "hello world");
     assert_true(wmat__pset_is_set(&ps, "bits"));
+    assert_true(wmat__pset_knows(&ps, "act-order") && wmat__pset_knows(&ps, "asym") && !wmat__pset_knows(&ps, "sim"));
     TU_OK(wmat__pset_set(&ps, "asym", NULL)); /* the negation */
     assert_int_equal(wmat__pset_int(&ps, "sym"), 0);
     /* the range ends are inside */

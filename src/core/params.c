@@ -361,6 +361,12 @@ int wmat__pset_has(const wmat_pset *ps, const char *key)
     return get(ps, key) != NULL;
 }
 
+int wmat__pset_knows(const wmat_pset *ps, const char *key)
+{
+    const size_t len = strlen(key);
+    return wmat__params_find(ps->spec, key, len) >= 0 || find_neg(ps, key, len) >= 0;
+}
+
 /* Append to buf at *k like snprintf, never past n; *k counts what would be written. */
 static void app(char *buf, size_t n, size_t *k, const char *fmt, ...)
 {

@@ -90,6 +90,8 @@ double wmat__pset_float(const wmat_pset *ps, const char *key);
 const char *wmat__pset_str(const wmat_pset *ps, const char *key); /* STRING, or an ENUM's choice */
 int wmat__pset_is_set(const wmat_pset *ps, const char *key);
 int wmat__pset_has(const wmat_pset *ps, const char *key);
+/* 1 when key is a key of the schema or a bool's negation ('-' == '_'). */
+int wmat__pset_knows(const wmat_pset *ps, const char *key);
 
 /* "key=value" of every value (only_set: of those given explicitly), joined
  * by sep, into buf; returns the length it needs (like snprintf). */

@@ -228,10 +228,7 @@ static int ov_is_keep(const ov_item *it)
 /* Set key on ps; a key ps lacks is an error when strict, else passed over. */
 static int ov_set(wmat_pset *ps, const ov_item *it, const char *key, const char *val, int strict)
 {
-    const int have = wmat__params_find(ps->spec, key, strlen(key)) >= 0;
-    int known = have;
-    for (int i = 0; i < ps->n && !known; i++) known = ps->spec[i].neg && !strcmp(ps->spec[i].neg, key);
-    if (!known && !strict) return WMAT_OK;
+    if (!strict && !wmat__pset_knows(ps, key)) return WMAT_OK;
     int rc = wmat__pset_set(ps, key, val);
     if (rc) {
         char msg[512];
