@@ -832,7 +832,7 @@ WMAT_API int wmat_tokenizer_clone(const wmat_tokenizer *t, wmat_tokenizer **out)
  * quantized-storage section (the CLI: wmat quantize). */
 
 typedef struct {
-    const char *method;   /* "rtn", "imatrix", "gptq", "adadim-rtn", "adadim-gptq" */
+    const char *method;   /* a registered method (wmat_quantize_method_name); default the first */
     int bits;             /* 2..8 */
     int sym;              /* 1 symmetric, 0 asymmetric (zero point) */
     int group;            /* group length; 0: the whole axis (per-OC, or per-IC with per_ic) */
@@ -842,7 +842,11 @@ typedef struct {
     int clip;             /* RTN/GPTQ grids: search shrink factors of the range */
     float damp;           /* GPTQ: lambda (0.01), raised automatically if Cholesky fails */
     const char *keep;     /* comma-separated name patterns left in fp32 (glob, or substring) */
-    const char *overrides;/* "PATTERN=METHOD[:BITS[:GROUP]],..." GROUP a number, "oc" or "ic" */
+    const char *overrides;/* "PATTERN=METHOD[:BITS[:GROUP]][:KEY=VALUE]...,..." GROUP a number,
+                             "oc" or "ic"; KEY any key of that method (docs/QUANT.md) */
+    const char *method_params; /* "key=value,..." for the methods' keys (bits, group, damp,
+                             block, ...; docs/QUANT.md), applied after the fields above;
+                             a key a method does not read is left to the others */
     int group_fallback;   /* 1: a tensor whose width the group does not divide is quantized
                              per-OC (reported); 0: that is an error */
     int embeddings;       /* also quantize the token embedding (data-free RTN unless tied) */
@@ -860,8 +864,9 @@ typedef struct {
 } wmat_quantize_params;
 
 WMAT_API wmat_quantize_params wmat_quantize_default_params(void);
-/* Methods in the registry: name i (NULL past the end) and whether it needs
- * calibration data. */
+/* The quantization methods of the registry (those wmat_quantize_model
+ * takes): name i (NULL past the end) and whether it needs calibration data.
+ * `wmat quantize --help` lists each one's keys. */
 WMAT_API const char *wmat_quantize_method_name(int i, int *needs_calibration);
 
 typedef struct {

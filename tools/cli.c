@@ -27,11 +27,27 @@ static void print_opts(const cli_opt *opts)
     }
 }
 
-void cli_usage(const cli_command *cmd, const cli_opt *opts)
+static void usage_params(const cli_command *cmd, const cli_opt *opts, const wmat_pset *ps, const char *title,
+                         const char *epilog)
 {
     fprintf(stdout, "usage: wmat %s %s\n\n%s\n\noptions:\n", cmd->name, cmd->usage, cmd->summary);
     print_opts(opts);
     print_opts(g_common_opts);
+    if (ps && ps->n) {
+        const int len = wmat__params_help(ps->spec, 1, NULL, 0);
+        char *text = malloc((size_t)len + 1);
+        if (text) {
+            wmat__params_help(ps->spec, 1, text, (size_t)len + 1);
+            fprintf(stdout, "\n%s:\n%s", title ? title : "parameters", text);
+            free(text);
+        }
+    }
+    if (epilog) fprintf(stdout, "\n%s", epilog);
+}
+
+void cli_usage(const cli_command *cmd, const cli_opt *opts)
+{
+    usage_params(cmd, opts, NULL, NULL, NULL);
 }
 
 int cli_usage_error(const char *cmd, const char *fmt, ...)
@@ -89,6 +105,12 @@ static int set_opt(const char *cmd, const cli_opt *o, const char *val)
 int cli_parse(const cli_command *cmd, int argc, char **argv, const cli_opt *opts, const char **pos, int min_pos,
               int max_pos, int *n_pos)
 {
+    return cli_parse_params(cmd, argc, argv, opts, NULL, NULL, NULL, pos, min_pos, max_pos, n_pos);
+}
+
+int cli_parse_params(const cli_command *cmd, int argc, char **argv, const cli_opt *opts, wmat_pset *ps,
+                     const char *title, const char *epilog, const char **pos, int min_pos, int max_pos, int *n_pos)
+{
     *n_pos = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -101,6 +123,14 @@ int cli_parse(const cli_command *cmd, int argc, char **argv, const cli_opt *opts
             name[nl] = '\0';
             const cli_opt *o = find_opt(opts, name);
             if (!o) o = find_opt(g_common_opts, name);
+            if (!o && ps) {
+                const int k = wmat__pset_flag(ps, a, i + 1 < argc ? argv[i + 1] : NULL);
+                if (k < 0) return cli_usage_error(cmd->name, "%s", wmat_last_error());
+                if (k > 0) {
+                    i += k - 1;
+                    continue;
+                }
+            }
             if (!o) return cli_usage_error(cmd->name, "unknown option '%s'", a);
             const char *val = NULL;
             if (o->kind != OPT_FLAG) {
@@ -120,7 +150,7 @@ int cli_parse(const cli_command *cmd, int argc, char **argv, const cli_opt *opts
         }
     }
     if (g_cli.help) {
-        cli_usage(cmd, opts);
+        usage_params(cmd, opts, ps, title, epilog);
         return 1;
     }
     if (*n_pos < min_pos) return cli_usage_error(cmd->name, "missing arguments: %s", cmd->usage);

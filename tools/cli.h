@@ -5,6 +5,7 @@
 #define WMAT_CLI_H
 
 #include "wmat.h"
+#include "core/params.h"
 
 typedef enum { OPT_FLAG, OPT_STR, OPT_INT, OPT_FLOAT } cli_opt_kind;
 
@@ -37,6 +38,11 @@ extern cli_common g_cli;
  * printed, 2 on a usage error (already reported). */
 int cli_parse(const cli_command *cmd, int argc, char **argv, const cli_opt *opts, const char **pos, int min_pos,
               int max_pos, int *n_pos);
+/* cli_parse with a parameter schema (core/params.h) beside opts: its flags
+ * (--key V, --key=V, a bool bare or by its negation) set values in ps, and
+ * --help prints ps's rows under `title`, then `epilog` (either may be NULL). */
+int cli_parse_params(const cli_command *cmd, int argc, char **argv, const cli_opt *opts, wmat_pset *ps,
+                     const char *title, const char *epilog, const char **pos, int min_pos, int max_pos, int *n_pos);
 void cli_usage(const cli_command *cmd, const cli_opt *opts);
 
 /* Print "wmat CMD: error: <last wmat error>" to stderr; returns 1. */

@@ -26,7 +26,7 @@ static int eval_ppl(wmat_model *m, const int32_t *ids, size_t n, int ctx, int wi
 int cmd_decompose(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("decompose");
-    const char *method = "svd", *dtype = "f32", *targets = "all", *text = NULL, *tokens = NULL;
+    const char *method = wmat_decompose_method_name(0, NULL, NULL), *dtype = "f32", *targets = "all", *text = NULL, *tokens = NULL;
     int rank = 0, classifier = 0, ctx = 0, windows = 16;
     float energy = 0.0f;
     char methods_help[512];

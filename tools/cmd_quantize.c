@@ -54,34 +54,60 @@ static int write_packed(wmat_model *m, const wmat_qresult *results, const char *
     return wmat_quant_model_save(m, out, fmt);
 }
 
+/* The methods of the registry, for --help: name, summary, the statistics
+ * it needs, what it produces, and the keys it reads with their defaults.
+ * Returns a malloc'd text (NULL when out of memory). */
+static char *methods_help(void)
+{
+    size_t cap = 8192, k = 0;
+    char *buf = malloc(cap);
+    if (!buf) return NULL;
+    k += (size_t)snprintf(buf + k, cap - k, "methods (--method NAME; each reads the keys listed, defaults shown):\n");
+    for (const wmat_qmethod *m = wmat__qmethods; m->name && k < cap; m++) {
+        if (strcmp(m->family, "quant")) continue;
+        char needs[96];
+        snprintf(needs, sizeof needs, "%s%s%s%s", m->stats ? "" : "nothing (data-free)",
+                 m->stats & WMAT_QSTAT_HESSIAN ? "Hessian " : "", m->stats & WMAT_QSTAT_ACT_NORMS ? "activation norms " : "",
+                 m->stats & WMAT_QSTAT_GRADIENTS ? "gradients " : "");
+        k += (size_t)snprintf(buf + k, cap - k, "  %-12s %s\n  %-12s needs %s%s; produces %s\n  %-12s keys:", m->name,
+                              m->summary, "", needs, m->stats ? "(--calib)" : "", m->produces, "");
+        wmat_pset ps;
+        if (wmat__pset_init(&ps, m->schema)) continue;
+        for (int i = 0; i < ps.n && k < cap; i++) {
+            char v[64];
+            wmat__param_format(&ps.spec[i], &ps.v[i], v, sizeof v);
+            k += (size_t)snprintf(buf + k, cap - k, " %s=%s", ps.spec[i].name, v);
+        }
+        wmat__pset_free(&ps);
+        if (k < cap) k += (size_t)snprintf(buf + k, cap - k, "\n");
+    }
+    if (k < cap)
+        snprintf(buf + k, cap - k,
+                 "\n--override PATTERN=METHOD[:BITS[:GROUP|oc|ic]][:KEY=VALUE]... (comma-separated items) gives the\n"
+                 "tensors whose names match PATTERN (glob or substring; the last match wins) their own method, and\n"
+                 "keys on top of the command line's: PATTERN=keep leaves them fp32. KEY is a key of that method,\n"
+                 "written with '_' or '-'; a bool may be given bare (act_order) or by its negation (asym).\n");
+    return buf;
+}
+
 int cmd_quantize(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("quantize");
     wmat_quantize_params qp = wmat_quantize_default_params();
-    const char *method = "rtn", *calib = NULL, *to = "native", *seq = "stage", *eval = NULL, *keep = NULL,
+    const char *method = qp.method, *calib = NULL, *to = "native", *seq = "stage", *eval = NULL, *keep = NULL,
                *overrides = NULL;
-    int bits = 4, group = 0, per_ic = 0, per_oc = 0, sym = 0, asym = 0, act_order = 0, static_groups = 0, clip = 0;
     int calib_tokens = 0, calib_ctx = 0, group_fallback = 0, embeddings = 0, classifier = 0, eval_windows = 0,
         eval_ctx = 0, eval_offset = 0, quiet = 0;
-    float damp = 0.01f;
+    char method_help[96];
+    snprintf(method_help, sizeof method_help, "quantization method (default %s; the methods are listed below)", method);
     cli_opt opts[] = {
-        {"--method", OPT_STR, &method, "M", "rtn (default), imatrix, gptq, adadim-rtn, adadim-gptq"},
-        {"--bits", OPT_INT, &bits, "B", "bits per weight, 2..8 (default 4)"},
-        {"--group", OPT_INT, &group, "G", "groups of G consecutive inputs per row (default: per-OC)"},
-        {"--per-oc", OPT_FLAG, &per_oc, NULL, "one scale per output channel (default)"},
-        {"--per-ic", OPT_FLAG, &per_ic, NULL, "one scale per input channel (groups of G outputs with --group)"},
-        {"--sym", OPT_FLAG, &sym, NULL, "symmetric grid (zero point 2^(B-1))"},
-        {"--asym", OPT_FLAG, &asym, NULL, "asymmetric min-max grid with a zero point (default)"},
-        {"--act-order", OPT_FLAG, &act_order, NULL, "GPTQ: quantize columns by decreasing H_jj"},
-        {"--static-groups", OPT_FLAG, &static_groups, NULL, "GPTQ: group scales from the original W"},
-        {"--clip", OPT_FLAG, &clip, NULL, "search shrink factors of each group's range (lowest error)"},
-        {"--damp", OPT_FLOAT, &damp, "L", "GPTQ damping, times mean(diag H) (default 0.01; raised if needed)"},
+        {"--method", OPT_STR, &method, "M", method_help},
         {"--calib", OPT_STR, &calib, "FILE", "calibration stream: .txt text, else uint16 token ids"},
         {"--calib-tokens", OPT_INT, &calib_tokens, "N", "calibration tokens (default 64 windows, or the file if shorter)"},
         {"--calib-ctx", OPT_INT, &calib_ctx, "T", "calibration window (default min(context, 256))"},
-        {"--sequential", OPT_STR, &seq, "MODE", "stage (default, GPTQ's true-sequential: q/k/v, o, gate/up, down in turn, each on the model quantized so far), block (block l calibrated on blocks < l quantized; fewer passes), off"},
+        {"--sequential", OPT_STR, &seq, "MODE", "stage (default, 'true-sequential': q/k/v, o, gate/up, down in turn, each on the model quantized so far), block (block l calibrated on blocks < l quantized; fewer passes), off"},
         {"--keep", OPT_STR, &keep, "PATS", "comma-separated name patterns left in fp32 (glob or substring)"},
-        {"--override", OPT_STR, &overrides, "LIST", "PATTERN=METHOD[:BITS[:G|oc|ic]],... per-tensor choices"},
+        {"--override", OPT_STR, &overrides, "LIST", "PATTERN=METHOD[:BITS[:G|oc|ic]][:KEY=VALUE]...,... per-tensor choices (below)"},
         {"--group-fallback", OPT_FLAG, &group_fallback, NULL, "per-channel where G does not divide a width"},
         {"--embeddings", OPT_FLAG, &embeddings, NULL, "also quantize the token embedding"},
         {"--classifier", OPT_FLAG, &classifier, NULL, "also quantize the classifier (the embedding when tied)"},
@@ -93,26 +119,44 @@ int cmd_quantize(int argc, char **argv)
         {"--quiet", OPT_FLAG, &quiet, NULL, "no per-tensor table"},
         {NULL, 0, NULL, NULL, NULL},
     };
+    /* the methods' keys are flags too (--bits 3, --act-order, --asym, ...) */
+    wmat_param_spec keys[64];
+    wmat_pset mps;
+    if (wmat__qmethod_keys("quant", keys, 64) || wmat__pset_init(&mps, keys)) return cli_fail("quantize");
+    char *mhelp = methods_help(), kv[1024];
     const char *pos[2];
-    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 1, 2, &np);
-    if (rc) return rc == 1 ? 0 : rc;
+    int np, rc = cli_parse_params(cmd, argc, argv, opts, &mps,
+                                  "method parameters (--KEY VALUE here; KEY=VALUE in --override)", mhelp, pos, 1, 2, &np);
+    free(mhelp);
+    const int kv_len = wmat__pset_format(&mps, 1, ',', kv, sizeof kv);
+    if (rc) {
+        wmat__pset_free(&mps);
+        return rc == 1 ? 0 : rc;
+    }
+    if ((size_t)kv_len >= sizeof kv) {
+        wmat__pset_free(&mps);
+        return cli_usage_error("quantize", "method parameters too long");
+    }
+    qp.method = method;
+    qp.method_params = kv;
+    qp.overrides = overrides;
+    rc = wmat__quantize_check(&qp);
+    const wmat_qmethod *qm = wmat__qmethod_find(method);
+    /* a key the method does not read is harmless (it may be meant for an
+     * --override method), so it is only noted, and only without --override */
+    for (int i = 0; !rc && !overrides && i < mps.n; i++)
+        if (mps.v[i].set && wmat__params_find(qm->schema, mps.spec[i].name, strlen(mps.spec[i].name)) < 0)
+            fprintf(stderr, "wmat quantize: note: method %s does not read %s; ignored\n", method, mps.spec[i].name);
+    wmat__pset_free(&mps);
+    if (rc) return cli_usage_error("quantize", "%s", wmat_last_error());
     wmat_format fmt = WMAT_FMT_UNKNOWN;
     if (!strcmp(to, "native")) fmt = WMAT_FMT_QUANT;
     else if (!strcmp(to, "gguf")) fmt = WMAT_FMT_GGUF;
     else if (strcmp(to, "none")) return cli_usage_error("quantize", "--to must be native, gguf or none (got '%s')", to);
     if (fmt != WMAT_FMT_UNKNOWN && np < 2) return cli_usage_error("quantize", "give OUT (or --to none)");
-    int needs_calib = 0;
-    const wmat_qmethod *qm = wmat__qmethod_find(method);
-    if (!qm) return cli_usage_error("quantize", "unknown --method '%s' (rtn, imatrix, gptq, adadim-rtn, adadim-gptq)", method);
-    needs_calib = qm->needs_calibration;
-    if (bits < 2 || bits > 8) return cli_usage_error("quantize", "--bits %d: supported widths are 2..8", bits);
-    if (group < 0) return cli_usage_error("quantize", "--group must be positive");
-    if (per_ic && per_oc) return cli_usage_error("quantize", "--per-ic and --per-oc exclude each other");
-    if (group && per_oc) return cli_usage_error("quantize", "--group and --per-oc exclude each other");
-    if (sym && asym) return cli_usage_error("quantize", "--sym and --asym exclude each other");
     if (calib_tokens < 0 || calib_ctx < 0 || eval_ctx < 0 || eval_windows < 0 || eval_offset < 0)
         return cli_usage_error("quantize", "token counts must be positive");
-    if (needs_calib && !calib)
+    if (wmat__qmethod_needs_calib(qm) && !calib)
         return cli_usage_error("quantize", "--method %s needs calibration data: --calib FILE", method);
     if (!strcmp(seq, "stage")) qp.sequential = 2;
     else if (!strcmp(seq, "block")) qp.sequential = 1;
@@ -149,17 +193,7 @@ int cmd_quantize(int argc, char **argv)
                     cctx);
         n_cal = want;
     }
-    qp.method = method;
-    qp.bits = bits;
-    qp.sym = sym;
-    qp.group = group;
-    qp.per_ic = per_ic;
-    qp.act_order = act_order;
-    qp.static_groups = static_groups;
-    qp.clip = clip;
-    qp.damp = damp;
     qp.keep = keep;
-    qp.overrides = overrides;
     qp.group_fallback = group_fallback;
     qp.embeddings = embeddings;
     qp.classifier = classifier;

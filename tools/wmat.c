@@ -1,9 +1,13 @@
 /* wmat: the command line. */
 #include "cli.h"
+#include "quant/methods.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Filled from the method registry at start-up (method_summaries). */
+static char g_quantize_summary[256];
 
 const cli_command g_commands[] = {
     {"info", "Show a model's architecture and every tensor (name, shape, dtype, bytes).", "MODEL [options]", cmd_info},
@@ -17,7 +21,7 @@ const cli_command g_commands[] = {
     {"sysinfo", "CPU features, math libraries and kernels in use, and GEMM / memory speed measured now.", "[options]",
      cmd_sysinfo},
     {"analyze", "Spectra, outliers, low-rank-ness, fine-tuning fingerprints and head circuits of every matrix.", "MODEL [--base BASE] [--csv F] [--json F] [--html F] [options]", cmd_analyze},
-    {"quantize", "Post-training quantization (RTN, imatrix, GPTQ, AdaDim) with calibration; per-tensor report.", "MODEL OUT --method M --bits B [options]", cmd_quantize},
+    {"quantize", g_quantize_summary, "MODEL OUT --method M --bits B [options]", cmd_quantize},
     {"decompose", "Factor linear weights into structured kinds (truncated SVD -> low-rank) that run as stored.",
      "MODEL OUT (--rank R | --energy E) [--method M] [options]", cmd_decompose},
     {"train", "Train: full fine-tuning, LoRA or GaLore, or a new model from a config (--init); loss curve CSV + SVG.", "MODEL OUT --data FILE [--val FILE] [--method full|lora|galore] [options] | --init CONFIG OUT --data FILE", cmd_train},
@@ -29,6 +33,20 @@ const cli_command *cli_find_command(const char *name)
     for (const cli_command *c = g_commands; c->name; c++)
         if (!strcmp(c->name, name)) return c;
     return NULL;
+}
+
+static void method_summaries(void)
+{
+    size_t k = (size_t)snprintf(g_quantize_summary, sizeof g_quantize_summary, "Post-training quantization (");
+    int first = 1;
+    for (const wmat_qmethod *m = wmat__qmethods; m->name && k < sizeof g_quantize_summary; m++)
+        if (!strcmp(m->family, "quant")) {
+            k += (size_t)snprintf(g_quantize_summary + k, sizeof g_quantize_summary - k, "%s%s", first ? "" : ", ",
+                                  m->name);
+            first = 0;
+        }
+    if (k < sizeof g_quantize_summary)
+        snprintf(g_quantize_summary + k, sizeof g_quantize_summary - k, ") with calibration; per-tensor report.");
 }
 
 static void usage(FILE *f)
@@ -54,6 +72,7 @@ static int prescan_threads(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    method_summaries();
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
         return argc < 2 ? 2 : 0;

@@ -11,13 +11,47 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The keys, each written once; a method's schema lists those it reads. */
+#define QP_BITS {"bits", WMAT_PARAM_INT, "4", 2, 8, NULL, "bits per weight", NULL}
+#define QP_GROUP                                                                                                      \
+    {"group", WMAT_PARAM_INT, "0", 0, 1 << 20, NULL,                                                                  \
+     "groups of N consecutive inputs per row (outputs per column with per_ic); 0: the whole axis", NULL}
+#define QP_SYM                                                                                                        \
+    {"sym", WMAT_PARAM_BOOL, "false", 0, 0, NULL,                                                                     \
+     "symmetric grid (zero point 2^(bits-1)); asym: min-max with a zero point", "asym"}
+#define QP_PER_IC                                                                                                     \
+    {"per_ic", WMAT_PARAM_BOOL, "false", 0, 0, NULL,                                                                  \
+     "one scale per input channel (groups of N outputs with group); per_oc: one per output channel", "per_oc"}
+#define QP_CLIP                                                                                                       \
+    {"clip", WMAT_PARAM_BOOL, "false", 0, 0, NULL, "search shrink factors of each group's range (lowest error)", NULL}
+#define QP_ACT_ORDER {"act_order", WMAT_PARAM_BOOL, "false", 0, 0, NULL, "quantize columns by decreasing H_jj", NULL}
+#define QP_STATIC_GROUPS                                                                                              \
+    {"static_groups", WMAT_PARAM_BOOL, "false", 0, 0, NULL, "group scales from the original W", NULL}
+#define QP_DAMP                                                                                                       \
+    {"damp", WMAT_PARAM_FLOAT, "0.01", 0, 100, NULL,                                                                  \
+     "damping, times mean(diag H), raised x10 while Cholesky fails; 0: 0.01", NULL}
+#define QP_BLOCK {"block", WMAT_PARAM_INT, "128", 1, 1 << 20, NULL, "lazy-update block of columns", NULL}
+#define QP_END {NULL, 0, NULL, 0, 0, NULL, NULL, NULL}
+
+static const wmat_param_spec k_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, QP_PER_IC, QP_CLIP, QP_END};
+static const wmat_param_spec k_gptq_keys[] = {QP_BITS, QP_GROUP,         QP_SYM,  QP_PER_IC, QP_CLIP,
+                                              QP_ACT_ORDER, QP_STATIC_GROUPS, QP_DAMP, QP_BLOCK, QP_END};
+static const wmat_param_spec k_adadim_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, QP_CLIP, QP_END};
+static const wmat_param_spec k_adadim_gptq_keys[] = {QP_BITS,          QP_GROUP, QP_SYM,   QP_CLIP, QP_ACT_ORDER,
+                                                     QP_STATIC_GROUPS, QP_DAMP,  QP_BLOCK, QP_END};
+
 const wmat_qmethod wmat__qmethods[] = {
-    {"rtn", wmat__quant_rtn, 0, 0, "round to nearest on a uniform grid (optional clipping search)"},
-    {"imatrix", wmat__quant_imatrix, 1, 0, "RTN with scales minimizing sum_j mean(x_j^2) (w_j - q_j)^2"},
-    {"gptq", wmat__quant_gptq, 1, 1, "GPTQ: column-wise error feedback through the inverse Hessian"},
-    {"adadim-rtn", wmat__quant_adadim_rtn, 1, 1, "AdaDim over RTN: per-IC or per-OC, whichever has less output error"},
-    {"adadim-gptq", wmat__quant_adadim_gptq, 1, 1, "AdaDim over GPTQ"},
-    {NULL, NULL, 0, 0, NULL},
+    {"rtn", wmat__quant_rtn, "quant", 0, 0, k_rtn_keys, "qpacked",
+     "round to nearest on a uniform grid (optional clipping search)"},
+    {"imatrix", wmat__quant_imatrix, "quant", WMAT_QSTAT_ACT_NORMS, 0, k_rtn_keys, "qpacked",
+     "RTN with scales minimizing sum_j mean(x_j^2) (w_j - q_j)^2"},
+    {"gptq", wmat__quant_gptq, "quant", WMAT_QSTAT_HESSIAN, 0, k_gptq_keys, "qpacked",
+     "GPTQ: column-wise error feedback through the inverse Hessian"},
+    {"adadim-rtn", wmat__quant_adadim_rtn, "quant", WMAT_QSTAT_HESSIAN, WMAT_QM_OWN_AXIS, k_adadim_rtn_keys, "qpacked",
+     "AdaDim over RTN: per-IC or per-OC, whichever has less output error"},
+    {"adadim-gptq", wmat__quant_adadim_gptq, "quant", WMAT_QSTAT_HESSIAN, WMAT_QM_OWN_AXIS, k_adadim_gptq_keys,
+     "qpacked", "AdaDim over GPTQ"},
+    {NULL, NULL, NULL, 0, 0, NULL, NULL, NULL},
 };
 
 const wmat_qmethod *wmat__qmethod_find(const char *name)
@@ -27,20 +61,62 @@ const wmat_qmethod *wmat__qmethod_find(const char *name)
     return NULL;
 }
 
-const char *wmat_quantize_method_name(int i, int *needs_calibration)
+const wmat_qmethod *wmat__qmethod_data_free(void)
+{
+    for (const wmat_qmethod *m = wmat__qmethods; m->name; m++)
+        if (!m->stats && !strcmp(m->family, "quant")) return m;
+    return NULL;
+}
+
+int wmat__qmethod_needs_calib(const wmat_qmethod *m)
+{
+    return (m->stats & (WMAT_QSTAT_HESSIAN | WMAT_QSTAT_ACT_NORMS)) != 0;
+}
+
+int wmat__qmethod_keys(const char *family, wmat_param_spec *dst, int cap)
 {
     int n = 0;
-    while (wmat__qmethods[n].name) n++;
-    if (i < 0 || i >= n) return NULL;
-    if (needs_calibration) *needs_calibration = wmat__qmethods[i].needs_calibration;
-    return wmat__qmethods[i].name;
+    if (cap < 1) return wmat_set_error(WMAT_ERR_INVALID, "method keys: no room");
+    for (const wmat_qmethod *m = wmat__qmethods; m->name; m++) {
+        if (family && strcmp(m->family, family)) continue;
+        int rc = wmat__params_merge(dst, cap - 1, &n, m->schema);
+        if (rc) return rc;
+    }
+    dst[n] = (wmat_param_spec)QP_END;
+    return WMAT_OK;
+}
+
+void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp)
+{
+    *qp = wmat__qparams_default();
+    if (wmat__pset_has(ps, "bits")) qp->bits = (int)wmat__pset_int(ps, "bits");
+    if (wmat__pset_has(ps, "group")) qp->group = (int)wmat__pset_int(ps, "group");
+    if (wmat__pset_has(ps, "sym")) qp->sym = (int)wmat__pset_int(ps, "sym");
+    if (wmat__pset_has(ps, "per_ic")) qp->axis = wmat__pset_int(ps, "per_ic") ? WMAT_QAXIS_OUT : WMAT_QAXIS_IN;
+    if (wmat__pset_has(ps, "clip")) qp->clip = (int)wmat__pset_int(ps, "clip");
+    if (wmat__pset_has(ps, "act_order")) qp->act_order = (int)wmat__pset_int(ps, "act_order");
+    if (wmat__pset_has(ps, "static_groups")) qp->static_groups = (int)wmat__pset_int(ps, "static_groups");
+    /* 0 keeps GPTQ's 0.01, in float as the public field has always had it */
+    if (wmat__pset_has(ps, "damp")) qp->damp = wmat__pset_float(ps, "damp") > 0 ? (float)wmat__pset_float(ps, "damp") : 0.01f;
+    if (wmat__pset_has(ps, "block")) qp->block = (int)wmat__pset_int(ps, "block");
+}
+
+/* The i-th method wmat_quantize_model takes (family "quant"). */
+const char *wmat_quantize_method_name(int i, int *needs_calibration)
+{
+    for (const wmat_qmethod *m = wmat__qmethods; m->name && i >= 0; m++) {
+        if (strcmp(m->family, "quant") || i--) continue;
+        if (needs_calibration) *needs_calibration = wmat__qmethod_needs_calib(m);
+        return m->name;
+    }
+    return NULL;
 }
 
 wmat_quantize_params wmat_quantize_default_params(void)
 {
     wmat_quantize_params p;
     memset(&p, 0, sizeof p);
-    p.method = "rtn";
+    p.method = wmat__qmethods[0].name;
     p.bits = 4;
     p.damp = 0.01f;
     p.sequential = 2;
@@ -88,60 +164,223 @@ typedef struct {
     const char *note;
 } qjob;
 
-/* Apply "PATTERN=METHOD[:BITS[:GROUP]]" entries that match the job's name
+/* ---- parameters: a method's schema defaults, then the public fields of
+ * wmat_quantize_params that differ from their defaults, then
+ * p->method_params, then the fields of every --override item matching the
+ * tensor, in order. Keys the method does not read are passed over (they are
+ * for other methods), but each must be a key of some method. */
+
+/* The public fields as "key=value," text (only where they differ from
+ * wmat_quantize_default_params: the defaults are the schema's). */
+static void struct_kv(const wmat_quantize_params *p, char *buf, size_t n)
+{
+    const wmat_quantize_params d = wmat_quantize_default_params();
+    int k = 0;
+    buf[0] = '\0';
+#define ADD(...)                                                                                                       \
+    if ((size_t)k < n) k += snprintf(buf + k, n - (size_t)k, __VA_ARGS__)
+    if (p->bits != d.bits) ADD("bits=%d,", p->bits);
+    if (p->group != d.group) ADD("group=%d,", p->group);
+    if (p->sym) ADD("sym=true,");
+    if (p->per_ic) ADD("per_ic=true,");
+    if (p->act_order) ADD("act_order=true,");
+    if (p->static_groups) ADD("static_groups=true,");
+    if (p->clip) ADD("clip=true,");
+    if (p->damp > 0 && p->damp != d.damp) ADD("damp=%.9g,", (double)p->damp);
+#undef ADD
+}
+
+/* One item of an override list: "PATTERN=METHOD[:FIELD]..." */
+typedef struct {
+    char buf[256];
+    const char *pattern, *method;
+    char *fields; /* after the first ':', or NULL */
+} ov_item;
+
+#define OV_SYNTAX "PATTERN=METHOD[:BITS[:GROUP|oc|ic]][:KEY=VALUE]..."
+
+/* The next item of the list at *s: 1 with an item, 0 at the end, negative
+ * on a syntax error. */
+static int ov_next(const char **s, ov_item *it)
+{
+    if (!*s || !**s) return 0;
+    const char *e = strchr(*s, ',');
+    const size_t len = e ? (size_t)(e - *s) : strlen(*s);
+    if (len >= sizeof it->buf) return wmat_set_error(WMAT_ERR_INVALID, "override '%.40s...' is too long", *s);
+    memcpy(it->buf, *s, len);
+    it->buf[len] = '\0';
+    *s = e ? e + 1 : *s + len;
+    char *eq = strchr(it->buf, '=');
+    if (!eq) return wmat_set_error(WMAT_ERR_INVALID, "override '%s' is not " OV_SYNTAX, it->buf);
+    *eq = '\0';
+    it->pattern = it->buf;
+    it->method = eq + 1;
+    it->fields = strchr(eq + 1, ':');
+    if (it->fields) *it->fields++ = '\0';
+    return 1;
+}
+
+static int ov_is_keep(const ov_item *it)
+{
+    return !strcmp(it->method, "keep") || !strcmp(it->method, "fp32");
+}
+
+/* Set key on ps; a key ps lacks is an error when strict, else passed over. */
+static int ov_set(wmat_pset *ps, const ov_item *it, const char *key, const char *val, int strict)
+{
+    if (!strict && !wmat__pset_knows(ps, key)) return WMAT_OK;
+    int rc = wmat__pset_set(ps, key, val);
+    if (rc) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", wmat_last_error());
+        return wmat_set_error(rc, "override for '%s' (%s): %s", it->pattern, it->method, msg);
+    }
+    return WMAT_OK;
+}
+
+/* The item's fields onto ps: positional BITS then GROUP (a number, or oc /
+ * ic for one scale per output / input channel), "key=value", or a bool's
+ * bare key. */
+static int ov_fields(wmat_pset *ps, ov_item *it, int strict)
+{
+    int npos = 0, rc;
+    for (char *f = it->fields; f;) {
+        char *next = strchr(f, ':');
+        if (next) *next++ = '\0';
+        char *eq = strchr(f, '=');
+        const int positional = !eq && (f[0] == '-' || (f[0] >= '0' && f[0] <= '9') || !strcmp(f, "oc") || !strcmp(f, "ic"));
+        if (eq) {
+            *eq = '\0';
+            rc = ov_set(ps, it, f, eq + 1, strict);
+            *eq = '=';
+        } else if (!positional) {
+            rc = ov_set(ps, it, f, NULL, strict);
+        } else if (npos >= 2) {
+            rc = wmat_set_error(WMAT_ERR_INVALID, "override for '%s': '%s' after BITS and GROUP is not KEY=VALUE (" OV_SYNTAX ")",
+                                it->pattern, f);
+        } else if (npos++ == 0) {
+            rc = ov_set(ps, it, "bits", f, strict);
+        } else if (!strcmp(f, "oc") || !strcmp(f, "ic")) {
+            /* a method that picks the axis itself has no per_ic to set */
+            rc = ov_set(ps, it, "group", "0", strict);
+            if (!rc && wmat__pset_has(ps, "per_ic")) rc = ov_set(ps, it, "per_ic", f[0] == 'i' ? "true" : "false", 0);
+        } else {
+            rc = ov_set(ps, it, "group", f, strict);
+        }
+        if (next) next[-1] = ':';
+        if (rc) return rc;
+        f = next;
+    }
+    return WMAT_OK;
+}
+
+/* The methods' names, for messages. */
+static void method_list(char *buf, size_t n)
+{
+    size_t k = 0;
+    buf[0] = '\0';
+    for (const wmat_qmethod *m = wmat__qmethods; m->name && k < n; m++)
+        if (!strcmp(m->family, "quant")) k += (size_t)snprintf(buf + k, n - k, "%s%s", k ? ", " : "", m->name);
+}
+
+static const wmat_qmethod *find_quant(const char *name)
+{
+    const wmat_qmethod *m = wmat__qmethod_find(name);
+    return m && !strcmp(m->family, "quant") ? m : NULL;
+}
+
+int wmat__quantize_check(const wmat_quantize_params *p)
+{
+    char names[256];
+    method_list(names, sizeof names);
+    const wmat_qmethod *m = find_quant(p->method);
+    if (!m)
+        return wmat_set_error(WMAT_ERR_INVALID, "unknown quantization method '%s' (methods: %s)",
+                              p->method ? p->method : "", names);
+    if (m->stats & WMAT_QSTAT_GRADIENTS)
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "method '%s' needs gradients, which quantize does not collect",
+                              m->name);
+    /* the global keys against all methods' keys: each must mean something */
+    wmat_param_spec keys[64];
+    int rc = wmat__qmethod_keys("quant", keys, 64);
+    if (rc) return rc;
+    wmat_pset all;
+    if ((rc = wmat__pset_init(&all, keys))) return rc;
+    char kv[512];
+    struct_kv(p, kv, sizeof kv);
+    if (!(rc = wmat__pset_parse_kv(&all, kv, ',', 0))) rc = wmat__pset_parse_kv(&all, p->method_params, ',', 0);
+    if (!rc && wmat__pset_is_set(&all, "per_ic") && !wmat__pset_int(&all, "per_ic") && wmat__pset_int(&all, "group") > 0)
+        rc = wmat_set_error(WMAT_ERR_INVALID,
+                            "group=%lld and per_oc (per_ic=false) exclude each other: per-OC is one scale per output "
+                            "channel (leave per_ic unset for groups along the inputs)",
+                            (long long)wmat__pset_int(&all, "group"));
+    wmat__pset_free(&all);
+    if (rc) return rc;
+    /* every override item, matching a tensor or not */
+    ov_item it;
+    for (const char *s = p->overrides; (rc = ov_next(&s, &it)) > 0;) {
+        if (ov_is_keep(&it)) continue;
+        const wmat_qmethod *om = find_quant(it.method);
+        if (!om)
+            return wmat_set_error(WMAT_ERR_INVALID, "override for '%s': unknown method '%s' (methods: %s, or keep)",
+                                  it.pattern, it.method, names);
+        if (om->stats & WMAT_QSTAT_GRADIENTS)
+            return wmat_set_error(WMAT_ERR_UNSUPPORTED, "override for '%s': method '%s' needs gradients", it.pattern,
+                                  om->name);
+        wmat_pset ps;
+        if ((rc = wmat__pset_init(&ps, om->schema))) return rc;
+        rc = ov_fields(&ps, &it, 1);
+        wmat__pset_free(&ps);
+        if (rc) return rc;
+    }
+    return rc;
+}
+
+/* The job's method and keep flag from the override items matching its name
  * (the last match wins). */
 static int apply_overrides(const char *list, qjob *j)
 {
-    for (const char *s = list; s && *s;) {
-        const char *e = strchr(s, ',');
-        size_t len = e ? (size_t)(e - s) : strlen(s);
-        char item[256];
-        if (len >= sizeof item) return wmat_set_error(WMAT_ERR_INVALID, "override '%.40s...' is too long", s);
-        memcpy(item, s, len);
-        item[len] = '\0';
-        s = e ? e + 1 : s + len;
-        char *eq = strchr(item, '=');
-        if (!eq) return wmat_set_error(WMAT_ERR_INVALID, "override '%s' is not PATTERN=METHOD[:BITS[:GROUP]]", item);
-        *eq = '\0';
-        if (!pattern_match(item, strlen(item), j->t->name)) continue;
-        char *f[3] = {eq + 1, NULL, NULL};
-        for (int k = 1; k < 3; k++) {
-            f[k] = f[k - 1] ? strchr(f[k - 1], ':') : NULL;
-            if (f[k]) *f[k]++ = '\0';
-        }
-        if (!strcmp(f[0], "keep") || !strcmp(f[0], "fp32")) {
+    ov_item it;
+    int rc;
+    for (const char *s = list; (rc = ov_next(&s, &it)) > 0;) {
+        if (!pattern_match(it.pattern, strlen(it.pattern), j->t->name)) continue;
+        if (ov_is_keep(&it)) {
             j->keep = 1;
             continue;
         }
-        const wmat_qmethod *m = wmat__qmethod_find(f[0]);
-        if (!m) return wmat_set_error(WMAT_ERR_INVALID, "override for '%s': unknown method '%s'", item, f[0]);
+        const wmat_qmethod *m = find_quant(it.method);
+        if (!m) return wmat_set_error(WMAT_ERR_INVALID, "override for '%s': unknown method '%s'", it.pattern, it.method);
         j->method = m;
         j->keep = 0;
-        if (f[1]) {
-            char *end;
-            long b = strtol(f[1], &end, 10);
-            if (*end || b < 2 || b > 8)
-                return wmat_set_error(WMAT_ERR_INVALID, "override for '%s': bits '%s' must be 2..8", item, f[1]);
-            j->qp.bits = (int)b;
-        }
-        if (f[2]) {
-            if (!strcmp(f[2], "oc")) {
-                j->qp.axis = WMAT_QAXIS_IN;
-                j->qp.group = 0;
-            } else if (!strcmp(f[2], "ic")) {
-                j->qp.axis = WMAT_QAXIS_OUT;
-                j->qp.group = 0;
-            } else {
-                char *end;
-                long g = strtol(f[2], &end, 10);
-                if (*end || g <= 0)
-                    return wmat_set_error(WMAT_ERR_INVALID, "override for '%s': group '%s' is not a number, oc or ic",
-                                          item, f[2]);
-                j->qp.group = (int)g;
-            }
-        }
     }
-    return WMAT_OK;
+    return rc;
+}
+
+/* The job's wmat_qparams for its (final) method. */
+static int job_params(qjob *j, const wmat_quantize_params *p, int n_threads)
+{
+    wmat_pset ps;
+    int rc = wmat__pset_init(&ps, j->method->schema);
+    if (rc) return rc;
+    char kv[512];
+    struct_kv(p, kv, sizeof kv);
+    if (!(rc = wmat__pset_parse_kv(&ps, kv, ',', 1))) rc = wmat__pset_parse_kv(&ps, p->method_params, ',', 1);
+    ov_item it;
+    for (const char *s = p->overrides; !rc;) {
+        const int more = ov_next(&s, &it);
+        if (more <= 0) {
+            rc = more;
+            break;
+        }
+        if (ov_is_keep(&it) || !pattern_match(it.pattern, strlen(it.pattern), j->t->name)) continue;
+        rc = ov_fields(&ps, &it, 0);
+    }
+    if (!rc) {
+        wmat__qparams_from(&ps, &j->qp);
+        j->qp.n_threads = n_threads;
+    }
+    wmat__pset_free(&ps);
+    return rc;
 }
 
 /* Bits per weight as quantized storage keeps it: codes (5..7 bits take a
@@ -209,11 +448,9 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
     if (rep) memset(rep, 0, sizeof *rep);
     if (results_out) *results_out = NULL;
     const wmat_config *c = wmat_model_config(m);
-    const wmat_qmethod *method = wmat__qmethod_find(p->method);
-    if (!method) return wmat_set_error(WMAT_ERR_INVALID, "unknown quantization method '%s'", p->method ? p->method : "");
-    if (p->bits < 2 || p->bits > 8)
-        return wmat_set_error(WMAT_ERR_INVALID, "quantization to %d bits: bits must be 2..8", p->bits);
-    if (p->group < 0) return wmat_set_error(WMAT_ERR_INVALID, "group size %d must be positive", p->group);
+    int rc = wmat__quantize_check(p);
+    if (rc) return rc;
+    const wmat_qmethod *method = find_quant(p->method);
     const double t_start = wmat__now();
     wmat_context wc = wmat_context_default();
     wc.n_threads = p->n_threads;
@@ -231,21 +468,12 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
     memset(&cs, 0, sizeof cs);
     wmat_qstats stats[WMAT_CSLOT_COUNT];
     memset(stats, 0, sizeof stats);
-    int rc = WMAT_OK, nj = 0;
+    int nj = 0;
     if (!jobs || !results || !trep) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "quantize: out of memory");
         goto done;
     }
-    wmat_qparams base = wmat__qparams_default();
-    base.bits = p->bits;
-    base.sym = p->sym;
-    base.axis = p->per_ic ? WMAT_QAXIS_OUT : WMAT_QAXIS_IN;
-    base.group = p->group;
-    base.clip = p->clip;
-    base.act_order = p->act_order;
-    base.static_groups = p->static_groups;
-    base.damp = p->damp > 0 ? p->damp : 0.01f;
-    base.n_threads = nt;
+    const wmat_qparams base = wmat__qparams_default(); /* job_params fills each job's */
     for (int l = 0; l < L; l++)
         for (int k = 0; k < WMAT_LIN_COUNT; k++)
             jobs[nj++] = (qjob){wmat_model_linear(m, l, (wmat_linear_kind)k), l, wmat__calib_slot((wmat_linear_kind)k),
@@ -264,14 +492,15 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
         if (list_match(p->keep, j->t->name)) j->keep = 1;
         if ((rc = apply_overrides(p->overrides, j))) goto done;
         if (j->keep) continue;
-        if (j->slot < 0 && j->method->needs_calibration) {
-            j->method = wmat__qmethod_find("rtn");
-            j->note = "(embedding: no input statistics, RTN)";
+        if (j->slot < 0 && wmat__qmethod_needs_calib(j->method)) {
+            j->method = wmat__qmethod_data_free();
+            j->note = "(embedding: no input statistics, data-free)";
         }
+        if ((rc = job_params(j, p, nt))) goto done;
         const int64_t rows = j->t->shape[0], cols = j->t->shape[1];
         const int div_in = !(j->qp.group > 0 && cols % j->qp.group), div_out = !(j->qp.group > 0 && rows % j->qp.group);
-        const int adadim = j->method->fn == wmat__quant_adadim_rtn || j->method->fn == wmat__quant_adadim_gptq;
-        const int ok = adadim ? (div_in || div_out) : (j->qp.axis == WMAT_QAXIS_IN ? div_in : div_out);
+        const int own_axis = (j->method->flags & WMAT_QM_OWN_AXIS) != 0;
+        const int ok = own_axis ? (div_in || div_out) : (j->qp.axis == WMAT_QAXIS_IN ? div_in : div_out);
         if (!ok) {
             if (!p->group_fallback) {
                 rc = wmat_set_error(WMAT_ERR_INVALID,
@@ -285,7 +514,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
             j->qp.group = 0;
             j->note = "(group does not divide: per-channel fallback)";
         }
-        if (j->method->needs_calibration) need_calib = 1;
+        if (wmat__qmethod_needs_calib(j->method)) need_calib = 1;
     }
 
     /* ---- calibration windows */
@@ -321,7 +550,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
     /* the streams need not go past the last block that wants statistics */
     int last_calib = -1;
     for (int i = 0; i < nj; i++)
-        if (!jobs[i].keep && jobs[i].method->needs_calibration && jobs[i].layer > last_calib) last_calib = jobs[i].layer;
+        if (!jobs[i].keep && wmat__qmethod_needs_calib(jobs[i].method) && jobs[i].layer > last_calib) last_calib = jobs[i].layer;
     int64_t max_elems = 0;
     for (int i = 0; i < nj; i++)
         if (wmat_tensor_nelem(jobs[i].t) > max_elems) max_elems = wmat_tensor_nelem(jobs[i].t);
@@ -350,8 +579,8 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                 const qjob *j = &jobs[i];
                 if (j->layer != l || j->keep || (j->slot >= 0 && !(stage_mask >> j->slot & 1u))) continue;
                 any = 1;
-                if (j->method->needs_calibration) want |= 1u << j->slot;
-                if (j->method->needs_hessian) hess |= 1u << j->slot;
+                if (wmat__qmethod_needs_calib(j->method)) want |= 1u << j->slot;
+                if (j->method->stats & WMAT_QSTAT_HESSIAN) hess |= 1u << j->slot;
             }
             if (!any) continue;
             size_t sbytes = 0;
