@@ -706,7 +706,7 @@ typedef struct {
     /* Adapter (LoRA: W + s B A, s = alpha / r, alpha / sqrt(r) for rsLoRA) */
     int lora_rank;           /* adapter rank */
     float lora_alpha;
-    int lora_rslora;         /* with adapter NULL: rslora instead of lora */
+    int lora_rslora;         /* adapter lora (or NULL) becomes rslora */
     unsigned lora_targets;   /* bits (1u << wmat_linear_kind) */
     /* Projector (GaLore) */
     int galore_rank;         /* <= 0: dim / 4 */

@@ -283,7 +283,9 @@ static int resolve(wmat_train_params *p, const wmat_config *c, const wmat__optim
     *ad = NULL;
     *pj = NULL;
     if (p->method == WMAT_TRAIN_LORA) {
-        const char *an = p->adapter ? p->adapter : p->lora_rslora ? "rslora" : "lora";
+        /* lora_rslora predates the registry: it turns lora into rslora */
+        const char *an = p->adapter ? p->adapter : "lora";
+        if (p->lora_rslora && !strcmp(an, "lora")) an = "rslora";
         if (!(*ad = wmat__adapter_find(an)))
             return wmat_set_error(WMAT_ERR_INVALID, "train: unknown adapter '%s' (registered: %s)", an,
                                   registry_names(WMAT_REG_ADAPTER, names, sizeof names));
