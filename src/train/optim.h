@@ -132,6 +132,7 @@ const wmat__projector *wmat__projector_find(const char *name);
 /* Registry entries (defined one per file). */
 extern const wmat__optimizer wmat__optim_adamw;
 extern const wmat__optimizer wmat__optim_sgd;
+extern const wmat__optimizer wmat__optim_adamw8bit;
 extern const wmat__projector wmat__proj_galore;
 
 #endif
