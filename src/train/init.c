@@ -3,8 +3,6 @@
 #include "train.h"
 
 #include "../io/model_internal.h"
-#include "../io/safetensors.h"
-#include "../linalg/linalg.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
