@@ -714,9 +714,17 @@ WMAT_API int wmat_quant_model_save(wmat_model *m, const char *path, wmat_format 
  * parameters, gradients and optimizer states in arenas of the same layout
  * (llm.c's habit) and allocates nothing inside a step (GaLore's SVD uses
  * LAPACK's own workspace). Results are deterministic for a seed and a
- * thread count; a checkpoint resumes to bit-identical weights. */
+ * thread count; a checkpoint resumes to bit-identical weights.
+ *
+ * Optimizers, adapters and gradient projectors are registries (src/train/
+ * optim.h, adapter.h): a run names them, wmat_train_registry_entry lists
+ * them. */
 
+/* FULL: every weight; LORA: an adapter over the frozen base (LoRA by
+ * default, any registered adapter by name); GALORE: every weight, the
+ * linear ones through a gradient projector (GaLore by default). */
 typedef enum { WMAT_TRAIN_FULL = 0, WMAT_TRAIN_LORA = 1, WMAT_TRAIN_GALORE = 2 } wmat_train_method;
+/* Kept for older callers; optimizer_name, when set, takes precedence. */
 typedef enum { WMAT_OPT_ADAMW = 0, WMAT_OPT_SGD = 1 } wmat_optimizer_kind;
 
 typedef struct {
@@ -733,24 +741,36 @@ typedef struct {
     float grad_clip;      /* global-norm clipping, <= 0: off */
     uint64_t seed;
     int shuffle;          /* 1: windows in a seeded random order per epoch */
-    /* LoRA: W + s B A, s = alpha / r (alpha / sqrt(r) with rslora) */
-    int lora_rank;
+    /* Adapter (LoRA: W + s B A, s = alpha / r, alpha / sqrt(r) for rsLoRA) */
+    int lora_rank;           /* adapter rank */
     float lora_alpha;
-    int lora_rslora;
+    int lora_rslora;         /* adapter lora (or NULL) becomes rslora */
     unsigned lora_targets;   /* bits (1u << wmat_linear_kind) */
-    /* GaLore */
+    /* Projector (GaLore) */
     int galore_rank;         /* <= 0: dim / 4 */
     int galore_gap;          /* projector update every T steps */
     float galore_scale;
     unsigned galore_targets; /* bits (1u << wmat_linear_kind) */
     int galore_randomized;   /* 1: randomized range finder instead of a full SVD */
     const wmat_context *exec; /* threads (NULL: default) */
+    /* Registry names (NULL: from the fields above). A name not in its
+     * registry is WMAT_ERR_INVALID listing the registered ones. Setting
+     * adapter selects WMAT_TRAIN_LORA, projector WMAT_TRAIN_GALORE. */
+    const char *optimizer_name; /* "adamw", "sgd", ... (NULL: from optimizer) */
+    const char *adapter;        /* "lora", "rslora", ... */
+    const char *projector;      /* "galore", ... */
 } wmat_train_params;
 
 WMAT_API wmat_train_params wmat_train_default_params(void);
 /* Parse "q,k,v,o,gate,up,down" (or "all") into a target mask; an unknown
  * name is WMAT_ERR_INVALID naming it. */
 WMAT_API int wmat_train_parse_targets(const char *list, unsigned *mask);
+
+/* The registries of the trainer. */
+typedef enum { WMAT_REG_OPTIMIZER = 0, WMAT_REG_ADAPTER = 1, WMAT_REG_PROJECTOR = 2 } wmat_train_registry;
+/* Entry i of a registry (name and a one-line summary, static strings);
+ * WMAT_ERR_INVALID past the last one. */
+WMAT_API int wmat_train_registry_entry(wmat_train_registry which, int i, const char **name, const char **summary);
 
 typedef struct wmat_trainer wmat_trainer;
 
@@ -792,22 +812,23 @@ WMAT_API int wmat_trainer_load_checkpoint(wmat_trainer *t, const char *path);
 typedef struct {
     size_t weights;       /* all weights the forward reads */
     size_t grads;
-    size_t optim;         /* optimizer states (GaLore projectors included) */
-    size_t optim_scratch; /* GaLore SVD / projection scratch */
+    size_t optim;         /* optimizer states, bytes (projector states included) */
+    size_t optim_scratch; /* projector (GaLore SVD / projection) scratch */
     size_t activations;
     size_t peak_rss;      /* VmHWM of this process */
     int64_t trainable;    /* trainable parameters */
-    size_t galore_state;  /* states of GaLore-projected matrices */
-    size_t galore_adam_equiv; /* what AdamW would keep for those matrices */
+    size_t galore_state;  /* states of projected matrices (projector + optimizer) */
+    size_t galore_adam_equiv; /* what the optimizer would keep for them unprojected */
 } wmat_train_memory;
 WMAT_API void wmat_trainer_memory(const wmat_trainer *t, wmat_train_memory *mem);
 /* VmHWM from /proc/self/status in bytes (0 if unavailable). */
 WMAT_API size_t wmat_peak_rss(void);
 
-/* LoRA: write the adapters in PEFT's layout (dir/adapter_config.json and
- * dir/adapter_model.safetensors, q/k rows of B in HF's rotary order). */
+/* Write the trained adapter in PEFT's layout (dir/adapter_config.json and
+ * dir/adapter_model.safetensors, q/k output rows in HF's rotary order). */
 WMAT_API int wmat_trainer_save_lora(wmat_trainer *t, const char *dir);
-/* Merge a PEFT LoRA adapter directory into m (W += s B A) in place. */
+/* Merge a PEFT adapter directory (any registered adapter that reads its
+ * config; LoRA: W += s B A) into m in place. */
 WMAT_API int wmat_lora_merge_peft(wmat_model *m, const char *dir);
 
 /* Random init for pretraining: N(0, std) for matrices, residual

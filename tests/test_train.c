@@ -7,6 +7,7 @@
  * per tensor, with fd = (f(x+h) - f(x-h)) / 2h, h = 1e-4, on a double
  * reference forward written here independently of src/train. */
 #include "test_util.h"
+#include "train/adapter.h"
 #include "train/train.h"
 
 #include <math.h>
@@ -291,9 +292,17 @@ static void test_op_linear_lora(void **state)
     fill(R, BT * out, &r, 1.0f);
     float *X = x, *W = X + BT * in, *A = W + out * in, *B = A + rk * in;
     float *dX = d, *dW = dX + BT * in, *dA = dW + out * in, *dB = dA + rk * in;
-    const float s = 0.7f;
-    wmat__linear_forward(Y, xa, X, W, A, B, s, BT, in, out, rk);
-    wmat__linear_backward(dX, dW, dA, dB, dxa, R, X, W, A, B, xa, s, BT, in, out, rk, 0);
+    /* the trainer's linear layer: base op, then the LoRA adapter's path */
+    const wmat__adapter *ad = wmat__adapter_find("lora");
+    assert_non_null(ad);
+    const wmat__adapter_cfg cfg = {rk, 2.1f};
+    const float s = ad->scale(&cfg);
+    const float *w[2] = {A, B};
+    float *dw[2] = {dA, dB};
+    wmat__linear_forward(Y, X, W, BT, in, out);
+    ad->forward(&cfg, Y, xa, X, w, BT, in, out);
+    wmat__linear_backward(dX, dW, R, X, W, BT, in, out, 0);
+    ad->backward(&cfg, dX, dw, dxa, R, X, w, xa, BT, in, out);
     double Xd[N], Rd[BT * out], g[N];
     for (int i = 0; i < N; i++) Xd[i] = x[i];
     for (int i = 0; i < BT * out; i++) Rd[i] = R[i];

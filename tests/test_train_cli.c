@@ -86,11 +86,51 @@ static void test_cli_resume_identical(void **state)
     free(o);
 }
 
+/* --help lists every registry entry (the CLI names none itself); an
+ * unknown optimizer is refused naming them; a projector around a
+ * non-default optimizer trains through the CLI. */
+static void test_cli_registries(void **state)
+{
+    (void)state;
+    char cmd[8192];
+    int rc;
+    snprintf(cmd, sizeof cmd, "%s train --help 2>&1", tu_cli());
+    char *o = tu_run(cmd, &rc);
+    const wmat_train_registry regs[3] = {WMAT_REG_OPTIMIZER, WMAT_REG_ADAPTER, WMAT_REG_PROJECTOR};
+    for (int r = 0; r < 3; r++) {
+        const char *nm;
+        for (int i = 0; !wmat_train_registry_entry(regs[r], i, &nm, NULL); i++)
+            if (!strstr(o, nm)) fail_msg("train --help does not list '%s':\n%s", nm, o);
+    }
+    free(o);
+    const char *txt = text_file(), *out = tu_tmp("proj.gguf");
+    const char *opt1 = NULL, *proj = NULL;
+    wmat_train_registry_entry(WMAT_REG_OPTIMIZER, 1, &opt1, NULL);
+    wmat_train_registry_entry(WMAT_REG_PROJECTOR, 0, &proj, NULL);
+    assert_non_null(opt1);
+    assert_non_null(proj);
+    snprintf(cmd, sizeof cmd, "%s train --init tiny %s --byte-tokenizer --data %s --optimizer no-such-opt 2>&1", tu_cli(),
+             out, txt);
+    o = tu_run(cmd, &rc);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(o, opt1));
+    free(o);
+    snprintf(cmd, sizeof cmd,
+             "%s train --init tiny %s --byte-tokenizer --data %s --method %s --optimizer %s --lr 0.1 --steps 8 --batch 2 "
+             "--ctx 16 --galore-gap 4 --threads 1 --json 2>/dev/null",
+             tu_cli(), out, txt, proj, opt1);
+    o = tu_run(cmd, &rc);
+    if (rc) fail_msg("wmat train --method %s --optimizer %s failed (%d): %s", proj, opt1, rc, o);
+    assert_non_null(strstr(o, "\"final_train_loss\""));
+    free(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cli_init_train_eval),
         cmocka_unit_test(test_cli_resume_identical),
+        cmocka_unit_test(test_cli_registries),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -76,6 +76,34 @@ static int write_svg(const char *path, const int *xs, const double *ys, int n, c
     return fclose(f) ? -1 : 0;
 }
 
+/* "a | b | c" of a registry into buf (the help text and error messages
+ * come from the registries, so a new entry needs no edit here). */
+static const char *reg_list(wmat_train_registry r, const char *sep, char *buf, size_t n)
+{
+    size_t k = 0;
+    buf[0] = 0;
+    const char *nm;
+    for (int i = 0; k < n && !wmat_train_registry_entry(r, i, &nm, NULL); i++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%s", i ? sep : "", nm);
+    return buf;
+}
+
+static int in_registry(wmat_train_registry r, const char *name)
+{
+    const char *nm;
+    for (int i = 0; !wmat_train_registry_entry(r, i, &nm, NULL); i++)
+        if (!strcmp(nm, name)) return 1;
+    return 0;
+}
+
+/* Entry 0 of a registry is its default. */
+static const char *reg_default(wmat_train_registry r)
+{
+    const char *nm = NULL;
+    wmat_train_registry_entry(r, 0, &nm, NULL);
+    return nm;
+}
+
 static int load_data(const char *cmd, wmat_model *m, const char *path, int32_t **ids, size_t *n)
 {
     if (ends_with(path, ".u16") || ends_with(path, ".tok") || ends_with(path, ".bin"))
@@ -87,19 +115,27 @@ int cmd_train(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("train");
     const char *data = NULL, *val = NULL, *method = "full", *init = NULL, *to = NULL, *targets = NULL, *gtargets = NULL;
-    const char *ckpt = NULL, *resume = NULL, *csv = NULL, *svg = NULL, *lora_out = NULL, *opt = "adamw";
+    const char *ckpt = NULL, *resume = NULL, *csv = NULL, *svg = NULL, *lora_out = NULL;
+    const char *opt = reg_default(WMAT_REG_OPTIMIZER);
     int tokenizer_kind = 0;
     int steps = 100, batch = 8, ctx = 0, accum = 1, warmup = -1, seed = 1337, eval_every = 0, eval_windows = 0;
     int ckpt_every = 0, rank = 8, grank = 0, ggap = 50, rslora = 0, randomized = 0, json = 0, no_shuffle = 0;
     int stop_after = 0, save_merged = 1, time_limit = 0;
     float lr = 0, min_lr = -1, wd = 0, clip = 1.0f, alpha = 16, gscale = 1.0f, b2 = 0.95f, mom = 0.9f;
+    char adapters[256], projectors[256], optimizers[256], method_help[768], opt_help[512];
+    reg_list(WMAT_REG_ADAPTER, " | ", adapters, sizeof adapters);
+    reg_list(WMAT_REG_PROJECTOR, " | ", projectors, sizeof projectors);
+    reg_list(WMAT_REG_OPTIMIZER, " | ", optimizers, sizeof optimizers);
+    snprintf(method_help, sizeof method_help,
+             "full (default), an adapter over the frozen base (%s) or a gradient projector (%s)", adapters, projectors);
+    snprintf(opt_help, sizeof opt_help, "%s (default %s)", optimizers, opt);
     cli_opt opts[] = {
         {"--data", OPT_STR, &data, "FILE", "training text (UTF-8) or uint16 tokens (.u16/.tok)"},
         {"--val", OPT_STR, &val, "FILE", "held-out text or tokens for periodic evaluation"},
         {"--init", OPT_STR, &init, "CONFIG", "train a new model: preset (tiny, small, mix4m) or HF-style config.json"},
         {"--byte-tokenizer", OPT_FLAG, &tokenizer_kind, NULL, "with --init: a byte-level tokenizer (259 ids)"},
-        {"--method", OPT_STR, &method, "M", "full | lora | galore (default full)"},
-        {"--optimizer", OPT_STR, &opt, "O", "adamw | sgd (default adamw)"},
+        {"--method", OPT_STR, &method, "M", method_help},
+        {"--optimizer", OPT_STR, &opt, "O", opt_help},
         {"--steps", OPT_INT, &steps, "N", "optimizer steps (default 100)"},
         {"--batch", OPT_INT, &batch, "B", "windows per micro-batch (default 8)"},
         {"--ctx", OPT_INT, &ctx, "T", "tokens per window (default min(seq_len, 128))"},
@@ -113,15 +149,15 @@ int cmd_train(int argc, char **argv)
         {"--clip", OPT_FLOAT, &clip, "C", "global gradient-norm clip, 0 off (default 1)"},
         {"--seed", OPT_INT, &seed, "S", "seed of init, shuffling and LoRA init (default 1337)"},
         {"--no-shuffle", OPT_FLAG, &no_shuffle, NULL, "take windows in order"},
-        {"--lora-rank", OPT_INT, &rank, "R", "LoRA rank (default 8)"},
-        {"--lora-alpha", OPT_FLOAT, &alpha, "A", "LoRA alpha (default 16)"},
-        {"--lora-targets", OPT_STR, &targets, "LIST", "q,k,v,o,gate,up,down or all (default q,v)"},
-        {"--rslora", OPT_FLAG, &rslora, NULL, "scale by alpha/sqrt(r)"},
+        {"--lora-rank", OPT_INT, &rank, "R", "adapter rank (default 8)"},
+        {"--lora-alpha", OPT_FLOAT, &alpha, "A", "adapter alpha (default 16)"},
+        {"--lora-targets", OPT_STR, &targets, "LIST", "adapted layers: q,k,v,o,gate,up,down or all (default q,v)"},
+        {"--rslora", OPT_FLAG, &rslora, NULL, "rank-stabilized scale alpha/sqrt(r) for the default adapter"},
         {"--lora-out", OPT_STR, &lora_out, "DIR", "also write the adapter in PEFT's layout"},
-        {"--galore-rank", OPT_INT, &grank, "R", "GaLore rank (default dim/4)"},
+        {"--galore-rank", OPT_INT, &grank, "R", "projector rank (default dim/4)"},
         {"--galore-gap", OPT_INT, &ggap, "T", "steps between projector updates (default 50)"},
-        {"--galore-scale", OPT_FLOAT, &gscale, "S", "GaLore update scale (default 1)"},
-        {"--galore-targets", OPT_STR, &gtargets, "LIST", "which matrices (default all seven)"},
+        {"--galore-scale", OPT_FLOAT, &gscale, "S", "projected update scale (default 1)"},
+        {"--galore-targets", OPT_STR, &gtargets, "LIST", "projected matrices (default all seven)"},
         {"--galore-randomized", OPT_FLAG, &randomized, NULL, "randomized range finder instead of a full SVD"},
         {"--eval-every", OPT_INT, &eval_every, "N", "evaluate on --val every N steps (default steps/10)"},
         {"--eval-windows", OPT_INT, &eval_windows, "K", "windows per evaluation (default all)"},
@@ -145,14 +181,20 @@ int cmd_train(int argc, char **argv)
     if (!init && np != 2) return cli_usage_error("train", "give MODEL and OUT (or --init CONFIG OUT)");
     if (!data) return cli_usage_error("train", "--data FILE is required");
     wmat_train_params p = wmat_train_default_params();
-    if (!strcmp(method, "full")) p.method = WMAT_TRAIN_FULL;
-    else if (!strcmp(method, "lora")) p.method = WMAT_TRAIN_LORA;
-    else if (!strcmp(method, "galore")) p.method = WMAT_TRAIN_GALORE;
-    else return cli_usage_error("train", "--method must be full, lora or galore");
-    if (!strcmp(opt, "adamw")) p.optimizer = WMAT_OPT_ADAMW;
-    else if (!strcmp(opt, "sgd")) p.optimizer = WMAT_OPT_SGD;
-    else return cli_usage_error("train", "--optimizer must be adamw or sgd");
-    if (init && p.method == WMAT_TRAIN_LORA) return cli_usage_error("train", "LoRA needs a pretrained MODEL, not --init");
+    if (!strcmp(method, "full")) {
+        p.method = WMAT_TRAIN_FULL;
+    } else if (in_registry(WMAT_REG_ADAPTER, method)) {
+        p.method = WMAT_TRAIN_LORA;
+        p.adapter = method;
+    } else if (in_registry(WMAT_REG_PROJECTOR, method)) {
+        p.method = WMAT_TRAIN_GALORE;
+        p.projector = method;
+    } else {
+        return cli_usage_error("train", "--method must be full, an adapter (%s) or a projector (%s)", adapters, projectors);
+    }
+    if (!in_registry(WMAT_REG_OPTIMIZER, opt)) return cli_usage_error("train", "--optimizer must be one of %s", optimizers);
+    p.optimizer_name = opt;
+    if (init && p.method == WMAT_TRAIN_LORA) return cli_usage_error("train", "an adapter needs a pretrained MODEL, not --init");
     if (steps <= 0 || batch <= 0 || accum <= 0 || ctx < 0) return cli_usage_error("train", "--steps, --batch, --accum must be positive");
     if (targets && wmat_train_parse_targets(targets, &p.lora_targets)) return cli_usage_error("train", "--lora-targets: %s", wmat_last_error());
     if (gtargets && wmat_train_parse_targets(gtargets, &p.galore_targets))

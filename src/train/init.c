@@ -1,10 +1,8 @@
 /* Pieces around training: random init, config presets and JSON configs,
- * a byte-level tokenizer, tokenizer copies, merging PEFT LoRA adapters. */
+ * a byte-level tokenizer, tokenizer copies. */
 #include "train.h"
 
 #include "../io/model_internal.h"
-#include "../io/safetensors.h"
-#include "../linalg/linalg.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -171,89 +169,5 @@ done:
     wmat__free(lens);
     wmat__free(scores);
     wmat__free(types);
-    return rc;
-}
-
-/* ------------------------------------------------------------ PEFT merge */
-
-static const char *const hf_mods[WMAT_LIN_COUNT] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                    "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
-                                                    "mlp.down_proj"};
-
-int wmat_lora_merge_peft(wmat_model *m, const char *dir)
-{
-    const wmat_config *c = wmat_model_config(m);
-    char path[4096];
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    char *text;
-    size_t len;
-    int rc = wmat_read_file(path, &text, &len);
-    if (rc) return rc;
-    cJSON *j = cJSON_ParseWithLength(text, len);
-    free(text);
-    if (!j) return wmat_set_error(WMAT_ERR_FORMAT, "%s: not JSON", path);
-    int r = json_int(j, "r", 0);
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, "lora_alpha");
-    float alpha = cJSON_IsNumber(a) ? (float)a->valuedouble : (float)r;
-    int rs = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "use_rslora"));
-    cJSON_Delete(j);
-    if (r <= 0) return wmat_set_error(WMAT_ERR_FORMAT, "%s: missing or bad rank r", path);
-    const float s = rs ? alpha / sqrtf((float)r) : alpha / (float)r;
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    wmat_st_file *f;
-    if ((rc = wmat__st_open(&f, path))) return rc;
-    int merged = 0;
-    float *Bbuf = NULL, *Abuf = NULL, *Bp = NULL;
-    for (int l = 0; l < c->n_layers && !rc; l++)
-        for (int k = 0; k < WMAT_LIN_COUNT && !rc; k++) {
-            char na[256], nb[256];
-            snprintf(na, sizeof na, "base_model.model.model.layers.%d.%s.lora_A.weight", l, hf_mods[k]);
-            snprintf(nb, sizeof nb, "base_model.model.model.layers.%d.%s.lora_B.weight", l, hf_mods[k]);
-            const wmat_st_tensor *ta = wmat__st_find(f, na), *tb = wmat__st_find(f, nb);
-            if (!ta && !tb) continue;
-            wmat_tensor *W = wmat_model_linear(m, l, (wmat_linear_kind)k);
-            if (!ta || !tb || ta->ndim != 2 || tb->ndim != 2 || ta->shape[0] != r || tb->shape[1] != r ||
-                ta->shape[1] != W->shape[1] || tb->shape[0] != W->shape[0] || ta->dtype != WMAT_ST_F32 ||
-                tb->dtype != WMAT_ST_F32 || W->dtype != WMAT_F32) {
-                rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: %s / lora_B do not fit %s (f32, rank %d)", path, na, W->name, r);
-                break;
-            }
-            const int o = (int)W->shape[0], in = (int)W->shape[1];
-            Abuf = wmat__malloc((size_t)r * in * sizeof(float));
-            Bbuf = wmat__malloc((size_t)o * r * sizeof(float));
-            Bp = wmat__malloc((size_t)o * r * sizeof(float));
-            if (!Abuf || !Bbuf || !Bp) {
-                rc = wmat_set_error(WMAT_ERR_NOMEM, "LoRA merge: out of memory");
-                break;
-            }
-            memcpy(Abuf, ta->data, ta->nbytes);
-            memcpy(Bbuf, tb->data, tb->nbytes);
-            const float *B = Bbuf;
-            if (k == WMAT_LIN_Q || k == WMAT_LIN_K) {
-                wmat__rope_unpermute_hf(Bp, Bbuf, k == WMAT_LIN_Q ? c->n_heads : c->n_kv_heads, c->head_dim, r);
-                B = Bp;
-            }
-            if (!(W->flags & WMAT_TF_OWNED)) {
-                float *cp = wmat__aligned_alloc(W->nbytes);
-                if (!cp) {
-                    rc = wmat_set_error(WMAT_ERR_NOMEM, "LoRA merge: out of memory");
-                    break;
-                }
-                memcpy(cp, W->data, W->nbytes);
-                W->data = cp;
-                W->flags |= WMAT_TF_OWNED;
-            }
-            wmat_sgemm(0, 0, o, in, r, s, B, r, Abuf, in, 1.0f, W->data, in);
-            wmat__free(Abuf);
-            wmat__free(Bbuf);
-            wmat__free(Bp);
-            Abuf = Bbuf = Bp = NULL;
-            merged++;
-        }
-    wmat__free(Abuf);
-    wmat__free(Bbuf);
-    wmat__free(Bp);
-    wmat__st_close(f);
-    if (!rc && merged == 0) rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: no LoRA weight matches a layer of the model", path);
     return rc;
 }

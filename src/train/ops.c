@@ -193,30 +193,16 @@ void wmat__swiglu_backward(float *dg, float *du, const float *dout, const float 
     }
 }
 
-void wmat__linear_forward(float *Y, float *xa, const float *X, const float *W, const float *A, const float *B,
-                          float s, int BT, int in, int out, int r)
+void wmat__linear_forward(float *Y, const float *X, const float *W, int BT, int in, int out)
 {
     wmat_sgemm(0, 1, BT, out, in, 1.0f, X, in, W, in, 0.0f, Y, out);
-    if (A) {
-        wmat_sgemm(0, 1, BT, r, in, 1.0f, X, in, A, in, 0.0f, xa, r);  /* (BT, r) */
-        wmat_sgemm(0, 1, BT, out, r, s, xa, r, B, r, 1.0f, Y, out);    /* += s xa B^T */
-    }
 }
 
-void wmat__linear_backward(float *dX, float *dW, float *dA, float *dB, float *dxa, const float *dY, const float *X,
-                           const float *W, const float *A, const float *B, const float *xa, float s, int BT, int in,
-                           int out, int r, int acc_dx)
+void wmat__linear_backward(float *dX, float *dW, const float *dY, const float *X, const float *W, int BT, int in,
+                           int out, int acc_dx)
 {
     if (dW) wmat_sgemm(1, 0, out, in, BT, 1.0f, dY, out, X, in, 1.0f, dW, in);
-    if (A) {
-        if (dB) wmat_sgemm(1, 0, out, r, BT, s, dY, out, xa, r, 1.0f, dB, r);     /* (out, r) */
-        wmat_sgemm(0, 0, BT, r, out, s, dY, out, B, r, 0.0f, dxa, r);            /* (BT, r) */
-        if (dA) wmat_sgemm(1, 0, r, in, BT, 1.0f, dxa, r, X, in, 1.0f, dA, in);  /* (r, in) */
-    }
-    if (dX) {
-        wmat_sgemm(0, 0, BT, in, out, 1.0f, dY, out, W, in, acc_dx ? 1.0f : 0.0f, dX, in);
-        if (A) wmat_sgemm(0, 0, BT, in, r, 1.0f, dxa, r, A, in, 1.0f, dX, in);
-    }
+    if (dX) wmat_sgemm(0, 0, BT, in, out, 1.0f, dY, out, W, in, acc_dx ? 1.0f : 0.0f, dX, in);
 }
 
 double wmat__xent_forward_backward(float *logits, float *losses, const int32_t *targets, int BT, int V, float dscale,

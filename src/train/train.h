@@ -45,15 +45,13 @@ void wmat__swiglu_forward(float *out, const float *g, const float *u, size_t N, 
 /* dg, du (N) OVERWRITTEN */
 void wmat__swiglu_backward(float *dg, float *du, const float *dout, const float *g, const float *u, size_t N, int nt);
 
-/* Y (BT, out) = X (BT, in) W^T (+ s * (X A^T) B^T when A, B given; xa
- * (BT, r) saved). */
-void wmat__linear_forward(float *Y, float *xa, const float *X, const float *W, const float *A, const float *B,
-                          float s, int BT, int in, int out, int r);
-/* dX (BT, in) = (or += when acc_dx) dY W (+ LoRA path); dW (out, in) += dY^T X
- * when dW; dA (r, in), dB (out, r) += when given; dxa: (BT, r) scratch. */
-void wmat__linear_backward(float *dX, float *dW, float *dA, float *dB, float *dxa, const float *dY, const float *X,
-                           const float *W, const float *A, const float *B, const float *xa, float s, int BT, int in,
-                           int out, int r, int acc_dx);
+/* Y (BT, out) = X (BT, in) W^T. Adapters (adapter.h) add their path after
+ * it; the trainer's linear layer is the base op followed by the adapter's. */
+void wmat__linear_forward(float *Y, const float *X, const float *W, int BT, int in, int out);
+/* dX (BT, in) = (or += when acc_dx) dY W when dX; dW (out, in) += dY^T X
+ * when dW. */
+void wmat__linear_backward(float *dX, float *dW, const float *dY, const float *X, const float *W, int BT, int in,
+                           int out, int acc_dx);
 
 /* Cross-entropy of logits (BT, V) against targets: losses (BT) written;
  * logits OVERWRITTEN by dlogits = (softmax - onehot) * dscale. Returns the

@@ -1,16 +1,17 @@
 /* The trainer: parameters, gradients and optimizer states in arenas of the
  * same layout, the model's forward and backward over saved activations,
- * AdamW / SGD with clipping and a warmup + cosine schedule, gradient
- * accumulation, LoRA adapters and GaLore projections, checkpoints. */
+ * a registered optimizer (optim.h: AdamW, SGD, ...) with clipping and a
+ * warmup + cosine schedule, gradient accumulation, registered adapters
+ * (adapter.h: LoRA, rsLoRA) and gradient projectors (GaLore), checkpoints. */
 #include "train.h"
+
+#include "adapter.h"
+#include "optim.h"
 
 #include "../io/model_internal.h"
 #include "../io/safetensors.h"
 #include "../linalg/linalg.h"
 
-#include <errno.h>
-#include <lapacke.h>
-#include <sys/stat.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,8 @@
 
 #define NROLE WMAT_W_LAYER_COUNT
 #define NLIN WMAT_LIN_COUNT
+#define NAT WMAT__ADAPTER_MAX_TENSORS
+#define NST WMAT__OPT_MAX_STATES
 
 static const wmat_layer_weight lin_role[NLIN] = {WMAT_W_Q, WMAT_W_K, WMAT_W_V, WMAT_W_O,
                                                  WMAT_W_GATE, WMAT_W_UP, WMAT_W_DOWN};
@@ -28,12 +31,11 @@ typedef struct {
     int rows, cols;
     size_t n;
     int decay;          /* weight decay applies (2-D) */
-    float *m, *v;       /* Adam moments (or SGD momentum in m); GaLore: projected */
-    int galore;         /* 1: projected */
-    int side;           /* 0 left: P (rows, r), R = P^T G (r, cols); 1 right: Q (cols, r), R = G Q (rows, r) */
-    int rank;
-    float *P;
-    size_t n_state;     /* floats in m (and v) */
+    int proj;           /* 1: updated through the projector */
+    size_t n_state;     /* elements the optimizer sees (projected size when proj) */
+    void *state[NST];   /* the optimizer's states for this tensor */
+    float *proj_state;  /* the projector's own state (proj) */
+    size_t n_proj;      /* its floats */
 } slot;
 
 typedef struct {
@@ -44,44 +46,50 @@ typedef struct {
     float *xmid;                /* (BT, D) */
     float *xn2, *r2;            /* (BT, D), (BT) */
     float *hg, *hu, *hs;        /* (BT, H) */
-    float *xa[NLIN];            /* LoRA (BT, r) */
+    float *aact[NLIN];          /* what each adapter keeps for its backward */
 } layer_acts;
 
 struct wmat_trainer {
     wmat_train_params p;
     wmat_config c;
     wmat_model *base;           /* the model given to create */
-    wmat_model *view;           /* full/galore: tensors point into the params; lora: merged copy (lazy) */
+    wmat_model *view;           /* full/projected: tensors point into the params; adapter: merged copy (lazy) */
     wmat_runtime *rt;
     int rt_ctx;
     wmat_context exec;
     int nt;
     int B, T, BT;
 
+    const wmat__optimizer *opt;
+    const wmat__projector *proj;   /* NULL: none */
+    wmat__proj_params pp;
+    const wmat__adapter *adapter;  /* NULL: none */
+    wmat__adapter_cfg acfg;
+
     /* weights the forward reads (trainable or frozen) and their grads */
     float *emb, *fnorm, *cls;   /* (V, D), (D), (V, D) (cls == emb when tied) */
     float **lw_, **glw_;        /* (L * NROLE) */
     float *gemb, *gfnorm, *gcls;
-    /* LoRA */
-    float **lA, **lB, **glA, **glB; /* (L * NLIN), NULL where not targeted */
-    int lr_rank;
-    float lscale;
+    /* adapter tensors and grads: (L * NLIN * NAT), NULL where not adapted */
+    float **aw, **gaw;
 
     wmat_arena *a_param, *a_grad, *a_opt, *a_act, *a_scratch;
-    float *params, *grads, *opt;
-    size_t n_params, n_opt;
+    float *params, *grads;
+    size_t n_params;
+    wmat__optim_states ostates; /* state k of all slots, contiguous */
+    float *proj_states;         /* projector states of all projected slots */
+    size_t n_proj_floats, opt_bytes;
     slot *slots;
     int n_slots;
+    wmat__proj_ctx pctx;
 
     layer_acts *acts;           /* (L + 1): acts[L].x is the final residual */
     float *xnf, *rf, *logits, *losses;
-    float *dx, *dxn, *dq, *dk, *dv, *dao, *dhs, *dhg, *dhu, *dxa, *tmp;
+    float *dx, *dxn, *dq, *dk, *dv, *dao, *dhs, *dhg, *dhu, *ascratch, *tmp;
     float *att_scratch;
     float *rope_cos, *rope_sin; /* (T, hd/2) */
     int32_t *inp, *tgt;         /* (BT) */
 
-    /* GaLore scratch */
-    float *gs_R, *gs_N, *gs_A, *gs_S, *gs_U, *gs_VT, *gs_T;
     size_t galore_state, galore_adam_equiv;
 
     /* data */
@@ -205,7 +213,7 @@ void wmat_trainer_free(wmat_trainer *t)
 {
     if (!t) return;
     wmat_runtime_free(t->rt);
-    wmat_model_free(t->view); /* its tensors point into a_param (not owned) for full/galore */
+    wmat_model_free(t->view); /* its tensors point into a_param (not owned) for full/projected */
     wmat_arena_free(t->a_param);
     wmat_arena_free(t->a_grad);
     wmat_arena_free(t->a_opt);
@@ -213,10 +221,8 @@ void wmat_trainer_free(wmat_trainer *t)
     wmat_arena_free(t->a_scratch);
     wmat__free(t->lw_);
     wmat__free(t->glw_);
-    wmat__free(t->lA);
-    wmat__free(t->lB);
-    wmat__free(t->glA);
-    wmat__free(t->glB);
+    wmat__free(t->aw);
+    wmat__free(t->gaw);
     wmat__free(t->slots);
     wmat__free(t->acts);
     wmat__free(t->perm);
@@ -235,6 +241,73 @@ static int add_slot(wmat_trainer *t, float *p, float *g, int rows, int cols)
     s->decay = cols > 0;
     return 0;
 }
+
+static size_t state_elems(const wmat__optimizer *o, int k, size_t n) { return o->state_elems ? o->state_elems(k, n) : n; }
+
+/* "a, b, c": the names of a registry, for error messages. */
+static const char *registry_names(int which, char *buf, size_t n)
+{
+    size_t k = 0;
+    buf[0] = 0;
+    for (int i = 0; k < n; i++) {
+        const char *nm, *sum;
+        if (wmat_train_registry_entry((wmat_train_registry)which, i, &nm, &sum)) break;
+        k += (size_t)snprintf(buf + k, n - k, "%s%s", i ? ", " : "", nm);
+    }
+    return buf;
+}
+
+/* Resolve the optimizer, adapter and projector names of p (registry names,
+ * or the enum fields' defaults) and check the combination. */
+static int resolve(wmat_train_params *p, const wmat_config *c, const wmat__optimizer **opt,
+                   const wmat__adapter **ad, const wmat__projector **pj)
+{
+    char names[256];
+    const char *on = p->optimizer_name;
+    if (!on) {
+        if (p->optimizer != WMAT_OPT_ADAMW && p->optimizer != WMAT_OPT_SGD)
+            return wmat_set_error(WMAT_ERR_INVALID, "train: unknown optimizer kind %d", (int)p->optimizer);
+        on = p->optimizer == WMAT_OPT_SGD ? "sgd" : "adamw";
+    }
+    if (!(*opt = wmat__optimizer_find(on)))
+        return wmat_set_error(WMAT_ERR_INVALID, "train: unknown optimizer '%s' (registered: %s)", on,
+                              registry_names(WMAT_REG_OPTIMIZER, names, sizeof names));
+    if (p->method < 0 || p->method > WMAT_TRAIN_GALORE) return wmat_set_error(WMAT_ERR_INVALID, "train: unknown method");
+    if (p->adapter && p->projector)
+        return wmat_set_error(WMAT_ERR_INVALID, "train: an adapter ('%s') and a projector ('%s') cannot be combined",
+                              p->adapter, p->projector);
+    if ((p->adapter && p->method == WMAT_TRAIN_GALORE) || (p->projector && p->method == WMAT_TRAIN_LORA))
+        return wmat_set_error(WMAT_ERR_INVALID, "train: the adapter/projector name does not fit the method");
+    if (p->adapter) p->method = WMAT_TRAIN_LORA;
+    if (p->projector) p->method = WMAT_TRAIN_GALORE;
+    *ad = NULL;
+    *pj = NULL;
+    if (p->method == WMAT_TRAIN_LORA) {
+        /* lora_rslora predates the registry: it turns lora into rslora */
+        const char *an = p->adapter ? p->adapter : "lora";
+        if (p->lora_rslora && !strcmp(an, "lora")) an = "rslora";
+        if (!(*ad = wmat__adapter_find(an)))
+            return wmat_set_error(WMAT_ERR_INVALID, "train: unknown adapter '%s' (registered: %s)", an,
+                                  registry_names(WMAT_REG_ADAPTER, names, sizeof names));
+        if (p->lora_rank <= 0) return wmat_set_error(WMAT_ERR_INVALID, "train: adapter rank must be positive");
+        if (!(p->lora_targets & ((1u << NLIN) - 1)))
+            return wmat_set_error(WMAT_ERR_INVALID, "train: the adapter targets match no linear layer of the model");
+    }
+    if (p->method == WMAT_TRAIN_GALORE) {
+        const char *pn = p->projector ? p->projector : "galore";
+        if (!(*pj = wmat__projector_find(pn)))
+            return wmat_set_error(WMAT_ERR_INVALID, "train: unknown projector '%s' (registered: %s)", pn,
+                                  registry_names(WMAT_REG_PROJECTOR, names, sizeof names));
+        if (p->galore_rank <= 0) p->galore_rank = c->dim / 4 > 0 ? c->dim / 4 : 1;
+        if (p->galore_gap <= 0) return wmat_set_error(WMAT_ERR_INVALID, "train: projector update gap must be positive");
+        if (!(p->galore_targets & ((1u << NLIN) - 1)))
+            return wmat_set_error(WMAT_ERR_INVALID, "train: the projector targets match no linear layer");
+    }
+    return WMAT_OK;
+}
+
+#define AW(l, k) (t->aw + ((size_t)(l) * NLIN + (k)) * NAT)
+#define GAW(l, k) (t->gaw + ((size_t)(l) * NLIN + (k)) * NAT)
 
 int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_params *pp)
 {
@@ -255,27 +328,22 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     if (!(p.lr > 0) || p.beta1 < 0 || p.beta1 >= 1 || p.beta2 < 0 || p.beta2 >= 1)
         return wmat_set_error(WMAT_ERR_INVALID, "train: lr must be > 0 and betas in [0, 1)");
     if (p.min_lr < 0) p.min_lr = p.lr / 10;
-    if (p.method == WMAT_TRAIN_LORA) {
-        if (p.lora_rank <= 0) return wmat_set_error(WMAT_ERR_INVALID, "train: LoRA rank must be positive");
-        if (!(p.lora_targets & ((1u << NLIN) - 1)))
-            return wmat_set_error(WMAT_ERR_INVALID, "train: the LoRA targets match no linear layer of the model");
-    }
-    if (p.method == WMAT_TRAIN_GALORE) {
-        if (p.optimizer != WMAT_OPT_ADAMW)
-            return wmat_set_error(WMAT_ERR_INVALID, "train: GaLore keeps Adam moments; use the AdamW optimizer");
-        if (p.galore_rank <= 0) p.galore_rank = c->dim / 4 > 0 ? c->dim / 4 : 1;
-        if (p.galore_gap <= 0) return wmat_set_error(WMAT_ERR_INVALID, "train: GaLore update gap must be positive");
-        if (!(p.galore_targets & ((1u << NLIN) - 1)))
-            return wmat_set_error(WMAT_ERR_INVALID, "train: the GaLore targets match no linear layer");
-    }
-    if (p.method < 0 || p.method > WMAT_TRAIN_GALORE) return wmat_set_error(WMAT_ERR_INVALID, "train: unknown method");
+    const wmat__optimizer *opt = NULL;
+    const wmat__adapter *ad = NULL;
+    const wmat__projector *pj = NULL;
+    int rc = resolve(&p, c, &opt, &ad, &pj);
+    if (rc) return rc;
 
     wmat_trainer *t = wmat__calloc(1, sizeof *t);
     if (!t) return wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
-    int rc = WMAT_OK;
     t->p = p;
     t->c = *c;
     t->base = m;
+    t->opt = opt;
+    t->adapter = ad;
+    t->proj = pj;
+    t->pp = (wmat__proj_params){p.galore_rank, p.galore_gap, p.galore_scale, p.galore_randomized};
+    t->acfg = (wmat__adapter_cfg){p.lora_rank, p.lora_alpha};
     t->exec = p.exec ? *p.exec : wmat_context_default();
     t->nt = wmat_context_threads(&t->exec);
     t->B = p.batch;
@@ -287,21 +355,19 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     const size_t BT = (size_t)t->BT, T = (size_t)t->T;
     t->lw_ = wmat__calloc((size_t)L * NROLE, sizeof(float *));
     t->glw_ = wmat__calloc((size_t)L * NROLE, sizeof(float *));
-    t->lA = wmat__calloc((size_t)L * NLIN, sizeof(float *));
-    t->lB = wmat__calloc((size_t)L * NLIN, sizeof(float *));
-    t->glA = wmat__calloc((size_t)L * NLIN, sizeof(float *));
-    t->glB = wmat__calloc((size_t)L * NLIN, sizeof(float *));
-    t->slots = wmat__calloc((size_t)L * (NROLE + 2 * NLIN) + 3, sizeof(slot));
+    t->aw = wmat__calloc((size_t)L * NLIN * NAT, sizeof(float *));
+    t->gaw = wmat__calloc((size_t)L * NLIN * NAT, sizeof(float *));
+    t->slots = wmat__calloc((size_t)L * (NROLE + NAT * NLIN) + 3, sizeof(slot));
     t->acts = wmat__calloc((size_t)L + 1, sizeof(layer_acts));
-    if (!t->lw_ || !t->glw_ || !t->lA || !t->lB || !t->glA || !t->glB || !t->slots || !t->acts) {
+    if (!t->lw_ || !t->glw_ || !t->aw || !t->gaw || !t->slots || !t->acts) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
         goto fail;
     }
 
     /* ---- parameters and gradients: one block each, same layout */
-    const int lora = p.method == WMAT_TRAIN_LORA;
+    const int adapt = ad != NULL;
     size_t np = 0;
-    if (!lora) {
+    if (!adapt) {
         np = (size_t)V * D + D + (c->tied_embeddings ? 0 : (size_t)V * D);
         for (int w = 0; w < NROLE; w++) {
             int r, cc;
@@ -309,14 +375,13 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             np += (size_t)L * r * (cc ? cc : 1);
         }
     } else {
-        t->lr_rank = p.lora_rank;
-        t->lscale = p.lora_rslora ? p.lora_alpha / sqrtf((float)p.lora_rank) : p.lora_alpha / (float)p.lora_rank;
         for (int l = 0; l < L; l++)
             for (int k = 0; k < NLIN; k++)
                 if (p.lora_targets & (1u << k)) {
-                    int o, i;
+                    int o, i, rows[NAT], cols[NAT];
                     lin_dims(c, k, &o, &i);
-                    np += (size_t)p.lora_rank * (i + o);
+                    ad->shapes(&t->acfg, i, o, rows, cols);
+                    for (int a = 0; a < ad->n_tensors; a++) np += (size_t)rows[a] * cols[a];
                 }
     }
     t->n_params = np;
@@ -328,7 +393,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     {
         size_t off = 0;
 #define CARVE(pp_, gg_, n_) do { pp_ = t->params + off; gg_ = t->grads + off; off += (n_); } while (0)
-        if (!lora) {
+        if (!adapt) {
             CARVE(t->emb, t->gemb, (size_t)V * D);
             add_slot(t, t->emb, t->gemb, V, D);
             for (int l = 0; l < L; l++)
@@ -362,20 +427,18 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             t->cls = wmat_model_classifier(m)->data;
             for (int l = 0; l < L; l++)
                 for (int w = 0; w < NROLE; w++) t->lw_[l * NROLE + w] = wmat_model_layer_tensor(m, l, (wmat_layer_weight)w)->data;
-            /* A ~ kaiming-uniform-like (PEFT: U(-1/sqrt(in), 1/sqrt(in))), B = 0 */
+            /* the adapter's tensors, in layer order, initialized as they are carved (one RNG stream) */
             for (int l = 0; l < L; l++)
                 for (int k = 0; k < NLIN; k++) {
                     if (!(p.lora_targets & (1u << k))) continue;
-                    int o, i;
+                    int o, i, rows[NAT], cols[NAT];
                     lin_dims(c, k, &o, &i);
-                    const int r = p.lora_rank;
-                    CARVE(t->lA[l * NLIN + k], t->glA[l * NLIN + k], (size_t)r * i);
-                    add_slot(t, t->lA[l * NLIN + k], t->glA[l * NLIN + k], r, i);
-                    CARVE(t->lB[l * NLIN + k], t->glB[l * NLIN + k], (size_t)o * r);
-                    add_slot(t, t->lB[l * NLIN + k], t->glB[l * NLIN + k], o, r);
-                    const float bound = 1.0f / sqrtf((float)i);
-                    float *A = t->lA[l * NLIN + k];
-                    for (size_t j = 0; j < (size_t)r * i; j++) A[j] = (2.0f * wmat_rng_uniform(&t->rng) - 1.0f) * bound;
+                    ad->shapes(&t->acfg, i, o, rows, cols);
+                    for (int a = 0; a < ad->n_tensors; a++) {
+                        CARVE(AW(l, k)[a], GAW(l, k)[a], (size_t)rows[a] * cols[a]);
+                        add_slot(t, AW(l, k)[a], GAW(l, k)[a], rows[a], cols[a]);
+                    }
+                    ad->init(&t->acfg, AW(l, k), i, o, &t->rng);
                 }
         }
 #undef CARVE
@@ -385,77 +448,71 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         }
     }
 
-    /* ---- optimizer states (GaLore: projector and projected moments) */
+    /* ---- optimizer states: state k of every slot in one block (its own
+     * element type), then the projector's states */
     {
-        size_t no = 0, scratch = 0;
-        const int r = p.galore_rank;
+        size_t elems[NST] = {0};
+        wmat__proj_sizes pz = {0, 0, 0, 0};
         for (int si = 0; si < t->n_slots; si++) {
             slot *s = &t->slots[si];
-            if (p.method == WMAT_TRAIN_GALORE && s->cols > 0) {
+            if (pj && s->cols > 0) {
                 /* eligible: a linear weight of a layer of a targeted kind */
-                for (int l = 0; l < L && !s->galore; l++)
+                for (int l = 0; l < L && !s->proj; l++)
                     for (int k = 0; k < NLIN; k++)
-                        if ((p.galore_targets & (1u << k)) && s->p == t->lw_[l * NROLE + lin_role[k]]) {
-                            const int rk = r < (s->rows < s->cols ? s->rows : s->cols) ? r : (s->rows < s->cols ? s->rows : s->cols);
-                            s->galore = 1;
-                            s->rank = rk;
-                            s->side = s->rows <= s->cols ? 0 : 1;
-                        }
+                        if ((p.galore_targets & (1u << k)) && s->p == t->lw_[l * NROLE + lin_role[k]]) s->proj = 1;
             }
-            if (s->galore) {
-                size_t pdim = s->side == 0 ? (size_t)s->rows : (size_t)s->cols;
-                s->n_state = s->side == 0 ? (size_t)s->rank * s->cols : (size_t)s->rows * s->rank;
-                no += pdim * s->rank + 2 * s->n_state;
-                t->galore_state += (pdim * s->rank + 2 * s->n_state) * sizeof(float);
-                t->galore_adam_equiv += 2 * s->n * sizeof(float);
-                size_t mn = s->n, mnr = s->n_state;
-                if (mn > scratch) scratch = mn;
-                if (mnr > scratch) scratch = mnr;
-            } else {
-                s->n_state = s->n;
-                no += (p.optimizer == WMAT_OPT_ADAMW ? 2 : 1) * s->n;
+            s->n_state = s->n;
+            if (s->proj) {
+                pj->plan(&t->pp, s->rows, s->cols, &s->n_state, &s->n_proj);
+                t->n_proj_floats += s->n_proj;
+                size_t own = s->n_proj * sizeof(float), full = 0;
+                for (int k = 0; k < opt->n_states; k++) {
+                    own += state_elems(opt, k, s->n_state) * opt->states[k].elem_bytes;
+                    full += state_elems(opt, k, s->n) * opt->states[k].elem_bytes;
+                }
+                t->galore_state += own;
+                t->galore_adam_equiv += full;
+                if (s->rows > pz.max_rows) pz.max_rows = s->rows;
+                if (s->cols > pz.max_cols) pz.max_cols = s->cols;
+                if (s->n > pz.max_n) pz.max_n = s->n;
+                if (s->n_state > pz.max_pn) pz.max_pn = s->n_state;
             }
+            for (int k = 0; k < opt->n_states; k++) elems[k] += state_elems(opt, k, s->n_state);
         }
-        t->n_opt = no;
-        if ((rc = wmat_arena_create(&t->a_opt, no * sizeof(float) + 2 * WMAT_ALIGN))) goto fail;
-        t->opt = take(t->a_opt, no);
-        size_t off = 0;
+        size_t bytes = t->n_proj_floats * sizeof(float);
+        for (int k = 0; k < opt->n_states; k++) bytes += elems[k] * opt->states[k].elem_bytes;
+        t->opt_bytes = bytes;
+        if ((rc = wmat_arena_create(&t->a_opt, bytes + 2 * (NST + 1) * WMAT_ALIGN))) goto fail;
+        for (int k = 0; k < opt->n_states; k++) {
+            t->ostates.elems[k] = elems[k];
+            t->ostates.base[k] = wmat_arena_alloc(t->a_opt, elems[k] * opt->states[k].elem_bytes + 1);
+        }
+        t->proj_states = take(t->a_opt, t->n_proj_floats);
+        if (!t->proj_states) {
+            rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: optimizer arena sizing is wrong");
+            goto fail;
+        }
+        size_t off[NST] = {0}, poff = 0;
         for (int si = 0; si < t->n_slots; si++) {
             slot *s = &t->slots[si];
-            if (s->galore) {
-                s->P = t->opt + off;
-                off += (s->side == 0 ? (size_t)s->rows : (size_t)s->cols) * s->rank;
+            for (int k = 0; k < opt->n_states; k++) {
+                s->state[k] = (char *)t->ostates.base[k] + off[k] * opt->states[k].elem_bytes;
+                off[k] += state_elems(opt, k, s->n_state);
             }
-            s->m = t->opt + off;
-            off += s->n_state;
-            if (p.optimizer == WMAT_OPT_ADAMW) {
-                s->v = t->opt + off;
-                off += s->n_state;
+            if (s->proj) {
+                s->proj_state = t->proj_states + poff;
+                poff += s->n_proj;
             }
+            if (opt->init) opt->init(s->state, s->n_state);
         }
-        if (p.method == WMAT_TRAIN_GALORE) {
-            /* R, N (state size), G copy / transpose, SVD factors */
-            int maxd = 1;
-            size_t maxmn = 1;
-            for (int si = 0; si < t->n_slots; si++)
-                if (t->slots[si].galore) {
-                    const slot *s = &t->slots[si];
-                    if (s->rows > maxd) maxd = s->rows;
-                    if (s->cols > maxd) maxd = s->cols;
-                    if (s->n > maxmn) maxmn = s->n;
-                }
-            const size_t kk = (size_t)r + 8;
-            size_t sfl = 2 * scratch + 3 * maxmn + (size_t)maxd + (size_t)maxd * maxd + (size_t)maxd * kk * 2 + kk * kk;
-            if ((rc = wmat_arena_create(&t->a_scratch, sfl * sizeof(float) + 16 * WMAT_ALIGN))) goto fail;
-            t->gs_R = take(t->a_scratch, scratch);
-            t->gs_N = take(t->a_scratch, scratch);
-            t->gs_A = take(t->a_scratch, maxmn + (size_t)maxd * kk * 2 + kk * kk);
-            t->gs_T = take(t->a_scratch, maxmn);
-            t->gs_S = take(t->a_scratch, (size_t)maxd);
-            t->gs_U = take(t->a_scratch, (size_t)maxd * maxd);
-            t->gs_VT = take(t->a_scratch, maxmn);
-            if (!t->gs_VT) {
-                rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: GaLore scratch sizing is wrong");
+        if (pj && pz.max_n > 0) {
+            const size_t sfl = pj->scratch_floats(&t->pp, &pz);
+            if ((rc = wmat_arena_create(&t->a_scratch, sfl * sizeof(float) + 2 * WMAT_ALIGN))) goto fail;
+            t->pctx.scratch = take(t->a_scratch, sfl);
+            t->pctx.sizes = pz;
+            t->pctx.rng = &t->rng;
+            if (!t->pctx.scratch) {
+                rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: projector scratch sizing is wrong");
                 goto fail;
             }
         }
@@ -463,13 +520,14 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
 
     /* ---- activations */
     {
-        const int lr = lora ? p.lora_rank : 0;
+        const size_t aact = adapt ? ad->act_floats(&t->acfg, t->BT) : 0;
+        const size_t ascr = adapt ? ad->scratch_floats(&t->acfg, t->BT) : 0;
         size_t per_layer = BT * (6 * (size_t)D + 2 * KV + 3 * (size_t)H + 2);
         for (int k = 0; k < NLIN; k++)
-            if (lora && (p.lora_targets & (1u << k))) per_layer += BT * lr;
+            if (adapt && (p.lora_targets & (1u << k))) per_layer += aact;
         size_t fl = per_layer * L + BT * (size_t)D /* final x */ + BT * (size_t)D + BT /* xnf rf */ +
                     BT * (size_t)V + BT /* logits, losses */ +
-                    BT * (6 * (size_t)D + 2 * KV + 3 * (size_t)H + (size_t)lr) /* backward */ +
+                    BT * (6 * (size_t)D + 2 * KV + 3 * (size_t)H) + ascr /* backward */ +
                     (size_t)t->nt * 2 * T * T + T * (size_t)hd + 2 * BT;
         size_t bytes = fl * sizeof(float) + (size_t)(40 + 20 * L) * WMAT_ALIGN;
         if ((rc = wmat_arena_create(&t->a_act, bytes))) goto fail;
@@ -491,7 +549,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             la->hu = take(a, BT * H);
             la->hs = take(a, BT * H);
             for (int k = 0; k < NLIN; k++)
-                if (lora && (p.lora_targets & (1u << k))) la->xa[k] = take(a, BT * lr);
+                if (adapt && (p.lora_targets & (1u << k))) la->aact[k] = take(a, aact);
         }
         t->xnf = take(a, BT * D);
         t->rf = take(a, BT);
@@ -507,7 +565,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         t->dhs = take(a, BT * H);
         t->dhg = take(a, BT * H);
         t->dhu = take(a, BT * H);
-        t->dxa = take(a, BT * (lr ? lr : 1));
+        t->ascratch = take(a, ascr);
         t->att_scratch = take(a, (size_t)t->nt * 2 * T * T);
         t->rope_cos = take(a, T * hd / 2);
         t->rope_sin = take(a, T * hd / 2);
@@ -527,8 +585,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             }
     }
 
-    /* ---- full / galore: a model whose tensors are views of the params */
-    if (!lora) {
+    /* ---- full / projected: a model whose tensors are views of the params */
+    if (!adapt) {
         if ((rc = wmat_model_create(&t->view, c))) goto fail;
         for (int i = 0; i < wmat_model_n_tensors(t->view); i++) {
             wmat_tensor *tt = wmat_model_tensor(t->view, i);
@@ -616,23 +674,26 @@ static void next_batch(wmat_trainer *t)
 
 #define LW(l, w) t->lw_[(l) * NROLE + (w)]
 #define GLW(l, w) t->glw_[(l) * NROLE + (w)]
-#define IDX(l, k) ((l) * NLIN + (k))
 
+/* The linear layer: the base op, then the adapter's path where there is one. */
 static void lin_fwd(wmat_trainer *t, float *Y, const float *X, int l, int k, int BT)
 {
     int o, i;
     lin_dims(&t->c, k, &o, &i);
-    wmat__linear_forward(Y, t->acts[l].xa[k], X, LW(l, lin_role[k]), t->lA[IDX(l, k)], t->lB[IDX(l, k)], t->lscale, BT,
-                         i, o, t->lr_rank);
+    wmat__linear_forward(Y, X, LW(l, lin_role[k]), BT, i, o);
+    float *const *w = AW(l, k);
+    if (w[0]) t->adapter->forward(&t->acfg, Y, t->acts[l].aact[k], X, (const float *const *)w, BT, i, o);
 }
 
 static void lin_bwd(wmat_trainer *t, float *dX, const float *dY, const float *X, int l, int k, int BT, int acc)
 {
     int o, i;
     lin_dims(&t->c, k, &o, &i);
-    wmat__linear_backward(dX, GLW(l, lin_role[k]), t->glA[IDX(l, k)], t->glB[IDX(l, k)], t->dxa, dY, X,
-                          LW(l, lin_role[k]), t->lA[IDX(l, k)], t->lB[IDX(l, k)], t->acts[l].xa[k], t->lscale, BT, i, o,
-                          t->lr_rank, acc);
+    wmat__linear_backward(dX, GLW(l, lin_role[k]), dY, X, LW(l, lin_role[k]), BT, i, o, acc);
+    float *const *w = AW(l, k);
+    if (w[0])
+        t->adapter->backward(&t->acfg, dX, GAW(l, k), t->ascratch, dY, X, (const float *const *)w, t->acts[l].aact[k],
+                             BT, i, o);
 }
 
 int wmat__trainer_fwdbwd(wmat_trainer *t, const int32_t *inputs, const int32_t *targets, int B, int T, float dscale,
@@ -740,71 +801,6 @@ static float lr_at(const wmat_train_params *p, int step)
     return p->min_lr + (float)(0.5 * (1.0 + cos(M_PI * prog))) * (p->lr - p->min_lr);
 }
 
-/* Top-r left singular vectors of G (m, n), m <= n expected but not needed,
- * into P (m, r). Exact: LAPACK sgesdd; randomized: range finder with one
- * power iteration. */
-static int top_left(wmat_trainer *t, const float *G, int m, int n, int r, float *P)
-{
-    float *A = t->gs_A;
-    if (!t->p.galore_randomized) {
-        memcpy(A, G, (size_t)m * n * sizeof(float));
-        int k = m < n ? m : n;
-        int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', m, n, A, n, t->gs_S, t->gs_U, k, t->gs_VT, n);
-        if (info != 0) return wmat_set_error(WMAT_ERR_NUMERIC, "GaLore: SVD failed (info %d)", info);
-        for (int i = 0; i < m; i++) memcpy(P + (size_t)i * r, t->gs_U + (size_t)i * k, (size_t)r * sizeof(float));
-        return WMAT_OK;
-    }
-    int kk = r + 8;
-    if (kk > m) kk = m;
-    if (kk > n) kk = n;
-    float *Om = A;                       /* (n, kk) */
-    float *Y = Om + (size_t)n * kk;      /* (m, kk) */
-    float *Bm = Y + (size_t)m * kk;      /* (kk, n) */
-    for (size_t i = 0; i < (size_t)n * kk; i++) Om[i] = wmat_rng_normal(&t->rng);
-    wmat_sgemm(0, 0, m, kk, n, 1.0f, G, n, Om, kk, 0.0f, Y, kk);
-    float *tau = t->gs_S;
-    int info = LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, m, kk, Y, kk, tau);
-    if (!info) info = LAPACKE_sorgqr(LAPACK_ROW_MAJOR, m, kk, kk, Y, kk, tau);
-    /* one power iteration: Y = G (G^T Q), re-orthonormalized */
-    if (!info) {
-        wmat_sgemm(1, 0, n, kk, m, 1.0f, G, n, Y, kk, 0.0f, Om, kk);
-        wmat_sgemm(0, 0, m, kk, n, 1.0f, G, n, Om, kk, 0.0f, Y, kk);
-        info = LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, m, kk, Y, kk, tau);
-        if (!info) info = LAPACKE_sorgqr(LAPACK_ROW_MAJOR, m, kk, kk, Y, kk, tau);
-    }
-    if (info) return wmat_set_error(WMAT_ERR_NUMERIC, "GaLore: QR failed (info %d)", info);
-    wmat_sgemm(1, 0, kk, n, m, 1.0f, Y, kk, G, n, 0.0f, Bm, n); /* Q^T G (kk, n) */
-    float *Ub = t->gs_U;
-    info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', kk, n, Bm, n, t->gs_S, Ub, kk, t->gs_VT, n);
-    if (info) return wmat_set_error(WMAT_ERR_NUMERIC, "GaLore: SVD failed (info %d)", info);
-    wmat_sgemm(0, 0, m, r, kk, 1.0f, Y, kk, Ub, kk, 0.0f, P, r); /* (m, kk) (kk, r): columns 0..r of Ub */
-    return WMAT_OK;
-}
-
-static int galore_projector(wmat_trainer *t, slot *s)
-{
-    if (s->side == 0) return top_left(t, s->g, s->rows, s->cols, s->rank, s->P);
-    /* right: left vectors of G^T (cols, rows) */
-    float *Gt = t->gs_T;
-    for (int i = 0; i < s->rows; i++)
-        for (int j = 0; j < s->cols; j++) Gt[(size_t)j * s->rows + i] = s->g[(size_t)i * s->cols + j];
-    return top_left(t, Gt, s->cols, s->rows, s->rank, s->P);
-}
-
-static void adam_update(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2, float eps,
-                        float wd, float bc1, float bc2, float scale, int nt)
-{
-#pragma omp parallel for num_threads(nt) schedule(static) if (n > 32768)
-    for (size_t i = 0; i < n; i++) {
-        float mi = b1 * m[i] + (1.0f - b1) * g[i];
-        float vi = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
-        m[i] = mi;
-        v[i] = vi;
-        float u = (mi / bc1) / (sqrtf(vi / bc2) + eps);
-        p[i] -= lr * (scale * u + wd * p[i]);
-    }
-}
-
 int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
 {
     if (!t->data) return wmat_set_error(WMAT_ERR_INVALID, "train: no data (call wmat_trainer_set_data)");
@@ -831,47 +827,19 @@ int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
         for (size_t i = 0; i < t->n_params; i++) t->grads[i] *= f;
     }
     const float lr = lr_at(p, t->step);
-    const int st = t->step + 1;
-    const float bc1 = 1.0f - powf(p->beta1, (float)st), bc2 = 1.0f - powf(p->beta2, (float)st);
+    wmat__optim_hparams h = {.lr = lr, .beta1 = p->beta1, .beta2 = p->beta2, .eps = p->eps, .momentum = p->momentum,
+                             .step = t->step + 1, .nt = t->nt};
+    t->pctx.step0 = t->step;
     for (int si = 0; si < t->n_slots; si++) {
         slot *s = &t->slots[si];
-        const float wd = s->decay ? p->weight_decay : 0.0f;
-        if (p->optimizer == WMAT_OPT_SGD) {
-            for (size_t i = 0; i < s->n; i++) {
-                s->m[i] = p->momentum * s->m[i] + s->g[i];
-                s->p[i] -= lr * (s->m[i] + wd * s->p[i]);
-            }
+        h.weight_decay = s->decay ? p->weight_decay : 0.0f;
+        if (!s->proj) {
+            t->opt->step(s->p, s->g, s->state, s->n_state, &h);
             continue;
         }
-        if (!s->galore) {
-            adam_update(s->p, s->g, s->m, s->v, s->n, lr, p->beta1, p->beta2, p->eps, wd, bc1, bc2, 1.0f, t->nt);
-            continue;
-        }
-        if (t->step % p->galore_gap == 0) {
-            int rc = galore_projector(t, s);
-            if (rc) return rc;
-        }
-        const int m = s->rows, n = s->cols, r = s->rank;
-        float *R = t->gs_R, *N = t->gs_N;
-        if (s->side == 0)
-            wmat_sgemm(1, 0, r, n, m, 1.0f, s->P, r, s->g, n, 0.0f, R, n); /* P^T G (r, n) */
-        else
-            wmat_sgemm(0, 0, m, r, n, 1.0f, s->g, n, s->P, r, 0.0f, R, r); /* G Q (m, r) */
-        /* Adam in the projected space: N = mhat / (sqrt(vhat) + eps) */
-        for (size_t i = 0; i < s->n_state; i++) {
-            float mi = p->beta1 * s->m[i] + (1.0f - p->beta1) * R[i];
-            float vi = p->beta2 * s->v[i] + (1.0f - p->beta2) * R[i] * R[i];
-            s->m[i] = mi;
-            s->v[i] = vi;
-            N[i] = (mi / bc1) / (sqrtf(vi / bc2) + p->eps);
-        }
-        if (wd > 0)
-            for (size_t i = 0; i < s->n; i++) s->p[i] -= lr * wd * s->p[i];
-        const float a = -lr * p->galore_scale;
-        if (s->side == 0)
-            wmat_sgemm(0, 0, m, n, r, a, s->P, r, N, n, 1.0f, s->p, n); /* W += a P N */
-        else
-            wmat_sgemm(0, 1, m, n, r, a, N, r, s->P, r, 1.0f, s->p, n); /* W += a N Q^T */
+        const wmat__proj_target tg = {s->p, s->g, s->rows, s->cols, s->state, s->proj_state};
+        int rc = t->proj->step(&t->pp, &t->pctx, &tg, &h, t->opt);
+        if (rc) return rc;
     }
     t->step++;
     if (info) {
@@ -910,11 +878,12 @@ int wmat_trainer_model(wmat_trainer *t, wmat_model **out)
     }
     for (int l = 0; l < c->n_layers; l++)
         for (int k = 0; k < NLIN; k++) {
-            if (!t->lA[IDX(l, k)]) continue;
+            float *const *w = AW(l, k);
+            if (!w[0]) continue;
             int o, i;
             lin_dims(c, k, &o, &i);
-            float *W = wmat_model_linear(t->view, l, (wmat_linear_kind)k)->data;
-            wmat_sgemm(0, 0, o, i, t->lr_rank, t->lscale, t->lB[IDX(l, k)], t->lr_rank, t->lA[IDX(l, k)], i, 1.0f, W, i);
+            t->adapter->merge(&t->acfg, wmat_model_linear(t->view, l, (wmat_linear_kind)k)->data, (const float *const *)w,
+                              i, o);
         }
     *out = t->view;
     return WMAT_OK;
@@ -950,7 +919,7 @@ void wmat_trainer_memory(const wmat_trainer *t, wmat_train_memory *mem)
     for (int i = 0; i < wmat_model_n_tensors(t->base); i++) base += wmat_model_tensor(t->base, i)->nbytes;
     mem->weights = t->p.method == WMAT_TRAIN_LORA ? base + t->n_params * sizeof(float) : t->n_params * sizeof(float);
     mem->grads = t->n_params * sizeof(float);
-    mem->optim = t->n_opt * sizeof(float);
+    mem->optim = t->opt_bytes;
     mem->optim_scratch = t->a_scratch ? wmat_arena_capacity(t->a_scratch) : 0;
     mem->activations = wmat_arena_capacity(t->a_act);
     mem->peak_rss = wmat_peak_rss();
@@ -965,33 +934,37 @@ static void fingerprint(const wmat_trainer *t, char *buf, size_t n)
 {
     const wmat_config *c = &t->c;
     snprintf(buf, n,
-             "dim=%d hidden=%d layers=%d heads=%d kv=%d vocab=%d tied=%d method=%d opt=%d params=%zu opt_floats=%zu "
-             "lora_rank=%d lora_targets=%u galore_rank=%d",
+             "dim=%d hidden=%d layers=%d heads=%d kv=%d vocab=%d tied=%d optimizer=%s adapter=%s projector=%s "
+             "params=%zu optim_bytes=%zu adapter_rank=%d adapter_targets=%u proj_rank=%d",
              c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size, c->tied_embeddings,
-             (int)t->p.method, (int)t->p.optimizer, t->n_params, t->n_opt,
-             t->p.method == WMAT_TRAIN_LORA ? t->p.lora_rank : 0,
-             t->p.method == WMAT_TRAIN_LORA ? t->p.lora_targets : 0u,
-             t->p.method == WMAT_TRAIN_GALORE ? t->p.galore_rank : 0);
+             t->opt->name, t->adapter ? t->adapter->name : "none", t->proj ? t->proj->name : "none", t->n_params,
+             t->opt_bytes, t->adapter ? t->acfg.rank : 0, t->adapter ? t->p.lora_targets : 0u,
+             t->proj ? t->pp.rank : 0);
 }
+
+/* Version 2: optimizer states as one tensor per state ("optim.<name>", of
+ * the state's element type) and "proj.state"; version 1 had one F32
+ * "optimizer" tensor with the states interleaved per parameter. */
+#define CKPT_FORMAT "wmat-train-checkpoint-2"
 
 int wmat_trainer_save_checkpoint(wmat_trainer *t, const char *path)
 {
     char fp[512];
     fingerprint(t, fp, sizeof fp);
-    int64_t state[4] = {t->step, (int64_t)t->cursor, (int64_t)t->n_params, (int64_t)t->n_opt};
-    wmat_st_entry e[4];
+    int64_t state[4] = {t->step, (int64_t)t->cursor, (int64_t)t->n_params, (int64_t)t->opt_bytes};
+    wmat_st_entry e[4 + NST];
+    char names[NST][64];
     memset(e, 0, sizeof e);
-    e[0] = (wmat_st_entry){.name = "params", .dtype = WMAT_ST_F32, .ndim = 1, .shape = {(int64_t)t->n_params}, .data = t->params};
-    e[1] = (wmat_st_entry){.name = "optimizer", .dtype = WMAT_ST_F32, .ndim = 1, .shape = {(int64_t)t->n_opt}, .data = t->opt};
-    e[2] = (wmat_st_entry){.name = "state", .dtype = WMAT_ST_I64, .ndim = 1, .shape = {4}, .data = state};
-    e[3] = (wmat_st_entry){.name = "rng", .dtype = WMAT_ST_U64, .ndim = 1, .shape = {4}, .data = t->rng.s};
-    wmat_st_meta meta[2] = {{"format", "wmat-train-checkpoint-1"}, {"fingerprint", fp}};
-    int n = 4;
-    if (t->n_opt == 0) {
-        e[1] = e[3];
-        n = 3;
-    }
-    return wmat__st_write(path, e, n, meta, 2);
+    int n = 0;
+    e[n++] = (wmat_st_entry){.name = "params", .dtype = WMAT_ST_F32, .ndim = 1, .shape = {(int64_t)t->n_params}, .data = t->params};
+    e[n++] = (wmat_st_entry){.name = "state", .dtype = WMAT_ST_I64, .ndim = 1, .shape = {4}, .data = state};
+    e[n++] = (wmat_st_entry){.name = "rng", .dtype = WMAT_ST_U64, .ndim = 1, .shape = {4}, .data = t->rng.s};
+    if (t->n_proj_floats)
+        e[n++] = (wmat_st_entry){.name = "proj.state", .dtype = WMAT_ST_F32, .ndim = 1,
+                                 .shape = {(int64_t)t->n_proj_floats}, .data = t->proj_states};
+    n += t->opt->serialize(t->opt, &t->ostates, e + n, names);
+    wmat_st_meta meta[3] = {{"format", CKPT_FORMAT}, {"fingerprint", fp}, {"optimizer", t->opt->name}};
+    return wmat__st_write(path, e, n, meta, 3);
 }
 
 int wmat_trainer_load_checkpoint(wmat_trainer *t, const char *path)
@@ -1003,7 +976,12 @@ int wmat_trainer_load_checkpoint(wmat_trainer *t, const char *path)
     fingerprint(t, fp, sizeof fp);
     const char *ffp = wmat__st_meta_get(f, "fingerprint");
     const char *fmt = wmat__st_meta_get(f, "format");
-    if (!fmt || strcmp(fmt, "wmat-train-checkpoint-1")) {
+    if (fmt && !strcmp(fmt, "wmat-train-checkpoint-1")) {
+        rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: a version 1 training checkpoint (older wmat); its optimizer layout "
+                                             "is not read any more: restart the run or resume it with that version", path);
+        goto done;
+    }
+    if (!fmt || strcmp(fmt, CKPT_FORMAT)) {
         rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: not a wmat training checkpoint", path);
         goto done;
     }
@@ -1013,17 +991,20 @@ int wmat_trainer_load_checkpoint(wmat_trainer *t, const char *path)
                             ffp ? ffp : "(none)", fp);
         goto done;
     }
-    const wmat_st_tensor *tp = wmat__st_find(f, "params"), *to = wmat__st_find(f, "optimizer"),
-                         *ts = wmat__st_find(f, "state"), *tr = wmat__st_find(f, "rng");
-    if (!tp || !ts || !tr || tp->nelem != t->n_params || (t->n_opt && (!to || to->nelem != t->n_opt)) ||
-        ts->nelem != 4 || ts->dtype != WMAT_ST_I64 || tr->nelem != 4 || tp->dtype != WMAT_ST_F32) {
+    const wmat_st_tensor *tp = wmat__st_find(f, "params"), *ts = wmat__st_find(f, "state"),
+                         *tr = wmat__st_find(f, "rng"), *tj = wmat__st_find(f, "proj.state");
+    if (!tp || !ts || !tr || tp->nelem != t->n_params || ts->nelem != 4 || ts->dtype != WMAT_ST_I64 || tr->nelem != 4 ||
+        tr->dtype != WMAT_ST_U64 || tp->dtype != WMAT_ST_F32 ||
+        (t->n_proj_floats && (!tj || tj->dtype != WMAT_ST_F32 || tj->nelem != t->n_proj_floats))) {
         rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: checkpoint tensors missing or of the wrong size", path);
         goto done;
     }
+    /* every check before the first copy: a refused file leaves the trainer as it was */
+    if ((rc = t->opt->deserialize(t->opt, &t->ostates, f, path))) goto done;
     int64_t st[4];
     memcpy(st, ts->data, sizeof st);
     memcpy(t->params, tp->data, t->n_params * sizeof(float));
-    if (t->n_opt) memcpy(t->opt, to->data, t->n_opt * sizeof(float));
+    if (t->n_proj_floats) memcpy(t->proj_states, tj->data, t->n_proj_floats * sizeof(float));
     memcpy(t->rng.s, tr->data, sizeof t->rng.s);
     t->step = (int)st[0];
     t->cursor = (uint64_t)st[1];
@@ -1032,100 +1013,31 @@ done:
     return rc;
 }
 
-/* ------------------------------------------------------------ LoRA files */
-
-static const char *const hf_mod[NLIN] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                         "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
-
-typedef struct {
-    const wmat_trainer *t;
-    int l, k;
-} lora_fill;
-
-static int fill_B_hf(void *user, const wmat_st_entry *e, void *dst)
-{
-    const lora_fill *lf = user;
-    const wmat_trainer *t = lf->t;
-    const int heads = lf->k == WMAT_LIN_Q ? t->c.n_heads : t->c.n_kv_heads;
-    wmat__rope_permute_hf(dst, t->lB[IDX(lf->l, lf->k)], heads, t->c.head_dim, t->lr_rank);
-    return WMAT_OK;
-}
+/* ------------------------------------------------------------ adapter files */
 
 int wmat_trainer_save_lora(wmat_trainer *t, const char *dir)
 {
-    if (t->p.method != WMAT_TRAIN_LORA) return wmat_set_error(WMAT_ERR_INVALID, "save LoRA: this run is not a LoRA run");
-    const wmat_config *c = &t->c;
-    if (mkdir(dir, 0777) && errno != EEXIST) return wmat_set_error(WMAT_ERR_IO, "%s: cannot create directory", dir);
-    int n = 0, cap = 2 * c->n_layers * NLIN;
-    wmat_st_entry *e = wmat__calloc((size_t)cap, sizeof *e);
-    lora_fill *lf = wmat__calloc((size_t)cap, sizeof *lf);
-    char *names = wmat__calloc((size_t)cap, 160);
-    int rc = WMAT_OK;
-    if (!e || !lf || !names) {
-        rc = wmat_set_error(WMAT_ERR_NOMEM, "save LoRA: out of memory");
-        goto done;
+    if (!t->adapter) return wmat_set_error(WMAT_ERR_INVALID, "save adapter: this run trains no adapter");
+    return wmat__adapter_peft_save(t->adapter, &t->acfg, &t->c, t->aw, wmat_model_path(t->base), dir);
+}
+
+int wmat_lora_merge_peft(wmat_model *m, const char *dir) { return wmat__adapter_peft_merge(m, dir); }
+
+int wmat_train_registry_entry(wmat_train_registry which, int i, const char **name, const char **summary)
+{
+    const char *nm = NULL, *sm = NULL;
+    if (which == WMAT_REG_OPTIMIZER && wmat__optimizer_at(i)) {
+        nm = wmat__optimizer_at(i)->name;
+        sm = wmat__optimizer_at(i)->summary;
+    } else if (which == WMAT_REG_ADAPTER && wmat__adapter_at(i)) {
+        nm = wmat__adapter_at(i)->name;
+        sm = wmat__adapter_at(i)->summary;
+    } else if (which == WMAT_REG_PROJECTOR && wmat__projector_at(i)) {
+        nm = wmat__projector_at(i)->name;
+        sm = wmat__projector_at(i)->summary;
     }
-    for (int l = 0; l < c->n_layers; l++)
-        for (int k = 0; k < NLIN; k++) {
-            if (!t->lA[IDX(l, k)]) continue;
-            int o, i;
-            lin_dims(c, k, &o, &i);
-            for (int ab = 0; ab < 2; ab++) {
-                char *nm = names + (size_t)n * 160;
-                snprintf(nm, 160, "base_model.model.model.layers.%d.%s.lora_%c.weight", l, hf_mod[k], ab ? 'B' : 'A');
-                e[n].name = nm;
-                e[n].dtype = WMAT_ST_F32;
-                e[n].ndim = 2;
-                if (!ab) {
-                    e[n].shape[0] = t->lr_rank;
-                    e[n].shape[1] = i;
-                    e[n].data = t->lA[IDX(l, k)];
-                } else {
-                    e[n].shape[0] = o;
-                    e[n].shape[1] = t->lr_rank;
-                    if (k == WMAT_LIN_Q || k == WMAT_LIN_K) {
-                        lf[n] = (lora_fill){t, l, k};
-                        e[n].fill = fill_B_hf;
-                        e[n].user = &lf[n];
-                    } else {
-                        e[n].data = t->lB[IDX(l, k)];
-                    }
-                }
-                n++;
-            }
-        }
-    char path[4096];
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    wmat_st_meta meta[1] = {{"format", "pt"}};
-    if ((rc = wmat__st_write(path, e, n, meta, 1))) goto done;
-    {
-        char js[2048];
-        size_t k = (size_t)snprintf(js, sizeof js,
-                                    "{\n  \"peft_type\": \"LORA\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"r\": %d,\n"
-                                    "  \"lora_alpha\": %g,\n  \"lora_dropout\": 0.0,\n  \"use_rslora\": %s,\n"
-                                    "  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"init_lora_weights\": true,\n"
-                                    "  \"base_model_name_or_path\": \"%s\",\n  \"target_modules\": [",
-                                    t->lr_rank, t->p.lora_alpha, t->p.lora_rslora ? "true" : "false",
-                                    wmat_model_path(t->base) ? wmat_model_path(t->base) : "");
-        int first = 1;
-        for (int kk = 0; kk < NLIN; kk++)
-            if (t->p.lora_targets & (1u << kk)) {
-                k += (size_t)snprintf(js + k, sizeof js - k, "%s\"%s_proj\"", first ? "" : ", ", wmat_linear_name((wmat_linear_kind)kk));
-                first = 0;
-            }
-        k += (size_t)snprintf(js + k, sizeof js - k, "]\n}\n");
-        snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-        wmat_afile af;
-        if ((rc = wmat__afile_open(&af, path))) goto done;
-        if ((rc = wmat__afile_write(&af, js, k))) {
-            wmat__afile_abort(&af);
-            goto done;
-        }
-        rc = wmat__afile_commit(&af);
-    }
-done:
-    wmat__free(e);
-    wmat__free(lf);
-    wmat__free(names);
-    return rc;
+    if (name) *name = nm;
+    if (summary) *summary = sm;
+    if (!nm) return wmat_set_error(WMAT_ERR_INVALID, "train: no registry entry %d of kind %d", i, (int)which);
+    return WMAT_OK;
 }

@@ -1,0 +1,234 @@
+/* The adapter registry (see adapter.h) and PEFT files for any adapter:
+ * adapter_config.json + adapter_model.safetensors with HF's module names,
+ * the output rows of q/k tensors in HF's rotary order. */
+#include "adapter.h"
+
+#include "../io/model_internal.h"
+#include "../io/safetensors.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* One line per adapter: the trainer, the CLI's --help and the tests
+ * (tests/test_train_registry.c) iterate this table. */
+static const wmat__adapter *const adapters[] = {&wmat__adapter_lora, &wmat__adapter_rslora};
+
+const wmat__adapter *wmat__adapter_at(int i)
+{
+    return i >= 0 && i < (int)(sizeof adapters / sizeof adapters[0]) ? adapters[i] : NULL;
+}
+
+const wmat__adapter *wmat__adapter_find(const char *name)
+{
+    for (int i = 0; name && wmat__adapter_at(i); i++)
+        if (!strcmp(adapters[i]->name, name)) return adapters[i];
+    return NULL;
+}
+
+static const char *const hf_mod[WMAT_LIN_COUNT] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                   "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                                   "mlp.down_proj"};
+
+static void lin_dims(const wmat_config *c, int k, int *out, int *in)
+{
+    const int KV = c->n_kv_heads * c->head_dim;
+    switch (k) {
+    case WMAT_LIN_Q: case WMAT_LIN_O: *out = c->dim; *in = c->dim; break;
+    case WMAT_LIN_K: case WMAT_LIN_V: *out = KV; *in = c->dim; break;
+    case WMAT_LIN_GATE: case WMAT_LIN_UP: *out = c->hidden_dim; *in = c->dim; break;
+    default: *out = c->dim; *in = c->hidden_dim; break;
+    }
+}
+
+typedef struct {
+    const float *src;
+    int heads, head_dim, cols;
+} permute_fill;
+
+static int fill_permuted(void *user, const wmat_st_entry *e, void *dst)
+{
+    const permute_fill *pf = user;
+    (void)e;
+    wmat__rope_permute_hf(dst, pf->src, pf->heads, pf->head_dim, pf->cols);
+    return WMAT_OK;
+}
+
+#define NT WMAT__ADAPTER_MAX_TENSORS
+
+int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, const wmat_config *mc,
+                            float *const *tensors, const char *base_path, const char *dir)
+{
+    if (mkdir(dir, 0777) && errno != EEXIST) return wmat_set_error(WMAT_ERR_IO, "%s: cannot create directory", dir);
+    const int cap = mc->n_layers * WMAT_LIN_COUNT * a->n_tensors;
+    wmat_st_entry *e = wmat__calloc((size_t)cap + 1, sizeof *e);
+    permute_fill *pf = wmat__calloc((size_t)cap + 1, sizeof *pf);
+    char *names = wmat__calloc((size_t)cap + 1, 160);
+    int rc = WMAT_OK, n = 0;
+    unsigned targets = 0;
+    if (!e || !pf || !names) {
+        rc = wmat_set_error(WMAT_ERR_NOMEM, "save adapter: out of memory");
+        goto done;
+    }
+    for (int l = 0; l < mc->n_layers; l++)
+        for (int k = 0; k < WMAT_LIN_COUNT; k++) {
+            float *const *w = tensors + (size_t)(l * WMAT_LIN_COUNT + k) * NT;
+            if (!w[0]) continue;
+            targets |= 1u << k;
+            int o, in, rows[NT], cols[NT];
+            lin_dims(mc, k, &o, &in);
+            a->shapes(c, in, o, rows, cols);
+            for (int i = 0; i < a->n_tensors; i++) {
+                char *nm = names + (size_t)n * 160;
+                snprintf(nm, 160, "base_model.model.model.layers.%d.%s.%s.weight", l, hf_mod[k], a->tensor_key[i]);
+                e[n].name = nm;
+                e[n].dtype = WMAT_ST_F32;
+                e[n].ndim = 2;
+                e[n].shape[0] = rows[i];
+                e[n].shape[1] = cols[i];
+                if (a->rows_are_out[i] && (k == WMAT_LIN_Q || k == WMAT_LIN_K)) {
+                    pf[n] = (permute_fill){w[i], k == WMAT_LIN_Q ? mc->n_heads : mc->n_kv_heads, mc->head_dim, cols[i]};
+                    e[n].fill = fill_permuted;
+                    e[n].user = &pf[n];
+                } else {
+                    e[n].data = w[i];
+                }
+                n++;
+            }
+        }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    wmat_st_meta meta[1] = {{"format", "pt"}};
+    if ((rc = wmat__st_write(path, e, n, meta, 1))) goto done;
+    {
+        char js[2048];
+        size_t k = (size_t)snprintf(js, sizeof js, "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"CAUSAL_LM\",\n",
+                                    a->peft_type);
+        k += a->peft_config(c, js + k, sizeof js - k);
+        if (k < sizeof js)
+            k += (size_t)snprintf(js + k, sizeof js - k, "  \"base_model_name_or_path\": \"%s\",\n  \"target_modules\": [",
+                                  base_path ? base_path : "");
+        int first = 1;
+        for (int kk = 0; kk < WMAT_LIN_COUNT && k < sizeof js; kk++)
+            if (targets & (1u << kk)) {
+                k += (size_t)snprintf(js + k, sizeof js - k, "%s\"%s_proj\"", first ? "" : ", ",
+                                      wmat_linear_name((wmat_linear_kind)kk));
+                first = 0;
+            }
+        if (k < sizeof js) k += (size_t)snprintf(js + k, sizeof js - k, "]\n}\n");
+        if (k >= sizeof js) {
+            rc = wmat_set_error(WMAT_ERR_INTERNAL, "save adapter: adapter_config.json longer than %zu bytes", sizeof js);
+            goto done;
+        }
+        snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+        wmat_afile af;
+        if ((rc = wmat__afile_open(&af, path))) goto done;
+        if ((rc = wmat__afile_write(&af, js, k))) {
+            wmat__afile_abort(&af);
+            goto done;
+        }
+        rc = wmat__afile_commit(&af);
+    }
+done:
+    wmat__free(e);
+    wmat__free(pf);
+    wmat__free(names);
+    return rc;
+}
+
+int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
+{
+    const wmat_config *mc = wmat_model_config(m);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    char *text;
+    size_t len;
+    int rc = wmat_read_file(path, &text, &len);
+    if (rc) return rc;
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!j) return wmat_set_error(WMAT_ERR_FORMAT, "%s: not JSON", path);
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(j, "peft_type");
+    const wmat__adapter *a = NULL;
+    wmat__adapter_cfg c = {0, 0};
+    for (int i = 0; wmat__adapter_at(i) && !a; i++) {
+        const wmat__adapter *x = wmat__adapter_at(i);
+        /* files without peft_type predate it: LoRA was the only kind */
+        const char *want = cJSON_IsString(pt) ? pt->valuestring : "LORA";
+        if (!strcmp(x->peft_type, want) && x->peft_parse(j, &c)) a = x;
+    }
+    cJSON_Delete(j);
+    if (!a) return wmat_set_error(WMAT_ERR_FORMAT, "%s: no registered adapter reads this peft_type", path);
+    if (c.rank <= 0) return wmat_set_error(WMAT_ERR_FORMAT, "%s: missing or bad rank r", path);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    wmat_st_file *f;
+    if ((rc = wmat__st_open(&f, path))) return rc;
+    int merged = 0;
+    float *buf[NT] = {0}, *perm = NULL;
+    for (int l = 0; l < mc->n_layers && !rc; l++)
+        for (int k = 0; k < WMAT_LIN_COUNT && !rc; k++) {
+            char nm[NT][256];
+            const wmat_st_tensor *t[NT];
+            int found = 0;
+            for (int i = 0; i < a->n_tensors; i++) {
+                snprintf(nm[i], sizeof nm[i], "base_model.model.model.layers.%d.%s.%s.weight", l, hf_mod[k],
+                         a->tensor_key[i]);
+                t[i] = wmat__st_find(f, nm[i]);
+                found += t[i] != NULL;
+            }
+            if (!found) continue;
+            wmat_tensor *W = wmat_model_linear(m, l, (wmat_linear_kind)k);
+            const int o = (int)W->shape[0], in = (int)W->shape[1];
+            int rows[NT], cols[NT], ok = found == a->n_tensors && W->dtype == WMAT_F32;
+            a->shapes(&c, in, o, rows, cols);
+            for (int i = 0; i < a->n_tensors && ok; i++)
+                ok = t[i]->ndim == 2 && t[i]->dtype == WMAT_ST_F32 && t[i]->shape[0] == rows[i] && t[i]->shape[1] == cols[i];
+            if (!ok) {
+                rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: the %s tensors of %s (layer %d) do not fit %s (f32, rank %d)",
+                                    path, a->name, hf_mod[k], l, W->name, c.rank);
+                break;
+            }
+            for (int i = 0; i < a->n_tensors && !rc; i++) {
+                buf[i] = wmat__malloc(t[i]->nbytes);
+                if (!buf[i]) rc = wmat_set_error(WMAT_ERR_NOMEM, "adapter merge: out of memory");
+                else memcpy(buf[i], t[i]->data, t[i]->nbytes); /* the mapping is unaligned in general */
+                if (!rc && a->rows_are_out[i] && (k == WMAT_LIN_Q || k == WMAT_LIN_K)) {
+                    perm = wmat__malloc(t[i]->nbytes);
+                    if (!perm) {
+                        rc = wmat_set_error(WMAT_ERR_NOMEM, "adapter merge: out of memory");
+                        break;
+                    }
+                    wmat__rope_unpermute_hf(perm, buf[i], k == WMAT_LIN_Q ? mc->n_heads : mc->n_kv_heads, mc->head_dim,
+                                            cols[i]);
+                    wmat__free(buf[i]);
+                    buf[i] = perm;
+                    perm = NULL;
+                }
+            }
+            if (!rc && !(W->flags & WMAT_TF_OWNED)) {
+                float *cp = wmat__aligned_alloc(W->nbytes);
+                if (!cp) {
+                    rc = wmat_set_error(WMAT_ERR_NOMEM, "adapter merge: out of memory");
+                } else {
+                    memcpy(cp, W->data, W->nbytes);
+                    W->data = cp;
+                    W->flags |= WMAT_TF_OWNED;
+                }
+            }
+            if (!rc) {
+                a->merge(&c, W->data, (const float *const *)buf, in, o);
+                merged++;
+            }
+            for (int i = 0; i < NT; i++) {
+                wmat__free(buf[i]);
+                buf[i] = NULL;
+            }
+        }
+    for (int i = 0; i < NT; i++) wmat__free(buf[i]);
+    wmat__st_close(f);
+    if (!rc && merged == 0) rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: no adapter weight matches a layer of the model", path);
+    return rc;
+}

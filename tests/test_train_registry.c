@@ -1,0 +1,382 @@
+/* The trainer's registries, entry by entry: a new optimizer, projector or
+ * adapter is tested by adding it to its table.
+ *
+ * - every optimizer, alone and wrapped by every projector, lowers the loss
+ *   of a tiny synthetic model, and its state goes through a checkpoint bit
+ *   for bit (the reloaded trainer writes the same file and continues to the
+ *   same weights);
+ * - every adapter: backward against central finite differences of its own
+ *   forward (tolerance below), merged weights give the logits of base +
+ *   adapter within 1e-5, PEFT save + merge round trip within 1e-6;
+ * - names are unique and found; an unknown name is refused naming the
+ *   registered ones. */
+#include "test_util.h"
+#include "train/adapter.h"
+#include "train/optim.h"
+#include "train/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static wmat_model *tiny_model(uint64_t seed)
+{
+    wmat_config c = tu_config(16, 24, 2, 4, 2, 13, 16);
+    c.tied_embeddings = 1;
+    wmat_model *m;
+    TU_OK(wmat_model_create(&m, &c));
+    TU_OK(wmat_model_init_random(m, seed, 0.3f));
+    return m;
+}
+
+static int32_t *synthetic_tokens(size_t n, int V)
+{
+    int32_t *d = malloc(n * sizeof(int32_t));
+    for (size_t i = 0; i < n; i++) d[i] = (int32_t)((i * i + 3 * i) % 7 + (i % 3)) % V; /* learnable pattern */
+    return d;
+}
+
+static wmat_train_params params(wmat_context *oc)
+{
+    wmat_train_params p = wmat_train_default_params();
+    p.exec = oc;
+    p.batch = 4;
+    p.ctx = 8;
+    p.steps = 40;
+    p.warmup = 3;
+    p.grad_accum = 2;
+    p.weight_decay = 0.01f;
+    p.galore_rank = 4;
+    p.galore_gap = 5;
+    p.lora_rank = 4;
+    p.lora_targets = 0x7f;
+    return p;
+}
+
+static double run(wmat_trainer *t, int n, double *first)
+{
+    double last = NAN;
+    for (int i = 0; i < n; i++) {
+        wmat_train_step_info si;
+        TU_OK(wmat_trainer_step(t, &si));
+        if (i == 0 && first) *first = si.loss;
+        last = si.loss;
+    }
+    return last;
+}
+
+static unsigned char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc((size_t)len + 1);
+    assert_int_equal(fread(b, 1, (size_t)len, f), (size_t)len);
+    fclose(f);
+    *n = (size_t)len;
+    return b;
+}
+
+/* Loss falls by 0.3+ over 40 steps at the first of a few learning rates
+ * that works (an entry declares no scale of its own: SGD wants ~10x
+ * Adam's); then a checkpoint at step 7 reloads bit for bit. */
+static void optimizer_check(const char *opt, const char *proj)
+{
+    wmat_context oc = wmat_context_default();
+    oc.n_threads = 1;
+    int32_t *d = synthetic_tokens(2000, 13);
+    wmat_model *m = tiny_model(41);
+    const float lrs[3] = {1e-2f, 1e-1f, 3e-3f};
+    int ok = 0;
+    double first = 0, last = 0;
+    wmat_train_params p = params(&oc);
+    p.optimizer_name = opt;
+    p.projector = proj;
+    for (int i = 0; i < 3 && !ok; i++) {
+        p.lr = lrs[i];
+        wmat_trainer *t;
+        TU_OK(wmat_trainer_create(&t, m, &p));
+        TU_OK(wmat_trainer_set_data(t, d, 2000));
+        last = run(t, 40, &first);
+        ok = isfinite(last) && last < first - 0.3;
+        print_message("%s%s%s lr %g: loss %.4f -> %.4f\n", opt, proj ? " + " : "", proj ? proj : "", lrs[i], first, last);
+        wmat_trainer_free(t);
+    }
+    if (!ok) fail_msg("%s%s%s: the loss did not fall at any learning rate", opt, proj ? " + " : "", proj ? proj : "");
+    /* checkpoint round trip: 7 steps (a projector update lies after them),
+     * save, load into a fresh trainer, save again: same bytes; then both go
+     * on to the same weights */
+    wmat_trainer *a, *b;
+    TU_OK(wmat_trainer_create(&a, m, &p));
+    TU_OK(wmat_trainer_set_data(a, d, 2000));
+    run(a, 7, NULL);
+    const char *ca = tu_tmp("a.ckpt"), *cb = tu_tmp("b.ckpt");
+    TU_OK(wmat_trainer_save_checkpoint(a, ca));
+    TU_OK(wmat_trainer_create(&b, m, &p));
+    TU_OK(wmat_trainer_set_data(b, d, 2000));
+    TU_OK(wmat_trainer_load_checkpoint(b, ca));
+    TU_OK(wmat_trainer_save_checkpoint(b, cb));
+    size_t na, nb;
+    unsigned char *fa = slurp(ca, &na), *fb = slurp(cb, &nb);
+    assert_int_equal(na, nb);
+    if (memcmp(fa, fb, na)) fail_msg("%s: the reloaded checkpoint differs from the saved one", opt);
+    free(fa);
+    free(fb);
+    run(a, 6, NULL);
+    run(b, 6, NULL);
+    size_t n1, n2;
+    float *pa = wmat__trainer_params(a, &n1), *pb = wmat__trainer_params(b, &n2);
+    assert_int_equal(n1, n2);
+    if (memcmp(pa, pb, n1 * sizeof(float))) fail_msg("%s: resumed weights differ", opt);
+    wmat_trainer_free(a);
+    wmat_trainer_free(b);
+    wmat_model_free(m);
+    free(d);
+}
+
+static void test_optimizers(void **state)
+{
+    (void)state;
+    const char *nm;
+    int n = 0;
+    for (int i = 0; !wmat_train_registry_entry(WMAT_REG_OPTIMIZER, i, &nm, NULL); i++, n++) optimizer_check(nm, NULL);
+    assert_true(n >= 2);
+}
+
+static void test_projected_optimizers(void **state)
+{
+    (void)state;
+    const char *on, *pn;
+    for (int j = 0; !wmat_train_registry_entry(WMAT_REG_PROJECTOR, j, &pn, NULL); j++)
+        for (int i = 0; !wmat_train_registry_entry(WMAT_REG_OPTIMIZER, i, &on, NULL); i++) optimizer_check(on, pn);
+}
+
+/* ------------------------------------------------------------ adapters */
+
+/* f = sum(R * (X W^T + adapter(X))) in double over the float forward. */
+typedef struct {
+    const wmat__adapter *a;
+    wmat__adapter_cfg c;
+    int BT, in, out;
+    float *X, *W, *w[WMAT__ADAPTER_MAX_TENSORS], *R, *Y, *act;
+} actx;
+
+static double f_adapter(actx *e)
+{
+    wmat__linear_forward(e->Y, e->X, e->W, e->BT, e->in, e->out);
+    e->a->forward(&e->c, e->Y, e->act, e->X, (const float *const *)e->w, e->BT, e->in, e->out);
+    double s = 0;
+    for (int i = 0; i < e->BT * e->out; i++) s += (double)e->R[i] * e->Y[i];
+    return s;
+}
+
+/* Central differences with h = 1e-2 on float inputs: exact for LoRA's
+ * bilinear path up to float rounding of f (~1e-6 / 2h); tolerance
+ * |analytic - fd| <= 5e-3 max|fd| + 2e-4 per tensor. */
+static void fd_check(const char *what, actx *e, float *x, const float *an, size_t n)
+{
+    const float h = 1e-2f;
+    double mx = 0, err = 0;
+    double *fd = malloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) {
+        const float s = x[i];
+        x[i] = s + h;
+        double fp = f_adapter(e);
+        x[i] = s - h;
+        double fm = f_adapter(e);
+        x[i] = s;
+        fd[i] = (fp - fm) / (2.0 * (double)h);
+        mx = fmax(mx, fabs(fd[i]));
+    }
+    size_t worst = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs(an[i] - fd[i]) <= err)) {
+            err = fabs(an[i] - fd[i]);
+            worst = i;
+        }
+    if (!(err <= 5e-3 * mx + 2e-4))
+        fail_msg("%s %s: max |analytic - fd| = %.3g at %zu (%.6g vs %.6g), max |fd| %.3g", e->a->name, what, err, worst,
+                 an[worst], fd[worst], mx);
+    free(fd);
+}
+
+static void adapter_backward_check(const wmat__adapter *a)
+{
+    enum { BT = 5, in = 7, out = 6 };
+    actx e = {.a = a, .c = {3, 2.1f}, .BT = BT, .in = in, .out = out};
+    wmat_rng r;
+    wmat_rng_seed(&r, 6);
+    int rows[WMAT__ADAPTER_MAX_TENSORS], cols[WMAT__ADAPTER_MAX_TENSORS];
+    a->shapes(&e.c, in, out, rows, cols);
+    float *dw[WMAT__ADAPTER_MAX_TENSORS] = {0};
+    e.X = malloc(sizeof(float) * BT * in);
+    e.W = malloc(sizeof(float) * out * in);
+    e.R = malloc(sizeof(float) * BT * out);
+    e.Y = malloc(sizeof(float) * BT * out);
+    e.act = calloc(a->act_floats(&e.c, BT) + 1, sizeof(float));
+    float *scratch = calloc(a->scratch_floats(&e.c, BT) + 1, sizeof(float));
+    float *dX = calloc((size_t)BT * in, sizeof(float));
+    for (int i = 0; i < BT * in; i++) e.X[i] = wmat_rng_normal(&r);
+    for (int i = 0; i < out * in; i++) e.W[i] = wmat_rng_normal(&r);
+    for (int i = 0; i < BT * out; i++) e.R[i] = wmat_rng_normal(&r);
+    /* the init's values, then noise everywhere: a zero tensor (LoRA's B)
+     * would hide the other's gradient */
+    for (int k = 0; k < a->n_tensors; k++) {
+        e.w[k] = calloc((size_t)rows[k] * cols[k], sizeof(float));
+        dw[k] = calloc((size_t)rows[k] * cols[k], sizeof(float));
+    }
+    a->init(&e.c, e.w, in, out, &r);
+    for (int k = 0; k < a->n_tensors; k++)
+        for (int i = 0; i < rows[k] * cols[k]; i++) e.w[k][i] += 0.5f * wmat_rng_normal(&r);
+    f_adapter(&e);
+    wmat__linear_backward(dX, NULL, e.R, e.X, e.W, BT, in, out, 0);
+    a->backward(&e.c, dX, dw, scratch, e.R, e.X, (const float *const *)e.w, e.act, BT, in, out);
+    fd_check("dX", &e, e.X, dX, (size_t)BT * in);
+    for (int k = 0; k < a->n_tensors; k++) {
+        char what[32];
+        snprintf(what, sizeof what, "d%s", a->tensor_key[k]);
+        fd_check(what, &e, e.w[k], dw[k], (size_t)rows[k] * cols[k]);
+    }
+    for (int k = 0; k < a->n_tensors; k++) free(e.w[k]), free(dw[k]);
+    free(e.X), free(e.W), free(e.R), free(e.Y), free(e.act), free(scratch), free(dX);
+}
+
+static void adapter_merge_peft_check(const char *name)
+{
+    wmat_context oc = wmat_context_default();
+    oc.n_threads = 1;
+    wmat_train_params p = params(&oc);
+    p.adapter = name;
+    p.batch = 1;
+    p.ctx = 12;
+    p.grad_accum = 1;
+    p.lr = 5e-2f;
+    int32_t *d = synthetic_tokens(500, 13);
+    wmat_model *m = tiny_model(61);
+    wmat_trainer *t;
+    TU_OK(wmat_trainer_create(&t, m, &p));
+    TU_OK(wmat_trainer_set_data(t, d, 500));
+    double first, last = run(t, 10, &first);
+    if (!(last < first)) fail_msg("%s: loss did not fall (%.4f -> %.4f)", name, first, last);
+    int32_t inp[12], tgt[12];
+    for (int i = 0; i < 12; i++) inp[i] = d[i], tgt[i] = d[i + 1];
+    double loss;
+    TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 1, 12, 1, 1, 1, &loss));
+    float unmerged[12 * 13], lg[12 * 13];
+    memcpy(unmerged, wmat__trainer_logits(t), sizeof unmerged);
+    wmat_model *merged;
+    TU_OK(wmat_trainer_model(t, &merged));
+    /* the adapter changed the function (else the comparison proves nothing) */
+    double moved = 0;
+    for (int i = 0; i < wmat_model_n_tensors(m); i++) {
+        const wmat_tensor *a = wmat_model_tensor(m, i), *b = wmat_model_find(merged, a->name);
+        for (int64_t j = 0; j < wmat_tensor_nelem(a); j++)
+            moved = fmax(moved, fabs(((float *)a->data)[j] - ((float *)b->data)[j]));
+    }
+    if (!(moved > 1e-3)) fail_msg("%s: the merged weights did not move (%.3g)", name, moved);
+    wmat_runtime_params rp = wmat_runtime_default_params();
+    rp.ctx = &oc;
+    wmat_runtime *rt;
+    TU_OK(wmat_runtime_create(&rt, merged, &rp));
+    TU_OK(wmat_forward(rt, inp, 12, lg));
+    for (int i = 0; i < 12 * 13; i++)
+        if (!(fabsf(lg[i] - unmerged[i]) <= 1e-5f * (1 + fabsf(lg[i]))))
+            fail_msg("%s: merged vs base + adapter logit %d: %.7g vs %.7g", name, i, lg[i], unmerged[i]);
+    wmat_runtime_free(rt);
+    /* PEFT round trip */
+    char dir[64];
+    snprintf(dir, sizeof dir, "peft_%s", name);
+    const char *path = tu_tmp(dir);
+    TU_OK(wmat_trainer_save_lora(t, path));
+    wmat_model *m2 = tiny_model(61);
+    TU_OK(wmat_lora_merge_peft(m2, path));
+    for (int i = 0; i < wmat_model_n_tensors(m2); i++) {
+        const wmat_tensor *a = wmat_model_tensor(m2, i), *b = wmat_model_find(merged, a->name);
+        for (int64_t j = 0; j < wmat_tensor_nelem(a); j++)
+            if (!(fabsf(((float *)a->data)[j] - ((float *)b->data)[j]) < 1e-6f))
+                fail_msg("%s: PEFT round trip differs in %s[%lld]", name, a->name, (long long)j);
+    }
+    wmat_model_free(m2);
+    wmat_trainer_free(t);
+    wmat_model_free(m);
+    free(d);
+}
+
+static void test_adapters(void **state)
+{
+    (void)state;
+    int n = 0;
+    for (int i = 0; wmat__adapter_at(i); i++, n++) {
+        const wmat__adapter *a = wmat__adapter_at(i);
+        print_message("adapter %s\n", a->name);
+        adapter_backward_check(a);
+        adapter_merge_peft_check(a->name);
+    }
+    assert_true(n >= 2);
+}
+
+/* ------------------------------------------------------------ names */
+
+static void test_names(void **state)
+{
+    (void)state;
+    const wmat_train_registry regs[3] = {WMAT_REG_OPTIMIZER, WMAT_REG_ADAPTER, WMAT_REG_PROJECTOR};
+    for (int r = 0; r < 3; r++) {
+        const char *nm, *sum, *nm2;
+        int n = 0;
+        for (; !wmat_train_registry_entry(regs[r], n, &nm, &sum); n++) {
+            assert_true(nm && *nm && sum && *sum);
+            for (int j = 0; j < n; j++) {
+                TU_OK(wmat_train_registry_entry(regs[r], j, &nm2, NULL));
+                assert_string_not_equal(nm, nm2);
+            }
+        }
+        assert_true(n >= 1);
+    }
+    for (int i = 0; wmat__optimizer_at(i); i++) {
+        const wmat__optimizer *o = wmat__optimizer_at(i);
+        assert_ptr_equal(wmat__optimizer_find(o->name), o);
+        assert_true(o->n_states >= 0 && o->n_states <= WMAT__OPT_MAX_STATES && o->step && o->serialize && o->deserialize);
+        for (int k = 0; k < o->n_states; k++) assert_true(o->states[k].elem_bytes >= 1);
+    }
+    for (int i = 0; wmat__adapter_at(i); i++) assert_ptr_equal(wmat__adapter_find(wmat__adapter_at(i)->name), wmat__adapter_at(i));
+    for (int i = 0; wmat__projector_at(i); i++)
+        assert_ptr_equal(wmat__projector_find(wmat__projector_at(i)->name), wmat__projector_at(i));
+    /* unknown names: refused, naming what is registered */
+    wmat_context oc = wmat_context_default();
+    oc.n_threads = 1;
+    wmat_model *m = tiny_model(3);
+    wmat_train_params p = params(&oc);
+    wmat_trainer *t = NULL;
+    p.optimizer_name = "adamw-typo";
+    assert_int_equal(wmat_trainer_create(&t, m, &p), WMAT_ERR_INVALID);
+    assert_non_null(strstr(wmat_last_error(), "adamw-typo"));
+    assert_non_null(strstr(wmat_last_error(), wmat__optimizer_at(0)->name));
+    p = params(&oc);
+    p.adapter = "nope";
+    assert_int_equal(wmat_trainer_create(&t, m, &p), WMAT_ERR_INVALID);
+    assert_non_null(strstr(wmat_last_error(), wmat__adapter_at(0)->name));
+    p = params(&oc);
+    p.projector = "nope";
+    assert_int_equal(wmat_trainer_create(&t, m, &p), WMAT_ERR_INVALID);
+    p = params(&oc);
+    p.adapter = wmat__adapter_at(0)->name;
+    p.projector = wmat__projector_at(0)->name;
+    assert_int_equal(wmat_trainer_create(&t, m, &p), WMAT_ERR_INVALID);
+    assert_null(t);
+    wmat_model_free(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_names),
+        cmocka_unit_test(test_optimizers),
+        cmocka_unit_test(test_projected_optimizers),
+        cmocka_unit_test(test_adapters),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
