@@ -86,7 +86,7 @@ static void check_known(int rows, int cols, int exact, uint64_t seed)
     float *W = known_matrix(rows, cols, s, &rng);
     TU_OK(wmat_singular_values(W, rows, cols, exact, got));
     double worst = 0;
-    for (int i = 0; i < r; i++) worst = fmax(worst, fabs(got[i] - s[i]) / s[i]);
+    for (int i = 0; i < r; i++) worst = fmax(worst, tu_abs_diff(got[i], s[i]) / s[i]);
     print_message("%dx%d %s: worst relative singular-value error %.2e\n", rows, cols, exact ? "exact" : "gram", worst);
     assert_true(worst < 1e-6);
 
@@ -102,11 +102,11 @@ static void check_known(int rows, int cols, int exact, uint64_t seed)
     for (int i = 0; i < r; i++) e += s[i] * s[i], sum += s[i];
     for (int i = 0; i < r; i++) h -= s[i] / sum * log(s[i] / sum);
     assert_int_equal(st->n_sv, r);
-    assert_true(fabs(st->stable_rank - e / (s[0] * s[0])) < 1e-5 * st->stable_rank);
-    assert_true(fabs(st->entropy_rank - exp(h)) < 1e-5 * st->entropy_rank);
-    assert_true(fabs(st->norm_fro - sqrt(e)) < 1e-5 * sqrt(e));
-    assert_true(fabs(st->spectral_norm_sv - s[0]) < 1e-5 * s[0]);
-    assert_true(fabs(st->log_spectral_norm - log10(s[0] * s[0])) < 1e-5);
+    TU_ASSERT_NEAR(st->stable_rank, e / (s[0] * s[0]), 1e-5 * st->stable_rank);
+    TU_ASSERT_NEAR(st->entropy_rank, exp(h), 1e-5 * st->entropy_rank);
+    TU_ASSERT_NEAR(st->norm_fro, sqrt(e), 1e-5 * sqrt(e));
+    TU_ASSERT_NEAR(st->spectral_norm_sv, s[0], 1e-5 * s[0]);
+    TU_ASSERT_NEAR(st->log_spectral_norm, log10(s[0] * s[0]), 1e-5);
     /* energy ranks by direct count */
     double acc = 0;
     int r90 = 0;
@@ -122,7 +122,7 @@ static void check_known(int rows, int cols, int exact, uint64_t seed)
     int k50 = (int)ceil(0.5 * r);
     double tail = 0;
     for (int i = k50; i < r; i++) tail += s[i] * s[i];
-    assert_true(fabs(st->lr_err50 - sqrt(tail / e)) < 1e-5);
+    TU_ASSERT_NEAR(st->lr_err50, sqrt(tail / e), 1e-5);
     wmat_analysis_free(a);
     free(W);
     free(s);
@@ -162,7 +162,7 @@ static void test_powerlaw_recovers_alpha(void **state)
                       "evaluations per sample, %.3f s\n",
                       alphas[q], pl.alpha, pl.xmin, pl.n_tail, pl.D, pl.n_candidates, pl.n_ks_exact,
                       (double)pl.n_evals / n, dt);
-        assert_true(fabs(pl.alpha - alphas[q]) < 0.05);
+        TU_ASSERT_NEAR(pl.alpha, alphas[q], 0.05);
         assert_true(pl.n_ks_exact < pl.n_candidates / 10);
     }
     /* the fit against a brute-force search on a small sample */
@@ -194,8 +194,8 @@ static void test_powerlaw_recovers_alpha(void **state)
         if (D < best) best = D, balpha = al;
     }
     print_message("mixture: fit alpha %.6f D %.6f, brute force alpha %.6f D %.6f\n", pl.alpha, pl.D, balpha, best);
-    assert_true(fabs(pl.D - best) < 1e-12);
-    assert_true(fabs(pl.alpha - balpha) < 1e-9);
+    TU_ASSERT_NEAR(pl.D, best, 1e-12);
+    TU_ASSERT_NEAR(pl.alpha, balpha, 1e-9);
     /* too few samples */
     assert_int_equal(wmat_powerlaw_fit(x, 5, 10, &pl), WMAT_ERR_INVALID);
     assert_true(isnan(pl.alpha));
@@ -246,7 +246,7 @@ static void test_intruder_dimensions(void **state)
         assert_true(s1->delta_entropy_rank < 3.5);
         assert_int_equal(s2->num_intruders, 0);
         assert_true(s2->subspace_overlap > 0.5);
-        assert_true(fabs(s2->delta_rel - 0.01) < 0.001);
+        TU_ASSERT_NEAR(s2->delta_rel, 0.01, 0.001);
         wmat_analysis_free(a);
     }
     free(B);
@@ -423,7 +423,7 @@ static void test_heads_dense(void **state)
     const wmat_head_stats *hs = wmat_analysis_head(a, la * H + ha);
     assert_int_equal(hs->layer, la);
     assert_int_equal(hs->head, ha);
-    for (int i = 0; i < hd; i++) assert_true(fabs(hs->ov_sv[i] - sv[i]) < 1e-6 * sv[0]);
+    for (int i = 0; i < hd; i++) TU_ASSERT_NEAR(hs->ov_sv[i], sv[i], 1e-6 * sv[0]);
     /* V-composition: ||OVb OVa||_F / (||OVb||_F ||OVa||_F) */
     double na = 0, nb = 0, np = 0;
     for (int i = 0; i < dim * dim; i++) na += OVa[i] * OVa[i], nb += OVb[i] * OVb[i];
@@ -440,7 +440,7 @@ static void test_heads_dense(void **state)
             got = cp->score;
     }
     print_message("V-composition L%d.H%d -> L%d.H%d: %.9f (dense %.9f)\n", la, ha, lb, hb, got, want);
-    assert_true(fabs(got - want) < 1e-9);
+    TU_ASSERT_NEAR(got, want, 1e-9);
     free(OVa);
     free(OVb);
     free(tmp);
@@ -620,5 +620,5 @@ int main(void)
         cmocka_unit_test(test_heads_dense),       cmocka_unit_test(test_base_comparison),
         cmocka_unit_test(test_html_in_chromium),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("analyze", tests, NULL, NULL);
 }

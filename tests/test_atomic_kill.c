@@ -184,5 +184,5 @@ int main(void)
         cmocka_unit_test(test_kill_llama2c),
         cmocka_unit_test(test_kill_hf_over_existing),
     };
-    return cmocka_run_group_tests(tests, setup, NULL);
+    return tu_run_tests("atomic_kill", tests, setup, NULL);
 }

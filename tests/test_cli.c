@@ -102,7 +102,7 @@ static void test_eval_cli_matches_reference(void **state)
     const char *p = strstr(out, "\"mean_nll\": ");
     assert_non_null(p);
     nll = atof(p + 12);
-    assert_true(fabs(nll - 3.089273) < 1e-5); /* golden/eval_refs.tsv */
+    TU_ASSERT_NEAR(nll, 3.089273, 1e-5); /* golden/eval_refs.tsv */
     assert_non_null(strstr(out, "\"tokens_scored\": 16384"));
     free(out);
     /* --text: [BOS] + the tokens of the whole file */
@@ -351,5 +351,5 @@ int main(void)
         cmocka_unit_test(test_convert_roundtrips),
         cmocka_unit_test(test_llamacpp_continues_like_wmat),
     };
-    return cmocka_run_group_tests_name("cli", tests, NULL, NULL);
+    return tu_run_tests("cli", tests, NULL, NULL);
 }

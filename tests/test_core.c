@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static uint32_t bits(float f)
@@ -143,7 +144,7 @@ static void test_ggml_blocks(void **state)
         for (int i = 0; i < 32 * 64; i++) {
             uint16_t dh;
             memcpy(&dh, q + 34 * (i / 32), 2);
-            assert_true(fabsf(y[i] - x[i]) <= 0.57f * fabsf(wmat_f16_to_f32(dh)) + 1e-6f);
+            TU_ASSERT_NEAR(y[i], x[i], 0.57f * fabsf(wmat_f16_to_f32(dh)) + 1e-6f);
         }
         /* Q4_0: error at most half a step (step = |d|), codes within 0..15 */
         TU_OK(wmat_from_f32(q, WMAT_Q4_0, x, 32 * 64));
@@ -152,7 +153,7 @@ static void test_ggml_blocks(void **state)
             uint16_t dh;
             memcpy(&dh, q + 18 * b, 2);
             float d = fabsf(wmat_f16_to_f32(dh));
-            for (int j = 0; j < 32; j++) assert_true(fabsf(y[32 * b + j] - x[32 * b + j]) <= (fabsf(y[32 * b + j]) < 7.0f * d ? 0.5f : 1.0f) * d * 1.01f + 1e-6f); /* the +8 end is clamped to 7 */
+            for (int j = 0; j < 32; j++) TU_ASSERT_NEAR(y[32 * b + j], x[32 * b + j], (fabsf(y[32 * b + j]) < 7.0f * d ? 0.5f : 1.0f) * d * 1.01f + 1e-6f); /* the +8 end is clamped to 7 */
         }
     }
     assert_int_equal(wmat_from_f32(q, WMAT_Q8_0, x, 33), WMAT_ERR_INVALID);
@@ -237,12 +238,124 @@ static void test_atomic_file(void **state)
     free(ids);
 }
 
+/* The comparison helpers every test uses: a NaN anywhere must fail, on one
+ * side or on both; an infinity matches only the same infinity. */
+static void test_compare_helpers(void **state)
+{
+    (void)state;
+    const float inf = INFINITY, nan = NAN;
+    const float ref[4] = {1.0f, -2.0f, 3.0f, 0.0f};
+    float a[4] = {1.0f, -2.0f, 3.0f, 0.0f};
+    size_t w = 99;
+    assert_true(tu_max_abs_diff(a, ref, 4, &w) == 0.0);
+    assert_true(tu_close(a, ref, 4, 0, 0, NULL));
+    a[2] = 3.001f; /* within 1e-3 + 0 relative, outside 1e-4 */
+    double d = tu_max_abs_diff(a, ref, 4, &w);
+    assert_int_equal(w, 2);
+    assert_true(d > 0.9e-3 && d < 1.1e-3);
+    assert_true(tu_close(a, ref, 4, 1.1e-3, 0, NULL));
+    assert_true(tu_close(a, ref, 4, 0, 4e-4, NULL)); /* 4e-4 * |3| */
+    size_t bad = 99;
+    assert_false(tu_close(a, ref, 4, 1e-4, 0, &bad));
+    assert_int_equal(bad, 2);
+    a[2] = 3.0f;
+    /* NaN on one side, either side */
+    a[1] = nan;
+    assert_true(isinf(tu_max_abs_diff(a, ref, 4, &w)));
+    assert_int_equal(w, 1);
+    assert_true(isinf(tu_max_abs_diff(ref, a, 4, NULL)));
+    assert_false(tu_close(a, ref, 4, 1e30, 1e30, &bad));
+    assert_int_equal(bad, 1);
+    assert_false(tu_close(ref, a, 4, 1e30, 1e30, NULL));
+    /* NaN on both sides: the case hand-written fmax loops let through */
+    float b[4] = {1.0f, nan, 3.0f, 0.0f};
+    assert_true(isinf(tu_max_abs_diff(a, b, 4, NULL)));
+    assert_false(tu_close(a, b, 4, 1e30, 1e30, NULL));
+    const double da[2] = {1.0, NAN}, db[2] = {1.0, NAN};
+    assert_true(isinf(tu_max_abs_diff_d(da, db, 2, NULL)));
+    assert_false(tu_close_d(da, db, 2, 1e30, 1e30, NULL));
+    assert_true(isnan(tu_max_abs(a, 4)));
+    assert_true(tu_max_abs(ref, 4) == 3.0);
+    a[1] = -2.0f;
+    /* infinities: the same one matches, any other does not, and a relative
+     * tolerance scaled by an infinite reference admits nothing */
+    a[0] = inf;
+    b[0] = inf, b[1] = -2.0f;
+    assert_true(tu_max_abs_diff(a, b, 4, NULL) == 0.0);
+    assert_true(tu_close(a, b, 4, 0, 0, NULL));
+    b[0] = -inf;
+    assert_true(isinf(tu_max_abs_diff(a, b, 4, NULL)));
+    assert_false(tu_close(a, b, 4, 1e30, 1e30, NULL));
+    a[0] = 1.0f;
+    b[0] = inf;
+    assert_false(tu_close(a, b, 4, 1e30, 1e30, NULL));
+    assert_false(tu_close(b, a, 4, 1e30, 1e30, NULL));
+    /* scalars */
+    assert_true(tu_near(1.0, 1.0 + 1e-7, 1e-6));
+    assert_false(tu_near(1.0, 1.0 + 1e-5, 1e-6));
+    assert_false(tu_near(NAN, 1.0, 1e30));
+    assert_false(tu_near(1.0, NAN, 1e30));
+    assert_false(tu_near(NAN, NAN, INFINITY));
+    assert_false(tu_near(1.0, 1.0, NAN)); /* a NaN tolerance admits nothing */
+    assert_false(tu_near(INFINITY, 1.0, 1e30));
+    assert_false(tu_near(INFINITY, -INFINITY, INFINITY));
+    assert_true(tu_near(-INFINITY, -INFINITY, 0));
+    assert_true(tu_abs_diff(NAN, NAN) == INFINITY);
+    assert_true(tu_max_abs_diff(a, b, 0, NULL) == 0.0);
+}
+
+/* The assertion macros, each fed a NaN, must fail their case: run them as a
+ * cmocka group in a child process and count the failures. */
+static const float k_nan1[2] = {1.0f, NAN}, k_nan2[2] = {1.0f, NAN}, k_ok[2] = {1.0f, 2.0f};
+static void must_fail_close_both(void **s) { (void)s; TU_ASSERT_CLOSE(k_nan1, k_nan2, 2, 1e30, 1e30); }
+static void must_fail_close_one(void **s) { (void)s; TU_ASSERT_CLOSE(k_ok, k_nan2, 2, 1e30, 1e30); }
+static void must_fail_close_tol(void **s) { (void)s; TU_ASSERT_CLOSE(k_ok, k_ok + 1, 1, 0.5, 0); }
+static void must_fail_close_d(void **s)
+{
+    (void)s;
+    const double a[1] = {NAN};
+    TU_ASSERT_CLOSE_D(a, a, 1, 1e30, 1e30);
+}
+static void must_fail_near(void **s) { (void)s; TU_ASSERT_NEAR(NAN, NAN, 1e30); }
+static void must_fail_below(void **s) { (void)s; TU_ASSERT_BELOW(tu_max_abs_diff(k_nan1, k_nan2, 2, NULL), 1e30); }
+static void must_pass(void **s)
+{
+    (void)s;
+    TU_ASSERT_CLOSE(k_ok, k_ok, 2, 0, 0);
+    TU_ASSERT_NEAR(1.0, 1.5, 0.5);
+    TU_ASSERT_BELOW(0.0, 1e-9);
+}
+
+static void test_compare_macros(void **state)
+{
+    (void)state;
+    const struct CMUnitTest cases[] = {
+        cmocka_unit_test(must_fail_close_both), cmocka_unit_test(must_fail_close_one),
+        cmocka_unit_test(must_fail_close_tol),  cmocka_unit_test(must_fail_close_d),
+        cmocka_unit_test(must_fail_near),       cmocka_unit_test(must_fail_below),
+        cmocka_unit_test(must_pass),
+    };
+    fflush(stdout);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* the child's FAILED lines are expected: keep them out of the log */
+        if (!freopen("/dev/null", "w", stdout) || !freopen("/dev/null", "w", stderr)) _exit(100);
+        _exit(_cmocka_run_group_tests("must_fail", cases, sizeof cases / sizeof cases[0], NULL, NULL));
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 6); /* the six must_fail cases, not must_pass */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_f16_exhaustive_roundtrip), cmocka_unit_test(test_f16_rounding_vs_reference),
         cmocka_unit_test(test_bf16),                     cmocka_unit_test(test_ggml_blocks),
         cmocka_unit_test(test_arena_rng_errors),         cmocka_unit_test(test_atomic_file),
+        cmocka_unit_test(test_compare_helpers),          cmocka_unit_test(test_compare_macros),
     };
-    return cmocka_run_group_tests_name("core", tests, NULL, NULL);
+    return tu_run_tests("core", tests, NULL, NULL);
 }

@@ -6,13 +6,19 @@
  *
  * Operations: load (llama2.c + tokenizer, GGUF, HF; materialized to f32),
  * eval (wmat_runtime_create + wmat_eval_tokens on a few tokens), convert
- * (wmat_model_save to gguf q8_0, hf f16, llama2c + tokenizer).
+ * (wmat_model_save to gguf q8_0, hf f16, llama2c + tokenizer), quantize
+ * (RTN 4-bit g32 of a fresh copy, packed and saved as GGUF; the packed model
+ * saved as the native directory), train (trainer + one step + checkpoint;
+ * a LoRA adapter's PEFT files) and analyze (the analysis; its CSV, JSON and
+ * HTML writers).
  *
  * Needs a library built with -DWMAT_FAULT_INJECTION=ON; skips otherwise.
  * Not covered: allocations inside cJSON, OpenBLAS/oneDNN and the C library
  * (docs/FUZZING.md). */
 #include "test_util.h"
 #include "core/internal.h"
+#include "quant/methods.h"
+#include "quant/qstore.h"
 
 #include <dirent.h>
 #include <ftw.h>
@@ -267,6 +273,211 @@ static void test_save_llama2c(void **state)
     save_loops("out.bin", WMAT_FMT_LLAMA2C, WMAT_F32);
 }
 
+/* ---- quantize */
+
+/* The model as `wmat quantize --method rtn --bits 4 --group 32 --to gguf`
+ * makes it: a fresh copy, quantized, packed, saved (GGUF Q4_0). */
+static wmat_model *copy_model(void)
+{
+    wmat_model *m = NULL;
+    wmat_load_params lp = wmat_load_default_params();
+    lp.materialize_f32 = 1;
+    if (wmat_model_load(&m, g_src[0], &lp) != WMAT_OK) return NULL;
+    return m;
+}
+
+static int pack_rtn4(wmat_model *m)
+{
+    wmat_quantize_params qp = wmat_quantize_default_params();
+    qp.method = "rtn";
+    qp.bits = 4;
+    qp.sym = 1;
+    qp.group = 32;
+    qp.n_threads = 1;
+    qp.keep = "down_proj"; /* stories260K's hidden size 172 is no multiple of 32 (Q4_0's block) */
+    wmat_qresult *res = NULL;
+    int rc = wmat__quantize_model(m, &qp, NULL, &res);
+    for (int i = 0; res && i < wmat_model_n_tensors(m); i++) {
+        if (rc == WMAT_OK && res[i].codes) rc = wmat_model_set_quantized(m, wmat_model_tensor(m, i)->name, &res[i]);
+        wmat_qresult_free(&res[i]);
+    }
+    wmat__free(res);
+    return rc;
+}
+
+static int op_quantize_gguf(void *arg)
+{
+    wmat_model *m = copy_model();
+    if (!m) return wmat_set_error(WMAT_ERR_NOMEM, "copy_model: %s", wmat_last_error());
+    int rc = pack_rtn4(m);
+    if (rc == WMAT_OK) rc = wmat_quant_model_save(m, (const char *)arg, WMAT_FMT_GGUF);
+    wmat_model_free(m);
+    return rc;
+}
+
+static wmat_model *g_qmodel; /* packed once for the native-directory writer */
+
+static int op_quant_save_native(void *arg) { return wmat_quant_model_save(g_qmodel, (const char *)arg, WMAT_FMT_QUANT); }
+
+static void test_quantize(void **state)
+{
+    (void)state;
+    NEED_FAULTS();
+    char path[512];
+    snprintf(path, sizeof path, "%s", tu_tmp("q4.gguf"));
+    for (int io = 0; io < 2; io++) {
+        fault_loop("quantize rtn4 -> gguf", op_quantize_gguf, path, io, path);
+        wmat_model *r = NULL;
+        TU_OK(wmat_model_load(&r, path, NULL));
+        wmat_model_free(r);
+    }
+    rm_rf(path);
+    g_qmodel = copy_model();
+    assert_non_null(g_qmodel);
+    TU_OK(pack_rtn4(g_qmodel));
+    snprintf(path, sizeof path, "%s", tu_tmp("q4-native"));
+    /* a directory: files of a partly committed save may stay, temporaries not */
+    for (int io = 0; io < 2; io++) {
+        fault_loop("quant save native", op_quant_save_native, path, io, NULL);
+        wmat_model *r = NULL;
+        TU_OK(wmat_model_load(&r, path, NULL));
+        wmat_model_free(r);
+    }
+    rm_rf(path);
+    wmat_model_free(g_qmodel);
+    g_qmodel = NULL;
+}
+
+/* ---- train */
+
+static int32_t g_tokens[600];
+
+/* One thread: a step in a busy OpenMP team costs more than the fault loop. */
+static wmat_context g_one_thread;
+
+static wmat_train_params train_params(wmat_train_method meth)
+{
+    g_one_thread = wmat_context_default();
+    g_one_thread.n_threads = 1;
+    wmat_train_params p = wmat_train_default_params();
+    p.exec = &g_one_thread;
+    p.method = meth;
+    p.batch = 2;
+    p.ctx = 8;
+    p.steps = 4;
+    p.lora_rank = 2;
+    p.lora_targets = 0x7f;
+    p.galore_rank = 2;
+    return p;
+}
+
+/* create + data + one step + checkpoint, as `wmat train --checkpoint` does */
+static int op_train_checkpoint(void *arg)
+{
+    const wmat_train_params *p = ((void **)arg)[1];
+    wmat_trainer *t = NULL;
+    int rc = wmat_trainer_create(&t, g_model, p);
+    if (rc == WMAT_OK && !t) return WMAT_ERR_INTERNAL;
+    if (rc == WMAT_OK) rc = wmat_trainer_set_data(t, g_tokens, sizeof g_tokens / sizeof g_tokens[0]);
+    wmat_train_step_info si;
+    if (rc == WMAT_OK) rc = wmat_trainer_step(t, &si);
+    if (rc == WMAT_OK) rc = wmat_trainer_save_checkpoint(t, ((void **)arg)[0]);
+    wmat_trainer_free(t);
+    return rc;
+}
+
+static wmat_trainer *g_lora;
+static int op_save_lora(void *arg) { return wmat_trainer_save_lora(g_lora, (const char *)arg); }
+
+static void test_train(void **state)
+{
+    (void)state;
+    NEED_FAULTS();
+    int v = wmat_model_config(g_model)->vocab_size;
+    for (size_t i = 0; i < sizeof g_tokens / sizeof g_tokens[0]; i++) g_tokens[i] = (int32_t)((3 + 11 * i) % (size_t)v);
+    char path[512];
+    snprintf(path, sizeof path, "%s", tu_tmp("train.ckpt"));
+    static const wmat_train_method meths[] = {WMAT_TRAIN_FULL, WMAT_TRAIN_LORA, WMAT_TRAIN_GALORE};
+    static const char *names[] = {"train full + checkpoint", "train lora + checkpoint", "train galore + checkpoint"};
+    for (int k = 0; k < 3; k++) {
+        wmat_train_params p = train_params(meths[k]);
+        void *arg[2] = {path, &p};
+        for (int io = 0; io < 2; io++) fault_loop(names[k], op_train_checkpoint, arg, io, path);
+        /* the last, unfaulted run wrote a checkpoint this method resumes from */
+        wmat_trainer *t = NULL;
+        TU_OK(wmat_trainer_create(&t, g_model, &p));
+        TU_OK(wmat_trainer_load_checkpoint(t, path));
+        assert_int_equal(wmat_trainer_steps_done(t), 1);
+        wmat_trainer_free(t);
+        rm_rf(path);
+    }
+    wmat_train_params p = train_params(WMAT_TRAIN_LORA);
+    TU_OK(wmat_trainer_create(&g_lora, g_model, &p));
+    TU_OK(wmat_trainer_set_data(g_lora, g_tokens, sizeof g_tokens / sizeof g_tokens[0]));
+    wmat_train_step_info si;
+    TU_OK(wmat_trainer_step(g_lora, &si));
+    snprintf(path, sizeof path, "%s", tu_tmp("adapter"));
+    for (int io = 0; io < 2; io++) {
+        fault_loop("save lora (PEFT)", op_save_lora, path, io, NULL);
+        wmat_model *m = copy_model();
+        assert_non_null(m);
+        TU_OK(wmat_lora_merge_peft(m, path)); /* the last run wrote a readable adapter */
+        wmat_model_free(m);
+    }
+    rm_rf(path);
+    wmat_trainer_free(g_lora);
+    g_lora = NULL;
+}
+
+/* ---- analyze */
+
+static int op_analyze(void *arg)
+{
+    (void)arg;
+    wmat_analysis *a = NULL;
+    wmat_analyze_params p = wmat_analyze_default_params();
+    int rc = wmat_analyze_model(&a, g_model, NULL, &p);
+    if (rc != WMAT_OK && a) fail_msg("analysis failed but returned a result");
+    wmat_analysis_free(a);
+    return rc;
+}
+
+static wmat_analysis *g_analysis;
+typedef struct {
+    int kind; /* 0 csv, 1 json, 2 html */
+    const char *path;
+} report_arg;
+
+static int op_report(void *arg)
+{
+    const report_arg *r = arg;
+    return r->kind == 0   ? wmat_analysis_write_csv(g_analysis, r->path)
+           : r->kind == 1 ? wmat_analysis_write_json(g_analysis, r->path)
+                          : wmat_analysis_write_html(g_analysis, r->path, "faults");
+}
+
+static void test_analyze(void **state)
+{
+    (void)state;
+    NEED_FAULTS();
+    fault_loop("analyze", op_analyze, NULL, 0, NULL);
+    TU_OK(wmat_analyze_model(&g_analysis, g_model, NULL, NULL));
+    static const char *names[3] = {"analysis.csv", "analysis.json", "analysis.html"};
+    for (int k = 0; k < 3; k++) {
+        char path[512], what[64];
+        snprintf(path, sizeof path, "%s", tu_tmp(names[k]));
+        snprintf(what, sizeof what, "write %s", names[k]);
+        report_arg r = {k, path};
+        for (int io = 0; io < 2; io++) {
+            fault_loop(what, op_report, &r, io, path);
+            assert_int_equal(access(path, F_OK), 0);
+        }
+        rm_rf(path);
+    }
+    wmat_analysis_free(g_analysis);
+    g_analysis = NULL;
+}
+
 /* ---- fixture */
 
 static int setup(void **state)
@@ -321,7 +532,8 @@ int main(void)
         cmocka_unit_test(test_load_llama2c),   cmocka_unit_test(test_load_gguf),
         cmocka_unit_test(test_load_hf),        cmocka_unit_test(test_eval),
         cmocka_unit_test(test_save_gguf_q8_0), cmocka_unit_test(test_save_hf_f16),
-        cmocka_unit_test(test_save_llama2c),
+        cmocka_unit_test(test_save_llama2c),   cmocka_unit_test(test_quantize),
+        cmocka_unit_test(test_train),          cmocka_unit_test(test_analyze),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return tu_run_tests("faults", tests, setup, teardown);
 }

@@ -1066,5 +1066,5 @@ int main(void)
         cmocka_unit_test(test_byte_flips),
         cmocka_unit_test(test_llamacpp_peer),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("gguf", tests, NULL, NULL);
 }

@@ -1271,5 +1271,5 @@ int main(void)
         cmocka_unit_test(test_faults),
 #endif
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("hf", tests, NULL, NULL);
 }

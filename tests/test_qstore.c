@@ -188,18 +188,18 @@ static void check_matvec(const wmat_qtensor *qt, const float *W, const float *x,
                 exact += (double)W[r * cols + k] * x[k];
                 mag += fabs((double)W[r * cols + k] * x[k]);
             }
-            double e = fabs(y[r] - exact) / (mag + 1e-30);
+            double e = tu_abs_diff(y[r], exact) / (mag + 1e-30);
             if (e > worst) worst = e;
             /* fp32 sums of `cols` terms: a few ulps times sqrt-ish growth */
-            if (e > 2e-5) fail_msg("%s at %s: row %lld: %g vs exact %g (relative %g)", what, wmat__qkernel_name(levels[li]),
+            if (!(e <= 2e-5)) fail_msg("%s at %s: row %lld: %g vs exact %g (relative %g)", what, wmat__qkernel_name(levels[li]),
                                    (long long)r, (double)y[r], exact, e);
-            if (fabs(y[r] - yref[r]) > 2e-5 * (mag + 1e-30))
+            if (!tu_near(y[r], yref[r], 2e-5 * (mag + 1e-30)))
                 fail_msg("%s: %s differs from the reference at row %lld", what, wmat__qkernel_name(levels[li]), (long long)r);
         }
         /* accumulate */
         for (int64_t r = 0; r < rows; r++) yacc[r] = 1.0f;
         wmat__qmatvec(yacc, x, qt, 1, 1);
-        for (int64_t r = 0; r < rows; r++) assert_true(fabsf(yacc[r] - 1.0f - y[r]) <= 1e-4f * (1.0f + fabsf(y[r])));
+        for (int64_t r = 0; r < rows; r++) TU_ASSERT_NEAR(yacc[r] - 1.0f, y[r], 1e-4f * (1.0f + fabsf(y[r])));
         /* batched: T tokens, tiles + GEMM (T >= 3) or matvecs */
         for (int T = 1; T <= 7; T += 3) {
             float *X = malloc((size_t)(T * cols) * 4), *Y = malloc((size_t)(T * rows) * 4);
@@ -213,7 +213,7 @@ static void check_matvec(const wmat_qtensor *qt, const float *W, const float *x,
                         exact += (double)W[r * cols + k] * X[t * cols + k];
                         mag += fabs((double)W[r * cols + k] * X[t * cols + k]);
                     }
-                    if (fabs(Y[t * rows + r] - exact) > 2e-5 * (mag + 1e-30))
+                    if (!tu_near(Y[t * rows + r], exact, 2e-5 * (mag + 1e-30)))
                         fail_msg("%s: matmul T=%d token %d row %lld: %g vs %g", what, T, t, (long long)r, (double)Y[t * rows + r],
                                  exact);
                 }
@@ -314,9 +314,9 @@ static void test_act8_decode(void **state)
                             exact += (double)W[r * cols + k] * x[k];
                             mag += fabs((double)W[r * cols + k] * x[k]);
                         }
-                        if (fabs(yr[r] - exact) > 1.01 * bound + 1e-5 * mag)
+                        if (!tu_near(yr[r], exact, 1.01 * bound + 1e-5 * mag))
                             fail_msg("act8 ref %d-bit row %lld: %g vs %g (bound %g)", bits, (long long)r, (double)yr[r], exact, bound);
-                        if (fast && fabs(yf[r] - yr[r]) > 1e-5 * (mag + 1e-30))
+                        if (fast && !tu_near(yf[r], yr[r], 1e-5 * (mag + 1e-30)))
                             fail_msg("act8 vnni %d-bit %s%s row %lld: %g vs reference %g", bits, sym ? "sym" : "asym",
                                      perm ? " perm" : "", (long long)r, (double)yf[r], (double)yr[r]);
                     }
@@ -366,14 +366,11 @@ static float *decode_logits(wmat_model *m, const int32_t *ids, int T)
     return lg;
 }
 
+/* Largest |a - b| over the largest |a|; infinite or NaN when either holds a
+ * NaN (tu_max_abs_diff), which fails every `d < tol`. */
 static double max_rel_diff(const float *a, const float *b, size_t n)
 {
-    double amax = 0, d = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (fabs(a[i]) > amax) amax = fabs(a[i]);
-        if (fabs(a[i] - b[i]) > d) d = fabs(a[i] - b[i]);
-    }
-    return d / (amax + 1e-30);
+    return tu_max_abs_diff(a, b, n, NULL) / (tu_max_abs(a, n) + 1e-30);
 }
 
 static wmat_model *load(const char *path)
@@ -432,7 +429,7 @@ static void test_native_and_gguf_mix4m(void **state)
     wmat_model_quant_size(m, &qs);
     print_message("  mix4m 4-bit g32: %d packed tensors, %.3f bits/weight packed, %.3f for the whole model\n", qs.n_packed,
                   qs.packed_bits_per_weight, qs.model_bits_per_weight);
-    assert_true(fabs(qs.packed_bits_per_weight - 4.5) < 1e-9); /* 4 bits + 16/32 of scale */
+    TU_ASSERT_NEAR(qs.packed_bits_per_weight, 4.5, 1e-9); /* 4 bits + 16/32 of scale */
 
     /* packed runtime vs the dequantized weights in fp32 */
     float *lq = logits_of(m, ids, T), *lr = logits_of(ref, ids, T);
@@ -782,7 +779,7 @@ static void test_llamacpp_q4_0(void **state)
                   match, n_theirs, ppl, their_ppl, 100.0 * (their_ppl / ppl - 1.0));
     assert_int_equal(n_theirs, N);
     assert_true(match >= 32);
-    assert_true(fabs(their_ppl / ppl - 1.0) < 0.01);
+    TU_ASSERT_NEAR(their_ppl / ppl, 1.0, 0.01);
     free(out);
     free(cmd);
     free(ps);
@@ -808,5 +805,5 @@ int main(void)
         cmocka_unit_test(test_resident_memory),
         cmocka_unit_test(test_llamacpp_q4_0),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("qstore", tests, NULL, NULL);
 }

@@ -549,7 +549,7 @@ static void test_cli_packed_matches_fake_quant(void **state)
     assert_non_null(pp);
     b = atof(pp + 7);
     print_message("rtn-4 g64: fake-quant ppl %.4f, packed native %.4f\n", a, b);
-    assert_true(fabs(a - b) < 1e-3 * a);
+    TU_ASSERT_NEAR(a, b, 1e-3 * a);
     free(fake);
     free(packed);
     /* GGUF: schemes without a ggml type get a clear message */
@@ -613,7 +613,7 @@ static void test_mix4m_quality(void **state)
     wmat_model_free(m);
     assert_float_equal(fp, 21.9611, 2e-3);
     const double r8 = quantized_ppl(mp, "rtn", 8, cal, nc, ev, ne);
-    assert_true(fabs(r8 / fp - 1) < 0.005);
+    TU_ASSERT_NEAR(r8 / fp, 1, 0.005);
     const double r4 = quantized_ppl(mp, "rtn", 4, cal, nc, ev, ne), g4 = quantized_ppl(mp, "gptq", 4, cal, nc, ev, ne);
     const double r3 = quantized_ppl(mp, "rtn", 3, cal, nc, ev, ne), g3 = quantized_ppl(mp, "gptq", 3, cal, nc, ev, ne);
     /* GPTQ's increase vs RTN's, and vs the reference implementation's */
@@ -655,5 +655,5 @@ int main(void)
         cmocka_unit_test(test_cli_packed_matches_fake_quant),
         cmocka_unit_test(test_mix4m_quality),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("quant_methods", tests, NULL, NULL);
 }

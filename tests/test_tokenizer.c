@@ -733,5 +733,5 @@ int main(void)
         cmocka_unit_test(test_property_llama32000), cmocka_unit_test(test_speed_tinyshakespeare),
         cmocka_unit_test(test_speed_tinystories),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("tokenizer", tests, NULL, NULL);
 }

@@ -32,12 +32,14 @@ static void check_grad(const char *what, const float *an, const double *fd, size
     double mx = 0, err = 0;
     for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(fd[i]));
     size_t worst = 0;
-    for (size_t i = 0; i < n; i++)
-        if (fabs(an[i] - fd[i]) > err) {
-            err = fabs(an[i] - fd[i]);
+    for (size_t i = 0; i < n; i++) {
+        double d = tu_abs_diff(an[i], fd[i]); /* a NaN on either side is infinite */
+        if (d > err) {
+            err = d;
             worst = i;
         }
-    if (err > 2e-3 * mx + 1e-5)
+    }
+    if (!(err <= 2e-3 * mx + 1e-5))
         fail_msg("%s: max |analytic - fd| = %.3g at %zu (%.6g vs %.6g), max |fd| %.3g", what, err, worst, an[worst],
                  fd[worst], mx);
 }
@@ -220,7 +222,7 @@ static void test_op_attention(void **state)
     /* forward matches the reference */
     double *ro = malloc(sizeof(double) * nq);
     ref_attention(ro, X, X + nq, X + nq + nk, B, T, nh, nkv, hd);
-    for (int i = 0; i < nq; i++) assert_true(fabs(ro[i] - o[i]) < 1e-5);
+    for (int i = 0; i < nq; i++) TU_ASSERT_NEAR(ro[i], o[i], 1e-5);
     opctx c = {.B = B, .T = T, .nh = nh, .nkv = nkv, .hd = hd, .R = Rd};
     fd_grad(f_attn, X, N, &c, g);
     check_grad("attention dq", d, g, nq);
@@ -343,7 +345,7 @@ static void test_op_xent_embed(void **state)
     opctx c = {.B = BT, .C = V, .R = Rd};
     double want = f_xent(X, &c);
     double got = wmat__xent_forward_backward(lg, losses, tg, BT, V, 1.0f / BT, 1);
-    assert_true(fabs(want - got) < 1e-5);
+    TU_ASSERT_NEAR(want, got, 1e-5);
     fd_grad(f_xent, X, BT * V, &c, g);
     check_grad("cross-entropy dlogits", lg, g, BT * V);
     /* embedding backward: scatter-add of rows */
@@ -355,7 +357,7 @@ static void test_op_xent_embed(void **state)
             double s = 0;
             for (int t = 0; t < BT; t++)
                 if (tg[t] == v) s += dout[t * 2 + j];
-            assert_true(fabs(s - demb[v * 2 + j]) < 1e-6);
+            TU_ASSERT_NEAR(s, demb[v * 2 + j], 1e-6);
         }
 }
 
@@ -529,7 +531,7 @@ static void e2e_check(int tied)
     for (size_t i = 0; i < n; i++) X[i] = pp[i];
     e2e e = {.c = *wmat_model_config(m), .inp = inp, .tgt = tgt, .B = 2, .T = 6};
     double ref = e2e_loss(X, &e);
-    if (fabs(ref - loss) > 1e-5) fail_msg("end-to-end loss %.8f vs reference %.8f", loss, ref);
+    if (!tu_near(ref, loss, 1e-5)) fail_msg("end-to-end loss %.8f vs reference %.8f", loss, ref);
     fd_grad(e2e_loss, X, n, &e, g);
     check_grad(tied ? "end to end (tied)" : "end to end (untied)", gg, g, n);
     free(X), free(g);
@@ -580,7 +582,7 @@ static void test_e2e_lora(void **state)
     for (size_t i = 0; i < n; i++) X[i] = pp[i];
     e2e e = {.c = *c, .base = base, .lmask = 0x7f, .r = 3, .s = 5.0 / 3, .inp = inp, .tgt = tgt, .B = 2, .T = 6, .lora_is_x = 1};
     double ref = e2e_loss(X, &e);
-    if (fabs(ref - loss) > 1e-5) fail_msg("LoRA loss %.8f vs reference %.8f", loss, ref);
+    if (!tu_near(ref, loss, 1e-5)) fail_msg("LoRA loss %.8f vs reference %.8f", loss, ref);
     fd_grad(e2e_loss, X, n, &e, g);
     check_grad("end to end LoRA (A, B)", gg, g, n);
     free(X), free(g), free(base);
@@ -611,8 +613,7 @@ static void test_forward_matches_runtime(void **state)
     float lg[12 * 13];
     TU_OK(wmat_forward(rt, inp, 12, lg));
     const float *tl = wmat__trainer_logits(t);
-    for (int i = 0; i < 12 * 13; i++)
-        if (fabsf(lg[i] - tl[i]) > 1e-4f * (1 + fabsf(lg[i]))) fail_msg("logit %d: runtime %g, train %g", i, lg[i], tl[i]);
+    TU_ASSERT_CLOSE(tl, lg, 12 * 13, 1e-4f, 1e-4f); /* |diff| <= 1e-4 (1 + |runtime logit|) */
     wmat_runtime_free(rt);
     wmat_trainer_free(t);
     wmat_model_free(m);
@@ -786,9 +787,7 @@ static void test_lora_merge_and_peft(void **state)
     TU_OK(wmat_runtime_create(&rt, merged, &rp));
     float lg[12 * 13];
     TU_OK(wmat_forward(rt, inp, 12, lg));
-    for (int i = 0; i < 12 * 13; i++)
-        if (fabsf(lg[i] - unmerged[i]) > 1e-5f * (1 + fabsf(lg[i])))
-            fail_msg("merged vs unmerged logit %d: %.7g vs %.7g", i, lg[i], unmerged[i]);
+    TU_ASSERT_CLOSE(unmerged, lg, 12 * 13, 1e-5f, 1e-5f); /* merged vs unmerged logits */
     wmat_runtime_free(rt);
     /* PEFT round trip: save, merge the files into a copy of the base, compare */
     const char *dir = tu_tmp("adapter");
@@ -797,8 +796,7 @@ static void test_lora_merge_and_peft(void **state)
     TU_OK(wmat_lora_merge_peft(m2, dir));
     for (int i = 0; i < wmat_model_n_tensors(m2); i++) {
         const wmat_tensor *a = wmat_model_tensor(m2, i), *b = wmat_model_find(merged, a->name);
-        for (int64_t j = 0; j < wmat_tensor_nelem(a); j++)
-            assert_true(fabsf(((float *)a->data)[j] - ((float *)b->data)[j]) < 1e-6f);
+        TU_ASSERT_CLOSE((const float *)a->data, (const float *)b->data, (size_t)wmat_tensor_nelem(a), 1e-6f, 0);
     }
     char cfgp[4096];
     snprintf(cfgp, sizeof cfgp, "%s/adapter_config.json", dir);
@@ -937,5 +935,5 @@ int main(void)
         cmocka_unit_test(test_determinism_threads),
         cmocka_unit_test(test_finetune_short),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("train", tests, NULL, NULL);
 }

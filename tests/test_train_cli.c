@@ -132,5 +132,5 @@ int main(void)
         cmocka_unit_test(test_cli_resume_identical),
         cmocka_unit_test(test_cli_registries),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("train_cli", tests, NULL, NULL);
 }

@@ -1,5 +1,6 @@
 /* train: full fine-tuning, LoRA, GaLore, or pretraining from a config. */
 #include "cli.h"
+#include "cli_out.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -24,7 +25,8 @@ static wmat_format out_format(const char *path, const char *to)
 /* A simple SVG line chart of one or two series (train loss, val loss). */
 static int write_svg(const char *path, const int *xs, const double *ys, int n, const int *vx, const double *vy, int vn)
 {
-    FILE *f = fopen(path, "w");
+    wmat_afile af;
+    FILE *f = cli_out_open(&af, path);
     if (!f) return -1;
     const double W = 640, H = 400, ml = 60, mr = 20, mt = 30, mb = 50;
     double xmin = 0, xmax = 1, ymin = 1e30, ymax = -1e30;
@@ -73,7 +75,7 @@ static int write_svg(const char *path, const int *xs, const double *ys, int n, c
     fprintf(f, "</svg>\n");
 #undef PX
 #undef PY
-    return fclose(f) ? -1 : 0;
+    return cli_out_close(&af);
 }
 
 /* "a | b | c" of a registry into buf (the help text and error messages
@@ -231,6 +233,7 @@ int cmd_train(int argc, char **argv)
     double *ys = NULL, *vy = NULL;
     int n_pts = 0, n_v = 0;
     FILE *fcsv = NULL;
+    wmat_afile csv_af = {0};
     int ret = 1;
     if (init) {
         wmat_config c;
@@ -286,9 +289,9 @@ int cmd_train(int argc, char **argv)
     snprintf(svg_def, sizeof svg_def, "%s.loss.svg", out);
     if (!csv) csv = csv_def;
     if (!svg) svg = svg_def;
-    fcsv = fopen(csv, "w");
+    fcsv = cli_out_open(&csv_af, csv);
     if (!fcsv) {
-        fprintf(stderr, "wmat train: error: cannot write %s\n", csv);
+        fprintf(stderr, "wmat train: error: cannot write %s: %s\n", csv, wmat_last_error());
         goto done;
     }
     fprintf(fcsv, "step,train_loss,val_loss,lr,grad_norm,tokens_per_s\n");
@@ -363,9 +366,13 @@ int cmd_train(int argc, char **argv)
         cli_fail("train");
         goto done;
     }
-    fclose(fcsv);
     fcsv = NULL;
-    if (write_svg(svg, xs, ys, n_pts, vx, vy, n_v)) fprintf(stderr, "wmat train: warning: cannot write %s\n", svg);
+    if (cli_out_close(&csv_af)) {
+        cli_fail("train");
+        goto done;
+    }
+    if (write_svg(svg, xs, ys, n_pts, vx, vy, n_v))
+        fprintf(stderr, "wmat train: warning: cannot write %s: %s\n", svg, wmat_last_error());
     if (lora_out && wmat_trainer_save_lora(t, lora_out)) {
         cli_fail("train");
         goto done;
@@ -397,7 +404,7 @@ int cmd_train(int argc, char **argv)
     }
     ret = 0;
 done:
-    if (fcsv) fclose(fcsv);
+    if (fcsv) cli_out_abort(&csv_af); /* a failed run leaves no partial loss log */
     free(xs);
     free(ys);
     free(vx);

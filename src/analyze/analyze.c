@@ -297,13 +297,13 @@ static int job_cost_cmp(const void *x, const void *y)
 
 static int run_jobs(wmat_analysis *a, an_job *jobs, int n, const wmat_analyze_params *p)
 {
-    a->n = n;
     a->m = wmat__calloc((size_t)n, sizeof(wmat_matrix_stats));
     an_job **order = wmat__malloc((size_t)n * sizeof(an_job *));
     if (!a->m || !order) {
         wmat__free(order);
         return wmat_set_error(WMAT_ERR_NOMEM, "out of memory");
     }
+    a->n = n; /* only now: wmat_analysis_free walks a->m[0 .. n) */
     for (int i = 0; i < n; i++) {
         double r = (double)(jobs[i].w->shape[0] < jobs[i].w->shape[1] ? jobs[i].w->shape[0] : jobs[i].w->shape[1]);
         jobs[i].cost = r * r * (double)(jobs[i].w->shape[0] + jobs[i].w->shape[1]);

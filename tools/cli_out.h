@@ -1,0 +1,20 @@
+/* Text output files of the CLI (loss CSV, loss SVG) written atomically: the
+ * text goes to "<path>.tmp.<pid>" and is renamed over <path> only when all
+ * of it was written, flushed and synced, so a crash, a full disk or a
+ * Ctrl-C never leaves a truncated file under the final name. */
+#ifndef WMAT_CLI_OUT_H
+#define WMAT_CLI_OUT_H
+
+#include <stdio.h>
+
+#include "core/internal.h"
+
+/* The temporary's stream to fprintf into; NULL with wmat_last_error() set. */
+FILE *cli_out_open(wmat_afile *af, const char *path);
+/* Check the stream for write errors, then commit (0) or remove the
+ * temporary (-1, wmat_last_error() set). Takes NULL streams quietly. */
+int cli_out_close(wmat_afile *af);
+/* Remove the temporary without touching <path> (an aborted command). */
+void cli_out_abort(wmat_afile *af);
+
+#endif
