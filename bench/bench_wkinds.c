@@ -223,7 +223,7 @@ static void validate_batched(int k, kind_mat *m, const float *wq32, const float 
     const int rows = m->rows, in = m->in;
     float *Y = malloc(sizeof(float) * (size_t)T * rows), *Yr = malloc(sizeof(float) * (size_t)T * rows);
     void *ws = malloc(wmat__wtile_ws_bytes(k_dt[k], rows, in, T, nt));
-    wmat__wtile_forward(k_dt[k], m->w, rows, in, X, Y, T, 0, ws, nt, isa);
+    wmat__wtile_forward(k_dt[k], m->w, rows, in, X, Y, T, 0, ws, nt, isa, WMAT_GEMM_AUTO);
     wmat_sgemm(0, 1, T, rows, in, 1.0f, X, in, wq32, in, 0.0f, Yr, rows);
     double e = 0, mx = 0;
     for (size_t i = 0; i < (size_t)T * rows; i++) {
@@ -303,7 +303,7 @@ static void run_shape(int rows, int in, int maxt, int T, double budget, int quic
                 if (k == K_F32)
                     wmat_sgemm(0, 1, T, rows, in, 1.0f, X, in, (const float *)m[k].w, in, 0.0f, Y, rows);
                 else
-                    wmat__wtile_forward(k_dt[k], m[k].w, rows, in, X, Y, T, 0, ws, nt, isa);
+                    wmat__wtile_forward(k_dt[k], m[k].w, rows, in, X, Y, T, 0, ws, nt, isa, WMAT_GEMM_AUTO);
                 const double dt = now() - t0;
                 if (dt < bt[a][k]) bt[a][k] = dt;
             }

@@ -117,5 +117,5 @@ int main(void)
         cmocka_unit_test(test_two_runtimes_fp32),
         cmocka_unit_test(test_two_runtimes_stored_kinds),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("context", tests, NULL, NULL);
 }

@@ -198,5 +198,5 @@ int main(void)
         cmocka_unit_test(test_truncation_error),  cmocka_unit_test(test_native_roundtrip),
         cmocka_unit_test(test_bad_params),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("decomp", tests, NULL, NULL);
 }

@@ -18,7 +18,7 @@
 #include "test_util.h"
 #include "core/internal.h"
 #include "quant/methods.h"
-#include "quant/qstore.h"
+#include "quant/qmodel.h"
 
 #include <dirent.h>
 #include <ftw.h>

@@ -359,7 +359,7 @@ static void check_batched(wmat_dtype dt, bshape s, int isa, int nt, wmat_rng *r)
         memcpy(Y, Y0, sizeof(float) * (size_t)(T * rows));
         if (!acc) /* beta = 0 must overwrite, even NaN */
             for (int64_t k = 0; k < T * rows; k++) Y[k] = NAN;
-        wmat__wtile_forward(dt, w, rows, in, X, Y, T, acc, ws, nt, isa);
+        wmat__wtile_forward(dt, w, rows, in, X, Y, T, acc, ws, nt, isa, WMAT_GEMM_AUTO);
         for (int t = 0; t < T; t++)
             for (int64_t i = 0; i < rows; i++) {
                 double ref = 0, mag = 0;
@@ -379,7 +379,7 @@ static void check_batched(wmat_dtype dt, bshape s, int isa, int nt, wmat_rng *r)
         if (!acc)
             for (int64_t k = 0; k < T * in; k++) dX[k] = NAN;
         /* Y serves as dY */
-        wmat__wtile_backward(dt, w, rows, in, Y0, dX, T, acc, ws, nt, isa);
+        wmat__wtile_backward(dt, w, rows, in, Y0, dX, T, acc, ws, nt, isa, WMAT_GEMM_AUTO);
         for (int t = 0; t < T; t++)
             for (int64_t k = 0; k < in; k++) {
                 double ref = 0, mag = 0;
@@ -473,5 +473,5 @@ int main(void)
         cmocka_unit_test(test_batched),             cmocka_unit_test(test_dequant_rows),
         cmocka_unit_test(test_unaligned),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("kern_dense", tests, NULL, NULL);
 }

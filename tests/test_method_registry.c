@@ -368,5 +368,5 @@ int main(void)
         cmocka_unit_test(test_cli_override_keys),
         cmocka_unit_test(test_no_method_names_in_tools),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("method_registry", tests, NULL, NULL);
 }

@@ -247,5 +247,5 @@ int main(void)
         cmocka_unit_test(test_flags),
         cmocka_unit_test(test_help_and_merge),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("params", tests, NULL, NULL);
 }

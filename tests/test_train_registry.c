@@ -378,5 +378,5 @@ int main(void)
         cmocka_unit_test(test_projected_optimizers),
         cmocka_unit_test(test_adapters),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("train_registry", tests, NULL, NULL);
 }

@@ -311,5 +311,5 @@ int main(void)
         cmocka_unit_test(test_public_view),
         cmocka_unit_test(test_save_load_parts),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("wop", tests, NULL, NULL);
 }

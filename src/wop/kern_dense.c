@@ -607,14 +607,15 @@ static float *ws_slice(void *ws, int64_t rows, int64_t in, int t)
 }
 
 static void fwd_tile(wmat_dtype dt, const void *W, size_t rb, int64_t rows, int64_t in, const float *X, float *Y, int T,
-                     int accumulate, float *tile, int64_t r0, int64_t nr, int isa)
+                     int accumulate, float *tile, int64_t r0, int64_t nr, int isa, wmat_gemm_backend gemm, int gemm_threads)
 {
     deq_tile(dt, W, rb, r0, nr, 0, in, tile, isa);
-    wmat_sgemm(0, 1, T, (int)nr, (int)in, 1.0f, X, (int)in, tile, (int)in, accumulate ? 1.0f : 0.0f, Y + r0, (int)rows);
+    wmat__sgemm_cfg(gemm, gemm_threads, 0, 1, T, (int)nr, (int)in, 1.0f, X, (int)in, tile, (int)in, accumulate ? 1.0f : 0.0f,
+                    Y + r0, (int)rows);
 }
 
 void wmat__wtile_forward(wmat_dtype dt, const void *W, int64_t rows, int64_t in, const float *X, float *Y, int T,
-                         int accumulate, void *ws, int n_threads, int isa)
+                         int accumulate, void *ws, int n_threads, int isa, wmat_gemm_backend gemm)
 {
     const size_t rb = wmat__wrow_bytes(dt, in);
     if (!rb || rows <= 0 || T <= 0) return;
@@ -625,7 +626,7 @@ void wmat__wtile_forward(wmat_dtype dt, const void *W, int64_t rows, int64_t in,
         float *tile = ws_slice(ws, rows, in, 0);
         for (int64_t i = 0; i < ntile; i++) {
             const int64_t r0 = i * tr, nr = rows - r0 < tr ? rows - r0 : tr;
-            fwd_tile(dt, W, rb, rows, in, X, Y, T, accumulate, tile, r0, nr, isa);
+            fwd_tile(dt, W, rb, rows, in, X, Y, T, accumulate, tile, r0, nr, isa, gemm, n_threads);
         }
         return;
     }
@@ -635,26 +636,28 @@ void wmat__wtile_forward(wmat_dtype dt, const void *W, int64_t rows, int64_t in,
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < ntile; i++) {
             const int64_t r0 = i * tr, nr = rows - r0 < tr ? rows - r0 : tr;
-            fwd_tile(dt, W, rb, rows, in, X, Y, T, accumulate, tile, r0, nr, isa);
+            fwd_tile(dt, W, rb, rows, in, X, Y, T, accumulate, tile, r0, nr, isa, gemm, 1);
         }
     }
 }
 
 /* dX[:, k0:k0+kc] over every row tile of W[:, k0:k0+kc]. */
 static void bwd_cols_block(wmat_dtype dt, const void *W, size_t rb, int64_t rows, int64_t in, const float *dY, float *dX,
-                           int T, int accumulate, float *tile, int64_t k0, int64_t kc, int isa)
+                           int T, int accumulate, float *tile, int64_t k0, int64_t kc, int isa, wmat_gemm_backend gemm,
+                           int gemm_threads)
 {
     const int64_t tr = bwd_tile_rows(rows, in);
     for (int64_t r0 = 0; r0 < rows; r0 += tr) {
         const int64_t nr = rows - r0 < tr ? rows - r0 : tr;
         deq_tile(dt, W, rb, r0, nr, k0, kc, tile, isa);
         const float beta = r0 == 0 && !accumulate ? 0.0f : 1.0f;
-        wmat_sgemm(0, 0, T, (int)kc, (int)nr, 1.0f, dY + r0, (int)rows, tile, (int)kc, beta, dX + k0, (int)in);
+        wmat__sgemm_cfg(gemm, gemm_threads, 0, 0, T, (int)kc, (int)nr, 1.0f, dY + r0, (int)rows, tile, (int)kc, beta, dX + k0,
+                        (int)in);
     }
 }
 
 void wmat__wtile_backward(wmat_dtype dt, const void *W, int64_t rows, int64_t in, const float *dY, float *dX, int T,
-                          int accumulate, void *ws, int n_threads, int isa)
+                          int accumulate, void *ws, int n_threads, int isa, wmat_gemm_backend gemm)
 {
     const size_t rb = wmat__wrow_bytes(dt, in);
     if (!rb || T <= 0) return;
@@ -669,7 +672,7 @@ void wmat__wtile_backward(wmat_dtype dt, const void *W, int64_t rows, int64_t in
         float *tile = ws_slice(ws, rows, in, 0);
         for (int64_t i = 0; i < nblk; i++) {
             const int64_t k0 = i * kcw, kc = in - k0 < kcw ? in - k0 : kcw;
-            bwd_cols_block(dt, W, rb, rows, in, dY, dX, T, accumulate, tile, k0, kc, isa);
+            bwd_cols_block(dt, W, rb, rows, in, dY, dX, T, accumulate, tile, k0, kc, isa, gemm, n_threads);
         }
         return;
     }
@@ -679,7 +682,7 @@ void wmat__wtile_backward(wmat_dtype dt, const void *W, int64_t rows, int64_t in
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < nblk; i++) {
             const int64_t k0 = i * kcw, kc = in - k0 < kcw ? in - k0 : kcw;
-            bwd_cols_block(dt, W, rb, rows, in, dY, dX, T, accumulate, tile, k0, kc, isa);
+            bwd_cols_block(dt, W, rb, rows, in, dY, dX, T, accumulate, tile, k0, kc, isa, gemm, 1);
         }
     }
 }

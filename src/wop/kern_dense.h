@@ -59,15 +59,16 @@ void wmat__wrow_dot(wmat_dtype dt, const void *W, int64_t in, const float *x, co
 size_t wmat__wtile_ws_bytes(wmat_dtype dt, int64_t rows, int64_t in, int T, int n_threads);
 /* Y (T, rows) = X (T, in) W^T, or Y += ... when accumulate. Tiles of W
  * rows are dequantized into ws (sized to stay in L2) and multiplied with
- * wmat_sgemm; threads take whole tiles. With n_threads > 1 the GEMMs run
- * inside a parallel region (one thread each); with n_threads <= 1 there is
- * no region and each GEMM follows the linalg thread policy. */
+ * the GEMM backend `gemm` (AUTO: the process default); threads take whole
+ * tiles. With several tiles and n_threads > 1 the GEMMs run inside a
+ * parallel region (one thread each); otherwise each GEMM runs on n_threads
+ * threads itself. */
 void wmat__wtile_forward(wmat_dtype dt, const void *W, int64_t rows, int64_t in, const float *X, float *Y, int T,
-                         int accumulate, void *ws, int n_threads, int isa);
+                         int accumulate, void *ws, int n_threads, int isa, wmat_gemm_backend gemm);
 /* dX (T, in) = dY (T, rows) W, or dX += ... when accumulate. Threads take
  * disjoint column blocks of dX (no reduction between threads). */
 void wmat__wtile_backward(wmat_dtype dt, const void *W, int64_t rows, int64_t in, const float *dY, float *dX, int T,
-                          int accumulate, void *ws, int n_threads, int isa);
+                          int accumulate, void *ws, int n_threads, int isa, wmat_gemm_backend gemm);
 
 /* Rows r0..r0+nr-1 of W as fp32 into out (nr, in), with wmat_to_f32's
  * conversions (the reference of every kernel above). */

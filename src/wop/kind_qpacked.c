@@ -31,21 +31,20 @@ static size_t qp_ws(const wmat_tensor *W, int T, const wmat_wexec *ex)
 static void qp_forward(const wmat_tensor *W, const float *X, float *Y, int T, int acc, void *ws, const wmat_wexec *ex)
 {
     (void)ws;
-    wmat__qmatmul_x(Y, X, qt_of(W), T, acc, ex->n_threads, ex->isa, ex->act8);
+    wmat__qmatmul_x(Y, X, qt_of(W), T, acc, ex->n_threads, ex->isa, ex->act8, ex->gemm);
 }
 
 /* dX = dY W, a tile of W's rows at a time: dX += dY[:, tile] W[tile, :]. */
 static void qp_backward(const wmat_tensor *W, const float *dY, float *dX, int T, int acc, void *ws, const wmat_wexec *ex)
 {
-    (void)ex;
     const wmat_qtensor *qt = qt_of(W);
     const int64_t rows = qt->rows, cols = qt->cols, tile = bwd_tile(qt);
     float *Wt = ws;
     for (int64_t r0 = 0; r0 < rows; r0 += tile) {
         const int64_t nr = rows - r0 < tile ? rows - r0 : tile;
         wmat_qtensor_dequant_rows(qt, r0, nr, Wt);
-        wmat_sgemm(0, 0, T, (int)cols, (int)nr, 1.0f, dY + r0, (int)rows, Wt, (int)cols, (acc || r0 > 0) ? 1.0f : 0.0f, dX,
-                   (int)cols);
+        wmat__sgemm_cfg(ex->gemm, ex->n_threads, 0, 0, T, (int)cols, (int)nr, 1.0f, dY + r0, (int)rows, Wt, (int)cols,
+                        (acc || r0 > 0) ? 1.0f : 0.0f, dX, (int)cols);
     }
 }
 

@@ -15,12 +15,12 @@ static size_t st_ws(const wmat_tensor *W, int T, const wmat_wexec *ex)
 
 static void st_forward(const wmat_tensor *W, const float *X, float *Y, int T, int acc, void *ws, const wmat_wexec *ex)
 {
-    wmat__wtile_forward(W->dtype, W->data, W->shape[0], W->shape[1], X, Y, T, acc, ws, ex->n_threads, ex->isa);
+    wmat__wtile_forward(W->dtype, W->data, W->shape[0], W->shape[1], X, Y, T, acc, ws, ex->n_threads, ex->isa, ex->gemm);
 }
 
 static void st_backward(const wmat_tensor *W, const float *dY, float *dX, int T, int acc, void *ws, const wmat_wexec *ex)
 {
-    wmat__wtile_backward(W->dtype, W->data, W->shape[0], W->shape[1], dY, dX, T, acc, ws, ex->n_threads, ex->isa);
+    wmat__wtile_backward(W->dtype, W->data, W->shape[0], W->shape[1], dY, dX, T, acc, ws, ex->n_threads, ex->isa, ex->gemm);
 }
 
 static size_t st_prep_bytes(const wmat_tensor *W, const wmat_wexec *ex)

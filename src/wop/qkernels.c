@@ -18,6 +18,8 @@
  */
 #include "qstore.h"
 
+#include "linalg/linalg.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -611,11 +613,11 @@ static void dequant_rows_stored(const wmat_qtensor *qt, int64_t r0, int64_t nr, 
 
 void wmat__qmatmul(float *Y, const float *X, const wmat_qtensor *qt, int T, int accumulate, int n_threads)
 {
-    wmat__qmatmul_x(Y, X, qt, T, accumulate, n_threads, wmat__qkernel_level(), act8_setting());
+    wmat__qmatmul_x(Y, X, qt, T, accumulate, n_threads, wmat__qkernel_level(), act8_setting(), WMAT_GEMM_AUTO);
 }
 
 void wmat__qmatmul_x(float *Y, const float *X, const wmat_qtensor *qt, int T, int accumulate, int n_threads, int level,
-                     int act8)
+                     int act8, wmat_gemm_backend gemm)
 {
     const int64_t rows = qt->rows, cols = qt->cols;
     const int nt = n_threads > 0 ? n_threads : 1;
@@ -650,7 +652,7 @@ void wmat__qmatmul_x(float *Y, const float *X, const wmat_qtensor *qt, int T, in
     for (int64_t r0 = 0; r0 < rows; r0 += tile) {
         const int64_t nr = rows - r0 < tile ? rows - r0 : tile;
         dequant_rows_stored(qt, r0, nr, W, nt, level);
-        wmat_sgemm(0, 1, T, (int)nr, (int)cols, 1.0f, A, (int)cols, W, (int)cols, accumulate ? 1.0f : 0.0f, Y + r0,
+        wmat__sgemm_cfg(gemm, nt, 0, 1, T, (int)nr, (int)cols, 1.0f, A, (int)cols, W, (int)cols, accumulate ? 1.0f : 0.0f, Y + r0,
                    (int)rows);
     }
     wmat__free(W);

@@ -103,7 +103,7 @@ void wmat__qmatvec_x(float *y, const float *x, const wmat_qtensor *qt, int accum
 void wmat__qmatvec_rows_x(float *y, const float *x, const wmat_qtensor *qt, int64_t r0, int64_t r1, int accumulate,
                           int level, int act8);
 void wmat__qmatmul_x(float *Y, const float *X, const wmat_qtensor *qt, int T, int accumulate, int n_threads, int level,
-                     int act8);
+                     int act8, wmat_gemm_backend gemm);
 /* ISA levels: 0 reference C, 2 AVX2+FMA, 3 AVX-512 (F+BW+VL). */
 #define WMAT_QK_REF 0
 #define WMAT_QK_AVX2 2
