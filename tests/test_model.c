@@ -713,12 +713,5 @@ int main(void)
         cmocka_unit_test(test_hostile_llama2c),
         cmocka_unit_test(test_save_llama2c_roundtrip),
     };
-    /* WMAT_GEMM_BACKEND (the test_model_gemm_* runs) is applied by the
-     * library's first probe, and wmat_sgemm reads the backend before it
-     * probes (src/linalg/gemm.c), so the first GEMM of a process runs on AUTO
-     * and a process's first forward differs in the last bits from its
-     * second. Probe before any case: each case runs in a process of its own
-     * and test_forward_in_pieces compares a first forward with later ones. */
-    if (!getenv("WMAT_TEST_LIST")) (void)wmat_linalg_status();
     return tu_run_tests("model", tests, NULL, NULL);
 }

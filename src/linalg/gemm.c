@@ -563,7 +563,11 @@ int wmat_gemm_set_backend(wmat_gemm_backend b)
     return WMAT_OK;
 }
 
-wmat_gemm_backend wmat_gemm_get_backend(void) { return (wmat_gemm_backend)atomic_load(&g_backend); }
+wmat_gemm_backend wmat_gemm_get_backend(void)
+{
+    ensure_probe();
+    return (wmat_gemm_backend)atomic_load(&g_backend);
+}
 
 const char *wmat_gemm_backend_name(wmat_gemm_backend b)
 {
@@ -600,6 +604,7 @@ static int f32_on(wmat_gemm_backend b, bool strict, int ta, int tb, int M, int N
 void wmat__sgemm_cfg(wmat_gemm_backend b, int n_threads, int trans_a, int trans_b, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
+    ensure_probe();
     if (b == WMAT_GEMM_AUTO) b = (wmat_gemm_backend)atomic_load(&g_backend);
     (void)f32_on_nt(b, false, n_threads, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
@@ -627,6 +632,7 @@ static int f32_on_nt(wmat_gemm_backend b, bool strict, int nt_req, int ta, int t
 void wmat_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                 const float *B, int ldb, float beta, float *C, int ldc)
 {
+    ensure_probe(); /* the probe applies WMAT_GEMM_BACKEND: read the backend after it */
     (void)f32_on((wmat_gemm_backend)atomic_load(&g_backend), false, trans_a, trans_b, M, N, K, alpha, A,
                  lda, B, ldb, beta, C, ldc);
 }
