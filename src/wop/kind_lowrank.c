@@ -6,9 +6,6 @@
 
 #include <stdio.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 typedef struct {
     wmat_wobj obj;
@@ -69,18 +66,7 @@ static void lr_prepare(const wmat_tensor *W, const float *x, void *prep, const w
     kb->prepare(&l->B, x, pb, ex);
     /* z = B x is a share of the work that every row needs: computed here,
      * once, over the threads (prepare runs outside parallel regions) */
-    const int nt = r * l->B.shape[1] >= 65536 ? ex->n_threads : 1;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        int t = 0, n = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        n = omp_get_num_threads();
-#endif
-        int64_t r0, r1;
-        wmat__wop_split(kb, r, t, n, &r0, &r1);
-        if (r0 < r1) kb->rows(&l->B, x, pb, z, r0, r1, 0, ex);
-    }
+    wmat__wop_rows_all(kb, &l->B, x, pb, z, 0, ex);
     kind_a(l)->prepare(&l->A, z, pa, ex);
 }
 

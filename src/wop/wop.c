@@ -67,15 +67,9 @@ int wmat__wop_backward(const wmat_tensor *W, const float *dY, float *dX, int T, 
     return WMAT_OK;
 }
 
-int wmat__wop_matvec(const wmat_tensor *W, const float *x, float *y, int acc, const wmat_wexec *ex)
+void wmat__wop_rows_all(const wmat_wkind *k, const wmat_tensor *W, const float *x, const void *prep, float *y, int acc,
+                        const wmat_wexec *ex)
 {
-    const wmat_wkind *k;
-    int rc = need(W, &k, "matvec");
-    if (rc) return rc;
-    const size_t pb = k->prep_bytes(W, ex);
-    void *prep = pb ? wmat__aligned_alloc(pb) : NULL;
-    if (pb && !prep) return wmat_set_error(WMAT_ERR_NOMEM, "matvec: out of memory for %s", W->name);
-    if (pb) k->prepare(W, x, prep, ex);
     const int64_t rows = W->shape[0];
     const int nt = rows * W->shape[1] >= 65536 ? ex->n_threads : 1;
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -89,6 +83,18 @@ int wmat__wop_matvec(const wmat_tensor *W, const float *x, float *y, int acc, co
         wmat__wop_split(k, rows, t, n, &r0, &r1);
         if (r0 < r1) k->rows(W, x, prep, y, r0, r1, acc, ex);
     }
+}
+
+int wmat__wop_matvec(const wmat_tensor *W, const float *x, float *y, int acc, const wmat_wexec *ex)
+{
+    const wmat_wkind *k;
+    int rc = need(W, &k, "matvec");
+    if (rc) return rc;
+    const size_t pb = k->prep_bytes(W, ex);
+    void *prep = pb ? wmat__aligned_alloc(pb) : NULL;
+    if (pb && !prep) return wmat_set_error(WMAT_ERR_NOMEM, "matvec: out of memory for %s", W->name);
+    if (pb) k->prepare(W, x, prep, ex);
+    wmat__wop_rows_all(k, W, x, prep, y, acc, ex);
     wmat__free(prep);
     return WMAT_OK;
 }

@@ -138,6 +138,11 @@ int wmat__wop_forward(const wmat_tensor *W, const float *X, float *Y, int T, int
 int wmat__wop_backward(const wmat_tensor *W, const float *dY, float *dX, int T, int acc, const wmat_wexec *ex);
 /* y = W x with the one-row path (prepare + rows split over ex->n_threads). */
 int wmat__wop_matvec(const wmat_tensor *W, const float *x, float *y, int acc, const wmat_wexec *ex);
+/* Every row of y = W x from an input already prepared into prep, split over
+ * ex->n_threads threads (one when the product is small). Call outside
+ * parallel regions (prepare may: a low-rank weight's B x). */
+void wmat__wop_rows_all(const wmat_wkind *k, const wmat_tensor *W, const float *x, const void *prep, float *y, int acc,
+                        const wmat_wexec *ex);
 /* Thread t of nt's share [r0, r1) of rows, aligned to the kind's row_align. */
 void wmat__wop_split(const wmat_wkind *k, int64_t rows, int t, int nt, int64_t *r0, int64_t *r1);
 
