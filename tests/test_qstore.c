@@ -355,10 +355,15 @@ static float *logits_of(wmat_model *m, const int32_t *ids, int T)
     return lg;
 }
 
-static float *decode_logits(wmat_model *m, const int32_t *ids, int T)
+/* act8: the runtime context's int8-activation choice (-1: its default). */
+static float *decode_logits_act8(wmat_model *m, const int32_t *ids, int T, int act8)
 {
+    wmat_context ctx = wmat_context_default();
+    ctx.act8 = act8;
+    wmat_runtime_params rp = wmat_runtime_default_params();
+    rp.ctx = &ctx;
     wmat_runtime *rt;
-    TU_OK(wmat_runtime_create(&rt, m, NULL));
+    TU_OK(wmat_runtime_create(&rt, m, &rp));
     const int V = wmat_runtime_vocab(rt);
     float *lg = malloc((size_t)T * (size_t)V * 4);
     for (int t = 0; t < T; t++) TU_OK(wmat_decode(rt, ids[t], t, lg + (size_t)t * V));
@@ -437,15 +442,14 @@ static void test_native_and_gguf_mix4m(void **state)
     double d = max_rel_diff(lr, lq, (size_t)T * V);
     print_message("  batched logits, packed vs dequantized f32: max rel diff %.2e\n", d);
     assert_true(d < 1e-4);
-    const int prev_act8 = wmat__qkernel_set_act8(0);
-    float *dq = decode_logits(m, ids, 16), *dr = decode_logits(ref, ids, 16);
+    float *dq = decode_logits_act8(m, ids, 16, 0), *dr = decode_logits_act8(ref, ids, 16, 0);
     d = max_rel_diff(dr, dq, 16 * V);
     print_message("  decode logits, packed (fp32 activations) vs dequantized f32: max rel diff %.2e\n", d);
     assert_true(d < 1e-4);
-    /* the default int8-activation decode: activation rounding only, same argmax */
-    wmat__qkernel_set_act8(1);
-    if (wmat__qkernel_act8_active()) {
-        float *d8 = decode_logits(m, ids, 16);
+    /* int8-activation decode (VNNI's packed kernel, or on AVX2 the q4_0 row
+     * kernel for symmetric 4-bit g32): activation rounding only, same argmax */
+    {
+        float *d8 = decode_logits_act8(m, ids, 16, 1);
         d = max_rel_diff(dr, d8, 16 * V);
         int same = 0;
         for (int t = 0; t < 16; t++) {
@@ -462,7 +466,6 @@ static void test_native_and_gguf_mix4m(void **state)
         assert_true(same >= 15);
         free(d8);
     }
-    wmat__qkernel_set_act8(prev_act8);
 
     /* native directory: sizes, then a memory-mapped load with identical logits */
     const char *dir = tu_tmp("mix4m-q4");
@@ -482,9 +485,7 @@ static void test_native_and_gguf_mix4m(void **state)
     assert_false(t0->flags & 0u);
     float *lb = logits_of(back, ids, T);
     assert_memory_equal(lb, lq, (size_t)T * V * 4);
-    wmat__qkernel_set_act8(0);
-    float *db = decode_logits(back, ids, 16);
-    wmat__qkernel_set_act8(prev_act8);
+    float *db = decode_logits_act8(back, ids, 16, 0);
     assert_memory_equal(db, dq, 16 * V * 4);
 
     /* GGUF: bytes equal ggml's own Q4_0 of the original weights; logits agree */

@@ -265,6 +265,21 @@ static float q4_dot_ref(const unsigned char *w, const prep_view *p, int64_t in)
     return s;
 }
 
+/* Q4_0's codes with the fp16 scales stored apart (wmat's packed symmetric
+ * 4-bit weights in groups of 32 inputs): 16 bytes of nibbles per block,
+ * scale b at sc[b]. */
+static float q4s_dot_ref(const unsigned char *w, const uint16_t *sc, const prep_view *p, int64_t in)
+{
+    float s = 0.0f;
+    for (int64_t b = 0; b < in / QK; b++, w += 16) {
+        const int8_t *q = p->q + b * QK;
+        int32_t acc = 0;
+        for (int j = 0; j < QK / 2; j++) acc += ((w[j] & 15) - 8) * q[j] + ((w[j] >> 4) - 8) * q[j + QK / 2];
+        s += wmat_f16_to_f32(sc[b]) * p->d[b] * (float)acc;
+    }
+    return s;
+}
+
 /* ------------------------------------------------------------ dot: AVX2 */
 
 #ifdef KD_X86
@@ -389,6 +404,41 @@ KD_AVX2 static inline __m256i q4_block_avx2(const unsigned char *w, const prep_v
 KD_BLOCK_ROW(KD_AVX2, q8_dot_avx2, 34, q8_block_avx2)
 KD_BLOCK_ROW(KD_AVX2, q4_dot_avx2, 18, q4_block_avx2)
 
+/* q4s_dot_ref's AVX2 twin: Q4_0's block product on 16-byte code chunks,
+ * eight contiguous fp16 scales converted in one instruction. */
+KD_AVX2 static float q4s_dot_avx2(const unsigned char *w, const uint16_t *scl, const prep_view *p, int64_t in)
+{
+    const int64_t nb = in / QK;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    _Alignas(32) float sc[8];
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8, w += 8 * 16) {
+        _mm_prefetch((const char *)(w + PF_AHEAD), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + PF_AHEAD + 64), _MM_HINT_T0);
+        const __m256 s8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scl + b)));
+        _mm256_store_ps(sc, _mm256_mul_ps(s8, _mm256_loadu_ps(p->d + b)));
+        for (int k = 0; k < 8; k += 2) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(p->q + (b + k) * QK));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(p->q + (b + k + 1) * QK));
+            const __m256i i0 = _mm256_sub_epi32(
+                _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles_avx2(w + k * 16), x0), _mm256_set1_epi16(1)),
+                _mm256_set1_epi32(p->sum[b + k]));
+            const __m256i i1 = _mm256_sub_epi32(
+                _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles_avx2(w + (k + 1) * 16), x1), _mm256_set1_epi16(1)),
+                _mm256_set1_epi32(p->sum[b + k + 1]));
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + k), _mm256_cvtepi32_ps(i0), a0);
+            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(sc + k + 1), _mm256_cvtepi32_ps(i1), a1);
+        }
+    }
+    for (; b < nb; b++, w += 16) {
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(p->q + b * QK));
+        const __m256i iv = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(nibbles_avx2(w), xv), _mm256_set1_epi16(1)),
+                                            _mm256_set1_epi32(p->sum[b]));
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(wmat_f16_to_f32(scl[b]) * p->d[b]), _mm256_cvtepi32_ps(iv), a0);
+    }
+    return hsum8(_mm256_add_ps(a0, a1));
+}
+
 /* ------------------------------------------------------------ dot: AVX-512 */
 
 /* Dense rows 64 values a step in four zmm accumulators, a masked tail. */
@@ -473,6 +523,23 @@ void wmat__wrow_dot(wmat_dtype dt, const void *W, int64_t in, const float *x, co
     const prep_view p = view_prep(prep, in);
     for (int64_t r = r0; r < r1; r++, w += rb) {
         const float d = fn(w, &p, in);
+        y[r] = accumulate ? y[r] + d : d;
+    }
+}
+
+void wmat__q4s_rows(const uint8_t *codes, size_t row_bytes, const uint16_t *scales, int64_t in, const void *prep,
+                    float *y, int64_t r0, int64_t r1, int accumulate, int isa)
+{
+    if (in % QK || r0 >= r1) return;
+    isa = clamp_isa(isa);
+    float (*fn)(const unsigned char *, const uint16_t *, const prep_view *, int64_t) = q4s_dot_ref;
+#ifdef KD_X86
+    if (isa >= WMAT_ISA_AVX2) fn = q4s_dot_avx2;
+#endif
+    const prep_view p = view_prep(prep, in);
+    const int64_t nb = in / QK;
+    for (int64_t r = r0; r < r1; r++) {
+        const float d = fn(codes + (size_t)r * row_bytes, scales + r * nb, &p, in);
         y[r] = accumulate ? y[r] + d : d;
     }
 }

@@ -52,6 +52,14 @@ void wmat__wrow_prepare(wmat_dtype dt, const float *x, int64_t in, void *prep, i
 void wmat__wrow_dot(wmat_dtype dt, const void *W, int64_t in, const float *x, const void *prep, float *y, int64_t r0,
                     int64_t r1, int accumulate, int isa);
 
+/* Rows [r0, r1) of y = W x (on the calling thread) for a symmetric 4-bit
+ * weight whose codes are Q4_0's nibbles in 16-byte chunks (row r at codes +
+ * r row_bytes) and whose fp16 scales lie apart, one per 32 inputs (row r's
+ * at scales + r in/32): wmat's packed 4-bit groups of 32 along inputs.
+ * prep as wmat__wrow_prepare(WMAT_Q4_0, ...) makes it. */
+void wmat__q4s_rows(const uint8_t *codes, size_t row_bytes, const uint16_t *scales, int64_t in, const void *prep,
+                    float *y, int64_t r0, int64_t r1, int accumulate, int isa);
+
 /* ---- batched: T input rows */
 
 /* Workspace of the two batched calls below (bytes, 64-byte aligned

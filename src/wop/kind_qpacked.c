@@ -4,6 +4,7 @@
 #include "wop.h"
 
 #include "linalg/linalg.h"
+#include "kern_dense.h"
 #include "qstore.h"
 
 #include <math.h>
@@ -48,22 +49,34 @@ static void qp_backward(const wmat_tensor *W, const float *dY, float *dX, int T,
     }
 }
 
+/* Symmetric 4-bit codes in groups of 32 inputs without a permutation are
+ * Q4_0's nibbles with the scales stored apart: on AVX2 (whose packed
+ * kernels have no int8 path; AVX-512 VNNI has its own) they take the q4_0
+ * kind's int8-activation row kernel, x quantized once per product. */
+static int q4s_path(const wmat_qtensor *qt, const wmat_wexec *ex)
+{
+    return ex->act8 && ex->isa == WMAT_ISA_AVX2 && qt->bits == 4 && qt->sym && qt->axis == WMAT_QAXIS_IN &&
+           qt->group == 32 && !qt->perm;
+}
+
 static size_t qp_prep_bytes(const wmat_tensor *W, const wmat_wexec *ex)
 {
-    (void)W, (void)ex;
-    return 0;
+    const wmat_qtensor *qt = qt_of(W);
+    return q4s_path(qt, ex) ? wmat__wrow_prep_bytes(WMAT_Q4_0, qt->cols) : 0;
 }
 
 static void qp_prepare(const wmat_tensor *W, const float *x, void *prep, const wmat_wexec *ex)
 {
-    (void)W, (void)x, (void)prep, (void)ex;
+    const wmat_qtensor *qt = qt_of(W);
+    if (q4s_path(qt, ex)) wmat__wrow_prepare(WMAT_Q4_0, x, qt->cols, prep, ex->isa);
 }
 
 static void qp_rows(const wmat_tensor *W, const float *x, const void *prep, float *y, int64_t r0, int64_t r1, int acc,
                     const wmat_wexec *ex)
 {
-    (void)prep, (void)ex;
-    wmat__qmatvec_rows_x(y, x, qt_of(W), r0, r1, acc, ex->isa, ex->act8);
+    const wmat_qtensor *qt = qt_of(W);
+    if (q4s_path(qt, ex)) wmat__q4s_rows(qt->codes, (size_t)qt->row_bytes, qt->scales, qt->cols, prep, y, r0, r1, acc, ex->isa);
+    else wmat__qmatvec_rows_x(y, x, qt, r0, r1, acc, ex->isa, ex->act8);
 }
 
 static void qp_dequant(const wmat_tensor *W, int64_t r0, int64_t nr, float *out)
