@@ -6,7 +6,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 const char *const wmat__layer_role_names[WMAT_W_LAYER_COUNT] = {
     [WMAT_W_ATTN_NORM] = "input_layernorm",
@@ -33,26 +32,6 @@ const char *wmat_linear_name(wmat_linear_kind k)
 void wmat__layer_tensor_name(char *buf, size_t n, int layer, wmat_layer_weight w)
 {
     snprintf(buf, n, "model.layers.%d.%s.weight", layer, wmat__layer_role_names[w]);
-}
-
-const char *wmat_format_name(wmat_format f)
-{
-    switch (f) {
-    case WMAT_FMT_LLAMA2C: return "llama2c";
-    case WMAT_FMT_GGUF: return "gguf";
-    case WMAT_FMT_HF: return "hf";
-    case WMAT_FMT_QUANT: return "quant";
-    default: return "unknown";
-    }
-}
-
-wmat_format wmat_format_from_name(const char *name)
-{
-    if (!strcmp(name, "llama2c")) return WMAT_FMT_LLAMA2C;
-    if (!strcmp(name, "gguf")) return WMAT_FMT_GGUF;
-    if (!strcmp(name, "hf")) return WMAT_FMT_HF;
-    if (!strcmp(name, "quant")) return WMAT_FMT_QUANT;
-    return WMAT_FMT_UNKNOWN;
 }
 
 int wmat__model_new(wmat_model **out, const wmat_config *cfg, wmat_format fmt, const char *path)
@@ -276,20 +255,6 @@ wmat_save_params wmat_save_default_params(void)
     return p;
 }
 
-wmat_format wmat_detect_format(const char *path)
-{
-    struct stat st;
-    if (stat(path, &st) != 0) return WMAT_FMT_UNKNOWN;
-    if (S_ISDIR(st.st_mode)) return wmat__quant_dir_detect(path) ? WMAT_FMT_QUANT : WMAT_FMT_HF;
-    FILE *f = fopen(path, "rb");
-    if (!f) return WMAT_FMT_UNKNOWN;
-    char magic[4] = {0};
-    size_t n = fread(magic, 1, 4, f);
-    fclose(f);
-    if (n == 4 && !memcmp(magic, "GGUF", 4)) return WMAT_FMT_GGUF;
-    return WMAT_FMT_LLAMA2C;
-}
-
 /* A 2-D weight that the runtime can use as stored: a plain kind (f16,
  * bf16, q8_0, q4_0) whose elements lie at their natural alignment. */
 static int runs_as_stored(const wmat_tensor *t)
@@ -427,13 +392,8 @@ int wmat_model_load(wmat_model **out, const char *path, const wmat_load_params *
     wmat_format f = wmat_detect_format(path);
     int rc;
     wmat_model *m = NULL;
-    switch (f) {
-    case WMAT_FMT_LLAMA2C: rc = wmat__llama2c_load(&m, path, p); break;
-    case WMAT_FMT_GGUF: rc = wmat__gguf_load(&m, path, p); break;
-    case WMAT_FMT_HF: rc = wmat__hf_load(&m, path, p); break;
-    case WMAT_FMT_QUANT: rc = wmat__quant_load(&m, path, p); break;
-    default: return wmat_set_error(WMAT_ERR_IO, "%s: no such file or directory", path);
-    }
+    if (f == WMAT_FMT_UNKNOWN) return wmat_set_error(WMAT_ERR_IO, "%s: no such file or directory", path);
+    rc = wmat__format_load(f, &m, path, p);
     if (rc) {
         wmat_model_free(m);
         return rc;
@@ -463,12 +423,7 @@ int wmat_model_save(wmat_model *m, const char *path, const wmat_save_params *p)
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: the model holds packed quantized tensors; save it as 'quant' or 'gguf'",
                               path);
     }
-    switch (p->format) {
-    case WMAT_FMT_LLAMA2C: return wmat__llama2c_save(m, path, p);
-    case WMAT_FMT_GGUF: return wmat__gguf_save(m, path, p);
-    case WMAT_FMT_HF: return wmat__hf_save(m, path, p);
-    default: return wmat_set_error(WMAT_ERR_INVALID, "%s: unknown output format", path);
-    }
+    return wmat__format_save(m, path, p);
 }
 
 int wmat_model_create(wmat_model **out, const wmat_config *cfg)

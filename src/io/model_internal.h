@@ -59,6 +59,11 @@ void wmat__rope_permute_hf(float *dst, const float *src, int n_heads, int head_d
  * be NULL. Returns the length, or -1 if it does not fit. */
 int wmat__hf_config_json(const wmat_config *c, wmat_dtype dt, const char *extra, char *buf, size_t n);
 
+/* The format registry (formats.c): load with format f's reader, save with
+ * p->format's writer. */
+int wmat__format_load(wmat_format f, wmat_model **out, const char *path, const wmat_load_params *p);
+int wmat__format_save(wmat_model *m, const char *path, const wmat_save_params *p);
+
 /* Format readers and writers. Loaders return a model whose tensors may be in
  * their stored dtype/layout; wmat_model_load then materializes on request.
  * Savers get a materialized model (all f32, canonical). */
