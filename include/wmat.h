@@ -956,7 +956,10 @@ typedef struct {
     double seconds;
 } wmat_decompose_report;
 
-/* Decompose m's selected matrices (fp32: load with materialize_f32) in place. */
+/* Decompose m's selected matrices (fp32: load with materialize_f32, or
+ * wmat_model_dequantize a model of another kind) in place. Parameters are
+ * checked before any matrix changes; a failure inside a method (out of
+ * memory, no SVD convergence) leaves the matrices done so far decomposed. */
 WMAT_API int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_decompose_report *rep);
 WMAT_API void wmat_decompose_report_free(wmat_decompose_report *rep);
 /* ---------------------------------------------------------------- end decomposition */
