@@ -65,12 +65,10 @@ int cmd_decompose(int argc, char **argv)
     p.dtype = (wmat_dtype)dt;
     if (rank < 0 || !(energy >= 0 && energy <= 1) || (rank == 0 && energy == 0) || (rank > 0 && energy > 0))
         return cli_usage_error("decompose", "give one of --rank R (> 0) or --energy E (0..1]");
-    if (!wmat_decompose_method_name(0, NULL, NULL)) return cli_usage_error("decompose", "no methods");
-    {
-        int known = 0;
-        for (int i = 0; wmat_decompose_method_name(i, NULL, NULL); i++) known |= !strcmp(wmat_decompose_method_name(i, NULL, NULL), method);
-        if (!known) return cli_usage_error("decompose", "unknown --method '%s' (see --help)", method);
-    }
+    int known = 0;
+    for (int i = 0; !known && wmat_decompose_method_name(i, NULL, NULL); i++)
+        known = !strcmp(wmat_decompose_method_name(i, NULL, NULL), method);
+    if (!known) return cli_usage_error("decompose", "unknown --method '%s' (see --help)", method);
     if (strcmp(targets, "all") && wmat_train_parse_targets(targets, &p.targets)) return cli_fail("decompose");
     if (text && tokens) return cli_usage_error("decompose", "--text and --tokens exclude each other");
     if (ctx < 0 || windows < 0) return cli_usage_error("decompose", "--ctx and --max-windows must be positive");

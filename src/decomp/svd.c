@@ -51,9 +51,7 @@ int wmat__decomp_svd(const float *W, int64_t rows, int64_t cols, const wmat_dpar
         for (int64_t c = 0; c < cols; c++) Bf[j * cols + c] = (float)VT[j * cols + c];
     void *obj = NULL;
     if ((rc = wmat__lowrank_create(p->dtype, rows, cols, r, Af, Bf, &obj))) goto done;
-    wmat__tensor_init2(out, WMAT_OBJ, rows, cols, obj);
-    out->flags = WMAT_TF_OWNED;
-    out->nbytes = (size_t)wmat__wkind_find("lowrank")->nbytes(out);
+    wmat__tensor_own_obj(out, rows, cols, obj);
     *rank_out = r;
     *rel_error = total > 0 ? sqrt(tail / total) : 0.0;
 done:

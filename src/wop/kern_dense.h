@@ -16,16 +16,15 @@
 #ifndef WMAT_KERN_DENSE_H
 #define WMAT_KERN_DENSE_H
 
-#include "../core/internal.h"
+#include "wop.h" /* the ISA levels */
 
 #include <stddef.h>
 #include <stdint.h>
 
-#define WMAT_ISA_REF 0    /* plain C */
-#define WMAT_ISA_AVX2 2   /* AVX2 + FMA + F16C */
-#define WMAT_ISA_AVX512 3 /* AVX-512 F/BW/VL (+VNNI where present) */
+/* ISA levels WMAT_ISA_REF (plain C), _AVX2 (AVX2 + FMA + F16C), _AVX512
+ * (AVX-512 F/BW/VL, + VNNI where present): src/wop/wop.h. */
 
-/* The best of the levels above this CPU runs (detected once; the result
+/* The best ISA level this CPU runs (detected once; the result
  * lives in a private atomic, nothing a caller can set). */
 int wmat__isa_best(void);
 /* Whether the AVX-512 level also has VNNI (its int8 dot products). */

@@ -232,9 +232,7 @@ static int lr_from_f32(const float *W, int64_t rows, int64_t cols, wmat_tensor *
                           : wmat__lowrank_create(WMAT_F32, rows, cols, r, I, W, &obj);
     wmat__free(I);
     if (rc) return rc;
-    wmat__tensor_init2(out, WMAT_OBJ, rows, cols, obj);
-    out->flags = WMAT_TF_OWNED;
-    out->nbytes = (size_t)lr_nbytes(out);
+    wmat__tensor_own_obj(out, rows, cols, obj);
     return WMAT_OK;
 }
 

@@ -119,9 +119,7 @@ static int qp_from_f32(const float *W, int64_t rows, int64_t cols, wmat_tensor *
     rc = wmat_qtensor_pack(&q, &qt);
     wmat_qresult_free(&q);
     if (rc) return rc;
-    wmat__tensor_init2(out, WMAT_OBJ, rows, cols, qt);
-    out->flags = WMAT_TF_OWNED;
-    out->nbytes = (size_t)wmat_qtensor_nbytes(qt);
+    wmat__tensor_own_obj(out, rows, cols, qt);
     return WMAT_OK;
 }
 

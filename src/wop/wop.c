@@ -41,30 +41,29 @@ static int need(const wmat_tensor *W, const wmat_wkind **k, const char *what)
     return WMAT_OK;
 }
 
-int wmat__wop_forward(const wmat_tensor *W, const float *X, float *Y, int T, int acc, const wmat_wexec *ex)
+/* forward or backward with a workspace of its own. */
+static int batched(const wmat_tensor *W, const float *in, float *out, int T, int acc, const wmat_wexec *ex, int bwd)
 {
+    const char *what = bwd ? "backward" : "forward";
     const wmat_wkind *k;
-    int rc = need(W, &k, "forward");
+    int rc = need(W, &k, what);
     if (rc) return rc;
     const size_t ws = k->ws_bytes(W, T, ex);
     void *buf = ws ? wmat__aligned_alloc(ws) : NULL;
-    if (ws && !buf) return wmat_set_error(WMAT_ERR_NOMEM, "forward: out of memory for %s's workspace", W->name);
-    k->forward(W, X, Y, T, acc, buf, ex);
+    if (ws && !buf) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for %s's workspace", what, W->name);
+    (bwd ? k->backward : k->forward)(W, in, out, T, acc, buf, ex);
     wmat__free(buf);
     return WMAT_OK;
 }
 
+int wmat__wop_forward(const wmat_tensor *W, const float *X, float *Y, int T, int acc, const wmat_wexec *ex)
+{
+    return batched(W, X, Y, T, acc, ex, 0);
+}
+
 int wmat__wop_backward(const wmat_tensor *W, const float *dY, float *dX, int T, int acc, const wmat_wexec *ex)
 {
-    const wmat_wkind *k;
-    int rc = need(W, &k, "backward");
-    if (rc) return rc;
-    const size_t ws = k->ws_bytes(W, T, ex);
-    void *buf = ws ? wmat__aligned_alloc(ws) : NULL;
-    if (ws && !buf) return wmat_set_error(WMAT_ERR_NOMEM, "backward: out of memory for %s's workspace", W->name);
-    k->backward(W, dY, dX, T, acc, buf, ex);
-    wmat__free(buf);
-    return WMAT_OK;
+    return batched(W, dY, dX, T, acc, ex, 1);
 }
 
 void wmat__wop_rows_all(const wmat_wkind *k, const wmat_tensor *W, const float *x, const void *prep, float *y, int acc,
@@ -183,6 +182,13 @@ void wmat__tensor_init2(wmat_tensor *t, wmat_dtype dt, int64_t rows, int64_t col
     t->shape[1] = cols;
     t->data = data;
     t->nbytes = dt == WMAT_OBJ ? 0 : wmat_dtype_bytes(dt, (uint64_t)rows * (uint64_t)cols);
+}
+
+void wmat__tensor_own_obj(wmat_tensor *t, int64_t rows, int64_t cols, void *obj)
+{
+    wmat__tensor_init2(t, WMAT_OBJ, rows, cols, obj);
+    t->flags = WMAT_TF_OWNED;
+    t->nbytes = (size_t)((const wmat_wobj *)obj)->kind->nbytes(t);
 }
 
 int wmat__wkind_plain_from_f32(wmat_dtype dt, const float *W, int64_t rows, int64_t cols, wmat_tensor *out)

@@ -29,7 +29,7 @@
 
 #include <cjson/cJSON.h>
 
-/* ISA levels of hand-written kernels (the numbering of src/quant's levels). */
+/* ISA levels of hand-written kernels (the numbering of qstore.h's WMAT_QK_* levels). */
 #define WMAT_ISA_REF 0
 #define WMAT_ISA_AVX2 2
 #define WMAT_ISA_AVX512 3
@@ -159,6 +159,9 @@ void wmat__tensor_set_obj(wmat_tensor *t, void *obj);
 int wmat__wkind_plain_from_f32(wmat_dtype dt, const float *W, int64_t rows, int64_t cols, wmat_tensor *out);
 /* Fill a 2-D tensor header (name "", no flags). */
 void wmat__tensor_init2(wmat_tensor *t, wmat_dtype dt, int64_t rows, int64_t cols, void *data);
+/* t becomes a (rows, cols) weight owning the object obj (header, flags and
+ * size from obj's kind). */
+void wmat__tensor_own_obj(wmat_tensor *t, int64_t rows, int64_t cols, void *obj);
 /* Free what a tensor owns (its array or its object). */
 void wmat__tensor_free_data(wmat_tensor *t);
 
