@@ -98,6 +98,10 @@ struct wmat_wkind {
     /* Error budget of the one-row path (prepare + rows) relative to the
      * exact product with the dequantized W (int8 activations round x). */
     float row_tol;
+    /* Error budget of the batched forward under ex, relative to the same
+     * product; NULL: 1e-5 (fp32 GEMMs over exact tiles). Kinds whose batched
+     * path may round activations (bf16 on a native bf16 GEMM) say so here. */
+    float (*batch_tol)(const wmat_wexec *ex);
 
     /* ---- own (object kinds) */
     void (*free)(void *obj);
@@ -122,6 +126,9 @@ struct wmat_wkind {
 typedef struct {
     const wmat_wkind *kind;
 } wmat_wobj;
+
+/* The batched budget of k under ex (its batch_tol, else 1e-5). */
+float wmat__wkind_batch_tol(const wmat_wkind *k, const wmat_wexec *ex);
 
 /* ---- registry (registry.c) */
 int wmat__wkind_count(void);
