@@ -159,6 +159,13 @@ void wmat__wop_split(const wmat_wkind *k, int64_t rows, int t, int nt, int64_t *
 int wmat__lowrank_create(wmat_dtype dt, int64_t rows, int64_t cols, int64_t rank, const float *A, const float *B,
                          void **obj);
 
+/* A Monarch weight (kind_monarch.c) of in_blocks (R) input and out_blocks
+ * (Q) output blocks, which must divide cols and rows: w1 (R, Q, cols/R) and
+ * w2 (Q, rows/Q, R), copied. */
+int wmat__monarch_create(int64_t rows, int64_t cols, int64_t in_blocks, int64_t out_blocks, const float *w1,
+                         const float *w2, void **obj);
+void wmat__monarch_shape(const wmat_tensor *W, int64_t *in_blocks, int64_t *out_blocks);
+
 /* Replace t's data by an object of kind k (t takes ownership; the old
  * owned data is freed). */
 void wmat__tensor_set_obj(wmat_tensor *t, void *obj);
