@@ -160,11 +160,11 @@ int wmat__lowrank_create(wmat_dtype dt, int64_t rows, int64_t cols, int64_t rank
                          void **obj);
 
 /* A Monarch weight (kind_monarch.c) of in_blocks (R) input and out_blocks
- * (Q) output blocks, which must divide cols and rows: w1 (R, Q, cols/R) and
- * w2 (Q, rows/Q, R), copied. */
-int wmat__monarch_create(int64_t rows, int64_t cols, int64_t in_blocks, int64_t out_blocks, const float *w1,
-                         const float *w2, void **obj);
-void wmat__monarch_shape(const wmat_tensor *W, int64_t *in_blocks, int64_t *out_blocks);
+ * (Q) output blocks, which must divide cols and rows, and slab rank K:
+ * w1 (R, Q, K, cols/R) and w2 (Q, rows/Q, R, K), copied. */
+int wmat__monarch_create(int64_t rows, int64_t cols, int64_t in_blocks, int64_t out_blocks, int64_t slab_rank,
+                         const float *w1, const float *w2, void **obj);
+void wmat__monarch_shape(const wmat_tensor *W, int64_t *in_blocks, int64_t *out_blocks, int64_t *slab_rank);
 
 /* Replace t's data by an object of kind k (t takes ownership; the old
  * owned data is freed). */
