@@ -1,6 +1,7 @@
 /* The decomposition driver: the method table and a pass over a model's
  * linear weights, each replaced in place by the method's structured kind. */
 #include "decomp.h"
+#include "monarch.h"
 
 #include "io/model_internal.h"
 
@@ -12,6 +13,9 @@ const wmat_dmethod wmat__dmethods[] = {
     {.desc = {"svd", DECOMP, 0, 0, wmat__svd_keys, "lowrank",
               "truncated SVD: W ~ (U_r S_r) V_r^T, the best rank-r approximation"},
      .fn = wmat__decomp_svd, .check = wmat__decomp_svd_check},
+    {.desc = {"monarch", DECOMP, 0, 0, wmat__monarch_keys, "monarch",
+              "Monarch projection: one rank-K SVD per block slab (K = 1: the paper's class), Frobenius-optimal"},
+     .fn = wmat__decomp_monarch, .check = NULL},
     {.desc = {NULL, NULL, 0, 0, NULL, NULL, NULL}, .fn = NULL, .check = NULL},
 };
 #undef DECOMP
@@ -245,7 +249,8 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
             d->bits_per_weight = wmat_tensor_bits_per_weight(t);
             d->seconds = now() - ts;
             rep->params_before += before;
-            rep->params_after += (uint64_t)(r * (t->shape[0] + t->shape[1]));
+            /* the stored factors' element count (every method's factors are of p->dtype) */
+            rep->params_after += wmat__wkind_of(t)->nbytes(t) / wmat_dtype_bytes(p->dtype, 1);
         }
     }
     if (!rc && p->progress) p->progress(p->progress_user, "decompose", (uint64_t)n, (uint64_t)n);
