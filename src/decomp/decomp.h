@@ -23,10 +23,17 @@ typedef int (*wmat_dmethod_fn)(const float *W, int64_t rows, int64_t cols, const
  * WMAT_ERR_INVALID naming the keys. */
 typedef int (*wmat_dmethod_check_fn)(const wmat_pset *ps, int global);
 
+/* Methods whose per-tensor values depend on every tensor they take (one
+ * global threshold): called once with all of them (weights t[i] and their
+ * resolved values ps[i]) before any matrix changes; it may set keys of
+ * ps[i] and set keep[i] = 1 to leave a tensor as it is. */
+typedef int (*wmat_dmethod_plan_fn)(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep);
+
 typedef struct {
     WMAT_METHOD_ROW;
     wmat_dmethod_fn fn;
     wmat_dmethod_check_fn check; /* may be NULL */
+    wmat_dmethod_plan_fn plan;   /* may be NULL */
 } wmat_dmethod;
 
 /* The table, ended by a row with name == NULL; its first row is the default. */
@@ -45,5 +52,10 @@ extern const wmat_param_spec wmat__svd_keys[];
 int wmat__decomp_svd(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype,
                      wmat_tensor *out, int64_t *rank_out, double *rel_error);
 int wmat__decomp_svd_check(const wmat_pset *ps, int global);
+extern const wmat_param_spec wmat__welore_keys[];
+int wmat__decomp_welore(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype,
+                        wmat_tensor *out, int64_t *rank_out, double *rel_error);
+int wmat__decomp_welore_check(const wmat_pset *ps, int global);
+int wmat__decomp_welore_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep);
 
 #endif
