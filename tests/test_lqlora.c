@@ -64,7 +64,7 @@ static void decompose(const char *path, const char *kv, double *errs, int n_max)
     wmat_model_free(ref);
 }
 
-static void test_errors_stories(void **state)
+static void test_errors(void **state)
 {
     (void)state;
     TU_NEED_DATA(path, "models/mix4m.bin");
@@ -110,6 +110,6 @@ static void test_budget(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_errors_stories), cmocka_unit_test(test_budget)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_errors), cmocka_unit_test(test_budget)};
     return tu_run_tests("lqlora", tests, NULL, NULL);
 }
