@@ -11,6 +11,9 @@
 #include "../io/model_internal.h"
 #include "../io/safetensors.h"
 #include "../linalg/linalg.h"
+#include "../model/block.h"
+#include "../model/kernels.h"
+#include "core/shapes.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -22,8 +25,7 @@
 #define NAT WMAT__ADAPTER_MAX_TENSORS
 #define NST WMAT__OPT_MAX_STATES
 
-static const wmat_layer_weight lin_role[NLIN] = {WMAT_W_Q, WMAT_W_K, WMAT_W_V, WMAT_W_O,
-                                                 WMAT_W_GATE, WMAT_W_UP, WMAT_W_DOWN};
+#define lin_role(k) wmat__linear_role((wmat_linear_kind)(k))
 
 /* One trainable tensor: views into the param / grad / optimizer arenas. */
 typedef struct {
@@ -180,29 +182,15 @@ size_t wmat_peak_rss(void)
     return kb * 1024;
 }
 
-static int lin_dims(const wmat_config *c, int k, int *out, int *in)
-{
-    const int KV = c->n_kv_heads * c->head_dim;
-    switch (k) {
-    case WMAT_LIN_Q: case WMAT_LIN_O: *out = c->dim; *in = c->dim; break;
-    case WMAT_LIN_K: case WMAT_LIN_V: *out = KV; *in = c->dim; break;
-    case WMAT_LIN_GATE: case WMAT_LIN_UP: *out = c->hidden_dim; *in = c->dim; break;
-    default: *out = c->dim; *in = c->hidden_dim; break;
-    }
-    return 0;
-}
+static void lin_dims(const wmat_config *c, int k, int *out, int *in) { wmat__linear_shape(c, (wmat_linear_kind)k, out, in); }
 
 /* Shape of a layer role: rows, cols (0 for vectors). */
 static void role_dims(const wmat_config *c, int w, int *rows, int *cols)
 {
-    *rows = *cols = 0;
-    if (w == WMAT_W_ATTN_NORM || w == WMAT_W_FFN_NORM) {
-        *rows = c->dim;
-        *cols = 0;
-        return;
-    }
-    for (int k = 0; k < NLIN; k++)
-        if (lin_role[k] == (wmat_layer_weight)w) lin_dims(c, k, rows, cols);
+    int64_t r, cc;
+    wmat__role_shape(c, (wmat_layer_weight)w, &r, &cc);
+    *rows = (int)r;
+    *cols = (int)cc;
 }
 
 /* ------------------------------------------------------------ creation */
@@ -459,7 +447,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                 /* eligible: a linear weight of a layer of a targeted kind */
                 for (int l = 0; l < L && !s->proj; l++)
                     for (int k = 0; k < NLIN; k++)
-                        if ((p.galore_targets & (1u << k)) && s->p == t->lw_[l * NROLE + lin_role[k]]) s->proj = 1;
+                        if ((p.galore_targets & (1u << k)) && s->p == t->lw_[l * NROLE + lin_role(k)]) s->proj = 1;
             }
             s->n_state = s->n;
             if (s->proj) {
@@ -575,14 +563,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: activation arena sizing is wrong");
             goto fail;
         }
-        /* the runtime's RoPE tables, same float expressions */
-        for (size_t pos = 0; pos < T; pos++)
-            for (int i = 0; i < hd / 2; i++) {
-                float freq = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)hd);
-                float val = (float)pos * freq;
-                t->rope_cos[pos * (hd / 2) + i] = cosf(val);
-                t->rope_sin[pos * (hd / 2) + i] = sinf(val);
-            }
+        wmat__rope_tables(c, 0, (int)T, t->rope_cos, t->rope_sin);
     }
 
     /* ---- full / projected: a model whose tensors are views of the params */
@@ -680,7 +661,7 @@ static void lin_fwd(wmat_trainer *t, float *Y, const float *X, int l, int k, int
 {
     int o, i;
     lin_dims(&t->c, k, &o, &i);
-    wmat__linear_forward(Y, X, LW(l, lin_role[k]), BT, i, o);
+    wmat__linear_forward(Y, X, LW(l, lin_role(k)), BT, i, o);
     float *const *w = AW(l, k);
     if (w[0]) t->adapter->forward(&t->acfg, Y, t->acts[l].aact[k], X, (const float *const *)w, BT, i, o);
 }
@@ -689,11 +670,35 @@ static void lin_bwd(wmat_trainer *t, float *dX, const float *dY, const float *X,
 {
     int o, i;
     lin_dims(&t->c, k, &o, &i);
-    wmat__linear_backward(dX, GLW(l, lin_role[k]), dY, X, LW(l, lin_role[k]), BT, i, o, acc);
+    wmat__linear_backward(dX, GLW(l, lin_role(k)), dY, X, LW(l, lin_role(k)), BT, i, o, acc);
     float *const *w = AW(l, k);
     if (w[0])
         t->adapter->backward(&t->acfg, dX, GAW(l, k), t->ascratch, dY, X, (const float *const *)w, t->acts[l].aact[k],
                              BT, i, o);
+}
+
+/* The shared block's linear product: the layer's linear (base, then the
+ * adapter); with acc the product goes through scratch and is added, as
+ * the residual x + f(x). */
+static int tr_linear(void *user, int l, wmat_linear_kind k, float *Y, const float *X, int BT, int acc)
+{
+    wmat_trainer *t = user;
+    lin_fwd(t, acc ? t->tmp : Y, X, l, k, BT);
+    if (acc) {
+        int o, i;
+        lin_dims(&t->c, k, &o, &i);
+        for (size_t j = 0; j < (size_t)BT * o; j++) Y[j] += t->tmp[j];
+    }
+    return WMAT_OK;
+}
+
+/* The attention whose probabilities wmat__attention_backward recomputes. */
+static void tr_attention(void *user, int l, float *out, const float *q, const float *k, const float *v, int B, int T)
+{
+    (void)l;
+    wmat_trainer *t = user;
+    const wmat_config *c = &t->c;
+    wmat__attention_forward(out, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim, t->att_scratch, t->nt);
 }
 
 int wmat__trainer_fwdbwd(wmat_trainer *t, const int32_t *inputs, const int32_t *targets, int B, int T, float dscale,
@@ -709,26 +714,16 @@ int wmat__trainer_fwdbwd(wmat_trainer *t, const int32_t *inputs, const int32_t *
             return wmat_set_error(WMAT_ERR_INVALID, "train: token outside the vocabulary (%d)", V);
     if (zero_grad) memset(t->grads, 0, t->n_params * sizeof(float));
     wmat__embed_forward(t->acts[0].x, inputs, t->emb, BT, D);
+    const wmat_block_ops ops = {tr_linear, tr_attention, t};
     for (int l = 0; l < L; l++) {
         layer_acts *a = &t->acts[l];
-        wmat__rmsnorm_forward(a->xn1, a->r1, a->x, LW(l, WMAT_W_ATTN_NORM), BT, D, c->norm_eps, nt);
-        lin_fwd(t, a->q, a->xn1, l, WMAT_LIN_Q, BT);
-        lin_fwd(t, a->k, a->xn1, l, WMAT_LIN_K, BT);
-        lin_fwd(t, a->v, a->xn1, l, WMAT_LIN_V, BT);
-        wmat__rope_forward(a->q, BT, T, c->n_heads, hd, t->rope_cos, t->rope_sin, nt);
-        wmat__rope_forward(a->k, BT, T, c->n_kv_heads, hd, t->rope_cos, t->rope_sin, nt);
-        wmat__attention_forward(a->ao, a->q, a->k, a->v, B, T, c->n_heads, c->n_kv_heads, hd, t->att_scratch, nt);
-        lin_fwd(t, t->tmp, a->ao, l, WMAT_LIN_O, BT);
-        for (size_t i = 0; i < (size_t)BT * D; i++) a->xmid[i] = a->x[i] + t->tmp[i];
-        wmat__rmsnorm_forward(a->xn2, a->r2, a->xmid, LW(l, WMAT_W_FFN_NORM), BT, D, c->norm_eps, nt);
-        lin_fwd(t, a->hg, a->xn2, l, WMAT_LIN_GATE, BT);
-        lin_fwd(t, a->hu, a->xn2, l, WMAT_LIN_UP, BT);
-        wmat__swiglu_forward(a->hs, a->hg, a->hu, (size_t)BT * H, nt);
-        lin_fwd(t, t->tmp, a->hs, l, WMAT_LIN_DOWN, BT);
-        float *xo = t->acts[l + 1].x;
-        for (size_t i = 0; i < (size_t)BT * D; i++) xo[i] = a->xmid[i] + t->tmp[i];
+        const wmat_block_cfg cfg = {c, LW(l, WMAT_W_ATTN_NORM), LW(l, WMAT_W_FFN_NORM), t->rope_cos, t->rope_sin, 0, nt};
+        const wmat_block_bufs b = {a->x,  a->xn1, a->r1, a->q,  a->k,  a->v,  a->ao,
+                                   a->xmid, a->xn2, a->r2, a->hg, a->hu, a->hs, t->acts[l + 1].x};
+        int rc = wmat__block_forward(&cfg, &ops, l, &b, B, T);
+        if (rc) return rc;
     }
-    wmat__rmsnorm_forward(t->xnf, t->rf, t->acts[L].x, t->fnorm, BT, D, c->norm_eps, nt);
+    wmat__rmsnorm(t->xnf, t->rf, t->acts[L].x, t->fnorm, BT, D, c->norm_eps, 0, nt);
     wmat_sgemm(0, 1, BT, V, D, 1.0f, t->xnf, D, t->cls, D, 0.0f, t->logits, V);
     if (no_backward) {
         /* loss only */
