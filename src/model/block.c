@@ -18,7 +18,8 @@ int wmat__block_forward(const wmat_block_cfg *cfg, const wmat_block_ops *ops, in
         (rc = ops->linear(u, layer, WMAT_LIN_K, b->k, b->xn1, BT, 0)) ||
         (rc = ops->linear(u, layer, WMAT_LIN_V, b->v, b->xn1, BT, 0)))
         return rc;
-    wmat__rope_rows(b->q, D, c->n_heads, b->k, KV, c->n_kv_heads, BT, T, hd, cfg->rope_cos, cfg->rope_sin, cfg->fast, nt);
+    wmat__rope_rows(b->q, D, c->n_heads, b->k, KV, c->n_kv_heads, BT, T, hd, cfg->rope_cos, cfg->rope_sin, cfg->fast,
+                    nt);
     ops->attention(u, layer, b->ao, b->q, b->k, b->v, B, T);
     if (b->xmid != b->x) memcpy(b->xmid, b->x, rowbytes);
     if ((rc = ops->linear(u, layer, WMAT_LIN_O, b->xmid, b->ao, BT, 1))) return rc;

@@ -34,7 +34,10 @@ static const char *const hf_mod[WMAT_LIN_COUNT] = {"self_attn.q_proj", "self_att
                                                    "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
                                                    "mlp.down_proj"};
 
-static void lin_dims(const wmat_config *c, int k, int *out, int *in) { wmat__linear_shape(c, (wmat_linear_kind)k, out, in); }
+static void lin_dims(const wmat_config *c, int k, int *out, int *in)
+{
+    wmat__linear_shape(c, (wmat_linear_kind)k, out, in);
+}
 
 typedef struct {
     const float *src;

@@ -70,7 +70,7 @@ struct wmat_trainer {
     wmat__adapter_cfg acfg;
 
     /* weights the forward reads (trainable or frozen) and their grads */
-    float *emb, *fnorm, *cls;   /* (V, D), (D), (V, D) (cls == emb when tied); emb, cls NULL for a frozen base of another kind */
+    float *emb, *fnorm, *cls;   /* (V, D), (D), (V, D) (cls == emb when tied); NULL: a frozen base of another kind */
     float **lw_, **glw_;        /* (L * NROLE): trainable params (full), the norms (adapter) */
     /* the linear weights as operators: the frozen base's own tensors, of
      * any registered kind (adapter), or f32 headers over the params (full) */
@@ -190,7 +190,10 @@ size_t wmat_peak_rss(void)
     return kb * 1024;
 }
 
-static void lin_dims(const wmat_config *c, int k, int *out, int *in) { wmat__linear_shape(c, (wmat_linear_kind)k, out, in); }
+static void lin_dims(const wmat_config *c, int k, int *out, int *in)
+{
+    wmat__linear_shape(c, (wmat_linear_kind)k, out, in);
+}
 
 /* Shape of a layer role: rows, cols (0 for vectors). */
 static void role_dims(const wmat_config *c, int w, int *rows, int *cols)
@@ -433,7 +436,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             copy_f32(t->fnorm, wmat_model_final_norm(m));
             if (!c->tied_embeddings) copy_f32(t->cls, wmat_model_classifier(m));
             for (int l = 0; l < L; l++)
-                for (int w = 0; w < NROLE; w++) copy_f32(t->lw_[l * NROLE + w], wmat_model_layer_tensor(m, l, (wmat_layer_weight)w));
+                for (int w = 0; w < NROLE; w++)
+                    copy_f32(t->lw_[l * NROLE + w], wmat_model_layer_tensor(m, l, (wmat_layer_weight)w));
             /* the forward multiplies by the params through f32 operator headers */
             wmat_tensor *h = t->hdr;
             for (int l = 0; l < L; l++)
