@@ -215,9 +215,11 @@ int cmd_quantize(int argc, char **argv)
     FILE *jf = cli_json_open("quantize", &js, &jfail);
     if (jfail) goto out;
     if (jf) {
-        fprintf(jf, "{\"method\": \"%s\", \"bytes_before\": %.0f, \"bytes_after\": %.0f, \"bits_per_weight\": %.6f, "
+        fprintf(jf, "{\"method\": ");
+        cli_json_string(jf, method);
+        fprintf(jf, ", \"bytes_before\": %.0f, \"bytes_after\": %.0f, \"bits_per_weight\": %.6f, "
                 "\"seconds\": %.4f, \"calib_windows\": %d, \"calib_ctx\": %d",
-                method, rep.bytes_before, rep.bytes_after, rep.bits_per_weight, rep.seconds, rep.calib_windows, rep.calib_ctx);
+                rep.bytes_before, rep.bytes_after, rep.bits_per_weight, rep.seconds, rep.calib_windows, rep.calib_ctx);
         if (cli_eval_path(&evo))
             fprintf(jf, ", \"ctx\": %d, \"offset\": %d, \"windows\": %d, \"ppl\": %.6f", ectx, evo.offset, er.windows, er.ppl);
         fprintf(jf, ", \"tensors\": [");
