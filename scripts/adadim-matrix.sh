@@ -18,7 +18,7 @@ for bits in 3 4; do
     for m in "rtn" "rtn --per-ic" "adadim-rtn" "gptq" "gptq --per-ic" "adadim-gptq"; do
       # shellcheck disable=SC2086
       r=$("$B/wmat" quantize $D/models/mix4m.bin "$tmp/q" --bits $bits --calib "$cal" --calib-tokens 16384 \
-          --calib-ctx 256 --eval "$ev" --eval-offset "$off" --eval-windows 64 --to none --quiet --method $m 2>&1 |
+          --calib-ctx 256 --eval "$ev" --offset "$off" --max-windows 64 --to none --quiet --method $m 2>&1 |
           awk '/^perplexity/ {print $2}')
       echo "$bits $name $m $r"
     done

@@ -47,8 +47,8 @@ say "text: $(wc -l < "$text") lines, $bytes bytes (train $((bytes - n_val)), hel
 model="$cache/kjv-small.gguf"
 if [ ! -s "$model" ] || [ "${DEMO_RETRAIN:-0}" = 1 ]; then
   say "training a small byte-level model (preset 'small': dim 128, hidden 352, 4 layers) for up to $seconds s ($steps-step schedule) on $threads threads"
-  "$wmat" train --init small "$model" --byte-tokenizer --data "$cache/train.txt" --val "$cache/val.txt" \
-    --steps "$steps" --time-limit "$seconds" --batch 16 --ctx 128 --lr 3e-3 --warmup 20 --eval-every 50 --eval-windows 40 \
+  "$wmat" train --init small "$model" --byte-tokenizer --data "$cache/train.txt" --eval "$cache/val.txt" \
+    --steps "$steps" --time-limit "$seconds" --batch 16 --ctx 128 --lr 3e-3 --warmup 20 --eval-every 50 --max-windows 40 \
     --threads "$threads" --json --csv "$cache/loss.csv" --svg "$cache/loss.svg" > "$cache/train.json"
 else
   say "using the cached model $model (DEMO_RETRAIN=1 to train again)"
@@ -68,7 +68,7 @@ quant="not in this tree"
 if "$wmat" quantize --help >/dev/null 2>&1; then
   say "quantization (wmat quantize)"
   if "$wmat" quantize "$model" "$cache/kjv-small-q4" --method rtn --bits 4 --group 32 --to none \
-      --eval "$cache/val.txt" --eval-ctx 128 --eval-windows 100 --threads "$threads" > "$cache/quantize.txt"; then
+      --eval "$cache/val.txt" --ctx 128 --max-windows 100 --threads "$threads" > "$cache/quantize.txt"; then
     tail -n 4 "$cache/quantize.txt"
     quant="4-bit RTN (groups of 32): $(grep -i -m1 'perplexity\|ppl' "$cache/quantize.txt" | tr -s ' ' || echo 'see quantize.txt')"
   else
@@ -78,7 +78,7 @@ fi
 analyze="not in this tree"
 if "$wmat" analyze --help >/dev/null 2>&1; then
   say "analysis (wmat analyze)"
-  if "$wmat" analyze "$model" --json "$cache/analyze.json" --threads "$threads" > "$cache/analyze.txt"; then
+  if "$wmat" analyze "$model" --json-out "$cache/analyze.json" --threads "$threads" > "$cache/analyze.txt"; then
     head -n 20 "$cache/analyze.txt"
     analyze="report in $cache/analyze.txt"
   else

@@ -11,6 +11,27 @@ WMAT=${1:-build/wmat}
   echo "\`--threads N\`, \`--tokenizer FILE\`, \`--no-blas-tune\` and \`--help\`. Exit status: 0 on success,"
   echo "1 when the work failed (the message on stderr names the file and the problem), 2 for a usage error."
   echo
+  echo "## Conventions"
+  echo
+  echo "Every command spells these the same way (tools/cli_inputs.h):"
+  echo
+  echo "- **Token inputs** are a FILE whose type one rule tells: \`.txt\`, \`.md\`, \`.text\` are UTF-8 text, encoded"
+  echo "  with the model's tokenizer as [BOS] + tokens; \`.u16\`, \`.tok\`, \`.bin\`, \`.ids\` are little-endian uint16"
+  echo "  ids; \`text:FILE\` or \`tokens:FILE\` says it for any other name. The roles: \`--data\` (what \`train\`"
+  echo "  trains on), \`--calib\` (\`quantize\`'s calibration), \`--eval\` (the stream whose perplexity a command"
+  echo "  reports: \`eval\`, \`quantize\`, \`decompose\`, \`train\`), with \`--text FILE\` / \`--tokens FILE\` as the"
+  echo "  explicit-type forms of \`--eval\`."
+  echo "- **Evaluation windows**: \`--ctx N\` (window length), \`--max-windows K\` (0: all), \`--offset N\` (skip the"
+  echo "  first N tokens of the stream, a held-out part)."
+  echo "- **JSON**: \`--json\` prints the command's result as JSON on stdout (and nothing else there);"
+  echo "  \`--json-out FILE\` writes the same JSON to FILE, atomically."
+  echo "- **Method keys** (\`quantize\`, \`decompose\`): each key of the registered methods is a flag (\`--bits 3\`,"
+  echo "  \`--rank 64\`) and a \`KEY=VALUE\` field of \`--override\`; \`wmat methods\` lists them all."
+  echo
+  echo "Old spellings still work and print a one-line note on stderr: \`quantize --eval-ctx / --eval-windows /"
+  echo "--eval-offset\` (now \`--ctx / --max-windows / --offset\`), \`train --val / --eval-windows\` (now \`--eval /"
+  echo "--max-windows\`), \`analyze --json FILE.json\` (now \`--json-out FILE\`)."
+  echo
   echo '```'
   "$WMAT" --help
   echo '```'

@@ -7,6 +7,7 @@
 #include "llamacpp.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,7 @@ static void test_usage_errors(void **state)
     expect_exit(2, "unknown option '--nope'", "%s info x --nope", w);
     expect_exit(2, "expects an integer", "%s eval x --tokens y --ctx abc", w);
     expect_exit(2, "exactly one of --text", "%s eval x", w);
+    expect_exit(2, "give one evaluation stream", "%s eval x --tokens y --eval z", w);
     expect_exit(2, "unknown format", "%s convert a b --to xyz", w);
     expect_exit(2, "unknown --dtype", "%s convert a b --to gguf --dtype q3_k", w);
     expect_exit(1, "/nonexistent/model.bin", "%s info /nonexistent/model.bin", w);
@@ -111,6 +113,226 @@ static void test_eval_cli_matches_reference(void **state)
     assert_int_equal(code, 0);
     assert_non_null(strstr(out, "\"ppl\""));
     free(out);
+}
+
+/* The option groups every command spells alike (docs/CLI.md,
+ * "Conventions"): each command's --help offers them; a bad value exits 2
+ * naming the flag before any file is read. */
+static void test_common_spellings_offered(void **state)
+{
+    (void)state;
+    const char *w = tu_cli();
+    const struct {
+        const char *cmd, *flags;
+    } offered[] = {
+        {"eval", "--eval --text --tokens --ctx --max-windows --offset --json --json-out"},
+        {"quantize", "--calib --eval --text --tokens --ctx --max-windows --offset --json --json-out"},
+        {"decompose", "--eval --text --tokens --ctx --max-windows --offset --json --json-out"},
+        {"train", "--data --eval --ctx --max-windows --offset --json --json-out"},
+        {"info", "--json --json-out"},
+        {"analyze", "--json --json-out"},
+        {"methods", "--json --json-out"},
+    };
+    for (size_t i = 0; i < sizeof offered / sizeof offered[0]; i++) {
+        int code;
+        char *help = run(&code, "%s %s --help", w, offered[i].cmd);
+        assert_int_equal(code, 0);
+        char flags[256];
+        snprintf(flags, sizeof flags, "%s", offered[i].flags);
+        for (char *f = strtok(flags, " "); f; f = strtok(NULL, " ")) {
+            char line[64];
+            snprintf(line, sizeof line, "\n  %s ", f); /* the flag itself, not a longer one */
+            if (!strstr(help, line)) fail_msg("wmat %s --help does not offer %s:\n%s", offered[i].cmd, f, help);
+        }
+        /* the old spellings are hidden */
+        if (strstr(help, "--eval-windows") || strstr(help, "--eval-offset") || strstr(help, "--eval-ctx") ||
+            strstr(help, "\n  --val "))
+            fail_msg("wmat %s --help shows an old spelling:\n%s", offered[i].cmd, help);
+        free(help);
+    }
+    /* bad values: exit 2, the message names the flag */
+    const struct {
+        const char *args, *says;
+    } bad[] = {
+        {"eval x --tokens y --max-windows -1", "--max-windows must be >= 0"},
+        {"eval x --tokens y --offset -3", "--offset must be >= 0"},
+        {"eval x --tokens y --ctx 12x", "--ctx expects an integer"},
+        {"eval x --tokens y --json --json-out z.json", "--json-out"},
+        {"quantize x --to none --offset -1", "--offset must be >= 0"},
+        {"quantize x --to none --max-windows=-4", "--max-windows must be >= 0"},
+        {"quantize x --to none --calib-tokens -5", "--calib-tokens must be >= 0"},
+        {"decompose x y --rank 8 --max-windows -2", "--max-windows must be >= 0"},
+        {"decompose x y --rank 8 --ctx -1", "--ctx must be positive"},
+        {"decompose x y --rank 8 --json --json-out z", "--json-out"},
+        {"train x y --data d.txt --max-windows -1", "--max-windows must be >= 0"},
+        {"train x y --data d.txt --offset -1", "--offset must be >= 0"},
+        {"methods --json --json-out z", "--json-out"},
+        /* an old spelling reaches the same check, under its new name */
+        {"quantize x --to none --eval-windows -1", "--max-windows must be >= 0"},
+        {"train x y --data d.txt --eval-windows -7", "--max-windows must be >= 0"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) expect_exit(2, bad[i].says, "%s %s", w, bad[i].args);
+}
+
+/* Count of non-overlapping occurrences of needle in s. */
+static int count_of(const char *s, const char *needle)
+{
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, needle)); p += strlen(needle)) n++;
+    return n;
+}
+
+/* The field "key": of a JSON text as a number (NAN when absent). */
+static double json_num(const char *s, const char *key)
+{
+    char k[64];
+    snprintf(k, sizeof k, "\"%s\": ", key);
+    const char *p = s ? strstr(s, k) : NULL;
+    return p ? atof(p + strlen(k)) : NAN;
+}
+
+/* stdout only (stderr dropped): what a script reading --json gets. */
+static char *run_stdout(int *code, const char *fmt, ...)
+{
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    char full[8400];
+    snprintf(full, sizeof full, "%s 2>/dev/null", cmd);
+    return tu_run(full, code);
+}
+
+/* The shared spellings at work on a real model: every form of a token
+ * input gives the same stream, --offset is the stream without its head,
+ * --json-out writes what --json prints, and the old spellings give the
+ * same numbers with one note each. */
+static void test_common_spellings_work(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(m, "models/stories260K.bin");
+    TU_NEED_DATA(t, "golden/tinystories_valid_head.tok512.u16");
+    const char *w = tu_cli();
+    int code;
+    /* eval: --tokens F, --eval F, --eval tokens:F are one stream */
+    char *ref = run_stdout(&code, "%s eval '%s' --tokens '%s' --ctx 128 --max-windows 3 --json", w, m, t);
+    assert_int_equal(code, 0);
+    const double nll = json_num(ref, "mean_nll");
+    if (!isfinite(nll)) fail_msg("no mean_nll in:\n%s", ref);
+    const char *forms[] = {"--eval '%s'", "--eval 'tokens:%s'"};
+    for (size_t i = 0; i < 2; i++) {
+        char form[4096], *out;
+        snprintf(form, sizeof form, forms[i], t);
+        out = run_stdout(&code, "%s eval '%s' %s --ctx 128 --max-windows 3 --json", w, m, form);
+        assert_int_equal(code, 0);
+        if (!(json_num(out, "mean_nll") == nll)) fail_msg("%s: %s vs %s", form, out, ref);
+        free(out);
+    }
+    /* --json-out FILE holds what --json prints */
+    const char *jpath = tu_tmp("eval.json");
+    remove(jpath);
+    char *out = run(&code, "%s eval '%s' --tokens '%s' --ctx 128 --max-windows 3 --json-out '%s'", w, m, t, jpath);
+    if (code != 0 || !strstr(out, "perplexity")) fail_msg("--json-out: exit %d:\n%s", code, out);
+    free(out);
+    char *jtext;
+    size_t jlen;
+    TU_OK(wmat_read_file(jpath, &jtext, &jlen));
+    assert_true(json_num(jtext, "mean_nll") == nll);
+    free(jtext);
+    /* --offset N: the stream without its first N tokens */
+    int32_t *ids;
+    size_t n;
+    TU_OK(wmat_read_tokens_u16(t, &ids, &n));
+    const char *tail = tu_tmp("tail.u16");
+    TU_OK(wmat_write_tokens_u16(tail, ids + 1000, n - 1000));
+    free(ids);
+    free(ref);
+    ref = run_stdout(&code, "%s eval '%s' --tokens '%s' --ctx 128 --max-windows 3 --json", w, m, tail);
+    out = run_stdout(&code, "%s eval '%s' --tokens '%s' --ctx 128 --max-windows 3 --offset 1000 --json", w, m, t);
+    assert_int_equal(code, 0);
+    if (!(json_num(out, "mean_nll") == json_num(ref, "mean_nll"))) fail_msg("--offset: %s vs %s", out, ref);
+    free(out);
+    expect_exit(1, "leaves fewer than 2", "%s eval '%s' --tokens '%s' --offset 100000000", w, m, t);
+    /* a name the rule does not know: refused with the way out */
+    expect_exit(1, "tokens:", "%s eval '%s' --eval '%s'", w, m, tu_tmp("stream.dat"));
+    /* quantize: the old evaluation spellings, one note each, the same perplexity */
+    char *old = run(&code, "%s quantize '%s' --to none --quiet --eval '%s' --eval-ctx 128 --eval-windows 2 --eval-offset 65536",
+                    w, m, t);
+    assert_int_equal(code, 0);
+    assert_int_equal(count_of(old, "old spelling"), 3);
+    out = run(&code, "%s quantize '%s' --to none --quiet --eval '%s' --ctx 128 --max-windows 2 --offset 65536", w, m, t);
+    assert_int_equal(code, 0);
+    assert_int_equal(count_of(out, "old spelling"), 0);
+    const char *po = strstr(old, "perplexity"), *pn = strstr(out, "perplexity");
+    if (!po || !pn || strcmp(po, pn)) fail_msg("old and new spellings differ:\n%s\n---\n%s", old, out);
+    free(old);
+    free(out);
+    /* quantize and decompose --json: stdout is the JSON alone */
+    free(ref);
+    ref = run_stdout(&code, "%s eval '%s' --tokens '%s' --ctx 128 --max-windows 2 --offset 65536 --json", w, m, t);
+    out = run_stdout(&code, "%s quantize '%s' --to none --eval '%s' --ctx 128 --max-windows 2 --offset 65536 --json", w, m, t);
+    assert_int_equal(code, 0);
+    if (out[0] != '{' || !isfinite(json_num(out, "ppl")) || !strstr(out, "\"tensors\": ["))
+        fail_msg("quantize --json:\n%s", out);
+    free(out);
+    out = run_stdout(&code, "%s decompose '%s' '%s' --rank 1000 --eval '%s' --ctx 128 --max-windows 2 --offset 65536 --json",
+                     w, m, tu_tmp("dec-full"), t);
+    assert_int_equal(code, 0);
+    if (out[0] != '{') fail_msg("decompose --json:\n%s", out);
+    /* full rank: the perplexity before is wmat eval's (one runtime helper), and barely moves */
+    const double before = json_num(out, "ppl_before"), after = json_num(out, "ppl_after"), e = json_num(ref, "ppl");
+    print_message("decompose full rank: ppl %.6f -> %.6f (wmat eval %.6f)\n", before, after, e);
+    if (!(before == e) || !(fabs(after - before) < 1e-3 * before)) fail_msg("decompose --json:\n%s\neval:\n%s", out, ref);
+    free(out);
+    free(ref);
+    /* analyze: --json FILE.json is the old --json-out, --json prints */
+    const char *apath = tu_tmp("an.json");
+    remove(apath);
+    out = run(&code, "%s analyze '%s' --no-heads --quiet --json '%s'", w, m, apath);
+    if (code != 0 || count_of(out, "old spelling") != 1) fail_msg("analyze --json FILE: exit %d:\n%s", code, out);
+    free(out);
+    TU_OK(wmat_read_file(apath, &jtext, &jlen));
+    out = run_stdout(&code, "%s analyze --json '%s' --no-heads", w, m);
+    assert_int_equal(code, 0);
+    if (strcmp(out, jtext) && !(out[0] == '{' && strstr(out, "\"matrices\"")))
+        fail_msg("analyze --json:\n%.300s", out);
+    free(out);
+    free(jtext);
+    /* info --json-out */
+    const char *ipath = tu_tmp("info.json");
+    expect_exit(0, NULL, "%s info '%s' --json-out '%s'", w, m, ipath);
+    TU_OK(wmat_read_file(ipath, &jtext, &jlen));
+    assert_true(json_num(jtext, "n_layers") == 5);
+    free(jtext);
+}
+
+/* train: --data / --eval by the shared rule, --max-windows, --offset,
+ * --json-out; the old --val and --eval-windows still work with a note. */
+static void test_common_spellings_train(void **state)
+{
+    (void)state;
+    const char *w = tu_cli(), *txt = tu_tmp("spell.txt");
+    FILE *f = fopen(txt, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 60; i++) fprintf(f, "The quick brown fox jumps over the lazy dog, line %d.\n", i);
+    fclose(f);
+    const char *base = "--init tiny --byte-tokenizer --steps 2 --batch 1 --ctx 16 --threads 1 --eval-every 2";
+    int code;
+    char *old = run(&code, "%s train %s '%s' --data '%s' --val '%s' --eval-windows 2", w, base, tu_tmp("sp-old.gguf"), txt, txt);
+    if (code != 0 || count_of(old, "old spelling") != 2) fail_msg("train old spellings: exit %d:\n%s", code, old);
+    free(old);
+    const char *jpath = tu_tmp("train.json");
+    remove(jpath);
+    char *out = run(&code, "%s train %s '%s' --data '%s' --eval '%s' --max-windows 2 --offset 10 --json-out '%s'", w, base,
+                    tu_tmp("sp-new.gguf"), txt, txt, jpath);
+    if (code != 0 || count_of(out, "old spelling")) fail_msg("train new spellings: exit %d:\n%s", code, out);
+    free(out);
+    char *j;
+    size_t n;
+    TU_OK(wmat_read_file(jpath, &j, &n));
+    if (!(json_num(j, "val_loss_end") > 0)) fail_msg("train --json-out:\n%s", j);
+    free(j);
 }
 
 static int32_t *read_ids_txt(const char *path, size_t *n)
@@ -347,6 +569,9 @@ int main(void)
         cmocka_unit_test(test_usage_errors),
         cmocka_unit_test(test_info_is_fast_on_every_model),
         cmocka_unit_test(test_eval_cli_matches_reference),
+        cmocka_unit_test(test_common_spellings_offered),
+        cmocka_unit_test(test_common_spellings_work),
+        cmocka_unit_test(test_common_spellings_train),
         cmocka_unit_test(test_tokenize_cli_matches_runc),
         cmocka_unit_test(test_convert_roundtrips),
         cmocka_unit_test(test_llamacpp_continues_like_wmat),

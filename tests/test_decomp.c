@@ -5,6 +5,8 @@
  *     s_i^2 / sum s_i^2), and it is the actual distance of the stored
  *     factors' product from W;
  *   - the native directory round-trips a low-rank model bit for bit;
+ *   - the method's keys work the same as public fields, method_params
+ *     text and per-tensor overrides (keep leaves a matrix dense);
  *   - bad parameters are refused with a message, the model untouched. */
 #include "test_util.h"
 
@@ -167,6 +169,83 @@ static void test_native_roundtrip(void **state)
     wmat_model_free(r);
 }
 
+/* Keys through method_params and per tensor through overrides: the same
+ * result as the public fields, a tensor's own rank, keep leaves it dense,
+ * and every bad setting is refused before any matrix changes. */
+static void test_keys_and_overrides(void **state)
+{
+    (void)state;
+    wmat_config c = tu_config(64, 96, 2, 4, 4, 32, 16);
+    wmat_model *a, *b;
+    TU_OK(wmat_model_create(&a, &c));
+    TU_OK(wmat_model_init_random(a, 3, 0.05f));
+    TU_OK(wmat_model_create(&b, &c));
+    TU_OK(wmat_model_init_random(b, 3, 0.05f));
+    wmat_decompose_params p = wmat_decompose_default_params();
+    p.rank = 6;
+    wmat_decompose_report ra, rb;
+    TU_OK(wmat_decompose_model(a, &p, &ra));
+    p = wmat_decompose_default_params();
+    p.method_params = "rank=6";
+    TU_OK(wmat_decompose_model(b, &p, &rb));
+    assert_int_equal(ra.n_tensors, rb.n_tensors);
+    for (int i = 0; i < ra.n_tensors; i++) {
+        assert_int_equal(ra.tensors[i].rank, rb.tensors[i].rank);
+        assert_true(ra.tensors[i].rel_error == rb.tensors[i].rel_error);
+        assert_string_equal(rb.tensors[i].method, p.method);
+    }
+    wmat_decompose_report_free(&ra);
+    wmat_decompose_report_free(&rb);
+    wmat_model_free(a);
+    wmat_model_free(b);
+    /* overrides: q_proj rank 12, layer 1's down_proj kept, the rest rank 6 */
+    TU_OK(wmat_model_create(&a, &c));
+    TU_OK(wmat_model_init_random(a, 3, 0.05f));
+    p = wmat_decompose_default_params();
+    p.rank = 6;
+    p.overrides = "q_proj=svd:rank=12,layers.1.mlp.down_proj=keep,k_proj=svd:rank=0:energy=0.5";
+    TU_OK(wmat_decompose_model(a, &p, &ra));
+    assert_int_equal(ra.n_tensors, 2 * WMAT_LIN_COUNT - 1);
+    for (int i = 0; i < ra.n_tensors; i++) {
+        const wmat_decompose_tensor *d = &ra.tensors[i];
+        if (strstr(d->name, "q_proj")) assert_int_equal(d->rank, 12);
+        else if (strstr(d->name, "k_proj")) assert_true(d->rank >= 1 && d->rel_error <= sqrt(0.5) + 1e-9);
+        else assert_int_equal(d->rank, 6);
+    }
+    assert_string_equal(wmat_tensor_kind(wmat_model_linear(a, 1, WMAT_LIN_DOWN)), "f32");
+    assert_string_equal(wmat_tensor_kind(wmat_model_linear(a, 0, WMAT_LIN_DOWN)), "lowrank");
+    wmat_decompose_report_free(&ra);
+    wmat_model_free(a);
+    /* refused, the model untouched */
+    TU_OK(wmat_model_create(&a, &c));
+    const struct {
+        int rank;
+        const char *params, *overrides, *says;
+    } bad[] = {
+        {6, "rank=-1", NULL, "rank"},
+        {6, "energy=2", NULL, "energy"},
+        {6, "colour=red", NULL, "colour"},
+        {6, NULL, "q_proj=nope", "nope"},
+        {6, NULL, "q_proj=svd:rank=x", "rank"},
+        {6, NULL, "q_proj=svd:7", "KEY=VALUE"},
+        {6, NULL, "q_proj=svd:rank=0", "give rank > 0"},
+        {6, "energy=0.9", NULL, "exclude each other"},
+        {0, NULL, NULL, "give rank > 0"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        p = wmat_decompose_default_params();
+        p.rank = bad[i].rank;
+        p.method_params = bad[i].params;
+        p.overrides = bad[i].overrides;
+        assert_int_equal(wmat_decompose_model(a, &p, NULL), WMAT_ERR_INVALID);
+        if (!strstr(wmat_last_error(), bad[i].says)) fail_msg("case %zu: '%s' lacks '%s'", i, wmat_last_error(), bad[i].says);
+        for (int l = 0; l < 2; l++)
+            for (int k = 0; k < WMAT_LIN_COUNT; k++)
+                assert_string_equal(wmat_tensor_kind(wmat_model_linear(a, l, (wmat_linear_kind)k)), "f32");
+    }
+    wmat_model_free(a);
+}
+
 static void test_bad_params(void **state)
 {
     (void)state;
@@ -196,6 +275,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_rank_stories), cmocka_unit_test(test_full_rank_mix4m),
         cmocka_unit_test(test_truncation_error),  cmocka_unit_test(test_native_roundtrip),
+        cmocka_unit_test(test_keys_and_overrides),
         cmocka_unit_test(test_bad_params),
     };
     return tu_run_tests("decomp", tests, NULL, NULL);

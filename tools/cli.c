@@ -67,6 +67,38 @@ int cli_fail(const char *cmd)
     return 1;
 }
 
+/* Old spellings, still accepted with a one-line note (docs/CLI.md,
+ * "Conventions"). suffix: the alias applies only to "--old=VALUE" or to
+ * "--old VALUE" with VALUE ending so (analyze's --json FILE, now a flag). */
+static const struct {
+    const char *cmd, *old, *now, *suffix;
+} g_aliases[] = {
+    {"quantize", "--eval-ctx", "--ctx", NULL},
+    {"quantize", "--eval-windows", "--max-windows", NULL},
+    {"quantize", "--eval-offset", "--offset", NULL},
+    {"train", "--val", "--eval", NULL},
+    {"train", "--eval-windows", "--max-windows", NULL},
+    {"analyze", "--json", "--json-out", ".json"},
+};
+
+/* The current spelling of option `name` of cmd when it is an old one (the
+ * note printed), else NULL. */
+static const char *alias_of(const char *cmd, const char *name, const char *eq, const char *next)
+{
+    for (size_t i = 0; i < sizeof g_aliases / sizeof g_aliases[0]; i++) {
+        if (strcmp(g_aliases[i].cmd, cmd) || strcmp(g_aliases[i].old, name)) continue;
+        const char *suf = g_aliases[i].suffix;
+        if (suf && !eq) {
+            const size_t a = next ? strlen(next) : 0, b = strlen(suf);
+            if (a < b || strcmp(next + a - b, suf)) continue;
+        }
+        fprintf(stderr, "wmat %s: note: %s%s is the old spelling of %s%s; it still works\n", cmd, name,
+                suf ? " FILE" : "", g_aliases[i].now, suf ? " FILE" : "");
+        return g_aliases[i].now;
+    }
+    return NULL;
+}
+
 static const cli_opt *find_opt(const cli_opt *opts, const char *name)
 {
     for (const cli_opt *o = opts; o && o->name; o++)
@@ -121,6 +153,8 @@ int cli_parse_params(const cli_command *cmd, int argc, char **argv, const cli_op
             if (nl >= sizeof name) return cli_usage_error(cmd->name, "unknown option '%s'", a);
             memcpy(name, a, nl);
             name[nl] = '\0';
+            const char *now = alias_of(cmd->name, name, eq, i + 1 < argc ? argv[i + 1] : NULL);
+            if (now) snprintf(name, sizeof name, "%s", now);
             const cli_opt *o = find_opt(opts, name);
             if (!o) o = find_opt(g_common_opts, name);
             if (!o && ps) {

@@ -2,6 +2,7 @@
  * flags of the methods' keys and the `wmat methods` listing, built from the
  * descriptors, so that no method is named in tools/. */
 #include "cli.h"
+#include "cli_inputs.h"
 #include "cli_out.h"
 #include "catalog/catalog.h"
 
@@ -81,15 +82,16 @@ int cmd_methods(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("methods");
     const char *family = NULL;
-    int json = 0;
+    cli_json js = {0};
     cli_opt opts[] = {
         {"--family", OPT_STR, &family, "F", "only this family (quantization, decomposition)"},
-        {"--json", OPT_FLAG, &json, NULL, "print the listing as JSON on stdout"},
+        CLI_JSON_OPTS(&js),
         {NULL, 0, NULL, NULL, NULL},
     };
     const char *pos[1];
     int np, rc = cli_parse(cmd, argc, argv, opts, pos, 0, 0, &np);
     if (rc) return rc == 1 ? 0 : rc;
+    if ((rc = cli_json_check("methods", &js))) return rc;
     const int n = wmat_method_count();
     int shown = 0;
     if (family) {
@@ -98,7 +100,10 @@ int cmd_methods(int argc, char **argv)
         if (!shown) return cli_usage_error("methods", "--family: no methods of family '%s'", family);
         shown = 0;
     }
-    if (json) printf("[");
+    int jfail;
+    FILE *jf = cli_json_open("methods", &js, &jfail);
+    if (jfail) return 1;
+    if (jf) fprintf(jf, "[");
     for (int i = 0; i < n; i++) {
         wmat_method_about a;
         if (wmat_method_info(i, &a)) return cli_fail("methods");
@@ -108,31 +113,36 @@ int cmd_methods(int argc, char **argv)
                                     (a.needs & WMAT_NEEDS_ACT_NORMS ? WMAT_MSTAT_ACT_NORMS : 0u) |
                                     (a.needs & WMAT_NEEDS_GRADIENTS ? WMAT_MSTAT_GRADIENTS : 0u),
                                 needs, sizeof needs);
-        if (json) {
-            printf("%s\n {\"name\": \"%s\", \"family\": \"%s\", \"produces\": \"%s\", \"needs\": \"%s\", \"summary\": ",
-                   shown ? "," : "", a.name, a.family, a.produces, needs);
-            cli_json_string(stdout, a.summary);
-            printf(", \"keys\": [");
-        } else {
+        if (jf) {
+            fprintf(jf, "%s\n {\"name\": \"%s\", \"family\": \"%s\", \"produces\": \"%s\", \"needs\": \"%s\", \"summary\": ",
+                    shown ? "," : "", a.name, a.family, a.produces, needs);
+            cli_json_string(jf, a.summary);
+            fprintf(jf, ", \"keys\": [");
+        }
+        if (!js.flag) {
             printf("%-14s %-13s -> %-8s needs %s\n  %s\n", a.name, a.family, a.produces, needs, a.summary);
         }
         for (int k = 0; k < a.n_keys; k++) {
             wmat_method_key key;
             if (wmat_method_key_info(i, k, &key)) return cli_fail("methods");
-            if (json) {
-                printf("%s{\"key\": \"%s\", \"type\": \"%s\", \"default\": \"%s\", \"range\": \"%s\", \"help\": ",
-                       k ? ", " : "", key.key, key.type, key.def, key.range);
-                cli_json_string(stdout, key.help);
-                printf("}");
-            } else {
+            if (jf) {
+                fprintf(jf, "%s{\"key\": \"%s\", \"type\": \"%s\", \"default\": \"%s\", \"range\": \"%s\", \"help\": ",
+                        k ? ", " : "", key.key, key.type, key.def, key.range);
+                cli_json_string(jf, key.help);
+                fprintf(jf, "}");
+            }
+            if (!js.flag) {
                 char lhs[256];
                 snprintf(lhs, sizeof lhs, "%s=%s", key.key, key.range);
                 printf("    %-24s %s (default %s)\n", lhs, key.help, key.def[0] ? key.def : "none");
             }
         }
-        if (json) printf("]}");
+        if (jf) fprintf(jf, "]}");
         shown++;
     }
-    if (json) printf("\n]\n");
+    if (jf) {
+        fprintf(jf, "\n]\n");
+        return cli_json_close("methods", &js);
+    }
     return 0;
 }

@@ -1,22 +1,44 @@
 /* analyze: spectra, outliers, low-rank-ness, fine-tuning fingerprints and
  * attention-head circuits of every weight matrix (docs/ANALYSIS.md). */
 #include "cli.h"
+#include "cli_inputs.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+/* The JSON report on stdout: the writer commits files atomically, so it
+ * writes a private temporary that is copied out. */
+static int json_to_stdout(const wmat_analysis *a)
+{
+    char tmp[4096];
+    const char *dir = getenv("TMPDIR");
+    snprintf(tmp, sizeof tmp, "%s/wmat-analyze-%ld.json", dir && dir[0] ? dir : "/tmp", (long)getpid());
+    char *text = NULL;
+    size_t len = 0;
+    int rc = wmat_analysis_write_json(a, tmp);
+    if (!rc) rc = wmat_read_file(tmp, &text, &len);
+    unlink(tmp);
+    if (rc) return cli_fail("analyze");
+    rc = fwrite(text, 1, len, stdout) != len || fflush(stdout) ? 1 : 0;
+    free(text);
+    if (rc) fprintf(stderr, "wmat analyze: error: writing the JSON to stdout failed\n");
+    return rc;
+}
 
 int cmd_analyze(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("analyze");
-    const char *base_path = NULL, *csv = NULL, *json = NULL, *html = NULL, *title = NULL;
+    const char *base_path = NULL, *csv = NULL, *html = NULL, *title = NULL;
+    cli_json js = {0};
     int exact = 0, no_heads = 0, heads = 0, rows = 60, quiet = 0;
     int ik = 10;
     float ithr = 0.5f;
     cli_opt opts[] = {
         {"--base", OPT_STR, &base_path, "BASE", "compare with a base model of the same shapes (dW, intruder dimensions)"},
         {"--csv", OPT_STR, &csv, "FILE", "one row per matrix (columns in docs/ANALYSIS.md)"},
-        {"--json", OPT_STR, &json, "FILE", "everything, singular values and heads included"},
+        CLI_JSON_OPTS(&js),
         {"--html", OPT_STR, &html, "FILE", "a self-contained report with SVG charts"},
         {"--title", OPT_STR, &title, "TEXT", "title of the HTML report"},
         {"--exact", OPT_FLAG, &exact, NULL, "singular values by dgesdd (default: Gram matrix + dsyevd, faster)"},
@@ -36,6 +58,9 @@ int cmd_analyze(int argc, char **argv)
     if (!(ithr > 0 && ithr <= 1)) return cli_usage_error("analyze", "--intruder-threshold must be in (0, 1]");
     if (rows < 0) return cli_usage_error("analyze", "--rows must be >= 0");
     if (heads && no_heads) return cli_usage_error("analyze", "give at most one of --heads and --no-heads");
+    if ((rc = cli_json_check("analyze", &js))) return rc;
+    /* --json: stdout carries only the JSON (everything, singular values and heads included) */
+    if (js.flag) quiet = 1;
     wmat_model *m = NULL, *b = NULL;
     if (cli_load_model("analyze", pos[0], CLI_LOAD_STORED, &m)) return 1;
     if (base_path && cli_load_model("analyze", base_path, CLI_LOAD_STORED, &b)) {
@@ -70,7 +95,7 @@ int cmd_analyze(int argc, char **argv)
     struct {
         const char *path;
         int (*fn)(const wmat_analysis *, const char *);
-    } outs[] = {{csv, wmat_analysis_write_csv}, {json, wmat_analysis_write_json}};
+    } outs[] = {{csv, wmat_analysis_write_csv}, {js.path, wmat_analysis_write_json}};
     for (int i = 0; i < 2 && !rc; i++)
         if (outs[i].path) {
             if ((rc = outs[i].fn(a, outs[i].path))) cli_fail("analyze");
@@ -82,6 +107,7 @@ int cmd_analyze(int argc, char **argv)
         if ((rc = wmat_analysis_write_html(a, html, title ? title : t))) cli_fail("analyze");
         else fprintf(stderr, "wrote %s\n", html);
     }
+    if (!rc && js.flag) rc = json_to_stdout(a);
     wmat_analysis_free(a);
     wmat_model_free(m);
     wmat_model_free(b);

@@ -1,28 +1,13 @@
 /* decompose: replace linear weights by structured kinds (a registered
  * method per matrix), report per matrix, optionally evaluate before and after. */
 #include "cli.h"
+#include "cli_inputs.h"
+#include "cli_out.h"
 #include "decomp/decomp.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int eval_ppl(wmat_model *m, const int32_t *ids, size_t n, int ctx, int windows, double *ppl)
-{
-    wmat_context c = wmat_context_default();
-    c.n_threads = g_cli.threads;
-    wmat_runtime_params rp = wmat_runtime_default_params();
-    rp.max_batch_tokens = ctx;
-    rp.kv_cache_len = 1;
-    rp.ctx = &c;
-    wmat_runtime *rt;
-    if (wmat_runtime_create(&rt, m, &rp)) return 1;
-    wmat_eval_result r;
-    int rc = wmat_eval_tokens(rt, ids, n, ctx, windows, &r);
-    wmat_runtime_free(rt);
-    if (!rc) *ppl = r.ppl;
-    return rc != 0;
-}
 
 #define DFAMILY WMAT_FAMILY_DECOMPOSITION
 
@@ -30,8 +15,10 @@ int cmd_decompose(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("decompose");
     wmat_decompose_params p = wmat_decompose_default_params();
-    const char *method = p.method, *dtype = "f32", *targets = "all", *overrides = NULL, *text = NULL, *tokens = NULL;
-    int classifier = 0, ctx = 0, windows = 16;
+    const char *method = p.method, *dtype = "f32", *targets = "all", *overrides = NULL;
+    int classifier = 0;
+    cli_eval ev = {.max_windows = 16};
+    cli_json js = {0};
     char method_help[96];
     snprintf(method_help, sizeof method_help, "decomposition method (default %s; the methods are listed below)", method);
     cli_opt opts[] = {
@@ -40,10 +27,10 @@ int cmd_decompose(int argc, char **argv)
         {"--dtype", OPT_STR, &dtype, "T", "factor type: f32 (default), f16, bf16"},
         {"--targets", OPT_STR, &targets, "LIST", "linear layers: q,k,v,o,gate,up,down or all (default)"},
         {"--classifier", OPT_FLAG, &classifier, NULL, "also the classifier (an untied one)"},
-        {"--tokens", OPT_STR, &tokens, "FILE", "evaluate before and after on a uint16 token stream"},
-        {"--text", OPT_STR, &text, "FILE", "... or on a text file"},
-        {"--ctx", OPT_INT, &ctx, "N", "evaluation window (default: the model's context, as wmat eval)"},
-        {"--max-windows", OPT_INT, &windows, "N", "evaluation windows (default 16; 0: all)"},
+        CLI_EVAL_INPUT_OPTS(&ev, "perplexity before and after on this stream"),
+        CLI_EVAL_CTX_OPT(&ev, "evaluation window (default: the model's context, as wmat eval)"),
+        CLI_EVAL_WINDOW_OPTS(&ev, "evaluation windows (default 16; 0: all)"),
+        CLI_JSON_OPTS(&js),
         {NULL, 0, NULL, NULL, NULL},
     };
     /* the methods' keys are flags too (--rank 64, --energy 0.9, ...) */
@@ -82,37 +69,41 @@ int cmd_decompose(int argc, char **argv)
     wmat__pset_free(&mps);
     if (rc) return cli_usage_error("decompose", "%s", wmat_last_error());
     if (strcmp(targets, "all") && wmat_train_parse_targets(targets, &p.targets)) return cli_fail("decompose");
-    if (text && tokens) return cli_usage_error("decompose", "--text and --tokens exclude each other");
-    if (ctx < 0 || windows < 0) return cli_usage_error("decompose", "--ctx and --max-windows must be positive");
+    if ((rc = cli_eval_check("decompose", &ev)) || (rc = cli_json_check("decompose", &js))) return rc;
 
     wmat_model *m;
     if (cli_load_model("decompose", pos[0], CLI_LOAD_F32, &m)) return 1;
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    double ppl0 = 0, ppl1 = 0;
+    wmat_eval_result e0 = {0}, e1 = {0};
     wmat_decompose_report rep;
     memset(&rep, 0, sizeof rep);
     rc = 1;
+    /* --json: stdout carries only the JSON */
+    FILE *txt = js.flag ? NULL : stdout;
     const wmat_config *c = wmat_model_config(m);
-    const int ectx = ctx ? ctx : c->seq_len; /* as wmat eval */
-    if ((text || tokens) && (cli_load_tokens("decompose", m, text, tokens, &ids, &n_ids) || eval_ppl(m, ids, n_ids, ectx, windows, &ppl0)))
+    const int ectx = ev.ctx ? ev.ctx : c->seq_len; /* as wmat eval */
+    if (cli_eval_path(&ev) && (cli_eval_load("decompose", m, &ev, &ids, &n_ids) ||
+                               cli_eval_perplexity("decompose", m, ids, n_ids, ectx, ev.max_windows, &e0)))
         goto out;
     if (wmat_decompose_model(m, &p, &rep)) {
         cli_fail("decompose");
         goto out;
     }
-    printf("%-44s %-8s %6s %6s %5s %9s %7s\n", "tensor", "method", "rows", "cols", "rank", "rel.err", "bits/w");
-    for (int i = 0; i < rep.n_tensors; i++) {
-        const wmat_decompose_tensor *d = &rep.tensors[i];
-        printf("%-44s %-8s %6lld %6lld %5lld %9.5f %7.2f\n", d->name, d->method, (long long)d->rows, (long long)d->cols,
-               (long long)d->rank, d->rel_error, d->bits_per_weight);
+    if (txt) {
+        fprintf(txt, "%-44s %-8s %6s %6s %5s %9s %7s\n", "tensor", "method", "rows", "cols", "rank", "rel.err", "bits/w");
+        for (int i = 0; i < rep.n_tensors; i++) {
+            const wmat_decompose_tensor *d = &rep.tensors[i];
+            fprintf(txt, "%-44s %-8s %6lld %6lld %5lld %9.5f %7.2f\n", d->name, d->method, (long long)d->rows,
+                    (long long)d->cols, (long long)d->rank, d->rel_error, d->bits_per_weight);
+        }
+        fprintf(txt, "decomposed %d matrices in %.2f s: %llu -> %llu weights (%.1f%%)\n", rep.n_tensors, rep.seconds,
+                (unsigned long long)rep.params_before, (unsigned long long)rep.params_after,
+                rep.params_before ? 100.0 * (double)rep.params_after / (double)rep.params_before : 0.0);
     }
-    printf("decomposed %d matrices in %.2f s: %llu -> %llu weights (%.1f%%)\n", rep.n_tensors, rep.seconds,
-           (unsigned long long)rep.params_before, (unsigned long long)rep.params_after,
-           rep.params_before ? 100.0 * (double)rep.params_after / (double)rep.params_before : 0.0);
     if (ids) {
-        if (eval_ppl(m, ids, n_ids, ectx, windows, &ppl1)) goto out;
-        printf("perplexity %.4f -> %.4f (ctx %d, %d windows)\n", ppl0, ppl1, ectx, windows);
+        if (cli_eval_perplexity("decompose", m, ids, n_ids, ectx, ev.max_windows, &e1)) goto out;
+        if (txt) fprintf(txt, "perplexity %.4f -> %.4f (ctx %d, %d windows)\n", e0.ppl, e1.ppl, ectx, e1.windows);
     }
     wmat_save_params sp = wmat_save_default_params();
     sp.format = WMAT_FMT_QUANT;
@@ -120,7 +111,29 @@ int cmd_decompose(int argc, char **argv)
         cli_fail("decompose");
         goto out;
     }
-    printf("wrote %s (native directory; wmat eval/generate run it as stored)\n", pos[1]);
+    if (txt) fprintf(txt, "wrote %s (native directory; wmat eval/generate run it as stored)\n", pos[1]);
+    int jfail;
+    FILE *jf = cli_json_open("decompose", &js, &jfail);
+    if (jfail) goto out;
+    if (jf) {
+        fprintf(jf, "{\"out\": ");
+        cli_json_string(jf, pos[1]);
+        fprintf(jf, ", \"params_before\": %llu, \"params_after\": %llu, \"seconds\": %.4f",
+                (unsigned long long)rep.params_before, (unsigned long long)rep.params_after, rep.seconds);
+        if (ids)
+            fprintf(jf, ", \"ctx\": %d, \"offset\": %d, \"windows\": %d, \"ppl_before\": %.6f, \"ppl_after\": %.6f", ectx,
+                    ev.offset, e1.windows, e0.ppl, e1.ppl);
+        fprintf(jf, ", \"tensors\": [");
+        for (int i = 0; i < rep.n_tensors; i++) {
+            const wmat_decompose_tensor *d = &rep.tensors[i];
+            fprintf(jf, "%s\n {\"name\": \"%s\", \"method\": \"%s\", \"rows\": %lld, \"cols\": %lld, \"rank\": %lld, "
+                    "\"rel_error\": %.8g, \"bits_per_weight\": %.6g}",
+                    i ? "," : "", d->name, d->method, (long long)d->rows, (long long)d->cols, (long long)d->rank,
+                    d->rel_error, d->bits_per_weight);
+        }
+        fprintf(jf, "]}\n");
+        if (cli_json_close("decompose", &js)) goto out;
+    }
     rc = 0;
 out:
     wmat_decompose_report_free(&rep);

@@ -2,6 +2,8 @@
  * report, optional fake-quant perplexity, and packed output through the
  * quantized storage (native directory or GGUF). */
 #include "cli.h"
+#include "cli_inputs.h"
+#include "cli_out.h"
 #include "quant/methods.h"
 #include "quant/qmodel.h"
 
@@ -29,20 +31,6 @@ static int progress_eta(void *user, const char *what, uint64_t done, uint64_t to
     return 0;
 }
 
-static int ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
-/* Calibration or evaluation tokens: a .txt file is text ([BOS] + its
- * tokens), anything else little-endian uint16 ids. */
-static int load_stream(const char *cmd, wmat_model *m, const char *path, int32_t **ids, size_t *n)
-{
-    return ends_with(path, ".txt") ? cli_load_tokens(cmd, m, path, NULL, ids, n)
-                                   : cli_load_tokens(cmd, m, NULL, path, ids, n);
-}
-
 /* The one place that hands results to quantized storage. */
 static int write_packed(wmat_model *m, const wmat_qresult *results, const char *out, wmat_format fmt)
 {
@@ -60,15 +48,15 @@ int cmd_quantize(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("quantize");
     wmat_quantize_params qp = wmat_quantize_default_params();
-    const char *method = qp.method, *calib = NULL, *to = "native", *seq = "stage", *eval = NULL, *keep = NULL,
-               *overrides = NULL;
-    int calib_tokens = 0, calib_ctx = 0, group_fallback = 0, embeddings = 0, classifier = 0, eval_windows = 0,
-        eval_ctx = 0, eval_offset = 0, quiet = 0;
+    const char *method = qp.method, *calib = NULL, *to = "native", *seq = "stage", *keep = NULL, *overrides = NULL;
+    int calib_tokens = 0, calib_ctx = 0, group_fallback = 0, embeddings = 0, classifier = 0, quiet = 0;
+    cli_eval evo = {0};
+    cli_json js = {0};
     char method_help[96];
     snprintf(method_help, sizeof method_help, "quantization method (default %s; the methods are listed below)", method);
     cli_opt opts[] = {
         {"--method", OPT_STR, &method, "M", method_help},
-        {"--calib", OPT_STR, &calib, "FILE", "calibration stream: .txt text, else uint16 token ids"},
+        {"--calib", OPT_STR, &calib, "FILE", "calibration stream (" CLI_TOKEN_RULE ")"},
         {"--calib-tokens", OPT_INT, &calib_tokens, "N", "calibration tokens (default 64 windows, or the file if shorter)"},
         {"--calib-ctx", OPT_INT, &calib_ctx, "T", "calibration window (default min(context, 256))"},
         {"--sequential", OPT_STR, &seq, "MODE", "stage (default, 'true-sequential': q/k/v, o, gate/up, down in turn, each on the model quantized so far), block (block l calibrated on blocks < l quantized; fewer passes), off"},
@@ -78,11 +66,11 @@ int cmd_quantize(int argc, char **argv)
         {"--embeddings", OPT_FLAG, &embeddings, NULL, "also quantize the token embedding"},
         {"--classifier", OPT_FLAG, &classifier, NULL, "also quantize the classifier (the embedding when tied)"},
         {"--to", OPT_STR, &to, "FMT", "native (default), gguf, or none (report / --eval only)"},
-        {"--eval", OPT_STR, &eval, "FILE", "perplexity of the quantized weights on this stream (fake-quant)"},
-        {"--eval-ctx", OPT_INT, &eval_ctx, "T", "evaluation window (default min(context, 256))"},
-        {"--eval-windows", OPT_INT, &eval_windows, "K", "evaluate the first K windows (default all)"},
-        {"--eval-offset", OPT_INT, &eval_offset, "N", "skip the first N tokens of the --eval stream (held-out part)"},
+        CLI_EVAL_INPUT_OPTS(&evo, "perplexity of the quantized weights on this stream (fake-quant)"),
+        CLI_EVAL_CTX_OPT(&evo, "evaluation window (default min(context, 256))"),
+        CLI_EVAL_WINDOW_OPTS(&evo, "evaluate the first K windows (default all)"),
         {"--quiet", OPT_FLAG, &quiet, NULL, "no per-tensor table"},
+        CLI_JSON_OPTS(&js),
         {NULL, 0, NULL, NULL, NULL},
     };
     /* the methods' keys are flags too (--bits 3, --act-order, --asym, ...) */
@@ -123,8 +111,9 @@ int cmd_quantize(int argc, char **argv)
     else if (!strcmp(to, "gguf")) fmt = WMAT_FMT_GGUF;
     else if (strcmp(to, "none")) return cli_usage_error("quantize", "--to must be native, gguf or none (got '%s')", to);
     if (fmt != WMAT_FMT_UNKNOWN && np < 2) return cli_usage_error("quantize", "give OUT (or --to none)");
-    if (calib_tokens < 0 || calib_ctx < 0 || eval_ctx < 0 || eval_windows < 0 || eval_offset < 0)
-        return cli_usage_error("quantize", "token counts must be positive");
+    if (calib_tokens < 0) return cli_usage_error("quantize", "--calib-tokens must be >= 0 (got %d)", calib_tokens);
+    if (calib_ctx < 0) return cli_usage_error("quantize", "--calib-ctx must be >= 0 (got %d)", calib_ctx);
+    if ((rc = cli_eval_check("quantize", &evo)) || (rc = cli_json_check("quantize", &js))) return rc;
     if (cli_method_needs_stats(QFAMILY, method) && !calib)
         return cli_usage_error("quantize", "--method %s needs calibration data: --calib FILE", method);
     if (!strcmp(seq, "stage")) qp.sequential = 2;
@@ -143,7 +132,7 @@ int cmd_quantize(int argc, char **argv)
     rc = 1;
     const int cctx = calib_ctx ? calib_ctx : (c->seq_len < 256 ? c->seq_len : 256);
     if (calib) {
-        if (load_stream("quantize", m, calib, &cal, &n_cal)) goto out;
+        if (cli_load_token_input("quantize", m, "--calib", calib, &cal, &n_cal)) goto out;
         if (calib_tokens > 0 && n_cal < (size_t)calib_tokens) {
             fprintf(stderr,
                     "wmat quantize: error: calibration stream %s has %zu tokens, fewer than the %d requested "
@@ -178,57 +167,41 @@ int cmd_quantize(int argc, char **argv)
         goto out;
     }
     char b1[32], b2[32];
+    /* --json: stdout carries only the JSON, the report goes to stderr */
+    FILE *txt = js.flag ? stderr : stdout;
     if (!quiet) {
-        printf("%-44s %-34s %11s %6s %9s %9s %8s\n", "tensor", "scheme", "shape", "bpw", "rel.err", "out.err", "ms");
+        fprintf(txt, "%-44s %-34s %11s %6s %9s %9s %8s\n", "tensor", "scheme", "shape", "bpw", "rel.err", "out.err", "ms");
         for (int i = 0; i < rep.n_tensors; i++) {
             const wmat_quantize_tensor *t = &rep.tensors[i];
             char shape[32], oe[16];
             snprintf(shape, sizeof shape, "%lldx%lld", (long long)t->rows, (long long)t->cols);
             if (t->out_error >= 0) snprintf(oe, sizeof oe, "%.3e", t->out_error);
             else snprintf(oe, sizeof oe, "-");
-            printf("%-44s %-34s %11s %6.2f %9.3e %9s %8.1f\n", t->name, t->scheme, shape, t->bits_per_weight,
+            fprintf(txt, "%-44s %-34s %11s %6.2f %9.3e %9s %8.1f\n", t->name, t->scheme, shape, t->bits_per_weight,
                    t->rel_error, oe, 1e3 * t->seconds);
         }
     }
-    printf("size          %s -> %s (%.2fx)\n", cli_bytes(rep.bytes_before, b1, sizeof b1),
+    fprintf(txt, "size          %s -> %s (%.2fx)\n", cli_bytes(rep.bytes_before, b1, sizeof b1),
            cli_bytes(rep.bytes_after, b2, sizeof b2), rep.bytes_after > 0 ? rep.bytes_before / rep.bytes_after : 0.0);
-    printf("bits/weight   %.3f over quantized tensors, %.3f over the model\n", rep.bits_per_weight,
+    fprintf(txt, "bits/weight   %.3f over quantized tensors, %.3f over the model\n", rep.bits_per_weight,
            8.0 * rep.bytes_after / ((double)wmat_model_n_params(m)));
     if (rep.calib_windows) {
         char b3[32];
-        printf("calibration   %s: %d windows x %d tokens, %d block passes (%s), %.2f s; statistics peak %s, "
+        fprintf(txt, "calibration   %s: %d windows x %d tokens, %d block passes (%s), %.2f s; statistics peak %s, "
                "streams %s\n",
                calib, rep.calib_windows, rep.calib_ctx, rep.block_passes, seq, rep.calib_seconds,
                cli_bytes((double)rep.stats_bytes, b1, sizeof b1), cli_bytes((double)rep.state_bytes, b3, sizeof b3));
     }
-    printf("time          %.2f s total, %.2f s in the method; peak RSS %s\n", rep.seconds, rep.method_seconds,
+    fprintf(txt, "time          %.2f s total, %.2f s in the method; peak RSS %s\n", rep.seconds, rep.method_seconds,
            cli_bytes((double)wmat_peak_rss(), b2, sizeof b2));
-    if (eval) {
-        if (load_stream("quantize", m, eval, &ev, &n_ev)) goto out;
-        if ((size_t)eval_offset + 2 > n_ev) {
-            fprintf(stderr, "wmat quantize: error: --eval-offset %d leaves fewer than 2 of the %zu tokens of %s\n",
-                    eval_offset, n_ev, eval);
+    wmat_eval_result er = {0};
+    const int ectx = evo.ctx ? evo.ctx : (c->seq_len < 256 ? c->seq_len : 256);
+    if (cli_eval_path(&evo)) {
+        if (cli_eval_load("quantize", m, &evo, &ev, &n_ev) ||
+            cli_eval_perplexity("quantize", m, ev, n_ev, ectx, evo.max_windows, &er))
             goto out;
-        }
-        const int ectx = eval_ctx ? eval_ctx : (c->seq_len < 256 ? c->seq_len : 256);
-        wmat_context wc = wmat_context_default();
-        wc.n_threads = g_cli.threads;
-        wmat_runtime_params rp = wmat_runtime_default_params();
-        rp.max_batch_tokens = ectx;
-        rp.kv_cache_len = 1;
-        rp.pack_weights = 1;
-        rp.ctx = &wc;
-        wmat_runtime *rt = NULL;
-        wmat_eval_result er;
-        int erc = wmat_runtime_create(&rt, m, &rp);
-        if (!erc) erc = wmat_eval_tokens(rt, ev + eval_offset, n_ev - (size_t)eval_offset, ectx, eval_windows, &er);
-        wmat_runtime_free(rt);
-        if (erc) {
-            cli_fail("quantize");
-            goto out;
-        }
-        printf("perplexity    %.4f on %s from token %d (ctx %d, %d windows; fake-quant weights)\n", er.ppl, eval,
-               eval_offset, ectx, er.windows);
+        fprintf(txt, "perplexity    %.4f on %s from token %d (ctx %d, %d windows; fake-quant weights)\n", er.ppl,
+                cli_eval_path(&evo), evo.offset, ectx, er.windows);
     }
     if (fmt != WMAT_FMT_UNKNOWN) {
         double t0 = wmat__now();
@@ -236,7 +209,29 @@ int cmd_quantize(int argc, char **argv)
             cli_fail("quantize");
             goto out;
         }
-        printf("wrote         %s (%s) in %.2f s\n", pos[1], to, wmat__now() - t0);
+        fprintf(txt, "wrote         %s (%s) in %.2f s\n", pos[1], to, wmat__now() - t0);
+    }
+    int jfail;
+    FILE *jf = cli_json_open("quantize", &js, &jfail);
+    if (jfail) goto out;
+    if (jf) {
+        fprintf(jf, "{\"method\": ");
+        cli_json_string(jf, method);
+        fprintf(jf, ", \"bytes_before\": %.0f, \"bytes_after\": %.0f, \"bits_per_weight\": %.6f, "
+                "\"seconds\": %.4f, \"calib_windows\": %d, \"calib_ctx\": %d",
+                rep.bytes_before, rep.bytes_after, rep.bits_per_weight, rep.seconds, rep.calib_windows, rep.calib_ctx);
+        if (cli_eval_path(&evo))
+            fprintf(jf, ", \"ctx\": %d, \"offset\": %d, \"windows\": %d, \"ppl\": %.6f", ectx, evo.offset, er.windows, er.ppl);
+        fprintf(jf, ", \"tensors\": [");
+        for (int i = 0; i < rep.n_tensors; i++) {
+            const wmat_quantize_tensor *t = &rep.tensors[i];
+            fprintf(jf, "%s\n {\"name\": \"%s\", \"scheme\": \"%s\", \"rows\": %lld, \"cols\": %lld, "
+                    "\"bits_per_weight\": %.6g, \"rel_error\": %.6g, \"out_error\": %.6g}",
+                    i ? "," : "", t->name, t->scheme, (long long)t->rows, (long long)t->cols, t->bits_per_weight,
+                    t->rel_error, t->out_error);
+        }
+        fprintf(jf, "]}\n");
+        if (cli_json_close("quantize", &js)) goto out;
     }
     rc = 0;
 out:

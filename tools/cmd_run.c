@@ -1,5 +1,7 @@
 /* info, eval, generate, tokenize, convert */
 #include "cli.h"
+#include "cli_inputs.h"
+#include "cli_out.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,22 +15,15 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static wmat_context cli_context(void)
-{
-    wmat_context c = wmat_context_default();
-    c.n_threads = g_cli.threads;
-    c.progress = cli_progress;
-    return c;
-}
-
 int cmd_info(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("info");
-    int json = 0;
-    cli_opt opts[] = {{"--json", OPT_FLAG, &json, NULL, "machine-readable output"}, {NULL, 0, NULL, NULL, NULL}};
+    cli_json js = {0};
+    cli_opt opts[] = {CLI_JSON_OPTS(&js), {NULL, 0, NULL, NULL, NULL}};
     const char *pos[1];
     int np, rc = cli_parse(cmd, argc, argv, opts, pos, 1, 1, &np);
     if (rc) return rc == 1 ? 0 : rc;
+    if ((rc = cli_json_check("info", &js))) return rc;
     wmat_model *m;
     if (cli_load_model("info", pos[0], 0, &m)) return 1;
     const wmat_config *c = wmat_model_config(m);
@@ -36,23 +31,34 @@ int cmd_info(int argc, char **argv)
     size_t total_bytes = 0;
     for (int i = 0; i < wmat_model_n_tensors(m); i++) total_bytes += wmat_model_tensor(m, i)->nbytes;
     char b1[32];
-    if (json) {
-        printf("{\"path\": \"%s\", \"format\": \"%s\", \"dim\": %d, \"hidden_dim\": %d, \"n_layers\": %d, \"n_heads\": %d, "
-               "\"n_kv_heads\": %d, \"vocab_size\": %d, \"seq_len\": %d, \"head_dim\": %d, \"rope_theta\": %g, "
-               "\"norm_eps\": %g, \"tied_embeddings\": %s, \"n_params\": %lld, \"bytes\": %zu, \"tensors\": [",
-               wmat_model_path(m), wmat_format_name(wmat_model_format(m)), c->dim, c->hidden_dim, c->n_layers, c->n_heads,
-               c->n_kv_heads, c->vocab_size, c->seq_len, c->head_dim, c->rope_theta, c->norm_eps,
-               c->tied_embeddings ? "true" : "false", (long long)wmat_model_n_params(m), total_bytes);
+    int jfail;
+    FILE *jf = cli_json_open("info", &js, &jfail);
+    if (jfail) {
+        wmat_model_free(m);
+        return 1;
+    }
+    if (jf) {
+        fprintf(jf, "{\"path\": ");
+        cli_json_string(jf, wmat_model_path(m));
+        fprintf(jf, ", \"format\": \"%s\", \"dim\": %d, \"hidden_dim\": %d, \"n_layers\": %d, \"n_heads\": %d, "
+                "\"n_kv_heads\": %d, \"vocab_size\": %d, \"seq_len\": %d, \"head_dim\": %d, \"rope_theta\": %g, "
+                "\"norm_eps\": %g, \"tied_embeddings\": %s, \"n_params\": %lld, \"bytes\": %zu, \"tensors\": [",
+                wmat_format_name(wmat_model_format(m)), c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
+                c->vocab_size, c->seq_len, c->head_dim, c->rope_theta, c->norm_eps, c->tied_embeddings ? "true" : "false",
+                (long long)wmat_model_n_params(m), total_bytes);
         for (int i = 0; i < wmat_model_n_tensors(m); i++) {
             const wmat_tensor *t = wmat_model_tensor(m, i);
-            printf("%s{\"name\": \"%s\", \"dtype\": \"%s\", \"shape\": [", i ? ", " : "", t->name,
-                   wmat_dtype_info(t->dtype)->name);
-            for (int d = 0; d < t->ndim; d++) printf("%s%lld", d ? ", " : "", (long long)t->shape[d]);
-            printf("], \"bytes\": %zu}", t->nbytes);
+            fprintf(jf, "%s{\"name\": \"%s\", \"dtype\": \"%s\", \"shape\": [", i ? ", " : "", t->name,
+                    wmat_dtype_info(t->dtype)->name);
+            for (int d = 0; d < t->ndim; d++) fprintf(jf, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+            fprintf(jf, "], \"bytes\": %zu}", t->nbytes);
         }
-        printf("]}\n");
-        wmat_model_free(m);
-        return 0;
+        fprintf(jf, "]}\n");
+        rc = cli_json_close("info", &js);
+        if (rc || js.flag) { /* --json: stdout carries only the JSON */
+            wmat_model_free(m);
+            return rc;
+        }
     }
     printf("model       %s (%s)\n", wmat_model_path(m), wmat_format_name(wmat_model_format(m)));
     printf("arch        llama: dim %d, hidden %d, layers %d, heads %d (kv %d, head dim %d), vocab %d, context %d\n", c->dim,
@@ -79,61 +85,58 @@ int cmd_info(int argc, char **argv)
 int cmd_eval(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("eval");
-    const char *text = NULL, *tokens = NULL;
-    int ctx = 0, max_windows = 0, json = 0;
+    cli_eval ev = {0};
+    cli_json js = {0};
     cli_opt opts[] = {
-        {"--text", OPT_STR, &text, "FILE", "UTF-8 text, encoded as [BOS] + tokens of the whole file"},
-        {"--tokens", OPT_STR, &tokens, "FILE", "little-endian uint16 token ids (llama2.c's format)"},
-        {"--ctx", OPT_INT, &ctx, "N", "window length (default: the model's context)"},
-        {"--max-windows", OPT_INT, &max_windows, "K", "score only the first K windows (default: all)"},
-        {"--json", OPT_FLAG, &json, NULL, "print the result as JSON"},
+        CLI_EVAL_INPUT_OPTS(&ev, "the stream to score"),
+        CLI_EVAL_CTX_OPT(&ev, "window length (default: the model's context)"),
+        CLI_EVAL_WINDOW_OPTS(&ev, "score only the first K windows (default: all)"),
+        CLI_JSON_OPTS(&js),
         {NULL, 0, NULL, NULL, NULL},
     };
     const char *pos[1];
     int np, rc = cli_parse(cmd, argc, argv, opts, pos, 1, 1, &np);
     if (rc) return rc == 1 ? 0 : rc;
-    if (!!text == !!tokens) return cli_usage_error("eval", "give exactly one of --text FILE or --tokens FILE");
-    if (ctx < 0 || max_windows < 0) return cli_usage_error("eval", "--ctx and --max-windows must be positive");
+    if (!cli_eval_path(&ev)) return cli_usage_error("eval", "give exactly one of --text FILE, --tokens FILE or --eval FILE");
+    if ((rc = cli_eval_check("eval", &ev)) || (rc = cli_json_check("eval", &js))) return rc;
     wmat_model *m;
     if (cli_load_model("eval", pos[0], CLI_LOAD_STORED, &m)) return 1;
     const wmat_config *c = wmat_model_config(m);
-    if (ctx == 0) ctx = c->seq_len;
+    int ctx = ev.ctx ? ev.ctx : c->seq_len;
     if (ctx > c->seq_len) {
         wmat_model_free(m);
         return cli_usage_error("eval", "--ctx %d is longer than the model's context (%d)", ctx, c->seq_len);
     }
     int32_t *ids = NULL;
     size_t n = 0;
-    if (cli_load_tokens("eval", m, text, tokens, &ids, &n)) {
+    if (cli_eval_load("eval", m, &ev, &ids, &n)) {
         wmat_model_free(m);
         return 1;
     }
-    wmat_context wc = cli_context();
-    wmat_runtime_params rp = wmat_runtime_default_params();
-    rp.max_batch_tokens = ctx;
-    rp.kv_cache_len = 1;
-    rp.pack_weights = 1; /* weights stay fixed during eval */
-    rp.ctx = &wc;
-    wmat_runtime *rt = NULL;
     wmat_eval_result res;
-    rc = wmat_runtime_create(&rt, m, &rp);
-    if (!rc) rc = wmat_eval_tokens(rt, ids, n, ctx, max_windows, &res);
-    if (rc) {
-        cli_fail("eval");
-    } else if (json) {
-        printf("{\"model\": \"%s\", \"ctx\": %d, \"windows\": %d, \"tokens_scored\": %llu, \"mean_nll\": %.6f, "
-               "\"ppl\": %.6f, \"seconds\": %.4f, \"tokens_per_s\": %.1f}\n",
-               wmat_model_path(m), ctx, res.windows, (unsigned long long)res.tokens_scored, res.mean_nll, res.ppl,
-               res.seconds, res.tokens_per_s);
-    } else {
+    rc = cli_eval_perplexity("eval", m, ids, n, ctx, ev.max_windows, &res);
+    if (!rc && !js.flag) {
         printf("model         %s\n", wmat_model_path(m));
-        printf("stream        %s (%zu tokens), ctx %d, %d windows\n", text ? text : tokens, n, ctx, res.windows);
+        printf("stream        %s (%zu tokens", cli_eval_path(&ev), n);
+        if (ev.offset) printf(" from token %d", ev.offset);
+        printf("), ctx %d, %d windows\n", ctx, res.windows);
         printf("mean NLL      %.6f\n", res.mean_nll);
         printf("perplexity    %.4f\n", res.ppl);
         printf("scored        %llu tokens in %.2f s (%.0f tokens/s)\n", (unsigned long long)res.tokens_scored,
                res.seconds, res.tokens_per_s);
     }
-    wmat_runtime_free(rt);
+    int jfail = 0;
+    FILE *jf = rc ? NULL : cli_json_open("eval", &js, &jfail);
+    if (jfail) rc = 1;
+    if (jf) {
+        fprintf(jf, "{\"model\": ");
+        cli_json_string(jf, wmat_model_path(m));
+        fprintf(jf, ", \"ctx\": %d, \"offset\": %d, \"windows\": %d, \"tokens_scored\": %llu, \"mean_nll\": %.6f, "
+                "\"ppl\": %.6f, \"seconds\": %.4f, \"tokens_per_s\": %.1f}\n",
+                ctx, ev.offset, res.windows, (unsigned long long)res.tokens_scored, res.mean_nll, res.ppl, res.seconds,
+                res.tokens_per_s);
+        rc = cli_json_close("eval", &js);
+    }
     free(ids);
     wmat_model_free(m);
     return rc ? 1 : 0;

@@ -1,5 +1,6 @@
 /* train: full fine-tuning, LoRA, GaLore, or pretraining from a config. */
 #include "cli.h"
+#include "cli_inputs.h"
 #include "cli_out.h"
 
 #include <math.h>
@@ -106,13 +107,6 @@ static const char *reg_default(wmat_train_registry r)
     return nm;
 }
 
-static int load_data(const char *cmd, wmat_model *m, const char *path, int32_t **ids, size_t *n)
-{
-    if (ends_with(path, ".u16") || ends_with(path, ".tok") || ends_with(path, ".bin"))
-        return cli_load_tokens(cmd, m, NULL, path, ids, n);
-    return cli_load_tokens(cmd, m, path, NULL, ids, n);
-}
-
 int cmd_train(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("train");
@@ -121,8 +115,9 @@ int cmd_train(int argc, char **argv)
     const char *opt = reg_default(WMAT_REG_OPTIMIZER);
     int tokenizer_kind = 0;
     int steps = 100, batch = 8, ctx = 0, accum = 1, warmup = -1, seed = 1337, eval_every = 0, eval_windows = 0;
-    int ckpt_every = 0, rank = 8, grank = 0, ggap = 50, rslora = 0, randomized = 0, json = 0, no_shuffle = 0;
-    int stop_after = 0, save_merged = 1, time_limit = 0;
+    int ckpt_every = 0, rank = 8, grank = 0, ggap = 50, rslora = 0, randomized = 0, no_shuffle = 0;
+    int stop_after = 0, save_merged = 1, time_limit = 0, eval_offset = 0;
+    cli_json js = {0};
     float lr = 0, min_lr = -1, wd = 0, clip = 1.0f, alpha = 16, gscale = 1.0f, b2 = 0.95f, mom = 0.9f;
     char adapters[256], projectors[256], optimizers[256], method_help[768], opt_help[512];
     reg_list(WMAT_REG_ADAPTER, " | ", adapters, sizeof adapters);
@@ -132,8 +127,8 @@ int cmd_train(int argc, char **argv)
              "full (default), an adapter over the frozen base (%s) or a gradient projector (%s)", adapters, projectors);
     snprintf(opt_help, sizeof opt_help, "%s (default %s)", optimizers, opt);
     cli_opt opts[] = {
-        {"--data", OPT_STR, &data, "FILE", "training text (UTF-8) or uint16 tokens (.u16/.tok)"},
-        {"--val", OPT_STR, &val, "FILE", "held-out text or tokens for periodic evaluation"},
+        {"--data", OPT_STR, &data, "FILE", "training stream (" CLI_TOKEN_RULE ")"},
+        {"--eval", OPT_STR, &val, "FILE", "held-out stream for periodic evaluation (the same rule)"},
         {"--init", OPT_STR, &init, "CONFIG", "train a new model: preset (tiny, small, mix4m) or HF-style config.json"},
         {"--byte-tokenizer", OPT_FLAG, &tokenizer_kind, NULL, "with --init: a byte-level tokenizer (259 ids)"},
         {"--method", OPT_STR, &method, "M", method_help},
@@ -161,8 +156,9 @@ int cmd_train(int argc, char **argv)
         {"--galore-scale", OPT_FLOAT, &gscale, "S", "projected update scale (default 1)"},
         {"--galore-targets", OPT_STR, &gtargets, "LIST", "projected matrices (default all seven)"},
         {"--galore-randomized", OPT_FLAG, &randomized, NULL, "randomized range finder instead of a full singular value decomposition"},
-        {"--eval-every", OPT_INT, &eval_every, "N", "evaluate on --val every N steps (default steps/10)"},
-        {"--eval-windows", OPT_INT, &eval_windows, "K", "windows per evaluation (default all)"},
+        {"--eval-every", OPT_INT, &eval_every, "N", "evaluate on --eval every N steps (default steps/10)"},
+        {"--max-windows", OPT_INT, &eval_windows, "K", "windows per evaluation (default all)"},
+        {"--offset", OPT_INT, &eval_offset, "N", "skip the first N tokens of the --eval stream (a held-out part)"},
         {"--checkpoint", OPT_STR, &ckpt, "FILE", "save a training checkpoint here (every --checkpoint-every and at the end)"},
         {"--checkpoint-every", OPT_INT, &ckpt_every, "N", "checkpoint period in steps"},
         {"--resume", OPT_STR, &resume, "FILE", "resume from a checkpoint"},
@@ -171,7 +167,7 @@ int cmd_train(int argc, char **argv)
         {"--csv", OPT_STR, &csv, "FILE", "loss curve CSV (default OUT.loss.csv)"},
         {"--svg", OPT_STR, &svg, "FILE", "loss curve SVG (default OUT.loss.svg)"},
         {"--to", OPT_STR, &to, "FMT", "output format llama2c|gguf|hf (default by extension)"},
-        {"--json", OPT_FLAG, &json, NULL, "print a JSON summary at the end"},
+        CLI_JSON_OPTS(&js),
         {NULL, 0, NULL, NULL, NULL},
     };
     const char *pos[2];
@@ -182,6 +178,9 @@ int cmd_train(int argc, char **argv)
     if (init && np != 1) return cli_usage_error("train", "with --init give only OUT");
     if (!init && np != 2) return cli_usage_error("train", "give MODEL and OUT (or --init CONFIG OUT)");
     if (!data) return cli_usage_error("train", "--data FILE is required");
+    if (eval_windows < 0) return cli_usage_error("train", "--max-windows must be >= 0 (got %d; 0: all)", eval_windows);
+    if (eval_offset < 0) return cli_usage_error("train", "--offset must be >= 0 (got %d)", eval_offset);
+    if ((rc = cli_json_check("train", &js))) return rc;
     wmat_train_params p = wmat_train_default_params();
     if (!strcmp(method, "full")) {
         p.method = WMAT_TRAIN_FULL;
@@ -266,8 +265,16 @@ int cmd_train(int argc, char **argv)
         return 1;
     }
     const wmat_config *c = wmat_model_config(m);
-    if (load_data("train", m, data, &ids, &n)) goto done;
-    if (val && load_data("train", m, val, &vids, &vn)) goto done;
+    if (cli_load_token_input("train", m, "--data", data, &ids, &n)) goto done;
+    if (val && cli_load_token_input("train", m, "--eval", val, &vids, &vn)) goto done;
+    if (vids && (size_t)eval_offset + 2 > vn) {
+        fprintf(stderr, "wmat train: error: --offset %d leaves fewer than 2 of the %zu tokens of %s\n", eval_offset, vn, val);
+        goto done;
+    }
+    if (vids && eval_offset) {
+        memmove(vids, vids + eval_offset, (vn - (size_t)eval_offset) * sizeof *vids);
+        vn -= (size_t)eval_offset;
+    }
     if (wmat_trainer_create(&t, m, &p) || wmat_trainer_set_data(t, ids, n)) {
         cli_fail("train");
         goto done;
@@ -397,14 +404,18 @@ int cmd_train(int argc, char **argv)
     wmat_trainer_memory(t, &mem);
     fprintf(stderr, "saved %s (%s); loss curve %s, %s; peak RSS %s\n", out, wmat_format_name(out_format(out, to)), csv, svg,
             cli_bytes((double)mem.peak_rss, b5, sizeof b5));
-    if (json) {
-        printf("{\"method\": \"%s\", \"steps\": %d, \"final_train_loss\": %.6f, \"val_loss_start\": %.6f, \"val_loss_end\": %.6f, "
+    int jfail;
+    FILE *jf = cli_json_open("train", &js, &jfail);
+    if (jfail) goto done;
+    if (jf) {
+        fprintf(jf, "{\"method\": \"%s\", \"steps\": %d, \"final_train_loss\": %.6f, \"val_loss_start\": %.6f, \"val_loss_end\": %.6f, "
                "\"tokens_per_s\": %.1f, \"seconds\": %.3f, \"trainable_params\": %lld, \"bytes_weights\": %zu, \"bytes_grads\": %zu, "
                "\"bytes_optimizer\": %zu, \"bytes_optimizer_scratch\": %zu, \"bytes_activations\": %zu, \"peak_rss\": %zu, "
                "\"galore_state_bytes\": %zu, \"galore_adamw_equiv_bytes\": %zu}\n",
                method, wmat_trainer_steps_done(t), last_loss, isnan(val0) ? -1.0 : val0, isnan(vlast) ? -1.0 : vlast,
                tsum > 0 ? tok_sum / tsum : 0.0, tsum, (long long)mem.trainable, mem.weights, mem.grads, mem.optim,
                mem.optim_scratch, mem.activations, mem.peak_rss, mem.galore_state, mem.galore_adam_equiv);
+        if (cli_json_close("train", &js)) goto done;
     }
     ret = 0;
 done:
