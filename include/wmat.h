@@ -178,9 +178,9 @@ typedef enum {
  * to each kernel and GEMM it calls, so two runtimes with different contexts
  * in one process (used in turns or from two threads at once) give what each
  * gives alone. Functions taking a `const wmat_context *` accept NULL for the
- * defaults. The defaults are facts of the process, fixed at its start: the
- * machine, WMAT_GEMM_BACKEND and WMAT_QACT8 in the environment, and the
- * calling thread's OpenMP default thread count (wmat_linalg_init). */
+ * defaults. The defaults are no wmat setting: the machine, WMAT_GEMM_BACKEND
+ * and WMAT_QACT8 in the environment, and the calling thread's OpenMP default
+ * thread count (OpenMP's own: OMP_NUM_THREADS, or wmat_linalg_init). */
 typedef struct {
     int n_threads;               /* <= 0: the calling thread's OpenMP default (all cores unless
                                     OMP_NUM_THREADS or wmat_linalg_init said otherwise) */
