@@ -57,7 +57,7 @@ static int validate_f32(wmat_gemm_backend b)
     fill(C, (size_t)M * N, &r);
     float *C0 = malloc(sizeof(float) * M * N);
     memcpy(C0, C, sizeof(float) * M * N);
-    int ok = wmat__sgemm_on(b, 1, 1, M, N, K, 0.5f, A, M, B, K, -0.75f, C, N) == WMAT_OK;
+    int ok = wmat__sgemm_on(b, 0, 1, 1, M, N, K, 0.5f, A, M, B, K, -0.75f, C, N) == WMAT_OK;
     double worst = 0;
     for (int i = 0; i < M && ok; i++)
         for (int j = 0; j < N; j++) {
@@ -93,7 +93,7 @@ static int validate_i8(wmat_gemm_backend b)
     for (int i = 0; i < K * N; i++) B[i] = (int8_t)wmat_rng_u64(&r);
     A[0] = A[1] = -128;
     B[0] = B[N] = -128;
-    int ok = wmat__gemm_s8s8s32_on(b, 0, 1, M, N, K, A, K, B, K, 0, C, N) == WMAT_OK;
+    int ok = wmat__gemm_s8s8s32_on(b, 0, 0, 1, M, N, K, A, K, B, K, 0, C, N) == WMAT_OK;
     for (int i = 0; i < M && ok; i++)
         for (int j = 0; j < N; j++) {
             int64_t s = 0;
@@ -122,13 +122,13 @@ static int run_job(const job *j)
     int lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N;
     switch (j->kind) {
     case 0:
-        return wmat__sgemm_on(j->b, s->ta, s->tb, s->M, s->N, s->K, 1.0f, j->A, lda, j->B, ldb, 0.0f, j->C, s->N);
+        return wmat__sgemm_on(j->b, 0, s->ta, s->tb, s->M, s->N, s->K, 1.0f, j->A, lda, j->B, ldb, 0.0f, j->C, s->N);
     case 1:
-        return wmat__gemm_s8s8s32_on(j->b, s->ta, s->tb, s->M, s->N, s->K, j->A, lda, j->B, ldb, 0, j->C, s->N);
+        return wmat__gemm_s8s8s32_on(j->b, 0, s->ta, s->tb, s->M, s->N, s->K, j->A, lda, j->B, ldb, 0, j->C, s->N);
     case 2:
-        return wmat__gemm_u8s8s32_on(j->b, s->ta, s->tb, s->M, s->N, s->K, j->A, lda, j->B, ldb, 0, j->C, s->N);
+        return wmat__gemm_u8s8s32_on(j->b, 0, s->ta, s->tb, s->M, s->N, s->K, j->A, lda, j->B, ldb, 0, j->C, s->N);
     default:
-        return wmat__gemm_bf16_on(j->b, s->ta, s->tb, s->M, s->N, s->K, 1.0f, j->A, lda, j->B, ldb, 0.0f, j->C,
+        return wmat__gemm_bf16_on(j->b, 0, s->ta, s->tb, s->M, s->N, s->K, 1.0f, j->A, lda, j->B, ldb, 0.0f, j->C,
                                   s->N);
     }
 }
@@ -200,7 +200,7 @@ static void table(const char *title, int kind, const char *unit, double budget, 
             /* "openblas pool": OpenBLAS's own threads instead of wmat's
              * OpenMP split; its idle workers spin for ~0.1 s afterwards,
              * so the next row waits that out */
-            int prev = pool ? wmat__blas_threads_begin() : 0;
+            int prev = pool ? wmat__blas_threads_begin(0) : 0;
             double g = avail ? time_job(kind, be, t, budget) : 0;
             if (pool) {
                 wmat__blas_threads_end(prev);
@@ -214,7 +214,7 @@ static void table(const char *title, int kind, const char *unit, double budget, 
             else
                 printf(" %8.1f%s       ", g, t.M != s.M ? "*" : " ");
         }
-        printf("  %s\n", kind == 0 ? wmat_gemm_backend_name(wmat__sgemm_pick(s.M, s.N, s.K)) : "");
+        printf("  %s\n", kind == 0 ? wmat_gemm_backend_name(wmat__sgemm_pick(WMAT_GEMM_AUTO, s.M, s.N, s.K)) : "");
     }
 }
 
@@ -279,7 +279,7 @@ int main(int argc, char **argv)
         ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
         if (n <= 0) return 1;
         self[n] = '\0';
-        int nt = wmat__linalg_threads();
+        int nt = wmat__linalg_threads(0);
         printf("\nOpenBLAS core type (separate processes, %d threads):\n", nt);
         printf("  as loaded here: %s\n", wmat__blas_corename());
         compare_core(self, "Prescott", nt);

@@ -105,12 +105,12 @@ typedef struct {
     int copies;
     const float *x;
     float *y;
-    int nt;
+    int nt, act8;
 } q_ctx;
 static void do_q(void *c_, int i)
 {
     q_ctx *c = c_;
-    wmat__qmatvec(c->y, c->x, c->Q[i % c->copies], 0, c->nt);
+    wmat__qmatvec_x(c->y, c->x, c->Q[i % c->copies], 0, c->nt, wmat__qkernel_best(), c->act8);
 }
 
 typedef struct {
@@ -124,7 +124,7 @@ static void do_mm_q(void *c_, int i)
 {
     mm_ctx *c = c_;
     (void)i;
-    wmat__qmatmul(c->Y, c->X, c->Q, c->T, 0, c->nt);
+    wmat__qmatmul_x(c->Y, c->X, c->Q, c->T, 0, c->nt, wmat__qkernel_best(), 0, WMAT_GEMM_AUTO);
 }
 static void do_mm_f(void *c_, int i)
 {
@@ -278,10 +278,10 @@ int main(int argc, char **argv)
         for (int c = 1; c < copies; c++)
             if (wmat_qtensor_pack(&q, &Q[c])) return 1;
         /* validate (fp32 activations first; int8 below) */
-        wmat__qkernel_set_act8(0);
+        const int best = wmat__qkernel_best();
         wmat_qtensor_dequant(first, Wd);
         wmat__matvec(yref, Wd, x, rows, cols, 0, nt);
-        wmat__qmatvec(y, x, first, 0, nt);
+        wmat__qmatvec_x(y, x, first, 0, nt, best, 0);
         double err = 0, mag = 0;
         for (int r = 0; r < rows; r++) err = fmax(err, fabs(y[r] - yref[r])), mag = fmax(mag, fabs(yref[r]));
         if (!(err <= 1e-4 * mag)) {
@@ -289,10 +289,9 @@ int main(int argc, char **argv)
             failed = 1;
         }
         for (int a8 = 0; a8 < 2; a8++) {
-            wmat__qkernel_set_act8(a8);
-            if (a8 && !(s.axis == 0 && wmat__qkernel_act8_active())) break;
+            if (a8 && !(s.axis == 0 && wmat__qkernel_act8_at(best, 1))) break;
             if (a8) { /* validate against the exact product within the activation-rounding scale */
-                wmat__qmatvec(y, x, first, 0, nt);
+                wmat__qmatvec_x(y, x, first, 0, nt, best, 1);
                 double e8 = 0;
                 for (int r = 0; r < rows; r++) e8 = fmax(e8, fabs(y[r] - yref[r]));
                 if (!(e8 <= 2e-2 * mag)) {
@@ -300,7 +299,7 @@ int main(int argc, char **argv)
                     failed = 1;
                 }
             }
-            q_ctx qc = {Q, copies, x, y, nt};
+            q_ctx qc = {Q, copies, x, y, nt, a8};
             const double t = best_time(do_q, &qc, budget);
             qc.nt = 1;
             const double t1 = best_time(do_q, &qc, budget);
@@ -312,7 +311,6 @@ int main(int argc, char **argv)
                    8 * qbytes / (double)n, t1 * 1e3, gbs1, 100 * gbs1 / read1, f32_t[0] / t1, f32_1t / t1, t * 1e3, gbs,
                    100 * gbs / readN, f32_best / t);
         }
-        wmat__qkernel_set_act8(0);
         for (int c = 1; c < copies; c++) wmat_qtensor_free(Q[c]);
         free(Q);
         if (si == 0) q4 = first;

@@ -37,7 +37,7 @@ int main(int argc, char **argv)
     float *A = malloc((size_t)n * n * 4), *A0 = malloc((size_t)n * n * 4), *S = malloc((size_t)n * 4);
     float *U = malloc((size_t)n * n * 4), *VT = malloc((size_t)n * n * 4);
     for (size_t i = 0; i < (size_t)n * n; i++) A0[i] = A[i] = wmat_rng_normal(&rng);
-    int prev = wmat__blas_threads_begin();
+    int prev = wmat__blas_threads_begin(0);
     double t0 = now();
     int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', n, n, A, n, S, U, n, VT, n);
     double dt = now() - t0;

@@ -173,14 +173,20 @@ typedef enum {
 } wmat_gemm_backend;
 
 /* Execution context: threads, progress reporting and the choices kernels
- * make, carried by each runtime (two runtimes with different contexts in
- * one process do not affect each other). Functions taking a
- * `const wmat_context *` accept NULL for the defaults. */
+ * make. Settings live here, not in the process: every runtime keeps a copy
+ * of its context and passes its thread count, GEMM backend and int8 choice
+ * to each kernel and GEMM it calls, so two runtimes with different contexts
+ * in one process (used in turns or from two threads at once) give what each
+ * gives alone. Functions taking a `const wmat_context *` accept NULL for the
+ * defaults. The defaults are no wmat setting: the machine, WMAT_GEMM_BACKEND
+ * and WMAT_QACT8 in the environment, and the calling thread's OpenMP default
+ * thread count (OpenMP's own: OMP_NUM_THREADS, or wmat_linalg_init). */
 typedef struct {
-    int n_threads;               /* <= 0: all cores */
+    int n_threads;               /* <= 0: the calling thread's OpenMP default (all cores unless
+                                    OMP_NUM_THREADS or wmat_linalg_init said otherwise) */
     wmat_progress_fn progress;   /* may be NULL */
     void *progress_user;
-    wmat_gemm_backend gemm;      /* fp32 GEMMs of a runtime; AUTO: the process default (wmat_gemm_set_backend) */
+    wmat_gemm_backend gemm;      /* fp32 GEMMs; AUTO: the process default (wmat_gemm_get_backend) */
     int act8;                    /* int8 activations in quantized decode: 1 on, 0 off, -1 default (on unless
                                     WMAT_QACT8=0 in the environment) */
 } wmat_context;
@@ -205,33 +211,47 @@ WMAT_API float wmat_rng_normal(wmat_rng *r);   /* N(0, 1) */
  * at run time. Call wmat_linalg_init() once, early, before creating threads:
  * it may tune how the BLAS library loaded (see docs/ARCHITECTURE.md). */
 /* wmat_linalg_init: probe and self-check the backends (once), then set the
- * thread policy. n_threads > 0 is the thread count of linear algebra called
- * outside an OpenMP parallel region; <= 0 means every CPU this process may
- * use. One thread pool runs, OpenMP's: oneDNN and the reference use it, and
- * OpenBLAS is set to one thread while wmat splits large OpenBLAS GEMMs over
- * OpenMP threads (an idle OpenBLAS pool spins for ~0.1 s after each call and
- * slows OpenMP work in that window many times over). The user's variables
- * always win: with OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS or OMP_NUM_THREADS
- * set, OpenBLAS's count stays as loaded; with OMP_NUM_THREADS set, OpenMP's
- * does. Calls from inside a parallel region use one thread. Without this
- * call linalg initializes lazily and changes no thread setting. */
+ * calling thread's OpenMP default thread count to n_threads (> 0) or to
+ * every CPU this process may use (<= 0): the count of contexts that leave
+ * n_threads at 0 and of wmat_sgemm. That is OpenMP's own per-thread default
+ * (omp_set_num_threads), not a wmat setting; a context with a count is not
+ * affected by it. One thread pool runs, OpenMP's: oneDNN and the reference
+ * use it, and OpenBLAS is set to one thread at the first use of linalg
+ * while wmat splits large OpenBLAS GEMMs over the call's OpenMP threads (an
+ * idle OpenBLAS pool spins for ~0.1 s after each call and slows OpenMP work
+ * in that window many times over). The user's variables always win: with
+ * OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS or OMP_NUM_THREADS set, OpenBLAS's
+ * count stays as loaded; with OMP_NUM_THREADS set, OpenMP's does. Calls
+ * from inside a parallel region use one thread. Without this call linalg
+ * initializes lazily at its first use. */
 WMAT_API int wmat_linalg_init(int n_threads);
-WMAT_API int wmat_gemm_set_backend(wmat_gemm_backend b);
+/* The process default backend, what WMAT_GEMM_AUTO in a context means:
+ * WMAT_GEMM_BACKEND=openblas|onednn|reference from the environment when
+ * that backend is available, read once at the first use of linalg, else
+ * WMAT_GEMM_AUTO (picked per call by shape and availability). There is no
+ * setter: a program that wants another backend puts it in its contexts. */
 WMAT_API wmat_gemm_backend wmat_gemm_get_backend(void);
 WMAT_API const char *wmat_gemm_backend_name(wmat_gemm_backend b);
 /* 1 if backend b is available in this build and on this machine. */
 WMAT_API int wmat_gemm_backend_available(wmat_gemm_backend b);
 
 /* C (M, N) = alpha * op(A) op(B) + beta * C, row-major, explicit leading
- * dimensions. op(A) is (M, K), op(B) is (K, N). */
+ * dimensions. op(A) is (M, K), op(B) is (K, N). wmat_sgemm runs on the
+ * defaults (the default backend, the calling thread's OpenMP thread count);
+ * wmat_sgemm_ctx on a context's gemm and n_threads (NULL: the defaults; a
+ * backend that is not available falls back to AUTO's pick) and returns
+ * WMAT_ERR_INVALID for bad sizes, where wmat_sgemm only sets the error.
+ * Both leave C untouched on bad sizes. */
 WMAT_API void wmat_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha,
                          const float *A, int lda, const float *B, int ldb, float beta,
                          float *C, int ldc);
+WMAT_API int wmat_sgemm_ctx(const wmat_context *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                            const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
 /* One line on how linalg set itself up: the OpenBLAS core and where it came
  * from, which backends passed their self-check (a small GEMM against a
- * double-precision reference) and which AUTO uses. Valid until the next
- * wmat_linalg_init. */
+ * double-precision reference), which AUTO uses and the default backend.
+ * Written once at the first use; valid for the life of the process. */
 WMAT_API const char *wmat_linalg_status(void);
 
 /* OpenBLAS core type. A DYNAMIC_ARCH OpenBLAS picks its kernels when it is

@@ -61,8 +61,9 @@ static double check_f32(int ta, int tb, int M, int N, int K, float alpha, const 
     return worst;
 }
 
-/* One fp32 case on backend b (public entry point when `public_api`). */
-static void run_f32_case(wmat_gemm_backend b, int public_api, int ta, int tb, shape s, int pad,
+/* One fp32 case on backend b with nt threads (the public entry point with a
+ * context when `public_api`). */
+static void run_f32_case(wmat_gemm_backend b, int nt, int public_api, int ta, int tb, shape s, int pad,
                          float alpha, float beta, wmat_rng *r)
 {
     int M = s.M, N = s.N, K = s.K;
@@ -77,16 +78,17 @@ static void run_f32_case(wmat_gemm_backend b, int public_api, int ta, int tb, sh
         for (size_t i = 0; i < nc; i++) C0[i] = NAN; /* must not be read */
     memcpy(C, C0, nc * 4);
     if (public_api) {
-        TU_OK(wmat_gemm_set_backend(b));
-        wmat_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        TU_OK(wmat_gemm_set_backend(WMAT_GEMM_AUTO));
+        wmat_context ctx = wmat_context_default();
+        ctx.gemm = b;
+        ctx.n_threads = nt;
+        TU_OK(wmat_sgemm_ctx(&ctx, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc));
     } else {
-        TU_OK(wmat__sgemm_on(b, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc));
+        TU_OK(wmat__sgemm_on(b, nt, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc));
     }
     double w = check_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C0, C, ldc);
     if (!(w <= 1.0))
-        fail_msg("%s%s: %dx%dx%d trans %d%d pad %d alpha %g beta %g: error %.3g x bound",
-                 wmat_gemm_backend_name(b), public_api ? " (wmat_sgemm)" : "", M, N, K, ta, tb, pad,
+        fail_msg("%s%s, %d threads: %dx%dx%d trans %d%d pad %d alpha %g beta %g: error %.3g x bound",
+                 wmat_gemm_backend_name(b), public_api ? " (wmat_sgemm_ctx)" : "", nt, M, N, K, ta, tb, pad,
                  alpha, beta, w);
     /* padding columns of C are untouched */
     for (int i = 0; i < M; i++)
@@ -99,9 +101,9 @@ static void run_f32_case(wmat_gemm_backend b, int public_api, int ta, int tb, sh
     free(C0);
 }
 
-static void test_sgemm_backends(void **state)
+/* Every backend at nt threads (0: the OpenMP default). */
+static void sgemm_backends(int nt)
 {
-    (void)state;
     static const float ab[][2] = {{1.0f, 0.0f}, {0.5f, -1.25f}, {-2.0f, 1.0f}};
     wmat_rng r;
     wmat_rng_seed(&r, 1);
@@ -116,20 +118,26 @@ static void test_sgemm_backends(void **state)
             for (int t = 0; t < 4; t++)
                 for (int pad = 0; pad <= 3; pad += 3)
                     for (size_t k = 0; k < 3; k++)
-                        run_f32_case(b, 0, t >> 1, t & 1, k_shapes[si], pad, ab[k][0], ab[k][1], &r);
-        /* the public entry point with the backend forced */
-        for (int t = 0; t < 4; t++) run_f32_case(b, 1, t >> 1, t & 1, k_shapes[7], 2, 0.5f, -1.25f, &r);
+                        run_f32_case(b, nt, 0, t >> 1, t & 1, k_shapes[si], pad, ab[k][0], ab[k][1], &r);
+        /* the public entry point with the backend in a context */
+        for (int t = 0; t < 4; t++) run_f32_case(b, nt, 1, t >> 1, t & 1, k_shapes[7], 2, 0.5f, -1.25f, &r);
     }
 }
 
-/* Again under wmat's thread policy: OpenBLAS at one thread, its large
- * GEMMs split over OpenMP threads (the calls above ran before any init, on
- * OpenBLAS's own pool). */
-static void test_sgemm_backends_after_init(void **state)
+static void test_sgemm_backends(void **state)
 {
-    TU_OK(wmat_linalg_init(2));
+    (void)state;
+    sgemm_backends(0);
+}
+
+/* One and three threads asked for by the call: OpenBLAS's large GEMMs are
+ * split over that many OpenMP threads (OpenBLAS itself runs one). */
+static void test_sgemm_backends_threads(void **state)
+{
+    (void)state;
     if (wmat__blas_num_threads() != 1) print_message("OpenBLAS threads set by the environment\n");
-    test_sgemm_backends(state);
+    sgemm_backends(1);
+    sgemm_backends(3);
 }
 
 static void test_sgemm_degenerate(void **state)
@@ -141,14 +149,14 @@ static void test_sgemm_degenerate(void **state)
         if (!wmat_gemm_backend_available(b)) continue;
         /* K == 0: C = beta C */
         for (int i = 0; i < 6; i++) C[i] = (float)i;
-        TU_OK(wmat__sgemm_on(b, 0, 0, 2, 3, 0, 1.0f, A, 1, B, 3, 2.0f, C, 3));
+        TU_OK(wmat__sgemm_on(b, 0, 0, 0, 2, 3, 0, 1.0f, A, 1, B, 3, 2.0f, C, 3));
         for (int i = 0; i < 6; i++) assert_true(C[i] == 2.0f * i);
         /* alpha == 0: A and B are not read (NaN there stays out) */
         for (int i = 0; i < 6; i++) A[i] = B[i] = NAN, C[i] = NAN;
-        TU_OK(wmat__sgemm_on(b, 0, 0, 2, 3, 2, 0.0f, A, 2, B, 3, 0.0f, C, 3));
+        TU_OK(wmat__sgemm_on(b, 0, 0, 0, 2, 3, 2, 0.0f, A, 2, B, 3, 0.0f, C, 3));
         for (int i = 0; i < 6; i++) assert_true(C[i] == 0.0f);
         /* M == 0 / N == 0: nothing happens */
-        TU_OK(wmat__sgemm_on(b, 0, 0, 0, 3, 2, 1.0f, A, 2, B, 3, 0.0f, NULL, 3));
+        TU_OK(wmat__sgemm_on(b, 0, 0, 0, 0, 3, 2, 1.0f, A, 2, B, 3, 0.0f, NULL, 3));
     }
 }
 
@@ -157,18 +165,23 @@ static void test_sgemm_invalid(void **state)
     (void)state;
     float A[16] = {0}, B[16] = {0}, C[16];
     for (int i = 0; i < 16; i++) C[i] = 7.0f;
-    assert_int_equal(wmat__sgemm_on(WMAT_GEMM_AUTO, 0, 0, 2, 2, 4, 1.0f, A, 3, B, 2, 0.0f, C, 2),
+    assert_int_equal(wmat__sgemm_on(WMAT_GEMM_AUTO, 0, 0, 0, 2, 2, 4, 1.0f, A, 3, B, 2, 0.0f, C, 2),
                      WMAT_ERR_INVALID); /* lda < K */
     assert_non_null(strstr(wmat_last_error(), "leading dimension"));
-    assert_int_equal(wmat__sgemm_on(WMAT_GEMM_AUTO, 1, 0, 4, 2, 2, 1.0f, A, 3, B, 2, 0.0f, C, 2),
+    assert_int_equal(wmat__sgemm_on(WMAT_GEMM_AUTO, 0, 1, 0, 4, 2, 2, 1.0f, A, 3, B, 2, 0.0f, C, 2),
                      WMAT_ERR_INVALID); /* trans: lda < M */
-    assert_int_equal(wmat__sgemm_on(WMAT_GEMM_AUTO, 0, 1, 2, 4, 2, 1.0f, A, 2, B, 1, 0.0f, C, 4),
+    assert_int_equal(wmat__sgemm_on(WMAT_GEMM_AUTO, 0, 0, 1, 2, 4, 2, 1.0f, A, 2, B, 1, 0.0f, C, 4),
                      WMAT_ERR_INVALID); /* trans: ldb < K */
-    assert_int_equal(wmat__sgemm_on(WMAT_GEMM_AUTO, 0, 0, -1, 2, 2, 1.0f, A, 2, B, 2, 0.0f, C, 2),
+    assert_int_equal(wmat__sgemm_on(WMAT_GEMM_AUTO, 0, 0, 0, -1, 2, 2, 1.0f, A, 2, B, 2, 0.0f, C, 2),
                      WMAT_ERR_INVALID);
     wmat_clear_error();
     wmat_sgemm(0, 0, 2, 2, 2, 1.0f, A, 2, B, 2, 0.0f, C, 1); /* ldc < N: refused, C untouched */
     assert_true(wmat_last_error()[0] != '\0');
+    for (int i = 0; i < 16; i++) assert_true(C[i] == 7.0f);
+    wmat_context ctx = wmat_context_default();
+    assert_int_equal(wmat_sgemm_ctx(&ctx, 0, 0, 2, 2, 2, 1.0f, A, 2, B, 2, 0.0f, C, 1), WMAT_ERR_INVALID);
+    ctx.gemm = (wmat_gemm_backend)42;
+    assert_int_equal(wmat_sgemm_ctx(&ctx, 0, 0, 2, 2, 2, 1.0f, A, 2, B, 2, 0.0f, C, 2), WMAT_ERR_INVALID);
     for (int i = 0; i < 16; i++) assert_true(C[i] == 7.0f);
 }
 
@@ -182,21 +195,27 @@ static void test_backend_api(void **state)
     assert_true(wmat_gemm_backend_available(WMAT_GEMM_AUTO));
     assert_true(wmat_gemm_backend_available(WMAT_GEMM_REFERENCE));
     assert_false(wmat_gemm_backend_available((wmat_gemm_backend)42));
-    assert_int_equal(wmat_gemm_set_backend((wmat_gemm_backend)42), WMAT_ERR_INVALID);
-    TU_OK(wmat_gemm_set_backend(WMAT_GEMM_REFERENCE));
-    assert_int_equal(wmat_gemm_get_backend(), WMAT_GEMM_REFERENCE);
-    assert_int_equal(wmat__sgemm_pick(100, 100, 100), WMAT_GEMM_REFERENCE);
-    TU_OK(wmat_gemm_set_backend(WMAT_GEMM_AUTO));
-    assert_int_equal(wmat_gemm_get_backend(), WMAT_GEMM_AUTO);
+    /* the default is what WMAT_GEMM_BACKEND says (when available), else AUTO */
+    const char *env = getenv("WMAT_GEMM_BACKEND");
+    const wmat_gemm_backend def = wmat_gemm_get_backend();
+    if (!env || !*env || !strcmp(env, "auto")) assert_int_equal(def, WMAT_GEMM_AUTO);
+    else if (def != WMAT_GEMM_AUTO) assert_string_equal(wmat_gemm_backend_name(def), env);
+    assert_true(wmat_gemm_backend_available(def));
+    /* an explicit backend is used as asked; AUTO means the default */
+    assert_int_equal(wmat__sgemm_pick(WMAT_GEMM_REFERENCE, 100, 100, 100), WMAT_GEMM_REFERENCE);
+    if (def != WMAT_GEMM_AUTO) assert_int_equal(wmat__sgemm_pick(WMAT_GEMM_AUTO, 100, 100, 100), def);
+    if (wmat_gemm_backend_available(WMAT_GEMM_ONEDNN))
+        assert_int_equal(wmat__sgemm_pick(WMAT_GEMM_ONEDNN, 100, 100, 100), WMAT_GEMM_ONEDNN);
     const char *st = wmat_linalg_status();
     assert_non_null(strstr(st, "openblas"));
     assert_non_null(strstr(st, "auto fp32"));
+    assert_ptr_equal(st, wmat_linalg_status()); /* written once */
     print_message("linalg status: %s\n", st);
     print_message("auto picks: 2048^3 %s, 256x704x256 %s, 16x64x64 %s, 1x704x256 %s\n",
-                  wmat_gemm_backend_name(wmat__sgemm_pick(2048, 2048, 2048)),
-                  wmat_gemm_backend_name(wmat__sgemm_pick(256, 704, 256)),
-                  wmat_gemm_backend_name(wmat__sgemm_pick(16, 64, 64)),
-                  wmat_gemm_backend_name(wmat__sgemm_pick(1, 704, 256)));
+                  wmat_gemm_backend_name(wmat__sgemm_pick(WMAT_GEMM_AUTO, 2048, 2048, 2048)),
+                  wmat_gemm_backend_name(wmat__sgemm_pick(WMAT_GEMM_AUTO, 256, 704, 256)),
+                  wmat_gemm_backend_name(wmat__sgemm_pick(WMAT_GEMM_AUTO, 16, 64, 64)),
+                  wmat_gemm_backend_name(wmat__sgemm_pick(WMAT_GEMM_AUTO, 1, 704, 256)));
 }
 
 /* Calls from inside an OpenMP region: one BLAS thread each, right results,
@@ -216,8 +235,8 @@ static void test_sgemm_in_parallel_region(void **state)
     int inner_threads[T], inner_pick[T];
 #pragma omp parallel for num_threads(2)
     for (int t = 0; t < T; t++) {
-        inner_threads[t] = wmat__linalg_threads();
-        inner_pick[t] = wmat__sgemm_pick(M, N, K);
+        inner_threads[t] = wmat__linalg_threads(4);
+        inner_pick[t] = wmat__sgemm_pick(WMAT_GEMM_AUTO, M, N, K);
         wmat_sgemm(0, 0, M, N, K, 1.0f, A + (size_t)t * M * K, K, B, N, 0.0f, C + (size_t)t * M * N, N);
     }
     for (int t = 0; t < T; t++) {
@@ -252,8 +271,8 @@ static void run_i8_case(wmat_gemm_backend b, int u8, int ta, int tb, shape s, in
     for (size_t i = 0; i < nb; i++) B[i] = extreme ? (int8_t)(i & 2 ? 127 : -128) : (int8_t)wmat_rng_u64(r);
     for (size_t i = 0; i < nc; i++) C0[i] = (int32_t)(wmat_rng_u64(r) % 2000001u) - 1000000;
     memcpy(C, C0, nc * 4);
-    int rc = u8 ? wmat__gemm_u8s8s32_on(b, ta, tb, M, N, K, A, lda, B, ldb, acc, C, ldc)
-                : wmat__gemm_s8s8s32_on(b, ta, tb, M, N, K, (const int8_t *)A, lda, B, ldb, acc, C, ldc);
+    int rc = u8 ? wmat__gemm_u8s8s32_on(b, 0, ta, tb, M, N, K, A, lda, B, ldb, acc, C, ldc)
+                : wmat__gemm_s8s8s32_on(b, 0, ta, tb, M, N, K, (const int8_t *)A, lda, B, ldb, acc, C, ldc);
     if (rc != WMAT_OK) fail_msg("%s int8: %s", wmat_gemm_backend_name(b), wmat_last_error());
     for (int i = 0; i < M; i++) {
         for (int j = 0; j < N; j++) {
@@ -284,7 +303,7 @@ static void test_int8_backends(void **state)
     for (size_t bi = 0; bi < N_BACKENDS; bi++) {
         wmat_gemm_backend b = k_backends[bi];
         if (b != WMAT_GEMM_AUTO && !wmat__gemm_int8_native(b)) {
-            assert_int_equal(wmat__gemm_s8s8s32_on(b, 0, 0, 1, 1, 1, (int8_t[]){1}, 1, (int8_t[]){1}, 1, 0,
+            assert_int_equal(wmat__gemm_s8s8s32_on(b, 0, 0, 0, 1, 1, 1, (int8_t[]){1}, 1, (int8_t[]){1}, 1, 0,
                                                    (int32_t[]){0}, 1),
                              WMAT_ERR_UNSUPPORTED);
             print_message("int8 on %s: not available, skipped\n", wmat_gemm_backend_name(b));
@@ -296,13 +315,13 @@ static void test_int8_backends(void **state)
                     for (int v = 0; v < 3; v++)
                         run_i8_case(b, u8, t >> 1, t & 1, k_shapes[si], v == 1 ? 4 : 0, v == 2, v == 2, &r);
     }
-    /* the process-wide entry points */
+    /* AUTO (the default backend, or AUTO's pick), on two threads */
     int8_t A[6] = {1, -2, 3, -128, 127, 0}, B[6] = {-128, 5, 6, 7, -8, 9};
     int32_t C[4];
-    TU_OK(wmat__gemm_s8s8s32(0, 0, 2, 2, 3, A, 3, B, 2, 0, C, 2));
+    TU_OK(wmat__gemm_s8s8s32_on(WMAT_GEMM_AUTO, 2, 0, 0, 2, 2, 3, A, 3, B, 2, 0, C, 2));
     assert_int_equal(C[0], 1 * -128 + -2 * 6 + 3 * -8);
     assert_int_equal(C[3], -128 * 5 + 127 * 7 + 0 * 9);
-    TU_OK(wmat__gemm_u8s8s32(0, 0, 2, 2, 3, (const uint8_t *)A, 3, B, 2, 1, C, 2));
+    TU_OK(wmat__gemm_u8s8s32_on(WMAT_GEMM_AUTO, 2, 0, 0, 2, 2, 3, (const uint8_t *)A, 3, B, 2, 1, C, 2));
     assert_int_equal(C[3], (-128 * 5 + 127 * 7) + (128 * 5 + 127 * 7));
 }
 
@@ -325,7 +344,7 @@ static void run_bf16_case(wmat_gemm_backend b, int ta, int tb, shape s, int pad,
     if (beta == 0.0f)
         for (size_t i = 0; i < nc; i++) C0[i] = NAN;
     memcpy(C, C0, nc * 4);
-    TU_OK(wmat__gemm_bf16_on(b, ta, tb, M, N, K, alpha, Ah, lda, Bh, ldb, beta, C, ldc));
+    TU_OK(wmat__gemm_bf16_on(b, 0, ta, tb, M, N, K, alpha, Ah, lda, Bh, ldb, beta, C, ldc));
     double w = check_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C0, C, ldc);
     if (!(w <= 1.0))
         fail_msg("bf16 %s: %dx%dx%d trans %d%d pad %d alpha %g beta %g: error %.3g x bound",
@@ -545,6 +564,14 @@ static void test_threads_respect_env(void **state)
     assert_true(has_line(out, "LINALG=%s", "3"));
     assert_true(has_line(out, "LAPACK=%s", "3"));
     assert_true(has_line(out, "AFTER=%s", "1"));
+    /* overlapping loans (two threads' LAPACK calls): the largest count
+     * holds until the last one ends */
+    assert_true(has_line(out, "NESTED=%s", "3 3 3 1"));
+    free(out);
+    /* a user's OpenBLAS count is never lent over */
+    out = run_helper("OPENBLAS_NUM_THREADS=2", "threads 3", &code);
+    assert_true(has_line(out, "LAPACK=%s", "2"));
+    assert_true(has_line(out, "AFTER=%s", "2"));
     free(out);
 }
 
@@ -610,7 +637,7 @@ static int helper(int argc, char **argv)
         wmat_linalg_init(0);
         /* a GEMM on the loaded OpenBLAS, checked */
         float A[6] = {1, 2, 3, 4, 5, 6}, B[6] = {1, -1, 2, 0, 3, 1}, C[4] = {0};
-        int g = wmat__sgemm_on(WMAT_GEMM_OPENBLAS, 0, 0, 2, 2, 3, 1.0f, A, 3, B, 2, 0.0f, C, 2);
+        int g = wmat__sgemm_on(WMAT_GEMM_OPENBLAS, 0, 0, 0, 2, 2, 3, 1.0f, A, 3, B, 2, 0.0f, C, 2);
         const char *ct = getenv("OPENBLAS_CORETYPE"), *gd = getenv(WMAT_BLAS_TUNE_GUARD);
         printf("RC=%d\nCORETYPE=%s\nGUARD=%s\nCORE=%s\nGEMM=%s\nSTATUS=%s\n", rc, ct ? ct : "(unset)",
                gd ? gd : "(unset)", wmat__blas_corename(),
@@ -621,23 +648,30 @@ static int helper(int argc, char **argv)
     if (argc >= 4 && strcmp(argv[2], "threads") == 0) {
         wmat_linalg_init(atoi(argv[3]));
         printf("BLAS=%d\nOMP=%d\nLINALG=%d\n", wmat__blas_num_threads(), omp_get_max_threads(),
-               wmat__linalg_threads());
-        int prev = wmat__blas_threads_begin();
+               wmat__linalg_threads(0));
+        int prev = wmat__blas_threads_begin(0);
         printf("LAPACK=%d\n", wmat__blas_num_threads());
         wmat__blas_threads_end(prev);
         printf("AFTER=%d\n", wmat__blas_num_threads());
+        int a = wmat__blas_threads_begin(3), n1 = wmat__blas_num_threads();
+        int b = wmat__blas_threads_begin(2), n2 = wmat__blas_num_threads();
+        wmat__blas_threads_end(a);
+        int n3 = wmat__blas_num_threads();
+        wmat__blas_threads_end(b);
+        printf("NESTED=%d %d %d %d\n", n1, n2, n3, wmat__blas_num_threads());
         return 0;
     }
     if (argc >= 3 && strcmp(argv[2], "fallback") == 0) {
         wmat_linalg_init(0);
         float A[6] = {1, 2, 3, 4, 5, 6}, B[6] = {1, -1, 2, 0, 3, 1}, C[4] = {0};
         wmat_sgemm(0, 0, 2, 2, 3, 1.0f, A, 3, B, 2, 0.0f, C, 2);
-        int set = wmat_gemm_set_backend(WMAT_GEMM_OPENBLAS);
+        float D[4];
+        int set = wmat__sgemm_on(WMAT_GEMM_OPENBLAS, 0, 0, 0, 2, 2, 3, 1.0f, A, 3, B, 2, 0.0f, D, 2);
         printf("AVAIL_OPENBLAS=%d\nAVAIL_ONEDNN=%d\nPICK_SMALL=%s\nPICK_BIG=%s\nSET_OPENBLAS=%s\nGEMM=%s\n"
                "STATUS=%s\n",
                wmat_gemm_backend_available(WMAT_GEMM_OPENBLAS), wmat_gemm_backend_available(WMAT_GEMM_ONEDNN),
-               wmat_gemm_backend_name(wmat__sgemm_pick(16, 64, 64)),
-               wmat_gemm_backend_name(wmat__sgemm_pick(512, 512, 512)),
+               wmat_gemm_backend_name(wmat__sgemm_pick(WMAT_GEMM_AUTO, 16, 64, 64)),
+               wmat_gemm_backend_name(wmat__sgemm_pick(WMAT_GEMM_AUTO, 512, 512, 512)),
                set == WMAT_ERR_UNSUPPORTED ? "unsupported" : set == WMAT_OK ? "ok" : "error",
                C[0] == 14 && C[1] == 2 && C[2] == 32 && C[3] == 2 ? "ok" : "wrong", wmat_linalg_status());
         return 0;
@@ -652,7 +686,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_backend_api),
         cmocka_unit_test(test_sgemm_backends),
-        cmocka_unit_test(test_sgemm_backends_after_init),
+        cmocka_unit_test(test_sgemm_backends_threads),
         cmocka_unit_test(test_sgemm_degenerate),
         cmocka_unit_test(test_sgemm_invalid),
         cmocka_unit_test(test_sgemm_in_parallel_region),

@@ -525,12 +525,11 @@ static void test_packed_weights(void **state)
         if (!(md <= 1e-5 * mx)) fail_msg("T %d: max |diff| %.3g above 1e-5 * %.3g", T, md, mx);
     }
     wmat_runtime_free(packed);
-    wmat_gemm_backend was = wmat_gemm_get_backend();
-    TU_OK(wmat_gemm_set_backend(WMAT_GEMM_REFERENCE));
-    packed = runtime_ctx(m, 48, 1, 0, 1, NULL);
+    wmat_context ref = wmat_context_default();
+    ref.gemm = WMAT_GEMM_REFERENCE;
+    packed = runtime_ctx(m, 48, 1, 0, 1, &ref);
     assert_int_equal(wmat_runtime_packed_bytes(packed), 0);
     TU_OK(wmat_forward(packed, ids, 48, b));
-    TU_OK(wmat_gemm_set_backend(was));
     wmat_runtime_free(packed);
     free(a);
     free(b);

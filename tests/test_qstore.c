@@ -178,9 +178,9 @@ static void check_matvec(const wmat_qtensor *qt, const float *W, const float *x,
     double worst = 0;
     int levels[3] = {WMAT_QK_REF, WMAT_QK_AVX2, WMAT_QK_AVX512};
     for (int li = 0; li < 3; li++) {
-        if (levels[li] > wmat__qkernel_best()) continue;
-        assert_int_equal(wmat__qkernel_force(levels[li]), levels[li]);
-        wmat__qmatvec(y, x, qt, 0, 2);
+        const int lv = levels[li];
+        if (lv > wmat__qkernel_best()) continue;
+        wmat__qmatvec_x(y, x, qt, 0, 2, lv, 0); /* fp32 activations (int8: test_act8_decode) */
         if (li == 0) memcpy(yref, y, (size_t)rows * 4);
         for (int64_t r = 0; r < rows; r++) {
             double exact = 0, mag = 0;
@@ -198,14 +198,14 @@ static void check_matvec(const wmat_qtensor *qt, const float *W, const float *x,
         }
         /* accumulate */
         for (int64_t r = 0; r < rows; r++) yacc[r] = 1.0f;
-        wmat__qmatvec(yacc, x, qt, 1, 1);
+        wmat__qmatvec_x(yacc, x, qt, 1, 1, lv, 0);
         for (int64_t r = 0; r < rows; r++) TU_ASSERT_NEAR(yacc[r] - 1.0f, y[r], 1e-4f * (1.0f + fabsf(y[r])));
         /* batched: T tokens, tiles + GEMM (T >= 3) or matvecs */
         for (int T = 1; T <= 7; T += 3) {
             float *X = malloc((size_t)(T * cols) * 4), *Y = malloc((size_t)(T * rows) * 4);
             for (int t = 0; t < T; t++)
                 for (int64_t k = 0; k < cols; k++) X[t * cols + k] = x[(k + 7 * t) % cols];
-            wmat__qmatmul(Y, X, qt, T, 0, 2);
+            wmat__qmatmul_x(Y, X, qt, T, 0, 2, lv, 0, WMAT_GEMM_AUTO);
             for (int t = 0; t < T; t++)
                 for (int64_t r = 0; r < rows; r++) {
                     double exact = 0, mag = 0;
@@ -221,7 +221,6 @@ static void check_matvec(const wmat_qtensor *qt, const float *W, const float *x,
             free(Y);
         }
     }
-    wmat__qkernel_force(-1);
     free(y);
     free(yref);
     free(yacc);
@@ -230,7 +229,6 @@ static void check_matvec(const wmat_qtensor *qt, const float *W, const float *x,
 static void test_kernels_vs_reference(void **state)
 {
     (void)state;
-    const int prev_act8 = wmat__qkernel_set_act8(0); /* the fp32-activation kernels (int8: test_act8_decode) */
     print_message("  kernels: best level here %s\n", wmat__qkernel_name(wmat__qkernel_best()));
     wmat_rng rng;
     wmat_rng_seed(&rng, 7);
@@ -260,7 +258,6 @@ static void test_kernels_vs_reference(void **state)
                         wmat_qtensor_free(qt);
                         wmat_qresult_free(&q);
                     }
-    wmat__qkernel_set_act8(prev_act8);
     free(x);
     free(W);
 }
@@ -278,7 +275,6 @@ static void test_act8_decode(void **state)
     float *x = malloc((size_t)cols * 4), *W = malloc((size_t)(rows * cols) * 4);
     float *yr = malloc((size_t)rows * 4), *yf = malloc((size_t)rows * 4);
     for (int64_t k = 0; k < cols; k++) x[k] = wmat_rng_normal(&rng) * (k % 97 == 0 ? 20.0f : 1.0f); /* a few outliers */
-    const int prev = wmat__qkernel_set_act8(1);
     static const int bits_list[] = {2, 3, 4, 5, 8};
     for (size_t bi = 0; bi < 5; bi++)
         for (int sym = 0; sym < 2; sym++)
@@ -290,12 +286,12 @@ static void test_act8_decode(void **state)
                     wmat_qtensor *qt;
                     TU_OK(wmat_qtensor_pack(&q, &qt));
                     wmat_qtensor_dequant(qt, W);
-                    wmat__qkernel_force(WMAT_QK_REF);
-                    assert_true(wmat__qkernel_act8_active());
-                    wmat__qmatvec(yr, x, qt, 0, 2);
-                    wmat__qkernel_force(-1);
-                    const int fast = wmat__qkernel_act8_active() && wmat__qkernel_level() == WMAT_QK_AVX512;
-                    if (fast) wmat__qmatvec(yf, x, qt, 0, 2);
+                    assert_true(wmat__qkernel_act8_at(WMAT_QK_REF, 1));
+                    assert_false(wmat__qkernel_act8_at(WMAT_QK_REF, 0));
+                    wmat__qmatvec_x(yr, x, qt, 0, 2, WMAT_QK_REF, 1);
+                    const int best = wmat__qkernel_best();
+                    const int fast = wmat__qkernel_act8_at(best, 1) && best == WMAT_QK_AVX512;
+                    if (fast) wmat__qmatvec_x(yf, x, qt, 0, 2, best, 1);
                     /* per-block activation steps, in stored order */
                     for (int64_t r = 0; r < rows; r++) {
                         double exact = 0, mag = 0, bound = 0;
@@ -323,7 +319,6 @@ static void test_act8_decode(void **state)
                     wmat_qtensor_free(qt);
                     wmat_qresult_free(&q);
                 }
-    wmat__qkernel_set_act8(prev);
     free(x), free(W), free(yr), free(yf);
 }
 

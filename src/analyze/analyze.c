@@ -317,7 +317,7 @@ static int run_jobs(wmat_analysis *a, an_job *jobs, int n, const wmat_analyze_pa
         an_job *j = order[q];
         int64_t r = j->w->shape[0] < j->w->shape[1] ? j->w->shape[0] : j->w->shape[1];
         if (r < AN_BIG && nt > 1) continue;
-        int prev = wmat__blas_threads_begin();
+        int prev = wmat__blas_threads_begin(nt);
         j->status = analyze_one(j, p, &a->m[j - jobs]);
         wmat__blas_threads_end(prev);
         if (j->status) snprintf(j->err, sizeof j->err, "%s", wmat_last_error());

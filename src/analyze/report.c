@@ -180,7 +180,7 @@ static void json_arr(FILE *f, const double *x, int n)
     fputc(']', f);
 }
 
-static const char *g_comp_names[WMAT_COMP_COUNT] = {"Q", "K", "V"};
+static const char *const g_comp_names[WMAT_COMP_COUNT] = {"Q", "K", "V"};
 
 int wmat_analysis_write_json(const wmat_analysis *a, const char *path)
 {
@@ -432,8 +432,8 @@ int wmat_analysis_write_summary(const wmat_analysis *a, FILE *out, int max_rows)
 
 static const char *role_color(const char *role)
 {
-    static const char *names[] = {"q", "k", "v", "o", "gate", "up", "down", "embed", "classifier"};
-    static const char *colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    static const char *const names[] = {"q", "k", "v", "o", "gate", "up", "down", "embed", "classifier"};
+    static const char *const colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                                    "#8c564b", "#e377c2", "#17becf", "#bcbd22"};
     for (int i = 0; i < 9; i++)
         if (!strcmp(role, names[i])) return colors[i];
@@ -578,7 +578,7 @@ static void chart_per_layer(FILE *f, const wmat_analysis *a, const char *title, 
     if (isfinite(hline))
         fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#999\" stroke-dasharray=\"4 3\"/>", fr.ml,
                 fy(&fr, hline), fr.W - fr.mr, fy(&fr, hline));
-    static const char *roles[] = {"q", "k", "v", "o", "gate", "up", "down"};
+    static const char *const roles[] = {"q", "k", "v", "o", "gate", "up", "down"};
     for (int r = 0; r < 7; r++) {
         const char *col = role_color(roles[r]);
         int np = 0;

@@ -4,7 +4,7 @@
  * do, and a status names the problem better than their argument number. */
 #include "dense.h"
 
-#include "../core/internal.h"
+#include "linalg.h"
 
 #include <cblas.h>
 #include <lapacke.h>
@@ -36,8 +36,10 @@ int wmat__dgemm(int trans_a, int trans_b, int M, int N, int K, double alpha, con
         return wmat_set_error(WMAT_ERR_INVALID,
                               "dgemm: bad sizes (M %d, N %d, K %d, trans %d/%d, lda %d, ldb %d, ldc %d)", M, N, K,
                               trans_a, trans_b, lda, ldb, ldc);
+    wmat__blas_use_begin();
     cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
                 alpha, A, lda, B, ldb, beta, C, ldc);
+    wmat__blas_use_end();
     return WMAT_OK;
 }
 
@@ -47,7 +49,9 @@ int wmat__dsyrk_upper(int trans, int N, int K, double alpha, const double *A, in
     if (N < 0 || K < 0 || !ld_ok(trans ? N : K, lda) || !ld_ok(N, ldc))
         return wmat_set_error(WMAT_ERR_INVALID, "dsyrk: bad sizes (N %d, K %d, trans %d, lda %d, ldc %d)", N, K,
                               trans, lda, ldc);
+    wmat__blas_use_begin();
     cblas_dsyrk(CblasRowMajor, CblasUpper, trans ? CblasTrans : CblasNoTrans, N, K, alpha, A, lda, beta, C, ldc);
+    wmat__blas_use_end();
     return WMAT_OK;
 }
 
@@ -55,7 +59,9 @@ int wmat__dpotrf_upper(int n, double *A, int lda)
 {
     if (n < 0 || !ld_ok(n, lda))
         return wmat_set_error(WMAT_ERR_INVALID, "dpotrf: bad sizes (n %d, lda %d)", n, lda);
+    wmat__blas_use_begin();
     lapack_int info = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', (lapack_int)n, A, (lapack_int)lda);
+    wmat__blas_use_end();
     return lapacke_status("dpotrf", info, n, n, "not positive definite");
 }
 
@@ -63,7 +69,9 @@ int wmat__dpotri_upper(int n, double *A, int lda)
 {
     if (n < 0 || !ld_ok(n, lda))
         return wmat_set_error(WMAT_ERR_INVALID, "dpotri: bad sizes (n %d, lda %d)", n, lda);
+    wmat__blas_use_begin();
     lapack_int info = LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'U', (lapack_int)n, A, (lapack_int)lda);
+    wmat__blas_use_end();
     return lapacke_status("dpotri", info, n, n, "singular: the factor has a zero on its diagonal");
 }
 
@@ -71,7 +79,9 @@ int wmat__dsyevd_upper(int vectors, int n, double *A, int lda, double *w)
 {
     if (n < 0 || !ld_ok(n, lda))
         return wmat_set_error(WMAT_ERR_INVALID, "dsyevd: bad sizes (n %d, lda %d)", n, lda);
+    wmat__blas_use_begin();
     lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, vectors ? 'V' : 'N', 'U', (lapack_int)n, A, (lapack_int)lda, w);
+    wmat__blas_use_end();
     return lapacke_status("dsyevd", info, n, n, "did not converge");
 }
 
@@ -83,7 +93,9 @@ int wmat__dgesdd(int M, int N, double *A, int lda, double *s, double *U, int ldu
         return wmat_set_error(WMAT_ERR_INVALID,
                               "dgesdd: bad arguments (M %d, N %d, lda %d, U %s, ldu %d, VT %s, ldvt %d)", M, N, lda,
                               U ? "given" : "NULL", ldu, VT ? "given" : "NULL", ldvt);
+    wmat__blas_use_begin();
     lapack_int info = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, vectors ? 'S' : 'N', (lapack_int)M, (lapack_int)N, A,
                                      (lapack_int)lda, s, U, (lapack_int)ldu, VT, (lapack_int)ldvt);
+    wmat__blas_use_end();
     return lapacke_status("dgesdd", info, M, N, "did not converge");
 }

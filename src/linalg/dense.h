@@ -15,9 +15,11 @@
  * definite, singular, no convergence, NaN rejected by LAPACKE's check).
  *
  * Threads: these run on OpenBLAS's own thread count, which wmat keeps at one
- * (wmat__blas_threads_begin in linalg.h lends it more for long calls). They
- * may be called from inside an OpenMP parallel region; an error message is
- * then set on the calling thread. */
+ * (wmat__blas_threads_begin in linalg.h lends it more for long calls, and
+ * each wrapper waits while another thread holds such a loan, so its result
+ * never depends on someone else's). They may be called from inside an
+ * OpenMP parallel region; an error message is then set on the calling
+ * thread. */
 #ifndef WMAT_LINALG_DENSE_H
 #define WMAT_LINALG_DENSE_H
 

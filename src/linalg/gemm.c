@@ -19,14 +19,24 @@
  *     1x704x256 56 vs 39, 16x64x64 41 vs 79; bench/bench_gemm prints them.)
  *   - int8: oneDNN, else the reference (OpenBLAS has no int8 GEMM).
  *   - bf16: oneDNN's matmul, else bf16 widened to fp32 and the fp32 choice.
+ * Settings are arguments: every entry point takes the backend (AUTO: the
+ * process default) and the thread count of its caller's context. The only
+ * file-scope state is what the first use detects and never changes
+ * afterwards (the probe below, under pthread_once): the CPU, which backends
+ * passed their self-check, the default backend (WMAT_GEMM_BACKEND, read
+ * once) and whether the user gave OpenBLAS a thread count of its own. So two
+ * runtimes with different backends and thread counts in one process, used
+ * in turns or at the same time from two threads, do not change each other's
+ * results (tests/test_context.c).
  * Threads: one pool, OpenMP's. oneDNN (OpenMP runtime) and the reference
- * use it; OpenBLAS is set to one thread by wmat_linalg_init and its large
- * GEMMs are split over OpenMP threads (blas_sgemm). Measured here: after a
+ * run on the count a call is given; OpenBLAS is set to one thread at the
+ * first use (unless the user set its count) and its large GEMMs are split
+ * over the call's OpenMP threads (blas_sgemm). Measured here: after a
  * multithreaded OpenBLAS call its idle workers spin for ~0.1 s, and OpenMP
  * work started in that window (oneDNN int8 512^3) ran at 30 instead of 600+
  * GOP/s. Inside an OpenMP parallel region a call uses one thread: oneDNN
- * and the reference are told so, and OpenBLAS is used only if it runs one
- * thread (its pool cannot be told per call), else the call goes to oneDNN
+ * and the reference are told so, and OpenBLAS is used only if its own count
+ * is one (its pool cannot be told per call), else the call goes to oneDNN
  * or the reference.
  */
 #include "linalg.h"
@@ -34,7 +44,6 @@
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,23 +57,35 @@
  * (2 MB of fp32: past a Zen 2 core's L2 + its share of L3). */
 #define LARGE_B (512.0 * 1024.0)
 
+/* What the probe finds, written once under g_once and read-only after. */
 typedef struct {
     wmat_cpu_info cpu;
+    wmat_gemm_backend default_backend; /* WMAT_GEMM_BACKEND (when available), else AUTO */
+    bool blas_env;        /* the user set OpenBLAS's thread count: wmat never changes it */
+    int blas_own_threads; /* OpenBLAS's count outside lending: 1, or the user's */
     bool openblas_ok;     /* passed the self-check */
     bool openblas_native; /* its kernels match the CPU's ISA level */
     bool dnnl_f32, dnnl_s8, dnnl_u8, dnnl_bf16;
     char openblas_note[256];
-    char dnnl_note[256];
+    char dnnl_note[512];
     char core_source[96];
+    char status[1536];    /* wmat_linalg_status() */
 } linalg_state;
 
 static linalg_state g;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static atomic_int g_backend = WMAT_GEMM_AUTO;
-static atomic_int g_threads = 1; /* oneDNN and reference threads outside parallel regions */
-static bool g_blas_env; /* the user set OpenBLAS's thread count: never touched */
-static char g_threads_note[160];
-static char g_status[1024];
+
+/* Lending OpenBLAS threads to LAPACK (wmat__blas_threads_begin/end)
+ * changes the one setting wmat touches after the probe, OpenBLAS's own
+ * thread count, which is one per process, and OpenBLAS's results depend on
+ * it (measured with OpenBLAS 0.3.20: sgemm 32x256x704 differs in the last
+ * bits at 2 threads and at 1). So a loan is exclusive: it holds g_blas_use
+ * for writing, and every other OpenBLAS call wmat makes holds it for
+ * reading (wmat__blas_use_begin/end), waiting while a loan runs elsewhere.
+ * The lending thread itself does not take the read side (t_loan_depth). */
+static pthread_rwlock_t g_blas_use = PTHREAD_RWLOCK_INITIALIZER;
+static _Thread_local int t_loan_depth;   /* loans this thread holds (nested) */
+static _Thread_local int t_loan_threads; /* the count it lent (the largest asked for) */
 
 static void probe(void);
 static void ensure_probe(void) { pthread_once(&g_once, probe); }
@@ -75,14 +96,26 @@ static bool env_set(const char *name)
     return v && *v;
 }
 
-/* Threads for a call made now (no probe: usable while probing). */
-static int threads_now(void) { return omp_in_parallel() ? 1 : atomic_load(&g_threads); }
+/* Threads for a call made now with n_threads asked for (no probe: usable
+ * while probing): one inside a parallel region, else the count asked for,
+ * else the calling thread's OpenMP default (what wmat_context_threads
+ * gives a context that leaves n_threads at 0). */
+static int threads_for(int n_threads)
+{
+    if (omp_in_parallel()) return 1;
+    if (n_threads > 0) return n_threads;
+    int t = omp_get_max_threads();
+    return t > 0 ? t : 1;
+}
 
-int wmat__linalg_threads(void)
+int wmat__linalg_threads(int n_threads)
 {
     ensure_probe();
-    return threads_now();
+    return threads_for(n_threads);
 }
+
+/* AUTO: the process default (fixed by the probe). */
+static wmat_gemm_backend resolve(wmat_gemm_backend b) { return b == WMAT_GEMM_AUTO ? g.default_backend : b; }
 
 /* ---------------------------------------------------------------- checks */
 
@@ -113,7 +146,7 @@ static int check_args(const char *fn, int ta, int tb, int M, int N, int K, const
 static void blas_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                        const float *B, int ldb, float beta, float *C, int ldc, int nt)
 {
-    if (nt <= 1 || wmat__blas_num_threads() > 1 || (double)M * N * K <= SMALL_MNK) {
+    if (nt <= 1 || g.blas_own_threads > 1 || (double)M * N * K <= SMALL_MNK) {
         wmat__blas_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
@@ -133,6 +166,18 @@ static void blas_sgemm(int ta, int tb, int M, int N, int K, float alpha, const f
     }
 }
 
+/* The read side of g_blas_use, for callers inside linalg that run after
+ * the probe has set g.blas_env (or inside it: it is set first). */
+static void use_begin(void)
+{
+    if (!g.blas_env && t_loan_depth == 0) pthread_rwlock_rdlock(&g_blas_use);
+}
+
+static void use_end(void)
+{
+    if (!g.blas_env && t_loan_depth == 0) pthread_rwlock_unlock(&g_blas_use);
+}
+
 /* fp32 on a concrete backend, no availability check. */
 static int sgemm_exec(wmat_gemm_backend b, int ta, int tb, int M, int N, int K, float alpha,
                       const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc,
@@ -142,7 +187,9 @@ static int sgemm_exec(wmat_gemm_backend b, int ta, int tb, int M, int N, int K, 
     if (K == 0 || alpha == 0.0f) b = WMAT_GEMM_REFERENCE; /* C = beta C, A and B not read */
     switch (b) {
     case WMAT_GEMM_OPENBLAS:
+        use_begin();
         blas_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nt);
+        use_end();
         return WMAT_OK;
     case WMAT_GEMM_ONEDNN:
         return wmat__dnnl_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nt);
@@ -215,8 +262,10 @@ static int bf16_exec(wmat_gemm_backend b, bool native, int ta, int tb, int M, in
 static wmat_gemm_backend pick_f32(wmat_gemm_backend want, int M, int N, int K, bool in_par)
 {
     /* OpenBLAS's pool cannot be limited per call: inside a parallel region
-     * it is usable only when it runs one thread anyway. */
-    bool ob = g.openblas_ok && (!in_par || wmat__blas_num_threads() <= 1);
+     * it is usable only when it runs one thread anyway (its count outside
+     * loans, fixed by the probe: a loan elsewhere must not change the
+     * choice, and so the rounding, of this call). */
+    bool ob = g.openblas_ok && (!in_par || g.blas_own_threads <= 1);
     if (want == WMAT_GEMM_REFERENCE) return WMAT_GEMM_REFERENCE;
     if (want == WMAT_GEMM_OPENBLAS && ob) return WMAT_GEMM_OPENBLAS;
     if (want == WMAT_GEMM_ONEDNN && g.dnnl_f32) return WMAT_GEMM_ONEDNN;
@@ -234,10 +283,10 @@ static wmat_gemm_backend pick_f32(wmat_gemm_backend want, int M, int N, int K, b
     return ob ? WMAT_GEMM_OPENBLAS : WMAT_GEMM_REFERENCE;
 }
 
-wmat_gemm_backend wmat__sgemm_pick(int M, int N, int K)
+wmat_gemm_backend wmat__sgemm_pick(wmat_gemm_backend b, int M, int N, int K)
 {
     ensure_probe();
-    return pick_f32((wmat_gemm_backend)atomic_load(&g_backend), M, N, K, omp_in_parallel());
+    return pick_f32(resolve(b), M, N, K, omp_in_parallel());
 }
 
 bool wmat__gemm_int8_native(wmat_gemm_backend b)
@@ -306,7 +355,7 @@ static bool check_float(wmat_gemm_backend b, chk_kind kind, char *note, size_t c
             for (size_t i = 0; i < nb; i++) B[i] = wmat_bf16_to_f32(Bh[i] = wmat_f32_to_bf16(B[i]));
         }
         memcpy(C, C0, sizeof(float) * nc);
-        int nt = threads_now();
+        int nt = threads_for(0);
         int rc = kind == CHK_F32 ? sgemm_exec(b, t->ta, t->tb, t->M, t->N, t->K, t->alpha, A, lda, B, ldb,
                                               t->beta, C, ldc, nt)
                                  : bf16_exec(b, true, t->ta, t->tb, t->M, t->N, t->K, t->alpha, Ah, lda,
@@ -387,7 +436,7 @@ static bool check_int8(wmat_gemm_backend b, bool u8, char *note, size_t cap)
         if (M > 1)
             for (int k = 0; k < K; k++) A[ta ? (size_t)k * lda + 1 : (size_t)lda + k] = u8 ? 255 : 127;
         memcpy(C, C0, sizeof(int32_t) * nc);
-        int nt = threads_now();
+        int nt = threads_for(0);
         int rc = u8 ? u8_exec(b, ta, tb, M, N, K, A, lda, B, ldb, cases[c].acc, C, ldc, nt)
                     : s8_exec(b, ta, tb, M, N, K, (const int8_t *)A, lda, B, ldb, cases[c].acc, C, ldc, nt);
         if (rc != WMAT_OK) {
@@ -431,9 +480,10 @@ static bool fail_on_purpose(const char *backend, bool ok, char *note, size_t cap
     return false;
 }
 
-static void update_status(void)
+/* The status line, written once at the end of the probe. */
+static void write_status(void)
 {
-    char dn[300];
+    char dn[600];
     if (!wmat__dnnl_built())
         snprintf(dn, sizeof dn, "onednn not in this build");
     else
@@ -442,19 +492,30 @@ static void update_status(void)
                                ? (g.openblas_ok && g.openblas_native ? "auto fp32: onednn, openblas up to 64^3"
                                                                      : "auto fp32: onednn")
                                : (g.openblas_ok ? "auto fp32: openblas" : "auto fp32: reference");
-    snprintf(g_status, sizeof g_status, "openblas %s; %s; %s; int8 %s; bf16 %s; threads %s",
-             g.openblas_note, dn, autodesc, g.dnnl_s8 && g.dnnl_u8 ? "onednn" : "reference",
-             g.dnnl_bf16 ? "onednn" : "widened to fp32", g_threads_note);
+    char def[64] = "";
+    if (g.default_backend != WMAT_GEMM_AUTO)
+        snprintf(def, sizeof def, "; default %s (WMAT_GEMM_BACKEND)", wmat_gemm_backend_name(g.default_backend));
+    char th[160];
+    if (g.blas_env)
+        snprintf(th, sizeof th, "per call from the caller's context; openblas %d from the environment",
+                 g.blas_own_threads);
+    else
+        snprintf(th, sizeof th, "per call from the caller's context; openblas 1, GEMMs split over OpenMP threads");
+    snprintf(g.status, sizeof g.status, "openblas %s; %s; %s%s; int8 %s; bf16 %s; threads %s", g.openblas_note, dn,
+             autodesc, def, g.dnnl_s8 && g.dnnl_u8 ? "onednn" : "reference", g.dnnl_bf16 ? "onednn" : "widened to fp32",
+             th);
 }
 
 static void probe(void)
 {
     wmat_cpu_info *ci = &g.cpu;
     wmat__cpu_info(ci);
-    atomic_store(&g_threads, env_set("OMP_NUM_THREADS") ? omp_get_max_threads() : ci->logical_cpus);
-    g_blas_env = env_set("OPENBLAS_NUM_THREADS") || env_set("GOTO_NUM_THREADS") || env_set("OMP_NUM_THREADS");
-    snprintf(g_threads_note, sizeof g_threads_note, "%d (openblas %d, openmp %d; defaults)",
-             atomic_load(&g_threads), wmat__blas_num_threads(), omp_get_max_threads());
+    /* OpenBLAS runs one thread unless the user set its count (OpenBLAS
+     * reads OMP_NUM_THREADS too): each call's threads are then the
+     * caller's, split over OpenMP. */
+    g.blas_env = env_set("OPENBLAS_NUM_THREADS") || env_set("GOTO_NUM_THREADS") || env_set("OMP_NUM_THREADS");
+    if (!g.blas_env) wmat__blas_set_num_threads(1);
+    g.blas_own_threads = wmat__blas_num_threads();
 
     /* OpenBLAS: where its core came from, whether it suits the CPU, and a
      * self-check (the kernels may have been forced by OPENBLAS_CORETYPE). */
@@ -508,8 +569,11 @@ static void probe(void)
             n += (size_t)snprintf(g.dnnl_note + n, sizeof g.dnnl_note - n, " %s %s%s%s", op[i],
                                   ok[i] ? "ok" : "FAILED (", ok[i] ? "" : why[i], ok[i] ? "" : ")");
     }
-    /* WMAT_GEMM_BACKEND=openblas|onednn|reference|auto pins the fp32
-     * backend for a whole process (the test suite runs once per backend). */
+    /* WMAT_GEMM_BACKEND=openblas|onednn|reference|auto: the default
+     * backend of this process, for contexts that leave theirs at AUTO and
+     * for calls without a context (the test suite runs once per backend).
+     * Read here once: a fact of the process, not a setting. */
+    g.default_backend = WMAT_GEMM_AUTO;
     const char *want = getenv("WMAT_GEMM_BACKEND");
     if (want && *want) {
         static const char *const names[] = {"auto", "openblas", "onednn", "reference"};
@@ -517,11 +581,11 @@ static void probe(void)
             if (strcmp(want, names[b]) != 0) continue;
             bool avail = b == WMAT_GEMM_AUTO || b == WMAT_GEMM_REFERENCE || (b == WMAT_GEMM_OPENBLAS && g.openblas_ok) ||
                          (b == WMAT_GEMM_ONEDNN && g.dnnl_f32);
-            if (avail) atomic_store(&g_backend, b);
+            if (avail) g.default_backend = (wmat_gemm_backend)b;
         }
     }
     wmat_clear_error();
-    update_status();
+    write_status();
 }
 
 /* ---------------------------------------------------------------- public */
@@ -529,53 +593,56 @@ static void probe(void)
 int wmat_linalg_init(int n_threads)
 {
     ensure_probe();
-    bool omp_env = env_set("OMP_NUM_THREADS");
-    int t = n_threads > 0 ? n_threads : g.cpu.logical_cpus;
-    if (!g_blas_env) wmat__blas_set_num_threads(1);
-    if (!omp_env) omp_set_num_threads(t);
-    atomic_store(&g_threads, omp_env ? omp_get_max_threads() : t);
-    snprintf(g_threads_note, sizeof g_threads_note, "%d (openmp %d %s; openblas %d %s)", atomic_load(&g_threads),
-             omp_get_max_threads(), omp_env ? "from OMP_NUM_THREADS" : "set by wmat", wmat__blas_num_threads(),
-             g_blas_env ? "from the environment" : "per call, GEMMs split over OpenMP threads");
-    update_status();
+    /* The calling thread's OpenMP default: what contexts with n_threads
+     * <= 0 and calls without a context use. OpenMP's own setting, kept
+     * per thread by the runtime; a context with a count is not affected. */
+    if (!env_set("OMP_NUM_THREADS")) omp_set_num_threads(n_threads > 0 ? n_threads : g.cpu.logical_cpus);
     return WMAT_OK;
 }
 
-int wmat__blas_threads_begin(void)
+void wmat__blas_use_begin(void)
 {
-    ensure_probe();
-    int prev = wmat__blas_num_threads(), t = atomic_load(&g_threads);
-    if (!g_blas_env && !omp_in_parallel() && t > prev) wmat__blas_set_num_threads(t);
-    return prev;
+    ensure_probe(); /* g.blas_env is fixed from here on, so begin and end agree */
+    use_begin();
 }
 
-void wmat__blas_threads_end(int prev)
+void wmat__blas_use_end(void) { use_end(); }
+
+int wmat__blas_threads_begin(int n_threads)
 {
-    if (!g_blas_env && !omp_in_parallel() && prev >= 1 && prev != wmat__blas_num_threads())
-        wmat__blas_set_num_threads(prev);
+    ensure_probe();
+    int t = threads_for(n_threads);
+    if (g.blas_env || omp_in_parallel() || t <= 1) return 0;
+    if (t_loan_depth++ == 0) {
+        pthread_rwlock_wrlock(&g_blas_use);
+        t_loan_threads = 1;
+    }
+    if (t > t_loan_threads) {
+        t_loan_threads = t;
+        wmat__blas_set_num_threads(t);
+    }
+    return 1;
+}
+
+void wmat__blas_threads_end(int token)
+{
+    if (token != 1 || t_loan_depth <= 0) return;
+    if (--t_loan_depth == 0) {
+        wmat__blas_set_num_threads(g.blas_own_threads);
+        pthread_rwlock_unlock(&g_blas_use);
+    }
 }
 
 const char *wmat_linalg_status(void)
 {
     ensure_probe();
-    return g_status;
-}
-
-int wmat_gemm_set_backend(wmat_gemm_backend b)
-{
-    if ((int)b < WMAT_GEMM_AUTO || (int)b > WMAT_GEMM_REFERENCE)
-        return wmat_set_error(WMAT_ERR_INVALID, "no GEMM backend %d", (int)b);
-    if (!wmat_gemm_backend_available(b))
-        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "GEMM backend %s is not available: %s",
-                              wmat_gemm_backend_name(b), wmat_linalg_status());
-    atomic_store(&g_backend, (int)b);
-    return WMAT_OK;
+    return g.status;
 }
 
 wmat_gemm_backend wmat_gemm_get_backend(void)
 {
     ensure_probe();
-    return (wmat_gemm_backend)atomic_load(&g_backend);
+    return g.default_backend;
 }
 
 const char *wmat_gemm_backend_name(wmat_gemm_backend b)
@@ -601,61 +668,59 @@ int wmat_gemm_backend_available(wmat_gemm_backend b)
     }
 }
 
-static int f32_on_nt(wmat_gemm_backend b, bool strict, int nt_req, int ta, int tb, int M, int N, int K, float alpha,
-                     const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
-
-static int f32_on(wmat_gemm_backend b, bool strict, int ta, int tb, int M, int N, int K, float alpha,
+/* fp32 on b (AUTO: the default) with n_threads (<= 0: the OpenMP default);
+ * strict: an unavailable backend is an error instead of AUTO's choice. */
+static int f32_on(wmat_gemm_backend b, bool strict, int n_threads, int ta, int tb, int M, int N, int K, float alpha,
                   const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
-{
-    return f32_on_nt(b, strict, 0, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
-void wmat__sgemm_cfg(wmat_gemm_backend b, int n_threads, int trans_a, int trans_b, int M, int N, int K, float alpha,
-                     const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
-{
-    ensure_probe();
-    if (b == WMAT_GEMM_AUTO) b = (wmat_gemm_backend)atomic_load(&g_backend);
-    (void)f32_on_nt(b, false, n_threads, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
-/* nt_req > 0: that many threads outside parallel regions (a runtime's own
- * count), else the linalg thread policy's. */
-static int f32_on_nt(wmat_gemm_backend b, bool strict, int nt_req, int ta, int tb, int M, int N, int K, float alpha,
-                     const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
     ensure_probe();
     int rc = check_args("sgemm", ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
     if (rc != WMAT_OK) return rc;
+    if ((int)b < WMAT_GEMM_AUTO || (int)b > WMAT_GEMM_REFERENCE)
+        return wmat_set_error(WMAT_ERR_INVALID, "sgemm: no GEMM backend %d", (int)b);
     if (strict && b != WMAT_GEMM_AUTO && !wmat_gemm_backend_available(b))
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "GEMM backend %s is not available",
                               wmat_gemm_backend_name(b));
     bool in_par = omp_in_parallel();
-    wmat_gemm_backend use = pick_f32(b, M, N, K, in_par);
-    int nt = in_par ? 1 : nt_req > 0 ? nt_req : atomic_load(&g_threads);
+    wmat_gemm_backend use = pick_f32(resolve(b), M, N, K, in_par);
+    int nt = threads_for(n_threads);
     rc = sgemm_exec(use, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nt);
     if (rc != WMAT_OK && use != WMAT_GEMM_REFERENCE) /* e.g. oneDNN out of scratch memory */
         rc = sgemm_exec(WMAT_GEMM_REFERENCE, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nt);
     return rc;
 }
 
+void wmat__sgemm_cfg(wmat_gemm_backend b, int n_threads, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    (void)f32_on(b, false, n_threads, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+int wmat__sgemm_on(wmat_gemm_backend b, int n_threads, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                   const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    return f32_on(b, true, n_threads, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 void wmat_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                 const float *B, int ldb, float beta, float *C, int ldc)
 {
-    ensure_probe(); /* the probe applies WMAT_GEMM_BACKEND: read the backend after it */
-    (void)f32_on((wmat_gemm_backend)atomic_load(&g_backend), false, trans_a, trans_b, M, N, K, alpha, A,
-                 lda, B, ldb, beta, C, ldc);
+    (void)f32_on(WMAT_GEMM_AUTO, false, 0, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-int wmat__sgemm_on(wmat_gemm_backend b, int trans_a, int trans_b, int M, int N, int K, float alpha,
+int wmat_sgemm_ctx(const wmat_context *ctx, int trans_a, int trans_b, int M, int N, int K, float alpha,
                    const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
 {
-    return f32_on(b, true, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return f32_on(ctx ? ctx->gemm : WMAT_GEMM_AUTO, false, ctx ? ctx->n_threads : 0, trans_a, trans_b, M, N, K, alpha,
+                  A, lda, B, ldb, beta, C, ldc);
 }
 
-/* int8: b is AUTO (pick), or a backend that must have a native kernel. */
+/* int8: b is AUTO (the default when it has int8 kernels, else AUTO's
+ * pick), or a backend that must have a native kernel. */
 static int i8_resolve(wmat_gemm_backend b, bool u8, wmat_gemm_backend *use)
 {
     bool dn = u8 ? g.dnnl_u8 : g.dnnl_s8;
+    if (b == WMAT_GEMM_AUTO && wmat__gemm_int8_native(g.default_backend)) b = g.default_backend;
     switch (b) {
     case WMAT_GEMM_AUTO: *use = dn ? WMAT_GEMM_ONEDNN : WMAT_GEMM_REFERENCE; return WMAT_OK;
     case WMAT_GEMM_REFERENCE: *use = b; return WMAT_OK;
@@ -668,15 +733,7 @@ static int i8_resolve(wmat_gemm_backend b, bool u8, wmat_gemm_backend *use)
                           wmat_gemm_backend_name(b));
 }
 
-/* The process-wide backend for int8/bf16: a forced backend without such a
- * kernel falls back to AUTO's choice. */
-static wmat_gemm_backend global_for(bool (*native)(wmat_gemm_backend))
-{
-    wmat_gemm_backend b = (wmat_gemm_backend)atomic_load(&g_backend);
-    return native(b) ? b : WMAT_GEMM_AUTO;
-}
-
-int wmat__gemm_s8s8s32_on(wmat_gemm_backend b, int ta, int tb, int M, int N, int K, const int8_t *A,
+int wmat__gemm_s8s8s32_on(wmat_gemm_backend b, int n_threads, int ta, int tb, int M, int N, int K, const int8_t *A,
                           int lda, const int8_t *B, int ldb, int accumulate, int32_t *C, int ldc)
 {
     ensure_probe();
@@ -684,10 +741,10 @@ int wmat__gemm_s8s8s32_on(wmat_gemm_backend b, int ta, int tb, int M, int N, int
     int rc = check_args("gemm_s8s8s32", ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
     if (rc == WMAT_OK) rc = i8_resolve(b, false, &use);
     if (rc != WMAT_OK) return rc;
-    return s8_exec(use, ta, tb, M, N, K, A, lda, B, ldb, accumulate, C, ldc, wmat__linalg_threads());
+    return s8_exec(use, ta, tb, M, N, K, A, lda, B, ldb, accumulate, C, ldc, threads_for(n_threads));
 }
 
-int wmat__gemm_u8s8s32_on(wmat_gemm_backend b, int ta, int tb, int M, int N, int K, const uint8_t *A,
+int wmat__gemm_u8s8s32_on(wmat_gemm_backend b, int n_threads, int ta, int tb, int M, int N, int K, const uint8_t *A,
                           int lda, const int8_t *B, int ldb, int accumulate, int32_t *C, int ldc)
 {
     ensure_probe();
@@ -695,28 +752,11 @@ int wmat__gemm_u8s8s32_on(wmat_gemm_backend b, int ta, int tb, int M, int N, int
     int rc = check_args("gemm_u8s8s32", ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
     if (rc == WMAT_OK) rc = i8_resolve(b, true, &use);
     if (rc != WMAT_OK) return rc;
-    return u8_exec(use, ta, tb, M, N, K, A, lda, B, ldb, accumulate, C, ldc, wmat__linalg_threads());
+    return u8_exec(use, ta, tb, M, N, K, A, lda, B, ldb, accumulate, C, ldc, threads_for(n_threads));
 }
 
-int wmat__gemm_s8s8s32(int ta, int tb, int M, int N, int K, const int8_t *A, int lda, const int8_t *B,
-                       int ldb, int accumulate, int32_t *C, int ldc)
-{
-    ensure_probe();
-    return wmat__gemm_s8s8s32_on(global_for(wmat__gemm_int8_native), ta, tb, M, N, K, A, lda, B, ldb,
-                                 accumulate, C, ldc);
-}
-
-int wmat__gemm_u8s8s32(int ta, int tb, int M, int N, int K, const uint8_t *A, int lda, const int8_t *B,
-                       int ldb, int accumulate, int32_t *C, int ldc)
-{
-    ensure_probe();
-    return wmat__gemm_u8s8s32_on(global_for(wmat__gemm_int8_native), ta, tb, M, N, K, A, lda, B, ldb,
-                                 accumulate, C, ldc);
-}
-
-int wmat__gemm_bf16_on(wmat_gemm_backend b, int ta, int tb, int M, int N, int K, float alpha,
-                       const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta, float *C,
-                       int ldc)
+int wmat__gemm_bf16_on(wmat_gemm_backend b, int n_threads, int ta, int tb, int M, int N, int K, float alpha,
+                       const uint16_t *A, int lda, const uint16_t *B, int ldb, float beta, float *C, int ldc)
 {
     ensure_probe();
     int rc = check_args("gemm_bf16", ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
@@ -724,31 +764,23 @@ int wmat__gemm_bf16_on(wmat_gemm_backend b, int ta, int tb, int M, int N, int K,
     if (b != WMAT_GEMM_AUTO && !wmat_gemm_backend_available(b))
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "GEMM backend %s is not available",
                               wmat_gemm_backend_name(b));
+    b = resolve(b);
     bool in_par = omp_in_parallel();
-    int nt = in_par ? 1 : atomic_load(&g_threads);
+    int nt = threads_for(n_threads);
     if ((b == WMAT_GEMM_AUTO || b == WMAT_GEMM_ONEDNN) && g.dnnl_bf16) {
         rc = bf16_exec(WMAT_GEMM_ONEDNN, true, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nt);
         if (rc == WMAT_OK) return rc;
         /* else (unlikely: the check passed) widen and go on */
     }
-    wmat_gemm_backend f = b == WMAT_GEMM_AUTO ? pick_f32(b, M, N, K, in_par) : b;
-    if (f == WMAT_GEMM_OPENBLAS && in_par && wmat__blas_num_threads() > 1) f = pick_f32(WMAT_GEMM_AUTO, M, N, K, true);
+    wmat_gemm_backend f = pick_f32(b, M, N, K, in_par);
     return bf16_exec(f, false, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nt);
-}
-
-int wmat__gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda,
-                    const uint16_t *B, int ldb, float beta, float *C, int ldc)
-{
-    ensure_probe();
-    wmat_gemm_backend b = (wmat_gemm_backend)atomic_load(&g_backend);
-    return wmat__gemm_bf16_on(b, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 int wmat__packed_gemm_create(wmat__packed_gemm **out, wmat_gemm_backend want, const float *W, int N, int K)
 {
     *out = NULL;
     ensure_probe();
-    if (want == WMAT_GEMM_AUTO) want = (wmat_gemm_backend)atomic_load(&g_backend);
+    want = resolve(want);
     if (want == WMAT_GEMM_OPENBLAS || want == WMAT_GEMM_REFERENCE)
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "packed GEMM: the %s backend is selected",
                               wmat_gemm_backend_name(want));
@@ -760,8 +792,7 @@ int wmat__packed_gemm_create(wmat__packed_gemm **out, wmat_gemm_backend want, co
 int wmat__packed_gemm_apply(const wmat__packed_gemm *p, const float *X, int M, float *Y, int accumulate, int n_threads)
 {
     if (M <= 0) return WMAT_OK;
-    return wmat__dnnl_packed_apply(p, X, M, Y, accumulate,
-                                   omp_in_parallel() ? 1 : n_threads > 0 ? n_threads : threads_now());
+    return wmat__dnnl_packed_apply(p, X, M, Y, accumulate, threads_for(n_threads));
 }
 
 size_t wmat__packed_gemm_bytes(const wmat__packed_gemm *p) { return p ? wmat__dnnl_packed_bytes(p) : 0; }

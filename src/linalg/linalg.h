@@ -8,11 +8,21 @@
  * Every fast path has a plain reference twin (wmat__*_ref) and tests hold
  * each backend to a double-precision reference (tests/test_gemm.c).
  *
- * Threads (one policy, see wmat_linalg_init): a call made outside an OpenMP
- * parallel region uses the linalg thread count; a call made inside one uses
- * one thread, whatever the backend (a multithreaded OpenBLAS is never
- * entered from inside a parallel region). OpenBLAS itself runs one thread;
- * its GEMMs are split over OpenMP threads, so only one pool ever spins.
+ * Settings are arguments (no process-wide setting is read): each entry
+ * point takes a backend b and a thread count n_threads, which a caller with
+ * a context passes from it (wmat_wexec.gemm / .n_threads).
+ *   b: WMAT_GEMM_AUTO means the process default, wmat_gemm_get_backend():
+ *      WMAT_GEMM_BACKEND from the environment, read once at the first use,
+ *      else AUTO's pick by shape (gemm.c).
+ *   n_threads: the threads of a call made outside an OpenMP parallel
+ *      region; <= 0 means the calling thread's OpenMP default
+ *      (omp_get_max_threads(), which wmat_linalg_init sets for its thread),
+ *      the same count wmat_context_threads gives a context with 0. A call
+ *      made inside a parallel region uses one thread, whatever the backend
+ *      (a multithreaded OpenBLAS is never entered from inside one).
+ * OpenBLAS itself runs one thread (set at the first use unless the user set
+ * its count); its GEMMs are split over OpenMP threads, so only one pool
+ * ever spins.
  */
 #ifndef WMAT_LINALG_H
 #define WMAT_LINALG_H
@@ -24,16 +34,14 @@
 
 /* ---- fp32 */
 
-/* wmat_sgemm (public) on one given backend; WMAT_GEMM_AUTO picks like
- * wmat_sgemm. WMAT_ERR_UNSUPPORTED if that backend is not available,
- * WMAT_ERR_INVALID for bad shapes. */
-/* wmat_sgemm on backend b (AUTO: the process default, which picks by
- * shape) with n_threads threads outside parallel regions (<= 0: the thread
- * policy's count): what a runtime calls with its own context, so two
- * runtimes with different settings do not affect each other. */
+/* wmat_sgemm on backend b with n_threads (see above): what a runtime and
+ * the weight kinds call with their context's values. A backend that is not
+ * available gets AUTO's pick; bad shapes set an error and leave C. */
 void wmat__sgemm_cfg(wmat_gemm_backend b, int n_threads, int trans_a, int trans_b, int M, int N, int K, float alpha,
                      const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
-int wmat__sgemm_on(wmat_gemm_backend b, int trans_a, int trans_b, int M, int N, int K, float alpha,
+/* The same, strict (tests, benchmarks, sysinfo): WMAT_ERR_UNSUPPORTED if
+ * backend b is not available, WMAT_ERR_INVALID for bad shapes. */
+int wmat__sgemm_on(wmat_gemm_backend b, int n_threads, int trans_a, int trans_b, int M, int N, int K, float alpha,
                    const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
 /* The portable reference: blocked C loops, OpenMP over output tiles
@@ -45,15 +53,14 @@ void wmat__sgemm_ref(int trans_a, int trans_b, int M, int N, int K, float alpha,
  * s8 x s8 is the general form; u8 x s8 (activations shifted to unsigned,
  * weights signed) is the form VNNI computes natively. Values may use the
  * full range (-128..127, 0..255); backends whose result is not exact for
- * extreme values on this CPU are rejected at init and never used. */
-int wmat__gemm_s8s8s32(int trans_a, int trans_b, int M, int N, int K, const int8_t *A, int lda,
-                       const int8_t *B, int ldb, int accumulate, int32_t *C, int ldc);
-int wmat__gemm_u8s8s32(int trans_a, int trans_b, int M, int N, int K, const uint8_t *A, int lda,
-                       const int8_t *B, int ldb, int accumulate, int32_t *C, int ldc);
-int wmat__gemm_s8s8s32_on(wmat_gemm_backend b, int trans_a, int trans_b, int M, int N, int K,
+ * extreme values on this CPU are rejected at init and never used.
+ * b: AUTO (the default backend when it has int8 kernels, else oneDNN where
+ * it passed its check, else the reference) or a backend with a native
+ * kernel (WMAT_ERR_UNSUPPORTED otherwise: OpenBLAS has none). */
+int wmat__gemm_s8s8s32_on(wmat_gemm_backend b, int n_threads, int trans_a, int trans_b, int M, int N, int K,
                           const int8_t *A, int lda, const int8_t *B, int ldb, int accumulate,
                           int32_t *C, int ldc);
-int wmat__gemm_u8s8s32_on(wmat_gemm_backend b, int trans_a, int trans_b, int M, int N, int K,
+int wmat__gemm_u8s8s32_on(wmat_gemm_backend b, int n_threads, int trans_a, int trans_b, int M, int N, int K,
                           const uint8_t *A, int lda, const int8_t *B, int ldb, int accumulate,
                           int32_t *C, int ldc);
 void wmat__gemm_s8s8s32_ref(int trans_a, int trans_b, int M, int N, int K, const int8_t *A, int lda,
@@ -67,9 +74,7 @@ void wmat__gemm_u8s8s32_ref(int trans_a, int trans_b, int M, int N, int K, const
  * bits (wmat_f32_to_bf16). oneDNN computes it natively (matmul primitive);
  * other backends widen A and B to fp32 (exact) and run their sgemm, which
  * needs M*K + K*N floats of scratch: WMAT_ERR_NOMEM if that fails. */
-int wmat__gemm_bf16(int trans_a, int trans_b, int M, int N, int K, float alpha, const uint16_t *A,
-                    int lda, const uint16_t *B, int ldb, float beta, float *C, int ldc);
-int wmat__gemm_bf16_on(wmat_gemm_backend b, int trans_a, int trans_b, int M, int N, int K,
+int wmat__gemm_bf16_on(wmat_gemm_backend b, int n_threads, int trans_a, int trans_b, int M, int N, int K,
                        float alpha, const uint16_t *A, int lda, const uint16_t *B, int ldb,
                        float beta, float *C, int ldc);
 
@@ -89,9 +94,9 @@ int wmat__packed_gemm_apply(const wmat__packed_gemm *p, const float *X, int M, f
 size_t wmat__packed_gemm_bytes(const wmat__packed_gemm *p);
 void wmat__packed_gemm_free(wmat__packed_gemm *p);
 
-/* Which backend wmat_sgemm would use for this shape right now (AUTO
- * resolved; honours wmat_gemm_set_backend and the parallel-region rule). */
-wmat_gemm_backend wmat__sgemm_pick(int M, int N, int K);
+/* Which backend an fp32 GEMM on b would use for this shape, called here
+ * (AUTO resolved to the default, then by shape; the parallel-region rule). */
+wmat_gemm_backend wmat__sgemm_pick(wmat_gemm_backend b, int M, int N, int K);
 /* Whether backend b has its own kernel for the int8 / bf16 variants on this
  * machine (int8: oneDNN when it passed its check, the reference; bf16:
  * oneDNN's matmul; AUTO: what AUTO would use). Others widen bf16 to fp32;
@@ -101,18 +106,33 @@ bool wmat__gemm_bf16_native(wmat_gemm_backend b);
 
 /* ---- threads */
 
-/* Threads a BLAS call made here and now may use: 1 inside an OpenMP
- * parallel region, else the linalg thread count. */
-int wmat__linalg_threads(void);
+/* Threads a call asking for n_threads made here and now uses: 1 inside an
+ * OpenMP parallel region, else n_threads, else (<= 0) the calling thread's
+ * OpenMP default. */
+int wmat__linalg_threads(int n_threads);
 /* LAPACK goes straight to OpenBLAS, which wmat keeps at one thread. For a
- * long LAPACK call (an SVD of a large matrix) a module may lend OpenBLAS the
- * linalg threads: prev = wmat__blas_threads_begin(); ...LAPACKE...;
- * wmat__blas_threads_end(prev). Both do nothing inside a parallel region or
- * when the user set OpenBLAS's count; call them from the thread that called
- * wmat_linalg_init. OpenBLAS's idle pool then spins for ~0.1 s after the
- * last call, slowing OpenMP work that starts in that window. */
-int wmat__blas_threads_begin(void);
-void wmat__blas_threads_end(int prev);
+ * long LAPACK call (an SVD of a large matrix) a module may lend OpenBLAS its
+ * context's threads: tok = wmat__blas_threads_begin(n_threads); ...LAPACKE
+ * or dense.h...; wmat__blas_threads_end(tok). Both do nothing inside a
+ * parallel region, for one thread, or when the user set OpenBLAS's count.
+ * OpenBLAS's count is one per process (0.3.20 has no per-call or per-thread
+ * count) and its results depend on it, so a loan is exclusive: every other
+ * OpenBLAS call wmat makes (wmat__blas_use_begin/end below) waits while a
+ * loan runs in another thread, and two loans run one after the other. A
+ * runtime on OpenBLAS may so wait for another thread's SVD; its results do
+ * not change (tests/test_context.c). Loans nest within a thread (the largest
+ * count holds until the outermost ends). Between begin and end the lending
+ * thread may call OpenBLAS itself (its GEMMs then run on the lent threads)
+ * but must not start an OpenMP region that reaches OpenBLAS: those threads
+ * would wait for the loan to end. OpenBLAS's idle pool spins for ~0.1 s
+ * after the last lent call, slowing OpenMP work in that window. */
+int wmat__blas_threads_begin(int n_threads);
+void wmat__blas_threads_end(int token);
+/* Around every OpenBLAS or LAPACKE call of src/linalg (a read lock a loan
+ * takes for writing; nothing when the user set OpenBLAS's count). Not
+ * inside wmat__blas_sgemm, which wmat's split calls from OpenMP threads. */
+void wmat__blas_use_begin(void);
+void wmat__blas_use_end(void);
 /* OpenBLAS's current thread count and loaded kernel family ("Cooperlake"). */
 int wmat__blas_num_threads(void);
 const char *wmat__blas_corename(void);
@@ -171,10 +191,9 @@ typedef struct {
     wmat_blas_tune tune;            /* what a re-exec would do now */
     char onednn[128];               /* "2.6.3 (hash ..., runtime OpenMP, isa avx512_core_bf16)" or "not built" */
     bool available[WMAT_N_BACKENDS];
-    int n_threads;                  /* linalg thread count */
+    int n_threads;                  /* threads of the report's GEMMs */
     int blas_threads, omp_threads;  /* what OpenBLAS and OpenMP use */
-    char threads_note[160];         /* where each count came from */
-    char status[1024];              /* wmat_linalg_status() */
+    char status[1536];              /* wmat_linalg_status() */
     /* Measured in this run (0: not measured / not available). */
     int f32_dim, f32_dim_ref;       /* square sizes timed (the reference gets a smaller one) */
     double f32_gflops[WMAT_N_BACKENDS];

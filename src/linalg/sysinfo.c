@@ -15,6 +15,7 @@
 typedef struct {
     int kind; /* 0 f32, 1 s8s8, 2 u8s8, 3 bf16 */
     wmat_gemm_backend b;
+    int nt;
     int n;
     void *A, *B, *C;
 } bench_ctx;
@@ -23,10 +24,10 @@ static int bench_run(const bench_ctx *c)
 {
     int n = c->n;
     switch (c->kind) {
-    case 0: return wmat__sgemm_on(c->b, 0, 0, n, n, n, 1.0f, c->A, n, c->B, n, 0.0f, c->C, n);
-    case 1: return wmat__gemm_s8s8s32_on(c->b, 0, 0, n, n, n, c->A, n, c->B, n, 0, c->C, n);
-    case 2: return wmat__gemm_u8s8s32_on(c->b, 0, 0, n, n, n, c->A, n, c->B, n, 0, c->C, n);
-    default: return wmat__gemm_bf16_on(c->b, 0, 0, n, n, n, 1.0f, c->A, n, c->B, n, 0.0f, c->C, n);
+    case 0: return wmat__sgemm_on(c->b, c->nt, 0, 0, n, n, n, 1.0f, c->A, n, c->B, n, 0.0f, c->C, n);
+    case 1: return wmat__gemm_s8s8s32_on(c->b, c->nt, 0, 0, n, n, n, c->A, n, c->B, n, 0, c->C, n);
+    case 2: return wmat__gemm_u8s8s32_on(c->b, c->nt, 0, 0, n, n, n, c->A, n, c->B, n, 0, c->C, n);
+    default: return wmat__gemm_bf16_on(c->b, c->nt, 0, 0, n, n, n, 1.0f, c->A, n, c->B, n, 0.0f, c->C, n);
     }
 }
 
@@ -47,10 +48,10 @@ static double time_call(const bench_ctx *c, double budget)
 }
 
 /* Rate in G(FL)OP/s of an n^3 GEMM of `kind` on b; 0 if unavailable. */
-static double rate(int kind, wmat_gemm_backend b, int n, double budget)
+static double rate(int kind, wmat_gemm_backend b, int nt, int n, double budget)
 {
     size_t nn = (size_t)n * n, esz = kind == 0 ? 4 : kind == 3 ? 2 : 1;
-    bench_ctx c = {kind, b, n, wmat__aligned_alloc(nn * esz), wmat__aligned_alloc(nn * esz),
+    bench_ctx c = {kind, b, nt, n, wmat__aligned_alloc(nn * esz), wmat__aligned_alloc(nn * esz),
                    wmat__aligned_alloc(nn * 4)};
     double r = 0.0;
     if (c.A && c.B && c.C) {
@@ -116,7 +117,7 @@ int wmat__sysinfo_collect(wmat_sysinfo *si, int n_threads, int quick)
     wmat__blas_tune_current(&si->tune);
     wmat__dnnl_describe(si->onednn, sizeof si->onednn);
     for (int b = 0; b < WMAT_N_BACKENDS; b++) si->available[b] = wmat_gemm_backend_available((wmat_gemm_backend)b);
-    si->n_threads = wmat__linalg_threads();
+    si->n_threads = wmat__linalg_threads(n_threads);
     si->blas_threads = wmat__blas_num_threads();
     si->omp_threads = omp_get_max_threads();
     snprintf(si->status, sizeof si->status, "%s", wmat_linalg_status());
@@ -131,14 +132,14 @@ int wmat__sysinfo_collect(wmat_sysinfo *si, int n_threads, int quick)
         if (!si->available[b]) continue;
         bool ref = b == WMAT_GEMM_REFERENCE;
         int n = ref ? si->f32_dim_ref : si->f32_dim;
-        si->f32_gflops[b] = rate(0, (wmat_gemm_backend)b, n, budget);
+        si->f32_gflops[b] = rate(0, (wmat_gemm_backend)b, si->n_threads, n, budget);
         if (wmat__gemm_int8_native((wmat_gemm_backend)b)) {
             int n8 = ref ? si->int8_dim_ref : si->int8_dim;
-            si->s8_gops[b] = rate(1, (wmat_gemm_backend)b, n8, budget);
-            si->u8_gops[b] = rate(2, (wmat_gemm_backend)b, n8, budget);
+            si->s8_gops[b] = rate(1, (wmat_gemm_backend)b, si->n_threads, n8, budget);
+            si->u8_gops[b] = rate(2, (wmat_gemm_backend)b, si->n_threads, n8, budget);
         }
         si->bf16_native[b] = wmat__gemm_bf16_native((wmat_gemm_backend)b);
-        si->bf16_gflops[b] = rate(3, (wmat_gemm_backend)b, ref ? si->f32_dim_ref : si->bf16_dim, budget);
+        si->bf16_gflops[b] = rate(3, (wmat_gemm_backend)b, si->n_threads, ref ? si->f32_dim_ref : si->bf16_dim, budget);
     }
     si->copy_mib = quick ? 16 : 128;
     si->copy_gbs = copy_rate((size_t)si->copy_mib << 20, budget);
@@ -173,7 +174,7 @@ int wmat__sysinfo_write(FILE *out, const wmat_sysinfo *si)
     fprintf(out, "openblas core:  %s (%s)\n", si->openblas_core, si->openblas_core_source);
     fprintf(out, "core tuning:    %s\n", si->tune.reason);
     fprintf(out, "onednn:         %s\n", si->onednn);
-    fprintf(out, "backends:       openblas %s, onednn %s, reference yes; in use: %s\n",
+    fprintf(out, "backends:       openblas %s, onednn %s, reference yes; default: %s\n",
             si->available[WMAT_GEMM_OPENBLAS] ? "yes" : "no", si->available[WMAT_GEMM_ONEDNN] ? "yes" : "no",
             wmat_gemm_backend_name(wmat_gemm_get_backend()));
     fprintf(out, "threads:        linalg %d, openblas %d, openmp %d\n", si->n_threads, si->blas_threads,

@@ -12,7 +12,8 @@
  * the fast ones to the reference).
  *
  * Matmul (batched): a tile of rows is dequantized into an fp32 buffer (a few
- * MB, per call) and multiplied with wmat_sgemm; activations are permuted
+ * MB, per call) and multiplied by an fp32 GEMM on the caller's backend and
+ * threads (wmat__sgemm_cfg); activations are permuted
  * once when the tensor has an act-order permutation. Below 3 tokens the
  * matvec runs per token instead.
  */
@@ -347,9 +348,6 @@ static void quantize_act8(const float *x, int64_t cols, int8_t *xq, float *dx, i
 typedef float (*row_fn)(const uint8_t *, int, int64_t, const float *, int64_t, int64_t, const uint16_t *,
                         const uint8_t *, int);
 
-static int g_forced = -1;
-static int g_act8 = -1; /* -1: not decided yet, from WMAT_QACT8 (on unless "0") */
-
 static int have_vnni(void)
 {
 #ifdef QK_X86
@@ -361,26 +359,11 @@ static int have_vnni(void)
 #endif
 }
 
-static int act8_setting(void)
-{
-    if (g_act8 < 0) {
-        const char *e = getenv("WMAT_QACT8");
-        g_act8 = !(e && e[0] == '0');
-    }
-    return g_act8;
-}
-
-int wmat__qkernel_set_act8(int on)
-{
-    int prev = act8_setting();
-    g_act8 = on != 0;
-    return prev;
-}
-
 /* int8 activations run where they are the fast path (VNNI) or the reference. */
-static int act8_at(int level, int act8) { return act8 && (level == WMAT_QK_REF || (level == WMAT_QK_AVX512 && have_vnni())); }
-
-int wmat__qkernel_act8_active(void) { return act8_at(wmat__qkernel_level(), act8_setting()); }
+int wmat__qkernel_act8_at(int level, int act8)
+{
+    return act8 && (level == WMAT_QK_REF || (level == WMAT_QK_AVX512 && have_vnni()));
+}
 
 int wmat__qkernel_best(void)
 {
@@ -394,19 +377,14 @@ int wmat__qkernel_best(void)
     return WMAT_QK_REF;
 }
 
-int wmat__qkernel_force(int level)
+/* A level the CPU runs: callers pass what their context resolved, which may
+ * have been decided for another machine (a test's list of levels). */
+static int clamp_level(int level)
 {
-    if (level < 0) {
-        g_forced = -1;
-        return wmat__qkernel_best();
-    }
-    if (level != WMAT_QK_REF && level != WMAT_QK_AVX2 && level != WMAT_QK_AVX512) return wmat__qkernel_level();
-    if (level > wmat__qkernel_best()) return wmat__qkernel_level();
-    g_forced = level;
-    return level;
+    const int best = wmat__qkernel_best();
+    if (level > best) level = best;
+    return level == WMAT_QK_AVX2 || level == WMAT_QK_AVX512 ? level : WMAT_QK_REF;
 }
-
-int wmat__qkernel_level(void) { return g_forced >= 0 ? g_forced : wmat__qkernel_best(); }
 
 const char *wmat__qkernel_name(int level)
 {
@@ -450,22 +428,18 @@ static void matvec_nobuf(float *y, const float *x, const wmat_qtensor *qt, int64
     }
 }
 
-void wmat__qmatvec_rows(float *y, const float *x, const wmat_qtensor *qt, int64_t r0, int64_t r1, int accumulate)
-{
-    wmat__qmatvec_rows_x(y, x, qt, r0, r1, accumulate, wmat__qkernel_level(), act8_setting());
-}
-
 /* Rows [r0, r1) of y = W x on the calling thread, at ISA `level`. */
 void wmat__qmatvec_rows_x(float *y, const float *x, const wmat_qtensor *qt, int64_t r0, int64_t r1, int accumulate,
                           int level, int act8)
 {
     const int64_t rows = qt->rows, cols = qt->cols;
     const int zsym = 1 << (qt->bits - 1);
+    level = clamp_level(level);
     const row_fn row = pick_row(level);
     const int need_xp = qt->perm != NULL, need_xs = qt->axis == WMAT_QAXIS_OUT;
     float *buf = NULL;
     if (r0 >= r1) return;
-    if (!need_xs && act8_at(level, act8)) {
+    if (!need_xs && wmat__qkernel_act8_at(level, act8)) {
         /* int8 activations: x[perm] quantized once, integer dot products per 32-code block */
         const int64_t nblk = cols / 32;
         float *f = wmat__malloc((size_t)cols * (need_xp ? 4 : 0) + (size_t)nblk * 8 + (size_t)cols + 64);
@@ -544,11 +518,6 @@ void wmat__qmatvec_rows_x(float *y, const float *x, const wmat_qtensor *qt, int6
     wmat__free(buf);
 }
 
-void wmat__qmatvec(float *y, const float *x, const wmat_qtensor *qt, int accumulate, int n_threads)
-{
-    wmat__qmatvec_x(y, x, qt, accumulate, n_threads, wmat__qkernel_level(), act8_setting());
-}
-
 void wmat__qmatvec_x(float *y, const float *x, const wmat_qtensor *qt, int accumulate, int n_threads, int level, int act8)
 {
     const int64_t rows = qt->rows;
@@ -611,16 +580,12 @@ static void dequant_rows_stored(const wmat_qtensor *qt, int64_t r0, int64_t nr, 
     }
 }
 
-void wmat__qmatmul(float *Y, const float *X, const wmat_qtensor *qt, int T, int accumulate, int n_threads)
-{
-    wmat__qmatmul_x(Y, X, qt, T, accumulate, n_threads, wmat__qkernel_level(), act8_setting(), WMAT_GEMM_AUTO);
-}
-
 void wmat__qmatmul_x(float *Y, const float *X, const wmat_qtensor *qt, int T, int accumulate, int n_threads, int level,
                      int act8, wmat_gemm_backend gemm)
 {
     const int64_t rows = qt->rows, cols = qt->cols;
     const int nt = n_threads > 0 ? n_threads : 1;
+    level = clamp_level(level);
     if (T < 3) { /* each token a matvec: reads the codes T times but dequantizes nothing */
         for (int t = 0; t < T; t++)
             wmat__qmatvec_x(Y + (size_t)t * (size_t)rows, X + (size_t)t * (size_t)cols, qt, accumulate, n_threads, level,

@@ -90,16 +90,28 @@ const wmat_qtensor *wmat_tensor_qtensor(const wmat_tensor *t);
 /* ---- kernels (src/wop/qkernels.c)
  * y (rows) = W x (+= when accumulate); x is in original column order.
  * Y (T, rows) = X (T, cols) W^T (+= when accumulate).
- * The dispatching versions pick AVX-512, AVX2 or the plain C reference at
- * run time (or the level forced with wmat__qkernel_force). */
-void wmat__qmatvec(float *y, const float *x, const wmat_qtensor *qt, int accumulate, int n_threads);
-/* Rows [r0, r1) of y = W x on the calling thread (what wmat__qmatvec splits). */
-void wmat__qmatvec_rows(float *y, const float *x, const wmat_qtensor *qt, int64_t r0, int64_t r1, int accumulate);
-void wmat__qmatmul(float *Y, const float *X, const wmat_qtensor *qt, int T, int accumulate, int n_threads);
-/* The same at an explicit ISA level and int8-activation choice (what the
- * qpacked weight kind passes from its caller's wmat_wexec): no process-wide
- * setting is read. The entry points above use the process defaults below. */
+ * Every setting is an argument (no process-wide setting is read): `level`
+ * is the ISA (WMAT_QK_*; a level above what the CPU runs is lowered to the
+ * best it does), `act8` the int8-activation choice, `gemm` and n_threads
+ * the batched path's GEMM backend and threads. The qpacked weight kind
+ * passes them from its caller's wmat_wexec; tests and benchmarks pass them
+ * explicitly (wmat__qkernel_best() for the fastest level).
+ *
+ * int8 activations (act8 != 0): on a tensor with groups along inputs the
+ * one-row product quantizes x[perm] once per call to int8 per block of 32
+ * (ggml's Q8_0 rule: d = max|x|/127, round) and computes each block's dot
+ * product in integers (AVX-512 VNNI vpdpbusd; the reference twin at level
+ * REF):
+ *     y[r] = sum_blocks f16(s_g) * d_b * (sum_j c_j xq_j - z_g sum_j xq_j)
+ * as llama.cpp does for Q4_0/Q8_0 on CPUs. It is about twice as fast as the
+ * fp32-activation kernel (which is compute-bound, not memory-bound, on this
+ * hardware) and adds the activation rounding (~1e-3 relative on a dot
+ * product). On a CPU without AVX-512 VNNI at a fast level, or for groups
+ * along outputs, the fp32-activation kernel runs (wmat__qkernel_act8_at
+ * says which). The batched path (T >= 3: eval, calibration) never uses it.
+ * Runtimes take act8 from their context (-1: on unless WMAT_QACT8=0). */
 void wmat__qmatvec_x(float *y, const float *x, const wmat_qtensor *qt, int accumulate, int n_threads, int level, int act8);
+/* Rows [r0, r1) of y = W x on the calling thread (what wmat__qmatvec_x splits). */
 void wmat__qmatvec_rows_x(float *y, const float *x, const wmat_qtensor *qt, int64_t r0, int64_t r1, int accumulate,
                           int level, int act8);
 void wmat__qmatmul_x(float *Y, const float *X, const wmat_qtensor *qt, int T, int accumulate, int n_threads, int level,
@@ -110,29 +122,10 @@ void wmat__qmatmul_x(float *Y, const float *X, const wmat_qtensor *qt, int T, in
 #define WMAT_QK_AVX512 3
 /* Best level this CPU runs. */
 int wmat__qkernel_best(void);
-/* Force a level for later calls (-1: back to the best). Returns the level in
- * force; a level the CPU lacks is refused (returns the previous one).
- * Process-wide; for tests and benchmarks. */
-int wmat__qkernel_force(int level);
-/* Decode with int8 activations (the default where it is fast; process-wide;
- * returns the previous setting; the environment variable WMAT_QACT8=0 turns
- * it off at start, so `WMAT_QACT8=0 wmat generate ...` keeps fp32
- * activations). When on, wmat__qmatvec on a tensor with groups along inputs
- * quantizes x[perm] once per call to int8 per block of 32 (ggml's Q8_0
- * rule: d = max|x|/127, round) and computes each block's dot product in
- * integers (AVX-512 VNNI vpdpbusd; the reference twin at level REF):
- *     y[r] = sum_blocks f16(s_g) * d_b * (sum_j c_j xq_j - z_g sum_j xq_j)
- * as llama.cpp does for Q4_0/Q8_0 on CPUs. It is about twice as fast as the
- * fp32-activation kernel (which is compute-bound, not memory-bound, on this
- * hardware) and adds the activation rounding (~1e-3 relative on a dot
- * product). Off, or on a CPU without AVX-512 VNNI at a fast level, or for
- * groups along outputs, the fp32-activation kernel runs. The batched path
- * (wmat__qmatmul, T >= 3: eval, calibration) is never affected. */
-int wmat__qkernel_set_act8(int on);
-/* 1 if wmat__qmatvec would use int8 activations now (for groups along inputs). */
-int wmat__qkernel_act8_active(void);
-/* The current level and its name ("ref", "avx2", "avx512"). */
-int wmat__qkernel_level(void);
+/* 1 if the one-row product at `level` with `act8` uses int8 activations
+ * (for groups along inputs). */
+int wmat__qkernel_act8_at(int level, int act8);
+/* The name of a level ("ref", "avx2", "avx512"). */
 const char *wmat__qkernel_name(int level);
 
 #endif
