@@ -25,6 +25,7 @@ const cli_command g_commands[] = {
     {"decompose", "Factor linear weights into structured kinds (truncated SVD -> low-rank) that run as stored.",
      "MODEL OUT (--rank R | --energy E) [--method M] [options]", cmd_decompose},
     {"train", "Train: full fine-tuning, LoRA or GaLore, or a new model from a config (--init); loss curve CSV + SVG.", "MODEL OUT --data FILE [--val FILE] [--method full|lora|galore] [options] | --init CONFIG OUT --data FILE", cmd_train},
+    {"merge", "Merge fine-tunes of one base (task arithmetic, TIES, DARE, SLERP, average), streamed, any format in and out.", "(CONFIG.yaml | --method M [--base B] MODEL...) OUT [options]", cmd_merge},
     {NULL, NULL, NULL, NULL},
 };
 

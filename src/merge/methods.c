@@ -25,9 +25,9 @@
      "share of each task vector kept (ties: largest magnitudes; dare: at random, p = 1 - density)", NULL}
 #define MK_LAMBDA {"lambda", WMAT_PARAM_FLOAT, "1", -1e3, 1e3, NULL, "scale of the merged task vector", NULL}
 #define MK_NORMALIZE_T                                                                                                \
-    {"normalize", WMAT_PARAM_BOOL, "true", 0, 0, NULL, "divide by the summed weights (of agreeing entries for ties)", NULL}
+    {"normalize", WMAT_PARAM_BOOL, "true", 0, 0, NULL, "divide by the summed weights (ties: of the agreeing entries); the default is true for linear, ties and dare_ties, false for task_arithmetic and dare_linear", NULL}
 #define MK_NORMALIZE_F                                                                                                \
-    {"normalize", WMAT_PARAM_BOOL, "false", 0, 0, NULL, "divide by the summed weights (of agreeing entries for ties)", NULL}
+    {"normalize", WMAT_PARAM_BOOL, "false", 0, 0, NULL, "divide by the summed weights (ties: of the agreeing entries); the default is true for linear, ties and dare_ties, false for task_arithmetic and dare_linear", NULL}
 #define MK_T {"t", WMAT_PARAM_FLOAT, "0.5", 0, 1, NULL, "slerp: 0 is the base, 1 the other model", NULL}
 #define MK_DOT                                                                                                        \
     {"dot_threshold", WMAT_PARAM_FLOAT, "0.9995", 0, 1, NULL,                                                         \
