@@ -73,8 +73,9 @@ int wmat__merge_keys(wmat_param_spec *dst, int cap);
 /* Keys read per input model (weight, density); the others are global. */
 int wmat__merge_key_per_model(const char *key);
 
-/* The k-th largest of |x[0..n)| (k in 1..n) by selection on a copy in
- * scratch (n floats), O(n) expected: the magnitude threshold of TIES. */
+/* The k-th largest of |x[0..n)| (k in 1..n) by selection (a radix select:
+ * three counting passes over the float bit patterns, O(n) always, x only
+ * read; scratch is unused and may be NULL): the magnitude threshold of TIES. */
 float wmat__merge_kth_largest_abs(const float *x, int64_t n, int64_t k, float *scratch);
 /* Keep the k largest magnitudes of d (exactly k: entries equal to the
  * threshold are kept in index order until k are kept), zero the rest. */
