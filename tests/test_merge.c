@@ -463,6 +463,75 @@ static void test_driver_refuses_mismatch(void **state)
     assert_int_not_equal(stat(out, &st), 0);
 }
 
+/* The CLI: a YAML config and the same merge given as flags write the same
+ * weights; a config with an unknown key, a bad method or mismatched models
+ * fails with the reason and writes nothing. */
+static void test_cli_yaml_and_flags(void **state)
+{
+    (void)state;
+    char base[512], a[512], b[512], v[512]; /* tu_tmp's buffers rotate */
+    snprintf(base, sizeof base, "%s", tu_tmp("cb.bin"));
+    snprintf(a, sizeof a, "%s", tu_tmp("ca.bin"));
+    snprintf(b, sizeof b, "%s", tu_tmp("cc.bin"));
+    snprintf(v, sizeof v, "%s", tu_tmp("cv.bin"));
+    make_model(base, WMAT_FMT_LLAMA2C, 11, NULL, 64);
+    wmat_model *mb = load_f32(base);
+    make_model(a, WMAT_FMT_LLAMA2C, 12, mb, 64);
+    make_model(b, WMAT_FMT_LLAMA2C, 13, mb, 64);
+    make_model(v, WMAT_FMT_LLAMA2C, 14, NULL, 96);
+    wmat_model_free(mb);
+    char yaml[4096], cmd[4096];
+    snprintf(yaml, sizeof yaml,
+             "merge_method: dare_ties\nbase_model: %s\nmodels:\n  - model: %s\n  - model: %s\n    parameters: {weight: 0.5}\n"
+             "  - model: %s\n    parameters: {weight: 0.8}\nparameters: {density: 0.6, seed: 9}\ndtype: float32\n",
+             base, base, a, b);
+    const char *cfg = tu_tmp("c.yaml"), *o1 = tu_tmp("c1.gguf"), *o2 = tu_tmp("c2.gguf");
+    assert_int_equal(tu_write_file(cfg, yaml, strlen(yaml)), 0);
+    int code = -1;
+    snprintf(cmd, sizeof cmd, "%s merge %s %s --quiet --threads 1 2>&1", tu_cli(), cfg, o1);
+    char *out = tu_run(cmd, &code);
+    if (code != 0) fail_msg("%s -> %d: %s", cmd, code, out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s merge --method dare_ties --base %s %s %s --weights 0.5,0.8 --density 0.6 --seed 9 %s --threads 1 2>&1",
+             tu_cli(), base, a, b, o2);
+    out = tu_run(cmd, &code);
+    if (code != 0) fail_msg("%s -> %d: %s", cmd, code, out);
+    assert_non_null(strstr(out, "ETA")); /* the per-tensor line */
+    assert_non_null(strstr(out, "sign conflicts"));
+    free(out);
+    wmat_model *m1 = load_f32(o1), *m2 = load_f32(o2);
+    for (int i = 0; i < wmat_model_n_tensors(m1); i++) {
+        wmat_tensor *t1 = wmat_model_tensor(m1, i), *t2 = wmat_model_find(m2, t1->name);
+        assert_non_null(t2);
+        TU_ASSERT_CLOSE(t1->data, t2->data, (size_t)wmat_tensor_nelem(t1), 0, 0);
+    }
+    wmat_model_free(m1);
+    wmat_model_free(m2);
+
+    static const char *const bad[][2] = {
+        {"merge_method: ties\nbase_model: B\nmodels: [A]\nweights: 1\n", "unknown key"},
+        {"merge_method: magic\nmodels: [A]\n", "unknown merge_method"},
+        {"merge_method: task_arithmetic\nbase_model: B\nmodels: [V]\n", "different architectures"},
+    };
+    for (size_t c = 0; c < sizeof bad / sizeof bad[0]; c++) {
+        char text[2048], *w = text;
+        for (const char *p = bad[c][0]; *p; p++) { /* A, B, V: the files */
+            const char *sub = *p == 'A' ? a : *p == 'B' ? base : *p == 'V' ? v : NULL;
+            if (sub && (p == bad[c][0] || p[-1] == ' ' || p[-1] == '[')) w += sprintf(w, "%s", sub);
+            else *w++ = *p;
+        }
+        *w = 0;
+        const char *o3 = tu_tmp("c3.gguf");
+        assert_int_equal(tu_write_file(cfg, text, strlen(text)), 0);
+        snprintf(cmd, sizeof cmd, "%s merge %s %s --quiet 2>&1", tu_cli(), cfg, o3);
+        out = tu_run(cmd, &code);
+        if (code == 0 || !strstr(out, bad[c][1])) fail_msg("case %zu: exit %d, output '%s'", c, code, out);
+        free(out);
+        struct stat st;
+        assert_int_not_equal(stat(o3, &st), 0);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -477,6 +546,7 @@ int main(void)
         cmocka_unit_test(test_yaml_config),
         cmocka_unit_test(test_driver_end_to_end),
         cmocka_unit_test(test_driver_refuses_mismatch),
+        cmocka_unit_test(test_cli_yaml_and_flags),
     };
     return tu_run_tests("merge", tests, NULL, NULL);
 }
