@@ -432,6 +432,9 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
                 goto done;
             }
         }
+        /* by default the first input that has one (an HF base may come without) */
+        if (!s->tokenizer_source)
+            for (int i = 0; i < n_all && !j.in[src]->tok; i++) src = j.in[i]->tok ? i : src;
         j.out->tok = j.in[src]->tok;
         j.in[src]->tok = NULL;
     }
