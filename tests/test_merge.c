@@ -367,14 +367,17 @@ static wmat_model *load_f32(const char *path)
     return m;
 }
 
-/* ties of two fine-tunes of one base, inputs in llama2.c and GGUF, output
+/* ties of two fine-tunes of one base, inputs in HF, llama2.c and GGUF, output
  * as GGUF (streamed) and llama2.c: every tensor equals the kernel applied
  * to the loaded inputs. */
 static void test_driver_end_to_end(void **state)
 {
     (void)state;
-    const char *base = tu_tmp("base.bin"), *a = tu_tmp("a.bin"), *b = tu_tmp("b.gguf");
-    make_model(base, WMAT_FMT_LLAMA2C, 1, NULL, 64);
+    char base[512], a[512], b[512]; /* tu_tmp's buffers rotate */
+    snprintf(base, sizeof base, "%s", tu_tmp("base_hf")); /* HF: q/k rows in HF's rotary order on disk */
+    snprintf(a, sizeof a, "%s", tu_tmp("a.bin"));
+    snprintf(b, sizeof b, "%s", tu_tmp("b.gguf"));
+    make_model(base, WMAT_FMT_HF, 1, NULL, 64);
     wmat_model *mb = load_f32(base);
     make_model(a, WMAT_FMT_LLAMA2C, 2, mb, 64);
     make_model(b, WMAT_FMT_GGUF, 3, mb, 64);

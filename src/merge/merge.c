@@ -79,6 +79,21 @@ static uint64_t name_hash(const char *s, uint64_t seed)
     return h;
 }
 
+/* Drop the resident pages of part of a read-only mapping (whole pages
+ * inside the range only): they are read again from the file if touched. */
+static void release_range(const void *p, size_t n)
+{
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + pg - 1) / pg * pg, b = ((uintptr_t)p + n) / pg * pg;
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+static void release_pages(const wmat_tensor *t)
+{
+    if (t->dtype == WMAT_OBJ || (t->flags & WMAT_TF_OWNED) || !t->data) return;
+    release_range(t->data, t->nbytes);
+}
+
 /* Tensor t of input model m as fp32 in wmat's canonical row order. */
 static int read_f32(const wmat_model *m, const wmat_tensor *t, float *dst, float *scratch)
 {
@@ -91,6 +106,19 @@ static int read_f32(const wmat_model *m, const wmat_tensor *t, float *dst, float
         const size_t row_bytes = wmat_dtype_bytes(t->dtype, (uint64_t)t->shape[1]);
         wmat__rope_unpermute_rows(scratch, t->data, (int)(t->shape[0] / m->cfg.head_dim), m->cfg.head_dim, row_bytes);
         rc = wmat_to_f32(dst, scratch, t->dtype, (uint64_t)n);
+    } else if (t->ndim == 2 && !(t->flags & WMAT_TF_OWNED)) {
+        /* a mapped matrix: convert a few MiB of rows at a time and drop
+         * their pages at once, so the mapping adds little to resident memory */
+        const size_t row_bytes = wmat_dtype_bytes(t->dtype, (uint64_t)t->shape[1]);
+        int64_t step = row_bytes ? (int64_t)(((size_t)4 << 20) / row_bytes) : 1;
+        if (step < 1) step = 1;
+        rc = WMAT_OK;
+        for (int64_t r0 = 0; r0 < t->shape[0] && !rc; r0 += step) {
+            const int64_t nr = t->shape[0] - r0 < step ? t->shape[0] - r0 : step;
+            const unsigned char *src = (const unsigned char *)t->data + (size_t)r0 * row_bytes;
+            rc = wmat_to_f32(dst + r0 * t->shape[1], src, t->dtype, (uint64_t)(nr * t->shape[1]));
+            release_range(src, (size_t)nr * row_bytes);
+        }
     } else {
         rc = wmat_to_f32(dst, t->data, t->dtype, (uint64_t)n);
     }
@@ -100,15 +128,6 @@ static int read_f32(const wmat_model *m, const wmat_tensor *t, float *dst, float
         return wmat_set_error(rc, "%s: tensor %s: %s", m->path ? m->path : "model", t->name, msg);
     }
     return WMAT_OK;
-}
-
-/* Drop the resident pages of a mapped tensor (whole pages inside it only). */
-static void release_pages(const wmat_tensor *t)
-{
-    if (t->dtype == WMAT_OBJ || (t->flags & WMAT_TF_OWNED) || !t->data || t->nbytes < 2 * 4096) return;
-    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = ((uintptr_t)t->data + pg - 1) / pg * pg, b = ((uintptr_t)t->data + t->nbytes) / pg * pg;
-    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
 /* Merge output tensor ti into dst (fp32). */
@@ -441,8 +460,12 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
 
     rep->tensors = wmat__calloc((size_t)j.out->n_tensors, sizeof *rep->tensors);
     j.work = stream ? wmat__malloc((size_t)j.max_n * sizeof(float)) : NULL;
-    j.scratch = wmat__malloc((size_t)j.max_n * sizeof(float));
-    int ok = rep->tensors && j.scratch && (!stream || j.work);
+    /* scratch only reorders HF's rotary rows (TIES's selection needs none) */
+    int need_scratch = 0;
+    for (int i = 0; i < n_all; i++)
+        for (int t = 0; t < j.in[i]->n_tensors; t++) need_scratch |= (j.in[i]->tensors[t].flags & WMAT_TF_HF_ROPE) != 0;
+    j.scratch = need_scratch ? wmat__malloc((size_t)j.max_n * sizeof(float)) : NULL;
+    int ok = rep->tensors && (j.scratch || !need_scratch) && (!stream || j.work);
     for (int i = 0; i < n_all && ok; i++) ok = (j.xbuf[i] = wmat__malloc((size_t)j.max_n * sizeof(float))) != NULL;
     if (!ok) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "merge: out of memory for %d buffers of %lld floats", n_all + 2,

@@ -42,7 +42,7 @@ typedef struct {
     double dot_threshold;  /* slerp: |cos| above this interpolates linearly */
     int normalize;         /* divide by the summed weights */
     uint64_t seed;         /* DARE: already mixed with the tensor and input */
-    float *scratch;        /* n floats */
+    float *scratch;        /* n floats or NULL (no method needs it today) */
     int n_threads;
 } wmat_merge_args;
 
