@@ -26,7 +26,8 @@ static double now_s(void)
 static void on_tensor(void *user, const wmat_merge_tensor_report *r, int i, int n)
 {
     progress_state *ps = user;
-    const double el = now_s() - ps->t0, eta = i ? el / i * (n - i) : 0;
+    /* by elements, not tensors: the first tensor (the embedding) is often the largest */
+    const double el = now_s() - ps->t0, f = r->done_share, eta = f > 0 ? el / f * (1 - f) : 0;
     if (!ps->quiet)
         fprintf(stderr, "[%3d/%d] %-44s |delta| %9.4g (%6.2f%% of |ref|)  trimmed %5.1f%%  sign conflicts %5.1f%%%s  ETA %.1fs\n",
                 i, n, r->name, r->delta_norm, r->base_norm > 0 ? 100 * r->delta_norm / r->base_norm : 0, 100 * r->trimmed,

@@ -61,6 +61,7 @@ typedef struct {
     int normalize;
     wmat_merge_report *rep;
     int done;
+    int64_t done_elems, total_elems;
     double t0;
     const char *out_path;
 } merge_job;
@@ -198,6 +199,8 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
     r->slerp_linear = info.slerp_linear;
     r->seconds = now_s() - t0;
     j->done++;
+    j->done_elems += n;
+    r->done_share = j->total_elems ? (double)j->done_elems / (double)j->total_elems : 1.0;
     if (s->on_tensor) s->on_tensor(s->user, r, j->done, j->out->n_tensors);
     if (s->ctx && s->ctx->progress && s->ctx->progress(s->ctx->progress_user, ot->name, (uint64_t)j->done,
                                                        (uint64_t)j->out->n_tensors))
@@ -395,6 +398,7 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
         const wmat_tensor *src = &a->tensors[t];
         const int64_t n = wmat_tensor_nelem(src);
         if (n > j.max_n) j.max_n = n;
+        j.total_elems += n;
         void *d = stream ? NULL : wmat__aligned_alloc((size_t)n * sizeof(float));
         if (!stream && !d) {
             rc = wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for %s", out_path, src->name);

@@ -99,6 +99,7 @@ typedef struct {
     double trimmed, sign_conflicts;
     int slerp_linear;
     double seconds;
+    double done_share;     /* elements merged so far over all elements (for an ETA) */
 } wmat_merge_tensor_report;
 
 typedef struct {
