@@ -535,6 +535,58 @@ static void test_cli_yaml_and_flags(void **state)
     }
 }
 
+static void logits_of(wmat_model *m, const int32_t *ids, int T, float *out)
+{
+    wmat_runtime *rt = NULL;
+    wmat_runtime_params rp = wmat_runtime_default_params();
+    rp.max_batch_tokens = T;
+    TU_OK(wmat_runtime_create(&rt, m, &rp));
+    TU_OK(wmat_forward(rt, ids, T, out));
+    wmat_runtime_free(rt);
+}
+
+/* A weight signature without rank truncation is a linear merge: extract
+ * sig = ft - base (weights 1, -1), apply base + 1 * sig (weights 1, 1); the
+ * rebuilt model's logits equal the fine-tune's to 1e-5. */
+static void test_signature_roundtrip_as_linear(void **state)
+{
+    (void)state;
+    char base[512], ft[512], sig[512], back[512];
+    snprintf(base, sizeof base, "%s", tu_tmp("sb.bin"));
+    snprintf(ft, sizeof ft, "%s", tu_tmp("sf.bin"));
+    snprintf(sig, sizeof sig, "%s", tu_tmp("sig.gguf"));
+    snprintf(back, sizeof back, "%s", tu_tmp("back.gguf"));
+    make_model(base, WMAT_FMT_LLAMA2C, 21, NULL, 64);
+    wmat_model *mb = load_f32(base);
+    make_model(ft, WMAT_FMT_LLAMA2C, 22, mb, 64);
+    wmat_model_free(mb);
+    const char *steps[2][3] = {{ft, base, sig}, {base, sig, back}};
+    for (int s = 0; s < 2; s++) {
+        wmat_merge_model mm[2] = {{steps[s][0], {1, {1.0}}, {0, {0}}}, {steps[s][1], {1, {s ? 1.0 : -1.0}}, {0, {0}}}};
+        wmat_merge_spec sp;
+        memset(&sp, 0, sizeof sp);
+        sp.method = "linear";
+        sp.n_models = 2;
+        sp.models = mm;
+        sp.normalize = 0;
+        wmat_merge_report rep;
+        TU_OK(wmat__merge_run(&sp, steps[s][2], &rep));
+        wmat__merge_report_free(&rep);
+    }
+    wmat_model *a = load_f32(ft), *b = load_f32(back);
+    enum { T = 16 };
+    int32_t ids[T];
+    for (int i = 0; i < T; i++) ids[i] = (i * 7 + 1) % 64;
+    float *la = malloc(sizeof(float) * T * 64), *lb = malloc(sizeof(float) * T * 64);
+    logits_of(a, ids, T, la);
+    logits_of(b, ids, T, lb);
+    TU_ASSERT_CLOSE(lb, la, (size_t)T * 64, 1e-5, 0);
+    free(la);
+    free(lb);
+    wmat_model_free(a);
+    wmat_model_free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -550,6 +602,7 @@ int main(void)
         cmocka_unit_test(test_driver_end_to_end),
         cmocka_unit_test(test_driver_refuses_mismatch),
         cmocka_unit_test(test_cli_yaml_and_flags),
+        cmocka_unit_test(test_signature_roundtrip_as_linear),
     };
     return tu_run_tests("merge", tests, NULL, NULL);
 }
