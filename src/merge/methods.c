@@ -95,18 +95,22 @@ void wmat__merge_trim_topk(float *d, int64_t n, int64_t k, float *scratch)
         return;
     }
     const float thr = wmat__merge_kth_largest_abs(d, n, k, scratch);
-    int64_t above = 0;
-    for (int64_t j = 0; j < n; j++) above += fabsf(d[j]) > thr;
-    int64_t ties = k - above; /* entries equal to thr still to keep, first ones first */
+    /* branch-free passes (they vectorize): count, then zero what is below
+     * the threshold; only when more entries equal it than may be kept does a
+     * third pass drop the surplus, the last ones first */
+    int64_t above = 0, equal = 0;
     for (int64_t j = 0; j < n; j++) {
         const float a = fabsf(d[j]);
-        if (a > thr) continue;
-        if (a == thr && ties > 0) {
-            ties--;
-            continue;
-        }
-        d[j] = 0.0f;
+        above += a > thr;
+        equal += a == thr;
     }
+    for (int64_t j = 0; j < n; j++) d[j] = fabsf(d[j]) < thr ? 0.0f : d[j];
+    int64_t surplus = above + equal - k;
+    for (int64_t j = n - 1; j >= 0 && surplus > 0; j--)
+        if (fabsf(d[j]) == thr) {
+            d[j] = 0.0f;
+            surplus--;
+        }
 }
 
 int64_t wmat__merge_dare(float *d, int64_t n, double density, uint64_t seed)
