@@ -358,6 +358,38 @@ static void make_model(const char *path, wmat_format fmt, uint64_t seed, const w
     wmat_model_free(m);
 }
 
+/* A GGUF model whose tokenizer's pieces are "<prefix><id>" (prefix differs: same size, other vocabulary). */
+static void make_gguf_with_vocab(const char *path, uint64_t seed, char prefix)
+{
+    wmat_config cfg = tu_config(32, 64, 2, 4, 2, 64, 32);
+    wmat_model *m = NULL;
+    TU_OK(wmat_model_create(&m, &cfg));
+    wmat_rng r;
+    wmat_rng_seed(&r, seed);
+    for (int i = 0; i < wmat_model_n_tensors(m); i++) {
+        wmat_tensor *t = wmat_model_tensor(m, i);
+        for (int64_t j = 0; j < wmat_tensor_nelem(t); j++) ((float *)t->data)[j] = 0.1f * wmat_rng_normal(&r);
+    }
+    char store[64][8];
+    const char *pieces[64];
+    size_t lens[64];
+    float scores[64];
+    for (int v = 0; v < 64; v++) {
+        snprintf(store[v], sizeof store[v], "%c%d", v == 5 ? prefix : 't', v);
+        pieces[v] = store[v];
+        lens[v] = strlen(store[v]);
+        scores[v] = (float)-v;
+    }
+    wmat_tokenizer *tok = NULL;
+    TU_OK(wmat_tokenizer_from_vocab(&tok, 64, pieces, lens, scores, NULL, 1, 2));
+    wmat_model_set_tokenizer(m, tok);
+    wmat_save_params sp = wmat_save_default_params();
+    sp.format = WMAT_FMT_GGUF;
+    sp.dtype = WMAT_F32;
+    TU_OK(wmat_model_save(m, path, &sp));
+    wmat_model_free(m);
+}
+
 static wmat_model *load_f32(const char *path)
 {
     wmat_model *m = NULL;
@@ -437,7 +469,10 @@ static void test_driver_end_to_end(void **state)
 static void test_driver_refuses_mismatch(void **state)
 {
     (void)state;
-    const char *base = tu_tmp("rb.bin"), *v = tu_tmp("rv.bin"), *out = tu_tmp("rout.gguf");
+    char base[512], v[512], out[512]; /* tu_tmp's buffers rotate */
+    snprintf(base, sizeof base, "%s", tu_tmp("rb.bin"));
+    snprintf(v, sizeof v, "%s", tu_tmp("rv.bin"));
+    snprintf(out, sizeof out, "%s", tu_tmp("rout.gguf"));
     make_model(base, WMAT_FMT_LLAMA2C, 1, NULL, 64);
     make_model(v, WMAT_FMT_LLAMA2C, 2, NULL, 96);
     wmat_merge_model mm[1] = {{v, {0, {0}}, {0, {0}}}};
@@ -464,6 +499,27 @@ static void test_driver_refuses_mismatch(void **state)
     assert_int_equal(wmat__merge_run(&s, out, &rep), WMAT_ERR_INVALID);
     assert_non_null(strstr(wmat_last_error(), "unknown merge method"));
     assert_int_not_equal(stat(out, &st), 0);
+
+    /* same vocabulary size, one piece different */
+    char ga[512], gb[512];
+    snprintf(ga, sizeof ga, "%s", tu_tmp("va.gguf"));
+    snprintf(gb, sizeof gb, "%s", tu_tmp("vb.gguf"));
+    make_gguf_with_vocab(ga, 1, 't');
+    make_gguf_with_vocab(gb, 2, 'x');
+    wmat_merge_model lm[2] = {{ga, {0, {0}}, {0, {0}}}, {gb, {0, {0}}, {0, {0}}}};
+    memset(&s, 0, sizeof s);
+    s.method = "linear";
+    s.n_models = 2;
+    s.models = lm;
+    s.normalize = -1;
+    assert_int_equal(wmat__merge_run(&s, out, &rep), WMAT_ERR_INVALID);
+    assert_non_null(strstr(wmat_last_error(), "different vocabularies (token 5 is 't5' vs 'x5')"));
+    assert_non_null(strstr(wmat_last_error(), ga));
+    assert_non_null(strstr(wmat_last_error(), gb));
+    assert_int_not_equal(stat(out, &st), 0);
+    lm[1].path = ga; /* and with itself it merges */
+    TU_OK(wmat__merge_run(&s, out, &rep));
+    wmat__merge_report_free(&rep);
 }
 
 /* The CLI: a YAML config and the same merge given as flags write the same

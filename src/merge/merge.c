@@ -374,6 +374,20 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
                                 j.paths[i], wmat_tokenizer_vocab_size(a->tok), wmat_tokenizer_vocab_size(b->tok));
             break;
         }
+        if (a->tok && b->tok) {
+            /* same size is not the same vocabulary: compare the pieces */
+            const int nv = wmat_tokenizer_vocab_size(a->tok);
+            for (int v = 0; v < nv; v++) {
+                size_t la, lb;
+                const char *pa = wmat_tokenizer_piece(a->tok, v, &la), *pb = wmat_tokenizer_piece(b->tok, v, &lb);
+                if (la != lb || memcmp(pa, pb, la)) {
+                    rc = wmat_set_error(WMAT_ERR_INVALID, "%s and %s: different vocabularies (token %d is '%.*s' vs '%.*s')",
+                                        j.paths[0], j.paths[i], v, (int)(la > 40 ? 40 : la), pa, (int)(lb > 40 ? 40 : lb), pb);
+                    break;
+                }
+            }
+            if (rc) break;
+        }
         if (a->n_tensors != b->n_tensors) {
             /* name the first tensor one of them lacks */
             const wmat_model *big = a->n_tensors > b->n_tensors ? a : b, *small = big == a ? b : a;
