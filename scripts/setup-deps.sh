@@ -7,7 +7,7 @@
 #   scripts/setup-deps.sh --report   also Chromium, to render the analysis report in tests
 set -euo pipefail
 
-pkgs=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libcjson-dev libcmocka-dev libdnnl-dev)
+pkgs=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libcjson-dev libyaml-dev libcmocka-dev libdnnl-dev)
 for arg in "$@"; do
   case "$arg" in
     --fuzz) pkgs+=(clang-14 libclang-rt-14-dev) ;;

@@ -26,6 +26,7 @@ int wmat_fuzz_tokens_u16(const uint8_t *data, size_t size);
 int wmat_fuzz_hf_config(const uint8_t *data, size_t size);
 int wmat_fuzz_hf_index(const uint8_t *data, size_t size);
 int wmat_fuzz_hf_tokenizer(const uint8_t *data, size_t size);
+int wmat_fuzz_merge_config(const uint8_t *data, size_t size);
 
 typedef struct {
     const char *name;
@@ -37,6 +38,7 @@ static const target k_targets[] = {
     {"llama2c", wmat_fuzz_llama2c},         {"tokenizer", wmat_fuzz_tokenizer},
     {"tokens_u16", wmat_fuzz_tokens_u16},   {"hf_config", wmat_fuzz_hf_config},
     {"hf_index", wmat_fuzz_hf_index},       {"hf_tokenizer", wmat_fuzz_hf_tokenizer},
+    {"merge_config", wmat_fuzz_merge_config},
 };
 
 /* Feed every regular file of dir to fn; returns how many, or -1 when dir

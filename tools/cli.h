@@ -93,6 +93,7 @@ int cmd_analyze(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_decompose(int argc, char **argv);
 int cmd_methods(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 
 extern const cli_command g_commands[];
 const cli_command *cli_find_command(const char *name);

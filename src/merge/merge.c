@@ -1,0 +1,532 @@
+/* The streaming merge driver: load every input as stored (memory-mapped,
+ * nothing converted), check that they are the same architecture with the
+ * same tensors, then produce the output one tensor at a time: that tensor
+ * of each input dequantized into a buffer, the method's kernel, the result
+ * written, the inputs' pages of that tensor released (MADV_DONTNEED on a
+ * read-only mapping: they are read again from the file if ever needed).
+ * GGUF output is written as the tensors are merged (the writer's encoder
+ * hook), so resident memory is a few tensors per input; the other writers
+ * take a whole model, so there the merged weights are held in memory (the
+ * inputs still are not). */
+#include "merge.h"
+#include "io/model_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static size_t peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    size_t kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kb = (size_t)strtoull(line + 6, NULL, 10);
+    fclose(f);
+    return kb * 1024;
+}
+
+void wmat__merge_report_free(wmat_merge_report *rep)
+{
+    if (!rep) return;
+    wmat__free(rep->tensors);
+    memset(rep, 0, sizeof *rep);
+}
+
+typedef struct {
+    const wmat_merge_spec *s;
+    const wmat_merge_method *m;
+    int n_in;            /* models besides the base */
+    int has_base;
+    wmat_model **in;     /* [0] the base when has_base, then the models */
+    const char **paths;
+    int **idx;           /* idx[i][t]: the output tensor t's index in input i */
+    wmat_model *out;
+    wmat_dtype out_dtype;
+    float **xbuf;        /* n_in + has_base buffers of max_n floats */
+    float *work, *scratch;
+    int64_t max_n;
+    int normalize;
+    wmat_merge_report *rep;
+    int done;
+    int64_t done_elems, total_elems;
+    double t0;
+    const char *out_path;
+} merge_job;
+
+static int layer_of(const char *name, int L)
+{
+    int l;
+    if (sscanf(name, "model.layers.%d.", &l) == 1) return l;
+    return strcmp(name, WMAT_NAME_TOK_EMBD) ? L : -1; /* embedding first, final norm / classifier last */
+}
+
+static uint64_t name_hash(const char *s, uint64_t seed)
+{
+    uint64_t h = 1469598103934665603ull ^ seed;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* Drop the resident pages of part of a read-only mapping (whole pages
+ * inside the range only): they are read again from the file if touched. */
+static void release_range(const void *p, size_t n)
+{
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + pg - 1) / pg * pg, b = ((uintptr_t)p + n) / pg * pg;
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+static void release_pages(const wmat_tensor *t)
+{
+    if (t->dtype == WMAT_OBJ || (t->flags & WMAT_TF_OWNED) || !t->data) return;
+    release_range(t->data, t->nbytes);
+}
+
+/* Tensor t of input model m as fp32 in wmat's canonical row order. */
+static int read_f32(const wmat_model *m, const wmat_tensor *t, float *dst, float *scratch)
+{
+    const int64_t n = wmat_tensor_nelem(t);
+    int rc;
+    if (t->dtype == WMAT_OBJ) {
+        rc = wmat_tensor_dequant_rows(t, 0, t->shape[0], dst);
+    } else if (t->flags & WMAT_TF_HF_ROPE) {
+        /* HF's rotary row order, reordered in the stored type first */
+        const size_t row_bytes = wmat_dtype_bytes(t->dtype, (uint64_t)t->shape[1]);
+        wmat__rope_unpermute_rows(scratch, t->data, (int)(t->shape[0] / m->cfg.head_dim), m->cfg.head_dim, row_bytes);
+        rc = wmat_to_f32(dst, scratch, t->dtype, (uint64_t)n);
+    } else if (t->ndim == 2 && !(t->flags & WMAT_TF_OWNED)) {
+        /* a mapped matrix: convert a few MiB of rows at a time and drop
+         * their pages at once, so the mapping adds little to resident memory */
+        const size_t row_bytes = wmat_dtype_bytes(t->dtype, (uint64_t)t->shape[1]);
+        int64_t step = row_bytes ? (int64_t)(((size_t)4 << 20) / row_bytes) : 1;
+        if (step < 1) step = 1;
+        rc = WMAT_OK;
+        for (int64_t r0 = 0; r0 < t->shape[0] && !rc; r0 += step) {
+            const int64_t nr = t->shape[0] - r0 < step ? t->shape[0] - r0 : step;
+            const unsigned char *src = (const unsigned char *)t->data + (size_t)r0 * row_bytes;
+            rc = wmat_to_f32(dst + r0 * t->shape[1], src, t->dtype, (uint64_t)(nr * t->shape[1]));
+            release_range(src, (size_t)nr * row_bytes);
+        }
+    } else {
+        rc = wmat_to_f32(dst, t->data, t->dtype, (uint64_t)n);
+    }
+    if (rc) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "%s", wmat_last_error());
+        return wmat_set_error(rc, "%s: tensor %s: %s", m->path ? m->path : "model", t->name, msg);
+    }
+    return WMAT_OK;
+}
+
+/* Merge output tensor ti into dst (fp32). */
+static int merge_tensor(merge_job *j, int ti, float *dst)
+{
+    const double t0 = now_s();
+    const wmat_tensor *ot = &j->out->tensors[ti];
+    const int64_t n = wmat_tensor_nelem(ot);
+    const int L = j->out->cfg.n_layers;
+    const int layer = layer_of(ot->name, L);
+    const int n_all = j->n_in + j->has_base;
+    for (int i = 0; i < n_all; i++) {
+        const wmat_tensor *it = &j->in[i]->tensors[j->idx[i][ti]];
+        int rc = read_f32(j->in[i], it, j->xbuf[i], j->scratch);
+        if (rc) return rc;
+        j->rep->bytes_read += it->nbytes;
+    }
+    double w[64], dens[64];
+    const wmat_merge_spec *s = j->s;
+    for (int i = 0; i < j->n_in; i++) {
+        const wmat_merge_model *mm = &s->models[i];
+        w[i] = wmat__mvalue_at(mm->weight.n ? &mm->weight : &s->weight, layer, L, 1.0);
+        dens[i] = wmat__mvalue_at(mm->density.n ? &mm->density : &s->density, layer, L, 1.0);
+        if (!(dens[i] > 0 && dens[i] <= 1))
+            return wmat_set_error(WMAT_ERR_INVALID, "%s: density %g at tensor %s is outside (0, 1]", mm->path, dens[i], ot->name);
+    }
+    wmat_merge_args a = {
+        .n = n,
+        .n_in = j->n_in,
+        .base = j->has_base ? j->xbuf[0] : NULL,
+        .x = j->xbuf + j->has_base,
+        .weight = w,
+        .density = dens,
+        .lambda = wmat__mvalue_at(&s->lambda, layer, L, 1.0),
+        .t = wmat__mvalue_at(&s->t, layer, L, 0.5),
+        .dot_threshold = wmat__mvalue_at(&s->dot_threshold, layer, L, 0.9995),
+        .normalize = j->normalize,
+        .seed = name_hash(ot->name, s->seed),
+        .scratch = j->scratch,
+        .n_threads = wmat_context_threads(s->ctx),
+    };
+    if (!(a.t >= 0 && a.t <= 1)) return wmat_set_error(WMAT_ERR_INVALID, "t %g at tensor %s is outside [0, 1]", a.t, ot->name);
+    /* the reference for the delta norm, before the kernel may overwrite the inputs */
+    /* (the base, or input 0 for methods without one: linear leaves its inputs alone) */
+    const float *ref = j->xbuf[0];
+    wmat_merge_tinfo info = {0, 0, 0};
+    int rc = j->m->fn(&a, dst, &info);
+    if (rc) return rc;
+    double dn = 0, bn = 0;
+    int64_t bad = -1;
+    for (int64_t k = 0; k < n; k++) {
+        if (!isfinite(dst[k]) && bad < 0) bad = k;
+        const double d = (double)dst[k] - ref[k];
+        dn += d * d;
+        bn += (double)ref[k] * ref[k];
+    }
+    if (bad >= 0)
+        return wmat_set_error(WMAT_ERR_NUMERIC, "%s: merged tensor %s has a non-finite value at index %lld", j->out_path,
+                              ot->name, (long long)bad);
+    for (int i = 0; i < n_all; i++) release_pages(&j->in[i]->tensors[j->idx[i][ti]]);
+    wmat_merge_tensor_report *r = &j->rep->tensors[ti];
+    snprintf(r->name, sizeof r->name, "%s", ot->name);
+    r->nelem = n;
+    r->delta_norm = sqrt(dn);
+    r->base_norm = sqrt(bn);
+    r->trimmed = info.trimmed;
+    r->sign_conflicts = info.sign_conflicts;
+    r->slerp_linear = info.slerp_linear;
+    r->seconds = now_s() - t0;
+    j->done++;
+    j->done_elems += n;
+    r->done_share = j->total_elems ? (double)j->done_elems / (double)j->total_elems : 1.0;
+    if (s->on_tensor) s->on_tensor(s->user, r, j->done, j->out->n_tensors);
+    if (s->ctx && s->ctx->progress && s->ctx->progress(s->ctx->progress_user, ot->name, (uint64_t)j->done,
+                                                       (uint64_t)j->out->n_tensors))
+        return wmat_set_error(WMAT_ERR_CANCELLED, "merge: cancelled at %s", ot->name);
+    return WMAT_OK;
+}
+
+/* GGUF's encoder hook: asked for the type first (dst NULL), then for the bytes. */
+static int gguf_enc(void *user, const wmat_tensor *t, wmat_dtype *dt, void *dst)
+{
+    merge_job *j = user;
+    const int ti = (int)(t - j->out->tensors);
+    if (ti < 0 || ti >= j->out->n_tensors) return 0;
+    if (!dst) {
+        wmat_dtype want = t->ndim == 1 ? WMAT_F32 : j->out_dtype;
+        if (t->shape[t->ndim - 1] % wmat_dtype_info(want)->block_size) want = WMAT_F16;
+        *dt = want;
+        return 1;
+    }
+    int rc = merge_tensor(j, ti, j->work);
+    if (!rc) rc = wmat_from_f32(dst, *dt, j->work, (uint64_t)wmat_tensor_nelem(t));
+    return rc ? rc : 1;
+}
+
+static int cfg_diff(const wmat_config *a, const wmat_config *b, char *buf, size_t n)
+{
+#define CMPI(f)                                                                                                       \
+    if (a->f != b->f) return snprintf(buf, n, "%s %d vs %d", #f, a->f, b->f), 1;
+    CMPI(dim) CMPI(hidden_dim) CMPI(n_layers) CMPI(n_heads) CMPI(n_kv_heads) CMPI(vocab_size) CMPI(head_dim)
+    CMPI(tied_embeddings)
+#undef CMPI
+    if (a->rope_theta != b->rope_theta) return snprintf(buf, n, "rope_theta %g vs %g", a->rope_theta, b->rope_theta), 1;
+    if (a->norm_eps != b->norm_eps) return snprintf(buf, n, "norm_eps %g vs %g", a->norm_eps, b->norm_eps), 1;
+    return 0;
+}
+
+static int key_read(const wmat_merge_method *m, const char *key)
+{
+    for (const wmat_param_spec *p = m->schema; p->name; p++)
+        if (!strcmp(p->name, key)) return 1;
+    return 0;
+}
+
+static const wmat_param_spec *key_spec(const wmat_merge_method *m, const char *key)
+{
+    for (const wmat_param_spec *p = m->schema; p->name; p++)
+        if (!strcmp(p->name, key)) return p;
+    return NULL;
+}
+
+/* A value given for a key the method does not read, or out of its range. */
+static int check_value(const wmat_merge_method *m, const char *key, const wmat_mvalue *v, const char *who)
+{
+    if (!v->n) return WMAT_OK;
+    const wmat_param_spec *p = key_spec(m, key);
+    if (!p) {
+        char keys[256];
+        size_t k = 0;
+        keys[0] = 0;
+        for (const wmat_param_spec *q = m->schema; q->name && k < sizeof keys; q++)
+            k += (size_t)snprintf(keys + k, sizeof keys - k, "%s%s", k ? ", " : "", q->name);
+        return wmat_set_error(WMAT_ERR_INVALID, "%s%smethod %s does not take %s (its keys: %s)", who ? who : "",
+                              who ? ": " : "", m->name, key, keys);
+    }
+    for (int i = 0; i < v->n; i++)
+        if (!(v->v[i] >= p->min && v->v[i] <= p->max))
+            return wmat_set_error(WMAT_ERR_INVALID, "%s%s%s = %g is outside %g..%g", who ? who : "", who ? ": " : "", key,
+                                  v->v[i], p->min, p->max);
+    return WMAT_OK;
+}
+
+static int check_spec(const wmat_merge_spec *s, const wmat_merge_method *m)
+{
+    if (m->base == WMAT_MB_REQUIRED && !s->base)
+        return wmat_set_error(WMAT_ERR_INVALID, "method %s needs a base model", m->name);
+    if (m->base == WMAT_MB_NONE && s->base)
+        return wmat_set_error(WMAT_ERR_INVALID, "method %s takes no base model (list every model to average)", m->name);
+    if (s->n_models < m->min_models || s->n_models > m->max_models)
+        return wmat_set_error(WMAT_ERR_INVALID, "method %s takes %d..%d models besides the base (got %d)", m->name,
+                              m->min_models, m->max_models, s->n_models);
+    int rc = check_value(m, "weight", &s->weight, NULL);
+    if (!rc) rc = check_value(m, "density", &s->density, NULL);
+    if (!rc) rc = check_value(m, "lambda", &s->lambda, NULL);
+    if (!rc) rc = check_value(m, "t", &s->t, NULL);
+    if (!rc) rc = check_value(m, "dot_threshold", &s->dot_threshold, NULL);
+    for (int i = 0; i < s->n_models && !rc; i++) {
+        rc = check_value(m, "weight", &s->models[i].weight, s->models[i].path);
+        if (!rc) rc = check_value(m, "density", &s->models[i].density, s->models[i].path);
+    }
+    if (!rc && s->normalize >= 0 && !key_read(m, "normalize"))
+        rc = wmat_set_error(WMAT_ERR_INVALID, "method %s does not take normalize", m->name);
+    return rc;
+}
+
+static wmat_format format_of(const char *path)
+{
+    size_t n = strlen(path);
+    if (n >= 5 && !strcmp(path + n - 5, ".gguf")) return WMAT_FMT_GGUF;
+    if (n >= 4 && !strcmp(path + n - 4, ".bin")) return WMAT_FMT_LLAMA2C;
+    return WMAT_FMT_HF;
+}
+
+int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_report *rep)
+{
+    memset(rep, 0, sizeof *rep);
+    const double t_start = now_s();
+    const wmat_merge_method *m = wmat__merge_method_find(s->method);
+    if (!m) {
+        char names[256];
+        size_t k = 0;
+        names[0] = 0;
+        for (const wmat_merge_method *q = wmat__merge_methods; q->name && k < sizeof names; q++)
+            k += (size_t)snprintf(names + k, sizeof names - k, "%s%s", k ? ", " : "", q->name);
+        return wmat_set_error(WMAT_ERR_INVALID, "unknown merge method '%s' (known: %s)", s->method ? s->method : "(none)",
+                              names);
+    }
+    int rc = check_spec(s, m);
+    if (rc) return rc;
+    wmat_format fmt = s->out_format != WMAT_FMT_UNKNOWN ? s->out_format : format_of(out_path);
+    wmat_dtype odt = s->out_dtype;
+    if (odt != WMAT_F32 && odt != WMAT_F16 && odt != WMAT_BF16 && odt != WMAT_Q8_0 && odt != WMAT_Q4_0)
+        return wmat_set_error(WMAT_ERR_INVALID, "%s: output weights can be f32, f16, bf16, q8_0 or q4_0", out_path);
+    if (fmt == WMAT_FMT_LLAMA2C && odt != WMAT_F32)
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: llama2.c checkpoints hold f32 weights only (asked for %s)", out_path,
+                              wmat_dtype_info(odt)->name);
+    if (fmt != WMAT_FMT_LLAMA2C && fmt != WMAT_FMT_GGUF && fmt != WMAT_FMT_HF)
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: merge writes llama2c, gguf or hf", out_path);
+
+    merge_job j;
+    memset(&j, 0, sizeof j);
+    j.s = s;
+    j.m = m;
+    j.n_in = s->n_models;
+    j.has_base = m->base == WMAT_MB_REQUIRED;
+    j.rep = rep;
+    j.out_path = out_path;
+    j.out_dtype = odt;
+    j.normalize = s->normalize;
+    if (j.normalize < 0) {
+        const wmat_param_spec *p = key_spec(m, "normalize");
+        j.normalize = p && !strcmp(p->def, "true");
+    }
+    const int n_all = j.n_in + j.has_base;
+    j.in = wmat__calloc((size_t)n_all, sizeof *j.in);
+    j.paths = wmat__calloc((size_t)n_all, sizeof *j.paths);
+    j.idx = wmat__calloc((size_t)n_all, sizeof *j.idx);
+    j.xbuf = wmat__calloc((size_t)n_all, sizeof *j.xbuf);
+    if (!j.in || !j.paths || !j.idx || !j.xbuf) {
+        rc = wmat_set_error(WMAT_ERR_NOMEM, "merge: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n_all; i++) j.paths[i] = j.has_base && i == 0 ? s->base : s->models[i - j.has_base].path;
+
+    /* Load as stored: the tensors point into the files' mappings. */
+    wmat_load_params lp = wmat_load_default_params();
+    lp.materialize_f32 = 0;
+    for (int i = 0; i < n_all && !rc; i++) rc = wmat_model_load(&j.in[i], j.paths[i], &lp);
+    if (rc) goto done;
+
+    /* Same architecture, same tensors, same shapes, same vocabulary. */
+    const wmat_model *a = j.in[0];
+    for (int i = 1; i < n_all && !rc; i++) {
+        const wmat_model *b = j.in[i];
+        char why[160];
+        if (cfg_diff(&a->cfg, &b->cfg, why, sizeof why)) {
+            rc = wmat_set_error(WMAT_ERR_INVALID, "%s and %s: different architectures (%s)", j.paths[0], j.paths[i], why);
+            break;
+        }
+        if (a->tok && b->tok && wmat_tokenizer_vocab_size(a->tok) != wmat_tokenizer_vocab_size(b->tok)) {
+            rc = wmat_set_error(WMAT_ERR_INVALID, "%s and %s: different vocabularies (%d vs %d tokenizer entries)", j.paths[0],
+                                j.paths[i], wmat_tokenizer_vocab_size(a->tok), wmat_tokenizer_vocab_size(b->tok));
+            break;
+        }
+        if (a->tok && b->tok) {
+            /* same size is not the same vocabulary: compare the pieces */
+            const int nv = wmat_tokenizer_vocab_size(a->tok);
+            for (int v = 0; v < nv; v++) {
+                size_t la, lb;
+                const char *pa = wmat_tokenizer_piece(a->tok, v, &la), *pb = wmat_tokenizer_piece(b->tok, v, &lb);
+                if (la != lb || memcmp(pa, pb, la)) {
+                    rc = wmat_set_error(WMAT_ERR_INVALID, "%s and %s: different vocabularies (token %d is '%.*s' vs '%.*s')",
+                                        j.paths[0], j.paths[i], v, (int)(la > 40 ? 40 : la), pa, (int)(lb > 40 ? 40 : lb), pb);
+                    break;
+                }
+            }
+            if (rc) break;
+        }
+        if (a->n_tensors != b->n_tensors) {
+            /* name the first tensor one of them lacks */
+            const wmat_model *big = a->n_tensors > b->n_tensors ? a : b, *small = big == a ? b : a;
+            for (int t = 0; t < big->n_tensors; t++)
+                if (!wmat_model_find((wmat_model *)small, big->tensors[t].name)) {
+                    rc = wmat_set_error(WMAT_ERR_INVALID, "%s and %s: tensor %s is in %s only", j.paths[0], j.paths[i],
+                                        big->tensors[t].name, big == a ? j.paths[0] : j.paths[i]);
+                    break;
+                }
+            if (!rc)
+                rc = wmat_set_error(WMAT_ERR_INVALID, "%s and %s: %d vs %d tensors", j.paths[0], j.paths[i], a->n_tensors,
+                                    b->n_tensors);
+        }
+    }
+    if (rc) goto done;
+
+    /* The output: input 0's tensor list as fp32; GGUF gets no buffers (the
+     * encoder writes each tensor as it is merged). */
+    const int stream = fmt == WMAT_FMT_GGUF;
+    rc = wmat__model_new(&j.out, &a->cfg, fmt, out_path);
+    for (int t = 0; t < a->n_tensors && !rc; t++) {
+        const wmat_tensor *src = &a->tensors[t];
+        const int64_t n = wmat_tensor_nelem(src);
+        if (n > j.max_n) j.max_n = n;
+        j.total_elems += n;
+        void *d = stream ? NULL : wmat__aligned_alloc((size_t)n * sizeof(float));
+        if (!stream && !d) {
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for %s", out_path, src->name);
+            break;
+        }
+        rc = wmat__model_add_tensor(j.out, src->name, WMAT_F32, src->ndim, src->shape, d, stream ? 0 : WMAT_TF_OWNED);
+        if (!rc && stream) j.out->tensors[t].nbytes = 0; /* no data yet: the binder would refuse a size without it */
+    }
+    if (!rc) rc = wmat__model_bind(j.out);
+    for (int i = 0; i < n_all && !rc; i++) {
+        j.idx[i] = wmat__calloc((size_t)a->n_tensors, sizeof(int));
+        if (!j.idx[i]) {
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "merge: out of memory");
+            break;
+        }
+        for (int t = 0; t < a->n_tensors && !rc; t++) {
+            const wmat_tensor *ot = &j.out->tensors[t];
+            int k = -1;
+            for (int q = 0; q < j.in[i]->n_tensors; q++)
+                if (!strcmp(j.in[i]->tensors[q].name, ot->name)) {
+                    k = q;
+                    break;
+                }
+            if (k < 0) {
+                rc = wmat_set_error(WMAT_ERR_INVALID, "%s and %s: tensor %s is missing from %s", j.paths[0], j.paths[i],
+                                    ot->name, j.paths[i]);
+                break;
+            }
+            const wmat_tensor *it = &j.in[i]->tensors[k];
+            int same = it->ndim == ot->ndim;
+            for (int d = 0; d < ot->ndim && same; d++) same = it->shape[d] == ot->shape[d];
+            if (!same) {
+                rc = wmat_set_error(WMAT_ERR_INVALID, "%s and %s: tensor %s has shape %lldx%lld vs %lldx%lld", j.paths[0],
+                                    j.paths[i], ot->name, (long long)ot->shape[0],
+                                    (long long)(ot->ndim > 1 ? ot->shape[1] : 1), (long long)it->shape[0],
+                                    (long long)(it->ndim > 1 ? it->shape[1] : 1));
+                break;
+            }
+            j.idx[i][t] = k;
+        }
+    }
+    if (rc) goto done;
+
+    /* The tokenizer moves from its source to the output. */
+    {
+        int src = 0;
+        if (s->tokenizer_source && strcmp(s->tokenizer_source, "base")) {
+            src = -1;
+            for (int i = 0; i < n_all; i++)
+                if (!strcmp(j.paths[i], s->tokenizer_source)) src = i;
+            if (src < 0) {
+                rc = wmat_set_error(WMAT_ERR_INVALID, "tokenizer_source %s is not one of the merged models (or 'base')",
+                                    s->tokenizer_source);
+                goto done;
+            }
+        }
+        /* by default the first input that has one (an HF base may come without) */
+        if (!s->tokenizer_source)
+            for (int i = 0; i < n_all && !j.in[src]->tok; i++) src = j.in[i]->tok ? i : src;
+        j.out->tok = j.in[src]->tok;
+        j.in[src]->tok = NULL;
+    }
+
+    rep->tensors = wmat__calloc((size_t)j.out->n_tensors, sizeof *rep->tensors);
+    j.work = stream ? wmat__malloc((size_t)j.max_n * sizeof(float)) : NULL;
+    /* scratch only reorders HF's rotary rows (TIES's selection needs none) */
+    int need_scratch = 0;
+    for (int i = 0; i < n_all; i++)
+        for (int t = 0; t < j.in[i]->n_tensors; t++) need_scratch |= (j.in[i]->tensors[t].flags & WMAT_TF_HF_ROPE) != 0;
+    j.scratch = need_scratch ? wmat__malloc((size_t)j.max_n * sizeof(float)) : NULL;
+    int ok = rep->tensors && (j.scratch || !need_scratch) && (!stream || j.work);
+    for (int i = 0; i < n_all && ok; i++) ok = (j.xbuf[i] = wmat__malloc((size_t)j.max_n * sizeof(float))) != NULL;
+    if (!ok) {
+        rc = wmat_set_error(WMAT_ERR_NOMEM, "merge: out of memory for %d buffers of %lld floats", n_all + 2,
+                            (long long)j.max_n);
+        goto done;
+    }
+    rep->n_tensors = j.out->n_tensors;
+    rep->largest_tensor = (size_t)j.max_n * sizeof(float);
+    rep->streamed = stream;
+    j.t0 = now_s();
+
+    if (stream) {
+        rc = wmat__gguf_save_with(j.out, out_path, odt, odt, gguf_enc, &j);
+    } else {
+        for (int t = 0; t < j.out->n_tensors && !rc; t++) rc = merge_tensor(&j, t, j.out->tensors[t].data);
+        if (!rc) {
+            wmat_save_params sp = wmat_save_default_params();
+            sp.format = fmt;
+            sp.dtype = odt;
+            rc = wmat_model_save(j.out, out_path, &sp);
+        }
+    }
+
+done:
+    if (j.xbuf)
+        for (int i = 0; i < n_all; i++) wmat__free(j.xbuf[i]);
+    if (j.idx)
+        for (int i = 0; i < n_all; i++) wmat__free(j.idx[i]);
+    if (j.in)
+        for (int i = 0; i < n_all; i++) wmat_model_free(j.in[i]);
+    wmat__free(j.in);
+    wmat__free(j.paths);
+    wmat__free(j.idx);
+    wmat__free(j.xbuf);
+    wmat__free(j.work);
+    wmat__free(j.scratch);
+    wmat_model_free(j.out);
+    rep->seconds = now_s() - t_start;
+    rep->peak_rss = peak_rss();
+    if (rc) {
+        wmat__free(rep->tensors);
+        rep->tensors = NULL;
+        rep->n_tensors = 0;
+    }
+    return rc;
+}

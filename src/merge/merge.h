@@ -1,0 +1,156 @@
+/* Model merging (src/merge, docs/MERGING.md): the method table, the
+ * per-tensor kernels, the selection of magnitude thresholds, the streaming
+ * driver over models of any format and the mergekit-style YAML config.
+ *
+ * A method is a row of wmat__merge_methods: its name (mergekit's), a
+ * summary, the keys it reads (a core/params.h schema, so the CLI builds its
+ * flags, help and validation from it) and a kernel that merges one tensor
+ * given fp32 copies of the inputs. The driver streams: for every tensor
+ * name it dequantizes that tensor of each input into a buffer, runs the
+ * kernel, and hands the result to the writer before the next tensor, so
+ * memory holds a few tensors per input, not models. */
+#ifndef WMAT_MERGE_H
+#define WMAT_MERGE_H
+
+#include "core/params.h"
+
+/* A numeric parameter: one value, or a list interpolated across layers as
+ * mergekit does (value at layer l = piecewise-linear interpolation of the
+ * list placed evenly on [0, n_layers - 1]). */
+#define WMAT_MERGE_MAX_LIST 64
+typedef struct {
+    int n; /* 0: not given */
+    double v[WMAT_MERGE_MAX_LIST];
+} wmat_mvalue;
+
+/* The value of p at layer l of L (L <= 1 or a single value: v[0]). Tensors
+ * outside the blocks use the first value (embedding) or the last (final
+ * norm, classifier): pass l = -1 or l = L. */
+double wmat__mvalue_at(const wmat_mvalue *p, int l, int L, double def);
+
+/* What the kernel of one tensor receives. x[i] are fp32 copies of input i
+ * that the kernel may overwrite; base is NULL for methods without one. */
+typedef struct {
+    int64_t n;
+    int n_in;
+    const float *base;
+    float *const *x;
+    const double *weight;  /* per input */
+    const double *density; /* per input, in (0, 1] */
+    double lambda;         /* scale of the merged task vector */
+    double t;              /* slerp */
+    double dot_threshold;  /* slerp: |cos| above this interpolates linearly */
+    int normalize;         /* divide by the summed weights */
+    uint64_t seed;         /* DARE: already mixed with the tensor and input */
+    float *scratch;        /* n floats or NULL (no method needs it today) */
+    int n_threads;
+} wmat_merge_args;
+
+/* What a kernel reports about one tensor. */
+typedef struct {
+    double trimmed;        /* share of task-vector entries set to zero (trim or drop), over inputs */
+    double sign_conflicts; /* share of entries where the kept deltas disagree in sign */
+    int slerp_linear;      /* slerp fell back to linear interpolation */
+} wmat_merge_tinfo;
+
+typedef int (*wmat_merge_fn)(const wmat_merge_args *a, float *out, wmat_merge_tinfo *info);
+
+enum { WMAT_MB_NONE = 0, WMAT_MB_REQUIRED = 1 };
+
+typedef struct {
+    const char *name;
+    wmat_merge_fn fn;
+    int base;               /* WMAT_MB_NONE or WMAT_MB_REQUIRED */
+    int min_models, max_models; /* models besides the base */
+    const wmat_param_spec *schema; /* keys the method reads */
+    const char *summary;
+} wmat_merge_method;
+
+extern const wmat_merge_method wmat__merge_methods[];
+const wmat_merge_method *wmat__merge_method_find(const char *name);
+/* Every key of every method (deduplicated) into dst (cap rows, NULL-ended). */
+int wmat__merge_keys(wmat_param_spec *dst, int cap);
+/* Keys read per input model (weight, density); the others are global. */
+int wmat__merge_key_per_model(const char *key);
+
+/* The k-th largest of |x[0..n)| (k in 1..n) by selection (a radix select:
+ * three counting passes over the float bit patterns, O(n) always, x only
+ * read; scratch is unused and may be NULL): the magnitude threshold of TIES. */
+float wmat__merge_kth_largest_abs(const float *x, int64_t n, int64_t k, float *scratch);
+/* Keep the k largest magnitudes of d (exactly k: entries equal to the
+ * threshold are kept in index order until k are kept), zero the rest. */
+void wmat__merge_trim_topk(float *d, int64_t n, int64_t k, float *scratch);
+/* DARE: zero each entry with probability 1 - density, scale the kept ones
+ * by 1 / density; the mask is a function of seed alone. Returns the count dropped. */
+int64_t wmat__merge_dare(float *d, int64_t n, double density, uint64_t seed);
+
+/* ---- the driver */
+
+typedef struct {
+    const char *path;
+    wmat_mvalue weight, density;
+} wmat_merge_model;
+
+typedef struct {
+    char name[WMAT_NAME_MAX];
+    int64_t nelem;
+    double delta_norm;     /* ||out - base||_F (first model when no base) */
+    double base_norm;
+    double trimmed, sign_conflicts;
+    int slerp_linear;
+    double seconds;
+    double done_share;     /* elements merged so far over all elements (for an ETA) */
+} wmat_merge_tensor_report;
+
+typedef struct {
+    const char *method;
+    const char *base;           /* NULL for methods without one */
+    int n_models;
+    const wmat_merge_model *models;
+    /* global values; per-model weight/density fall back to these */
+    wmat_mvalue weight, density, lambda, t;
+    wmat_mvalue dot_threshold;
+    int normalize;              /* -1: the method's default */
+    uint64_t seed;
+    wmat_format out_format;     /* WMAT_FMT_UNKNOWN: by the output path (".gguf", a directory name -> hf, else llama2c) */
+    wmat_dtype out_dtype;       /* weights of the output */
+    const char *tokenizer_source; /* NULL or "base": the base's (else the first model's); or a model path */
+    const wmat_context *ctx;    /* threads, progress ("merge <tensor>", done, total) */
+    /* called after each tensor (may be NULL) */
+    void (*on_tensor)(void *user, const wmat_merge_tensor_report *r, int i, int n);
+    void *user;
+} wmat_merge_spec;
+
+typedef struct {
+    int n_tensors;
+    wmat_merge_tensor_report *tensors; /* owned; wmat__merge_report_free */
+    double seconds;
+    size_t peak_rss;        /* VmHWM at the end */
+    size_t largest_tensor;  /* bytes of the largest tensor as fp32 */
+    uint64_t bytes_read;    /* inputs as stored */
+    int streamed;           /* 1: the output was written tensor by tensor (GGUF) */
+} wmat_merge_report;
+
+/* Check every input against the others (config, tokenizer size, tensor
+ * names and shapes) and the spec against the method, then write the merge to
+ * out_path (atomically; nothing is written when anything fails). */
+int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_report *rep);
+void wmat__merge_report_free(wmat_merge_report *rep);
+
+/* ---- the YAML config (mergekit's subset) */
+
+typedef struct {
+    wmat_merge_spec spec;
+    wmat_merge_model *models;
+    char **strs;            /* owned copies of the spec's strings */
+    int n_strs, cap_strs;
+} wmat_merge_config;
+
+/* Parse YAML text (name is used in messages). Unknown keys, a method not in
+ * the table, wrong types or out-of-range values are WMAT_ERR_INVALID with a
+ * message naming the key. Free with wmat__merge_config_free (also after a
+ * failure). */
+int wmat__merge_config_parse(wmat_merge_config *c, const char *text, size_t len, const char *name);
+void wmat__merge_config_free(wmat_merge_config *c);
+
+#endif
