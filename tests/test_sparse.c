@@ -178,11 +178,11 @@ static void test_sparsegpt_equals_literal_obs(void **state)
 
 /* Masks: zeros exactly where the mask says, N:M in every group, exact counts. */
 static void check_pattern(const float *W, const uint8_t *mask, int64_t rows, int64_t cols, const wmat_prune_params *p,
-                          int per_row)
+                          int per_row, int kept_nonzero)
 {
     for (int64_t i = 0; i < rows * cols; i++) {
         assert_true(mask[i] == 0 || mask[i] == 1);
-        if (mask[i] ? W[i] == 0.0f : W[i] != 0.0f)
+        if (mask[i] ? kept_nonzero && W[i] == 0.0f : W[i] != 0.0f)
             fail_msg("element %lld: mask %d, weight %g", (long long)i, mask[i], (double)W[i]);
     }
     if (p->n > 0) {
@@ -226,7 +226,7 @@ static void test_masks(void **state)
             if (meth == 0) TU_OK(wmat__prune_magnitude(W, rows, cols, &ps[k], mask));
             else if (meth == 1) TU_OK(wmat__prune_wanda(W, rows, cols, x2, &ps[k], mask));
             else TU_OK(wmat__prune_sparsegpt(W, rows, cols, H, &ps[k], mask, NULL));
-            check_pattern(W, mask, rows, cols, &ps[k], meth < 2);
+            check_pattern(W, mask, rows, cols, &ps[k], meth < 2, 1);
             /* the kinds store exactly the pruned matrix */
             void *obj = NULL;
             TU_OK(ps[k].n ? wmat__nm_create(W, mask, rows, cols, ps[k].n, ps[k].m, WMAT_F32, &obj)
@@ -378,6 +378,141 @@ static void test_hostile_masks(void **state)
     cJSON_Delete(desc);
 }
 
+/* ---- a whole model (wmat__prune_model) */
+
+static wmat_model *load_f32(const char *path)
+{
+    wmat_load_params lp = wmat_load_default_params();
+    lp.materialize_f32 = 1;
+    wmat_model *m = NULL;
+    TU_OK(wmat_model_load(&m, path, &lp));
+    return m;
+}
+
+static float *logits_of(wmat_model *m, int T)
+{
+    const wmat_config *c = wmat_model_config(m);
+    wmat_runtime_params rp = wmat_runtime_default_params();
+    rp.max_batch_tokens = T;
+    rp.kv_cache_len = 1;
+    wmat_runtime *rt;
+    TU_OK(wmat_runtime_create(&rt, m, &rp));
+    int32_t *ids = malloc((size_t)T * sizeof *ids);
+    for (int t = 0; t < T; t++) ids[t] = (int32_t)((t * 31 + 7) % c->vocab_size);
+    float *lg = malloc((size_t)T * (size_t)c->vocab_size * sizeof(float));
+    TU_OK(wmat_forward(rt, ids, T, lg));
+    free(ids);
+    wmat_runtime_free(rt);
+    return lg;
+}
+
+/* Every linear weight of m is of kind `kind`; its zeros follow the pattern;
+ * a model whose fp32 weights are the dequantized sparse ones gives the
+ * same logits (the kind runs what it stores). */
+static void check_pruned_model(wmat_model *m, const char *path, const char *kind, const char *method,
+                               const wmat_prune_params *pp)
+{
+    const wmat_config *c = wmat_model_config(m);
+    wmat_model *d = load_f32(path);
+    for (int l = 0; l < c->n_layers; l++)
+        for (int k = 0; k < WMAT_LIN_COUNT; k++) {
+            wmat_tensor *t = wmat_model_linear(m, l, (wmat_linear_kind)k), *td = wmat_model_linear(d, l, (wmat_linear_kind)k);
+            assert_string_equal(wmat_tensor_kind(t), kind);
+            const int64_t rows = t->shape[0], cols = t->shape[1];
+            float *W = malloc((size_t)(rows * cols) * sizeof(float));
+            uint8_t *mask = malloc((size_t)(rows * cols));
+            TU_OK(wmat_tensor_dequant_rows(t, 0, rows, W));
+            const wmat_spm *sm = wmat__spm_of(t);
+            assert_non_null(sm);
+            for (int64_t i = 0; i < rows * cols; i++) mask[i] = sm->mask[(i / cols) * sm->mask_bytes + (i % cols) / 8] >> ((i % cols) % 8) & 1;
+            check_pattern(W, mask, rows, cols, pp, strcmp(method, "sparsegpt") != 0, 0); /* a kept weight may be 0 (or round to 0 in f16) */
+            if (!(td->flags & WMAT_TF_OWNED)) { /* a mapped file: the model gets its own copy */
+                td->data = wmat__malloc((size_t)(rows * cols) * sizeof(float));
+                td->flags |= WMAT_TF_OWNED;
+            }
+            memcpy(td->data, W, (size_t)(rows * cols) * sizeof(float));
+            free(W), free(mask);
+        }
+    float *a = logits_of(m, 16), *b = logits_of(d, 16);
+    double mx = 0, scale = 0;
+    for (int i = 0; i < 16 * c->vocab_size; i++) {
+        const double df = tu_abs_diff(a[i], b[i]);
+        if (!(df <= mx)) mx = df;
+        if (fabs(b[i]) > scale) scale = fabs(b[i]);
+    }
+    if (!(mx <= 1e-4 * scale)) fail_msg("pruned model's logits %g from the dense model of its weights", mx);
+    free(a), free(b);
+    wmat_model_free(d);
+}
+
+static void test_model_magnitude_nm_roundtrip(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(path, "models/stories260K.bin");
+    wmat_model *m = load_f32(path);
+    wmat_prune_model_params p;
+    memset(&p, 0, sizeof p);
+    p.method = "magnitude";
+    p.pp = (wmat_prune_params){0, 2, 4, 0, 0, 1};
+    p.dtype = WMAT_F16;
+    wmat_decompose_report rep;
+    TU_OK(wmat__prune_model(m, &p, &rep));
+    assert_int_equal(rep.n_tensors, 5 * 7);
+    assert_true(rep.params_after * 2 == rep.params_before);
+    wmat_decompose_report_free(&rep);
+    check_pruned_model(m, path, "nm", p.method, &p.pp);
+    /* the native directory stores it; loaded, it runs bit for bit alike */
+    wmat_save_params sp = wmat_save_default_params();
+    sp.format = WMAT_FMT_QUANT;
+    const char *dir = tu_tmp("nm24");
+    TU_OK(wmat_model_save(m, dir, &sp));
+    wmat_model *r = load_f32(dir);
+    char desc[64];
+    wmat_tensor_describe(wmat_model_linear(r, 2, WMAT_LIN_UP), desc, sizeof desc);
+    assert_string_equal(desc, "2:4 f16");
+    float *a = logits_of(m, 16), *b = logits_of(r, 16);
+    assert_memory_equal(a, b, (size_t)16 * 512 * sizeof(float));
+    sp.format = WMAT_FMT_GGUF;
+    assert_int_equal(wmat_model_save(r, tu_tmp("nm24.gguf"), &sp), WMAT_ERR_UNSUPPORTED);
+    assert_non_null(strstr(wmat_last_error(), "sparse"));
+    free(a), free(b);
+    wmat_model_free(m);
+    wmat_model_free(r);
+}
+
+static void test_model_calibrated(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(path, "models/stories260K.bin");
+    TU_NEED_DATA(tok, "golden/tinystories_valid_head.tok512.u16");
+    int32_t *ids;
+    size_t n;
+    TU_OK(wmat_read_tokens_u16(tok, &ids, &n));
+    const char *methods[] = {"sparsegpt", "wanda"};
+    for (int i = 0; i < 2; i++) {
+        wmat_model *m = load_f32(path);
+        wmat_prune_model_params p;
+        memset(&p, 0, sizeof p);
+        p.method = methods[i];
+        p.pp = (wmat_prune_params){0.5, 0, 0, 0, 0, 1};
+        p.dtype = WMAT_F32;
+        p.calib = ids;
+        p.n_calib = 4 * 64;
+        p.calib_ctx = 64;
+        TU_OK(wmat__prune_model(m, &p, NULL));
+        check_pruned_model(m, path, "sparse", p.method, &p.pp);
+        wmat_model_free(m);
+        /* without calibration data: a clear refusal */
+        m = load_f32(path);
+        p.calib = NULL;
+        assert_int_equal(wmat__prune_model(m, &p, NULL), WMAT_ERR_INVALID);
+        assert_non_null(strstr(wmat_last_error(), "calibration"));
+        assert_string_equal(wmat_tensor_kind(wmat_model_linear(m, 0, WMAT_LIN_Q)), "f32");
+        wmat_model_free(m);
+    }
+    free(ids);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -386,6 +521,8 @@ int main(void)
         cmocka_unit_test(test_wanda_equals_magnitude_on_equal_norms),
         cmocka_unit_test(test_kind_products),
         cmocka_unit_test(test_hostile_masks),
+        cmocka_unit_test(test_model_magnitude_nm_roundtrip),
+        cmocka_unit_test(test_model_calibrated),
     };
     return tu_run_tests("sparse", tests, NULL, NULL);
 }

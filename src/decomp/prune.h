@@ -38,4 +38,24 @@ int wmat__prune_wanda(float *W, int64_t rows, int64_t cols, const double *x2, co
 int wmat__prune_sparsegpt(float *W, int64_t rows, int64_t cols, const double *H, const wmat_prune_params *p, uint8_t *mask,
                           double *damp_used);
 
+/* ---- a model (prune_model.c) */
+typedef struct {
+    const char *method;      /* "magnitude", "wanda" or "sparsegpt" */
+    wmat_prune_params pp;
+    wmat_dtype dtype;        /* stored values: f32 or f16 */
+    unsigned targets;        /* bits (1u << wmat_linear_kind); 0: all seven */
+    const int32_t *calib;    /* calibration tokens (Wanda, SparseGPT) */
+    size_t n_calib;
+    int calib_ctx;           /* window; <= 0: min(seq_len, 256) */
+    int n_threads;           /* 0: the default */
+    wmat_progress_fn progress;
+    void *progress_user;
+} wmat_prune_model_params;
+
+/* Prune m's selected linear weights (materialized fp32) in place: each
+ * becomes an `nm` (N:M) or `sparse` weight. Wanda and SparseGPT calibrate
+ * block by block and stage by stage on the model pruned so far. The
+ * report's `rank` of a tensor is the number of weights it keeps. */
+int wmat__prune_model(wmat_model *m, const wmat_prune_model_params *p, wmat_decompose_report *rep);
+
 #endif

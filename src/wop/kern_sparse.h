@@ -61,4 +61,7 @@ int wmat__sparse_create(const float *W, const uint8_t *mask, int64_t rows, int64
 int wmat__nm_create(const float *W, const uint8_t *mask, int64_t rows, int64_t cols, int n, int m, wmat_dtype vdt,
                     void **obj);
 
+/* The storage of an `nm` or `sparse` weight; NULL for a tensor of another kind. */
+const wmat_spm *wmat__spm_of(const wmat_tensor *t);
+
 #endif

@@ -27,6 +27,12 @@ static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 static size_t vsize(wmat_dtype dt) { return dt == WMAT_F16 ? 2 : 4; }
 static int64_t nvals(const wmat_spm *s) { return s->off ? s->off[s->rows] : s->rows * s->per_row; }
 
+const wmat_spm *wmat__spm_of(const wmat_tensor *t)
+{
+    const wmat_wkind *k = wmat__wkind_of(t);
+    return k == &wmat__wkind_nm || k == &wmat__wkind_sparse ? &sp_of(t)->s : NULL;
+}
+
 /* ---- run */
 
 static size_t sp_ws(const wmat_tensor *W, int T, const wmat_wexec *ex) { return wmat__spm_ws_bytes(&sp_of(W)->s, T, ex); }
