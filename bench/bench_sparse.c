@@ -1,7 +1,7 @@
 /* Decode speed of the sparse weight kinds (src/wop/kind_sparse.c) against
  * fp32, in the same run.
  *
- *   bench_sparse [--threads N] [--shape RxC] [--budget S]
+ *   bench_sparse [--threads N] [--shape RxC] [--budget S] [--model PATH.bin]
  *
  * For each shape (default 2048x5632 and 5632x2048, the 1.1B model's FFN,
  * and 704x256, mix4m's gate/up): a random Gaussian W pruned by magnitude
@@ -14,7 +14,12 @@
  * weights from memory, as a model larger than the caches does), "hot"
  * repeats one copy (a model that fits the last-level cache, like mix4m).
  * Kinds are timed in interleaved rounds, best call of each; the ratio is
- * fp32 time / kind time. */
+ * fp32 time / kind time.
+ *
+ * --model: decode tokens/s of a whole model (default mix4m) as fp32 and
+ * with every linear weight pruned by magnitude to 2:4 (f32 and f16 values)
+ * and to 50% unstructured (f32), one runtime each, 128 positions per
+ * round, rounds interleaved, best round of each, at 1 and N threads. */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -23,6 +28,7 @@
 
 #include "core/internal.h"
 #include "model/kernels.h"
+#include "decomp/prune.h"
 #include "wop/kern_sparse.h"
 
 #define SPAN_BYTES ((size_t)256 << 20)
@@ -167,22 +173,96 @@ static void run_shape(int rows, int cols, int maxt, double budget)
     free(W), free(Wp), free(x), free(y), free(yr), free(mask);
 }
 
+/* ---- whole-model decode */
+enum { M_DENSE, M_NM32, M_NM16, M_SP32, NM_ };
+static const char *m_name[NM_] = {"fp32 dense", "2:4 f32", "2:4 f16", "50% unstr f32"};
+
+static void run_model(const char *path, int maxt, double budget)
+{
+    wmat_model *mods[NM_];
+    for (int k = 0; k < NM_; k++) {
+        wmat_load_params lp = wmat_load_default_params();
+        lp.materialize_f32 = 1;
+        if (wmat_model_load(&mods[k], path, &lp)) {
+            fprintf(stderr, "%s: %s\n", path, wmat_last_error());
+            exit(1);
+        }
+        if (k == M_DENSE) continue;
+        wmat_prune_model_params p;
+        memset(&p, 0, sizeof p);
+        p.method = "magnitude";
+        p.pp = k == M_SP32 ? (wmat_prune_params){0.5, 0, 0, 0, 0, 1} : (wmat_prune_params){0, 2, 4, 0, 0, 1};
+        p.dtype = k == M_NM16 ? WMAT_F16 : WMAT_F32;
+        if (wmat__prune_model(mods[k], &p, NULL)) {
+            fprintf(stderr, "prune: %s\n", wmat_last_error());
+            exit(1);
+        }
+    }
+    const int T = 128;
+    const wmat_config *c = wmat_model_config(mods[0]);
+    float *lg = malloc((size_t)c->vocab_size * sizeof(float));
+    printf("== %s: decode of %d positions\n", path, T);
+    for (int nt = 1; nt <= maxt; nt = nt < maxt && nt * 2 > maxt ? maxt : nt * 2) {
+        wmat_runtime *rt[NM_];
+        wmat_context ctx[NM_];
+        for (int k = 0; k < NM_; k++) {
+            ctx[k] = wmat_context_default();
+            ctx[k].n_threads = nt;
+            wmat_runtime_params rp = wmat_runtime_default_params();
+            rp.max_batch_tokens = 1;
+            rp.kv_cache_len = T;
+            rp.ctx = &ctx[k];
+            if (wmat_runtime_create(&rt[k], mods[k], &rp)) {
+                fprintf(stderr, "runtime: %s\n", wmat_last_error());
+                exit(1);
+            }
+        }
+        double best[NM_];
+        for (int k = 0; k < NM_; k++) best[k] = 1e30;
+        const double end = now() + budget * NM_ * 4;
+        for (int round = 0; round < 3 || now() < end; round++) {
+            for (int k = 0; k < NM_; k++) {
+                const double t0 = now();
+                for (int p = 0; p < T; p++) wmat_decode(rt[k], (int32_t)((p * 37 + 1) % c->vocab_size), p, lg);
+                const double dt = now() - t0;
+                if (dt < best[k]) best[k] = dt;
+            }
+            if (round > 200) break;
+        }
+        printf("  %d thread%s:", nt, nt > 1 ? "s" : " ");
+        for (int k = 0; k < NM_; k++) printf("  %s %.0f tok/s%s", m_name[k], T / best[k], k ? "" : " |");
+        printf("\n    ratio kind/fp32:");
+        for (int k = 1; k < NM_; k++) printf("  %s %.2fx", m_name[k], best[M_DENSE] / best[k]);
+        printf("\n");
+        for (int k = 0; k < NM_; k++) wmat_runtime_free(rt[k]);
+        if (nt == maxt) break;
+    }
+    free(lg);
+    for (int k = 0; k < NM_; k++) wmat_model_free(mods[k]);
+}
+
 int main(int argc, char **argv)
 {
     int maxt = omp_get_max_threads(), shapes[3][2] = {{2048, 5632}, {5632, 2048}, {704, 256}}, ns = 3;
     double budget = 0.5;
+    const char *model = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) maxt = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--budget") && i + 1 < argc) budget = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
         else if (!strcmp(argv[i], "--shape") && i + 1 < argc) {
             if (sscanf(argv[++i], "%dx%d", &shapes[0][0], &shapes[0][1]) != 2) return 2;
             ns = 1;
         } else {
-            fprintf(stderr, "usage: %s [--threads N] [--shape RxC] [--budget S]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--shape RxC] [--budget S] [--model PATH.bin]\n", argv[0]);
             return 2;
         }
     }
     if (maxt < 1) maxt = 1;
+    if (model) {
+        run_model(model, maxt, budget);
+        return 0;
+    }
     for (int s = 0; s < ns; s++) run_shape(shapes[s][0], shapes[s][1], maxt, budget);
     return 0;
 }
