@@ -513,6 +513,30 @@ static void test_model_calibrated(void **state)
     free(ids);
 }
 
+static void test_method_keys(void **state)
+{
+    (void)state;
+    wmat_pset ps;
+    wmat_prune_params pp;
+    TU_OK(wmat__pset_init(&ps, wmat__prune_keys));
+    TU_OK(wmat__prune_params_from(&ps, &pp));
+    assert_true(pp.n == 0 && pp.sparsity == 0.5 && pp.block == 128 && pp.damp == 0.01);
+    TU_OK(wmat__pset_set(&ps, "nm", "4:8"));
+    TU_OK(wmat__prune_params_from(&ps, &pp));
+    assert_true(pp.n == 4 && pp.m == 8);
+    const char *bad[] = {"3:5", "2:4x", "4:4", "0:4", "x"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        TU_OK(wmat__pset_set(&ps, "nm", bad[i]));
+        assert_int_equal(wmat__prune_params_from(&ps, &pp), WMAT_ERR_INVALID);
+        assert_non_null(strstr(wmat_last_error(), "nm"));
+    }
+    TU_OK(wmat__pset_set(&ps, "nm", "2:4"));
+    TU_OK(wmat__pset_set(&ps, "sparsity", "0.6"));
+    assert_int_equal(wmat__prune_params_from(&ps, &pp), WMAT_ERR_INVALID); /* both */
+    assert_true(wmat__pset_set(&ps, "sparsity", "1.0") < 0);               /* out of range */
+    wmat__pset_free(&ps);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -523,6 +547,7 @@ int main(void)
         cmocka_unit_test(test_hostile_masks),
         cmocka_unit_test(test_model_magnitude_nm_roundtrip),
         cmocka_unit_test(test_model_calibrated),
+        cmocka_unit_test(test_method_keys),
     };
     return tu_run_tests("sparse", tests, NULL, NULL);
 }

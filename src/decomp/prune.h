@@ -7,6 +7,7 @@
 #ifndef WMAT_DECOMP_PRUNE_H
 #define WMAT_DECOMP_PRUNE_H
 
+#include "core/params.h"
 #include "wop/wop.h"
 
 typedef struct {
@@ -37,6 +38,12 @@ int wmat__prune_wanda(float *W, int64_t rows, int64_t cols, const double *x2, co
  * group. *damp_used (may be NULL) the lambda that was used. */
 int wmat__prune_sparsegpt(float *W, int64_t rows, int64_t cols, const double *H, const wmat_prune_params *p, uint8_t *mask,
                           double *damp_used);
+
+/* ---- method keys (prune_model.c): sparsity, nm ("N:M"), block, damp */
+extern const wmat_param_spec wmat__prune_keys[];
+/* The pruning parameters of a pset of wmat__prune_keys (WMAT_ERR_INVALID
+ * naming the key when "nm" is not N:M or the values do not go together). */
+int wmat__prune_params_from(const wmat_pset *ps, wmat_prune_params *pp);
 
 /* ---- a model (prune_model.c) */
 typedef struct {

@@ -14,7 +14,39 @@
 #include "wop/kern_sparse.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
+
+const wmat_param_spec wmat__prune_keys[] = {
+    {"sparsity", WMAT_PARAM_FLOAT, "0.5", 0, 0.99, NULL, "unstructured: the share of each row (SparseGPT: of each block) pruned", NULL},
+    {"nm", WMAT_PARAM_STRING, "", 0, 0, NULL, "N:M instead (2:4, 4:8; M 4 or 8): N kept of every M consecutive inputs", NULL},
+    {"block", WMAT_PARAM_INT, "128", 1, 1 << 20, NULL, "SparseGPT: columns per lazy-update block and mask choice", NULL},
+    {"damp", WMAT_PARAM_FLOAT, "0.01", 0, 100, NULL, "SparseGPT: damping times mean(diag H), raised x10 while Cholesky fails", NULL},
+    {NULL, 0, NULL, 0, 0, NULL, NULL, NULL},
+};
+
+int wmat__prune_params_from(const wmat_pset *ps, wmat_prune_params *pp)
+{
+    memset(pp, 0, sizeof *pp);
+    pp->sparsity = wmat__pset_float(ps, "sparsity");
+    pp->block = (int)wmat__pset_int(ps, "block");
+    pp->damp = wmat__pset_float(ps, "damp");
+    pp->n_threads = 1;
+    const char *nm = wmat__pset_str(ps, "nm");
+    if (nm && *nm) {
+        int n = 0, m = 0, used = 0;
+        if (sscanf(nm, "%d:%d%n", &n, &m, &used) != 2 || nm[used] || !(m == 4 || m == 8) || n < 1 || n >= m)
+            return wmat_set_error(WMAT_ERR_INVALID, "nm: '%s' is not N:M with M 4 or 8 and 1 <= N < M (2:4, 4:8)", nm);
+        if (wmat__pset_is_set(ps, "sparsity"))
+            return wmat_set_error(WMAT_ERR_INVALID, "sparsity=%g and nm=%s exclude each other (N:M fixes the share)", pp->sparsity, nm);
+        pp->n = n;
+        pp->m = m;
+        pp->sparsity = 1.0 - (double)n / m;
+        if (pp->block % m)
+            return wmat_set_error(WMAT_ERR_INVALID, "block=%d is not a multiple of M = %d", pp->block, m);
+    }
+    return WMAT_OK;
+}
 
 typedef struct {
     wmat_tensor *t;
