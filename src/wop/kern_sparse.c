@@ -131,51 +131,59 @@ KS_AVX2 static __m256i pos2(uint8_t b0, uint8_t b1)
                                    _mm_load_si128((const __m128i *)g_pos4[b1]), 1);
 }
 
+#define HALF_STEP(P, V, ACC)                                                                                           \
+    do {                                                                                                               \
+        const __m256i i_ = pos2(mk[2 * (P)], mk[2 * (P) + 1]);                                                         \
+        const float *xp_ = x + 16 * (P);                                                                               \
+        const __m256 g_ = _mm256_blend_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(xp_), i_),                          \
+                                          _mm256_permutevar8x32_ps(_mm256_loadu_ps(xp_ + 8), i_), 0xF0);               \
+        ACC = _mm256_fmadd_ps(load8(s, V), g_, ACC);                                                                   \
+    } while (0)
+
+/* Four accumulators: an FMA's latency is several steps' other work. */
 KS_AVX2 static float row_half_avx2(const wmat_spm *s, const uint8_t *mk, int64_t v, const float *x)
 {
     const int64_t np = s->cols / 16; /* pairs of full bytes */
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t p = 0;
-    for (; p + 2 <= np; p += 2, v += 16) {
-        const __m256i i0 = pos2(mk[2 * p], mk[2 * p + 1]), i1 = pos2(mk[2 * p + 2], mk[2 * p + 3]);
-        const float *xp = x + 16 * p;
-        const __m256 g0 = _mm256_blend_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(xp), i0),
-                                          _mm256_permutevar8x32_ps(_mm256_loadu_ps(xp + 8), i0), 0xF0);
-        const __m256 g1 = _mm256_blend_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(xp + 16), i1),
-                                          _mm256_permutevar8x32_ps(_mm256_loadu_ps(xp + 24), i1), 0xF0);
-        a0 = _mm256_fmadd_ps(load8(s, v), g0, a0);
-        a1 = _mm256_fmadd_ps(load8(s, v + 8), g1, a1);
+    for (; p + 4 <= np; p += 4, v += 32) {
+        HALF_STEP(p, v, a0);
+        HALF_STEP(p + 1, v + 8, a1);
+        HALF_STEP(p + 2, v + 16, a2);
+        HALF_STEP(p + 3, v + 24, a3);
     }
-    for (; p < np; p++, v += 8) {
-        const __m256i i0 = pos2(mk[2 * p], mk[2 * p + 1]);
-        const float *xp = x + 16 * p;
-        const __m256 g0 = _mm256_blend_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(xp), i0),
-                                          _mm256_permutevar8x32_ps(_mm256_loadu_ps(xp + 8), i0), 0xF0);
-        a0 = _mm256_fmadd_ps(load8(s, v), g0, a0);
-    }
-    return row_tail(s, mk, 2 * np, v, x, hsum(_mm256_add_ps(a0, a1)));
+    for (; p < np; p++, v += 8) HALF_STEP(p, v, a0);
+    return row_tail(s, mk, 2 * np, v, x, hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))));
 }
+#undef HALF_STEP
 
 /* Any count per byte: the byte's inputs permuted into its values' order,
  * lanes past the count zeroed; 8 values are read while they lie inside
  * the array (the last bytes of the matrix go through row_tail). */
+KS_AVX2 static __m256 any_step(const wmat_spm *s, unsigned b, const float *x8, int64_t v, __m256 acc)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)g_pos[b]));
+    const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(__builtin_popcount(b)), lane));
+    const __m256 g = _mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(x8), idx), keep);
+    return _mm256_fmadd_ps(load8(s, v), g, acc);
+}
+
+/* Two bytes a step into two accumulators (one FMA chain would wait on
+ * its latency at every byte). */
 KS_AVX2 static float row_any_avx2(const wmat_spm *s, const uint8_t *mk, int64_t v, const float *x, int64_t nv)
 {
     const int64_t nb = s->cols / 8;
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    __m256 a0 = _mm256_setzero_ps();
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     int64_t k = 0;
-    for (; k < nb && v + 8 <= nv; k++) {
-        const unsigned b = mk[k];
-        if (!b) continue;
-        const int c = __builtin_popcount(b);
-        const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)g_pos[b]));
-        const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(c), lane));
-        const __m256 g = _mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(x + 8 * k), idx), keep);
-        a0 = _mm256_fmadd_ps(load8(s, v), g, a0);
-        v += c;
+    for (; k + 2 <= nb && v + 16 <= nv; k += 2) {
+        const unsigned b0 = mk[k], b1 = mk[k + 1];
+        a0 = any_step(s, b0, x + 8 * k, v, a0);
+        v += __builtin_popcount(b0);
+        a1 = any_step(s, b1, x + 8 * k + 8, v, a1);
+        v += __builtin_popcount(b1);
     }
-    return row_tail(s, mk, k, v, x, hsum(a0));
+    return row_tail(s, mk, k, v, x, hsum(_mm256_add_ps(a0, a1)));
 }
 
 KS_AVX2 static void rows_avx2(const wmat_spm *s, const float *x, float *y, int64_t r0, int64_t r1, int acc)
