@@ -844,6 +844,37 @@ WMAT_API int wmat_tokenizer_bytes(wmat_tokenizer **out);
 WMAT_API int wmat_tokenizer_clone(const wmat_tokenizer *t, wmat_tokenizer **out);
 /* ---------------------------------------------------------------- end training */
 
+/* ---------------------------------------------------------------- method registry */
+/* Every registered method of every family, from the registries the drivers
+ * read: family "quantization" (wmat_quantize_model, wmat quantize) and
+ * "decomposition" (wmat_decompose_model, wmat decompose). Each has a
+ * parameter schema: typed keys with defaults, ranges and help, given as
+ * method_params "key=value" text or per tensor in overrides. */
+enum { WMAT_NEEDS_HESSIAN = 1u << 0, WMAT_NEEDS_ACT_NORMS = 1u << 1, WMAT_NEEDS_GRADIENTS = 1u << 2 };
+
+typedef struct {
+    const char *name, *family, *summary;
+    const char *produces; /* the weight kind of its result: "qpacked", "lowrank" */
+    unsigned needs;       /* WMAT_NEEDS_*: statistics of the layer inputs; 0: data-free */
+    int n_keys;           /* keys of its schema (wmat_method_key_info) */
+} wmat_method_about;
+
+typedef struct {
+    const char *key;      /* "act_order" (the CLI's flag: --act-order) */
+    const char *type;     /* "int", "float", "bool", "enum" or "string" */
+    const char *help;
+    const char *negation; /* a bool's flag that sets it false ("asym" for sym), or NULL */
+    char def[64];         /* the default, as text */
+    char range[128];      /* what is allowed: "2..8", "true|false", "stage|block|off" */
+} wmat_method_key;
+
+/* Methods over all families; quantization first, each family in its
+ * registry's order (the first of a family is its default). Strings are static. */
+WMAT_API int wmat_method_count(void);
+WMAT_API int wmat_method_info(int i, wmat_method_about *out);
+WMAT_API int wmat_method_key_info(int i, int k, wmat_method_key *out);
+/* ---------------------------------------------------------------- end method registry */
+
 /* ---------------------------------------------------------------- quantization methods */
 /* Post-training weight quantization (docs/QUANT.md): RTN, imatrix-weighted
  * RTN, GPTQ and AdaDim over every linear layer, with calibration through the
@@ -927,9 +958,16 @@ WMAT_API void wmat_quantize_report_free(wmat_quantize_report *rep);
  * directly. Save the result with wmat_model_save as WMAT_FMT_QUANT (the
  * native directory stores every weight kind). */
 typedef struct {
-    const char *method;   /* "svd" */
-    int rank;             /* > 0: components kept per matrix */
-    float energy;         /* (0, 1]: else the fewest components holding this share of sum s_i^2 */
+    const char *method;   /* a registered method (wmat_method_info, family "decomposition");
+                             default the first */
+    int rank;             /* svd: > 0: components kept per matrix */
+    float energy;         /* svd: (0, 1]: else the fewest components holding this share of
+                             sum s_i^2 (give one of rank and energy) */
+    const char *method_params; /* "key=value,..." for the methods' keys (docs/DECOMP.md),
+                             applied after the fields above */
+    const char *overrides;/* "PATTERN=METHOD[:KEY=VALUE]...,...": tensors whose names match
+                             PATTERN (glob or substring; the last match wins) get that method
+                             and keys on top of the others; METHOD keep leaves them as they are */
     wmat_dtype dtype;     /* factors: WMAT_F32 (default), WMAT_F16 or WMAT_BF16 */
     unsigned targets;     /* bits (1u << wmat_linear_kind); 0: all seven */
     int classifier;       /* also the classifier (not when tied to the embedding) */
@@ -938,11 +976,13 @@ typedef struct {
 } wmat_decompose_params;
 
 WMAT_API wmat_decompose_params wmat_decompose_default_params(void);
-/* Methods in the table: name i (NULL past the end), its summary and the kind it produces. */
+/* Decomposition methods: name i (NULL past the end), its summary and the
+ * kind it produces (wmat_method_info has the rest). */
 WMAT_API const char *wmat_decompose_method_name(int i, const char **summary, const char **produces);
 
 typedef struct {
     char name[WMAT_NAME_MAX];
+    char method[32];        /* the method that ran on it */
     int64_t rows, cols, rank;
     double rel_error;       /* ||W - W'||_F / ||W||_F */
     double bits_per_weight; /* as stored after */

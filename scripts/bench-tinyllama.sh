@@ -69,7 +69,24 @@ const pp = await run(pp_prompt, 2);
 console.log(JSON.stringify({decode_tok_s: dec.decode_tok_s, pp256_tok_s: 256 / (pp.first_ms / 1000)}));
 EOF
 
-printf '%-8s %7s | %14s %14s | %10s %12s\n' type threads "llama.cpp tg" "llama.cpp pp256" "wmat tg" "wmat RSS MB"
+# The arithmetic ceiling of a batched forward: flops per prompt token of this shape (linear layers
+# 2 x 1.0344e9 weights, attention over 128.5 positions on average) against the fp32 FMA peak
+# bench_peak measures at each thread count.
+flops_tok=2092000000
+peak_bin=${PEAK:-$(dirname "$wmat")/bench_peak}
+declare -A peak
+for n in $threads; do
+  peak[$n]=-
+  if [ -x "$peak_bin" ]; then
+    peak[$n]=$("$peak_bin" --threads "$n" --seconds 1 | awk -v n="$n" '$1 == "threads" && $2 == n":" {print $6}')
+    echo "fp32 FMA peak at $n threads: ${peak[$n]} GFLOP/s = $(awk -v p="${peak[$n]}" -v f=$flops_tok \
+      'BEGIN {printf "%.1f", p * 1e9 / f}') prompt tokens/s at most" >&2
+  fi
+done
+tok512=${TOKENS:-$root/../shared/data/golden/wikitext2_valid_tokenized.tok512.u16}
+
+printf '%-8s %7s | %14s %14s | %10s %12s %12s %9s\n' type threads "llama.cpp tg" "llama.cpp pp256" "wmat tg" "wmat RSS MB" \
+  "wmat pp256" "pp % peak"
 for t in $types; do
   f="$dir/tinyllama-rand-$t.gguf"
   if [ ! -f "$f" ]; then echo "bench-tinyllama: $f missing (scripts/make-tinyllama.sh $dir)" >&2; continue; fi
@@ -95,6 +112,14 @@ for t in $types; do
         grep -v "^\s" "$tmp/wmat.err" | tail -3 | sed 's/^/  wmat: /' >&2
       fi
     fi
-    printf '%-8s %7s | %14s %14s | %10s %12s\n' "$t" "$n" "$lt" "$lp" "$wt" "$wr"
+    wp="-" wf="-"
+    if [ "${NO_WMAT:-0}" != 1 ] && [ -f "$tok512" ]; then
+      # the batched forward of one 256-token window (it also scores every position)
+      wp=$("$wmat" eval "$f" --tokens "$tok512" --ctx 256 --max-windows 1 --threads "$n" 2>&1 |
+        sed -n 's/^scored .*(\([0-9.]*\) tokens\/s)/\1/p')
+      [ -n "$wp" ] && [ "${peak[$n]}" != - ] &&
+        wf=$(awk -v r="$wp" -v p="${peak[$n]}" -v f=$flops_tok 'BEGIN {printf "%.0f%%", 100 * r * f / (p * 1e9)}')
+    fi
+    printf '%-8s %7s | %14s %14s | %10s %12s %12s %9s\n' "$t" "$n" "$lt" "$lp" "$wt" "$wr" "${wp:--}" "$wf"
   done
 done

@@ -573,6 +573,54 @@ static void test_resave_stories260k_gguf(void **state)
     wmat_model_free(b);
 }
 
+/* A load with check_finite finds a NaN or Inf of a weight kept in its stored
+ * type from the bits: in f16 and bf16 values and in a Q8_0 / Q4_0 block's
+ * scale (located in the file by the bytes of its first block). */
+static int load_checked(const char *path)
+{
+    wmat_load_params lp = wmat_load_default_params();
+    lp.materialize_f32 = 1;
+    lp.keep_stored = 1;
+    lp.check_finite = 1;
+    wmat_model *m = NULL;
+    const int rc = wmat_model_load(&m, path, &lp);
+    wmat_model_free(m);
+    return rc;
+}
+
+static void test_nonfinite_stored(void **state)
+{
+    (void)state;
+    static const wmat_dtype dts[] = {WMAT_F16, WMAT_BF16, WMAT_Q8_0, WMAT_Q4_0};
+    for (int d = 0; d < 4; d++) {
+        for (int inf = 0; inf < 2; inf++) {
+            wmat_model *m = synthetic_model(1);
+            wmat_tensor *v = wmat_model_linear(m, 1, WMAT_LIN_V);
+            const char *out = tu_tmp("nonfinite.gguf");
+            save_model(m, out, dts[d]);
+            assert_int_equal(load_checked(out), WMAT_OK);
+            /* the bytes of v's second block of 32 as the file holds them */
+            const size_t bb = wmat_dtype_bytes(dts[d], 32);
+            unsigned char blk[64];
+            TU_OK(wmat_from_f32(blk, dts[d], (const float *)v->data + 32, 32));
+            char *data;
+            size_t len;
+            TU_OK(wmat_read_file(out, &data, &len));
+            unsigned char *at = memmem(data, len, blk, bb);
+            assert_non_null(at);
+            /* first half of the block (an f16/bf16 value or the block scale) -> NaN or Inf */
+            const uint16_t bad = dts[d] == WMAT_BF16 ? (inf ? 0x7F80 : 0x7FC1) : (inf ? 0xFC00 : 0x7E01);
+            memcpy(at, &bad, 2);
+            assert_int_equal(tu_write_file(out, data, len), 0);
+            assert_int_equal(load_checked(out), WMAT_ERR_NUMERIC);
+            assert_non_null(strstr(wmat_last_error(), "non-finite"));
+            assert_non_null(strstr(wmat_last_error(), "column 32"));
+            free(data);
+            wmat_model_free(m);
+        }
+    }
+}
+
 static void test_save_errors(void **state)
 {
     (void)state;
@@ -1060,6 +1108,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_stories260k),
         cmocka_unit_test(test_resave_stories260k_gguf),
         cmocka_unit_test(test_save_errors),
+        cmocka_unit_test(test_nonfinite_stored),
         cmocka_unit_test(test_tiny_valid),
         cmocka_unit_test(test_hostile_cases),
         cmocka_unit_test(test_truncated),

@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "core/internal.h"
+#include "linalg/linalg.h"
 #include "wop/kern_dense.h"
 
 static const wmat_dtype k_dense[] = {WMAT_F16, WMAT_BF16};
@@ -355,6 +356,8 @@ static void check_batched(wmat_dtype dt, bshape s, int isa, int nt, wmat_rng *r)
     fill_normal(X, (size_t)(T * in), 1.0f, r);
     fill_normal(Y0, (size_t)(T * rows), 10.0f, r);
     fill_normal(dX0, (size_t)(T * in), 10.0f, r);
+    /* where the bf16 GEMM is native, the forward rounds X to bf16 */
+    const int bf16_act = dt == WMAT_BF16 && T > 1 && wmat__gemm_bf16_native(WMAT_GEMM_AUTO);
     for (int acc = 0; acc < 2; acc++) {
         memcpy(Y, Y0, sizeof(float) * (size_t)(T * rows));
         if (!acc) /* beta = 0 must overwrite, even NaN */
@@ -368,6 +371,7 @@ static void check_batched(wmat_dtype dt, bshape s, int isa, int nt, wmat_rng *r)
                     mag += fabs((double)X[t * in + k] * wd[i * in + k]);
                 }
                 double tol = (double)(in + 8) * FLT_EPSILON * mag + 1e-37;
+                if (bf16_act) tol += 0x1p-8 * mag; /* X rounded to bf16 (unit roundoff 2^-8) */
                 if (acc) {
                     ref += Y0[t * rows + i];
                     tol += (double)(in + 8) * FLT_EPSILON * fabs(Y0[t * rows + i]);
@@ -415,6 +419,46 @@ static void test_batched(void **state)
         for (int i = 0; i < ni; i++)
             for (int s = 0; s < 4; s++)
                 for (int nt = 1; nt <= 2; nt++) check_batched(dt, sh[s], isas[i], nt, &r);
+    }
+}
+
+/* The native-bf16 batched path (taken where oneDNN's bf16 matmul is native,
+ * AVX512-BF16 / AMX), run here on the reference backend, which widens the
+ * same bf16 operands to fp32: equal to the exact product of bf16(X) and W,
+ * and within X's rounding of the fp32 product. */
+static void test_bf16_activations(void **state)
+{
+    (void)state;
+    wmat_rng r;
+    wmat_rng_seed(&r, 29);
+    static const bshape shapes[] = {{5, 7, 2}, {37, 100, 5}, {70, 3001, 3}};
+    for (int s = 0; s < 3; s++) {
+        const int64_t rows = shapes[s].rows, in = shapes[s].in;
+        const int T = shapes[s].T;
+        unsigned char *w = make_weights(WMAT_BF16, rows, in, &r);
+        float *wd = malloc(sizeof(float) * (size_t)(rows * in)), *X = malloc(sizeof(float) * (size_t)(T * in));
+        float *Y = malloc(sizeof(float) * (size_t)(T * rows));
+        void *ws = malloc(wmat__wtile_ws_bytes(WMAT_BF16, rows, in, T, 1));
+        assert_true(wd && X && Y && ws);
+        wmat__wrow_dequant(WMAT_BF16, w, in, 0, rows, wd);
+        fill_normal(X, (size_t)(T * in), 1.0f, &r);
+        for (int64_t k = 0; k < T * rows; k++) Y[k] = NAN;
+        TU_OK(wmat__wtile_forward_bf16((const uint16_t *)w, rows, in, X, Y, T, 0, ws, WMAT_GEMM_REFERENCE));
+        for (int t = 0; t < T; t++)
+            for (int64_t i = 0; i < rows; i++) {
+                double ref = 0, refh = 0, mag = 0;
+                for (int64_t k = 0; k < in; k++) {
+                    const double xh = wmat_bf16_to_f32(wmat_f32_to_bf16(X[t * in + k]));
+                    ref += (double)X[t * in + k] * wd[i * in + k];
+                    refh += xh * wd[i * in + k];
+                    mag += fabs((double)X[t * in + k] * wd[i * in + k]);
+                }
+                const double tol = (double)(in + 8) * FLT_EPSILON * mag + 1e-37;
+                CHECK(Y[t * rows + i], refh, tol, "bf16 activations (%lld x %lld) t %d row %lld\n", (long long)rows,
+                      (long long)in, t, (long long)i);
+                CHECK(Y[t * rows + i], ref, tol + 0x1p-8 * mag, "bf16 activations vs fp32 X, row %lld\n", (long long)i);
+            }
+        free(w), free(wd), free(X), free(Y), free(ws);
     }
 }
 
@@ -471,7 +515,7 @@ int main(void)
         cmocka_unit_test(test_dense_decode),        cmocka_unit_test(test_prepare),
         cmocka_unit_test(test_block_decode),        cmocka_unit_test(test_q8_extreme_codes),
         cmocka_unit_test(test_batched),             cmocka_unit_test(test_dequant_rows),
-        cmocka_unit_test(test_unaligned),
+        cmocka_unit_test(test_unaligned),           cmocka_unit_test(test_bf16_activations),
     };
     return tu_run_tests("kern_dense", tests, NULL, NULL);
 }

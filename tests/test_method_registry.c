@@ -1,11 +1,14 @@
-/* Every method of the registry (src/quant/methods.c), by iterating it: its
- * row is complete, its schema's defaults validate, it runs on a random
- * matrix with synthetic statistics within its error budget, every numeric
- * key rejects out-of-range values with a message naming the key (through
- * the schema, the driver's check, --override and the CLI), the CLI's
- * --help documents it, and tools/ names no method. */
+/* Every method of the registries (quantization: src/quant/methods.c;
+ * decomposition: src/decomp/decompose.c; both listed by src/catalog), by
+ * iterating them: its row is complete, its schema's defaults validate, it
+ * runs on a random matrix within its error budget, every numeric key
+ * rejects out-of-range values with a message naming the key (through the
+ * schema, the driver's check, --override and the CLI), the public listing
+ * and the CLI's --help document it, and tools/ names no method. */
 #include "test_util.h"
 
+#include "catalog/catalog.h"
+#include "decomp/decomp.h"
 #include "quant/methods.h"
 
 #include <dirent.h>
@@ -77,8 +80,10 @@ static void test_rows(void **state)
     int n_quant = 0;
     for (int i = 0; i < n; i++) {
         const wmat_qmethod *m = &wmat__qmethods[i];
-        assert_true(!strcmp(m->family, "quant") || !strcmp(m->family, "decomp"));
-        if (!strcmp(m->family, "quant")) {
+        assert_string_equal(m->family, WMAT_FAMILY_QUANTIZATION);
+        TU_OK(wmat__method_desc_check(&m->desc));
+        assert_ptr_equal(&m->desc.name, &m->name); /* one layout read two ways */
+        {
             /* what the public list and wmat_quantize_model offer */
             assert_non_null(m->fn);
             int calib = -1;
@@ -102,7 +107,7 @@ static void test_rows(void **state)
         /* the driver accepts the method with its defaults */
         wmat_quantize_params p = wmat_quantize_default_params();
         p.method = m->name;
-        if (!strcmp(m->family, "quant")) TU_OK(wmat__quantize_check(&p));
+        TU_OK(wmat__quantize_check(&p));
         wmat__pset_free(&ps);
     }
     assert_string_equal(wmat_quantize_default_params().method, wmat__qmethods[0].name);
@@ -112,8 +117,107 @@ static void test_rows(void **state)
     assert_non_null(df);
     assert_int_equal(df->stats, 0);
     wmat_param_spec keys[64];
-    TU_OK(wmat__qmethod_keys(NULL, keys, 64));
+    TU_OK(wmat__qmethod_keys(keys, 64));
     assert_true(wmat__params_count(keys) > 0);
+}
+
+static int n_dmethods(void)
+{
+    int n = 0;
+    while (wmat__dmethods[n].name) n++;
+    return n;
+}
+
+/* The decomposition rows: complete, their defaults a valid schema, listed. */
+static void test_decomp_rows(void **state)
+{
+    (void)state;
+    const int n = n_dmethods();
+    assert_true(n >= 1);
+    for (int i = 0; i < n; i++) {
+        const wmat_dmethod *d = &wmat__dmethods[i];
+        assert_string_equal(d->family, WMAT_FAMILY_DECOMPOSITION);
+        TU_OK(wmat__method_desc_check(&d->desc));
+        assert_non_null(d->fn);
+        assert_ptr_equal(wmat__dmethod_find(d->name), d);
+        const char *sum = NULL, *prod = NULL;
+        assert_string_equal(wmat_decompose_method_name(i, &sum, &prod), d->name);
+        assert_string_equal(sum, d->summary);
+        assert_string_equal(prod, d->produces);
+        assert_int_equal(d->stats, 0); /* decompose collects no statistics */
+    }
+    assert_null(wmat_decompose_method_name(n, NULL, NULL));
+    assert_string_equal(wmat_decompose_default_params().method, wmat__dmethods[0].name);
+}
+
+/* The public listing covers both families, each in its registry's order,
+ * and names are unique across families. */
+static void test_public_listing(void **state)
+{
+    (void)state;
+    const int nq = n_methods(), nd = n_dmethods(), n = wmat_method_count();
+    assert_int_equal(n, nq + nd);
+    int per[2] = {0, 0};
+    for (int i = 0; i < n; i++) {
+        wmat_method_about a;
+        TU_OK(wmat_method_info(i, &a));
+        const int fam = !strcmp(a.family, WMAT_FAMILY_DECOMPOSITION);
+        if (!fam) assert_string_equal(a.family, WMAT_FAMILY_QUANTIZATION);
+        /* the i-th of its family is the family's i-th registry row */
+        const wmat_method_desc *want = fam ? &wmat__dmethods[per[1]].desc : &wmat__qmethods[per[0]].desc;
+        per[fam]++;
+        assert_string_equal(a.name, want->name);
+        assert_string_equal(a.summary, want->summary);
+        assert_string_equal(a.produces, want->produces);
+        assert_int_equal(a.n_keys, wmat__params_count(want->schema));
+        assert_int_equal(!!(a.needs & WMAT_NEEDS_HESSIAN), !!(want->stats & WMAT_MSTAT_HESSIAN));
+        assert_int_equal(!!(a.needs & WMAT_NEEDS_ACT_NORMS), !!(want->stats & WMAT_MSTAT_ACT_NORMS));
+        assert_ptr_equal(wmat__method_lookup(a.family, a.name), want);
+        for (int k = 0; k < a.n_keys; k++) {
+            wmat_method_key key;
+            TU_OK(wmat_method_key_info(i, k, &key));
+            assert_string_equal(key.key, want->schema[k].name);
+            assert_string_equal(key.def, want->schema[k].def);
+            assert_true(key.help && key.help[0] && key.range[0]);
+        }
+        assert_int_equal(wmat_method_key_info(i, a.n_keys, &(wmat_method_key){0}), WMAT_ERR_INVALID);
+        for (int j = 0; j < i; j++) {
+            wmat_method_about b;
+            TU_OK(wmat_method_info(j, &b));
+            assert_string_not_equal(a.name, b.name);
+        }
+    }
+    assert_int_equal(per[0], nq);
+    assert_int_equal(per[1], nd);
+    wmat_method_about a;
+    assert_int_equal(wmat_method_info(n, &a), WMAT_ERR_INVALID);
+    assert_int_equal(wmat_method_info(-1, &a), WMAT_ERR_INVALID);
+    /* the family's keys mean one thing across its methods */
+    wmat_param_spec keys[64];
+    TU_OK(wmat__family_keys(WMAT_FAMILY_DECOMPOSITION, keys, 64));
+    assert_true(wmat__params_count(keys) >= 1);
+    TU_OK(wmat__dmethod_keys(keys, 64));
+    /* `wmat methods` prints the same listing */
+    char cmd[1024];
+    int code;
+    snprintf(cmd, sizeof cmd, "%s methods 2>&1", tu_cli());
+    char *out = tu_run(cmd, &code);
+    assert_int_equal(code, 0);
+    for (int i = 0; i < n; i++) {
+        TU_OK(wmat_method_info(i, &a));
+        if (!strstr(out, a.name) || !strstr(out, a.summary)) fail_msg("wmat methods lacks %s:\n%s", a.name, out);
+    }
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s methods --family %s --json 2>&1", tu_cli(), WMAT_FAMILY_DECOMPOSITION);
+    out = tu_run(cmd, &code);
+    assert_int_equal(code, 0);
+    assert_non_null(strstr(out, "\"family\": \"" WMAT_FAMILY_DECOMPOSITION "\""));
+    assert_null(strstr(out, "\"family\": \"" WMAT_FAMILY_QUANTIZATION "\""));
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s methods --family nope 2>&1", tu_cli());
+    out = tu_run(cmd, &code);
+    if (code != 2 || !strstr(out, "nope")) fail_msg("--family nope: exit %d:\n%s", code, out);
+    free(out);
 }
 
 /* Every method on a random matrix: within its budget at its defaults, and
@@ -131,7 +235,6 @@ static void test_runs_within_budget(void **state)
     double wn = 0;
     for (int64_t i = 0; i < m * n; i++) wn += (double)W[i] * W[i];
     for (const wmat_qmethod *qm = wmat__qmethods; qm->name; qm++) {
-        if (strcmp(qm->family, "quant")) continue;
         int b = -1;
         for (size_t k = 0; k < sizeof k_budget / sizeof k_budget[0]; k++)
             if (!strcmp(k_budget[k].name, qm->name)) b = (int)k;
@@ -202,7 +305,6 @@ static void test_out_of_range_rejected(void **state)
     (void)state;
     int checked = 0;
     for (const wmat_qmethod *qm = wmat__qmethods; qm->name; qm++) {
-        if (strcmp(qm->family, "quant")) continue;
         for (const wmat_param_spec *s = qm->schema; s->name; s++) {
             if (s->type != WMAT_PARAM_INT && s->type != WMAT_PARAM_FLOAT) continue;
             char vals[3][64];
@@ -226,8 +328,34 @@ static void test_out_of_range_rejected(void **state)
             }
         }
     }
+    /* the decomposition methods' keys, the same three ways */
+    for (const wmat_dmethod *dm = wmat__dmethods; dm->name; dm++) {
+        for (const wmat_param_spec *s = dm->schema; s->name; s++) {
+            if (s->type != WMAT_PARAM_INT && s->type != WMAT_PARAM_FLOAT) continue;
+            char vals[3][64];
+            const int nv = bad_values(s, vals);
+            for (int k = 0; k < nv; k++) {
+                wmat_pset ps;
+                TU_OK(wmat__pset_init(&ps, dm->schema));
+                expect_names(wmat__pset_set(&ps, s->name, vals[k]), dm->name, s->name, vals[k]);
+                wmat__pset_free(&ps);
+                char kv[256], ov[320];
+                snprintf(kv, sizeof kv, "%s=%s", s->name, vals[k]);
+                wmat_decompose_params p = wmat_decompose_default_params();
+                p.method = dm->name;
+                p.method_params = kv;
+                expect_names(wmat__decompose_check(&p), "method_params", s->name, vals[k]);
+                snprintf(ov, sizeof ov, "layers.0=%s:%s", dm->name, kv);
+                p = wmat_decompose_default_params();
+                p.rank = 8;
+                p.overrides = ov;
+                expect_names(wmat__decompose_check(&p), "override", s->name, vals[k]);
+                checked++;
+            }
+        }
+    }
     print_message("%d out-of-range values rejected three ways\n", checked);
-    assert_true(checked >= 10);
+    assert_true(checked >= 14);
     /* and the rest of the check */
     wmat_quantize_params p = wmat_quantize_default_params();
     p.method = "no-such-method";
@@ -255,44 +383,64 @@ static void test_out_of_range_rejected(void **state)
     }
 }
 
-/* The CLI: --help lists every method, its summary and keys; each numeric
- * key's bad value exits 2 naming the key before any model is read. */
-static void test_cli_from_schema(void **state)
+/* The CLI of a family's command: --help lists every method of the family,
+ * its summary and its keys as flags; each numeric key's bad value exits 2
+ * naming the key before any model is read (args: what else the command
+ * needs to get that far). */
+static void cli_family(const char *command, const char *family, const char *args)
 {
-    (void)state;
     char cmd[1024];
     int code;
-    snprintf(cmd, sizeof cmd, "%s quantize --help 2>&1", tu_cli());
+    snprintf(cmd, sizeof cmd, "%s %s --help 2>&1", tu_cli(), command);
     char *help = tu_run(cmd, &code);
     assert_int_equal(code, 0);
-    for (const wmat_qmethod *qm = wmat__qmethods; qm->name; qm++) {
-        if (strcmp(qm->family, "quant")) continue;
+    const wmat_method_desc *d;
+    int n = 0;
+    for (int i = 0; (d = wmat__method_at(i)); i++) {
+        if (strcmp(d->family, family)) {
+            /* another family's methods are not offered here */
+            char line[128];
+            snprintf(line, sizeof line, "  %-12s %s\n", d->name, d->summary);
+            if (strstr(help, line)) fail_msg("%s --help lists %s of %s", command, d->name, d->family);
+            continue;
+        }
+        n++;
         char line[128];
-        snprintf(line, sizeof line, "  %-12s %s\n", qm->name, qm->summary);
-        if (!strstr(help, line)) fail_msg("--help lacks '%s'", line);
-        for (const wmat_param_spec *s = qm->schema; s->name; s++) {
+        snprintf(line, sizeof line, "  %-12s %s\n", d->name, d->summary);
+        if (!strstr(help, line)) fail_msg("%s --help lacks '%s'", command, line);
+        for (const wmat_param_spec *s = d->schema; s->name; s++) {
             char flag[64];
             snprintf(flag, sizeof flag, "\n  --%s", s->name);
             for (char *c = flag + 5; *c; c++)
                 if (*c == '_') *c = '-';
-            if (!strstr(help, flag)) fail_msg("--help lacks the flag %s", flag + 1);
+            if (!strstr(help, flag)) fail_msg("%s --help lacks the flag %s", command, flag + 1);
         }
     }
+    assert_true(n >= 1);
     free(help);
     wmat_param_spec keys[64];
-    TU_OK(wmat__qmethod_keys("quant", keys, 64));
+    TU_OK(wmat__family_keys(family, keys, 64));
     for (const wmat_param_spec *s = keys; s->name; s++) {
         if (s->type != WMAT_PARAM_INT && s->type != WMAT_PARAM_FLOAT) continue;
         char vals[3][64];
         const int nv = bad_values(s, vals);
         for (int k = 0; k < nv; k++) {
-            snprintf(cmd, sizeof cmd, "%s quantize /nonexistent.bin --to none --%s=%s 2>&1", tu_cli(), s->name, vals[k]);
+            snprintf(cmd, sizeof cmd, "%s %s /nonexistent.bin %s --%s=%s 2>&1", tu_cli(), command, args, s->name, vals[k]);
             char *out = tu_run(cmd, &code);
             if (code != 2 || !strstr(out, s->name) || !strstr(out, vals[k]))
-                fail_msg("--%s=%s: exit %d, output:\n%s", s->name, vals[k], code, out);
+                fail_msg("%s --%s=%s: exit %d, output:\n%s", command, s->name, vals[k], code, out);
             free(out);
         }
     }
+}
+
+static void test_cli_from_schema(void **state)
+{
+    (void)state;
+    char cmd[1024];
+    int code;
+    cli_family("quantize", WMAT_FAMILY_QUANTIZATION, "--to none");
+    cli_family("decompose", WMAT_FAMILY_DECOMPOSITION, "/nonexistent.out");
     snprintf(cmd, sizeof cmd, "%s quantize /nonexistent.bin --to none --override 'wq=gptq:blok=3' 2>&1", tu_cli());
     char *out = tu_run(cmd, &code);
     if (code != 2 || !strstr(out, "unknown key 'blok'")) fail_msg("bad override key: exit %d:\n%s", code, out);
@@ -331,6 +479,50 @@ static void test_cli_override_keys(void **state)
     free(out);
 }
 
+/* decompose: overrides with keys reach the method, keep leaves a tensor,
+ * and the settings are checked before the model is read. */
+static void test_cli_decompose_overrides(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(mp, "models/stories260K.bin");
+    const char *dm = wmat__dmethods[0].name;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s decompose %s %s --method %s --rank 8 --override 'q_proj=%s:rank=16,down_proj=keep' 2>&1",
+             tu_cli(), mp, tu_tmp("dec-ov"), dm, dm);
+    int code;
+    char *out = tu_run(cmd, &code);
+    if (code != 0) fail_msg("exit %d:\n%s", code, out);
+    if (!strstr(out, "layers.0.self_attn.q_proj.weight")) fail_msg("no q_proj row:\n%s", out);
+    if (strstr(out, "down_proj")) fail_msg("down_proj was kept, but is reported:\n%s", out);
+    /* q_proj at rank 16, k_proj at the command line's 8 */
+    for (const char *l = out; (l = strstr(l, "self_attn.")); l++) {
+        const int want = !strncmp(l, "self_attn.q_proj", 16) ? 16 : 8;
+        long long rows, cols, rank;
+        char meth[32];
+        if (sscanf(strchr(l, ' '), " %31s %lld %lld %lld", meth, &rows, &cols, &rank) != 4) fail_msg("row: %.80s", l);
+        assert_string_equal(meth, dm);
+        if (rank != want) fail_msg("%.40s: rank %lld, expected %d", l, rank, want);
+    }
+    free(out);
+    const struct {
+        const char *args, *says;
+    } bad[] = {
+        {"", "give rank > 0 or energy"},
+        {"--rank 8 --energy 0.9", "exclude each other"},
+        {"--rank 8 --override 'q_proj=nope'", "unknown method 'nope'"},
+        {"--rank 8 --override 'q_proj=svd:rnk=3'", "unknown key 'rnk'"},
+        {"--rank 8 --override 'q_proj=svd:rank=0'", "give rank > 0 or energy"},
+        {"--method nope --rank 8", "unknown method 'nope'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        /* the real model: the override check runs per tensor */
+        snprintf(cmd, sizeof cmd, "%s decompose %s %s %s 2>&1", tu_cli(), mp, tu_tmp("dec-bad"), bad[i].args);
+        out = tu_run(cmd, &code);
+        if (code == 0 || !strstr(out, bad[i].says)) fail_msg("'%s': exit %d:\n%s", bad[i].args, code, out);
+        free(out);
+    }
+}
+
 /* No method name is written in tools/: the CLI reads them from the registry. */
 static void test_no_method_names_in_tools(void **state)
 {
@@ -349,8 +541,9 @@ static void test_no_method_names_in_tools(void **state)
         TU_OK(wmat_read_file(path, &text, &n));
         for (char *c = text; *c; c++)
             if (*c >= 'A' && *c <= 'Z') *c = (char)(*c - 'A' + 'a');
-        for (const wmat_qmethod *qm = wmat__qmethods; qm->name; qm++)
-            if (strstr(text, qm->name)) fail_msg("%s names the method '%s'", path, qm->name);
+        const wmat_method_desc *md;
+        for (int i = 0; (md = wmat__method_at(i)); i++)
+            if (strstr(text, md->name)) fail_msg("%s names the %s method '%s'", path, md->family, md->name);
         free(text);
         files++;
     }
@@ -362,10 +555,13 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rows),
+        cmocka_unit_test(test_decomp_rows),
+        cmocka_unit_test(test_public_listing),
         cmocka_unit_test(test_runs_within_budget),
         cmocka_unit_test(test_out_of_range_rejected),
         cmocka_unit_test(test_cli_from_schema),
         cmocka_unit_test(test_cli_override_keys),
+        cmocka_unit_test(test_cli_decompose_overrides),
         cmocka_unit_test(test_no_method_names_in_tools),
     };
     return tu_run_tests("method_registry", tests, NULL, NULL);

@@ -5,7 +5,7 @@
 #define WMAT_CLI_H
 
 #include "wmat.h"
-#include "core/params.h"
+#include "core/method.h"
 
 typedef enum { OPT_FLAG, OPT_STR, OPT_INT, OPT_FLOAT } cli_opt_kind;
 
@@ -64,6 +64,23 @@ const char *cli_bytes(double b, char *buf, size_t n);
 /* A progress callback drawing a bar on stderr (when it is a terminal). */
 int cli_progress(void *user, const char *what, uint64_t done, uint64_t total);
 
+/* The method registry (cli_methods.c; family: WMAT_FAMILY_* of core/method.h). */
+/* The family's method names joined by sep (with_kind: "name -> kind"). */
+void cli_method_names(const char *family, const char *sep, int with_kind, char *buf, size_t n);
+/* The family's first (default) method. */
+const char *cli_method_default(const char *family);
+/* --help text of the family's methods (summary, statistics it needs with
+ * stats_flag, kind, keys and defaults), then epilog; malloc'd, NULL when out
+ * of memory. */
+char *cli_methods_help(const char *family, const char *stats_flag, const char *epilog);
+/* keys (cap rows): every key of the family's methods; ps: a set over them
+ * (the command's flags --KEY). -1 with wmat_last_error() set. */
+int cli_method_keys(const char *family, wmat_param_spec *keys, int cap, wmat_pset *ps);
+/* A note on stderr for each key set in ps that method does not read. */
+void cli_note_unread_keys(const char *cmd, const char *family, const char *method, const wmat_pset *ps);
+/* 1 when method needs input statistics (calibration). */
+int cli_method_needs_stats(const char *family, const char *method);
+
 /* Commands */
 int cmd_info(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
@@ -75,6 +92,7 @@ int cmd_train(int argc, char **argv);
 int cmd_analyze(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_decompose(int argc, char **argv);
+int cmd_methods(int argc, char **argv);
 
 extern const cli_command g_commands[];
 const cli_command *cli_find_command(const char *name);

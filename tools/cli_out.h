@@ -17,4 +17,7 @@ int cli_out_close(wmat_afile *af);
 /* Remove the temporary without touching <path> (an aborted command). */
 void cli_out_abort(wmat_afile *af);
 
+/* s as a JSON string literal, quotes included. */
+void cli_json_string(FILE *f, const char *s);
+
 #endif

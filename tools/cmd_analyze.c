@@ -64,7 +64,7 @@ int cmd_analyze(int argc, char **argv)
     }
     if (!quiet) {
         printf("%s%s%s: %d matrices, %d heads, %.2f s (%s)\n\n", pos[0], b ? " against " : "", b ? base_path : "",
-               wmat_analysis_n_matrices(a), wmat_analysis_n_heads(a), wmat_analysis_seconds(a), exact ? "exact SVD" : "Gram");
+               wmat_analysis_n_matrices(a), wmat_analysis_n_heads(a), wmat_analysis_seconds(a), exact ? "exact singular values" : "Gram");
         wmat_analysis_write_summary(a, stdout, rows);
     }
     struct {

@@ -1,6 +1,7 @@
-/* decompose: replace linear weights by structured kinds (truncated SVD ->
- * low-rank), report per matrix, optionally evaluate before and after. */
+/* decompose: replace linear weights by structured kinds (a registered
+ * method per matrix), report per matrix, optionally evaluate before and after. */
 #include "cli.h"
+#include "decomp/decomp.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,24 +24,19 @@ static int eval_ppl(wmat_model *m, const int32_t *ids, size_t n, int ctx, int wi
     return rc != 0;
 }
 
+#define DFAMILY WMAT_FAMILY_DECOMPOSITION
+
 int cmd_decompose(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("decompose");
-    const char *method = wmat_decompose_method_name(0, NULL, NULL), *dtype = "f32", *targets = "all", *text = NULL, *tokens = NULL;
-    int rank = 0, classifier = 0, ctx = 0, windows = 16;
-    float energy = 0.0f;
-    char methods_help[512];
-    size_t off = (size_t)snprintf(methods_help, sizeof methods_help, "method:");
-    for (int i = 0;; i++) {
-        const char *sum, *prod, *name = wmat_decompose_method_name(i, &sum, &prod);
-        if (!name) break;
-        off += (size_t)snprintf(methods_help + off, sizeof methods_help - off, " %s (-> %s: %s)", name, prod, sum);
-        if (off >= sizeof methods_help) break;
-    }
+    wmat_decompose_params p = wmat_decompose_default_params();
+    const char *method = p.method, *dtype = "f32", *targets = "all", *overrides = NULL, *text = NULL, *tokens = NULL;
+    int classifier = 0, ctx = 0, windows = 16;
+    char method_help[96];
+    snprintf(method_help, sizeof method_help, "decomposition method (default %s; the methods are listed below)", method);
     cli_opt opts[] = {
-        {"--method", OPT_STR, &method, "M", methods_help},
-        {"--rank", OPT_INT, &rank, "R", "components kept per matrix"},
-        {"--energy", OPT_FLOAT, &energy, "E", "or the fewest components holding this share (0..1] of sum s_i^2"},
+        {"--method", OPT_STR, &method, "M", method_help},
+        {"--override", OPT_STR, &overrides, "LIST", "PATTERN=METHOD[:KEY=VALUE]...,... per-tensor choices (below)"},
         {"--dtype", OPT_STR, &dtype, "T", "factor type: f32 (default), f16, bf16"},
         {"--targets", OPT_STR, &targets, "LIST", "linear layers: q,k,v,o,gate,up,down or all (default)"},
         {"--classifier", OPT_FLAG, &classifier, NULL, "also the classifier (an untied one)"},
@@ -50,25 +46,41 @@ int cmd_decompose(int argc, char **argv)
         {"--max-windows", OPT_INT, &windows, "N", "evaluation windows (default 16; 0: all)"},
         {NULL, 0, NULL, NULL, NULL},
     };
+    /* the methods' keys are flags too (--rank 64, --energy 0.9, ...) */
+    wmat_param_spec keys[64];
+    wmat_pset mps;
+    if (cli_method_keys(DFAMILY, keys, 64, &mps)) return cli_fail("decompose");
+    char *mhelp = cli_methods_help(
+        DFAMILY, NULL,
+        "--override PATTERN=METHOD[:KEY=VALUE]... (comma-separated items) gives the tensors whose names\n"
+        "match PATTERN (glob or substring; the last match wins) their own method, and keys on top of the\n"
+        "command line's: PATTERN=keep leaves them as they are. KEY is a key of that method, written with\n"
+        "'_' or '-'.\n"),
+         kv[512];
     const char *pos[2];
-    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 2, 2, &np);
-    if (rc) return rc == 1 ? 0 : rc;
-    wmat_decompose_params p = wmat_decompose_default_params();
+    int np, rc = cli_parse_params(cmd, argc, argv, opts, &mps,
+                                  "method parameters (--KEY VALUE here; KEY=VALUE in --override)", mhelp, pos, 2, 2, &np);
+    free(mhelp);
+    const int kv_len = wmat__pset_format(&mps, 1, ',', kv, sizeof kv);
+    if (rc || (size_t)kv_len >= sizeof kv) {
+        wmat__pset_free(&mps);
+        return rc == 1 ? 0 : rc ? rc : cli_usage_error("decompose", "method parameters too long");
+    }
     p.method = method;
-    p.rank = rank;
-    p.energy = energy;
+    p.method_params = kv;
+    p.overrides = overrides;
     p.classifier = classifier;
     p.progress = cli_progress;
     const int dt = wmat_dtype_from_name(dtype);
-    if (dt != WMAT_F32 && dt != WMAT_F16 && dt != WMAT_BF16)
+    if (dt != WMAT_F32 && dt != WMAT_F16 && dt != WMAT_BF16) {
+        wmat__pset_free(&mps);
         return cli_usage_error("decompose", "--dtype must be f32, f16 or bf16 (got '%s')", dtype);
+    }
     p.dtype = (wmat_dtype)dt;
-    if (rank < 0 || !(energy >= 0 && energy <= 1) || (rank == 0 && energy == 0) || (rank > 0 && energy > 0))
-        return cli_usage_error("decompose", "give one of --rank R (> 0) or --energy E (0..1]");
-    int known = 0;
-    for (int i = 0; !known && wmat_decompose_method_name(i, NULL, NULL); i++)
-        known = !strcmp(wmat_decompose_method_name(i, NULL, NULL), method);
-    if (!known) return cli_usage_error("decompose", "unknown --method '%s' (see --help)", method);
+    rc = wmat__decompose_check(&p);
+    if (!rc && !overrides) cli_note_unread_keys("decompose", DFAMILY, method, &mps);
+    wmat__pset_free(&mps);
+    if (rc) return cli_usage_error("decompose", "%s", wmat_last_error());
     if (strcmp(targets, "all") && wmat_train_parse_targets(targets, &p.targets)) return cli_fail("decompose");
     if (text && tokens) return cli_usage_error("decompose", "--text and --tokens exclude each other");
     if (ctx < 0 || windows < 0) return cli_usage_error("decompose", "--ctx and --max-windows must be positive");
@@ -89,11 +101,11 @@ int cmd_decompose(int argc, char **argv)
         cli_fail("decompose");
         goto out;
     }
-    printf("%-44s %6s %6s %5s %9s %7s\n", "tensor", "rows", "cols", "rank", "rel.err", "bits/w");
+    printf("%-44s %-8s %6s %6s %5s %9s %7s\n", "tensor", "method", "rows", "cols", "rank", "rel.err", "bits/w");
     for (int i = 0; i < rep.n_tensors; i++) {
         const wmat_decompose_tensor *d = &rep.tensors[i];
-        printf("%-44s %6lld %6lld %5lld %9.5f %7.2f\n", d->name, (long long)d->rows, (long long)d->cols, (long long)d->rank,
-               d->rel_error, d->bits_per_weight);
+        printf("%-44s %-8s %6lld %6lld %5lld %9.5f %7.2f\n", d->name, d->method, (long long)d->rows, (long long)d->cols,
+               (long long)d->rank, d->rel_error, d->bits_per_weight);
     }
     printf("decomposed %d matrices in %.2f s: %llu -> %llu weights (%.1f%%)\n", rep.n_tensors, rep.seconds,
            (unsigned long long)rep.params_before, (unsigned long long)rep.params_after,

@@ -54,41 +54,7 @@ static int write_packed(wmat_model *m, const wmat_qresult *results, const char *
     return wmat_quant_model_save(m, out, fmt);
 }
 
-/* The methods of the registry, for --help: name, summary, the statistics
- * it needs, what it produces, and the keys it reads with their defaults.
- * Returns a malloc'd text (NULL when out of memory). */
-static char *methods_help(void)
-{
-    size_t cap = 8192, k = 0;
-    char *buf = malloc(cap);
-    if (!buf) return NULL;
-    k += (size_t)snprintf(buf + k, cap - k, "methods (--method NAME; each reads the keys listed, defaults shown):\n");
-    for (const wmat_qmethod *m = wmat__qmethods; m->name && k < cap; m++) {
-        if (strcmp(m->family, "quant")) continue;
-        char needs[96];
-        snprintf(needs, sizeof needs, "%s%s%s%s", m->stats ? "" : "nothing (data-free)",
-                 m->stats & WMAT_QSTAT_HESSIAN ? "Hessian " : "", m->stats & WMAT_QSTAT_ACT_NORMS ? "activation norms " : "",
-                 m->stats & WMAT_QSTAT_GRADIENTS ? "gradients " : "");
-        k += (size_t)snprintf(buf + k, cap - k, "  %-12s %s\n  %-12s needs %s%s; produces %s\n  %-12s keys:", m->name,
-                              m->summary, "", needs, m->stats ? "(--calib)" : "", m->produces, "");
-        wmat_pset ps;
-        if (wmat__pset_init(&ps, m->schema)) continue;
-        for (int i = 0; i < ps.n && k < cap; i++) {
-            char v[64];
-            wmat__param_format(&ps.spec[i], &ps.v[i], v, sizeof v);
-            k += (size_t)snprintf(buf + k, cap - k, " %s=%s", ps.spec[i].name, v);
-        }
-        wmat__pset_free(&ps);
-        if (k < cap) k += (size_t)snprintf(buf + k, cap - k, "\n");
-    }
-    if (k < cap)
-        snprintf(buf + k, cap - k,
-                 "\n--override PATTERN=METHOD[:BITS[:GROUP|oc|ic]][:KEY=VALUE]... (comma-separated items) gives the\n"
-                 "tensors whose names match PATTERN (glob or substring; the last match wins) their own method, and\n"
-                 "keys on top of the command line's: PATTERN=keep leaves them fp32. KEY is a key of that method,\n"
-                 "written with '_' or '-'; a bool may be given bare (act_order) or by its negation (asym).\n");
-    return buf;
-}
+#define QFAMILY WMAT_FAMILY_QUANTIZATION
 
 int cmd_quantize(int argc, char **argv)
 {
@@ -122,8 +88,14 @@ int cmd_quantize(int argc, char **argv)
     /* the methods' keys are flags too (--bits 3, --act-order, --asym, ...) */
     wmat_param_spec keys[64];
     wmat_pset mps;
-    if (wmat__qmethod_keys("quant", keys, 64) || wmat__pset_init(&mps, keys)) return cli_fail("quantize");
-    char *mhelp = methods_help(), kv[1024];
+    if (cli_method_keys(QFAMILY, keys, 64, &mps)) return cli_fail("quantize");
+    char *mhelp = cli_methods_help(
+        QFAMILY, "(--calib)",
+        "--override PATTERN=METHOD[:BITS[:GROUP|oc|ic]][:KEY=VALUE]... (comma-separated items) gives the\n"
+        "tensors whose names match PATTERN (glob or substring; the last match wins) their own method, and\n"
+        "keys on top of the command line's: PATTERN=keep leaves them fp32. KEY is a key of that method,\n"
+        "written with '_' or '-'; a bool may be given bare (act_order) or by its negation (asym).\n"),
+         kv[1024];
     const char *pos[2];
     int np, rc = cli_parse_params(cmd, argc, argv, opts, &mps,
                                   "method parameters (--KEY VALUE here; KEY=VALUE in --override)", mhelp, pos, 1, 2, &np);
@@ -141,12 +113,9 @@ int cmd_quantize(int argc, char **argv)
     qp.method_params = kv;
     qp.overrides = overrides;
     rc = wmat__quantize_check(&qp);
-    const wmat_qmethod *qm = wmat__qmethod_find(method);
     /* a key the method does not read is harmless (it may be meant for an
      * --override method), so it is only noted, and only without --override */
-    for (int i = 0; !rc && !overrides && i < mps.n; i++)
-        if (mps.v[i].set && wmat__params_find(qm->schema, mps.spec[i].name, strlen(mps.spec[i].name)) < 0)
-            fprintf(stderr, "wmat quantize: note: method %s does not read %s; ignored\n", method, mps.spec[i].name);
+    if (!rc && !overrides) cli_note_unread_keys("quantize", QFAMILY, method, &mps);
     wmat__pset_free(&mps);
     if (rc) return cli_usage_error("quantize", "%s", wmat_last_error());
     wmat_format fmt = WMAT_FMT_UNKNOWN;
@@ -156,7 +125,7 @@ int cmd_quantize(int argc, char **argv)
     if (fmt != WMAT_FMT_UNKNOWN && np < 2) return cli_usage_error("quantize", "give OUT (or --to none)");
     if (calib_tokens < 0 || calib_ctx < 0 || eval_ctx < 0 || eval_windows < 0 || eval_offset < 0)
         return cli_usage_error("quantize", "token counts must be positive");
-    if (wmat__qmethod_needs_calib(qm) && !calib)
+    if (cli_method_needs_stats(QFAMILY, method) && !calib)
         return cli_usage_error("quantize", "--method %s needs calibration data: --calib FILE", method);
     if (!strcmp(seq, "stage")) qp.sequential = 2;
     else if (!strcmp(seq, "block")) qp.sequential = 1;

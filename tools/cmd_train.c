@@ -160,7 +160,7 @@ int cmd_train(int argc, char **argv)
         {"--galore-gap", OPT_INT, &ggap, "T", "steps between projector updates (default 50)"},
         {"--galore-scale", OPT_FLOAT, &gscale, "S", "projected update scale (default 1)"},
         {"--galore-targets", OPT_STR, &gtargets, "LIST", "projected matrices (default all seven)"},
-        {"--galore-randomized", OPT_FLAG, &randomized, NULL, "randomized range finder instead of a full SVD"},
+        {"--galore-randomized", OPT_FLAG, &randomized, NULL, "randomized range finder instead of a full singular value decomposition"},
         {"--eval-every", OPT_INT, &eval_every, "N", "evaluate on --val every N steps (default steps/10)"},
         {"--eval-windows", OPT_INT, &eval_windows, "K", "windows per evaluation (default all)"},
         {"--checkpoint", OPT_STR, &ckpt, "FILE", "save a training checkpoint here (every --checkpoint-every and at the end)"},

@@ -1,13 +1,12 @@
 /* wmat: the command line. */
 #include "cli.h"
-#include "quant/methods.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* Filled from the method registry at start-up (method_summaries). */
-static char g_quantize_summary[256];
+static char g_quantize_summary[384], g_decompose_summary[384];
 
 const cli_command g_commands[] = {
     {"info", "Show a model's architecture and every tensor (name, shape, dtype, bytes).", "MODEL [options]", cmd_info},
@@ -22,9 +21,10 @@ const cli_command g_commands[] = {
      cmd_sysinfo},
     {"analyze", "Spectra, outliers, low-rank-ness, fine-tuning fingerprints and head circuits of every matrix.", "MODEL [--base BASE] [--csv F] [--json F] [--html F] [options]", cmd_analyze},
     {"quantize", g_quantize_summary, "MODEL OUT --method M --bits B [options]", cmd_quantize},
-    {"decompose", "Factor linear weights into structured kinds (truncated SVD -> low-rank) that run as stored.",
-     "MODEL OUT (--rank R | --energy E) [--method M] [options]", cmd_decompose},
+    {"decompose", g_decompose_summary, "MODEL OUT [--method M] [method keys] [options]", cmd_decompose},
     {"train", "Train: full fine-tuning, LoRA or GaLore, or a new model from a config (--init); loss curve CSV + SVG.", "MODEL OUT --data FILE [--val FILE] [--method full|lora|galore] [options] | --init CONFIG OUT --data FILE", cmd_train},
+    {"methods", "The registered quantization and decomposition methods: keys, defaults, ranges, needs, kinds.",
+     "[--family F] [--json]", cmd_methods},
     {NULL, NULL, NULL, NULL},
 };
 
@@ -37,16 +37,13 @@ const cli_command *cli_find_command(const char *name)
 
 static void method_summaries(void)
 {
-    size_t k = (size_t)snprintf(g_quantize_summary, sizeof g_quantize_summary, "Post-training quantization (");
-    int first = 1;
-    for (const wmat_qmethod *m = wmat__qmethods; m->name && k < sizeof g_quantize_summary; m++)
-        if (!strcmp(m->family, "quant")) {
-            k += (size_t)snprintf(g_quantize_summary + k, sizeof g_quantize_summary - k, "%s%s", first ? "" : ", ",
-                                  m->name);
-            first = 0;
-        }
-    if (k < sizeof g_quantize_summary)
-        snprintf(g_quantize_summary + k, sizeof g_quantize_summary - k, ") with calibration; per-tensor report.");
+    char names[192];
+    cli_method_names(WMAT_FAMILY_QUANTIZATION, ", ", 0, names, sizeof names);
+    snprintf(g_quantize_summary, sizeof g_quantize_summary,
+             "Post-training quantization (%s) with calibration; per-tensor report.", names);
+    cli_method_names(WMAT_FAMILY_DECOMPOSITION, ", ", 1, names, sizeof names);
+    snprintf(g_decompose_summary, sizeof g_decompose_summary,
+             "Factor linear weights into structured kinds (%s) that run as stored.", names);
 }
 
 static void usage(FILE *f)
@@ -92,7 +89,7 @@ int main(int argc, char **argv)
     wmat_blas_tune_reexec(argc, argv);
     /* Commands that only read and write files skip the math libraries'
      * start-up (the GEMM self-checks cost ~0.1 s): `wmat info` stays instant. */
-    static const char *const no_math[] = {"info", "tokenize", "convert", NULL};
+    static const char *const no_math[] = {"info", "tokenize", "convert", "methods", NULL};
     int needs_math = 1;
     for (int i = 0; no_math[i]; i++)
         if (!strcmp(argv[1], no_math[i])) needs_math = 0;

@@ -1,36 +1,49 @@
 /* Factorization methods (src/decomp): a method turns one fp32 weight into
  * a weight of a structured kind (src/wop) and says how far it is from W.
- * Methods are rows of one table (decompose.c); the driver and the CLI
- * iterate it, so a method is a file plus a row. */
+ * Methods are rows of one table (decompose.c) whose head is the shared
+ * method descriptor (core/method.h: family WMAT_FAMILY_DECOMPOSITION, the
+ * statistics it needs, its parameter schema, the kind it produces); the
+ * driver, the CLI and the tests iterate it, so a method is a file (its
+ * function, check and schema) plus a row. */
 #ifndef WMAT_DECOMP_H
 #define WMAT_DECOMP_H
 
+#include "core/method.h"
 #include "wop/wop.h"
 
-typedef struct {
-    int rank;         /* > 0: keep this many components (capped at min(rows, cols)) */
-    double energy;    /* in (0, 1]: the fewest components whose squared singular values reach this share */
-    wmat_dtype dtype; /* of the factors: f32, f16, bf16 */
-} wmat_dparams;
+/* Decompose W (rows, cols) with the values ps of the method's schema into
+ * *out (a new owned tensor of the method's kind, factors of type dtype:
+ * f32, f16 or bf16); *rank_out the rank kept, *rel_error
+ * ||W - W'||_F / ||W||_F. */
+typedef int (*wmat_dmethod_fn)(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype,
+                               wmat_tensor *out, int64_t *rank_out, double *rel_error);
+/* What the schema's ranges cannot say (keys that depend on each other),
+ * checked before any matrix changes: on the caller's values (global = 1)
+ * and on each tensor's values after its overrides (global = 0).
+ * WMAT_ERR_INVALID naming the keys. */
+typedef int (*wmat_dmethod_check_fn)(const wmat_pset *ps, int global);
 
-/* Decompose W (rows, cols) into *out (a new owned tensor of the method's
- * kind); *rank_out the rank kept, *rel_error ||W - W'||_F / ||W||_F. */
-typedef int (*wmat_dmethod_fn)(const float *W, int64_t rows, int64_t cols, const wmat_dparams *p, wmat_tensor *out,
-                               int64_t *rank_out, double *rel_error);
-
 typedef struct {
-    const char *name;
+    WMAT_METHOD_ROW;
     wmat_dmethod_fn fn;
-    const char *produces; /* weight kind: "lowrank" */
-    const char *summary;
+    wmat_dmethod_check_fn check; /* may be NULL */
 } wmat_dmethod;
 
-/* The table, ended by a row with name == NULL. */
+/* The table, ended by a row with name == NULL; its first row is the default. */
 extern const wmat_dmethod wmat__dmethods[];
 const wmat_dmethod *wmat__dmethod_find(const char *name);
+/* The keys of every method, each once, into dst (cap rows, the NULL-name
+ * end row included). */
+int wmat__dmethod_keys(wmat_param_spec *dst, int cap);
+/* The settings of p without a model: the method, the keys (p's fields and
+ * p->method_params) and every --override item. WMAT_ERR_INVALID naming
+ * the key, the value and what is allowed. */
+int wmat__decompose_check(const wmat_decompose_params *p);
 
-/* Methods (one file each). */
-int wmat__decomp_svd(const float *W, int64_t rows, int64_t cols, const wmat_dparams *p, wmat_tensor *out,
-                     int64_t *rank_out, double *rel_error);
+/* Methods (one file each): the function, its check and its keys. */
+extern const wmat_param_spec wmat__svd_keys[];
+int wmat__decomp_svd(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype,
+                     wmat_tensor *out, int64_t *rank_out, double *rel_error);
+int wmat__decomp_svd_check(const wmat_pset *ps, int global);
 
 #endif

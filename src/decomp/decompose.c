@@ -7,23 +7,41 @@
 #include <string.h>
 #include <time.h>
 
+#define DECOMP WMAT_FAMILY_DECOMPOSITION
 const wmat_dmethod wmat__dmethods[] = {
-    {"svd", wmat__decomp_svd, "lowrank", "truncated SVD: W ~ (U_r S_r) V_r^T, the best rank-r approximation (--rank R | --energy E)"},
-    {NULL, NULL, NULL, NULL},
+    {.desc = {"svd", DECOMP, 0, 0, wmat__svd_keys, "lowrank",
+              "truncated SVD: W ~ (U_r S_r) V_r^T, the best rank-r approximation"},
+     .fn = wmat__decomp_svd, .check = wmat__decomp_svd_check},
+    {.desc = {NULL, NULL, 0, 0, NULL, NULL, NULL}, .fn = NULL, .check = NULL},
 };
+#undef DECOMP
+
+#define OV_SYNTAX "PATTERN=METHOD[:KEY=VALUE]..."
 
 const wmat_dmethod *wmat__dmethod_find(const char *name)
 {
-    for (const wmat_dmethod *d = wmat__dmethods; d->name; d++)
+    for (const wmat_dmethod *d = wmat__dmethods; name && d->name; d++)
         if (!strcmp(d->name, name)) return d;
     return NULL;
+}
+
+int wmat__dmethod_keys(wmat_param_spec *dst, int cap)
+{
+    int n = 0;
+    if (cap < 1) return wmat_set_error(WMAT_ERR_INVALID, "method keys: no room");
+    for (const wmat_dmethod *d = wmat__dmethods; d->name; d++) {
+        int rc = wmat__params_merge(dst, cap - 1, &n, d->schema);
+        if (rc) return rc;
+    }
+    dst[n] = (wmat_param_spec){NULL, 0, NULL, 0, 0, NULL, NULL, NULL};
+    return WMAT_OK;
 }
 
 wmat_decompose_params wmat_decompose_default_params(void)
 {
     wmat_decompose_params p;
     memset(&p, 0, sizeof p);
-    p.method = "svd";
+    p.method = wmat__dmethods[0].name;
     p.dtype = WMAT_F32;
     return p;
 }
@@ -36,6 +54,111 @@ const char *wmat_decompose_method_name(int i, const char **summary, const char *
     if (summary) *summary = d ? d->summary : NULL;
     if (produces) *produces = d ? d->produces : NULL;
     return d ? d->name : NULL;
+}
+
+/* ---- parameters: a method's schema defaults, then the public fields that
+ * differ from their defaults (rank, energy), then p->method_params, then the
+ * fields of every override item matching the tensor, in order. Keys the
+ * method does not read are passed over (they are for other methods), but
+ * each must be a key of some method. */
+
+static void struct_kv(const wmat_decompose_params *p, char *buf, size_t n)
+{
+    int k = 0;
+    buf[0] = '\0';
+    if (p->rank != 0 && (size_t)k < n) k += snprintf(buf + k, n - (size_t)k, "rank=%d,", p->rank);
+    if (p->energy != 0 && (size_t)k < n) k += snprintf(buf + k, n - (size_t)k, "energy=%.9g,", (double)p->energy);
+}
+
+/* The methods' names, for messages. */
+static void method_list(char *buf, size_t n)
+{
+    size_t k = 0;
+    buf[0] = '\0';
+    for (const wmat_dmethod *d = wmat__dmethods; d->name && k < n; d++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%s", k ? ", " : "", d->name);
+}
+
+/* ps (of method d's schema) from p's fields and method_params; with name,
+ * also the fields of the override items matching it. */
+static int resolve(wmat_pset *ps, const wmat_dmethod *d, const wmat_decompose_params *p, const char *name)
+{
+    int rc = wmat__pset_init(ps, d->schema);
+    if (rc) return rc;
+    char kv[128];
+    struct_kv(p, kv, sizeof kv);
+    if (!(rc = wmat__pset_parse_kv(ps, kv, ',', 1))) rc = wmat__pset_parse_kv(ps, p->method_params, ',', 1);
+    wmat_override_item it;
+    for (const char *s = p->overrides; !rc && name;) {
+        const int more = wmat__override_next(&s, &it, OV_SYNTAX);
+        if (more <= 0) {
+            rc = more;
+            break;
+        }
+        if (!wmat__override_is_keep(&it) && wmat__override_matches(&it, name)) rc = wmat__override_fields(ps, &it, 0, OV_SYNTAX);
+    }
+    if (rc) wmat__pset_free(ps);
+    return rc;
+}
+
+int wmat__decompose_check(const wmat_decompose_params *p)
+{
+    char names[256];
+    method_list(names, sizeof names);
+    const wmat_dmethod *dm = wmat__dmethod_find(p->method);
+    if (!dm)
+        return wmat_set_error(WMAT_ERR_INVALID, "decompose: unknown method '%s' (methods: %s)", p->method ? p->method : "",
+                              names);
+    if (dm->stats)
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "decompose: method '%s' needs statistics, which decompose does not collect",
+                              dm->name);
+    if (p->dtype != WMAT_F32 && p->dtype != WMAT_F16 && p->dtype != WMAT_BF16)
+        return wmat_set_error(WMAT_ERR_INVALID, "decompose: factors are f32, f16 or bf16");
+    /* every key given must be a key of some method */
+    wmat_param_spec keys[64];
+    int rc = wmat__dmethod_keys(keys, 64);
+    if (rc) return rc;
+    wmat_pset all;
+    if ((rc = wmat__pset_init(&all, keys))) return rc;
+    char kv[128];
+    struct_kv(p, kv, sizeof kv);
+    if (!(rc = wmat__pset_parse_kv(&all, kv, ',', 0))) rc = wmat__pset_parse_kv(&all, p->method_params, ',', 0);
+    wmat__pset_free(&all);
+    if (rc) return rc;
+    wmat_pset ps;
+    if ((rc = resolve(&ps, dm, p, NULL))) return rc;
+    if (dm->check) rc = dm->check(&ps, 1);
+    wmat__pset_free(&ps);
+    if (rc) return rc;
+    wmat_override_item it;
+    for (const char *s = p->overrides; (rc = wmat__override_next(&s, &it, OV_SYNTAX)) > 0;) {
+        if (wmat__override_is_keep(&it)) continue;
+        const wmat_dmethod *om = wmat__dmethod_find(it.method);
+        if (!om)
+            return wmat_set_error(WMAT_ERR_INVALID, "override for '%s': unknown method '%s' (methods: %s, or keep)",
+                                  it.pattern, it.method, names);
+        if (om->stats)
+            return wmat_set_error(WMAT_ERR_UNSUPPORTED, "override for '%s': method '%s' needs statistics", it.pattern,
+                                  om->name);
+        if ((rc = wmat__pset_init(&ps, om->schema))) return rc;
+        rc = wmat__override_fields(&ps, &it, 1, OV_SYNTAX);
+        wmat__pset_free(&ps);
+        if (rc) return rc;
+    }
+    return rc;
+}
+
+/* The method for tensor `name`: p's, or the last matching override's;
+ * NULL when an override keeps it. */
+static const wmat_dmethod *tensor_method(const wmat_decompose_params *p, const char *name)
+{
+    const wmat_dmethod *d = wmat__dmethod_find(p->method);
+    wmat_override_item it;
+    for (const char *s = p->overrides; wmat__override_next(&s, &it, OV_SYNTAX) > 0;) {
+        if (!wmat__override_matches(&it, name)) continue;
+        d = wmat__override_is_keep(&it) ? NULL : wmat__dmethod_find(it.method);
+    }
+    return d;
 }
 
 void wmat_decompose_report_free(wmat_decompose_report *rep)
@@ -58,36 +181,44 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
     if (!p) p = &def;
     if (rep) memset(rep, 0, sizeof *rep);
     const char *src = m->path ? m->path : "model";
-    const wmat_dmethod *dm = wmat__dmethod_find(p->method ? p->method : "");
-    if (!dm) return wmat_set_error(WMAT_ERR_INVALID, "decompose: unknown method '%s'", p->method ? p->method : "(null)");
-    if (p->rank < 0 || !(p->energy >= 0 && p->energy <= 1) || (p->rank == 0 && p->energy == 0))
-        return wmat_set_error(WMAT_ERR_INVALID, "decompose: give a rank > 0 or an energy in (0, 1] (rank %d, energy %g)",
-                              p->rank, (double)p->energy);
-    if (p->dtype != WMAT_F32 && p->dtype != WMAT_F16 && p->dtype != WMAT_BF16)
-        return wmat_set_error(WMAT_ERR_INVALID, "decompose: factors are f32, f16 or bf16");
+    int rc = wmat__decompose_check(p);
+    if (rc) return rc;
     const wmat_config *c = &m->cfg;
     const unsigned targets = p->targets ? p->targets : (1u << WMAT_LIN_COUNT) - 1;
     const int n_slots = c->n_layers * WMAT_LIN_COUNT + 1;
     wmat_tensor **sel = wmat__calloc((size_t)n_slots, sizeof *sel);
-    if (!sel) return wmat_set_error(WMAT_ERR_NOMEM, "decompose: out of memory");
-    int n = 0;
+    const wmat_dmethod **meth = wmat__calloc((size_t)n_slots, sizeof *meth);
+    wmat_pset *ps = wmat__calloc((size_t)n_slots, sizeof *ps);
+    int n = 0, n_ps = 0;
+    if (!sel || !meth || !ps) {
+        rc = wmat_set_error(WMAT_ERR_NOMEM, "decompose: out of memory");
+        goto done;
+    }
     for (int l = 0; l < c->n_layers; l++)
         for (int k = 0; k < WMAT_LIN_COUNT; k++)
             if (targets & (1u << k)) sel[n++] = wmat_model_linear(m, l, (wmat_linear_kind)k);
     if (p->classifier && !c->tied_embeddings) sel[n++] = wmat_model_classifier(m);
-    int rc = WMAT_OK;
-    for (int i = 0; i < n && !rc; i++)
-        if (sel[i]->dtype != WMAT_F32 || (sel[i]->flags & WMAT_TF_HF_ROPE))
+    /* every tensor's method and values, checked before any matrix changes */
+    for (int i = 0; i < n && !rc; i++) {
+        if (sel[i]->dtype != WMAT_F32 || (sel[i]->flags & WMAT_TF_HF_ROPE)) {
             rc = wmat_set_error(WMAT_ERR_INVALID, "%s: %s is %s, not a materialized fp32 matrix (load with materialize_f32)",
                                 src, sel[i]->name, wmat_tensor_kind(sel[i]) ? wmat_tensor_kind(sel[i]) : "?");
+            break;
+        }
+        if (!(meth[i] = tensor_method(p, sel[i]->name))) continue; /* kept */
+        if ((rc = resolve(&ps[i], meth[i], p, sel[i]->name))) break;
+        n_ps = i + 1;
+        if (meth[i]->check && (rc = meth[i]->check(&ps[i], 0)))
+            rc = wmat_set_error(rc, "%s: %s: %s", src, sel[i]->name, wmat_last_error());
+    }
     if (!rc && rep) {
         rep->tensors = wmat__calloc((size_t)(n ? n : 1), sizeof *rep->tensors);
         if (!rep->tensors) rc = wmat_set_error(WMAT_ERR_NOMEM, "decompose: out of memory");
     }
     const double t0 = now();
-    wmat_dparams dp = {p->rank, p->energy, p->dtype};
     for (int i = 0; i < n && !rc; i++) {
         wmat_tensor *t = sel[i];
+        if (!meth[i]) continue;
         if (p->progress && p->progress(p->progress_user, t->name, (uint64_t)i, (uint64_t)n)) {
             rc = wmat_set_error(WMAT_ERR_CANCELLED, "decompose: cancelled at %s", t->name);
             break;
@@ -96,7 +227,7 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
         wmat_tensor out;
         int64_t r = 0;
         double err = 0;
-        rc = dm->fn(t->data, t->shape[0], t->shape[1], &dp, &out, &r, &err);
+        rc = meth[i]->fn(t->data, t->shape[0], t->shape[1], &ps[i], p->dtype, &out, &r, &err);
         if (rc) {
             rc = wmat_set_error(rc, "%s: %s: %s", src, t->name, wmat_last_error());
             break;
@@ -106,6 +237,7 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
         if (rep) {
             wmat_decompose_tensor *d = &rep->tensors[rep->n_tensors++];
             snprintf(d->name, sizeof d->name, "%s", t->name);
+            snprintf(d->method, sizeof d->method, "%s", meth[i]->name);
             d->rows = t->shape[0];
             d->cols = t->shape[1];
             d->rank = r;
@@ -118,6 +250,11 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
     }
     if (!rc && p->progress) p->progress(p->progress_user, "decompose", (uint64_t)n, (uint64_t)n);
     if (rep) rep->seconds = now() - t0;
+done:
+    for (int i = 0; i < n_ps; i++)
+        if (meth[i]) wmat__pset_free(&ps[i]);
+    wmat__free(ps);
+    wmat__free(meth);
     wmat__free(sel);
     if (rc && rep) wmat_decompose_report_free(rep);
     return rc;

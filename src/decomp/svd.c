@@ -8,10 +8,34 @@
 
 #include <math.h>
 
-int wmat__decomp_svd(const float *W, int64_t rows, int64_t cols, const wmat_dparams *p, wmat_tensor *out,
-                     int64_t *rank_out, double *rel_error)
+const wmat_param_spec wmat__svd_keys[] = {
+    {"rank", WMAT_PARAM_INT, "0", 0, 1 << 30, NULL,
+     "components kept per matrix (capped at min(rows, cols)); 0: chosen by energy; wins over energy", NULL},
+    {"energy", WMAT_PARAM_FLOAT, "0", 0, 1, NULL,
+     "the fewest components whose squared singular values hold this share of sum s_i^2; 0: rank", NULL},
+    {NULL, 0, NULL, 0, 0, NULL, NULL, NULL},
+};
+
+int wmat__decomp_svd_check(const wmat_pset *ps, int global)
+{
+    const int64_t rank = wmat__pset_int(ps, "rank");
+    const double energy = wmat__pset_float(ps, "energy");
+    if (rank == 0 && energy == 0) return wmat_set_error(WMAT_ERR_INVALID, "svd: give rank > 0 or energy in (0, 1]");
+    if (global && rank > 0 && energy > 0)
+        return wmat_set_error(WMAT_ERR_INVALID, "svd: rank=%lld and energy=%g exclude each other: give one", (long long)rank,
+                              energy);
+    return WMAT_OK;
+}
+
+int wmat__decomp_svd(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype,
+                     wmat_tensor *out, int64_t *rank_out, double *rel_error)
 {
     const int64_t k = rows < cols ? rows : cols;
+    const int64_t rank = wmat__pset_int(ps, "rank");
+    /* in float, as the public field (wmat_decompose_params.energy) has
+     * always held it: the same E picks the same rank from the CLI and the
+     * library */
+    const double energy = (float)wmat__pset_float(ps, "energy");
     if (rows > INT32_MAX / 2 || cols > INT32_MAX / 2)
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "svd: a (%lld x %lld) matrix is too large", (long long)rows, (long long)cols);
     double *A = wmat__malloc((size_t)(rows * cols) * sizeof(double));
@@ -29,10 +53,10 @@ int wmat__decomp_svd(const float *W, int64_t rows, int64_t cols, const wmat_dpar
     double total = 0;
     for (int64_t i = 0; i < k; i++) total += s[i] * s[i];
     int64_t r = k;
-    if (p->rank > 0) r = p->rank < k ? p->rank : k;
-    else if (p->energy > 0 && p->energy < 1) {
+    if (rank > 0) r = rank < k ? rank : k;
+    else if (energy > 0 && energy < 1) {
         double acc = 0;
-        for (r = 0; r < k && acc < p->energy * total; r++) acc += s[r] * s[r];
+        for (r = 0; r < k && acc < energy * total; r++) acc += s[r] * s[r];
         if (r < 1) r = 1;
     }
     double tail = 0;
@@ -50,7 +74,7 @@ int wmat__decomp_svd(const float *W, int64_t rows, int64_t cols, const wmat_dpar
     for (int64_t j = 0; j < r; j++)
         for (int64_t c = 0; c < cols; c++) Bf[j * cols + c] = (float)VT[j * cols + c];
     void *obj = NULL;
-    if ((rc = wmat__lowrank_create(p->dtype, rows, cols, r, Af, Bf, &obj))) goto done;
+    if ((rc = wmat__lowrank_create(dtype, rows, cols, r, Af, Bf, &obj))) goto done;
     wmat__tensor_own_obj(out, rows, cols, obj);
     *rank_out = r;
     *rel_error = total > 0 ? sqrt(tail / total) : 0.0;

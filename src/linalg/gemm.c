@@ -44,6 +44,9 @@
 
 /* Largest M*N*K that AUTO sends to OpenBLAS when oneDNN is there too. */
 #define SMALL_MNK (64.0 * 64.0 * 64.0)
+/* Elements of B (N*K) from which AUTO prefers OpenBLAS on AVX2-only CPUs
+ * (2 MB of fp32: past a Zen 2 core's L2 + its share of L3). */
+#define LARGE_B (512.0 * 1024.0)
 
 typedef struct {
     wmat_cpu_info cpu;
@@ -220,6 +223,12 @@ static wmat_gemm_backend pick_f32(wmat_gemm_backend want, int M, int N, int K, b
     if (g.dnnl_f32) {
         if (ob && g.openblas_native && M > 1 && N > 1 && (double)M * N * K <= SMALL_MNK)
             return WMAT_GEMM_OPENBLAS;
+        /* Without AVX-512, oneDNN's AVX2 sgemm falls behind OpenBLAS's Zen /
+         * Haswell kernels once the B operand (a weight matrix) leaves the
+         * cache: 256x5632x2048 NT 62 vs 78 GFLOP/s, 256x32000x2048 62 vs 74
+         * on a Zen 2 core (bench_peak), while on cache-sized panels and skinny
+         * M (decode, small batches) oneDNN stays ahead. */
+        if (ob && g.openblas_native && !g.cpu.avx512f && M >= 16 && (double)N * K >= LARGE_B) return WMAT_GEMM_OPENBLAS;
         return WMAT_GEMM_ONEDNN;
     }
     return ob ? WMAT_GEMM_OPENBLAS : WMAT_GEMM_REFERENCE;

@@ -6,7 +6,6 @@
  * fake-quant write-back and the per-tensor report. */
 #include "methods.h"
 
-#include <fnmatch.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,19 +39,25 @@ static const wmat_param_spec k_adadim_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, Q
 static const wmat_param_spec k_adadim_gptq_keys[] = {QP_BITS,          QP_GROUP, QP_SYM,   QP_CLIP, QP_ACT_ORDER,
                                                      QP_STATIC_GROUPS, QP_DAMP,  QP_BLOCK, QP_END};
 
+#define QUANT WMAT_FAMILY_QUANTIZATION
 const wmat_qmethod wmat__qmethods[] = {
-    {"rtn", wmat__quant_rtn, "quant", 0, 0, k_rtn_keys, "qpacked",
-     "round to nearest on a uniform grid (optional clipping search)"},
-    {"imatrix", wmat__quant_imatrix, "quant", WMAT_QSTAT_ACT_NORMS, 0, k_rtn_keys, "qpacked",
-     "RTN with scales minimizing sum_j mean(x_j^2) (w_j - q_j)^2"},
-    {"gptq", wmat__quant_gptq, "quant", WMAT_QSTAT_HESSIAN, 0, k_gptq_keys, "qpacked",
-     "GPTQ: column-wise error feedback through the inverse Hessian"},
-    {"adadim-rtn", wmat__quant_adadim_rtn, "quant", WMAT_QSTAT_HESSIAN, WMAT_QM_OWN_AXIS, k_adadim_rtn_keys, "qpacked",
-     "AdaDim over RTN: per-IC or per-OC, whichever has less output error"},
-    {"adadim-gptq", wmat__quant_adadim_gptq, "quant", WMAT_QSTAT_HESSIAN, WMAT_QM_OWN_AXIS, k_adadim_gptq_keys,
-     "qpacked", "AdaDim over GPTQ"},
-    {NULL, NULL, NULL, 0, 0, NULL, NULL, NULL},
+    {.desc = {"rtn", QUANT, 0, 0, k_rtn_keys, "qpacked", "round to nearest on a uniform grid (optional clipping search)"},
+     .fn = wmat__quant_rtn},
+    {.desc = {"imatrix", QUANT, WMAT_QSTAT_ACT_NORMS, 0, k_rtn_keys, "qpacked",
+              "RTN with scales minimizing sum_j mean(x_j^2) (w_j - q_j)^2"},
+     .fn = wmat__quant_imatrix},
+    {.desc = {"gptq", QUANT, WMAT_QSTAT_HESSIAN, 0, k_gptq_keys, "qpacked",
+              "GPTQ: column-wise error feedback through the inverse Hessian"},
+     .fn = wmat__quant_gptq},
+    {.desc = {"adadim-rtn", QUANT, WMAT_QSTAT_HESSIAN, WMAT_QM_OWN_AXIS, k_adadim_rtn_keys, "qpacked",
+              "AdaDim over RTN: per-IC or per-OC, whichever has less output error"},
+     .fn = wmat__quant_adadim_rtn},
+    {.desc = {"adadim-gptq", QUANT, WMAT_QSTAT_HESSIAN, WMAT_QM_OWN_AXIS, k_adadim_gptq_keys, "qpacked",
+              "AdaDim over GPTQ"},
+     .fn = wmat__quant_adadim_gptq},
+    {.desc = {NULL, NULL, 0, 0, NULL, NULL, NULL}, .fn = NULL},
 };
+#undef QUANT
 
 const wmat_qmethod *wmat__qmethod_find(const char *name)
 {
@@ -64,7 +69,7 @@ const wmat_qmethod *wmat__qmethod_find(const char *name)
 const wmat_qmethod *wmat__qmethod_data_free(void)
 {
     for (const wmat_qmethod *m = wmat__qmethods; m->name; m++)
-        if (!m->stats && !strcmp(m->family, "quant")) return m;
+        if (!m->stats) return m;
     return NULL;
 }
 
@@ -73,12 +78,11 @@ int wmat__qmethod_needs_calib(const wmat_qmethod *m)
     return (m->stats & (WMAT_QSTAT_HESSIAN | WMAT_QSTAT_ACT_NORMS)) != 0;
 }
 
-int wmat__qmethod_keys(const char *family, wmat_param_spec *dst, int cap)
+int wmat__qmethod_keys(wmat_param_spec *dst, int cap)
 {
     int n = 0;
     if (cap < 1) return wmat_set_error(WMAT_ERR_INVALID, "method keys: no room");
     for (const wmat_qmethod *m = wmat__qmethods; m->name; m++) {
-        if (family && strcmp(m->family, family)) continue;
         int rc = wmat__params_merge(dst, cap - 1, &n, m->schema);
         if (rc) return rc;
     }
@@ -101,11 +105,10 @@ void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp)
     if (wmat__pset_has(ps, "block")) qp->block = (int)wmat__pset_int(ps, "block");
 }
 
-/* The i-th method wmat_quantize_model takes (family "quant"). */
 const char *wmat_quantize_method_name(int i, int *needs_calibration)
 {
     for (const wmat_qmethod *m = wmat__qmethods; m->name && i >= 0; m++) {
-        if (strcmp(m->family, "quant") || i--) continue;
+        if (i--) continue;
         if (needs_calibration) *needs_calibration = wmat__qmethod_needs_calib(m);
         return m->name;
     }
@@ -131,28 +134,6 @@ void wmat_quantize_report_free(wmat_quantize_report *rep)
 }
 
 /* ---- selection */
-
-static int pattern_match(const char *pat, size_t len, const char *name)
-{
-    char buf[256];
-    if (len == 0 || len >= sizeof buf) return 0;
-    memcpy(buf, pat, len);
-    buf[len] = '\0';
-    if (strpbrk(buf, "*?[")) return fnmatch(buf, name, 0) == 0;
-    return strstr(name, buf) != NULL;
-}
-
-/* 1 if a comma-separated pattern list matches name. */
-static int list_match(const char *list, const char *name)
-{
-    for (const char *s = list; s && *s;) {
-        const char *e = strchr(s, ',');
-        size_t len = e ? (size_t)(e - s) : strlen(s);
-        if (pattern_match(s, len, name)) return 1;
-        s = e ? e + 1 : s + len;
-    }
-    return 0;
-}
 
 typedef struct {
     wmat_tensor *t;
@@ -190,58 +171,12 @@ static void struct_kv(const wmat_quantize_params *p, char *buf, size_t n)
 #undef ADD
 }
 
-/* One item of an override list: "PATTERN=METHOD[:FIELD]..." */
-typedef struct {
-    char buf[256];
-    const char *pattern, *method;
-    char *fields; /* after the first ':', or NULL */
-} ov_item;
-
 #define OV_SYNTAX "PATTERN=METHOD[:BITS[:GROUP|oc|ic]][:KEY=VALUE]..."
-
-/* The next item of the list at *s: 1 with an item, 0 at the end, negative
- * on a syntax error. */
-static int ov_next(const char **s, ov_item *it)
-{
-    if (!*s || !**s) return 0;
-    const char *e = strchr(*s, ',');
-    const size_t len = e ? (size_t)(e - *s) : strlen(*s);
-    if (len >= sizeof it->buf) return wmat_set_error(WMAT_ERR_INVALID, "override '%.40s...' is too long", *s);
-    memcpy(it->buf, *s, len);
-    it->buf[len] = '\0';
-    *s = e ? e + 1 : *s + len;
-    char *eq = strchr(it->buf, '=');
-    if (!eq) return wmat_set_error(WMAT_ERR_INVALID, "override '%s' is not " OV_SYNTAX, it->buf);
-    *eq = '\0';
-    it->pattern = it->buf;
-    it->method = eq + 1;
-    it->fields = strchr(eq + 1, ':');
-    if (it->fields) *it->fields++ = '\0';
-    return 1;
-}
-
-static int ov_is_keep(const ov_item *it)
-{
-    return !strcmp(it->method, "keep") || !strcmp(it->method, "fp32");
-}
-
-/* Set key on ps; a key ps lacks is an error when strict, else passed over. */
-static int ov_set(wmat_pset *ps, const ov_item *it, const char *key, const char *val, int strict)
-{
-    if (!strict && !wmat__pset_knows(ps, key)) return WMAT_OK;
-    int rc = wmat__pset_set(ps, key, val);
-    if (rc) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", wmat_last_error());
-        return wmat_set_error(rc, "override for '%s' (%s): %s", it->pattern, it->method, msg);
-    }
-    return WMAT_OK;
-}
 
 /* The item's fields onto ps: positional BITS then GROUP (a number, or oc /
  * ic for one scale per output / input channel), "key=value", or a bool's
  * bare key. */
-static int ov_fields(wmat_pset *ps, ov_item *it, int strict)
+static int ov_fields(wmat_pset *ps, wmat_override_item *it, int strict)
 {
     int npos = 0, rc;
     for (char *f = it->fields; f;) {
@@ -251,21 +186,21 @@ static int ov_fields(wmat_pset *ps, ov_item *it, int strict)
         const int positional = !eq && (f[0] == '-' || (f[0] >= '0' && f[0] <= '9') || !strcmp(f, "oc") || !strcmp(f, "ic"));
         if (eq) {
             *eq = '\0';
-            rc = ov_set(ps, it, f, eq + 1, strict);
+            rc = wmat__override_set(ps, it, f, eq + 1, strict);
             *eq = '=';
         } else if (!positional) {
-            rc = ov_set(ps, it, f, NULL, strict);
+            rc = wmat__override_set(ps, it, f, NULL, strict);
         } else if (npos >= 2) {
             rc = wmat_set_error(WMAT_ERR_INVALID, "override for '%s': '%s' after BITS and GROUP is not KEY=VALUE (" OV_SYNTAX ")",
                                 it->pattern, f);
         } else if (npos++ == 0) {
-            rc = ov_set(ps, it, "bits", f, strict);
+            rc = wmat__override_set(ps, it, "bits", f, strict);
         } else if (!strcmp(f, "oc") || !strcmp(f, "ic")) {
             /* a method that picks the axis itself has no per_ic to set */
-            rc = ov_set(ps, it, "group", "0", strict);
-            if (!rc && wmat__pset_has(ps, "per_ic")) rc = ov_set(ps, it, "per_ic", f[0] == 'i' ? "true" : "false", 0);
+            rc = wmat__override_set(ps, it, "group", "0", strict);
+            if (!rc && wmat__pset_has(ps, "per_ic")) rc = wmat__override_set(ps, it, "per_ic", f[0] == 'i' ? "true" : "false", 0);
         } else {
-            rc = ov_set(ps, it, "group", f, strict);
+            rc = wmat__override_set(ps, it, "group", f, strict);
         }
         if (next) next[-1] = ':';
         if (rc) return rc;
@@ -280,13 +215,13 @@ static void method_list(char *buf, size_t n)
     size_t k = 0;
     buf[0] = '\0';
     for (const wmat_qmethod *m = wmat__qmethods; m->name && k < n; m++)
-        if (!strcmp(m->family, "quant")) k += (size_t)snprintf(buf + k, n - k, "%s%s", k ? ", " : "", m->name);
+        k += (size_t)snprintf(buf + k, n - k, "%s%s", k ? ", " : "", m->name);
 }
 
 static const wmat_qmethod *find_quant(const char *name)
 {
     const wmat_qmethod *m = wmat__qmethod_find(name);
-    return m && !strcmp(m->family, "quant") ? m : NULL;
+    return m;
 }
 
 int wmat__quantize_check(const wmat_quantize_params *p)
@@ -302,7 +237,7 @@ int wmat__quantize_check(const wmat_quantize_params *p)
                               m->name);
     /* the global keys against all methods' keys: each must mean something */
     wmat_param_spec keys[64];
-    int rc = wmat__qmethod_keys("quant", keys, 64);
+    int rc = wmat__qmethod_keys(keys, 64);
     if (rc) return rc;
     wmat_pset all;
     if ((rc = wmat__pset_init(&all, keys))) return rc;
@@ -317,9 +252,9 @@ int wmat__quantize_check(const wmat_quantize_params *p)
     wmat__pset_free(&all);
     if (rc) return rc;
     /* every override item, matching a tensor or not */
-    ov_item it;
-    for (const char *s = p->overrides; (rc = ov_next(&s, &it)) > 0;) {
-        if (ov_is_keep(&it)) continue;
+    wmat_override_item it;
+    for (const char *s = p->overrides; (rc = wmat__override_next(&s, &it, OV_SYNTAX)) > 0;) {
+        if (wmat__override_is_keep(&it)) continue;
         const wmat_qmethod *om = find_quant(it.method);
         if (!om)
             return wmat_set_error(WMAT_ERR_INVALID, "override for '%s': unknown method '%s' (methods: %s, or keep)",
@@ -340,11 +275,11 @@ int wmat__quantize_check(const wmat_quantize_params *p)
  * (the last match wins). */
 static int apply_overrides(const char *list, qjob *j)
 {
-    ov_item it;
+    wmat_override_item it;
     int rc;
-    for (const char *s = list; (rc = ov_next(&s, &it)) > 0;) {
-        if (!pattern_match(it.pattern, strlen(it.pattern), j->t->name)) continue;
-        if (ov_is_keep(&it)) {
+    for (const char *s = list; (rc = wmat__override_next(&s, &it, OV_SYNTAX)) > 0;) {
+        if (!wmat__override_matches(&it, j->t->name)) continue;
+        if (wmat__override_is_keep(&it)) {
             j->keep = 1;
             continue;
         }
@@ -365,14 +300,14 @@ static int job_params(qjob *j, const wmat_quantize_params *p, int n_threads)
     char kv[512];
     struct_kv(p, kv, sizeof kv);
     if (!(rc = wmat__pset_parse_kv(&ps, kv, ',', 1))) rc = wmat__pset_parse_kv(&ps, p->method_params, ',', 1);
-    ov_item it;
+    wmat_override_item it;
     for (const char *s = p->overrides; !rc;) {
-        const int more = ov_next(&s, &it);
+        const int more = wmat__override_next(&s, &it, OV_SYNTAX);
         if (more <= 0) {
             rc = more;
             break;
         }
-        if (ov_is_keep(&it) || !pattern_match(it.pattern, strlen(it.pattern), j->t->name)) continue;
+        if (wmat__override_is_keep(&it) || !wmat__override_matches(&it, j->t->name)) continue;
         rc = ov_fields(&ps, &it, 0);
     }
     if (!rc) {
@@ -489,7 +424,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                                 j->t ? j->t->name : "a linear layer");
             goto done;
         }
-        if (list_match(p->keep, j->t->name)) j->keep = 1;
+        if (wmat__name_list_match(p->keep, j->t->name)) j->keep = 1;
         if ((rc = apply_overrides(p->overrides, j))) goto done;
         if (j->keep) continue;
         if (j->slot < 0 && wmat__qmethod_needs_calib(j->method)) {

@@ -11,7 +11,7 @@
 #ifndef WMAT_QUANT_METHODS_H
 #define WMAT_QUANT_METHODS_H
 
-#include "core/params.h"
+#include "core/method.h"
 #include "wop/quant.h"
 
 /* Per-tensor quantization parameters. */
@@ -61,11 +61,11 @@ typedef struct {
 typedef int (*wmat_qmethod_fn)(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
                                const wmat_qparams *p, wmat_qmethod_info *info);
 
-/* Statistics of a layer's input (or of the loss) a method needs. */
+/* Statistics of a layer's input a method needs (core/method.h's bits). */
 enum {
-    WMAT_QSTAT_HESSIAN = 1u << 0,   /* st->H, 2/N sum x x^T */
-    WMAT_QSTAT_ACT_NORMS = 1u << 1, /* st->x2, mean x_j^2 (llama.cpp's imatrix) */
-    WMAT_QSTAT_GRADIENTS = 1u << 2, /* gradients of the loss (not collected by the driver yet) */
+    WMAT_QSTAT_HESSIAN = WMAT_MSTAT_HESSIAN,     /* st->H, 2/N sum x x^T */
+    WMAT_QSTAT_ACT_NORMS = WMAT_MSTAT_ACT_NORMS, /* st->x2, mean x_j^2 (llama.cpp's imatrix) */
+    WMAT_QSTAT_GRADIENTS = WMAT_MSTAT_GRADIENTS, /* gradients of the loss (not collected by the driver yet) */
 };
 
 /* Behaviour the driver must know about. */
@@ -75,30 +75,26 @@ enum {
     WMAT_QM_OWN_AXIS = 1u << 0,
 };
 
-/* One row of the registry: the only place a method's name is written. */
+/* One row of the registry: the only place a method's name is written. The
+ * descriptor (core/method.h: name, family WMAT_FAMILY_QUANTIZATION, stats,
+ * flags WMAT_QM_*, schema, produces, summary) and the function. */
 typedef struct {
-    const char *name;
+    WMAT_METHOD_ROW;
     wmat_qmethod_fn fn;
-    const char *family;           /* "quant" (this driver) or "decomp" */
-    unsigned stats;               /* WMAT_QSTAT_* it needs; 0: data-free */
-    unsigned flags;               /* WMAT_QM_* */
-    const wmat_param_spec *schema;/* the keys it reads (params.h), NULL-name terminated */
-    const char *produces;         /* weight kind of its result: "qpacked" */
-    const char *summary;
 } wmat_qmethod;
 
 /* The registry, terminated by a row with name == NULL. Its first row is the
- * default method; the first data-free row of family "quant" quantizes what
- * has no input statistics (the token embedding). */
+ * default method; the first data-free row quantizes what has no input
+ * statistics (the token embedding). */
 extern const wmat_qmethod wmat__qmethods[];
 const wmat_qmethod *wmat__qmethod_find(const char *name);
-/* The first data-free "quant" method. */
+/* The first data-free method. */
 const wmat_qmethod *wmat__qmethod_data_free(void);
 /* 1 when m needs calibration statistics (Hessian or activation norms). */
 int wmat__qmethod_needs_calib(const wmat_qmethod *m);
-/* The keys of every method of a family (NULL: all), each once, into dst
- * (cap rows; a NULL-name row ends it, so cap must leave room for it). */
-int wmat__qmethod_keys(const char *family, wmat_param_spec *dst, int cap);
+/* The keys of every method, each once, into dst (cap rows; a NULL-name row
+ * ends it, so cap must leave room for it). */
+int wmat__qmethod_keys(wmat_param_spec *dst, int cap);
 /* Method m's parameters from a pset of its schema (keys it lacks keep
  * wmat__qparams_default's values); n_threads is left at 1. */
 void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp);

@@ -208,3 +208,8 @@ int wmat__wkind_plain_from_f32(wmat_dtype dt, const float *W, int64_t rows, int6
     out->flags = WMAT_TF_OWNED;
     return WMAT_OK;
 }
+
+float wmat__wkind_batch_tol(const wmat_wkind *k, const wmat_wexec *ex)
+{
+    return k->batch_tol ? k->batch_tol(ex) : 1e-5f;
+}

@@ -99,6 +99,10 @@ struct wmat_wkind {
      * exact product with the dequantized W (int8 activations round x). */
     float row_tol;
     float approx_tol; /* from_f32's distance ||W - W'||_F / ||W||_F on Gaussian W the suite allows (0: 0.2) */
+    /* Error budget of the batched forward under ex, relative to the same
+     * product; NULL: 1e-5 (fp32 GEMMs over exact tiles). Kinds whose batched
+     * path may round activations (bf16 on a native bf16 GEMM) say so here. */
+    float (*batch_tol)(const wmat_wexec *ex);
 
     /* ---- own (object kinds) */
     void (*free)(void *obj);
@@ -123,6 +127,9 @@ struct wmat_wkind {
 typedef struct {
     const wmat_wkind *kind;
 } wmat_wobj;
+
+/* The batched budget of k under ex (its batch_tol, else 1e-5). */
+float wmat__wkind_batch_tol(const wmat_wkind *k, const wmat_wexec *ex);
 
 /* ---- registry (registry.c) */
 int wmat__wkind_count(void);
@@ -152,6 +159,13 @@ void wmat__wop_split(const wmat_wkind *k, int64_t rows, int t, int nt, int64_t *
  * as dt: f32, f16 or bf16). *obj is a new object for wmat__tensor_set_obj. */
 int wmat__lowrank_create(wmat_dtype dt, int64_t rows, int64_t cols, int64_t rank, const float *A, const float *B,
                          void **obj);
+
+/* A Monarch weight (kind_monarch.c) of in_blocks (R) input and out_blocks
+ * (Q) output blocks, which must divide cols and rows, and slab rank K:
+ * w1 (R, Q, K, cols/R) and w2 (Q, rows/Q, R, K), copied. */
+int wmat__monarch_create(int64_t rows, int64_t cols, int64_t in_blocks, int64_t out_blocks, int64_t slab_rank,
+                         const float *w1, const float *w2, void **obj);
+void wmat__monarch_shape(const wmat_tensor *W, int64_t *in_blocks, int64_t *out_blocks, int64_t *slab_rank);
 
 /* Replace t's data by an object of kind k (t takes ownership; the old
  * owned data is freed). */
