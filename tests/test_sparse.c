@@ -513,6 +513,55 @@ static void test_model_calibrated(void **state)
     free(ids);
 }
 
+/* Through the decomposition registry (wmat_decompose_model): the rows,
+ * their keys, the calibration they need and what they refuse. */
+static void test_decompose_rows(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(path, "models/stories260K.bin");
+    TU_NEED_DATA(tok, "golden/tinystories_valid_head.tok512.u16");
+    int32_t *ids;
+    size_t n;
+    TU_OK(wmat_read_tokens_u16(tok, &ids, &n));
+    wmat_model *m = load_f32(path);
+    wmat_decompose_params p = wmat_decompose_default_params();
+    p.method = "sparsegpt";
+    p.method_params = "nm=2:4";
+    assert_int_equal(wmat_decompose_model(m, &p, NULL), WMAT_ERR_INVALID); /* no calibration data */
+    assert_non_null(strstr(wmat_last_error(), "calibration"));
+    p.calib = ids;
+    p.n_calib = 256;
+    p.calib_ctx = 64;
+    p.overrides = "layers.0=keep";
+    assert_int_equal(wmat_decompose_model(m, &p, NULL), WMAT_ERR_UNSUPPORTED);
+    p.overrides = NULL;
+    p.dtype = WMAT_BF16;
+    assert_int_equal(wmat_decompose_model(m, &p, NULL), WMAT_ERR_INVALID);
+    assert_string_equal(wmat_tensor_kind(wmat_model_linear(m, 0, WMAT_LIN_Q)), "f32"); /* untouched */
+    p.dtype = WMAT_F16;
+    p.targets = 1u << WMAT_LIN_UP | 1u << WMAT_LIN_DOWN;
+    wmat_decompose_report rep;
+    TU_OK(wmat_decompose_model(m, &p, &rep));
+    assert_int_equal(rep.n_tensors, 10);
+    assert_string_equal(rep.tensors[0].method, "sparsegpt");
+    assert_true(rep.params_after * 2 == rep.params_before);
+    wmat_decompose_report_free(&rep);
+    assert_string_equal(wmat_tensor_kind(wmat_model_linear(m, 4, WMAT_LIN_DOWN)), "nm");
+    assert_string_equal(wmat_tensor_kind(wmat_model_linear(m, 4, WMAT_LIN_Q)), "f32");
+    wmat_model_free(m);
+    /* magnitude needs no data; a bad nm is refused before anything changes */
+    m = load_f32(path);
+    p = wmat_decompose_default_params();
+    p.method = "magnitude";
+    p.method_params = "nm=3:5";
+    assert_int_equal(wmat_decompose_model(m, &p, NULL), WMAT_ERR_INVALID);
+    p.method_params = "sparsity=0.75";
+    TU_OK(wmat_decompose_model(m, &p, NULL));
+    assert_string_equal(wmat_tensor_kind(wmat_model_linear(m, 1, WMAT_LIN_V)), "sparse");
+    wmat_model_free(m);
+    free(ids);
+}
+
 static void test_method_keys(void **state)
 {
     (void)state;
@@ -548,6 +597,7 @@ int main(void)
         cmocka_unit_test(test_model_magnitude_nm_roundtrip),
         cmocka_unit_test(test_model_calibrated),
         cmocka_unit_test(test_method_keys),
+        cmocka_unit_test(test_decompose_rows),
     };
     return tu_run_tests("sparse", tests, NULL, NULL);
 }

@@ -9,6 +9,8 @@
  * is replaced by its sparse kind, built from the same weights and mask. */
 #include "prune.h"
 
+#include "decomp.h"
+
 #include "io/model_internal.h"
 #include "quant/methods.h"
 #include "wop/kern_sparse.h"
@@ -76,7 +78,8 @@ static int prune_job(pjob *j, const wmat_prune_model_params *p, const wmat_qstat
     const double t0 = wmat__now();
     memcpy(W, t->data, (size_t)(rows * cols) * sizeof(float));
     wmat_prune_params pp = p->pp;
-    pp.n_threads = p->n_threads > 0 ? p->n_threads : 1;
+    pp.n_threads = p->n_threads > 0 ? p->n_threads : wmat_context_threads(NULL);
+    if (pp.n_threads < 1) pp.n_threads = 1;
     int rc;
     if (!strcmp(p->method, "magnitude")) rc = wmat__prune_magnitude(W, rows, cols, &pp, mask);
     else if (!strcmp(p->method, "wanda")) rc = wmat__prune_wanda(W, rows, cols, st ? st->x2 : NULL, &pp, mask);
@@ -94,6 +97,7 @@ static int prune_job(pjob *j, const wmat_prune_model_params *p, const wmat_qstat
     }
     if (rep) {
         snprintf(rep->name, sizeof rep->name, "%s", t->name);
+        snprintf(rep->method, sizeof rep->method, "%s", p->method);
         rep->rows = rows;
         rep->cols = cols;
         int64_t kept = 0;
@@ -243,4 +247,34 @@ done:
     wmat__free(jobs);
     if (rc && rep) wmat_decompose_report_free(rep);
     return rc;
+}
+
+/* ---- as decomposition methods (decompose.c's rows) */
+
+int wmat__decomp_prune_check(const wmat_pset *ps, int global)
+{
+    (void)global;
+    wmat_prune_params pp;
+    return wmat__prune_params_from(ps, &pp);
+}
+
+int wmat__decomp_prune_model(wmat_model *m, const char *method, const wmat_pset *ps, const wmat_decompose_params *p,
+                             wmat_decompose_report *rep)
+{
+    wmat_prune_model_params q;
+    memset(&q, 0, sizeof q);
+    int rc = wmat__prune_params_from(ps, &q.pp);
+    if (rc) return rc;
+    if (p->dtype != WMAT_F32 && p->dtype != WMAT_F16)
+        return wmat_set_error(WMAT_ERR_INVALID, "%s: sparse weights keep their values as f32 or f16, not %s", method,
+                              wmat_dtype_info(p->dtype)->name);
+    q.method = method;
+    q.dtype = p->dtype;
+    q.targets = p->targets;
+    q.calib = p->calib;
+    q.n_calib = p->n_calib;
+    q.calib_ctx = p->calib_ctx;
+    q.progress = p->progress;
+    q.progress_user = p->progress_user;
+    return wmat__prune_model(m, &q, rep);
 }
