@@ -1,5 +1,6 @@
-/* Monarch weights (src/wop/kind_monarch.c) against dense fp32 in the same
- * run: decode (one input vector through the one-row path, rows split over
+/* Monarch weights (src/wop/kind_monarch.c), and low-rank weights
+ * (kind_lowrank.c) at the same parameter shares, against dense fp32 in the
+ * same run: decode (one input vector through the one-row path, rows split over
  * threads as the runtime does) and a batched forward of T rows, on
  * TinyLlama-1.1B's layer shapes, at several block counts.
  *
@@ -29,13 +30,21 @@ typedef struct {
 static void make_copies(copies *c, const wmat_wkind *k, const float *W, int64_t rows, int64_t cols, int64_t blocks,
                         int64_t K)
 {
-    const size_t one = blocks ? (size_t)(K * blocks * (rows + cols)) * 4 : (size_t)(rows * cols) * 4;
+    const size_t one = blocks > 0   ? (size_t)(K * blocks * (rows + cols)) * 4
+                       : blocks < 0 ? (size_t)(K * (rows + cols)) * 4
+                                    : (size_t)(rows * cols) * 4;
     c->n = (int)(SPAN / one) + 1;
     if (c->n > 64) c->n = 64;
     c->w = calloc((size_t)c->n, sizeof(wmat_tensor));
     for (int i = 0; i < c->n; i++) {
         if (!blocks) {
             if (k->from_f32(W, rows, cols, &c->w[i])) abort();
+            continue;
+        }
+        if (blocks < 0) { /* low-rank of rank K */
+            void *obj = NULL;
+            if (wmat__lowrank_create(WMAT_F32, rows, cols, K, W, W, &obj)) abort();
+            wmat__tensor_own_obj(&c->w[i], rows, cols, obj);
             continue;
         }
         float *w1 = malloc(sizeof(float) * (size_t)(K * blocks * cols)), *w2 = malloc(sizeof(float) * (size_t)(K * blocks * rows));
@@ -102,7 +111,7 @@ int main(int argc, char **argv)
     static const double share[] = {0, 0.125, 0.25, 0.5};
     const wmat_wkind *f32 = wmat__wkind_find("f32");
     printf("Monarch vs fp32, %d threads, decode (1 row) and batched (T = %d); ms per call, speedup over fp32\n", threads, T);
-    printf("%-12s %9s %8s | %9s %9s %8s | %9s %9s %8s\n", "shape", "blocks/K", "params", "f32 dec", "mon dec", "speedup",
+    printf("%-12s %11s %8s | %9s %9s %8s | %9s %9s %8s\n", "shape", "blocks/K", "params", "f32 dec", "mon dec", "speedup",
            "f32 T", "mon T", "speedup");
     for (int s = 0; s < 3; s++) {
         const int64_t m = shapes[s][0], n = shapes[s][1];
@@ -127,10 +136,20 @@ int main(int argc, char **argv)
             const double md = time_decode(&mo, x, y, &ex, budget), mb = time_batch(&mo, x, y, T, &ex, budget);
             char bk[32];
             snprintf(bk, sizeof bk, "%lld/%lld", (long long)b, (long long)K);
-            printf("%5lldx%-6lld %9s %7.1f%% | %9.3f %9.3f %7.2fx | %9.2f %9.2f %7.2fx\n", (long long)m, (long long)n, bk,
+            printf("%5lldx%-6lld %11s %7.1f%% | %9.3f %9.3f %7.2fx | %9.2f %9.2f %7.2fx\n", (long long)m, (long long)n, bk,
                    100.0 * (double)(K * b * (m + n)) / (double)(m * n), 1e3 * fd, 1e3 * md, fd / md, 1e3 * fb, 1e3 * mb,
                    fb / mb);
             free_copies(&mo);
+            if (c == 0) continue;
+            /* low-rank at the same share: r (m + n) = K b (m + n) */
+            copies lr;
+            make_copies(&lr, NULL, W, m, n, -1, K * b);
+            const double ld = time_decode(&lr, x, y, &ex, budget), lb = time_batch(&lr, x, y, T, &ex, budget);
+            snprintf(bk, sizeof bk, "lowrank %lld", (long long)(K * b));
+            printf("%5lldx%-6lld %11s %7.1f%% | %9.3f %9.3f %7.2fx | %9.2f %9.2f %7.2fx\n", (long long)m, (long long)n, bk,
+                   100.0 * (double)(K * b * (m + n)) / (double)(m * n), 1e3 * fd, 1e3 * ld, fd / ld, 1e3 * fb, 1e3 * lb,
+                   fb / lb);
+            free_copies(&lr);
         }
         free_copies(&dense);
         free(W), free(x), free(y);

@@ -258,6 +258,63 @@ static void test_bad_blocks(void **state)
     assert_null(obj);
 }
 
+/* The method through the driver on stories260K: at full slab rank the
+ * Monarch model gives the fp32 model's logits (within 1e-4 of the largest);
+ * at share 0.5 every matrix stores at most half its weights. */
+static void test_driver_stories(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(path, "models/stories260K.bin");
+    wmat_load_params lp = wmat_load_default_params();
+    wmat_model *m = NULL, *ref = NULL;
+    TU_OK(wmat_model_load(&ref, path, &lp));
+    const wmat_config *c = wmat_model_config(ref);
+    const int T = 16, V = c->vocab_size;
+    float *l0 = malloc(sizeof(float) * (size_t)(T * V)), *l1 = malloc(sizeof(float) * (size_t)(T * V));
+    int32_t ids[16];
+    for (int t = 0; t < T; t++) ids[t] = (t * 37 + 3) % V;
+    for (int pass = 0; pass < 2; pass++) {
+        TU_OK(wmat_model_load(&m, path, &lp));
+        wmat_decompose_params p = wmat_decompose_default_params();
+        p.method = "monarch";
+        p.method_params = pass == 0 ? "blocks=4,slab_rank=100000" : "blocks=4,share=0.5";
+        wmat_decompose_report rep;
+        TU_OK(wmat_decompose_model(m, &p, &rep));
+        assert_int_equal(rep.n_tensors, c->n_layers * WMAT_LIN_COUNT);
+        for (int i = 0; i < rep.n_tensors; i++) {
+            if (pass == 0) TU_ASSERT_BELOW(rep.tensors[i].rel_error, 1e-6);
+            else TU_ASSERT_BELOW(rep.tensors[i].bits_per_weight, 16.0 + 1e-9);
+        }
+        assert_string_equal(wmat_tensor_kind(wmat_model_linear(m, 0, WMAT_LIN_Q)), "monarch");
+        if (pass == 0) {
+            wmat_runtime_params rp = wmat_runtime_default_params();
+            rp.max_batch_tokens = T;
+            wmat_runtime *rt;
+            TU_OK(wmat_runtime_create(&rt, ref, &rp));
+            TU_OK(wmat_forward(rt, ids, T, l0));
+            wmat_runtime_free(rt);
+            TU_OK(wmat_runtime_create(&rt, m, &rp));
+            TU_OK(wmat_forward(rt, ids, T, l1));
+            wmat_runtime_free(rt);
+            double mx = 0;
+            for (int i = 0; i < T * V; i++) mx = fabs(l0[i]) > mx ? fabs(l0[i]) : mx;
+            TU_ASSERT_CLOSE(l1, l0, (size_t)(T * V), 1e-4 * mx, 0);
+        }
+        wmat_decompose_report_free(&rep);
+        wmat_model_free(m);
+    }
+    /* blocks that do not divide a dimension: refused, naming it */
+    TU_OK(wmat_model_load(&m, path, &lp));
+    wmat_decompose_params p = wmat_decompose_default_params();
+    p.method = "monarch";
+    p.method_params = "blocks=5";
+    assert_int_equal(wmat_decompose_model(m, &p, NULL), WMAT_ERR_INVALID);
+    assert_non_null(strstr(wmat_last_error(), "does not divide"));
+    wmat_model_free(m);
+    wmat_model_free(ref);
+    free(l0), free(l1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -266,6 +323,7 @@ int main(void)
         cmocka_unit_test(test_project_optimal),
         cmocka_unit_test(test_project_rank2_local),
         cmocka_unit_test(test_bad_blocks),
+        cmocka_unit_test(test_driver_stories),
     };
     return tu_run_tests("monarch", tests, NULL, NULL);
 }

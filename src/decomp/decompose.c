@@ -1,6 +1,7 @@
 /* The decomposition driver: the method table and a pass over a model's
  * linear weights, each replaced in place by the method's structured kind. */
 #include "decomp.h"
+#include "monarch.h"
 
 #include "io/model_internal.h"
 #include "prune.h"
@@ -22,6 +23,12 @@ const wmat_dmethod wmat__dmethods[] = {
     {.desc = {"sparsegpt", DECOMP, WMAT_MSTAT_HESSIAN, 0, wmat__prune_keys, "sparse|nm",
               "SparseGPT: prune with OBS updates of the kept weights through the inverse Hessian; calibrated (--calib)"},
      .check = wmat__decomp_prune_check, .model_fn = wmat__decomp_prune_model},
+    {.desc = {"monarch", DECOMP, 0, 0, wmat__monarch_keys, "monarch",
+              "Monarch projection: one rank-K SVD per block slab (K = 1: the paper's class), Frobenius-optimal"},
+     .fn = wmat__decomp_monarch, .check = NULL},
+    {.desc = {"welore", DECOMP, 0, 0, wmat__welore_keys, "lowrank",
+              "WeLore: SVD with per-matrix ranks from one global threshold on normalized singular values"},
+     .fn = wmat__decomp_welore, .check = wmat__decomp_welore_check, .plan = wmat__decomp_welore_plan},
     {.desc = {NULL, NULL, 0, 0, NULL, NULL, NULL}, .fn = NULL, .check = NULL},
 };
 #undef DECOMP
@@ -239,6 +246,27 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
         if (meth[i]->check && (rc = meth[i]->check(&ps[i], 0)))
             rc = wmat_set_error(rc, "%s: %s: %s", src, sel[i]->name, wmat_last_error());
     }
+    /* methods with a global plan see all their tensors at once */
+    int *keep = rc ? NULL : wmat__calloc((size_t)(n ? n : 1), sizeof *keep);
+    wmat_tensor **pt = rc ? NULL : wmat__calloc((size_t)(n ? n : 1), sizeof *pt);
+    wmat_pset **pp = rc ? NULL : wmat__calloc((size_t)(n ? n : 1), sizeof *pp);
+    int *pk = rc ? NULL : wmat__calloc((size_t)(n ? n : 1), sizeof *pk);
+    if (!rc && (!keep || !pt || !pp || !pk)) rc = wmat_set_error(WMAT_ERR_NOMEM, "decompose: out of memory");
+    for (const wmat_dmethod *d = wmat__dmethods; !rc && d->name; d++) {
+        if (!d->plan) continue;
+        int np = 0;
+        for (int i = 0; i < n; i++)
+            if (meth[i] == d) pt[np] = sel[i], pp[np] = &ps[i], pk[np++] = 0;
+        if (np && (rc = d->plan(pt, pp, np, pk))) {
+            rc = wmat_set_error(rc, "%s: %s: %s", src, d->name, wmat_last_error());
+            break;
+        }
+        for (int i = 0, j = 0; i < n; i++)
+            if (meth[i] == d) keep[i] = pk[j++];
+    }
+    wmat__free(pt);
+    wmat__free(pp);
+    wmat__free(pk);
     if (!rc && rep) {
         rep->tensors = wmat__calloc((size_t)(n ? n : 1), sizeof *rep->tensors);
         if (!rep->tensors) rc = wmat_set_error(WMAT_ERR_NOMEM, "decompose: out of memory");
@@ -246,7 +274,7 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
     const double t0 = now();
     for (int i = 0; i < n && !rc; i++) {
         wmat_tensor *t = sel[i];
-        if (!meth[i]) continue;
+        if (!meth[i] || keep[i]) continue;
         if (p->progress && p->progress(p->progress_user, t->name, (uint64_t)i, (uint64_t)n)) {
             rc = wmat_set_error(WMAT_ERR_CANCELLED, "decompose: cancelled at %s", t->name);
             break;
@@ -273,11 +301,13 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
             d->bits_per_weight = wmat_tensor_bits_per_weight(t);
             d->seconds = now() - ts;
             rep->params_before += before;
-            rep->params_after += (uint64_t)(r * (t->shape[0] + t->shape[1]));
+            /* the stored factors' element count (every method's factors are of p->dtype) */
+            rep->params_after += wmat__wkind_of(t)->nbytes(t) / wmat_dtype_bytes(p->dtype, 1);
         }
     }
     if (!rc && p->progress) p->progress(p->progress_user, "decompose", (uint64_t)n, (uint64_t)n);
     if (rep) rep->seconds = now() - t0;
+    wmat__free(keep);
 done:
     for (int i = 0; i < n_ps; i++)
         if (meth[i]) wmat__pset_free(&ps[i]);

@@ -68,3 +68,35 @@ done:
     wmat__free(w2);
     return rc;
 }
+
+/* ---- the decomposition method */
+
+const wmat_param_spec wmat__monarch_keys[] = {
+    {"blocks", WMAT_PARAM_INT, "4", 1, 1 << 20, NULL, "input and output blocks (each must divide the matrix's dimension)",
+     NULL},
+    {"slab_rank", WMAT_PARAM_INT, "0", 0, 1 << 20, NULL,
+     "rank of each (output block, input block) slab; 1: the paper's Monarch class; 0: from share", NULL},
+    {"share", WMAT_PARAM_FLOAT, "0.5", 0, 1, NULL, "with slab_rank 0: the largest slab rank storing at most this share of W",
+     NULL},
+    {NULL, 0, NULL, 0, 0, NULL, NULL, NULL},
+};
+
+int wmat__decomp_monarch(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype, wmat_tensor *out,
+                         int64_t *rank_out, double *rel_error)
+{
+    if (dtype != WMAT_F32) return wmat_set_error(WMAT_ERR_UNSUPPORTED, "monarch: factors are f32 (--dtype f32)");
+    const int64_t b = wmat__pset_int(ps, "blocks");
+    int64_t K = wmat__pset_int(ps, "slab_rank");
+    if (b > rows || b > cols || rows % b || cols % b)
+        return wmat_set_error(WMAT_ERR_INVALID, "monarch: blocks=%lld does not divide a (%lld x %lld) matrix", (long long)b,
+                              (long long)rows, (long long)cols);
+    const int64_t kmax = rows / b < cols / b ? rows / b : cols / b;
+    if (K == 0) {
+        const double share = wmat__pset_float(ps, "share");
+        K = (int64_t)(share * (double)rows * (double)cols / ((double)b * (double)(rows + cols)));
+        if (K < 1) K = 1;
+    }
+    if (K > kmax) K = kmax;
+    *rank_out = K;
+    return wmat__monarch_project(W, rows, cols, b, b, K, out, rel_error);
+}

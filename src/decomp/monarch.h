@@ -2,6 +2,7 @@
 #ifndef WMAT_DECOMP_MONARCH_H
 #define WMAT_DECOMP_MONARCH_H
 
+#include "core/params.h"
 #include "wop/wop.h"
 
 /* The Monarch matrix of in_blocks (R) input and out_blocks (Q) output
@@ -12,5 +13,10 @@
  * rows (WMAT_ERR_INVALID naming the shape otherwise). */
 int wmat__monarch_project(const float *W, int64_t rows, int64_t cols, int64_t in_blocks, int64_t out_blocks,
                           int64_t slab_rank, wmat_tensor *out, double *rel_error);
+
+/* The decomposition method (a row of decompose.c): keys blocks, slab_rank, share. */
+extern const wmat_param_spec wmat__monarch_keys[];
+int wmat__decomp_monarch(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype, wmat_tensor *out,
+                         int64_t *rank_out, double *rel_error);
 
 #endif
