@@ -31,7 +31,8 @@ int cmd_decompose(int argc, char **argv)
     const cli_command *cmd = cli_find_command("decompose");
     wmat_decompose_params p = wmat_decompose_default_params();
     const char *method = p.method, *dtype = "f32", *targets = "all", *overrides = NULL, *text = NULL, *tokens = NULL;
-    int classifier = 0, ctx = 0, windows = 16;
+    const char *calib = NULL;
+    int classifier = 0, ctx = 0, windows = 16, calib_tokens = 0, calib_ctx = 0;
     char method_help[96];
     snprintf(method_help, sizeof method_help, "decomposition method (default %s; the methods are listed below)", method);
     cli_opt opts[] = {
@@ -44,6 +45,9 @@ int cmd_decompose(int argc, char **argv)
         {"--text", OPT_STR, &text, "FILE", "... or on a text file"},
         {"--ctx", OPT_INT, &ctx, "N", "evaluation window (default: the model's context, as wmat eval)"},
         {"--max-windows", OPT_INT, &windows, "N", "evaluation windows (default 16; 0: all)"},
+        {"--calib", OPT_STR, &calib, "FILE", "calibration stream of methods that need statistics: .txt text, else uint16 ids"},
+        {"--calib-tokens", OPT_INT, &calib_tokens, "N", "calibration tokens (default 64 windows, or the file if shorter)"},
+        {"--calib-ctx", OPT_INT, &calib_ctx, "T", "calibration window (default min(context, 256))"},
         {NULL, 0, NULL, NULL, NULL},
     };
     /* the methods' keys are flags too (--rank 64, --energy 0.9, ...) */
@@ -84,11 +88,14 @@ int cmd_decompose(int argc, char **argv)
     if (strcmp(targets, "all") && wmat_train_parse_targets(targets, &p.targets)) return cli_fail("decompose");
     if (text && tokens) return cli_usage_error("decompose", "--text and --tokens exclude each other");
     if (ctx < 0 || windows < 0) return cli_usage_error("decompose", "--ctx and --max-windows must be positive");
+    if (calib_tokens < 0 || calib_ctx < 0) return cli_usage_error("decompose", "--calib-tokens and --calib-ctx must be positive");
+    if (cli_method_needs_stats(DFAMILY, method) && !calib)
+        return cli_usage_error("decompose", "--method %s needs calibration data: --calib FILE", method);
 
     wmat_model *m;
     if (cli_load_model("decompose", pos[0], CLI_LOAD_F32, &m)) return 1;
-    int32_t *ids = NULL;
-    size_t n_ids = 0;
+    int32_t *ids = NULL, *cal = NULL;
+    size_t n_ids = 0, n_cal = 0;
     double ppl0 = 0, ppl1 = 0;
     wmat_decompose_report rep;
     memset(&rep, 0, sizeof rep);
@@ -97,6 +104,22 @@ int cmd_decompose(int argc, char **argv)
     const int ectx = ctx ? ctx : c->seq_len; /* as wmat eval */
     if ((text || tokens) && (cli_load_tokens("decompose", m, text, tokens, &ids, &n_ids) || eval_ppl(m, ids, n_ids, ectx, windows, &ppl0)))
         goto out;
+    if (calib) {
+        const size_t len = strlen(calib);
+        const int is_text = len > 4 && !strcmp(calib + len - 4, ".txt");
+        if (cli_load_tokens("decompose", m, is_text ? calib : NULL, is_text ? NULL : calib, &cal, &n_cal)) goto out;
+        const int cctx = calib_ctx ? calib_ctx : (c->seq_len < 256 ? c->seq_len : 256);
+        const size_t want = calib_tokens > 0 ? (size_t)calib_tokens : (size_t)64 * (size_t)cctx;
+        if (calib_tokens > 0 && n_cal < want) {
+            fprintf(stderr, "wmat decompose: error: calibration stream %s has %zu tokens, fewer than the %d requested\n",
+                    calib, n_cal, calib_tokens);
+            goto out;
+        }
+        if (n_cal > want) n_cal = want;
+        p.calib = cal;
+        p.n_calib = n_cal;
+        p.calib_ctx = cctx;
+    }
     if (wmat_decompose_model(m, &p, &rep)) {
         cli_fail("decompose");
         goto out;
@@ -125,6 +148,7 @@ int cmd_decompose(int argc, char **argv)
 out:
     wmat_decompose_report_free(&rep);
     free(ids);
+    free(cal);
     wmat_model_free(m);
     return rc;
 }

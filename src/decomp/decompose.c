@@ -164,8 +164,6 @@ int wmat__decompose_check(const wmat_decompose_params *p)
     }
     if (rc) return rc;
     /* a method over the whole model: its data, and what it does not do */
-    if (dm->stats && (!p->calib || !p->n_calib))
-        return wmat_set_error(WMAT_ERR_INVALID, "decompose: method '%s' needs calibration data (--calib FILE)", dm->name);
     if (dm->model_fn && p->overrides && p->overrides[0])
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "decompose: method '%s' runs over the whole model: no per-tensor overrides",
                               dm->name);
@@ -212,6 +210,9 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
     if (rc) return rc;
     const wmat_dmethod *dm = wmat__dmethod_find(p->method);
     if (dm->model_fn) {
+        /* (the data is the model's business: checked here, not with the settings) */
+        if (dm->stats && (!p->calib || !p->n_calib))
+            return wmat_set_error(WMAT_ERR_INVALID, "decompose: method '%s' needs calibration data (--calib FILE)", dm->name);
         wmat_pset mps;
         if ((rc = resolve(&mps, dm, p, NULL))) return rc;
         rc = dm->model_fn(m, dm->name, &mps, p, rep);
