@@ -68,5 +68,10 @@ int wmat__decomp_welore(const float *W, int64_t rows, int64_t cols, const wmat_p
                         wmat_tensor *out, int64_t *rank_out, double *rel_error);
 int wmat__decomp_welore_check(const wmat_pset *ps, int global);
 int wmat__decomp_welore_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep);
+extern const wmat_param_spec wmat__lqlora_keys[];
+int wmat__decomp_lqlora(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype,
+                        wmat_tensor *out, int64_t *rank_out, double *rel_error);
+int wmat__decomp_lqlora_check(const wmat_pset *ps, int global);
+int wmat__decomp_lqlora_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep);
 
 #endif

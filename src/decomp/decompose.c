@@ -29,6 +29,9 @@ const wmat_dmethod wmat__dmethods[] = {
     {.desc = {"welore", DECOMP, 0, 0, wmat__welore_keys, "lowrank",
               "WeLore: SVD with per-matrix ranks from one global threshold on normalized singular values"},
      .fn = wmat__decomp_welore, .check = wmat__decomp_welore_check, .plan = wmat__decomp_welore_plan},
+    {.desc = {"lqlora", DECOMP, 0, 0, wmat__lqlora_keys, "sum",
+              "LQ-LoRA: W ~ Q + L1 L2, RTN-quantized part plus a rank-r correction by alternation; bpw: a budget solver"},
+     .fn = wmat__decomp_lqlora, .check = wmat__decomp_lqlora_check, .plan = wmat__decomp_lqlora_plan},
     {.desc = {NULL, NULL, 0, 0, NULL, NULL, NULL}, .fn = NULL, .check = NULL},
 };
 #undef DECOMP

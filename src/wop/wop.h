@@ -167,6 +167,11 @@ int wmat__monarch_create(int64_t rows, int64_t cols, int64_t in_blocks, int64_t 
                          const float *w1, const float *w2, void **obj);
 void wmat__monarch_shape(const wmat_tensor *W, int64_t *in_blocks, int64_t *out_blocks, int64_t *slab_rank);
 
+/* A sum W = A + B (kind_sum.c) of two weights of one shape, of any kinds;
+ * the sum takes over what A and B own (both are cleared). */
+int wmat__sum_create(wmat_tensor *A, wmat_tensor *B, void **obj);
+const wmat_tensor *wmat__sum_part(const wmat_tensor *W, int i);
+
 /* Replace t's data by an object of kind k (t takes ownership; the old
  * owned data is freed). */
 void wmat__tensor_set_obj(wmat_tensor *t, void *obj);
