@@ -774,9 +774,14 @@ WMAT_API int wmat_train_registry_entry(wmat_train_registry which, int i, const c
 
 typedef struct wmat_trainer wmat_trainer;
 
-/* A trainer for model m (materialized f32; it must outlive the trainer).
- * full / galore: the weights are copied into the trainer's parameter arena;
- * lora: m is the frozen base, read in place. */
+/* A trainer for model m (materialized: wmat_model_load with materialize_f32,
+ * with or without keep_stored; it must outlive the trainer). Weights may be
+ * of any registered kind (f32, f16, bf16, q8_0, q4_0, packed, low-rank):
+ * full / galore: the weights are copied into the trainer's f32 parameter
+ * arena, dequantized;
+ * lora (any adapter): m is the frozen base, read in place in its stored
+ * kind: the forward and the input gradient go through the kind's own
+ * products, so a q4_0 base stays q4_0-sized in memory. */
 WMAT_API int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_params *p);
 WMAT_API void wmat_trainer_free(wmat_trainer *t);
 /* Training tokens (borrowed; must outlive the trainer's use). Fails with a
@@ -796,11 +801,13 @@ typedef struct {
 WMAT_API int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info);
 WMAT_API int wmat_trainer_steps_done(const wmat_trainer *t);
 /* The current weights as a model (full/galore: a view of the parameters;
- * lora: base with the adapters merged, refreshed by this call). Owned by the
- * trainer; valid until the next step or until the trainer is freed. It has
- * a copy of the base model's tokenizer. */
+ * lora: an f32 copy of the base, dequantized from its stored kinds, with
+ * the adapters merged, refreshed by this call; it costs the base's f32
+ * size, once). Owned by the trainer; valid until the next step or until
+ * the trainer is freed. It has a copy of the base model's tokenizer. */
 WMAT_API int wmat_trainer_model(wmat_trainer *t, wmat_model **out);
-/* wmat_eval_tokens on a runtime over the current weights. */
+/* wmat_eval_tokens on a runtime over the current weights (lora: over the
+ * merged f32 copy of wmat_trainer_model). */
 WMAT_API int wmat_trainer_eval(wmat_trainer *t, const int32_t *tokens, size_t n, int ctx, int max_windows,
                                wmat_eval_result *res);
 /* Checkpoint: weights being trained, optimizer state (GaLore projectors

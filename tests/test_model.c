@@ -352,7 +352,7 @@ static void test_batched_norm_rope(void **state)
                 cs[t * half + i] = cosf(ang);
                 sn[t * half + i] = sinf(ang);
             }
-        wmat__rope_rows(q, D, nh, k, KV, nkv, T, hd, cs, sn, 2);
+        wmat__rope_rows(q, D, nh, k, KV, nkv, T, T, hd, cs, sn, 1, 2);
         for (int t = 0; t < T; t++) {
             wmat__rope_row(q2 + (size_t)t * D, nh, hd, cs + t * half, sn + t * half);
             wmat__rope_row(k2 + (size_t)t * KV, nkv, hd, cs + t * half, sn + t * half);
@@ -361,8 +361,8 @@ static void test_batched_norm_rope(void **state)
         TU_ASSERT_CLOSE(k, k2, (size_t)T * KV, 1e-6f, 1e-6f);
         float *w = malloc((size_t)D * 4), *o1 = malloc((size_t)T * D * 4), *o2 = malloc((size_t)T * D * 4);
         for (int i = 0; i < D; i++) w[i] = 0.5f + (float)(i % 7) * 0.1f;
-        wmat__rmsnorm_rows_fast(o1, q, w, T, D, 1e-5f, 2);
-        wmat__rmsnorm_rows(o2, q, w, T, D, 1e-5f, 1);
+        wmat__rmsnorm(o1, NULL, q, w, T, D, 1e-5f, 1, 2);
+        wmat__rmsnorm(o2, NULL, q, w, T, D, 1e-5f, 0, 1);
         TU_ASSERT_CLOSE(o1, o2, (size_t)T * D, 1e-5f, 1e-5f);
         free(q), free(k), free(q2), free(k2), free(cs), free(sn), free(w), free(o1), free(o2);
     }

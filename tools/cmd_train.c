@@ -235,6 +235,10 @@ int cmd_train(int argc, char **argv)
     FILE *fcsv = NULL;
     wmat_afile csv_af = {0};
     int ret = 1;
+    /* an adapter trains over the frozen base as stored (a q4_0 or packed
+     * base stays that size); full training and projectors update the
+     * weights themselves, in f32 */
+    const int load_as = p.method == WMAT_TRAIN_LORA ? CLI_LOAD_STORED : CLI_LOAD_F32;
     if (init) {
         wmat_config c;
         memset(&c, 0, sizeof c);
@@ -258,7 +262,7 @@ int cmd_train(int argc, char **argv)
             return cli_usage_error("train", "the config's vocab_size differs from the tokenizer's (%d)", c.vocab_size);
         }
         wmat_model_set_tokenizer(m, tok);
-    } else if (cli_load_model("train", model_path, 1, &m)) {
+    } else if (cli_load_model("train", model_path, load_as, &m)) {
         return 1;
     }
     const wmat_config *c = wmat_model_config(m);

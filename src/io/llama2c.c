@@ -3,6 +3,7 @@
  * then fp32 weights grouped by kind across layers, the unused RoPE tables,
  * and the classifier when not shared. */
 #include "model_internal.h"
+#include "core/shapes.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -17,22 +18,6 @@ static const struct {
     {WMAT_W_FFN_NORM, 0}, {WMAT_W_GATE, 0}, {WMAT_W_DOWN, 0}, {WMAT_W_UP, 0},
 };
 
-static void role_shape(const wmat_config *c, wmat_layer_weight w, int64_t *d0, int64_t *d1)
-{
-    const int64_t kv = (int64_t)c->n_kv_heads * c->head_dim;
-    *d0 = c->dim;
-    *d1 = c->dim;
-    switch (w) {
-    case WMAT_W_ATTN_NORM:
-    case WMAT_W_FFN_NORM: *d1 = 0; break;
-    case WMAT_W_K:
-    case WMAT_W_V: *d0 = kv; break;
-    case WMAT_W_GATE:
-    case WMAT_W_UP: *d0 = c->hidden_dim; break;
-    case WMAT_W_DOWN: *d1 = c->hidden_dim; break;
-    default: break;
-    }
-}
 
 /* Tokenizer beside a checkpoint: STEM_tokV.bin, tokV.bin, tokenizer.bin. */
 static int find_tokenizer(const char *path, int vocab, char *out, size_t n)
@@ -94,7 +79,7 @@ int wmat__llama2c_load(wmat_model **out, const char *path, const wmat_load_param
     const uint64_t L = (uint64_t)c.n_layers;
     for (size_t i = 0; i < sizeof g_order / sizeof g_order[0]; i++) {
         int64_t d0, d1;
-        role_shape(&c, g_order[i].role, &d0, &d1);
+        wmat__role_shape(&c, g_order[i].role, &d0, &d1);
         if (!wmat__mul_ok(L, (uint64_t)d0 * (uint64_t)(d1 ? d1 : 1), &t) || !wmat__add_ok(floats, t, &floats)) goto overflow;
     }
     uint64_t emb = (uint64_t)c.vocab_size * (uint64_t)c.dim;
@@ -128,7 +113,7 @@ int wmat__llama2c_load(wmat_model **out, const char *path, const wmat_load_param
     ptr += emb;
     for (size_t i = 0; i < sizeof g_order / sizeof g_order[0] && !rc; i++) {
         int64_t d0, d1;
-        role_shape(&c, g_order[i].role, &d0, &d1);
+        wmat__role_shape(&c, g_order[i].role, &d0, &d1);
         for (int l = 0; l < c.n_layers && !rc; l++) {
             char name[WMAT_NAME_MAX];
             wmat__layer_tensor_name(name, sizeof name, l, g_order[i].role);
@@ -199,14 +184,9 @@ int wmat__llama2c_save(wmat_model *m, const char *path, const wmat_save_params *
     }
     for (int pass = 0; pass < 2 && !rc; pass++) {
         for (int pos = 0; pos < c->seq_len && !rc; pos++) {
-            float row[4096];
-            int k = half;
-            for (int i = 0; i < k; i++) {
-                float freq = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
-                float a = (float)pos * freq;
-                row[i] = pass == 0 ? cosf(a) : sinf(a);
-            }
-            rc = wmat__afile_write(&af, row, (size_t)k * sizeof(float));
+            float row[2][4096];
+            wmat__rope_tables(c, pos, 1, row[0], row[1]);
+            rc = wmat__afile_write(&af, row[pass], (size_t)half * sizeof(float));
         }
     }
     if (!rc && !c->tied_embeddings) rc = write_tensor(&af, wmat_model_classifier(m));

@@ -1,6 +1,7 @@
 /* The model object: a table of named tensors with their roles, the config,
  * the tokenizer and the file mappings the tensors point into. */
 #include "model_internal.h"
+#include "core/shapes.h"
 #include "wop/wop.h"
 
 #include <math.h>
@@ -19,9 +20,6 @@ const char *const wmat__layer_role_names[WMAT_W_LAYER_COUNT] = {
     [WMAT_W_UP] = "mlp.up_proj",
 };
 
-static const wmat_layer_weight g_linear_roles[WMAT_LIN_COUNT] = {
-    WMAT_W_Q, WMAT_W_K, WMAT_W_V, WMAT_W_O, WMAT_W_GATE, WMAT_W_UP, WMAT_W_DOWN,
-};
 static const char *const g_linear_names[WMAT_LIN_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
 
 const char *wmat_linear_name(wmat_linear_kind k)
@@ -185,26 +183,14 @@ int wmat__model_bind(wmat_model *m)
     wmat__free(m->layer_idx);
     m->layer_idx = wmat__malloc((size_t)c->n_layers * WMAT_W_LAYER_COUNT * sizeof(int));
     if (!m->layer_idx) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", src);
-    const int64_t kv = (int64_t)c->n_kv_heads * c->head_dim;
     rc = expect(m, WMAT_NAME_TOK_EMBD, c->vocab_size, c->dim, &m->tok_embd_idx, 1);
     if (!rc) rc = expect(m, WMAT_NAME_FINAL_NORM, c->dim, 0, &m->final_norm_idx, 1);
     if (!rc) rc = expect(m, WMAT_NAME_CLASSIFIER, c->vocab_size, c->dim, &m->classifier_idx, !c->tied_embeddings);
     if (!rc && c->tied_embeddings) m->classifier_idx = -1;
     for (int l = 0; l < c->n_layers && !rc; l++) {
         for (int w = 0; w < WMAT_W_LAYER_COUNT && !rc; w++) {
-            int64_t d0 = 0, d1 = 0;
-            switch ((wmat_layer_weight)w) {
-            case WMAT_W_ATTN_NORM:
-            case WMAT_W_FFN_NORM: d0 = c->dim; break;
-            case WMAT_W_Q:
-            case WMAT_W_O: d0 = c->dim; d1 = c->dim; break;
-            case WMAT_W_K:
-            case WMAT_W_V: d0 = kv; d1 = c->dim; break;
-            case WMAT_W_GATE:
-            case WMAT_W_UP: d0 = c->hidden_dim; d1 = c->dim; break;
-            case WMAT_W_DOWN: d0 = c->dim; d1 = c->hidden_dim; break;
-            default: break;
-            }
+            int64_t d0, d1;
+            wmat__role_shape(c, (wmat_layer_weight)w, &d0, &d1);
             char name[WMAT_NAME_MAX];
             wmat__layer_tensor_name(name, sizeof name, l, (wmat_layer_weight)w);
             rc = expect(m, name, d0, d1, &m->layer_idx[l * WMAT_W_LAYER_COUNT + w], 1);
@@ -477,7 +463,6 @@ int wmat_model_create(wmat_model **out, const wmat_config *cfg)
     wmat_model *m;
     rc = wmat__model_new(&m, &c, WMAT_FMT_UNKNOWN, NULL);
     if (rc) return rc;
-    const int64_t kv = (int64_t)c.n_kv_heads * c.head_dim;
     struct { const char *name; int64_t d0, d1; } glob[3] = {
         {WMAT_NAME_TOK_EMBD, c.vocab_size, c.dim}, {WMAT_NAME_FINAL_NORM, c.dim, 0}, {WMAT_NAME_CLASSIFIER, c.vocab_size, c.dim}};
     for (int g = 0; g < 3 && !rc; g++) {
@@ -491,11 +476,8 @@ int wmat_model_create(wmat_model **out, const wmat_config *cfg)
     }
     for (int l = 0; l < c.n_layers && !rc; l++) {
         for (int w = 0; w < WMAT_W_LAYER_COUNT && !rc; w++) {
-            int64_t d0 = c.dim, d1 = c.dim;
-            if (w == WMAT_W_ATTN_NORM || w == WMAT_W_FFN_NORM) d1 = 0;
-            if (w == WMAT_W_K || w == WMAT_W_V) d0 = kv;
-            if (w == WMAT_W_GATE || w == WMAT_W_UP) d0 = c.hidden_dim;
-            if (w == WMAT_W_DOWN) d1 = c.hidden_dim;
+            int64_t d0, d1;
+            wmat__role_shape(&c, (wmat_layer_weight)w, &d0, &d1);
             int64_t shape[2] = {d0, d1};
             char name[WMAT_NAME_MAX];
             wmat__layer_tensor_name(name, sizeof name, l, (wmat_layer_weight)w);
@@ -538,7 +520,7 @@ wmat_tensor *wmat_model_classifier(wmat_model *m)
 wmat_tensor *wmat_model_linear(wmat_model *m, int layer, wmat_linear_kind k)
 {
     if ((unsigned)k >= WMAT_LIN_COUNT) return NULL;
-    return wmat_model_layer_tensor(m, layer, g_linear_roles[k]);
+    return wmat_model_layer_tensor(m, layer, wmat__linear_role(k));
 }
 int64_t wmat_model_n_params(const wmat_model *m)
 {

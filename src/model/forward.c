@@ -5,6 +5,8 @@
  * expressions) so greedy text matches it token for token. */
 #include "io/model_internal.h"
 
+#include "block.h"
+#include "core/shapes.h"
 #include "kernels.h"
 #include "linalg/linalg.h"
 #include "linear.h"
@@ -201,15 +203,7 @@ static int alloc_buffers(wmat_runtime *rt, const wmat_runtime *parent)
         return wmat_set_error(WMAT_ERR_INTERNAL, "runtime: arena sizing is wrong");
     }
     if (parent) return WMAT_OK;
-    /* run.c: freq = 1 / 10000^(head_dim_index / head_size), in float. */
-    for (size_t pos = 0; pos < P; pos++) {
-        for (size_t i = 0; i < half; i++) {
-            float freq = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
-            float val = (float)pos * freq;
-            rt->rope_cos[pos * half + i] = cosf(val);
-            rt->rope_sin[pos * half + i] = sinf(val);
-        }
-    }
+    wmat__rope_tables(c, 0, (int)P, rt->rope_cos, rt->rope_sin);
     return WMAT_OK;
 }
 
@@ -336,66 +330,66 @@ int wmat_forward_embed(wmat_runtime *rt, const int32_t *tokens, int T, float *X)
     return WMAT_OK;
 }
 
-/* Blocks l0..l1-1 on the residual stream rt->x (T, dim), in place. */
+/* The block's linear products on the runtime: the observation hook, then
+ * the weight's packed GEMM or its kind's batched forward. */
+static int rt_linear(void *user, int layer, wmat_linear_kind k, float *Y, const float *X, int T, int acc)
+{
+    wmat_runtime *rt = user;
+    const wmat_tensor *W = wmat_model_linear(rt->m, layer, k);
+    int rc = call_hook(rt, layer, k, X, T, (int)W->shape[1], W);
+    if (rc) return rc;
+    linear_batch(rt, layer * WMAT_LIN_COUNT + k, Y, X, W, T, acc);
+    return WMAT_OK;
+}
+
+/* Causal attention of one window (B = 1), heads in parallel, each thread
+ * with its own scratch: the AVX-512 kernel where there is one, else per
+ * head S = Q_h K_h^T (T, T), masked softmax by rows, O_h = P V_h (GEMMs
+ * inside a parallel region run on one thread). */
+static void rt_attention(void *user, int layer, float *out, const float *q, const float *k, const float *v, int B,
+                         int T)
+{
+    (void)layer, (void)B;
+    wmat_runtime *rt = user;
+    const wmat_config *c = &rt->c;
+    const int D = c->dim, hd = c->head_dim, KV = c->n_kv_heads * hd, kv_mul = c->n_heads / c->n_kv_heads;
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for num_threads(rt->n_threads) schedule(static)
+    for (int h = 0; h < c->n_heads; h++) {
+        const int kvh = h / kv_mul;
+        float *att = rt->att + (size_t)omp_get_thread_num() * rt->att_per_thread;
+        if (wmat__causal_attention(out + (size_t)h * hd, D, q + (size_t)h * hd, D, k + (size_t)kvh * hd,
+                                   v + (size_t)kvh * hd, KV, T, hd, scale, att))
+            continue;
+        /* query rows in blocks of ATT_BLOCK: block b needs keys
+         * 0..(b+1)*ATT_BLOCK only, so the masked upper triangle is
+         * mostly never computed (T = 256: 62.5% of the full products) */
+        for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+            const int nr = T - r0 < ATT_BLOCK ? T - r0 : ATT_BLOCK, e = r0 + nr;
+            wmat__sgemm_cfg(rt->ex.gemm, 1, 0, 1, nr, e, hd, scale, q + (size_t)r0 * D + (size_t)h * hd, D,
+                            k + (size_t)kvh * hd, KV, 0.0f, att, T);
+            wmat__causal_softmax_block(att, nr, e, T, r0);
+            wmat__sgemm_cfg(rt->ex.gemm, 1, 0, 0, nr, hd, e, 1.0f, att, T, v + (size_t)kvh * hd, KV, 0.0f,
+                            out + (size_t)r0 * D + (size_t)h * hd, D);
+        }
+    }
+}
+
+/* Blocks l0..l1-1 on the residual stream rt->x (T, dim), in place: the
+ * shared block (block.h) over one set of buffers, nothing kept. */
 static int run_layers(wmat_runtime *rt, int T, int l0, int l1)
 {
-    const wmat_config *c = &rt->c;
-    wmat_model *m = rt->m;
-    const int D = c->dim, KV = c->n_kv_heads * c->head_dim, H = c->hidden_dim, hd = c->head_dim;
-    const int kv_mul = c->n_heads / c->n_kv_heads;
-    const int nt = rt->n_threads;
-    int rc = WMAT_OK;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const wmat_block_ops ops = {rt_linear, rt_attention, rt};
+    /* xb holds the normed input, then the attention output, then the FFN's
+     * normed input; hb the gate and then silu(gate) * up */
+    const wmat_block_bufs b = {.x = rt->x, .xn1 = rt->xb, .q = rt->q, .k = rt->k, .v = rt->v, .ao = rt->xb,
+                               .xmid = rt->x, .xn2 = rt->xb, .hg = rt->hb, .hu = rt->hb2, .hs = rt->hb, .out = rt->x};
     for (int l = l0; l < l1; l++) {
-        const int slot = l * WMAT_LIN_COUNT;
-        const float *w_an = wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data;
-        wmat__rmsnorm_rows_fast(rt->xb, rt->x, w_an, T, D, c->norm_eps, nt);
-        const wmat_tensor *wq = wmat_model_linear(m, l, WMAT_LIN_Q), *wk = wmat_model_linear(m, l, WMAT_LIN_K),
-                          *wv = wmat_model_linear(m, l, WMAT_LIN_V), *wo = wmat_model_linear(m, l, WMAT_LIN_O);
-        if ((rc = call_hook(rt, l, WMAT_LIN_Q, rt->xb, T, D, wq)) || (rc = call_hook(rt, l, WMAT_LIN_K, rt->xb, T, D, wk)) ||
-            (rc = call_hook(rt, l, WMAT_LIN_V, rt->xb, T, D, wv)))
-            return rc;
-        linear_batch(rt, slot + WMAT_LIN_Q, rt->q, rt->xb, wq, T, 0);
-        linear_batch(rt, slot + WMAT_LIN_K, rt->k, rt->xb, wk, T, 0);
-        linear_batch(rt, slot + WMAT_LIN_V, rt->v, rt->xb, wv, T, 0);
-        wmat__rope_rows(rt->q, D, c->n_heads, rt->k, KV, c->n_kv_heads, T, hd, rt->rope_cos, rt->rope_sin, nt);
-        /* Causal attention, heads in parallel, each thread with its own
-         * scratch: the AVX-512 kernel where there is one, else per head
-         * S = Q_h K_h^T (T, T), masked softmax by rows, O_h = P V_h into xb
-         * (GEMMs inside a parallel region run on one thread). */
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (int h = 0; h < c->n_heads; h++) {
-            const int kvh = h / kv_mul;
-            float *att = rt->att + (size_t)omp_get_thread_num() * rt->att_per_thread;
-            if (wmat__causal_attention(rt->xb + (size_t)h * hd, D, rt->q + (size_t)h * hd, D, rt->k + (size_t)kvh * hd,
-                                       rt->v + (size_t)kvh * hd, KV, T, hd, scale, att))
-                continue;
-            /* query rows in blocks of ATT_BLOCK: block b needs keys
-             * 0..(b+1)*ATT_BLOCK only, so the masked upper triangle is
-             * mostly never computed (T = 256: 62.5% of the full products) */
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                const int nr = T - r0 < ATT_BLOCK ? T - r0 : ATT_BLOCK, e = r0 + nr;
-                wmat__sgemm_cfg(rt->ex.gemm, 1, 0, 1, nr, e, hd, scale, rt->q + (size_t)r0 * D + (size_t)h * hd, D,
-                           rt->k + (size_t)kvh * hd, KV, 0.0f, att, T);
-                wmat__causal_softmax_block(att, nr, e, T, r0);
-                wmat__sgemm_cfg(rt->ex.gemm, 1, 0, 0, nr, hd, e, 1.0f, att, T, rt->v + (size_t)kvh * hd, KV, 0.0f,
-                           rt->xb + (size_t)r0 * D + (size_t)h * hd, D);
-            }
-        }
-        if ((rc = call_hook(rt, l, WMAT_LIN_O, rt->xb, T, D, wo))) return rc;
-        linear_batch(rt, slot + WMAT_LIN_O, rt->x, rt->xb, wo, T, 1);
-
-        const float *w_fn = wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data;
-        wmat__rmsnorm_rows_fast(rt->xb, rt->x, w_fn, T, D, c->norm_eps, nt);
-        const wmat_tensor *wg = wmat_model_linear(m, l, WMAT_LIN_GATE), *wu = wmat_model_linear(m, l, WMAT_LIN_UP),
-                          *wd = wmat_model_linear(m, l, WMAT_LIN_DOWN);
-        if ((rc = call_hook(rt, l, WMAT_LIN_GATE, rt->xb, T, D, wg)) || (rc = call_hook(rt, l, WMAT_LIN_UP, rt->xb, T, D, wu)))
-            return rc;
-        linear_batch(rt, slot + WMAT_LIN_GATE, rt->hb, rt->xb, wg, T, 0);
-        linear_batch(rt, slot + WMAT_LIN_UP, rt->hb2, rt->xb, wu, T, 0);
-        wmat__swiglu_fast(rt->hb, rt->hb2, (size_t)T * H, nt);
-        if ((rc = call_hook(rt, l, WMAT_LIN_DOWN, rt->hb, T, H, wd))) return rc;
-        linear_batch(rt, slot + WMAT_LIN_DOWN, rt->x, rt->hb, wd, T, 1);
+        const wmat_block_cfg cfg = {&rt->c, wmat_model_layer_tensor(rt->m, l, WMAT_W_ATTN_NORM)->data,
+                                    wmat_model_layer_tensor(rt->m, l, WMAT_W_FFN_NORM)->data, rt->rope_cos,
+                                    rt->rope_sin, 1, rt->n_threads};
+        int rc = wmat__block_forward(&cfg, &ops, l, &b, 1, T);
+        if (rc) return rc;
     }
     return WMAT_OK;
 }
@@ -420,7 +414,7 @@ int wmat_forward_head(wmat_runtime *rt, const float *X, int T, float *logits)
     int rc = check_window(rt, T, "forward_head");
     if (rc) return rc;
     const int nt = rt->n_threads;
-    wmat__rmsnorm_rows_fast(rt->xb, X, wmat_model_final_norm(rt->m)->data, T, c->dim, c->norm_eps, nt);
+    wmat__rmsnorm(rt->xb, NULL, X, wmat_model_final_norm(rt->m)->data, T, c->dim, c->norm_eps, 1, nt);
     const wmat_tensor *wc = wmat_model_classifier(rt->m);
     if ((rc = call_hook(rt, c->n_layers, WMAT_LIN_COUNT, rt->xb, T, c->dim, wc))) return rc;
     if (logits) linear_batch(rt, linear_slots(c) - 1, logits, rt->xb, wc, T, 0);
@@ -455,7 +449,7 @@ static void decode_team(wmat_runtime *rt, int pos, float *logits)
         const int t = omp_get_thread_num(), T = omp_get_num_threads();
         float *nb = rt->dnorm + (size_t)t * D;
         for (int l = 0; l < c->n_layers; l++) {
-            wmat__rmsnorm_rows(nb, x, wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data, 1, D, c->norm_eps, 1);
+            wmat__rmsnorm(nb, NULL, x, wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data, 1, D, c->norm_eps, 0, 1);
             float *kc = rt->key_cache + ((size_t)l * S + pos) * KV;
             float *vc = rt->value_cache + ((size_t)l * S + pos) * KV;
             {
@@ -483,14 +477,14 @@ static void decode_team(wmat_runtime *rt, int pos, float *logits)
                 wmat__matvec_multi_part(1, &x, &wo, &D, rt->dxb, D, 1, t, T);
             }
 #pragma omp barrier
-            wmat__rmsnorm_rows(nb, x, wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data, 1, D, c->norm_eps, 1);
+            wmat__rmsnorm(nb, NULL, x, wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data, 1, D, c->norm_eps, 0, 1);
             {
                 const float *wg = wmat_model_linear(m, l, WMAT_LIN_GATE)->data, *wu = wmat_model_linear(m, l, WMAT_LIN_UP)->data;
                 wmat__matvec_multi_part(1, &rt->dhb, &wg, &H, nb, D, 0, t, T);
                 wmat__matvec_multi_part(1, &rt->dhb2, &wu, &H, nb, D, 0, t, T);
                 int a, b;
                 wmat__matvec_part_range(H, t, T, &a, &b);
-                if (a < b) wmat__swiglu(rt->dhb + a, rt->dhb2 + a, (size_t)(b - a), 1);
+                if (a < b) wmat__swiglu(rt->dhb + a, rt->dhb + a, rt->dhb2 + a, (size_t)(b - a), 0, 1);
             }
 #pragma omp barrier
             {
@@ -499,7 +493,7 @@ static void decode_team(wmat_runtime *rt, int pos, float *logits)
             }
 #pragma omp barrier
         }
-        wmat__rmsnorm_rows(nb, x, wmat_model_final_norm(m)->data, 1, D, c->norm_eps, 1);
+        wmat__rmsnorm(nb, NULL, x, wmat_model_final_norm(m)->data, 1, D, c->norm_eps, 0, 1);
         const float *wc = wmat_model_classifier(m)->data;
         wmat__matvec_multi_part(1, &logits, &wc, &V, nb, D, 0, t, T);
     }
@@ -527,7 +521,7 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
     }
     const float *cs = rt->rope_cos + (size_t)pos * half, *sn = rt->rope_sin + (size_t)pos * half;
     for (int l = 0; l < c->n_layers; l++) {
-        wmat__rmsnorm_rows(rt->dxb, x, wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data, 1, D, c->norm_eps, 1);
+        wmat__rmsnorm(rt->dxb, NULL, x, wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data, 1, D, c->norm_eps, 0, 1);
         float *kc = rt->key_cache + ((size_t)l * S + pos) * KV;
         float *vc = rt->value_cache + ((size_t)l * S + pos) * KV;
         {
@@ -547,16 +541,16 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
                              hd, inv, rt->datt + (size_t)h * S);
         }
         linear_vec(rt, x, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_O), 1);
-        wmat__rmsnorm_rows(rt->dxb, x, wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data, 1, D, c->norm_eps, 1);
+        wmat__rmsnorm(rt->dxb, NULL, x, wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data, 1, D, c->norm_eps, 0, 1);
         {
             float *const ys[2] = {rt->dhb, rt->dhb2};
             const wmat_tensor *const ws[2] = {wmat_model_linear(m, l, WMAT_LIN_GATE), wmat_model_linear(m, l, WMAT_LIN_UP)};
             wmat__linear_vec_multi(2, ys, rt->dxb, ws, 0, rt->prep, &rt->ex);
         }
-        wmat__swiglu(rt->dhb, rt->dhb2, (size_t)H, 1);
+        wmat__swiglu(rt->dhb, rt->dhb, rt->dhb2, (size_t)H, 0, 1);
         linear_vec(rt, x, rt->dhb, wmat_model_linear(m, l, WMAT_LIN_DOWN), 1);
     }
-    wmat__rmsnorm_rows(x, x, wmat_model_final_norm(m)->data, 1, D, c->norm_eps, 1);
+    wmat__rmsnorm(x, NULL, x, wmat_model_final_norm(m)->data, 1, D, c->norm_eps, 0, 1);
     linear_vec(rt, logits, x, wmat_model_classifier(m), 0);
     return WMAT_OK;
 }

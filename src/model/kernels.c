@@ -15,41 +15,44 @@ static inline int omp_get_num_threads(void) { return 1; }
 
 /* The float expressions follow llama2.c's run.c (sum in float, +eps, 1/sqrt)
  * so that decode reproduces its outputs. */
-void wmat__rmsnorm_rows(float *out, const float *x, const float *w, int T, int n, float eps, int n_threads)
+/* The sum of squares of one row: in order (run.c's, decode and training)
+ * or in 16 partial sums (vectorized, the batched path). */
+static float sumsq_exact(const float *x, int n)
 {
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (T > 1)
-    for (int t = 0; t < T; t++) {
-        const float *xr = x + (size_t)t * n;
-        float *o = out + (size_t)t * n;
-        float ss = 0.0f;
-        for (int j = 0; j < n; j++) ss += xr[j] * xr[j];
-        ss /= (float)n;
-        ss += eps;
-        ss = 1.0f / sqrtf(ss);
-        for (int j = 0; j < n; j++) o[j] = w[j] * (ss * xr[j]);
-    }
+    float ss = 0.0f;
+    for (int j = 0; j < n; j++) ss += x[j] * x[j];
+    return ss;
 }
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
-static void rmsnorm_row_fast(float *o, const float *xr, const float *w, int n, float eps)
+static float sumsq_fast(const float *x, int n)
 {
     float s16[16] = {0};
     int j = 0;
     for (; j + 16 <= n; j += 16)
-        for (int k = 0; k < 16; k++) s16[k] += xr[j + k] * xr[j + k];
+        for (int k = 0; k < 16; k++) s16[k] += x[j + k] * x[j + k];
     float ss = 0.0f;
     for (int k = 0; k < 16; k++) ss += s16[k];
-    for (; j < n; j++) ss += xr[j] * xr[j];
-    ss = 1.0f / sqrtf(ss / (float)n + eps);
-    for (j = 0; j < n; j++) o[j] = w[j] * (ss * xr[j]);
+    for (; j < n; j++) ss += x[j] * x[j];
+    return ss;
 }
 
-void wmat__rmsnorm_rows_fast(float *out, const float *x, const float *w, int T, int n, float eps, int n_threads)
+void wmat__rmsnorm(float *out, float *rstd, const float *x, const float *w, int T, int n, float eps, int fast,
+                   int n_threads)
 {
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (T > 1)
-    for (int t = 0; t < T; t++) rmsnorm_row_fast(out + (size_t)t * n, x + (size_t)t * n, w, n, eps);
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (T > 1 && (long)T * n >= 32768)
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * n;
+        float *o = out + (size_t)t * n;
+        float ss = fast ? sumsq_fast(xr, n) : sumsq_exact(xr, n);
+        ss /= (float)n;
+        ss += eps;
+        ss = 1.0f / sqrtf(ss);
+        if (rstd) rstd[t] = ss;
+        for (int j = 0; j < n; j++) o[j] = w[j] * (ss * xr[j]);
+    }
 }
 
 void wmat__softmax(float *x, int n)
@@ -453,32 +456,32 @@ void wmat__causal_softmax_block(float *s, int rows, int cols, int ld, int first)
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
-static void swiglu_fast_span(float *a, const float *b, size_t n)
+static void swiglu_fast_span(float *out, const float *a, const float *b, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         float v = a[i];
-        a[i] = v / (1.0f + exp_fast(-v)) * b[i];
+        out[i] = v / (1.0f + exp_fast(-v)) * b[i];
     }
 }
 
-void wmat__swiglu_fast(float *a, const float *b, size_t n, int n_threads)
+/* run.c's expression: (v * (1 / (1 + expf(-v)))) * b */
+static void swiglu_exact_span(float *out, const float *a, const float *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = a[i];
+        v *= 1.0f / (1.0f + expf(-v));
+        out[i] = v * b[i];
+    }
+}
+
+void wmat__swiglu(float *out, const float *a, const float *b, size_t n, int fast, int n_threads)
 {
     const size_t chunk = 4096;
     const long n_chunks = (long)((n + chunk - 1) / chunk);
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (n_chunks > 1)
     for (long c = 0; c < n_chunks; c++) {
         size_t lo = (size_t)c * chunk, len = n - lo < chunk ? n - lo : chunk;
-        swiglu_fast_span(a + lo, b + lo, len);
-    }
-}
-
-void wmat__swiglu(float *a, const float *b, size_t n, int n_threads)
-{
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (n > 4096)
-    for (size_t i = 0; i < n; i++) {
-        float v = a[i];
-        v *= 1.0f / (1.0f + expf(-v));
-        a[i] = v * b[i];
+        (fast ? swiglu_fast_span : swiglu_exact_span)(out + lo, a + lo, b + lo, len);
     }
 }
 
@@ -571,19 +574,21 @@ void wmat__rope_row(float *row, int n_heads, int hd, const float *cs, const floa
     wmat__rope_span(row, 0, n_heads * hd, hd, cs, sn);
 }
 
-void wmat__rope_rows(float *q, int qs, int n_heads, float *k, int ks, int n_kv_heads, int T, int hd, const float *cos_tab,
-                     const float *sin_tab, int n_threads)
+void wmat__rope_rows(float *q, int qs, int n_heads, float *k, int ks, int n_kv_heads, int n_rows, int T, int hd,
+                     const float *cos_tab, const float *sin_tab, int fast, int n_threads)
 {
     const int half = hd / 2;
 #ifdef WMAT_KERNELS_X86
-    const int vec = decode_isa() == ISA_AVX512 && hd % 16 == 0 && hd <= 256;
+    const int vec = fast && decode_isa() == ISA_AVX512 && hd % 16 == 0 && hd <= 256;
 #else
     const int vec = 0;
+    (void)fast;
 #endif
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (T > 1)
-    for (int t = 0; t < T; t++) {
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_rows > 1 && (long)n_rows * (qs + ks) >= 32768)
+    for (int r = 0; r < n_rows; r++) {
+        const int t = r % T;
         const float *cs = cos_tab + (size_t)t * half, *sn = sin_tab + (size_t)t * half;
-        float *qr = q + (size_t)t * qs, *kr = k + (size_t)t * ks;
+        float *qr = q + (size_t)r * qs, *kr = k + (size_t)r * ks;
 #ifdef WMAT_KERNELS_X86
         if (vec) {
             float cdup[256], sdup[256];

@@ -6,17 +6,18 @@
 
 #include "wop/kern_f32.h" /* wmat__dot and the fp32 row kernels */
 
-/* out[r] = w * x[r] / rms(x[r]) for T rows of n; out may equal x. */
-void wmat__rmsnorm_rows(float *out, const float *x, const float *w, int T, int n, float eps, int n_threads);
-/* The same for the batched path: the sum of squares in 16 partial sums
- * (vectorized; not run.c's order, which decode keeps). */
-void wmat__rmsnorm_rows_fast(float *out, const float *x, const float *w, int T, int n, float eps, int n_threads);
-/* RoPE for rows t = 0..T-1 (position t) of q (n_heads heads, rows qs
- * apart) and k (n_kv_heads, ks apart): pairs (2i, 2i+1) of each head
- * rotated by cos_tab / sin_tab (T x hd/2), as run.c; AVX-512 where hd is a
- * multiple of 16 (FMA: not bit-equal to run.c's expression). */
-void wmat__rope_rows(float *q, int qs, int n_heads, float *k, int ks, int n_kv_heads, int T, int hd, const float *cos_tab,
-                     const float *sin_tab, int n_threads);
+/* out[r] = w * x[r] / rms(x[r]) for T rows of n; out may equal x. rstd
+ * (T): 1 / rms(x[r]) where not NULL (what the trainer's backward needs).
+ * fast: the sum of squares in 16 partial sums (vectorized; the runtime's
+ * batched path), else in order (run.c's expressions: decode, training). */
+void wmat__rmsnorm(float *out, float *rstd, const float *x, const float *w, int T, int n, float eps, int fast,
+                   int n_threads);
+/* RoPE for rows r = 0..n_rows-1 at position r % T of q (n_heads heads,
+ * rows qs apart) and k (n_kv_heads, ks apart): pairs (2i, 2i+1) of each
+ * head rotated by cos_tab / sin_tab (T x hd/2), run.c's expressions; with
+ * fast, AVX-512 where hd is a multiple of 16 (FMA: not bit-equal to run.c). */
+void wmat__rope_rows(float *q, int qs, int n_heads, float *k, int ks, int n_kv_heads, int n_rows, int T, int hd,
+                     const float *cos_tab, const float *sin_tab, int fast, int n_threads);
 /* RoPE on the heads of one row with run.c's float expressions (decode);
  * _span rotates only the values [a, b) of the row (a, b even). */
 void wmat__rope_row(float *row, int n_heads, int hd, const float *cs, const float *sn);
@@ -41,11 +42,10 @@ void wmat__attend_one(float *out, const float *q, const float *k, const float *v
 int wmat__causal_attention(float *out, int os, const float *q, int qs, const float *k, const float *v, int ks, int T,
                            int hd, float scale, float *scratch);
 size_t wmat__causal_attention_scratch(int T, int hd);
-/* a[i] = silu(a[i]) * b[i] with a vectorized exp (batched path; about
- * 2 ulp from expf) */
-void wmat__swiglu_fast(float *a, const float *b, size_t n, int n_threads);
-/* a[i] = silu(a[i]) * b[i] with libm's expf, as run.c (decode path) */
-void wmat__swiglu(float *a, const float *b, size_t n, int n_threads);
+/* out[i] = silu(a[i]) * b[i] (out may equal a): with fast, a vectorized
+ * exp (about 2 ulp from expf; the batched path), else libm's expf in
+ * run.c's expression (decode, training). */
+void wmat__swiglu(float *out, const float *a, const float *b, size_t n, int fast, int n_threads);
 /* -log softmax(logits)[target] over n logits, vectorized exp (~2 ulp),
  * the normalizer summed in double */
 double wmat__nll_row(const float *logits, int n, int target);

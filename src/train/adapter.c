@@ -5,6 +5,7 @@
 
 #include "../io/model_internal.h"
 #include "../io/safetensors.h"
+#include "core/shapes.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -35,13 +36,7 @@ static const char *const hf_mod[WMAT_LIN_COUNT] = {"self_attn.q_proj", "self_att
 
 static void lin_dims(const wmat_config *c, int k, int *out, int *in)
 {
-    const int KV = c->n_kv_heads * c->head_dim;
-    switch (k) {
-    case WMAT_LIN_Q: case WMAT_LIN_O: *out = c->dim; *in = c->dim; break;
-    case WMAT_LIN_K: case WMAT_LIN_V: *out = KV; *in = c->dim; break;
-    case WMAT_LIN_GATE: case WMAT_LIN_UP: *out = c->hidden_dim; *in = c->dim; break;
-    default: *out = c->dim; *in = c->hidden_dim; break;
-    }
+    wmat__linear_shape(c, (wmat_linear_kind)k, out, in);
 }
 
 typedef struct {

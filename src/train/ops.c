@@ -28,23 +28,6 @@ void wmat__embed_backward(float *demb, const float *dout, const int32_t *tok, in
     }
 }
 
-/* Same float expressions as wmat__rmsnorm_rows (run.c's). */
-void wmat__rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int BT, int C, float eps, int nt)
-{
-#pragma omp parallel for num_threads(nt) schedule(static) if ((long)BT * C >= 32768)
-    for (int t = 0; t < BT; t++) {
-        const float *xr = x + (size_t)t * C;
-        float *o = out + (size_t)t * C;
-        float ss = 0.0f;
-        for (int j = 0; j < C; j++) ss += xr[j] * xr[j];
-        ss /= (float)C;
-        ss += eps;
-        ss = 1.0f / sqrtf(ss);
-        rstd[t] = ss;
-        for (int j = 0; j < C; j++) o[j] = w[j] * (ss * xr[j]);
-    }
-}
-
 void wmat__rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
                             const float *rstd, int BT, int C, int nt)
 {
@@ -66,16 +49,6 @@ void wmat__rmsnorm_backward(float *dx, float *dw, const float *dout, const float
         float s = 0.0f;
         for (int t = 0; t < BT; t++) s += dout[(size_t)t * C + j] * x[(size_t)t * C + j] * rstd[t];
         dw[j] += s;
-    }
-}
-
-void wmat__rope_forward(float *x, int BT, int T, int nh, int hd, const float *cs, const float *sn, int nt)
-{
-    const int half = hd / 2;
-#pragma omp parallel for num_threads(nt) schedule(static) if ((long)BT * nh * hd >= 32768)
-    for (int r = 0; r < BT; r++) {
-        const float *c = cs + (size_t)(r % T) * half, *s = sn + (size_t)(r % T) * half;
-        wmat__rope_row(x + (size_t)r * nh * hd, nh, hd, c, s);
     }
 }
 
@@ -172,15 +145,6 @@ void wmat__attention_backward(float *dq, float *dk, float *dv, const float *dout
                 wmat_sgemm(1, 0, T, hd, T, 1.0f, dP, T, qb, QD, beta, dkb, KV);
             }
         }
-}
-
-void wmat__swiglu_forward(float *out, const float *g, const float *u, size_t N, int nt)
-{
-#pragma omp parallel for num_threads(nt) schedule(static) if (N >= 32768)
-    for (size_t i = 0; i < N; i++) {
-        float x = g[i];
-        out[i] = x * (1.0f / (1.0f + expf(-x))) * u[i];
-    }
 }
 
 void wmat__swiglu_backward(float *dg, float *du, const float *dout, const float *g, const float *u, size_t N, int nt)

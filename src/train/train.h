@@ -3,10 +3,11 @@
  * arenas with the same layout; every op is x_forward / x_backward writing
  * into buffers the caller owns; shapes are in comments. BT = B*T rows.
  *
- * The forward computes the same function as src/model/forward.c (RMSNorm
- * with float sums, llama2.c's interleaved RoPE with freq = theta^(-2i/hd),
- * causal softmax attention with grouped KV heads, SwiGLU), with libm's expf
- * where the runtime uses a 2-ulp vectorized exp. */
+ * The forward is the runtime's block (src/model/block.h) with run.c's
+ * element-wise expressions (RMSNorm with float sums in order, llama2.c's
+ * interleaved RoPE, libm's expf where the runtime's batched path uses a
+ * 2-ulp vectorized exp) and this file's attention, whose probabilities the
+ * backward recomputes. */
 #ifndef WMAT_TRAIN_H
 #define WMAT_TRAIN_H
 
@@ -20,16 +21,16 @@ void wmat__embed_forward(float *out, const int32_t *tok, const float *emb, int B
 /* demb (V, C) += rows of dout (BT, C); serial (deterministic) */
 void wmat__embed_backward(float *demb, const float *dout, const int32_t *tok, int BT, int C);
 
-/* out (BT, C) = w * x * rstd, rstd (BT) saved */
-void wmat__rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int BT, int C, float eps, int nt);
-/* dx (BT, C) += ..., dw (C) += ... */
+/* The forwards of RMSNorm, RoPE and SwiGLU are the runtime's
+ * (src/model/kernels.h: wmat__rmsnorm with rstd saved, wmat__rope_rows,
+ * wmat__swiglu, exact), run inside the shared block (src/model/block.h). */
+
+/* of out = w * x * rstd: dx (BT, C) += ..., dw (C) += ... */
 void wmat__rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
                             const float *rstd, int BT, int C, int nt);
 
-/* Rotate pairs (2i, 2i+1) of each of nh heads of every row in place; row r
- * is at position r % T. cs, sn: (T, hd/2). */
-void wmat__rope_forward(float *x, int BT, int T, int nh, int hd, const float *cs, const float *sn, int nt);
-/* The transpose (inverse rotation), in place on the gradient. */
+/* The transpose of RoPE (inverse rotation), in place on the gradient of
+ * rows of nh heads; row r is at position r % T. cs, sn: (T, hd/2). */
 void wmat__rope_backward(float *dx, int BT, int T, int nh, int hd, const float *cs, const float *sn, int nt);
 
 /* Causal grouped-query attention. q (BT, nh*hd), k, v (BT, nkv*hd);
@@ -40,9 +41,7 @@ void wmat__attention_forward(float *out, const float *q, const float *k, const f
 void wmat__attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                               const float *v, int B, int T, int nh, int nkv, int hd, float *scratch, int nt);
 
-/* out (N) = silu(g) * u */
-void wmat__swiglu_forward(float *out, const float *g, const float *u, size_t N, int nt);
-/* dg, du (N) OVERWRITTEN */
+/* of out = silu(g) * u: dg, du (N) OVERWRITTEN */
 void wmat__swiglu_backward(float *dg, float *du, const float *dout, const float *g, const float *u, size_t N, int nt);
 
 /* Y (BT, out) = X (BT, in) W^T. Adapters (adapter.h) add their path after

@@ -11,6 +11,10 @@
 #include "../io/model_internal.h"
 #include "../io/safetensors.h"
 #include "../linalg/linalg.h"
+#include "../model/block.h"
+#include "../model/kernels.h"
+#include "../wop/wop.h"
+#include "core/shapes.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -22,8 +26,7 @@
 #define NAT WMAT__ADAPTER_MAX_TENSORS
 #define NST WMAT__OPT_MAX_STATES
 
-static const wmat_layer_weight lin_role[NLIN] = {WMAT_W_Q, WMAT_W_K, WMAT_W_V, WMAT_W_O,
-                                                 WMAT_W_GATE, WMAT_W_UP, WMAT_W_DOWN};
+#define lin_role(k) wmat__linear_role((wmat_linear_kind)(k))
 
 /* One trainable tensor: views into the param / grad / optimizer arenas. */
 typedef struct {
@@ -67,8 +70,15 @@ struct wmat_trainer {
     wmat__adapter_cfg acfg;
 
     /* weights the forward reads (trainable or frozen) and their grads */
-    float *emb, *fnorm, *cls;   /* (V, D), (D), (V, D) (cls == emb when tied) */
-    float **lw_, **glw_;        /* (L * NROLE) */
+    float *emb, *fnorm, *cls;   /* (V, D), (D), (V, D) (cls == emb when tied); NULL: a frozen base of another kind */
+    float **lw_, **glw_;        /* (L * NROLE): trainable params (full), the norms (adapter) */
+    /* the linear weights as operators: the frozen base's own tensors, of
+     * any registered kind (adapter), or f32 headers over the params (full) */
+    const wmat_tensor **lin_;   /* (L * NLIN) */
+    const wmat_tensor *emb_t, *cls_t;
+    wmat_tensor *hdr;           /* (L * NLIN + 2) the f32 headers (full) */
+    wmat_wexec ex;              /* the operators' threads, ISA, GEMM backend (from the context) */
+    void *ws;                   /* the largest batched workspace the operators' kinds ask for */
     float *gemb, *gfnorm, *gcls;
     /* adapter tensors and grads: (L * NLIN * NAT), NULL where not adapted */
     float **aw, **gaw;
@@ -180,32 +190,28 @@ size_t wmat_peak_rss(void)
     return kb * 1024;
 }
 
-static int lin_dims(const wmat_config *c, int k, int *out, int *in)
+static void lin_dims(const wmat_config *c, int k, int *out, int *in)
 {
-    const int KV = c->n_kv_heads * c->head_dim;
-    switch (k) {
-    case WMAT_LIN_Q: case WMAT_LIN_O: *out = c->dim; *in = c->dim; break;
-    case WMAT_LIN_K: case WMAT_LIN_V: *out = KV; *in = c->dim; break;
-    case WMAT_LIN_GATE: case WMAT_LIN_UP: *out = c->hidden_dim; *in = c->dim; break;
-    default: *out = c->dim; *in = c->hidden_dim; break;
-    }
-    return 0;
+    wmat__linear_shape(c, (wmat_linear_kind)k, out, in);
 }
 
 /* Shape of a layer role: rows, cols (0 for vectors). */
 static void role_dims(const wmat_config *c, int w, int *rows, int *cols)
 {
-    *rows = *cols = 0;
-    if (w == WMAT_W_ATTN_NORM || w == WMAT_W_FFN_NORM) {
-        *rows = c->dim;
-        *cols = 0;
-        return;
-    }
-    for (int k = 0; k < NLIN; k++)
-        if (lin_role[k] == (wmat_layer_weight)w) lin_dims(c, k, rows, cols);
+    int64_t r, cc;
+    wmat__role_shape(c, (wmat_layer_weight)w, &r, &cc);
+    *rows = (int)r;
+    *cols = (int)cc;
 }
 
 /* ------------------------------------------------------------ creation */
+
+/* dst (f32) = the tensor's values: a weight of any kind dequantized, a vector copied. */
+static void copy_f32(float *dst, const wmat_tensor *src)
+{
+    if (src->ndim == 2) wmat__wkind_of(src)->dequant_rows(src, 0, src->shape[0], dst);
+    else memcpy(dst, src->data, src->nbytes);
+}
 
 static float *take(wmat_arena *a, size_t n) { return wmat_arena_alloc(a, (n ? n : 1) * sizeof(float)); }
 
@@ -221,6 +227,9 @@ void wmat_trainer_free(wmat_trainer *t)
     wmat_arena_free(t->a_scratch);
     wmat__free(t->lw_);
     wmat__free(t->glw_);
+    wmat__free(t->lin_);
+    wmat__free(t->hdr);
+    wmat__free(t->ws);
     wmat__free(t->aw);
     wmat__free(t->gaw);
     wmat__free(t->slots);
@@ -315,10 +324,17 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     wmat_train_params def = wmat_train_default_params();
     if (!pp) pp = &def;
     const wmat_config *c = wmat_model_config(m);
-    for (int i = 0; i < wmat_model_n_tensors(m); i++)
-        if (wmat_model_tensor(m, i)->dtype != WMAT_F32)
-            return wmat_set_error(WMAT_ERR_INVALID, "train: tensor %s is not f32; materialize the model first",
-                                  wmat_model_tensor(m, i)->name);
+    /* weights of any registered kind (full training dequantizes them into
+     * its f32 parameters; an adapter runs over them as stored), vectors f32 */
+    for (int i = 0; i < wmat_model_n_tensors(m); i++) {
+        const wmat_tensor *tt = wmat_model_tensor(m, i);
+        const int ok = tt->ndim == 2 ? wmat__wkind_of(tt) && !(tt->flags & WMAT_TF_HF_ROPE) : tt->dtype == WMAT_F32;
+        if (!ok)
+            return wmat_set_error(WMAT_ERR_INVALID,
+                                  "train: tensor %s (%s) cannot be trained or run as loaded; load the model with "
+                                  "materialize_f32 (keep_stored keeps the weights' kinds)",
+                                  tt->name, wmat_dtype_info(tt->dtype) ? wmat_dtype_info(tt->dtype)->name : "?");
+    }
     wmat_train_params p = *pp;
     if (p.ctx <= 0) p.ctx = c->seq_len < 128 ? c->seq_len : 128;
     if (p.ctx > c->seq_len)
@@ -346,6 +362,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->acfg = (wmat__adapter_cfg){p.lora_rank, p.lora_alpha};
     t->exec = p.exec ? *p.exec : wmat_context_default();
     t->nt = wmat_context_threads(&t->exec);
+    t->ex = wmat__wexec_from(&t->exec);
     t->B = p.batch;
     t->T = p.ctx;
     t->BT = t->B * t->T;
@@ -359,7 +376,9 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->gaw = wmat__calloc((size_t)L * NLIN * NAT, sizeof(float *));
     t->slots = wmat__calloc((size_t)L * (NROLE + NAT * NLIN) + 3, sizeof(slot));
     t->acts = wmat__calloc((size_t)L + 1, sizeof(layer_acts));
-    if (!t->lw_ || !t->glw_ || !t->aw || !t->gaw || !t->slots || !t->acts) {
+    t->lin_ = wmat__calloc((size_t)L * NLIN, sizeof *t->lin_);
+    t->hdr = wmat__calloc((size_t)L * NLIN + 2, sizeof *t->hdr);
+    if (!t->lw_ || !t->glw_ || !t->aw || !t->gaw || !t->slots || !t->acts || !t->lin_ || !t->hdr) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
         goto fail;
     }
@@ -412,21 +431,41 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                 t->cls = t->emb;
                 t->gcls = t->gemb;
             }
-            /* copy the model's weights in */
-            memcpy(t->emb, wmat_model_tok_embeddings(m)->data, (size_t)V * D * sizeof(float));
-            memcpy(t->fnorm, wmat_model_final_norm(m)->data, (size_t)D * sizeof(float));
-            if (!c->tied_embeddings) memcpy(t->cls, wmat_model_classifier(m)->data, (size_t)V * D * sizeof(float));
+            /* copy the model's weights in, dequantized from whatever kind they are stored in */
+            copy_f32(t->emb, wmat_model_tok_embeddings(m));
+            copy_f32(t->fnorm, wmat_model_final_norm(m));
+            if (!c->tied_embeddings) copy_f32(t->cls, wmat_model_classifier(m));
             for (int l = 0; l < L; l++)
-                for (int w = 0; w < NROLE; w++) {
-                    const wmat_tensor *tt = wmat_model_layer_tensor(m, l, (wmat_layer_weight)w);
-                    memcpy(t->lw_[l * NROLE + w], tt->data, tt->nbytes);
+                for (int w = 0; w < NROLE; w++)
+                    copy_f32(t->lw_[l * NROLE + w], wmat_model_layer_tensor(m, l, (wmat_layer_weight)w));
+            /* the forward multiplies by the params through f32 operator headers */
+            wmat_tensor *h = t->hdr;
+            for (int l = 0; l < L; l++)
+                for (int k = 0; k < NLIN; k++) {
+                    int o, i;
+                    lin_dims(c, k, &o, &i);
+                    wmat__tensor_init2(h, WMAT_F32, o, i, t->lw_[l * NROLE + lin_role(k)]);
+                    t->lin_[l * NLIN + k] = h++;
                 }
+            wmat__tensor_init2(h, WMAT_F32, V, D, t->emb);
+            t->emb_t = t->cls_t = h++;
+            if (!c->tied_embeddings) {
+                wmat__tensor_init2(h, WMAT_F32, V, D, t->cls);
+                t->cls_t = h;
+            }
         } else {
-            t->emb = wmat_model_tok_embeddings(m)->data;
+            /* the frozen base as loaded: operators of their own kinds, read
+             * through the kind's forward / backward / dequant_rows */
+            t->emb_t = wmat_model_tok_embeddings(m);
+            t->cls_t = wmat_model_classifier(m);
+            t->emb = t->emb_t->dtype == WMAT_F32 ? t->emb_t->data : NULL;
+            t->cls = t->cls_t->dtype == WMAT_F32 ? t->cls_t->data : NULL;
             t->fnorm = wmat_model_final_norm(m)->data;
-            t->cls = wmat_model_classifier(m)->data;
-            for (int l = 0; l < L; l++)
-                for (int w = 0; w < NROLE; w++) t->lw_[l * NROLE + w] = wmat_model_layer_tensor(m, l, (wmat_layer_weight)w)->data;
+            for (int l = 0; l < L; l++) {
+                t->lw_[l * NROLE + WMAT_W_ATTN_NORM] = wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data;
+                t->lw_[l * NROLE + WMAT_W_FFN_NORM] = wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data;
+                for (int k = 0; k < NLIN; k++) t->lin_[l * NLIN + k] = wmat_model_linear(m, l, (wmat_linear_kind)k);
+            }
             /* the adapter's tensors, in layer order, initialized as they are carved (one RNG stream) */
             for (int l = 0; l < L; l++)
                 for (int k = 0; k < NLIN; k++) {
@@ -448,6 +487,20 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         }
     }
 
+    /* ---- the operators' workspace: the largest any kind asks for at BT rows */
+    {
+        size_t ws = 0;
+        for (int i = 0; i <= L * NLIN; i++) {
+            const wmat_tensor *W = i < L * NLIN ? t->lin_[i] : t->cls_t;
+            const size_t b = wmat__wkind_of(W)->ws_bytes(W, t->BT, &t->ex);
+            if (b > ws) ws = b;
+        }
+        if (ws && !(t->ws = wmat__aligned_alloc(ws))) {
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory for the weights' workspace (%zu bytes)", ws);
+            goto fail;
+        }
+    }
+
     /* ---- optimizer states: state k of every slot in one block (its own
      * element type), then the projector's states */
     {
@@ -459,7 +512,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                 /* eligible: a linear weight of a layer of a targeted kind */
                 for (int l = 0; l < L && !s->proj; l++)
                     for (int k = 0; k < NLIN; k++)
-                        if ((p.galore_targets & (1u << k)) && s->p == t->lw_[l * NROLE + lin_role[k]]) s->proj = 1;
+                        if ((p.galore_targets & (1u << k)) && s->p == t->lw_[l * NROLE + lin_role(k)]) s->proj = 1;
             }
             s->n_state = s->n;
             if (s->proj) {
@@ -575,14 +628,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: activation arena sizing is wrong");
             goto fail;
         }
-        /* the runtime's RoPE tables, same float expressions */
-        for (size_t pos = 0; pos < T; pos++)
-            for (int i = 0; i < hd / 2; i++) {
-                float freq = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)hd);
-                float val = (float)pos * freq;
-                t->rope_cos[pos * (hd / 2) + i] = cosf(val);
-                t->rope_sin[pos * (hd / 2) + i] = sinf(val);
-            }
+        wmat__rope_tables(c, 0, (int)T, t->rope_cos, t->rope_sin);
     }
 
     /* ---- full / projected: a model whose tensors are views of the params */
@@ -675,25 +721,58 @@ static void next_batch(wmat_trainer *t)
 #define LW(l, w) t->lw_[(l) * NROLE + (w)]
 #define GLW(l, w) t->glw_[(l) * NROLE + (w)]
 
-/* The linear layer: the base op, then the adapter's path where there is one. */
+#define LIN(l, k) t->lin_[(l) * NLIN + (k)]
+
+/* The linear layer: the base operator's forward (its kind's: a frozen
+ * q4_0 base runs as q4_0), then the adapter's path where there is one. */
 static void lin_fwd(wmat_trainer *t, float *Y, const float *X, int l, int k, int BT)
 {
     int o, i;
     lin_dims(&t->c, k, &o, &i);
-    wmat__linear_forward(Y, X, LW(l, lin_role[k]), BT, i, o);
+    const wmat_tensor *W = LIN(l, k);
+    wmat__wkind_of(W)->forward(W, X, Y, BT, 0, t->ws, &t->ex);
     float *const *w = AW(l, k);
     if (w[0]) t->adapter->forward(&t->acfg, Y, t->acts[l].aact[k], X, (const float *const *)w, BT, i, o);
 }
 
+/* dW += dY^T X where the base trains (f32 params), dX (= or += with acc)
+ * dY W through the base kind's backward, then the adapter's backward. */
 static void lin_bwd(wmat_trainer *t, float *dX, const float *dY, const float *X, int l, int k, int BT, int acc)
 {
     int o, i;
     lin_dims(&t->c, k, &o, &i);
-    wmat__linear_backward(dX, GLW(l, lin_role[k]), dY, X, LW(l, lin_role[k]), BT, i, o, acc);
+    const wmat_tensor *W = LIN(l, k);
+    float *gW = GLW(l, lin_role(k));
+    if (gW) wmat__linear_backward(NULL, gW, dY, X, NULL, BT, i, o, 0);
+    wmat__wkind_of(W)->backward(W, dY, dX, BT, acc, t->ws, &t->ex);
     float *const *w = AW(l, k);
     if (w[0])
         t->adapter->backward(&t->acfg, dX, GAW(l, k), t->ascratch, dY, X, (const float *const *)w, t->acts[l].aact[k],
                              BT, i, o);
+}
+
+/* The shared block's linear product: the layer's linear (base, then the
+ * adapter); with acc the product goes through scratch and is added, as
+ * the residual x + f(x). */
+static int tr_linear(void *user, int l, wmat_linear_kind k, float *Y, const float *X, int BT, int acc)
+{
+    wmat_trainer *t = user;
+    lin_fwd(t, acc ? t->tmp : Y, X, l, k, BT);
+    if (acc) {
+        int o, i;
+        lin_dims(&t->c, k, &o, &i);
+        for (size_t j = 0; j < (size_t)BT * o; j++) Y[j] += t->tmp[j];
+    }
+    return WMAT_OK;
+}
+
+/* The attention whose probabilities wmat__attention_backward recomputes. */
+static void tr_attention(void *user, int l, float *out, const float *q, const float *k, const float *v, int B, int T)
+{
+    (void)l;
+    wmat_trainer *t = user;
+    const wmat_config *c = &t->c;
+    wmat__attention_forward(out, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim, t->att_scratch, t->nt);
 }
 
 int wmat__trainer_fwdbwd(wmat_trainer *t, const int32_t *inputs, const int32_t *targets, int B, int T, float dscale,
@@ -708,28 +787,24 @@ int wmat__trainer_fwdbwd(wmat_trainer *t, const int32_t *inputs, const int32_t *
         if (inputs[i] < 0 || inputs[i] >= V || targets[i] < 0 || targets[i] >= V)
             return wmat_set_error(WMAT_ERR_INVALID, "train: token outside the vocabulary (%d)", V);
     if (zero_grad) memset(t->grads, 0, t->n_params * sizeof(float));
-    wmat__embed_forward(t->acts[0].x, inputs, t->emb, BT, D);
+    if (t->emb) {
+        wmat__embed_forward(t->acts[0].x, inputs, t->emb, BT, D);
+    } else {
+        const wmat_wkind *ek = wmat__wkind_of(t->emb_t);
+        for (int i = 0; i < BT; i++) ek->dequant_rows(t->emb_t, inputs[i], 1, t->acts[0].x + (size_t)i * D);
+    }
+    const wmat_block_ops ops = {tr_linear, tr_attention, t};
     for (int l = 0; l < L; l++) {
         layer_acts *a = &t->acts[l];
-        wmat__rmsnorm_forward(a->xn1, a->r1, a->x, LW(l, WMAT_W_ATTN_NORM), BT, D, c->norm_eps, nt);
-        lin_fwd(t, a->q, a->xn1, l, WMAT_LIN_Q, BT);
-        lin_fwd(t, a->k, a->xn1, l, WMAT_LIN_K, BT);
-        lin_fwd(t, a->v, a->xn1, l, WMAT_LIN_V, BT);
-        wmat__rope_forward(a->q, BT, T, c->n_heads, hd, t->rope_cos, t->rope_sin, nt);
-        wmat__rope_forward(a->k, BT, T, c->n_kv_heads, hd, t->rope_cos, t->rope_sin, nt);
-        wmat__attention_forward(a->ao, a->q, a->k, a->v, B, T, c->n_heads, c->n_kv_heads, hd, t->att_scratch, nt);
-        lin_fwd(t, t->tmp, a->ao, l, WMAT_LIN_O, BT);
-        for (size_t i = 0; i < (size_t)BT * D; i++) a->xmid[i] = a->x[i] + t->tmp[i];
-        wmat__rmsnorm_forward(a->xn2, a->r2, a->xmid, LW(l, WMAT_W_FFN_NORM), BT, D, c->norm_eps, nt);
-        lin_fwd(t, a->hg, a->xn2, l, WMAT_LIN_GATE, BT);
-        lin_fwd(t, a->hu, a->xn2, l, WMAT_LIN_UP, BT);
-        wmat__swiglu_forward(a->hs, a->hg, a->hu, (size_t)BT * H, nt);
-        lin_fwd(t, t->tmp, a->hs, l, WMAT_LIN_DOWN, BT);
-        float *xo = t->acts[l + 1].x;
-        for (size_t i = 0; i < (size_t)BT * D; i++) xo[i] = a->xmid[i] + t->tmp[i];
+        const wmat_block_cfg cfg = {c, LW(l, WMAT_W_ATTN_NORM), LW(l, WMAT_W_FFN_NORM), t->rope_cos, t->rope_sin, 0, nt};
+        const wmat_block_bufs b = {a->x,  a->xn1, a->r1, a->q,  a->k,  a->v,  a->ao,
+                                   a->xmid, a->xn2, a->r2, a->hg, a->hu, a->hs, t->acts[l + 1].x};
+        int rc = wmat__block_forward(&cfg, &ops, l, &b, B, T);
+        if (rc) return rc;
     }
-    wmat__rmsnorm_forward(t->xnf, t->rf, t->acts[L].x, t->fnorm, BT, D, c->norm_eps, nt);
-    wmat_sgemm(0, 1, BT, V, D, 1.0f, t->xnf, D, t->cls, D, 0.0f, t->logits, V);
+    wmat__rmsnorm(t->xnf, t->rf, t->acts[L].x, t->fnorm, BT, D, c->norm_eps, 0, nt);
+    const wmat_wkind *ck = wmat__wkind_of(t->cls_t);
+    ck->forward(t->cls_t, t->xnf, t->logits, BT, 0, t->ws, &t->ex);
     if (no_backward) {
         /* loss only */
         double tot = 0.0;
@@ -747,7 +822,7 @@ int wmat__trainer_fwdbwd(wmat_trainer *t, const int32_t *inputs, const int32_t *
     *loss = wmat__xent_forward_backward(t->logits, t->losses, targets, BT, V, dscale, nt);
     /* classifier: dxnf = dlogits cls ; dcls += dlogits^T xnf */
     if (t->gcls) wmat_sgemm(1, 0, V, D, BT, 1.0f, t->logits, V, t->xnf, D, 1.0f, t->gcls, D);
-    wmat_sgemm(0, 0, BT, D, V, 1.0f, t->logits, V, t->cls, D, 0.0f, t->dxn, D);
+    ck->backward(t->cls_t, t->logits, t->dxn, BT, 0, t->ws, &t->ex);
     memset(t->dx, 0, (size_t)BT * D * sizeof(float));
     float *gf = t->gfnorm ? t->gfnorm : t->tmp; /* frozen norms: gradient goes to scratch */
     wmat__rmsnorm_backward(t->dx, gf, t->dxn, t->acts[L].x, t->fnorm, t->rf, BT, D, nt);
@@ -871,10 +946,14 @@ int wmat_trainer_model(wmat_trainer *t, wmat_model **out)
         wmat_tokenizer *tk = wmat_model_tokenizer(t->base), *cp = NULL;
         if (tk && !wmat_tokenizer_clone(tk, &cp)) wmat_model_set_tokenizer(t->view, cp);
     }
+    /* the merged model is an f32 copy: the base dequantized from its
+     * stored kinds (an adapter cannot be added into q4_0 codes exactly) */
     for (int i = 0; i < wmat_model_n_tensors(t->base); i++) {
         wmat_tensor *src = wmat_model_tensor(t->base, i), *dst = wmat_model_find(t->view, src->name);
-        if (!dst || dst->nbytes != src->nbytes) return wmat_set_error(WMAT_ERR_INTERNAL, "train: merged copy mismatch");
-        memcpy(dst->data, src->data, src->nbytes);
+        if (!dst || dst->dtype != WMAT_F32 || dst->ndim != src->ndim || dst->shape[0] != src->shape[0] ||
+            (src->ndim == 2 && dst->shape[1] != src->shape[1]))
+            return wmat_set_error(WMAT_ERR_INTERNAL, "train: merged copy mismatch at %s", src->name);
+        copy_f32(dst->data, src);
     }
     for (int l = 0; l < c->n_layers; l++)
         for (int k = 0; k < NLIN; k++) {
@@ -915,8 +994,12 @@ int wmat_trainer_eval(wmat_trainer *t, const int32_t *tokens, size_t n, int ctx,
 void wmat_trainer_memory(const wmat_trainer *t, wmat_train_memory *mem)
 {
     memset(mem, 0, sizeof *mem);
-    size_t base = 0;
-    for (int i = 0; i < wmat_model_n_tensors(t->base); i++) base += wmat_model_tensor(t->base, i)->nbytes;
+    size_t base = 0; /* the base as stored (a frozen q4_0 base counts its q4_0 bytes) */
+    for (int i = 0; i < wmat_model_n_tensors(t->base); i++) {
+        const wmat_tensor *tt = wmat_model_tensor(t->base, i);
+        const wmat_wkind *k = tt->ndim == 2 ? wmat__wkind_of(tt) : NULL;
+        base += k ? (size_t)k->nbytes(tt) : tt->nbytes;
+    }
     mem->weights = t->p.method == WMAT_TRAIN_LORA ? base + t->n_params * sizeof(float) : t->n_params * sizeof(float);
     mem->grads = t->n_params * sizeof(float);
     mem->optim = t->opt_bytes;
