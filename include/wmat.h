@@ -998,6 +998,10 @@ typedef struct {
     wmat_dtype dtype;     /* factors: WMAT_F32 (default), WMAT_F16 or WMAT_BF16 */
     unsigned targets;     /* bits (1u << wmat_linear_kind); 0: all seven */
     int classifier;       /* also the classifier (not when tied to the embedding) */
+    const int32_t *calib; /* calibration tokens for methods that need statistics (wanda,
+                             sparsegpt): windows of calib_ctx, consecutive from the start */
+    size_t n_calib;
+    int calib_ctx;        /* <= 0: min(seq_len, 256) */
     wmat_progress_fn progress; /* per matrix */
     void *progress_user;
 } wmat_decompose_params;

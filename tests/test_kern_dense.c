@@ -443,7 +443,7 @@ static void test_bf16_activations(void **state)
         wmat__wrow_dequant(WMAT_BF16, w, in, 0, rows, wd);
         fill_normal(X, (size_t)(T * in), 1.0f, &r);
         for (int64_t k = 0; k < T * rows; k++) Y[k] = NAN;
-        TU_OK(wmat__wtile_forward_bf16((const uint16_t *)w, rows, in, X, Y, T, 0, ws, WMAT_GEMM_REFERENCE));
+        TU_OK(wmat__wtile_forward_bf16((const uint16_t *)w, rows, in, X, Y, T, 0, ws, 1, WMAT_GEMM_REFERENCE));
         for (int t = 0; t < T; t++)
             for (int64_t i = 0; i < rows; i++) {
                 double ref = 0, refh = 0, mag = 0;

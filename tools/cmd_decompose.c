@@ -19,6 +19,8 @@ int cmd_decompose(int argc, char **argv)
     int classifier = 0;
     cli_eval ev = {.max_windows = 16};
     cli_json js = {0};
+    const char *calib = NULL;
+    int calib_tokens = 0, calib_ctx = 0;
     char method_help[96];
     snprintf(method_help, sizeof method_help, "decomposition method (default %s; the methods are listed below)", method);
     cli_opt opts[] = {
@@ -31,6 +33,9 @@ int cmd_decompose(int argc, char **argv)
         CLI_EVAL_CTX_OPT(&ev, "evaluation window (default: the model's context, as wmat eval)"),
         CLI_EVAL_WINDOW_OPTS(&ev, "evaluation windows (default 16; 0: all)"),
         CLI_JSON_OPTS(&js),
+        {"--calib", OPT_STR, &calib, "FILE", "calibration stream of methods that need statistics (" CLI_TOKEN_RULE ")"},
+        {"--calib-tokens", OPT_INT, &calib_tokens, "N", "calibration tokens (default 64 windows, or the file if shorter)"},
+        {"--calib-ctx", OPT_INT, &calib_ctx, "T", "calibration window (default min(context, 256))"},
         {NULL, 0, NULL, NULL, NULL},
     };
     /* the methods' keys are flags too (--rank 64, --energy 0.9, ...) */
@@ -70,11 +75,14 @@ int cmd_decompose(int argc, char **argv)
     if (rc) return cli_usage_error("decompose", "%s", wmat_last_error());
     if (strcmp(targets, "all") && wmat_train_parse_targets(targets, &p.targets)) return cli_fail("decompose");
     if ((rc = cli_eval_check("decompose", &ev)) || (rc = cli_json_check("decompose", &js))) return rc;
+    if (calib_tokens < 0 || calib_ctx < 0) return cli_usage_error("decompose", "--calib-tokens and --calib-ctx must be positive");
+    if (cli_method_needs_stats(DFAMILY, method) && !calib)
+        return cli_usage_error("decompose", "--method %s needs calibration data: --calib FILE", method);
 
     wmat_model *m;
     if (cli_load_model("decompose", pos[0], CLI_LOAD_F32, &m)) return 1;
-    int32_t *ids = NULL;
-    size_t n_ids = 0;
+    int32_t *ids = NULL, *cal = NULL;
+    size_t n_ids = 0, n_cal = 0;
     wmat_eval_result e0 = {0}, e1 = {0};
     wmat_decompose_report rep;
     memset(&rep, 0, sizeof rep);
@@ -86,6 +94,20 @@ int cmd_decompose(int argc, char **argv)
     if (cli_eval_path(&ev) && (cli_eval_load("decompose", m, &ev, &ids, &n_ids) ||
                                cli_eval_perplexity("decompose", m, ids, n_ids, ectx, ev.max_windows, &e0)))
         goto out;
+    if (calib) {
+        if (cli_load_token_input("decompose", m, "--calib", calib, &cal, &n_cal)) goto out;
+        const int cctx = calib_ctx ? calib_ctx : (c->seq_len < 256 ? c->seq_len : 256);
+        const size_t want = calib_tokens > 0 ? (size_t)calib_tokens : (size_t)64 * (size_t)cctx;
+        if (calib_tokens > 0 && n_cal < want) {
+            fprintf(stderr, "wmat decompose: error: calibration stream %s has %zu tokens, fewer than the %d requested\n",
+                    calib, n_cal, calib_tokens);
+            goto out;
+        }
+        if (n_cal > want) n_cal = want;
+        p.calib = cal;
+        p.n_calib = n_cal;
+        p.calib_ctx = cctx;
+    }
     if (wmat_decompose_model(m, &p, &rep)) {
         cli_fail("decompose");
         goto out;
@@ -138,6 +160,7 @@ int cmd_decompose(int argc, char **argv)
 out:
     wmat_decompose_report_free(&rep);
     free(ids);
+    free(cal);
     wmat_model_free(m);
     return rc;
 }

@@ -23,6 +23,12 @@ typedef int (*wmat_dmethod_fn)(const float *W, int64_t rows, int64_t cols, const
  * WMAT_ERR_INVALID naming the keys. */
 typedef int (*wmat_dmethod_check_fn)(const wmat_pset *ps, int global);
 
+/* A method that runs over the whole model itself, in place of fn: one
+ * that needs statistics of the layers' inputs (calibrated in layer order
+ * on the model changed so far) replaces the selected matrices (p->targets)
+ * with the values ps. Per-tensor overrides do not apply to it. */
+typedef int (*wmat_dmethod_model_fn)(wmat_model *m, const char *method, const wmat_pset *ps,
+                                     const wmat_decompose_params *p, wmat_decompose_report *rep);
 /* Methods whose per-tensor values depend on every tensor they take (one
  * global threshold): called once with all of them (weights t[i] and their
  * resolved values ps[i]) before any matrix changes; it may set keys of
@@ -32,8 +38,9 @@ typedef int (*wmat_dmethod_plan_fn)(wmat_tensor *const *t, wmat_pset *const *ps,
 typedef struct {
     WMAT_METHOD_ROW;
     wmat_dmethod_fn fn;
-    wmat_dmethod_check_fn check; /* may be NULL */
-    wmat_dmethod_plan_fn plan;   /* may be NULL */
+    wmat_dmethod_check_fn check;    /* may be NULL */
+    wmat_dmethod_plan_fn plan;      /* may be NULL */
+    wmat_dmethod_model_fn model_fn; /* instead of fn (NULL: fn per matrix) */
 } wmat_dmethod;
 
 /* The table, ended by a row with name == NULL; its first row is the default. */
@@ -52,6 +59,10 @@ extern const wmat_param_spec wmat__svd_keys[];
 int wmat__decomp_svd(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype,
                      wmat_tensor *out, int64_t *rank_out, double *rel_error);
 int wmat__decomp_svd_check(const wmat_pset *ps, int global);
+/* Pruning (prune.h, prune_model.c): magnitude, wanda, sparsegpt. */
+int wmat__decomp_prune_check(const wmat_pset *ps, int global);
+int wmat__decomp_prune_model(wmat_model *m, const char *method, const wmat_pset *ps, const wmat_decompose_params *p,
+                             wmat_decompose_report *rep);
 extern const wmat_param_spec wmat__welore_keys[];
 int wmat__decomp_welore(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype,
                         wmat_tensor *out, int64_t *rank_out, double *rel_error);

@@ -4,6 +4,7 @@
 #include "monarch.h"
 
 #include "io/model_internal.h"
+#include "prune.h"
 
 #include <string.h>
 #include <time.h>
@@ -13,6 +14,15 @@ const wmat_dmethod wmat__dmethods[] = {
     {.desc = {"svd", DECOMP, 0, 0, wmat__svd_keys, "lowrank",
               "truncated SVD: W ~ (U_r S_r) V_r^T, the best rank-r approximation"},
      .fn = wmat__decomp_svd, .check = wmat__decomp_svd_check},
+    {.desc = {"magnitude", DECOMP, 0, 0, wmat__prune_keys, "sparse|nm",
+              "prune the smallest |W_ij| of each row (of each group of M with --nm N:M)"},
+     .check = wmat__decomp_prune_check, .model_fn = wmat__decomp_prune_model},
+    {.desc = {"wanda", DECOMP, WMAT_MSTAT_ACT_NORMS, 0, wmat__prune_keys, "sparse|nm",
+              "Wanda: prune the smallest |W_ij| ||X_j|| of each row (group of M); calibrated (--calib)"},
+     .check = wmat__decomp_prune_check, .model_fn = wmat__decomp_prune_model},
+    {.desc = {"sparsegpt", DECOMP, WMAT_MSTAT_HESSIAN, 0, wmat__prune_keys, "sparse|nm",
+              "SparseGPT: prune with OBS updates of the kept weights through the inverse Hessian; calibrated (--calib)"},
+     .check = wmat__decomp_prune_check, .model_fn = wmat__decomp_prune_model},
     {.desc = {"monarch", DECOMP, 0, 0, wmat__monarch_keys, "monarch",
               "Monarch projection: one rank-K SVD per block slab (K = 1: the paper's class), Frobenius-optimal"},
      .fn = wmat__decomp_monarch, .check = NULL},
@@ -119,7 +129,7 @@ int wmat__decompose_check(const wmat_decompose_params *p)
     if (!dm)
         return wmat_set_error(WMAT_ERR_INVALID, "decompose: unknown method '%s' (methods: %s)", p->method ? p->method : "",
                               names);
-    if (dm->stats)
+    if (dm->stats && !dm->model_fn)
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "decompose: method '%s' needs statistics, which decompose does not collect",
                               dm->name);
     if (p->dtype != WMAT_F32 && p->dtype != WMAT_F16 && p->dtype != WMAT_BF16)
@@ -147,15 +157,23 @@ int wmat__decompose_check(const wmat_decompose_params *p)
         if (!om)
             return wmat_set_error(WMAT_ERR_INVALID, "override for '%s': unknown method '%s' (methods: %s, or keep)",
                                   it.pattern, it.method, names);
-        if (om->stats)
-            return wmat_set_error(WMAT_ERR_UNSUPPORTED, "override for '%s': method '%s' needs statistics", it.pattern,
-                                  om->name);
         if ((rc = wmat__pset_init(&ps, om->schema))) return rc;
         rc = wmat__override_fields(&ps, &it, 1, OV_SYNTAX);
         wmat__pset_free(&ps);
         if (rc) return rc;
+        if (om->stats || om->model_fn)
+            return wmat_set_error(WMAT_ERR_UNSUPPORTED, "override for '%s': method '%s' runs over the whole model", it.pattern,
+                                  om->name);
     }
-    return rc;
+    if (rc) return rc;
+    /* a method over the whole model: its data, and what it does not do */
+    if (dm->model_fn && p->overrides && p->overrides[0])
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "decompose: method '%s' runs over the whole model: no per-tensor overrides",
+                              dm->name);
+    if (dm->model_fn && p->classifier)
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "decompose: method '%s' covers the linear layers, not the classifier",
+                              dm->name);
+    return WMAT_OK;
 }
 
 /* The method for tensor `name`: p's, or the last matching override's;
@@ -193,6 +211,17 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
     const char *src = m->path ? m->path : "model";
     int rc = wmat__decompose_check(p);
     if (rc) return rc;
+    const wmat_dmethod *dm = wmat__dmethod_find(p->method);
+    if (dm->model_fn) {
+        /* (the data is the model's business: checked here, not with the settings) */
+        if (dm->stats && (!p->calib || !p->n_calib))
+            return wmat_set_error(WMAT_ERR_INVALID, "decompose: method '%s' needs calibration data (--calib FILE)", dm->name);
+        wmat_pset mps;
+        if ((rc = resolve(&mps, dm, p, NULL))) return rc;
+        rc = dm->model_fn(m, dm->name, &mps, p, rep);
+        wmat__pset_free(&mps);
+        return rc;
+    }
     const wmat_config *c = &m->cfg;
     const unsigned targets = p->targets ? p->targets : (1u << WMAT_LIN_COUNT) - 1;
     const int n_slots = c->n_layers * WMAT_LIN_COUNT + 1;

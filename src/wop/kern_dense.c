@@ -690,14 +690,14 @@ static void fwd_tile(wmat_dtype dt, const void *W, size_t rb, int64_t rows, int6
 }
 
 int wmat__wtile_forward_bf16(const uint16_t *W, int64_t rows, int64_t in, const float *X, float *Y, int T,
-                             int accumulate, void *ws, wmat_gemm_backend gemm)
+                             int accumulate, void *ws, int n_threads, wmat_gemm_backend gemm)
 {
     if (rows <= 0 || T <= 0) return WMAT_OK;
     if (rows > INT_MAX || in > INT_MAX) return WMAT_ERR_UNSUPPORTED;
     uint16_t *xh = (uint16_t *)(((uintptr_t)ws + 63) & ~(uintptr_t)63);
     const size_t n = (size_t)T * (size_t)in;
     for (size_t i = 0; i < n; i++) xh[i] = wmat_f32_to_bf16(X[i]);
-    return wmat__gemm_bf16_on(gemm, 0, 1, T, (int)rows, (int)in, 1.0f, xh, (int)in, W, (int)in, accumulate ? 1.0f : 0.0f,
+    return wmat__gemm_bf16_on(gemm, n_threads, 0, 1, T, (int)rows, (int)in, 1.0f, xh, (int)in, W, (int)in, accumulate ? 1.0f : 0.0f,
                               Y, (int)rows);
 }
 
@@ -709,7 +709,7 @@ void wmat__wtile_forward(wmat_dtype dt, const void *W, int64_t rows, int64_t in,
     /* A native bf16 matmul (oneDNN on AVX512-BF16 / AMX) takes the stored
      * weights as they are: no fp32 tile, twice the multiply rate of fp32. */
     if (dt == WMAT_BF16 && T > 1 && wmat__gemm_bf16_native(gemm) &&
-        wmat__wtile_forward_bf16(W, rows, in, X, Y, T, accumulate, ws, gemm) == WMAT_OK)
+        wmat__wtile_forward_bf16(W, rows, in, X, Y, T, accumulate, ws, n_threads, gemm) == WMAT_OK)
         return;
     isa = clamp_isa(isa);
     const int64_t tr = fwd_tile_rows(rows, in), ntile = (rows + tr - 1) / tr;

@@ -69,7 +69,7 @@ size_t wmat__wtile_ws_bytes(wmat_dtype dt, int64_t rows, int64_t in, int T, int 
  * batched forward takes where that GEMM is native; its error is X's
  * rounding (2^-9 relative per element). A status: nonzero leaves Y as it was. */
 int wmat__wtile_forward_bf16(const uint16_t *W, int64_t rows, int64_t in, const float *X, float *Y, int T,
-                             int accumulate, void *ws, wmat_gemm_backend gemm);
+                             int accumulate, void *ws, int n_threads, wmat_gemm_backend gemm);
 /* Y (T, rows) = X (T, in) W^T, or Y += ... when accumulate. Tiles of W
  * rows are dequantized into ws (sized to stay in L2) and multiplied with
  * the GEMM backend `gemm` (AUTO: the process default); threads take whole

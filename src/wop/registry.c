@@ -7,6 +7,7 @@
 
 extern const wmat_wkind wmat__wkind_f32, wmat__wkind_f16, wmat__wkind_bf16, wmat__wkind_q8_0, wmat__wkind_q4_0;
 extern const wmat_wkind wmat__wkind_qpacked, wmat__wkind_lowrank;
+extern const wmat_wkind wmat__wkind_nm, wmat__wkind_sparse;
 extern const wmat_wkind wmat__wkind_monarch, wmat__wkind_sum;
 
 static const wmat_wkind *const g_kinds[] = {
@@ -17,6 +18,8 @@ static const wmat_wkind *const g_kinds[] = {
     &wmat__wkind_q4_0,    /* kind_stored.c */
     &wmat__wkind_qpacked, /* kind_qpacked.c */
     &wmat__wkind_lowrank, /* kind_lowrank.c */
+    &wmat__wkind_nm,      /* kind_sparse.c */
+    &wmat__wkind_sparse,  /* kind_sparse.c */
     &wmat__wkind_monarch, /* kind_monarch.c */
     &wmat__wkind_sum,     /* kind_sum.c */
 };

@@ -98,6 +98,7 @@ struct wmat_wkind {
     /* Error budget of the one-row path (prepare + rows) relative to the
      * exact product with the dequantized W (int8 activations round x). */
     float row_tol;
+    float approx_tol; /* from_f32's distance ||W - W'||_F / ||W||_F on Gaussian W the suite allows (0: 0.2) */
     /* Error budget of the batched forward under ex, relative to the same
      * product; NULL: 1e-5 (fp32 GEMMs over exact tiles). Kinds whose batched
      * path may round activations (bf16 on a native bf16 GEMM) say so here. */
