@@ -341,5 +341,5 @@ int main(void)
         cmocka_unit_test(test_refuses_unmaterialized),
         cmocka_unit_test(test_loss_falls_quantized),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tu_run_tests("train_kinds", tests, NULL, NULL);
 }
