@@ -38,8 +38,7 @@ gemm.c g_once        the pthread_once control of that probe
 gemm.c g_blas_use    the lock that makes lending OpenBLAS threads to LAPACK exclusive (OpenBLAS has one thread count per process; linalg.h)
 gemm_dnnl.c g_engine the oneDNN CPU engine, created once by the linalg probe, never changed
 kern_dense.c g_isa_bits the CPU ISA level of the dense weight kernels, detected once and stored atomically (same value from every thread)
-kernels.c isa        src/model: the decode kernels ISA (CPU features, WMAT_MATVEC read once); a plain int racing first callers write with the same value (to make atomic)
-init.c store         src/train: the piece strings of wmat_tokenizer_bytes, rewritten with the same bytes on each call (not a setting; racy if called from two threads at once)
+kernels.c isa        src/model: the decode kernels ISA (CPU features, WMAT_MATVEC read once), stored atomically (same value from every thread)
 ?alloc.c g_alloc_countdown fault injection (WMAT_FAULT_INJECTION builds only): test hook arming the n-th allocation to fail
 ?alloc.c g_io_countdown    fault injection: the same for I/O
 ?alloc.c g_alloc_calls     fault injection: allocations counted since arming

@@ -158,18 +158,18 @@ double wmat__nll_row(const float *logits, int n, int target)
 enum { ISA_REF = 0, ISA_AVX2 = 2, ISA_AVX512 = 3 };
 static int decode_isa(void)
 {
-    static int isa = -1;
-    if (isa < 0) { /* idempotent: a race only repeats the same choice */
-        __builtin_cpu_init();
-        const int has512 = __builtin_cpu_supports("avx512f");
-        const int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-        const char *force = getenv("WMAT_MATVEC");
-        int v = has512 ? ISA_AVX512 : has2 ? ISA_AVX2 : ISA_REF;
-        if (force && !strcmp(force, "ref")) v = ISA_REF;
-        else if (force && !strcmp(force, "avx2") && has2) v = ISA_AVX2;
-        isa = v;
-    }
-    return isa;
+    static int isa = -1; /* a probe cache: the same value from every thread, stored atomically */
+    int v = __atomic_load_n(&isa, __ATOMIC_RELAXED);
+    if (v >= 0) return v;
+    __builtin_cpu_init();
+    const int has512 = __builtin_cpu_supports("avx512f");
+    const int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const char *force = getenv("WMAT_MATVEC");
+    v = has512 ? ISA_AVX512 : has2 ? ISA_AVX2 : ISA_REF;
+    if (force && !strcmp(force, "ref")) v = ISA_REF;
+    else if (force && !strcmp(force, "avx2") && has2) v = ISA_AVX2;
+    __atomic_store_n(&isa, v, __ATOMIC_RELAXED);
+    return v;
 }
 
 /* r[i] = sum of the 16 lanes of v[i], i = 0..15, in one vector: pairwise

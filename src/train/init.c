@@ -115,7 +115,7 @@ int wmat_train_config(const char *name_or_path, wmat_config *cfg)
 int wmat_tokenizer_bytes(wmat_tokenizer **out)
 {
     enum { N = 259 };
-    static char store[N][8];
+    char store[N][8]; /* from_vocab copies the pieces */
     const char *pieces[N];
     size_t lens[N];
     float scores[N];
