@@ -58,17 +58,6 @@ typedef struct {
 
 static int needs_stats(const char *method) { return strcmp(method, "magnitude") != 0; }
 
-/* Make a tensor's fp32 data writable (a mapped tensor gets an owned copy). */
-static int make_writable(wmat_tensor *t)
-{
-    if (t->flags & WMAT_TF_OWNED) return WMAT_OK;
-    void *d = wmat__malloc(t->nbytes);
-    if (!d) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for a writable copy", t->name);
-    memcpy(d, t->data, t->nbytes);
-    t->data = d;
-    t->flags |= WMAT_TF_OWNED;
-    return WMAT_OK;
-}
 
 static int prune_job(pjob *j, const wmat_prune_model_params *p, const wmat_qstats *st, uint8_t *mask, float *W,
                      wmat_decompose_tensor *rep)
@@ -110,7 +99,7 @@ static int prune_job(pjob *j, const wmat_prune_model_params *p, const wmat_qstat
         rep->seconds = wmat__now() - t0;
     }
     /* the working model runs the pruned weights from now on */
-    if ((rc = make_writable(t))) return rc;
+    if ((rc = wmat__tensor_make_writable(t))) return rc;
     memcpy(t->data, W, (size_t)(rows * cols) * sizeof(float));
     return WMAT_OK;
 }

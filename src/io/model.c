@@ -534,3 +534,14 @@ void wmat_model_set_tokenizer(wmat_model *m, wmat_tokenizer *t)
     if (m->tok && m->tok != t) wmat_tokenizer_free(m->tok);
     m->tok = t;
 }
+
+int wmat__tensor_make_writable(wmat_tensor *t)
+{
+    if (t->flags & WMAT_TF_OWNED) return WMAT_OK;
+    void *d = wmat__malloc(t->nbytes);
+    if (!d) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for a writable copy", t->name);
+    memcpy(d, t->data, t->nbytes);
+    t->data = d;
+    t->flags |= WMAT_TF_OWNED;
+    return WMAT_OK;
+}

@@ -36,6 +36,9 @@ int wmat__model_new(wmat_model **out, const wmat_config *cfg, wmat_format fmt, c
 /* Append a tensor; `data` is borrowed (mapped) unless flags has
  * WMAT_TF_OWNED, in which case the model frees it with wmat__free. On failure
  * an owned `data` is freed too. */
+/* Give a tensor that points into a mapping an owned copy of its data, so
+ * that methods may write it (an owned tensor is left as it is). */
+int wmat__tensor_make_writable(wmat_tensor *t);
 int wmat__model_add_tensor(wmat_model *m, const char *name, wmat_dtype dtype, int ndim,
                            const int64_t *shape, void *data, uint32_t flags);
 /* Keep a mapping alive for the model's lifetime (takes ownership). */

@@ -6,6 +6,8 @@
  * fake-quant write-back and the per-tensor report. */
 #include "methods.h"
 
+#include "io/model_internal.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -327,17 +329,6 @@ static double stored_bpw(const wmat_qresult *q)
     return ((double)cb * nw + 16.0 * ng + (q->sym ? 0.0 : 8.0 * ng) + (q->perm ? 32.0 * (double)q->cols : 0.0)) / nw;
 }
 
-/* Make a tensor's fp32 data writable (a mapped tensor gets an owned copy). */
-static int make_writable(wmat_tensor *t)
-{
-    if (t->flags & WMAT_TF_OWNED) return WMAT_OK;
-    void *d = wmat__malloc(t->nbytes);
-    if (!d) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for a writable copy", t->name);
-    memcpy(d, t->data, t->nbytes);
-    t->data = d;
-    t->flags |= WMAT_TF_OWNED;
-    return WMAT_OK;
-}
 
 /* Quantize one job; Wq gets the dequantized weights. */
 static int run_job(qjob *j, const wmat_qstats *st, wmat_qresult *res, float *Wq, wmat_quantize_tensor *rep)
@@ -543,7 +534,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                 if ((rc = run_job(j, st, &results[ti], Wq, &trep[i]))) goto done;
                 method_s += trep[i].seconds;
                 if (seq > 0) {
-                    if ((rc = make_writable(j->t))) goto done;
+                    if ((rc = wmat__tensor_make_writable(j->t))) goto done;
                     memcpy(j->t->data, Wq, j->t->nbytes);
                 }
                 done_jobs++;
@@ -569,7 +560,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
             if (j->keep) continue;
             const int ti = (int)(j->t - wmat_model_tensor(m, 0));
             wmat_qresult_dequant(&results[ti], Wq);
-            if ((rc = make_writable(j->t))) goto done;
+            if ((rc = wmat__tensor_make_writable(j->t))) goto done;
             memcpy(j->t->data, Wq, j->t->nbytes);
         }
 
