@@ -6,30 +6,33 @@
 #include <string.h>
 
 #ifdef WMAT_FAULT_INJECTION
-static long g_alloc_countdown = -1, g_io_countdown = -1;
+/* The n-th call fails: calls are counted atomically, since analysis and the
+ * methods allocate from OpenMP threads (a plain counter lost increments and
+ * the failing call's number no longer matched the count). */
+static long g_alloc_fail_at = -1, g_io_fail_at = -1;
 static long g_alloc_calls, g_io_calls;
 
 void wmat__fault_arm(long alloc_countdown, long io_countdown)
 {
-    g_alloc_countdown = alloc_countdown;
-    g_io_countdown = io_countdown;
-    g_alloc_calls = 0;
-    g_io_calls = 0;
+    __atomic_store_n(&g_alloc_calls, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&g_io_calls, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&g_alloc_fail_at, alloc_countdown, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&g_io_fail_at, io_countdown, __ATOMIC_SEQ_CST);
 }
-long wmat__fault_alloc_calls(void) { return g_alloc_calls; }
-long wmat__fault_io_calls(void) { return g_io_calls; }
+long wmat__fault_alloc_calls(void) { return __atomic_load_n(&g_alloc_calls, __ATOMIC_SEQ_CST); }
+long wmat__fault_io_calls(void) { return __atomic_load_n(&g_io_calls, __ATOMIC_SEQ_CST); }
 
 static bool alloc_fails(void)
 {
-    g_alloc_calls++;
-    if (g_alloc_countdown > 0 && --g_alloc_countdown == 0) return true;
-    return false;
+    const long k = __atomic_add_fetch(&g_alloc_calls, 1, __ATOMIC_SEQ_CST);
+    const long at = __atomic_load_n(&g_alloc_fail_at, __ATOMIC_SEQ_CST);
+    return at > 0 && k == at;
 }
 bool wmat__fault_io(void)
 {
-    g_io_calls++;
-    if (g_io_countdown > 0 && --g_io_countdown == 0) return true;
-    return false;
+    const long k = __atomic_add_fetch(&g_io_calls, 1, __ATOMIC_SEQ_CST);
+    const long at = __atomic_load_n(&g_io_fail_at, __ATOMIC_SEQ_CST);
+    return at > 0 && k == at;
 }
 #else
 void wmat__fault_arm(long alloc_countdown, long io_countdown)
