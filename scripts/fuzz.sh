@@ -12,11 +12,11 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 B=${WMAT_FUZZ_BUILD:-$ROOT/build-fuzz}
 CC_FUZZ=${CC_FUZZ:-clang-14}
-TARGETS="safetensors gguf llama2c tokenizer tokens_u16 hf_config hf_index hf_tokenizer"
+TARGETS="safetensors gguf llama2c tokenizer tokens_u16 hf_config hf_index hf_tokenizer merge_config"
 declare -A MAXLEN=([safetensors]=16384 [gguf]=16384 [llama2c]=4096 [tokenizer]=8192 [tokens_u16]=4096
-                   [hf_config]=4096 [hf_index]=8192 [hf_tokenizer]=8192)
+                   [hf_config]=4096 [hf_index]=8192 [hf_tokenizer]=8192 [merge_config]=4096)
 declare -A DICT=([safetensors]=safetensors [gguf]=gguf [llama2c]="" [tokenizer]=""
-                 [tokens_u16]="" [hf_config]=json [hf_index]=json [hf_tokenizer]=json)
+                 [tokens_u16]="" [hf_config]=json [hf_index]=json [hf_tokenizer]=json [merge_config]="")
 
 build() {
   local flags="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
