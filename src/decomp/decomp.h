@@ -59,6 +59,9 @@ extern const wmat_param_spec wmat__svd_keys[];
 int wmat__decomp_svd(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype,
                      wmat_tensor *out, int64_t *rank_out, double *rel_error);
 int wmat__decomp_svd_check(const wmat_pset *ps, int global);
+/* The svd method at a given rank (what the methods built on it call). */
+int wmat__decomp_svd_rank(const float *W, int64_t rows, int64_t cols, int64_t rank, wmat_dtype dtype, wmat_tensor *out,
+                          int64_t *rank_out, double *rel_error);
 /* Pruning (prune.h, prune_model.c): magnitude, wanda, sparsegpt. */
 int wmat__decomp_prune_check(const wmat_pset *ps, int global);
 int wmat__decomp_prune_model(wmat_model *m, const char *method, const wmat_pset *ps, const wmat_decompose_params *p,

@@ -45,14 +45,6 @@ static int alternate(const float *W, int64_t rows, int64_t cols, int bits, int g
     qp.axis = WMAT_QAXIS_IN;
     qp.group = group && group < cols ? group : 0;
     qp.n_threads = 1;
-    wmat_pset sp;
-    char kv[48];
-    snprintf(kv, sizeof kv, "rank=%lld", (long long)rank);
-    int have_sp = 0;
-    if (!rc && rank > 0 && !(rc = wmat__pset_init(&sp, wmat__svd_keys))) {
-        have_sp = 1;
-        rc = wmat__pset_parse_kv(&sp, kv, ',', 0);
-    }
     *err = INFINITY;
     memset(q_out, 0, sizeof *q_out);
     memset(L_out, 0, sizeof *L_out);
@@ -69,7 +61,7 @@ static int alternate(const float *W, int64_t rows, int64_t cols, int bits, int g
             for (size_t i = 0; i < n; i++) R[i] = W[i] - Qd[i];
             int64_t r_kept;
             double e_svd;
-            if ((rc = wmat__decomp_svd(R, rows, cols, &sp, dtype, &L, &r_kept, &e_svd))) {
+            if ((rc = wmat__decomp_svd_rank(R, rows, cols, rank, dtype, &L, &r_kept, &e_svd))) {
                 wmat_qresult_free(&q);
                 break;
             }
@@ -94,7 +86,6 @@ static int alternate(const float *W, int64_t rows, int64_t cols, int bits, int g
         }
         if (rank == 0) break; /* nothing to alternate with */
     }
-    if (have_sp) wmat__pset_free(&sp);
     if (rc) {
         wmat_qresult_free(q_out);
         wmat__tensor_free_data(L_out);
@@ -166,6 +157,23 @@ static double cand_bits(int64_t rows, int64_t cols, int bits, int group, int64_t
     return (double)rows * (double)cols * bits + groups * 24 + (double)rank * (double)(rows + cols) * 8 * wmat_dtype_bytes(dtype, 1);
 }
 
+/* The candidate of one matrix minimising cost + lam * size (finite costs only). */
+static int cheapest(const double *cost, const double *size, int nc, double lam)
+{
+    int best = -1;
+    for (int c = 0; c < nc; c++)
+        if (isfinite(cost[c]) && (best < 0 || cost[c] + lam * size[c] < cost[best] + lam * size[best])) best = c;
+    return best;
+}
+
+/* Bits stored when every matrix takes its cheapest candidate at lam. */
+static double bits_at(const double *cost, const double *size, int n, int nc, double lam)
+{
+    double bits = 0;
+    for (int i = 0; i < n; i++) bits += size[i * nc + cheapest(cost + i * nc, size + i * nc, nc, lam)];
+    return bits;
+}
+
 int wmat__decomp_lqlora_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep)
 {
     (void)keep;
@@ -203,53 +211,23 @@ int wmat__decomp_lqlora_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n,
             }
     }
     /* minimise sum cost + lambda * sum size; the smallest lambda within budget */
-    int *pick = rc ? NULL : wmat__calloc((size_t)n, sizeof *pick);
-    if (!rc && !pick) rc = wmat_set_error(WMAT_ERR_NOMEM, "lqlora: out of memory");
     double lo = 0, hi = 1e-3;
-    for (int it = 0; !rc && it < 200; it++) {
-        const double lam = it < 100 ? hi : 0.5 * (lo + hi);
-        double bits_used = 0;
-        for (int i = 0; i < n; i++) {
-            int best = -1;
-            for (int c = 0; c < nc; c++)
-                if (isfinite(cost[i * nc + c]) &&
-                    (best < 0 || cost[i * nc + c] + lam * size[i * nc + c] < cost[i * nc + best] + lam * size[i * nc + best]))
-                    best = c;
-            pick[i] = best;
-            bits_used += size[i * nc + best];
-        }
-        const int within = bits_used <= bpw * total_w;
-        if (it < 100) { /* grow hi until the budget holds */
-            if (within) it = 99;
-            else lo = hi, hi *= 4;
-            continue;
-        }
-        if (within) hi = lam;
+    for (int it = 0; !rc && it < 100 && bits_at(cost, size, n, nc, hi) > bpw * total_w; it++) lo = hi, hi *= 4;
+    for (int it = 0; !rc && it < 100; it++) {
+        const double lam = 0.5 * (lo + hi);
+        if (bits_at(cost, size, n, nc, lam) <= bpw * total_w) hi = lam;
         else lo = lam;
     }
-    double used = 0;
-    for (int i = 0; !rc && i < n; i++) {
-        int best = -1;
-        for (int c = 0; c < nc; c++)
-            if (isfinite(cost[i * nc + c]) &&
-                (best < 0 || cost[i * nc + c] + hi * size[i * nc + c] < cost[i * nc + best] + hi * size[i * nc + best]))
-                best = c;
-        used += size[i * nc + best];
-    }
+    const double used = rc ? 0 : bits_at(cost, size, n, nc, hi);
     if (!rc && used > bpw * total_w * (1 + 1e-9))
         rc = wmat_set_error(WMAT_ERR_INVALID, "lqlora: bpw=%g is below the smallest candidate (%.3f bits per weight)", bpw,
                             used / total_w);
     for (int i = 0; !rc && i < n; i++) { /* the picks at hi (within the budget) */
-        int best = -1;
-        for (int c = 0; c < nc; c++)
-            if (isfinite(cost[i * nc + c]) &&
-                (best < 0 || cost[i * nc + c] + hi * size[i * nc + c] < cost[i * nc + best] + hi * size[i * nc + best]))
-                best = c;
+        const int best = cheapest(cost + i * nc, size + i * nc, nc, hi);
         char kv[64];
         snprintf(kv, sizeof kv, "bits=%d,rank=%lld", k_bits[best / NR], (long long)k_ranks[best % NR]);
         rc = wmat__pset_parse_kv(ps[i], kv, ',', 0);
     }
-    wmat__free(pick);
     wmat__free(cost);
     wmat__free(size);
     return rc;

@@ -7,6 +7,7 @@
 #include "linalg/dense.h"
 
 #include <math.h>
+#include <stdio.h>
 
 const wmat_param_spec wmat__svd_keys[] = {
     {"rank", WMAT_PARAM_INT, "0", 0, 1 << 30, NULL,
@@ -85,5 +86,18 @@ done:
     wmat__free(s);
     wmat__free(Af);
     wmat__free(Bf);
+    return rc;
+}
+
+int wmat__decomp_svd_rank(const float *W, int64_t rows, int64_t cols, int64_t rank, wmat_dtype dtype, wmat_tensor *out,
+                          int64_t *rank_out, double *rel_error)
+{
+    wmat_pset sp;
+    int rc = wmat__pset_init(&sp, wmat__svd_keys);
+    if (rc) return rc;
+    char kv[48];
+    snprintf(kv, sizeof kv, "rank=%lld", (long long)rank);
+    if (!(rc = wmat__pset_parse_kv(&sp, kv, ',', 0))) rc = wmat__decomp_svd(W, rows, cols, &sp, dtype, out, rank_out, rel_error);
+    wmat__pset_free(&sp);
     return rc;
 }

@@ -134,12 +134,5 @@ int wmat__decomp_welore_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n,
 int wmat__decomp_welore(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype,
                         wmat_tensor *out, int64_t *rank_out, double *rel_error)
 {
-    wmat_pset sp;
-    int rc = wmat__pset_init(&sp, wmat__svd_keys);
-    if (rc) return rc;
-    char kv[48];
-    snprintf(kv, sizeof kv, "rank=%lld", (long long)wmat__pset_int(ps, "rank"));
-    if (!(rc = wmat__pset_parse_kv(&sp, kv, ',', 0))) rc = wmat__decomp_svd(W, rows, cols, &sp, dtype, out, rank_out, rel_error);
-    wmat__pset_free(&sp);
-    return rc;
+    return wmat__decomp_svd_rank(W, rows, cols, wmat__pset_int(ps, "rank"), dtype, out, rank_out, rel_error);
 }
