@@ -17,16 +17,6 @@ static wmat_model *load(const char *path)
     return m;
 }
 
-static double dist(const float *a, const float *b, size_t n)
-{
-    double d = 0, t = 0;
-    for (size_t i = 0; i < n; i++) {
-        d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        t += (double)b[i] * b[i];
-    }
-    return sqrt(d / t);
-}
-
 /* every decomposed matrix's reported error, checked against its stored form */
 static void decompose(const char *path, const char *kv, double *errs, int n_max)
 {
@@ -44,7 +34,7 @@ static void decompose(const char *path, const char *kv, double *errs, int n_max)
         float *D = malloc(n * sizeof(float));
         TU_OK(wmat_tensor_dequant_rows(t, 0, t0->shape[0], D));
         /* packing rounds the group scales to fp16: the stored form may differ slightly */
-        TU_ASSERT_NEAR(dist(D, t0->data, n), rep.tensors[i].rel_error, 2e-3);
+        TU_ASSERT_NEAR(tu_rel_frob(D, t0->data, n), rep.tensors[i].rel_error, 2e-3);
         errs[i] = rep.tensors[i].rel_error;
         free(D);
     }

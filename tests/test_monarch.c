@@ -38,16 +38,6 @@ static void build(const float *w1, const float *w2, int64_t m, int64_t n, int64_
                         W[(p * Q + j) * n + r * S + s] += w2[((j * P + p) * R + r) * K + u] * w1[((r * Q + j) * K + u) * S + s];
 }
 
-static double dist(const float *a, const float *b, size_t n)
-{
-    double d = 0, t = 0;
-    for (size_t i = 0; i < n; i++) {
-        d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        t += (double)b[i] * b[i];
-    }
-    return sqrt(d / t); /* NaN anywhere gives NaN, which fails every bound below */
-}
-
 static void test_paths_general(void **state)
 {
     (void)state;
@@ -115,7 +105,7 @@ static void test_project_exact(void **state)
         double err = -1;
         TU_OK(wmat__monarch_project(W, m, n, R, Q, K, &M, &err));
         wmat__wkind_of(&M)->dequant_rows(&M, 0, m, D);
-        TU_ASSERT_BELOW(dist(D, W, (size_t)(m * n)), 1e-6);
+        TU_ASSERT_BELOW(tu_rel_frob(D, W, (size_t)(m * n)), 1e-6);
         TU_ASSERT_BELOW(err, 1e-6);
         wmat__tensor_free_data(&M);
         /* one rank less, or other blocks: no longer exact */
@@ -187,7 +177,7 @@ static void test_project_optimal(void **state)
         double err = -1;
         TU_OK(wmat__monarch_project(W, m, n, R, Q, 1, &M, &err));
         wmat__wkind_of(&M)->dequant_rows(&M, 0, m, D);
-        TU_ASSERT_NEAR(err, dist(D, W, (size_t)(m * n)), 1e-6);
+        TU_ASSERT_NEAR(err, tu_rel_frob(D, W, (size_t)(m * n)), 1e-6);
         double best = INFINITY;
         for (int s = 0; s < 20; s++) {
             const double e = als_best(W, m, n, R, Q, 100 + (uint64_t)s, 300);
@@ -213,7 +203,7 @@ static void test_project_rank2_local(void **state)
     TU_OK(wmat__monarch_project(W, m, n, R, Q, K, &M, &err));
     const wmat_wkind *k = wmat__wkind_of(&M);
     k->dequant_rows(&M, 0, m, D);
-    const double e0 = dist(D, W, 192);
+    const double e0 = tu_rel_frob(D, W, 192);
     TU_ASSERT_NEAR(err, e0, 1e-6);
     /* the factors back from a save: the kind's own parts */
     cJSON *desc = cJSON_CreateObject();
@@ -233,7 +223,7 @@ static void test_project_rank2_local(void **state)
         for (size_t i = 0; i < n1; i++) p1[i] = w1[i] * (1 + eps * wmat_rng_normal(&r));
         for (size_t i = 0; i < n2; i++) p2[i] = w2[i] * (1 + eps * wmat_rng_normal(&r));
         build(p1, p2, m, n, R, Q, K, Wp);
-        const double e = dist(Wp, W, 192);
+        const double e = tu_rel_frob(Wp, W, 192);
         if (!(e >= e0 - 1e-7)) fail_msg("trial %d: a perturbation reached %.9f below the projection's %.9f", trial, e, e0);
     }
     cJSON_Delete(desc);

@@ -211,3 +211,13 @@ int tu_near(double x, double y, double tol)
     if (d == 0) return 1;
     return !isinf(d) && d <= tol; /* an infinite tolerance admits no NaN */
 }
+
+double tu_rel_frob(const float *a, const float *b, size_t n)
+{
+    double d = 0, t = 0;
+    for (size_t i = 0; i < n; i++) {
+        d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        t += (double)b[i] * b[i];
+    }
+    return sqrt(d / t);
+}

@@ -47,6 +47,8 @@ double tu_max_abs(const float *a, size_t n);
  * (equal infinities allowed; a NaN tolerance admits nothing); else 0 with
  * the first offending index in *bad. */
 int tu_close(const float *a, const float *b, size_t n, double abs_tol, double rel_tol, size_t *bad);
+/* ||a - b||_F / ||b||_F in double; NaN anywhere gives NaN (which fails every bound). */
+double tu_rel_frob(const float *a, const float *b, size_t n);
 int tu_close_d(const double *a, const double *b, size_t n, double abs_tol, double rel_tol, size_t *bad);
 /* 1 when neither is NaN and |x - y| <= tol (equal infinities: 1; a NaN
  * tolerance: 0). */
