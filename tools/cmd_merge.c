@@ -202,9 +202,9 @@ int cmd_merge(int argc, char **argv)
         goto out;
     }
     char b1[32], b2[32], b3[32];
-    printf("merged %d tensors (%s) in %.2f s: read %s, peak RSS %s, largest tensor %s (fp32)%s\n", rep.n_tensors, s->method,
+    printf("merged %d tensors (%s) in %.2f s: read %s, peak RSS %s, largest tensor %s (fp32)\n", rep.n_tensors, s->method,
            rep.seconds, cli_bytes((double)rep.bytes_read, b1, sizeof b1), cli_bytes((double)rep.peak_rss, b2, sizeof b2),
-           cli_bytes((double)rep.largest_tensor, b3, sizeof b3), rep.streamed ? ", written as merged" : "");
+           cli_bytes((double)rep.largest_tensor, b3, sizeof b3));
     printf("wrote %s\n", out);
     wmat__merge_report_free(&rep);
     rc = 0;

@@ -1058,7 +1058,7 @@ static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat
         }
         if (g->encoded) {
             /* the encoder vouched for the type */
-        } else if (t->dtype != WMAT_F32 || (!t->data && t->nbytes) || t->ndim < 1 || t->ndim > 2) {
+        } else if (t->dtype != WMAT_F32 || (!t->data && (t->nbytes || !m->fill)) || t->ndim < 1 || t->ndim > 2) {
             rc = wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is not a materialized f32 matrix or vector", path, t->name);
             break;
         }
@@ -1088,6 +1088,7 @@ static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat
     char *scratch = NULL;
     size_t scratch_cap = 0;
     void *buf = NULL;
+    float *fill = NULL;
     wmat_afile af;
     gw counter = {NULL, 0, 0};
     w_kvs(&counter, m, file_dt, name, &scratch, &scratch_cap);
@@ -1114,6 +1115,11 @@ static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat
         buf = wmat__malloc((size_t)max_bytes);
         if (!buf) rc = wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for a %llu-byte tensor", path, (unsigned long long)max_bytes);
     }
+    const int64_t n_fill = wmat__model_max_fill(m);
+    if (!rc && n_fill) {
+        fill = wmat__aligned_alloc((size_t)n_fill * sizeof(float));
+        if (!fill) rc = wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for a %lld-value tensor", path, (long long)n_fill);
+    }
     for (size_t i = 0; i < count && !rc; i++) {
         const wmat_tensor *t = ts[i].t;
         if (ts[i].encoded) {
@@ -1125,15 +1131,16 @@ static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat
             continue;
         }
         size_t bad;
+        const float *x;
+        if ((rc = wmat__tensor_f32_for_save(m, t, fill, &x))) break;
         /* ggml's block encoders turn NaN/Inf into out-of-range integer
          * conversions: refuse rather than write garbage. */
-        if ((ts[i].dt == WMAT_Q8_0 || ts[i].dt == WMAT_Q4_0) &&
-            !wmat__all_finite(t->data, (size_t)wmat_tensor_nelem(t), &bad)) {
+        if ((ts[i].dt == WMAT_Q8_0 || ts[i].dt == WMAT_Q4_0) && !wmat__all_finite(x, (size_t)wmat_tensor_nelem(t), &bad)) {
             rc = wmat_set_error(WMAT_ERR_NUMERIC, "%s: tensor %s has a non-finite value (%g) at index %zu; %s cannot encode it",
-                                path, t->name, ((const float *)t->data)[bad], bad, wmat_dtype_info(ts[i].dt)->name);
+                                path, t->name, x[bad], bad, wmat_dtype_info(ts[i].dt)->name);
             break;
         }
-        rc = wmat_from_f32(buf, ts[i].dt, t->data, (uint64_t)wmat_tensor_nelem(t));
+        rc = wmat_from_f32(buf, ts[i].dt, x, (uint64_t)wmat_tensor_nelem(t));
         if (rc) {
             char msg[512];
             snprintf(msg, sizeof msg, "%s", wmat_last_error());
@@ -1147,6 +1154,7 @@ static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat
     else rc = wmat__afile_commit(&af);
 fail_open:
     wmat__free(buf);
+    wmat__free(fill);
     wmat__free(scratch);
     wmat__free(ts);
     return rc;

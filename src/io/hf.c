@@ -611,7 +611,9 @@ int wmat__hf_config_json(const wmat_config *c, wmat_dtype dt, const char *extra,
 }
 
 typedef struct {
+    const wmat_model *m;
     const wmat_tensor *t;
+    float *fill;    /* the model's tensors produced while saving, shared */
     wmat_dtype dt;
     int rope_heads; /* > 0: permute rows to HF's rotary order */
     int head_dim;
@@ -621,7 +623,9 @@ typedef struct {
 static int fill_tensor(void *user, const wmat_st_entry *e, void *dst)
 {
     const save_src *s = user;
-    const float *x = s->t->data;
+    const float *x;
+    int rc = wmat__tensor_f32_for_save(s->m, s->t, s->fill, &x);
+    if (rc) return rc;
     uint64_t n = (uint64_t)wmat_tensor_nelem(s->t);
     if (s->rope_heads) {
         wmat__rope_permute_hf(s->perm, x, s->rope_heads, s->head_dim, s->t->shape[1]);
@@ -650,7 +654,7 @@ int wmat__hf_save(wmat_model *m, const char *dir, const wmat_save_params *p)
     save_src *src = wmat__calloc((size_t)n_max, sizeof *src);
     char *cfg_text = wmat__malloc(4096);
     char *st_path = wmat__path_join(dir, WEIGHTS_NAME), *cfg_path = wmat__path_join(dir, CONFIG_NAME), *tok_path = wmat__path_join(dir, TOKENIZER_NAME);
-    float *perm = NULL;
+    float *perm = NULL, *fill = NULL;
     wmat_afile st_af = {0}, cfg_af = {0};
     bool st_open = false, cfg_open = false;
     int rc = WMAT_OK, n = 0;
@@ -686,12 +690,13 @@ int wmat__hf_save(wmat_model *m, const char *dir, const wmat_save_params *p)
         e->name = t->name;
         e->ndim = t->ndim;
         for (int d = 0; d < t->ndim; d++) e->shape[d] = t->shape[d];
+        s->m = m;
         s->t = t;
         s->dt = t->ndim == 2 ? dt : WMAT_F32; /* norms stay f32 (wmat_save_params) */
         s->rope_heads = rope_heads;
         s->head_dim = c->head_dim;
         e->dtype = (wmat_st_dtype)wmat__st_from_wmat_dtype(s->dt);
-        if (s->dt == WMAT_F32 && !rope_heads) {
+        if (s->dt == WMAT_F32 && !rope_heads && t->data) {
             e->data = t->data;
         } else {
             e->fill = fill_tensor;
@@ -706,6 +711,15 @@ int wmat__hf_save(wmat_model *m, const char *dir, const wmat_save_params *p)
             goto done;
         }
         for (int i = 0; i < n; i++) src[i].perm = perm;
+    }
+    const int64_t n_fill = wmat__model_max_fill(m);
+    if (n_fill) {
+        fill = wmat__aligned_alloc((size_t)n_fill * sizeof(float));
+        if (!fill) {
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", dir);
+            goto done;
+        }
+        for (int i = 0; i < n; i++) src[i].fill = fill;
     }
     int cfg_len = wmat__hf_config_json(c, dt, NULL, cfg_text, 4096);
     if (cfg_len < 0) {
@@ -733,6 +747,7 @@ done:
     if (st_open) wmat__afile_abort(&st_af);
     if (cfg_open) wmat__afile_abort(&cfg_af);
     wmat__free(perm);
+    wmat__free(fill);
     wmat__free(ent);
     wmat__free(src);
     wmat__free(cfg_text);

@@ -151,9 +151,12 @@ overflow:
     return wmat_set_error(WMAT_ERR_FORMAT, "%s: header sizes overflow", path);
 }
 
-static int write_tensor(wmat_afile *af, wmat_tensor *t)
+/* fill: the model's buffer for tensors produced while saving (or NULL). */
+static int write_tensor(wmat_afile *af, const wmat_model *m, const wmat_tensor *t, float *fill)
 {
-    return wmat__afile_write(af, t->data, t->nbytes);
+    const float *x;
+    int rc = wmat__tensor_f32_for_save(m, t, fill, &x);
+    return rc ? rc : wmat__afile_write(af, x, (size_t)wmat_tensor_nelem(t) * sizeof(float));
 }
 
 int wmat__llama2c_save(wmat_model *m, const char *path, const wmat_save_params *p)
@@ -168,18 +171,25 @@ int wmat__llama2c_save(wmat_model *m, const char *path, const wmat_save_params *
                               path, c->rope_theta, c->norm_eps);
     int32_t h[7] = {c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
                     c->tied_embeddings ? c->vocab_size : -c->vocab_size, c->seq_len};
+    const int64_t n_fill = wmat__model_max_fill(m);
+    float *fill = n_fill ? wmat__aligned_alloc((size_t)n_fill * sizeof(float)) : NULL;
+    if (n_fill && !fill) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for a %lld-value tensor", path, (long long)n_fill);
     wmat_afile af;
     int rc = wmat__afile_open(&af, path);
-    if (rc) return rc;
+    if (rc) {
+        wmat__free(fill);
+        return rc;
+    }
     rc = wmat__afile_write(&af, h, sizeof h);
-    if (!rc) rc = write_tensor(&af, wmat_model_tok_embeddings(m));
+    if (!rc) rc = write_tensor(&af, m, wmat_model_tok_embeddings(m), fill);
     for (size_t i = 0; i < sizeof g_order / sizeof g_order[0] && !rc; i++)
-        for (int l = 0; l < c->n_layers && !rc; l++) rc = write_tensor(&af, wmat_model_layer_tensor(m, l, g_order[i].role));
-    if (!rc) rc = write_tensor(&af, wmat_model_final_norm(m));
+        for (int l = 0; l < c->n_layers && !rc; l++) rc = write_tensor(&af, m, wmat_model_layer_tensor(m, l, g_order[i].role), fill);
+    if (!rc) rc = write_tensor(&af, m, wmat_model_final_norm(m), fill);
     /* RoPE tables as llama2.c's export writes them (run.c ignores them). */
     const int half = c->head_dim / 2;
     if (half > 4096) {
         wmat__afile_abort(&af);
+        wmat__free(fill);
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: head dimension %d too large for a llama2.c file", path, c->head_dim);
     }
     for (int pass = 0; pass < 2 && !rc; pass++) {
@@ -189,7 +199,8 @@ int wmat__llama2c_save(wmat_model *m, const char *path, const wmat_save_params *
             rc = wmat__afile_write(&af, row[pass], (size_t)half * sizeof(float));
         }
     }
-    if (!rc && !c->tied_embeddings) rc = write_tensor(&af, wmat_model_classifier(m));
+    if (!rc && !c->tied_embeddings) rc = write_tensor(&af, m, wmat_model_classifier(m), fill);
+    wmat__free(fill);
     if (rc) {
         wmat__afile_abort(&af);
         return rc;

@@ -436,6 +436,27 @@ int wmat_model_load(wmat_model **out, const char *path, const wmat_load_params *
     return WMAT_OK;
 }
 
+int wmat__tensor_f32_for_save(const wmat_model *m, const wmat_tensor *t, float *buf, const float **out)
+{
+    *out = t->data;
+    if (t->data) return WMAT_OK;
+    if (!m->fill)
+        return wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s has no data", m->path ? m->path : "model", t->name);
+    if (!buf) return wmat_set_error(WMAT_ERR_INTERNAL, "%s: no buffer for tensor %s", m->path ? m->path : "model", t->name);
+    int rc = m->fill(m->fill_user, t, buf);
+    *out = buf;
+    return rc;
+}
+
+int64_t wmat__model_max_fill(const wmat_model *m)
+{
+    int64_t mx = 0;
+    if (!m->fill) return 0;
+    for (int i = 0; i < m->n_tensors; i++)
+        if (!m->tensors[i].data && wmat_tensor_nelem(&m->tensors[i]) > mx) mx = wmat_tensor_nelem(&m->tensors[i]);
+    return mx;
+}
+
 int wmat_model_save(wmat_model *m, const char *path, const wmat_save_params *p)
 {
     wmat_save_params def = wmat_save_default_params();

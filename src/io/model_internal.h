@@ -5,6 +5,10 @@
 
 #include "../core/internal.h"
 
+/* Produces tensor t's fp32 values (canonical layout) into dst while a
+ * writer saves the model; see wmat_model.fill. */
+typedef int (*wmat_tensor_fill_fn)(void *user, const wmat_tensor *t, float *dst);
+
 struct wmat_model {
     wmat_config cfg;
     wmat_format format;
@@ -21,7 +25,20 @@ struct wmat_model {
 
     wmat_map *maps; /* files this model's tensors point into */
     int n_maps;
+
+    /* Tensors without data (data NULL, nbytes 0) are produced while saving:
+     * every writer asks `fill` for one such tensor just before it writes it,
+     * so a model computed tensor by tensor (a merge) is never whole in
+     * memory, whatever the output format. NULL: every tensor has data. */
+    wmat_tensor_fill_fn fill;
+    void *fill_user;
 };
+
+/* The fp32 values of t for a writer: t->data when it has data, else the
+ * model's fill run into buf (nelem floats). *out is set to either. */
+int wmat__tensor_f32_for_save(const wmat_model *m, const wmat_tensor *t, float *buf, const float **out);
+/* Elements of the largest tensor that only `fill` provides (0: none). */
+int64_t wmat__model_max_fill(const wmat_model *m);
 
 /* Canonical names: "model.embed_tokens.weight", "model.norm.weight",
  * "lm_head.weight", "model.layers.N.<role>.weight". */

@@ -4,10 +4,9 @@
  * of each input dequantized into a buffer, the method's kernel, the result
  * written, the inputs' pages of that tensor released (MADV_DONTNEED on a
  * read-only mapping: they are read again from the file if ever needed).
- * GGUF output is written as the tensors are merged (the writer's encoder
- * hook), so resident memory is a few tensors per input; the other writers
- * take a whole model, so there the merged weights are held in memory (the
- * inputs still are not). */
+ * The output model has no data: every writer (GGUF, llama2.c, HF) asks the
+ * model's fill hook for a tensor just before writing it, so resident memory
+ * is a few tensors per input whatever the output format. */
 #include "merge.h"
 #include "io/model_internal.h"
 
@@ -56,7 +55,7 @@ typedef struct {
     wmat_model *out;
     wmat_dtype out_dtype;
     float **xbuf;        /* n_in + has_base buffers of max_n floats */
-    float *work, *scratch;
+    float *scratch;
     int64_t max_n;
     int normalize;
     wmat_merge_report *rep;
@@ -208,21 +207,15 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
     return WMAT_OK;
 }
 
-/* GGUF's encoder hook: asked for the type first (dst NULL), then for the bytes. */
-static int gguf_enc(void *user, const wmat_tensor *t, wmat_dtype *dt, void *dst)
+/* The output model's fill: the writer asks for each tensor in its own
+ * order, just before writing it. */
+static int merge_fill(void *user, const wmat_tensor *t, float *dst)
 {
     merge_job *j = user;
     const int ti = (int)(t - j->out->tensors);
-    if (ti < 0 || ti >= j->out->n_tensors) return 0;
-    if (!dst) {
-        wmat_dtype want = t->ndim == 1 ? WMAT_F32 : j->out_dtype;
-        if (t->shape[t->ndim - 1] % wmat_dtype_info(want)->block_size) want = WMAT_F16;
-        *dt = want;
-        return 1;
-    }
-    int rc = merge_tensor(j, ti, j->work);
-    if (!rc) rc = wmat_from_f32(dst, *dt, j->work, (uint64_t)wmat_tensor_nelem(t));
-    return rc ? rc : 1;
+    if (ti < 0 || ti >= j->out->n_tensors)
+        return wmat_set_error(WMAT_ERR_INTERNAL, "%s: tensor %s is not the merge's", j->out_path, t->name);
+    return merge_tensor(j, ti, dst);
 }
 
 static int cfg_diff(const wmat_config *a, const wmat_config *b, char *buf, size_t n)
@@ -404,22 +397,16 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
     }
     if (rc) goto done;
 
-    /* The output: input 0's tensor list as fp32; GGUF gets no buffers (the
-     * encoder writes each tensor as it is merged). */
-    const int stream = fmt == WMAT_FMT_GGUF;
+    /* The output: input 0's tensor list as fp32 without data; the writer
+     * asks merge_fill for each tensor as it writes it, whatever the format. */
     rc = wmat__model_new(&j.out, &a->cfg, fmt, out_path);
     for (int t = 0; t < a->n_tensors && !rc; t++) {
         const wmat_tensor *src = &a->tensors[t];
         const int64_t n = wmat_tensor_nelem(src);
         if (n > j.max_n) j.max_n = n;
         j.total_elems += n;
-        void *d = stream ? NULL : wmat__aligned_alloc((size_t)n * sizeof(float));
-        if (!stream && !d) {
-            rc = wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for %s", out_path, src->name);
-            break;
-        }
-        rc = wmat__model_add_tensor(j.out, src->name, WMAT_F32, src->ndim, src->shape, d, stream ? 0 : WMAT_TF_OWNED);
-        if (!rc && stream) j.out->tensors[t].nbytes = 0; /* no data yet: the binder would refuse a size without it */
+        rc = wmat__model_add_tensor(j.out, src->name, WMAT_F32, src->ndim, src->shape, NULL, 0);
+        if (!rc) j.out->tensors[t].nbytes = 0; /* no data: the binder would refuse a size without it */
     }
     if (!rc) rc = wmat__model_bind(j.out);
     for (int i = 0; i < n_all && !rc; i++) {
@@ -477,13 +464,12 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
     }
 
     rep->tensors = wmat__calloc((size_t)j.out->n_tensors, sizeof *rep->tensors);
-    j.work = stream ? wmat__malloc((size_t)j.max_n * sizeof(float)) : NULL;
     /* scratch only reorders HF's rotary rows (TIES's selection needs none) */
     int need_scratch = 0;
     for (int i = 0; i < n_all; i++)
         for (int t = 0; t < j.in[i]->n_tensors; t++) need_scratch |= (j.in[i]->tensors[t].flags & WMAT_TF_HF_ROPE) != 0;
     j.scratch = need_scratch ? wmat__malloc((size_t)j.max_n * sizeof(float)) : NULL;
-    int ok = rep->tensors && (j.scratch || !need_scratch) && (!stream || j.work);
+    int ok = rep->tensors && (j.scratch || !need_scratch);
     for (int i = 0; i < n_all && ok; i++) ok = (j.xbuf[i] = wmat__malloc((size_t)j.max_n * sizeof(float))) != NULL;
     if (!ok) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "merge: out of memory for %d buffers of %lld floats", n_all + 2,
@@ -492,19 +478,14 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
     }
     rep->n_tensors = j.out->n_tensors;
     rep->largest_tensor = (size_t)j.max_n * sizeof(float);
-    rep->streamed = stream;
     j.t0 = now_s();
-
-    if (stream) {
-        rc = wmat__gguf_save_with(j.out, out_path, odt, odt, gguf_enc, &j);
-    } else {
-        for (int t = 0; t < j.out->n_tensors && !rc; t++) rc = merge_tensor(&j, t, j.out->tensors[t].data);
-        if (!rc) {
-            wmat_save_params sp = wmat_save_default_params();
-            sp.format = fmt;
-            sp.dtype = odt;
-            rc = wmat_model_save(j.out, out_path, &sp);
-        }
+    j.out->fill = merge_fill;
+    j.out->fill_user = &j;
+    {
+        wmat_save_params sp = wmat_save_default_params();
+        sp.format = fmt;
+        sp.dtype = odt;
+        rc = wmat_model_save(j.out, out_path, &sp);
     }
 
 done:
@@ -518,7 +499,6 @@ done:
     wmat__free(j.paths);
     wmat__free(j.idx);
     wmat__free(j.xbuf);
-    wmat__free(j.work);
     wmat__free(j.scratch);
     wmat_model_free(j.out);
     rep->seconds = now_s() - t_start;

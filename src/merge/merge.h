@@ -128,7 +128,6 @@ typedef struct {
     size_t peak_rss;        /* VmHWM at the end */
     size_t largest_tensor;  /* bytes of the largest tensor as fp32 */
     uint64_t bytes_read;    /* inputs as stored */
-    int streamed;           /* 1: the output was written tensor by tensor (GGUF) */
 } wmat_merge_report;
 
 /* Check every input against the others (config, tokenizer size, tensor
