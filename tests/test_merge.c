@@ -44,8 +44,8 @@ static void test_select_matches_sort(void **state)
     (void)state;
     wmat_rng r;
     wmat_rng_seed(&r, 7);
-    const int64_t n = 5001;
-    float *x = malloc((size_t)n * sizeof *x), *s = malloc((size_t)n * sizeof *s), *sc = malloc((size_t)n * sizeof *sc);
+    const int64_t n = 70001; /* above the size where selection goes parallel */
+    float *x = malloc((size_t)n * sizeof *x), *s = malloc((size_t)n * sizeof *s);
     for (int rep = 0; rep < 2; rep++) {
         for (int64_t j = 0; j < n; j++) {
             x[j] = wmat_rng_normal(&r);
@@ -55,25 +55,24 @@ static void test_select_matches_sort(void **state)
         qsort(s, (size_t)n, sizeof *s, cmp_float);
         const int64_t ks[] = {1, 2, 17, n / 2, n - 1, n};
         for (size_t q = 0; q < sizeof ks / sizeof ks[0]; q++) {
-            const float thr = wmat__merge_kth_largest_abs(x, n, ks[q], sc);
+            const float thr = wmat__merge_kth_largest_abs(x, n, ks[q], 1 + q % 2);
             TU_ASSERT_NEAR(thr, s[n - ks[q]], 0.0);
         }
     }
     free(x);
     free(s);
-    free(sc);
 }
 
 /* Trimming keeps exactly k entries, the largest, ties in index order. */
 static void test_trim_topk_exact(void **state)
 {
     (void)state;
-    float d[8] = {0.5f, -2.0f, 1.0f, -1.0f, 1.0f, 0.0f, 3.0f, -1.0f}, sc[8];
-    wmat__merge_trim_topk(d, 8, 4, sc);
+    float d[8] = {0.5f, -2.0f, 1.0f, -1.0f, 1.0f, 0.0f, 3.0f, -1.0f};
+    wmat__merge_trim_topk(d, 8, 4, 2);
     const float want[8] = {0, -2.0f, 1.0f, -1.0f, 0, 0, 3.0f, 0}; /* |1| three times: the first two of them */
     TU_ASSERT_CLOSE(d, want, 8, 0, 0);
     float e[3] = {1, 2, 3};
-    wmat__merge_trim_topk(e, 3, 0, sc);
+    wmat__merge_trim_topk(e, 3, 0, 2);
     const float zero[3] = {0, 0, 0};
     TU_ASSERT_CLOSE(e, zero, 3, 0, 0);
 }
@@ -156,7 +155,7 @@ static void test_dare_expectation_and_seed(void **state)
     const double p = 0.3; /* density: keep probability */
     float *d = malloc((size_t)n * sizeof *d), *e = malloc((size_t)n * sizeof *e);
     for (int64_t j = 0; j < n; j++) d[j] = 1.0f;
-    int64_t dropped = wmat__merge_dare(d, n, p, 42);
+    int64_t dropped = wmat__merge_dare(d, n, p, 42, 1);
     double sum = 0;
     for (int64_t j = 0; j < n; j++) {
         if (d[j] != 0.0f && d[j] != (float)(1.0 / p)) fail_msg("entry %lld = %g", (long long)j, d[j]);
@@ -166,10 +165,10 @@ static void test_dare_expectation_and_seed(void **state)
     TU_ASSERT_NEAR((double)dropped / (double)n, 1 - p, 5 * sigma_share);
     TU_ASSERT_NEAR(sum / (double)n, 1.0, 5 * sigma_share / p);
     for (int64_t j = 0; j < n; j++) e[j] = 1.0f;
-    wmat__merge_dare(e, n, p, 42);
+    wmat__merge_dare(e, n, p, 42, 2); /* the mask does not depend on the threads */
     TU_ASSERT_CLOSE(d, e, (size_t)n, 0, 0);
     for (int64_t j = 0; j < n; j++) e[j] = 1.0f;
-    wmat__merge_dare(e, n, p, 43);
+    wmat__merge_dare(e, n, p, 43, 2);
     int64_t differ = 0;
     for (int64_t j = 0; j < n; j++) differ += d[j] != e[j];
     assert_true(differ > n / 10);

@@ -75,14 +75,15 @@ int wmat__merge_key_per_model(const char *key);
 
 /* The k-th largest of |x[0..n)| (k in 1..n) by selection (a radix select:
  * three counting passes over the float bit patterns, O(n) always, x only
- * read; scratch is unused and may be NULL): the magnitude threshold of TIES. */
-float wmat__merge_kth_largest_abs(const float *x, int64_t n, int64_t k, float *scratch);
+ * read, on n_threads threads): the magnitude threshold of TIES. */
+float wmat__merge_kth_largest_abs(const float *x, int64_t n, int64_t k, int n_threads);
 /* Keep the k largest magnitudes of d (exactly k: entries equal to the
  * threshold are kept in index order until k are kept), zero the rest. */
-void wmat__merge_trim_topk(float *d, int64_t n, int64_t k, float *scratch);
+void wmat__merge_trim_topk(float *d, int64_t n, int64_t k, int n_threads);
 /* DARE: zero each entry with probability 1 - density, scale the kept ones
- * by 1 / density; the mask is a function of seed alone. Returns the count dropped. */
-int64_t wmat__merge_dare(float *d, int64_t n, double density, uint64_t seed);
+ * by 1 / density; the mask is a function of seed alone (not of n_threads).
+ * Returns the count dropped. */
+int64_t wmat__merge_dare(float *d, int64_t n, double density, uint64_t seed, int n_threads);
 
 /* ---- the driver */
 

@@ -54,12 +54,13 @@ int wmat__merge_key_per_model(const char *key)
  * three counting passes over 11, 11 and 10 bits narrow the answer down to
  * its exact pattern. The passes only read x (no copy, no reordering), and
  * the cost is 3 n in every case (a quickselect is n expected, n^2 worst,
- * and moves memory). */
-float wmat__merge_kth_largest_abs(const float *x, int64_t n, int64_t k, float *scratch)
+ * and moves memory). Each pass counts in per-thread histograms that are
+ * summed after it, so threads never share a counter. */
+float wmat__merge_kth_largest_abs(const float *x, int64_t n, int64_t k, int n_threads)
 {
-    (void)scratch;
     if (n <= 0 || k < 1) return INFINITY;
     if (k > n) k = n;
+    if (n_threads < 1 || n < ((int64_t)1 << 16)) n_threads = 1;
     static const int shifts[3] = {21, 10, 0}, widths[3] = {11, 11, 10};
     uint32_t prefix = 0, mask = 0;
     int64_t kk = k; /* rank among the entries matching the prefix, from the top */
@@ -68,11 +69,19 @@ float wmat__merge_kth_largest_abs(const float *x, int64_t n, int64_t k, float *s
         const int sh = shifts[p], nb = 1 << widths[p];
         const uint32_t bm = (uint32_t)nb - 1;
         memset(counts, 0, sizeof counts);
-        for (int64_t j = 0; j < n; j++) {
-            uint32_t u;
-            memcpy(&u, &x[j], sizeof u);
-            u &= 0x7fffffffu;
-            if ((u & mask) == prefix) counts[(u >> sh) & bm]++;
+#pragma omp parallel num_threads(n_threads)
+        {
+            int64_t local[2048];
+            memset(local, 0, (size_t)nb * sizeof *local);
+#pragma omp for schedule(static)
+            for (int64_t j = 0; j < n; j++) {
+                uint32_t u;
+                memcpy(&u, &x[j], sizeof u);
+                u &= 0x7fffffffu;
+                if ((u & mask) == prefix) local[(u >> sh) & bm]++;
+            }
+#pragma omp critical
+            for (int b = 0; b < nb; b++) counts[b] += local[b];
         }
         int b = nb - 1;
         for (; b > 0; b--) {
@@ -87,23 +96,26 @@ float wmat__merge_kth_largest_abs(const float *x, int64_t n, int64_t k, float *s
     return v;
 }
 
-void wmat__merge_trim_topk(float *d, int64_t n, int64_t k, float *scratch)
+void wmat__merge_trim_topk(float *d, int64_t n, int64_t k, int n_threads)
 {
     if (k >= n) return;
     if (k <= 0) {
         memset(d, 0, (size_t)n * sizeof *d);
         return;
     }
-    const float thr = wmat__merge_kth_largest_abs(d, n, k, scratch);
+    if (n_threads < 1 || n < ((int64_t)1 << 16)) n_threads = 1;
+    const float thr = wmat__merge_kth_largest_abs(d, n, k, n_threads);
     /* branch-free passes (they vectorize): count, then zero what is below
      * the threshold; only when more entries equal it than may be kept does a
      * third pass drop the surplus, the last ones first */
     int64_t above = 0, equal = 0;
+#pragma omp parallel for num_threads(n_threads) schedule(static) reduction(+ : above, equal)
     for (int64_t j = 0; j < n; j++) {
         const float a = fabsf(d[j]);
         above += a > thr;
         equal += a == thr;
     }
+#pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t j = 0; j < n; j++) d[j] = fabsf(d[j]) < thr ? 0.0f : d[j];
     int64_t surplus = above + equal - k;
     for (int64_t j = n - 1; j >= 0 && surplus > 0; j--)
@@ -113,19 +125,30 @@ void wmat__merge_trim_topk(float *d, int64_t n, int64_t k, float *scratch)
         }
 }
 
-int64_t wmat__merge_dare(float *d, int64_t n, double density, uint64_t seed)
+/* The drop mask is drawn per chunk of DARE_CHUNK entries from a stream
+ * seeded by (seed, chunk), so the mask depends on the seed only, never on
+ * the number of threads. */
+#define DARE_CHUNK ((int64_t)1 << 16)
+
+int64_t wmat__merge_dare(float *d, int64_t n, double density, uint64_t seed, int n_threads)
 {
     if (density >= 1.0) return 0;
-    wmat_rng r;
-    wmat_rng_seed(&r, seed);
     const float keep = (float)density, scale = (float)(1.0 / density);
+    const int64_t chunks = (n + DARE_CHUNK - 1) / DARE_CHUNK;
+    if (n_threads < 1 || chunks < 2) n_threads = 1;
     int64_t dropped = 0;
-    for (int64_t j = 0; j < n; j++) {
-        if (wmat_rng_uniform(&r) < keep) {
-            d[j] *= scale;
-        } else {
-            d[j] = 0.0f;
-            dropped++;
+#pragma omp parallel for num_threads(n_threads) schedule(static) reduction(+ : dropped)
+    for (int64_t c = 0; c < chunks; c++) {
+        wmat_rng r;
+        wmat_rng_seed(&r, seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(c + 1)));
+        const int64_t end = (c + 1) * DARE_CHUNK < n ? (c + 1) * DARE_CHUNK : n;
+        for (int64_t j = c * DARE_CHUNK; j < end; j++) {
+            if (wmat_rng_uniform(&r) < keep) {
+                d[j] *= scale;
+            } else {
+                d[j] = 0.0f;
+                dropped++;
+            }
         }
     }
     return dropped;
@@ -223,7 +246,7 @@ static int m_ties(const wmat_merge_args *a, float *out, wmat_merge_tinfo *info)
     double trimmed = 0;
     for (int i = 0; i < a->n_in; i++) {
         const int64_t k = keep_count(a->density[i], a->n);
-        wmat__merge_trim_topk(a->x[i], a->n, k, a->scratch);
+        wmat__merge_trim_topk(a->x[i], a->n, k, a->n_threads);
         trimmed += (double)(a->n - k);
     }
     info->trimmed = trimmed / ((double)a->n * a->n_in);
@@ -244,7 +267,7 @@ static int dare_common(const wmat_merge_args *a, float *out, wmat_merge_tinfo *i
 {
     to_deltas(a);
     double dropped = 0;
-    for (int i = 0; i < a->n_in; i++) dropped += (double)wmat__merge_dare(a->x[i], a->n, a->density[i], input_seed(a->seed, i));
+    for (int i = 0; i < a->n_in; i++) dropped += (double)wmat__merge_dare(a->x[i], a->n, a->density[i], input_seed(a->seed, i), a->n_threads);
     info->trimmed = dropped / ((double)a->n * a->n_in);
     info->sign_conflicts = (double)combine(a, out, elect) / (double)a->n;
     return WMAT_OK;
