@@ -1,7 +1,9 @@
 #include "cli.h"
+#include "core/internal.h"
 
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,8 +63,33 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
     return 2;
 }
 
+volatile sig_atomic_t cli_interrupted = 0;
+
+static void on_signal(int sig)
+{
+    cli_interrupted = sig;
+}
+
+void cli_signals_install(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = (int)SA_RESETHAND; /* a second Ctrl-C kills the process */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+int cli_cancel_check(void *user, const char *what, uint64_t done, uint64_t total)
+{
+    (void)user, (void)what, (void)done, (void)total;
+    return cli_interrupted != 0;
+}
+
 int cli_fail(const char *cmd)
 {
+    if (cli_interrupted) return 1; /* main() says "interrupted" */
     fprintf(stderr, "wmat %s: error: %s\n", cmd, wmat_last_error()[0] ? wmat_last_error() : "unknown failure");
     return 1;
 }
@@ -238,10 +265,23 @@ const char *cli_bytes(double b, char *buf, size_t n)
     return buf;
 }
 
+/* On a terminal, a bar redrawn in place; otherwise (a log) one line every
+ * few seconds and at the end, so long runs show progress in logs too. */
 int cli_progress(void *user, const char *what, uint64_t done, uint64_t total)
 {
     (void)user;
-    if (!isatty(STDERR_FILENO) || total == 0) return 0;
+    static double last;
+    if (cli_interrupted) return 1;
+    if (total == 0) return 0;
+    if (!isatty(STDERR_FILENO)) {
+        const double t = wmat__now();
+        if (done == total || t - last >= 5.0) {
+            last = t;
+            fprintf(stderr, "%s: %llu/%llu (%.0f%%)\n", what, (unsigned long long)done, (unsigned long long)total,
+                    100.0 * (double)done / (double)total);
+        }
+        return 0;
+    }
     int width = 30, fill = (int)((double)done / (double)total * width);
     fprintf(stderr, "\r%-10s [", what);
     for (int i = 0; i < width; i++) fputc(i < fill ? '=' : ' ', stderr);

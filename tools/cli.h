@@ -7,6 +7,8 @@
 #include "wmat.h"
 #include "core/method.h"
 
+#include <signal.h>
+
 typedef enum { OPT_FLAG, OPT_STR, OPT_INT, OPT_FLOAT } cli_opt_kind;
 
 typedef struct {
@@ -47,6 +49,15 @@ void cli_usage(const cli_command *cmd, const cli_opt *opts);
 
 /* Print "wmat CMD: error: <last wmat error>" to stderr; returns 1. */
 int cli_fail(const char *cmd);
+
+/* Ctrl-C / SIGTERM: the first sets cli_interrupted (a second one kills at
+ * once). Progress callbacks then return nonzero, so the library stops and
+ * removes its temporary outputs; long loops of the CLI check the flag;
+ * main() prints "wmat CMD: interrupted" and exits 130. */
+extern volatile sig_atomic_t cli_interrupted;
+void cli_signals_install(void);
+/* A progress callback that only reports an interruption (no display). */
+int cli_cancel_check(void *user, const char *what, uint64_t done, uint64_t total);
 /* Print a formatted error; returns 2 (usage) */
 int cli_usage_error(const char *cmd, const char *fmt, ...);
 

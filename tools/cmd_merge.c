@@ -182,6 +182,7 @@ int cmd_merge(int argc, char **argv)
     if (tok_src) s->tokenizer_source = tok_src;
     wmat_context ctx = wmat_context_default();
     ctx.n_threads = g_cli.threads;
+    ctx.progress = cli_cancel_check; /* on_tensor prints; this only stops on Ctrl-C */
     s->ctx = &ctx;
     progress_state st = {now_s(), quiet, NULL};
     if (csv) {

@@ -13,15 +13,25 @@
 #include <unistd.h>
 
 typedef struct {
-    double t0;
+    double t0, last;
 } qprogress;
 
 /* A bar per tensor with the time left, on stderr when it is a terminal. */
 static int progress_eta(void *user, const char *what, uint64_t done, uint64_t total)
 {
     qprogress *q = user;
-    if (!isatty(STDERR_FILENO) || total == 0) return 0;
+    if (cli_interrupted) return 1;
+    if (total == 0) return 0;
     const double el = wmat__now() - q->t0, eta = done ? el / (double)done * (double)(total - done) : 0.0;
+    if (!isatty(STDERR_FILENO)) {
+        /* a log: a line every few seconds and at the end */
+        if (done == total || wmat__now() - q->last >= 5.0) {
+            q->last = wmat__now();
+            fprintf(stderr, "quantize: %llu/%llu %s, %.0f s, ETA %.0f s\n", (unsigned long long)done,
+                    (unsigned long long)total, what, el, eta);
+        }
+        return 0;
+    }
     const int width = 24, fill = (int)((double)done / (double)total * width);
     fprintf(stderr, "\rquantize [");
     for (int i = 0; i < width; i++) fputc(i < fill ? '=' : ' ', stderr);
@@ -159,7 +169,7 @@ int cmd_quantize(int argc, char **argv)
     qp.n_calib = n_cal;
     qp.calib_ctx = cctx;
     qp.n_threads = g_cli.threads;
-    qprogress pr = {wmat__now()};
+    qprogress pr = {wmat__now(), 0};
     qp.progress = progress_eta;
     qp.progress_user = &pr;
     if (wmat__quantize_model(m, &qp, &rep, &results)) {

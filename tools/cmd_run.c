@@ -209,7 +209,7 @@ int cmd_generate(int argc, char **argv)
     int32_t token = ids[0];
     int pos_i = 0;
     double t0 = 0;
-    while (pos_i < steps) {
+    while (pos_i < steps && !cli_interrupted) {
         if ((rc = wmat_decode(rt, token, pos_i, logits))) break;
         int next;
         if ((size_t)pos_i + 1 < n_prompt) next = ids[pos_i + 1];
@@ -229,6 +229,7 @@ int cmd_generate(int argc, char **argv)
         if (pos_i == 1) t0 = now_s();
     }
     printf("\n");
+    fflush(stdout); /* the text ends before the statistics on stderr */
     if (rc) cli_fail("generate");
     else if (pos_i > 1) fprintf(stderr, "achieved tok/s: %.1f\n", (pos_i - 1) / (now_s() - t0));
     wmat_runtime_free(rt);

@@ -363,6 +363,19 @@ int cmd_train(int argc, char **argv)
             goto done;
         }
         if (stop_after > 0 && si.step >= stop_after) break;
+        if (cli_interrupted) {
+            /* a checkpoint to resume from, and no other output */
+            char def[4200];
+            snprintf(def, sizeof def, "%s.ckpt", out);
+            const char *cp = ckpt ? ckpt : def;
+            if (wmat_trainer_save_checkpoint(t, cp)) {
+                fprintf(stderr, "wmat train: error: checkpoint %s: %s\n", cp, wmat_last_error());
+            } else {
+                fprintf(stderr, "wmat train: interrupted after step %d; checkpoint %s (continue with the same command and --resume %s)\n",
+                        si.step, cp, cp);
+            }
+            goto done;
+        }
         if (time_limit > 0 && tsum >= time_limit && si.step < steps) {
             if (vids && !do_eval && !wmat_trainer_eval(t, vids, vn, T, eval_windows, &er)) {
                 vlast = er.mean_nll;

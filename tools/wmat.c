@@ -97,5 +97,12 @@ int main(int argc, char **argv)
     int threads = prescan_threads(argc, argv);
     if (needs_math && wmat_linalg_init(threads > 0 ? threads : 0) != WMAT_OK)
         fprintf(stderr, "wmat: warning: %s\n", wmat_last_error());
-    return cmd->run(argc - 1, argv + 1);
+    cli_signals_install();
+    int rc = cmd->run(argc - 1, argv + 1);
+    if (cli_interrupted) {
+        fflush(stdout);
+        fprintf(stderr, "\nwmat %s: interrupted\n", argv[1]);
+        return 130;
+    }
+    return rc;
 }
