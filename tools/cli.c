@@ -271,12 +271,16 @@ int cli_progress(void *user, const char *what, uint64_t done, uint64_t total)
 {
     (void)user;
     static double last;
+    static int printed;
     if (cli_interrupted) return 1;
     if (total == 0) return 0;
     if (!isatty(STDERR_FILENO)) {
+        /* quick runs print nothing; long ones a line every 5 s and the end */
         const double t = wmat__now();
-        if (done == total || t - last >= 5.0) {
+        if (last == 0) last = t;
+        if (t - last >= 5.0 || (done == total && printed)) {
             last = t;
+            printed = 1;
             fprintf(stderr, "%s: %llu/%llu (%.0f%%)\n", what, (unsigned long long)done, (unsigned long long)total,
                     100.0 * (double)done / (double)total);
         }

@@ -14,6 +14,7 @@
 
 typedef struct {
     double t0, last;
+    int printed;
 } qprogress;
 
 /* A bar per tensor with the time left, on stderr when it is a terminal. */
@@ -25,8 +26,10 @@ static int progress_eta(void *user, const char *what, uint64_t done, uint64_t to
     const double el = wmat__now() - q->t0, eta = done ? el / (double)done * (double)(total - done) : 0.0;
     if (!isatty(STDERR_FILENO)) {
         /* a log: a line every few seconds and at the end */
-        if (done == total || wmat__now() - q->last >= 5.0) {
+        /* quick runs print nothing; long ones a line every 5 s and the end */
+        if (wmat__now() - q->last >= 5.0 || (done == total && q->printed)) {
             q->last = wmat__now();
+            q->printed = 1;
             fprintf(stderr, "quantize: %llu/%llu %s, %.0f s, ETA %.0f s\n", (unsigned long long)done,
                     (unsigned long long)total, what, el, eta);
         }
@@ -169,7 +172,7 @@ int cmd_quantize(int argc, char **argv)
     qp.n_calib = n_cal;
     qp.calib_ctx = cctx;
     qp.n_threads = g_cli.threads;
-    qprogress pr = {wmat__now(), 0};
+    qprogress pr = {wmat__now(), wmat__now(), 0};
     qp.progress = progress_eta;
     qp.progress_user = &pr;
     if (wmat__quantize_model(m, &qp, &rep, &results)) {
