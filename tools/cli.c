@@ -10,10 +10,10 @@
 #include <string.h>
 #include <unistd.h>
 
-cli_common g_cli = {0, NULL, 0};
+cli_common g_cli = {0, NULL, 0, 0};
 
 static const cli_opt g_common_opts[] = {
-    {"--threads", OPT_INT, &g_cli.threads, "N", "threads (default: all cores)"},
+    {"--threads", OPT_INT, &g_cli.threads, "N", "threads (default: the cores not busy with other processes at start)"},
     {"--tokenizer", OPT_STR, &g_cli.tokenizer, "FILE", "llama2.c tokenizer file (default: found beside the model)"},
     {"--no-blas-tune", OPT_FLAG, NULL, NULL, "keep the BLAS library's own kernel choice"},
     {"--help", OPT_FLAG, &g_cli.help, NULL, "show this help"},

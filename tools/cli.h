@@ -28,9 +28,10 @@ typedef struct {
 
 /* Options every command takes. */
 typedef struct {
-    int threads;
+    int threads; /* --threads, or main()'s default: the cores not busy at start */
     const char *tokenizer;
     int help;
+    int busy; /* runnable tasks of other processes seen at start (the default's reason) */
 } cli_common;
 
 extern cli_common g_cli;

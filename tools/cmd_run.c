@@ -357,5 +357,9 @@ int cmd_sysinfo(int argc, char **argv)
     const char *pos[1];
     int np, rc = cli_parse(cmd, argc, argv, opts, pos, 0, 0, &np);
     if (rc) return rc == 1 ? 0 : rc;
-    return wmat_sysinfo_report(stdout, g_cli.threads, quick) ? cli_fail("sysinfo") : 0;
+    if (wmat_sysinfo_report(stdout, g_cli.threads, quick)) return cli_fail("sysinfo");
+    if (!getenv("OMP_NUM_THREADS"))
+        printf("default threads: %d now (%d runnable task%s of other processes at start; --threads N overrides)\n",
+               g_cli.threads, g_cli.busy, g_cli.busy == 1 ? "" : "s");
+    return 0;
 }

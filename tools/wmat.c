@@ -1,9 +1,11 @@
 /* wmat: the command line. */
 #include "cli.h"
 
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Filled from the method registry at start-up (method_summaries). */
 static char g_quantize_summary[384], g_decompose_summary[384];
@@ -68,6 +70,43 @@ static int prescan_threads(int argc, char **argv)
     return 0;
 }
 
+/* Threads when neither --threads nor OMP_NUM_THREADS says: the cores that
+ * other processes are not using now. OpenMP teams spin while they wait, so
+ * a team as large as the machine on a machine that is already busy makes
+ * every barrier wait for a descheduled thread: measured on 2 cores with
+ * other work running, generate fell from 246 tok/s with one thread to 12
+ * with two (docs/BENCHMARKS.md, "Threads under load"). Runnable tasks are
+ * sampled from /proc/loadavg (its fourth field counts them, this process
+ * included) five times over ~20 ms and the median taken; on a quiet machine
+ * this is every core, as before. */
+static int default_threads(int *others_out)
+{
+    cpu_set_t set;
+    int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) n = 1;
+    int r[5], k = 0;
+    for (int i = 0; i < 5; i++) {
+        FILE *f = fopen("/proc/loadavg", "r");
+        int running = 0, total = 0;
+        double a, b, c;
+        if (f && fscanf(f, "%lf %lf %lf %d/%d", &a, &b, &c, &running, &total) == 5) r[k++] = running - 1;
+        if (f) fclose(f);
+        if (i < 4) usleep(5000);
+    }
+    int others = 0;
+    if (k) {
+        for (int i = 1; i < k; i++) /* insertion sort of at most 5 */
+            for (int j = i; j > 0 && r[j] < r[j - 1]; j--) {
+                int t = r[j];
+                r[j] = r[j - 1];
+                r[j - 1] = t;
+            }
+        others = r[k / 2] > 0 ? r[k / 2] : 0;
+    }
+    *others_out = others;
+    return n - others >= 1 ? n - others : 1;
+}
+
 int main(int argc, char **argv)
 {
     method_summaries();
@@ -95,6 +134,12 @@ int main(int argc, char **argv)
     for (int i = 0; no_math[i]; i++)
         if (!strcmp(argv[1], no_math[i])) needs_math = 0;
     int threads = prescan_threads(argc, argv);
+    if (threads <= 0 && needs_math && !getenv("OMP_NUM_THREADS")) {
+        int others;
+        threads = default_threads(&others);
+        g_cli.threads = threads; /* --threads, parsed later, still wins */
+        g_cli.busy = others;
+    }
     if (needs_math && wmat_linalg_init(threads > 0 ? threads : 0) != WMAT_OK)
         fprintf(stderr, "wmat: warning: %s\n", wmat_last_error());
     cli_signals_install();
