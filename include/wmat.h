@@ -530,6 +530,29 @@ WMAT_API int wmat_read_file(const char *path, char **out, size_t *len);
  * (0,1) does nucleus sampling. */
 WMAT_API int wmat_sample(float *logits, int n, float temp, float top_p, wmat_rng *rng);
 
+/* The sampler of llama.cpp users' flags. Steps, in order: the repetition
+ * penalty over the last repeat_last_n tokens of the history (llama.cpp's
+ * rule: a positive logit divided by it, a negative one multiplied; each
+ * token once), then temperature (<= 0: the argmax of the penalized logits,
+ * first maximum), softmax, and the candidates cut by top_k (0: off), top_p
+ * (nucleus over the renormalized top-k; >= 1: off) and min_p (keep p >=
+ * min_p * p_max; 0: off); the token is drawn from what is left. With
+ * top_k 0, min_p 0 and no penalty this is wmat_sample (run.c's order:
+ * temperature before the nucleus). */
+typedef struct {
+    float temp;
+    int top_k;
+    float top_p;
+    float min_p;
+    float repeat_penalty; /* 1: off */
+    int repeat_last_n;    /* tokens of history the penalty looks at */
+} wmat_sampler_params;
+/* temp 1, top_k 0, top_p 0.9, min_p 0, repeat_penalty 1, repeat_last_n 64. */
+WMAT_API wmat_sampler_params wmat_sampler_default_params(void);
+/* history: the tokens so far (prompt and generated), may be NULL when n_hist is 0. */
+WMAT_API int wmat_sample_ex(float *logits, int n, const wmat_sampler_params *p, const int32_t *history, int n_hist,
+                            wmat_rng *rng);
+
 /* ================================================================ analysis
  * Spectra, outliers, low-rank-ness and fine-tuning fingerprints of weight
  * matrices (src/analyze, docs/ANALYSIS.md). Eigenvalues are lambda = s^2 of

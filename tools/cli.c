@@ -1,6 +1,7 @@
 #include "cli.h"
 #include "core/internal.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -14,6 +15,7 @@ cli_common g_cli = {0, NULL, 0, 0};
 
 static const cli_opt g_common_opts[] = {
     {"--threads", OPT_INT, &g_cli.threads, "N", "threads (default: the cores not busy with other processes at start)"},
+    {"-t", OPT_INT, &g_cli.threads, "N", "same as --threads"},
     {"--tokenizer", OPT_STR, &g_cli.tokenizer, "FILE", "llama2.c tokenizer file (default: found beside the model)"},
     {"--no-blas-tune", OPT_FLAG, NULL, NULL, "keep the BLAS library's own kernel choice"},
     {"--help", OPT_FLAG, &g_cli.help, NULL, "show this help"},
@@ -205,6 +207,18 @@ int cli_parse_params(const cli_command *cmd, int argc, char **argv, const cli_op
             if (rc) return rc;
         } else if (!strcmp(a, "-h")) {
             g_cli.help = 1;
+        } else if (a[0] == '-' && isalpha((unsigned char)a[1]) && !a[2]) {
+            /* llama.cpp's short forms where a command lists them (-m -p -n ...) */
+            const cli_opt *o = find_opt(opts, a);
+            if (!o) o = find_opt(g_common_opts, a);
+            if (!o) return cli_usage_error(cmd->name, "unknown option '%s'", a);
+            const char *val = NULL;
+            if (o->kind != OPT_FLAG) {
+                if (i + 1 >= argc) return cli_usage_error(cmd->name, "%s needs a value (%s)", o->name, o->arg ? o->arg : "VALUE");
+                val = argv[++i];
+            }
+            int rc = set_opt(cmd->name, o, val);
+            if (rc) return rc;
         } else {
             if (*n_pos >= max_pos) return cli_usage_error(cmd->name, "unexpected argument '%s'", a);
             pos[(*n_pos)++] = a;

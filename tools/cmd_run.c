@@ -155,26 +155,41 @@ static void print_piece(const char *p, size_t len)
 int cmd_generate(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("generate");
-    const char *prompt = "";
-    int steps = 256, seed_set = 0, seed = 0;
-    float temp = 1.0f, top_p = 0.9f;
+    const char *prompt = "", *model = NULL;
+    int steps = 0, n_new = -1, seed_set = 0, seed = 0;
+    wmat_sampler_params sp = wmat_sampler_default_params();
     cli_opt opts[] = {
         {"--prompt", OPT_STR, &prompt, "TEXT", "text to continue (default: empty)"},
-        {"--steps", OPT_INT, &steps, "N", "positions in total, prompt included, as run.c's -n (default 256)"},
-        {"--temp", OPT_FLOAT, &temp, "T", "temperature; 0 is greedy (default 1.0)"},
-        {"--top-p", OPT_FLOAT, &top_p, "P", "nucleus sampling mass (default 0.9; 1 disables)"},
-        {"--seed", OPT_INT, &seed, "S", "random seed (default: time)"},
+        {"-p", OPT_STR, &prompt, "TEXT", "same as --prompt"},
+        {"-m", OPT_STR, &model, "MODEL", "the model (instead of the positional MODEL), as llama.cpp's -m"},
+        {"--n-predict", OPT_INT, &n_new, "N", "new tokens to generate after the prompt (default: up to --steps or the context)"},
+        {"-n", OPT_INT, &n_new, "N", "same as --n-predict"},
+        {"--steps", OPT_INT, &steps, "N", "positions in total, prompt included, as run.c's -n (default 256 without -n)"},
+        {"--temp", OPT_FLOAT, &sp.temp, "T", "temperature; 0 is greedy (default 1.0)"},
+        {"--top-k", OPT_INT, &sp.top_k, "K", "keep the K most likely tokens (default 0: off)"},
+        {"--top-p", OPT_FLOAT, &sp.top_p, "P", "nucleus sampling mass (default 0.9; 1 disables)"},
+        {"--min-p", OPT_FLOAT, &sp.min_p, "P", "keep tokens at least P times as likely as the best (default 0: off)"},
+        {"--repeat-penalty", OPT_FLOAT, &sp.repeat_penalty, "R", "penalize tokens of the last --repeat-last-n (default 1: off; llama.cpp's rule)"},
+        {"--repeat-last-n", OPT_INT, &sp.repeat_last_n, "N", "history the repetition penalty looks at (default 64)"},
+        {"--seed", OPT_INT, &seed, "S", "random seed (default: from the clock, printed so a run can be repeated)"},
+        {"-s", OPT_INT, &seed, "S", "same as --seed"},
         {NULL, 0, NULL, NULL, NULL},
     };
     const char *pos[1];
-    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 1, 1, &np);
+    int np, rc = cli_parse(cmd, argc, argv, opts, pos, 0, 1, &np);
     if (rc) return rc == 1 ? 0 : rc;
     for (int i = 1; i < argc; i++)
-        if (!strncmp(argv[i], "--seed", 6)) seed_set = 1;
-    if (steps <= 0) return cli_usage_error("generate", "--steps must be positive");
-    if (temp < 0 || top_p < 0 || top_p > 1) return cli_usage_error("generate", "--temp must be >= 0 and --top-p in [0, 1]");
+        if (!strncmp(argv[i], "--seed", 6) || !strcmp(argv[i], "-s")) seed_set = 1;
+    if (model && np) return cli_usage_error("generate", "give the model once: -m MODEL or MODEL");
+    if (!model && !np) return cli_usage_error("generate", "missing arguments: %s", cmd->usage);
+    if (!model) model = pos[0];
+    if (steps < 0 || (steps > 0 && n_new >= 0)) return cli_usage_error("generate", "give --steps N (positions, prompt included) or -n N (new tokens), not both");
+    if (n_new < -1) return cli_usage_error("generate", "-n must be >= 0");
+    if (sp.temp < 0 || sp.top_p < 0 || sp.top_p > 1 || sp.top_k < 0 || sp.min_p < 0 || sp.min_p > 1 || !(sp.repeat_penalty > 0) ||
+        sp.repeat_last_n < 0)
+        return cli_usage_error("generate", "--temp >= 0, --top-p and --min-p in [0, 1], --top-k >= 0, --repeat-penalty > 0, --repeat-last-n >= 0");
     wmat_model *m;
-    if (cli_load_model("generate", pos[0], CLI_LOAD_STORED, &m)) return 1;
+    if (cli_load_model("generate", model, CLI_LOAD_STORED, &m)) return 1;
     const wmat_config *c = wmat_model_config(m);
     wmat_tokenizer *tok = wmat_model_tokenizer(m);
     if (!tok) {
@@ -182,12 +197,27 @@ int cmd_generate(int argc, char **argv)
         wmat_model_free(m);
         return 1;
     }
-    if (steps > c->seq_len) steps = c->seq_len;
     int32_t *ids = NULL;
     size_t n_prompt = 0;
     if (wmat_tokenizer_encode(tok, prompt, strlen(prompt), 1, 0, &ids, &n_prompt)) {
         wmat_model_free(m);
         return cli_fail("generate");
+    }
+    /* positions: the prompt (BOS included) plus the new tokens, within the context */
+    if (n_new >= 0) steps = (int)n_prompt + n_new;
+    else if (steps == 0) steps = 256 < c->seq_len ? 256 : c->seq_len;
+    if ((int)n_prompt > c->seq_len || ((int)n_prompt > steps && steps > 0)) {
+        const int limit = (int)n_prompt > c->seq_len ? c->seq_len : steps;
+        fprintf(stderr, "wmat generate: error: the prompt is %zu tokens (BOS included) but %s %d%s\n", n_prompt,
+                limit == c->seq_len ? "the model's context is" : "--steps, which counts the prompt, is", limit,
+                limit == c->seq_len ? "" : " (use -n N for N new tokens)");
+        free(ids);
+        wmat_model_free(m);
+        return 1;
+    }
+    if (steps > c->seq_len) {
+        fprintf(stderr, "wmat generate: note: stopping at the model's context of %d positions\n", c->seq_len);
+        steps = c->seq_len;
     }
     wmat_context wc = wmat_context_default();
     wc.n_threads = g_cli.threads;
@@ -205,15 +235,32 @@ int cmd_generate(int argc, char **argv)
         return cli_fail("generate");
     }
     wmat_rng rng;
-    wmat_rng_seed(&rng, seed_set ? (uint64_t)seed : (uint64_t)time(NULL));
+    if (!seed_set) seed = (int)(time(NULL) & 0x7fffffff);
+    if (!seed_set && sp.temp > 0) fprintf(stderr, "seed %d\n", seed);
+    wmat_rng_seed(&rng, (uint64_t)seed);
+    /* the history the repetition penalty reads: the prompt, then each new token */
+    int32_t *hist = malloc(((size_t)steps + n_prompt + 1) * sizeof *hist);
+    int n_hist = (int)n_prompt;
+    if (!hist) {
+        free(ids);
+        free(logits);
+        wmat_runtime_free(rt);
+        wmat_model_free(m);
+        return cli_fail("generate");
+    }
+    memcpy(hist, ids, n_prompt * sizeof *hist);
     int32_t token = ids[0];
     int pos_i = 0;
     double t0 = 0;
     while (pos_i < steps && !cli_interrupted) {
         if ((rc = wmat_decode(rt, token, pos_i, logits))) break;
         int next;
-        if ((size_t)pos_i + 1 < n_prompt) next = ids[pos_i + 1];
-        else next = wmat_sample(logits, c->vocab_size, temp, top_p, &rng);
+        if ((size_t)pos_i + 1 < n_prompt) {
+            next = ids[pos_i + 1];
+        } else {
+            next = wmat_sample_ex(logits, c->vocab_size, &sp, hist, n_hist, &rng);
+            if (next >= 0) hist[n_hist++] = next;
+        }
         if (next < 0) {
             rc = next;
             break;
@@ -233,6 +280,7 @@ int cmd_generate(int argc, char **argv)
     if (rc) cli_fail("generate");
     else if (pos_i > 1) fprintf(stderr, "achieved tok/s: %.1f\n", (pos_i - 1) / (now_s() - t0));
     wmat_runtime_free(rt);
+    free(hist);
     free(logits);
     free(ids);
     wmat_model_free(m);

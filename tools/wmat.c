@@ -14,7 +14,7 @@ const cli_command g_commands[] = {
     {"info", "Show a model's architecture and every tensor (name, shape, dtype, bytes).", "MODEL [options]", cmd_info},
     {"eval", "Perplexity of a text or token stream: windows of ctx+1 tokens overlapping by one, each from an empty cache.",
      "MODEL (--text FILE | --tokens FILE | --eval FILE) [options]", cmd_eval},
-    {"generate", "Continue a prompt (greedy with --temp 0).", "MODEL --prompt TEXT [options]", cmd_generate},
+    {"generate", "Continue a prompt (greedy with --temp 0).", "(MODEL | -m MODEL) [-p TEXT] [-n N] [options]", cmd_generate},
     {"tokenize", "Encode a text file as llama2.c does and write little-endian uint16 ids.",
      "[MODEL | --tokenizer FILE] --text FILE --out FILE [options]", cmd_tokenize},
     {"convert", "Write a model in another format or weight type (atomic output).",
@@ -65,7 +65,7 @@ static int prescan_threads(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         if (!strncmp(argv[i], "--threads=", 10)) return atoi(argv[i] + 10);
-        if (!strcmp(argv[i], "--threads") && i + 1 < argc) return atoi(argv[i + 1]);
+        if ((!strcmp(argv[i], "--threads") || !strcmp(argv[i], "-t")) && i + 1 < argc) return atoi(argv[i + 1]);
     }
     return 0;
 }
