@@ -953,6 +953,9 @@ typedef struct {
                              per-OC (reported); 0: that is an error */
     int embeddings;       /* also quantize the token embedding (data-free RTN unless tied) */
     int classifier;       /* also quantize the classifier (the embedding when tied) */
+    int gguf;             /* 1: the result is for GGUF; settings no GGUF type holds exactly
+                             (asymmetric, groups other than 32 inputs, act-order, 2/3 bits)
+                             fail before any calibration, naming the flag that would work */
     int sequential;       /* 2 (default): per stage of a block (q/k/v, o, gate/up, down),
                              GPTQ's "true sequential"; 1: per block (block l calibrated
                              with blocks < l quantized; ~15% faster on mix4m); 0:

@@ -437,6 +437,31 @@ static int files_equal(const char *a, const char *b)
     return eq;
 }
 
+/* quantize --to gguf refuses, before any calibration and naming the flag
+ * that works, settings no GGUF type holds; the fixed command writes it. */
+static void test_quantize_gguf_fails_early(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(m, "models/mix4m.bin");
+    TU_NEED_DATA(cal, "golden/tinystories_valid_head.tok512.u16");
+    const char *w = tu_cli(), *out = tu_tmp("early.gguf");
+    const double t0 = now();
+    expect_exit(1, "use --sym", "%s quantize %s %s --method gptq --bits 4 --group 32 --calib %s --to gguf --threads 1", w, m, out,
+                cal);
+    expect_exit(1, "use --group 32", "%s quantize %s %s --method gptq --bits 4 --group 64 --sym --calib %s --to gguf --threads 1", w,
+                m, out, cal);
+    expect_exit(1, "use --bits 4 or --bits 8", "%s quantize %s %s --method rtn --bits 3 --group 32 --sym --to gguf", w, m, out);
+    expect_exit(1, "--static-groups", "%s quantize %s %s --method gptq --bits 4 --group 32 --sym --act-order --calib %s --to gguf", w,
+                m, out, cal);
+    /* the calibration of mix4m takes seconds: four refusals took less than one */
+    const double dt = now() - t0;
+    if (dt > 3.0) fail_msg("the refusals took %.2f s: the check does not run before calibration", dt);
+    FILE *f = fopen(out, "rb");
+    if (f) fclose(f);
+    assert_null(f);
+    expect_exit(0, "wrote", "%s quantize %s %s --method rtn --bits 4 --group 32 --sym --to gguf --quiet", w, m, out);
+}
+
 static void test_convert_roundtrips(void **state)
 {
     (void)state;
@@ -574,6 +599,7 @@ int main(void)
         cmocka_unit_test(test_common_spellings_train),
         cmocka_unit_test(test_tokenize_cli_matches_runc),
         cmocka_unit_test(test_convert_roundtrips),
+        cmocka_unit_test(test_quantize_gguf_fails_early),
         cmocka_unit_test(test_llamacpp_continues_like_wmat),
     };
     return tu_run_tests("cli", tests, NULL, NULL);

@@ -168,6 +168,7 @@ int cmd_quantize(int argc, char **argv)
     qp.group_fallback = group_fallback;
     qp.embeddings = embeddings;
     qp.classifier = classifier;
+    qp.gguf = fmt == WMAT_FMT_GGUF;
     qp.calib = cal;
     qp.n_calib = n_cal;
     qp.calib_ctx = cctx;

@@ -320,6 +320,28 @@ static int job_params(qjob *j, const wmat_quantize_params *p, int n_threads)
     return rc;
 }
 
+/* With a GGUF output, settings that no GGUF type holds exactly are refused
+ * before any calibration (the rules of the packed kind's GGUF export:
+ * Q4_0 / Q8_0, symmetric, 32-input blocks, no column permutation). */
+static int gguf_holds(const qjob *j, int own_axis)
+{
+    const wmat_qparams *q = &j->qp;
+    const char *why = NULL, *fix = NULL;
+    if (q->bits != 4 && q->bits != 8) why = "GGUF holds 4-bit (Q4_0) and 8-bit (Q8_0) codes exactly", fix = "--bits 4 or --bits 8";
+    else if (!q->sym) why = "Q4_0 and Q8_0 are symmetric (no zero points)", fix = "--sym";
+    else if (own_axis) why = "the method picks the group axis per tensor, and ggml's blocks run along inputs", fix = "--method gptq or rtn";
+    else if (q->axis != WMAT_QAXIS_IN) why = "ggml's blocks run along the inputs (not per-IC)", fix = "groups along inputs (no --per-ic)";
+    else if (q->group != 32)
+        why = j->note ? "the group does not divide this tensor's width, and its per-channel fallback has no GGUF type"
+                      : "ggml's blocks are 32 inputs long",
+        fix = "--group 32 (or keep this tensor: --keep / --override PATTERN=keep)";
+    else if (q->act_order && !q->static_groups) why = "act-order reorders the columns, and GGUF has no column permutation", fix = "--static-groups with --act-order (or no --act-order)";
+    if (!why) return WMAT_OK;
+    return wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                          "%s: %d-bit %s group %d%s cannot be stored in GGUF: %s; use %s, or write the native directory (--to native)",
+                          j->t->name, q->bits, q->sym ? "sym" : "asym", q->group, q->act_order ? " act-order" : "", why, fix);
+}
+
 /* Bits per weight as quantized storage keeps it: codes (5..7 bits take a
  * byte), fp16 scales, u8 zero points when asymmetric, i32 perm. */
 static double stored_bpw(const wmat_qresult *q)
@@ -440,6 +462,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
             j->qp.group = 0;
             j->note = "(group does not divide: per-channel fallback)";
         }
+        if (p->gguf && (rc = gguf_holds(j, own_axis))) goto done;
         if (wmat__qmethod_needs_calib(j->method)) need_calib = 1;
     }
 
