@@ -17,6 +17,8 @@
 
 #define SIG_FORMAT "wmat.signature"
 #define SIG_VERSION "1"
+/* a tensor name with a suffix, with room for snprintf's worst case */
+#define SIG_NAME (2 * WMAT_NAME_MAX + 8)
 
 void wmat__sig_report_free(wmat_sig_report *r)
 {
@@ -324,7 +326,7 @@ int wmat__sig_extract(const char *ft, const char *base, const char *out, const w
             double tail2 = 0;
             rc = truncate_svd(d, (int)m, (int)c, (int)r, A, B, &tail2);
             if (rc) break;
-            char nm[WMAT_NAME_MAX + 4];
+            char nm[SIG_NAME];
             snprintf(nm, sizeof nm, "%s.A", tb->name);
             rc = entries_add(&es, nm, p->dtype, m, r, 2, A);
             snprintf(nm, sizeof nm, "%s.B", tb->name);
@@ -374,7 +376,7 @@ done:
     wmat_model_free(mf);
     wmat_model_free(mb);
     wmat_model_free(mc);
-    if (rc) wmat__sig_report_free(rep);
+    if (rc || rep == &local) wmat__sig_report_free(rep);
     return rc;
 }
 
@@ -430,7 +432,7 @@ static int sig_check_tensors(const wmat_st_file *f, const wmat_model *base, cons
 {
     for (int i = 0; i < f->n_tensors; i++) {
         const wmat_st_tensor *t = &f->tensors[i];
-        char name[WMAT_NAME_MAX + 4];
+        char name[SIG_NAME];
         snprintf(name, sizeof name, "%s", t->name);
         const int is_a = ends_with(name, ".A"), is_b = ends_with(name, ".B");
         if (is_a || is_b) name[strlen(name) - 2] = 0;
@@ -440,7 +442,7 @@ static int sig_check_tensors(const wmat_st_file *f, const wmat_model *base, cons
                                   base_path);
         const int64_t rows = bt->shape[0], cols = bt->ndim > 1 ? bt->shape[1] : 1;
         if (is_a || is_b) {
-            char other[WMAT_NAME_MAX + 4];
+            char other[SIG_NAME + 4];
             snprintf(other, sizeof other, "%s.%c", name, is_a ? 'B' : 'A');
             const wmat_st_tensor *o = wmat__st_find(f, other);
             const wmat_st_tensor *a = is_a ? t : o, *b = is_a ? o : t;
@@ -464,7 +466,7 @@ static int sig_add(const wmat_st_file *f, wmat_model *base, double alpha, const 
         const wmat_st_tensor *t = &f->tensors[i];
         if (ends_with(t->name, ".B")) continue; /* with its A */
         const int is_a = ends_with(t->name, ".A");
-        char name[WMAT_NAME_MAX + 4];
+        char name[SIG_NAME];
         snprintf(name, sizeof name, "%s", t->name);
         if (is_a) name[strlen(name) - 2] = 0;
         wmat_tensor *bt = wmat_model_find(base, name);
@@ -480,7 +482,7 @@ static int sig_add(const wmat_st_file *f, wmat_model *base, double alpha, const 
             wmat__free(x);
             continue;
         }
-        char bn[WMAT_NAME_MAX + 4];
+        char bn[SIG_NAME + 4];
         snprintf(bn, sizeof bn, "%s.B", name);
         const wmat_st_tensor *tb = wmat__st_find(f, bn);
         const int m = (int)bt->shape[0], c = (int)bt->shape[1], r = (int)t->shape[1];
@@ -597,7 +599,7 @@ int wmat__sig_info(const char *path, wmat_sig_info *info)
         st->bytes = t->nbytes;
         if (ends_with(t->name, ".A")) {
             st->name[strlen(st->name) - 2] = 0;
-            char bn[WMAT_NAME_MAX + 4];
+            char bn[SIG_NAME];
             snprintf(bn, sizeof bn, "%s.B", st->name);
             const wmat_st_tensor *b = wmat__st_find(f, bn);
             st->rows = t->shape[0];
