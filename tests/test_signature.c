@@ -105,7 +105,7 @@ static void test_sig_roundtrip_logits(void **state)
     wmat__sig_report_free(&rep);
     const char *sigs[1] = {sig};
     const double one = 1.0;
-    TU_OK(wmat__sig_apply(m.base, 1, sigs, &one, back, WMAT_FMT_UNKNOWN, WMAT_F32, NULL));
+    TU_OK(wmat__sig_apply(m.base, 1, sigs, &one, back, WMAT_FMT_UNKNOWN, WMAT_F32, NULL, NULL));
     wmat_model *a = load_f32(m.ft), *b = load_f32(back);
     enum { T = 16 };
     int32_t ids[T];
@@ -195,7 +195,7 @@ static void test_sig_rank_eckart_young(void **state)
     /* apply at 0.5: base + 0.5 A B on a matrix, base + 0.5 delta on a norm */
     const char *sigs[1] = {sig};
     const double half = 0.5;
-    TU_OK(wmat__sig_apply(m.base, 1, sigs, &half, out, WMAT_FMT_UNKNOWN, WMAT_F32, NULL));
+    TU_OK(wmat__sig_apply(m.base, 1, sigs, &half, out, WMAT_FMT_UNKNOWN, WMAT_F32, NULL, NULL));
     wmat_model *mo = load_f32(out);
     {
         const char *nm = names[0];
@@ -248,7 +248,7 @@ static void test_sig_compose_against_layers(void **state)
     TU_OK(wmat__sig_extract(m.ft2, m.base, s2, &p, NULL));
     const char *sigs[2] = {s1, s2};
     const double al[2] = {0.5, -2.0};
-    TU_OK(wmat__sig_apply(m.base, 2, sigs, al, out, WMAT_FMT_UNKNOWN, WMAT_F32, NULL));
+    TU_OK(wmat__sig_apply(m.base, 2, sigs, al, out, WMAT_FMT_UNKNOWN, WMAT_F32, NULL, NULL));
     wmat_model *mb = load_f32(m.base), *f1 = load_f32(m.ft), *f2 = load_f32(m.ft2), *mo = load_f32(out);
     for (int i = 0; i < wmat_model_n_tensors(mb); i++) {
         const wmat_tensor *t = wmat_model_tensor(mb, i);
@@ -294,7 +294,7 @@ static void test_sig_compose_against_layers(void **state)
     TU_OK(wmat__sig_extract(m.ft, m.base, sl, &p, NULL));
     const char *one[1] = {sl};
     const double a1 = 1.0;
-    TU_OK(wmat__sig_apply(m.base, 1, one, &a1, outl, WMAT_FMT_UNKNOWN, WMAT_F32, NULL));
+    TU_OK(wmat__sig_apply(m.base, 1, one, &a1, outl, WMAT_FMT_UNKNOWN, WMAT_F32, NULL, NULL));
     wmat_model *ml = load_f32(outl);
     for (int i = 0; i < wmat_model_n_tensors(mb); i++) {
         const wmat_tensor *t = wmat_model_tensor(mb, i);
@@ -327,18 +327,18 @@ static void test_sig_refusals(void **state)
     TU_OK(wmat__sig_extract(m.ft, m.base, sig, &p, NULL));
     const char *sigs[2] = {sig, sig};
     const double al[2] = {1, 1};
-    assert_int_equal(wmat__sig_apply(m.other, 1, sigs, al, out, WMAT_FMT_UNKNOWN, WMAT_F32, NULL), WMAT_ERR_INVALID);
+    assert_int_equal(wmat__sig_apply(m.other, 1, sigs, al, out, WMAT_FMT_UNKNOWN, WMAT_F32, NULL, NULL), WMAT_ERR_INVALID);
     assert_non_null(strstr(wmat_last_error(), sig));
     assert_non_null(strstr(wmat_last_error(), m.other));
     assert_non_null(strstr(wmat_last_error(), "dim 32"));
     assert_false(exists(out));
     /* compose: the first fits, the second is the base model itself (not a signature) */
     const char *mixed[2] = {sig, m.base};
-    assert_true(wmat__sig_apply(m.base, 2, mixed, al, out, WMAT_FMT_UNKNOWN, WMAT_F32, NULL) < 0);
+    assert_true(wmat__sig_apply(m.base, 2, mixed, al, out, WMAT_FMT_UNKNOWN, WMAT_F32, NULL, NULL) < 0);
     assert_non_null(strstr(wmat_last_error(), "not a weight signature"));
     assert_false(exists(out));
     const double bad[1] = {NAN};
-    assert_int_equal(wmat__sig_apply(m.base, 1, sigs, bad, out, WMAT_FMT_UNKNOWN, WMAT_F32, NULL), WMAT_ERR_INVALID);
+    assert_int_equal(wmat__sig_apply(m.base, 1, sigs, bad, out, WMAT_FMT_UNKNOWN, WMAT_F32, NULL, NULL), WMAT_ERR_INVALID);
     assert_false(exists(out));
     p.layers = "0,7";
     assert_int_equal(wmat__sig_extract(m.ft, m.base, outx, &p, NULL), WMAT_ERR_INVALID);

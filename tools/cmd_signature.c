@@ -137,7 +137,7 @@ int cmd_signature(int argc, char **argv)
     if (n_sig > 64) return cli_usage_error("signature", "at most 64 signatures");
     for (int i = 0; i < n_sig; i++) a[i] = is_apply ? (double)alpha : 1.0;
     if (alphas && parse_alphas(alphas, a, n_sig)) return 2;
-    if (wmat__sig_apply(pos[0], n_sig, pos + 1, a, pos[np - 1], fmt, dt, &ctx)) return cli_fail("signature");
+    if (wmat__sig_apply(pos[0], n_sig, pos + 1, a, pos[np - 1], fmt, dt, g_cli.tokenizer, &ctx)) return cli_fail("signature");
     printf("wrote %s\n", pos[np - 1]);
     return 0;
 }

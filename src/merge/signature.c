@@ -164,13 +164,19 @@ static int layer_selected(const layer_set *s, const char *name)
 
 /* ---- extract */
 
-static wmat_model *load_f32(const char *path, int *rc)
+static wmat_model *load_f32_tok(const char *path, const char *tokenizer_path, int *rc)
 {
     wmat_model *m = NULL;
     wmat_load_params lp = wmat_load_default_params();
     lp.materialize_f32 = 1;
+    lp.tokenizer_path = tokenizer_path;
     *rc = wmat_model_load(&m, path, &lp);
     return *rc ? NULL : m;
+}
+
+static wmat_model *load_f32(const char *path, int *rc)
+{
+    return load_f32_tok(path, NULL, rc);
 }
 
 typedef struct {
@@ -517,12 +523,12 @@ static wmat_format format_of(const char *path)
 }
 
 int wmat__sig_apply(const char *base, int n, const char *const *sigs, const double *alpha, const char *out,
-                    wmat_format out_format, wmat_dtype out_dtype, const wmat_context *ctx)
+                    wmat_format out_format, wmat_dtype out_dtype, const char *tokenizer_path, const wmat_context *ctx)
 {
     (void)ctx;
     if (n < 1) return wmat_set_error(WMAT_ERR_INVALID, "signature: no signature to apply");
     int rc;
-    wmat_model *mb = load_f32(base, &rc);
+    wmat_model *mb = load_f32_tok(base, tokenizer_path, &rc);
     if (rc) return rc;
     wmat_st_file **fs = wmat__calloc((size_t)n, sizeof *fs);
     if (!fs) rc = wmat_set_error(WMAT_ERR_NOMEM, "signature: out of memory");

@@ -53,11 +53,12 @@ void wmat__sig_report_free(wmat_sig_report *r);
 int wmat__sig_extract(const char *ft, const char *base, const char *out, const wmat_sig_params *p, wmat_sig_report *rep);
 
 /* out = base + sum_i alpha_i sig_i, written in out_format (WMAT_FMT_UNKNOWN:
- * by the path as `wmat merge` does) with out_dtype weights, atomically. A
+ * by the path as `wmat merge` does) with out_dtype weights, atomically;
+ * tokenizer_path: the base's llama2.c tokenizer (NULL: found beside it). A
  * signature made for another shape is refused before anything is written:
  * WMAT_ERR_INVALID naming the signature, the base and the difference. */
 int wmat__sig_apply(const char *base, int n, const char *const *sigs, const double *alpha, const char *out,
-                    wmat_format out_format, wmat_dtype out_dtype, const wmat_context *ctx);
+                    wmat_format out_format, wmat_dtype out_dtype, const char *tokenizer_path, const wmat_context *ctx);
 
 /* What a signature file holds: its metadata (key, value) and its tensors. */
 typedef struct {
