@@ -20,6 +20,7 @@
  * loop over a whole model. */
 #include "merge.h"
 #include "linalg/dense.h"
+#include "linalg/linalg.h"
 
 #include <math.h>
 #include <string.h>
@@ -102,8 +103,15 @@ int wmat__merge_opcm(const wmat_merge_args *a, float *out, wmat_merge_tinfo *inf
                 tau[j] = (double)x[j] - a->base[j];
                 s2 += tau[j] * tau[j];
             }
-            int ks;
+            /* a large matrix's SVD and products run on the context's
+             * threads, lent to OpenBLAS (its results may then differ in the
+             * last bits between thread counts); for small ones the loan
+             * costs more than it gives (mix4m's 704x256 on a loaded 2-core
+             * machine: 83 s at 2 threads against 20 s at 1) */
+            const int big = (a->rows < a->cols ? a->rows : a->cols) >= 1024;
+            int ks, tok = big ? wmat__blas_threads_begin(a->n_threads) : 0;
             rc = wmat__opcm_step((int)a->rows, (int)a->cols, E, tau, a->alpha, &ks);
+            if (big) wmat__blas_threads_end(tok);
         }
         if (a->pass == 0) a->acc[1 + t] += s2;
     }
