@@ -225,6 +225,57 @@ static void test_opcm_matches_literal(void **state)
     wmat_model_free(mb);
 }
 
+static int count_calls(void *user, const char *what, uint64_t done, uint64_t total)
+{
+    (void)what;
+    (void)done;
+    (void)total;
+    int *calls = user;
+    return ++*calls >= calls[1]; /* stop at the calls[1]-th call */
+}
+
+/* Progress goes through both passes (2 x the tensors); stopping in the
+ * first pass cancels with no output. */
+static void test_opcm_progress_and_cancel(void **state)
+{
+    (void)state;
+    char base[512], ft[512], out[512];
+    snprintf(base, sizeof base, "%s", tu_tmp("pb.bin"));
+    snprintf(ft, sizeof ft, "%s", tu_tmp("pf.bin"));
+    snprintf(out, sizeof out, "%s", tu_tmp("po.gguf"));
+    make_model(base, 5, NULL);
+    wmat_model *mb = load_f32(base);
+    make_model(ft, 6, mb);
+    const int nt = wmat_model_n_tensors(mb);
+    wmat_model_free(mb);
+    wmat_merge_model mm[2] = {{ft, {0, {0}}, {0, {0}}}, {ft, {0, {0}}, {0, {0}}}};
+    int calls[2] = {0, 1 << 30};
+    wmat_context ctx = wmat_context_default();
+    ctx.n_threads = 1;
+    ctx.progress = count_calls;
+    ctx.progress_user = calls;
+    wmat_merge_spec s;
+    memset(&s, 0, sizeof s);
+    s.method = "opcm";
+    s.base = base;
+    s.n_models = 2;
+    s.models = mm;
+    s.normalize = -1;
+    s.out_dtype = WMAT_F32;
+    s.ctx = &ctx;
+    wmat_merge_report rep;
+    TU_OK(wmat__merge_run(&s, out, &rep));
+    wmat__merge_report_free(&rep);
+    assert_int_equal(calls[0], 2 * nt);
+    remove(out);
+    calls[0] = 0;
+    calls[1] = 3;
+    assert_int_equal(wmat__merge_run(&s, out, &rep), WMAT_ERR_CANCELLED);
+    assert_non_null(strstr(wmat_last_error(), "first pass"));
+    struct stat st;
+    assert_int_not_equal(stat(out, &st), 0);
+}
+
 /* One model: OPCM gives that fine-tune back (E = tau_1, scale 1). */
 static void test_opcm_one_model(void **state)
 {
@@ -385,6 +436,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_opcm_projection),
         cmocka_unit_test(test_opcm_one_model),
+        cmocka_unit_test(test_opcm_progress_and_cancel),
         cmocka_unit_test(test_opcm_matches_literal),
         cmocka_unit_test(test_opcm_cli_yaml),
     };

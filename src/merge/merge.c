@@ -187,8 +187,12 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
     int rc = j->m->fn(&a, dst, &info);
     if (rc) return rc;
     if (j->m->passes == 2 && j->pass == 0) {
-        /* the measuring pass writes nothing */
+        /* the measuring pass writes nothing and reports no tensor; progress
+         * (and cancelling) goes through the tensors once for each pass */
         for (int i = 0; i < n_all; i++) release_pages(&j->in[i]->tensors[j->idx[i][ti]]);
+        if (s->ctx && s->ctx->progress &&
+            s->ctx->progress(s->ctx->progress_user, ot->name, (uint64_t)ti + 1, (uint64_t)j->out->n_tensors))
+            return wmat_set_error(WMAT_ERR_CANCELLED, "merge: cancelled at %s (first pass)", ot->name);
         return WMAT_OK;
     }
     double dn = 0, bn = 0;
