@@ -344,6 +344,48 @@ static void test_sig_refusals(void **state)
     assert_int_equal(wmat__sig_extract(m.ft, m.base, outx, &p, NULL), WMAT_ERR_INVALID);
     assert_non_null(strstr(wmat_last_error(), "block 7"));
     assert_false(exists(outx));
+    /* hand-made files: a matrix both whole and factored, factors of the
+     * wrong shape, no config */
+    {
+        wmat_model *mb = load_f32(m.base);
+        char cfg[256];
+        const wmat_config *c = wmat_model_config(mb);
+        snprintf(cfg, sizeof cfg, "dim=%d,hidden_dim=%d,n_layers=%d,n_heads=%d,n_kv_heads=%d,vocab_size=%d,head_dim=%d,tied_embeddings=%d",
+                 c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size, c->head_dim,
+                 c->tied_embeddings);
+        const char *nm = "model.layers.0.mlp.down_proj.weight"; /* 32 x 64 */
+        static float zeros[32 * 64];
+        wmat_st_entry e[3];
+        memset(e, 0, sizeof e);
+        e[0] = (wmat_st_entry){"model.layers.0.mlp.down_proj.weight.A", WMAT_ST_F32, 2, {32, 2}, zeros, NULL, NULL};
+        e[1] = (wmat_st_entry){"model.layers.0.mlp.down_proj.weight.B", WMAT_ST_F32, 2, {2, 64}, zeros, NULL, NULL};
+        e[2] = (wmat_st_entry){nm, WMAT_ST_F32, 2, {32, 64}, zeros, NULL, NULL};
+        const wmat_st_meta meta[2] = {{"format", "wmat.signature"}, {"config", cfg}};
+        const wmat_st_meta meta_v[3] = {{"format", "wmat.signature"}, {"version", "1"}, {"config", cfg}};
+        const char *hand = tu_tmp("hand.st");
+        const char *one_sig[1] = {hand};
+        static const struct {
+            int n_e, shape_b1, n_meta;
+            const char *says;
+        } cases[] = {
+            {3, 64, 3, "both whole and as factors"},
+            {2, 63, 3, "do not make a 32x64 matrix"},
+            {2, 64, 2, "signature version"},
+        };
+        for (size_t q = 0; q < sizeof cases / sizeof cases[0]; q++) {
+            e[1].shape[1] = cases[q].shape_b1;
+            TU_OK(wmat__st_write(hand, e, cases[q].n_e, cases[q].n_meta == 3 ? meta_v : meta, cases[q].n_meta));
+            const int rc = wmat__sig_apply(m.base, 1, one_sig, al, out, WMAT_FMT_UNKNOWN, WMAT_F32, NULL, NULL);
+            if (rc >= 0 || !strstr(wmat_last_error(), cases[q].says))
+                fail_msg("case %zu: rc %d, '%s'", q, rc, wmat_last_error());
+            assert_false(exists(out));
+        }
+        e[1].shape[1] = 64;
+        TU_OK(wmat__st_write(hand, e, 2, meta_v, 3)); /* and the well-formed one applies */
+        TU_OK(wmat__sig_apply(m.base, 1, one_sig, al, out, WMAT_FMT_UNKNOWN, WMAT_F32, NULL, NULL));
+        remove(out);
+        wmat_model_free(mb);
+    }
     p.layers = NULL;
     assert_int_equal(wmat__sig_extract(m.other, m.base, outx, &p, NULL), WMAT_ERR_INVALID);
     assert_non_null(strstr(wmat_last_error(), "different architectures"));

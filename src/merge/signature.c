@@ -452,6 +452,8 @@ static int sig_check_tensors(const wmat_st_file *f, const wmat_model *base, cons
             snprintf(other, sizeof other, "%s.%c", name, is_a ? 'B' : 'A');
             const wmat_st_tensor *o = wmat__st_find(f, other);
             const wmat_st_tensor *a = is_a ? t : o, *b = is_a ? o : t;
+            if (wmat__st_find(f, name))
+                return wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor %s is stored both whole and as factors", path, name);
             if (!o || a->ndim != 2 || b->ndim != 2 || a->shape[0] != rows || b->shape[1] != cols || a->shape[1] != b->shape[0])
                 return wmat_set_error(WMAT_ERR_INVALID,
                                       "%s and %s: the factors of %s do not make a %lldx%lld matrix", path, base_path, name,
