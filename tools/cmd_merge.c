@@ -155,7 +155,7 @@ int cmd_merge(int argc, char **argv)
         const char *key;
         wmat_mvalue *dst;
     } nums[] = {{"weight", &s->weight}, {"density", &s->density}, {"lambda", &s->lambda}, {"t", &s->t},
-                {"dot_threshold", &s->dot_threshold}};
+                {"dot_threshold", &s->dot_threshold}, {"alpha", &s->alpha}};
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
         if (wmat__pset_is_set(&ps, nums[i].key)) {
             nums[i].dst->n = 1;
@@ -163,6 +163,7 @@ int cmd_merge(int argc, char **argv)
         }
     if (wmat__pset_is_set(&ps, "normalize")) s->normalize = (int)wmat__pset_int(&ps, "normalize");
     if (wmat__pset_is_set(&ps, "seed")) s->seed = (uint64_t)wmat__pset_int(&ps, "seed");
+    if (wmat__pset_is_set(&ps, "shuffle")) s->shuffle = (int)wmat__pset_int(&ps, "shuffle");
     if (dtype) {
         int dt = wmat_dtype_from_name(dtype);
         if (dt < 0) {
@@ -206,6 +207,11 @@ int cmd_merge(int argc, char **argv)
     printf("merged %d tensors (%s) in %.2f s: read %s, peak RSS %s, largest tensor %s (fp32)\n", rep.n_tensors, s->method,
            rep.seconds, cli_bytes((double)rep.bytes_read, b1, sizeof b1), cli_bytes((double)rep.peak_rss, b2, sizeof b2),
            cli_bytes((double)rep.largest_tensor, b3, sizeof b3));
+    if (s->shuffle) {
+        printf("order:");
+        for (int i = 0; i < s->n_models; i++) printf(" %s", s->models[rep.order[i]].path);
+        printf("\n");
+    }
     printf("wrote %s\n", out);
     wmat__merge_report_free(&rep);
     rc = 0;

@@ -27,7 +27,10 @@ const cli_command g_commands[] = {
     {"train", "Train: full fine-tuning, LoRA or GaLore, or a new model from a config (--init); loss curve CSV + SVG.", "MODEL OUT --data FILE [--eval FILE] [--method full|lora|galore] [options] | --init CONFIG OUT --data FILE", cmd_train},
     {"methods", "The registered quantization and decomposition methods: keys, defaults, ranges, needs, kinds.",
      "[--family F] [--json]", cmd_methods},
-    {"merge", "Merge fine-tunes of one base (task arithmetic, TIES, DARE, SLERP, average), streamed, any format in and out.", "(CONFIG.yaml | --method M [--base B] MODEL...) OUT [options]", cmd_merge},
+    {"merge", "Merge fine-tunes of one base (task arithmetic, TIES, DARE, SLERP, OPCM, average), streamed, any format in and out.", "(CONFIG.yaml | --method M [--base B] MODEL...) OUT [options]", cmd_merge},
+    {"signature", "Weight signatures: extract a fine-tune's delta (full or its top-r singular part per matrix), apply, compose, info.",
+     "(extract FT BASE OUT [--rank R] [--layers LIST] [--against CLEAN_FT] | apply BASE SIG OUT [--alpha A] | compose BASE SIG... OUT [--alphas A1,...] | info SIG) [options]",
+     cmd_signature},
     {NULL, NULL, NULL, NULL},
 };
 

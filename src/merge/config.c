@@ -131,6 +131,7 @@ static int parameters(ctx *x, const yaml_node_t *map, int per_model, wmat_merge_
             }
             if (!strcmp(k, "normalize")) s->normalize = (int)pv.i;
             else if (!strcmp(k, "seed")) s->seed = (uint64_t)pv.i;
+            else if (!strcmp(k, "shuffle")) s->shuffle = (int)pv.i;
             free(pv.s);
             continue;
         }
@@ -140,6 +141,7 @@ static int parameters(ctx *x, const yaml_node_t *map, int per_model, wmat_merge_
         else if (!strcmp(k, "lambda")) dst = &s->lambda;
         else if (!strcmp(k, "t")) dst = &s->t;
         else if (!strcmp(k, "dot_threshold")) dst = &s->dot_threshold;
+        else if (!strcmp(k, "alpha")) dst = &s->alpha;
         if (!dst) return bad(x, kn, "parameter not handled: ", k);
         rc = num_value(x, vn, spec, dst);
         if (rc) return rc;

@@ -55,7 +55,7 @@ typedef struct {
     wmat_model *out;
     wmat_dtype out_dtype;
     float **xbuf;        /* n_in + has_base buffers of max_n floats */
-    float *scratch;
+    float *work, *scratch; /* work: the measuring pass of a two-pass method */
     int64_t max_n;
     int normalize;
     wmat_merge_report *rep;
@@ -63,6 +63,9 @@ typedef struct {
     int64_t done_elems, total_elems;
     double t0;
     const char *out_path;
+    /* two-pass methods (opcm): the pass under way and the whole-model sums */
+    int pass;
+    double acc[WMAT_MERGE_N_ACC];
 } merge_job;
 
 static int layer_of(const char *name, int L)
@@ -168,6 +171,12 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
         .seed = name_hash(ot->name, s->seed),
         .scratch = j->scratch,
         .n_threads = wmat_context_threads(s->ctx),
+        .rows = ot->shape[0],
+        .cols = ot->ndim > 1 ? ot->shape[1] : 1,
+        .linear = ot->ndim == 2 && strcmp(ot->name, WMAT_NAME_TOK_EMBD) != 0,
+        .alpha = wmat__mvalue_at(&s->alpha, layer, L, 0.5),
+        .pass = j->pass,
+        .acc = j->acc,
     };
     if (!(a.t >= 0 && a.t <= 1)) return wmat_set_error(WMAT_ERR_INVALID, "t %g at tensor %s is outside [0, 1]", a.t, ot->name);
     /* the reference for the delta norm, before the kernel may overwrite the inputs */
@@ -176,6 +185,15 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
     wmat_merge_tinfo info = {0, 0, 0};
     int rc = j->m->fn(&a, dst, &info);
     if (rc) return rc;
+    if (j->m->passes == 2 && j->pass == 0) {
+        /* the measuring pass writes nothing and reports no tensor; progress
+         * (and cancelling) goes through the tensors once for each pass */
+        for (int i = 0; i < n_all; i++) release_pages(&j->in[i]->tensors[j->idx[i][ti]]);
+        if (s->ctx && s->ctx->progress &&
+            s->ctx->progress(s->ctx->progress_user, ot->name, (uint64_t)ti + 1, (uint64_t)j->out->n_tensors))
+            return wmat_set_error(WMAT_ERR_CANCELLED, "merge: cancelled at %s (first pass)", ot->name);
+        return WMAT_OK;
+    }
     double dn = 0, bn = 0;
     int64_t bad = -1;
     for (int64_t k = 0; k < n; k++) {
@@ -279,6 +297,9 @@ static int check_spec(const wmat_merge_spec *s, const wmat_merge_method *m)
     if (!rc) rc = check_value(m, "lambda", &s->lambda, NULL);
     if (!rc) rc = check_value(m, "t", &s->t, NULL);
     if (!rc) rc = check_value(m, "dot_threshold", &s->dot_threshold, NULL);
+    if (!rc) rc = check_value(m, "alpha", &s->alpha, NULL);
+    if (!rc && s->shuffle && !key_read(m, "shuffle"))
+        rc = wmat_set_error(WMAT_ERR_INVALID, "method %s does not take shuffle", m->name);
     for (int i = 0; i < s->n_models && !rc; i++) {
         rc = check_value(m, "weight", &s->models[i].weight, s->models[i].path);
         if (!rc) rc = check_value(m, "density", &s->models[i].density, s->models[i].path);
@@ -312,6 +333,24 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
     }
     int rc = check_spec(s, m);
     if (rc) return rc;
+    /* opcm's shuffle: the models in a seeded random order (Fisher-Yates) */
+    wmat_merge_spec shuffled;
+    wmat_merge_model perm_models[64];
+    for (int i = 0; i < s->n_models && i < 64; i++) rep->order[i] = i;
+    if (s->shuffle) {
+        if (s->n_models > 64) return wmat_set_error(WMAT_ERR_INVALID, "shuffle: at most 64 models");
+        wmat_rng r;
+        wmat_rng_seed(&r, s->seed ^ 0x6f70636d5f6f7264ull);
+        for (int i = s->n_models - 1; i > 0; i--) {
+            const int k = (int)(wmat_rng_u64(&r) % (uint64_t)(i + 1)), tmp = rep->order[i];
+            rep->order[i] = rep->order[k];
+            rep->order[k] = tmp;
+        }
+        for (int i = 0; i < s->n_models; i++) perm_models[i] = s->models[rep->order[i]];
+        shuffled = *s;
+        shuffled.models = perm_models;
+        s = &shuffled;
+    }
     wmat_format fmt = s->out_format != WMAT_FMT_UNKNOWN ? s->out_format : format_of(out_path);
     wmat_dtype odt = s->out_dtype;
     if (odt != WMAT_F32 && odt != WMAT_F16 && odt != WMAT_BF16 && odt != WMAT_Q8_0 && odt != WMAT_Q4_0)
@@ -464,12 +503,13 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
     }
 
     rep->tensors = wmat__calloc((size_t)j.out->n_tensors, sizeof *rep->tensors);
+    j.work = m->passes == 2 ? wmat__malloc((size_t)j.max_n * sizeof(float)) : NULL;
     /* scratch only reorders HF's rotary rows (TIES's selection needs none) */
     int need_scratch = 0;
     for (int i = 0; i < n_all; i++)
         for (int t = 0; t < j.in[i]->n_tensors; t++) need_scratch |= (j.in[i]->tensors[t].flags & WMAT_TF_HF_ROPE) != 0;
     j.scratch = need_scratch ? wmat__malloc((size_t)j.max_n * sizeof(float)) : NULL;
-    int ok = rep->tensors && (j.scratch || !need_scratch);
+    int ok = rep->tensors && (j.scratch || !need_scratch) && (j.work || m->passes != 2);
     for (int i = 0; i < n_all && ok; i++) ok = (j.xbuf[i] = wmat__malloc((size_t)j.max_n * sizeof(float))) != NULL;
     if (!ok) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "merge: out of memory for %d buffers of %lld floats", n_all + 2,
@@ -479,6 +519,12 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
     rep->n_tensors = j.out->n_tensors;
     rep->largest_tensor = (size_t)j.max_n * sizeof(float);
     j.t0 = now_s();
+    if (m->passes == 2) {
+        /* the measuring pass: whole-model sums into j.acc, nothing written */
+        for (int t = 0; t < j.out->n_tensors && !rc; t++) rc = merge_tensor(&j, t, j.work);
+        j.pass = 1;
+        if (rc) goto done;
+    }
     j.out->fill = merge_fill;
     j.out->fill_user = &j;
     {
@@ -499,6 +545,7 @@ done:
     wmat__free(j.paths);
     wmat__free(j.idx);
     wmat__free(j.xbuf);
+    wmat__free(j.work);
     wmat__free(j.scratch);
     wmat_model_free(j.out);
     rep->seconds = now_s() - t_start;

@@ -44,7 +44,20 @@ typedef struct {
     uint64_t seed;         /* DARE: already mixed with the tensor and input */
     float *scratch;        /* n floats or NULL (no method needs it today) */
     int n_threads;
+    /* the tensor as a matrix (a vector: rows = n, cols = 1) and whether it is
+     * a linear layer's weight (2-D, not the token embedding): OPCM projects those */
+    int64_t rows, cols;
+    int linear;
+    double alpha;          /* opcm: share of the singular-value sum kept out of reach */
+    /* Two-pass methods (row's passes = 2): the driver runs every tensor with
+     * pass 0 (out is scratch, nothing is written) and then with pass 1; acc
+     * (WMAT_MERGE_N_ACC doubles, zero before pass 0) carries whole-model sums
+     * from the first pass to the second. */
+    int pass;
+    double *acc;
 } wmat_merge_args;
+
+#define WMAT_MERGE_N_ACC 72
 
 /* What a kernel reports about one tensor. */
 typedef struct {
@@ -64,6 +77,7 @@ typedef struct {
     int min_models, max_models; /* models besides the base */
     const wmat_param_spec *schema; /* keys the method reads */
     const char *summary;
+    int passes;             /* 0 or 1: one pass; 2: a measuring pass first (wmat_merge_args.pass) */
 } wmat_merge_method;
 
 extern const wmat_merge_method wmat__merge_methods[];
@@ -84,6 +98,19 @@ void wmat__merge_trim_topk(float *d, int64_t n, int64_t k, int n_threads);
  * by 1 / density; the mask is a function of seed alone (not of n_threads).
  * Returns the count dropped. */
 int64_t wmat__merge_dare(float *d, int64_t n, double density, uint64_t seed, int n_threads);
+
+/* ---- OPCM (opcm.c) */
+
+/* The OPCM kernel (continual merging by orthogonal projection, the table's
+ * `opcm` row): inputs in task order. docs/MERGING.md "OPCM". */
+int wmat__merge_opcm(const wmat_merge_args *a, float *out, wmat_merge_tinfo *info);
+/* One projection step on a matrix (m, n), row-major: with E = U S V^T (thin
+ * SVD) and k* the first index where cumsum(S) / sum(S) > alpha (0 if none),
+ * P = U^T tau V with its diagonal and its top-left k* x k* block set to 0,
+ * E += U P V^T. When E is zero there is nothing to project against and
+ * E += tau. *kstar receives k* (-1 for a zero E). E and tau in double;
+ * tau is overwritten (workspace). */
+int wmat__opcm_step(int m, int n, double *E, double *tau, double alpha, int *kstar);
 
 /* ---- the driver */
 
@@ -111,6 +138,8 @@ typedef struct {
     /* global values; per-model weight/density fall back to these */
     wmat_mvalue weight, density, lambda, t;
     wmat_mvalue dot_threshold;
+    wmat_mvalue alpha;          /* opcm */
+    int shuffle;                /* opcm: merge the models in a random order (seed) instead of as listed */
     int normalize;              /* -1: the method's default */
     uint64_t seed;
     wmat_format out_format;     /* WMAT_FMT_UNKNOWN: by the output path (".gguf", a directory name -> hf, else llama2c) */
@@ -129,6 +158,7 @@ typedef struct {
     size_t peak_rss;        /* VmHWM at the end */
     size_t largest_tensor;  /* bytes of the largest tensor as fp32 */
     uint64_t bytes_read;    /* inputs as stored */
+    int order[64];          /* the models in the order merged (indices into spec.models; shuffle) */
 } wmat_merge_report;
 
 /* Check every input against the others (config, tokenizer size, tensor

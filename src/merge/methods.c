@@ -11,7 +11,9 @@
  *   dare_ties: DARE's drop, then TIES's election and disjoint mean;
  *   slerp: spherical interpolation between base (t = 0) and the model
  *     (t = 1), linear when the two are near parallel;
- *   linear: sum_i w_i x_i / sum_i w_i. */
+ *   linear: sum_i w_i x_i / sum_i w_i;
+ *   opcm: the models one at a time, each task vector projected away from the
+ *     top singular directions of the merged one (opcm.c). */
 #include "merge.h"
 
 #include <math.h>
@@ -32,7 +34,13 @@
 #define MK_DOT                                                                                                        \
     {"dot_threshold", WMAT_PARAM_FLOAT, "0.9995", 0, 1, NULL,                                                         \
      "slerp: interpolate linearly when |cos| of the two tensors exceeds this", NULL}
-#define MK_SEED {"seed", WMAT_PARAM_INT, "0", 0, 9007199254740992.0, NULL, "dare: seed of the drop masks", NULL}
+#define MK_SEED                                                                                                       \
+    {"seed", WMAT_PARAM_INT, "0", 0, 9007199254740992.0, NULL, "dare: seed of the drop masks; opcm: of the shuffled order", NULL}
+#define MK_ALPHA                                                                                                      \
+    {"alpha", WMAT_PARAM_FLOAT, "0.5", 0, 0.999999, NULL,                                                            \
+     "opcm: the top singular directions of the merged task vector whose values sum to this share are protected", NULL}
+#define MK_SHUFFLE                                                                                                    \
+    {"shuffle", WMAT_PARAM_BOOL, "false", 0, 0, NULL, "opcm: merge the models in a random order (--seed) instead of as listed", NULL}
 #define MK_END {NULL, 0, NULL, 0, 0, NULL, NULL, NULL}
 
 static const wmat_param_spec k_linear[] = {MK_WEIGHT, MK_NORMALIZE_T, MK_END};
@@ -41,6 +49,7 @@ static const wmat_param_spec k_ties[] = {MK_WEIGHT, MK_DENSITY, MK_LAMBDA, MK_NO
 static const wmat_param_spec k_dare[] = {MK_WEIGHT, MK_DENSITY, MK_LAMBDA, MK_NORMALIZE_F, MK_SEED, MK_END};
 static const wmat_param_spec k_dare_ties[] = {MK_WEIGHT, MK_DENSITY, MK_LAMBDA, MK_NORMALIZE_T, MK_SEED, MK_END};
 static const wmat_param_spec k_slerp[] = {MK_T, MK_DOT, MK_END};
+static const wmat_param_spec k_opcm[] = {MK_ALPHA, MK_SHUFFLE, MK_SEED, MK_END};
 
 int wmat__merge_key_per_model(const char *key)
 {
@@ -314,18 +323,20 @@ static int m_slerp(const wmat_merge_args *a, float *out, wmat_merge_tinfo *info)
 }
 
 const wmat_merge_method wmat__merge_methods[] = {
-    {"linear", m_linear, WMAT_MB_NONE, 1, 64, k_linear, "weighted average of the models: sum w_i x_i / sum w_i"},
+    {"linear", m_linear, WMAT_MB_NONE, 1, 64, k_linear, "weighted average of the models: sum w_i x_i / sum w_i", 0},
     {"task_arithmetic", m_task_arithmetic, WMAT_MB_REQUIRED, 1, 64, k_task,
-     "base + lambda sum_i w_i (x_i - base)"},
+     "base + lambda sum_i w_i (x_i - base)", 0},
     {"ties", m_ties, WMAT_MB_REQUIRED, 1, 64, k_ties,
-     "TIES: trim task vectors to their top-density magnitudes, elect signs by mass, disjoint mean"},
+     "TIES: trim task vectors to their top-density magnitudes, elect signs by mass, disjoint mean", 0},
     {"dare_linear", m_dare_linear, WMAT_MB_REQUIRED, 1, 64, k_dare,
-     "DARE: drop delta entries with p = 1 - density, rescale by 1/density, then task arithmetic"},
+     "DARE: drop delta entries with p = 1 - density, rescale by 1/density, then task arithmetic", 0},
     {"dare_ties", m_dare_ties, WMAT_MB_REQUIRED, 1, 64, k_dare_ties,
-     "DARE's drop and rescale, then TIES's sign election and disjoint mean"},
+     "DARE's drop and rescale, then TIES's sign election and disjoint mean", 0},
     {"slerp", m_slerp, WMAT_MB_REQUIRED, 1, 1, k_slerp,
-     "spherical interpolation from the base (t=0) to one model (t=1), linear when near parallel"},
-    {NULL, NULL, 0, 0, 0, NULL, NULL},
+     "spherical interpolation from the base (t=0) to one model (t=1), linear when near parallel", 0},
+    {"opcm", wmat__merge_opcm, WMAT_MB_REQUIRED, 1, 64, k_opcm,
+     "OPCM: models in order, each task vector projected off the merged one's top singular directions, norm-rescaled", 2},
+    {NULL, NULL, 0, 0, 0, NULL, NULL, 0},
 };
 
 const wmat_merge_method *wmat__merge_method_find(const char *name)
