@@ -26,6 +26,7 @@ const cli_command g_commands[] = {
     {"methods", "The registered quantization and decomposition methods: keys, defaults, ranges, needs, kinds.",
      "[--family F] [--json]", cmd_methods},
     {"merge", "Merge fine-tunes of one base (task arithmetic, TIES, DARE, SLERP, average), streamed, any format in and out.", "(CONFIG.yaml | --method M [--base B] MODEL...) OUT [options]", cmd_merge},
+    {"align", "Weight matching: permute B's channels and heads to match A (git re-basin); loss along the linear path before and after.", "A B OUT [--lmc-text FILE [--report lmc.svg]] [options]", cmd_align},
     {NULL, NULL, NULL, NULL},
 };
 
