@@ -431,6 +431,18 @@ static void test_match_unrelated(void **state)
     TU_ASSERT_NEAR(ls, 1.0, 1e-9);
     TU_ASSERT_NEAR(rs, 1.0, 1e-9);
     assert_true(l0 >= 0 && l0 <= 1 + 1e-9 && r1 >= 0 && r1 <= 1 + 1e-9);
+    double cs[WMAT_ALIGN_ROLE_COUNT], cb[WMAT_ALIGN_ROLE_COUNT];
+    TU_OK(wmat__align_role_cosines(A, A, cs));
+    TU_OK(wmat__align_role_cosines(A, pB, cb));
+    for (int r = 0; r < WMAT_ALIGN_ROLE_COUNT; r++) {
+        TU_ASSERT_NEAR(cs[r], 1.0, 1e-12);
+        assert_true(cb[r] >= -1 && cb[r] <= 1);
+    }
+    wmat_model *T = random_model(1, 52);
+    TU_OK(wmat__align_role_cosines(T, T, cs));
+    assert_true(isnan(cs[WMAT_ALIGN_ROLE_CLASSIFIER])); /* tied: no classifier of its own */
+    TU_ASSERT_NEAR(cs[WMAT_ALIGN_ROLE_EMBED], 1.0, 1e-12);
+    wmat_model_free(T);
     free(lb);
     free(lp);
     wmat_model_free(pB);

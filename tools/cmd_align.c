@@ -117,6 +117,17 @@ int cmd_align(int argc, char **argv)
            (long long)wmat__align_perm_moved(&perm));
     printf("||A|| %.6f  ||B|| %.6f  ||A - B|| %.6f -> ||A - pi(B)|| %.6f (%.2f%% lower)\n", rep.norm_a, rep.norm_b, rep.dist_before,
            rep.dist_after, rep.dist_before > 0 ? 100 * (1 - rep.dist_after / rep.dist_before) : 0.0);
+    {
+        double c0[WMAT_ALIGN_ROLE_COUNT], c1[WMAT_ALIGN_ROLE_COUNT];
+        if (wmat__align_role_cosines(A, B, c0) || wmat__align_role_cosines(A, pB, c1)) {
+            cli_fail("align");
+            goto done;
+        }
+        printf("cosine with A per kind, before -> after:");
+        for (int r = 0; r < WMAT_ALIGN_ROLE_COUNT; r++)
+            if (!isnan(c0[r])) printf("%s %s %.3f -> %.3f", r ? "," : "", wmat__align_role_names[r], c0[r], c1[r]);
+        printf("\n");
+    }
     if (svk > 0) {
         double l0, r0, l1, r1;
         if (wmat__align_sv_overlap(A, B, svk, &l0, &r0) || wmat__align_sv_overlap(A, pB, svk, &l1, &r1)) {

@@ -289,6 +289,47 @@ static double model_norm(wmat_model *m)
     return sqrt(s);
 }
 
+const char *const wmat__align_role_names[WMAT_ALIGN_ROLE_COUNT] = {"embed", "classifier", "norms", "q", "k",
+                                                                   "v", "o", "gate", "up", "down"};
+
+int wmat__align_role_cosines(wmat_model *A, wmat_model *B, double *cos)
+{
+    int rc = check_pair(A, B);
+    if (rc) return rc;
+    double ab[WMAT_ALIGN_ROLE_COUNT] = {0}, aa[WMAT_ALIGN_ROLE_COUNT] = {0}, bb[WMAT_ALIGN_ROLE_COUNT] = {0};
+    const wmat_config *c = wmat_model_config(A);
+    static const struct {
+        wmat_layer_weight w;
+        int role;
+    } lr[] = {{WMAT_W_ATTN_NORM, WMAT_ALIGN_ROLE_NORMS}, {WMAT_W_FFN_NORM, WMAT_ALIGN_ROLE_NORMS}, {WMAT_W_Q, WMAT_ALIGN_ROLE_Q},
+              {WMAT_W_K, WMAT_ALIGN_ROLE_K},                {WMAT_W_V, WMAT_ALIGN_ROLE_V},           {WMAT_W_O, WMAT_ALIGN_ROLE_O},
+              {WMAT_W_GATE, WMAT_ALIGN_ROLE_GATE},          {WMAT_W_UP, WMAT_ALIGN_ROLE_UP},         {WMAT_W_DOWN, WMAT_ALIGN_ROLE_DOWN}};
+    const int n_pairs = 3 + c->n_layers * (int)(sizeof lr / sizeof lr[0]);
+    for (int i = 0; i < n_pairs; i++) {
+        const wmat_tensor *x, *y;
+        int role;
+        if (i == 0) {
+            x = wmat_model_tok_embeddings(A), y = wmat_model_tok_embeddings(B), role = WMAT_ALIGN_ROLE_EMBED;
+        } else if (i == 1) {
+            if (c->tied_embeddings) continue;
+            x = wmat_model_classifier(A), y = wmat_model_classifier(B), role = WMAT_ALIGN_ROLE_CLASSIFIER;
+        } else if (i == 2) {
+            x = wmat_model_final_norm(A), y = wmat_model_final_norm(B), role = WMAT_ALIGN_ROLE_NORMS;
+        } else {
+            const int k = i - 3, l = k / (int)(sizeof lr / sizeof lr[0]), w = k % (int)(sizeof lr / sizeof lr[0]);
+            x = wmat_model_layer_tensor(A, l, lr[w].w), y = wmat_model_layer_tensor(B, l, lr[w].w), role = lr[w].role;
+        }
+        const float *p = x->data, *q = y->data;
+        for (int64_t e = 0; e < wmat_tensor_nelem(x); e++) {
+            ab[role] += (double)p[e] * q[e];
+            aa[role] += (double)p[e] * p[e];
+            bb[role] += (double)q[e] * q[e];
+        }
+    }
+    for (int r = 0; r < WMAT_ALIGN_ROLE_COUNT; r++) cos[r] = aa[r] > 0 && bb[r] > 0 ? ab[r] / sqrt(aa[r] * bb[r]) : NAN;
+    return WMAT_OK;
+}
+
 /* ---------------------------------------------------------------- matching */
 
 enum { G_RES, G_FFN, G_KV, G_QH, G_VD };

@@ -104,6 +104,16 @@ int wmat__align_match(wmat_model *A, wmat_model *B, const wmat_align_params *p, 
 /* ||A - B||_F and <A, B> over every tensor, in double. */
 int wmat__align_distance(wmat_model *A, wmat_model *B, double *dist, double *inner);
 
+/* Cosine <A, B> / (||A|| ||B||) per kind of tensor, each kind's tensors
+ * taken together: WMAT_ALIGN_ROLE_* (classifier NaN when tied). */
+enum {
+    WMAT_ALIGN_ROLE_EMBED = 0, WMAT_ALIGN_ROLE_CLASSIFIER, WMAT_ALIGN_ROLE_NORMS,
+    WMAT_ALIGN_ROLE_Q, WMAT_ALIGN_ROLE_K, WMAT_ALIGN_ROLE_V, WMAT_ALIGN_ROLE_O,
+    WMAT_ALIGN_ROLE_GATE, WMAT_ALIGN_ROLE_UP, WMAT_ALIGN_ROLE_DOWN, WMAT_ALIGN_ROLE_COUNT
+};
+extern const char *const wmat__align_role_names[WMAT_ALIGN_ROLE_COUNT];
+int wmat__align_role_cosines(wmat_model *A, wmat_model *B, double *cos);
+
 /* ---- linear mode connectivity */
 
 /* out = (1 - t) A + t B, tensor by tensor (out, A, B: fp32, one architecture;
