@@ -589,6 +589,27 @@ static void test_cli_align(void **state)
     assert_non_null(strstr(out, "hidden_dim"));
     free(out);
     assert_null(fopen(tu_tmp("cliE.gguf"), "r"));
+    /* one architecture, a tokenizer that differs in one piece: refused, no output */
+    wmat_tokenizer *bt = NULL, *odd = NULL;
+    TU_OK(wmat_tokenizer_bytes(&bt));
+    const int nv = wmat_tokenizer_vocab_size(bt);
+    const char **pieces = malloc((size_t)nv * sizeof *pieces);
+    size_t *lens = malloc((size_t)nv * sizeof *lens);
+    for (int i = 0; i < nv; i++) pieces[i] = wmat_tokenizer_piece(bt, i, &lens[i]);
+    pieces[100] = "zz";
+    lens[100] = 2;
+    TU_OK(wmat_tokenizer_from_vocab(&odd, nv, pieces, lens, NULL, NULL, wmat_tokenizer_bos(bt), wmat_tokenizer_eos(bt)));
+    free(pieces);
+    free(lens);
+    wmat_tokenizer_free(bt);
+    wmat_model_set_tokenizer(B, odd);
+    TU_OK(wmat_model_save(B, tu_tmp("cliF.gguf"), &sp));
+    snprintf(cmd, sizeof cmd, "%s align %s %s %s 2>&1", tu_cli(), tu_tmp("cliA.gguf"), tu_tmp("cliF.gguf"), tu_tmp("cliG.gguf"));
+    out = tu_run(cmd, &code);
+    assert_int_not_equal(code, 0);
+    assert_non_null(strstr(out, "different vocabularies (token 100"));
+    free(out);
+    assert_null(fopen(tu_tmp("cliG.gguf"), "r"));
     wmat_model_free(D);
     wmat_model_free(C);
     wmat_model_free(A);

@@ -19,6 +19,30 @@ static int ends_with(const char *s, const char *suf)
     return a >= b && !strcmp(s + a - b, suf);
 }
 
+/* Interpolating models that read tokens differently means nothing: both
+ * tokenizers (when present) must agree piece by piece. */
+static int same_vocabulary(wmat_model *A, wmat_model *B, const char *pa, const char *pb)
+{
+    wmat_tokenizer *ta = wmat_model_tokenizer(A), *tb = wmat_model_tokenizer(B);
+    if (!ta || !tb) return 1;
+    const int n = wmat_tokenizer_vocab_size(ta);
+    if (n != wmat_tokenizer_vocab_size(tb)) {
+        fprintf(stderr, "wmat align: error: %s and %s: different vocabularies (%d vs %d tokenizer entries)\n", pa, pb, n,
+                wmat_tokenizer_vocab_size(tb));
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        size_t la, lb;
+        const char *x = wmat_tokenizer_piece(ta, i, &la), *y = wmat_tokenizer_piece(tb, i, &lb);
+        if (la != lb || memcmp(x, y, la)) {
+            fprintf(stderr, "wmat align: error: %s and %s: different vocabularies (token %d is '%.*s' vs '%.*s')\n", pa, pb, i,
+                    (int)la, x, (int)lb, y);
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static void on_iter(void *user, const wmat_align_iter *it)
 {
     const double *norms = user;
@@ -83,6 +107,7 @@ int cmd_align(int argc, char **argv)
     int ret = 1;
     double *curve = NULL;
     if (cli_load_model("align", pos[0], CLI_LOAD_F32, &A) || cli_load_model("align", pos[1], CLI_LOAD_F32, &B)) goto done;
+    if (!same_vocabulary(A, B, pos[0], pos[1])) goto done;
     if (lmc && cli_load_token_input("align", A, "--lmc-text", lmc, &ids, &n)) goto done;
     if (wmat__align_perm_init(&perm, wmat_model_config(A))) {
         cli_fail("align");
