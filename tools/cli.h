@@ -107,6 +107,7 @@ int cmd_decompose(int argc, char **argv);
 int cmd_methods(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_signature(int argc, char **argv);
+int cmd_align(int argc, char **argv);
 
 extern const cli_command g_commands[];
 const cli_command *cli_find_command(const char *name);

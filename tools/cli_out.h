@@ -17,6 +17,22 @@ int cli_out_close(wmat_afile *af);
 /* Remove the temporary without touching <path> (an aborted command). */
 void cli_out_abort(wmat_afile *af);
 
+/* One line of a chart: n points (x[i], y[i]); n == 0 leaves it (and its
+ * legend entry) out. */
+typedef struct {
+    const char *label, *color;
+    const double *x, *y;
+    int n;
+    double width;   /* stroke width */
+    int markers;    /* a dot at every point */
+} cli_svg_series;
+
+/* A line chart of ns series as an SVG file (atomic): x from min(0, data)
+ * to max(1, data), y over the data with 5% margins, four grid lines, a
+ * legend at the top. Used by train's loss curve and align's loss along the
+ * interpolation path. -1 with wmat_last_error() set. */
+int cli_svg_lines(const char *path, const char *xlabel, const char *ylabel, const cli_svg_series *s, int ns);
+
 /* s as a JSON string literal, quotes included. */
 void cli_json_string(FILE *f, const char *s);
 

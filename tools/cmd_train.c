@@ -23,60 +23,17 @@ static wmat_format out_format(const char *path, const char *to)
     return WMAT_FMT_HF;
 }
 
-/* A simple SVG line chart of one or two series (train loss, val loss). */
+/* The loss curve: train loss (a line) and held-out loss (a line with dots). */
 static int write_svg(const char *path, const int *xs, const double *ys, int n, const int *vx, const double *vy, int vn)
 {
-    wmat_afile af;
-    FILE *f = cli_out_open(&af, path);
-    if (!f) return -1;
-    const double W = 640, H = 400, ml = 60, mr = 20, mt = 30, mb = 50;
-    double xmin = 0, xmax = 1, ymin = 1e30, ymax = -1e30;
-    for (int i = 0; i < n; i++) {
-        if (xs[i] > xmax) xmax = xs[i];
-        if (ys[i] < ymin) ymin = ys[i];
-        if (ys[i] > ymax) ymax = ys[i];
-    }
-    for (int i = 0; i < vn; i++) {
-        if (vx[i] > xmax) xmax = vx[i];
-        if (vy[i] < ymin) ymin = vy[i];
-        if (vy[i] > ymax) ymax = vy[i];
-    }
-    if (!(ymax > ymin)) {
-        ymin -= 1;
-        ymax += 1;
-    }
-    double pad = 0.05 * (ymax - ymin);
-    ymin -= pad;
-    ymax += pad;
-#define PX(x) (ml + ((x)-xmin) / (xmax - xmin) * (W - ml - mr))
-#define PY(y) (mt + (ymax - (y)) / (ymax - ymin) * (H - mt - mb))
-    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
-    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
-    fprintf(f, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", ml, H - mb, W - mr, H - mb);
-    fprintf(f, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n", ml, mt, ml, H - mb);
-    for (int i = 0; i <= 4; i++) {
-        double y = ymin + (ymax - ymin) * i / 4, x = xmin + (xmax - xmin) * i / 4;
-        fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"end\">%.2f</text>\n", ml - 4, PY(y) + 4, y);
-        fprintf(f, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"#ddd\"/>\n", ml, PY(y), W - mr, PY(y));
-        fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%.0f</text>\n", PX(x), H - mb + 16, x);
-    }
-    fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">step</text>\n", (W + ml) / 2, H - 12);
-    fprintf(f, "<text x=\"14\" y=\"%g\" transform=\"rotate(-90 14 %g)\" text-anchor=\"middle\">loss</text>\n", H / 2, H / 2);
-    fprintf(f, "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"");
-    for (int i = 0; i < n; i++) fprintf(f, "%.1f,%.1f ", PX(xs[i]), PY(ys[i]));
-    fprintf(f, "\"/>\n");
-    if (vn > 0) {
-        fprintf(f, "<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\" points=\"");
-        for (int i = 0; i < vn; i++) fprintf(f, "%.1f,%.1f ", PX(vx[i]), PY(vy[i]));
-        fprintf(f, "\"/>\n");
-        for (int i = 0; i < vn; i++) fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"#d62728\"/>\n", PX(vx[i]), PY(vy[i]));
-    }
-    fprintf(f, "<text x=\"%g\" y=\"18\" fill=\"#1f77b4\">train loss</text>\n", ml + 10);
-    if (vn > 0) fprintf(f, "<text x=\"%g\" y=\"18\" fill=\"#d62728\">held-out loss</text>\n", ml + 110);
-    fprintf(f, "</svg>\n");
-#undef PX
-#undef PY
-    return cli_out_close(&af);
+    double *buf = malloc(((size_t)n + (size_t)vn + 1) * sizeof *buf);
+    if (!buf) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", path), -1;
+    for (int i = 0; i < n; i++) buf[i] = xs[i];
+    for (int i = 0; i < vn; i++) buf[n + i] = vx[i];
+    const cli_svg_series s[2] = {{"train loss", "#1f77b4", buf, ys, n, 1.5, 0}, {"held-out loss", "#d62728", buf + n, vy, vn, 2, 1}};
+    int rc = cli_svg_lines(path, "step", "loss", s, 2);
+    free(buf);
+    return rc;
 }
 
 /* "a | b | c" of a registry into buf (the help text and error messages
