@@ -882,7 +882,8 @@ WMAT_API int wmat_tokenizer_clone(const wmat_tokenizer *t, wmat_tokenizer **out)
  * "decomposition" (wmat_decompose_model, wmat decompose). Each has a
  * parameter schema: typed keys with defaults, ranges and help, given as
  * method_params "key=value" text or per tensor in overrides. */
-enum { WMAT_NEEDS_HESSIAN = 1u << 0, WMAT_NEEDS_ACT_NORMS = 1u << 1, WMAT_NEEDS_GRADIENTS = 1u << 2 };
+enum { WMAT_NEEDS_HESSIAN = 1u << 0, WMAT_NEEDS_ACT_NORMS = 1u << 1, WMAT_NEEDS_GRADIENTS = 1u << 2,
+       WMAT_NEEDS_RESIDUAL = 1u << 3 /* covariance of the residual stream between blocks (SliceGPT) */ };
 
 typedef struct {
     const char *name, *family, *summary;
