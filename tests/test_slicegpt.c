@@ -264,7 +264,7 @@ static void test_sliced_runs_and_roundtrips(void **state)
         const wmat_config *rc = wmat_model_config(r);
         assert_int_equal(rc->dim, 48);
         assert_int_equal(rc->attn_dim, 64);
-        assert_int_equal(rc->norm_dim, 64);
+        assert_int_equal(rc->norm_dim, sc ? 64 : 0); /* without shortcuts the divisor is in the weights and eps */
         assert_int_equal(rc->shortcuts, sc);
         assert_int_equal(wmat_model_n_tensors(r), wmat_model_n_tensors(m));
         for (int i = 0; i < wmat_model_n_tensors(m); i++) {
@@ -276,12 +276,33 @@ static void test_sliced_runs_and_roundtrips(void **state)
         }
         float *a2 = logits_of(r, T);
         if (memcmp(a, a2, (size_t)T * V * sizeof(float))) fail_msg("logits differ after the round trip");
-        /* formats that cannot express a sliced model refuse it */
-        sp.format = WMAT_FMT_GGUF;
-        assert_int_equal(wmat_model_save(m, tu_tmp("sliced.gguf"), &sp), WMAT_ERR_UNSUPPORTED);
-        assert_non_null(strstr(wmat_last_error(), "sliced model"));
+        /* formats that cannot express a sliced model refuse it; without
+         * shortcuts it is a plain LLaMA with wide heads, which HF (head_dim)
+         * and GGUF (key_length) hold */
         sp.format = WMAT_FMT_LLAMA2C;
         assert_int_equal(wmat_model_save(m, tu_tmp("sliced.bin"), &sp), WMAT_ERR_UNSUPPORTED);
+        assert_non_null(strstr(wmat_last_error(), "sliced model"));
+        for (int f = 0; f < 2; f++) {
+            sp.format = f ? WMAT_FMT_HF : WMAT_FMT_GGUF;
+            const char *fp = tu_tmp(f ? (sc ? "sliced_sc_hf" : "sliced_hf") : (sc ? "sliced_sc.gguf" : "sliced.gguf"));
+            if (sc) {
+                assert_int_equal(wmat_model_save(m, fp, &sp), WMAT_ERR_UNSUPPORTED);
+                assert_non_null(strstr(wmat_last_error(), "native directory"));
+                continue;
+            }
+            TU_OK(wmat_model_save(m, fp, &sp));
+            wmat_model *g = load(fp);
+            const wmat_config *gc = wmat_model_config(g);
+            assert_int_equal(gc->dim, 48);
+            assert_int_equal(gc->attn_dim, 64);
+            assert_int_equal(gc->norm_dim, 0);
+            float *a3 = logits_of(g, T);
+            print_message("no shortcuts, %s: logits within %.2e of the native directory's\n", f ? "HF" : "GGUF",
+                          max_rel(a3, a, (size_t)T * V));
+            TU_ASSERT_BELOW(max_rel(a3, a, (size_t)T * V), 1e-6);
+            free(a3);
+            wmat_model_free(g);
+        }
         /* and slicing it again is refused */
         wmat_decompose_params p = wmat_decompose_default_params();
         p.method = "slicegpt";

@@ -30,8 +30,9 @@
  *
  * Variants: shortcut = false takes one basis for every point (of the summed
  * covariances of all points of the dense model): then every S is the
- * identity and the result is a plain model of width d' (with the norms'
- * divisor d). basis = variance keeps the d' coordinates of largest variance
+ * identity and the result is a plain LLaMA of width d' whose heads keep
+ * their width (HF's head_dim, GGUF's key_length), the divisor d expressed
+ * through the norms' weights and eps (below). basis = variance keeps the d' coordinates of largest variance
  * at each point without rotating (the naive baseline), basis = random d'
  * coordinates drawn at random. */
 #include "decomp.h"
@@ -434,6 +435,15 @@ int wmat__decomp_slicegpt_model(wmat_model *m, const char *method, const wmat_ps
     nc.attn_dim = A;
     nc.norm_dim = d;
     nc.shortcuts = wmat__pset_int(ps, "shortcut") ? 1 : 0;
+    /* without shortcuts the model can be a plain LLaMA of width d' (what
+     * HF and GGUF express): x / sqrt(ss / d + eps) = sqrt(d / d') x /
+     * sqrt(ss / d' + eps d / d'), so the norms get the weight sqrt(d / d')
+     * and eps grows by d / d' instead of keeping the divisor d */
+    const float gnorm = nc.shortcuts ? 1.0f : (float)sqrt((double)d / k);
+    if (!nc.shortcuts) {
+        nc.norm_dim = 0;
+        nc.norm_eps = (float)((double)c->norm_eps * d / k);
+    }
     nc.tied_embeddings = 0; /* the embedding is rotated by Q_0, the classifier by Q_last */
     if ((rc = wmat_model_create(&nm, &nc))) goto done;
     if (rep) {
@@ -470,7 +480,7 @@ int wmat__decomp_slicegpt_model(wmat_model *m, const char *method, const wmat_ps
         }
         for (int n = 0; n < 2 && !rc; n++) {
             float *g = wmat_model_layer_tensor(nm, l, n ? WMAT_W_FFN_NORM : WMAT_W_ATTN_NORM)->data;
-            for (int i = 0; i < k; i++) g[i] = 1.0f; /* folded into the linears */
+            for (int i = 0; i < k; i++) g[i] = gnorm; /* the scales are folded into the linears */
         }
         if (nc.shortcuts && !rc) {
             /* S = Q'_to^T Q'_from (k x k) */
@@ -487,7 +497,7 @@ int wmat__decomp_slicegpt_model(wmat_model *m, const char *method, const wmat_ps
     if (rc) goto done;
     {
         float *g = wmat_model_final_norm(nm)->data;
-        for (int i = 0; i < k; i++) g[i] = 1.0f;
+        for (int i = 0; i < k; i++) g[i] = gnorm;
         t0 = wmat__now();
         if ((rc = rotate_in(wmat_model_classifier(nm), wmat_model_classifier(m), wmat_model_final_norm(m)->data,
                             Qs + (size_t)(2 * L) * dd, d, k, a, b)))

@@ -475,12 +475,17 @@ int wmat_model_save(wmat_model *m, const char *path, const wmat_save_params *p)
     wmat_save_params def = wmat_save_default_params();
     if (!p) p = &def;
     const wmat_config *c = &m->cfg;
-    if ((c->shortcuts || c->attn_dim || c->norm_dim) && p->format != WMAT_FMT_QUANT)
+    /* heads wider than the residual stream: HF (head_dim) and GGUF
+     * (key_length) say so, llama2.c cannot; shortcut matrices and the
+     * norms' divisor only the native directory holds */
+    if (((c->shortcuts || c->norm_dim) && p->format != WMAT_FMT_QUANT) || (c->attn_dim && p->format == WMAT_FMT_LLAMA2C))
         return wmat_set_error(WMAT_ERR_UNSUPPORTED,
                               "%s: a sliced model (residual width %d, attention width %d, norm divisor %d%s) is stored "
-                              "only in the native directory ('quant'): %s cannot express it",
+                              "%s: %s cannot express it",
                               path, c->dim, c->attn_dim ? c->attn_dim : c->dim, c->norm_dim ? c->norm_dim : c->dim,
-                              c->shortcuts ? ", residual shortcut matrices" : "", wmat_format_name(p->format));
+                              c->shortcuts ? ", residual shortcut matrices" : "",
+                              c->shortcuts || c->norm_dim ? "only in the native directory ('quant')" : "as HF, GGUF or 'quant'",
+                              wmat_format_name(p->format));
     int rc = wmat_model_materialize(m);
     if (rc) return rc;
     /* Models holding packed tensors (or asking for the native quantized
