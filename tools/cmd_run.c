@@ -68,7 +68,7 @@ int cmd_info(int argc, char **argv)
     printf("            rope theta %g, rms eps %g, classifier %s\n", c->rope_theta, c->norm_eps,
            c->tied_embeddings ? "tied to the embedding" : "separate");
     if (c->attn_dim || c->norm_dim || c->shortcuts)
-        printf("            sliced (SliceGPT): attention width %d, norms divide by %d, %s\n",
+        printf("            sliced: attention width %d, norms divide by %d, %s\n",
                c->attn_dim ? c->attn_dim : c->dim, c->norm_dim ? c->norm_dim : c->dim,
                c->shortcuts ? "residual shortcut matrices" : "no shortcut matrices");
     printf("tokenizer   %s\n", tok ? "yes" : "none (pass --tokenizer FILE)");
