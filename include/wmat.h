@@ -346,11 +346,16 @@ typedef struct {
     int n_kv_heads;
     int vocab_size;
     int seq_len;      /* maximum context */
-    int head_dim;     /* dim / n_heads */
+    int head_dim;     /* attn_dim (or dim) / n_heads */
     float rope_theta;
     float norm_eps;
     int tied_embeddings; /* classifier shares the token embedding */
     int bos_id, eos_id;
+    /* Sliced models (SliceGPT, docs/DECOMP.md); 0 in an ordinary LLaMA. */
+    int attn_dim;  /* n_heads * head_dim when it differs from dim (0: dim) */
+    int norm_dim;  /* the RMSNorms' divisor x / sqrt(sum x^2 / norm_dim + eps) (0: dim) */
+    int shortcuts; /* 1: every block maps its residual through a (dim x dim) matrix
+                      before each sum: xmid = S_attn x + o(..), out = S_mlp xmid + down(..) */
 } wmat_config;
 
 /* Canonical tensor roles, per layer or global. Names are Hugging Face's
@@ -900,7 +905,8 @@ WMAT_API int wmat_tokenizer_clone(const wmat_tokenizer *t, wmat_tokenizer **out)
  * "decomposition" (wmat_decompose_model, wmat decompose). Each has a
  * parameter schema: typed keys with defaults, ranges and help, given as
  * method_params "key=value" text or per tensor in overrides. */
-enum { WMAT_NEEDS_HESSIAN = 1u << 0, WMAT_NEEDS_ACT_NORMS = 1u << 1, WMAT_NEEDS_GRADIENTS = 1u << 2 };
+enum { WMAT_NEEDS_HESSIAN = 1u << 0, WMAT_NEEDS_ACT_NORMS = 1u << 1, WMAT_NEEDS_GRADIENTS = 1u << 2,
+       WMAT_NEEDS_RESIDUAL = 1u << 3 /* covariance of the residual stream between blocks (SliceGPT) */ };
 
 typedef struct {
     const char *name, *family, *summary;

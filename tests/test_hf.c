@@ -799,7 +799,6 @@ static void test_hf_hostile_configs(void **state)
         {"}", ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0}}", WMAT_ERR_UNSUPPORTED},
         {"}", ", \"hidden_act\": \"gelu\"}", WMAT_ERR_UNSUPPORTED},
         {"}", ", \"attention_bias\": true}", WMAT_ERR_UNSUPPORTED},
-        {"}", ", \"head_dim\": 32}", WMAT_ERR_UNSUPPORTED},
         {"}", ", \"bos_token_id\": -1}", WMAT_ERR_FORMAT},
         {"}", ", \"eos_token_id\": [\"x\"]}", WMAT_ERR_FORMAT},
         {"{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\",", "{", WMAT_ERR_FORMAT},
@@ -823,6 +822,17 @@ static void test_hf_hostile_configs(void **state)
         int rc = no_load(&r, d);
         if (rc != cases[i].status || !strstr(wmat_last_error(), cfg_path))
             fail_msg("case %zu (%s): got %d \"%s\"", i, cfg, rc, wmat_last_error());
+    }
+    /* head_dim 32 x 4 heads: attention 128 wide (a sliced model's shape),
+     * which the stored q_proj (64 x 64) contradicts */
+    {
+        char cfg[2048];
+        const char *at = strrchr(g_config_ok, '}');
+        snprintf(cfg, sizeof cfg, "%.*s, \"head_dim\": 32}%s", (int)(at - g_config_ok), g_config_ok, at + 1);
+        write_text(d, "config.json", cfg);
+        int rc = no_load(&r, d);
+        if (rc != WMAT_ERR_FORMAT || !strstr(wmat_last_error(), "q_proj"))
+            fail_msg("head_dim 32: got %d \"%s\"", rc, wmat_last_error());
     }
     /* Accepted variants: eos list, null bos, defaults, "default" rope_scaling. */
     const char *fine[] = {", \"eos_token_id\": [2, 5], \"bos_token_id\": null}",

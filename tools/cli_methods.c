@@ -111,7 +111,8 @@ int cmd_methods(int argc, char **argv)
         char needs[96];
         wmat__method_stats_text((a.needs & WMAT_NEEDS_HESSIAN ? WMAT_MSTAT_HESSIAN : 0u) |
                                     (a.needs & WMAT_NEEDS_ACT_NORMS ? WMAT_MSTAT_ACT_NORMS : 0u) |
-                                    (a.needs & WMAT_NEEDS_GRADIENTS ? WMAT_MSTAT_GRADIENTS : 0u),
+                                    (a.needs & WMAT_NEEDS_GRADIENTS ? WMAT_MSTAT_GRADIENTS : 0u) |
+                                    (a.needs & WMAT_NEEDS_RESIDUAL ? WMAT_MSTAT_RESIDUAL : 0u),
                                 needs, sizeof needs);
         if (jf) {
             fprintf(jf, "%s\n {\"name\": \"%s\", \"family\": \"%s\", \"produces\": \"%s\", \"needs\": \"%s\", \"summary\": ",

@@ -42,9 +42,11 @@ int cmd_info(int argc, char **argv)
         cli_json_string(jf, wmat_model_path(m));
         fprintf(jf, ", \"format\": \"%s\", \"dim\": %d, \"hidden_dim\": %d, \"n_layers\": %d, \"n_heads\": %d, "
                 "\"n_kv_heads\": %d, \"vocab_size\": %d, \"seq_len\": %d, \"head_dim\": %d, \"rope_theta\": %g, "
-                "\"norm_eps\": %g, \"tied_embeddings\": %s, \"n_params\": %lld, \"bytes\": %zu, \"tensors\": [",
+                "\"norm_eps\": %g, \"tied_embeddings\": %s, \"attn_dim\": %d, \"norm_dim\": %d, \"shortcuts\": %s, "
+                "\"n_params\": %lld, \"bytes\": %zu, \"tensors\": [",
                 wmat_format_name(wmat_model_format(m)), c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads,
                 c->vocab_size, c->seq_len, c->head_dim, c->rope_theta, c->norm_eps, c->tied_embeddings ? "true" : "false",
+                c->attn_dim ? c->attn_dim : c->dim, c->norm_dim ? c->norm_dim : c->dim, c->shortcuts ? "true" : "false",
                 (long long)wmat_model_n_params(m), total_bytes);
         for (int i = 0; i < wmat_model_n_tensors(m); i++) {
             const wmat_tensor *t = wmat_model_tensor(m, i);
@@ -65,6 +67,10 @@ int cmd_info(int argc, char **argv)
            c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size, c->seq_len);
     printf("            rope theta %g, rms eps %g, classifier %s\n", c->rope_theta, c->norm_eps,
            c->tied_embeddings ? "tied to the embedding" : "separate");
+    if (c->attn_dim || c->norm_dim || c->shortcuts)
+        printf("            sliced: attention width %d, norms divide by %d, %s\n",
+               c->attn_dim ? c->attn_dim : c->dim, c->norm_dim ? c->norm_dim : c->dim,
+               c->shortcuts ? "residual shortcut matrices" : "no shortcut matrices");
     printf("tokenizer   %s\n", tok ? "yes" : "none (pass --tokenizer FILE)");
     if (tok) printf("            %d pieces, bos %d, eos %d\n", wmat_tokenizer_vocab_size(tok), c->bos_id, c->eos_id);
     printf("parameters  %lld (%.3f M), %s of weights\n\n", (long long)wmat_model_n_params(m),

@@ -57,7 +57,8 @@ int wmat_method_info(int i, wmat_method_about *out)
     out->produces = d->produces;
     out->needs = (d->stats & WMAT_MSTAT_HESSIAN ? WMAT_NEEDS_HESSIAN : 0u) |
                  (d->stats & WMAT_MSTAT_ACT_NORMS ? WMAT_NEEDS_ACT_NORMS : 0u) |
-                 (d->stats & WMAT_MSTAT_GRADIENTS ? WMAT_NEEDS_GRADIENTS : 0u);
+                 (d->stats & WMAT_MSTAT_GRADIENTS ? WMAT_NEEDS_GRADIENTS : 0u) |
+                 (d->stats & WMAT_MSTAT_RESIDUAL ? WMAT_NEEDS_RESIDUAL : 0u);
     out->n_keys = wmat__params_count(d->schema);
     return WMAT_OK;
 }

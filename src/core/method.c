@@ -14,6 +14,7 @@ const char *wmat__method_stats_text(unsigned stats, char *buf, size_t n)
         {WMAT_MSTAT_HESSIAN, "Hessian"},
         {WMAT_MSTAT_ACT_NORMS, "activation norms"},
         {WMAT_MSTAT_GRADIENTS, "gradients"},
+        {WMAT_MSTAT_RESIDUAL, "residual-stream covariance"},
     };
     size_t k = 0;
     if (n) buf[0] = '\0';
@@ -32,7 +33,7 @@ int wmat__method_desc_check(const wmat_method_desc *d)
     if (!d || !d->name || !d->name[0]) return wmat_set_error(WMAT_ERR_INVALID, "method registry: a row without a name");
     if (!d->family || !d->family[0] || !d->summary || !d->summary[0] || !d->produces || !d->produces[0] || !d->schema)
         return wmat_set_error(WMAT_ERR_INVALID, "method %s: family, summary, produces and schema are required", nm);
-    if (d->stats & ~(unsigned)(WMAT_MSTAT_HESSIAN | WMAT_MSTAT_ACT_NORMS | WMAT_MSTAT_GRADIENTS))
+    if (d->stats & ~(unsigned)(WMAT_MSTAT_HESSIAN | WMAT_MSTAT_ACT_NORMS | WMAT_MSTAT_GRADIENTS | WMAT_MSTAT_RESIDUAL))
         return wmat_set_error(WMAT_ERR_INVALID, "method %s: unknown statistics bits 0x%x", nm, d->stats);
     for (const wmat_param_spec *s = d->schema; s->name; s++)
         if (!s->help || !s->help[0]) return wmat_set_error(WMAT_ERR_INVALID, "method %s: key %s has no help", nm, s->name);

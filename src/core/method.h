@@ -23,6 +23,7 @@ enum {
     WMAT_MSTAT_HESSIAN = 1u << 0,   /* 2/N sum x x^T (GPTQ's Hessian) */
     WMAT_MSTAT_ACT_NORMS = 1u << 1, /* mean x_j^2 (llama.cpp's imatrix) */
     WMAT_MSTAT_GRADIENTS = 1u << 2, /* gradients of the loss (no driver collects them yet) */
+    WMAT_MSTAT_RESIDUAL = 1u << 3,  /* sum x x^T of the residual stream between blocks (SliceGPT's PCA) */
 };
 
 #define WMAT_METHOD_DESC_FIELDS                                                                                        \

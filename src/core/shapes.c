@@ -13,6 +13,8 @@ void wmat__role_shape(const wmat_config *c, wmat_layer_weight w, int64_t *rows, 
     switch (w) {
     case WMAT_W_ATTN_NORM:
     case WMAT_W_FFN_NORM: *cols = 0; break;
+    case WMAT_W_Q: *rows = wmat__attn_width(c); break;
+    case WMAT_W_O: *cols = wmat__attn_width(c); break;
     case WMAT_W_K:
     case WMAT_W_V: *rows = kv; break;
     case WMAT_W_GATE:

@@ -10,6 +10,14 @@
 
 #include <stdint.h>
 
+/* The attention width n_heads * head_dim: dim, except in a sliced model
+ * (attn_dim), whose residual stream is narrower than its heads. */
+static inline int wmat__attn_width(const wmat_config *c) { return c->attn_dim > 0 ? c->attn_dim : c->dim; }
+/* What the RMSNorms divide the sum of squares by: dim, except in a sliced
+ * model, where the sum runs over the dim kept entries but the divisor stays
+ * the width it was sliced from. */
+static inline int wmat__norm_div(const wmat_config *c) { return c->norm_dim > 0 ? c->norm_dim : c->dim; }
+
 /* Rows and cols of a layer role: linear weights are (out, in), the norms
  * are vectors of dim with *cols = 0. */
 void wmat__role_shape(const wmat_config *c, wmat_layer_weight w, int64_t *rows, int64_t *cols);

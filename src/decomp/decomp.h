@@ -71,6 +71,16 @@ int wmat__decomp_welore(const float *W, int64_t rows, int64_t cols, const wmat_p
                         wmat_tensor *out, int64_t *rank_out, double *rel_error);
 int wmat__decomp_welore_check(const wmat_pset *ps, int global);
 int wmat__decomp_welore_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep);
+/* SliceGPT (slicegpt.c): over the whole model, which it replaces by the
+ * sliced one (cfg.dim d', attn_dim, norm_dim, shortcut matrices). */
+extern const wmat_param_spec wmat__slicegpt_keys[];
+int wmat__decomp_slicegpt_check(const wmat_pset *ps, int global);
+int wmat__decomp_slicegpt_model(wmat_model *m, const char *method, const wmat_pset *ps, const wmat_decompose_params *p,
+                                wmat_decompose_report *rep);
+/* d' of a width and a sliced share: floor((1 - s) d) rounded down to a
+ * multiple of 8; WMAT_ERR_INVALID naming s when it is outside [0, 1) or
+ * leaves fewer than 8. */
+int wmat__slicegpt_width(int dim, double sparsity, int *out);
 extern const wmat_param_spec wmat__lqlora_keys[];
 int wmat__decomp_lqlora(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype,
                         wmat_tensor *out, int64_t *rank_out, double *rel_error);

@@ -32,6 +32,9 @@ const wmat_dmethod wmat__dmethods[] = {
     {.desc = {"lqlora", DECOMP, 0, 0, wmat__lqlora_keys, "sum",
               "LQ-LoRA: W ~ Q + L1 L2, RTN-quantized part plus a rank-r correction by alternation; bpw: a budget solver"},
      .fn = wmat__decomp_lqlora, .check = wmat__decomp_lqlora_check, .plan = wmat__decomp_lqlora_plan},
+    {.desc = {"slicegpt", DECOMP, WMAT_MSTAT_RESIDUAL, 0, wmat__slicegpt_keys, "dense (narrower)",
+              "SliceGPT: fold the norms, rotate each residual point to its principal axes and slice the width; calibrated (--calib)"},
+     .check = wmat__decomp_slicegpt_check, .model_fn = wmat__decomp_slicegpt_model},
     {.desc = {NULL, NULL, 0, 0, NULL, NULL, NULL}, .fn = NULL, .check = NULL},
 };
 #undef DECOMP

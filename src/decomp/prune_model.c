@@ -11,6 +11,7 @@
 
 #include "decomp.h"
 
+#include "core/shapes.h"
 #include "io/model_internal.h"
 #include "quant/methods.h"
 #include "wop/kern_sparse.h"
@@ -190,7 +191,7 @@ int wmat__prune_model(wmat_model *m, const wmat_prune_model_params *p, wmat_deco
             if (!any) continue;
             wmat_qstats *slots[WMAT_CSLOT_COUNT] = {0};
             if (stats) {
-                const int64_t n = s == WMAT_CSLOT_DOWN ? c->hidden_dim : c->dim;
+                const int64_t n = s == WMAT_CSLOT_DOWN ? c->hidden_dim : s == WMAT_CSLOT_O ? wmat__attn_width(c) : c->dim;
                 if ((rc = wmat__qstats_init(&st[s], n, !strcmp(p->method, "sparsegpt")))) break;
                 slots[s] = &st[s];
                 if ((rc = wmat__calib_collect(&cs, L, slots, 1u << s, 0))) break;

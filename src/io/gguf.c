@@ -593,8 +593,17 @@ static int read_config(gg_file *g, wmat_config *c)
         char a[80];
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: RoPE scaling '%s' is not supported", g->path, printable(a, sizeof a, s, sn));
     }
-    if (c->n_heads > 0 && c->dim % c->n_heads == 0) {
-        const int hd = c->dim / c->n_heads;
+    if (c->n_heads > 0 && c->n_heads <= 1024) {
+        /* heads wider than the residual stream (a sliced model: key_length
+         * x heads above the embedding length) */
+        int64_t kl;
+        rc = kv_int(g, "llama.attention.key_length", 1, 65536, &kl, &found);
+        if (rc) return rc;
+        if (found && kl * c->n_heads != c->dim && kl * c->n_heads <= 65536) c->attn_dim = (int)(kl * c->n_heads);
+    }
+    const int attn = c->attn_dim ? c->attn_dim : c->dim;
+    if (c->n_heads > 0 && attn % c->n_heads == 0) {
+        const int hd = attn / c->n_heads;
         static const char *const hd_keys[] = {"llama.rope.dimension_count", "llama.attention.key_length",
                                               "llama.attention.value_length"};
         for (size_t i = 0; i < 3; i++) {
@@ -954,6 +963,10 @@ static void w_kvs(gw *w, const wmat_model *m, wmat_dtype dt, const char *name, c
     kv_u32(w, "llama.rope.dimension_count", (uint32_t)c->head_dim);
     kv_u32(w, "llama.attention.head_count", (uint32_t)c->n_heads);
     kv_u32(w, "llama.attention.head_count_kv", (uint32_t)c->n_kv_heads);
+    if (c->attn_dim) { /* heads wider than the residual stream (SliceGPT without shortcuts) */
+        kv_u32(w, "llama.attention.key_length", (uint32_t)c->head_dim);
+        kv_u32(w, "llama.attention.value_length", (uint32_t)c->head_dim);
+    }
     kv_f32(w, "llama.attention.layer_norm_rms_epsilon", c->norm_eps);
     kv_f32(w, "llama.rope.freq_base", c->rope_theta);
     kv_u32(w, "llama.vocab_size", (uint32_t)c->vocab_size);

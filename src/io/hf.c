@@ -196,6 +196,14 @@ static int read_config(const char *dir, wmat_config *cfg)
     }
     c.tied_embeddings = cJSON_IsTrue(tie); /* LlamaConfig's default is false */
     if (c.n_kv_heads == 0) c.n_kv_heads = c.n_heads;
+    /* heads wider than the residual stream (a sliced model) */
+    if (head_dim && (int64_t)head_dim * c.n_heads != c.dim) {
+        if ((int64_t)head_dim * c.n_heads > 65536) {
+            rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: head_dim %d x %d heads is too wide", path, head_dim, c.n_heads);
+            goto done;
+        }
+        c.attn_dim = head_dim * c.n_heads;
+    }
     if ((rc = wmat__config_check(&c, path))) goto done;
     if (head_dim && head_dim != c.head_dim) {
         rc = wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: head_dim %d differs from hidden_size / num_attention_heads = %d",

@@ -32,6 +32,17 @@ void wmat__layer_tensor_name(char *buf, size_t n, int layer, wmat_layer_weight w
     snprintf(buf, n, "model.layers.%d.%s.weight", layer, wmat__layer_role_names[w]);
 }
 
+void wmat__shortcut_name(char *buf, size_t n, int layer, int mlp)
+{
+    snprintf(buf, n, "model.layers.%d.%s.weight", layer, mlp ? "mlp_shortcut" : "attn_shortcut");
+}
+
+wmat_tensor *wmat__model_shortcut(wmat_model *m, int layer, int mlp)
+{
+    if (!m->sc_idx || layer < 0 || layer >= m->cfg.n_layers) return NULL;
+    return &m->tensors[m->sc_idx[2 * layer + (mlp ? 1 : 0)]];
+}
+
 int wmat__model_new(wmat_model **out, const wmat_config *cfg, wmat_format fmt, const char *path)
 {
     *out = NULL;
@@ -57,6 +68,7 @@ void wmat_model_free(wmat_model *m)
     for (int i = 0; i < m->n_tensors; i++) wmat__tensor_free_data(&m->tensors[i]);
     wmat__free(m->tensors);
     wmat__free(m->layer_idx);
+    wmat__free(m->sc_idx);
     for (int i = 0; i < m->n_maps; i++) wmat__unmap(&m->maps[i]);
     wmat__free(m->maps);
     wmat_tokenizer_free(m->tok);
@@ -128,12 +140,22 @@ int wmat__config_check(wmat_config *c, const char *what)
         c->vocab_size > 4194304 || c->seq_len > 1048576)
         return wmat_set_error(WMAT_ERR_FORMAT, "%s: config values too large (dim %d, hidden %d, layers %d, heads %d, vocab %d, seq_len %d)",
                               what, c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->vocab_size, c->seq_len);
-    if (c->dim % c->n_heads)
-        return wmat_set_error(WMAT_ERR_FORMAT, "%s: dim %d is not a multiple of n_heads %d", what, c->dim, c->n_heads);
+    /* a sliced model (SliceGPT) keeps its attention width and the norms'
+     * divisor of the width it was sliced from */
+    if (c->attn_dim < 0 || c->attn_dim > 65536 || c->norm_dim < 0 || c->norm_dim > 65536 || c->shortcuts < 0 ||
+        c->shortcuts > 1)
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: bad sliced-model config (attention width %d, norm divisor %d, shortcuts %d)",
+                              what, c->attn_dim, c->norm_dim, c->shortcuts);
+    if (c->attn_dim == c->dim) c->attn_dim = 0;
+    if (c->norm_dim == c->dim) c->norm_dim = 0;
+    const int attn = c->attn_dim ? c->attn_dim : c->dim;
+    if (attn % c->n_heads)
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: %s %d is not a multiple of n_heads %d", what,
+                              c->attn_dim ? "attention width" : "dim", attn, c->n_heads);
     if (c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads)
         return wmat_set_error(WMAT_ERR_FORMAT, "%s: n_heads %d is not a multiple of n_kv_heads %d", what, c->n_heads,
                               c->n_kv_heads);
-    c->head_dim = c->dim / c->n_heads;
+    c->head_dim = attn / c->n_heads;
     if (c->head_dim % 2)
         return wmat_set_error(WMAT_ERR_FORMAT, "%s: head dimension %d is odd (RoPE needs pairs)", what, c->head_dim);
     if (!(c->rope_theta > 0) || !isfinite(c->rope_theta)) c->rope_theta = 10000.0f;
@@ -195,6 +217,18 @@ int wmat__model_bind(wmat_model *m)
             wmat__layer_tensor_name(name, sizeof name, l, (wmat_layer_weight)w);
             rc = expect(m, name, d0, d1, &m->layer_idx[l * WMAT_W_LAYER_COUNT + w], 1);
         }
+    }
+    wmat__free(m->sc_idx);
+    m->sc_idx = NULL;
+    if (!rc && c->shortcuts) {
+        m->sc_idx = wmat__malloc((size_t)c->n_layers * 2 * sizeof(int));
+        if (!m->sc_idx) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", src);
+        for (int l = 0; l < c->n_layers && !rc; l++)
+            for (int s = 0; s < 2 && !rc; s++) {
+                char name[WMAT_NAME_MAX];
+                wmat__shortcut_name(name, sizeof name, l, s);
+                rc = expect(m, name, c->dim, c->dim, &m->sc_idx[2 * l + s], 1);
+            }
     }
     return rc;
 }
@@ -461,6 +495,18 @@ int wmat_model_save(wmat_model *m, const char *path, const wmat_save_params *p)
 {
     wmat_save_params def = wmat_save_default_params();
     if (!p) p = &def;
+    const wmat_config *c = &m->cfg;
+    /* heads wider than the residual stream: HF (head_dim) and GGUF
+     * (key_length) say so, llama2.c cannot; shortcut matrices and the
+     * norms' divisor only the native directory holds */
+    if (((c->shortcuts || c->norm_dim) && p->format != WMAT_FMT_QUANT) || (c->attn_dim && p->format == WMAT_FMT_LLAMA2C))
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                              "%s: a sliced model (residual width %d, attention width %d, norm divisor %d%s) is stored "
+                              "%s: %s cannot express it",
+                              path, c->dim, c->attn_dim ? c->attn_dim : c->dim, c->norm_dim ? c->norm_dim : c->dim,
+                              c->shortcuts ? ", residual shortcut matrices" : "",
+                              c->shortcuts || c->norm_dim ? "only in the native directory ('quant')" : "as HF, GGUF or 'quant'",
+                              wmat_format_name(p->format));
     int rc = wmat_model_materialize(m);
     if (rc) return rc;
     /* Models holding packed tensors (or asking for the native quantized
@@ -505,6 +551,14 @@ int wmat_model_create(wmat_model **out, const wmat_config *cfg)
             size_t n = (size_t)(d0 * (d1 ? d1 : 1));
             void *d = wmat__aligned_alloc(n * sizeof(float));
             rc = d ? wmat__model_add_tensor(m, name, WMAT_F32, d1 ? 2 : 1, shape, d, WMAT_TF_OWNED)
+                   : wmat_set_error(WMAT_ERR_NOMEM, "out of memory creating a model");
+        }
+        for (int s = 0; s < 2 && c.shortcuts && !rc; s++) {
+            int64_t shape[2] = {c.dim, c.dim};
+            char name[WMAT_NAME_MAX];
+            wmat__shortcut_name(name, sizeof name, l, s);
+            void *d = wmat__aligned_alloc((size_t)c.dim * (size_t)c.dim * sizeof(float));
+            rc = d ? wmat__model_add_tensor(m, name, WMAT_F32, 2, shape, d, WMAT_TF_OWNED)
                    : wmat_set_error(WMAT_ERR_NOMEM, "out of memory creating a model");
         }
     }

@@ -20,6 +20,7 @@ struct wmat_model {
     /* role -> index into tensors (-1: absent), filled by wmat__model_bind */
     int *layer_idx; /* (n_layers, WMAT_W_LAYER_COUNT) */
     int tok_embd_idx, final_norm_idx, classifier_idx; /* classifier -1 when tied */
+    int *sc_idx; /* (n_layers, 2): attention and MLP shortcut matrices when cfg.shortcuts, else NULL */
 
     wmat_tokenizer *tok;
 
@@ -47,6 +48,12 @@ extern const char *const wmat__layer_role_names[WMAT_W_LAYER_COUNT];
 #define WMAT_NAME_FINAL_NORM "model.norm.weight"
 #define WMAT_NAME_CLASSIFIER "lm_head.weight"
 void wmat__layer_tensor_name(char *buf, size_t n, int layer, wmat_layer_weight w);
+/* A sliced model's residual shortcut matrices (cfg.shortcuts; dim x dim,
+ * y = S x): "model.layers.N.attn_shortcut.weight" (mlp = 0, before the
+ * attention's sum) and "...mlp_shortcut.weight" (mlp = 1). NULL when the
+ * model has none. */
+void wmat__shortcut_name(char *buf, size_t n, int layer, int mlp);
+wmat_tensor *wmat__model_shortcut(wmat_model *m, int layer, int mlp);
 
 /* New empty model: copies cfg (may be NULL and set later) and path. */
 int wmat__model_new(wmat_model **out, const wmat_config *cfg, wmat_format fmt, const char *path);

@@ -105,6 +105,29 @@ static int read_config(const char *dir, wmat_config *cfg)
     c.norm_eps = cJSON_IsNumber(eps) ? (float)eps->valuedouble : 1e-6f;
     c.rope_theta = cJSON_IsNumber(th) ? (float)th->valuedouble : 10000.0f;
     c.tied_embeddings = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "tie_word_embeddings"));
+    /* a sliced model: heads wider than the residual stream, the norms'
+     * divisor and the shortcut matrices (docs/DECOMP.md, SliceGPT) */
+    int64_t hd = 0, nd = 0;
+    if ((rc = jint(root, "head_dim", 0, 1, 65536, &hd, path))) goto done;
+    if (hd && hd * v[3] != v[0]) {
+        if (hd * v[3] > 65536) {
+            rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: head_dim %lld x %lld heads is too wide", path, (long long)hd,
+                                (long long)v[3]);
+            goto done;
+        }
+        c.attn_dim = (int)(hd * v[3]);
+    }
+    const cJSON *sl = cJSON_GetObjectItemCaseSensitive(root, "wmat_sliced");
+    if (sl) {
+        const cJSON *sc = cJSON_GetObjectItemCaseSensitive(sl, "shortcuts");
+        if (!cJSON_IsObject(sl) || (rc = jint(sl, "norm_dim", 1, 1, 65536, &nd, path)) || !cJSON_IsBool(sc)) {
+            rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: \"wmat_sliced\" must be {\"norm_dim\": N, \"shortcuts\": true|false}",
+                                path);
+            goto done;
+        }
+        c.norm_dim = (int)nd;
+        c.shortcuts = cJSON_IsTrue(sc);
+    }
     rc = wmat__config_check(&c, path);
     if (!rc) *cfg = c;
 done:
@@ -197,9 +220,15 @@ static int save_native(wmat_model *m, const char *dir)
         }
     }
     qtext = cJSON_Print(qroot);
-    char qcfg[160];
+    char qcfg[320];
     snprintf(qcfg, sizeof qcfg, "\"quantization_config\": {\"quant_method\": \"wmat\", \"format\": \"" Q_FORMAT "\", \"version\": %d}",
              Q_VERSION);
+    if (m->cfg.norm_dim || m->cfg.shortcuts) {
+        /* a sliced model (SliceGPT): its attention width is head_dim above */
+        const size_t k = strlen(qcfg);
+        snprintf(qcfg + k, sizeof qcfg - k, ",\n  \"wmat_sliced\": {\"norm_dim\": %d, \"shortcuts\": %s}",
+                 m->cfg.norm_dim ? m->cfg.norm_dim : m->cfg.dim, m->cfg.shortcuts ? "true" : "false");
+    }
     int cfg_len = wmat__hf_config_json(&m->cfg, WMAT_F32, qcfg, cfg_text, 4096);
     if (!qtext || cfg_len < 0) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory building the JSON files", dir);

@@ -31,6 +31,11 @@ typedef struct {
      * k, v (B*T, n_kv_heads*hd), after RoPE. */
     void (*attention)(void *user, int layer, float *out, const float *q, const float *k, const float *v, int B, int T);
     void *user;
+    /* A sliced model's residual shortcut (c->shortcuts): Y (T, dim) = X
+     * (T, dim) S^T with S the layer's attention (mlp = 0) or MLP (mlp = 1)
+     * shortcut matrix. NULL for callers that run no such model (the block
+     * then refuses one). */
+    int (*shortcut)(void *user, int layer, int mlp, float *Y, const float *X, int T);
 } wmat_block_ops;
 
 /* The block's activations, rows of B*T. Aliases the block allows: ao may
@@ -40,12 +45,13 @@ typedef struct {
 typedef struct {
     float *x;             /* (BT, dim) the block's input (read; written when xmid == x) */
     float *xn1, *r1;      /* attention norm */
-    float *q, *k, *v;     /* after RoPE */
-    float *ao;            /* attention output (BT, dim) */
+    float *q, *k, *v;     /* after RoPE: q (BT, n_heads * head_dim), k, v (BT, n_kv_heads * head_dim) */
+    float *ao;            /* attention output (BT, n_heads * head_dim) */
     float *xmid;          /* x + o(ao) */
     float *xn2, *r2;      /* FFN norm */
     float *hg, *hu, *hs;  /* gate, up, silu(gate) * up (BT, hidden) */
     float *out;           /* xmid + down(hs) */
+    float *xs;            /* (BT, dim) a shortcut's product (c->shortcuts only; aliases nothing) */
 } wmat_block_bufs;
 
 typedef struct {

@@ -54,10 +54,12 @@ struct wmat_runtime {
     size_t att_per_thread;
     float *hb;  /* (T, hidden) */
     float *hb2; /* (T, hidden) */
+    float *xs;  /* (T, dim) a residual shortcut's product (sliced models; else NULL) */
 
     /* decode state */
     float *key_cache, *value_cache; /* (L, kv_len, kv_dim) */
     float *dx, *dxb, *dq, *dhb, *dhb2;
+    float *dxs; /* (dim) decode's shortcut product (sliced models) */
     float *dnorm;    /* (n_threads, dim): each thread's copy of the normed x (decode_team) */
     int use_team;    /* decode in one parallel region (decode_team) */
     float *datt; /* (n_heads, kv_len) */
@@ -130,12 +132,21 @@ static void linear_vec(wmat_runtime *rt, float *y, const float *x, const wmat_te
     wmat__linear_vec_multi(1, &y, x, &W, accumulate, rt->prep, &rt->ex);
 }
 
+/* x = S x in place for a sliced model's shortcut S of `layer` (decode). */
+static void shortcut_vec(wmat_runtime *rt, float *x, int layer, int mlp)
+{
+    linear_vec(rt, rt->dxs, x, wmat__model_shortcut(rt->m, layer, mlp), 0);
+    memcpy(x, rt->dxs, (size_t)rt->c.dim * sizeof(float));
+}
+
 /* The workspace and decode buffers every linear weight's kind asks for. */
 static void kind_buffers(wmat_runtime *rt)
 {
     rt->ws_bytes = rt->prep_bytes = 0;
-    for (int i = 0; i < linear_slots(&rt->c); i++) {
-        const wmat_tensor *W = packed_source(rt->m, i);
+    const int n_sc = rt->c.shortcuts ? 2 * rt->c.n_layers : 0;
+    for (int i = 0; i < linear_slots(&rt->c) + n_sc; i++) {
+        const int j = i - linear_slots(&rt->c);
+        const wmat_tensor *W = j < 0 ? packed_source(rt->m, i) : wmat__model_shortcut(rt->m, j / 2, j % 2);
         const wmat_wkind *k = wmat__wkind_of(W);
         const size_t ws = k->ws_bytes(W, rt->T_max, &rt->ex), pb = k->prep_bytes(W, &rt->ex);
         if (ws > rt->ws_bytes) rt->ws_bytes = ws;
@@ -157,13 +168,17 @@ static int alloc_buffers(wmat_runtime *rt, const wmat_runtime *parent)
     wmat_model *m = rt->m;
     const size_t T = (size_t)rt->T_max, D = (size_t)c->dim, H = (size_t)c->hidden_dim;
     const size_t KV = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    /* A: the attention width (q, attention output), which only a sliced
+     * model has different from D; xb holds both a normed row and an
+     * attention output, DA floats */
+    const size_t A = (size_t)wmat__attn_width(c), DA = A > D ? A : D, XS = c->shortcuts ? D : 0;
     const size_t half = (size_t)c->head_dim / 2, P = parent ? 0 : (size_t)rt->n_pos, S = (size_t)rt->kv_len;
     const size_t L = (size_t)c->n_layers;
     const size_t NT = (size_t)rt->n_threads;
     const size_t ca = wmat__causal_attention_scratch(rt->T_max, c->head_dim);
     rt->att_per_thread = T * T > ca ? T * T : ca;
-    size_t floats = 2 * P * half + T * (3 * D + 2 * KV + 2 * H) + NT * rt->att_per_thread + 2 * L * S * KV +
-                    (3 + NT) * D + 2 * H + (size_t)c->n_heads * S;
+    size_t floats = 2 * P * half + T * (D + DA + A + XS + 2 * KV + 2 * H) + NT * rt->att_per_thread + 2 * L * S * KV +
+                    D + DA + A + XS + NT * D + 2 * H + (size_t)c->n_heads * S;
     kind_buffers(rt);
     size_t bytes = floats * sizeof(float) + rt->ws_bytes + 4 * rt->prep_bytes + 40 * WMAT_ALIGN;
     int rc = wmat_arena_create(&rt->arena, bytes);
@@ -180,8 +195,9 @@ static int alloc_buffers(wmat_runtime *rt, const wmat_runtime *parent)
         rt->rope_sin = take(rt, P * half);
     }
     rt->x = take(rt, T * D);
-    rt->xb = take(rt, T * D);
-    rt->q = take(rt, T * D);
+    rt->xb = take(rt, T * DA);
+    rt->q = take(rt, T * A);
+    rt->xs = XS ? take(rt, T * XS) : NULL;
     rt->k = take(rt, T * KV);
     rt->v = take(rt, T * KV);
     rt->att = take(rt, NT * rt->att_per_thread);
@@ -190,9 +206,10 @@ static int alloc_buffers(wmat_runtime *rt, const wmat_runtime *parent)
     rt->key_cache = take(rt, L * S * KV);
     rt->value_cache = take(rt, L * S * KV);
     rt->dx = take(rt, D);
-    rt->dxb = take(rt, D);
+    rt->dxb = take(rt, DA);
+    rt->dxs = XS ? take(rt, XS) : NULL;
     rt->dnorm = take(rt, NT * D);
-    rt->dq = take(rt, D);
+    rt->dq = take(rt, A);
     rt->dhb = take(rt, H);
     rt->dhb2 = take(rt, H);
     rt->datt = take(rt, (size_t)c->n_heads * S);
@@ -267,7 +284,7 @@ int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_pa
     /* one parallel region per decoded token pays off once the matvecs are
      * big enough to split (the same 64K multiply-adds wmat__matvec_multi
      * uses) and all of them are fp32 (packed types thread on their own) */
-    rt->use_team = rt->n_threads > 1 && (long)c->dim * c->dim >= 65536;
+    rt->use_team = rt->n_threads > 1 && (long)c->dim * c->dim >= 65536 && !c->shortcuts && !c->attn_dim && !c->norm_dim;
     for (int i = 0; i < linear_slots(c) && rt->use_team; i++) rt->use_team = packed_source(m, i)->dtype == WMAT_F32;
     *out = rt;
     return WMAT_OK;
@@ -352,7 +369,7 @@ static void rt_attention(void *user, int layer, float *out, const float *q, cons
     (void)layer, (void)B;
     wmat_runtime *rt = user;
     const wmat_config *c = &rt->c;
-    const int D = c->dim, hd = c->head_dim, KV = c->n_kv_heads * hd, kv_mul = c->n_heads / c->n_kv_heads;
+    const int D = wmat__attn_width(c), hd = c->head_dim, KV = c->n_kv_heads * hd, kv_mul = c->n_heads / c->n_kv_heads;
     const float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for num_threads(rt->n_threads) schedule(static)
     for (int h = 0; h < c->n_heads; h++) {
@@ -375,15 +392,24 @@ static void rt_attention(void *user, int layer, float *out, const float *q, cons
     }
 }
 
+/* A sliced model's residual shortcut: Y = X S^T through the matrix's kind. */
+static int rt_shortcut(void *user, int layer, int mlp, float *Y, const float *X, int T)
+{
+    wmat_runtime *rt = user;
+    wmat__linear_batch(Y, X, wmat__model_shortcut(rt->m, layer, mlp), T, 0, rt->ws, &rt->ex);
+    return WMAT_OK;
+}
+
 /* Blocks l0..l1-1 on the residual stream rt->x (T, dim), in place: the
  * shared block (block.h) over one set of buffers, nothing kept. */
 static int run_layers(wmat_runtime *rt, int T, int l0, int l1)
 {
-    const wmat_block_ops ops = {rt_linear, rt_attention, rt};
+    const wmat_block_ops ops = {rt_linear, rt_attention, rt, rt_shortcut};
     /* xb holds the normed input, then the attention output, then the FFN's
      * normed input; hb the gate and then silu(gate) * up */
     const wmat_block_bufs b = {.x = rt->x, .xn1 = rt->xb, .q = rt->q, .k = rt->k, .v = rt->v, .ao = rt->xb,
-                               .xmid = rt->x, .xn2 = rt->xb, .hg = rt->hb, .hu = rt->hb2, .hs = rt->hb, .out = rt->x};
+                               .xmid = rt->x, .xn2 = rt->xb, .hg = rt->hb, .hu = rt->hb2, .hs = rt->hb, .out = rt->x,
+                               .xs = rt->xs};
     for (int l = l0; l < l1; l++) {
         const wmat_block_cfg cfg = {&rt->c, wmat_model_layer_tensor(rt->m, l, WMAT_W_ATTN_NORM)->data,
                                     wmat_model_layer_tensor(rt->m, l, WMAT_W_FFN_NORM)->data, rt->rope_cos,
@@ -414,7 +440,8 @@ int wmat_forward_head(wmat_runtime *rt, const float *X, int T, float *logits)
     int rc = check_window(rt, T, "forward_head");
     if (rc) return rc;
     const int nt = rt->n_threads;
-    wmat__rmsnorm(rt->xb, NULL, X, wmat_model_final_norm(rt->m)->data, T, c->dim, c->norm_eps, 1, nt);
+    wmat__rmsnorm_div(rt->xb, NULL, X, wmat_model_final_norm(rt->m)->data, T, c->dim, wmat__norm_div(c), c->norm_eps, 1,
+                      nt);
     const wmat_tensor *wc = wmat_model_classifier(rt->m);
     if ((rc = call_hook(rt, c->n_layers, WMAT_LIN_COUNT, rt->xb, T, c->dim, wc))) return rc;
     if (logits) linear_batch(rt, linear_slots(c) - 1, logits, rt->xb, wc, T, 0);
@@ -508,7 +535,7 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
     if (token < 0 || token >= c->vocab_size)
         return wmat_set_error(WMAT_ERR_INVALID, "decode: token %d outside the vocabulary (%d)", token, c->vocab_size);
     const int D = c->dim, KV = c->n_kv_heads * c->head_dim, H = c->hidden_dim, hd = c->head_dim;
-    const int half = hd / 2, kv_mul = c->n_heads / c->n_kv_heads, S = rt->kv_len;
+    const int half = hd / 2, kv_mul = c->n_heads / c->n_kv_heads, S = rt->kv_len, ND = wmat__norm_div(c);
     const int nt = rt->n_threads;
     float *x = rt->dx;
     {
@@ -521,7 +548,8 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
     }
     const float *cs = rt->rope_cos + (size_t)pos * half, *sn = rt->rope_sin + (size_t)pos * half;
     for (int l = 0; l < c->n_layers; l++) {
-        wmat__rmsnorm(rt->dxb, NULL, x, wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data, 1, D, c->norm_eps, 0, 1);
+        wmat__rmsnorm_div(rt->dxb, NULL, x, wmat_model_layer_tensor(m, l, WMAT_W_ATTN_NORM)->data, 1, D, ND, c->norm_eps, 0,
+                          1);
         float *kc = rt->key_cache + ((size_t)l * S + pos) * KV;
         float *vc = rt->value_cache + ((size_t)l * S + pos) * KV;
         {
@@ -540,17 +568,19 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
             wmat__attend_one(rt->dxb + (size_t)h * hd, rt->dq + (size_t)h * hd, kbase + koff, vbase + koff, KV, pos + 1,
                              hd, inv, rt->datt + (size_t)h * S);
         }
+        if (c->shortcuts) shortcut_vec(rt, x, l, 0);
         linear_vec(rt, x, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_O), 1);
-        wmat__rmsnorm(rt->dxb, NULL, x, wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data, 1, D, c->norm_eps, 0, 1);
+        wmat__rmsnorm_div(rt->dxb, NULL, x, wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data, 1, D, ND, c->norm_eps, 0, 1);
         {
             float *const ys[2] = {rt->dhb, rt->dhb2};
             const wmat_tensor *const ws[2] = {wmat_model_linear(m, l, WMAT_LIN_GATE), wmat_model_linear(m, l, WMAT_LIN_UP)};
             wmat__linear_vec_multi(2, ys, rt->dxb, ws, 0, rt->prep, &rt->ex);
         }
         wmat__swiglu(rt->dhb, rt->dhb, rt->dhb2, (size_t)H, 0, 1);
+        if (c->shortcuts) shortcut_vec(rt, x, l, 1);
         linear_vec(rt, x, rt->dhb, wmat_model_linear(m, l, WMAT_LIN_DOWN), 1);
     }
-    wmat__rmsnorm(x, NULL, x, wmat_model_final_norm(m)->data, 1, D, c->norm_eps, 0, 1);
+    wmat__rmsnorm_div(x, NULL, x, wmat_model_final_norm(m)->data, 1, D, ND, c->norm_eps, 0, 1);
     linear_vec(rt, logits, x, wmat_model_classifier(m), 0);
     return WMAT_OK;
 }

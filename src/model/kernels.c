@@ -42,12 +42,18 @@ static float sumsq_fast(const float *x, int n)
 void wmat__rmsnorm(float *out, float *rstd, const float *x, const float *w, int T, int n, float eps, int fast,
                    int n_threads)
 {
+    wmat__rmsnorm_div(out, rstd, x, w, T, n, n, eps, fast, n_threads);
+}
+
+void wmat__rmsnorm_div(float *out, float *rstd, const float *x, const float *w, int T, int n, int div, float eps,
+                       int fast, int n_threads)
+{
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (T > 1 && (long)T * n >= 32768)
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * n;
         float *o = out + (size_t)t * n;
         float ss = fast ? sumsq_fast(xr, n) : sumsq_exact(xr, n);
-        ss /= (float)n;
+        ss /= (float)div;
         ss += eps;
         ss = 1.0f / sqrtf(ss);
         if (rstd) rstd[t] = ss;

@@ -12,6 +12,11 @@
  * batched path), else in order (run.c's expressions: decode, training). */
 void wmat__rmsnorm(float *out, float *rstd, const float *x, const float *w, int T, int n, float eps, int fast,
                    int n_threads);
+/* The same with the sum of squares divided by div instead of n (a sliced
+ * model's norms keep the divisor of the width it was sliced from);
+ * wmat__rmsnorm is div = n. */
+void wmat__rmsnorm_div(float *out, float *rstd, const float *x, const float *w, int T, int n, int div, float eps,
+                       int fast, int n_threads);
 /* RoPE for rows r = 0..n_rows-1 at position r % T of q (n_heads heads,
  * rows qs apart) and k (n_kv_heads, ks apart): pairs (2i, 2i+1) of each
  * head rotated by cos_tab / sin_tab (T x hd/2), run.c's expressions; with

@@ -6,6 +6,7 @@
  * fake-quant write-back and the per-tensor report. */
 #include "methods.h"
 
+#include "core/shapes.h"
 #include "io/model_internal.h"
 
 #include <math.h>
@@ -536,7 +537,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
             wmat_qstats *slots[WMAT_CSLOT_COUNT] = {0};
             for (int k = 0; k < WMAT_CSLOT_COUNT; k++)
                 if (want >> k & 1u) {
-                    const int64_t n = k == WMAT_CSLOT_DOWN ? c->hidden_dim : c->dim;
+                    const int64_t n = k == WMAT_CSLOT_DOWN ? c->hidden_dim : k == WMAT_CSLOT_O ? wmat__attn_width(c) : c->dim;
                     if ((rc = wmat__qstats_init(&stats[k], n, hess >> k & 1u))) goto done;
                     slots[k] = &stats[k];
                     sbytes += (size_t)n * (sizeof(double) + sizeof(float)) +

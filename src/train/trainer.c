@@ -335,6 +335,11 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                                   "materialize_f32 (keep_stored keeps the weights' kinds)",
                                   tt->name, wmat_dtype_info(tt->dtype) ? wmat_dtype_info(tt->dtype)->name : "?");
     }
+    if (c->shortcuts || c->attn_dim || c->norm_dim)
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                              "train: %s is a sliced model (residual width %d, attention width %d, shortcuts %d), "
+                              "which the trainer does not run",
+                              wmat_model_path(m), c->dim, c->attn_dim ? c->attn_dim : c->dim, c->shortcuts);
     wmat_train_params p = *pp;
     if (p.ctx <= 0) p.ctx = c->seq_len < 128 ? c->seq_len : 128;
     if (p.ctx > c->seq_len)
@@ -793,12 +798,12 @@ int wmat__trainer_fwdbwd(wmat_trainer *t, const int32_t *inputs, const int32_t *
         const wmat_wkind *ek = wmat__wkind_of(t->emb_t);
         for (int i = 0; i < BT; i++) ek->dequant_rows(t->emb_t, inputs[i], 1, t->acts[0].x + (size_t)i * D);
     }
-    const wmat_block_ops ops = {tr_linear, tr_attention, t};
+    const wmat_block_ops ops = {tr_linear, tr_attention, t, NULL};
     for (int l = 0; l < L; l++) {
         layer_acts *a = &t->acts[l];
         const wmat_block_cfg cfg = {c, LW(l, WMAT_W_ATTN_NORM), LW(l, WMAT_W_FFN_NORM), t->rope_cos, t->rope_sin, 0, nt};
         const wmat_block_bufs b = {a->x,  a->xn1, a->r1, a->q,  a->k,  a->v,  a->ao,
-                                   a->xmid, a->xn2, a->r2, a->hg, a->hu, a->hs, t->acts[l + 1].x};
+                                   a->xmid, a->xn2, a->r2, a->hg, a->hu, a->hs, t->acts[l + 1].x, NULL};
         int rc = wmat__block_forward(&cfg, &ops, l, &b, B, T);
         if (rc) return rc;
     }
