@@ -779,12 +779,23 @@ typedef struct {
     const char *optimizer_name; /* "adamw", "sgd", ... (NULL: from optimizer) */
     const char *adapter;        /* "lora", "rslora", ... */
     const char *projector;      /* "galore", ... */
+    /* Adapters with a sparse part (sltrain: W = (alpha/r) B A + S, rank
+     * lora_rank, alpha lora_alpha): the share of each targeted matrix's
+     * positions in S's fixed random support, [0, 1) (default 0.03). */
+    float adapter_density;
 } wmat_train_params;
 
 WMAT_API wmat_train_params wmat_train_default_params(void);
 /* Parse "q,k,v,o,gate,up,down" (or "all") into a target mask; an unknown
  * name is WMAT_ERR_INVALID naming it. */
 WMAT_API int wmat_train_parse_targets(const char *list, unsigned *mask);
+
+/* 1 when the named adapter replaces the linear weights it targets instead
+ * of adding to a frozen base (sltrain: the layers are trained from scratch
+ * in their small form, the rest of the model trains as in full training,
+ * and the trained model keeps the small form), 0 when it adds to a base,
+ * WMAT_ERR_INVALID for a name not in the registry. */
+WMAT_API int wmat_train_adapter_replaces_base(const char *name);
 
 /* The registries of the trainer. */
 typedef enum { WMAT_REG_OPTIMIZER = 0, WMAT_REG_ADAPTER = 1, WMAT_REG_PROJECTOR = 2 } wmat_train_registry;
