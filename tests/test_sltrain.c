@@ -138,29 +138,35 @@ static void test_support_kernels(void **state)
     for (int i = 0; i < out; i++)
         for (int32_t j = off[i]; j < off[i + 1]; j++)
             for (int t = 0; t < BT; t++) dvr[j] += (double)dY[t * out + i] * X[t * in + col[j]];
-    float *Y[2], *dX[2], *dv[2];
-    for (int k = 0; k < 2; k++) {
-        const int nt = k ? 3 : 1;
-        Y[k] = malloc(sizeof(float) * BT * out);
-        dX[k] = calloc((size_t)BT * in, sizeof(float));
-        dv[k] = calloc((size_t)nnz, sizeof(float));
-        for (int i = 0; i < BT * out; i++) Y[k][i] = 0.5f;
-        wmat__support_forward(Y[k], X, off, col, val, BT, in, out, nt);
-        wmat__support_backward(dX[k], dv[k], dY, X, off, col, val, BT, in, out, nt);
-        double *y = malloc(sizeof(double) * BT * out), *dx = malloc(sizeof(double) * BT * in), *g = malloc(sizeof(double) * nnz);
-        for (int i = 0; i < BT * out; i++) y[i] = Y[k][i];
-        for (int i = 0; i < BT * in; i++) dx[i] = dX[k][i];
-        for (int64_t i = 0; i < nnz; i++) g[i] = dv[k][i];
-        TU_ASSERT_CLOSE_D(y, Yr, (size_t)BT * out, 1e-4, 1e-5);
-        TU_ASSERT_CLOSE_D(dx, dXr, (size_t)BT * in, 1e-4, 1e-5);
-        TU_ASSERT_CLOSE_D(g, dvr, (size_t)nnz, 1e-4, 1e-5);
-        free(y), free(dx), free(g);
+    /* the plain C twin and the AVX2+FMA one (where the CPU has it), each at 1 and 3 threads */
+    for (int isa = 0; isa <= WMAT_ISA_AVX2; isa += WMAT_ISA_AVX2) {
+        float *Y[2], *dX[2], *dv[2];
+        for (int k = 0; k < 2; k++) {
+            const int nt = k ? 3 : 1;
+            Y[k] = malloc(sizeof(float) * BT * out);
+            dX[k] = calloc((size_t)BT * in, sizeof(float));
+            dv[k] = calloc((size_t)nnz, sizeof(float));
+            for (int i = 0; i < BT * out; i++) Y[k][i] = 0.5f;
+            float *ws = malloc(sizeof(float) * wmat__support_ws_floats(in, out, nt));
+            wmat__support_forward(Y[k], X, off, col, val, BT, in, out, ws, nt, isa);
+            wmat__support_backward(dX[k], dv[k], dY, X, off, col, val, BT, in, out, ws, nt, isa);
+            free(ws);
+            double *y = malloc(sizeof(double) * BT * out), *dx = malloc(sizeof(double) * BT * in),
+                   *g = malloc(sizeof(double) * nnz);
+            for (int i = 0; i < BT * out; i++) y[i] = Y[k][i];
+            for (int i = 0; i < BT * in; i++) dx[i] = dX[k][i];
+            for (int64_t i = 0; i < nnz; i++) g[i] = dv[k][i];
+            TU_ASSERT_CLOSE_D(y, Yr, (size_t)BT * out, 1e-4, 1e-5);
+            TU_ASSERT_CLOSE_D(dx, dXr, (size_t)BT * in, 1e-4, 1e-5);
+            TU_ASSERT_CLOSE_D(g, dvr, (size_t)nnz, 1e-4, 1e-5);
+            free(y), free(dx), free(g);
+        }
+        /* the thread count does not change a bit */
+        assert_memory_equal(Y[0], Y[1], sizeof(float) * BT * out);
+        assert_memory_equal(dX[0], dX[1], sizeof(float) * BT * in);
+        assert_memory_equal(dv[0], dv[1], sizeof(float) * nnz);
+        for (int k = 0; k < 2; k++) free(Y[k]), free(dX[k]), free(dv[k]);
     }
-    /* the thread count does not change a bit */
-    assert_memory_equal(Y[0], Y[1], sizeof(float) * BT * out);
-    assert_memory_equal(dX[0], dX[1], sizeof(float) * BT * in);
-    assert_memory_equal(dv[0], dv[1], sizeof(float) * nnz);
-    for (int k = 0; k < 2; k++) free(Y[k]), free(dX[k]), free(dv[k]);
     free(off), free(col), free(val), free(X), free(dY), free(S), free(Yr), free(dXr), free(dvr);
 }
 
@@ -222,7 +228,7 @@ static void test_layer_gradients(void **state)
     const wmat__adapter *a = wmat__adapter_find("sltrain");
     assert_non_null(a);
     assert_true(a->replaces_base);
-    const wmat__adapter_cfg cfg = {rk, 5.0f, 0.3f, 1};
+    const wmat__adapter_cfg cfg = {rk, 5.0f, 0.3f, 1, WMAT_ISA_AVX2};
     int rows[4], cols[4];
     a->shapes(&cfg, in, out, rows, cols);
     assert_int_equal(rows[2], (int)floor(0.3 * in * out));
@@ -241,12 +247,13 @@ static void test_layer_gradients(void **state)
     for (int i = 0; i < rk * in; i++) assert_true(fabsf(w[0][i]) <= bound);
     for (int i = 0; i < rows[2]; i++) assert_true(fabsf(w[2][i]) <= bound && w[2][i] != 0.0f);
     for (int i = 0; i < out * rk; i++) w[1][i] = wmat_rng_normal(&r); /* B = 0 would hide dA */
-    float X[BT * in], R[BT * out], Y[BT * out], act[BT * rk], scratch[BT * rk], dX[BT * in];
+    float X[BT * in], R[BT * out], Y[BT * out], act[BT * rk], dX[BT * in];
+    float *scratch = malloc(sizeof(float) * a->scratch_floats(&cfg, BT, in, out));
     for (int i = 0; i < BT * in; i++) X[i] = wmat_rng_normal(&r);
     for (int i = 0; i < BT * out; i++) R[i] = wmat_rng_normal(&r);
     memset(Y, 0, sizeof Y);
     memset(dX, 0, sizeof dX);
-    a->forward(&cfg, Y, act, X, (const float *const *)w, fixed, BT, in, out);
+    a->forward(&cfg, Y, act, scratch, X, (const float *const *)w, fixed, BT, in, out);
     a->backward(&cfg, dX, dw, scratch, R, X, (const float *const *)w, fixed, act, BT, in, out);
     const int32_t *off = fixed, *col = off + out + 1;
     layer_ref c = {BT, in, out, rk, 5.0 / rk, off, col, NULL};
@@ -271,7 +278,7 @@ static void test_layer_gradients(void **state)
     wmat__linear_forward(Ym, X, W, BT, in, out);
     TU_ASSERT_CLOSE(Ym, Y, BT * out, 1e-5, 1e-5);
     for (int k = 0; k < 3; k++) free(w[k]), free(dw[k]);
-    free(fixed), free(vd), free(W);
+    free(fixed), free(vd), free(W), free(scratch);
 }
 
 /* ------------------------------------------------------------ trainer */

@@ -14,6 +14,7 @@
 #include "train/adapter.h"
 #include "train/optim.h"
 #include "train/train.h"
+#include "wop/wop.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -164,12 +165,13 @@ typedef struct {
     int BT, in, out;
     float *X, *W, *w[WMAT__ADAPTER_MAX_TENSORS], *R, *Y, *act;
     void *fixed;
+    float *scratch;
 } actx;
 
 static double f_adapter(actx *e)
 {
     wmat__linear_forward(e->Y, e->X, e->W, e->BT, e->in, e->out);
-    e->a->forward(&e->c, e->Y, e->act, e->X, (const float *const *)e->w, e->fixed, e->BT, e->in, e->out);
+    e->a->forward(&e->c, e->Y, e->act, e->scratch, e->X, (const float *const *)e->w, e->fixed, e->BT, e->in, e->out);
     double s = 0;
     for (int i = 0; i < e->BT * e->out; i++) s += (double)e->R[i] * e->Y[i];
     return s;
@@ -208,7 +210,7 @@ static void fd_check(const char *what, actx *e, float *x, const float *an, size_
 static void adapter_backward_check(const wmat__adapter *a)
 {
     enum { BT = 5, in = 7, out = 6 };
-    actx e = {.a = a, .c = {3, 2.1f, 0.3f, 1}, .BT = BT, .in = in, .out = out};
+    actx e = {.a = a, .c = {3, 2.1f, 0.3f, 1, WMAT_ISA_AVX2}, .BT = BT, .in = in, .out = out};
     wmat_rng r;
     wmat_rng_seed(&r, 6);
     int rows[WMAT__ADAPTER_MAX_TENSORS], cols[WMAT__ADAPTER_MAX_TENSORS];
@@ -219,7 +221,8 @@ static void adapter_backward_check(const wmat__adapter *a)
     e.R = malloc(sizeof(float) * BT * out);
     e.Y = malloc(sizeof(float) * BT * out);
     e.act = calloc(a->act_floats(&e.c, BT) + 1, sizeof(float));
-    float *scratch = calloc(a->scratch_floats(&e.c, BT) + 1, sizeof(float));
+    float *scratch = calloc(a->scratch_floats(&e.c, BT, in, out) + 1, sizeof(float));
+    e.scratch = scratch;
     float *dX = calloc((size_t)BT * in, sizeof(float));
     for (int i = 0; i < BT * in; i++) e.X[i] = wmat_rng_normal(&r);
     for (int i = 0; i < out * in; i++) e.W[i] = wmat_rng_normal(&r);

@@ -148,7 +148,7 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
     if (!j) return wmat_set_error(WMAT_ERR_FORMAT, "%s: not JSON", path);
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(j, "peft_type");
     const wmat__adapter *a = NULL;
-    wmat__adapter_cfg c = {0, 0, 0, 1};
+    wmat__adapter_cfg c = {0, 0, 0, 1, 0};
     for (int i = 0; wmat__adapter_at(i) && !a; i++) {
         const wmat__adapter *x = wmat__adapter_at(i);
         /* files without peft_type predate it: LoRA was the only kind */

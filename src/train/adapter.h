@@ -21,6 +21,7 @@ typedef struct {
     float alpha;
     float density; /* share of positions of a sparse part (sltrain), [0, 1) */
     int nt;        /* threads for the entry's own loops (<= 0: 1) */
+    int isa;       /* WMAT_ISA_* level its own kernels may use (0: plain C) */
 } wmat__adapter_cfg;
 
 typedef struct wmat__adapter {
@@ -47,18 +48,19 @@ typedef struct wmat__adapter {
      * no optimizer state; a fixed sparsity pattern), filled by init, read
      * by forward, backward, merge and to_weight, kept in checkpoints. */
     size_t (*fixed_bytes)(const wmat__adapter_cfg *c, int in, int out);
-    /* Floats saved by forward for backward (act), and backward's scratch,
-     * for BT rows. */
+    /* Floats saved by forward for backward (act), for BT rows, and the
+     * scratch of forward and backward for a layer (in -> out) (the trainer
+     * allocates the largest over the layers once). */
     size_t (*act_floats)(const wmat__adapter_cfg *c, int BT);
-    size_t (*scratch_floats)(const wmat__adapter_cfg *c, int BT);
+    size_t (*scratch_floats)(const wmat__adapter_cfg *c, int BT, int in, int out);
     /* The scale s of the adapter's path for this configuration. */
     float (*scale)(const wmat__adapter_cfg *c);
     /* Fresh tensors (zeroed on entry) and frozen data (fixed, of
      * fixed_bytes; NULL when there is none), drawing from rng. */
     void (*init)(const wmat__adapter_cfg *c, float *const *w, void *fixed, int in, int out, wmat_rng *rng);
     /* Y (BT, out) += adapter(X (BT, in)); act: what backward needs. */
-    void (*forward)(const wmat__adapter_cfg *c, float *Y, float *act, const float *X, const float *const *w,
-                    const void *fixed, int BT, int in, int out);
+    void (*forward)(const wmat__adapter_cfg *c, float *Y, float *act, float *scratch, const float *X,
+                    const float *const *w, const void *fixed, int BT, int in, int out);
     /* dw[i] += gradients of the tensors (NULL: not wanted); dX (BT, in) +=
      * the input gradient of the adapter path when dX is not NULL. */
     void (*backward)(const wmat__adapter_cfg *c, float *dX, float *const *dw, float *scratch, const float *dY,
@@ -118,12 +120,17 @@ void wmat__lora_path_backward(float s, const wmat__adapter_cfg *c, float *dX, fl
  * replacement (selection sampling, sorted as drawn) from rng. */
 int64_t wmat__support_nnz(float density, int rows, int cols);
 void wmat__support_sample(wmat_rng *rng, int rows, int cols, int64_t nnz, int32_t *off, int32_t *col);
+/* The kernels' workspace, floats, for nt threads. isa: WMAT_ISA_AVX2 or
+ * more runs the AVX2+FMA twins where the CPU has them (sums fused: they
+ * differ from the plain C reference in the last bits). */
+size_t wmat__support_ws_floats(int cols, int rows, int nt);
 /* Y (BT, rows) += X (BT, cols) S^T. */
 void wmat__support_forward(float *Y, const float *X, const int32_t *off, const int32_t *col, const float *val, int BT,
-                           int cols, int rows, int nt);
+                           int cols, int rows, float *ws, int nt, int isa);
 /* dval (nnz) += the gradient of the values: (dY^T X) gathered at the
  * support; dX (BT, cols) += dY S when dX is not NULL. */
 void wmat__support_backward(float *dX, float *dval, const float *dY, const float *X, const int32_t *off,
-                            const int32_t *col, const float *val, int BT, int cols, int rows, int nt);
+                            const int32_t *col, const float *val, int BT, int cols, int rows, float *ws, int nt,
+                            int isa);
 
 #endif

@@ -20,6 +20,11 @@ static void lora_shapes(const wmat__adapter_cfg *c, int in, int out, int *rows, 
 }
 
 static size_t lora_act_floats(const wmat__adapter_cfg *c, int BT) { return (size_t)BT * c->rank; }
+static size_t lora_scratch_floats(const wmat__adapter_cfg *c, int BT, int in, int out)
+{
+    (void)in, (void)out;
+    return (size_t)BT * c->rank;
+}
 
 static float lora_scale(const wmat__adapter_cfg *c) { return c->alpha / (float)c->rank; }
 static float rslora_scale(const wmat__adapter_cfg *c) { return c->alpha / sqrtf((float)c->rank); }
@@ -56,10 +61,10 @@ static void merge_s(float s, const wmat__adapter_cfg *c, float *W, const float *
 }
 
 #define WRAP(pre, scalefn)                                                                                            \
-    static void pre##_forward(const wmat__adapter_cfg *c, float *Y, float *act, const float *X,                     \
+    static void pre##_forward(const wmat__adapter_cfg *c, float *Y, float *act, float *scratch, const float *X,     \
                               const float *const *w, const void *fixed, int BT, int in, int out)                     \
     {                                                                                                                 \
-        (void)fixed;                                                                                                  \
+        (void)fixed, (void)scratch;                                                                                   \
         wmat__lora_path_forward(scalefn(c), c, Y, act, X, w, BT, in, out);                                                         \
     }                                                                                                                 \
     static void pre##_backward(const wmat__adapter_cfg *c, float *dX, float *const *dw, float *scratch,             \
@@ -109,7 +114,7 @@ const wmat__adapter wmat__adapter_lora = {
     .rows_are_out = {0, 1},
     .shapes = lora_shapes,
     .act_floats = lora_act_floats,
-    .scratch_floats = lora_act_floats,
+    .scratch_floats = lora_scratch_floats,
     .scale = lora_scale,
     .init = lora_init,
     .forward = lora_forward,
@@ -128,7 +133,7 @@ const wmat__adapter wmat__adapter_rslora = {
     .rows_are_out = {0, 1},
     .shapes = lora_shapes,
     .act_floats = lora_act_floats,
-    .scratch_floats = lora_act_floats,
+    .scratch_floats = lora_scratch_floats,
     .scale = rslora_scale,
     .init = lora_init,
     .forward = rslora_forward,

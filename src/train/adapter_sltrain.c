@@ -17,6 +17,7 @@
  * gradient), so results do not depend on the thread count. */
 #include "adapter.h"
 
+#include "../wop/kern_dense.h" /* wmat__isa_best */
 #include "../wop/kern_sparse.h"
 #include "../wop/wop.h"
 
@@ -25,6 +26,11 @@
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SL_X86 1
+#define SL_AVX2 __attribute__((target("avx2,fma")))
 #endif
 
 /* ------------------------------------------------------------ support */
@@ -54,30 +60,146 @@ void wmat__support_sample(wmat_rng *rng, int rows, int cols, int64_t nnz, int32_
 }
 
 
-void wmat__support_forward(float *Y, const float *X, const int32_t *off, const int32_t *col, const float *val, int BT,
-                           int cols, int rows, int nt)
+static int nt_of(const wmat__adapter_cfg *c) { return c->nt > 0 ? c->nt : 1; }
+
+/* The kernels work on blocks of TB rows of X (and dY) transposed into
+ * (cols, TB) panels, so every support entry is one TB-wide multiply-add
+ * on contiguous memory (no gathers): y[r][0..TB) += v * xt[col][0..TB).
+ * Sums run over the support in its order within a block, and blocks in
+ * order, whatever the thread count. */
+#define TB 16
+
+size_t wmat__support_ws_floats(int cols, int rows, int nt) { return (size_t)(nt > 0 ? nt : 1) * TB * ((size_t)cols + rows); }
+
+/* At (n, TB) = rows t0 .. t0+nb-1 of A (ld) at columns c0 .. c0+n-1, transposed; lanes past nb zero. */
+static void panel(float *At, const float *A, size_t ld, int t0, int nb, int c0, int n)
 {
+    for (int c = 0; c < n; c++) {
+        float *d = At + (size_t)c * TB;
+        for (int tt = 0; tt < nb; tt++) d[tt] = A[(size_t)(t0 + tt) * ld + c0 + c];
+        for (int tt = nb; tt < TB; tt++) d[tt] = 0.0f;
+    }
+}
+
+/* The three inner loops over a block, plain C (the reference twins) and
+ * AVX2+FMA: acc (TB) = sum_j val[j] xt[col j] over row r's entries;
+ * dval[j] += dot(g, xt[col j]); dxt[col j] += val[j] g. */
+static void blk_fwd_c(float *acc, const float *xt, const int32_t *col, const float *val, int32_t j0, int32_t j1)
+{
+    for (int tt = 0; tt < TB; tt++) acc[tt] = 0.0f;
+    for (int32_t j = j0; j < j1; j++) {
+        const float v = val[j], *xc = xt + (size_t)col[j] * TB;
+        for (int tt = 0; tt < TB; tt++) acc[tt] += v * xc[tt];
+    }
+}
+static void blk_dval_c(float *dval, const float *g, const float *xt, const int32_t *col, int32_t j0, int32_t j1)
+{
+    for (int32_t j = j0; j < j1; j++) {
+        const float *xc = xt + (size_t)col[j] * TB;
+        float s = 0.0f;
+        for (int tt = 0; tt < TB; tt++) s += g[tt] * xc[tt];
+        dval[j] += s;
+    }
+}
+static void blk_dx_c(float *dxt, const float *g, const int32_t *col, const float *val, int32_t j0, int32_t j1)
+{
+    for (int32_t j = j0; j < j1; j++) {
+        const float v = val[j];
+        float *d = dxt + (size_t)col[j] * TB;
+        for (int tt = 0; tt < TB; tt++) d[tt] += v * g[tt];
+    }
+}
+#ifdef SL_X86
+SL_AVX2 static void blk_fwd_avx2(float *acc, const float *xt, const int32_t *col, const float *val, int32_t j0, int32_t j1)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int32_t j = j0; j < j1; j++) {
+        const __m256 v = _mm256_broadcast_ss(val + j);
+        const float *xc = xt + (size_t)col[j] * TB;
+        a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(xc), a0);
+        a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(xc + 8), a1);
+    }
+    _mm256_storeu_ps(acc, a0);
+    _mm256_storeu_ps(acc + 8, a1);
+}
+SL_AVX2 static void blk_dval_avx2(float *dval, const float *g, const float *xt, const int32_t *col, int32_t j0, int32_t j1)
+{
+    const __m256 g0 = _mm256_loadu_ps(g), g1 = _mm256_loadu_ps(g + 8);
+    for (int32_t j = j0; j < j1; j++) {
+        const float *xc = xt + (size_t)col[j] * TB;
+        const __m256 p = _mm256_fmadd_ps(g1, _mm256_loadu_ps(xc + 8), _mm256_mul_ps(g0, _mm256_loadu_ps(xc)));
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        dval[j] += _mm_cvtss_f32(h);
+    }
+}
+SL_AVX2 static void blk_dx_avx2(float *dxt, const float *g, const int32_t *col, const float *val, int32_t j0, int32_t j1)
+{
+    const __m256 g0 = _mm256_loadu_ps(g), g1 = _mm256_loadu_ps(g + 8);
+    for (int32_t j = j0; j < j1; j++) {
+        const __m256 v = _mm256_broadcast_ss(val + j);
+        float *d = dxt + (size_t)col[j] * TB;
+        _mm256_storeu_ps(d, _mm256_fmadd_ps(v, g0, _mm256_loadu_ps(d)));
+        _mm256_storeu_ps(d + 8, _mm256_fmadd_ps(v, g1, _mm256_loadu_ps(d + 8)));
+    }
+}
+#endif
+
+typedef struct {
+    void (*fwd)(float *, const float *, const int32_t *, const float *, int32_t, int32_t);
+    void (*dval)(float *, const float *, const float *, const int32_t *, int32_t, int32_t);
+    void (*dx)(float *, const float *, const int32_t *, const float *, int32_t, int32_t);
+} blk_kernels;
+
+static blk_kernels pick(int isa)
+{
+#ifdef SL_X86
+    if (isa >= WMAT_ISA_AVX2 && wmat__isa_best() >= WMAT_ISA_AVX2) return (blk_kernels){blk_fwd_avx2, blk_dval_avx2, blk_dx_avx2};
+#endif
+    (void)isa;
+    return (blk_kernels){blk_fwd_c, blk_dval_c, blk_dx_c};
+}
+
+static int thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+void wmat__support_forward(float *Y, const float *X, const int32_t *off, const int32_t *col, const float *val, int BT,
+                           int cols, int rows, float *ws, int nt, int isa)
+{
+    const blk_kernels K = pick(isa);
+    const int nblk = (BT + TB - 1) / TB;
     const long work = (long)BT * off[rows];
     (void)work;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && work >= 65536)
-    for (int t = 0; t < BT; t++) {
-        const float *x = X + (size_t)t * cols;
-        float *y = Y + (size_t)t * rows;
+    for (int b = 0; b < nblk; b++) {
+        float *xt = ws + (size_t)thread_id() * TB * ((size_t)cols + rows);
+        const int t0 = b * TB, nb = BT - t0 < TB ? BT - t0 : TB;
+        panel(xt, X, (size_t)cols, t0, nb, 0, cols);
         for (int r = 0; r < rows; r++) {
-            float s = 0.0f;
-            for (int32_t j = off[r]; j < off[r + 1]; j++) s += val[j] * x[col[j]];
-            y[r] += s;
+            float acc[TB];
+            K.fwd(acc, xt, col, val, off[r], off[r + 1]);
+            for (int tt = 0; tt < nb; tt++) Y[(size_t)(t0 + tt) * rows + r] += acc[tt];
         }
     }
 }
 
 void wmat__support_backward(float *dX, float *dval, const float *dY, const float *X, const int32_t *off,
-                            const int32_t *col, const float *val, int BT, int cols, int rows, int nt)
+                            const int32_t *col, const float *val, int BT, int cols, int rows, float *ws, int nt,
+                            int isa)
 {
+    const blk_kernels K = pick(isa);
+    const int nblk = (BT + TB - 1) / TB;
     const long work = (long)BT * off[rows];
     (void)work;
     /* dval[j] += sum_t dY[t, r(j)] X[t, col j]: each thread owns a range of
-     * rows of S (so of values) and walks every row of X in order */
+     * rows of S (so of values) and walks every block of rows of X */
 #pragma omp parallel num_threads(nt) if (nt > 1 && work >= 65536)
     {
 #ifdef _OPENMP
@@ -86,23 +208,26 @@ void wmat__support_backward(float *dX, float *dval, const float *dY, const float
         const int th = 0, n = 1;
 #endif
         const int r0 = (int)((long)rows * th / n), r1 = (int)((long)rows * (th + 1) / n);
-        for (int t = 0; t < BT; t++) {
-            const float *x = X + (size_t)t * cols, *dy = dY + (size_t)t * rows;
-            for (int r = r0; r < r1; r++) {
-                const float g = dy[r];
-                for (int32_t j = off[r]; j < off[r + 1]; j++) dval[j] += g * x[col[j]];
-            }
+        float *xt = ws + (size_t)th * TB * ((size_t)cols + rows), *dyt = xt + (size_t)TB * cols;
+        for (int b = 0; b < nblk && r1 > r0; b++) {
+            const int t0 = b * TB, nb = BT - t0 < TB ? BT - t0 : TB;
+            panel(xt, X, (size_t)cols, t0, nb, 0, cols);
+            panel(dyt, dY, (size_t)rows, t0, nb, r0, r1 - r0);
+            for (int r = r0; r < r1; r++) K.dval(dval, dyt + (size_t)(r - r0) * TB, xt, col, off[r], off[r + 1]);
         }
     }
     if (!dX) return;
-    /* dX[t] += S^T dY[t]: rows of X split over threads */
+    /* dX[t] += S^T dY[t], a block of rows at a time in a (cols, TB) panel */
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && work >= 65536)
-    for (int t = 0; t < BT; t++) {
-        const float *dy = dY + (size_t)t * rows;
-        float *dx = dX + (size_t)t * cols;
-        for (int r = 0; r < rows; r++) {
-            const float g = dy[r];
-            for (int32_t j = off[r]; j < off[r + 1]; j++) dx[col[j]] += val[j] * g;
+    for (int b = 0; b < nblk; b++) {
+        float *dxt = ws + (size_t)thread_id() * TB * ((size_t)cols + rows), *dyt = dxt + (size_t)TB * cols;
+        const int t0 = b * TB, nb = BT - t0 < TB ? BT - t0 : TB;
+        panel(dyt, dY, (size_t)rows, t0, nb, 0, rows);
+        memset(dxt, 0, (size_t)TB * cols * sizeof(float));
+        for (int r = 0; r < rows; r++) K.dx(dxt, dyt + (size_t)r * TB, col, val, off[r], off[r + 1]);
+        for (int tt = 0; tt < nb; tt++) {
+            float *dx = dX + (size_t)(t0 + tt) * cols;
+            for (int c = 0; c < cols; c++) dx[c] += dxt[(size_t)c * TB + tt];
         }
     }
 }
@@ -111,7 +236,6 @@ void wmat__support_backward(float *dX, float *dval, const float *dY, const float
 
 static int64_t nnz_of(const wmat__adapter_cfg *c, int in, int out) { return wmat__support_nnz(c->density, out, in); }
 static float sl_scale(const wmat__adapter_cfg *c) { return c->alpha / (float)c->rank; }
-static int nt_of(const wmat__adapter_cfg *c) { return c->nt > 0 ? c->nt : 1; }
 
 /* the frozen data: off (out + 1) then col (nnz), int32 */
 static const int32_t *off_of(const void *fixed) { return fixed; }
@@ -149,6 +273,16 @@ static size_t sl_fixed_bytes(const wmat__adapter_cfg *c, int in, int out)
 
 static size_t sl_act_floats(const wmat__adapter_cfg *c, int BT) { return (size_t)BT * c->rank; }
 
+/* LoRA's dxa (BT, r), then the support kernels' panels */
+static size_t sl_scratch_floats(const wmat__adapter_cfg *c, int BT, int in, int out)
+{
+    return (((size_t)BT * c->rank + 15) & ~(size_t)15) + wmat__support_ws_floats(in, out, nt_of(c));
+}
+static float *support_ws(const wmat__adapter_cfg *c, float *scratch, int BT)
+{
+    return scratch + (((size_t)BT * c->rank + 15) & ~(size_t)15);
+}
+
 static void sl_init(const wmat__adapter_cfg *c, float *const *w, void *fixed, int in, int out, wmat_rng *rng)
 {
     const float bound = 1.0f / sqrtf((float)in);
@@ -159,11 +293,11 @@ static void sl_init(const wmat__adapter_cfg *c, float *const *w, void *fixed, in
     for (int64_t j = 0; j < nnz; j++) w[2][j] = (2.0f * wmat_rng_uniform(rng) - 1.0f) * bound;
 }
 
-static void sl_forward(const wmat__adapter_cfg *c, float *Y, float *act, const float *X, const float *const *w,
-                       const void *fixed, int BT, int in, int out)
+static void sl_forward(const wmat__adapter_cfg *c, float *Y, float *act, float *scratch, const float *X,
+                       const float *const *w, const void *fixed, int BT, int in, int out)
 {
     wmat__lora_path_forward(sl_scale(c), c, Y, act, X, w, BT, in, out);
-    wmat__support_forward(Y, X, off_of(fixed), col_of(fixed, out), w[2], BT, in, out, nt_of(c));
+    wmat__support_forward(Y, X, off_of(fixed), col_of(fixed, out), w[2], BT, in, out, support_ws(c, scratch, BT), nt_of(c), c->isa);
 }
 
 static void sl_backward(const wmat__adapter_cfg *c, float *dX, float *const *dw, float *scratch, const float *dY,
@@ -171,7 +305,9 @@ static void sl_backward(const wmat__adapter_cfg *c, float *dX, float *const *dw,
                         int out)
 {
     wmat__lora_path_backward(sl_scale(c), c, dX, dw, scratch, dY, X, w, act, BT, in, out);
-    if (dw[2]) wmat__support_backward(dX, dw[2], dY, X, off_of(fixed), col_of(fixed, out), w[2], BT, in, out, nt_of(c));
+    if (dw[2])
+        wmat__support_backward(dX, dw[2], dY, X, off_of(fixed), col_of(fixed, out), w[2], BT, in, out,
+                               support_ws(c, scratch, BT), nt_of(c), c->isa);
     else if (dX) {
         /* only the input gradient: a throwaway values gradient is not
          * worth a buffer, so S^T dY directly */
@@ -255,7 +391,7 @@ const wmat__adapter wmat__adapter_sltrain = {
     .check = sl_check,
     .fixed_bytes = sl_fixed_bytes,
     .act_floats = sl_act_floats,
-    .scratch_floats = sl_act_floats,
+    .scratch_floats = sl_scratch_floats,
     .scale = sl_scale,
     .init = sl_init,
     .forward = sl_forward,

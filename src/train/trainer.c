@@ -400,9 +400,9 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->pp = (wmat__proj_params){p.galore_rank, p.galore_gap, p.galore_scale, p.galore_randomized};
     t->exec = p.exec ? *p.exec : wmat_context_default();
     t->nt = wmat_context_threads(&t->exec);
-    t->acfg = (wmat__adapter_cfg){p.lora_rank, p.lora_alpha, p.adapter_density, t->nt};
-    t->rep = ad && ad->replaces_base;
     t->ex = wmat__wexec_from(&t->exec);
+    t->acfg = (wmat__adapter_cfg){p.lora_rank, p.lora_alpha, p.adapter_density, t->nt, t->ex.isa};
+    t->rep = ad && ad->replaces_base;
     t->B = p.batch;
     t->T = p.ctx;
     t->BT = t->B * t->T;
@@ -653,7 +653,14 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     /* ---- activations */
     {
         const size_t aact = adapt ? ad->act_floats(&t->acfg, t->BT) : 0;
-        const size_t ascr = adapt ? ad->scratch_floats(&t->acfg, t->BT) : 0;
+        size_t ascr = 0; /* the adapter's scratch: the largest any targeted layer asks for */
+        for (int k = 0; adapt && k < NLIN; k++)
+            if (p.lora_targets & (1u << k)) {
+                int o, i;
+                lin_dims(c, k, &o, &i);
+                const size_t f = ad->scratch_floats(&t->acfg, t->BT, i, o);
+                if (f > ascr) ascr = f;
+            }
         size_t per_layer = BT * (6 * (size_t)D + 2 * KV + 3 * (size_t)H + 2);
         for (int k = 0; k < NLIN; k++)
             if (adapt && (p.lora_targets & (1u << k))) per_layer += aact;
@@ -817,8 +824,8 @@ static void lin_fwd(wmat_trainer *t, float *Y, const float *X, int l, int k, int
     else memset(Y, 0, (size_t)BT * o * sizeof(float)); /* no base: the adapter is the layer */
     float *const *w = AW(l, k);
     if (w[0])
-        t->adapter->forward(&t->acfg, Y, t->acts[l].aact[k], X, (const float *const *)w, t->afix[l * NLIN + k], BT, i,
-                            o);
+        t->adapter->forward(&t->acfg, Y, t->acts[l].aact[k], t->ascratch, X, (const float *const *)w,
+                            t->afix[l * NLIN + k], BT, i, o);
 }
 
 /* dW += dY^T X where the base trains (f32 params), dX (= or += with acc)
