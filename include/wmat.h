@@ -812,7 +812,10 @@ typedef struct wmat_trainer wmat_trainer;
  * arena, dequantized;
  * lora (any adapter): m is the frozen base, read in place in its stored
  * kind: the forward and the input gradient go through the kind's own
- * products, so a q4_0 base stays q4_0-sized in memory. */
+ * products, so a q4_0 base stays q4_0-sized in memory;
+ * an adapter that replaces the base (sltrain): the targeted linears of m
+ * are not read (they are trained from scratch in the adapter's form), the
+ * rest is copied into f32 parameters and trained as in full training. */
 WMAT_API int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_params *p);
 WMAT_API void wmat_trainer_free(wmat_trainer *t);
 /* Training tokens (borrowed; must outlive the trainer's use). Fails with a
@@ -834,7 +837,8 @@ WMAT_API int wmat_trainer_steps_done(const wmat_trainer *t);
 /* The current weights as a model (full/galore: a view of the parameters;
  * lora: an f32 copy of the base, dequantized from its stored kinds, with
  * the adapters merged, refreshed by this call; it costs the base's f32
- * size, once). Owned by the trainer; valid until the next step or until
+ * size, once; sltrain: the replaced linears as weights of their small
+ * kinds, `sum` of `lowrank` + `sparse`, rebuilt by this call). Owned by the trainer; valid until the next step or until
  * the trainer is freed. It has a copy of the base model's tokenizer. */
 WMAT_API int wmat_trainer_model(wmat_trainer *t, wmat_model **out);
 /* wmat_eval_tokens on a runtime over the current weights (lora: over the
