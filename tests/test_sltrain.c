@@ -498,6 +498,37 @@ static void test_checkpoint_keeps_support(void **state)
     float *pa = wmat__trainer_params(a, &na), *pb = wmat__trainer_params(b, &nb);
     assert_int_equal(na, nb);
     assert_memory_equal(pa, pb, na * sizeof(float));
+    /* a corrupt support is refused before anything is copied: the first
+     * offset of the first layer's support set to -1 in the file */
+    {
+        FILE *f = fopen(ck, "rb");
+        assert_non_null(f);
+        fseek(f, 0, SEEK_END);
+        const long len = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        unsigned char *b = malloc((size_t)len);
+        assert_int_equal(fread(b, 1, (size_t)len, f), (size_t)len);
+        fclose(f);
+        uint64_t hl = 0;
+        memcpy(&hl, b, 8);
+        char *hdr = malloc(hl + 1);
+        memcpy(hdr, b + 8, hl);
+        hdr[hl] = 0;
+        const char *e = strstr(hdr, "\"adapter.fixed\"");
+        assert_non_null(e);
+        const char *o = strstr(e, "data_offsets");
+        assert_non_null(o);
+        const long start = strtol(strchr(o, '[') + 1, NULL, 10);
+        memset(b + 8 + hl + start, 0xFF, 4);
+        const char *bad = tu_tmp("sl_bad.ckpt");
+        assert_int_equal(tu_write_file(bad, b, (size_t)len), 0);
+        wmat_trainer *c3;
+        TU_OK(wmat_trainer_create(&c3, m, &p));
+        assert_int_equal(wmat_trainer_load_checkpoint(c3, bad), WMAT_ERR_FORMAT);
+        if (!strstr(wmat_last_error(), "corrupt")) fail_msg("message: %s", wmat_last_error());
+        wmat_trainer_free(c3);
+        free(hdr), free(b);
+    }
     /* a checkpoint of another density is refused */
     wmat_trainer *c2;
     p.adapter_density = 0.2f;

@@ -48,6 +48,9 @@ typedef struct wmat__adapter {
      * no optimizer state; a fixed sparsity pattern), filled by init, read
      * by forward, backward, merge and to_weight, kept in checkpoints. */
     size_t (*fixed_bytes)(const wmat__adapter_cfg *c, int in, int out);
+    /* With fixed_bytes: 1 when fixed (read from a checkpoint) is data init
+     * could have made for this layer, so the kernels may trust it. */
+    int (*fixed_valid)(const wmat__adapter_cfg *c, const void *fixed, int in, int out);
     /* Floats saved by forward for backward (act), for BT rows, and the
      * scratch of forward and backward for a layer (in -> out) (the trainer
      * allocates the largest over the layers once). */

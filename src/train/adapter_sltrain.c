@@ -271,6 +271,20 @@ static size_t sl_fixed_bytes(const wmat__adapter_cfg *c, int in, int out)
     return ((size_t)out + 1 + (size_t)nnz_of(c, in, out)) * sizeof(int32_t);
 }
 
+/* A support as init makes it: offsets from 0 to nnz, not falling, columns
+ * increasing within a row and inside the matrix. */
+static int sl_fixed_valid(const wmat__adapter_cfg *c, const void *fixed, int in, int out)
+{
+    const int32_t *off = off_of(fixed), *col = col_of(fixed, out);
+    if (off[0] != 0 || off[out] != nnz_of(c, in, out)) return 0;
+    for (int r = 0; r < out; r++) {
+        if (off[r + 1] < off[r]) return 0;
+        for (int32_t j = off[r]; j < off[r + 1]; j++)
+            if (col[j] < 0 || col[j] >= in || (j > off[r] && col[j] <= col[j - 1])) return 0;
+    }
+    return 1;
+}
+
 static size_t sl_act_floats(const wmat__adapter_cfg *c, int BT) { return (size_t)BT * c->rank; }
 
 /* LoRA's dxa (BT, r), then the support kernels' panels */
@@ -390,6 +404,7 @@ const wmat__adapter wmat__adapter_sltrain = {
     .shapes = sl_shapes,
     .check = sl_check,
     .fixed_bytes = sl_fixed_bytes,
+    .fixed_valid = sl_fixed_valid,
     .act_floats = sl_act_floats,
     .scratch_floats = sl_scratch_floats,
     .scale = sl_scale,

@@ -1133,6 +1133,29 @@ static void fingerprint(const wmat_trainer *t, char *buf, size_t n)
                  (double)t->acfg.density, t->fixed_bytes);
 }
 
+/* The adapter's frozen data of a checkpoint (data, fixed_bytes, any
+ * alignment), layer by layer through the entry's fixed_valid. */
+static int check_fixed(const wmat_trainer *t, const void *data, const char *path)
+{
+    if (!t->adapter->fixed_valid) return WMAT_OK;
+    void *buf = wmat__aligned_alloc(t->fixed_bytes);
+    if (!buf) return wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
+    memcpy(buf, data, t->fixed_bytes);
+    int rc = WMAT_OK;
+    for (int l = 0; l < t->c.n_layers && !rc; l++)
+        for (int k = 0; k < NLIN && !rc; k++) {
+            if (!t->afix[l * NLIN + k]) continue;
+            int o, i;
+            lin_dims(&t->c, k, &o, &i);
+            const void *mine = (const char *)buf + ((const char *)t->afix[l * NLIN + k] - (const char *)t->fixed);
+            if (!t->adapter->fixed_valid(&t->acfg, mine, i, o))
+                rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: the %s data of layer %d's %s is corrupt", path, t->adapter->name,
+                                    l, wmat_linear_name((wmat_linear_kind)k));
+        }
+    wmat__free(buf);
+    return rc;
+}
+
 /* Version 2: optimizer states as one tensor per state ("optim.<name>", of
  * the state's element type) and "proj.state"; version 1 had one F32
  * "optimizer" tensor with the states interleaved per parameter. */
@@ -1196,6 +1219,7 @@ int wmat_trainer_load_checkpoint(wmat_trainer *t, const char *path)
         goto done;
     }
     /* every check before the first copy: a refused file leaves the trainer as it was */
+    if (t->fixed_bytes && (rc = check_fixed(t, tf->data, path))) goto done;
     if ((rc = t->opt->deserialize(t->opt, &t->ostates, f, path))) goto done;
     int64_t st[4];
     memcpy(st, ts->data, sizeof st);
