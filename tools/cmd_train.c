@@ -124,7 +124,8 @@ int cmd_train(int argc, char **argv)
     reg_list(WMAT_REG_PROJECTOR, " | ", projectors, sizeof projectors);
     reg_list(WMAT_REG_OPTIMIZER, " | ", optimizers, sizeof optimizers);
     snprintf(method_help, sizeof method_help,
-             "full (default), an adapter over the frozen base (%s) or a gradient projector (%s)", adapters, projectors);
+             "full (default), an adapter (%s; one that replaces the linears trains them from scratch and fits "
+             "--init) or a gradient projector (%s)", adapters, projectors);
     snprintf(opt_help, sizeof opt_help, "%s (default %s)", optimizers, opt);
     cli_opt opts[] = {
         {"--data", OPT_STR, &data, "FILE", "training stream (" CLI_TOKEN_RULE ")"},
@@ -137,7 +138,7 @@ int cmd_train(int argc, char **argv)
         {"--batch", OPT_INT, &batch, "B", "windows per micro-batch (default 8)"},
         {"--ctx", OPT_INT, &ctx, "T", "tokens per window (default min(seq_len, 128))"},
         {"--accum", OPT_INT, &accum, "K", "gradient accumulation micro-batches (default 1)"},
-        {"--lr", OPT_FLOAT, &lr, "LR", "peak learning rate (default 1e-3; LoRA 2e-3)"},
+        {"--lr", OPT_FLOAT, &lr, "LR", "peak learning rate (default 1e-3; an adapter 2e-3, one that replaces the linears 3e-3)"},
         {"--min-lr", OPT_FLOAT, &min_lr, "LR", "final learning rate of the cosine (default lr/10)"},
         {"--warmup", OPT_INT, &warmup, "N", "warmup steps (default steps/20)"},
         {"--wd", OPT_FLOAT, &wd, "WD", "decoupled weight decay (default 0)"},
@@ -150,8 +151,8 @@ int cmd_train(int argc, char **argv)
         {"--rank", OPT_INT, &rank, "R", "the same as --lora-rank"},
         {"--lora-alpha", OPT_FLOAT, &alpha, "A", "adapter alpha, scale alpha/r (default 16)"},
         {"--alpha", OPT_FLOAT, &alpha, "A", "the same as --lora-alpha"},
-        {"--density", OPT_FLOAT, &density, "D", "share of each matrix in the sparse part of an adapter that has one (sltrain; default 0.03)"},
-        {"--merge-dense", OPT_FLAG, &merge_dense, NULL, "a replacing adapter (sltrain): write the linears as dense f32 instead of their small form"},
+        {"--density", OPT_FLOAT, &density, "D", "share of each matrix in the sparse part of an adapter that has one (default 0.03)"},
+        {"--merge-dense", OPT_FLAG, &merge_dense, NULL, "an adapter that replaces the linears: write them as dense f32 instead of their small form"},
         {"--lora-targets", OPT_STR, &targets, "LIST", "adapted layers: q,k,v,o,gate,up,down or all (default q,v)"},
         {"--rslora", OPT_FLAG, &rslora, NULL, "rank-stabilized scale alpha/sqrt(r) for the default adapter"},
         {"--lora-out", OPT_STR, &lora_out, "DIR", "also write the adapter in PEFT's layout"},
@@ -170,7 +171,7 @@ int cmd_train(int argc, char **argv)
         {"--time-limit", OPT_INT, &time_limit, "S", "stop after S seconds of training (the schedule still spans --steps)"},
         {"--csv", OPT_STR, &csv, "FILE", "loss curve CSV (default OUT.loss.csv)"},
         {"--svg", OPT_STR, &svg, "FILE", "loss curve SVG (default OUT.loss.svg)"},
-        {"--to", OPT_STR, &to, "FMT", "output format llama2c|gguf|hf (default by extension)"},
+        {"--to", OPT_STR, &to, "FMT", "output format llama2c|gguf|hf|quant (default by extension; an adapter that replaces the linears: quant, a native directory)"},
         CLI_JSON_OPTS(&js),
         {NULL, 0, NULL, NULL, NULL},
     };
