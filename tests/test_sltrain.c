@@ -272,6 +272,14 @@ static void test_layer_gradients(void **state)
     fd_compare("dA", &c, Ad, rk * in, dw[0], Xd, Ad, Bd, vd);
     fd_compare("dB", &c, Bd, out * rk, dw[1], Xd, Ad, Bd, vd);
     fd_compare("dS values", &c, vd, (size_t)rows[2], dw[2], Xd, Ad, Bd, vd);
+    /* no tensor gradients wanted (dw NULL): the same input gradient */
+    {
+        float dX2[BT * in];
+        float *none[3] = {NULL, NULL, NULL};
+        memset(dX2, 0, sizeof dX2);
+        a->backward(&cfg, dX2, none, scratch, R, X, (const float *const *)w, fixed, act, BT, in, out);
+        TU_ASSERT_CLOSE(dX2, dX, BT * in, 1e-6, 1e-5);
+    }
     /* merge: X (sBA + S)^T equals the forward */
     float *W = calloc((size_t)out * in, sizeof(float)), Ym[BT * out];
     a->merge(&cfg, W, (const float *const *)w, fixed, in, out);
