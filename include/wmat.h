@@ -807,12 +807,23 @@ typedef struct {
     const char *optimizer_name; /* "adamw", "sgd", ... (NULL: from optimizer) */
     const char *adapter;        /* "lora", "rslora", ... */
     const char *projector;      /* "galore", ... */
+    /* Adapters with a sparse part (sltrain: W = (alpha/r) B A + S, rank
+     * lora_rank, alpha lora_alpha): the share of each targeted matrix's
+     * positions in S's fixed random support, [0, 1) (default 0.03). */
+    float adapter_density;
 } wmat_train_params;
 
 WMAT_API wmat_train_params wmat_train_default_params(void);
 /* Parse "q,k,v,o,gate,up,down" (or "all") into a target mask; an unknown
  * name is WMAT_ERR_INVALID naming it. */
 WMAT_API int wmat_train_parse_targets(const char *list, unsigned *mask);
+
+/* 1 when the named adapter replaces the linear weights it targets instead
+ * of adding to a frozen base (sltrain: the layers are trained from scratch
+ * in their small form, the rest of the model trains as in full training,
+ * and the trained model keeps the small form), 0 when it adds to a base,
+ * WMAT_ERR_INVALID for a name not in the registry. */
+WMAT_API int wmat_train_adapter_replaces_base(const char *name);
 
 /* The registries of the trainer. */
 typedef enum { WMAT_REG_OPTIMIZER = 0, WMAT_REG_ADAPTER = 1, WMAT_REG_PROJECTOR = 2 } wmat_train_registry;
@@ -829,7 +840,10 @@ typedef struct wmat_trainer wmat_trainer;
  * arena, dequantized;
  * lora (any adapter): m is the frozen base, read in place in its stored
  * kind: the forward and the input gradient go through the kind's own
- * products, so a q4_0 base stays q4_0-sized in memory. */
+ * products, so a q4_0 base stays q4_0-sized in memory;
+ * an adapter that replaces the base (sltrain): the targeted linears of m
+ * are not read (they are trained from scratch in the adapter's form), the
+ * rest is copied into f32 parameters and trained as in full training. */
 WMAT_API int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_params *p);
 WMAT_API void wmat_trainer_free(wmat_trainer *t);
 /* Training tokens (borrowed; must outlive the trainer's use). Fails with a
@@ -851,7 +865,8 @@ WMAT_API int wmat_trainer_steps_done(const wmat_trainer *t);
 /* The current weights as a model (full/galore: a view of the parameters;
  * lora: an f32 copy of the base, dequantized from its stored kinds, with
  * the adapters merged, refreshed by this call; it costs the base's f32
- * size, once). Owned by the trainer; valid until the next step or until
+ * size, once; sltrain: the replaced linears as weights of their small
+ * kinds, `sum` of `lowrank` + `sparse`, rebuilt by this call). Owned by the trainer; valid until the next step or until
  * the trainer is freed. It has a copy of the base model's tokenizer. */
 WMAT_API int wmat_trainer_model(wmat_trainer *t, wmat_model **out);
 /* wmat_eval_tokens on a runtime over the current weights (lora: over the

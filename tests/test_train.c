@@ -298,14 +298,14 @@ static void test_op_linear_lora(void **state)
     /* the trainer's linear layer: base op, then the LoRA adapter's path */
     const wmat__adapter *ad = wmat__adapter_find("lora");
     assert_non_null(ad);
-    const wmat__adapter_cfg cfg = {rk, 2.1f};
+    const wmat__adapter_cfg cfg = {rk, 2.1f, 0, 1, 0};
     const float s = ad->scale(&cfg);
     const float *w[2] = {A, B};
     float *dw[2] = {dA, dB};
     wmat__linear_forward(Y, X, W, BT, in, out);
-    ad->forward(&cfg, Y, xa, X, w, BT, in, out);
+    ad->forward(&cfg, Y, xa, dxa, X, w, NULL, BT, in, out);
     wmat__linear_backward(dX, dW, R, X, W, BT, in, out, 0);
-    ad->backward(&cfg, dX, dw, dxa, R, X, w, xa, BT, in, out);
+    ad->backward(&cfg, dX, dw, dxa, R, X, w, NULL, xa, BT, in, out);
     double Xd[N], Rd[BT * out], g[N];
     for (int i = 0; i < N; i++) Xd[i] = x[i];
     for (int i = 0; i < BT * out; i++) Rd[i] = R[i];

@@ -73,15 +73,16 @@ int cmd_train(int argc, char **argv)
     int tokenizer_kind = 0;
     int steps = 100, batch = 8, ctx = 0, accum = 1, warmup = -1, seed = 1337, eval_every = 0, eval_windows = 0;
     int ckpt_every = 0, rank = 8, grank = 0, ggap = 50, rslora = 0, randomized = 0, no_shuffle = 0;
-    int stop_after = 0, save_merged = 1, time_limit = 0, eval_offset = 0;
+    int stop_after = 0, save_merged = 1, time_limit = 0, eval_offset = 0, merge_dense = 0;
     cli_json js = {0};
-    float lr = 0, min_lr = -1, wd = 0, clip = 1.0f, alpha = 16, gscale = 1.0f, b2 = 0.95f, mom = 0.9f;
+    float lr = 0, min_lr = -1, wd = 0, clip = 1.0f, alpha = 16, gscale = 1.0f, b2 = 0.95f, mom = 0.9f, density = 0.03f;
     char adapters[256], projectors[256], optimizers[256], method_help[768], opt_help[512];
     reg_list(WMAT_REG_ADAPTER, " | ", adapters, sizeof adapters);
     reg_list(WMAT_REG_PROJECTOR, " | ", projectors, sizeof projectors);
     reg_list(WMAT_REG_OPTIMIZER, " | ", optimizers, sizeof optimizers);
     snprintf(method_help, sizeof method_help,
-             "full (default), an adapter over the frozen base (%s) or a gradient projector (%s)", adapters, projectors);
+             "full (default), an adapter (%s; one that replaces the linears trains them from scratch and fits "
+             "--init) or a gradient projector (%s)", adapters, projectors);
     snprintf(opt_help, sizeof opt_help, "%s (default %s)", optimizers, opt);
     cli_opt opts[] = {
         {"--data", OPT_STR, &data, "FILE", "training stream (" CLI_TOKEN_RULE ")"},
@@ -94,7 +95,7 @@ int cmd_train(int argc, char **argv)
         {"--batch", OPT_INT, &batch, "B", "windows per micro-batch (default 8)"},
         {"--ctx", OPT_INT, &ctx, "T", "tokens per window (default min(seq_len, 128))"},
         {"--accum", OPT_INT, &accum, "K", "gradient accumulation micro-batches (default 1)"},
-        {"--lr", OPT_FLOAT, &lr, "LR", "peak learning rate (default 1e-3; LoRA 2e-3)"},
+        {"--lr", OPT_FLOAT, &lr, "LR", "peak learning rate (default 1e-3; an adapter 2e-3, one that replaces the linears 3e-3)"},
         {"--min-lr", OPT_FLOAT, &min_lr, "LR", "final learning rate of the cosine (default lr/10)"},
         {"--warmup", OPT_INT, &warmup, "N", "warmup steps (default steps/20)"},
         {"--wd", OPT_FLOAT, &wd, "WD", "decoupled weight decay (default 0)"},
@@ -104,7 +105,11 @@ int cmd_train(int argc, char **argv)
         {"--seed", OPT_INT, &seed, "S", "seed of init, shuffling and LoRA init (default 1337)"},
         {"--no-shuffle", OPT_FLAG, &no_shuffle, NULL, "take windows in order"},
         {"--lora-rank", OPT_INT, &rank, "R", "adapter rank (default 8)"},
-        {"--lora-alpha", OPT_FLOAT, &alpha, "A", "adapter alpha (default 16)"},
+        {"--rank", OPT_INT, &rank, "R", "the same as --lora-rank"},
+        {"--lora-alpha", OPT_FLOAT, &alpha, "A", "adapter alpha, scale alpha/r (default 16)"},
+        {"--alpha", OPT_FLOAT, &alpha, "A", "the same as --lora-alpha"},
+        {"--density", OPT_FLOAT, &density, "D", "share of each matrix in the sparse part of an adapter that has one (default 0.03)"},
+        {"--merge-dense", OPT_FLAG, &merge_dense, NULL, "an adapter that replaces the linears: write them as dense f32 instead of their small form"},
         {"--lora-targets", OPT_STR, &targets, "LIST", "adapted layers: q,k,v,o,gate,up,down or all (default q,v)"},
         {"--rslora", OPT_FLAG, &rslora, NULL, "rank-stabilized scale alpha/sqrt(r) for the default adapter"},
         {"--lora-out", OPT_STR, &lora_out, "DIR", "also write the adapter in PEFT's layout"},
@@ -123,7 +128,7 @@ int cmd_train(int argc, char **argv)
         {"--time-limit", OPT_INT, &time_limit, "S", "stop after S seconds of training (the schedule still spans --steps)"},
         {"--csv", OPT_STR, &csv, "FILE", "loss curve CSV (default OUT.loss.csv)"},
         {"--svg", OPT_STR, &svg, "FILE", "loss curve SVG (default OUT.loss.svg)"},
-        {"--to", OPT_STR, &to, "FMT", "output format llama2c|gguf|hf (default by extension)"},
+        {"--to", OPT_STR, &to, "FMT", "output format llama2c|gguf|hf|quant (default by extension; an adapter that replaces the linears: quant, a native directory)"},
         CLI_JSON_OPTS(&js),
         {NULL, 0, NULL, NULL, NULL},
     };
@@ -152,7 +157,13 @@ int cmd_train(int argc, char **argv)
     }
     if (!in_registry(WMAT_REG_OPTIMIZER, opt)) return cli_usage_error("train", "--optimizer must be one of %s", optimizers);
     p.optimizer_name = opt;
-    if (init && p.method == WMAT_TRAIN_LORA) return cli_usage_error("train", "an adapter needs a pretrained MODEL, not --init");
+    /* an adapter that replaces the linears (sltrain) trains them from
+     * scratch: it fits --init, and targets every linear unless told */
+    const int replaces = p.adapter && wmat_train_adapter_replaces_base(p.adapter) == 1;
+    if (init && p.method == WMAT_TRAIN_LORA && !replaces)
+        return cli_usage_error("train", "an adapter needs a pretrained MODEL, not --init");
+    if (merge_dense && !replaces) return cli_usage_error("train", "--merge-dense is for an adapter that replaces the linears");
+    if (replaces && !targets) p.lora_targets = (1u << WMAT_LIN_COUNT) - 1;
     if (steps <= 0 || batch <= 0 || accum <= 0 || ctx < 0) return cli_usage_error("train", "--steps, --batch, --accum must be positive");
     if (targets && wmat_train_parse_targets(targets, &p.lora_targets)) return cli_usage_error("train", "--lora-targets: %s", wmat_last_error());
     if (gtargets && wmat_train_parse_targets(gtargets, &p.galore_targets))
@@ -161,7 +172,7 @@ int cmd_train(int argc, char **argv)
     p.batch = batch;
     p.ctx = ctx;
     p.grad_accum = accum;
-    p.lr = lr > 0 ? lr : (p.method == WMAT_TRAIN_LORA ? 2e-3f : 1e-3f);
+    p.lr = lr > 0 ? lr : replaces ? 3e-3f : (p.method == WMAT_TRAIN_LORA ? 2e-3f : 1e-3f);
     p.min_lr = min_lr;
     p.warmup = warmup >= 0 ? warmup : steps / 20;
     p.weight_decay = wd;
@@ -172,6 +183,7 @@ int cmd_train(int argc, char **argv)
     p.shuffle = !no_shuffle;
     p.lora_rank = rank;
     p.lora_alpha = alpha;
+    p.adapter_density = density;
     p.lora_rslora = rslora;
     p.galore_rank = grank;
     p.galore_gap = ggap;
@@ -194,7 +206,7 @@ int cmd_train(int argc, char **argv)
     /* an adapter trains over the frozen base as stored (a q4_0 or packed
      * base stays that size); full training and projectors update the
      * weights themselves, in f32 */
-    const int load_as = p.method == WMAT_TRAIN_LORA ? CLI_LOAD_STORED : CLI_LOAD_F32;
+    const int load_as = p.method == WMAT_TRAIN_LORA && !replaces ? CLI_LOAD_STORED : CLI_LOAD_F32;
     if (init) {
         wmat_config c;
         memset(&c, 0, sizeof c);
@@ -362,17 +374,30 @@ int cmd_train(int argc, char **argv)
     if (save_merged) {
         wmat_save_params sp = wmat_save_default_params();
         sp.format = out_format(out, to);
+        /* a replacing adapter's layers are weights of small kinds (sltrain:
+         * low-rank + sparse): the native directory keeps them as they are,
+         * unless --merge-dense asks for dense f32 in any format */
+        if (replaces && !merge_dense) {
+            if (!to && sp.format != WMAT_FMT_HF) {
+                cli_usage_error("train", "%s keeps its layers in their small form in a native directory: give a directory "
+                                         "as OUT, or --merge-dense for a dense %s", method, wmat_format_name(sp.format));
+                goto done;
+            }
+            if (!to) sp.format = WMAT_FMT_QUANT;
+        }
         if (sp.format == WMAT_FMT_UNKNOWN) {
-            cli_usage_error("train", "--to must be llama2c, gguf or hf");
+            cli_usage_error("train", "--to must be llama2c, gguf, hf or quant");
             goto done;
         }
-        if (wmat_trainer_model(t, &trained) || wmat_model_save(trained, out, &sp)) {
+        if (wmat_trainer_model(t, &trained) || (merge_dense && wmat_model_dequantize(trained)) ||
+            wmat_model_save(trained, out, &sp)) {
             cli_fail("train");
             goto done;
         }
     }
     wmat_trainer_memory(t, &mem);
-    fprintf(stderr, "saved %s (%s); loss curve %s, %s; peak RSS %s\n", out, wmat_format_name(out_format(out, to)), csv, svg,
+    fprintf(stderr, "saved %s (%s); loss curve %s, %s; peak RSS %s\n", out,
+            wmat_format_name(replaces && !merge_dense && !to ? WMAT_FMT_QUANT : out_format(out, to)), csv, svg,
             cli_bytes((double)mem.peak_rss, b5, sizeof b5));
     int jfail;
     FILE *jf = cli_json_open("train", &js, &jfail);

@@ -24,7 +24,7 @@ const cli_command g_commands[] = {
     {"analyze", "Spectra, outliers, low-rank-ness, fine-tuning fingerprints and head circuits of every matrix.", "MODEL [--base BASE] [--csv F] [--json-out F] [--html F] [options]", cmd_analyze},
     {"quantize", g_quantize_summary, "MODEL OUT --method M --bits B [options]", cmd_quantize},
     {"decompose", g_decompose_summary, "MODEL OUT [--method M] [method keys] [options]", cmd_decompose},
-    {"train", "Train: full fine-tuning, LoRA or GaLore, or a new model from a config (--init); loss curve CSV + SVG.", "MODEL OUT --data FILE [--eval FILE] [--method full|lora|galore] [options] | --init CONFIG OUT --data FILE", cmd_train},
+    {"train", "Train: full fine-tuning, LoRA or GaLore, or a new model from a config (--init), dense or as SLTrain's sparse + low-rank layers; loss curve CSV + SVG.", "MODEL OUT --data FILE [--eval FILE] [--method full|lora|galore|sltrain] [options] | --init CONFIG OUT --data FILE", cmd_train},
     {"methods", "The registered quantization and decomposition methods: keys, defaults, ranges, needs, kinds.",
      "[--family F] [--json]", cmd_methods},
     {"merge", "Merge fine-tunes of one base (task arithmetic, TIES, DARE, SLERP, OPCM, average), streamed, any format in and out.", "(CONFIG.yaml | --method M [--base B] MODEL...) OUT [options]", cmd_merge},

@@ -16,7 +16,7 @@
 
 /* One line per adapter: the trainer, the CLI's --help and the tests
  * (tests/test_train_registry.c) iterate this table. */
-static const wmat__adapter *const adapters[] = {&wmat__adapter_lora, &wmat__adapter_rslora};
+static const wmat__adapter *const adapters[] = {&wmat__adapter_lora, &wmat__adapter_rslora, &wmat__adapter_sltrain};
 
 const wmat__adapter *wmat__adapter_at(int i)
 {
@@ -148,12 +148,12 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
     if (!j) return wmat_set_error(WMAT_ERR_FORMAT, "%s: not JSON", path);
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(j, "peft_type");
     const wmat__adapter *a = NULL;
-    wmat__adapter_cfg c = {0, 0};
+    wmat__adapter_cfg c = {0, 0, 0, 1, 0};
     for (int i = 0; wmat__adapter_at(i) && !a; i++) {
         const wmat__adapter *x = wmat__adapter_at(i);
         /* files without peft_type predate it: LoRA was the only kind */
         const char *want = cJSON_IsString(pt) ? pt->valuestring : "LORA";
-        if (!strcmp(x->peft_type, want) && x->peft_parse(j, &c)) a = x;
+        if (x->peft_type && !strcmp(x->peft_type, want) && x->peft_parse(j, &c)) a = x;
     }
     cJSON_Delete(j);
     if (!a) return wmat_set_error(WMAT_ERR_FORMAT, "%s: no registered adapter reads this peft_type", path);
@@ -214,7 +214,7 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
                 }
             }
             if (!rc) {
-                a->merge(&c, W->data, (const float *const *)buf, in, o);
+                a->merge(&c, W->data, (const float *const *)buf, NULL, in, o);
                 merged++;
             }
             for (int i = 0; i < NT; i++) {

@@ -14,10 +14,14 @@
 
 #define WMAT__ADAPTER_MAX_TENSORS 4
 
-/* Settings shared by all adapted layers of a run. */
+/* Settings shared by all adapted layers of a run. Fields past alpha may be
+ * left 0 by callers that do not use them. */
 typedef struct {
     int rank;
     float alpha;
+    float density; /* share of positions of a sparse part (sltrain), [0, 1) */
+    int nt;        /* threads for the entry's own loops (<= 0: 1) */
+    int isa;       /* WMAT_ISA_* level its own kernels may use (0: plain C) */
 } wmat__adapter_cfg;
 
 typedef struct wmat__adapter {
@@ -29,29 +33,55 @@ typedef struct wmat__adapter {
      * HF's rotary permutation of q/k applies to them in PEFT files). */
     const char *tensor_key[WMAT__ADAPTER_MAX_TENSORS];
     int rows_are_out[WMAT__ADAPTER_MAX_TENSORS];
+    /* 1: the entry is the whole linear layer, not an addition to a frozen
+     * base (a parameterization trained from scratch, SLTrain's B A + S):
+     * the trainer keeps no base weight for the layers it targets, and the
+     * rest of the model (embeddings, norms, classifier, linears not
+     * targeted) trains as in full training. */
+    int replaces_base;
     /* Shapes of the tensors for a layer (in -> out). */
     void (*shapes)(const wmat__adapter_cfg *c, int in, int out, int *rows, int *cols);
-    /* Floats saved by forward for backward (act), and backward's scratch,
-     * for BT rows. */
+    /* Optional: refuse a configuration for a layer (WMAT_ERR_INVALID with a
+     * message naming what is wrong); `what` names the layer. */
+    int (*check)(const wmat__adapter_cfg *c, int in, int out, const char *what);
+    /* Optional: bytes of frozen per-layer data (not trained: no gradient,
+     * no optimizer state; a fixed sparsity pattern), filled by init, read
+     * by forward, backward, merge and to_weight, kept in checkpoints. */
+    size_t (*fixed_bytes)(const wmat__adapter_cfg *c, int in, int out);
+    /* With fixed_bytes: 1 when fixed (read from a checkpoint) is data init
+     * could have made for this layer, so the kernels may trust it. */
+    int (*fixed_valid)(const wmat__adapter_cfg *c, const void *fixed, int in, int out);
+    /* Floats saved by forward for backward (act), for BT rows, and the
+     * scratch of forward and backward for a layer (in -> out) (the trainer
+     * allocates the largest over the layers once). */
     size_t (*act_floats)(const wmat__adapter_cfg *c, int BT);
-    size_t (*scratch_floats)(const wmat__adapter_cfg *c, int BT);
+    size_t (*scratch_floats)(const wmat__adapter_cfg *c, int BT, int in, int out);
     /* The scale s of the adapter's path for this configuration. */
     float (*scale)(const wmat__adapter_cfg *c);
-    /* Fresh tensors (zeroed on entry), drawing from rng. */
-    void (*init)(const wmat__adapter_cfg *c, float *const *w, int in, int out, wmat_rng *rng);
+    /* Fresh tensors (zeroed on entry) and frozen data (fixed, of
+     * fixed_bytes; NULL when there is none), drawing from rng. */
+    void (*init)(const wmat__adapter_cfg *c, float *const *w, void *fixed, int in, int out, wmat_rng *rng);
     /* Y (BT, out) += adapter(X (BT, in)); act: what backward needs. */
-    void (*forward)(const wmat__adapter_cfg *c, float *Y, float *act, const float *X, const float *const *w, int BT,
-                    int in, int out);
+    void (*forward)(const wmat__adapter_cfg *c, float *Y, float *act, float *scratch, const float *X,
+                    const float *const *w, const void *fixed, int BT, int in, int out);
     /* dw[i] += gradients of the tensors (NULL: not wanted); dX (BT, in) +=
      * the input gradient of the adapter path when dX is not NULL. */
     void (*backward)(const wmat__adapter_cfg *c, float *dX, float *const *dw, float *scratch, const float *dY,
-                     const float *X, const float *const *w, const float *act, int BT, int in, int out);
+                     const float *X, const float *const *w, const void *fixed, const float *act, int BT, int in,
+                     int out);
     /* W (out, in) += the adapter's matrix: afterwards X W^T equals base +
      * adapter. */
-    void (*merge)(const wmat__adapter_cfg *c, float *W, const float *const *w, int in, int out);
+    void (*merge)(const wmat__adapter_cfg *c, float *W, const float *const *w, const void *fixed, int in, int out);
+    /* Optional (required with replaces_base): the layer's weight in its
+     * small form as a weight operator of a registered kind (sltrain: a
+     * `sum` of a `lowrank` and a `sparse` weight), owning its data, so the
+     * trained model saves, loads and runs without a dense matrix. */
+    int (*to_weight)(const wmat__adapter_cfg *c, const float *const *w, const void *fixed, int in, int out,
+                     wmat_tensor *dst);
     /* PEFT: peft_type and the adapter_config.json fields after the common
      * ones (written into buf, returns the length); parse reads them back
-     * into c and says whether the file is this entry's (1) or not (0). */
+     * into c and says whether the file is this entry's (1) or not (0).
+     * peft_type NULL: PEFT has no such adapter (no --lora-out). */
     const char *peft_type;
     size_t (*peft_config)(const wmat__adapter_cfg *c, char *buf, size_t n);
     int (*peft_parse)(const void *cjson, wmat__adapter_cfg *c);
@@ -72,5 +102,38 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir);
 
 extern const wmat__adapter wmat__adapter_lora;
 extern const wmat__adapter wmat__adapter_rslora;
+extern const wmat__adapter wmat__adapter_sltrain;
+
+/* LoRA's path s B A with w = {A (r, in), B (out, r)}, for entries that
+ * contain it (adapter_lora.c): xa (BT, r) kept by forward; backward's
+ * scratch dxa (BT, r). */
+void wmat__lora_path_forward(float s, const wmat__adapter_cfg *c, float *Y, float *xa, const float *X,
+                             const float *const *w, int BT, int in, int out);
+void wmat__lora_path_backward(float s, const wmat__adapter_cfg *c, float *dX, float *const *dw, float *dxa,
+                              const float *dY, const float *X, const float *const *w, const float *xa, int BT, int in,
+                              int out);
+
+/* ---- fixed random sparse supports and their kernels (adapter_sltrain.c)
+ *
+ * A support of a (rows, cols) matrix in row-compressed form: off (rows + 1)
+ * offsets into col (nnz column indices, increasing within a row), so the
+ * positions r * cols + col[j] are sorted; values val (nnz) in that order. */
+
+/* nnz = floor(density * rows * cols) positions drawn uniformly without
+ * replacement (selection sampling, sorted as drawn) from rng. */
+int64_t wmat__support_nnz(float density, int rows, int cols);
+void wmat__support_sample(wmat_rng *rng, int rows, int cols, int64_t nnz, int32_t *off, int32_t *col);
+/* The kernels' workspace, floats, for nt threads. isa: WMAT_ISA_AVX2 or
+ * more runs the AVX2+FMA twins where the CPU has them (sums fused: they
+ * differ from the plain C reference in the last bits). */
+size_t wmat__support_ws_floats(int cols, int rows, int nt);
+/* Y (BT, rows) += X (BT, cols) S^T. */
+void wmat__support_forward(float *Y, const float *X, const int32_t *off, const int32_t *col, const float *val, int BT,
+                           int cols, int rows, float *ws, int nt, int isa);
+/* dval (nnz) += the gradient of the values: (dY^T X) gathered at the
+ * support; dX (BT, cols) += dY S when dX is not NULL. */
+void wmat__support_backward(float *dX, float *dval, const float *dY, const float *X, const int32_t *off,
+                            const int32_t *col, const float *val, int BT, int cols, int rows, float *ws, int nt,
+                            int isa);
 
 #endif

@@ -20,18 +20,24 @@ static void lora_shapes(const wmat__adapter_cfg *c, int in, int out, int *rows, 
 }
 
 static size_t lora_act_floats(const wmat__adapter_cfg *c, int BT) { return (size_t)BT * c->rank; }
+static size_t lora_scratch_floats(const wmat__adapter_cfg *c, int BT, int in, int out)
+{
+    (void)in, (void)out;
+    return (size_t)BT * c->rank;
+}
 
 static float lora_scale(const wmat__adapter_cfg *c) { return c->alpha / (float)c->rank; }
 static float rslora_scale(const wmat__adapter_cfg *c) { return c->alpha / sqrtf((float)c->rank); }
 
-static void lora_init(const wmat__adapter_cfg *c, float *const *w, int in, int out, wmat_rng *rng)
+static void lora_init(const wmat__adapter_cfg *c, float *const *w, void *fixed, int in, int out, wmat_rng *rng)
 {
+    (void)fixed;
     const float bound = 1.0f / sqrtf((float)in);
     float *A = w[0];
     for (size_t j = 0; j < (size_t)c->rank * in; j++) A[j] = (2.0f * wmat_rng_uniform(rng) - 1.0f) * bound;
 }
 
-static void forward_s(float s, const wmat__adapter_cfg *c, float *Y, float *xa, const float *X, const float *const *w,
+void wmat__lora_path_forward(float s, const wmat__adapter_cfg *c, float *Y, float *xa, const float *X, const float *const *w,
                       int BT, int in, int out)
 {
     const int r = c->rank;
@@ -39,7 +45,7 @@ static void forward_s(float s, const wmat__adapter_cfg *c, float *Y, float *xa, 
     wmat_sgemm(0, 1, BT, out, r, s, xa, r, w[1], r, 1.0f, Y, out);  /* Y += s xa B^T */
 }
 
-static void backward_s(float s, const wmat__adapter_cfg *c, float *dX, float *const *dw, float *dxa, const float *dY,
+void wmat__lora_path_backward(float s, const wmat__adapter_cfg *c, float *dX, float *const *dw, float *dxa, const float *dY,
                        const float *X, const float *const *w, const float *xa, int BT, int in, int out)
 {
     const int r = c->rank;
@@ -55,19 +61,23 @@ static void merge_s(float s, const wmat__adapter_cfg *c, float *W, const float *
 }
 
 #define WRAP(pre, scalefn)                                                                                            \
-    static void pre##_forward(const wmat__adapter_cfg *c, float *Y, float *act, const float *X,                     \
-                              const float *const *w, int BT, int in, int out)                                        \
+    static void pre##_forward(const wmat__adapter_cfg *c, float *Y, float *act, float *scratch, const float *X,     \
+                              const float *const *w, const void *fixed, int BT, int in, int out)                     \
     {                                                                                                                 \
-        forward_s(scalefn(c), c, Y, act, X, w, BT, in, out);                                                         \
+        (void)fixed, (void)scratch;                                                                                   \
+        wmat__lora_path_forward(scalefn(c), c, Y, act, X, w, BT, in, out);                                                         \
     }                                                                                                                 \
     static void pre##_backward(const wmat__adapter_cfg *c, float *dX, float *const *dw, float *scratch,             \
-                               const float *dY, const float *X, const float *const *w, const float *act, int BT,    \
-                               int in, int out)                                                                      \
+                               const float *dY, const float *X, const float *const *w, const void *fixed,           \
+                               const float *act, int BT, int in, int out)                                            \
     {                                                                                                                 \
-        backward_s(scalefn(c), c, dX, dw, scratch, dY, X, w, act, BT, in, out);                                      \
+        (void)fixed;                                                                                                  \
+        wmat__lora_path_backward(scalefn(c), c, dX, dw, scratch, dY, X, w, act, BT, in, out);                                      \
     }                                                                                                                 \
-    static void pre##_merge(const wmat__adapter_cfg *c, float *W, const float *const *w, int in, int out)           \
+    static void pre##_merge(const wmat__adapter_cfg *c, float *W, const float *const *w, const void *fixed, int in, \
+                            int out)                                                                                  \
     {                                                                                                                 \
+        (void)fixed;                                                                                                  \
         merge_s(scalefn(c), c, W, w, in, out);                                                                       \
     }
 WRAP(lora, lora_scale)
@@ -104,7 +114,7 @@ const wmat__adapter wmat__adapter_lora = {
     .rows_are_out = {0, 1},
     .shapes = lora_shapes,
     .act_floats = lora_act_floats,
-    .scratch_floats = lora_act_floats,
+    .scratch_floats = lora_scratch_floats,
     .scale = lora_scale,
     .init = lora_init,
     .forward = lora_forward,
@@ -123,7 +133,7 @@ const wmat__adapter wmat__adapter_rslora = {
     .rows_are_out = {0, 1},
     .shapes = lora_shapes,
     .act_floats = lora_act_floats,
-    .scratch_floats = lora_act_floats,
+    .scratch_floats = lora_scratch_floats,
     .scale = rslora_scale,
     .init = lora_init,
     .forward = rslora_forward,

@@ -68,6 +68,7 @@ struct wmat_trainer {
     wmat__proj_params pp;
     const wmat__adapter *adapter;  /* NULL: none */
     wmat__adapter_cfg acfg;
+    int rep;                       /* the adapter replaces the targeted linears (adapter->replaces_base) */
 
     /* weights the forward reads (trainable or frozen) and their grads */
     float *emb, *fnorm, *cls;   /* (V, D), (D), (V, D) (cls == emb when tied); NULL: a frozen base of another kind */
@@ -82,6 +83,10 @@ struct wmat_trainer {
     float *gemb, *gfnorm, *gcls;
     /* adapter tensors and grads: (L * NLIN * NAT), NULL where not adapted */
     float **aw, **gaw;
+    /* the adapter's frozen data per layer (L * NLIN), in one block */
+    void **afix;
+    void *fixed;
+    size_t fixed_bytes;
 
     wmat_arena *a_param, *a_grad, *a_opt, *a_act, *a_scratch;
     float *params, *grads;
@@ -143,6 +148,7 @@ wmat_train_params wmat_train_default_params(void)
     p.galore_scale = 1.0f;
     p.galore_targets = (1u << NLIN) - 1;
     p.galore_randomized = 0;
+    p.adapter_density = 0.03f;
     return p;
 }
 
@@ -206,6 +212,37 @@ static void role_dims(const wmat_config *c, int w, int *rows, int *cols)
 
 /* ------------------------------------------------------------ creation */
 
+/* Whether layer role w is a linear the adapter replaces (no base kept). */
+static int replaced_role(const wmat_trainer *t, int w)
+{
+    for (int k = 0; t->rep && k < NLIN; k++)
+        if ((int)lin_role(k) == w && (t->p.lora_targets & (1u << k))) return 1;
+    return 0;
+}
+
+/* The view's replaced linears as the adapter's small form of the current
+ * parameters; the runtime over the view is dropped (its weights changed
+ * objects). */
+static int refresh_replaced(wmat_trainer *t)
+{
+    const wmat_config *c = &t->c;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int k = 0; k < NLIN; k++) {
+            float *const *w = t->aw + ((size_t)l * NLIN + k) * NAT;
+            if (!w[0]) continue;
+            int o, i;
+            lin_dims(c, k, &o, &i);
+            wmat_tensor tmp;
+            memset(&tmp, 0, sizeof tmp);
+            int rc = t->adapter->to_weight(&t->acfg, (const float *const *)w, t->afix[l * NLIN + k], i, o, &tmp);
+            if (rc) return rc;
+            wmat__tensor_set_obj(wmat_model_linear(t->view, l, (wmat_linear_kind)k), tmp.data);
+        }
+    wmat_runtime_free(t->rt);
+    t->rt = NULL;
+    return WMAT_OK;
+}
+
 /* dst (f32) = the tensor's values: a weight of any kind dequantized, a vector copied. */
 static void copy_f32(float *dst, const wmat_tensor *src)
 {
@@ -232,6 +269,8 @@ void wmat_trainer_free(wmat_trainer *t)
     wmat__free(t->ws);
     wmat__free(t->aw);
     wmat__free(t->gaw);
+    wmat__free(t->afix);
+    wmat__free(t->fixed);
     wmat__free(t->slots);
     wmat__free(t->acts);
     wmat__free(t->perm);
@@ -364,10 +403,11 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->adapter = ad;
     t->proj = pj;
     t->pp = (wmat__proj_params){p.galore_rank, p.galore_gap, p.galore_scale, p.galore_randomized};
-    t->acfg = (wmat__adapter_cfg){p.lora_rank, p.lora_alpha};
     t->exec = p.exec ? *p.exec : wmat_context_default();
     t->nt = wmat_context_threads(&t->exec);
     t->ex = wmat__wexec_from(&t->exec);
+    t->acfg = (wmat__adapter_cfg){p.lora_rank, p.lora_alpha, p.adapter_density, t->nt, t->ex.isa};
+    t->rep = ad && ad->replaces_base;
     t->B = p.batch;
     t->T = p.ctx;
     t->BT = t->B * t->T;
@@ -379,26 +419,57 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->glw_ = wmat__calloc((size_t)L * NROLE, sizeof(float *));
     t->aw = wmat__calloc((size_t)L * NLIN * NAT, sizeof(float *));
     t->gaw = wmat__calloc((size_t)L * NLIN * NAT, sizeof(float *));
+    t->afix = wmat__calloc((size_t)L * NLIN, sizeof(void *));
     t->slots = wmat__calloc((size_t)L * (NROLE + NAT * NLIN) + 3, sizeof(slot));
     t->acts = wmat__calloc((size_t)L + 1, sizeof(layer_acts));
     t->lin_ = wmat__calloc((size_t)L * NLIN, sizeof *t->lin_);
     t->hdr = wmat__calloc((size_t)L * NLIN + 2, sizeof *t->hdr);
-    if (!t->lw_ || !t->glw_ || !t->aw || !t->gaw || !t->slots || !t->acts || !t->lin_ || !t->hdr) {
+    if (!t->lw_ || !t->glw_ || !t->aw || !t->gaw || !t->afix || !t->slots || !t->acts || !t->lin_ || !t->hdr) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
         goto fail;
     }
+    const int adapt = ad != NULL, rep = t->rep;
+    /* the adapter's own checks per targeted layer, then its frozen data */
+    for (int k = 0; adapt && k < NLIN; k++) {
+        if (!(p.lora_targets & (1u << k))) continue;
+        int o, i;
+        lin_dims(c, k, &o, &i);
+        if (ad->check && (rc = ad->check(&t->acfg, i, o, wmat_linear_name((wmat_linear_kind)k)))) goto fail;
+        if (ad->fixed_bytes) t->fixed_bytes += (size_t)L * ((ad->fixed_bytes(&t->acfg, i, o) + 15) & ~(size_t)15);
+    }
+    if (rep && !ad->to_weight) {
+        rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: adapter %s replaces the base but has no to_weight", ad->name);
+        goto fail;
+    }
+    if (t->fixed_bytes) {
+        if (!(t->fixed = wmat__aligned_alloc(t->fixed_bytes))) {
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory for the adapter's fixed data (%zu bytes)",
+                                t->fixed_bytes);
+            goto fail;
+        }
+        memset(t->fixed, 0, t->fixed_bytes);
+        size_t fo = 0;
+        for (int l = 0; l < L; l++)
+            for (int k = 0; k < NLIN; k++) {
+                if (!(p.lora_targets & (1u << k))) continue;
+                int o, i;
+                lin_dims(c, k, &o, &i);
+                t->afix[l * NLIN + k] = (char *)t->fixed + fo;
+                fo += (ad->fixed_bytes(&t->acfg, i, o) + 15) & ~(size_t)15;
+            }
+    }
 
     /* ---- parameters and gradients: one block each, same layout */
-    const int adapt = ad != NULL;
     size_t np = 0;
-    if (!adapt) {
+    if (!adapt || rep) {
         np = (size_t)V * D + D + (c->tied_embeddings ? 0 : (size_t)V * D);
         for (int w = 0; w < NROLE; w++) {
             int r, cc;
             role_dims(c, w, &r, &cc);
-            np += (size_t)L * r * (cc ? cc : 1);
+            if (!replaced_role(t, w)) np += (size_t)L * r * (cc ? cc : 1);
         }
-    } else {
+    }
+    if (adapt) {
         for (int l = 0; l < L; l++)
             for (int k = 0; k < NLIN; k++)
                 if (p.lora_targets & (1u << k)) {
@@ -417,13 +488,15 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     {
         size_t off = 0;
 #define CARVE(pp_, gg_, n_) do { pp_ = t->params + off; gg_ = t->grads + off; off += (n_); } while (0)
-        if (!adapt) {
+        if (!adapt || rep) {
+            /* everything trains (a replacing adapter: all but the linears it replaces) */
             CARVE(t->emb, t->gemb, (size_t)V * D);
             add_slot(t, t->emb, t->gemb, V, D);
             for (int l = 0; l < L; l++)
                 for (int w = 0; w < NROLE; w++) {
                     int r, cc;
                     role_dims(c, w, &r, &cc);
+                    if (replaced_role(t, w)) continue;
                     CARVE(t->lw_[l * NROLE + w], t->glw_[l * NROLE + w], (size_t)r * (cc ? cc : 1));
                     add_slot(t, t->lw_[l * NROLE + w], t->glw_[l * NROLE + w], r, cc);
                 }
@@ -442,13 +515,16 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             if (!c->tied_embeddings) copy_f32(t->cls, wmat_model_classifier(m));
             for (int l = 0; l < L; l++)
                 for (int w = 0; w < NROLE; w++)
-                    copy_f32(t->lw_[l * NROLE + w], wmat_model_layer_tensor(m, l, (wmat_layer_weight)w));
-            /* the forward multiplies by the params through f32 operator headers */
+                    if (t->lw_[l * NROLE + w])
+                        copy_f32(t->lw_[l * NROLE + w], wmat_model_layer_tensor(m, l, (wmat_layer_weight)w));
+            /* the forward multiplies by the params through f32 operator
+             * headers; a replaced linear has none (the adapter is the layer) */
             wmat_tensor *h = t->hdr;
             for (int l = 0; l < L; l++)
                 for (int k = 0; k < NLIN; k++) {
                     int o, i;
                     lin_dims(c, k, &o, &i);
+                    if (rep && (p.lora_targets & (1u << k))) continue;
                     wmat__tensor_init2(h, WMAT_F32, o, i, t->lw_[l * NROLE + lin_role(k)]);
                     t->lin_[l * NLIN + k] = h++;
                 }
@@ -471,6 +547,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                 t->lw_[l * NROLE + WMAT_W_FFN_NORM] = wmat_model_layer_tensor(m, l, WMAT_W_FFN_NORM)->data;
                 for (int k = 0; k < NLIN; k++) t->lin_[l * NLIN + k] = wmat_model_linear(m, l, (wmat_linear_kind)k);
             }
+        }
+        if (adapt) {
             /* the adapter's tensors, in layer order, initialized as they are carved (one RNG stream) */
             for (int l = 0; l < L; l++)
                 for (int k = 0; k < NLIN; k++) {
@@ -482,7 +560,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                         CARVE(AW(l, k)[a], GAW(l, k)[a], (size_t)rows[a] * cols[a]);
                         add_slot(t, AW(l, k)[a], GAW(l, k)[a], rows[a], cols[a]);
                     }
-                    ad->init(&t->acfg, AW(l, k), i, o, &t->rng);
+                    ad->init(&t->acfg, AW(l, k), t->afix[l * NLIN + k], i, o, &t->rng);
                 }
         }
 #undef CARVE
@@ -497,6 +575,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         size_t ws = 0;
         for (int i = 0; i <= L * NLIN; i++) {
             const wmat_tensor *W = i < L * NLIN ? t->lin_[i] : t->cls_t;
+            if (!W) continue; /* replaced by the adapter */
             const size_t b = wmat__wkind_of(W)->ws_bytes(W, t->BT, &t->ex);
             if (b > ws) ws = b;
         }
@@ -579,7 +658,14 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     /* ---- activations */
     {
         const size_t aact = adapt ? ad->act_floats(&t->acfg, t->BT) : 0;
-        const size_t ascr = adapt ? ad->scratch_floats(&t->acfg, t->BT) : 0;
+        size_t ascr = 0; /* the adapter's scratch: the largest any targeted layer asks for */
+        for (int k = 0; adapt && k < NLIN; k++)
+            if (p.lora_targets & (1u << k)) {
+                int o, i;
+                lin_dims(c, k, &o, &i);
+                const size_t f = ad->scratch_floats(&t->acfg, t->BT, i, o);
+                if (f > ascr) ascr = f;
+            }
         size_t per_layer = BT * (6 * (size_t)D + 2 * KV + 3 * (size_t)H + 2);
         for (int k = 0; k < NLIN; k++)
             if (adapt && (p.lora_targets & (1u << k))) per_layer += aact;
@@ -636,8 +722,10 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         wmat__rope_tables(c, 0, (int)T, t->rope_cos, t->rope_sin);
     }
 
-    /* ---- full / projected: a model whose tensors are views of the params */
-    if (!adapt) {
+    /* ---- full / projected: a model whose tensors are views of the params;
+     * a replacing adapter: the same, its layers as weights of their small
+     * kinds (rebuilt from the params by wmat_trainer_model) */
+    if (!adapt || rep) {
         if ((rc = wmat_model_create(&t->view, c))) goto fail;
         for (int i = 0; i < wmat_model_n_tensors(t->view); i++) {
             wmat_tensor *tt = wmat_model_tensor(t->view, i);
@@ -648,6 +736,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             for (int l = 0; l < L && !dst; l++)
                 for (int w = 0; w < NROLE; w++)
                     if (tt == wmat_model_layer_tensor(t->view, l, (wmat_layer_weight)w)) dst = t->lw_[l * NROLE + w];
+            if (!dst && rep) continue; /* a replaced linear: refresh_replaced() below */
             if (!dst) {
                 rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: tensor %s has no parameter", tt->name);
                 goto fail;
@@ -658,6 +747,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         }
         wmat_tokenizer *tk = wmat_model_tokenizer(m), *cp = NULL;
         if (tk && !wmat_tokenizer_clone(tk, &cp)) wmat_model_set_tokenizer(t->view, cp);
+        if (rep && (rc = refresh_replaced(t))) goto fail;
     }
     *out = t;
     return WMAT_OK;
@@ -735,9 +825,12 @@ static void lin_fwd(wmat_trainer *t, float *Y, const float *X, int l, int k, int
     int o, i;
     lin_dims(&t->c, k, &o, &i);
     const wmat_tensor *W = LIN(l, k);
-    wmat__wkind_of(W)->forward(W, X, Y, BT, 0, t->ws, &t->ex);
+    if (W) wmat__wkind_of(W)->forward(W, X, Y, BT, 0, t->ws, &t->ex);
+    else memset(Y, 0, (size_t)BT * o * sizeof(float)); /* no base: the adapter is the layer */
     float *const *w = AW(l, k);
-    if (w[0]) t->adapter->forward(&t->acfg, Y, t->acts[l].aact[k], X, (const float *const *)w, BT, i, o);
+    if (w[0])
+        t->adapter->forward(&t->acfg, Y, t->acts[l].aact[k], t->ascratch, X, (const float *const *)w,
+                            t->afix[l * NLIN + k], BT, i, o);
 }
 
 /* dW += dY^T X where the base trains (f32 params), dX (= or += with acc)
@@ -749,11 +842,12 @@ static void lin_bwd(wmat_trainer *t, float *dX, const float *dY, const float *X,
     const wmat_tensor *W = LIN(l, k);
     float *gW = GLW(l, lin_role(k));
     if (gW) wmat__linear_backward(NULL, gW, dY, X, NULL, BT, i, o, 0);
-    wmat__wkind_of(W)->backward(W, dY, dX, BT, acc, t->ws, &t->ex);
+    if (W) wmat__wkind_of(W)->backward(W, dY, dX, BT, acc, t->ws, &t->ex);
+    else if (!acc) memset(dX, 0, (size_t)BT * i * sizeof(float));
     float *const *w = AW(l, k);
     if (w[0])
-        t->adapter->backward(&t->acfg, dX, GAW(l, k), t->ascratch, dY, X, (const float *const *)w, t->acts[l].aact[k],
-                             BT, i, o);
+        t->adapter->backward(&t->acfg, dX, GAW(l, k), t->ascratch, dY, X, (const float *const *)w,
+                             t->afix[l * NLIN + k], t->acts[l].aact[k], BT, i, o);
 }
 
 /* The shared block's linear product: the layer's linear (base, then the
@@ -944,6 +1038,12 @@ int wmat_trainer_model(wmat_trainer *t, wmat_model **out)
         *out = t->view;
         return WMAT_OK;
     }
+    if (t->rep) {
+        int rc = refresh_replaced(t);
+        if (rc) return rc;
+        *out = t->view;
+        return WMAT_OK;
+    }
     const wmat_config *c = &t->c;
     int rc;
     if (!t->view) {
@@ -967,7 +1067,7 @@ int wmat_trainer_model(wmat_trainer *t, wmat_model **out)
             int o, i;
             lin_dims(c, k, &o, &i);
             t->adapter->merge(&t->acfg, wmat_model_linear(t->view, l, (wmat_linear_kind)k)->data, (const float *const *)w,
-                              i, o);
+                              t->afix[l * NLIN + k], i, o);
         }
     *out = t->view;
     return WMAT_OK;
@@ -1005,7 +1105,10 @@ void wmat_trainer_memory(const wmat_trainer *t, wmat_train_memory *mem)
         const wmat_wkind *k = tt->ndim == 2 ? wmat__wkind_of(tt) : NULL;
         base += k ? (size_t)k->nbytes(tt) : tt->nbytes;
     }
-    mem->weights = t->p.method == WMAT_TRAIN_LORA ? base + t->n_params * sizeof(float) : t->n_params * sizeof(float);
+    /* a replacing adapter reads no base: its weights are the parameters
+     * and the frozen supports */
+    mem->weights = t->p.method == WMAT_TRAIN_LORA && !t->rep ? base + t->n_params * sizeof(float)
+                                                            : t->n_params * sizeof(float) + t->fixed_bytes;
     mem->grads = t->n_params * sizeof(float);
     mem->optim = t->opt_bytes;
     mem->optim_scratch = t->a_scratch ? wmat_arena_capacity(t->a_scratch) : 0;
@@ -1028,6 +1131,34 @@ static void fingerprint(const wmat_trainer *t, char *buf, size_t n)
              t->opt->name, t->adapter ? t->adapter->name : "none", t->proj ? t->proj->name : "none", t->n_params,
              t->opt_bytes, t->adapter ? t->acfg.rank : 0, t->adapter ? t->p.lora_targets : 0u,
              t->proj ? t->pp.rank : 0);
+    /* entries with frozen data (a sparse support) also depend on these */
+    const size_t k = strlen(buf);
+    if (t->fixed_bytes && k < n)
+        snprintf(buf + k, n - k, " adapter_alpha=%g adapter_density=%g fixed_bytes=%zu", (double)t->acfg.alpha,
+                 (double)t->acfg.density, t->fixed_bytes);
+}
+
+/* The adapter's frozen data of a checkpoint (data, fixed_bytes, any
+ * alignment), layer by layer through the entry's fixed_valid. */
+static int check_fixed(const wmat_trainer *t, const void *data, const char *path)
+{
+    if (!t->adapter->fixed_valid) return WMAT_OK;
+    void *buf = wmat__aligned_alloc(t->fixed_bytes);
+    if (!buf) return wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
+    memcpy(buf, data, t->fixed_bytes);
+    int rc = WMAT_OK;
+    for (int l = 0; l < t->c.n_layers && !rc; l++)
+        for (int k = 0; k < NLIN && !rc; k++) {
+            if (!t->afix[l * NLIN + k]) continue;
+            int o, i;
+            lin_dims(&t->c, k, &o, &i);
+            const void *mine = (const char *)buf + ((const char *)t->afix[l * NLIN + k] - (const char *)t->fixed);
+            if (!t->adapter->fixed_valid(&t->acfg, mine, i, o))
+                rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: the %s data of layer %d's %s is corrupt", path, t->adapter->name,
+                                    l, wmat_linear_name((wmat_linear_kind)k));
+        }
+    wmat__free(buf);
+    return rc;
 }
 
 /* Version 2: optimizer states as one tensor per state ("optim.<name>", of
@@ -1040,7 +1171,7 @@ int wmat_trainer_save_checkpoint(wmat_trainer *t, const char *path)
     char fp[512];
     fingerprint(t, fp, sizeof fp);
     int64_t state[4] = {t->step, (int64_t)t->cursor, (int64_t)t->n_params, (int64_t)t->opt_bytes};
-    wmat_st_entry e[4 + NST];
+    wmat_st_entry e[5 + NST];
     char names[NST][64];
     memset(e, 0, sizeof e);
     int n = 0;
@@ -1050,6 +1181,9 @@ int wmat_trainer_save_checkpoint(wmat_trainer *t, const char *path)
     if (t->n_proj_floats)
         e[n++] = (wmat_st_entry){.name = "proj.state", .dtype = WMAT_ST_F32, .ndim = 1,
                                  .shape = {(int64_t)t->n_proj_floats}, .data = t->proj_states};
+    if (t->fixed_bytes) /* the adapter's supports: data of the run, not regenerated on resume */
+        e[n++] = (wmat_st_entry){.name = "adapter.fixed", .dtype = WMAT_ST_U8, .ndim = 1,
+                                 .shape = {(int64_t)t->fixed_bytes}, .data = t->fixed};
     n += t->opt->serialize(t->opt, &t->ostates, e + n, names);
     wmat_st_meta meta[3] = {{"format", CKPT_FORMAT}, {"fingerprint", fp}, {"optimizer", t->opt->name}};
     return wmat__st_write(path, e, n, meta, 3);
@@ -1080,19 +1214,23 @@ int wmat_trainer_load_checkpoint(wmat_trainer *t, const char *path)
         goto done;
     }
     const wmat_st_tensor *tp = wmat__st_find(f, "params"), *ts = wmat__st_find(f, "state"),
-                         *tr = wmat__st_find(f, "rng"), *tj = wmat__st_find(f, "proj.state");
+                         *tr = wmat__st_find(f, "rng"), *tj = wmat__st_find(f, "proj.state"),
+                         *tf = wmat__st_find(f, "adapter.fixed");
     if (!tp || !ts || !tr || tp->nelem != t->n_params || ts->nelem != 4 || ts->dtype != WMAT_ST_I64 || tr->nelem != 4 ||
         tr->dtype != WMAT_ST_U64 || tp->dtype != WMAT_ST_F32 ||
-        (t->n_proj_floats && (!tj || tj->dtype != WMAT_ST_F32 || tj->nelem != t->n_proj_floats))) {
+        (t->n_proj_floats && (!tj || tj->dtype != WMAT_ST_F32 || tj->nelem != t->n_proj_floats)) ||
+        (t->fixed_bytes && (!tf || tf->dtype != WMAT_ST_U8 || tf->nelem != t->fixed_bytes))) {
         rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: checkpoint tensors missing or of the wrong size", path);
         goto done;
     }
     /* every check before the first copy: a refused file leaves the trainer as it was */
+    if (t->fixed_bytes && (rc = check_fixed(t, tf->data, path))) goto done;
     if ((rc = t->opt->deserialize(t->opt, &t->ostates, f, path))) goto done;
     int64_t st[4];
     memcpy(st, ts->data, sizeof st);
     memcpy(t->params, tp->data, t->n_params * sizeof(float));
     if (t->n_proj_floats) memcpy(t->proj_states, tj->data, t->n_proj_floats * sizeof(float));
+    if (t->fixed_bytes) memcpy(t->fixed, tf->data, t->fixed_bytes);
     memcpy(t->rng.s, tr->data, sizeof t->rng.s);
     t->step = (int)st[0];
     t->cursor = (uint64_t)st[1];
@@ -1106,10 +1244,20 @@ done:
 int wmat_trainer_save_lora(wmat_trainer *t, const char *dir)
 {
     if (!t->adapter) return wmat_set_error(WMAT_ERR_INVALID, "save adapter: this run trains no adapter");
+    if (!t->adapter->peft_type)
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "save adapter: PEFT has no %s adapter (the trained model keeps it)",
+                              t->adapter->name);
     return wmat__adapter_peft_save(t->adapter, &t->acfg, &t->c, t->aw, wmat_model_path(t->base), dir);
 }
 
 int wmat_lora_merge_peft(wmat_model *m, const char *dir) { return wmat__adapter_peft_merge(m, dir); }
+
+int wmat_train_adapter_replaces_base(const char *name)
+{
+    const wmat__adapter *a = wmat__adapter_find(name);
+    if (!a) return wmat_set_error(WMAT_ERR_INVALID, "train: unknown adapter '%s'", name ? name : "(null)");
+    return a->replaces_base;
+}
 
 int wmat_train_registry_entry(wmat_train_registry which, int i, const char **name, const char **summary)
 {
