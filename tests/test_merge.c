@@ -389,15 +389,6 @@ static void make_gguf_with_vocab(const char *path, uint64_t seed, char prefix)
     wmat_model_free(m);
 }
 
-static wmat_model *load_f32(const char *path)
-{
-    wmat_model *m = NULL;
-    wmat_load_params lp = wmat_load_default_params();
-    lp.materialize_f32 = 1;
-    TU_OK(wmat_model_load(&m, path, &lp));
-    return m;
-}
-
 /* ties of two fine-tunes of one base, inputs in HF, llama2.c and GGUF, output
  * as GGUF, llama2.c and HF (each written tensor by tensor through the fill
  * hook): every tensor equals the kernel applied to the loaded inputs. */
@@ -409,10 +400,10 @@ static void test_driver_end_to_end(void **state)
     snprintf(a, sizeof a, "%s", tu_tmp("a.bin"));
     snprintf(b, sizeof b, "%s", tu_tmp("b.gguf"));
     make_model(base, WMAT_FMT_HF, 1, NULL, 64);
-    wmat_model *mb = load_f32(base);
+    wmat_model *mb = tu_load_f32(base);
     make_model(a, WMAT_FMT_LLAMA2C, 2, mb, 64);
     make_model(b, WMAT_FMT_GGUF, 3, mb, 64);
-    wmat_model *ma = load_f32(a), *mbb = load_f32(b);
+    wmat_model *ma = tu_load_f32(a), *mbb = tu_load_f32(b);
     wmat_merge_model mm[2] = {{a, {1, {1.0}}, {1, {0.4}}}, {b, {1, {0.5}}, {2, {0.2, 0.9}}}};
     char outs[3][512];
     snprintf(outs[0], sizeof outs[0], "%s", tu_tmp("out.gguf"));
@@ -431,7 +422,7 @@ static void test_driver_end_to_end(void **state)
         wmat_merge_report rep;
         TU_OK(wmat__merge_run(&s, outs[o], &rep));
         assert_true(rep.n_tensors > 0);
-        wmat_model *mo = load_f32(outs[o]);
+        wmat_model *mo = tu_load_f32(outs[o]);
         assert_int_equal(wmat_model_n_tensors(mo), rep.n_tensors);
         for (int i = 0; i < rep.n_tensors; i++) {
             wmat_tensor *t = wmat_model_find(mo, rep.tensors[i].name);
@@ -535,7 +526,7 @@ static void test_cli_yaml_and_flags(void **state)
     snprintf(b, sizeof b, "%s", tu_tmp("cc.bin"));
     snprintf(v, sizeof v, "%s", tu_tmp("cv.bin"));
     make_model(base, WMAT_FMT_LLAMA2C, 11, NULL, 64);
-    wmat_model *mb = load_f32(base);
+    wmat_model *mb = tu_load_f32(base);
     make_model(a, WMAT_FMT_LLAMA2C, 12, mb, 64);
     make_model(b, WMAT_FMT_LLAMA2C, 13, mb, 64);
     make_model(v, WMAT_FMT_LLAMA2C, 14, NULL, 96);
@@ -559,7 +550,7 @@ static void test_cli_yaml_and_flags(void **state)
     assert_non_null(strstr(out, "ETA")); /* the per-tensor line */
     assert_non_null(strstr(out, "sign conflicts"));
     free(out);
-    wmat_model *m1 = load_f32(o1), *m2 = load_f32(o2);
+    wmat_model *m1 = tu_load_f32(o1), *m2 = tu_load_f32(o2);
     for (int i = 0; i < wmat_model_n_tensors(m1); i++) {
         wmat_tensor *t1 = wmat_model_tensor(m1, i), *t2 = wmat_model_find(m2, t1->name);
         assert_non_null(t2);
@@ -614,7 +605,7 @@ static void test_signature_roundtrip_as_linear(void **state)
     snprintf(sig, sizeof sig, "%s", tu_tmp("sig.gguf"));
     snprintf(back, sizeof back, "%s", tu_tmp("back.gguf"));
     make_model(base, WMAT_FMT_LLAMA2C, 21, NULL, 64);
-    wmat_model *mb = load_f32(base);
+    wmat_model *mb = tu_load_f32(base);
     make_model(ft, WMAT_FMT_LLAMA2C, 22, mb, 64);
     wmat_model_free(mb);
     const char *steps[2][3] = {{ft, base, sig}, {base, sig, back}};
@@ -630,7 +621,7 @@ static void test_signature_roundtrip_as_linear(void **state)
         TU_OK(wmat__merge_run(&sp, steps[s][2], &rep));
         wmat__merge_report_free(&rep);
     }
-    wmat_model *a = load_f32(ft), *b = load_f32(back);
+    wmat_model *a = tu_load_f32(ft), *b = tu_load_f32(back);
     enum { T = 16 };
     int32_t ids[T];
     for (int i = 0; i < T; i++) ids[i] = (i * 7 + 1) % 64;

@@ -34,15 +34,6 @@ static void make_model(const char *path, uint64_t seed, const wmat_model *like)
     wmat_model_free(m);
 }
 
-static wmat_model *load_f32(const char *path)
-{
-    wmat_model *m = NULL;
-    wmat_load_params lp = wmat_load_default_params();
-    lp.materialize_f32 = 1;
-    TU_OK(wmat_model_load(&m, path, &lp));
-    return m;
-}
-
 static int is_linear(const wmat_tensor *t)
 {
     return t->ndim == 2 && strcmp(t->name, "model.embed_tokens.weight") != 0;
@@ -174,7 +165,7 @@ static void test_opcm_matches_literal(void **state)
     char paths[T + 1][512];
     snprintf(paths[0], sizeof paths[0], "%s", tu_tmp("ob.bin"));
     make_model(paths[0], 1, NULL);
-    wmat_model *mb = load_f32(paths[0]);
+    wmat_model *mb = tu_load_f32(paths[0]);
     wmat_model *ft[T];
     wmat_merge_model mm[T];
     memset(mm, 0, sizeof mm);
@@ -183,7 +174,7 @@ static void test_opcm_matches_literal(void **state)
         snprintf(name, sizeof name, "of%d.bin", t);
         snprintf(paths[t + 1], sizeof paths[t + 1], "%s", tu_tmp(name));
         make_model(paths[t + 1], 10 + (uint64_t)t, mb);
-        ft[t] = load_f32(paths[t + 1]);
+        ft[t] = tu_load_f32(paths[t + 1]);
         mm[t].path = paths[t + 1];
     }
     static const struct {
@@ -204,7 +195,7 @@ static void test_opcm_matches_literal(void **state)
         }
         if (cases[c].shuffle) assert_true(moved); /* seed 7 moves something (checked once, fixed) */
         double **want = literal_opcm(mb, ordered, T, cases[c].alpha);
-        wmat_model *mo = load_f32(out);
+        wmat_model *mo = tu_load_f32(out);
         double worst = 0;
         for (int i = 0; i < wmat_model_n_tensors(mb); i++) {
             const wmat_tensor *b = wmat_model_tensor(mb, i);
@@ -244,7 +235,7 @@ static void test_opcm_progress_and_cancel(void **state)
     snprintf(ft, sizeof ft, "%s", tu_tmp("pf.bin"));
     snprintf(out, sizeof out, "%s", tu_tmp("po.gguf"));
     make_model(base, 5, NULL);
-    wmat_model *mb = load_f32(base);
+    wmat_model *mb = tu_load_f32(base);
     make_model(ft, 6, mb);
     const int nt = wmat_model_n_tensors(mb);
     wmat_model_free(mb);
@@ -285,13 +276,13 @@ static void test_opcm_one_model(void **state)
     snprintf(ft, sizeof ft, "%s", tu_tmp("1f.bin"));
     snprintf(out, sizeof out, "%s", tu_tmp("1o.gguf"));
     make_model(base, 3, NULL);
-    wmat_model *mb = load_f32(base);
+    wmat_model *mb = tu_load_f32(base);
     make_model(ft, 4, mb);
     wmat_merge_model mm[1] = {{ft, {0, {0}}, {0, {0}}}};
     wmat_merge_report rep;
     run_opcm(base, mm, 1, 0.5, 0, 0, out, &rep);
     wmat__merge_report_free(&rep);
-    wmat_model *a = load_f32(ft), *o = load_f32(out);
+    wmat_model *a = tu_load_f32(ft), *o = tu_load_f32(out);
     for (int i = 0; i < wmat_model_n_tensors(a); i++) {
         const wmat_tensor *t = wmat_model_tensor(a, i);
         TU_ASSERT_CLOSE(wmat_model_find(o, t->name)->data, t->data, (size_t)wmat_tensor_nelem(t), 1e-6, 0);
@@ -394,7 +385,7 @@ static void test_opcm_cli_yaml(void **state)
     snprintf(a, sizeof a, "%s", tu_tmp("ca.bin"));
     snprintf(b, sizeof b, "%s", tu_tmp("cc.bin"));
     make_model(base, 21, NULL);
-    wmat_model *mb = load_f32(base);
+    wmat_model *mb = tu_load_f32(base);
     make_model(a, 22, mb);
     make_model(b, 23, mb);
     wmat_model_free(mb);
@@ -415,7 +406,7 @@ static void test_opcm_cli_yaml(void **state)
     out = tu_run(cmd, &code);
     if (code != 0) fail_msg("%s -> %d: %s", cmd, code, out);
     free(out);
-    wmat_model *m1 = load_f32(o1), *m2 = load_f32(o2);
+    wmat_model *m1 = tu_load_f32(o1), *m2 = tu_load_f32(o2);
     for (int i = 0; i < wmat_model_n_tensors(m1); i++) {
         wmat_tensor *t1 = wmat_model_tensor(m1, i), *t2 = wmat_model_find(m2, t1->name);
         TU_ASSERT_CLOSE(t1->data, t2->data, (size_t)wmat_tensor_nelem(t1), 0, 0);

@@ -36,15 +36,6 @@ static void make_model(const char *path, uint64_t seed, const wmat_model *like, 
     wmat_model_free(m);
 }
 
-static wmat_model *load_f32(const char *path)
-{
-    wmat_model *m = NULL;
-    wmat_load_params lp = wmat_load_default_params();
-    lp.materialize_f32 = 1;
-    TU_OK(wmat_model_load(&m, path, &lp));
-    return m;
-}
-
 static int exists(const char *path)
 {
     struct stat st;
@@ -72,7 +63,7 @@ static void make_models(models *m)
     snprintf(m->ft2, sizeof m->ft2, "%s", tu_tmp("gf2.bin"));
     snprintf(m->other, sizeof m->other, "%s", tu_tmp("go.bin"));
     make_model(m->base, 31, NULL, 32);
-    wmat_model *mb = load_f32(m->base);
+    wmat_model *mb = tu_load_f32(m->base);
     make_model(m->ft, 32, mb, 32);
     make_model(m->ft2, 33, mb, 32);
     wmat_model_free(mb);
@@ -106,7 +97,7 @@ static void test_sig_roundtrip_logits(void **state)
     const char *sigs[1] = {sig};
     const double one = 1.0;
     TU_OK(wmat__sig_apply(m.base, 1, sigs, &one, back, WMAT_FMT_UNKNOWN, WMAT_F32, NULL, NULL));
-    wmat_model *a = load_f32(m.ft), *b = load_f32(back);
+    wmat_model *a = tu_load_f32(m.ft), *b = tu_load_f32(back);
     enum { T = 16 };
     int32_t ids[T];
     for (int i = 0; i < T; i++) ids[i] = (i * 7 + 1) % 64;
@@ -136,7 +127,7 @@ static void test_sig_rank_eckart_young(void **state)
     wmat_sig_report rep;
     TU_OK(wmat__sig_extract(m.ft, m.base, sig, &p, &rep));
     assert_true(rep.bytes < rep.dense_bytes / 2);
-    wmat_model *mb = load_f32(m.base), *mf = load_f32(m.ft);
+    wmat_model *mb = tu_load_f32(m.base), *mf = tu_load_f32(m.ft);
     wmat_st_file *f = NULL;
     TU_OK(wmat__st_open(&f, sig));
     const char *names[] = {"model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.k_proj.weight",
@@ -196,7 +187,7 @@ static void test_sig_rank_eckart_young(void **state)
     const char *sigs[1] = {sig};
     const double half = 0.5;
     TU_OK(wmat__sig_apply(m.base, 1, sigs, &half, out, WMAT_FMT_UNKNOWN, WMAT_F32, NULL, NULL));
-    wmat_model *mo = load_f32(out);
+    wmat_model *mo = tu_load_f32(out);
     {
         const char *nm = names[0];
         const wmat_tensor *tb = wmat_model_find(mb, nm), *to = wmat_model_find(mo, nm);
@@ -249,7 +240,7 @@ static void test_sig_compose_against_layers(void **state)
     const char *sigs[2] = {s1, s2};
     const double al[2] = {0.5, -2.0};
     TU_OK(wmat__sig_apply(m.base, 2, sigs, al, out, WMAT_FMT_UNKNOWN, WMAT_F32, NULL, NULL));
-    wmat_model *mb = load_f32(m.base), *f1 = load_f32(m.ft), *f2 = load_f32(m.ft2), *mo = load_f32(out);
+    wmat_model *mb = tu_load_f32(m.base), *f1 = tu_load_f32(m.ft), *f2 = tu_load_f32(m.ft2), *mo = tu_load_f32(out);
     for (int i = 0; i < wmat_model_n_tensors(mb); i++) {
         const wmat_tensor *t = wmat_model_tensor(mb, i);
         const float *b = t->data, *x1 = wmat_model_find(f1, t->name)->data, *x2 = wmat_model_find(f2, t->name)->data,
@@ -295,7 +286,7 @@ static void test_sig_compose_against_layers(void **state)
     const char *one[1] = {sl};
     const double a1 = 1.0;
     TU_OK(wmat__sig_apply(m.base, 1, one, &a1, outl, WMAT_FMT_UNKNOWN, WMAT_F32, NULL, NULL));
-    wmat_model *ml = load_f32(outl);
+    wmat_model *ml = tu_load_f32(outl);
     for (int i = 0; i < wmat_model_n_tensors(mb); i++) {
         const wmat_tensor *t = wmat_model_tensor(mb, i);
         const int sel = !strncmp(t->name, "model.layers.1.", 15) || !strcmp(t->name, "model.embed_tokens.weight");
@@ -347,7 +338,7 @@ static void test_sig_refusals(void **state)
     /* hand-made files: a matrix both whole and factored, factors of the
      * wrong shape, no config */
     {
-        wmat_model *mb = load_f32(m.base);
+        wmat_model *mb = tu_load_f32(m.base);
         char cfg[256];
         const wmat_config *c = wmat_model_config(mb);
         snprintf(cfg, sizeof cfg, "dim=%d,hidden_dim=%d,n_layers=%d,n_heads=%d,n_kv_heads=%d,vocab_size=%d,head_dim=%d,tied_embeddings=%d",
@@ -423,7 +414,7 @@ static void test_sig_cli(void **state)
     if (code != 0) fail_msg("%s -> %d: %s", cmd, code, out);
     free(out);
     /* compose of two halves equals apply of the whole */
-    wmat_model *a = load_f32(o1), *b = load_f32(o2);
+    wmat_model *a = tu_load_f32(o1), *b = tu_load_f32(o2);
     for (int i = 0; i < wmat_model_n_tensors(a); i++) {
         const wmat_tensor *t = wmat_model_tensor(a, i);
         TU_ASSERT_CLOSE(t->data, wmat_model_find(b, t->name)->data, (size_t)wmat_tensor_nelem(t), 1e-6, 1e-6);

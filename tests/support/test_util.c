@@ -221,3 +221,12 @@ double tu_rel_frob(const float *a, const float *b, size_t n)
     }
     return sqrt(d / t);
 }
+
+wmat_model *tu_load_f32(const char *path)
+{
+    wmat_model *m = NULL;
+    wmat_load_params lp = wmat_load_default_params();
+    lp.materialize_f32 = 1;
+    TU_OK(wmat_model_load(&m, path, &lp));
+    return m;
+}

@@ -112,6 +112,8 @@ const char *tu_tmpdir(void);
 const char *tu_tmp(const char *name);
 /* Path of the wmat CLI built alongside the tests. */
 const char *tu_cli(void);
+/* Load a model with every tensor as fp32 (fails the test on error). */
+wmat_model *tu_load_f32(const char *path);
 /* Run a shell command, capture stdout (malloc'd, caller frees) and exit code. */
 char *tu_run(const char *cmd, int *exit_code);
 /* Write bytes to a file; returns 0 on success. */
