@@ -78,6 +78,34 @@ static void test_f16_rounding_vs_reference(void **state)
     assert_int_equal(wmat_f32_to_f16(65519.996f), 0x7bff);
 }
 
+/* The array conversions (F16C where the CPU has it) give the scalar
+ * functions' bits for every f16, and for f32 bit patterns swept across the
+ * whole range (NaN payloads, subnormals, ties included); odd lengths and
+ * offsets exercise the scalar tails. */
+static void test_f16_arrays_match_scalar(void **state)
+{
+    (void)state;
+    enum { N = 65536 };
+    uint16_t *h = malloc(N * 2), *h2 = malloc(N * 2);
+    float *f = malloc(N * 4);
+    assert_non_null(h);
+    assert_non_null(h2);
+    assert_non_null(f);
+    for (uint32_t i = 0; i < N; i++) h[i] = (uint16_t)i;
+    assert_int_equal(wmat_to_f32(f, h + 1, WMAT_F16, N - 1), WMAT_OK);
+    for (uint32_t i = 1; i < N; i++) assert_int_equal(bits(f[i - 1]), bits(wmat_f16_to_f32((uint16_t)i)));
+    for (uint64_t base = 0; base < (1ull << 32); base += (uint64_t)N * 4099) {
+        for (uint32_t i = 0; i < N; i++) f[i] = from_bits((uint32_t)(base + (uint64_t)i * 4099 + (i & 7)));
+        assert_int_equal(wmat_from_f32(h2, WMAT_F16, f, N - 3), WMAT_OK);
+        for (uint32_t i = 0; i < N - 3; i++) {
+            if (h2[i] != wmat_f32_to_f16(f[i])) fail_msg("f32 bits %08x: %04x != %04x", bits(f[i]), h2[i], wmat_f32_to_f16(f[i]));
+        }
+    }
+    free(h);
+    free(h2);
+    free(f);
+}
+
 /* bf16 reference: pick the nearer of the two neighbours in double, ties to
  * the even one. */
 static uint16_t ref_bf16(float f)
@@ -353,6 +381,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_f16_exhaustive_roundtrip), cmocka_unit_test(test_f16_rounding_vs_reference),
+        cmocka_unit_test(test_f16_arrays_match_scalar),
         cmocka_unit_test(test_bf16),                     cmocka_unit_test(test_ggml_blocks),
         cmocka_unit_test(test_arena_rng_errors),         cmocka_unit_test(test_atomic_file),
         cmocka_unit_test(test_compare_helpers),          cmocka_unit_test(test_compare_macros),

@@ -90,7 +90,8 @@ float wmat_f16_to_f32(uint16_t h)
         float v = (float)m * (1.0f / 16777216.0f);
         return sign ? -v : v;
     }
-    if (e == 31) return bits_f32(sign | 0x7f800000u | (m << 13));
+    if (e == 31) /* Inf, or NaN quieted as the hardware converts it (F16C, libgcc) */
+        return bits_f32(sign | 0x7f800000u | (m ? 0x400000u : 0) | (m << 13));
     return bits_f32(sign | ((e + 112u) << 23) | (m << 13));
 }
 
@@ -104,13 +105,57 @@ uint16_t wmat_f32_to_bf16(float f)
 
 float wmat_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
 
+/* F16C converts 8 values per instruction with the same results as the
+ * scalar code above (round to nearest even, subnormals kept, NaN quieted
+ * with its payload's top bits: tests/test_core.c compares every f16 and a
+ * sweep of f32 bit patterns). Merging f16 checkpoints spent a fifth of its
+ * time in the scalar loops. Each returns how many values it converted. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define DT_X86 1
+
+static int g_f16c; /* 0: not detected yet, 1: no, 2: yes */
+
+static int has_f16c(void)
+{
+    int v = __atomic_load_n(&g_f16c, __ATOMIC_RELAXED);
+    if (!v) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c") ? 2 : 1;
+        __atomic_store_n(&g_f16c, v, __ATOMIC_RELAXED);
+    }
+    return v == 2;
+}
+
+__attribute__((target("avx,f16c"))) static uint64_t f16_to_f32_f16c(float *dst, const unsigned char *src, uint64_t n)
+{
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(src + 2 * i))));
+    return i;
+}
+
+__attribute__((target("avx,f16c"))) static uint64_t f32_to_f16_f16c(unsigned char *dst, const float *src, uint64_t n)
+{
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(void *)(dst + 2 * i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return i;
+}
+#endif
+
 int wmat_to_f32(float *dst, const void *src, wmat_dtype st, uint64_t n)
 {
     switch (st) {
     case WMAT_F32: memmove(dst, src, n * 4); return WMAT_OK;
     case WMAT_F16: {
         const unsigned char *p = src;
-        for (uint64_t i = 0; i < n; i++) {
+        uint64_t i = 0;
+#ifdef DT_X86
+        if (has_f16c()) i = f16_to_f32_f16c(dst, p, n);
+#endif
+        for (; i < n; i++) {
             uint16_t h;
             memcpy(&h, p + 2 * i, 2);
             dst[i] = wmat_f16_to_f32(h);
@@ -146,7 +191,11 @@ int wmat_from_f32(void *dst, wmat_dtype dt, const float *src, uint64_t n)
     case WMAT_F32: memmove(dst, src, n * 4); return WMAT_OK;
     case WMAT_F16: {
         unsigned char *p = dst;
-        for (uint64_t i = 0; i < n; i++) {
+        uint64_t i = 0;
+#ifdef DT_X86
+        if (has_f16c()) i = f32_to_f16_f16c(p, src, n);
+#endif
+        for (; i < n; i++) {
             uint16_t h = wmat_f32_to_f16(src[i]);
             memcpy(p + 2 * i, &h, 2);
         }

@@ -97,8 +97,9 @@ static void release_pages(const wmat_tensor *t)
     release_range(t->data, t->nbytes);
 }
 
-/* Tensor t of input model m as fp32 in wmat's canonical row order. */
-static int read_f32(const wmat_model *m, const wmat_tensor *t, float *dst, float *scratch)
+/* Tensor t of input model m as fp32 in wmat's canonical row order, nt
+ * threads converting (and faulting in) chunks of a mapped matrix. */
+static int read_f32(const wmat_model *m, const wmat_tensor *t, float *dst, float *scratch, int nt)
 {
     const int64_t n = wmat_tensor_nelem(t);
     int rc;
@@ -110,18 +111,28 @@ static int read_f32(const wmat_model *m, const wmat_tensor *t, float *dst, float
         wmat__rope_unpermute_rows(scratch, t->data, (int)(t->shape[0] / m->cfg.head_dim), m->cfg.head_dim, row_bytes);
         rc = wmat_to_f32(dst, scratch, t->dtype, (uint64_t)n);
     } else if (t->ndim == 2 && !(t->flags & WMAT_TF_OWNED)) {
-        /* a mapped matrix: convert a few MiB of rows at a time and drop
-         * their pages at once, so the mapping adds little to resident memory */
+        /* a mapped matrix: convert 1 MiB of rows at a time and drop their
+         * pages at once, so the mapping adds little to resident memory;
+         * the chunks on threads, so page faults of one overlap another's
+         * conversion (the f16 inputs of a merge are read near disk speed) */
         const size_t row_bytes = wmat_dtype_bytes(t->dtype, (uint64_t)t->shape[1]);
-        int64_t step = row_bytes ? (int64_t)(((size_t)4 << 20) / row_bytes) : 1;
+        int64_t step = row_bytes ? (int64_t)(((size_t)1 << 20) / row_bytes) : 1;
         if (step < 1) step = 1;
-        rc = WMAT_OK;
-        for (int64_t r0 = 0; r0 < t->shape[0] && !rc; r0 += step) {
-            const int64_t nr = t->shape[0] - r0 < step ? t->shape[0] - r0 : step;
+        const int64_t chunks = (t->shape[0] + step - 1) / step;
+        int bad = WMAT_OK;
+#pragma omp parallel for num_threads(nt > 0 ? nt : 1) schedule(dynamic, 1) if (chunks > 1)
+        for (int64_t c = 0; c < chunks; c++) {
+            const int64_t r0 = c * step, nr = t->shape[0] - r0 < step ? t->shape[0] - r0 : step;
             const unsigned char *src = (const unsigned char *)t->data + (size_t)r0 * row_bytes;
-            rc = wmat_to_f32(dst + r0 * t->shape[1], src, t->dtype, (uint64_t)(nr * t->shape[1]));
+            /* rows are whole blocks of their type, so this cannot fail once
+             * the model loaded; a failure is kept, not raced over */
+            if (wmat_to_f32(dst + r0 * t->shape[1], src, t->dtype, (uint64_t)(nr * t->shape[1])))
+                __atomic_store_n(&bad, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
             release_range(src, (size_t)nr * row_bytes);
         }
+        rc = bad ? wmat_set_error(bad, "%s rows of %lld values do not convert", wmat_dtype_info(t->dtype)->name,
+                                  (long long)t->shape[1])
+                 : WMAT_OK;
     } else {
         rc = wmat_to_f32(dst, t->data, t->dtype, (uint64_t)n);
     }
@@ -142,9 +153,10 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
     const int L = j->out->cfg.n_layers;
     const int layer = layer_of(ot->name, L);
     const int n_all = j->n_in + j->has_base;
+    const int nt = wmat_context_threads(j->s->ctx);
     for (int i = 0; i < n_all; i++) {
         const wmat_tensor *it = &j->in[i]->tensors[j->idx[i][ti]];
-        int rc = read_f32(j->in[i], it, j->xbuf[i], j->scratch);
+        int rc = read_f32(j->in[i], it, j->xbuf[i], j->scratch, nt);
         if (rc) return rc;
         j->rep->bytes_read += it->nbytes;
     }
@@ -170,7 +182,7 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
         .normalize = j->normalize,
         .seed = name_hash(ot->name, s->seed),
         .scratch = j->scratch,
-        .n_threads = wmat_context_threads(s->ctx),
+        .n_threads = nt,
         .rows = ot->shape[0],
         .cols = ot->ndim > 1 ? ot->shape[1] : 1,
         .linear = ot->ndim == 2 && strcmp(ot->name, WMAT_NAME_TOK_EMBD) != 0,
@@ -195,14 +207,15 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
         return WMAT_OK;
     }
     double dn = 0, bn = 0;
-    int64_t bad = -1;
+    int64_t bad = n;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : dn, bn) reduction(min : bad) if (n > 65536)
     for (int64_t k = 0; k < n; k++) {
-        if (!isfinite(dst[k]) && bad < 0) bad = k;
+        if (!isfinite(dst[k]) && k < bad) bad = k;
         const double d = (double)dst[k] - ref[k];
         dn += d * d;
         bn += (double)ref[k] * ref[k];
     }
-    if (bad >= 0)
+    if (bad < n)
         return wmat_set_error(WMAT_ERR_NUMERIC, "%s: merged tensor %s has a non-finite value at index %lld", j->out_path,
                               ot->name, (long long)bad);
     for (int i = 0; i < n_all; i++) release_pages(&j->in[i]->tensors[j->idx[i][ti]]);
