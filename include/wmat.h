@@ -69,6 +69,18 @@ typedef enum {
     WMAT_I32 = 5,
     WMAT_U8 = 6,
     WMAT_OBJ = 7, /* a weight-operator object (packed quantized, low-rank, ...): see "weight kinds" */
+    /* ggml's other block types (docs/FORMATS.md): read from GGUF and run
+     * in place, and written (Q4_1, Q5_0, Q5_1 by ggml's reference rule) */
+    WMAT_Q4_1 = 8,    /* 32 values: fp16 scale and min + nibbles, 20 bytes */
+    WMAT_Q5_0 = 9,    /* 32 values: fp16 scale + 5-bit codes, 22 bytes */
+    WMAT_Q5_1 = 10,   /* 32 values: fp16 scale and min + 5-bit codes, 24 bytes */
+    WMAT_Q2_K = 11,   /* 256 values: 4-bit scales/mins of 16, 2-bit codes, 84 bytes */
+    WMAT_Q3_K = 12,   /* 256 values: 6-bit scales of 16, 3-bit codes, 110 bytes */
+    WMAT_Q4_K = 13,   /* 256 values: 6-bit scales/mins of 32, 4-bit codes, 144 bytes */
+    WMAT_Q5_K = 14,   /* 256 values: as Q4_K with a 5th bit, 176 bytes */
+    WMAT_Q6_K = 15,   /* 256 values: int8 scales of 16, 6-bit codes, 210 bytes */
+    WMAT_IQ4_NL = 16, /* 32 values: fp16 scale + 4-bit indices into a non-uniform grid, 18 bytes */
+    WMAT_IQ4_XS = 17, /* 256 values: 6-bit scales of 32 + IQ4_NL's grid, 136 bytes */
     WMAT_DTYPE_COUNT,
     WMAT_QPACKED = WMAT_OBJ /* packed quantized storage is the first object kind (data: a wmat_qtensor) */
 } wmat_dtype;
@@ -82,7 +94,7 @@ typedef struct {
 } wmat_dtype_traits;
 
 WMAT_API const wmat_dtype_traits *wmat_dtype_info(wmat_dtype t);
-/* Parse "f32", "f16", "bf16", "q8_0", "q4_0"; returns -1 if unknown. */
+/* Parse a dtype name (wmat_dtype_info(t)->name: "f32", "q4_k", ...); returns -1 if unknown. */
 WMAT_API int wmat_dtype_from_name(const char *name);
 /* Bytes for n values of type t; 0 if n is not a multiple of the block size
  * or the result would overflow. */

@@ -96,7 +96,7 @@ int cmd_merge(int argc, char **argv)
         {"--base", OPT_STR, &base, "MODEL", "the model the others were fine-tuned from"},
         {"--weights", OPT_STR, &weights, "W1,W2,...", "one weight per model (else --weight for all)"},
         {"--densities", OPT_STR, &densities, "D1,D2,...", "one density per model (else --density for all)"},
-        {"--dtype", OPT_STR, &dtype, "T", "output weights: f32 (default), f16, bf16, q8_0, q4_0 (gguf)"},
+        {"--dtype", OPT_STR, &dtype, "T", "output weights: f32 (default), f16, bf16; gguf also q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k, iq4_nl, iq4_xs"},
         {"--to", OPT_STR, &to, "FMT", "output format llama2c|gguf|hf (default by extension: .gguf, .bin, else hf)"},
         {"--tokenizer-source", OPT_STR, &tok_src, "SRC", "base (default) or a model's path"},
         {"--csv", OPT_STR, &csv, "FILE", "per-tensor summary as CSV"},

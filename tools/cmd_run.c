@@ -373,7 +373,7 @@ int cmd_convert(int argc, char **argv)
     const char *to = NULL, *dtype = "f32", *tok_out = NULL;
     cli_opt opts[] = {
         {"--to", OPT_STR, &to, "FORMAT", "llama2c, gguf or hf"},
-        {"--dtype", OPT_STR, &dtype, "TYPE", "weight type: f32 (default), f16, bf16 (hf, gguf), q8_0, q4_0 (gguf)"},
+        {"--dtype", OPT_STR, &dtype, "TYPE", "weight type: f32 (default), f16, bf16 (hf, gguf), q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs (gguf)"},
         {"--tokenizer-out", OPT_STR, &tok_out, "FILE", "llama2c: where to write the tokenizer (default OUT_tokV.bin)"},
         {NULL, 0, NULL, NULL, NULL},
     };
@@ -386,7 +386,9 @@ int cmd_convert(int argc, char **argv)
     if (sp.format == WMAT_FMT_UNKNOWN) return cli_usage_error("convert", "unknown format '%s' (llama2c, gguf, hf)", to);
     int dt = wmat_dtype_from_name(dtype);
     if (dt < 0 || !wmat_dtype_info((wmat_dtype)dt)->is_float)
-        return cli_usage_error("convert", "unknown --dtype '%s' (f32, f16, bf16, q8_0, q4_0)", dtype);
+        return cli_usage_error("convert", "unknown --dtype '%s' (f32, f16, bf16; gguf also q8_0, q4_0, q4_1, q5_0, q5_1, "
+                                          "q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs)",
+                               dtype);
     sp.dtype = (wmat_dtype)dt;
     sp.tokenizer_path = tok_out;
     wmat_model *m;

@@ -18,7 +18,7 @@ const cli_command g_commands[] = {
     {"tokenize", "Encode a text file as llama2.c does and write little-endian uint16 ids.",
      "[MODEL | --tokenizer FILE] --text FILE --out FILE [options]", cmd_tokenize},
     {"convert", "Write a model in another format or weight type (atomic output).",
-     "IN OUT --to llama2c|gguf|hf [--dtype f32|f16|bf16|q8_0|q4_0] [options]", cmd_convert},
+     "IN OUT --to llama2c|gguf|hf [--dtype f32|f16|bf16|q8_0|q4_0|q4_k|q6_k|...] [options]", cmd_convert},
     {"sysinfo", "CPU features, math libraries and kernels in use, and GEMM / memory speed measured now.", "[options]",
      cmd_sysinfo},
     {"analyze", "Spectra, outliers, low-rank-ness, fine-tuning fingerprints and head circuits of every matrix.", "MODEL [--base BASE] [--csv F] [--json-out F] [--html F] [options]", cmd_analyze},

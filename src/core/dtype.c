@@ -14,6 +14,16 @@ static const wmat_dtype_traits g_traits[WMAT_DTYPE_COUNT] = {
     /* quantized storage: data is a wmat_qtensor, not an array; its size is
      * per tensor (t->nbytes), so the table gives none */
     [WMAT_QPACKED] = {"qpacked", 1, 0, 0},
+    [WMAT_Q4_1] = {"q4_1", 32, 20, 1},
+    [WMAT_Q5_0] = {"q5_0", 32, 22, 1},
+    [WMAT_Q5_1] = {"q5_1", 32, 24, 1},
+    [WMAT_Q2_K] = {"q2_k", 256, 84, 1},
+    [WMAT_Q3_K] = {"q3_k", 256, 110, 1},
+    [WMAT_Q4_K] = {"q4_k", 256, 144, 1},
+    [WMAT_Q5_K] = {"q5_k", 256, 176, 1},
+    [WMAT_Q6_K] = {"q6_k", 256, 210, 1},
+    [WMAT_IQ4_NL] = {"iq4_nl", 32, 18, 1},
+    [WMAT_IQ4_XS] = {"iq4_xs", 256, 136, 1},
 };
 
 const wmat_dtype_traits *wmat_dtype_info(wmat_dtype t)
@@ -180,6 +190,12 @@ int wmat_to_f32(float *dst, const void *src, wmat_dtype st, uint64_t n)
         wmat__dequantize_row_q4_0(src, dst, (int64_t)n);
         return WMAT_OK;
     default:
+        if (wmat__ggml_block_type(st) >= 0) {
+            if (wmat__ggml_block_dequant(st, src, dst, (int64_t)n))
+                return wmat_set_error(WMAT_ERR_INVALID, "%s: %llu values is not a multiple of %d", wmat_dtype_info(st)->name,
+                                      (unsigned long long)n, wmat_dtype_info(st)->block_size);
+            return WMAT_OK;
+        }
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "no conversion from %s to f32",
                               wmat_dtype_info(st) ? wmat_dtype_info(st)->name : "unknown dtype");
     }
@@ -218,6 +234,12 @@ int wmat_from_f32(void *dst, wmat_dtype dt, const float *src, uint64_t n)
         wmat__quantize_row_q4_0(src, dst, (int64_t)n);
         return WMAT_OK;
     default:
+        if (wmat__ggml_block_can_quantize(dt)) {
+            if (wmat__ggml_block_quant(dt, src, dst, (int64_t)n))
+                return wmat_set_error(WMAT_ERR_INVALID, "%s needs a multiple of %d values, got %llu", wmat_dtype_info(dt)->name,
+                                      wmat_dtype_info(dt)->block_size, (unsigned long long)n);
+            return WMAT_OK;
+        }
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "no conversion from f32 to %s",
                               wmat_dtype_info(dt) ? wmat_dtype_info(dt)->name : "unknown dtype");
     }

@@ -88,4 +88,15 @@ void wmat__dequantize_row_q8_0(const void *x, float *y, int64_t k);
 void wmat__quantize_row_q4_0(const float *x, void *y, int64_t k);
 void wmat__dequantize_row_q4_0(const void *x, float *y, int64_t k);
 
+/* ggml's other block types (src/core/ggml_kquants.c): the ggml type id of
+ * a dtype (-1: not one of them) and back; dequantize n values (a multiple
+ * of the block size); quantize (ggml's reference rule for Q4_1, Q5_0 and
+ * Q5_1, simple closed-form scales for the others). Both return WMAT_ERR_*
+ * without setting a message. */
+int wmat__ggml_block_type(wmat_dtype dt);
+int wmat__ggml_block_dtype(int ggml_type);
+int wmat__ggml_block_can_quantize(wmat_dtype dt);
+int wmat__ggml_block_dequant(wmat_dtype dt, const void *src, float *dst, int64_t n);
+int wmat__ggml_block_quant(wmat_dtype dt, const float *src, void *dst, int64_t n);
+
 #endif

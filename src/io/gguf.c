@@ -14,6 +14,7 @@
 #include "model_internal.h"
 
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 
 #define GG_DEFAULT_ALIGNMENT 32u
@@ -49,15 +50,41 @@ static const char *const g_ggml_names[40] = {
     [34] = "TQ1_0",   [35] = "TQ2_0", [39] = "MXFP4",
 };
 
-/* llama_ftype values recorded in general.file_type. */
+/* llama_ftype values recorded in general.file_type (a K-quant written for
+ * every matrix is llama.cpp's "_S" mix of that type). */
 static uint32_t file_type_of(wmat_dtype dt)
 {
     switch (dt) {
     case WMAT_F16: return 1;
     case WMAT_Q4_0: return 2;
+    case WMAT_Q4_1: return 3;
     case WMAT_Q8_0: return 7;
+    case WMAT_Q5_0: return 8;
+    case WMAT_Q5_1: return 9;
+    case WMAT_Q2_K: return 10;
+    case WMAT_Q3_K: return 11;
+    case WMAT_Q4_K: return 14;
+    case WMAT_Q5_K: return 16;
+    case WMAT_Q6_K: return 18;
+    case WMAT_IQ4_NL: return 25;
+    case WMAT_IQ4_XS: return 30;
     case WMAT_BF16: return 32;
     default: return 0;
+    }
+}
+
+/* llama.cpp's type for a matrix whose rows are no multiple of 256
+ * (llama_tensor_get_type's fallback): mix4m's ffn_down has 704 inputs. */
+static wmat_dtype block_fallback(wmat_dtype dt)
+{
+    switch (dt) {
+    case WMAT_Q2_K:
+    case WMAT_Q3_K:
+    case WMAT_IQ4_XS: return WMAT_IQ4_NL;
+    case WMAT_Q4_K: return WMAT_Q5_0;
+    case WMAT_Q5_K: return WMAT_Q5_1;
+    case WMAT_Q6_K: return WMAT_Q8_0;
+    default: return WMAT_F16;
     }
 }
 
@@ -65,6 +92,7 @@ static uint32_t ggml_type_of(wmat_dtype dt)
 {
     for (size_t i = 0; i < sizeof g_stored / sizeof g_stored[0]; i++)
         if (g_stored[i].dt == dt) return g_stored[i].ggml;
+    if (wmat__ggml_block_type(dt) >= 0) return (uint32_t)wmat__ggml_block_type(dt);
     return UINT32_MAX;
 }
 
@@ -442,9 +470,13 @@ static int check_tensor(gg_file *g, gg_tensor *t)
     int known = 0;
     for (size_t i = 0; i < sizeof g_stored / sizeof g_stored[0]; i++)
         if (g_stored[i].ggml == t->type) t->dt = g_stored[i].dt, known = 1;
+    if (!known && t->type <= INT_MAX && wmat__ggml_block_dtype((int)t->type) >= 0)
+        t->dt = (wmat_dtype)wmat__ggml_block_dtype((int)t->type), known = 1;
     if (!known) {
         if (t->type < sizeof g_ggml_names / sizeof g_ggml_names[0] && g_ggml_names[t->type])
-            return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: tensor '%s' has ggml type %s (%u); wmat reads F32, F16, BF16, Q8_0 and Q4_0",
+            return wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                                  "%s: tensor '%s' has ggml type %s (%u); wmat reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, "
+                                  "Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS",
                                   g->path, name, g_ggml_names[t->type], t->type);
         return wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor '%s' has unknown ggml type %u", g->path, name, t->type);
     }
@@ -955,7 +987,7 @@ static void w_kvs(gw *w, const wmat_model *m, wmat_dtype dt, const char *name, c
     kv_string(w, "general.name", name);
     kv_u32(w, "general.alignment", GG_DEFAULT_ALIGNMENT);
     kv_u32(w, "general.file_type", file_type_of(dt));
-    if (dt == WMAT_Q8_0 || dt == WMAT_Q4_0) kv_u32(w, "general.quantization_version", 2); /* ggml's GGML_QNT_VERSION */
+    if (wmat_dtype_info(dt)->block_size > 1) kv_u32(w, "general.quantization_version", 2); /* ggml's GGML_QNT_VERSION */
     kv_u32(w, "llama.context_length", (uint32_t)c->seq_len);
     kv_u32(w, "llama.embedding_length", (uint32_t)c->dim);
     kv_u32(w, "llama.block_count", (uint32_t)c->n_layers);
@@ -1029,9 +1061,12 @@ int wmat__gguf_save_with(wmat_model *m, const char *path, wmat_dtype matrix_dtyp
 static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat_dtype file_dt, wmat_gguf_encode_fn enc,
                           void *user)
 {
-    if (want != WMAT_F32 && want != WMAT_F16 && want != WMAT_BF16 && want != WMAT_Q8_0 && want != WMAT_Q4_0)
-        return wmat_set_error(WMAT_ERR_INVALID, "%s: GGUF weights can be f32, f16, bf16, q8_0 or q4_0 (asked for %s)", path,
-                              wmat_dtype_info(want) ? wmat_dtype_info(want)->name : "an unknown type");
+    if (want != WMAT_F32 && want != WMAT_F16 && want != WMAT_BF16 && want != WMAT_Q8_0 && want != WMAT_Q4_0 &&
+        !wmat__ggml_block_can_quantize(want))
+        return wmat_set_error(WMAT_ERR_INVALID,
+                              "%s: GGUF weights can be f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, "
+                              "q6_k, iq4_nl or iq4_xs (asked for %s)",
+                              path, wmat_dtype_info(want) ? wmat_dtype_info(want)->name : "an unknown type");
     if (!m->layer_idx || m->tok_embd_idx < 0 || m->final_norm_idx < 0)
         return wmat_set_error(WMAT_ERR_INVALID, "%s: the model is not bound to the LLaMA roles", path);
     const wmat_config *c = &m->cfg;
@@ -1076,11 +1111,12 @@ static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat
             break;
         }
         /* Norms stay f32 (as in llama.cpp's files); a matrix whose rows do
-         * not split into 32-value blocks falls back to f16. */
+         * not split into the type's blocks takes llama.cpp's fallback (a
+         * 32-block type of about the same size), then f16. */
         if (!g->encoded) {
             g->dt = t->ndim == 1 ? WMAT_F32 : want;
-            const int bs = wmat_dtype_info(g->dt)->block_size;
-            if (t->shape[t->ndim - 1] % bs) g->dt = WMAT_F16;
+            if (t->shape[t->ndim - 1] % wmat_dtype_info(g->dt)->block_size) g->dt = block_fallback(g->dt);
+            if (t->shape[t->ndim - 1] % wmat_dtype_info(g->dt)->block_size) g->dt = WMAT_F16;
         }
         g->nbytes = wmat_dtype_bytes(g->dt, (uint64_t)wmat_tensor_nelem(t));
         g->offset = off;
@@ -1148,7 +1184,7 @@ static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat
         if ((rc = wmat__tensor_f32_for_save(m, t, fill, &x))) break;
         /* ggml's block encoders turn NaN/Inf into out-of-range integer
          * conversions: refuse rather than write garbage. */
-        if ((ts[i].dt == WMAT_Q8_0 || ts[i].dt == WMAT_Q4_0) && !wmat__all_finite(x, (size_t)wmat_tensor_nelem(t), &bad)) {
+        if (wmat_dtype_info(ts[i].dt)->block_size > 1 && !wmat__all_finite(x, (size_t)wmat_tensor_nelem(t), &bad)) {
             rc = wmat_set_error(WMAT_ERR_NUMERIC, "%s: tensor %s has a non-finite value (%g) at index %zu; %s cannot encode it",
                                 path, t->name, x[bad], bad, wmat_dtype_info(ts[i].dt)->name);
             break;

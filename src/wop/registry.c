@@ -9,6 +9,8 @@ extern const wmat_wkind wmat__wkind_f32, wmat__wkind_f16, wmat__wkind_bf16, wmat
 extern const wmat_wkind wmat__wkind_qpacked, wmat__wkind_lowrank;
 extern const wmat_wkind wmat__wkind_nm, wmat__wkind_sparse;
 extern const wmat_wkind wmat__wkind_monarch, wmat__wkind_sum;
+extern const wmat_wkind wmat__wkind_q4_1, wmat__wkind_q5_0, wmat__wkind_q5_1, wmat__wkind_q2_k, wmat__wkind_q3_k,
+    wmat__wkind_q4_k, wmat__wkind_q5_k, wmat__wkind_q6_k, wmat__wkind_iq4_nl, wmat__wkind_iq4_xs;
 
 static const wmat_wkind *const g_kinds[] = {
     &wmat__wkind_f32,     /* kind_f32.c */
@@ -22,6 +24,8 @@ static const wmat_wkind *const g_kinds[] = {
     &wmat__wkind_sparse,  /* kind_sparse.c */
     &wmat__wkind_monarch, /* kind_monarch.c */
     &wmat__wkind_sum,     /* kind_sum.c */
+    &wmat__wkind_q4_1, &wmat__wkind_q5_0, &wmat__wkind_q5_1, &wmat__wkind_q2_k, &wmat__wkind_q3_k, /* kind_ggml.c */
+    &wmat__wkind_q4_k, &wmat__wkind_q5_k, &wmat__wkind_q6_k, &wmat__wkind_iq4_nl, &wmat__wkind_iq4_xs, /* kind_ggml.c */
 };
 #define N_KINDS ((int)(sizeof g_kinds / sizeof g_kinds[0]))
 

@@ -145,3 +145,47 @@ int llamacpp_greedy(const char *gguf, const char *prompt, int n_tokens, llamacpp
     return 0;
 }
 
+
+const char *llamacpp_lcq(const char **why)
+{
+    static char path[1200];
+    if (getenv("WMAT_NO_PEER")) {
+        *why = "llama.cpp peer checks disabled by WMAT_NO_PEER";
+        return NULL;
+    }
+    struct stat st;
+    const char *env = getenv("WMAT_LCQ");
+    if (env && *env) {
+        if (stat(env, &st) == 0) return env;
+        *why = "WMAT_LCQ names no file";
+        return NULL;
+    }
+    const char *dir = getenv("WMAT_NODE_LLAMA_DIR");
+    if (!dir || !*dir) dir = "/opt/nlc";
+    char pkg[1024];
+    snprintf(pkg, sizeof pkg, "%s/node_modules/node-llama-cpp/package.json", dir);
+    if (stat(pkg, &st) != 0) {
+        *why = "node-llama-cpp not installed (set WMAT_NODE_LLAMA_DIR to a folder holding node_modules/node-llama-cpp)";
+        return NULL;
+    }
+    snprintf(path, sizeof path, "%s/lcq-build/lcq", dir);
+    if (stat(path, &st) == 0) return path;
+    const char *script = tu_data("../tools/llamacpp-quant/build.sh");
+    if (!script) {
+        *why = "../shared/tools/llamacpp-quant/build.sh not found";
+        return NULL;
+    }
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "NLC_MODULES='%s/node_modules' LCQ_BUILD='%s/lcq-build' timeout 600 bash '%s' 2>&1", dir, dir,
+             script);
+    int code = 0;
+    char *out = tu_run(cmd, &code);
+    if (code != 0 || stat(path, &st) != 0) {
+        print_message("lcq build failed:\n%s\n", out ? out : "");
+        free(out);
+        *why = "building lcq failed";
+        return NULL;
+    }
+    free(out);
+    return path;
+}

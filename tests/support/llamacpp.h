@@ -21,4 +21,10 @@ const char *llamacpp_script(char *nlc_dir, size_t n, const char **why);
  * (r->raw holds its output). */
 int llamacpp_greedy(const char *gguf, const char *prompt, int n_tokens, llamacpp_result *r, const char **why);
 
+/* llama.cpp's own quantizer and perplexity (../shared/tools/llamacpp-quant's
+ * lcq): $WMAT_LCQ, else built once (~20 s) against node-llama-cpp's
+ * libraries into $WMAT_NODE_LLAMA_DIR/lcq-build. NULL (with *why) when
+ * node-llama-cpp, the tool's source or a C++ compiler is missing. */
+const char *llamacpp_lcq(const char **why);
+
 #endif
