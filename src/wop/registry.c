@@ -9,6 +9,7 @@ extern const wmat_wkind wmat__wkind_f32, wmat__wkind_f16, wmat__wkind_bf16, wmat
 extern const wmat_wkind wmat__wkind_qpacked, wmat__wkind_lowrank;
 extern const wmat_wkind wmat__wkind_nm, wmat__wkind_sparse;
 extern const wmat_wkind wmat__wkind_monarch, wmat__wkind_sum;
+extern const wmat_wkind wmat__wkind_pbllm;
 
 static const wmat_wkind *const g_kinds[] = {
     &wmat__wkind_f32,     /* kind_f32.c */
@@ -22,6 +23,7 @@ static const wmat_wkind *const g_kinds[] = {
     &wmat__wkind_sparse,  /* kind_sparse.c */
     &wmat__wkind_monarch, /* kind_monarch.c */
     &wmat__wkind_sum,     /* kind_sum.c */
+    &wmat__wkind_pbllm,   /* kind_pbllm.c */
 };
 #define N_KINDS ((int)(sizeof g_kinds / sizeof g_kinds[0]))
 
