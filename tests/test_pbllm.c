@@ -6,6 +6,7 @@
 #include "test_util.h"
 
 #include "quant/methods.h"
+#include "quant/qmodel.h"
 #include "wop/kern_dense.h"
 #include "wop/wop.h"
 
@@ -233,6 +234,7 @@ static void test_hostile(void **state)
     ent[0] = 255, ent[1] = 7;
     expect_refused(desc, R, C, &bad, "filler with a code");
     free(ent);
+    uint8_t *sg;
     /* the salient count disagrees with the stream */
     cJSON *d2 = cJSON_Duplicate(desc, 1);
     cJSON_ReplaceItemInObject(d2, "salient", cJSON_CreateNumber(cJSON_GetObjectItem(desc, "salient")->valuedouble + 1));
@@ -250,9 +252,19 @@ static void test_hostile(void **state)
     memcpy(rp + 2 * 4, &inf, 2);
     expect_refused(desc, R, C, &bad, "infinite alpha");
     free(rp);
+    /* a salient weight with its sign bit set (the kernels take it as 0) */
+    bad = st;
+    sg = own_part(&bad, ".pb_sign", (size_t)R * 3);
+    {
+        const int64_t p0 = ((const uint8_t *)st.parts[find(&st, ".pb_sal")].data)[0]; /* the first entry's gap is its position */
+        assert_true(sal[p0]);
+        sg[(p0 / C) * 3 + (p0 % C) / 8] |= (uint8_t)(1u << (p0 % C % 8));
+    }
+    expect_refused(desc, R, C, &bad, "salient sign bit");
+    free(sg);
     /* sign bits past the last input */
     bad = st;
-    uint8_t *sg = own_part(&bad, ".pb_sign", (size_t)R * 3);
+    sg = own_part(&bad, ".pb_sign", (size_t)R * 3);
     sg[3 * 2 + 2] |= 0x80;
     expect_refused(desc, R, C, &bad, "padding bits");
     free(sg);
@@ -506,11 +518,79 @@ static void test_feedback_helps(void **state)
     free(W), free(D);
 }
 
+/* stories260K through the driver: the packed pbllm model (in memory and
+ * saved to the native directory, then loaded) computes the fake-quant
+ * perplexity. */
+static double eval_ppl(wmat_model *m, const int32_t *ids, size_t n)
+{
+    wmat_runtime_params rp = wmat_runtime_default_params();
+    rp.max_batch_tokens = 128;
+    rp.kv_cache_len = 1;
+    wmat_runtime *rt;
+    TU_OK(wmat_runtime_create(&rt, m, &rp));
+    wmat_eval_result r;
+    TU_OK(wmat_eval_tokens(rt, ids, n, 128, 8, &r));
+    wmat_runtime_free(rt);
+    return r.ppl;
+}
+
+static void test_model_roundtrip(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(mp, "models/stories260K.bin");
+    TU_NEED_DATA(cp, "golden/tinystories_valid_head.tok512.u16");
+    int32_t *tok;
+    size_t nt;
+    TU_OK(wmat_read_tokens_u16(cp, &tok, &nt));
+    wmat_model *m = NULL;
+    wmat_load_params lp = wmat_load_default_params();
+    lp.materialize_f32 = 1;
+    TU_OK(wmat_model_load(&m, mp, &lp));
+    wmat_quantize_params p = wmat_quantize_default_params();
+    p.method = "pbllm";
+    p.method_params = "salient=0.05";
+    p.calib = tok;
+    p.n_calib = 4 * 128;
+    p.calib_ctx = 128;
+    wmat_quantize_report rep;
+    wmat_qresult *res;
+    TU_OK(wmat__quantize_model(m, &p, &rep, &res));
+    /* 5 layers x 7 matrices; bits per weight from the kind's bytes */
+    assert_int_equal(rep.n_tensors, 35);
+    assert_true(rep.bits_per_weight > 1.5 && rep.bits_per_weight < 3.0);
+    const double fake = eval_ppl(m, tok + 65536, nt - 65536);
+    for (int i = 0; i < wmat_model_n_tensors(m); i++)
+        if (wmat_qresult_done(&res[i])) {
+            TU_OK(wmat_model_set_quantized(m, wmat_model_tensor(m, i)->name, &res[i]));
+            assert_string_equal(wmat_tensor_kind(wmat_model_tensor(m, i)), "pbllm");
+        }
+    const double packed = eval_ppl(m, tok + 65536, nt - 65536);
+    const char *dir = tu_tmp("pbllm-native");
+    TU_OK(wmat_quant_model_save(m, dir, WMAT_FMT_QUANT));
+    wmat_model *m2 = NULL;
+    lp = wmat_load_default_params();
+    lp.keep_stored = 1;
+    TU_OK(wmat_model_load(&m2, dir, &lp));
+    const double loaded = eval_ppl(m2, tok + 65536, nt - 65536);
+    print_message("stories260K pbllm 5%%: %.3f bpw, perplexity fake-quant %.5f, packed %.5f, loaded %.5f\n",
+                  rep.bits_per_weight, fake, packed, loaded);
+    /* the same weights through the kind's batched path instead of fp32 GEMMs */
+    if (!(fabs(packed - fake) <= 1e-4 * fake)) fail_msg("packed %g, fake-quant %g", packed, fake);
+    if (!(loaded == packed)) fail_msg("loaded %g, packed %g", loaded, packed);
+    for (int i = 0; i < wmat_model_n_tensors(m); i++) wmat_qresult_free(&res[i]);
+    wmat__free(res);
+    wmat_quantize_report_free(&rep);
+    wmat_model_free(m);
+    wmat_model_free(m2);
+    free(tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kernel),           cmocka_unit_test(test_bpw),       cmocka_unit_test(test_hostile),
         cmocka_unit_test(test_method_vs_literal), cmocka_unit_test(test_mask_rule), cmocka_unit_test(test_feedback_helps),
+        cmocka_unit_test(test_model_roundtrip),
     };
     return tu_run_tests("pbllm", tests, NULL, NULL);
 }

@@ -22,7 +22,7 @@ int wmat_model_set_quantized(wmat_model *m, const char *name, wmat_qresult *q)
         return wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is not materialized (f32, canonical layout)", src, name);
     if (q->obj) {
         /* a method's own kind: the tensor takes the object over */
-        wmat__tensor_own_obj(t, q->rows, q->cols, q->obj);
+        wmat__tensor_set_obj(t, q->obj);
         q->obj = NULL;
         return WMAT_OK;
     }

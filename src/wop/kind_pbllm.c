@@ -17,12 +17,12 @@
  * (its code is 0). Eight bits of position per salient weight (plus a rare
  * filler) instead of a 1-bit mask over every weight: cheaper below 1/8
  * salient, which is where PB-LLM is meant to run. The sign bits at salient
- * positions are stored too (the kernels need no second bit plane).
+ * positions are stored too, as 0 (the kernels need no second bit plane).
  *
- * Kernels: y_r = (mu - alpha) sum(x) + 2 alpha sum_{s_c = +1} x_c over every
- * column, then each salient weight adds (v - b) x_c, v its 8-bit value and
- * b what the binary plane gave at c. sum(x) is the prepared input, shared
- * by all rows. The masked sums have an AVX2 path (each 32-bit word of signs
+ * Kernels: the sign bit of a salient position is 0 (checked on load), so
+ * y_r = (mu - alpha) (sum(x) - X_s) + 2 alpha sum_{s_c = +1} x_c
+ *       + scale (sum_salient code_c x_c - zero X_s),  X_s = sum_salient x_c.
+ * sum(x) is the prepared input, shared by all rows. The masked sums have an AVX2 path (each 32-bit word of signs
  * shifted so that bit c lands in lane c's sign bit, a blend picks x) and a
  * plain C twin; the batched paths dequantize tiles of rows for a GEMM. */
 #include "wop.h"
@@ -109,6 +109,9 @@ static int build_index(pbobj *o, const char *what)
         if (g == PB_FILL && o->ent[2 * k + 1])
             return wmat_set_error(WMAT_ERR_FORMAT, "%s: filler entry %lld has a code", what, (long long)k);
         for (; r < rows && np >= r * o->cols; r++) o->first[r] = k, o->base[r] = pos;
+        /* the kernels take a salient weight's sign bit to be 0 */
+        if (g < PB_FILL && sign_at(o->sign + (np / o->cols) * o->sb, np % o->cols))
+            return wmat_set_error(WMAT_ERR_FORMAT, "%s: salient weight %lld has its sign bit set", what, (long long)k);
         nsal += g < PB_FILL;
         pos = np;
     }
@@ -138,8 +141,7 @@ static int build_index(pbobj *o, const char *what)
 static float bin_sum_ref(const uint8_t *s, const float *x, int64_t cols)
 {
     float a = 0.0f;
-    for (int64_t c = 0; c < cols; c++)
-        if (sign_at(s, c)) a += x[c];
+    for (int64_t c = 0; c < cols; c++) a += (float)sign_at(s, c) * x[c]; /* no branch: the bits are random */
     return a;
 }
 
@@ -214,12 +216,18 @@ static void pb_rows(const wmat_tensor *W, const float *x, const void *prep, floa
         else
 #endif
             m = bin_sum_ref(s, x, o->cols);
-        float d = (f[0] - f[1]) * S + 2.0f * f[1] * m, e = 0.0f;
+        /* salient positions have sign bit 0 (checked on load), so the binary
+         * plane gave them mu - alpha: each adds scale (code - zero) x_c -
+         * (mu - alpha) x_c; sum code x_c and sum x_c over four chains each */
+        float cx[4] = {0, 0, 0, 0}, sx[4] = {0, 0, 0, 0};
+        int64_t j = 0;
         PB_ROW_WALK(o, r, {
-            const float v = f[2] * ((float)code - f[3]), b = sign_at(s, c) ? f[0] + f[1] : f[0] - f[1];
-            e += (v - b) * x[c];
+            cx[j & 3] += (float)code * x[c];
+            sx[j & 3] += x[c];
+            j++;
         });
-        d += e;
+        const float csum = (cx[0] + cx[1]) + (cx[2] + cx[3]), xsum = (sx[0] + sx[1]) + (sx[2] + sx[3]);
+        const float d = (f[0] - f[1]) * (S - xsum) + 2.0f * f[1] * m + f[2] * (csum - f[3] * xsum);
         y[r] = acc ? y[r] + d : d;
     }
     (void)avx2;
