@@ -57,7 +57,7 @@ typedef struct {
     const uint8_t *ent;     /* (max(n_ent, 1), 2) */
     /* in memory only (from the stored arrays): where each row's walk of the
      * stream starts (entry, cursor), and the row parameters as f32 */
-    int64_t *first, *base;
+    int64_t *first, *base;  /* (rows + 1) each */
     float *rowf;            /* (rows, 4): mu, alpha, scale, zero */
     void *idx;              /* owns first, base, rowf */
     void *own;              /* the stored arrays when built in memory */
@@ -69,18 +69,18 @@ static int64_t ent_rows(const pbobj *o) { return o->n_ent > 0 ? o->n_ent : 1; }
 
 /* ---- the salient stream */
 
-/* Calls fn(c, code) for every salient weight of row r (c its column). */
-#define PB_ROW_WALK(o, r, ...)                                                                                      \
+/* Runs the statement for every salient weight of row r (c its column,
+ * code its 8-bit code): the entries [first[r], first[r + 1]) all land in
+ * row r, since the cursor only grows. */
+#define PB_ROW_WALK(o, r, ...)                                                                                       \
     do {                                                                                                             \
-        const int64_t rb_ = (r) * (o)->cols, end_ = rb_ + (o)->cols;                                                 \
+        const int64_t rb_ = (r) * (o)->cols, k1_ = (o)->first[(r) + 1];                                              \
         int64_t pos_ = (o)->base[r];                                                                                 \
-        for (int64_t k_ = (o)->first[r]; k_ < (o)->n_ent; k_++) {                                                    \
+        for (int64_t k_ = (o)->first[r]; k_ < k1_; k_++) {                                                           \
             const unsigned g_ = (o)->ent[2 * k_];                                                                    \
-            const int64_t np_ = pos_ + (g_ < PB_FILL ? (int64_t)g_ + 1 : PB_FILL);                                   \
-            if (np_ >= end_) break;                                                                                  \
-            pos_ = np_;                                                                                              \
+            pos_ += g_ < PB_FILL ? (int64_t)g_ + 1 : PB_FILL;                                                        \
             if (g_ < PB_FILL) {                                                                                      \
-                const int64_t c = np_ - rb_;                                                                         \
+                const int64_t c = pos_ - rb_;                                                                        \
                 const unsigned code = (o)->ent[2 * k_ + 1];                                                          \
                 __VA_ARGS__;                                                                                         \
             }                                                                                                        \
@@ -94,12 +94,12 @@ static int sign_at(const uint8_t *s, int64_t c) { return s[c >> 3] >> (c & 7) & 
 static int build_index(pbobj *o, const char *what)
 {
     const int64_t rows = o->rows, total = rows * o->cols;
-    char *buf = wmat__aligned_alloc(align64((size_t)rows * 16) + (size_t)rows * 16);
+    char *buf = wmat__aligned_alloc(align64((size_t)(rows + 1) * 16) + (size_t)rows * 16);
     if (!buf) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", what);
     o->idx = buf;
     o->first = (int64_t *)buf;
-    o->base = o->first + rows;
-    o->rowf = (float *)(buf + align64((size_t)rows * 16));
+    o->base = o->first + rows + 1;
+    o->rowf = (float *)(buf + align64((size_t)(rows + 1) * 16));
     int64_t pos = -1, r = 0, nsal = 0;
     for (int64_t k = 0; k < o->n_ent; k++) {
         const unsigned g = o->ent[2 * k];
@@ -108,14 +108,14 @@ static int build_index(pbobj *o, const char *what)
             return wmat_set_error(WMAT_ERR_FORMAT, "%s: salient entry %lld points past the last weight", what, (long long)k);
         if (g == PB_FILL && o->ent[2 * k + 1])
             return wmat_set_error(WMAT_ERR_FORMAT, "%s: filler entry %lld has a code", what, (long long)k);
-        for (; r < rows && np >= r * o->cols; r++) o->first[r] = k, o->base[r] = pos;
+        for (; r <= rows && np >= r * o->cols; r++) o->first[r] = k, o->base[r] = pos;
         /* the kernels take a salient weight's sign bit to be 0 */
         if (g < PB_FILL && sign_at(o->sign + (np / o->cols) * o->sb, np % o->cols))
             return wmat_set_error(WMAT_ERR_FORMAT, "%s: salient weight %lld has its sign bit set", what, (long long)k);
         nsal += g < PB_FILL;
         pos = np;
     }
-    for (; r < rows; r++) o->first[r] = o->n_ent, o->base[r] = pos;
+    for (; r <= rows; r++) o->first[r] = o->n_ent, o->base[r] = pos;
     if (nsal != o->n_sal)
         return wmat_set_error(WMAT_ERR_FORMAT, "%s: the salient stream holds %lld weights, the description says %lld", what,
                               (long long)nsal, (long long)o->n_sal);
