@@ -298,7 +298,7 @@ static int pack_rtn4(wmat_model *m)
     wmat_qresult *res = NULL;
     int rc = wmat__quantize_model(m, &qp, NULL, &res);
     for (int i = 0; res && i < wmat_model_n_tensors(m); i++) {
-        if (rc == WMAT_OK && res[i].codes) rc = wmat_model_set_quantized(m, wmat_model_tensor(m, i)->name, &res[i]);
+        if (rc == WMAT_OK && wmat_qresult_done(&res[i])) rc = wmat_model_set_quantized(m, wmat_model_tensor(m, i)->name, &res[i]);
         wmat_qresult_free(&res[i]);
     }
     wmat__free(res);

@@ -34,6 +34,7 @@ static const struct {
     {"gptq", 0.26, 0.059},
     {"adadim-rtn", 0.127, 0.0127},
     {"adadim-gptq", 0.143, 0.0077},
+    {"pbllm", 0.25, 0.04}, /* 10% at 8 bits, the rest 1 bit (no bits key: one budget); measured 0.203, 0.030 */
 };
 
 static void rand_matrix(float *W, int64_t n, uint64_t seed, float sd)
@@ -254,7 +255,7 @@ static void test_runs_within_budget(void **state)
             memset(&info, 0, sizeof info);
             /* a data-free method gets no statistics, as the driver does */
             TU_OK(qm->fn(&q, W, m, n, qm->stats ? &st : NULL, &qp, &info));
-            assert_int_equal(q.bits, qp.bits);
+            if (wmat__pset_has(&ps, "bits")) assert_int_equal(q.bits, qp.bits);
             wmat_qresult_dequant(&q, D);
             double num = 0;
             for (int64_t i = 0; i < m * n; i++) num += ((double)W[i] - D[i]) * ((double)W[i] - D[i]);

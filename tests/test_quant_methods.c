@@ -366,7 +366,7 @@ static void test_adadim_and_registry(void **state)
         assert_ptr_equal(wmat__qmethod_find(qm->name), qm);
         assert_string_equal(wmat_quantize_method_name(n_methods, NULL), qm->name);
     }
-    assert_int_equal(n_methods, 5);
+    assert_true(n_methods >= 5);
     free(st.x2);
     free(W);
     free(D);
@@ -469,7 +469,9 @@ static void test_driver_stories260k(void **state)
         p.keep = "layers.4.mlp";
         /* without the fallback: a clear error naming the tensor (AdaDim
          * only needs one of its two axes to divide, and 32 divides 64) */
-        if (strncmp(p.method, "adadim", 6)) {
+        int has_group = 0; /* a method without groups (PB-LLM) has nothing to fall back from */
+        for (const wmat_param_spec *k = wmat__qmethod_find(p.method)->schema; k->name; k++) has_group |= !strcmp(k->name, "group");
+        if (strncmp(p.method, "adadim", 6) && has_group) {
             assert_int_equal(wmat_quantize_model(m, &p, NULL), WMAT_ERR_INVALID);
             assert_non_null(strstr(wmat_last_error(), "does not divide"));
             p.group_fallback = 1;

@@ -44,7 +44,7 @@ static int cmp_desc(const void *a, const void *b)
 
 /* U (n, n) float, upper, with (H + lambda mean(diag) I)^-1 = U^T U. Raises
  * *lambda by 10x (up to 5 tries) when a factorization fails. */
-static int inverse_cholesky(const double *H, int64_t n, double *lambda, float *U)
+int wmat__gptq_inverse_cholesky(const double *H, int64_t n, double *lambda, float *U)
 {
     double mean = 0.0;
     for (int64_t j = 0; j < n; j++) mean += H[j * n + j];
@@ -85,6 +85,65 @@ static int inverse_cholesky(const double *H, int64_t n, double *lambda, float *U
     return WMAT_OK;
 }
 
+void wmat__gptq_dead_inputs(double *H, float *W, int64_t m, int64_t n)
+{
+    for (int64_t j = 0; j < n; j++)
+        if (H[j * n + j] == 0.0) {
+            H[j * n + j] = 1.0;
+            for (int64_t r = 0; r < m; r++) W[r * n + j] = 0.0f;
+        }
+}
+
+void wmat__gptq_feedback(float *W, int64_t m, int64_t n, const float *U, int B, float *E, int nt, wmat_gptq_colq q,
+                         void *user)
+{
+    for (int64_t i1 = 0; i1 < n; i1 += B) {
+        const int64_t i2 = i1 + B < n ? i1 + B : n, cnt = i2 - i1;
+        /* rows are independent within a block */
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t r = 0; r < m; r++) {
+            float *w = W + r * n;
+            for (int64_t i = i1; i < i2; i++) {
+                const float e = (w[i] - q(user, r, i, w)) / U[i * n + i];
+                E[r * B + (i - i1)] = e;
+                const float *u = U + i * n;
+                for (int64_t j = i + 1; j < i2; j++) w[j] -= e * u[j];
+            }
+        }
+        if (i2 < n)
+            wmat_sgemm(0, 0, (int)m, (int)(n - i2), (int)cnt, -1.0f, E, B, U + i1 * n + i2, (int)n, 1.0f, W + i2, (int)n);
+    }
+}
+
+/* GPTQ's own quantizer of one weight along the inputs (groups refitted as
+ * the loop enters them, static or per-OC grids read). */
+typedef struct {
+    wmat_qresult *out;
+    const wmat_qparams *p;
+    int64_t n, gpr;
+    int g, maxq, per_oc, stat;
+    const int32_t *perm;
+    const float *st_scale, *st_zero;
+} gptq_in;
+
+static float gptq_in_q(void *user, int64_t r, int64_t i, const float *w)
+{
+    const gptq_in *c = user;
+    const wmat_qparams *p = c->p;
+    int64_t gi;
+    if (c->per_oc) gi = r;
+    else if (c->stat) gi = r * c->gpr + c->perm[i] / c->g;
+    else {
+        gi = r * c->gpr + i / c->g;
+        if (i % c->g == 0)
+            wmat__qfit(w + i, c->g, 1, NULL, 0, p->bits, p->sym, p->clip, 0, &c->out->scales[gi], &c->out->zeros[gi]);
+    }
+    const float s = c->stat ? c->st_scale[gi] : c->out->scales[gi], z = c->stat ? c->st_zero[gi] : c->out->zeros[gi];
+    const uint8_t code = wmat__qcode(w[i], s, z, c->maxq);
+    c->out->codes[r * c->n + i] = code;
+    return s * ((float)code - z);
+}
+
 int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t cols, const wmat_qstats *st,
                      const wmat_qparams *p, wmat_qmethod_info *info)
 {
@@ -120,12 +179,7 @@ int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t c
     memcpy(H, st->H, (size_t)(n * n) * sizeof(double));
     memcpy(Wk, W0, (size_t)(m * n) * sizeof(float));
 
-    /* dead inputs */
-    for (int64_t j = 0; j < n; j++)
-        if (H[j * n + j] == 0.0) {
-            H[j * n + j] = 1.0;
-            for (int64_t r = 0; r < m; r++) Wk[r * n + j] = 0.0f;
-        }
+    wmat__gptq_dead_inputs(H, Wk, m, n);
 
     /* static groups: from the original (dead-zeroed) W, original order */
     if (stat) {
@@ -175,7 +229,7 @@ int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t c
     }
 
     double lambda = p->damp > 0 ? p->damp : 0.01;
-    if ((rc = inverse_cholesky(H, n, &lambda, U))) goto fail;
+    if ((rc = wmat__gptq_inverse_cholesky(H, n, &lambda, U))) goto fail;
 
     /* per-OC: one grid per row from the whole (dead-zeroed) W */
     if (per_oc)
@@ -183,35 +237,12 @@ int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t c
             wmat__qfit(Wk + r * n, n, 1, NULL, 0, p->bits, p->sym, p->clip, 0, &out->scales[r], &out->zeros[r]);
 
     const int64_t gpr = axis_in ? n / g : 0, gpc = axis_in ? 0 : m / g;
-    for (int64_t i1 = 0; i1 < n; i1 += B) {
-        const int64_t i2 = i1 + B < n ? i1 + B : n, cnt = i2 - i1;
-        if (axis_in) {
-            /* rows are independent within a block */
-#pragma omp parallel for num_threads(nt) schedule(static)
-            for (int64_t r = 0; r < m; r++) {
-                float *w = Wk + r * n;
-                float s = 0, z = 0;
-                for (int64_t i = i1; i < i2; i++) {
-                    int64_t gi;
-                    if (per_oc) gi = r;
-                    else if (stat) gi = r * gpr + perm[i] / g;
-                    else {
-                        gi = r * gpr + i / g;
-                        if (i % g == 0)
-                            wmat__qfit(w + i, g, 1, NULL, 0, p->bits, p->sym, p->clip, 0, &out->scales[gi],
-                                       &out->zeros[gi]);
-                    }
-                    s = stat ? st_scale[gi] : out->scales[gi];
-                    z = stat ? st_zero[gi] : out->zeros[gi];
-                    const uint8_t code = wmat__qcode(w[i], s, z, maxq);
-                    out->codes[r * n + i] = code;
-                    const float e = (w[i] - s * ((float)code - z)) / U[i * n + i];
-                    E[r * B + (i - i1)] = e;
-                    const float *u = U + i * n;
-                    for (int64_t j = i + 1; j < i2; j++) w[j] -= e * u[j];
-                }
-            }
-        } else {
+    if (axis_in) {
+        gptq_in qc = {out, p, n, gpr, g, maxq, per_oc, stat, perm, st_scale, st_zero};
+        wmat__gptq_feedback(Wk, m, n, U, B, E, nt, gptq_in_q, &qc);
+    } else {
+        for (int64_t i1 = 0; i1 < n; i1 += B) {
+            const int64_t i2 = i1 + B < n ? i1 + B : n, cnt = i2 - i1;
             for (int64_t i = i1; i < i2; i++) {
                 const int64_t c = perm[i];
                 float *sc = stat ? st_scale + c * gpc : out->scales + (use_perm ? i : c) * gpc;
@@ -231,10 +262,10 @@ int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t c
                     for (int64_t j = i + 1; j < i2; j++) w[j] -= e * u[j];
                 }
             }
+            if (i2 < n)
+                wmat_sgemm(0, 0, (int)m, (int)(n - i2), (int)cnt, -1.0f, E, B, U + i1 * n + i2, (int)n, 1.0f, Wk + i2,
+                           (int)n);
         }
-        if (i2 < n)
-            wmat_sgemm(0, 0, (int)m, (int)(n - i2), (int)cnt, -1.0f, E, B, U + i1 * n + i2, (int)n, 1.0f, Wk + i2,
-                       (int)n);
     }
 
     if (stat) {

@@ -33,12 +33,23 @@
     {"damp", WMAT_PARAM_FLOAT, "0.01", 0, 100, NULL,                                                                  \
      "damping, times mean(diag H), raised x10 while Cholesky fails; 0: 0.01", NULL}
 #define QP_BLOCK {"block", WMAT_PARAM_INT, "128", 1, 1 << 20, NULL, "lazy-update block of columns", NULL}
+#define QP_SALIENT                                                                                                    \
+    {"salient", WMAT_PARAM_FLOAT, "0.1", 0, 1, NULL,                                                                  \
+     "PB-LLM: fraction of the weights kept on an 8-bit row grid (the rest binarized)", NULL}
+#define QP_METRIC                                                                                                     \
+    {"metric", WMAT_PARAM_ENUM, "hessian", 0, 0, "magnitude|hessian",                                                 \
+     "PB-LLM: salient weights by |W| or by W^2 / U_jj^2 (U: GPTQ's Cholesky factor of H^-1)", NULL}
+#define QP_MU_ALPHA                                                                                                   \
+    {"mu_alpha", WMAT_PARAM_ENUM, "binarized", 0, 0, "binarized|row",                                                 \
+     "PB-LLM: binary mean and scale over the binarized weights (paper) or the whole row with salient as 0 (its code)", \
+     NULL}
 #define QP_END {NULL, 0, NULL, 0, 0, NULL, NULL, NULL}
 
 static const wmat_param_spec k_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, QP_PER_IC, QP_CLIP, QP_END};
 static const wmat_param_spec k_gptq_keys[] = {QP_BITS, QP_GROUP,         QP_SYM,  QP_PER_IC, QP_CLIP,
                                               QP_ACT_ORDER, QP_STATIC_GROUPS, QP_DAMP, QP_BLOCK, QP_END};
 static const wmat_param_spec k_adadim_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, QP_CLIP, QP_END};
+static const wmat_param_spec k_pbllm_keys[] = {QP_SALIENT, QP_METRIC, QP_MU_ALPHA, QP_DAMP, QP_BLOCK, QP_END};
 static const wmat_param_spec k_adadim_gptq_keys[] = {QP_BITS,          QP_GROUP, QP_SYM,   QP_CLIP, QP_ACT_ORDER,
                                                      QP_STATIC_GROUPS, QP_DAMP,  QP_BLOCK, QP_END};
 
@@ -58,6 +69,7 @@ const wmat_qmethod wmat__qmethods[] = {
     {.desc = {"adadim-gptq", QUANT, WMAT_QSTAT_HESSIAN, WMAT_QM_OWN_AXIS, k_adadim_gptq_keys, "qpacked",
               "AdaDim over GPTQ"},
      .fn = wmat__quant_adadim_gptq},
+    {.desc = {"pbllm", QUANT, WMAT_QSTAT_HESSIAN, 0, k_pbllm_keys, "pbllm", "PB-LLM: binarized rows + an 8-bit salient fraction, in GPTQ's error feedback"}, .fn = wmat__quant_pbllm},
     {.desc = {NULL, NULL, 0, 0, NULL, NULL, NULL}, .fn = NULL},
 };
 #undef QUANT
@@ -106,6 +118,9 @@ void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp)
     /* 0 keeps GPTQ's 0.01, in float as the public field has always had it */
     if (wmat__pset_has(ps, "damp")) qp->damp = wmat__pset_float(ps, "damp") > 0 ? (float)wmat__pset_float(ps, "damp") : 0.01f;
     if (wmat__pset_has(ps, "block")) qp->block = (int)wmat__pset_int(ps, "block");
+    if (wmat__pset_has(ps, "salient")) qp->salient = wmat__pset_float(ps, "salient");
+    if (wmat__pset_has(ps, "metric")) qp->salient_hessian = wmat__pset_int(ps, "metric") == 1;
+    if (wmat__pset_has(ps, "mu_alpha")) qp->mu_alpha_row = wmat__pset_int(ps, "mu_alpha") == 1;
 }
 
 const char *wmat_quantize_method_name(int i, int *needs_calibration)
@@ -347,6 +362,7 @@ static int gguf_holds(const qjob *j, int own_axis)
  * byte), fp16 scales, u8 zero points when asymmetric, i32 perm. */
 static double stored_bpw(const wmat_qresult *q)
 {
+    if (q->obj) return 8.0 * (double)wmat_qresult_obj_bytes(q) / ((double)q->rows * (double)q->cols);
     const int cb = q->bits == 2 || q->bits == 3 || q->bits == 4 || q->bits == 8 ? q->bits : 8;
     const double ng = (double)wmat_qresult_n_groups(q), nw = (double)q->rows * (double)q->cols;
     return ((double)cb * nw + 16.0 * ng + (q->sym ? 0.0 : 8.0 * ng) + (q->perm ? 32.0 * (double)q->cols : 0.0)) / nw;
@@ -593,7 +609,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
         for (int i = 0; i < n_tensors; i++) {
             const wmat_tensor *t = wmat_model_tensor(m, i);
             before += (double)t->nbytes;
-            if (results[i].codes) {
+            if (wmat_qresult_done(&results[i])) {
                 const double nw = (double)wmat_tensor_nelem(t);
                 after += stored_bpw(&results[i]) * nw / 8.0;
                 qbits += stored_bpw(&results[i]) * nw;

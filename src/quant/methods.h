@@ -26,6 +26,9 @@ typedef struct {
     float damp;        /* GPTQ: relative damping lambda (0.01); raised if Cholesky fails */
     int block;         /* GPTQ: lazy-update block size (128) */
     int n_threads;     /* OpenMP threads of the method's loops (>= 1) */
+    double salient;      /* PB-LLM: fraction of the weights kept at 8 bits (0.1) */
+    int salient_hessian; /* PB-LLM: salient by W^2 / U_jj^2 (1, default) or by |W| (0) */
+    int mu_alpha_row;    /* PB-LLM: binary mu, alpha over the whole row, salient as 0 (the reference code) */
 } wmat_qparams;
 
 wmat_qparams wmat__qparams_default(void);
@@ -103,7 +106,7 @@ void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp);
  * WMAT_ERR_INVALID naming the key, the value and what is allowed. */
 int wmat__quantize_check(const wmat_quantize_params *p);
 
-/* The methods (rtn.c, gptq.c, adadim.c). */
+/* The methods (rtn.c, gptq.c, adadim.c, pbllm.c). */
 int wmat__quant_rtn(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
                     const wmat_qparams *p, wmat_qmethod_info *info);
 int wmat__quant_imatrix(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
@@ -114,6 +117,28 @@ int wmat__quant_adadim_rtn(wmat_qresult *out, const float *W, int64_t rows, int6
                            const wmat_qparams *p, wmat_qmethod_info *info);
 int wmat__quant_adadim_gptq(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
                             const wmat_qparams *p, wmat_qmethod_info *info);
+/* PB-LLM (pbllm.c): the result is an object of the pbllm kind (out->obj). */
+int wmat__quant_pbllm(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                      const wmat_qparams *p, wmat_qmethod_info *info);
+
+/* ---- GPTQ's machinery (gptq.c), shared with methods that run their own
+ * quantizer inside its error feedback (PB-LLM) */
+
+/* Dead inputs (H_jj = 0): H_jj = 1 and W[:, j] = 0 (H (n, n), W (m, n)). */
+void wmat__gptq_dead_inputs(double *H, float *W, int64_t m, int64_t n);
+/* U (n, n), upper, with (H + lambda mean(diag H) I)^-1 = U^T U; *lambda is
+ * raised x10 (up to 5 tries) while the factorization fails. */
+int wmat__gptq_inverse_cholesky(const double *H, int64_t n, double *lambda, float *U);
+/* The quantized value of column i of row r, given the row w as the error
+ * feedback has left it (w[i] is the value to quantize). Called for the rows
+ * of a block on up to nt threads at once, each row's columns in order. */
+typedef float (*wmat_gptq_colq)(void *user, int64_t r, int64_t i, const float *w);
+/* GPTQ's column loop over W (m, n): for each block of B columns, column i
+ * of each row becomes q(...), its error (w_i - q) / U_ii goes onto the
+ * block's later columns, and the block's errors (E, m x B scratch) onto the
+ * columns after it in one GEMM. W is left error-fed (not overwritten by q). */
+void wmat__gptq_feedback(float *W, int64_t m, int64_t n, const float *U, int B, float *E, int nt, wmat_gptq_colq q,
+                         void *user);
 
 /* ---- shared pieces of the grids (rtn.c) */
 

@@ -20,6 +20,8 @@ wmat_qparams wmat__qparams_default(void)
     p.damp = 0.01f;
     p.block = 128;
     p.n_threads = 1;
+    p.salient = 0.1;
+    p.salient_hessian = 1;
     return p;
 }
 

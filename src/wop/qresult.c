@@ -1,5 +1,7 @@
 #include "quant.h"
 
+#include "wop.h"
+
 #include <string.h>
 
 int wmat_qresult_alloc(wmat_qresult *q, int bits, int sym, wmat_qaxis axis, int group, int64_t rows, int64_t cols,
@@ -32,8 +34,19 @@ int wmat_qresult_alloc(wmat_qresult *q, int bits, int sym, wmat_qaxis axis, int 
     return WMAT_OK;
 }
 
+static const wmat_wkind *obj_kind(const wmat_qresult *q) { return ((const wmat_wobj *)q->obj)->kind; }
+
+uint64_t wmat_qresult_obj_bytes(const wmat_qresult *q)
+{
+    if (!q->obj) return 0;
+    wmat_tensor t;
+    wmat__tensor_init2(&t, WMAT_OBJ, q->rows, q->cols, q->obj);
+    return obj_kind(q)->nbytes(&t);
+}
+
 void wmat_qresult_free(wmat_qresult *q)
 {
+    if (q->obj) obj_kind(q)->free(q->obj);
     wmat__free(q->codes);
     wmat__free(q->scales);
     wmat__free(q->zeros);
@@ -43,6 +56,12 @@ void wmat_qresult_free(wmat_qresult *q)
 
 void wmat_qresult_dequant(const wmat_qresult *q, float *W)
 {
+    if (q->obj) {
+        wmat_tensor t;
+        wmat__tensor_init2(&t, WMAT_OBJ, q->rows, q->cols, q->obj);
+        obj_kind(q)->dequant_rows(&t, 0, q->rows, W);
+        return;
+    }
     for (int64_t r = 0; r < q->rows; r++)
         for (int64_t k = 0; k < q->cols; k++) {
             const int64_t g = wmat_qresult_group_of(q, r, k);

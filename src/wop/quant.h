@@ -39,7 +39,14 @@ typedef struct {
     float *scales;  /* (n_groups) owned */
     float *zeros;   /* (n_groups) owned */
     int32_t *perm;  /* (cols) or NULL; owned */
+    /* A method whose format is no uniform grid (PB-LLM) hands back an object
+     * of its own weight kind instead (wop.h; owned, freed with the result);
+     * codes, scales, zeros and perm stay NULL, bits/sym/axis/group are 0. */
+    void *obj;
 } wmat_qresult;
+
+/* 1 when q holds a result (codes or an object). */
+static inline int wmat_qresult_done(const wmat_qresult *q) { return q->codes != NULL || q->obj != NULL; }
 
 static inline int64_t wmat_qresult_n_groups(const wmat_qresult *q)
 {
@@ -56,6 +63,9 @@ static inline int64_t wmat_qresult_group_of(const wmat_qresult *q, int64_t r, in
 int wmat_qresult_alloc(wmat_qresult *q, int bits, int sym, wmat_qaxis axis, int group, int64_t rows, int64_t cols,
                        int with_perm);
 void wmat_qresult_free(wmat_qresult *q);
+/* Bytes q's packed form takes (an object: its kind's nbytes), 0 for codes
+ * (their size is the packing's). */
+uint64_t wmat_qresult_obj_bytes(const wmat_qresult *q);
 /* W (rows, cols) in original column order, dequantized. */
 void wmat_qresult_dequant(const wmat_qresult *q, float *W);
 

@@ -172,6 +172,17 @@ void wmat__monarch_shape(const wmat_tensor *W, int64_t *in_blocks, int64_t *out_
 int wmat__sum_create(wmat_tensor *A, wmat_tensor *B, void **obj);
 const wmat_tensor *wmat__sum_part(const wmat_tensor *W, int i);
 
+/* A PB-LLM weight (kind_pbllm.c) of a (rows, cols) matrix: sal (rows x
+ * cols, nonzero = salient), code (rows x cols: the 8-bit code at salient
+ * positions, else the sign bit, 1 for +alpha), rowp (rows, 4): mu, alpha,
+ * the salient grid's scale (each rounded to f16 here: a method that feeds
+ * errors back rounds them first) and its zero point (an integer 0..255).
+ * Nothing is kept from the arguments. */
+int wmat__pbllm_create(int64_t rows, int64_t cols, const uint8_t *sal, const uint8_t *code, const float *rowp, void **obj);
+/* The salient positions of a PB-LLM weight into mask (rows x cols, 1 =
+ * salient; NULL: count only): their number, or -1 for another kind. */
+int64_t wmat__pbllm_salient(const wmat_tensor *W, uint8_t *mask);
+
 /* Replace t's data by an object of kind k (t takes ownership; the old
  * owned data is freed). */
 void wmat__tensor_set_obj(wmat_tensor *t, void *obj);
