@@ -52,7 +52,7 @@ static void test_usage_errors(void **state)
     expect_exit(2, "exactly one of --text", "%s eval x", w);
     expect_exit(2, "give one evaluation stream", "%s eval x --tokens y --eval z", w);
     expect_exit(2, "unknown format", "%s convert a b --to xyz", w);
-    expect_exit(2, "unknown --dtype", "%s convert a b --to gguf --dtype q3_k", w);
+    expect_exit(2, "unknown --dtype", "%s convert a b --to gguf --dtype q3_kx", w);
     expect_exit(1, "/nonexistent/model.bin", "%s info /nonexistent/model.bin", w);
     expect_exit(0, "--max-windows", "%s eval --help", w);
 }
