@@ -37,7 +37,7 @@ int wmat__isa_has_vnni(void);
  * bytes serve both, so a caller may prepare once for a mixed model):
  *   float d[nb]   x's block scales, ggml's rule d = max|x| / 127 rounded
  *                 to fp16 as a Q8_0 block stores it (nb = in / 32)
- *   float s[nb]   8 * d[b] * sum of the block's codes (Q4_0's offset term)
+ *   int32 s[nb]   the sum of the block's codes (Q4_0's offset term: 8 d s)
  *   int8  q[in]   codes, round(x / d) with ggml's reference rounding
  * (bit-equal to wmat__quantize_row_q8_0), each part 64-byte aligned from
  * the start of prep. */
