@@ -1,11 +1,11 @@
-/* The base-aware adapters (DoRA, PiSSA, OLoRA, SVFit): entries of the
+/* The base-aware adapters (DoRA, PiSSA, OLoRA, SVFit, Bone): entries of the
  * adapter registry that see the frozen base W of their layer.
  *
  * - DoRA's gradients (dX, dA, dB, dm) against central differences of a
  *   double-precision reference of the layer in which the weight norm is
  *   held fixed at its current value (the paper's detach; PEFT's too), and
  *   the forward against that reference;
- * - at init every one of them is the base: DoRA and SVFit exactly (1e-6),
+ * - at init every one of them is the base: DoRA, SVFit, Bone exactly (1e-6),
  *   PiSSA/OLoRA over their residual base within 1e-5; PiSSA's s B A is W's
  *   top-r part (the residual is orthogonal to A's rows), OLoRA's B has
  *   orthonormal columns;
@@ -19,8 +19,9 @@
  *   of the file into the original model equal to the entry's merge (DoRA
  *   bit-exact, the converted PiSSA within 1e-6); an unconverted PiSSA file
  *   (init_lora_weights "pissa") merges onto the original base as well;
- * - bad input: rank > min(in, out) and a q4_0 base for PiSSA/DoRA/SVFit
- *   are refused by the trainer with messages that say so.
+ * - bad input: rank > min(in, out), a q4_0 base (for every one of them)
+ *   and Bone's rank not dividing the matrix are refused by the trainer with
+ *   messages that say so.
  * The registry test (test_train_registry.c) also runs each entry through
  * its finite-difference, merge and PEFT checks inside the trainer. */
 #include "test_util.h"
@@ -36,7 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { BT = 6, IN = 9, OUT = 8, RK = 3 };
+enum { BT = 6, IN = 12, OUT = 9, RK = 3 };
 
 typedef struct {
     const wmat__adapter *a;
@@ -186,8 +187,8 @@ static void test_dora_gradients(void **state)
 static void test_init_is_base(void **state)
 {
     (void)state;
-    const char *names[4] = {"dora", "svfit", "pissa", "olora"};
-    for (int q = 0; q < 4; q++) {
+    const char *names[5] = {"dora", "svfit", "bone", "pissa", "olora"};
+    for (int q = 0; q < 5; q++) {
         layer L;
         layer_init(&L, names[q], 21 + q);
         float Y[BT * OUT], Y0[BT * OUT];
@@ -249,8 +250,8 @@ static void test_init_is_base(void **state)
 static void test_merge_equals_forward(void **state)
 {
     (void)state;
-    const char *names[4] = {"dora", "svfit", "pissa", "olora"};
-    for (int q = 0; q < 4; q++) {
+    const char *names[5] = {"dora", "svfit", "bone", "pissa", "olora"};
+    for (int q = 0; q < 5; q++) {
         layer L;
         layer_init(&L, names[q], 31 + q);
         perturb(&L, 40 + q, 0.3f);
@@ -515,22 +516,31 @@ static void test_bad_inputs(void **state)
     p.ctx = 8;
     p.steps = 2;
     p.lora_targets = (1u << WMAT_LIN_Q) | (1u << WMAT_LIN_V);
-    const char *names[4] = {"dora", "pissa", "olora", "svfit"};
+    const char *names[5] = {"dora", "pissa", "olora", "svfit", "bone"};
     {
         wmat_model *m = tiny_model(3);
-        for (int q = 0; q < 4; q++) {
+        for (int q = 0; q < 5; q++) {
             wmat_trainer *t = NULL;
             p.adapter = names[q];
-            p.lora_rank = 9; /* v_proj is 8 x 16 */
+            /* v_proj is 8 x 16 (Bone: 16, which tiles q, so v's check speaks) */
+            p.lora_rank = strcmp(names[q], "bone") ? 9 : 16;
             assert_int_equal(wmat_trainer_create(&t, m, &p), WMAT_ERR_INVALID);
             assert_null(t);
-            print_message("%s rank 9: %s\n", names[q], wmat_last_error());
-            assert_non_null(strstr(wmat_last_error(), "rank 9 is larger than"));
+            print_message("%s rank %d: %s\n", names[q], p.lora_rank, wmat_last_error());
+            char want[64];
+            snprintf(want, sizeof want, "rank %d is larger than", p.lora_rank);
+            assert_non_null(strstr(wmat_last_error(), want));
             assert_non_null(strstr(wmat_last_error(), "8 x 16"));
             p.lora_rank = 4;
             TU_OK(wmat_trainer_create(&t, m, &p));
             wmat_trainer_free(t);
         }
+        /* Bone's r x r blocks must tile the matrix */
+        wmat_trainer *t = NULL;
+        p.adapter = "bone";
+        p.lora_rank = 3;
+        assert_int_equal(wmat_trainer_create(&t, m, &p), WMAT_ERR_INVALID);
+        assert_non_null(strstr(wmat_last_error(), "does not divide"));
         wmat_model_free(m);
     }
     /* a q4_0 base (32-wide rows): refused, naming the kind; LoRA takes it */
@@ -552,7 +562,7 @@ static void test_bad_inputs(void **state)
         memcpy(t->name, name, sizeof name);
     }
     p.lora_rank = 4;
-    for (int q = 0; q < 4; q++) {
+    for (int q = 0; q < 5; q++) {
         wmat_trainer *t = NULL;
         p.adapter = names[q];
         assert_int_equal(wmat_trainer_create(&t, m, &p), WMAT_ERR_UNSUPPORTED);

@@ -142,6 +142,7 @@ extern const wmat__adapter wmat__adapter_dora;
 extern const wmat__adapter wmat__adapter_pissa;
 extern const wmat__adapter wmat__adapter_olora;
 extern const wmat__adapter wmat__adapter_svfit;
+extern const wmat__adapter wmat__adapter_bone;
 
 /* Elements of a tensor of shape (rows, cols): cols 0 is a vector. */
 static inline size_t wmat__adapter_nelem(int rows, int cols) { return (size_t)rows * (size_t)(cols ? cols : 1); }

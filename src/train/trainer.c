@@ -1134,8 +1134,9 @@ void wmat_trainer_memory(const wmat_trainer *t, wmat_train_memory *mem)
     }
     /* a replacing adapter reads no base: its weights are the parameters
      * and the frozen supports */
-    mem->weights = t->p.method == WMAT_TRAIN_LORA && !t->rep ? base + t->n_params * sizeof(float)
-                                                            : t->n_params * sizeof(float) + t->fixed_bytes;
+    mem->weights = t->p.method == WMAT_TRAIN_LORA && !t->rep
+                       ? base + t->n_params * sizeof(float) + t->fixed_bytes + t->base_copy_bytes /* PiSSA's residuals */
+                       : t->n_params * sizeof(float) + t->fixed_bytes;
     mem->grads = t->n_params * sizeof(float);
     mem->optim = t->opt_bytes;
     mem->optim_scratch = t->a_scratch ? wmat_arena_capacity(t->a_scratch) : 0;
