@@ -19,6 +19,8 @@
  *   of the file into the original model equal to the entry's merge (DoRA
  *   bit-exact, the converted PiSSA within 1e-6); an unconverted PiSSA file
  *   (init_lora_weights "pissa") merges onto the original base as well;
+ * - a checkpoint of a DoRA, PiSSA or SVFit run resumes bit for bit (the
+ *   init's SVD and residual made again, the fixed data checkpointed);
  * - bad input: rank > min(in, out), a q4_0 base (for every one of them)
  *   and Bone's rank not dividing the matrix are refused by the trainer with
  *   messages that say so.
@@ -503,6 +505,53 @@ static void test_peft_pissa(void **state)
     }
 }
 
+/* ------------------------------------------------------------ resume */
+
+/* A checkpoint of a base-aware run resumes bit for bit: the residual base
+ * and fixed data made again by init (PiSSA's SVD) are the same, the
+ * checkpoint's fixed data matches them, and both runs reach the same
+ * parameters. */
+static void test_resume(void **state)
+{
+    (void)state;
+    const char *names[3] = {"dora", "pissa", "svfit"};
+    wmat_context oc = wmat_context_default();
+    oc.n_threads = 1;
+    int32_t d[600];
+    for (int i = 0; i < 600; i++) d[i] = (int32_t)((i * i + 3 * i) % 7 + (i % 3)) % 13;
+    for (int q = 0; q < 3; q++) {
+        wmat_model *m = tiny_model(91);
+        wmat_train_params p = wmat_train_default_params();
+        p.exec = &oc;
+        p.batch = 2;
+        p.ctx = 8;
+        p.steps = 10;
+        p.lr = 1e-2f;
+        p.lora_rank = 4;
+        p.lora_targets = 0x7f;
+        p.adapter = names[q];
+        wmat_trainer *a, *b;
+        TU_OK(wmat_trainer_create(&a, m, &p));
+        TU_OK(wmat_trainer_set_data(a, d, 600));
+        wmat_train_step_info si;
+        for (int i = 0; i < 4; i++) TU_OK(wmat_trainer_step(a, &si));
+        const char *ck = tu_tmp("base_aware.ckpt");
+        TU_OK(wmat_trainer_save_checkpoint(a, ck));
+        TU_OK(wmat_trainer_create(&b, m, &p));
+        TU_OK(wmat_trainer_set_data(b, d, 600));
+        TU_OK(wmat_trainer_load_checkpoint(b, ck));
+        for (int i = 0; i < 4; i++) {
+            TU_OK(wmat_trainer_step(a, &si));
+            TU_OK(wmat_trainer_step(b, &si));
+        }
+        size_t na, nb;
+        float *pa = wmat__trainer_params(a, &na), *pb = wmat__trainer_params(b, &nb);
+        assert_int_equal(na, nb);
+        if (memcmp(pa, pb, na * sizeof(float))) fail_msg("%s: resumed parameters differ", names[q]);
+        wmat_trainer_free(a), wmat_trainer_free(b), wmat_model_free(m);
+    }
+}
+
 /* ------------------------------------------------------------ bad input */
 
 static void test_bad_inputs(void **state)
@@ -582,7 +631,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dora_gradients),    cmocka_unit_test(test_init_is_base),
         cmocka_unit_test(test_merge_equals_forward), cmocka_unit_test(test_peft_dora),
-        cmocka_unit_test(test_peft_pissa),        cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_peft_pissa),        cmocka_unit_test(test_resume),
+        cmocka_unit_test(test_bad_inputs),
     };
     return tu_run_tests("adapters_base", tests, NULL, NULL);
 }
