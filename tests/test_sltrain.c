@@ -240,7 +240,7 @@ static void test_layer_gradients(void **state)
         dw[k] = calloc((size_t)rows[k] * cols[k], sizeof(float));
     }
     void *fixed = calloc(a->fixed_bytes(&cfg, in, out), 1);
-    a->init(&cfg, w, fixed, in, out, &r);
+    TU_OK(a->init(&cfg, w, fixed, NULL, NULL, in, out, &r));
     /* the init: B = 0, A and the values within 1/sqrt(in) */
     const float bound = 1.0f / sqrtf((float)in);
     for (int i = 0; i < out * rk; i++) assert_true(w[1][i] == 0.0f);
@@ -253,8 +253,8 @@ static void test_layer_gradients(void **state)
     for (int i = 0; i < BT * out; i++) R[i] = wmat_rng_normal(&r);
     memset(Y, 0, sizeof Y);
     memset(dX, 0, sizeof dX);
-    a->forward(&cfg, Y, act, scratch, X, (const float *const *)w, fixed, BT, in, out);
-    a->backward(&cfg, dX, dw, scratch, R, X, (const float *const *)w, fixed, act, BT, in, out);
+    a->forward(&cfg, Y, act, scratch, X, (const float *const *)w, fixed, NULL, BT, in, out);
+    a->backward(&cfg, dX, dw, scratch, R, X, (const float *const *)w, fixed, NULL, act, BT, in, out);
     const int32_t *off = fixed, *col = off + out + 1;
     layer_ref c = {BT, in, out, rk, 5.0 / rk, off, col, NULL};
     double Xd[BT * in], Rd[BT * out], Ad[rk * in], Bd[out * rk], *vd = malloc(sizeof(double) * rows[2]);
@@ -277,12 +277,12 @@ static void test_layer_gradients(void **state)
         float dX2[BT * in];
         float *none[3] = {NULL, NULL, NULL};
         memset(dX2, 0, sizeof dX2);
-        a->backward(&cfg, dX2, none, scratch, R, X, (const float *const *)w, fixed, act, BT, in, out);
+        a->backward(&cfg, dX2, none, scratch, R, X, (const float *const *)w, fixed, NULL, act, BT, in, out);
         TU_ASSERT_CLOSE(dX2, dX, BT * in, 1e-6, 1e-5);
     }
     /* merge: X (sBA + S)^T equals the forward */
     float *W = calloc((size_t)out * in, sizeof(float)), Ym[BT * out];
-    a->merge(&cfg, W, (const float *const *)w, fixed, in, out);
+    TU_OK(a->merge(&cfg, W, (const float *const *)w, fixed, in, out));
     wmat__linear_forward(Ym, X, W, BT, in, out);
     TU_ASSERT_CLOSE(Ym, Y, BT * out, 1e-5, 1e-5);
     for (int k = 0; k < 3; k++) free(w[k]), free(dw[k]);

@@ -303,9 +303,9 @@ static void test_op_linear_lora(void **state)
     const float *w[2] = {A, B};
     float *dw[2] = {dA, dB};
     wmat__linear_forward(Y, X, W, BT, in, out);
-    ad->forward(&cfg, Y, xa, dxa, X, w, NULL, BT, in, out);
+    ad->forward(&cfg, Y, xa, dxa, X, w, NULL, NULL, BT, in, out);
     wmat__linear_backward(dX, dW, R, X, W, BT, in, out, 0);
-    ad->backward(&cfg, dX, dw, dxa, R, X, w, NULL, xa, BT, in, out);
+    ad->backward(&cfg, dX, dw, dxa, R, X, w, NULL, NULL, xa, BT, in, out);
     double Xd[N], Rd[BT * out], g[N];
     for (int i = 0; i < N; i++) Xd[i] = x[i];
     for (int i = 0; i < BT * out; i++) Rd[i] = R[i];

@@ -16,7 +16,9 @@
 
 /* One line per adapter: the trainer, the CLI's --help and the tests
  * (tests/test_train_registry.c) iterate this table. */
-static const wmat__adapter *const adapters[] = {&wmat__adapter_lora, &wmat__adapter_rslora, &wmat__adapter_sltrain};
+static const wmat__adapter *const adapters[] = {&wmat__adapter_lora,  &wmat__adapter_rslora, &wmat__adapter_sltrain,
+                                                &wmat__adapter_dora,  &wmat__adapter_pissa,  &wmat__adapter_olora,
+                                                &wmat__adapter_svfit, &wmat__adapter_bone};
 
 const wmat__adapter *wmat__adapter_at(int i)
 {
@@ -28,6 +30,25 @@ const wmat__adapter *wmat__adapter_find(const char *name)
     for (int i = 0; name && wmat__adapter_at(i); i++)
         if (!strcmp(adapters[i]->name, name)) return adapters[i];
     return NULL;
+}
+
+int wmat__adapter_check_rank(const wmat__adapter_cfg *c, int in, int out, const char *who, const char *what)
+{
+    const int k = in < out ? in : out;
+    if (c->rank > k)
+        return wmat_set_error(WMAT_ERR_INVALID, "%s: rank %d is larger than the %s matrix allows (%d x %d: at most %d)", who,
+                              c->rank, what, out, in, k);
+    return WMAT_OK;
+}
+
+int wmat__adapter_check_f32(const wmat_tensor *base, const char *who, const char *what)
+{
+    if (!base || base->dtype != WMAT_F32)
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                              "%s: the %s base is %s, not f32: this adapter is built from W itself (dequantize the "
+                              "model first, or use lora)",
+                              who, what, base ? (base->dtype < WMAT_OBJ ? wmat_dtype_info(base->dtype)->name : "a packed or structured kind") : "absent");
+    return WMAT_OK;
 }
 
 static const char *const hf_mod[WMAT_LIN_COUNT] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
@@ -54,9 +75,53 @@ static int fill_permuted(void *user, const wmat_st_entry *e, void *dst)
 
 #define NT WMAT__ADAPTER_MAX_TENSORS
 
-int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, const wmat_config *mc,
-                            float *const *tensors, const char *base_path, const char *dir)
+/* PiSSA/OLoRA: the tensors PEFT gets (peft_as's) for every adapted layer,
+ * then the plain save of those. */
+static int peft_save_as(const wmat__adapter *a, const wmat__adapter_cfg *c, const wmat_config *mc,
+                        float *const *tensors, void *const *fixed, const char *base_path, const char *dir)
 {
+    const wmat__adapter *b = a->peft_as;
+    wmat__adapter_cfg cb = *c;
+    a->peft_cfg(c, &cb);
+    const size_t nl = (size_t)mc->n_layers * WMAT_LIN_COUNT;
+    size_t total = 0;
+    for (size_t j = 0; j < nl; j++)
+        if (tensors[j * NT]) {
+            int o, in, rows[NT], cols[NT];
+            lin_dims(mc, (int)(j % WMAT_LIN_COUNT), &o, &in);
+            b->shapes(&cb, in, o, rows, cols);
+            for (int i = 0; i < b->n_tensors; i++) total += wmat__adapter_nelem(rows[i], cols[i]);
+        }
+    float **tb = wmat__calloc(nl * NT + 1, sizeof *tb);
+    float *data = wmat__malloc(total * sizeof(float) + 1);
+    int rc;
+    if (!tb || !data) {
+        rc = wmat_set_error(WMAT_ERR_NOMEM, "save adapter: out of memory");
+        goto done;
+    }
+    size_t off = 0;
+    for (size_t j = 0; j < nl; j++)
+        if (tensors[j * NT]) {
+            int o, in, rows[NT], cols[NT];
+            lin_dims(mc, (int)(j % WMAT_LIN_COUNT), &o, &in);
+            b->shapes(&cb, in, o, rows, cols);
+            for (int i = 0; i < b->n_tensors; i++) {
+                tb[j * NT + i] = data + off;
+                off += wmat__adapter_nelem(rows[i], cols[i]);
+            }
+            a->peft_export(c, (const float *const *)(tensors + j * NT), fixed ? fixed[j] : NULL, in, o, tb + j * NT);
+        }
+    rc = wmat__adapter_peft_save(b, &cb, mc, tb, NULL, base_path, dir);
+done:
+    wmat__free(tb);
+    wmat__free(data);
+    return rc;
+}
+
+int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, const wmat_config *mc,
+                            float *const *tensors, void *const *fixed, const char *base_path, const char *dir)
+{
+    if (a->peft_as) return peft_save_as(a, c, mc, tensors, fixed, base_path, dir);
     if (mkdir(dir, 0777) && errno != EEXIST) return wmat_set_error(WMAT_ERR_IO, "%s: cannot create directory", dir);
     const int cap = mc->n_layers * WMAT_LIN_COUNT * a->n_tensors;
     wmat_st_entry *e = wmat__calloc((size_t)cap + 1, sizeof *e);
@@ -81,11 +146,12 @@ int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, 
                 snprintf(nm, 160, "base_model.model.model.layers.%d.%s.%s.weight", l, hf_mod[k], a->tensor_key[i]);
                 e[n].name = nm;
                 e[n].dtype = WMAT_ST_F32;
-                e[n].ndim = 2;
+                e[n].ndim = cols[i] ? 2 : 1;
                 e[n].shape[0] = rows[i];
                 e[n].shape[1] = cols[i];
                 if (a->rows_are_out[i] && (k == WMAT_LIN_Q || k == WMAT_LIN_K)) {
-                    pf[n] = (permute_fill){w[i], k == WMAT_LIN_Q ? mc->n_heads : mc->n_kv_heads, mc->head_dim, cols[i]};
+                    pf[n] = (permute_fill){w[i], k == WMAT_LIN_Q ? mc->n_heads : mc->n_kv_heads, mc->head_dim,
+                                           cols[i] ? cols[i] : 1};
                     e[n].fill = fill_permuted;
                     e[n].user = &pf[n];
                 } else {
@@ -180,7 +246,8 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
             int rows[NT], cols[NT], ok = found == a->n_tensors && W->dtype == WMAT_F32;
             a->shapes(&c, in, o, rows, cols);
             for (int i = 0; i < a->n_tensors && ok; i++)
-                ok = t[i]->ndim == 2 && t[i]->dtype == WMAT_ST_F32 && t[i]->shape[0] == rows[i] && t[i]->shape[1] == cols[i];
+                ok = t[i]->ndim == (cols[i] ? 2 : 1) && t[i]->dtype == WMAT_ST_F32 && t[i]->shape[0] == rows[i] &&
+                     (!cols[i] || t[i]->shape[1] == cols[i]);
             if (!ok) {
                 rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: the %s tensors of %s (layer %d) do not fit %s (f32, rank %d)",
                                     path, a->name, hf_mod[k], l, W->name, c.rank);
@@ -197,7 +264,7 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
                         break;
                     }
                     wmat__rope_unpermute_hf(perm, buf[i], k == WMAT_LIN_Q ? mc->n_heads : mc->n_kv_heads, mc->head_dim,
-                                            cols[i]);
+                                            cols[i] ? cols[i] : 1);
                     wmat__free(buf[i]);
                     buf[i] = perm;
                     perm = NULL;
@@ -213,10 +280,7 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
                     W->flags |= WMAT_TF_OWNED;
                 }
             }
-            if (!rc) {
-                a->merge(&c, W->data, (const float *const *)buf, NULL, in, o);
-                merged++;
-            }
+            if (!rc && !(rc = a->merge(&c, W->data, (const float *const *)buf, NULL, in, o))) merged++;
             for (int i = 0; i < NT; i++) {
                 wmat__free(buf[i]);
                 buf[i] = NULL;

@@ -6,7 +6,14 @@
  * forward, which ADDS its contribution to Y; the backward likewise adds to
  * dX after the base has written it. An adapter owns n_tensors trainable
  * tensors per adapted layer (LoRA: A (r, in), B (out, r)); the trainer
- * keeps them, their gradients and optimizer states in its arenas. */
+ * keeps them, their gradients and optimizer states in its arenas.
+ *
+ * Base-aware entries (DoRA, PiSSA, ...) see the frozen base weight of their
+ * layer: check, init, forward and backward get it as `base` (the operator
+ * of whatever kind it is stored in; NULL when the adapter replaces the
+ * base), init also as a dense f32 (out, in) matrix `W` (NULL when the base
+ * is not f32: an entry that needs it must refuse such a base in check). A
+ * tensor of shape (rows, 0) is a vector of rows floats (DoRA's magnitude). */
 #ifndef WMAT_TRAIN_ADAPTER_H
 #define WMAT_TRAIN_ADAPTER_H
 
@@ -39,11 +46,22 @@ typedef struct wmat__adapter {
      * rest of the model (embeddings, norms, classifier, linears not
      * targeted) trains as in full training. */
     int replaces_base;
+    /* 1: init rewrites W (PiSSA's residual W - s B0 A0): the trainer hands
+     * it a private f32 copy of the base, which the layer then runs on; the
+     * original base stays as loaded, so merge (into the original W) must
+     * undo the rewrite from the entry's fixed data. */
+    int rewrites_base;
+    /* Bit i: tensor i's backward is by design not the exact gradient of
+     * forward (DoRA detaches the weight norm, as its paper does); the
+     * registry's finite-difference check skips it, the entry's own test
+     * checks it against a reference with the detached part held fixed. */
+    unsigned approx_grad;
     /* Shapes of the tensors for a layer (in -> out). */
     void (*shapes)(const wmat__adapter_cfg *c, int in, int out, int *rows, int *cols);
     /* Optional: refuse a configuration for a layer (WMAT_ERR_INVALID with a
-     * message naming what is wrong); `what` names the layer. */
-    int (*check)(const wmat__adapter_cfg *c, int in, int out, const char *what);
+     * message naming what is wrong); `what` names the layer; base: its
+     * frozen weight (NULL: none, the adapter replaces it). */
+    int (*check)(const wmat__adapter_cfg *c, const wmat_tensor *base, int in, int out, const char *what);
     /* Optional: bytes of frozen per-layer data (not trained: no gradient,
      * no optimizer state; a fixed sparsity pattern), filled by init, read
      * by forward, backward, merge and to_weight, kept in checkpoints. */
@@ -59,19 +77,28 @@ typedef struct wmat__adapter {
     /* The scale s of the adapter's path for this configuration. */
     float (*scale)(const wmat__adapter_cfg *c);
     /* Fresh tensors (zeroed on entry) and frozen data (fixed, of
-     * fixed_bytes; NULL when there is none), drawing from rng. */
-    void (*init)(const wmat__adapter_cfg *c, float *const *w, void *fixed, int in, int out, wmat_rng *rng);
-    /* Y (BT, out) += adapter(X (BT, in)); act: what backward needs. */
+     * fixed_bytes; NULL when there is none), drawing from rng. W: the
+     * base as dense f32 (out, in) or NULL (see above); only an entry with
+     * rewrites_base may write it. Fails only where check would have. */
+    int (*init)(const wmat__adapter_cfg *c, float *const *w, void *fixed, const wmat_tensor *base, float *W, int in,
+                int out, wmat_rng *rng);
+    /* Y (BT, out) holds the base product X W^T on entry (0 when the entry
+     * replaces the base); the adapter adds its path or transforms Y (DoRA
+     * rescales it); act: what backward needs. */
     void (*forward)(const wmat__adapter_cfg *c, float *Y, float *act, float *scratch, const float *X,
-                    const float *const *w, const void *fixed, int BT, int in, int out);
-    /* dw[i] += gradients of the tensors (NULL: not wanted); dX (BT, in) +=
-     * the input gradient of the adapter path when dX is not NULL. */
+                    const float *const *w, const void *fixed, const wmat_tensor *base, int BT, int in, int out);
+    /* dw[i] += gradients of the tensors (NULL: not wanted); dX (BT, in),
+     * when not NULL, holds the base's dY W (or has it added) on entry and
+     * gets the adapter's input gradient added (or the base part corrected:
+     * DoRA's rescaled rows). */
     void (*backward)(const wmat__adapter_cfg *c, float *dX, float *const *dw, float *scratch, const float *dY,
-                     const float *X, const float *const *w, const void *fixed, const float *act, int BT, int in,
-                     int out);
-    /* W (out, in) += the adapter's matrix: afterwards X W^T equals base +
-     * adapter. */
-    void (*merge)(const wmat__adapter_cfg *c, float *W, const float *const *w, const void *fixed, int in, int out);
+                     const float *X, const float *const *w, const void *fixed, const wmat_tensor *base,
+                     const float *act, int BT, int in, int out);
+    /* Into the ORIGINAL base W (out, in) (as loaded, never the rewritten
+     * one): afterwards X W^T equals the adapted layer. fixed is NULL when
+     * merging a PEFT file (an entry that needs its init data recomputes it
+     * from W, as PEFT does on load). Fails only on memory or LAPACK. */
+    int (*merge)(const wmat__adapter_cfg *c, float *W, const float *const *w, const void *fixed, int in, int out);
     /* Optional (required with replaces_base): the layer's weight in its
      * small form as a weight operator of a registered kind (sltrain: a
      * `sum` of a `lowrank` and a `sparse` weight), owning its data, so the
@@ -85,6 +112,14 @@ typedef struct wmat__adapter {
     const char *peft_type;
     size_t (*peft_config)(const wmat__adapter_cfg *c, char *buf, size_t n);
     int (*peft_parse)(const void *cjson, wmat__adapter_cfg *c);
+    /* Optional: the file holds another entry's tensors (peft_as, with the
+     * settings peft_cfg gives): PiSSA/OLoRA save the LoRA of rank 2r that
+     * applies to the original base, [A; A0] and [B, -B0] (PEFT's
+     * conversion), which LoRA then reads back. dst: peft_as's shapes. */
+    const struct wmat__adapter *peft_as;
+    void (*peft_cfg)(const wmat__adapter_cfg *c, wmat__adapter_cfg *as);
+    void (*peft_export)(const wmat__adapter_cfg *c, const float *const *w, const void *fixed, int in, int out,
+                        float *const *dst);
 } wmat__adapter;
 
 const wmat__adapter *wmat__adapter_at(int i);
@@ -95,7 +130,7 @@ const wmat__adapter *wmat__adapter_find(const char *name);
  * k (NULL where that linear is not adapted). Keys are
  * base_model.model.model.layers.L.<module>.<tensor_key>.weight. */
 int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, const wmat_config *mc,
-                            float *const *tensors, const char *base_path, const char *dir);
+                            float *const *tensors, void *const *fixed, const char *base_path, const char *dir);
 /* Merge a PEFT directory into m in place (any registered adapter whose
  * peft_parse accepts the config). */
 int wmat__adapter_peft_merge(wmat_model *m, const char *dir);
@@ -103,12 +138,31 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir);
 extern const wmat__adapter wmat__adapter_lora;
 extern const wmat__adapter wmat__adapter_rslora;
 extern const wmat__adapter wmat__adapter_sltrain;
+extern const wmat__adapter wmat__adapter_dora;
+extern const wmat__adapter wmat__adapter_pissa;
+extern const wmat__adapter wmat__adapter_olora;
+extern const wmat__adapter wmat__adapter_svfit;
+extern const wmat__adapter wmat__adapter_bone;
+
+/* Elements of a tensor of shape (rows, cols): cols 0 is a vector. */
+static inline size_t wmat__adapter_nelem(int rows, int cols) { return (size_t)rows * (size_t)(cols ? cols : 1); }
+/* A clear refusal of rank > min(in, out) (entries built on W's spectrum). */
+int wmat__adapter_check_rank(const wmat__adapter_cfg *c, int in, int out, const char *who, const char *what);
+/* Refuse a base that is not dense f32 (init needs W itself). */
+int wmat__adapter_check_f32(const wmat_tensor *base, const char *who, const char *what);
 
 /* LoRA's path s B A with w = {A (r, in), B (out, r)}, for entries that
  * contain it (adapter_lora.c): xa (BT, r) kept by forward; backward's
  * scratch dxa (BT, r). */
 void wmat__lora_path_forward(float s, const wmat__adapter_cfg *c, float *Y, float *xa, const float *X,
                              const float *const *w, int BT, int in, int out);
+/* LoRA's shapes, act and scratch sizes and PEFT config (r, lora_alpha,
+ * ...; extra: more fields, e.g. "  \"use_dora\": true,\n"). */
+void wmat__lora_shapes(const wmat__adapter_cfg *c, int in, int out, int *rows, int *cols);
+size_t wmat__lora_act_floats(const wmat__adapter_cfg *c, int BT);
+size_t wmat__lora_scratch_floats(const wmat__adapter_cfg *c, int BT, int in, int out);
+float wmat__lora_scale(const wmat__adapter_cfg *c);
+size_t wmat__lora_peft_config(const wmat__adapter_cfg *c, char *buf, size_t n, int rs, const char *init, const char *extra);
 void wmat__lora_path_backward(float s, const wmat__adapter_cfg *c, float *dX, float *const *dw, float *dxa,
                               const float *dY, const float *X, const float *const *w, const float *xa, int BT, int in,
                               int out);

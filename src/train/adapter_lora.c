@@ -10,8 +10,9 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
-static void lora_shapes(const wmat__adapter_cfg *c, int in, int out, int *rows, int *cols)
+void wmat__lora_shapes(const wmat__adapter_cfg *c, int in, int out, int *rows, int *cols)
 {
     rows[0] = c->rank; /* A */
     cols[0] = in;
@@ -19,22 +20,24 @@ static void lora_shapes(const wmat__adapter_cfg *c, int in, int out, int *rows, 
     cols[1] = c->rank;
 }
 
-static size_t lora_act_floats(const wmat__adapter_cfg *c, int BT) { return (size_t)BT * c->rank; }
-static size_t lora_scratch_floats(const wmat__adapter_cfg *c, int BT, int in, int out)
+size_t wmat__lora_act_floats(const wmat__adapter_cfg *c, int BT) { return (size_t)BT * c->rank; }
+size_t wmat__lora_scratch_floats(const wmat__adapter_cfg *c, int BT, int in, int out)
 {
     (void)in, (void)out;
     return (size_t)BT * c->rank;
 }
 
-static float lora_scale(const wmat__adapter_cfg *c) { return c->alpha / (float)c->rank; }
+float wmat__lora_scale(const wmat__adapter_cfg *c) { return c->alpha / (float)c->rank; }
 static float rslora_scale(const wmat__adapter_cfg *c) { return c->alpha / sqrtf((float)c->rank); }
 
-static void lora_init(const wmat__adapter_cfg *c, float *const *w, void *fixed, int in, int out, wmat_rng *rng)
+static int lora_init(const wmat__adapter_cfg *c, float *const *w, void *fixed, const wmat_tensor *base, float *W, int in,
+                     int out, wmat_rng *rng)
 {
-    (void)fixed;
+    (void)fixed, (void)base, (void)W, (void)out;
     const float bound = 1.0f / sqrtf((float)in);
     float *A = w[0];
     for (size_t j = 0; j < (size_t)c->rank * in; j++) A[j] = (2.0f * wmat_rng_uniform(rng) - 1.0f) * bound;
+    return WMAT_OK;
 }
 
 void wmat__lora_path_forward(float s, const wmat__adapter_cfg *c, float *Y, float *xa, const float *X, const float *const *w,
@@ -62,42 +65,55 @@ static void merge_s(float s, const wmat__adapter_cfg *c, float *W, const float *
 
 #define WRAP(pre, scalefn)                                                                                            \
     static void pre##_forward(const wmat__adapter_cfg *c, float *Y, float *act, float *scratch, const float *X,     \
-                              const float *const *w, const void *fixed, int BT, int in, int out)                     \
+                              const float *const *w, const void *fixed, const wmat_tensor *base, int BT, int in,    \
+                              int out)                                                                                \
     {                                                                                                                 \
-        (void)fixed, (void)scratch;                                                                                   \
+        (void)fixed, (void)scratch, (void)base;                                                                                 \
         wmat__lora_path_forward(scalefn(c), c, Y, act, X, w, BT, in, out);                                                         \
     }                                                                                                                 \
     static void pre##_backward(const wmat__adapter_cfg *c, float *dX, float *const *dw, float *scratch,             \
                                const float *dY, const float *X, const float *const *w, const void *fixed,           \
-                               const float *act, int BT, int in, int out)                                            \
+                               const wmat_tensor *base, const float *act, int BT, int in, int out)                   \
     {                                                                                                                 \
-        (void)fixed;                                                                                                  \
+        (void)fixed, (void)base;                                                                                                \
         wmat__lora_path_backward(scalefn(c), c, dX, dw, scratch, dY, X, w, act, BT, in, out);                                      \
     }                                                                                                                 \
-    static void pre##_merge(const wmat__adapter_cfg *c, float *W, const float *const *w, const void *fixed, int in, \
-                            int out)                                                                                  \
+    static int pre##_merge(const wmat__adapter_cfg *c, float *W, const float *const *w, const void *fixed, int in,  \
+                           int out)                                                                                   \
     {                                                                                                                 \
         (void)fixed;                                                                                                  \
         merge_s(scalefn(c), c, W, w, in, out);                                                                       \
+        return WMAT_OK;                                                                                               \
     }
-WRAP(lora, lora_scale)
+WRAP(lora, wmat__lora_scale)
 WRAP(rslora, rslora_scale)
 
-static size_t config_rs(const wmat__adapter_cfg *c, char *buf, size_t n, int rs)
+size_t wmat__lora_peft_config(const wmat__adapter_cfg *c, char *buf, size_t n, int rs, const char *init, const char *extra)
 {
     int k = snprintf(buf, n,
                      "  \"r\": %d,\n  \"lora_alpha\": %g,\n  \"lora_dropout\": 0.0,\n  \"use_rslora\": %s,\n"
-                     "  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"init_lora_weights\": true,\n",
-                     c->rank, c->alpha, rs ? "true" : "false");
+                     "  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"init_lora_weights\": %s,\n%s",
+                     c->rank, c->alpha, rs ? "true" : "false", init ? init : "true", extra ? extra : "");
     return k < 0 ? 0 : (size_t)k;
 }
-static size_t lora_config(const wmat__adapter_cfg *c, char *buf, size_t n) { return config_rs(c, buf, n, 0); }
-static size_t rslora_config(const wmat__adapter_cfg *c, char *buf, size_t n) { return config_rs(c, buf, n, 1); }
+static size_t lora_config(const wmat__adapter_cfg *c, char *buf, size_t n)
+{
+    return wmat__lora_peft_config(c, buf, n, 0, NULL, NULL);
+}
+static size_t rslora_config(const wmat__adapter_cfg *c, char *buf, size_t n)
+{
+    return wmat__lora_peft_config(c, buf, n, 1, NULL, NULL);
+}
 
 static int parse_rs(const void *json, wmat__adapter_cfg *c, int rs)
 {
     const cJSON *j = json;
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "use_rslora")) != rs) return 0;
+    /* DoRA files (use_dora) and unconverted PiSSA/OLoRA ones (their A, B
+     * apply to a residual base) are other entries' */
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "use_dora"))) return 0;
+    const cJSON *iw = cJSON_GetObjectItemCaseSensitive(j, "init_lora_weights");
+    if (cJSON_IsString(iw) && (!strncmp(iw->valuestring, "pissa", 5) || !strcmp(iw->valuestring, "olora"))) return 0;
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "r"), *a = cJSON_GetObjectItemCaseSensitive(j, "lora_alpha");
     c->rank = cJSON_IsNumber(r) ? r->valueint : 0;
     c->alpha = cJSON_IsNumber(a) ? (float)a->valuedouble : (float)c->rank;
@@ -112,10 +128,10 @@ const wmat__adapter wmat__adapter_lora = {
     .n_tensors = 2,
     .tensor_key = {"lora_A", "lora_B"},
     .rows_are_out = {0, 1},
-    .shapes = lora_shapes,
-    .act_floats = lora_act_floats,
-    .scratch_floats = lora_scratch_floats,
-    .scale = lora_scale,
+    .shapes = wmat__lora_shapes,
+    .act_floats = wmat__lora_act_floats,
+    .scratch_floats = wmat__lora_scratch_floats,
+    .scale = wmat__lora_scale,
     .init = lora_init,
     .forward = lora_forward,
     .backward = lora_backward,
@@ -131,9 +147,9 @@ const wmat__adapter wmat__adapter_rslora = {
     .n_tensors = 2,
     .tensor_key = {"lora_A", "lora_B"},
     .rows_are_out = {0, 1},
-    .shapes = lora_shapes,
-    .act_floats = lora_act_floats,
-    .scratch_floats = lora_scratch_floats,
+    .shapes = wmat__lora_shapes,
+    .act_floats = wmat__lora_act_floats,
+    .scratch_floats = wmat__lora_scratch_floats,
     .scale = rslora_scale,
     .init = lora_init,
     .forward = rslora_forward,

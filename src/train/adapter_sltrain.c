@@ -251,8 +251,9 @@ static void sl_shapes(const wmat__adapter_cfg *c, int in, int out, int *rows, in
     cols[2] = 1;
 }
 
-static int sl_check(const wmat__adapter_cfg *c, int in, int out, const char *what)
+static int sl_check(const wmat__adapter_cfg *c, const wmat_tensor *base, int in, int out, const char *what)
 {
+    (void)base; /* none: the entry is the layer */
     const int mn = in < out ? in : out;
     if (c->rank < 1 || c->rank > mn)
         return wmat_set_error(WMAT_ERR_INVALID, "sltrain: rank %d does not fit %s (%d x %d): it must be in [1, %d]",
@@ -297,27 +298,32 @@ static float *support_ws(const wmat__adapter_cfg *c, float *scratch, int BT)
     return scratch + (((size_t)BT * c->rank + 15) & ~(size_t)15);
 }
 
-static void sl_init(const wmat__adapter_cfg *c, float *const *w, void *fixed, int in, int out, wmat_rng *rng)
+static int sl_init(const wmat__adapter_cfg *c, float *const *w, void *fixed, const wmat_tensor *base, float *W, int in,
+                   int out, wmat_rng *rng)
 {
+    (void)base, (void)W;
     const float bound = 1.0f / sqrtf((float)in);
     for (size_t j = 0; j < (size_t)c->rank * in; j++) w[0][j] = (2.0f * wmat_rng_uniform(rng) - 1.0f) * bound;
     const int64_t nnz = nnz_of(c, in, out);
     int32_t *off = fixed;
     wmat__support_sample(rng, out, in, nnz, off, off + out + 1);
     for (int64_t j = 0; j < nnz; j++) w[2][j] = (2.0f * wmat_rng_uniform(rng) - 1.0f) * bound;
+    return WMAT_OK;
 }
 
 static void sl_forward(const wmat__adapter_cfg *c, float *Y, float *act, float *scratch, const float *X,
-                       const float *const *w, const void *fixed, int BT, int in, int out)
+                       const float *const *w, const void *fixed, const wmat_tensor *base, int BT, int in, int out)
 {
+    (void)base;
     wmat__lora_path_forward(sl_scale(c), c, Y, act, X, w, BT, in, out);
     wmat__support_forward(Y, X, off_of(fixed), col_of(fixed, out), w[2], BT, in, out, support_ws(c, scratch, BT), nt_of(c), c->isa);
 }
 
 static void sl_backward(const wmat__adapter_cfg *c, float *dX, float *const *dw, float *scratch, const float *dY,
-                        const float *X, const float *const *w, const void *fixed, const float *act, int BT, int in,
-                        int out)
+                        const float *X, const float *const *w, const void *fixed, const wmat_tensor *base,
+                        const float *act, int BT, int in, int out)
 {
+    (void)base;
     wmat__lora_path_backward(sl_scale(c), c, dX, dw, scratch, dY, X, w, act, BT, in, out);
     if (dw[2])
         wmat__support_backward(dX, dw[2], dY, X, off_of(fixed), col_of(fixed, out), w[2], BT, in, out,
@@ -333,12 +339,13 @@ static void sl_backward(const wmat__adapter_cfg *c, float *dX, float *const *dw,
     }
 }
 
-static void sl_merge(const wmat__adapter_cfg *c, float *W, const float *const *w, const void *fixed, int in, int out)
+static int sl_merge(const wmat__adapter_cfg *c, float *W, const float *const *w, const void *fixed, int in, int out)
 {
     wmat_sgemm(0, 0, out, in, c->rank, sl_scale(c), w[1], c->rank, w[0], in, 1.0f, W, in); /* W += s B A */
     const int32_t *off = off_of(fixed), *col = col_of(fixed, out);
     for (int r = 0; r < out; r++)
         for (int32_t j = off[r]; j < off[r + 1]; j++) W[(size_t)r * in + col[j]] += w[2][j];
+    return WMAT_OK;
 }
 
 /* sum(lowrank(s B, A), sparse(S)); a low-rank weight alone when the

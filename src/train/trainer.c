@@ -87,6 +87,8 @@ struct wmat_trainer {
     void **afix;
     void *fixed;
     size_t fixed_bytes;
+    float *base_copy;           /* rewrites_base: the private f32 copies the layers run on (PiSSA's residual) */
+    size_t base_copy_bytes;
 
     wmat_arena *a_param, *a_grad, *a_opt, *a_act, *a_scratch;
     float *params, *grads;
@@ -271,6 +273,7 @@ void wmat_trainer_free(wmat_trainer *t)
     wmat__free(t->gaw);
     wmat__free(t->afix);
     wmat__free(t->fixed);
+    wmat__free(t->base_copy);
     wmat__free(t->slots);
     wmat__free(t->acts);
     wmat__free(t->perm);
@@ -429,13 +432,18 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         goto fail;
     }
     const int adapt = ad != NULL, rep = t->rep;
-    /* the adapter's own checks per targeted layer, then its frozen data */
+    /* the adapter's own checks per targeted layer (with its base: a
+     * base-aware entry may refuse a kind), then its frozen data */
     for (int k = 0; adapt && k < NLIN; k++) {
         if (!(p.lora_targets & (1u << k))) continue;
         int o, i;
         lin_dims(c, k, &o, &i);
-        if (ad->check && (rc = ad->check(&t->acfg, i, o, wmat_linear_name((wmat_linear_kind)k)))) goto fail;
+        for (int l = 0; l < (ad->replaces_base ? 1 : L) && ad->check; l++)
+            if ((rc = ad->check(&t->acfg, ad->replaces_base ? NULL : wmat_model_linear(m, l, (wmat_linear_kind)k), i, o,
+                                wmat_linear_name((wmat_linear_kind)k))))
+                goto fail;
         if (ad->fixed_bytes) t->fixed_bytes += (size_t)L * ((ad->fixed_bytes(&t->acfg, i, o) + 15) & ~(size_t)15);
+        if (ad->rewrites_base) t->base_copy_bytes += (size_t)L * o * i * sizeof(float);
     }
     if (rep && !ad->to_weight) {
         rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: adapter %s replaces the base but has no to_weight", ad->name);
@@ -476,7 +484,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                     int o, i, rows[NAT], cols[NAT];
                     lin_dims(c, k, &o, &i);
                     ad->shapes(&t->acfg, i, o, rows, cols);
-                    for (int a = 0; a < ad->n_tensors; a++) np += (size_t)rows[a] * cols[a];
+                    for (int a = 0; a < ad->n_tensors; a++) np += wmat__adapter_nelem(rows[a], cols[a]);
                 }
     }
     t->n_params = np;
@@ -549,6 +557,14 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             }
         }
         if (adapt) {
+            /* an entry that rewrites its base (PiSSA) gets private f32
+             * copies, which the layers then run on; the model stays as loaded */
+            if (t->base_copy_bytes && !(t->base_copy = wmat__aligned_alloc(t->base_copy_bytes))) {
+                rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory for the adapter's base copies (%zu bytes)",
+                                    t->base_copy_bytes);
+                goto fail;
+            }
+            size_t bco = 0;
             /* the adapter's tensors, in layer order, initialized as they are carved (one RNG stream) */
             for (int l = 0; l < L; l++)
                 for (int k = 0; k < NLIN; k++) {
@@ -557,10 +573,20 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                     lin_dims(c, k, &o, &i);
                     ad->shapes(&t->acfg, i, o, rows, cols);
                     for (int a = 0; a < ad->n_tensors; a++) {
-                        CARVE(AW(l, k)[a], GAW(l, k)[a], (size_t)rows[a] * cols[a]);
+                        CARVE(AW(l, k)[a], GAW(l, k)[a], wmat__adapter_nelem(rows[a], cols[a]));
                         add_slot(t, AW(l, k)[a], GAW(l, k)[a], rows[a], cols[a]);
                     }
-                    ad->init(&t->acfg, AW(l, k), t->afix[l * NLIN + k], i, o, &t->rng);
+                    const wmat_tensor *bw = rep ? NULL : t->lin_[l * NLIN + k];
+                    float *Wf = bw && bw->dtype == WMAT_F32 ? bw->data : NULL;
+                    if (Wf && ad->rewrites_base) {
+                        wmat_tensor *h = &t->hdr[l * NLIN + k];
+                        Wf = t->base_copy + bco;
+                        bco += (size_t)o * i;
+                        memcpy(Wf, bw->data, (size_t)o * i * sizeof(float));
+                        wmat__tensor_init2(h, WMAT_F32, o, i, Wf);
+                        t->lin_[l * NLIN + k] = bw = h;
+                    }
+                    if ((rc = ad->init(&t->acfg, AW(l, k), t->afix[l * NLIN + k], bw, Wf, i, o, &t->rng))) goto fail;
                 }
         }
 #undef CARVE
@@ -830,7 +856,7 @@ static void lin_fwd(wmat_trainer *t, float *Y, const float *X, int l, int k, int
     float *const *w = AW(l, k);
     if (w[0])
         t->adapter->forward(&t->acfg, Y, t->acts[l].aact[k], t->ascratch, X, (const float *const *)w,
-                            t->afix[l * NLIN + k], BT, i, o);
+                            t->afix[l * NLIN + k], W, BT, i, o);
 }
 
 /* dW += dY^T X where the base trains (f32 params), dX (= or += with acc)
@@ -847,7 +873,7 @@ static void lin_bwd(wmat_trainer *t, float *dX, const float *dY, const float *X,
     float *const *w = AW(l, k);
     if (w[0])
         t->adapter->backward(&t->acfg, dX, GAW(l, k), t->ascratch, dY, X, (const float *const *)w,
-                             t->afix[l * NLIN + k], t->acts[l].aact[k], BT, i, o);
+                             t->afix[l * NLIN + k], W, t->acts[l].aact[k], BT, i, o);
 }
 
 /* The shared block's linear product: the layer's linear (base, then the
@@ -1066,8 +1092,9 @@ int wmat_trainer_model(wmat_trainer *t, wmat_model **out)
             if (!w[0]) continue;
             int o, i;
             lin_dims(c, k, &o, &i);
-            t->adapter->merge(&t->acfg, wmat_model_linear(t->view, l, (wmat_linear_kind)k)->data, (const float *const *)w,
-                              t->afix[l * NLIN + k], i, o);
+            if ((rc = t->adapter->merge(&t->acfg, wmat_model_linear(t->view, l, (wmat_linear_kind)k)->data,
+                                        (const float *const *)w, t->afix[l * NLIN + k], i, o)))
+                return rc;
         }
     *out = t->view;
     return WMAT_OK;
@@ -1107,8 +1134,9 @@ void wmat_trainer_memory(const wmat_trainer *t, wmat_train_memory *mem)
     }
     /* a replacing adapter reads no base: its weights are the parameters
      * and the frozen supports */
-    mem->weights = t->p.method == WMAT_TRAIN_LORA && !t->rep ? base + t->n_params * sizeof(float)
-                                                            : t->n_params * sizeof(float) + t->fixed_bytes;
+    mem->weights = t->p.method == WMAT_TRAIN_LORA && !t->rep
+                       ? base + t->n_params * sizeof(float) + t->fixed_bytes + t->base_copy_bytes /* PiSSA's residuals */
+                       : t->n_params * sizeof(float) + t->fixed_bytes;
     mem->grads = t->n_params * sizeof(float);
     mem->optim = t->opt_bytes;
     mem->optim_scratch = t->a_scratch ? wmat_arena_capacity(t->a_scratch) : 0;
@@ -1247,7 +1275,7 @@ int wmat_trainer_save_lora(wmat_trainer *t, const char *dir)
     if (!t->adapter->peft_type)
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "save adapter: PEFT has no %s adapter (the trained model keeps it)",
                               t->adapter->name);
-    return wmat__adapter_peft_save(t->adapter, &t->acfg, &t->c, t->aw, wmat_model_path(t->base), dir);
+    return wmat__adapter_peft_save(t->adapter, &t->acfg, &t->c, t->aw, t->afix, wmat_model_path(t->base), dir);
 }
 
 int wmat_lora_merge_peft(wmat_model *m, const char *dir) { return wmat__adapter_peft_merge(m, dir); }
