@@ -462,6 +462,35 @@ static void test_quantize_gguf_fails_early(void **state)
     expect_exit(0, "wrote", "%s quantize %s %s --method rtn --bits 4 --group 32 --sym --to gguf --quiet", w, m, out);
 }
 
+/* A packed model converts to dense llama2.c and HF files (dequantized, with
+ * a note) that score exactly as the packed model does. */
+static void test_convert_dequantizes_packed(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(m, "models/mix4m.bin");
+    TU_NEED_DATA(tok, "golden/wikitext2_valid_tokenized.tok512.u16");
+    const char *w = tu_cli();
+    char q[1024], bin[1024], hf[1024];
+    snprintf(q, sizeof q, "%s", tu_tmp("packed4"));
+    snprintf(bin, sizeof bin, "%s", tu_tmp("deq.bin"));
+    snprintf(hf, sizeof hf, "%s", tu_tmp("deq-hf"));
+    expect_exit(0, "wrote", "%s quantize %s %s --method rtn --bits 4 --quiet", w, m, q);
+    expect_exit(0, "dequantizing 42 packed", "%s convert %s %s --to llama2c", w, q, bin);
+    expect_exit(0, "dequantizing 42 packed", "%s convert %s %s --to hf", w, q, hf);
+    double ppl[3];
+    const char *paths[3] = {q, bin, hf};
+    for (int i = 0; i < 3; i++) {
+        int code = 0;
+        char *out = run_stdout(&code, "%s eval %s --tokens %s --max-windows 4 --json", w, paths[i], tok);
+        assert_int_equal(code, 0);
+        ppl[i] = json_num(out, "ppl");
+        free(out);
+    }
+    if (!(ppl[0] > 1 && ppl[0] < 100)) fail_msg("packed model perplexity %g", ppl[0]);
+    TU_ASSERT_BELOW(fabs(ppl[1] - ppl[0]), 1e-9 + 1e-6 * ppl[0]);
+    TU_ASSERT_BELOW(fabs(ppl[2] - ppl[0]), 1e-9 + 1e-6 * ppl[0]);
+}
+
 static void test_convert_roundtrips(void **state)
 {
     (void)state;
@@ -599,6 +628,7 @@ int main(void)
         cmocka_unit_test(test_common_spellings_train),
         cmocka_unit_test(test_tokenize_cli_matches_runc),
         cmocka_unit_test(test_convert_roundtrips),
+        cmocka_unit_test(test_convert_dequantizes_packed),
         cmocka_unit_test(test_quantize_gguf_fails_early),
         cmocka_unit_test(test_llamacpp_continues_like_wmat),
     };

@@ -370,7 +370,7 @@ int cmd_tokenize(int argc, char **argv)
 int cmd_convert(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("convert");
-    const char *to = NULL, *dtype = "f32", *tok_out = NULL;
+    const char *to = NULL, *dtype = NULL, *tok_out = NULL;
     cli_opt opts[] = {
         {"--to", OPT_STR, &to, "FORMAT", "llama2c, gguf or hf"},
         {"--dtype", OPT_STR, &dtype, "TYPE", "weight type: f32 (default), f16, bf16 (hf, gguf), q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs (gguf)"},
@@ -384,6 +384,8 @@ int cmd_convert(int argc, char **argv)
     wmat_save_params sp = wmat_save_default_params();
     sp.format = wmat_format_from_name(to);
     if (sp.format == WMAT_FMT_UNKNOWN) return cli_usage_error("convert", "unknown format '%s' (llama2c, gguf, hf)", to);
+    const int dtype_given = dtype != NULL;
+    if (!dtype) dtype = "f32";
     int dt = wmat_dtype_from_name(dtype);
     if (dt < 0 || !wmat_dtype_info((wmat_dtype)dt)->is_float)
         return cli_usage_error("convert", "unknown --dtype '%s' (f32, f16, bf16; gguf also q8_0, q4_0, q4_1, q5_0, q5_1, "
@@ -394,6 +396,21 @@ int cmd_convert(int argc, char **argv)
     wmat_model *m;
     if (cli_load_model("convert", pos[0], CLI_LOAD_STORED, &m)) return 1;
     double t0 = now_s();
+    /* packed, low-rank, sparse ... weights (object kinds): llama2.c and HF
+     * files hold dense matrices, and a GGUF asked for with --dtype gets
+     * that type; so these are expanded to f32 first (a GGUF without
+     * --dtype keeps the exact ggml types of packed weights) */
+    int n_obj = 0;
+    for (int i = 0; i < wmat_model_n_tensors(m); i++) n_obj += wmat_tensor_kind(wmat_model_tensor(m, i)) &&
+                                                                wmat_model_tensor(m, i)->dtype == WMAT_OBJ;
+    if (n_obj && (sp.format != WMAT_FMT_GGUF || dtype_given)) {
+        fprintf(stderr, "convert: dequantizing %d packed/factored tensor%s to f32 before writing %s\n", n_obj,
+                n_obj == 1 ? "" : "s", to);
+        if (wmat_model_dequantize(m)) {
+            wmat_model_free(m);
+            return cli_fail("convert");
+        }
+    }
     rc = wmat_model_save(m, pos[1], &sp);
     if (rc) {
         wmat_model_free(m);
