@@ -839,6 +839,15 @@ static void test_bad_input(void **state)
     unsigned mask;
     assert_int_equal(wmat_train_parse_targets("q,foo", &mask), WMAT_ERR_INVALID);
     assert_non_null(strstr(wmat_last_error(), "foo"));
+    /* PEFT's module names mean the same layers */
+    unsigned t1, t2;
+    TU_OK(wmat_train_parse_targets("q,v,down", &t1));
+    TU_OK(wmat_train_parse_targets("q_proj,v_proj,down_proj", &t2));
+    assert_int_equal(t1, t2);
+    TU_OK(wmat_train_parse_targets("all", &t1));
+    TU_OK(wmat_train_parse_targets("all-linear", &t2));
+    assert_int_equal(t1, t2);
+    assert_int_equal(wmat_train_parse_targets("q_projx", &mask), WMAT_ERR_INVALID);
     p.method = WMAT_TRAIN_LORA;
     p.lora_targets = 0;
     assert_int_equal(wmat_trainer_create(&t, m, &p), WMAT_ERR_INVALID);

@@ -110,7 +110,7 @@ int cmd_train(int argc, char **argv)
         {"--alpha", OPT_FLOAT, &alpha, "A", "the same as --lora-alpha"},
         {"--density", OPT_FLOAT, &density, "D", "share of each matrix in the sparse part of an adapter that has one (default 0.03)"},
         {"--merge-dense", OPT_FLAG, &merge_dense, NULL, "an adapter that replaces the linears: write them as dense f32 instead of their small form"},
-        {"--lora-targets", OPT_STR, &targets, "LIST", "adapted layers: q,k,v,o,gate,up,down or all (default q,v)"},
+        {"--lora-targets", OPT_STR, &targets, "LIST", "adapted layers: q,k,v,o,gate,up,down or all, or PEFT's q_proj,...,all-linear (default q,v)"},
         {"--rslora", OPT_FLAG, &rslora, NULL, "rank-stabilized scale alpha/sqrt(r) for the default adapter"},
         {"--lora-out", OPT_STR, &lora_out, "DIR", "also write the adapter in PEFT's layout"},
         {"--galore-rank", OPT_INT, &grank, "R", "projector rank (default dim/4)"},

@@ -167,15 +167,23 @@ int wmat_train_parse_targets(const char *list, unsigned *mask)
             *mask |= (1u << NLIN) - 1;
             found = 1;
         }
+        /* PEFT's spellings too: the HF module names and "all-linear" */
+        if (len == 10 && !strncmp(s, "all-linear", 10)) {
+            *mask |= (1u << NLIN) - 1;
+            found = 1;
+        }
         for (int k = 0; k < NLIN && !found; k++) {
             const char *nm = wmat_linear_name((wmat_linear_kind)k);
-            if (strlen(nm) == len && !strncmp(s, nm, len)) {
+            const size_t nl = strlen(nm);
+            if ((nl == len && !strncmp(s, nm, len)) || (len == nl + 5 && !strncmp(s, nm, nl) && !strncmp(s + nl, "_proj", 5))) {
                 *mask |= 1u << k;
                 found = 1;
             }
         }
         if (!found)
-            return wmat_set_error(WMAT_ERR_INVALID, "target '%.*s' matches no module (choose from q,k,v,o,gate,up,down or all)",
+            return wmat_set_error(WMAT_ERR_INVALID,
+                                  "target '%.*s' matches no module (choose from q,k,v,o,gate,up,down or all; PEFT's "
+                                  "q_proj ... down_proj and all-linear also work)",
                                   (int)len, s);
         s += len;
         if (*s == ',') s++;
