@@ -3,6 +3,7 @@
  * interrupt-and-resume through the CLI giving the same file, clear errors. */
 #include "test_util.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,12 +126,80 @@ static void test_cli_registries(void **state)
     free(o);
 }
 
+static double ppl_of(const char *args, const char *txt)
+{
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "%s eval %s --text %s --ctx 32 --max-windows 4 --json 2>/dev/null", tu_cli(), args, txt);
+    int rc;
+    char *o = tu_run(cmd, &rc);
+    if (rc) fail_msg("wmat eval %s failed: %s", args, o ? o : "");
+    const char *p = o ? strstr(o, "\"ppl\": ") : NULL;
+    const double v = p ? atof(p + 7) : -1;
+    free(o);
+    return v;
+}
+
+/* A LoRA run's PEFT directory (--lora-out) described by `adapter info`,
+ * merged by `adapter merge` and applied by `eval --adapter`: all three
+ * score as the trainer's own merged model, and differ from the base. */
+static void test_cli_adapter_merge_apply(void **state)
+{
+    (void)state;
+    const char *txt = text_file();
+    char cmd[8192], base[1024], ft[1024], dir[1024], merged[1024];
+    snprintf(base, sizeof base, "%s", tu_tmp("abase.gguf"));
+    snprintf(ft, sizeof ft, "%s", tu_tmp("aft.gguf"));
+    snprintf(dir, sizeof dir, "%s", tu_tmp("alora"));
+    snprintf(merged, sizeof merged, "%s", tu_tmp("amerged.gguf"));
+    int rc;
+    snprintf(cmd, sizeof cmd, "%s train --init tiny %s --byte-tokenizer --data %s --steps 4 --batch 2 --ctx 32 --threads 1 2>&1",
+             tu_cli(), base, txt);
+    char *o = tu_run(cmd, &rc);
+    if (rc) fail_msg("base: %s", o);
+    free(o);
+    snprintf(cmd, sizeof cmd,
+             "%s train %s %s --method lora --lora-out %s --data %s --steps 6 --batch 2 --ctx 32 --lr 1e-2 --threads 1 2>&1",
+             tu_cli(), base, ft, dir, txt);
+    o = tu_run(cmd, &rc);
+    if (rc) fail_msg("lora: %s", o);
+    free(o);
+    snprintf(cmd, sizeof cmd, "%s adapter info %s", tu_cli(), dir);
+    o = tu_run(cmd, &rc);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(o, "\"LORA\""));
+    assert_non_null(strstr(o, "q_proj"));
+    free(o);
+    snprintf(cmd, sizeof cmd, "%s adapter merge %s %s %s 2>&1", tu_cli(), base, dir, merged);
+    o = tu_run(cmd, &rc);
+    if (rc) fail_msg("adapter merge: %s", o);
+    free(o);
+    char with[2200];
+    snprintf(with, sizeof with, "%s --adapter %s", base, dir);
+    const double p_ft = ppl_of(ft, txt), p_merged = ppl_of(merged, txt), p_with = ppl_of(with, txt), p_base = ppl_of(base, txt);
+    print_message("  ppl: base %.6f, trainer's merge %.6f, adapter merge %.6f, eval --adapter %.6f\n", p_base, p_ft, p_merged,
+                  p_with);
+    TU_ASSERT_BELOW(fabs(p_merged / p_ft - 1), 1e-5);
+    TU_ASSERT_BELOW(fabs(p_with / p_ft - 1), 1e-5);
+    if (!(fabs(p_base / p_ft - 1) > 1e-3)) fail_msg("the adapter changed nothing (base %g, fine-tune %g)", p_base, p_ft);
+    /* a missing directory and an unknown subcommand are clear errors */
+    snprintf(cmd, sizeof cmd, "%s adapter merge %s %s/nope %s 2>&1", tu_cli(), base, dir, merged);
+    o = tu_run(cmd, &rc);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(o, "nope"));
+    free(o);
+    snprintf(cmd, sizeof cmd, "%s adapter frobnicate %s 2>&1", tu_cli(), dir);
+    o = tu_run(cmd, &rc);
+    assert_int_equal(rc, 2);
+    free(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cli_init_train_eval),
         cmocka_unit_test(test_cli_resume_identical),
         cmocka_unit_test(test_cli_registries),
+        cmocka_unit_test(test_cli_adapter_merge_apply),
     };
     return tu_run_tests("train_cli", tests, NULL, NULL);
 }

@@ -249,6 +249,17 @@ int cli_load_model(const char *cmd, const char *path, int materialize, wmat_mode
     return rc ? cli_fail(cmd) : 0;
 }
 
+int cli_apply_adapter(const char *cmd, wmat_model *m, const char *dir)
+{
+    if (wmat_lora_merge_peft(m, dir)) {
+        cli_fail(cmd);
+        wmat_model_free(m);
+        return 1;
+    }
+    fprintf(stderr, "%s: merged the adapter %s into the weights (fp32)\n", cmd, dir);
+    return 0;
+}
+
 int cli_load_tokens(const char *cmd, wmat_model *m, const char *text_path, const char *tokens_path, int32_t **ids,
                     size_t *n)
 {

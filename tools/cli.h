@@ -68,6 +68,9 @@ int cli_usage_error(const char *cmd, const char *fmt, ...);
  * run without an fp32 copy). */
 enum { CLI_LOAD_RAW = 0, CLI_LOAD_F32 = 1, CLI_LOAD_STORED = 2 };
 int cli_load_model(const char *cmd, const char *path, int materialize, wmat_model **out);
+/* Merge a PEFT adapter directory into m (loaded CLI_LOAD_F32); on failure
+ * the error is printed and m freed (returns 1). */
+int cli_apply_adapter(const char *cmd, wmat_model *m, const char *dir);
 /* Tokens of a text file ([BOS] + text) or a uint16 token file. */
 int cli_load_tokens(const char *cmd, wmat_model *m, const char *text_path, const char *tokens_path, int32_t **ids,
                     size_t *n);
@@ -107,6 +110,7 @@ int cmd_decompose(int argc, char **argv);
 int cmd_methods(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_signature(int argc, char **argv);
+int cmd_adapter(int argc, char **argv);
 int cmd_align(int argc, char **argv);
 
 extern const cli_command g_commands[];

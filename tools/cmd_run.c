@@ -93,7 +93,9 @@ int cmd_eval(int argc, char **argv)
     const cli_command *cmd = cli_find_command("eval");
     cli_eval ev = {0};
     cli_json js = {0};
+    const char *adapter = NULL;
     cli_opt opts[] = {
+        {"--adapter", OPT_STR, &adapter, "DIR", "a PEFT adapter directory merged into the weights first (LoRA, DoRA, ...)"},
         CLI_EVAL_INPUT_OPTS(&ev, "the stream to score"),
         CLI_EVAL_CTX_OPT(&ev, "window length (default: the model's context)"),
         CLI_EVAL_WINDOW_OPTS(&ev, "score only the first K windows (default: all)"),
@@ -106,7 +108,8 @@ int cmd_eval(int argc, char **argv)
     if (!cli_eval_path(&ev)) return cli_usage_error("eval", "give exactly one of --text FILE, --tokens FILE or --eval FILE");
     if ((rc = cli_eval_check("eval", &ev)) || (rc = cli_json_check("eval", &js))) return rc;
     wmat_model *m;
-    if (cli_load_model("eval", pos[0], CLI_LOAD_STORED, &m)) return 1;
+    if (cli_load_model("eval", pos[0], adapter ? CLI_LOAD_F32 : CLI_LOAD_STORED, &m)) return 1;
+    if (adapter && cli_apply_adapter("eval", m, adapter)) return 1;
     const wmat_config *c = wmat_model_config(m);
     int ctx = ev.ctx ? ev.ctx : c->seq_len;
     if (ctx > c->seq_len) {
@@ -164,8 +167,10 @@ int cmd_generate(int argc, char **argv)
     const char *prompt = "", *model = NULL;
     int steps = 0, n_new = -1, seed_set = 0, seed = 0;
     wmat_sampler_params sp = wmat_sampler_default_params();
+    const char *adapter = NULL;
     cli_opt opts[] = {
         {"--prompt", OPT_STR, &prompt, "TEXT", "text to continue (default: empty)"},
+        {"--adapter", OPT_STR, &adapter, "DIR", "a PEFT adapter directory merged into the weights first (LoRA, DoRA, ...)"},
         {"-p", OPT_STR, &prompt, "TEXT", "same as --prompt"},
         {"-m", OPT_STR, &model, "MODEL", "the model (instead of the positional MODEL), as llama.cpp's -m"},
         {"--n-predict", OPT_INT, &n_new, "N", "new tokens to generate after the prompt (default: up to --steps or the context)"},
@@ -195,7 +200,8 @@ int cmd_generate(int argc, char **argv)
         sp.repeat_last_n < 0)
         return cli_usage_error("generate", "--temp >= 0, --top-p and --min-p in [0, 1], --top-k >= 0, --repeat-penalty > 0, --repeat-last-n >= 0");
     wmat_model *m;
-    if (cli_load_model("generate", model, CLI_LOAD_STORED, &m)) return 1;
+    if (cli_load_model("generate", model, adapter ? CLI_LOAD_F32 : CLI_LOAD_STORED, &m)) return 1;
+    if (adapter && cli_apply_adapter("generate", m, adapter)) return 1;
     const wmat_config *c = wmat_model_config(m);
     wmat_tokenizer *tok = wmat_model_tokenizer(m);
     if (!tok) {

@@ -31,6 +31,8 @@ const cli_command g_commands[] = {
     {"signature", "Weight signatures: extract a fine-tune's delta (full or its top-r singular part per matrix), apply, compose, info.",
      "(extract FT BASE OUT [--rank R] [--layers LIST] [--against CLEAN_FT] | apply BASE SIG OUT [--alpha A] | compose BASE SIG... OUT [--alphas A1,...] | info SIG) [options]",
      cmd_signature},
+    {"adapter", "PEFT adapters: describe one, or merge adapters into a base and write it (generate/eval take --adapter DIR).",
+     "(info DIR | merge BASE DIR... OUT [--to FMT] [--dtype T]) [options]", cmd_adapter},
     {"align", "Weight matching: permute B's channels and heads to match A (git re-basin); loss along the linear path before and after.", "A B OUT [--lmc-text FILE [--report lmc.svg]] [options]", cmd_align},
     {NULL, NULL, NULL, NULL},
 };
