@@ -489,6 +489,17 @@ static void test_convert_dequantizes_packed(void **state)
     if (!(ppl[0] > 1 && ppl[0] < 100)) fail_msg("packed model perplexity %g", ppl[0]);
     TU_ASSERT_BELOW(fabs(ppl[1] - ppl[0]), 1e-9 + 1e-6 * ppl[0]);
     TU_ASSERT_BELOW(fabs(ppl[2] - ppl[0]), 1e-9 + 1e-6 * ppl[0]);
+    /* a model without a tokenizer (this HF directory has none) is not
+     * written as a GGUF llama.cpp would refuse, unless asked */
+    const char *hfdir = tu_data("models/mix4m-hf");
+    if (hfdir) {
+        const char *g = tu_tmp("notok.gguf");
+        expect_exit(1, "--no-tokenizer", "%s convert %s %s --to gguf", w, hfdir, g);
+        FILE *f = fopen(g, "rb");
+        if (f) fclose(f);
+        assert_null(f);
+        expect_exit(0, "wrote", "%s convert %s %s --to gguf --no-tokenizer", w, hfdir, g);
+    }
 }
 
 static void test_convert_roundtrips(void **state)

@@ -377,10 +377,12 @@ int cmd_convert(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("convert");
     const char *to = NULL, *dtype = NULL, *tok_out = NULL;
+    int no_tok = 0;
     cli_opt opts[] = {
         {"--to", OPT_STR, &to, "FORMAT", "llama2c, gguf or hf"},
         {"--dtype", OPT_STR, &dtype, "TYPE", "weight type: f32 (default), f16, bf16 (hf, gguf), q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs (gguf)"},
         {"--tokenizer-out", OPT_STR, &tok_out, "FILE", "llama2c: where to write the tokenizer (default OUT_tokV.bin)"},
+        {"--no-tokenizer", OPT_FLAG, &no_tok, NULL, "write a GGUF even when the model has no tokenizer (llama.cpp will refuse it)"},
         {NULL, 0, NULL, NULL, NULL},
     };
     const char *pos[2];
@@ -401,6 +403,14 @@ int cmd_convert(int argc, char **argv)
     sp.tokenizer_path = tok_out;
     wmat_model *m;
     if (cli_load_model("convert", pos[0], CLI_LOAD_STORED, &m)) return 1;
+    if (sp.format == WMAT_FMT_GGUF && !wmat_model_tokenizer(m) && !no_tok) {
+        fprintf(stderr,
+                "wmat convert: error: %s has no tokenizer, and llama.cpp refuses a GGUF without one; pass --tokenizer FILE "
+                "(a llama2.c tokenizer) or --no-tokenizer to write it anyway\n",
+                pos[0]);
+        wmat_model_free(m);
+        return 1;
+    }
     double t0 = now_s();
     /* packed, low-rank, sparse ... weights (object kinds): llama2.c and HF
      * files hold dense matrices, and a GGUF asked for with --dtype gets
