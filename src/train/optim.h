@@ -165,5 +165,6 @@ extern const wmat__optimizer wmat__optim_sgd;
 extern const wmat__optimizer wmat__optim_adamw8bit;
 extern const wmat__projector wmat__proj_galore;
 extern const wmat__projector wmat__proj_fira;
+extern const wmat__projector wmat__proj_gradnormlorp;
 
 #endif
