@@ -823,6 +823,11 @@ typedef struct {
      * lora_rank, alpha lora_alpha): the share of each targeted matrix's
      * positions in S's fixed random support, [0, 1) (default 0.03). */
     float adapter_density;
+    /* 1: activation recomputation per block: the forward keeps only each
+     * block's input, the backward recomputes a block's activations from it
+     * (one more block forward per layer but the last; the same gradients,
+     * bit for bit, with one layer's activations in memory instead of all). */
+    int recompute;
 } wmat_train_params;
 
 WMAT_API wmat_train_params wmat_train_default_params(void);

@@ -760,6 +760,66 @@ static void test_galore_memory(void **state)
     wmat_model_free(m);
 }
 
+/* --recompute: the backward refills the activations block by block from
+ * the stored block inputs. Gradients (and loss) bit-identical to the
+ * stored path for full training, an adapter and a projector, then three
+ * steps to identical weights; the activation arena is smaller. */
+static void recompute_check(wmat_train_method meth, const char *adapter, int threads)
+{
+    wmat_context oc = wmat_context_default();
+    oc.n_threads = threads;
+    wmat_config c = tu_config(16, 24, 3, 4, 2, 13, 16);
+    wmat_model *m;
+    TU_OK(wmat_model_create(&m, &c));
+    TU_OK(wmat_model_init_random(m, 77, 0.3f));
+    int32_t *d = synthetic_tokens(600, 13);
+    wmat_trainer *t[2];
+    wmat_train_memory mem[2];
+    for (int k = 0; k < 2; k++) {
+        wmat_train_params p = small_params(meth, &oc);
+        p.adapter = adapter;
+        p.recompute = k;
+        TU_OK(wmat_trainer_create(&t[k], m, &p));
+        TU_OK(wmat_trainer_set_data(t[k], d, 600));
+        wmat_trainer_memory(t[k], &mem[k]);
+    }
+    /* an adapter whose B is 0 passes no gradient to A: one step first */
+    for (int k = 0; k < 2; k++) run_steps(t[k], 1, NULL, NULL);
+    double loss[2];
+    size_t n[2];
+    float *g[2], *w[2];
+    for (int k = 0; k < 2; k++) {
+        TU_OK(wmat__trainer_fwdbwd(t[k], d + 5, d + 6, 4, 8, 1.0f / 32, 1, 0, &loss[k]));
+        g[k] = wmat__trainer_grads(t[k], &n[k]);
+    }
+    assert_int_equal(n[0], n[1]);
+    assert_true(loss[0] == loss[1]);
+    double mx = 0;
+    for (size_t i = 0; i < n[0]; i++) mx = fmax(mx, tu_abs_diff(g[0][i], g[1][i]));
+    print_message("recompute (%s, %d threads): loss %.6f, max |grad diff| %.3g over %zu, activations %zu -> %zu B\n",
+                  adapter ? adapter : meth == WMAT_TRAIN_GALORE ? "galore" : "full", threads, loss[0], mx, n[0],
+                  mem[0].activations, mem[1].activations);
+    if (memcmp(g[0], g[1], n[0] * sizeof(float))) fail_msg("recomputed gradients differ (max %.3g)", mx);
+    assert_true(mem[1].activations < mem[0].activations);
+    for (int k = 0; k < 2; k++) run_steps(t[k], 3, NULL, NULL);
+    w[0] = wmat__trainer_params(t[0], &n[0]);
+    w[1] = wmat__trainer_params(t[1], &n[1]);
+    assert_memory_equal(w[0], w[1], n[0] * sizeof(float));
+    for (int k = 0; k < 2; k++) wmat_trainer_free(t[k]);
+    wmat_model_free(m);
+    free(d);
+}
+
+static void test_recompute(void **state)
+{
+    (void)state;
+    recompute_check(WMAT_TRAIN_FULL, NULL, 1);
+    recompute_check(WMAT_TRAIN_FULL, NULL, 2);
+    recompute_check(WMAT_TRAIN_LORA, "lora", 1);
+    recompute_check(WMAT_TRAIN_LORA, "sltrain", 1);
+    recompute_check(WMAT_TRAIN_GALORE, NULL, 1);
+}
+
 static void test_lora_merge_and_peft(void **state)
 {
     (void)state;
@@ -940,6 +1000,7 @@ int main(void)
         cmocka_unit_test(test_resume_galore_rand),
         cmocka_unit_test(test_sgd_and_memory),
         cmocka_unit_test(test_galore_memory),
+        cmocka_unit_test(test_recompute),
         cmocka_unit_test(test_lora_merge_and_peft),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_determinism_threads),

@@ -72,7 +72,7 @@ int cmd_train(int argc, char **argv)
     const char *opt = reg_default(WMAT_REG_OPTIMIZER);
     int tokenizer_kind = 0;
     int steps = 100, batch = 8, ctx = 0, accum = 1, warmup = -1, seed = 1337, eval_every = 0, eval_windows = 0;
-    int ckpt_every = 0, rank = 8, grank = 0, ggap = 50, rslora = 0, randomized = 0, no_shuffle = 0;
+    int recompute = 0, ckpt_every = 0, rank = 8, grank = 0, ggap = 50, rslora = 0, randomized = 0, no_shuffle = 0;
     int stop_after = 0, save_merged = 1, time_limit = 0, eval_offset = 0, merge_dense = 0;
     cli_json js = {0};
     float lr = 0, min_lr = -1, wd = 0, clip = 1.0f, alpha = 16, gscale = 1.0f, b2 = 0.95f, mom = 0.9f, density = 0.03f;
@@ -118,6 +118,7 @@ int cmd_train(int argc, char **argv)
         {"--galore-scale", OPT_FLOAT, &gscale, "S", "projected update scale (default 1)"},
         {"--galore-targets", OPT_STR, &gtargets, "LIST", "projected matrices (default all seven)"},
         {"--galore-randomized", OPT_FLAG, &randomized, NULL, "randomized range finder instead of a full singular value decomposition"},
+        {"--recompute", OPT_FLAG, &recompute, NULL, "keep only each block's input in the forward and recompute the block in the backward (less activation memory, same gradients)"},
         {"--eval-every", OPT_INT, &eval_every, "N", "evaluate on --eval every N steps (default steps/10)"},
         {"--max-windows", OPT_INT, &eval_windows, "K", "windows per evaluation (default all)"},
         {"--offset", OPT_INT, &eval_offset, "N", "skip the first N tokens of the --eval stream (a held-out part)"},
@@ -189,6 +190,7 @@ int cmd_train(int argc, char **argv)
     p.galore_gap = ggap;
     p.galore_scale = gscale;
     p.galore_randomized = randomized;
+    p.recompute = recompute;
     wmat_context wc = wmat_context_default();
     wc.n_threads = g_cli.threads;
     p.exec = &wc;

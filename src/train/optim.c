@@ -8,7 +8,7 @@
 /* One line per optimizer: the trainer, the CLI's --help and the tests
  * (tests/test_train_registry.c) iterate this table. */
 static const wmat__optimizer *const optimizers[] = {&wmat__optim_adamw, &wmat__optim_sgd, &wmat__optim_adamw8bit};
-static const wmat__projector *const projectors[] = {&wmat__proj_galore};
+static const wmat__projector *const projectors[] = {&wmat__proj_galore, &wmat__proj_fira, &wmat__proj_gradnormlorp};
 
 const wmat__optimizer *wmat__optimizer_at(int i)
 {

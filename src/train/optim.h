@@ -127,6 +127,36 @@ typedef struct wmat__projector {
 } wmat__projector;
 
 const wmat__projector *wmat__projector_at(int i);
+
+/* ---- GaLore's pieces (proj_galore.c), shared by the projectors built on
+ * it (Fira, GradNormLoRP). The projection side: left (P (m, r), R = P^T G
+ * (r, n)) when m <= n, else right (Q (n, r), R = G Q (m, r)). */
+typedef struct {
+    float *R, *N;   /* (max_pn) projected gradient, update direction */
+    float *A;       /* SVD input copy, or the randomized sketch buffers */
+    float *T;       /* (n, m) transpose of G for right projections */
+    float *S;       /* singular values / QR tau */
+    float *U, *VT;  /* SVD factors */
+} wmat__galore_scratch;
+int wmat__galore_rank(const wmat__proj_params *pp, int rows, int cols);
+/* GaLore's plan: pn = r n or m r, state = P or Q. */
+void wmat__galore_plan(const wmat__proj_params *pp, int rows, int cols, size_t *pn, size_t *state_floats);
+/* Lay GaLore's scratch out from base (NULL: only count); returns its
+ * floats, a multiple of 16 (what follows stays 64-byte aligned). */
+size_t wmat__galore_carve(const wmat__proj_params *pp, const wmat__proj_sizes *z, float *base,
+                          wmat__galore_scratch *s);
+/* On a refresh step (ctx->step0 % gap == 0) P from the top-r singular
+ * vectors of G (m, n); otherwise nothing. */
+int wmat__galore_refresh(const wmat__proj_params *pp, const wmat__proj_ctx *ctx, const wmat__galore_scratch *sc,
+                         const float *G, int m, int n, float *P);
+/* R = P^T G or G Q */
+void wmat__galore_down(const float *P, const float *G, int m, int n, int r, float *R);
+/* W += a P N or a N Q^T */
+void wmat__galore_up(const float *P, const float *N, int m, int n, int r, float a, float *W);
+/* N (pn) = the wrapped optimizer's update direction for gradient R, its
+ * states advanced. */
+void wmat__galore_direction(const wmat__optimizer *opt, const wmat__optim_hparams *h, void *const *state,
+                            const float *R, float *N, size_t pn);
 const wmat__projector *wmat__projector_find(const char *name);
 
 /* Registry entries (defined one per file). */
@@ -134,5 +164,7 @@ extern const wmat__optimizer wmat__optim_adamw;
 extern const wmat__optimizer wmat__optim_sgd;
 extern const wmat__optimizer wmat__optim_adamw8bit;
 extern const wmat__projector wmat__proj_galore;
+extern const wmat__projector wmat__proj_fira;
+extern const wmat__projector wmat__proj_gradnormlorp;
 
 #endif

@@ -14,15 +14,15 @@
 
 #include <string.h>
 
-static int clamp_rank(int r, int rows, int cols)
+int wmat__galore_rank(const wmat__proj_params *pp, int rows, int cols)
 {
     const int mn = rows < cols ? rows : cols;
-    return r < mn ? r : mn;
+    return pp->rank < mn ? pp->rank : mn;
 }
 
-static void galore_plan(const wmat__proj_params *pp, int rows, int cols, size_t *pn, size_t *state_floats)
+void wmat__galore_plan(const wmat__proj_params *pp, int rows, int cols, size_t *pn, size_t *state_floats)
 {
-    const int r = clamp_rank(pp->rank, rows, cols);
+    const int r = wmat__galore_rank(pp, rows, cols);
     const int left = rows <= cols;
     *pn = left ? (size_t)r * cols : (size_t)rows * r;
     *state_floats = (left ? (size_t)rows : (size_t)cols) * r; /* P or Q */
@@ -32,15 +32,9 @@ static void galore_plan(const wmat__proj_params *pp, int rows, int cols, size_t 
  * LAPACK and the GEMMs see the same addresses' alignment as before. */
 static size_t up16(size_t n) { return (n + 15) & ~(size_t)15; }
 
-typedef struct {
-    float *R, *N;   /* (pn) projected gradient, update direction */
-    float *A;       /* SVD input copy, or the randomized sketch buffers */
-    float *T;       /* (n, m) transpose of G for right projections */
-    float *S;       /* singular values / QR tau */
-    float *U, *VT;  /* SVD factors */
-} scratch;
+typedef wmat__galore_scratch scratch;
 
-static size_t carve(const wmat__proj_params *pp, const wmat__proj_sizes *z, float *base, scratch *s)
+size_t wmat__galore_carve(const wmat__proj_params *pp, const wmat__proj_sizes *z, float *base, scratch *s)
 {
     const size_t kk = (size_t)pp->rank + 8, md = (size_t)(z->max_rows > z->max_cols ? z->max_rows : z->max_cols);
     const size_t sz[7] = {z->max_pn, z->max_pn, z->max_n + md * kk * 2 + kk * kk, z->max_n, md, md * md, z->max_n};
@@ -56,7 +50,7 @@ static size_t carve(const wmat__proj_params *pp, const wmat__proj_sizes *z, floa
 static size_t galore_scratch_floats(const wmat__proj_params *pp, const wmat__proj_sizes *z)
 {
     scratch s;
-    return carve(pp, z, NULL, &s);
+    return wmat__galore_carve(pp, z, NULL, &s);
 }
 
 /* Top-r left singular vectors of G (m, n) into P (m, r). */
@@ -91,52 +85,69 @@ static int top_left(const wmat__proj_params *pp, const wmat__proj_ctx *ctx, cons
     return WMAT_OK;
 }
 
-static int galore_step(const wmat__proj_params *pp, const wmat__proj_ctx *ctx, const wmat__proj_target *t,
-                       const wmat__optim_hparams *h, const wmat__optimizer *opt)
+int wmat__galore_refresh(const wmat__proj_params *pp, const wmat__proj_ctx *ctx, const scratch *sc, const float *G,
+                         int m, int n, float *P)
 {
-    const int m = t->rows, n = t->cols, r = clamp_rank(pp->rank, m, n), left = m <= n;
-    float *P = t->proj_state; /* left: P (m, r); right: Q (n, r) */
-    scratch sc;
-    carve(pp, &ctx->sizes, ctx->scratch, &sc);
-    int rc;
-    if (ctx->step0 % pp->gap == 0) {
-        if (left) {
-            rc = top_left(pp, ctx, &sc, t->g, m, n, r, P);
-        } else {
-            /* right: left vectors of G^T (n, m) */
-            for (int i = 0; i < m; i++)
-                for (int j = 0; j < n; j++) sc.T[(size_t)j * m + i] = t->g[(size_t)i * n + j];
-            rc = top_left(pp, ctx, &sc, sc.T, n, m, r, P);
-        }
-        if (rc) return rc;
-    }
-    const size_t pn = left ? (size_t)r * n : (size_t)m * r;
-    if (left)
-        wmat_sgemm(1, 0, r, n, m, 1.0f, P, r, t->g, n, 0.0f, sc.R, n); /* P^T G (r, n) */
+    if (ctx->step0 % pp->gap) return WMAT_OK;
+    const int r = wmat__galore_rank(pp, m, n);
+    if (m <= n) return top_left(pp, ctx, sc, G, m, n, r, P);
+    /* right: left vectors of G^T (n, m) */
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) sc->T[(size_t)j * m + i] = G[(size_t)i * n + j];
+    return top_left(pp, ctx, sc, sc->T, n, m, r, P);
+}
+
+void wmat__galore_down(const float *P, const float *G, int m, int n, int r, float *R)
+{
+    if (m <= n)
+        wmat_sgemm(1, 0, r, n, m, 1.0f, P, r, G, n, 0.0f, R, n); /* P^T G (r, n) */
     else
-        wmat_sgemm(0, 0, m, r, n, 1.0f, t->g, n, P, r, 0.0f, sc.R, r); /* G Q (m, r) */
-    /* the wrapped optimizer's direction: its step on a zero parameter with
-     * lr = -1 and no decay leaves exactly its update in N */
+        wmat_sgemm(0, 0, m, r, n, 1.0f, G, n, P, r, 0.0f, R, r); /* G Q (m, r) */
+}
+
+void wmat__galore_up(const float *P, const float *N, int m, int n, int r, float a, float *W)
+{
+    if (m <= n)
+        wmat_sgemm(0, 0, m, n, r, a, P, r, N, n, 1.0f, W, n); /* W += a P N */
+    else
+        wmat_sgemm(0, 1, m, n, r, a, N, r, P, r, 1.0f, W, n); /* W += a N Q^T */
+}
+
+void wmat__galore_direction(const wmat__optimizer *opt, const wmat__optim_hparams *h, void *const *state,
+                            const float *R, float *N, size_t pn)
+{
+    /* the wrapped optimizer's step on a zero parameter with lr = -1 and no
+     * decay leaves exactly its update in N */
     wmat__optim_hparams hp = *h;
     hp.lr = -1.0f;
     hp.weight_decay = 0.0f;
-    memset(sc.N, 0, pn * sizeof(float));
-    opt->step(sc.N, sc.R, t->opt_state, pn, &hp);
+    memset(N, 0, pn * sizeof(float));
+    opt->step(N, R, state, pn, &hp);
+}
+
+static int galore_step(const wmat__proj_params *pp, const wmat__proj_ctx *ctx, const wmat__proj_target *t,
+                       const wmat__optim_hparams *h, const wmat__optimizer *opt)
+{
+    const int m = t->rows, n = t->cols, r = wmat__galore_rank(pp, m, n);
+    float *P = t->proj_state; /* left: P (m, r); right: Q (n, r) */
+    scratch sc;
+    wmat__galore_carve(pp, &ctx->sizes, ctx->scratch, &sc);
+    int rc = wmat__galore_refresh(pp, ctx, &sc, t->g, m, n, P);
+    if (rc) return rc;
+    const size_t pn = m <= n ? (size_t)r * n : (size_t)m * r;
+    wmat__galore_down(P, t->g, m, n, r, sc.R);
+    wmat__galore_direction(opt, h, t->opt_state, sc.R, sc.N, pn);
     const float wd = h->weight_decay, lr = h->lr;
     if (wd > 0)
         for (size_t i = 0; i < (size_t)m * n; i++) t->p[i] -= lr * wd * t->p[i];
-    const float a = -lr * pp->scale;
-    if (left)
-        wmat_sgemm(0, 0, m, n, r, a, P, r, sc.N, n, 1.0f, t->p, n); /* W += a P N */
-    else
-        wmat_sgemm(0, 1, m, n, r, a, sc.N, r, P, r, 1.0f, t->p, n); /* W += a N Q^T */
+    wmat__galore_up(P, sc.N, m, n, r, -lr * pp->scale, t->p);
     return WMAT_OK;
 }
 
 const wmat__projector wmat__proj_galore = {
     .name = "galore",
     .summary = "GaLore: optimizer states in the span of the gradient's top-r singular vectors, refreshed every gap steps",
-    .plan = galore_plan,
+    .plan = wmat__galore_plan,
     .scratch_floats = galore_scratch_floats,
     .step = galore_step,
 };

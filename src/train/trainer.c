@@ -703,16 +703,30 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         size_t per_layer = BT * (6 * (size_t)D + 2 * KV + 3 * (size_t)H + 2);
         for (int k = 0; k < NLIN; k++)
             if (adapt && (p.lora_targets & (1u << k))) per_layer += aact;
-        size_t fl = per_layer * L + BT * (size_t)D /* final x */ + BT * (size_t)D + BT /* xnf rf */ +
+        /* recompute: every layer keeps its input x, one set of the rest is
+         * shared by all layers (the backward refills it layer by layer) */
+        const size_t stored = p.recompute ? BT * (size_t)D * L + (per_layer - BT * (size_t)D) : per_layer * L;
+        size_t fl = stored + BT * (size_t)D /* final x */ + BT * (size_t)D + BT /* xnf rf */ +
                     BT * (size_t)V + BT /* logits, losses */ +
                     BT * (6 * (size_t)D + 2 * KV + 3 * (size_t)H) + ascr /* backward */ +
                     (size_t)t->nt * 2 * T * T + T * (size_t)hd + 2 * BT;
         size_t bytes = fl * sizeof(float) + (size_t)(40 + 20 * L) * WMAT_ALIGN;
         if ((rc = wmat_arena_create(&t->a_act, bytes))) goto fail;
         wmat_arena *a = t->a_act;
+        if (p.recompute)
+            for (int l = 0; l <= L; l++) t->acts[l].x = take(a, BT * D);
         for (int l = 0; l <= L; l++) {
             layer_acts *la = &t->acts[l];
-            la->x = take(a, BT * D);
+            if (p.recompute && l > 0) {
+                /* the shared set: layer 0's buffers */
+                if (l < L) {
+                    float *x = la->x;
+                    *la = t->acts[0];
+                    la->x = x;
+                }
+                continue;
+            }
+            if (!p.recompute) la->x = take(a, BT * D);
             if (l == L) break;
             la->xn1 = take(a, BT * D);
             la->r1 = take(a, BT);
@@ -961,6 +975,16 @@ int wmat__trainer_fwdbwd(wmat_trainer *t, const int32_t *inputs, const int32_t *
     wmat__rmsnorm_backward(t->dx, gf, t->dxn, t->acts[L].x, t->fnorm, t->rf, BT, D, nt);
     for (int l = L - 1; l >= 0; l--) {
         layer_acts *a = &t->acts[l];
+        if (t->p.recompute && l < L - 1) {
+            /* refill the shared activations with layer l's: the same
+             * forward on the same input, so the same numbers; its output
+             * (layer l+1's input, still stored) goes to dq, unused here */
+            const wmat_block_cfg cfg = {c, LW(l, WMAT_W_ATTN_NORM), LW(l, WMAT_W_FFN_NORM), t->rope_cos, t->rope_sin, 0, nt};
+            const wmat_block_bufs b = {a->x,  a->xn1, a->r1, a->q,  a->k,  a->v,  a->ao,
+                                       a->xmid, a->xn2, a->r2, a->hg, a->hu, a->hs, t->dq, NULL};
+            int rc = wmat__block_forward(&cfg, &ops, l, &b, B, T);
+            if (rc) return rc;
+        }
         /* FFN: x[l+1] = xmid + down(swiglu(gate(xn2), up(xn2))) */
         lin_bwd(t, t->dhs, t->dx, a->hs, l, WMAT_LIN_DOWN, BT, 0);
         wmat__swiglu_backward(t->dhg, t->dhu, t->dhs, a->hg, a->hu, (size_t)BT * H, nt);
