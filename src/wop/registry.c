@@ -22,6 +22,7 @@ static const wmat_wkind *const g_kinds[] = {
     &wmat__wkind_sparse,  /* kind_sparse.c */
     &wmat__wkind_monarch, /* kind_monarch.c */
     &wmat__wkind_sum,     /* kind_sum.c */
+    &wmat__wkind_bcq,     /* kind_bcq.c (declared in wop.h) */
 };
 #define N_KINDS ((int)(sizeof g_kinds / sizeof g_kinds[0]))
 
