@@ -34,6 +34,7 @@ static const struct {
     {"gptq", 0.26, 0.059},
     {"adadim-rtn", 0.127, 0.0127},
     {"adadim-gptq", 0.143, 0.0077},
+    {"bcq", 0.23, 0.022},
 };
 
 static void rand_matrix(float *W, int64_t n, uint64_t seed, float sd)

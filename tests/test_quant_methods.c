@@ -366,7 +366,7 @@ static void test_adadim_and_registry(void **state)
         assert_ptr_equal(wmat__qmethod_find(qm->name), qm);
         assert_string_equal(wmat_quantize_method_name(n_methods, NULL), qm->name);
     }
-    assert_int_equal(n_methods, 5);
+    assert_int_equal(n_methods, 6);
     free(st.x2);
     free(W);
     free(D);

@@ -45,10 +45,10 @@ static int progress_eta(void *user, const char *what, uint64_t done, uint64_t to
 }
 
 /* The one place that hands results to quantized storage. */
-static int write_packed(wmat_model *m, const wmat_qresult *results, const char *out, wmat_format fmt)
+static int write_packed(wmat_model *m, wmat_qresult *results, const char *out, wmat_format fmt)
 {
     for (int i = 0; i < wmat_model_n_tensors(m); i++) {
-        if (!results[i].codes) continue;
+        if (!wmat_qresult_is_set(&results[i])) continue;
         int rc = wmat_model_set_quantized(m, wmat_model_tensor(m, i)->name, &results[i]);
         if (rc) return rc;
     }

@@ -42,9 +42,7 @@ static int cmp_desc(const void *a, const void *b)
     return x->i < y->i ? -1 : x->i > y->i;
 }
 
-/* U (n, n) float, upper, with (H + lambda mean(diag) I)^-1 = U^T U. Raises
- * *lambda by 10x (up to 5 tries) when a factorization fails. */
-static int inverse_cholesky(const double *H, int64_t n, double *lambda, float *U)
+int wmat__gptq_inverse_cholesky(const double *H, int64_t n, double *lambda, float *U)
 {
     double mean = 0.0;
     for (int64_t j = 0; j < n; j++) mean += H[j * n + j];
@@ -175,7 +173,7 @@ int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t c
     }
 
     double lambda = p->damp > 0 ? p->damp : 0.01;
-    if ((rc = inverse_cholesky(H, n, &lambda, U))) goto fail;
+    if ((rc = wmat__gptq_inverse_cholesky(H, n, &lambda, U))) goto fail;
 
     /* per-OC: one grid per row from the whole (dead-zeroed) W */
     if (per_oc)

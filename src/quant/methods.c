@@ -8,6 +8,7 @@
 
 #include "core/shapes.h"
 #include "io/model_internal.h"
+#include "wop/wop.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -34,6 +35,10 @@
      "damping, times mean(diag H), raised x10 while Cholesky fails; 0: 0.01", NULL}
 #define QP_BLOCK {"block", WMAT_PARAM_INT, "128", 1, 1 << 20, NULL, "lazy-update block of columns", NULL}
 #define QP_END {NULL, 0, NULL, 0, 0, NULL, NULL, NULL}
+#define QP_BCQ                                                                                                        \
+    {"rounds", WMAT_PARAM_INT, "20", 0, 1000, NULL, "BCQ: alternating refits (alphas, then signs) per group", NULL},   \
+    {"feedback", WMAT_PARAM_BOOL, "true", 0, 0, NULL, "BCQ: inside GPTQ's error-feedback loop", NULL},                \
+    {"apot", WMAT_PARAM_BOOL, "false", 0, 0, NULL, "BCQ: alphas as sums of three powers of two (shift-adds)", NULL}
 
 static const wmat_param_spec k_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, QP_PER_IC, QP_CLIP, QP_END};
 static const wmat_param_spec k_gptq_keys[] = {QP_BITS, QP_GROUP,         QP_SYM,  QP_PER_IC, QP_CLIP,
@@ -41,6 +46,7 @@ static const wmat_param_spec k_gptq_keys[] = {QP_BITS, QP_GROUP,         QP_SYM,
 static const wmat_param_spec k_adadim_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, QP_CLIP, QP_END};
 static const wmat_param_spec k_adadim_gptq_keys[] = {QP_BITS,          QP_GROUP, QP_SYM,   QP_CLIP, QP_ACT_ORDER,
                                                      QP_STATIC_GROUPS, QP_DAMP,  QP_BLOCK, QP_END};
+static const wmat_param_spec k_bcq_keys[] = {QP_BITS, QP_GROUP, QP_BCQ, QP_DAMP, QP_BLOCK, QP_END};
 
 #define QUANT WMAT_FAMILY_QUANTIZATION
 const wmat_qmethod wmat__qmethods[] = {
@@ -58,6 +64,7 @@ const wmat_qmethod wmat__qmethods[] = {
     {.desc = {"adadim-gptq", QUANT, WMAT_QSTAT_HESSIAN, WMAT_QM_OWN_AXIS, k_adadim_gptq_keys, "qpacked",
               "AdaDim over GPTQ"},
      .fn = wmat__quant_adadim_gptq},
+    {.desc = {"bcq", QUANT, WMAT_QSTAT_HESSIAN, 0, k_bcq_keys, "bcq", "ShiftAddLLM binary coding sum_k alpha_k b_k, 2..4 planes, alphas per input group, GPTQ feedback"}, .fn = wmat__quant_bcq},
     {.desc = {NULL, NULL, 0, 0, NULL, NULL, NULL}, .fn = NULL},
 };
 #undef QUANT
@@ -106,6 +113,9 @@ void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp)
     /* 0 keeps GPTQ's 0.01, in float as the public field has always had it */
     if (wmat__pset_has(ps, "damp")) qp->damp = wmat__pset_float(ps, "damp") > 0 ? (float)wmat__pset_float(ps, "damp") : 0.01f;
     if (wmat__pset_has(ps, "block")) qp->block = (int)wmat__pset_int(ps, "block");
+    if (wmat__pset_has(ps, "rounds")) qp->rounds = (int)wmat__pset_int(ps, "rounds");
+    if (wmat__pset_has(ps, "feedback")) qp->feedback = (int)wmat__pset_int(ps, "feedback");
+    if (wmat__pset_has(ps, "apot")) qp->apot = (int)wmat__pset_int(ps, "apot");
 }
 
 const char *wmat_quantize_method_name(int i, int *needs_calibration)
@@ -347,6 +357,11 @@ static int gguf_holds(const qjob *j, int own_axis)
  * byte), fp16 scales, u8 zero points when asymmetric, i32 perm. */
 static double stored_bpw(const wmat_qresult *q)
 {
+    if (q->obj) { /* another kind: what it stores */
+        wmat_tensor t;
+        wmat__tensor_init2(&t, WMAT_OBJ, q->rows, q->cols, q->obj);
+        return 8.0 * (double)((const wmat_wobj *)q->obj)->kind->nbytes(&t) / ((double)q->rows * (double)q->cols);
+    }
     const int cb = q->bits == 2 || q->bits == 3 || q->bits == 4 || q->bits == 8 ? q->bits : 8;
     const double ng = (double)wmat_qresult_n_groups(q), nw = (double)q->rows * (double)q->cols;
     return ((double)cb * nw + 16.0 * ng + (q->sym ? 0.0 : 8.0 * ng) + (q->perm ? 32.0 * (double)q->cols : 0.0)) / nw;
@@ -593,7 +608,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
         for (int i = 0; i < n_tensors; i++) {
             const wmat_tensor *t = wmat_model_tensor(m, i);
             before += (double)t->nbytes;
-            if (results[i].codes) {
+            if (wmat_qresult_is_set(&results[i])) {
                 const double nw = (double)wmat_tensor_nelem(t);
                 after += stored_bpw(&results[i]) * nw / 8.0;
                 qbits += stored_bpw(&results[i]) * nw;

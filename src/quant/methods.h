@@ -26,6 +26,10 @@ typedef struct {
     float damp;        /* GPTQ: relative damping lambda (0.01); raised if Cholesky fails */
     int block;         /* GPTQ: lazy-update block size (128) */
     int n_threads;     /* OpenMP threads of the method's loops (>= 1) */
+    /* BCQ (bcq.c) */
+    int rounds;        /* alternating refits of alphas and signs per group (20) */
+    int feedback;      /* 1: inside GPTQ's error-feedback loop (default) */
+    int apot;          /* 1: alphas rounded to sums of three powers of two */
 } wmat_qparams;
 
 wmat_qparams wmat__qparams_default(void);
@@ -114,6 +118,14 @@ int wmat__quant_adadim_rtn(wmat_qresult *out, const float *W, int64_t rows, int6
                            const wmat_qparams *p, wmat_qmethod_info *info);
 int wmat__quant_adadim_gptq(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
                             const wmat_qparams *p, wmat_qmethod_info *info);
+
+/* U (n, n) float, upper, with (H + lambda mean(diag) I)^-1 = U^T U (GPTQ's
+ * factor, gptq.c; also BCQ's error feedback). Raises *lambda by 10x (up to
+ * 5 tries) when a factorization fails. */
+int wmat__gptq_inverse_cholesky(const double *H, int64_t n, double *lambda, float *U);
+/* Binary-coding quantization (bcq.c; ShiftAddLLM): out->obj is a bcq weight. */
+int wmat__quant_bcq(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                    const wmat_qparams *p, wmat_qmethod_info *info);
 
 /* ---- shared pieces of the grids (rtn.c) */
 

@@ -3,10 +3,11 @@
 #include "qmodel.h"
 
 #include "io/model_internal.h"
+#include "wop/wop.h"
 
 #include <string.h>
 
-int wmat_model_set_quantized(wmat_model *m, const char *name, const wmat_qresult *q)
+int wmat_model_set_quantized(wmat_model *m, const char *name, wmat_qresult *q)
 {
     const char *src = m->path ? m->path : "model";
     wmat_tensor *t = wmat_model_find(m, name);
@@ -19,6 +20,11 @@ int wmat_model_set_quantized(wmat_model *m, const char *name, const wmat_qresult
                               src, name);
     if (t->dtype != WMAT_QPACKED && (t->dtype != WMAT_F32 || (t->flags & WMAT_TF_HF_ROPE)))
         return wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is not materialized (f32, canonical layout)", src, name);
+    if (q->obj) { /* another kind's object: it moves into the model */
+        wmat__tensor_set_obj(t, q->obj);
+        q->obj = NULL;
+        return WMAT_OK;
+    }
     int rc = wmat_qresult_check_packable(q, name);
     if (rc) return rc;
     wmat_qtensor *qt;
@@ -34,10 +40,10 @@ void wmat_model_quant_size(const wmat_model *m, wmat_quant_size *out)
     for (int i = 0; i < m->n_tensors; i++) {
         const wmat_tensor *t = &m->tensors[i];
         const uint64_t n = (uint64_t)wmat_tensor_nelem(t);
-        if (t->dtype == WMAT_QPACKED) {
+        if (t->dtype == WMAT_OBJ) { /* packed codes or any other object kind */
             out->n_packed++;
             out->packed_weights += n;
-            out->packed_bytes += wmat_qtensor_nbytes(t->data);
+            out->packed_bytes += wmat__wkind_of(t)->nbytes(t);
         } else {
             out->other_weights += n;
             out->other_bytes += t->nbytes;

@@ -9,7 +9,8 @@
  * The tensor must be a 2-D weight in wmat's canonical layout (materialized
  * f32, or already packed). Not the token embedding (the runtime reads its
  * rows as f32); the classifier of an untied model is fine. On failure the
- * model is unchanged. */
-int wmat_model_set_quantized(wmat_model *m, const char *name, const wmat_qresult *q);
+ * model is unchanged. A result holding another kind's object (q->obj) moves
+ * it into the model: q->obj is NULL afterwards. */
+int wmat_model_set_quantized(wmat_model *m, const char *name, wmat_qresult *q);
 
 #endif

@@ -3,9 +3,11 @@
  *   W[r, c] = sum_{k < q} alpha[r, G(c), k] * b_k[r, c],   b_k = +-1,
  *
  * q = 1..4 bit-planes, one fp16 alpha per (row, group of `group` inputs,
- * plane). Storage: the planes packed 1 bit per weight, (rows, q, cols/8)
- * bytes (bit t of byte j of plane k is column 8j + t; 1 = +1), and the
- * alphas (rows, cols/group, q) fp16: q + 16 q / group bits per weight.
+ * plane); a group is a multiple of 8 dividing cols, or the whole row (any
+ * width: stories260K's down_proj is 172 wide). Storage: the planes packed 1
+ * bit per weight, (rows, q, ceil(cols/8)) bytes (bit t of byte j of plane k
+ * is column 8j + t; 1 = +1; bits past cols are 0), and the alphas
+ * (rows, cols/group, q) fp16: q + 16 q / group bits per weight.
  *
  * Products never expand the planes: for each block of 8 inputs the 256
  * signed sums  T[j][s] = sum_t (s>>t & 1 ? x[8j+t] : -x[8j+t])  are built
@@ -40,8 +42,10 @@ typedef struct {
     int q;             /* bit-planes, 1..4 */
     int group;         /* inputs per alpha group: a multiple of 8 dividing cols */
     int64_t ngroups;   /* cols / group */
-    int64_t row_bytes; /* q * cols / 8 */
-    const uint8_t *bits;   /* (rows, q, cols / 8) */
+    int64_t nb;        /* 8-input blocks, ceil(cols / 8) (a partial last block reads x as 0 past cols) */
+    int64_t gb;        /* blocks per group */
+    int64_t row_bytes; /* q * nb */
+    const uint8_t *bits;   /* (rows, q, nb) */
     const uint16_t *alpha; /* (rows, ngroups, q) fp16 */
     void *own;
 } bcq;
@@ -52,7 +56,7 @@ typedef struct {
 
 static const bcq *bq_of(const wmat_tensor *W) { return (const bcq *)W->data; }
 static size_t al64(size_t n) { return (n + 63) & ~(size_t)63; }
-static size_t lut_floats(const bcq *b) { return (size_t)(b->cols / 8) * 256; }
+static size_t lut_floats(const bcq *b) { return (size_t)b->nb * 256; }
 
 /* fp16 -> fp32 without a call: the kernels convert an alpha per group. */
 static inline float h2f(uint16_t h)
@@ -77,9 +81,14 @@ static inline float h2f(uint16_t h)
 
 static void lut_build_c(const float *x, int64_t cols, float *T)
 {
-    for (int64_t j = 0; j < cols / 8; j++) {
+    float pad[8] = {0};
+    for (int64_t j = 0; j < (cols + 7) / 8; j++) {
         float *t = T + j * 256;
         const float *xj = x + j * 8;
+        if (j * 8 + 8 > cols) {
+            for (int64_t i = 0; i < 8; i++) pad[i] = j * 8 + i < cols ? xj[i] : 0.0f;
+            xj = pad;
+        }
         t[0] = -xj[0];
         t[1] = xj[0];
         for (int b = 1; b < 8; b++) {
@@ -95,9 +104,14 @@ static void lut_build_c(const float *x, int64_t cols, float *T)
 #ifdef BQ_X86
 BQ_AVX2 static void lut_build_avx2(const float *x, int64_t cols, float *T)
 {
-    for (int64_t j = 0; j < cols / 8; j++) {
+    float pad[8] = {0};
+    for (int64_t j = 0; j < (cols + 7) / 8; j++) {
         float *t = T + j * 256;
         const float *xj = x + j * 8;
+        if (j * 8 + 8 > cols) {
+            for (int64_t i = 0; i < 8; i++) pad[i] = j * 8 + i < cols ? xj[i] : 0.0f;
+            xj = pad;
+        }
         /* entries 0..7 (bits 0..2) scalar, then each bit doubles the table, 8 lanes at a time */
         t[0] = -xj[0];
         t[1] = xj[0];
@@ -161,7 +175,7 @@ static inline float slice_sum(const float *T, const uint8_t *p, int nb)
 static void rows_c(const bcq *b, const float *T, float *y, int64_t r0, int64_t r1, int acc)
 {
     const int q = b->q;
-    const int64_t nb = b->cols / 8, gb = b->group / 8;
+    const int64_t nb = b->nb, gb = b->gb;
     for (int64_t t0 = r0; t0 < r1; t0 += BQ_TILE) {
         const int64_t t1 = t0 + BQ_TILE < r1 ? t0 + BQ_TILE : r1;
         float yt[BQ_TILE] = {0}, part[BQ_TILE][4];
@@ -190,7 +204,7 @@ static void rows_c(const bcq *b, const float *T, float *y, int64_t r0, int64_t r
 BQ_AVX2 static void rows_avx2(const bcq *b, const float *T, float *y, int64_t r0, int64_t r1, int acc)
 {
     const int q = b->q;
-    const int64_t nb = b->cols / 8, gb = b->group / 8;
+    const int64_t nb = b->nb, gb = b->gb;
     for (int64_t t0 = r0; t0 < r1; t0 += BQ_TILE) {
         const int64_t t1 = t0 + BQ_TILE < r1 ? t0 + BQ_TILE : r1;
         float yt[BQ_TILE] = {0}, part[BQ_TILE][4];
@@ -298,7 +312,7 @@ static void bq_forward(const wmat_tensor *W, const float *X, float *Y, int T, in
 static void bq_dequant(const wmat_tensor *W, int64_t r0, int64_t nr, float *out)
 {
     const bcq *b = bq_of(W);
-    const int64_t nb = b->cols / 8;
+    const int64_t nb = b->nb;
     for (int64_t i = 0; i < nr; i++) {
         const int64_t r = r0 + i;
         const uint8_t *row = b->bits + r * b->row_bytes;
@@ -369,13 +383,13 @@ static void bq_free(void *obj)
 
 static int check_shape(int64_t rows, int64_t cols, int64_t q, int64_t group, const char *what, int status)
 {
-    if (rows < 1 || cols < 8 || cols % 8 || rows > INT32_MAX || cols > INT32_MAX)
-        return wmat_set_error(status, "%s: a (%lld x %lld) matrix cannot be binary-coded (inputs must be a multiple of 8)",
-                              what, (long long)rows, (long long)cols);
+    if (rows < 1 || cols < 1 || rows > INT32_MAX || cols > INT32_MAX)
+        return wmat_set_error(status, "%s: a (%lld x %lld) matrix cannot be binary-coded", what, (long long)rows,
+                              (long long)cols);
     if (q < 1 || q > 4) return wmat_set_error(status, "%s: %lld bit-planes (1..4 allowed)", what, (long long)q);
-    if (group < 8 || group % 8 || cols % group)
-        return wmat_set_error(status, "%s: group %lld must be a multiple of 8 that divides %lld inputs", what,
-                              (long long)group, (long long)cols);
+    if (group != cols && (group < 8 || group % 8 || cols % group))
+        return wmat_set_error(status, "%s: group %lld must be the whole row or a multiple of 8 that divides %lld inputs",
+                              what, (long long)group, (long long)cols);
     return WMAT_OK;
 }
 
@@ -387,7 +401,9 @@ static bcq *bq_new(int64_t rows, int64_t cols, int q, int group)
     b->obj.kind = &wmat__wkind_bcq;
     b->rows = rows, b->cols = cols, b->q = q, b->group = group;
     b->ngroups = cols / group;
-    b->row_bytes = (int64_t)q * (cols / 8);
+    b->nb = (cols + 7) / 8;
+    b->gb = group == cols ? b->nb : group / 8;
+    b->row_bytes = (int64_t)q * b->nb;
     return b;
 }
 
@@ -405,7 +421,7 @@ int wmat__bcq_create(int64_t rows, int64_t cols, int q, int group, const uint8_t
                               (long long)cols);
     }
     uint16_t *al = (uint16_t *)(buf + al64(nbits));
-    const int64_t nb = cols / 8;
+    const int64_t nb = b->nb;
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) {
             const uint8_t code = codes[r * cols + c];
@@ -553,11 +569,12 @@ double wmat__bcq_fit(const float *w, const float *wt, int64_t n, int q, int roun
     return best;
 }
 
-/* 4 planes, groups of 32 inputs (8 when 32 does not divide the width),
- * unweighted alternating fit: a default instance within the suite's 20%. */
+/* 4 planes, groups of 32 inputs (8 when 32 does not divide the width, the
+ * row when 8 does not), unweighted alternating fit: a default instance
+ * within the suite's 20%. */
 static int bq_from_f32(const float *W, int64_t rows, int64_t cols, wmat_tensor *out)
 {
-    const int q = 4, group = cols % 32 == 0 ? 32 : 8;
+    const int q = 4, group = cols % 32 == 0 ? 32 : cols % 8 == 0 ? 8 : (int)cols;
     int rc = check_shape(rows, cols, q, group, "bcq", WMAT_ERR_UNSUPPORTED);
     if (rc) return rc;
     const int64_t ng = cols / group;
@@ -606,12 +623,12 @@ static int bq_load(const cJSON *desc, int64_t rows, int64_t cols, wmat_wpart_get
     *obj = NULL;
     int64_t q = 0, group = 0;
     int rc = int_field(desc, "planes", 1, 4, what, &q);
-    if (!rc) rc = int_field(desc, "group", 8, (double)(cols > 8 ? cols : 8), what, &group);
+    if (!rc) rc = int_field(desc, "group", 1, (double)cols, what, &group);
     if (!rc) rc = check_shape(rows, cols, q, group, what, WMAT_ERR_FORMAT);
     if (rc) return rc;
     const int64_t ng = cols / group;
     const void *bits = NULL, *al = NULL;
-    rc = get(user, ".bcq_bits", WMAT_U8, 2, rows, q * (cols / 8), &bits);
+    rc = get(user, ".bcq_bits", WMAT_U8, 2, rows, q * ((cols + 7) / 8), &bits);
     if (!rc) rc = get(user, ".bcq_alpha", WMAT_F16, 2, rows, ng * q, &al);
     if (rc) return rc;
     if ((uintptr_t)al % 2) return wmat_set_error(WMAT_ERR_FORMAT, "%s: alphas are not aligned to 2 bytes", what);

@@ -1,5 +1,7 @@
 #include "quant.h"
 
+#include "wop.h"
+
 #include <string.h>
 
 int wmat_qresult_alloc(wmat_qresult *q, int bits, int sym, wmat_qaxis axis, int group, int64_t rows, int64_t cols,
@@ -38,11 +40,18 @@ void wmat_qresult_free(wmat_qresult *q)
     wmat__free(q->scales);
     wmat__free(q->zeros);
     wmat__free(q->perm);
+    if (q->obj) ((const wmat_wobj *)q->obj)->kind->free(q->obj);
     memset(q, 0, sizeof *q);
 }
 
 void wmat_qresult_dequant(const wmat_qresult *q, float *W)
 {
+    if (q->obj) {
+        wmat_tensor t;
+        wmat__tensor_init2(&t, WMAT_OBJ, q->rows, q->cols, q->obj);
+        ((const wmat_wobj *)q->obj)->kind->dequant_rows(&t, 0, q->rows, W);
+        return;
+    }
     for (int64_t r = 0; r < q->rows; r++)
         for (int64_t k = 0; k < q->cols; k++) {
             const int64_t g = wmat_qresult_group_of(q, r, k);

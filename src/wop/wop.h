@@ -170,7 +170,7 @@ void wmat__monarch_shape(const wmat_tensor *W, int64_t *in_blocks, int64_t *out_
 /* Binary-coded weights (kind_bcq.c): W[r, c] = sum_{k<q} alpha[r, c/group, k]
  * b_k[r, c], b = +-1. codes (rows, cols): bit k of a code is plane k's sign
  * (1 = +1); alpha (rows, cols/group, q), stored as fp16. q = 1..4, group a
- * multiple of 8 dividing cols. *obj is a new object for wmat__tensor_set_obj. */
+ * multiple of 8 dividing cols, or cols. *obj is a new object for wmat__tensor_set_obj. */
 extern const wmat_wkind wmat__wkind_bcq;
 int wmat__bcq_create(int64_t rows, int64_t cols, int q, int group, const uint8_t *codes, const float *alpha, void **obj);
 void wmat__bcq_shape(const wmat_tensor *W, int *q, int *group);
@@ -188,8 +188,8 @@ float wmat__bcq_apot(float a);
  * nearest levels; scratch holds n bytes. Returns sum wt_i (w_i - level_i)^2. */
 double wmat__bcq_fit(const float *w, const float *wt, int64_t n, int q, int rounds, int apot, float *alpha,
                      uint8_t *codes, uint8_t *scratch);
-/* The kernels alone (tests, benchmarks): the 256-entry tables of x (cols/8
- * of them, 256 floats each) and y[r0..r1) from them; isa WMAT_ISA_*. */
+/* The kernels alone (tests, benchmarks): the 256-entry tables of x
+ * (ceil(cols/8) of them, 256 floats each) and y[r0..r1) from them; isa WMAT_ISA_*. */
 void wmat__bcq_lut(const wmat_tensor *W, const float *x, float *T, int isa);
 void wmat__bcq_rows_lut(const wmat_tensor *W, const float *T, float *y, int64_t r0, int64_t r1, int acc, int isa);
 
