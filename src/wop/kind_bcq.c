@@ -46,11 +46,12 @@ typedef struct {
     int64_t gb;        /* blocks per group */
     int64_t row_bytes; /* q * nb */
     const uint8_t *bits;   /* (rows, q, nb) */
-    const uint16_t *alpha; /* (rows, ngroups, q) fp16 */
+    const uint16_t *alpha; /* (rows, ngroups, q) fp16, as stored */
+    float *alpha_f;        /* the same as fp32 (owned): the kernels read one per row, group and plane */
     void *own;
 } bcq;
 
-#define BQ_TILE 16  /* rows per tile */
+#define BQ_TILE 256 /* rows per tile: a table slice is read by this many rows while it is in L1 */
 #define BQ_SLICE 8  /* 8-input blocks per table slice (8 KB) */
 #define BQ_BWD_FLOATS ((size_t)1 << 20)
 
@@ -158,14 +159,13 @@ static inline float slice_sum(const float *T, const uint8_t *p, int nb)
     if (nb == 8) {
         uint64_t w;
         memcpy(&w, p, 8);
-        float s0 = T[w & 255], s1 = T[256 + (w >> 8 & 255)];
-        s0 += T[512 + (w >> 16 & 255)];
-        s1 += T[768 + (w >> 24 & 255)];
+        float s0 = T[w & 255], s1 = T[256 + (w >> 8 & 255)], s2 = T[512 + (w >> 16 & 255)],
+              s3 = T[768 + (w >> 24 & 255)];
         s0 += T[1024 + (w >> 32 & 255)];
         s1 += T[1280 + (w >> 40 & 255)];
-        s0 += T[1536 + (w >> 48 & 255)];
-        s1 += T[1792 + (w >> 56)];
-        return s0 + s1;
+        s2 += T[1536 + (w >> 48 & 255)];
+        s3 += T[1792 + (w >> 56)];
+        return (s0 + s1) + (s2 + s3);
     }
     float s = 0.0f;
     for (int j = 0; j < nb; j++) s += T[j * 256 + p[j]];
@@ -191,8 +191,8 @@ static void rows_c(const bcq *b, const float *T, float *y, int64_t r0, int64_t r
                 }
             }
             for (int64_t r = t0; r < t1; r++) {
-                const uint16_t *al = b->alpha + (r * b->ngroups + G) * q;
-                for (int k = 0; k < q; k++) yt[r - t0] += h2f(al[k]) * part[r - t0][k];
+                const float *al = b->alpha_f + (r * b->ngroups + G) * q;
+                for (int k = 0; k < q; k++) yt[r - t0] += al[k] * part[r - t0][k];
             }
         }
         for (int64_t r = t0; r < t1; r++) y[r] = acc ? y[r] + yt[r - t0] : yt[r - t0];
@@ -221,12 +221,8 @@ BQ_AVX2 static void rows_avx2(const bcq *b, const float *T, float *y, int64_t r0
                 }
             }
             for (int64_t r = t0; r < t1; r++) {
-                const uint16_t *al = b->alpha + (r * b->ngroups + G) * q;
-                uint16_t a4[4] = {0, 0, 0, 0};
-                memcpy(a4, al, (size_t)q * 2);
-                float af[4];
-                _mm_storeu_ps(af, _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)a4)));
-                for (int k = 0; k < q; k++) yt[r - t0] += af[k] * part[r - t0][k];
+                const float *al = b->alpha_f + (r * b->ngroups + G) * q;
+                for (int k = 0; k < q; k++) yt[r - t0] += al[k] * part[r - t0][k];
             }
         }
         for (int64_t r = t0; r < t1; r++) y[r] = acc ? y[r] + yt[r - t0] : yt[r - t0];
@@ -377,6 +373,7 @@ static void bq_free(void *obj)
 {
     bcq *b = obj;
     if (!b) return;
+    wmat__free(b->alpha_f);
     wmat__free(b->own);
     wmat__free(b);
 }
@@ -390,6 +387,16 @@ static int check_shape(int64_t rows, int64_t cols, int64_t q, int64_t group, con
     if (group != cols && (group < 8 || group % 8 || cols % group))
         return wmat_set_error(status, "%s: group %lld must be the whole row or a multiple of 8 that divides %lld inputs",
                               what, (long long)group, (long long)cols);
+    return WMAT_OK;
+}
+
+/* The kernels' fp32 copy of the stored alphas. */
+static int alpha_copy(bcq *b)
+{
+    const size_t n = (size_t)(b->rows * b->ngroups * b->q);
+    b->alpha_f = wmat__malloc(n * sizeof(float));
+    if (!b->alpha_f) return WMAT_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) b->alpha_f[i] = h2f(b->alpha[i]);
     return WMAT_OK;
 }
 
@@ -430,6 +437,10 @@ int wmat__bcq_create(int64_t rows, int64_t cols, int q, int group, const uint8_t
         }
     for (size_t i = 0; i < nal; i++) al[i] = wmat_f32_to_f16(alpha[i]);
     b->bits = buf, b->alpha = al, b->own = buf;
+    if (alpha_copy(b)) {
+        bq_free(b);
+        return wmat_set_error(WMAT_ERR_NOMEM, "bcq: out of memory");
+    }
     *out = b;
     return WMAT_OK;
 }
@@ -640,6 +651,10 @@ static int bq_load(const cJSON *desc, int64_t rows, int64_t cols, wmat_wpart_get
     bcq *b = bq_new(rows, cols, (int)q, (int)group);
     if (!b) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", what);
     b->bits = bits, b->alpha = al;
+    if (alpha_copy(b)) {
+        bq_free(b);
+        return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", what);
+    }
     *obj = b;
     return WMAT_OK;
 }
