@@ -37,7 +37,7 @@
 #define QP_END {NULL, 0, NULL, 0, 0, NULL, NULL, NULL}
 #define QP_BCQ                                                                                                        \
     {"rounds", WMAT_PARAM_INT, "20", 0, 1000, NULL, "BCQ: alternating refits (alphas, then signs) per group", NULL},   \
-    {"feedback", WMAT_PARAM_BOOL, "true", 0, 0, NULL, "BCQ: inside GPTQ's error-feedback loop", NULL},                \
+    {"feedback", WMAT_PARAM_BOOL, "true", 0, 0, NULL, "BCQ: inside GPTQ's error-feedback loop; no_feedback: each group fitted once on diag(H)", "no_feedback"},                \
     {"apot", WMAT_PARAM_BOOL, "false", 0, 0, NULL, "BCQ: alphas as sums of three powers of two (shift-adds)", NULL}
 
 static const wmat_param_spec k_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, QP_PER_IC, QP_CLIP, QP_END};
