@@ -25,7 +25,15 @@
  * groups run along inputs (per row), the layout whose product is a table
  * lookup per plane byte (the reference's "lat" mode shares alphas over 8
  * columns for the same reason). apot rounds each alpha to +-2^e1 +- 2^e2 +-
- * 2^e3 (the reference's shift-add scales). */
+ * 2^e3 (the reference's shift-add scales).
+ *
+ * refit (default; not with apot, whose scales are a grid): once every sign
+ * is fixed, each row's alphas are refitted on the full H, the objective
+ * (W - Q) H (W - Q)^T itself: jointly over the row when it has at most 64
+ * alphas, else group by group with the rest of the row held (block
+ * coordinate descent); a block's new alphas are kept only when the row's
+ * error falls. GPTQ's uniform grid has no such step: its scale sits inside
+ * the rounding. Cost q n^2 per row. */
 #include "methods.h"
 
 #include "wop/wop.h"
@@ -45,6 +53,114 @@ static int thread_id(void)
 #else
     return 0;
 #endif
+}
+
+/* Solve M x = y (K x K, double, overwritten) by Cholesky with a small
+ * ridge; 0 when not positive definite. */
+static int chol_solve(double *M, double *y, int K)
+{
+    double tr = 0.0;
+    for (int i = 0; i < K; i++) tr += M[i * K + i];
+    const double ridge = 1e-10 * (tr > 0 ? tr / K : 1.0);
+    for (int i = 0; i < K; i++) M[i * K + i] += ridge;
+    for (int i = 0; i < K; i++)
+        for (int j = 0; j <= i; j++) {
+            double v = M[i * K + j];
+            for (int k = 0; k < j; k++) v -= M[i * K + k] * M[j * K + k];
+            if (i == j) {
+                if (!(v > 0)) return 0;
+                M[i * K + i] = sqrt(v);
+            } else M[i * K + j] = v / M[j * K + j];
+        }
+    for (int i = 0; i < K; i++) {
+        double v = y[i];
+        for (int k = 0; k < i; k++) v -= M[i * K + k] * y[k];
+        y[i] = v / M[i * K + i];
+    }
+    for (int i = K - 1; i >= 0; i--) {
+        double v = y[i];
+        for (int k = i + 1; k < K; k++) v -= M[k * K + i] * y[k];
+        y[i] = v / M[i * K + i];
+    }
+    for (int i = 0; i < K; i++)
+        if (!isfinite(y[i])) return 0;
+    return 1;
+}
+
+/* (w - v)^T H (w - v) over one row */
+static double row_err(const float *w, const double *v, const double *H, int64_t n, double *tmp)
+{
+    for (int64_t j = 0; j < n; j++) tmp[j] = (double)w[j] - v[j];
+    double e = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double s = 0.0;
+        const double *h = H + i * n;
+        for (int64_t j = 0; j < n; j++) s += h[j] * tmp[j];
+        e += tmp[i] * s;
+    }
+    return e;
+}
+
+#define REFIT_MAX_K 64 /* alphas solved jointly (the whole row when ng q fits) */
+
+/* With the signs fixed, the alphas of one row refitted on the full H:
+ * minimize (w - W^)^T H (w - W^) over blocks of groups (the whole row when
+ * ng q <= REFIT_MAX_K, else one group at a time with the rest of the row
+ * held: exact block coordinate descent). A block's new alphas (as stored,
+ * fp16) are kept only when the row's error falls. work: n (K + 3) + K (K + 1)
+ * doubles with K = min(ng q, REFIT_MAX_K) rounded up to whole groups. */
+static void refit_row(const float *w, const double *H, int64_t n, int64_t g, int q, const uint8_t *codes, float *alpha,
+                      double *work)
+{
+    const int64_t ng = n / g, per = ng * q <= REFIT_MAX_K ? ng : 1;
+    const int Kmax = (int)(per * q);
+    double *v = work, *tmp = v + n, *res = tmp + n, *HB = res + n, *M = HB + (size_t)n * Kmax, *y = M + Kmax * Kmax;
+    for (int64_t j = 0; j < n; j++) v[j] = wmat__bcq_level(alpha + (j / g) * q, q, codes[j]);
+    double best = row_err(w, v, H, n, tmp);
+    for (int64_t G0 = 0; G0 < ng; G0 += per) {
+        const int64_t G1 = G0 + per, j0 = G0 * g, j1 = G1 * g;
+        const int K = (int)((G1 - G0) * q);
+        /* res = w - W^ outside the block, w inside: the target of the block's alphas */
+        for (int64_t j = 0; j < n; j++) res[j] = (double)w[j] - (j >= j0 && j < j1 ? 0.0 : v[j]);
+        /* HB[:, c] = H b_c, b_c the signs of plane k of group G on its columns */
+        memset(HB, 0, (size_t)n * (size_t)K * sizeof(double));
+        for (int64_t j = j0; j < j1; j++) {
+            const int64_t G = j / g;
+            for (int k = 0; k < q; k++) {
+                const int c = (int)((G - G0) * q + k);
+                const double b = (codes[j] >> k & 1) ? 1.0 : -1.0;
+                for (int64_t i = 0; i < n; i++) HB[i * K + c] += H[i * n + j] * b;
+            }
+        }
+        /* M = B^T H B, y = B^T H res */
+        memset(M, 0, (size_t)K * (size_t)K * sizeof(double));
+        memset(y, 0, (size_t)K * sizeof(double));
+        for (int64_t i = j0; i < j1; i++) {
+            const int64_t G = i / g;
+            double hr = 0.0;
+            for (int64_t j = 0; j < n; j++) hr += H[i * n + j] * res[j];
+            for (int k = 0; k < q; k++) {
+                const int c = (int)((G - G0) * q + k);
+                const double b = (codes[i] >> k & 1) ? 1.0 : -1.0;
+                y[c] += b * hr;
+                for (int d = 0; d < K; d++) M[c * K + d] += b * HB[i * K + d];
+            }
+        }
+        if (!chol_solve(M, y, K)) continue;
+        float a2[REFIT_MAX_K + 4];
+        for (int c = 0; c < K; c++) a2[c] = wmat_f16_to_f32(wmat_f32_to_f16((float)y[c]));
+        for (int64_t j = j0; j < j1; j++) tmp[j] = v[j];
+        for (int64_t j = j0; j < j1; j++) v[j] = wmat__bcq_level(a2 + (j / g - G0) * q, q, codes[j]);
+        double *save = res; /* res is free again: keep the old block values there */
+        for (int64_t j = j0; j < j1; j++) save[j] = tmp[j];
+        const double e = row_err(w, v, H, n, tmp);
+        if (e < best) {
+            best = e;
+            memcpy(alpha + G0 * q, a2, (size_t)K * sizeof(float));
+        } else {
+            for (int64_t j = j0; j < j1; j++) v[j] = save[j];
+        }
+    }
 }
 
 int wmat__quant_bcq(wmat_qresult *out, const float *W0, int64_t rows, int64_t cols, const wmat_qstats *st,
@@ -126,6 +242,28 @@ int wmat__quant_bcq(wmat_qresult *out, const float *W0, int64_t rows, int64_t co
                            (int)n);
         }
     }
+    if (p->refit && !p->apot) {
+        /* the alphas on the full H for the final signs, against the original row (dead inputs zero) */
+        const int64_t per = ng * q <= REFIT_MAX_K ? ng : 1;
+        const int64_t K = per * q;
+        const size_t wb = (size_t)(n * (K + 3) + K * (K + 1));
+        double *rw = wmat__malloc((size_t)nt * wb * sizeof(double));
+        float *w0 = wmat__malloc((size_t)nt * (size_t)n * sizeof(float));
+        if (!rw || !w0) {
+            wmat__free(rw);
+            wmat__free(w0);
+            goto nomem;
+        }
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
+        for (int64_t r = 0; r < m; r++) {
+            const int me = thread_id();
+            float *w = w0 + (size_t)me * (size_t)n;
+            for (int64_t j = 0; j < n; j++) w[j] = st->H[j * n + j] == 0.0 ? 0.0f : W0[r * n + j];
+            refit_row(w, st->H, n, g, q, codes + r * n, alpha + r * ng * q, rw + (size_t)me * wb);
+        }
+        wmat__free(rw);
+        wmat__free(w0);
+    }
     for (int64_t i = 0; i < m * ng * q && !rc; i++)
         if (!isfinite(alpha[i])) rc = wmat_set_error(WMAT_ERR_NUMERIC, "BCQ: a non-finite scale (weights or Hessian)");
     if (rc) goto fail;
@@ -143,8 +281,9 @@ int wmat__quant_bcq(wmat_qresult *out, const float *W0, int64_t rows, int64_t co
         char grid[24];
         if (g == n) snprintf(grid, sizeof grid, "per-row");
         else snprintf(grid, sizeof grid, "g%lld", (long long)g);
-        snprintf(info->scheme, sizeof info->scheme, "bcq %d planes %s %s%s, %d rounds", q, grid,
-                 p->feedback ? "gptq-feedback" : "diag(H)", p->apot ? " apot" : "", rounds);
+        snprintf(info->scheme, sizeof info->scheme, "bcq %d planes %s %s%s%s, %d rounds", q, grid,
+                 p->feedback ? "gptq-feedback" : "diag(H)", p->apot ? " apot" : "", p->refit && !p->apot ? " refit" : "",
+                 rounds);
     }
     goto done;
 nomem:

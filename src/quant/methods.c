@@ -38,7 +38,8 @@
 #define QP_BCQ                                                                                                        \
     {"rounds", WMAT_PARAM_INT, "20", 0, 1000, NULL, "BCQ: alternating refits (alphas, then signs) per group", NULL},   \
     {"feedback", WMAT_PARAM_BOOL, "true", 0, 0, NULL, "BCQ: inside GPTQ's error-feedback loop; no_feedback: each group fitted once on diag(H)", "no_feedback"},                \
-    {"apot", WMAT_PARAM_BOOL, "false", 0, 0, NULL, "BCQ: alphas as sums of three powers of two (shift-adds)", NULL}
+    {"apot", WMAT_PARAM_BOOL, "false", 0, 0, NULL, "BCQ: alphas as sums of three powers of two (shift-adds)", NULL}, \
+    {"refit", WMAT_PARAM_BOOL, "true", 0, 0, NULL, "BCQ: alphas refitted on the full H once the signs are fixed", "no_refit"}
 
 static const wmat_param_spec k_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, QP_PER_IC, QP_CLIP, QP_END};
 static const wmat_param_spec k_gptq_keys[] = {QP_BITS, QP_GROUP,         QP_SYM,  QP_PER_IC, QP_CLIP,
@@ -116,6 +117,7 @@ void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp)
     if (wmat__pset_has(ps, "rounds")) qp->rounds = (int)wmat__pset_int(ps, "rounds");
     if (wmat__pset_has(ps, "feedback")) qp->feedback = (int)wmat__pset_int(ps, "feedback");
     if (wmat__pset_has(ps, "apot")) qp->apot = (int)wmat__pset_int(ps, "apot");
+    if (wmat__pset_has(ps, "refit")) qp->refit = (int)wmat__pset_int(ps, "refit");
 }
 
 const char *wmat_quantize_method_name(int i, int *needs_calibration)

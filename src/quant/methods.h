@@ -30,6 +30,7 @@ typedef struct {
     int rounds;        /* alternating refits of alphas and signs per group (20) */
     int feedback;      /* 1: inside GPTQ's error-feedback loop (default) */
     int apot;          /* 1: alphas rounded to sums of three powers of two */
+    int refit;         /* 1: alphas refitted on the full H once the signs are fixed (default) */
 } wmat_qparams;
 
 wmat_qparams wmat__qparams_default(void);

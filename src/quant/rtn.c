@@ -20,6 +20,7 @@ wmat_qparams wmat__qparams_default(void)
     p.damp = 0.01f;
     p.rounds = 20;
     p.feedback = 1;
+    p.refit = 1;
     p.block = 128;
     p.n_threads = 1;
     return p;
