@@ -5,11 +5,13 @@
 # golden/tinystories_valid_head.tok512.u16); evaluation: the first 64 windows
 # of WikiText-2 valid, ctx 256 (the table's protocol). Prints
 # "setting slice bpw perplexity" lines.
-# Usage: scripts/bcq-matrix.sh [BUILD_DIR] [SLICES]   (about 30 s per run on 2 busy cores)
+# Usage: scripts/bcq-matrix.sh [BUILD_DIR] [SLICES] [PATTERN]   (PATTERN: only the settings
+# matching it, e.g. bcq; about 30-60 s per run on 2 busy cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${1:-build}
 S=${2:-3}
+P=${3:-}
 D=../shared/data
 TS=$D/golden/tinystories_valid_head.tok512.u16
 WT=$D/golden/wikitext2_valid_tokenized.tok512.u16
@@ -31,6 +33,7 @@ for s in $(seq 0 $((S - 1))); do
   dd if="$TS" of="$tmp/cal$s.u16" bs=32768 skip="$s" count=1 status=none
 done
 for setting in "${settings[@]}"; do
+  [[ -n "$P" && "$setting" != *"$P"* ]] && continue
   for s in $(seq 0 $((S - 1))); do
     # shellcheck disable=SC2086
     out=$("$B/wmat" quantize $D/models/mix4m.bin "$tmp/q" --calib "$tmp/cal$s.u16" --calib-tokens 16384 \

@@ -122,14 +122,18 @@ static void refit_row(const float *w, const double *H, int64_t n, int64_t g, int
         const int K = (int)((G1 - G0) * q);
         /* res = w - W^ outside the block, w inside: the target of the block's alphas */
         for (int64_t j = 0; j < n; j++) res[j] = (double)w[j] - (j >= j0 && j < j1 ? 0.0 : v[j]);
-        /* HB[:, c] = H b_c, b_c the signs of plane k of group G on its columns */
+        /* HB[c] = H b_c (n values), b_c the signs of plane k of group G on its
+         * columns; H is symmetric, so row j of H is read in address order */
         memset(HB, 0, (size_t)n * (size_t)K * sizeof(double));
         for (int64_t j = j0; j < j1; j++) {
             const int64_t G = j / g;
+            const double *h = H + j * n;
             for (int k = 0; k < q; k++) {
-                const int c = (int)((G - G0) * q + k);
-                const double b = (codes[j] >> k & 1) ? 1.0 : -1.0;
-                for (int64_t i = 0; i < n; i++) HB[i * K + c] += H[i * n + j] * b;
+                double *hb = HB + (size_t)((G - G0) * q + k) * (size_t)n;
+                if (codes[j] >> k & 1)
+                    for (int64_t i = 0; i < n; i++) hb[i] += h[i];
+                else
+                    for (int64_t i = 0; i < n; i++) hb[i] -= h[i];
             }
         }
         /* M = B^T H B, y = B^T H res */
@@ -143,7 +147,7 @@ static void refit_row(const float *w, const double *H, int64_t n, int64_t g, int
                 const int c = (int)((G - G0) * q + k);
                 const double b = (codes[i] >> k & 1) ? 1.0 : -1.0;
                 y[c] += b * hr;
-                for (int d = 0; d < K; d++) M[c * K + d] += b * HB[i * K + d];
+                for (int d = 0; d < K; d++) M[c * K + d] += b * HB[(size_t)d * (size_t)n + i];
             }
         }
         if (!chol_solve(M, y, K)) continue;
