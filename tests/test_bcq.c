@@ -488,6 +488,14 @@ static void test_cli_native_roundtrip(void **state)
     assert_int_equal(code, 0);
     assert_non_null(strstr(info, "bcq"));
     free(info);
+    /* no GGUF type holds binary codes: refused before any calibration, naming the way out */
+    snprintf(cmd, sizeof cmd, "%s quantize %s %s --to gguf --method bcq --bits 2 --calib %s --quiet 2>&1", tu_cli(), mp,
+             tu_tmp("bcq.gguf"), tp);
+    char *out = tu_run(cmd, &code);
+    assert_int_equal(code, 1);
+    assert_non_null(strstr(out, "GGUF"));
+    assert_non_null(strstr(out, "--to native"));
+    free(out);
 }
 
 int main(void)

@@ -340,6 +340,11 @@ static int gguf_holds(const qjob *j, int own_axis)
 {
     const wmat_qparams *q = &j->qp;
     const char *why = NULL, *fix = NULL;
+    if (strcmp(j->method->produces, "qpacked"))
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                              "%s: method '%s' stores the '%s' weight kind, which no GGUF type holds; write the native "
+                              "directory (--to native)",
+                              j->t->name, j->method->name, j->method->produces);
     if (q->bits != 4 && q->bits != 8) why = "GGUF holds 4-bit (Q4_0) and 8-bit (Q8_0) codes exactly", fix = "--bits 4 or --bits 8";
     else if (!q->sym) why = "Q4_0 and Q8_0 are symmetric (no zero points)", fix = "--sym";
     else if (own_axis) why = "the method picks the group axis per tensor, and ggml's blocks run along inputs", fix = "--method gptq or rtn";

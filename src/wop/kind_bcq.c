@@ -14,10 +14,15 @@
  * once per input vector (the prepare step; a batched forward builds one
  * table per token), and then each plane byte of a row is one table lookup:
  *   y[r] = sum_G sum_k alpha[r, G, k] * sum_{j in G} T[j][byte_k(r, j)].
- * A table costs 1 KB per 8 inputs, so rows are run in tiles over slices of
- * 8 blocks (8 KB of table, L1-resident while a tile's rows read it). The
- * AVX2 path builds the tables with vectors and converts alphas with F16C;
- * the plain C twin does the same sums in the same order. */
+ * A table costs 1 KB per 8 inputs, so rows are run in tiles of 256 over
+ * slices of 8 blocks (8 KB of table, L1-resident while the tile's rows read
+ * it; tiles of 16 left the 512 KB of tables of a 4096-wide row to stream from
+ * L3 for every 16 rows: 1.7x slower). The kernels read an fp32 copy of the
+ * alphas. The AVX2 path builds the tables 8 lanes at a time and prefetches
+ * the next slice; the plain C twin does the same sums in the same order.
+ * The lookups themselves are scalar loads (about 1.4 cycles each on Zen 2;
+ * AVX2's gathers are no faster there): see docs/BENCHMARKS.md for what that
+ * costs against the 4-bit SIMD kernel. */
 #include "wop.h"
 
 #include "linalg/linalg.h"
