@@ -87,36 +87,25 @@ static int chol_solve(double *M, double *y, int K)
     return 1;
 }
 
-/* (w - v)^T H (w - v) over one row */
-static double row_err(const float *w, const double *v, const double *H, int64_t n, double *tmp)
-{
-    for (int64_t j = 0; j < n; j++) tmp[j] = (double)w[j] - v[j];
-    double e = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        double s = 0.0;
-        const double *h = H + i * n;
-        for (int64_t j = 0; j < n; j++) s += h[j] * tmp[j];
-        e += tmp[i] * s;
-    }
-    return e;
-}
-
 #define REFIT_MAX_K 64 /* alphas solved jointly (the whole row when ng q fits) */
 
 /* With the signs fixed, the alphas of one row refitted on the full H:
  * minimize (w - W^)^T H (w - W^) over blocks of groups (the whole row when
  * ng q <= REFIT_MAX_K, else one group at a time with the rest of the row
- * held: exact block coordinate descent). A block's new alphas (as stored,
- * fp16) are kept only when the row's error falls. work: n (K + 3) + K (K + 1)
- * doubles with K = min(ng q, REFIT_MAX_K) rounded up to whole groups. */
+ * held: exact block coordinate descent). Over a block's alphas a the error
+ * is const - 2 a^T y + a^T M a (M = B^T H B, y = B^T H r, r the row's target
+ * without the block's own contribution), so a new a (as stored, fp16) is
+ * kept only when that change is negative, without re-evaluating the row.
+ * work: n (K + 2) + 2 K (K + 1) doubles, K = min(ng q, REFIT_MAX_K) rounded
+ * up to whole groups. */
 static void refit_row(const float *w, const double *H, int64_t n, int64_t g, int q, const uint8_t *codes, float *alpha,
                       double *work)
 {
     const int64_t ng = n / g, per = ng * q <= REFIT_MAX_K ? ng : 1;
     const int Kmax = (int)(per * q);
-    double *v = work, *tmp = v + n, *res = tmp + n, *HB = res + n, *M = HB + (size_t)n * Kmax, *y = M + Kmax * Kmax;
+    double *v = work, *res = v + n, *HB = res + n, *M = HB + (size_t)n * Kmax, *y = M + Kmax * Kmax;
+    double *M0 = y + Kmax, *y0 = M0 + Kmax * Kmax;
     for (int64_t j = 0; j < n; j++) v[j] = wmat__bcq_level(alpha + (j / g) * q, q, codes[j]);
-    double best = row_err(w, v, H, n, tmp);
     for (int64_t G0 = 0; G0 < ng; G0 += per) {
         const int64_t G1 = G0 + per, j0 = G0 * g, j1 = G1 * g;
         const int K = (int)((G1 - G0) * q);
@@ -141,8 +130,13 @@ static void refit_row(const float *w, const double *H, int64_t n, int64_t g, int
         memset(y, 0, (size_t)K * sizeof(double));
         for (int64_t i = j0; i < j1; i++) {
             const int64_t G = i / g;
-            double hr = 0.0;
-            for (int64_t j = 0; j < n; j++) hr += H[i * n + j] * res[j];
+            const double *h = H + i * n;
+            double h4[4] = {0, 0, 0, 0};
+            int64_t j = 0;
+            for (; j + 4 <= n; j += 4)
+                for (int u = 0; u < 4; u++) h4[u] += h[j + u] * res[j + u];
+            double hr = (h4[0] + h4[1]) + (h4[2] + h4[3]);
+            for (; j < n; j++) hr += h[j] * res[j];
             for (int k = 0; k < q; k++) {
                 const int c = (int)((G - G0) * q + k);
                 const double b = (codes[i] >> k & 1) ? 1.0 : -1.0;
@@ -150,20 +144,25 @@ static void refit_row(const float *w, const double *H, int64_t n, int64_t g, int
                 for (int d = 0; d < K; d++) M[c * K + d] += b * HB[(size_t)d * (size_t)n + i];
             }
         }
+        memcpy(M0, M, (size_t)K * (size_t)K * sizeof(double));
+        memcpy(y0, y, (size_t)K * sizeof(double));
         if (!chol_solve(M, y, K)) continue;
         float a2[REFIT_MAX_K + 4];
         for (int c = 0; c < K; c++) a2[c] = wmat_f16_to_f32(wmat_f32_to_f16((float)y[c]));
-        for (int64_t j = j0; j < j1; j++) tmp[j] = v[j];
-        for (int64_t j = j0; j < j1; j++) v[j] = wmat__bcq_level(a2 + (j / g - G0) * q, q, codes[j]);
-        double *save = res; /* res is free again: keep the old block values there */
-        for (int64_t j = j0; j < j1; j++) save[j] = tmp[j];
-        const double e = row_err(w, v, H, n, tmp);
-        if (e < best) {
-            best = e;
-            memcpy(alpha + G0 * q, a2, (size_t)K * sizeof(float));
-        } else {
-            for (int64_t j = j0; j < j1; j++) v[j] = save[j];
+        /* change of the row's error: -2 (a2 - a)^T y0 + a2^T M0 a2 - a^T M0 a */
+        const float *a = alpha + G0 * q;
+        double delta = 0.0;
+        for (int c = 0; c < K; c++) {
+            double m2 = 0.0, m1 = 0.0;
+            for (int d = 0; d < K; d++) {
+                m2 += M0[c * K + d] * a2[d];
+                m1 += M0[c * K + d] * a[d];
+            }
+            delta += -2.0 * ((double)a2[c] - a[c]) * y0[c] + (double)a2[c] * m2 - (double)a[c] * m1;
         }
+        if (!(delta < 0.0)) continue;
+        memcpy(alpha + G0 * q, a2, (size_t)K * sizeof(float));
+        for (int64_t j = j0; j < j1; j++) v[j] = wmat__bcq_level(a2 + (j / g - G0) * q, q, codes[j]);
     }
 }
 
@@ -250,7 +249,7 @@ int wmat__quant_bcq(wmat_qresult *out, const float *W0, int64_t rows, int64_t co
         /* the alphas on the full H for the final signs, against the original row (dead inputs zero) */
         const int64_t per = ng * q <= REFIT_MAX_K ? ng : 1;
         const int64_t K = per * q;
-        const size_t wb = (size_t)(n * (K + 3) + K * (K + 1));
+        const size_t wb = (size_t)(n * (K + 2) + 2 * K * (K + 1));
         double *rw = wmat__malloc((size_t)nt * wb * sizeof(double));
         float *w0 = wmat__malloc((size_t)nt * (size_t)n * sizeof(float));
         if (!rw || !w0) {
