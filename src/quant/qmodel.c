@@ -40,10 +40,11 @@ void wmat_model_quant_size(const wmat_model *m, wmat_quant_size *out)
     for (int i = 0; i < m->n_tensors; i++) {
         const wmat_tensor *t = &m->tensors[i];
         const uint64_t n = (uint64_t)wmat_tensor_nelem(t);
-        if (t->dtype == WMAT_OBJ) { /* packed codes or any other object kind */
+        const wmat_wkind *k = t->dtype == WMAT_OBJ ? wmat__wkind_of(t) : NULL;
+        if (k) { /* packed codes or any other object kind */
             out->n_packed++;
             out->packed_weights += n;
-            out->packed_bytes += wmat__wkind_of(t)->nbytes(t);
+            out->packed_bytes += k->nbytes(t);
         } else {
             out->other_weights += n;
             out->other_bytes += t->nbytes;
