@@ -8,6 +8,7 @@
 
 #include "core/shapes.h"
 #include "io/model_internal.h"
+#include "wop/wop.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -44,6 +45,11 @@
      "PB-LLM: binary mean and scale over the binarized weights (paper) or the whole row with salient as 0 (its code)", \
      NULL}
 #define QP_END {NULL, 0, NULL, 0, 0, NULL, NULL, NULL}
+#define QP_BCQ                                                                                                        \
+    {"rounds", WMAT_PARAM_INT, "20", 0, 1000, NULL, "BCQ: alternating refits (alphas, then signs) per group", NULL},   \
+    {"feedback", WMAT_PARAM_BOOL, "true", 0, 0, NULL, "BCQ: inside GPTQ's error-feedback loop; no_feedback: each group fitted once on diag(H)", "no_feedback"},                \
+    {"apot", WMAT_PARAM_BOOL, "false", 0, 0, NULL, "BCQ: alphas as sums of three powers of two (shift-adds)", NULL}, \
+    {"refit", WMAT_PARAM_BOOL, "true", 0, 0, NULL, "BCQ: alphas refitted on the full H once the signs are fixed", "no_refit"}
 
 static const wmat_param_spec k_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, QP_PER_IC, QP_CLIP, QP_END};
 static const wmat_param_spec k_gptq_keys[] = {QP_BITS, QP_GROUP,         QP_SYM,  QP_PER_IC, QP_CLIP,
@@ -52,6 +58,7 @@ static const wmat_param_spec k_adadim_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, Q
 static const wmat_param_spec k_pbllm_keys[] = {QP_SALIENT, QP_METRIC, QP_MU_ALPHA, QP_DAMP, QP_BLOCK, QP_END};
 static const wmat_param_spec k_adadim_gptq_keys[] = {QP_BITS,          QP_GROUP, QP_SYM,   QP_CLIP, QP_ACT_ORDER,
                                                      QP_STATIC_GROUPS, QP_DAMP,  QP_BLOCK, QP_END};
+static const wmat_param_spec k_bcq_keys[] = {QP_BITS, QP_GROUP, QP_BCQ, QP_DAMP, QP_BLOCK, QP_END};
 
 #define QUANT WMAT_FAMILY_QUANTIZATION
 const wmat_qmethod wmat__qmethods[] = {
@@ -70,6 +77,7 @@ const wmat_qmethod wmat__qmethods[] = {
               "AdaDim over GPTQ"},
      .fn = wmat__quant_adadim_gptq},
     {.desc = {"pbllm", QUANT, WMAT_QSTAT_HESSIAN, 0, k_pbllm_keys, "pbllm", "PB-LLM: binarized rows + an 8-bit salient fraction, in GPTQ's error feedback"}, .fn = wmat__quant_pbllm},
+    {.desc = {"bcq", QUANT, WMAT_QSTAT_HESSIAN, 0, k_bcq_keys, "bcq", "ShiftAddLLM binary coding sum_k alpha_k b_k, 2..4 planes, alphas per input group, GPTQ feedback"}, .fn = wmat__quant_bcq},
     {.desc = {NULL, NULL, 0, 0, NULL, NULL, NULL}, .fn = NULL},
 };
 #undef QUANT
@@ -121,6 +129,10 @@ void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp)
     if (wmat__pset_has(ps, "salient")) qp->salient = wmat__pset_float(ps, "salient");
     if (wmat__pset_has(ps, "metric")) qp->salient_hessian = wmat__pset_int(ps, "metric") == 1;
     if (wmat__pset_has(ps, "mu_alpha")) qp->mu_alpha_row = wmat__pset_int(ps, "mu_alpha") == 1;
+    if (wmat__pset_has(ps, "rounds")) qp->rounds = (int)wmat__pset_int(ps, "rounds");
+    if (wmat__pset_has(ps, "feedback")) qp->feedback = (int)wmat__pset_int(ps, "feedback");
+    if (wmat__pset_has(ps, "apot")) qp->apot = (int)wmat__pset_int(ps, "apot");
+    if (wmat__pset_has(ps, "refit")) qp->refit = (int)wmat__pset_int(ps, "refit");
 }
 
 const char *wmat_quantize_method_name(int i, int *needs_calibration)
@@ -343,6 +355,11 @@ static int gguf_holds(const qjob *j, int own_axis)
 {
     const wmat_qparams *q = &j->qp;
     const char *why = NULL, *fix = NULL;
+    if (strcmp(j->method->produces, "qpacked"))
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                              "%s: method '%s' stores the '%s' weight kind, which no GGUF type holds; write the native "
+                              "directory (--to native)",
+                              j->t->name, j->method->name, j->method->produces);
     if (q->bits != 4 && q->bits != 8) why = "GGUF holds 4-bit (Q4_0) and 8-bit (Q8_0) codes exactly", fix = "--bits 4 or --bits 8";
     else if (!q->sym) why = "Q4_0 and Q8_0 are symmetric (no zero points)", fix = "--sym";
     else if (own_axis) why = "the method picks the group axis per tensor, and ggml's blocks run along inputs", fix = "--method gptq or rtn";

@@ -29,6 +29,11 @@ typedef struct {
     double salient;      /* PB-LLM: fraction of the weights kept at 8 bits (0.1) */
     int salient_hessian; /* PB-LLM: salient by W^2 / U_jj^2 (1, default) or by |W| (0) */
     int mu_alpha_row;    /* PB-LLM: binary mu, alpha over the whole row, salient as 0 (the reference code) */
+    /* BCQ (bcq.c) */
+    int rounds;        /* alternating refits of alphas and signs per group (20) */
+    int feedback;      /* 1: inside GPTQ's error-feedback loop (default) */
+    int apot;          /* 1: alphas rounded to sums of three powers of two */
+    int refit;         /* 1: alphas refitted on the full H once the signs are fixed (default) */
 } wmat_qparams;
 
 wmat_qparams wmat__qparams_default(void);
@@ -139,6 +144,10 @@ typedef float (*wmat_gptq_colq)(void *user, int64_t r, int64_t i, const float *w
  * columns after it in one GEMM. W is left error-fed (not overwritten by q). */
 void wmat__gptq_feedback(float *W, int64_t m, int64_t n, const float *U, int B, float *E, int nt, wmat_gptq_colq q,
                          void *user);
+
+/* Binary-coding quantization (bcq.c; ShiftAddLLM): out->obj is a bcq weight. */
+int wmat__quant_bcq(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                    const wmat_qparams *p, wmat_qmethod_info *info);
 
 /* ---- shared pieces of the grids (rtn.c) */
 

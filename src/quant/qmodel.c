@@ -41,7 +41,8 @@ void wmat_model_quant_size(const wmat_model *m, wmat_quant_size *out)
     for (int i = 0; i < m->n_tensors; i++) {
         const wmat_tensor *t = &m->tensors[i];
         const uint64_t n = (uint64_t)wmat_tensor_nelem(t);
-        if (t->dtype == WMAT_QPACKED) {
+        const wmat_wkind *k = t->dtype == WMAT_OBJ ? wmat__wkind_of(t) : NULL;
+        if (k) { /* packed codes or any other object kind */
             out->n_packed++;
             out->packed_weights += n;
             out->packed_bytes += wmat__wkind_of(t)->nbytes(t); /* any object kind, not only qpacked */

@@ -18,6 +18,9 @@ wmat_qparams wmat__qparams_default(void)
     p.axis = WMAT_QAXIS_IN;
     p.group = 0;
     p.damp = 0.01f;
+    p.rounds = 20;
+    p.feedback = 1;
+    p.refit = 1;
     p.block = 128;
     p.n_threads = 1;
     p.salient = 0.1;

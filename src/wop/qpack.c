@@ -238,7 +238,7 @@ void wmat_qtensor_dequant(const wmat_qtensor *qt, float *W) { wmat_qtensor_dequa
 
 const wmat_qtensor *wmat_tensor_qtensor(const wmat_tensor *t)
 {
-    return t && t->dtype == WMAT_QPACKED ? (const wmat_qtensor *)t->data : NULL;
+    return t && t->dtype == WMAT_QPACKED && wmat__wkind_of(t) == &wmat__wkind_qpacked ? (const wmat_qtensor *)t->data : NULL;
 }
 
 /* ---- public reports */

@@ -21,6 +21,12 @@
  * Symmetric schemes have zero = 2^(bits-1) for every group (codes unsigned
  * 0 .. 2^bits-1); asymmetric ones store an integer zero per group (kept as
  * float here; storage rounds to what the packed format holds).
+ *
+ * A method whose storage is not codes on a uniform grid (binary-coded
+ * planes, ...) hands back an object of its own weight kind instead: obj
+ * (a struct starting with a wmat_wobj, owned) with rows, cols and bits set
+ * and codes/scales/zeros/perm NULL. wmat_qresult_dequant, _free and the
+ * model's set_quantized follow it.
  */
 #ifndef WMAT_QUANT_H
 #define WMAT_QUANT_H

@@ -167,6 +167,32 @@ int wmat__monarch_create(int64_t rows, int64_t cols, int64_t in_blocks, int64_t 
                          const float *w1, const float *w2, void **obj);
 void wmat__monarch_shape(const wmat_tensor *W, int64_t *in_blocks, int64_t *out_blocks, int64_t *slab_rank);
 
+/* Binary-coded weights (kind_bcq.c): W[r, c] = sum_{k<q} alpha[r, c/group, k]
+ * b_k[r, c], b = +-1. codes (rows, cols): bit k of a code is plane k's sign
+ * (1 = +1); alpha (rows, cols/group, q), stored as fp16. q = 1..4, group a
+ * multiple of 8 dividing cols, or cols. *obj is a new object for wmat__tensor_set_obj. */
+extern const wmat_wkind wmat__wkind_bcq;
+int wmat__bcq_create(int64_t rows, int64_t cols, int q, int group, const uint8_t *codes, const float *alpha, void **obj);
+void wmat__bcq_shape(const wmat_tensor *W, int *q, int *group);
+/* The value of a code: sum_k (bit k ? alpha_k : -alpha_k), in the order the kind dequantizes. */
+float wmat__bcq_level(const float *alpha, int q, unsigned code);
+/* The code whose level is nearest w (the lowest code on a tie). */
+uint8_t wmat__bcq_nearest(float w, const float *alpha, int q);
+/* a rounded to +-2^e1 +- 2^e2 +- 2^e3 (ShiftAddLLM's additive powers of two, greedy on the remainder). */
+float wmat__bcq_apot(float a);
+/* Fit q planes to n values w with weights wt (NULL: all 1): greedy init
+ * (b_k = sign of the residual, alpha_k its weighted mean magnitude), then up
+ * to `rounds` alternations of alpha by weighted least squares for the signs
+ * and each code the nearest level, while the error falls. alpha (q) comes
+ * back as stored (fp16; with apot, powers of two first), codes (n) the
+ * nearest levels; scratch holds n bytes. Returns sum wt_i (w_i - level_i)^2. */
+double wmat__bcq_fit(const float *w, const float *wt, int64_t n, int q, int rounds, int apot, float *alpha,
+                     uint8_t *codes, uint8_t *scratch);
+/* The kernels alone (tests, benchmarks): the 256-entry tables of x
+ * (ceil(cols/8) of them, 256 floats each) and y[r0..r1) from them; isa WMAT_ISA_*. */
+void wmat__bcq_lut(const wmat_tensor *W, const float *x, float *T, int isa);
+void wmat__bcq_rows_lut(const wmat_tensor *W, const float *T, float *y, int64_t r0, int64_t r1, int acc, int isa);
+
 /* A sum W = A + B (kind_sum.c) of two weights of one shape, of any kinds;
  * the sum takes over what A and B own (both are cleared). */
 int wmat__sum_create(wmat_tensor *A, wmat_tensor *B, void **obj);
