@@ -198,6 +198,18 @@ static void test_ppl_matches_llamacpp(void **state)
     }
 }
 
+/* wmat's GGUF of mix4m in a block type (written again each time) */
+static void wmat_writes(const char *mix, const char *type, char *out, size_t n)
+{
+    char name[64], cmd[4096];
+    snprintf(name, sizeof name, "w-%s.gguf", type);
+    snprintf(out, n, "%s", tu_tmp(name));
+    int code = 0;
+    snprintf(cmd, sizeof cmd, "'%s' convert '%s' '%s' --to gguf --dtype %s 2>&1", tu_cli(), mix, out, type);
+    free(tu_run(cmd, &code));
+    assert_int_equal(code, 0);
+}
+
 /* Every type wmat writes loads in llama.cpp, which scores it as wmat does
  * (8 windows, within 0.5%); the K-quant rows that are no multiple of 256
  * (mix4m's ffn_down) took llama.cpp's fallback type. */
@@ -209,13 +221,9 @@ static void test_written_files_load_in_llamacpp(void **state)
     TU_NEED_DATA(tok, "golden/wikitext2_valid_tokenized.tok512.u16");
     static const char *const types[] = {"q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl", "iq4_xs"};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
-        char out[1024], cmd[4096], name[64];
-        snprintf(name, sizeof name, "w-%s.gguf", types[i]);
-        snprintf(out, sizeof out, "%s", tu_tmp(name));
+        char out[1024], cmd[4096];
         int code = 0;
-        snprintf(cmd, sizeof cmd, "'%s' convert '%s' '%s' --to gguf --dtype %s 2>&1", tu_cli(), mix, out, types[i]);
-        free(tu_run(cmd, &code));
-        assert_int_equal(code, 0);
+        wmat_writes(mix, types[i], out, sizeof out);
         wmat_model *m = load(out);
         const wmat_tensor *gate = wmat_model_linear(m, 0, WMAT_LIN_GATE), *down = wmat_model_linear(m, 0, WMAT_LIN_DOWN);
         assert_string_equal(wmat_dtype_info(gate->dtype)->name, types[i]);
@@ -247,13 +255,8 @@ static void test_written_files_same_greedy_path(void **state)
     static const char *const types[] = {"q3_k", "q4_k", "q6_k", "iq4_xs"};
     const char *prompt = "Once upon a time";
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
-        char out[1024], cmd[4096], name[64];
-        snprintf(name, sizeof name, "g-%s.gguf", types[i]);
-        snprintf(out, sizeof out, "%s", tu_tmp(name));
-        int code = 0;
-        snprintf(cmd, sizeof cmd, "'%s' convert '%s' '%s' --to gguf --dtype %s 2>&1", tu_cli(), mix, out, types[i]);
-        free(tu_run(cmd, &code));
-        assert_int_equal(code, 0);
+        char out[1024];
+        wmat_writes(mix, types[i], out, sizeof out);
         llamacpp_result r;
         const char *why = NULL;
         const int rc = llamacpp_greedy(out, prompt, 32, &r, &why);

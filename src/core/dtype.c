@@ -121,6 +121,7 @@ float wmat_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
  * sweep of f32 bit patterns). Merging f16 checkpoints spent a fifth of its
  * time in the scalar loops. Each returns how many values it converted. */
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define DT_X86 1
 
@@ -130,8 +131,10 @@ static int has_f16c(void)
 {
     int v = __atomic_load_n(&g_f16c, __ATOMIC_RELAXED);
     if (!v) {
-        __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c") ? 2 : 1;
+        /* cpuid leaf 1: ECX bit 28 AVX, bit 29 F16C (clang's
+         * __builtin_cpu_supports has no "f16c") */
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        v = __get_cpuid(1, &a, &b, &c, &d) && (c >> 28 & 1) && (c >> 29 & 1) ? 2 : 1;
         __atomic_store_n(&g_f16c, v, __ATOMIC_RELAXED);
     }
     return v == 2;

@@ -229,18 +229,27 @@ static void deq_iq4_xs(const unsigned char *b, float *y)
 
 /* ---- quantizers with a closed form (ggml's reference rules) */
 
-/* Q4_1: the block's min and (max - min) / 15 */
-static void q_q4_1(const float *x, unsigned char *b)
+/* Q4_1 / Q5_1's header: the block's min and (max - min) / nmax as fp16
+ * d and m; returns min, *id the inverse step (0 for a constant block) */
+static float min_step(const float *x, float nmax, unsigned char *b, float *id)
 {
     float mn = INFINITY, mx = -INFINITY;
     for (int j = 0; j < 32; j++) {
         if (x[j] < mn) mn = x[j];
         if (x[j] > mx) mx = x[j];
     }
-    const float d = (mx - mn) / 15.0f;
-    const float id = d ? 1.0f / d : 0.0f;
+    const float d = (mx - mn) / nmax;
+    *id = d ? 1.0f / d : 0.0f;
     put_f16(b, d);
     put_f16(b + 2, mn);
+    return mn;
+}
+
+/* Q4_1: the block's min and (max - min) / 15 */
+static void q_q4_1(const float *x, unsigned char *b)
+{
+    float id;
+    const float mn = min_step(x, 15.0f, b, &id);
     for (int j = 0; j < 16; j++) {
         const uint8_t a = (uint8_t)(int8_t)((x[j] - mn) * id + 0.5f), c = (uint8_t)(int8_t)((x[j + 16] - mn) * id + 0.5f);
         b[4 + j] = (unsigned char)((a < 15 ? a : 15) | (c < 15 ? c : 15) << 4);
@@ -279,15 +288,8 @@ static void q_q5_0(const float *x, unsigned char *b)
 /* Q5_1: min and (max - min) / 31 */
 static void q_q5_1(const float *x, unsigned char *b)
 {
-    float mn = INFINITY, mx = -INFINITY;
-    for (int j = 0; j < 32; j++) {
-        if (x[j] < mn) mn = x[j];
-        if (x[j] > mx) mx = x[j];
-    }
-    const float d = (mx - mn) / 31.0f;
-    const float id = d ? 1.0f / d : 0.0f;
-    put_f16(b, d);
-    put_f16(b + 2, mn);
+    float id;
+    const float mn = min_step(x, 31.0f, b, &id);
     uint32_t qh = 0;
     for (int j = 0; j < 16; j++) {
         const unsigned a = (uint8_t)((x[j] - mn) * id + 0.5f), c = (uint8_t)((x[j + 16] - mn) * id + 0.5f);
