@@ -348,6 +348,10 @@ typedef enum {
 WMAT_API const char *wmat_format_name(wmat_format f);
 /* Parse "llama2c", "gguf", "hf"; WMAT_FMT_UNKNOWN otherwise. */
 WMAT_API wmat_format wmat_format_from_name(const char *name);
+/* The output format a path names by its extension, as every writing
+ * command reads it: ".gguf" GGUF, ".bin" llama2.c, anything else an HF
+ * directory. */
+WMAT_API wmat_format wmat_format_for_path(const char *path);
 
 /* LLaMA-family architecture. */
 typedef struct {

@@ -50,15 +50,6 @@ static int adapter_info(const char *dir)
     return 0;
 }
 
-/* by extension, as merge and signature do: .gguf, .bin (llama2.c), else an HF directory */
-static wmat_format format_for(const char *path)
-{
-    const size_t n = strlen(path);
-    if (n >= 5 && !strcmp(path + n - 5, ".gguf")) return WMAT_FMT_GGUF;
-    if (n >= 4 && !strcmp(path + n - 4, ".bin")) return WMAT_FMT_LLAMA2C;
-    return WMAT_FMT_HF;
-}
-
 int cmd_adapter(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("adapter");
@@ -92,7 +83,7 @@ int cmd_adapter(int argc, char **argv)
     if (np < 3) return cli_usage_error("adapter", "merge takes BASE DIR... OUT");
     wmat_save_params sp = wmat_save_default_params();
     const char *out = pos[np - 1];
-    sp.format = to ? wmat_format_from_name(to) : format_for(out);
+    sp.format = to ? wmat_format_from_name(to) : wmat_format_for_path(out);
     if (sp.format == WMAT_FMT_UNKNOWN) return cli_usage_error("adapter", "unknown --to '%s' (llama2c, gguf, hf)", to);
     if (dtype) {
         const int d = wmat_dtype_from_name(dtype);

@@ -13,12 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
 /* Interpolating models that read tokens differently means nothing: both
  * tokenizers (when present) must agree piece by piece. */
 static int same_vocabulary(wmat_model *A, wmat_model *B, const char *pa, const char *pb)
@@ -96,8 +90,7 @@ int cmd_align(int argc, char **argv)
         sp.dtype = (wmat_dtype)dt;
     }
     const char *out = pos[2];
-    sp.format = to ? wmat_format_from_name(to)
-                   : ends_with(out, ".gguf") ? WMAT_FMT_GGUF : ends_with(out, ".bin") ? WMAT_FMT_LLAMA2C : WMAT_FMT_HF;
+    sp.format = to ? wmat_format_from_name(to) : wmat_format_for_path(out);
     if (sp.format == WMAT_FMT_UNKNOWN) return cli_usage_error("align", "unknown --to '%s' (llama2c, gguf, hf)", to);
 
     wmat_model *A = NULL, *B = NULL, *pB = NULL;

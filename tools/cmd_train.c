@@ -9,18 +9,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static int ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
 static wmat_format out_format(const char *path, const char *to)
 {
-    if (to) return wmat_format_from_name(to);
-    if (ends_with(path, ".gguf")) return WMAT_FMT_GGUF;
-    if (ends_with(path, ".bin")) return WMAT_FMT_LLAMA2C;
-    return WMAT_FMT_HF;
+    return to ? wmat_format_from_name(to) : wmat_format_for_path(path);
 }
 
 /* The loss curve: train loss (a line) and held-out loss (a line with dots). */

@@ -57,6 +57,14 @@ const char *wmat_format_name(wmat_format f)
     return e ? e->name : "unknown";
 }
 
+wmat_format wmat_format_for_path(const char *path)
+{
+    const size_t n = strlen(path);
+    if (n >= 5 && !strcmp(path + n - 5, ".gguf")) return WMAT_FMT_GGUF;
+    if (n >= 4 && !strcmp(path + n - 4, ".bin")) return WMAT_FMT_LLAMA2C;
+    return WMAT_FMT_HF;
+}
+
 wmat_format wmat_format_from_name(const char *name)
 {
     for (int i = 0; i < N_FORMATS; i++)

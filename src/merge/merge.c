@@ -322,14 +322,6 @@ static int check_spec(const wmat_merge_spec *s, const wmat_merge_method *m)
     return rc;
 }
 
-static wmat_format format_of(const char *path)
-{
-    size_t n = strlen(path);
-    if (n >= 5 && !strcmp(path + n - 5, ".gguf")) return WMAT_FMT_GGUF;
-    if (n >= 4 && !strcmp(path + n - 4, ".bin")) return WMAT_FMT_LLAMA2C;
-    return WMAT_FMT_HF;
-}
-
 int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_report *rep)
 {
     memset(rep, 0, sizeof *rep);
@@ -364,7 +356,7 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
         shuffled.models = perm_models;
         s = &shuffled;
     }
-    wmat_format fmt = s->out_format != WMAT_FMT_UNKNOWN ? s->out_format : format_of(out_path);
+    wmat_format fmt = s->out_format != WMAT_FMT_UNKNOWN ? s->out_format : wmat_format_for_path(out_path);
     wmat_dtype odt = s->out_dtype;
     if (odt != WMAT_F32 && odt != WMAT_F16 && odt != WMAT_BF16 && odt != WMAT_Q8_0 && odt != WMAT_Q4_0)
         return wmat_set_error(WMAT_ERR_INVALID, "%s: output weights can be f32, f16, bf16, q8_0 or q4_0", out_path);

@@ -517,13 +517,6 @@ static int sig_add(const wmat_st_file *f, wmat_model *base, double alpha, const 
     return rc;
 }
 
-static wmat_format format_of(const char *path)
-{
-    if (ends_with(path, ".gguf")) return WMAT_FMT_GGUF;
-    if (ends_with(path, ".bin")) return WMAT_FMT_LLAMA2C;
-    return WMAT_FMT_HF;
-}
-
 int wmat__sig_apply(const char *base, int n, const char *const *sigs, const double *alpha, const char *out,
                     wmat_format out_format, wmat_dtype out_dtype, const char *tokenizer_path, const wmat_context *ctx)
 {
@@ -553,7 +546,7 @@ int wmat__sig_apply(const char *base, int n, const char *const *sigs, const doub
     }
     if (!rc) {
         wmat_save_params sp = wmat_save_default_params();
-        sp.format = out_format != WMAT_FMT_UNKNOWN ? out_format : format_of(out);
+        sp.format = out_format != WMAT_FMT_UNKNOWN ? out_format : wmat_format_for_path(out);
         sp.dtype = out_dtype;
         rc = wmat_model_save(mb, out, &sp);
     }
