@@ -137,20 +137,8 @@ static void deq_q3_k(const unsigned char *b, float *y)
             }
 }
 
-/* Q4_K / Q5_K: 8 sub-blocks of 32 with 6-bit scale and min packed in 12
- * bytes: j < 4 in the low 6 bits of bytes j and j+4; j >= 4 split between
- * the nibbles of byte j+4 and the top 2 bits of bytes j-4 and j. */
-static void k4_scale_min(int j, const unsigned char *q, int *sc, int *mn)
-{
-    if (j < 4) {
-        *sc = q[j] & 63;
-        *mn = q[j + 4] & 63;
-    } else {
-        *sc = (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4);
-        *mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
-}
-
+/* Q4_K / Q5_K: 8 sub-blocks of 32, 6-bit scale and min packed in 12 bytes
+ * (wmat__k4_scale_min, internal.h). */
 /* Q4_K: f16 d, f16 dmin, scales[12], qs[128] (a 32-byte group holds two
  * sub-blocks: low nibbles, then high nibbles); x = d sc q - dmin mn */
 static void deq_q4_k(const unsigned char *b, float *y)
@@ -159,9 +147,9 @@ static void deq_q4_k(const unsigned char *b, float *y)
     const unsigned char *s = b + 4, *q = b + 16;
     for (int j = 0; j < 8; j += 2, q += 32) {
         int sc, mn;
-        k4_scale_min(j, s, &sc, &mn);
+        wmat__k4_scale_min(j, s, &sc, &mn);
         const float d1 = d * (float)sc, m1 = dmin * (float)mn;
-        k4_scale_min(j + 1, s, &sc, &mn);
+        wmat__k4_scale_min(j + 1, s, &sc, &mn);
         const float d2 = d * (float)sc, m2 = dmin * (float)mn;
         for (int l = 0; l < 32; l++) *y++ = d1 * (float)(q[l] & 15) - m1;
         for (int l = 0; l < 32; l++) *y++ = d2 * (float)(q[l] >> 4) - m2;
@@ -176,9 +164,9 @@ static void deq_q5_k(const unsigned char *b, float *y)
     const unsigned char *s = b + 4, *qh = b + 16, *q = b + 48;
     for (int j = 0; j < 8; j += 2, q += 32) {
         int sc, mn;
-        k4_scale_min(j, s, &sc, &mn);
+        wmat__k4_scale_min(j, s, &sc, &mn);
         const float d1 = d * (float)sc, m1 = dmin * (float)mn;
-        k4_scale_min(j + 1, s, &sc, &mn);
+        wmat__k4_scale_min(j + 1, s, &sc, &mn);
         const float d2 = d * (float)sc, m2 = dmin * (float)mn;
         for (int l = 0; l < 32; l++) *y++ = d1 * (float)((q[l] & 15) + (((qh[l] >> j) & 1) << 4)) - m1;
         for (int l = 0; l < 32; l++) *y++ = d2 * (float)((q[l] >> 4) + (((qh[l] >> (j + 1)) & 1) << 4)) - m2;
@@ -381,18 +369,27 @@ static void q_k45(const float *x, unsigned char *b, int bits)
 static void q_q4_k(const float *x, unsigned char *b) { q_k45(x, b, 4); }
 static void q_q5_k(const float *x, unsigned char *b) { q_k45(x, b, 5); }
 
+/* Q6_K and Q3_K: each 16-value sub-block's scale max|x| / qmax (the
+ * largest code's magnitude), and the super-block step that codes them,
+ * (largest scale) / maxcode rounded to fp16 as the block stores it */
+static float sym_scales16(const float *x, float qmax, float maxcode, float *sc)
+{
+    float msc = 0;
+    for (int j = 0; j < 16; j++) {
+        float amax = 0;
+        for (int l = 0; l < 16; l++) amax = fmaxf(amax, fabsf(x[16 * j + l]));
+        sc[j] = amax / qmax;
+        if (sc[j] > msc) msc = sc[j];
+    }
+    return wmat_f16_to_f32(wmat_f32_to_f16(msc / maxcode));
+}
+
 /* symmetric sub-block scales (x ~ scale (q - off)) as int8 codes of a
  * super-block step: Q6_K (16 of 16, codes -32..31) */
 static void q_q6_k(const float *x, unsigned char *b)
 {
-    float sc[16], msc = 0;
-    for (int j = 0; j < 16; j++) {
-        float amax = 0;
-        for (int l = 0; l < 16; l++) amax = fmaxf(amax, fabsf(x[16 * j + l]));
-        sc[j] = amax / 31.0f;
-        if (sc[j] > msc) msc = sc[j];
-    }
-    const float d = wmat_f16_to_f32(wmat_f32_to_f16(msc / 127.0f));
+    float sc[16];
+    const float d = sym_scales16(x, 31.0f, 127.0f, sc);
     int8_t *scb = (int8_t *)(b + 192);
     int q[256];
     for (int j = 0; j < 16; j++) {
@@ -436,14 +433,8 @@ static void q_q2_k(const float *x, unsigned char *b)
 /* Q3_K: 16 sub-blocks of 16, signed 6-bit scales, codes -4..3 */
 static void q_q3_k(const float *x, unsigned char *b)
 {
-    float sc[16], msc = 0;
-    for (int j = 0; j < 16; j++) {
-        float amax = 0;
-        for (int l = 0; l < 16; l++) amax = fmaxf(amax, fabsf(x[16 * j + l]));
-        sc[j] = amax / 4.0f;
-        if (sc[j] > msc) msc = sc[j];
-    }
-    const float d = wmat_f16_to_f32(wmat_f32_to_f16(msc / 31.0f));
+    float sc[16];
+    const float d = sym_scales16(x, 4.0f, 31.0f, sc);
     int ls[16];
     for (int j = 0; j < 16; j++) ls[j] = d > 0 ? clampi(nearest_int(sc[j] / d), 0, 31) : 0;
     unsigned char *hm = b, *q = b + 32, *s = b + 96;

@@ -98,5 +98,19 @@ int wmat__ggml_block_dtype(int ggml_type);
 int wmat__ggml_block_can_quantize(wmat_dtype dt);
 int wmat__ggml_block_dequant(wmat_dtype dt, const void *src, float *dst, int64_t n);
 int wmat__ggml_block_quant(wmat_dtype dt, const float *src, void *dst, int64_t n);
+/* Q4_K / Q5_K: the 6-bit scale and min of sub-block j (0..7) from the
+ * super-block's 12 packed bytes q: j < 4 in the low 6 bits of bytes j and
+ * j+4; j >= 4 split between the nibbles of byte j+4 and the top 2 bits of
+ * bytes j-4 and j. Inline: the decode kernels call it per sub-block. */
+static inline void wmat__k4_scale_min(int j, const unsigned char *q, int *sc, int *mn)
+{
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *mn = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4);
+        *mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
 
 #endif

@@ -88,7 +88,8 @@ size_t wmat__wrow_bytes(wmat_dtype dt, int64_t in)
     case WMAT_BF16: return (size_t)in * 2;
     case WMAT_Q8_0: return in % QK ? 0 : (size_t)(in / QK) * 34;
     case WMAT_Q4_0: return in % QK ? 0 : (size_t)(in / QK) * 18;
-    default: return 0;
+    default: /* ggml's other block types (kind_ggml.c): tiles only */
+        return wmat__ggml_block_type(dt) >= 0 ? wmat_dtype_bytes(dt, (uint64_t)in) : 0;
     }
 }
 
@@ -517,6 +518,7 @@ void wmat__wrow_dot(wmat_dtype dt, const void *W, int64_t in, const float *x, co
         }
         return;
     }
+    if (dt != WMAT_Q8_0 && dt != WMAT_Q4_0) return; /* ggml's other types have no row kernels here (kind_ggml.c) */
     block_fn fn = dt == WMAT_Q8_0 ? q8_dot_ref : q4_dot_ref;
 #ifdef KD_X86
     if (isa == WMAT_ISA_AVX512 && wmat__isa_has_vnni()) fn = dt == WMAT_Q8_0 ? q8_dot_vnni : q4_dot_vnni;
@@ -556,6 +558,14 @@ void wmat__wrow_dequant(wmat_dtype dt, const void *W, int64_t in, int64_t r0, in
     for (int64_t i = 0; i < nr; i++) wmat_to_f32(out + (size_t)i * in, w + (size_t)i * rb, dt, (uint64_t)in);
 }
 
+/* ggml's other block types: whole blocks (k0 and kc multiples of the
+ * block, which the tiles' 256-column steps are) through their dequantizer */
+static void deq_blocks(wmat_dtype dt, const unsigned char *w, int64_t k0, int64_t kc, float *o)
+{
+    const wmat_dtype_traits *tr = wmat_dtype_info(dt);
+    wmat__ggml_block_dequant(dt, w + (size_t)(k0 / tr->block_size) * tr->block_bytes, o, kc);
+}
+
 /* Columns [k0, k0 + kc) of rows [r0, r0 + nr) into out (nr, kc) with row
  * stride kc; for block types k0 and kc are multiples of 32. Every
  * conversion is exact (a widening or one product d * code), so all twins
@@ -572,7 +582,7 @@ static void deq_tile_ref(wmat_dtype dt, const unsigned char *W, size_t rb, int64
         case WMAT_BF16: wmat_to_f32(o, w + 2 * k0, dt, (uint64_t)kc); break;
         case WMAT_Q8_0: wmat__dequantize_row_q8_0(w + (k0 / QK) * 34, o, kc); break;
         case WMAT_Q4_0: wmat__dequantize_row_q4_0(w + (k0 / QK) * 18, o, kc); break;
-        default: break;
+        default: deq_blocks(dt, w, k0, kc, o); break;
         }
     }
 }
@@ -617,7 +627,8 @@ KD_AVX2 static void deq_tile_avx2(wmat_dtype dt, const unsigned char *W, size_t 
                     _mm256_storeu_ps(o + j + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part[k])), d));
             }
             break;
-        default: memcpy(o, w + 4 * k0, (size_t)kc * 4); break;
+        case WMAT_F32: memcpy(o, w + 4 * k0, (size_t)kc * 4); break;
+        default: deq_blocks(dt, w, k0, kc, o); break;
         }
     }
 }

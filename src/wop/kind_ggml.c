@@ -2,8 +2,8 @@
  * Hub mapped and used in place): Q4_1, Q5_0, Q5_1, the K-quants Q2_K..Q6_K
  * and IQ4_NL / IQ4_XS. One implementation for all of them over the block
  * dequantizers of src/core/ggml_kquants.c:
- *   - batched products dequantize tiles of rows (~256 KB of fp32, in L2)
- *     and multiply them with the GEMM, as kind_stored.c does for Q4_0;
+ *   - batched products go through kern_dense.c's tiles (rows dequantized
+ *     ~256 KB at a time, then the GEMM), as kind_stored.c's Q4_0 does;
  *   - one-row products dequantize one block at a time into a buffer on the
  *     stack and dot it with x: decode is bound by reading the weights, and
  *     a block's decode is short next to its bytes' arrival. The dot uses 8
@@ -14,9 +14,6 @@
 
 #include "kern_dense.h"
 
-#include "../linalg/linalg.h"
-
-#include <omp.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -24,31 +21,9 @@
 #define KG_X86 1
 #endif
 
-#define TILE_BYTES ((size_t)256 << 10)
 #define MAX_BLOCK 256
 
 static size_t row_bytes(const wmat_tensor *W) { return wmat_dtype_bytes(W->dtype, (uint64_t)W->shape[1]); }
-
-static int64_t tile_rows(int64_t rows, int64_t in)
-{
-    int64_t tr = (int64_t)(TILE_BYTES / ((size_t)in * 4)) / 16 * 16;
-    if (tr < 16) tr = 16;
-    return tr < rows ? tr : rows;
-}
-
-static size_t per_thread_floats(const wmat_tensor *W) { return (size_t)tile_rows(W->shape[0], W->shape[1]) * (size_t)W->shape[1] + 16; }
-
-static size_t kg_ws(const wmat_tensor *W, int T, const wmat_wexec *ex)
-{
-    (void)T;
-    return (size_t)(ex->n_threads > 1 ? ex->n_threads : 1) * per_thread_floats(W) * 4 + 64;
-}
-
-static float *slice(void *ws, const wmat_tensor *W, int t)
-{
-    uintptr_t p = ((uintptr_t)ws + 63) & ~(uintptr_t)63;
-    return (float *)p + (size_t)t * per_thread_floats(W);
-}
 
 static void deq_rows(const wmat_tensor *W, int64_t r0, int64_t nr, float *out)
 {
@@ -57,41 +32,21 @@ static void deq_rows(const wmat_tensor *W, int64_t r0, int64_t nr, float *out)
     for (int64_t i = 0; i < nr; i++) wmat__ggml_block_dequant(W->dtype, w + (size_t)i * rb, out + (size_t)i * W->shape[1], W->shape[1]);
 }
 
-static void kg_forward(const wmat_tensor *W, const float *X, float *Y, int T, int acc, void *ws, const wmat_wexec *ex)
+/* batched: kern_dense.c's tiles (dequantized rows times the GEMM), which
+ * take these types through their block dequantizers */
+static size_t kg_ws(const wmat_tensor *W, int T, const wmat_wexec *ex)
 {
-    const int64_t rows = W->shape[0], in = W->shape[1], tr = tile_rows(rows, in), ntile = (rows + tr - 1) / tr;
-    if (rows <= 0 || T <= 0) return;
-    const int nt = ex->n_threads > 1 && ntile > 1 ? (ex->n_threads < ntile ? ex->n_threads : (int)ntile) : 1;
-#pragma omp parallel num_threads(nt)
-    {
-        float *tile = slice(ws, W, omp_get_thread_num());
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < ntile; i++) {
-            const int64_t r0 = i * tr, nr = rows - r0 < tr ? rows - r0 : tr;
-            deq_rows(W, r0, nr, tile);
-            wmat__sgemm_cfg(ex->gemm, nt == 1 ? ex->n_threads : 1, 0, 1, T, (int)nr, (int)in, 1.0f, X, (int)in, tile, (int)in,
-                            acc ? 1.0f : 0.0f, Y + r0, (int)rows);
-        }
-    }
+    return wmat__wtile_ws_bytes(W->dtype, W->shape[0], W->shape[1], T, ex->n_threads);
 }
 
-/* dX = dY W, row tile by row tile: each tile's product (threaded GEMM) adds
- * into all of dX, so tiles run one after another */
+static void kg_forward(const wmat_tensor *W, const float *X, float *Y, int T, int acc, void *ws, const wmat_wexec *ex)
+{
+    wmat__wtile_forward(W->dtype, W->data, W->shape[0], W->shape[1], X, Y, T, acc, ws, ex->n_threads, ex->isa, ex->gemm);
+}
+
 static void kg_backward(const wmat_tensor *W, const float *dY, float *dX, int T, int acc, void *ws, const wmat_wexec *ex)
 {
-    const int64_t rows = W->shape[0], in = W->shape[1], tr = tile_rows(rows, in);
-    if (T <= 0) return;
-    if (rows <= 0) {
-        if (!acc) memset(dX, 0, (size_t)T * (size_t)in * 4);
-        return;
-    }
-    float *tile = slice(ws, W, 0);
-    for (int64_t r0 = 0; r0 < rows; r0 += tr) {
-        const int64_t nr = rows - r0 < tr ? rows - r0 : tr;
-        deq_rows(W, r0, nr, tile);
-        wmat__sgemm_cfg(ex->gemm, ex->n_threads, 0, 0, T, (int)in, (int)nr, 1.0f, dY + r0, (int)rows, tile, (int)in,
-                        r0 == 0 && !acc ? 0.0f : 1.0f, dX, (int)in);
-    }
+    wmat__wtile_backward(W->dtype, W->data, W->shape[0], W->shape[1], dY, dX, T, acc, ws, ex->n_threads, ex->isa, ex->gemm);
 }
 
 /* Q4_K and Q6_K (the bulk of a Q4_K_M file) multiply int8-quantized
@@ -136,18 +91,6 @@ static float h16(const unsigned char *p)
     return wmat_f16_to_f32(h);
 }
 
-/* Q4_K's 6-bit scale and min of sub-block j (the layout of ggml_kquants.c) */
-static inline void k4_sm(int j, const unsigned char *q, int *sc, int *mn)
-{
-    if (j < 4) {
-        *sc = q[j] & 63;
-        *mn = q[j + 4] & 63;
-    } else {
-        *sc = (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4);
-        *mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
-}
-
 /* One sub-block's term: d sc dx isum - dmin mn (sum of x), in this order
  * in both twins (the integer sums are exact, so the twins agree bit for bit). */
 static inline float q4k_term(float d, float dmin, int sc, int mn, float xd, int32_t xsum, int32_t isum)
@@ -168,7 +111,7 @@ static float q4k_dot_ref(const unsigned char *w, const xprep *x, int64_t nsb)
             int32_t isum = 0;
             for (int l = 0; l < 32; l++) isum += ((qq[l] >> sh) & 15) * xq[l];
             int sc, mn;
-            k4_sm(j, w + 4, &sc, &mn);
+            wmat__k4_scale_min(j, w + 4, &sc, &mn);
             s += q4k_term(d, dmin, sc, mn, x->d[b], x->sum[b], isum);
         }
     }
@@ -251,9 +194,9 @@ KG_AVX2 static float q4k_dot_avx2(const unsigned char *w, const xprep *x, int64_
             hsum_halves(dot_u8s8(lo, x0), &a0, &a1);
             hsum_halves(dot_u8s8(hi, x1), &c0, &c1);
             int sc, mn;
-            k4_sm(j, w + 4, &sc, &mn);
+            wmat__k4_scale_min(j, w + 4, &sc, &mn);
             s += q4k_term(d, dmin, sc, mn, x->d[b], x->sum[b], a0 + a1);
-            k4_sm(j + 1, w + 4, &sc, &mn);
+            wmat__k4_scale_min(j + 1, w + 4, &sc, &mn);
             s += q4k_term(d, dmin, sc, mn, x->d[b + 1], x->sum[b + 1], c0 + c1);
         }
     }
