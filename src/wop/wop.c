@@ -193,7 +193,8 @@ void wmat__tensor_own_obj(wmat_tensor *t, int64_t rows, int64_t cols, void *obj)
 
 int wmat__wkind_plain_from_f32(wmat_dtype dt, const float *W, int64_t rows, int64_t cols, wmat_tensor *out)
 {
-    const size_t bytes = wmat_dtype_bytes(dt, (uint64_t)rows * (uint64_t)cols);
+    /* each row whole blocks: kernels and files address rows by block */
+    const size_t bytes = cols % wmat_dtype_info(dt)->block_size ? 0 : wmat_dtype_bytes(dt, (uint64_t)rows * (uint64_t)cols);
     if (!bytes)
         return wmat_set_error(WMAT_ERR_INVALID, "a (%lld x %lld) matrix does not fit %s blocks", (long long)rows,
                               (long long)cols, wmat_dtype_info(dt)->name);
