@@ -439,6 +439,58 @@ static int files_equal(const char *a, const char *b)
 
 /* quantize --to gguf refuses, before any calibration and naming the flag
  * that works, settings no GGUF type holds; the fixed command writes it. */
+static int count(const char *s, const char *what)
+{
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, what)); p += strlen(what)) n++;
+    return n;
+}
+
+/* wmat plot: points land where the axes say, curves go in x order, clipped
+ * points are counted, labels are escaped, bad tables name their line and
+ * leave no chart. */
+static void test_plot_chart(void **state)
+{
+    (void)state;
+    const char *w = tu_cli(), *tsv = tu_tmp("plot.tsv"), *svg = tu_tmp("plot.svg");
+    FILE *f = fopen(tsv, "w");
+    assert_non_null(f);
+    /* x spans [0, 1] (the axis starts at 0), y over [20, 30] plus 5% pads */
+    fprintf(f, "# comment\na<b\t1\t20\na<b\t0.5\t30\nref\t0\t25\nref\t0.25\t1000\n");
+    fclose(f);
+    remove(svg);
+    expect_exit(0, "2 series", "%s plot %s %s --ymax 100 --dashed ref --title 'T&T'", w, tsv, svg);
+    char cat[4200];
+    snprintf(cat, sizeof cat, "cat '%s'", svg);
+    int code;
+    char *doc = tu_run(cat, &code);
+    assert_int_equal(code, 0);
+    assert_non_null(strstr(doc, ">a&lt;b</text>"));
+    assert_non_null(strstr(doc, ">T&amp;T</text>"));
+    assert_non_null(strstr(doc, "1 point above 100 not shown"));
+    assert_int_equal(count(doc, "<circle"), 3);
+    assert_int_equal(count(doc, "stroke-dasharray"), 1);
+    /* plot box: x 60..620 over [0, 1]; y over [19.5, 30.5] from the legend's bottom (mt = 22 + 16 + 14 = 52) to 400 + 22 - 50 = 372 */
+    const double py20 = 52 + (30.5 - 20) / 11.0 * 320, py30 = 52 + (30.5 - 30) / 11.0 * 320;
+    char want[128];
+    snprintf(want, sizeof want, "points=\"340.0,%.1f 620.0,%.1f \"", py30, py20);
+    if (!strstr(doc, want)) fail_msg("chart lacks %s:\n%s", want, doc);
+    free(doc);
+    f = fopen(tsv, "w");
+    fprintf(f, "a\t1\t2\nb\t1\tnan\n");
+    fclose(f);
+    remove(svg);
+    expect_exit(1, "plot.tsv:2: X and Y must be finite", "%s plot %s %s", w, tsv, svg);
+    f = fopen(svg, "rb");
+    if (f) fclose(f);
+    assert_null(f);
+    f = fopen(tsv, "w");
+    fprintf(f, "a 1 2\n");
+    fclose(f);
+    expect_exit(1, "plot.tsv:1: expected SERIES<TAB>X<TAB>Y", "%s plot %s %s", w, tsv, svg);
+    expect_exit(2, "--ymax", "%s plot %s %s --ymax -1", w, tsv, svg);
+}
+
 static void test_quantize_gguf_fails_early(void **state)
 {
     (void)state;
@@ -641,6 +693,7 @@ int main(void)
         cmocka_unit_test(test_convert_roundtrips),
         cmocka_unit_test(test_convert_dequantizes_packed),
         cmocka_unit_test(test_quantize_gguf_fails_early),
+        cmocka_unit_test(test_plot_chart),
         cmocka_unit_test(test_llamacpp_continues_like_wmat),
     };
     return tu_run_tests("cli", tests, NULL, NULL);

@@ -112,6 +112,7 @@ int cmd_merge(int argc, char **argv);
 int cmd_signature(int argc, char **argv);
 int cmd_adapter(int argc, char **argv);
 int cmd_align(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
 
 extern const cli_command g_commands[];
 const cli_command *cli_find_command(const char *name);

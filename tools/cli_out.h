@@ -25,13 +25,24 @@ typedef struct {
     int n;
     double width;   /* stroke width */
     int markers;    /* a dot at every point */
+    int dashed;     /* a reference curve */
 } cli_svg_series;
+
+typedef struct {
+    const char *xlabel, *ylabel;
+    const char *title;   /* NULL: none */
+    double ymax;         /* > 0: points above it are left out (and counted in a note) */
+    double width, height; /* 0: 640 x 400 */
+} cli_svg_opts;
 
 /* A line chart of ns series as an SVG file (atomic): x from min(0, data)
  * to max(1, data), y over the data with 5% margins, four grid lines, a
  * legend at the top. Used by train's loss curve and align's loss along the
  * interpolation path. -1 with wmat_last_error() set. */
 int cli_svg_lines(const char *path, const char *xlabel, const char *ylabel, const cli_svg_series *s, int ns);
+/* The same with a title, clipping of outliers and a size; legends wrap onto
+ * more rows when they do not fit one (the plot moves down). */
+int cli_svg_chart(const char *path, const cli_svg_opts *o, const cli_svg_series *s, int ns);
 
 /* s as a JSON string literal, quotes included. */
 void cli_json_string(FILE *f, const char *s);

@@ -196,8 +196,8 @@ int cmd_align(int argc, char **argv)
             }
         }
         if (report) {
-            const cli_svg_series s[2] = {{"naive: (1-t) A + t B", "#1f77b4", ts, naive, points, 2, 1},
-                                         {"aligned: (1-t) A + t pi(B)", "#d62728", ts, aligned, points, 2, 1}};
+            const cli_svg_series s[2] = {{"naive: (1-t) A + t B", "#1f77b4", ts, naive, points, 2, 1, 0},
+                                         {"aligned: (1-t) A + t pi(B)", "#d62728", ts, aligned, points, 2, 1, 0}};
             if (cli_svg_lines(report, "t", "loss (mean NLL)", s, 2)) {
                 cli_fail("align");
                 goto done;

@@ -21,7 +21,7 @@ static int write_svg(const char *path, const int *xs, const double *ys, int n, c
     if (!buf) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", path), -1;
     for (int i = 0; i < n; i++) buf[i] = xs[i];
     for (int i = 0; i < vn; i++) buf[n + i] = vx[i];
-    const cli_svg_series s[2] = {{"train loss", "#1f77b4", buf, ys, n, 1.5, 0}, {"held-out loss", "#d62728", buf + n, vy, vn, 2, 1}};
+    const cli_svg_series s[2] = {{"train loss", "#1f77b4", buf, ys, n, 1.5, 0, 0}, {"held-out loss", "#d62728", buf + n, vy, vn, 2, 1, 0}};
     int rc = cli_svg_lines(path, "step", "loss", s, 2);
     free(buf);
     return rc;
