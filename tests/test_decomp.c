@@ -138,6 +138,110 @@ static void test_truncation_error(void **state)
     wmat_model_free(m);
 }
 
+/* Distance of a model's (dequantized) gate projection of layer 0 from W0. */
+static double rel_dist(wmat_tensor *W, const float *W0)
+{
+    const int64_t R = W->shape[0], C = W->shape[1];
+    float *D = malloc((size_t)(R * C) * sizeof(float));
+    TU_OK(wmat_tensor_dequant_rows(W, 0, R, D));
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < R * C; i++) {
+        num += ((double)D[i] - W0[i]) * ((double)D[i] - W0[i]);
+        den += (double)W0[i] * W0[i];
+    }
+    free(D);
+    return sqrt(num / den);
+}
+
+/* One rank-r decomposition of layer 0's gate projection with method_params;
+ * the reported error in *reported, the actual distance returned. */
+static double gate_svd(const char *path, const float *Wsyn, int rank, const char *params, double *reported)
+{
+    wmat_model *m;
+    float *W0;
+    int64_t R, C;
+    wmat_config c = tu_config(64, 96, 1, 4, 4, 32, 16);
+    if (path) m = load(path);
+    else {
+        TU_OK(wmat_model_create(&m, &c));
+        TU_OK(wmat_model_init_random(m, 7, 0.05f));
+    }
+    wmat_tensor *W = wmat_model_linear(m, 0, WMAT_LIN_GATE);
+    R = W->shape[0], C = W->shape[1];
+    if (Wsyn) memcpy(W->data, Wsyn, (size_t)(R * C) * sizeof(float));
+    W0 = malloc((size_t)(R * C) * sizeof(float));
+    memcpy(W0, W->data, (size_t)(R * C) * sizeof(float));
+    wmat_decompose_params p = wmat_decompose_default_params();
+    p.rank = rank;
+    p.method_params = params;
+    p.targets = 1u << WMAT_LIN_GATE;
+    wmat_decompose_report rep;
+    TU_OK(wmat_decompose_model(m, &p, &rep));
+    assert_int_equal(rep.tensors[0].rank, rank);
+    assert_non_null(strstr(rep.tensors[0].name, "layers.0."));
+    *reported = rep.tensors[0].rel_error;
+    const double d = rel_dist(wmat_model_linear(m, 0, WMAT_LIN_GATE), W0);
+    wmat_decompose_report_free(&rep);
+    wmat_model_free(m);
+    free(W0);
+    return d;
+}
+
+/* The randomized range finder: its reported error is the stored factors'
+ * distance, never below Eckart-Young's (the exact SVD's) and within 2% of
+ * it on a trained matrix with two power iterations; an exactly rank-8
+ * matrix comes back exactly; energy (which needs the whole spectrum) is
+ * refused with it. */
+static void test_randomized_svd(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(mx, "models/mix4m.bin");
+    double rep_exact, rep_rand, rep_p0;
+    const double d_exact = gate_svd(mx, NULL, 32, "solver=exact", &rep_exact);
+    const double d_rand = gate_svd(mx, NULL, 32, "solver=randomized", &rep_rand);
+    const double d_p0 = gate_svd(mx, NULL, 32, "solver=randomized,power_iters=0", &rep_p0);
+    print_message("mix4m gate 704x256 rank 32: exact %.6f, randomized q=2 %.6f, q=0 %.6f\n", rep_exact, rep_rand, rep_p0);
+    assert_true(fabs(d_exact - rep_exact) < 1e-5 && fabs(d_rand - rep_rand) < 1e-5 && fabs(d_p0 - rep_p0) < 1e-5);
+    assert_true(rep_rand >= rep_exact - 1e-9 && rep_rand <= 1.02 * rep_exact);
+    assert_true(rep_p0 >= rep_exact - 1e-9);
+    /* auto leaves a small matrix to the exact solver: the same numbers */
+    double rep_auto;
+    gate_svd(mx, NULL, 32, NULL, &rep_auto);
+    assert_true(rep_auto == rep_exact);
+
+    /* W = A B of rank 8, 96 x 64 */
+    float *Ws = malloc(96 * 64 * sizeof(float));
+    wmat_rng rng;
+    wmat_rng_seed(&rng, 3);
+    float A[96 * 8], B[8 * 64];
+    for (int i = 0; i < 96 * 8; i++) A[i] = wmat_rng_normal(&rng);
+    for (int i = 0; i < 8 * 64; i++) B[i] = wmat_rng_normal(&rng);
+    for (int i = 0; i < 96; i++)
+        for (int j = 0; j < 64; j++) {
+            double acc = 0;
+            for (int t = 0; t < 8; t++) acc += (double)A[i * 8 + t] * B[t * 64 + j];
+            Ws[i * 64 + j] = (float)acc;
+        }
+    double rep8;
+    const double d8 = gate_svd(NULL, Ws, 8, "solver=randomized,power_iters=0", &rep8);
+    print_message("rank-8 matrix: reported %.3g, actual %.3g\n", rep8, d8);
+    assert_true(d8 < 1e-6 && rep8 < 1e-6);
+    free(Ws);
+
+    wmat_config c = tu_config(64, 96, 1, 4, 4, 32, 16);
+    wmat_model *m;
+    TU_OK(wmat_model_create(&m, &c));
+    TU_OK(wmat_model_init_random(m, 7, 0.05f));
+    wmat_decompose_params p = wmat_decompose_default_params();
+    p.energy = 0.9f;
+    p.method_params = "solver=randomized";
+    wmat_decompose_report rep;
+    assert_int_equal(wmat_decompose_model(m, &p, &rep), WMAT_ERR_INVALID);
+    assert_non_null(strstr(wmat_last_error(), "randomized needs rank"));
+    assert_string_equal(wmat_tensor_kind(wmat_model_linear(m, 0, WMAT_LIN_GATE)), "f32");
+    wmat_model_free(m);
+}
+
 /* A low-rank model through the native directory: same kinds, same logits. */
 static void test_native_roundtrip(void **state)
 {
@@ -277,6 +381,7 @@ int main(void)
         cmocka_unit_test(test_truncation_error),  cmocka_unit_test(test_native_roundtrip),
         cmocka_unit_test(test_keys_and_overrides),
         cmocka_unit_test(test_bad_params),
+        cmocka_unit_test(test_randomized_svd),
     };
     return tu_run_tests("decomp", tests, NULL, NULL);
 }

@@ -99,3 +99,23 @@ int wmat__dgesdd(int M, int N, double *A, int lda, double *s, double *U, int ldu
     wmat__blas_use_end();
     return lapacke_status("dgesdd", info, M, N, "did not converge");
 }
+
+int wmat__dgeqrf(int M, int N, double *A, int lda, double *tau)
+{
+    if (M < 0 || N < 0 || !ld_ok(N, lda) || !tau)
+        return wmat_set_error(WMAT_ERR_INVALID, "dgeqrf: bad arguments (M %d, N %d, lda %d)", M, N, lda);
+    wmat__blas_use_begin();
+    lapack_int info = LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, (lapack_int)M, (lapack_int)N, A, (lapack_int)lda, tau);
+    wmat__blas_use_end();
+    return lapacke_status("dgeqrf", info, M, N, "failed");
+}
+
+int wmat__dorgqr(int M, int N, int K, double *A, int lda, const double *tau)
+{
+    if (M < 0 || N < 0 || N > M || K < 0 || K > N || !ld_ok(N, lda) || !tau)
+        return wmat_set_error(WMAT_ERR_INVALID, "dorgqr: bad arguments (M %d, N %d, K %d, lda %d)", M, N, K, lda);
+    wmat__blas_use_begin();
+    lapack_int info = LAPACKE_dorgqr(LAPACK_ROW_MAJOR, (lapack_int)M, (lapack_int)N, (lapack_int)K, A, (lapack_int)lda, tau);
+    wmat__blas_use_end();
+    return lapacke_status("dorgqr", info, M, N, "failed");
+}

@@ -56,4 +56,14 @@ int wmat__dsyevd_upper(int vectors, int n, double *A, int lda, double *w);
  * not used). One of them NULL is WMAT_ERR_INVALID. */
 int wmat__dgesdd(int M, int N, double *A, int lda, double *s, double *U, int ldu, double *VT, int ldvt);
 
+/* QR factorization in place (dgeqrf): A (M, N) = Q R, R over the upper
+ * triangle, Q as min(M, N) Householder reflectors below it with their
+ * scalars in tau[min(M, N)]. */
+int wmat__dgeqrf(int M, int N, double *A, int lda, double *tau);
+
+/* The first N columns of Q from dgeqrf's reflectors (dorgqr; N <= M, K
+ * reflectors, K <= N), written over A: an orthonormal basis of the range
+ * of the factored matrix (the randomized SVD's range finder). */
+int wmat__dorgqr(int M, int N, int K, double *A, int lda, const double *tau);
+
 #endif
