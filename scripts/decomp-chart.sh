@@ -76,7 +76,8 @@ done
 if want slicegpt; then
   for s in 0.1 0.2 0.25 0.3; do run slicegpt decompose --method slicegpt --sparsity $s "${cal_args[@]}"; done
 fi
-if want dsformer && "$wmat" methods --family decomposition | grep -q '^dsformer '; then
+methods=$("$wmat" methods --family decomposition)
+if want dsformer && grep -q '^dsformer ' <<<"$methods"; then
   for r in 64 96 128; do run dsformer decompose --method dsformer --rank $r; done
 fi
 if want gptq; then

@@ -4,7 +4,8 @@
 # usage: scripts/make-tinyllama.sh OUTDIR
 #   env: WMAT (default build/wmat), TOKENIZER (default ../shared/data/models/llama2c_tokenizer_32000.bin),
 #        SEED (default 1337), KEEP_BIN=1 keeps the intermediate llama2.c checkpoint,
-#        TYPES (default "f32 f16 q8_0 q4_0")
+#        TYPES (default "f32 f16 q8_0 q4_0"), LAYERS (default 22: fewer blocks of the same shape, for
+#        benchmarks that need several models in memory at once; files then tinyllama-rand-L<N>-<type>.gguf)
 #
 # Shape: dim 2048, hidden 5632, 22 layers, 32 heads, 4 KV heads, vocab 32000, seq_len 2048, untied
 # classifier. Weights follow wmat_model_init_random's recipe: N(0, 0.02) for every matrix, the
@@ -58,8 +59,10 @@ static void put(FILE *f, size_t n, double std, float c) {
     }
 }
 int main(int argc, char **argv) {
-    if (argc != 3) return 2;
-    const int dim = 2048, hidden = 5632, L = 22, H = 32, KV = 4, vocab = 32000, seq = 2048, hd = dim / H;
+    if (argc != 4) return 2;
+    const int L = atoi(argv[3]);
+    if (L < 1 || L > 22) return 2;
+    const int dim = 2048, hidden = 5632, H = 32, KV = 4, vocab = 32000, seq = 2048, hd = dim / H;
     uint64_t z = strtoull(argv[2], 0, 10);
     for (int i = 0; i < 4; i++) { /* splitmix64 seeding */
         z += 0x9e3779b97f4a7c15ull;
@@ -95,16 +98,20 @@ int main(int argc, char **argv) {
 }
 EOF
 cc -O2 -o "$tmp/gen" "$tmp/gen.c" -lm
-bin="$out/tinyllama-rand.bin"
+layers=${LAYERS:-22}
+case $layers in ''|*[!0-9]*) echo "make-tinyllama: LAYERS must be 1..22" >&2; exit 2 ;; esac
+name=tinyllama-rand
+[ "$layers" = 22 ] || name=tinyllama-rand-L$layers
+bin="$out/$name.bin"
 if [ ! -s "$bin" ]; then
   echo "== writing $bin (seed $seed)"
-  "$tmp/gen" "$bin.tmp" "$seed"
+  "$tmp/gen" "$bin.tmp" "$seed" "$layers"
   mv "$bin.tmp" "$bin"
 fi
 for t in $types; do
-  f="$out/tinyllama-rand-$t.gguf"
+  f="$out/$name-$t.gguf"
   echo "== $f"
   "$wmat" convert "$bin" "$f" --to gguf --dtype "$t" --tokenizer "$tok"
 done
 [ "${KEEP_BIN:-0}" = 1 ] || rm -f "$bin"
-ls -l "$out"/tinyllama-rand-*.gguf
+ls -l "$out/$name"-*.gguf

@@ -1,10 +1,11 @@
-/* Decode and batched speed of sliced models (SliceGPT) against the dense
- * model they came from, in the same run.
+/* Decode and batched speed of transformed models (sliced, low-rank,
+ * Monarch, sparse, quantized: any weight kinds) against the dense model
+ * they came from, in the same run.
  *
- *   bench_slicegpt [--threads N] [--budget S] [--positions T] DENSE SLICED...
+ *   bench_models [--threads N] [--budget S] [--positions T] DENSE OTHER...
  *
  * Each model gets its own runtime on N threads (default 1). Rounds
- * interleave the models (dense, sliced 1, sliced 2, ...) until the budget
+ * interleave the models (dense, other 1, other 2, ...) until the budget
  * per model is spent (at least 3 rounds); each model's best round counts.
  * Decode: T positions (default 128) through wmat_decode, one token at a
  * time against the KV cache; batched: one window of T tokens through
@@ -35,13 +36,19 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--positions") && i + 1 < argc) T = atoi(argv[++i]);
         else if (argv[i][0] != '-' && n < 16) paths[n++] = argv[i];
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--budget S] [--positions T] DENSE SLICED...\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--budget S] [--positions T] DENSE OTHER...\n", argv[0]);
             return 2;
         }
     }
     if (n < 1 || nt < 1 || T < 2) {
-        fprintf(stderr, "usage: %s [--threads N] [--budget S] [--positions T] DENSE SLICED...\n", argv[0]);
+        fprintf(stderr, "usage: %s [--threads N] [--budget S] [--positions T] DENSE OTHER...\n", argv[0]);
         return 2;
+    }
+    /* as the CLI does: OpenBLAS to one thread before any runtime exists
+     * (left lazy, its idle pool spun against the batched GEMMs) */
+    if (wmat_linalg_init(nt)) {
+        fprintf(stderr, "linalg: %s\n", wmat_last_error());
+        return 1;
     }
     wmat_model *m[16];
     wmat_runtime *dec[16], *bat[16];
