@@ -342,7 +342,8 @@ typedef enum {
     WMAT_FMT_LLAMA2C = 1,
     WMAT_FMT_GGUF = 2,
     WMAT_FMT_HF = 3,
-    WMAT_FMT_QUANT = 4 /* native quantized directory (docs/FORMATS.md) */
+    WMAT_FMT_QUANT = 4, /* native quantized directory (docs/FORMATS.md) */
+    WMAT_FMT_GPTQ = 5   /* GPTQ checkpoint (HF directory with qweight/qzeros/scales/g_idx): written, not read */
 } wmat_format;
 
 WMAT_API const char *wmat_format_name(wmat_format f);

@@ -7,6 +7,7 @@
 #include "llamacpp.h"
 #include "quant/qmodel.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -548,6 +549,211 @@ cli_done:
     wmat_model_free(ref);
 }
 
+/* ---- GPTQ checkpoints, read back by a reader written here from the format
+ * description (AutoGPTQ's layout), not by wmat's code. */
+
+typedef struct {
+    char name[160];
+    char dtype[8];
+    int64_t shape[2];
+    int ndim;
+    const unsigned char *data;
+} st_view;
+
+/* The tensors of a safetensors file: 8-byte header length, JSON header,
+ * data. Returns the count; *buf holds the file (caller frees). */
+static int st_read_all(const char *path, unsigned char **buf, st_view *v, int max)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    *buf = malloc((size_t)n + 1);
+    assert_int_equal(fread(*buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = hl << 8 | (*buf)[i];
+    char *hdr = malloc(hl + 1);
+    memcpy(hdr, *buf + 8, hl);
+    hdr[hl] = 0;
+    cJSON *root = cJSON_Parse(hdr);
+    assert_non_null(root);
+    int k = 0;
+    for (cJSON *e = root->child; e; e = e->next) {
+        if (!strcmp(e->string, "__metadata__")) continue;
+        assert_true(k < max);
+        st_view *t = &v[k++];
+        snprintf(t->name, sizeof t->name, "%s", e->string);
+        snprintf(t->dtype, sizeof t->dtype, "%s", cJSON_GetObjectItem(e, "dtype")->valuestring);
+        cJSON *sh = cJSON_GetObjectItem(e, "shape");
+        t->ndim = cJSON_GetArraySize(sh);
+        for (int d = 0; d < t->ndim && d < 2; d++) t->shape[d] = (int64_t)cJSON_GetArrayItem(sh, d)->valuedouble;
+        t->data = *buf + 8 + hl + (int64_t)cJSON_GetArrayItem(cJSON_GetObjectItem(e, "data_offsets"), 0)->valuedouble;
+    }
+    cJSON_Delete(root);
+    free(hdr);
+    return k;
+}
+
+static const st_view *st_get(const st_view *v, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(v[i].name, name)) return &v[i];
+    fail_msg("tensor %s missing", name);
+    return NULL;
+}
+
+static uint32_t rd32(const unsigned char *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
+
+/* Value b bits wide at bit position pos of a little-endian stream of 32-bit
+ * words, word j at byte offset j * stride_bytes. */
+static uint32_t get_bits(const unsigned char *base, int64_t stride_bytes, int64_t pos, int b)
+{
+    const int64_t j = pos / 32;
+    const int off = (int)(pos % 32);
+    uint64_t w = rd32(base + j * stride_bytes);
+    if (off + b > 32) w |= (uint64_t)rd32(base + (j + 1) * stride_bytes) << 32;
+    return (uint32_t)(w >> off) & ((1u << b) - 1);
+}
+
+/* W (R x C, HF row order) from a layer's four GPTQ tensors. */
+static void gptq_dequant(const st_view *v, int n, const char *base, int bits, int64_t R, int64_t C, float *W)
+{
+    char nm[200];
+    snprintf(nm, sizeof nm, "%s.qweight", base);
+    const st_view *qw = st_get(v, n, nm);
+    snprintf(nm, sizeof nm, "%s.qzeros", base);
+    const st_view *qz = st_get(v, n, nm);
+    snprintf(nm, sizeof nm, "%s.scales", base);
+    const st_view *sc = st_get(v, n, nm);
+    snprintf(nm, sizeof nm, "%s.g_idx", base);
+    const st_view *gi = st_get(v, n, nm);
+    assert_string_equal(qw->dtype, "I32");
+    assert_string_equal(sc->dtype, "F16");
+    assert_true(qw->shape[0] == C * bits / 32 && qw->shape[1] == R);
+    assert_true(qz->shape[1] == R * bits / 32 && sc->shape[1] == R && gi->shape[0] == C && qz->shape[0] == sc->shape[0]);
+    for (int64_t k = 0; k < C; k++) {
+        const int32_t g = (int32_t)rd32(gi->data + 4 * k);
+        assert_true(g >= 0 && g < sc->shape[0]);
+        for (int64_t i = 0; i < R; i++) {
+            const uint32_t q = get_bits(qw->data + 4 * i, 4 * R, k * bits, bits);
+            const uint32_t z = get_bits(qz->data + 4 * g * (R * bits / 32), 4, i * bits, bits) + 1;
+            const uint16_t h = (uint16_t)(sc->data[2 * (g * R + i)] | sc->data[2 * (g * R + i) + 1] << 8);
+            W[i * C + k] = wmat_f16_to_f32(h) * ((float)q - (float)z);
+        }
+    }
+}
+
+/* Every quantized layer of a model with each scheme GPTQ holds (2, 3, 4, 8
+ * bits; symmetric and asymmetric; groups and per-channel; act-order) is
+ * written as a GPTQ checkpoint whose independent dequantization equals
+ * wmat's packed values exactly (q and k in HF's rotary row order); the
+ * configs say the scheme; schemes GPTQ cannot hold are refused naming the
+ * tensor, before anything is written. */
+static void test_gptq_export(void **state)
+{
+    (void)state;
+    wmat_config c = {0};
+    c.dim = 64, c.hidden_dim = 128, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.vocab_size = 32, c.seq_len = 16;
+    struct {
+        int bits, sym, group, perm;
+    } cases[] = {{4, 1, 32, 0}, {3, 0, 32, 1}, {2, 0, 0, 0}, {8, 1, 64, 1}};
+    wmat_rng rng;
+    wmat_rng_seed(&rng, 11);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        wmat_model *m;
+        TU_OK(wmat_model_create(&m, &c));
+        TU_OK(wmat_model_init_random(m, 5, 0.05f));
+        const wmat_config *mc = wmat_model_config(m);
+        for (int l = 0; l < mc->n_layers; l++)
+            for (int k = 0; k < WMAT_LIN_COUNT; k++) {
+                wmat_tensor *t = wmat_model_linear(m, l, (wmat_linear_kind)k);
+                wmat_qresult q;
+                const int g = cases[ci].group ? cases[ci].group : (int)t->shape[1];
+                random_qresult(&q, &rng, cases[ci].bits, cases[ci].sym, WMAT_QAXIS_IN, g, t->shape[0], t->shape[1],
+                               cases[ci].perm);
+                for (int64_t j = 0; j < wmat_qresult_n_groups(&q); j++)
+                    if (q.zeros[j] == 0) q.zeros[j] = 1; /* v1 stores zero - 1 */
+                TU_OK(wmat_model_set_quantized(m, t->name, &q));
+                wmat_qresult_free(&q);
+            }
+        const char *dir = tu_tmp("gptq");
+        TU_OK(wmat_quant_model_save(m, dir, WMAT_FMT_GPTQ));
+        char path[4200];
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        unsigned char *buf;
+        st_view v[128];
+        const int n = st_read_all(path, &buf, v, 128);
+        const int hd = mc->head_dim;
+        for (int l = 0; l < mc->n_layers; l++)
+            for (int k = 0; k < WMAT_LIN_COUNT; k++) {
+                wmat_tensor *t = wmat_model_linear(m, l, (wmat_linear_kind)k);
+                const int64_t R = t->shape[0], C = t->shape[1];
+                float *want = malloc((size_t)(R * C) * sizeof(float)), *got = malloc((size_t)(R * C) * sizeof(float));
+                TU_OK(wmat_tensor_dequant_rows(t, 0, R, want));
+                char base[160];
+                snprintf(base, sizeof base, "%.*s", (int)(strlen(t->name) - 7), t->name);
+                gptq_dequant(v, n, base, cases[ci].bits, R, C, got);
+                const int rope = k == WMAT_LIN_Q || k == WMAT_LIN_K;
+                for (int64_t i = 0; i < R; i++) {
+                    /* HF's rotary order: per head, the even rows of the
+                     * interleaved pairs first, then the odd ones */
+                    const int64_t h = i / hd, j = i % hd;
+                    const int64_t src = rope ? h * hd + (j < hd / 2 ? 2 * j : 2 * (j - hd / 2) + 1) : i;
+                    for (int64_t x = 0; x < C; x++)
+                        if (!(got[i * C + x] == want[src * C + x]))
+                            fail_msg("case %zu %s: (%lld, %lld) GPTQ %g, wmat %g", ci, t->name, (long long)i, (long long)x,
+                                     got[i * C + x], want[src * C + x]);
+                }
+                free(want), free(got);
+            }
+        free(buf);
+        snprintf(path, sizeof path, "%s/quantize_config.json", dir);
+        int code;
+        char cmd[4300];
+        snprintf(cmd, sizeof cmd, "cat '%s'", path);
+        char *qc = tu_run(cmd, &code);
+        cJSON *j = cJSON_Parse(qc);
+        assert_non_null(j);
+        assert_int_equal(cJSON_GetObjectItem(j, "bits")->valueint, cases[ci].bits);
+        assert_int_equal(cJSON_GetObjectItem(j, "group_size")->valueint, cases[ci].group ? cases[ci].group : -1);
+        assert_int_equal(cJSON_IsTrue(cJSON_GetObjectItem(j, "desc_act")), cases[ci].perm);
+        assert_int_equal(cJSON_IsTrue(cJSON_GetObjectItem(j, "sym")), cases[ci].sym);
+        cJSON_Delete(j);
+        free(qc);
+        wmat_model_free(m);
+    }
+    /* refused, naming the tensor, nothing written: groups along outputs, 5
+     * bits, a zero point of 0 */
+    struct {
+        int bits, sym, axis, zero0;
+        const char *why;
+    } bad[] = {{4, 1, 1, 0, "along the outputs"}, {5, 1, 0, 0, "2, 3, 4 or 8 bits"}, {4, 0, 0, 1, "zero point 0"}};
+    for (size_t bi = 0; bi < sizeof bad / sizeof bad[0]; bi++) {
+        wmat_model *m;
+        TU_OK(wmat_model_create(&m, &c));
+        wmat_tensor *t = wmat_model_linear(m, 1, WMAT_LIN_UP);
+        wmat_qresult q;
+        random_qresult(&q, &rng, bad[bi].bits, bad[bi].sym, (wmat_qaxis)bad[bi].axis, bad[bi].axis ? (int)t->shape[0] : 32,
+                       t->shape[0], t->shape[1], 0);
+        if (!bad[bi].sym)
+            for (int64_t g = 0; g < wmat_qresult_n_groups(&q); g++) q.zeros[g] = bad[bi].zero0 && g == 5 ? 0.0f : 3.0f;
+        TU_OK(wmat_model_set_quantized(m, t->name, &q));
+        wmat_qresult_free(&q);
+        const char *dir = tu_tmp("gptq-bad");
+        int rc = wmat_quant_model_save(m, dir, WMAT_FMT_GPTQ);
+        assert_int_equal(rc, WMAT_ERR_UNSUPPORTED);
+        if (!strstr(wmat_last_error(), t->name) || !strstr(wmat_last_error(), bad[bi].why))
+            fail_msg("message should name %s and '%s': %s", t->name, bad[bi].why, wmat_last_error());
+        char path[4200];
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        struct stat st;
+        assert_int_not_equal(stat(path, &st), 0);
+        wmat_model_free(m);
+    }
+}
+
 static void test_gguf_unsupported_schemes(void **state)
 {
     (void)state;
@@ -798,6 +1004,7 @@ int main(void)
         cmocka_unit_test(test_act8_decode),
         cmocka_unit_test(test_native_and_gguf_mix4m),
         cmocka_unit_test(test_gguf_unsupported_schemes),
+        cmocka_unit_test(test_gptq_export),
         cmocka_unit_test(test_resident_memory),
         cmocka_unit_test(test_llamacpp_q4_0),
     };

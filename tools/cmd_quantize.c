@@ -78,7 +78,7 @@ int cmd_quantize(int argc, char **argv)
         {"--group-fallback", OPT_FLAG, &group_fallback, NULL, "per-channel where G does not divide a width"},
         {"--embeddings", OPT_FLAG, &embeddings, NULL, "also quantize the token embedding"},
         {"--classifier", OPT_FLAG, &classifier, NULL, "also quantize the classifier (the embedding when tied)"},
-        {"--to", OPT_STR, &to, "FMT", "native (default), gguf, or none (report / --eval only)"},
+        {"--to", OPT_STR, &to, "FMT", "native (default), gguf, gptq (a GPTQ checkpoint: HF directory with qweight/qzeros/scales/g_idx), or none (report / --eval only)"},
         CLI_EVAL_INPUT_OPTS(&evo, "perplexity of the quantized weights on this stream (fake-quant)"),
         CLI_EVAL_CTX_OPT(&evo, "evaluation window (default min(context, 256))"),
         CLI_EVAL_WINDOW_OPTS(&evo, "evaluate the first K windows (default all)"),
@@ -117,12 +117,27 @@ int cmd_quantize(int argc, char **argv)
     /* a key the method does not read is harmless (it may be meant for an
      * --override method), so it is only noted, and only without --override */
     if (!rc && !overrides) cli_note_unread_keys("quantize", QFAMILY, method, &mps);
+    /* GPTQ's layout holds uniform grids along the inputs in 2, 3, 4 or 8
+     * bits: refuse anything else before calibrating (the save checks every
+     * tensor again, --override included) */
+    const char *gptq_why = NULL;
+    if (!rc && !strcmp(to, "gptq")) {
+        const int64_t bits = wmat__pset_int(&mps, "bits");
+        if (strcmp(method, "rtn") && strcmp(method, "gptq") && strcmp(method, "imatrix"))
+            gptq_why = "a GPTQ checkpoint stores the uniform grids of --method rtn, imatrix or gptq";
+        else if (bits != 2 && bits != 3 && bits != 4 && bits != 8)
+            gptq_why = "a GPTQ checkpoint holds 2, 3, 4 or 8 bits";
+        else if (wmat__pset_int(&mps, "per_ic"))
+            gptq_why = "GPTQ's groups run along the inputs (no --per-ic)";
+    }
     wmat__pset_free(&mps);
+    if (gptq_why) return cli_usage_error("quantize", "--to gptq: %s", gptq_why);
     if (rc) return cli_usage_error("quantize", "%s", wmat_last_error());
     wmat_format fmt = WMAT_FMT_UNKNOWN;
     if (!strcmp(to, "native")) fmt = WMAT_FMT_QUANT;
     else if (!strcmp(to, "gguf")) fmt = WMAT_FMT_GGUF;
-    else if (strcmp(to, "none")) return cli_usage_error("quantize", "--to must be native, gguf or none (got '%s')", to);
+    else if (!strcmp(to, "gptq")) fmt = WMAT_FMT_GPTQ;
+    else if (strcmp(to, "none")) return cli_usage_error("quantize", "--to must be native, gguf, gptq or none (got '%s')", to);
     if (fmt != WMAT_FMT_UNKNOWN && np < 2) return cli_usage_error("quantize", "give OUT (or --to none)");
     if (calib_tokens < 0) return cli_usage_error("quantize", "--calib-tokens must be >= 0 (got %d)", calib_tokens);
     if (calib_ctx < 0) return cli_usage_error("quantize", "--calib-ctx must be >= 0 (got %d)", calib_ctx);

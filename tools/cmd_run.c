@@ -379,7 +379,7 @@ int cmd_convert(int argc, char **argv)
     const char *to = NULL, *dtype = NULL, *tok_out = NULL;
     int no_tok = 0;
     cli_opt opts[] = {
-        {"--to", OPT_STR, &to, "FORMAT", "llama2c, gguf or hf"},
+        {"--to", OPT_STR, &to, "FORMAT", "llama2c, gguf, hf, or gptq (a packed model's 2/3/4/8-bit weights as a GPTQ checkpoint)"},
         {"--dtype", OPT_STR, &dtype, "TYPE", "weight type: f32 (default), f16, bf16 (hf, gguf), q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs (gguf)"},
         {"--tokenizer-out", OPT_STR, &tok_out, "FILE", "llama2c: where to write the tokenizer (default OUT_tokV.bin)"},
         {"--no-tokenizer", OPT_FLAG, &no_tok, NULL, "write a GGUF even when the model has no tokenizer (llama.cpp will refuse it)"},
@@ -415,11 +415,12 @@ int cmd_convert(int argc, char **argv)
     /* packed, low-rank, sparse ... weights (object kinds): llama2.c and HF
      * files hold dense matrices, and a GGUF asked for with --dtype gets
      * that type; so these are expanded to f32 first (a GGUF without
-     * --dtype keeps the exact ggml types of packed weights) */
+     * --dtype keeps the exact ggml types of packed weights, and GPTQ
+     * writes the packed ones as they are) */
     int n_obj = 0;
     for (int i = 0; i < wmat_model_n_tensors(m); i++) n_obj += wmat_tensor_kind(wmat_model_tensor(m, i)) &&
                                                                 wmat_model_tensor(m, i)->dtype == WMAT_OBJ;
-    if (n_obj && (sp.format != WMAT_FMT_GGUF || dtype_given)) {
+    if (n_obj && sp.format != WMAT_FMT_GPTQ && (sp.format != WMAT_FMT_GGUF || dtype_given)) {
         fprintf(stderr, "convert: dequantizing %d packed/factored tensor%s to f32 before writing %s\n", n_obj,
                 n_obj == 1 ? "" : "s", to);
         if (wmat_model_dequantize(m)) {

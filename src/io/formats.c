@@ -17,6 +17,7 @@ typedef struct {
 } probe;
 
 static int is_quant_dir(const probe *p) { return p->is_dir && wmat__quant_dir_detect(p->path); }
+static int is_gptq_dir(const probe *p) { return p->is_dir && wmat__gptq_dir_detect(p->path); }
 static int is_hf_dir(const probe *p) { return p->is_dir; }
 static int is_gguf(const probe *p) { return !p->is_dir && p->n_magic >= 4 && !memcmp(p->magic, "GGUF", 4); }
 static int is_llama2c(const probe *p) { return !p->is_dir; } /* no magic: any other file, tried last */
@@ -38,6 +39,7 @@ typedef struct {
 /* In detection order: the most specific first. */
 static const format_entry g_formats[] = {
     {WMAT_FMT_QUANT, "quant", is_quant_dir, wmat__quant_load, save_quant}, /* native.c */
+    {WMAT_FMT_GPTQ, "gptq", is_gptq_dir, wmat__gptq_load, wmat__gptq_save}, /* gptq.c */
     {WMAT_FMT_HF, "hf", is_hf_dir, wmat__hf_load, wmat__hf_save},          /* hf.c */
     {WMAT_FMT_GGUF, "gguf", is_gguf, wmat__gguf_load, wmat__gguf_save},    /* gguf.c */
     {WMAT_FMT_LLAMA2C, "llama2c", is_llama2c, wmat__llama2c_load, wmat__llama2c_save}, /* llama2c.c */

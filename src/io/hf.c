@@ -645,6 +645,11 @@ static int fill_tensor(void *user, const wmat_st_entry *e, void *dst)
 
 int wmat__hf_save(wmat_model *m, const char *dir, const wmat_save_params *p)
 {
+    return wmat__hf_save_with(m, dir, p, NULL);
+}
+
+int wmat__hf_save_with(wmat_model *m, const char *dir, const wmat_save_params *p, const wmat__hf_packed_hook *hook)
+{
     wmat_dtype dt = p ? p->dtype : WMAT_F32;
     if (dt != WMAT_F32 && dt != WMAT_F16 && dt != WMAT_BF16) {
         const wmat_dtype_traits *tr = wmat_dtype_info(dt);
@@ -657,16 +662,17 @@ int wmat__hf_save(wmat_model *m, const char *dir, const wmat_save_params *p)
         if (rc) return rc;
     }
     const wmat_config *c = &m->cfg;
-    const int n_max = 3 + c->n_layers * WMAT_W_LAYER_COUNT;
-    wmat_st_entry *ent = wmat__calloc((size_t)n_max, sizeof *ent);
-    save_src *src = wmat__calloc((size_t)n_max, sizeof *src);
+    const int n_max = 3 + c->n_layers * WMAT_W_LAYER_COUNT, n_ent = n_max * (hook ? hook->max_entries : 1);
+    wmat_st_entry *ent = wmat__calloc((size_t)n_ent, sizeof *ent);
+    save_src *src = wmat__calloc((size_t)n_ent, sizeof *src); /* indexed by entry */
     char *cfg_text = wmat__malloc(4096);
     char *st_path = wmat__path_join(dir, WEIGHTS_NAME), *cfg_path = wmat__path_join(dir, CONFIG_NAME), *tok_path = wmat__path_join(dir, TOKENIZER_NAME);
+    char *extra_path = hook && hook->extra_file ? wmat__path_join(dir, hook->extra_file) : NULL;
     float *perm = NULL, *fill = NULL;
-    wmat_afile st_af = {0}, cfg_af = {0};
-    bool st_open = false, cfg_open = false;
+    wmat_afile st_af = {0}, cfg_af = {0}, extra_af = {0};
+    bool st_open = false, cfg_open = false, extra_open = false;
     int rc = WMAT_OK, n = 0;
-    if (!ent || !src || !cfg_text || !st_path || !cfg_path || !tok_path) {
+    if (!ent || !src || !cfg_text || !st_path || !cfg_path || !tok_path || (hook && hook->extra_file && !extra_path)) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", dir);
         goto done;
     }
@@ -687,6 +693,16 @@ int wmat__hf_save(wmat_model *m, const char *dir, const wmat_save_params *p)
             t = wmat_model_layer_tensor(m, l, (wmat_layer_weight)w);
             if (w == WMAT_W_Q) rope_heads = c->n_heads;
             if (w == WMAT_W_K) rope_heads = c->n_kv_heads;
+        }
+        if (hook && t->dtype == WMAT_QPACKED && i >= 3) {
+            /* the hook writes the packed weight as its own tensors */
+            int k = hook->entries(hook->user, m, t, rope_heads, c->head_dim, &ent[n]);
+            if (k < 0) {
+                rc = k;
+                goto done;
+            }
+            n += k;
+            continue;
         }
         if (t->dtype != WMAT_F32 || (t->flags & WMAT_TF_HF_ROPE) || t->ndim > 2) {
             rc = wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is not materialized (f32, canonical layout)", dir, t->name);
@@ -729,7 +745,7 @@ int wmat__hf_save(wmat_model *m, const char *dir, const wmat_save_params *p)
         }
         for (int i = 0; i < n; i++) src[i].fill = fill;
     }
-    int cfg_len = wmat__hf_config_json(c, dt, NULL, cfg_text, 4096);
+    int cfg_len = wmat__hf_config_json(c, dt, hook ? hook->config_extra : NULL, cfg_text, 4096);
     if (cfg_len < 0) {
         rc = wmat_set_error(WMAT_ERR_INTERNAL, "%s: config.json does not fit its buffer", dir);
         goto done;
@@ -745,15 +761,26 @@ int wmat__hf_save(wmat_model *m, const char *dir, const wmat_save_params *p)
     if ((rc = wmat__afile_open(&cfg_af, cfg_path))) goto done;
     cfg_open = true;
     if ((rc = wmat__afile_write(&cfg_af, cfg_text, (size_t)cfg_len))) goto done;
+    if (extra_path) {
+        if ((rc = wmat__afile_open(&extra_af, extra_path))) goto done;
+        extra_open = true;
+        if ((rc = wmat__afile_write(&extra_af, hook->extra_text, strlen(hook->extra_text)))) goto done;
+    }
     if (m->tok && (rc = wmat_tokenizer_save_llama2c(m->tok, tok_path))) goto done;
     st_open = false;
     if ((rc = wmat__afile_commit(&st_af))) goto done;
     cfg_open = false;
-    rc = wmat__afile_commit(&cfg_af);
+    if ((rc = wmat__afile_commit(&cfg_af))) goto done;
+    if (extra_open) {
+        extra_open = false;
+        rc = wmat__afile_commit(&extra_af);
+    }
 
 done:
     if (st_open) wmat__afile_abort(&st_af);
     if (cfg_open) wmat__afile_abort(&cfg_af);
+    if (extra_open) wmat__afile_abort(&extra_af);
+    wmat__free(extra_path);
     wmat__free(perm);
     wmat__free(fill);
     wmat__free(ent);

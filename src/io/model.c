@@ -515,7 +515,8 @@ int wmat_model_save(wmat_model *m, const char *path, const wmat_save_params *p)
     for (int i = 0; i < m->n_tensors && !packed; i++) packed = m->tensors[i].dtype == WMAT_QPACKED;
     if (packed) {
         if (p->format == WMAT_FMT_QUANT || p->format == WMAT_FMT_GGUF) return wmat_quant_model_save(m, path, p->format);
-        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: the model holds packed quantized tensors; save it as the native directory or GGUF "
+        if (p->format == WMAT_FMT_GPTQ) return wmat__gptq_save(m, path, p);
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: the model holds packed quantized tensors; save it as the native directory, GGUF or GPTQ "
                               "(or wmat_model_dequantize it first, as `wmat convert` does)",
                               path);
     }

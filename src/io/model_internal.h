@@ -100,6 +100,26 @@ int wmat__gguf_load(wmat_model **out, const char *path, const wmat_load_params *
 int wmat__gguf_save(wmat_model *m, const char *path, const wmat_save_params *p);
 int wmat__hf_load(wmat_model **out, const char *path, const wmat_load_params *p);
 int wmat__hf_save(wmat_model *m, const char *path, const wmat_save_params *p);
+/* HF output with packed linear weights written by a hook as tensors of
+ * their own (GPTQ's qweight/qzeros/scales/g_idx, src/io/gptq.c): entries()
+ * fills at most max_entries entries for one packed layer weight (rope_heads
+ * > 0: q or k, whose output rows HF orders for its rotary layout) and
+ * returns how many, or a negative status; config_extra goes into
+ * config.json, extra_text into the file extra_file beside it (both may be
+ * NULL), committed with the others. */
+struct wmat_st_entry; /* safetensors.h */
+typedef struct {
+    int max_entries;
+    int (*entries)(void *user, const wmat_model *m, const wmat_tensor *t, int rope_heads, int head_dim,
+                   struct wmat_st_entry *out);
+    void *user;
+    const char *config_extra;
+    const char *extra_file, *extra_text;
+} wmat__hf_packed_hook;
+int wmat__gptq_save(wmat_model *m, const char *path, const wmat_save_params *p);
+int wmat__gptq_load(wmat_model **out, const char *path, const wmat_load_params *p);
+int wmat__gptq_dir_detect(const char *dir);
+int wmat__hf_save_with(wmat_model *m, const char *path, const wmat_save_params *p, const wmat__hf_packed_hook *hook);
 
 /* ---- the native directory (native.c): dense, packed and other kinds */
 

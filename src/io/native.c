@@ -309,8 +309,9 @@ int wmat_quant_model_save(wmat_model *m, const char *path, wmat_format fmt)
     int rc = wmat_model_prepare_stored(m); /* weights of every kind are written as they are */
     if (rc) return rc;
     if (fmt == WMAT_FMT_QUANT) return save_native(m, path);
+    if (fmt == WMAT_FMT_GPTQ) return wmat__gptq_save(m, path, NULL);
     if (fmt != WMAT_FMT_GGUF)
-        return wmat_set_error(WMAT_ERR_INVALID, "%s: a quantized model saves as 'quant' (native directory) or 'gguf'", path);
+        return wmat_set_error(WMAT_ERR_INVALID, "%s: a quantized model saves as 'quant' (native directory), 'gguf' or 'gptq'", path);
     /* general.file_type: the type most packed tensors become. */
     int n4 = 0, n8 = 0;
     for (int i = 0; i < m->n_tensors; i++) {
