@@ -1,7 +1,7 @@
 /* Fine-tuning a decomposed model's factors (the trainer's `factors` entry,
  * src/train/adapter_factors.c) and GPTQ as LQ-LoRA's quantizer:
  *
- * - WeLore (stories260K): after a few steps the trained model keeps the
+ * - a model without factors is refused; WeLore (stories260K): after a few steps the trained model keeps the
  *   decomposed kinds (lowrank where WeLore factored, the dense N-LRC
  *   matrices f32), every frozen tensor (base and trained model alike) is
  *   bit for bit what decompose wrote, the factors moved, the trained
@@ -138,6 +138,18 @@ static void test_welore_lrc(void **state)
     TU_NEED_DATA(path, "models/stories260K.bin");
     TU_NEED_DATA(data, "golden/tinystories_valid_head.tok512.u16");
     const unsigned all = (1u << WMAT_LIN_COUNT) - 1;
+    {
+        /* a model without factors in the targeted layers is refused, naming it */
+        wmat_model *raw = load(path);
+        wmat_train_params p = wmat_train_default_params();
+        p.adapter = "factors";
+        p.lora_targets = (1u << WMAT_LIN_Q) | (1u << WMAT_LIN_V);
+        wmat_trainer *t = NULL;
+        assert_int_equal(wmat_trainer_create(&t, raw, &p), WMAT_ERR_INVALID);
+        assert_null(t);
+        assert_non_null(strstr(wmat_last_error(), "nothing to train"));
+        wmat_model_free(raw);
+    }
     /* min_ratio 0.4: some matrices stay dense (N-LRC), frozen */
     wmat_model *m = decomposed(path, "welore", "target=0.5,min_ratio=0.4", WMAT_F32, all);
     wmat_model *ref = decomposed(path, "welore", "target=0.5,min_ratio=0.4", WMAT_F32, all);

@@ -473,7 +473,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     /* which layers carry the adapter, with which settings; an entry that
      * adopts its base's factors says per layer (rest: what the layer's
      * base product then runs) */
-    for (int l = 0, any = 0; adapt && l < L; l++)
+    int any_on = 0;
+    for (int l = 0; adapt && l < L; l++)
         for (int k = 0; k < NLIN; k++) {
             if (!(p.lora_targets & (1u << k))) continue;
             int o, i;
@@ -489,13 +490,13 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                 AON(l, k) = rc == 1;
                 rc = WMAT_OK;
             }
-            any += AON(l, k);
-            if (l == L - 1 && k == NLIN - 1 && !any) {
-                rc = wmat_set_error(WMAT_ERR_INVALID, "train: adapter %s finds nothing to train in the targeted layers of %s",
-                                    ad->name, wmat_model_path(m) ? wmat_model_path(m) : "the model");
-                goto fail;
-            }
+            any_on += AON(l, k);
         }
+    if (adapt && !any_on) {
+        rc = wmat_set_error(WMAT_ERR_INVALID, "train: adapter %s finds nothing to train in the targeted layers of %s",
+                            ad->name, wmat_model_path(m) ? wmat_model_path(m) : "the model");
+        goto fail;
+    }
     if (t->fixed_bytes) {
         if (!(t->fixed = wmat__aligned_alloc(t->fixed_bytes))) {
             rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory for the adapter's fixed data (%zu bytes)",
