@@ -843,8 +843,10 @@ WMAT_API int wmat_train_parse_targets(const char *list, unsigned *mask);
 /* 1 when the named adapter replaces the linear weights it targets instead
  * of adding to a frozen base (sltrain: the layers are trained from scratch
  * in their small form, the rest of the model trains as in full training,
- * and the trained model keeps the small form), 0 when it adds to a base,
- * WMAT_ERR_INVALID for a name not in the registry. */
+ * and the trained model keeps the small form), 2 when it trains the
+ * low-rank factors a decomposition left in the base (factors: the rest
+ * frozen, the trained model keeps the base's kinds), 0 when it adds to a
+ * base, WMAT_ERR_INVALID for a name not in the registry. */
 WMAT_API int wmat_train_adapter_replaces_base(const char *name);
 
 /* The registries of the trainer. */

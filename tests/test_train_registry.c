@@ -7,7 +7,10 @@
  *   same weights);
  * - every adapter: backward against central finite differences of its own
  *   forward (tolerance below), merged weights give the logits of base +
- *   adapter within 1e-5, PEFT save + merge round trip within 1e-6;
+ *   adapter within 1e-5, PEFT save + merge round trip within 1e-6; an
+ *   entry that adopts its base's factors gets a base that has some (a sum
+ *   of the dense W and a rank-3 low-rank weight; a tiny model decomposed
+ *   by SVD) and its trained model is the base's kinds;
  * - names are unique and found; an unknown name is refused naming the
  *   registered ones. */
 #include "test_util.h"
@@ -240,7 +243,32 @@ static void adapter_backward_check(const wmat__adapter *a)
      * on the rewritten W, as in the trainer) */
     wmat__tensor_init2(&e.base, WMAT_F32, out, in, e.W);
     TU_OK(a->check ? a->check(&e.c, a->replaces_base ? NULL : &e.base, in, out, "test") : WMAT_OK);
-    TU_OK(a->init(&e.c, e.w, e.fixed, a->replaces_base ? NULL : &e.base, a->replaces_base ? NULL : e.W, in, out, &r));
+    wmat_tensor sum; /* an adopting entry's base: W + A0 B0 (rank 3), of which it takes A0, B0 and leaves W */
+    memset(&sum, 0, sizeof sum);
+    float A0[out * 3], B0[3 * in];
+    if (a->adopt) {
+        for (int i = 0; i < out * 3; i++) A0[i] = wmat_rng_normal(&r);
+        for (int i = 0; i < 3 * in; i++) B0[i] = wmat_rng_normal(&r);
+        void *lo, *so;
+        wmat_tensor wp, lp;
+        TU_OK(wmat__lowrank_create(WMAT_F32, out, in, 3, A0, B0, &lo));
+        wmat__tensor_init2(&wp, WMAT_F32, out, in, e.W);
+        wmat__tensor_own_obj(&lp, out, in, lo);
+        TU_OK(wmat__sum_create(&wp, &lp, &so));
+        wmat__tensor_own_obj(&sum, out, in, so);
+        const wmat_tensor *rest = NULL;
+        wmat__adapter_cfg lc;
+        assert_int_equal(a->adopt(&e.c, &e.base, in, out, "test", &lc, &rest), 0); /* dense W: nothing to adopt */
+        assert_int_equal(a->adopt(&e.c, &sum, in, out, "test", &lc, &rest), 1);
+        assert_true(rest && rest->data == e.W && lc.rank == 3);
+        e.c = lc;
+        TU_OK(a->init(&e.c, e.w, e.fixed, &sum, NULL, in, out, &r));
+        /* the tensors are the factors as stored (LoRA's layout: B, then A) */
+        assert_memory_equal(e.w[0], B0, sizeof B0);
+        assert_memory_equal(e.w[1], A0, sizeof A0);
+    } else {
+        TU_OK(a->init(&e.c, e.w, e.fixed, a->replaces_base ? NULL : &e.base, a->replaces_base ? NULL : e.W, in, out, &r));
+    }
     for (int k = 0; k < a->n_tensors; k++)
         for (size_t i = 0; i < wmat__adapter_nelem(rows[k], cols[k]); i++) e.w[k][i] += 0.5f * wmat_rng_normal(&r);
     f_adapter(&e);
@@ -255,6 +283,7 @@ static void adapter_backward_check(const wmat__adapter *a)
         if (a->approx_grad & (1u << k)) continue;
         fd_check(what, &e, e.w[k], dw[k], wmat__adapter_nelem(rows[k], cols[k]));
     }
+    wmat__tensor_free_data(&sum);
     for (int k = 0; k < a->n_tensors; k++) free(e.w[k]), free(dw[k]);
     free(e.X), free(e.W), free(e.R), free(e.Y), free(e.act), free(scratch), free(dX), free(e.fixed);
 }
@@ -272,6 +301,14 @@ static void adapter_merge_peft_check(const char *name)
     p.lr = 5e-2f;
     int32_t *d = synthetic_tokens(500, 13);
     wmat_model *m = tiny_model(61);
+    const int adopts = wmat_train_adapter_replaces_base(name) == 2;
+    if (adopts) {
+        /* an entry that trains a decomposition's factors: rank-4 SVD of every linear */
+        wmat_decompose_params dp = wmat_decompose_default_params();
+        dp.method = "svd";
+        dp.method_params = "rank=4";
+        TU_OK(wmat_decompose_model(m, &dp, NULL));
+    }
     wmat_trainer *t;
     TU_OK(wmat_trainer_create(&t, m, &p));
     TU_OK(wmat_trainer_set_data(t, d, 500));
@@ -290,8 +327,19 @@ static void adapter_merge_peft_check(const char *name)
     double moved = replaces ? 1 : 0;
     for (int i = 0; i < wmat_model_n_tensors(m) && !replaces; i++) {
         const wmat_tensor *a = wmat_model_tensor(m, i), *b = wmat_model_find(merged, a->name);
-        for (int64_t j = 0; j < wmat_tensor_nelem(a); j++)
-            moved = fmax(moved, fabs(((float *)a->data)[j] - ((float *)b->data)[j]));
+        const int64_t ne = wmat_tensor_nelem(a);
+        float *va = malloc((size_t)ne * sizeof(float)), *vb = malloc((size_t)ne * sizeof(float));
+        if (a->ndim == 2) {
+            /* an adopting entry's model keeps the base's kinds: compare values */
+            if (adopts) assert_string_equal(wmat_tensor_kind(a), wmat_tensor_kind(b));
+            TU_OK(wmat_tensor_dequant_rows(a, 0, a->shape[0], va));
+            TU_OK(wmat_tensor_dequant_rows(b, 0, b->shape[0], vb));
+        } else {
+            memcpy(va, a->data, (size_t)ne * sizeof(float));
+            memcpy(vb, b->data, (size_t)ne * sizeof(float));
+        }
+        for (int64_t j = 0; j < ne; j++) moved = fmax(moved, fabs(va[j] - vb[j]));
+        free(va), free(vb);
     }
     if (!(moved > 1e-3)) fail_msg("%s: the merged weights did not move (%.3g)", name, moved);
     wmat_runtime_params rp = wmat_runtime_default_params();

@@ -73,7 +73,8 @@ int cmd_train(int argc, char **argv)
     reg_list(WMAT_REG_OPTIMIZER, " | ", optimizers, sizeof optimizers);
     snprintf(method_help, sizeof method_help,
              "full (default), an adapter (%s; one that replaces the linears trains them from scratch and fits "
-             "--init) or a gradient projector (%s)", adapters, projectors);
+             "--init; factors trains the low-rank factors of a model written by wmat decompose, the rest frozen) "
+             "or a gradient projector (%s)", adapters, projectors);
     snprintf(opt_help, sizeof opt_help, "%s (default %s)", optimizers, opt);
     cli_opt opts[] = {
         {"--data", OPT_STR, &data, "FILE", "training stream (" CLI_TOKEN_RULE ")"},
@@ -86,7 +87,7 @@ int cmd_train(int argc, char **argv)
         {"--batch", OPT_INT, &batch, "B", "windows per micro-batch (default 8)"},
         {"--ctx", OPT_INT, &ctx, "T", "tokens per window (default min(seq_len, 128))"},
         {"--accum", OPT_INT, &accum, "K", "gradient accumulation micro-batches (default 1)"},
-        {"--lr", OPT_FLOAT, &lr, "LR", "peak learning rate (default 1e-3; an adapter 2e-3, one that replaces the linears 3e-3)"},
+        {"--lr", OPT_FLOAT, &lr, "LR", "peak learning rate (default 1e-3; an adapter 2e-3, one that replaces the linears 3e-3, factors 1e-3)"},
         {"--min-lr", OPT_FLOAT, &min_lr, "LR", "final learning rate of the cosine (default lr/10)"},
         {"--warmup", OPT_INT, &warmup, "N", "warmup steps (default steps/20)"},
         {"--wd", OPT_FLOAT, &wd, "WD", "decoupled weight decay (default 0)"},
@@ -100,7 +101,7 @@ int cmd_train(int argc, char **argv)
         {"--lora-alpha", OPT_FLOAT, &alpha, "A", "adapter alpha, scale alpha/r (default 16)"},
         {"--alpha", OPT_FLOAT, &alpha, "A", "the same as --lora-alpha"},
         {"--density", OPT_FLOAT, &density, "D", "share of each matrix in the sparse part of an adapter that has one (default 0.03)"},
-        {"--merge-dense", OPT_FLAG, &merge_dense, NULL, "an adapter that replaces the linears: write them as dense f32 instead of their small form"},
+        {"--merge-dense", OPT_FLAG, &merge_dense, NULL, "an adapter that replaces the linears (or factors): write them as dense f32 instead of their small form"},
         {"--lora-targets", OPT_STR, &targets, "LIST", "adapted layers: q,k,v,o,gate,up,down or all, or PEFT's q_proj,...,all-linear (default q,v)"},
         {"--rslora", OPT_FLAG, &rslora, NULL, "rank-stabilized scale alpha/sqrt(r) for the default adapter"},
         {"--lora-out", OPT_STR, &lora_out, "DIR", "also write the adapter in PEFT's layout"},
@@ -152,10 +153,14 @@ int cmd_train(int argc, char **argv)
     /* an adapter that replaces the linears (sltrain) trains them from
      * scratch: it fits --init, and targets every linear unless told */
     const int replaces = p.adapter && wmat_train_adapter_replaces_base(p.adapter) == 1;
+    /* one that trains the factors a decomposition left (factors) keeps the
+     * base's kinds too, and finds its layers itself among all linears */
+    const int adopts = p.adapter && wmat_train_adapter_replaces_base(p.adapter) == 2, keeps = replaces || adopts;
     if (init && p.method == WMAT_TRAIN_LORA && !replaces)
         return cli_usage_error("train", "an adapter needs a pretrained MODEL, not --init");
-    if (merge_dense && !replaces) return cli_usage_error("train", "--merge-dense is for an adapter that replaces the linears");
-    if (replaces && !targets) p.lora_targets = (1u << WMAT_LIN_COUNT) - 1;
+    if (merge_dense && !keeps)
+        return cli_usage_error("train", "--merge-dense is for an adapter that replaces the linears or trains a decomposition's factors");
+    if (keeps && !targets) p.lora_targets = (1u << WMAT_LIN_COUNT) - 1;
     if (steps <= 0 || batch <= 0 || accum <= 0 || ctx < 0) return cli_usage_error("train", "--steps, --batch, --accum must be positive");
     if (targets && wmat_train_parse_targets(targets, &p.lora_targets)) return cli_usage_error("train", "--lora-targets: %s", wmat_last_error());
     if (gtargets && wmat_train_parse_targets(gtargets, &p.galore_targets))
@@ -164,7 +169,7 @@ int cmd_train(int argc, char **argv)
     p.batch = batch;
     p.ctx = ctx;
     p.grad_accum = accum;
-    p.lr = lr > 0 ? lr : replaces ? 3e-3f : (p.method == WMAT_TRAIN_LORA ? 2e-3f : 1e-3f);
+    p.lr = lr > 0 ? lr : replaces ? 3e-3f : adopts ? 1e-3f : (p.method == WMAT_TRAIN_LORA ? 2e-3f : 1e-3f);
     p.min_lr = min_lr;
     p.warmup = warmup >= 0 ? warmup : steps / 20;
     p.weight_decay = wd;
@@ -370,7 +375,7 @@ int cmd_train(int argc, char **argv)
         /* a replacing adapter's layers are weights of small kinds (sltrain:
          * low-rank + sparse): the native directory keeps them as they are,
          * unless --merge-dense asks for dense f32 in any format */
-        if (replaces && !merge_dense) {
+        if (keeps && !merge_dense) {
             if (!to && sp.format != WMAT_FMT_HF) {
                 cli_usage_error("train", "%s keeps its layers in their small form in a native directory: give a directory "
                                          "as OUT, or --merge-dense for a dense %s", method, wmat_format_name(sp.format));
@@ -390,7 +395,7 @@ int cmd_train(int argc, char **argv)
     }
     wmat_trainer_memory(t, &mem);
     fprintf(stderr, "saved %s (%s); loss curve %s, %s; peak RSS %s\n", out,
-            wmat_format_name(replaces && !merge_dense && !to ? WMAT_FMT_QUANT : out_format(out, to)), csv, svg,
+            wmat_format_name(keeps && !merge_dense && !to ? WMAT_FMT_QUANT : out_format(out, to)), csv, svg,
             cli_bytes((double)mem.peak_rss, b5, sizeof b5));
     int jfail;
     FILE *jf = cli_json_open("train", &js, &jfail);

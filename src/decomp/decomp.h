@@ -9,6 +9,7 @@
 #define WMAT_DECOMP_H
 
 #include "core/method.h"
+#include "quant/methods.h"
 #include "wop/wop.h"
 
 /* Decompose W (rows, cols) with the values ps of the method's schema into
@@ -31,9 +32,17 @@ typedef int (*wmat_dmethod_model_fn)(wmat_model *m, const char *method, const wm
                                      const wmat_decompose_params *p, wmat_decompose_report *rep);
 /* Methods whose per-tensor values depend on every tensor they take (one
  * global threshold): called once with all of them (weights t[i] and their
- * resolved values ps[i]) before any matrix changes; it may set keys of
- * ps[i] and set keep[i] = 1 to leave a tensor as it is. */
-typedef int (*wmat_dmethod_plan_fn)(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep);
+ * resolved values ps[i]; dtype: the factors' type, for a plan that prices
+ * them) before any matrix changes; it may set keys of ps[i] and set
+ * keep[i] = 1 to leave a tensor as it is. */
+typedef int (*wmat_dmethod_plan_fn)(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep, wmat_dtype dtype);
+/* A per-matrix method given statistics of the matrix's input (st: GPTQ's
+ * Hessian H and x2, of the model as changed so far), used instead of fn
+ * for the tensors whose values ask for it (wants_stats): the driver then
+ * needs calibration data and takes the matrices in layer and stage order,
+ * calibrating each stage on the model with the earlier ones replaced. */
+typedef int (*wmat_dmethod_st_fn)(const float *W, int64_t rows, int64_t cols, const wmat_qstats *st, const wmat_pset *ps,
+                                  wmat_dtype dtype, wmat_tensor *out, int64_t *rank_out, double *rel_error);
 
 typedef struct {
     WMAT_METHOD_ROW;
@@ -41,6 +50,8 @@ typedef struct {
     wmat_dmethod_check_fn check;    /* may be NULL */
     wmat_dmethod_plan_fn plan;      /* may be NULL */
     wmat_dmethod_model_fn model_fn; /* instead of fn (NULL: fn per matrix) */
+    wmat_dmethod_st_fn fn_stats;    /* may be NULL; with wants_stats */
+    int (*wants_stats)(const wmat_pset *ps);
 } wmat_dmethod;
 
 /* The table, ended by a row with name == NULL; its first row is the default. */
@@ -70,7 +81,7 @@ extern const wmat_param_spec wmat__welore_keys[];
 int wmat__decomp_welore(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype,
                         wmat_tensor *out, int64_t *rank_out, double *rel_error);
 int wmat__decomp_welore_check(const wmat_pset *ps, int global);
-int wmat__decomp_welore_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep);
+int wmat__decomp_welore_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep, wmat_dtype dtype);
 /* SliceGPT (slicegpt.c): over the whole model, which it replaces by the
  * sliced one (cfg.dim d', attn_dim, norm_dim, shortcut matrices). */
 extern const wmat_param_spec wmat__slicegpt_keys[];
@@ -85,6 +96,9 @@ extern const wmat_param_spec wmat__lqlora_keys[];
 int wmat__decomp_lqlora(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype,
                         wmat_tensor *out, int64_t *rank_out, double *rel_error);
 int wmat__decomp_lqlora_check(const wmat_pset *ps, int global);
-int wmat__decomp_lqlora_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep);
+int wmat__decomp_lqlora_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep, wmat_dtype dtype);
+int wmat__decomp_lqlora_st(const float *W, int64_t rows, int64_t cols, const wmat_qstats *st, const wmat_pset *ps,
+                           wmat_dtype dtype, wmat_tensor *out, int64_t *rank_out, double *rel_error);
+int wmat__decomp_lqlora_wants_stats(const wmat_pset *ps);
 
 #endif

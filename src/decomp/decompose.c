@@ -5,6 +5,8 @@
 
 #include "io/model_internal.h"
 #include "prune.h"
+#include "core/shapes.h"
+#include "quant/methods.h"
 
 #include <string.h>
 #include <time.h>
@@ -30,8 +32,9 @@ const wmat_dmethod wmat__dmethods[] = {
               "WeLore: SVD with per-matrix ranks from one global threshold on normalized singular values"},
      .fn = wmat__decomp_welore, .check = wmat__decomp_welore_check, .plan = wmat__decomp_welore_plan},
     {.desc = {"lqlora", DECOMP, 0, 0, wmat__lqlora_keys, "sum",
-              "LQ-LoRA: W ~ Q + L1 L2, RTN-quantized part plus a rank-r correction by alternation; bpw: a budget solver"},
-     .fn = wmat__decomp_lqlora, .check = wmat__decomp_lqlora_check, .plan = wmat__decomp_lqlora_plan},
+              "LQ-LoRA: W ~ Q + L1 L2, an RTN- or GPTQ-quantized part plus a rank-r correction by alternation; bpw: a budget solver"},
+     .fn = wmat__decomp_lqlora, .check = wmat__decomp_lqlora_check, .plan = wmat__decomp_lqlora_plan,
+     .fn_stats = wmat__decomp_lqlora_st, .wants_stats = wmat__decomp_lqlora_wants_stats},
     {.desc = {"slicegpt", DECOMP, WMAT_MSTAT_RESIDUAL, 0, wmat__slicegpt_keys, "dense (narrower)",
               "SliceGPT: fold the norms, rotate each residual point to its principal axes and slice the width; calibrated (--calib)"},
      .check = wmat__decomp_slicegpt_check, .model_fn = wmat__decomp_slicegpt_model},
@@ -206,6 +209,78 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Calibration for methods with fn_stats: the streams at the current block
+ * and the statistics of the stage last collected. */
+typedef struct {
+    int on;
+    const wmat_config *c;
+    wmat_runtime *rt;
+    wmat__calib_states cs;
+    wmat_qstats st;
+    int have;  /* the layer * WMAT_CSLOT_COUNT + slot st holds (-1: none) */
+    void **objs; /* results held aside, per selected tensor */
+} calib_run;
+
+static int calib_open(calib_run *cr, wmat_model *m, const wmat_decompose_params *p, int n)
+{
+    const wmat_config *c = &m->cfg;
+    cr->c = c;
+    cr->have = -1;
+    if (!(cr->objs = wmat__calloc((size_t)(n ? n : 1), sizeof *cr->objs)))
+        return wmat_set_error(WMAT_ERR_NOMEM, "decompose: out of memory");
+    if (!p->calib || !p->n_calib)
+        return wmat_set_error(WMAT_ERR_INVALID, "decompose: %s: the quantizer needs calibration data (--calib FILE)",
+                              p->method);
+    int ctx = p->calib_ctx > 0 ? p->calib_ctx : (c->seq_len < 256 ? c->seq_len : 256);
+    if (ctx > c->seq_len)
+        return wmat_set_error(WMAT_ERR_INVALID, "calibration window %d is longer than the model's context (%d)", ctx, c->seq_len);
+    if (p->n_calib < (size_t)ctx) ctx = (int)p->n_calib;
+    const int n_windows = (int)(p->n_calib / (size_t)ctx);
+    for (size_t i = 0; i < (size_t)n_windows * (size_t)ctx; i++)
+        if (p->calib[i] < 0 || p->calib[i] >= c->vocab_size)
+            return wmat_set_error(WMAT_ERR_INVALID, "calibration token %d at index %zu is outside the vocabulary (%d)",
+                                  p->calib[i], i, c->vocab_size);
+    wmat_context wc = wmat_context_default();
+    wmat_runtime_params rp = wmat_runtime_default_params();
+    rp.max_batch_tokens = ctx;
+    rp.kv_cache_len = 1;
+    rp.ctx = &wc;
+    int rc = wmat_runtime_create(&cr->rt, m, &rp);
+    if (!rc) rc = wmat__calib_states_init(&cr->cs, cr->rt, p->calib, n_windows, ctx, c->dim);
+    return rc;
+}
+
+/* The statistics of the input of linear lk (layer * WMAT_LIN_COUNT + kind;
+ * the classifier after the last layer), the streams moved up to its block. */
+static int calib_stage(calib_run *cr, int lk, const wmat_qstats **out)
+{
+    const wmat_config *c = cr->c;
+    const int l = lk / WMAT_LIN_COUNT, L = c->n_layers;
+    const int s = l >= L ? WMAT_CSLOT_CLS : wmat__calib_slot((wmat_linear_kind)(lk % WMAT_LIN_COUNT));
+    int rc = WMAT_OK;
+    while (!rc && cr->cs.layer < l) rc = wmat__calib_advance(&cr->cs);
+    if (!rc && cr->have != l * WMAT_CSLOT_COUNT + s) {
+        wmat__qstats_free(&cr->st);
+        cr->have = -1;
+        const int64_t nin = s == WMAT_CSLOT_DOWN ? c->hidden_dim : s == WMAT_CSLOT_O ? wmat__attn_width(c) : c->dim;
+        wmat_qstats *slots[WMAT_CSLOT_COUNT] = {0};
+        slots[s] = &cr->st;
+        if (!(rc = wmat__qstats_init(&cr->st, nin, 1)) && !(rc = wmat__calib_collect(&cr->cs, L, slots, 1u << s, 0)))
+            cr->have = l * WMAT_CSLOT_COUNT + s;
+    }
+    *out = rc ? NULL : &cr->st;
+    return rc;
+}
+
+static void calib_close(calib_run *cr)
+{
+    wmat__qstats_free(&cr->st);
+    wmat__calib_states_free(&cr->cs);
+    wmat_runtime_free(cr->rt);
+    wmat__free(cr->objs);
+    memset(cr, 0, sizeof *cr);
+}
+
 int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_decompose_report *rep)
 {
     wmat_decompose_params def = wmat_decompose_default_params();
@@ -231,15 +306,16 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
     wmat_tensor **sel = wmat__calloc((size_t)n_slots, sizeof *sel);
     const wmat_dmethod **meth = wmat__calloc((size_t)n_slots, sizeof *meth);
     wmat_pset *ps = wmat__calloc((size_t)n_slots, sizeof *ps);
+    int *lk = wmat__calloc((size_t)n_slots, sizeof *lk); /* layer * WMAT_LIN_COUNT + kind (the classifier: L * count) */
     int n = 0, n_ps = 0;
-    if (!sel || !meth || !ps) {
+    if (!sel || !meth || !ps || !lk) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "decompose: out of memory");
         goto done;
     }
     for (int l = 0; l < c->n_layers; l++)
         for (int k = 0; k < WMAT_LIN_COUNT; k++)
-            if (targets & (1u << k)) sel[n++] = wmat_model_linear(m, l, (wmat_linear_kind)k);
-    if (p->classifier && !c->tied_embeddings) sel[n++] = wmat_model_classifier(m);
+            if (targets & (1u << k)) lk[n] = l * WMAT_LIN_COUNT + k, sel[n++] = wmat_model_linear(m, l, (wmat_linear_kind)k);
+    if (p->classifier && !c->tied_embeddings) lk[n] = c->n_layers * WMAT_LIN_COUNT, sel[n++] = wmat_model_classifier(m);
     /* every tensor's method and values, checked before any matrix changes */
     for (int i = 0; i < n && !rc; i++) {
         if (sel[i]->dtype != WMAT_F32 || (sel[i]->flags & WMAT_TF_HF_ROPE)) {
@@ -264,7 +340,7 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
         int np = 0;
         for (int i = 0; i < n; i++)
             if (meth[i] == d) pt[np] = sel[i], pp[np] = &ps[i], pk[np++] = 0;
-        if (np && (rc = d->plan(pt, pp, np, pk))) {
+        if (np && (rc = d->plan(pt, pp, np, pk, p->dtype))) {
             rc = wmat_set_error(rc, "%s: %s: %s", src, d->name, wmat_last_error());
             break;
         }
@@ -279,6 +355,15 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
         if (!rep->tensors) rc = wmat_set_error(WMAT_ERR_NOMEM, "decompose: out of memory");
     }
     const double t0 = now();
+    /* tensors whose method runs on statistics of their input: every result
+     * is held aside and the working model runs it as dense fp32 until all
+     * are done (the calibration runtime multiplies by the weights as
+     * created), stage by stage in layer order */
+    calib_run cr;
+    memset(&cr, 0, sizeof cr);
+    for (int i = 0; i < n && !rc; i++)
+        if (meth[i] && !keep[i] && meth[i]->fn_stats && meth[i]->wants_stats(&ps[i])) cr.on = 1;
+    if (!rc && cr.on) rc = calib_open(&cr, m, p, n);
     for (int i = 0; i < n && !rc; i++) {
         wmat_tensor *t = sel[i];
         if (!meth[i] || keep[i]) continue;
@@ -290,13 +375,24 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
         wmat_tensor out;
         int64_t r = 0;
         double err = 0;
-        rc = meth[i]->fn(t->data, t->shape[0], t->shape[1], &ps[i], p->dtype, &out, &r, &err);
+        const wmat_qstats *st = NULL;
+        if (cr.on && meth[i]->fn_stats && meth[i]->wants_stats(&ps[i]) && !(rc = calib_stage(&cr, lk[i], &st)))
+            rc = meth[i]->fn_stats(t->data, t->shape[0], t->shape[1], st, &ps[i], p->dtype, &out, &r, &err);
+        else if (!rc)
+            rc = meth[i]->fn(t->data, t->shape[0], t->shape[1], &ps[i], p->dtype, &out, &r, &err);
         if (rc) {
             rc = wmat_set_error(rc, "%s: %s: %s", src, t->name, wmat_last_error());
             break;
         }
         const uint64_t before = (uint64_t)(t->shape[0] * t->shape[1]);
-        wmat__tensor_set_obj(t, out.data);
+        if (cr.on) {
+            /* held aside; the working model runs its values from now on */
+            cr.objs[i] = out.data;
+            if ((rc = wmat__tensor_make_writable(t))) break;
+            wmat__wkind_of(&out)->dequant_rows(&out, 0, t->shape[0], t->data);
+        } else {
+            wmat__tensor_set_obj(t, out.data);
+        }
         if (rep) {
             wmat_decompose_tensor *d = &rep->tensors[rep->n_tensors++];
             snprintf(d->name, sizeof d->name, "%s", t->name);
@@ -305,13 +401,20 @@ int wmat_decompose_model(wmat_model *m, const wmat_decompose_params *p, wmat_dec
             d->cols = t->shape[1];
             d->rank = r;
             d->rel_error = err;
-            d->bits_per_weight = wmat_tensor_bits_per_weight(t);
+            d->bits_per_weight = wmat_tensor_bits_per_weight(&out);
             d->seconds = now() - ts;
             rep->params_before += before;
             /* the stored factors' element count (every method's factors are of p->dtype) */
-            rep->params_after += wmat__wkind_of(t)->nbytes(t) / wmat_dtype_bytes(p->dtype, 1);
+            rep->params_after += wmat__wkind_of(&out)->nbytes(&out) / wmat_dtype_bytes(p->dtype, 1);
         }
     }
+    for (int i = 0; cr.on && i < n; i++) /* all done (or failed): the results replace the weights */
+        if (cr.objs[i]) {
+            if (!rc) wmat__tensor_set_obj(sel[i], cr.objs[i]);
+            else ((const wmat_wobj *)cr.objs[i])->kind->free(cr.objs[i]);
+            cr.objs[i] = NULL;
+        }
+    calib_close(&cr);
     if (!rc && p->progress) p->progress(p->progress_user, "decompose", (uint64_t)n, (uint64_t)n);
     if (rep) rep->seconds = now() - t0;
     wmat__free(keep);
@@ -321,6 +424,7 @@ done:
     wmat__free(ps);
     wmat__free(meth);
     wmat__free(sel);
+    wmat__free(lk);
     if (rc && rep) wmat_decompose_report_free(rep);
     return rc;
 }

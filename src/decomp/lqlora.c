@@ -2,11 +2,15 @@
  * rank-r correction, found by alternating the two exact sub-problems —
  * Q = quant(W - L) and L = SVD_r(W - Q) — and keeping the best pair; the
  * result is a "sum" weight (qpacked + lowrank) that runs as stored. The
- * quantizer is wmat's RTN on groups along the inputs (decompose collects
- * no calibration data). With `bpw`, a plan picks each matrix's (bits,
- * rank) from a candidate grid by their measured errors under one budget
- * of average bits per weight (a Lagrangian knapsack: the multiplier found
- * by bisection), as the paper's integer program does over its grid. */
+ * quantizer is wmat's RTN on groups along the inputs, or with quant=gptq
+ * wmat's GPTQ (the same grid, error feedback through the Hessian of the
+ * matrix's input: the driver calibrates in layer and stage order on the
+ * model changed so far, as for SparseGPT). With `bpw`, a plan picks each
+ * matrix's (bits, rank) from a candidate grid by their measured errors
+ * under one budget of average bits per weight (a Lagrangian knapsack: the
+ * multiplier found by bisection), as the paper's integer program does over
+ * its grid; the factors are priced in their stored dtype, the errors are
+ * RTN's in the weights (the plan runs before any statistics exist). */
 #include "decomp.h"
 #include "quant/methods.h"
 #include "wop/qstore.h"
@@ -17,13 +21,16 @@
 
 const wmat_param_spec wmat__lqlora_keys[] = {
     {"bits", WMAT_PARAM_INT, "3", 2, 8, NULL, "bits of the quantized part (RTN, groups along the inputs)", NULL},
+    {"quant", WMAT_PARAM_STRING, "rtn", 0, 0, NULL,
+     "lqlora: quantizer of the quantized part: rtn, or gptq (needs --calib: error feedback through each input's Hessian)",
+     NULL},
     {"group", WMAT_PARAM_INT, "64", 0, 1 << 20, NULL, "group length of the quantized part (0: per output channel)", NULL},
     {"rank", WMAT_PARAM_INT, "16", 0, 1 << 30, NULL, "rank of the low-rank part (0: quantized only)", NULL},
     {"iters", WMAT_PARAM_INT, "10", 1, 1000, NULL, "lqlora: alternations of quantization and SVD (the best pair is kept)",
      NULL},
     {"bpw", WMAT_PARAM_FLOAT, "0", 0, 32, NULL,
      "lqlora: a budget of average bits per weight (quantized part + factors) over the matrices it takes; each matrix's "
-     "bits and rank are then chosen from bits 2..4 x rank 0, 8, 16, 32, 64 (0: bits and rank as given)",
+     "bits and rank are then chosen from bits 2..4 x rank 0, 4, 8, 16, 32, 64 (0: bits and rank as given)",
      NULL},
     {NULL, 0, NULL, 0, 0, NULL, NULL, NULL},
 };
@@ -32,7 +39,7 @@ const wmat_param_spec wmat__lqlora_keys[] = {
  * alternation. On success *q and *L hold the best pair (L's tensor empty
  * for rank 0) and *err its ||W - Q - L||_F / ||W||_F. */
 static int alternate(const float *W, int64_t rows, int64_t cols, int bits, int group, int64_t rank, int iters,
-                     wmat_dtype dtype, wmat_qresult *q_out, wmat_tensor *L_out, double *err)
+                     wmat_dtype dtype, const wmat_qstats *st, wmat_qresult *q_out, wmat_tensor *L_out, double *err)
 {
     const size_t n = (size_t)(rows * cols);
     float *R = wmat__malloc(n * sizeof(float)), *Qd = wmat__malloc(n * sizeof(float)), *Ld = wmat__calloc(n, sizeof(float));
@@ -53,7 +60,8 @@ static int alternate(const float *W, int64_t rows, int64_t cols, int bits, int g
         wmat_qresult q;
         wmat_qmethod_info info;
         memset(&q, 0, sizeof q);
-        if ((rc = wmat__quant_rtn(&q, R, rows, cols, NULL, &qp, &info))) break;
+        if ((rc = st ? wmat__quant_gptq(&q, R, rows, cols, st, &qp, &info) : wmat__quant_rtn(&q, R, rows, cols, NULL, &qp, &info)))
+            break;
         wmat_qresult_dequant(&q, Qd);
         wmat_tensor L;
         memset(&L, 0, sizeof L);
@@ -101,12 +109,29 @@ int wmat__decomp_lqlora_check(const wmat_pset *ps, int global)
     (void)global;
     const int64_t g = wmat__pset_int(ps, "group");
     if (g && g % 2) return wmat_set_error(WMAT_ERR_INVALID, "lqlora: group must be even (or 0)");
+    const char *q = wmat__pset_str(ps, "quant");
+    if (q && strcmp(q, "rtn") && strcmp(q, "gptq"))
+        return wmat_set_error(WMAT_ERR_INVALID, "lqlora: quant=%s: the quantizer is rtn or gptq", q);
     return WMAT_OK;
+}
+
+int wmat__decomp_lqlora_wants_stats(const wmat_pset *ps)
+{
+    const char *q = wmat__pset_str(ps, "quant");
+    return q && !strcmp(q, "gptq");
 }
 
 int wmat__decomp_lqlora(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype, wmat_tensor *out,
                         int64_t *rank_out, double *rel_error)
 {
+    return wmat__decomp_lqlora_st(W, rows, cols, NULL, ps, dtype, out, rank_out, rel_error);
+}
+
+int wmat__decomp_lqlora_st(const float *W, int64_t rows, int64_t cols, const wmat_qstats *st, const wmat_pset *ps,
+                           wmat_dtype dtype, wmat_tensor *out, int64_t *rank_out, double *rel_error)
+{
+    if (wmat__decomp_lqlora_wants_stats(ps) && (!st || !st->H))
+        return wmat_set_error(WMAT_ERR_INVALID, "lqlora: quant=gptq needs calibration data (--calib FILE)");
     const int bits = (int)wmat__pset_int(ps, "bits"), group = (int)wmat__pset_int(ps, "group");
     const int64_t k = rows < cols ? rows : cols;
     int64_t rank = wmat__pset_int(ps, "rank");
@@ -116,7 +141,8 @@ int wmat__decomp_lqlora(const float *W, int64_t rows, int64_t cols, const wmat_p
     wmat_qresult q;
     wmat_tensor L;
     double err;
-    int rc = alternate(W, rows, cols, bits, group, rank, (int)wmat__pset_int(ps, "iters"), dtype, &q, &L, &err);
+    int rc = alternate(W, rows, cols, bits, group, rank, (int)wmat__pset_int(ps, "iters"), dtype,
+                       wmat__decomp_lqlora_wants_stats(ps) ? st : NULL, &q, &L, &err);
     if (rc) return rc;
     wmat_qtensor *qt = NULL;
     if (!(rc = wmat_qresult_check_packable(&q, "lqlora"))) rc = wmat_qtensor_pack(&q, &qt);
@@ -146,7 +172,7 @@ int wmat__decomp_lqlora(const float *W, int64_t rows, int64_t cols, const wmat_p
 /* ---- the budget plan */
 
 static const int k_bits[] = {2, 3, 4};
-static const int64_t k_ranks[] = {0, 8, 16, 32, 64};
+static const int64_t k_ranks[] = {0, 4, 8, 16, 32, 64};
 #define NB ((int)(sizeof k_bits / sizeof k_bits[0]))
 #define NR ((int)(sizeof k_ranks / sizeof k_ranks[0]))
 
@@ -174,7 +200,7 @@ static double bits_at(const double *cost, const double *size, int n, int nc, dou
     return bits;
 }
 
-int wmat__decomp_lqlora_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep)
+int wmat__decomp_lqlora_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep, wmat_dtype dtype)
 {
     (void)keep;
     const double bpw = wmat__pset_float(ps[0], "bpw");
@@ -194,7 +220,7 @@ int wmat__decomp_lqlora_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n,
         for (int b = 0; b < NB && !rc; b++)
             for (int r = 0; r < NR && !rc; r++) {
                 const int c = b * NR + r;
-                size[i * nc + c] = cand_bits(rows, cols, k_bits[b], group, k_ranks[r], WMAT_F32);
+                size[i * nc + c] = cand_bits(rows, cols, k_bits[b], group, k_ranks[r], dtype);
                 if (2 * k_ranks[r] > k) { /* a correction this large stores more than it saves */
                     cost[i * nc + c] = INFINITY;
                     continue;
@@ -202,8 +228,8 @@ int wmat__decomp_lqlora_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n,
                 wmat_qresult q;
                 wmat_tensor L;
                 double e;
-                rc = alternate(W, rows, cols, k_bits[b], group && cols % group == 0 ? group : 0, k_ranks[r], iters, WMAT_F32,
-                               &q, &L, &e);
+                rc = alternate(W, rows, cols, k_bits[b], group && cols % group == 0 ? group : 0, k_ranks[r], iters, dtype,
+                               NULL, &q, &L, &e);
                 if (rc) break;
                 wmat_qresult_free(&q);
                 wmat__tensor_free_data(&L);

@@ -92,8 +92,9 @@ int wmat__decomp_welore_check(const wmat_pset *ps, int global)
     return WMAT_OK;
 }
 
-int wmat__decomp_welore_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep)
+int wmat__decomp_welore_plan(wmat_tensor *const *t, wmat_pset *const *ps, int n, int *keep, wmat_dtype dtype)
 {
+    (void)dtype;
     double **sv = wmat__calloc((size_t)n, sizeof *sv);
     int64_t *len = wmat__calloc((size_t)n, sizeof *len), *rank = wmat__calloc((size_t)n, sizeof *rank);
     int rc = sv && len && rank ? WMAT_OK : wmat_set_error(WMAT_ERR_NOMEM, "welore: out of memory");

@@ -105,6 +105,22 @@ typedef struct wmat__adapter {
      * trained model saves, loads and runs without a dense matrix. */
     int (*to_weight)(const wmat__adapter_cfg *c, const float *const *w, const void *fixed, int in, int out,
                      wmat_tensor *dst);
+    /* Optional: the entry adopts what is trainable in its layer's base (a
+     * decomposed weight's low-rank factors) instead of adding new tensors.
+     * adopt returns 1 when it takes this layer (lc: the layer's own
+     * settings, e.g. the rank of its factors, which its shapes and paths
+     * then get; *rest: the operator the layer's base product runs from then
+     * on, the base less what was taken, pointing into base; NULL: nothing
+     * is left), 0 when the layer has nothing to adopt (it stays frozen as
+     * it is, without tensors), or an error. init then copies the tensors
+     * out of base. The rest of the model stays frozen, as under any
+     * adapter, and merge is not used: the trained model is the base with
+     * each adopted layer rebuilt by to_weight_over (the tensors over the
+     * original base, in its stored kinds), which the trainer evaluates. */
+    int (*adopt)(const wmat__adapter_cfg *c, const wmat_tensor *base, int in, int out, const char *what,
+                 wmat__adapter_cfg *lc, const wmat_tensor **rest);
+    int (*to_weight_over)(const wmat__adapter_cfg *c, const float *const *w, const wmat_tensor *base, int in, int out,
+                          wmat_tensor *dst);
     /* PEFT: peft_type and the adapter_config.json fields after the common
      * ones (written into buf, returns the length); parse reads them back
      * into c and says whether the file is this entry's (1) or not (0).
@@ -143,6 +159,7 @@ extern const wmat__adapter wmat__adapter_pissa;
 extern const wmat__adapter wmat__adapter_olora;
 extern const wmat__adapter wmat__adapter_svfit;
 extern const wmat__adapter wmat__adapter_bone;
+extern const wmat__adapter wmat__adapter_factors;
 
 /* Elements of a tensor of shape (rows, cols): cols 0 is a vector. */
 static inline size_t wmat__adapter_nelem(int rows, int cols) { return (size_t)rows * (size_t)(cols ? cols : 1); }

@@ -69,6 +69,11 @@ struct wmat_trainer {
     const wmat__adapter *adapter;  /* NULL: none */
     wmat__adapter_cfg acfg;
     int rep;                       /* the adapter replaces the targeted linears (adapter->replaces_base) */
+    /* per targeted layer (L * NLIN): whether it carries the adapter (an
+     * entry that adopts its base's factors skips layers that have none)
+     * and its settings (such an entry's rank is the layer's own) */
+    unsigned char *aon;
+    wmat__adapter_cfg *lcfg;
 
     /* weights the forward reads (trainable or frozen) and their grads */
     float *emb, *fnorm, *cls;   /* (V, D), (D), (V, D) (cls == emb when tied); NULL: a frozen base of another kind */
@@ -279,6 +284,8 @@ void wmat_trainer_free(wmat_trainer *t)
     wmat__free(t->ws);
     wmat__free(t->aw);
     wmat__free(t->gaw);
+    wmat__free(t->aon);
+    wmat__free(t->lcfg);
     wmat__free(t->afix);
     wmat__free(t->fixed);
     wmat__free(t->base_copy);
@@ -366,6 +373,8 @@ static int resolve(wmat_train_params *p, const wmat_config *c, const wmat__optim
 }
 
 #define AW(l, k) (t->aw + ((size_t)(l) * NLIN + (k)) * NAT)
+#define AON(l, k) (t->aon[(l) * NLIN + (k)])
+#define ACFG(l, k) (&t->lcfg[(l) * NLIN + (k)])
 #define GAW(l, k) (t->gaw + ((size_t)(l) * NLIN + (k)) * NAT)
 
 int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_params *pp)
@@ -435,7 +444,11 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->acts = wmat__calloc((size_t)L + 1, sizeof(layer_acts));
     t->lin_ = wmat__calloc((size_t)L * NLIN, sizeof *t->lin_);
     t->hdr = wmat__calloc((size_t)L * NLIN + 2, sizeof *t->hdr);
-    if (!t->lw_ || !t->glw_ || !t->aw || !t->gaw || !t->afix || !t->slots || !t->acts || !t->lin_ || !t->hdr) {
+    t->aon = wmat__calloc((size_t)L * NLIN, 1);
+    t->lcfg = wmat__calloc((size_t)L * NLIN, sizeof *t->lcfg);
+    const wmat_tensor **rest = wmat__calloc((size_t)L * NLIN + 1, sizeof *rest);
+    if (!t->lw_ || !t->glw_ || !t->aw || !t->gaw || !t->afix || !t->slots || !t->acts || !t->lin_ || !t->hdr ||
+        !t->aon || !t->lcfg || !rest) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
         goto fail;
     }
@@ -455,6 +468,33 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     }
     if (rep && !ad->to_weight) {
         rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: adapter %s replaces the base but has no to_weight", ad->name);
+        goto fail;
+    }
+    /* which layers carry the adapter, with which settings; an entry that
+     * adopts its base's factors says per layer (rest: what the layer's
+     * base product then runs) */
+    int any_on = 0;
+    for (int l = 0; adapt && l < L; l++)
+        for (int k = 0; k < NLIN; k++) {
+            if (!(p.lora_targets & (1u << k))) continue;
+            int o, i;
+            lin_dims(c, k, &o, &i);
+            *ACFG(l, k) = t->acfg;
+            AON(l, k) = 1;
+            if (ad->adopt) {
+                char what[64];
+                snprintf(what, sizeof what, "layer %d %s", l, wmat_linear_name((wmat_linear_kind)k));
+                if ((rc = ad->adopt(&t->acfg, wmat_model_linear(m, l, (wmat_linear_kind)k), i, o, what, ACFG(l, k),
+                                    &rest[l * NLIN + k])) < 0)
+                    goto fail;
+                AON(l, k) = rc == 1;
+                rc = WMAT_OK;
+            }
+            any_on += AON(l, k);
+        }
+    if (adapt && !any_on) {
+        rc = wmat_set_error(WMAT_ERR_INVALID, "train: adapter %s finds nothing to train in the targeted layers of %s",
+                            ad->name, wmat_model_path(m) ? wmat_model_path(m) : "the model");
         goto fail;
     }
     if (t->fixed_bytes) {
@@ -488,10 +528,10 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     if (adapt) {
         for (int l = 0; l < L; l++)
             for (int k = 0; k < NLIN; k++)
-                if (p.lora_targets & (1u << k)) {
+                if (AON(l, k)) {
                     int o, i, rows[NAT], cols[NAT];
                     lin_dims(c, k, &o, &i);
-                    ad->shapes(&t->acfg, i, o, rows, cols);
+                    ad->shapes(ACFG(l, k), i, o, rows, cols);
                     for (int a = 0; a < ad->n_tensors; a++) np += wmat__adapter_nelem(rows[a], cols[a]);
                 }
     }
@@ -576,10 +616,10 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             /* the adapter's tensors, in layer order, initialized as they are carved (one RNG stream) */
             for (int l = 0; l < L; l++)
                 for (int k = 0; k < NLIN; k++) {
-                    if (!(p.lora_targets & (1u << k))) continue;
+                    if (!AON(l, k)) continue;
                     int o, i, rows[NAT], cols[NAT];
                     lin_dims(c, k, &o, &i);
-                    ad->shapes(&t->acfg, i, o, rows, cols);
+                    ad->shapes(ACFG(l, k), i, o, rows, cols);
                     for (int a = 0; a < ad->n_tensors; a++) {
                         CARVE(AW(l, k)[a], GAW(l, k)[a], wmat__adapter_nelem(rows[a], cols[a]));
                         add_slot(t, AW(l, k)[a], GAW(l, k)[a], rows[a], cols[a]);
@@ -594,7 +634,10 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                         wmat__tensor_init2(h, WMAT_F32, o, i, Wf);
                         t->lin_[l * NLIN + k] = bw = h;
                     }
-                    if ((rc = ad->init(&t->acfg, AW(l, k), t->afix[l * NLIN + k], bw, Wf, i, o, &t->rng))) goto fail;
+                    if ((rc = ad->init(ACFG(l, k), AW(l, k), t->afix[l * NLIN + k], bw, Wf, i, o, &t->rng))) goto fail;
+                    /* an adopting entry took its tensors from the base: the
+                     * base product runs what is left */
+                    if (ad->adopt) t->lin_[l * NLIN + k] = rest[l * NLIN + k];
                 }
         }
 #undef CARVE
@@ -691,15 +734,16 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
 
     /* ---- activations */
     {
-        const size_t aact = adapt ? ad->act_floats(&t->acfg, t->BT) : 0;
-        size_t ascr = 0; /* the adapter's scratch: the largest any targeted layer asks for */
-        for (int k = 0; adapt && k < NLIN; k++)
-            if (p.lora_targets & (1u << k)) {
-                int o, i;
-                lin_dims(c, k, &o, &i);
-                const size_t f = ad->scratch_floats(&t->acfg, t->BT, i, o);
-                if (f > ascr) ascr = f;
-            }
+        size_t aact = 0, ascr = 0; /* the adapter's: the largest any adapted layer asks for */
+        for (int l = 0; adapt && l < L; l++)
+            for (int k = 0; k < NLIN; k++)
+                if (AON(l, k)) {
+                    int o, i;
+                    lin_dims(c, k, &o, &i);
+                    const size_t f = ad->scratch_floats(ACFG(l, k), t->BT, i, o), a = ad->act_floats(ACFG(l, k), t->BT);
+                    if (f > ascr) ascr = f;
+                    if (a > aact) aact = a;
+                }
         size_t per_layer = BT * (6 * (size_t)D + 2 * KV + 3 * (size_t)H + 2);
         for (int k = 0; k < NLIN; k++)
             if (adapt && (p.lora_targets & (1u << k))) per_layer += aact;
@@ -797,9 +841,11 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         if (tk && !wmat_tokenizer_clone(tk, &cp)) wmat_model_set_tokenizer(t->view, cp);
         if (rep && (rc = refresh_replaced(t))) goto fail;
     }
+    wmat__free(rest);
     *out = t;
     return WMAT_OK;
 fail:
+    wmat__free(rest);
     wmat_trainer_free(t);
     return rc;
 }
@@ -877,7 +923,7 @@ static void lin_fwd(wmat_trainer *t, float *Y, const float *X, int l, int k, int
     else memset(Y, 0, (size_t)BT * o * sizeof(float)); /* no base: the adapter is the layer */
     float *const *w = AW(l, k);
     if (w[0])
-        t->adapter->forward(&t->acfg, Y, t->acts[l].aact[k], t->ascratch, X, (const float *const *)w,
+        t->adapter->forward(ACFG(l, k), Y, t->acts[l].aact[k], t->ascratch, X, (const float *const *)w,
                             t->afix[l * NLIN + k], W, BT, i, o);
 }
 
@@ -894,7 +940,7 @@ static void lin_bwd(wmat_trainer *t, float *dX, const float *dY, const float *X,
     else if (!acc) memset(dX, 0, (size_t)BT * i * sizeof(float));
     float *const *w = AW(l, k);
     if (w[0])
-        t->adapter->backward(&t->acfg, dX, GAW(l, k), t->ascratch, dY, X, (const float *const *)w,
+        t->adapter->backward(ACFG(l, k), dX, GAW(l, k), t->ascratch, dY, X, (const float *const *)w,
                              t->afix[l * NLIN + k], W, t->acts[l].aact[k], BT, i, o);
 }
 
@@ -1089,6 +1135,54 @@ int wmat_trainer_steps_done(const wmat_trainer *t) { return t->step; }
 
 /* ------------------------------------------------------------ views, eval */
 
+/* An adopting entry's model (the trained model it writes and evaluates):
+ * the base's tensors, f32 ones copied and those of other kinds shared as
+ * stored, and each adapted layer rebuilt in its stored kinds from the
+ * current tensors over its original base. Built anew each time (its
+ * weights are new objects), so the runtime over the old one goes. */
+static int adopted_view(wmat_trainer *t, wmat_model **out)
+{
+    const wmat_config *c = &t->c;
+    wmat_runtime_free(t->rt);
+    t->rt = NULL;
+    wmat_model_free(t->view);
+    t->view = NULL;
+    int rc = wmat_model_create(&t->view, c);
+    if (rc) return rc;
+    wmat_tokenizer *tk = wmat_model_tokenizer(t->base), *cp = NULL;
+    if (tk && !wmat_tokenizer_clone(tk, &cp)) wmat_model_set_tokenizer(t->view, cp);
+    for (int i = 0; i < wmat_model_n_tensors(t->base); i++) {
+        wmat_tensor *src = wmat_model_tensor(t->base, i), *dst = wmat_model_find(t->view, src->name);
+        if (!dst || dst->dtype != WMAT_F32 || dst->ndim != src->ndim || dst->shape[0] != src->shape[0] ||
+            (src->ndim == 2 && dst->shape[1] != src->shape[1]))
+            return wmat_set_error(WMAT_ERR_INTERNAL, "train: model copy mismatch at %s", src->name);
+        if (src->ndim == 2 && src->dtype != WMAT_F32) {
+            /* the base outlives the view: its weight is read, not owned */
+            wmat__tensor_free_data(dst);
+            dst->data = src->data;
+            dst->dtype = src->dtype;
+            dst->flags = src->flags & ~WMAT_TF_OWNED;
+            dst->nbytes = src->nbytes;
+        } else {
+            copy_f32(dst->data, src);
+        }
+    }
+    for (int l = 0; l < c->n_layers; l++)
+        for (int k = 0; k < NLIN; k++) {
+            if (!AON(l, k)) continue;
+            int o, i;
+            lin_dims(c, k, &o, &i);
+            wmat_tensor tmp;
+            memset(&tmp, 0, sizeof tmp);
+            if ((rc = t->adapter->to_weight_over(ACFG(l, k), (const float *const *)AW(l, k),
+                                                 wmat_model_linear(t->base, l, (wmat_linear_kind)k), i, o, &tmp)))
+                return rc;
+            wmat__tensor_set_obj(wmat_model_linear(t->view, l, (wmat_linear_kind)k), tmp.data);
+        }
+    *out = t->view;
+    return WMAT_OK;
+}
+
 int wmat_trainer_model(wmat_trainer *t, wmat_model **out)
 {
     *out = NULL;
@@ -1102,6 +1196,7 @@ int wmat_trainer_model(wmat_trainer *t, wmat_model **out)
         *out = t->view;
         return WMAT_OK;
     }
+    if (t->adapter->adopt) return adopted_view(t, out);
     const wmat_config *c = &t->c;
     int rc;
     if (!t->view) {
@@ -1316,7 +1411,7 @@ int wmat_train_adapter_replaces_base(const char *name)
 {
     const wmat__adapter *a = wmat__adapter_find(name);
     if (!a) return wmat_set_error(WMAT_ERR_INVALID, "train: unknown adapter '%s'", name ? name : "(null)");
-    return a->replaces_base;
+    return a->replaces_base ? 1 : a->adopt ? 2 : 0;
 }
 
 int wmat_train_registry_entry(wmat_train_registry which, int i, const char **name, const char **summary)

@@ -178,6 +178,13 @@ int wmat__lowrank_create(wmat_dtype dt, int64_t rows, int64_t cols, int64_t rank
     return WMAT_OK;
 }
 
+const wmat_tensor *wmat__lowrank_factor(const wmat_tensor *W, int i)
+{
+    extern const wmat_wkind wmat__wkind_lowrank;
+    if (!W || W->dtype != WMAT_OBJ || wmat__wkind_of(W) != &wmat__wkind_lowrank) return NULL;
+    return i ? &lr_of(W)->B : &lr_of(W)->A;
+}
+
 static int lr_save(const wmat_tensor *W, cJSON *desc, wmat_wpart *parts, int *n_parts, const char *what)
 {
     (void)what;

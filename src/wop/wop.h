@@ -159,6 +159,9 @@ void wmat__wop_split(const wmat_wkind *k, int64_t rows, int t, int nt, int64_t *
  * as dt: f32, f16 or bf16). *obj is a new object for wmat__tensor_set_obj. */
 int wmat__lowrank_create(wmat_dtype dt, int64_t rows, int64_t cols, int64_t rank, const float *A, const float *B,
                          void **obj);
+/* Factor i of a low-rank weight (0: A (rows, rank), 1: B (rank, cols), plain
+ * dense kinds), or NULL when W is not a low-rank weight. */
+const wmat_tensor *wmat__lowrank_factor(const wmat_tensor *W, int i);
 
 /* A Monarch weight (kind_monarch.c) of in_blocks (R) input and out_blocks
  * (Q) output blocks, which must divide cols and rows, and slab rank K:
