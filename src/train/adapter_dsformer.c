@@ -13,7 +13,8 @@
  * weight W they start where `wmat decompose --method dsformer` ends (D =
  * the least-squares fit for the mask of V_k^T, S~ = V_k^T, all of it), from
  * none (a new model, the registry's checks) at random. The trained layer is
- * exported as a `dsf` weight, which saves and runs as such.
+ * exported as a `dsf` weight, which saves and runs as such (with s = k as
+ * a `lowrank` one: the same function without indices).
  *
  * Forward keeps Z = X S^T (BT, k). Scratch: the masked S (k, in) as a dense
  * matrix (the products are GEMMs: at training sizes a dense k x in S costs
@@ -31,7 +32,7 @@
 static int nnz_of(const wmat__adapter_cfg *c)
 {
     const int k = c->rank;
-    int s = (int)ceil((double)c->density * k - 1e-9);
+    int s = (int)ceil((double)c->density * k - 1e-4); /* 0.4f * 5 is 2, not 3 */
     if (s < 1) s = 1;
     return s > k ? k : s;
 }
@@ -246,6 +247,14 @@ static int to_weight_any(const wmat__adapter_cfg *c, const float *const *w, cons
                          wmat_tensor *dst)
 {
     const int k = c->rank, s = nnz_of(c);
+    if (s == k) {
+        /* every entry kept: the same function as a low-rank weight, which
+         * stores no indices (the baseline's size is its own) */
+        void *lr = NULL;
+        int rc = wmat__lowrank_create(WMAT_F32, out, in, k, w[0], w[1], &lr);
+        if (!rc) wmat__tensor_own_obj(dst, out, in, lr);
+        return rc;
+    }
     int32_t *idx = wmat__malloc((size_t)in * s * sizeof(int32_t));
     float *val = wmat__malloc((size_t)in * s * sizeof(float));
     void *work = wmat__malloc(wmat__dsformer_tops_work(k));
