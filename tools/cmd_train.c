@@ -99,7 +99,7 @@ int cmd_train(int argc, char **argv)
         {"--rank", OPT_INT, &rank, "R", "the same as --lora-rank"},
         {"--lora-alpha", OPT_FLOAT, &alpha, "A", "adapter alpha, scale alpha/r (default 16)"},
         {"--alpha", OPT_FLOAT, &alpha, "A", "the same as --lora-alpha"},
-        {"--density", OPT_FLOAT, &density, "D", "share of each matrix in the sparse part of an adapter that has one; dsformer: the share of S's k rows kept in each column (default 0.03)"},
+        {"--density", OPT_FLOAT, &density, "D", "share of each matrix in the sparse part of an adapter that has one (of a dense x sparse factorization: the share of the sparse factor's rows kept in each column) (default 0.03)"},
         {"--merge-dense", OPT_FLAG, &merge_dense, NULL, "an adapter that replaces the linears: write them as dense f32 instead of their small form"},
         {"--lora-targets", OPT_STR, &targets, "LIST", "adapted layers: q,k,v,o,gate,up,down or all, or PEFT's q_proj,...,all-linear (default q,v)"},
         {"--rslora", OPT_FLAG, &rslora, NULL, "rank-stabilized scale alpha/sqrt(r) for the default adapter"},
