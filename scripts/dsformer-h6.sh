@@ -10,6 +10,8 @@
 # Perplexity: WikiText-2 valid (ctx 256, 64 windows) and the held-out end of
 # the TinyStories head (from token 300000, ctx 256, 64 windows).
 # Usage: scripts/dsformer-h6.sh OUTDIR [STEPS=300] [SEEDS="1 2 3"] [THREADS=1]
+# POSTHOC=0 skips part 1, ARMS="lr stf fixed" picks the fine-tuning arms (two
+# invocations with different SEEDS/ARMS may run side by side on one OUTDIR).
 set -euo pipefail
 OUT=${1:?usage: dsformer-h6.sh OUTDIR [STEPS] [SEEDS] [THREADS]}
 STEPS=${2:-300}
@@ -23,9 +25,10 @@ WT=$D/golden/wikitext2_valid_tokenized.tok512.u16
 TS=$D/golden/tinystories_valid_head.tok512.u16
 mkdir -p "$OUT"
 TRAIN=$OUT/ts_train.u16
-head -c 600000 "$TS" > "$TRAIN" # the first 300000 tokens
+[ -s "$TRAIN" ] || head -c 600000 "$TS" > "$TRAIN" # the first 300000 tokens
 RES=$OUT/results.tsv
-: > "$RES"
+POSTHOC=${POSTHOC:-1}
+ARMS=${ARMS:-lr stf fixed}
 
 ppl() { "$W" eval "$1" --tokens "$2" --ctx 256 --max-windows 64 ${3:+--offset $3} --threads "$TH" --json 2>/dev/null |
         sed -n 's/.*"ppl": \([0-9.]*\).*/\1/p'; }
@@ -34,26 +37,30 @@ row() { # name model
     printf '%s\t%s\t%s\t%s\n' "$1" "$(ffn_bytes "$2")" "$(ppl "$2" "$WT")" "$(ppl "$2" "$TS" 300000)" | tee -a "$RES"
 }
 
-echo "# name	ffn_bytes	wikitext2_ppl	tinystories_heldout_ppl" | tee -a "$RES"
-row dense "$M"
+[ "$POSTHOC" = 1 ] && echo "# name	ffn_bytes	wikitext2_ppl	tinystories_heldout_ppl" | tee -a "$RES"
+[ "$POSTHOC" = 1 ] && row dense "$M"
 dec() { # name args...
     local n=$1; shift
     "$W" decompose "$M" "$OUT/$n" --targets gate,up,down --threads "$TH" "$@" > "$OUT/$n.log" 2>&1
     row "$n" "$OUT/$n"
 }
-dec svd_r93 --method svd --rank 93
-dec dsf_k111_s56_refit --method dsformer --rank 111 --nnz 56
-dec dsf_k111_s56_norefit --method dsformer --rank 111 --nnz 56 --no-refit
-dec dsf_c2_share0.25 --method dsformer --compression 2 --nnz-share 0.25
-dec dsf_c2_share0.5 --method dsformer --compression 2 --nnz-share 0.5
-dec dsf_c2_share0.75 --method dsformer --compression 2 --nnz-share 0.75
+if [ "$POSTHOC" = 1 ]; then
+    # 2x of f32: svd rank 93 stores 93 (m + n) floats; D S at k 110, s 55
+    # (f32 values, one index byte each) stores no more over gate+up+down
+    dec svd_r93 --method svd --rank 93
+    dec dsf_k110_s55_refit --method dsformer --rank 110 --nnz 55
+    dec dsf_k110_s55_norefit --method dsformer --rank 110 --nnz 55 --no-refit
+    dec dsf_c2_share0.25 --method dsformer --compression 2 --nnz-share 0.25
+    dec dsf_c2_share0.5 --method dsformer --compression 2 --nnz-share 0.5
+    dec dsf_c2_share0.75 --method dsformer --compression 2 --nnz-share 0.75
+fi
 
 for seed in $SEEDS; do
-    for arm in lr stf fixed; do
+    for arm in $ARMS; do
         case $arm in
         lr) args=(--method dsformer --rank 93 --density 1) ;;
-        stf) args=(--method dsformer --rank 111 --density 0.5) ;;
-        fixed) args=(--method dsformer-fixed --rank 111 --density 0.5) ;;
+        stf) args=(--method dsformer --rank 110 --density 0.5) ;;
+        fixed) args=(--method dsformer-fixed --rank 110 --density 0.5) ;;
         esac
         n=ft_${arm}_s$seed
         "$W" train "$M" "$OUT/$n" --data "$TRAIN" "${args[@]}" --lora-targets gate,up,down --steps "$STEPS" \
