@@ -27,6 +27,7 @@
 #include "train/train.h"
 #include "wop/wop.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -167,6 +168,65 @@ static void kind_case(int64_t rows, int64_t cols, int64_t k, int64_t s, wmat_dty
         free(dX1), free(Yr), free(dXr);
 }
 
+/* parts as saved, with an optional replacement of the index array */
+typedef struct {
+    wmat_wpart parts[WMAT_WPART_MAX];
+    int n;
+    const void *idx;
+} store;
+
+static int get_part(void *user, const char *suffix, wmat_dtype dtype, int ndim, int64_t d0, int64_t d1, const void **data)
+{
+    store *st = user;
+    for (int i = 0; i < st->n; i++) {
+        const wmat_wpart *p = &st->parts[i];
+        if (strcmp(p->suffix, suffix)) continue;
+        if (p->dtype != dtype || p->ndim != ndim || p->shape[0] != d0 || (ndim == 2 && p->shape[1] != d1))
+            return wmat_set_error(WMAT_ERR_FORMAT, "store: %s has another dtype or shape", suffix);
+        *data = !strcmp(suffix, ".dsf_idx") && st->idx ? st->idx : p->data;
+        return WMAT_OK;
+    }
+    return wmat_set_error(WMAT_ERR_FORMAT, "store: no %s", suffix);
+}
+
+/* Hostile index arrays: an index >= k, a repeated or descending one. */
+static void hostile_indices(void)
+{
+    const wmat_wkind *kind = wmat__wkind_find("dsf");
+    enum { R = 12, C = 10, K = 6, S = 3 };
+    float D[R * K], val[C * S];
+    int32_t idx[C * S];
+    fill(D, R * K, 1, 1.0f);
+    fill(val, C * S, 2, 1.0f);
+    random_mask(idx, C, K, S, 3);
+    void *obj = NULL;
+    TU_OK(wmat__dsf_create(WMAT_F32, R, C, K, S, D, idx, val, &obj));
+    wmat_tensor W;
+    memset(&W, 0, sizeof W);
+    wmat__tensor_own_obj(&W, R, C, obj);
+    cJSON *desc = cJSON_CreateObject();
+    store st = {.n = 0};
+    TU_OK(kind->save(&W, desc, st.parts, &st.n, "t"));
+    void *o = NULL;
+    TU_OK(kind->load(desc, R, C, get_part, &st, "t", &o));
+    kind->free(o);
+    uint8_t bad[C * S];
+    const int cases = 3;
+    for (int c = 0; c < cases; c++) {
+        memcpy(bad, st.parts[1].data, sizeof bad);
+        if (c == 0) bad[4 * S + 2] = K;                 /* past the last row */
+        if (c == 1) bad[7 * S + 1] = bad[7 * S];        /* twice */
+        if (c == 2) bad[2 * S] = bad[2 * S + 2] + 0;    /* descending */
+        st.idx = bad;
+        o = NULL;
+        assert_int_equal(kind->load(desc, R, C, get_part, &st, "t", &o), WMAT_ERR_FORMAT);
+        assert_null(o);
+        assert_true(strstr(wmat_last_error(), "t: column") != NULL);
+    }
+    cJSON_Delete(desc);
+    wmat__tensor_free_data(&W);
+}
+
 static void test_kind(void **state)
 {
     (void)state;
@@ -187,6 +247,7 @@ static void test_kind(void **state)
     assert_null(o);
     TU_OK(wmat__dsf_create(WMAT_F32, 4, 2, 3, 2, D, ok, v, &o));
     wmat__wkind_find("dsf")->free(o);
+    hostile_indices();
 }
 
 /* ------------------------------------------------------------ post hoc */
