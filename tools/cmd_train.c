@@ -72,9 +72,9 @@ int cmd_train(int argc, char **argv)
     reg_list(WMAT_REG_PROJECTOR, " | ", projectors, sizeof projectors);
     reg_list(WMAT_REG_OPTIMIZER, " | ", optimizers, sizeof optimizers);
     snprintf(method_help, sizeof method_help,
-             "full (default), an adapter (%s; one that replaces the linears trains them from scratch and fits "
-             "--init; factors trains the low-rank factors of a model written by wmat decompose, the rest frozen) "
-             "or a gradient projector (%s)", adapters, projectors);
+             "full (default), an adapter (%s; one that replaces the linears trains them in its own form, "
+             "from scratch or from the model's weights, and fits --init; factors trains the low-rank factors of a "
+             "model written by wmat decompose, the rest frozen) or a gradient projector (%s)", adapters, projectors);
     snprintf(opt_help, sizeof opt_help, "%s (default %s)", optimizers, opt);
     cli_opt opts[] = {
         {"--data", OPT_STR, &data, "FILE", "training stream (" CLI_TOKEN_RULE ")"},
@@ -100,7 +100,7 @@ int cmd_train(int argc, char **argv)
         {"--rank", OPT_INT, &rank, "R", "the same as --lora-rank"},
         {"--lora-alpha", OPT_FLOAT, &alpha, "A", "adapter alpha, scale alpha/r (default 16)"},
         {"--alpha", OPT_FLOAT, &alpha, "A", "the same as --lora-alpha"},
-        {"--density", OPT_FLOAT, &density, "D", "share of each matrix in the sparse part of an adapter that has one (default 0.03)"},
+        {"--density", OPT_FLOAT, &density, "D", "share of each matrix in the sparse part of an adapter that has one (of a dense x sparse factorization: the share of the sparse factor's rows kept in each column) (default 0.03)"},
         {"--merge-dense", OPT_FLAG, &merge_dense, NULL, "an adapter that replaces the linears (or factors): write them as dense f32 instead of their small form"},
         {"--lora-targets", OPT_STR, &targets, "LIST", "adapted layers: q,k,v,o,gate,up,down or all, or PEFT's q_proj,...,all-linear (default q,v)"},
         {"--rslora", OPT_FLAG, &rslora, NULL, "rank-stabilized scale alpha/sqrt(r) for the default adapter"},

@@ -101,4 +101,25 @@ int wmat__decomp_lqlora_st(const float *W, int64_t rows, int64_t cols, const wma
                            wmat_dtype dtype, wmat_tensor *out, int64_t *rank_out, double *rel_error);
 int wmat__decomp_lqlora_wants_stats(const wmat_pset *ps);
 
+/* DSFormer post hoc (dsformer.c): W ~ D S, D = U_k Sigma_k, S = top-s per
+ * column of V_k^T by magnitude, D refit by least squares given S when
+ * refit. -> kind dsf. */
+extern const wmat_param_spec wmat__dsformer_keys[];
+int wmat__decomp_dsformer(const float *W, int64_t rows, int64_t cols, const wmat_pset *ps, wmat_dtype dtype,
+                          wmat_tensor *out, int64_t *rank_out, double *rel_error);
+int wmat__decomp_dsformer_check(const wmat_pset *ps, int global);
+int wmat__dsformer_factor(const float *W, int64_t rows, int64_t cols, int64_t k, int64_t s, int refit, wmat_dtype dt,
+                          wmat_tensor *out, double *rel_error);
+/* The factorizer's start: D (rows, k) = U_k Sigma_k, or with refit the
+ * least-squares D for the mask of Vt; Vt (k, cols) = V_k^T, dense (the
+ * trainer's latent S). */
+int wmat__dsformer_init(const float *W, int64_t rows, int64_t cols, int64_t k, int64_t s, int refit, float *D, float *Vt);
+/* The s entries of each column c of S (k, cols) with the largest |S[j, c]|
+ * (ties: the lower j; a NaN counts as largest) into idx[c s ..], largest
+ * first; work: wmat__dsformer_tops_work(k) bytes. */
+void wmat__dsformer_tops(const float *S, int64_t k, int64_t cols, int64_t s, int32_t *idx, void *work);
+size_t wmat__dsformer_tops_work(int64_t k);
+/* Bytes of a dsf weight as stored (D, values, index bytes). */
+uint64_t wmat__dsformer_bytes(int64_t rows, int64_t cols, int64_t k, int64_t s, wmat_dtype dt);
+
 #endif

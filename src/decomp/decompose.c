@@ -38,6 +38,9 @@ const wmat_dmethod wmat__dmethods[] = {
     {.desc = {"slicegpt", DECOMP, WMAT_MSTAT_RESIDUAL, 0, wmat__slicegpt_keys, "dense (narrower)",
               "SliceGPT: fold the norms, rotate each residual point to its principal axes and slice the width; calibrated (--calib)"},
      .check = wmat__decomp_slicegpt_check, .model_fn = wmat__decomp_slicegpt_model},
+    {.desc = {"dsformer", DECOMP, 0, 0, wmat__dsformer_keys, "dsf",
+              "DSFormer: W ~ D S, D dense (rows x k), S with nnz entries per column: SVD init, top-s of V_k^T, D refit"},
+     .fn = wmat__decomp_dsformer, .check = wmat__decomp_dsformer_check},
     {.desc = {NULL, NULL, 0, 0, NULL, NULL, NULL}, .fn = NULL, .check = NULL},
 };
 #undef DECOMP

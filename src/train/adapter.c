@@ -19,7 +19,7 @@
 static const wmat__adapter *const adapters[] = {&wmat__adapter_lora,  &wmat__adapter_rslora, &wmat__adapter_sltrain,
                                                 &wmat__adapter_dora,  &wmat__adapter_pissa,  &wmat__adapter_olora,
                                                 &wmat__adapter_svfit, &wmat__adapter_bone,
-                                                &wmat__adapter_factors};
+                                                &wmat__adapter_factors, &wmat__adapter_dsformer, &wmat__adapter_dsformer_fixed};
 
 const wmat__adapter *wmat__adapter_at(int i)
 {

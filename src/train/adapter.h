@@ -79,7 +79,9 @@ typedef struct wmat__adapter {
     /* Fresh tensors (zeroed on entry) and frozen data (fixed, of
      * fixed_bytes; NULL when there is none), drawing from rng. W: the
      * base as dense f32 (out, in) or NULL (see above); only an entry with
-     * rewrites_base may write it. Fails only where check would have. */
+     * rewrites_base may write it. An entry that replaces the base gets the
+     * model's own weight there when it is f32 (read-only: DSFormer starts
+     * from its SVD), NULL otherwise (SLTrain ignores it). Fails only where check would have. */
     int (*init)(const wmat__adapter_cfg *c, float *const *w, void *fixed, const wmat_tensor *base, float *W, int in,
                 int out, wmat_rng *rng);
     /* Y (BT, out) holds the base product X W^T on entry (0 when the entry
@@ -160,6 +162,7 @@ extern const wmat__adapter wmat__adapter_olora;
 extern const wmat__adapter wmat__adapter_svfit;
 extern const wmat__adapter wmat__adapter_bone;
 extern const wmat__adapter wmat__adapter_factors;
+extern const wmat__adapter wmat__adapter_dsformer, wmat__adapter_dsformer_fixed;
 
 /* Elements of a tensor of shape (rows, cols): cols 0 is a vector. */
 static inline size_t wmat__adapter_nelem(int rows, int cols) { return (size_t)rows * (size_t)(cols ? cols : 1); }

@@ -626,6 +626,11 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                     }
                     const wmat_tensor *bw = rep ? NULL : t->lin_[l * NLIN + k];
                     float *Wf = bw && bw->dtype == WMAT_F32 ? bw->data : NULL;
+                    if (rep) {
+                        /* a replacing entry may start from the model's weight (read-only) */
+                        const wmat_tensor *mw = wmat_model_linear(m, l, (wmat_linear_kind)k);
+                        Wf = mw && mw->dtype == WMAT_F32 ? mw->data : NULL;
+                    }
                     if (Wf && ad->rewrites_base) {
                         wmat_tensor *h = &t->hdr[l * NLIN + k];
                         Wf = t->base_copy + bco;

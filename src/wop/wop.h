@@ -212,6 +212,21 @@ int wmat__pbllm_create(int64_t rows, int64_t cols, const uint8_t *sal, const uin
  * salient; NULL: count only): their number, or -1 for another kind. */
 int64_t wmat__pbllm_salient(const wmat_tensor *W, uint8_t *mask);
 
+/* A DSFormer weight W = D S (kind_dsf.c): D (rows, k) dense, S (k, cols)
+ * with exactly s entries per column c at idx[c s .. c s + s) (distinct, in
+ * 0..k-1, any order: sorted here) with values val (same layout); D and the
+ * values stored as dt (f32 or f16). Nothing is kept from the arguments. */
+int wmat__dsf_create(wmat_dtype dt, int64_t rows, int64_t cols, int64_t k, int64_t s, const float *D, const int32_t *idx,
+                     const float *val, void **obj);
+void wmat__dsf_shape(const wmat_tensor *W, int64_t *k, int64_t *s);
+/* Column c of S as stored: s increasing indices and their values. */
+void wmat__dsf_column(const wmat_tensor *W, int64_t c, int32_t *idx, float *val);
+const wmat_tensor *wmat__dsf_d(const wmat_tensor *W);
+/* S's products alone (tests, benchmarks): Z (T, k) = X S^T; dX (T, cols)
+ * = dZ S (+= with acc). ws: nt * 16 * (cols + k) floats; isa WMAT_ISA_*. */
+void wmat__dsf_s_forward(const wmat_tensor *W, const float *X, float *Z, int T, float *ws, int nt, int isa);
+void wmat__dsf_s_backward(const wmat_tensor *W, const float *dZ, float *dX, int T, int acc, float *ws, int nt, int isa);
+
 /* Replace t's data by an object of kind k (t takes ownership; the old
  * owned data is freed). */
 void wmat__tensor_set_obj(wmat_tensor *t, void *obj);
