@@ -65,6 +65,11 @@ typedef struct {
     double *x2;     /* (n) mean x_j^2 (imatrix) */
     float *absmax;  /* (n) max |x_j| */
     wmat_gptq_fact *fact; /* with H (wmat__qstats_init): GPTQ's shared factorization; NULL: none kept */
+    /* with H: tokens not yet in H (xb, up to xb_cap rows of n) and the
+     * float product of a batch (G, n x n): H gets one double update per
+     * batch of windows, not per window */
+    float *xb, *G;
+    int xb_rows, xb_cap;
 } wmat_qstats;
 
 int wmat__qstats_init(wmat_qstats *s, int64_t n, int with_hessian);
@@ -72,7 +77,9 @@ void wmat__qstats_free(wmat_qstats *s);
 void wmat__qstats_reset(wmat_qstats *s);
 /* Accumulate X (T, n) row-major. */
 void wmat__qstats_add(wmat_qstats *s, const float *X, int T);
-/* Finish: H = 2/N sum x x^T, x2 = sum x^2 / N (idempotent flag inside). */
+/* Finish: H = 2/N sum x x^T, x2 = sum x^2 / N. The one point where the
+ * statistics are complete (every batch in H, both triangles) before they
+ * are scaled: a reduction across processes belongs here. */
 void wmat__qstats_finish(wmat_qstats *s);
 
 /* What a method reports about one tensor. */
