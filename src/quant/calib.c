@@ -98,6 +98,7 @@ static void flush_batch(wmat_qstats *s)
 
 void wmat__qstats_add(wmat_qstats *s, const float *X, int T)
 {
+    const double t0 = wmat__now();
     const int64_t n = s->n;
     for (int t = 0; t < T; t++)
         for (int64_t j = 0; j < n; j++) {
@@ -114,10 +115,12 @@ void wmat__qstats_add(wmat_qstats *s, const float *X, int T)
             if (s->xb_rows == s->xb_cap) flush_batch(s);
         }
     s->n_tokens += (uint64_t)T;
+    s->seconds += wmat__now() - t0;
 }
 
 void wmat__qstats_finish(wmat_qstats *s)
 {
+    const double t0 = wmat__now();
     const double N = s->n_tokens ? (double)s->n_tokens : 1.0;
     const int64_t n = s->n;
     for (int64_t j = 0; j < n; j++) s->x2[j] /= N;
@@ -127,6 +130,7 @@ void wmat__qstats_finish(wmat_qstats *s)
         for (int64_t j = 0; j < i; j++) s->H[i * n + j] = s->H[j * n + i];
     /* here H holds sum x x^T over this process's tokens */
     for (int64_t i = 0; i < n * n; i++) s->H[i] *= 2.0 / N;
+    s->seconds += wmat__now() - t0;
 }
 
 int wmat__calib_slot(wmat_linear_kind k)

@@ -70,6 +70,7 @@ typedef struct {
      * batch of windows, not per window */
     float *xb, *G;
     int xb_rows, xb_cap;
+    double seconds; /* spent in wmat__qstats_add and _finish */
 } wmat_qstats;
 
 int wmat__qstats_init(wmat_qstats *s, int64_t n, int with_hessian);
@@ -88,6 +89,7 @@ typedef struct {
     double damp;       /* GPTQ: the lambda that was used */
     int chose_ic;      /* AdaDim: 1 when per-IC won */
     double err_in, err_out; /* AdaDim: output errors of the per-OC/group and per-IC candidates */
+    double factor_seconds;  /* GPTQ: time spent factoring H (0 when a shared factorization was reused) */
 } wmat_qmethod_info;
 
 /* A method: quantize W (rows, cols) given statistics st (NULL when the
