@@ -276,7 +276,7 @@ int wmat__calib_collect(wmat__calib_states *st, int n_layers, wmat_qstats **slot
     /* one slot of a block, the streams staying: resume at st->stage and
      * stop at the slot's first linear, which runs in stage `slot` */
     const int one = !(want & (want - 1u)), slot = __builtin_ctz(want);
-    const int resume = one && !advance && layer < n_layers && slot < WMAT_CSLOT_CLS && st->stage <= slot;
+    const int resume = st->resume && one && !advance && layer < n_layers && slot < WMAT_CSLOT_CLS && st->stage <= slot;
     if (!resume && st->stage > 0 && layer < n_layers)
         return wmat_set_error(WMAT_ERR_INVALID,
                               "calibration: block %d's streams are past its input (stage %d); a pass over several "

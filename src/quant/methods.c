@@ -535,6 +535,9 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
         rp.ctx = &wc;
         if ((rc = wmat_runtime_create(&rt, m, &rp))) goto done;
         if ((rc = wmat__calib_states_init(&cs, rt, p->calib, n_windows, ctx, c->dim))) goto done;
+        /* stage mode quantizes each slot right after its pass (block mode
+         * quantizes the whole block after one pass: no resuming there) */
+        cs.resume = p->sequential == 2;
     }
     /* the streams need not go past the last block that wants statistics */
     int last_calib = -1;

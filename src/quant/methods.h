@@ -240,6 +240,8 @@ typedef struct {
      * block's input, 1 with the attention output in A, 2 X = xmid, 3 with
      * silu(gate) * up in Hs), so the next single-slot pass resumes there. */
     int stage;
+    int resume;        /* set by the caller: it quantizes slot s (and nothing earlier) right
+                          after collecting slot s, so single-slot passes may resume */
     float *A;          /* (n_windows, ctx, attention width) or NULL */
     float *Hs;         /* (n_windows, ctx, hidden) or NULL */
     int64_t stage_runs; /* windows x block stages computed (4 per whole block) */
@@ -258,8 +260,8 @@ int wmat__calib_advance(wmat__calib_states *st);
  * block stops right after the last wanted slot and the streams stay;
  * advance = 1: the whole block runs and the streams move past it (statistics
  * and advance in one pass, for weights that will not change before it).
- * One slot and advance = 0 (stage mode): the pass resumes where the
- * previous one of this block stopped (st->stage) and stops at the slot, so
+ * One slot, advance = 0 and st->resume (stage mode): the pass resumes where
+ * the previous one of this block stopped (st->stage) and stops at the slot, so
  * a block costs one forward however many stages it is cut into. The kept
  * activations depend only on the slots before the stopping one: the
  * caller may change the weights of the slot just collected (and later
