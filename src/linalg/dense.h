@@ -1,4 +1,5 @@
-/* Dense double-precision BLAS and LAPACK for the modules above linalg
+/* Dense double-precision BLAS and LAPACK (and the float Cholesky and
+ * triangular inverse GPTQ can use) for the modules above linalg
  * (quantization, analysis): each wrapper calls exactly one OpenBLAS/LAPACKE
  * routine with the arguments it is given, so results are the library's,
  * bit for bit, and no other module includes cblas.h or lapacke.h.
