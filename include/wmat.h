@@ -1041,6 +1041,10 @@ typedef struct {
     int calib_windows, calib_ctx;
     size_t stats_bytes;      /* peak bytes of calibration statistics held at once */
     size_t state_bytes;      /* the calibration windows' residual streams (windows x ctx x dim floats) */
+    /* parts of calib_seconds and method_seconds: accumulating and finishing
+     * the statistics (x x^T), factoring H (GPTQ's Cholesky and inverse) */
+    double stats_seconds, factor_seconds;
+    int64_t stage_runs;      /* calibration: windows x block stages computed (4 per whole block) */
 } wmat_quantize_report;
 
 /* Quantize m (materialized fp32) in place as fake-quant: every selected

@@ -4,6 +4,8 @@
 #include "test_util.h"
 
 #include "quant/methods.h"
+#include "core/shapes.h"
+#include "io/model_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -496,6 +498,79 @@ static void test_driver_stories260k(void **state)
     free(cal);
 }
 
+/* Stage mode's resumed passes (kept attention output and SwiGLU product)
+ * against passes from the block's input: on stories260K, with each slot's
+ * weights changed right after its pass (as quantization does), every H,
+ * x2 and absmax, and the streams after each block, bit for bit. */
+static void test_calib_resume(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(mp, "models/stories260K.bin");
+    TU_NEED_DATA(cp, "golden/tinystories_valid_head.tok512.u16");
+    int32_t *cal;
+    size_t nc;
+    TU_OK(wmat_read_tokens_u16(cp, &cal, &nc));
+    wmat_model *m = load(mp);
+    const wmat_config *c = wmat_model_config(m);
+    const int ctx = 64, nw = 3;
+    wmat_runtime_params rp = wmat_runtime_default_params();
+    rp.max_batch_tokens = ctx;
+    rp.kv_cache_len = 1;
+    wmat_runtime *rt;
+    TU_OK(wmat_runtime_create(&rt, m, &rp));
+    wmat__calib_states a, b;
+    TU_OK(wmat__calib_states_init(&a, rt, cal, nw, ctx, c->dim));
+    TU_OK(wmat__calib_states_init(&b, rt, cal, nw, ctx, c->dim));
+    a.resume = 1;
+    const wmat_linear_kind first[4][3] = {{WMAT_LIN_Q, WMAT_LIN_K, WMAT_LIN_V},
+                                          {WMAT_LIN_O, WMAT_LIN_O, WMAT_LIN_O},
+                                          {WMAT_LIN_GATE, WMAT_LIN_UP, WMAT_LIN_UP},
+                                          {WMAT_LIN_DOWN, WMAT_LIN_DOWN, WMAT_LIN_DOWN}};
+    for (int l = 0; l < c->n_layers; l++) {
+        for (int s = 0; s < 4; s++) {
+            const int64_t n = s == WMAT_CSLOT_DOWN ? c->hidden_dim : s == WMAT_CSLOT_O ? wmat__attn_width(c) : c->dim;
+            wmat_qstats sa, sb;
+            TU_OK(wmat__qstats_init(&sa, n, 1));
+            TU_OK(wmat__qstats_init(&sb, n, 1));
+            wmat_qstats *slots_a[WMAT_CSLOT_COUNT] = {0}, *slots_b[WMAT_CSLOT_COUNT] = {0};
+            slots_a[s] = &sa;
+            slots_b[s] = &sb;
+            TU_OK(wmat__calib_collect(&a, c->n_layers, slots_a, 1u << s, 0));
+            TU_OK(wmat__calib_collect(&b, c->n_layers, slots_b, 1u << s, 0));
+            assert_int_equal(a.stage, s);
+            assert_int_equal(b.stage, 0);
+            assert_memory_equal(sa.H, sb.H, (size_t)(n * n) * sizeof(double));
+            assert_memory_equal(sa.x2, sb.x2, (size_t)n * sizeof(double));
+            assert_memory_equal(sa.absmax, sb.absmax, (size_t)n * sizeof(float));
+            for (int64_t i = 0; i < n * n; i++) assert_false(isnan(sa.H[i]));
+            wmat__qstats_free(&sa);
+            wmat__qstats_free(&sb);
+            /* the slot's weights change, as after its quantization */
+            for (int k = 0; k < 3; k++) {
+                if (k && first[s][k] == first[s][k - 1]) continue;
+                wmat_tensor *t = wmat_model_linear(m, l, first[s][k]);
+                TU_OK(wmat__tensor_make_writable(t));
+                float *w = t->data;
+                for (int64_t i = 0; i < wmat_tensor_nelem(t); i++) w[i] = 0.01f * rintf(w[i] * 100.0f);
+            }
+        }
+        TU_OK(wmat__calib_advance(&a));
+        TU_OK(wmat__calib_advance(&b));
+        assert_int_equal(a.stage, 0);
+        assert_memory_equal(a.X, b.X, (size_t)nw * ctx * c->dim * sizeof(float));
+    }
+    /* resumed: one forward per block (8 stage entries, partial ones
+     * included), against 14 from the block's input */
+    print_message("calibration stages: resumed %lld, from the input %lld (%d blocks x %d windows)\n",
+                  (long long)a.stage_runs, (long long)b.stage_runs, c->n_layers, nw);
+    assert_true(a.stage_runs < b.stage_runs);
+    wmat__calib_states_free(&a);
+    wmat__calib_states_free(&b);
+    wmat_runtime_free(rt);
+    wmat_model_free(m);
+    free(cal);
+}
+
 /* CLI: bad input gets a clear message */
 static void test_cli_errors(void **state)
 {
@@ -653,6 +728,7 @@ int main(void)
         cmocka_unit_test(test_adadim_and_registry),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_driver_stories260k),
+        cmocka_unit_test(test_calib_resume),
         cmocka_unit_test(test_cli_errors),
         cmocka_unit_test(test_cli_packed_matches_fake_quant),
         cmocka_unit_test(test_mix4m_quality),

@@ -223,6 +223,11 @@ int cmd_quantize(int argc, char **argv)
     }
     fprintf(txt, "time          %.2f s total, %.2f s in the method; peak RSS %s\n", rep.seconds, rep.method_seconds,
            cli_bytes((double)wmat_peak_rss(), b2, sizeof b2));
+    if (rep.calib_windows)
+        fprintf(txt, "breakdown     calibration forward %.2f s (%lld block stages), statistics %.2f s, factorization "
+                     "%.2f s, quantization %.2f s, the rest (output errors, dequantization) %.2f s\n",
+               rep.calib_seconds - rep.stats_seconds, (long long)rep.stage_runs, rep.stats_seconds, rep.factor_seconds,
+               rep.method_seconds - rep.factor_seconds, rep.seconds - rep.calib_seconds - rep.method_seconds);
     wmat_eval_result er = {0};
     const int ectx = evo.ctx ? evo.ctx : (c->seq_len < 256 ? c->seq_len : 256);
     if (cli_eval_path(&evo)) {

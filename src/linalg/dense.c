@@ -75,6 +75,49 @@ int wmat__dpotri_upper(int n, double *A, int lda)
     return lapacke_status("dpotri", info, n, n, "singular: the factor has a zero on its diagonal");
 }
 
+/* The row-major upper triangle is the column-major lower one: asking
+ * LAPACKE for that saves its transposed copies (n^2 each way, 254 MB for a
+ * 5632-input Hessian in double). */
+int wmat__dpotrf_upper_nc(int n, double *A, int lda)
+{
+    if (n < 0 || !ld_ok(n, lda))
+        return wmat_set_error(WMAT_ERR_INVALID, "dpotrf: bad sizes (n %d, lda %d)", n, lda);
+    wmat__blas_use_begin();
+    lapack_int info = LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'L', (lapack_int)n, A, (lapack_int)lda);
+    wmat__blas_use_end();
+    return lapacke_status("dpotrf", info, n, n, "not positive definite");
+}
+
+int wmat__dtrtri_upper(int n, double *A, int lda)
+{
+    if (n < 0 || !ld_ok(n, lda))
+        return wmat_set_error(WMAT_ERR_INVALID, "dtrtri: bad sizes (n %d, lda %d)", n, lda);
+    wmat__blas_use_begin();
+    lapack_int info = LAPACKE_dtrtri(LAPACK_COL_MAJOR, 'L', 'N', (lapack_int)n, A, (lapack_int)lda);
+    wmat__blas_use_end();
+    return lapacke_status("dtrtri", info, n, n, "singular: zero on the diagonal");
+}
+
+int wmat__spotrf_upper(int n, float *A, int lda)
+{
+    if (n < 0 || !ld_ok(n, lda))
+        return wmat_set_error(WMAT_ERR_INVALID, "spotrf: bad sizes (n %d, lda %d)", n, lda);
+    wmat__blas_use_begin();
+    lapack_int info = LAPACKE_spotrf(LAPACK_COL_MAJOR, 'L', (lapack_int)n, A, (lapack_int)lda);
+    wmat__blas_use_end();
+    return lapacke_status("spotrf", info, n, n, "not positive definite");
+}
+
+int wmat__strtri_upper(int n, float *A, int lda)
+{
+    if (n < 0 || !ld_ok(n, lda))
+        return wmat_set_error(WMAT_ERR_INVALID, "strtri: bad sizes (n %d, lda %d)", n, lda);
+    wmat__blas_use_begin();
+    lapack_int info = LAPACKE_strtri(LAPACK_COL_MAJOR, 'L', 'N', (lapack_int)n, A, (lapack_int)lda);
+    wmat__blas_use_end();
+    return lapacke_status("strtri", info, n, n, "singular: zero on the diagonal");
+}
+
 int wmat__dsyevd_upper(int vectors, int n, double *A, int lda, double *w)
 {
     if (n < 0 || !ld_ok(n, lda))

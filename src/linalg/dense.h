@@ -1,4 +1,5 @@
-/* Dense double-precision BLAS and LAPACK for the modules above linalg
+/* Dense double-precision BLAS and LAPACK (and the float Cholesky and
+ * triangular inverse GPTQ can use) for the modules above linalg
  * (quantization, analysis): each wrapper calls exactly one OpenBLAS/LAPACKE
  * routine with the arguments it is given, so results are the library's,
  * bit for bit, and no other module includes cblas.h or lapacke.h.
@@ -42,6 +43,23 @@ int wmat__dpotrf_upper(int n, double *A, int lda);
  * wmat__dpotrf_upper; the upper triangle of (U^T U)^-1 replaces it.
  * WMAT_ERR_NUMERIC when U has a zero on its diagonal. */
 int wmat__dpotri_upper(int n, double *A, int lda);
+
+/* The same factor as wmat__dpotrf_upper without LAPACKE's transposed
+ * copies (it asks for the column-major lower factor, which is the row-major
+ * upper one); float order differs from wmat__dpotrf_upper's. */
+int wmat__dpotrf_upper_nc(int n, double *A, int lda);
+
+/* Inverse of the upper triangular A (n, n) in place (dtrtri, 'U', non-unit
+ * diagonal); the strict lower triangle is not referenced. WMAT_ERR_NUMERIC
+ * when A has a zero on its diagonal. */
+int wmat__dtrtri_upper(int n, double *A, int lda);
+
+/* Single-precision twins of wmat__dpotrf_upper_nc / wmat__dtrtri_upper
+ * (spotrf, strtri), same contracts. These three and dtrtri ask LAPACKE for
+ * the column-major lower triangle (the row-major upper one), which it
+ * factors in place. */
+int wmat__spotrf_upper(int n, float *A, int lda);
+int wmat__strtri_upper(int n, float *A, int lda);
 
 /* Eigenvalues of the symmetric A (n, n) given by its upper triangle, in
  * ascending order into w[n] (dsyevd, divide and conquer). With vectors, A's

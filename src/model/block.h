@@ -65,5 +65,12 @@ typedef struct {
 /* Block `layer` on B windows of T tokens. */
 int wmat__block_forward(const wmat_block_cfg *cfg, const wmat_block_ops *ops, int layer, const wmat_block_bufs *b,
                         int B, int T);
+/* Stages [from, to) of it (0 <= from <= to <= 4), for callers that keep
+ * activations between calls (the calibration's stage mode): 0 norm, q/k/v,
+ * RoPE, attention (x -> ao); 1 xmid = x + o(ao); 2 norm, gate/up, SwiGLU
+ * (xmid -> hs); 3 out = xmid + down(hs). A stage reads what the earlier
+ * ones wrote, so the buffers it reads must still hold it. */
+int wmat__block_forward_part(const wmat_block_cfg *cfg, const wmat_block_ops *ops, int layer,
+                             const wmat_block_bufs *b, int B, int T, int from, int to);
 
 #endif

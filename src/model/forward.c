@@ -250,6 +250,7 @@ int wmat__runtime_worker_create(wmat_runtime **out, const wmat_runtime *parent)
 
 int wmat__runtime_has_hook(const wmat_runtime *rt) { return rt->hook != NULL; }
 int wmat__runtime_threads(const wmat_runtime *rt) { return rt->n_threads; }
+const wmat_config *wmat__runtime_config(const wmat_runtime *rt) { return &rt->c; }
 
 int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_params *p)
 {
@@ -418,6 +419,22 @@ static int run_layers(wmat_runtime *rt, int T, int l0, int l1)
         if (rc) return rc;
     }
     return WMAT_OK;
+}
+
+int wmat__forward_block_part(wmat_runtime *rt, float *x, float *ao, float *hs, int T, int layer, int from, int to)
+{
+    int rc = check_window(rt, T, "forward_block_part");
+    if (rc) return rc;
+    if (layer < 0 || layer >= rt->c.n_layers || from < 0 || to > 4 || from > to)
+        return wmat_set_error(WMAT_ERR_INVALID, "forward_block_part: block %d stages %d..%d", layer, from, to);
+    const wmat_block_ops ops = {rt_linear, rt_attention, rt, rt_shortcut};
+    /* as run_layers, with the residual stream, ao and hs the caller's */
+    const wmat_block_bufs b = {.x = x, .xn1 = rt->xb, .q = rt->q, .k = rt->k, .v = rt->v, .ao = ao, .xmid = x,
+                               .xn2 = rt->xb, .hg = hs, .hu = rt->hb2, .hs = hs, .out = x, .xs = rt->xs};
+    const wmat_block_cfg cfg = {&rt->c, wmat_model_layer_tensor(rt->m, layer, WMAT_W_ATTN_NORM)->data,
+                                wmat_model_layer_tensor(rt->m, layer, WMAT_W_FFN_NORM)->data, rt->rope_cos,
+                                rt->rope_sin, 1, rt->n_threads};
+    return wmat__block_forward_part(&cfg, &ops, layer, &b, 1, T, from, to);
 }
 
 int wmat_forward_layers(wmat_runtime *rt, const float *X_in, float *X_out, int T, int l0, int l1)

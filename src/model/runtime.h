@@ -11,5 +11,14 @@
 int wmat__runtime_worker_create(wmat_runtime **out, const wmat_runtime *parent);
 int wmat__runtime_has_hook(const wmat_runtime *rt);
 int wmat__runtime_threads(const wmat_runtime *rt);
+const wmat_config *wmat__runtime_config(const wmat_runtime *rt);
+/* Stages [from, to) of block `layer` (block.h's wmat__block_forward_part)
+ * on one window of T tokens, for the calibration's stage mode
+ * (src/quant/calib.c): x (T, dim), the window's residual stream, is updated
+ * in place (xmid after stage 1, the block's output after stage 3); ao (T,
+ * attention width) and hs (T, hidden) are the caller's, read by the later
+ * stages. The observation hook runs as in wmat_forward_layers, and the
+ * results are those of wmat_forward_layers bit for bit. */
+int wmat__forward_block_part(wmat_runtime *rt, float *x, float *ao, float *hs, int T, int layer, int from, int to);
 
 #endif

@@ -17,8 +17,17 @@
  * 0..l-1 each time. */
 #include "methods.h"
 
+#include "core/shapes.h"
+#include "model/runtime.h"
+
 #include <math.h>
 #include <string.h>
+
+/* Tokens per H update: X^T X of a batch in float (as GPTQ's reference
+ * accumulates all of H), batches summed in double. 2048: one update per 8
+ * windows of 256, where the per-window update of an n = 5632 input moved
+ * 254 MB of doubles for 16 GFLOP of product. */
+#define STATS_BATCH 2048
 
 int wmat__qstats_init(wmat_qstats *s, int64_t n, int with_hessian)
 {
@@ -26,8 +35,14 @@ int wmat__qstats_init(wmat_qstats *s, int64_t n, int with_hessian)
     s->n = n;
     s->x2 = wmat__calloc((size_t)n, sizeof(double));
     s->absmax = wmat__calloc((size_t)n, sizeof(float));
-    if (with_hessian) s->H = wmat__calloc((size_t)(n * n), sizeof(double));
-    if (!s->x2 || !s->absmax || (with_hessian && !s->H)) {
+    if (with_hessian) {
+        s->H = wmat__calloc((size_t)(n * n), sizeof(double));
+        s->fact = wmat__calloc(1, sizeof *s->fact);
+        s->xb_cap = STATS_BATCH;
+        s->xb = wmat__malloc((size_t)s->xb_cap * (size_t)n * sizeof(float));
+        s->G = wmat__malloc((size_t)(n * n) * sizeof(float));
+    }
+    if (!s->x2 || !s->absmax || (with_hessian && (!s->H || !s->fact || !s->xb || !s->G))) {
         wmat__qstats_free(s);
         return wmat_set_error(WMAT_ERR_NOMEM, "calibration: out of memory for statistics of %lld inputs", (long long)n);
     }
@@ -39,6 +54,10 @@ void wmat__qstats_free(wmat_qstats *s)
     wmat__free(s->H);
     wmat__free(s->x2);
     wmat__free(s->absmax);
+    if (s->fact) wmat__gptq_fact_clear(s->fact);
+    wmat__free(s->fact);
+    wmat__free(s->xb);
+    wmat__free(s->G);
     memset(s, 0, sizeof *s);
 }
 
@@ -47,11 +66,39 @@ void wmat__qstats_reset(wmat_qstats *s)
     if (s->H) memset(s->H, 0, (size_t)(s->n * s->n) * sizeof(double));
     memset(s->x2, 0, (size_t)s->n * sizeof(double));
     memset(s->absmax, 0, (size_t)s->n * sizeof(float));
+    if (s->fact) wmat__gptq_fact_clear(s->fact);
+    s->xb_rows = 0;
     s->n_tokens = 0;
+}
+
+/* The upper triangle (and the diagonal panels' lower parts) of G = X^T X,
+ * X (K, n): panels of rows, each one GEMM on the context's threads, so the
+ * product costs about half the full one. */
+static void xtx_upper(float *G, const float *X, int64_t n, int K)
+{
+    const int64_t P = 256;
+    for (int64_t i = 0; i < n; i += P) {
+        const int64_t w = n - i < P ? n - i : P;
+        wmat_sgemm(1, 0, (int)w, (int)(n - i), K, 1.0f, X + i, (int)n, X + i, (int)n, 0.0f, G + i * n + i, (int)n);
+    }
+}
+
+static void flush_batch(wmat_qstats *s)
+{
+    const int64_t n = s->n;
+    if (!s->xb_rows) return;
+    xtx_upper(s->G, s->xb, n, s->xb_rows);
+    for (int64_t i = 0; i < n; i++) {
+        double *h = s->H + i * n;
+        const float *g = s->G + i * n;
+        for (int64_t j = i; j < n; j++) h[j] += g[j];
+    }
+    s->xb_rows = 0;
 }
 
 void wmat__qstats_add(wmat_qstats *s, const float *X, int T)
 {
+    const double t0 = wmat__now();
     const int64_t n = s->n;
     for (int t = 0; t < T; t++)
         for (int64_t j = 0; j < n; j++) {
@@ -59,29 +106,31 @@ void wmat__qstats_add(wmat_qstats *s, const float *X, int T)
             s->x2[j] += (double)v * v;
             if (fabsf(v) > s->absmax[j]) s->absmax[j] = fabsf(v);
         }
-    if (s->H) {
-        /* X^T X in float per window (<= a few hundred tokens), summed in double */
-        float *G = wmat__malloc((size_t)(n * n) * sizeof(float));
-        if (G) {
-            wmat_sgemm(1, 0, (int)n, (int)n, T, 1.0f, X, (int)n, X, (int)n, 0.0f, G, (int)n);
-            for (int64_t i = 0; i < n * n; i++) s->H[i] += G[i];
-            wmat__free(G);
-        } else {
-            for (int t = 0; t < T; t++)
-                for (int64_t i = 0; i < n; i++)
-                    for (int64_t j = 0; j < n; j++)
-                        s->H[i * n + j] += (double)X[(int64_t)t * n + i] * X[(int64_t)t * n + j];
+    if (s->H)
+        for (int t = 0; t < T;) {
+            const int k = T - t < s->xb_cap - s->xb_rows ? T - t : s->xb_cap - s->xb_rows;
+            memcpy(s->xb + (size_t)s->xb_rows * (size_t)n, X + (size_t)t * (size_t)n, (size_t)k * (size_t)n * sizeof(float));
+            s->xb_rows += k;
+            t += k;
+            if (s->xb_rows == s->xb_cap) flush_batch(s);
         }
-    }
     s->n_tokens += (uint64_t)T;
+    s->seconds += wmat__now() - t0;
 }
 
 void wmat__qstats_finish(wmat_qstats *s)
 {
+    const double t0 = wmat__now();
     const double N = s->n_tokens ? (double)s->n_tokens : 1.0;
-    for (int64_t j = 0; j < s->n; j++) s->x2[j] /= N;
-    if (s->H)
-        for (int64_t i = 0; i < s->n * s->n; i++) s->H[i] *= 2.0 / N;
+    const int64_t n = s->n;
+    for (int64_t j = 0; j < n; j++) s->x2[j] /= N;
+    if (!s->H) return;
+    flush_batch(s);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < i; j++) s->H[i * n + j] = s->H[j * n + i];
+    /* here H holds sum x x^T over this process's tokens */
+    for (int64_t i = 0; i < n * n; i++) s->H[i] *= 2.0 / N;
+    s->seconds += wmat__now() - t0;
 }
 
 int wmat__calib_slot(wmat_linear_kind k)
@@ -151,6 +200,8 @@ int wmat__calib_states_init(wmat__calib_states *st, wmat_runtime *rt, const int3
 void wmat__calib_states_free(wmat__calib_states *st)
 {
     wmat__free(st->X);
+    wmat__free(st->A);
+    wmat__free(st->Hs);
     memset(st, 0, sizeof *st);
 }
 
@@ -159,15 +210,55 @@ float *wmat__calib_state(wmat__calib_states *st, int w)
     return st->X + (size_t)w * (size_t)st->ctx * (size_t)st->dim;
 }
 
+/* Window w's kept attention output and SwiGLU product (NULL when not kept). */
+static float *kept_a(wmat__calib_states *st, int w)
+{
+    return st->A ? st->A + (size_t)w * (size_t)st->ctx * (size_t)wmat__attn_width(wmat__runtime_config(st->rt))
+                 : NULL;
+}
+
+static float *kept_hs(wmat__calib_states *st, int w)
+{
+    return st->Hs ? st->Hs + (size_t)w * (size_t)st->ctx * (size_t)wmat__runtime_config(st->rt)->hidden_dim : NULL;
+}
+
+/* The kept buffers a resumed pass up to stage `to` needs (A when it runs
+ * the attention, Hs when it runs the FFN's first half), allocated once. */
+static int kept_alloc(wmat__calib_states *st, int to)
+{
+    const wmat_config *c = wmat__runtime_config(st->rt);
+    const size_t tok = (size_t)st->n_windows * (size_t)st->ctx;
+    if (st->stage <= 0 && to > 1 && !st->A) {
+        const size_t n = tok * (size_t)wmat__attn_width(c);
+        if (!(st->A = wmat__malloc(n * sizeof(float))))
+            return wmat_set_error(WMAT_ERR_NOMEM, "calibration: out of memory for the kept attention outputs (%zu MB)",
+                                  (n * sizeof(float)) >> 20);
+        st->bytes += n * sizeof(float);
+    }
+    if (st->stage <= 2 && to > 3 && !st->Hs) {
+        const size_t n = tok * (size_t)c->hidden_dim;
+        if (!(st->Hs = wmat__malloc(n * sizeof(float))))
+            return wmat_set_error(WMAT_ERR_NOMEM, "calibration: out of memory for the kept FFN activations (%zu MB)",
+                                  (n * sizeof(float)) >> 20);
+        st->bytes += n * sizeof(float);
+    }
+    return WMAT_OK;
+}
+
 int wmat__calib_advance(wmat__calib_states *st)
 {
     const int L = st->layer;
-    for (int w = 0; w < st->n_windows; w++) {
+    int rc = st->stage > 0 ? kept_alloc(st, 4) : WMAT_OK;
+    for (int w = 0; w < st->n_windows && !rc; w++) {
         float *X = wmat__calib_state(st, w);
-        int rc = wmat_forward_layers(st->rt, X, X, st->ctx, L, L + 1);
-        if (rc) return rc;
+        /* from where the last stage-mode pass stopped, else the whole block */
+        rc = st->stage > 0 ? wmat__forward_block_part(st->rt, X, kept_a(st, w), kept_hs(st, w), st->ctx, L, st->stage, 4)
+                           : wmat_forward_layers(st->rt, X, X, st->ctx, L, L + 1);
         st->block_passes++;
+        st->stage_runs += 4 - st->stage;
     }
+    if (rc) return rc;
+    st->stage = 0;
     st->layer++;
     return WMAT_OK;
 }
@@ -182,13 +273,30 @@ int wmat__calib_collect(wmat__calib_states *st, int n_layers, wmat_qstats **slot
             if (want >> s & 1u) h.last = s;
     for (int s = 0; s < WMAT_CSLOT_COUNT; s++)
         if ((want >> s & 1u) && slots[s]) wmat__qstats_reset(slots[s]);
+    /* one slot of a block, the streams staying: resume at st->stage and
+     * stop at the slot's first linear, which runs in stage `slot` */
+    const int one = !(want & (want - 1u)), slot = __builtin_ctz(want);
+    const int resume = st->resume && one && !advance && layer < n_layers && slot < WMAT_CSLOT_CLS && st->stage <= slot;
+    if (!resume && st->stage > 0 && layer < n_layers)
+        return wmat_set_error(WMAT_ERR_INVALID,
+                              "calibration: block %d's streams are past its input (stage %d); a pass over several "
+                              "slots needs them at the input",
+                              layer, st->stage);
+    int rc = resume ? kept_alloc(st, slot + 1) : WMAT_OK;
+    if (rc) return rc;
     wmat_runtime_set_hook(st->rt, calib_hook, &h);
-    int rc = WMAT_OK;
     for (int w = 0; w < st->n_windows && !rc; w++) {
         float *X = wmat__calib_state(st, w);
         h.stopped = 0;
-        rc = layer >= n_layers ? wmat_forward_head(st->rt, X, st->ctx, NULL)
-                               : wmat_forward_layers(st->rt, X, advance ? X : NULL, st->ctx, layer, layer + 1);
+        if (resume) {
+            rc = wmat__forward_block_part(st->rt, X, kept_a(st, w), kept_hs(st, w), st->ctx, layer, st->stage,
+                                          slot + 1);
+            st->stage_runs += slot + 1 - st->stage;
+        } else {
+            rc = layer >= n_layers ? wmat_forward_head(st->rt, X, st->ctx, NULL)
+                                   : wmat_forward_layers(st->rt, X, advance ? X : NULL, st->ctx, layer, layer + 1);
+            st->stage_runs += 4;
+        }
         st->block_passes++;
         if (rc == WMAT_ERR_CANCELLED && h.stopped) {
             wmat_clear_error();
@@ -197,6 +305,7 @@ int wmat__calib_collect(wmat__calib_states *st, int n_layers, wmat_qstats **slot
     }
     wmat_runtime_set_hook(st->rt, NULL, NULL);
     if (rc) return rc;
+    if (resume) st->stage = slot;
     if (advance && layer < n_layers) st->layer++;
     for (int s = 0; s < WMAT_CSLOT_COUNT; s++)
         if ((want >> s & 1u) && slots[s]) wmat__qstats_finish(slots[s]);

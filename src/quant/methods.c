@@ -34,6 +34,9 @@
     {"damp", WMAT_PARAM_FLOAT, "0.01", 0, 100, NULL,                                                                  \
      "damping, times mean(diag H), raised x10 while Cholesky fails; 0: 0.01", NULL}
 #define QP_BLOCK {"block", WMAT_PARAM_INT, "128", 1, 1 << 20, NULL, "lazy-update block of columns", NULL}
+#define QP_FACTOR                                                                                                     \
+    {"factor", WMAT_PARAM_ENUM, "double", 0, 0, "double|float",                                                       \
+     "GPTQ: precision of H's Cholesky factorization and triangular inverse (float: the reference's, faster)", NULL}
 #define QP_SALIENT                                                                                                    \
     {"salient", WMAT_PARAM_FLOAT, "0.1", 0, 1, NULL,                                                                  \
      "PB-LLM: fraction of the weights kept on an 8-bit row grid (the rest binarized)", NULL}
@@ -53,11 +56,11 @@
 
 static const wmat_param_spec k_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, QP_PER_IC, QP_CLIP, QP_END};
 static const wmat_param_spec k_gptq_keys[] = {QP_BITS, QP_GROUP,         QP_SYM,  QP_PER_IC, QP_CLIP,
-                                              QP_ACT_ORDER, QP_STATIC_GROUPS, QP_DAMP, QP_BLOCK, QP_END};
+                                              QP_ACT_ORDER, QP_STATIC_GROUPS, QP_DAMP, QP_BLOCK, QP_FACTOR, QP_END};
 static const wmat_param_spec k_adadim_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, QP_CLIP, QP_END};
 static const wmat_param_spec k_pbllm_keys[] = {QP_SALIENT, QP_METRIC, QP_MU_ALPHA, QP_DAMP, QP_BLOCK, QP_END};
 static const wmat_param_spec k_adadim_gptq_keys[] = {QP_BITS,          QP_GROUP, QP_SYM,   QP_CLIP, QP_ACT_ORDER,
-                                                     QP_STATIC_GROUPS, QP_DAMP,  QP_BLOCK, QP_END};
+                                                     QP_STATIC_GROUPS, QP_DAMP,  QP_BLOCK, QP_FACTOR, QP_END};
 static const wmat_param_spec k_bcq_keys[] = {QP_BITS, QP_GROUP, QP_BCQ, QP_DAMP, QP_BLOCK, QP_END};
 
 #define QUANT WMAT_FAMILY_QUANTIZATION
@@ -126,6 +129,7 @@ void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp)
     /* 0 keeps GPTQ's 0.01, in float as the public field has always had it */
     if (wmat__pset_has(ps, "damp")) qp->damp = wmat__pset_float(ps, "damp") > 0 ? (float)wmat__pset_float(ps, "damp") : 0.01f;
     if (wmat__pset_has(ps, "block")) qp->block = (int)wmat__pset_int(ps, "block");
+    if (wmat__pset_has(ps, "factor")) qp->fact_prec = wmat__pset_int(ps, "factor") == 1 ? 2 : 1;
     if (wmat__pset_has(ps, "salient")) qp->salient = wmat__pset_float(ps, "salient");
     if (wmat__pset_has(ps, "metric")) qp->salient_hessian = wmat__pset_int(ps, "metric") == 1;
     if (wmat__pset_has(ps, "mu_alpha")) qp->mu_alpha_row = wmat__pset_int(ps, "mu_alpha") == 1;
@@ -387,7 +391,8 @@ static double stored_bpw(const wmat_qresult *q)
 
 
 /* Quantize one job; Wq gets the dequantized weights. */
-static int run_job(qjob *j, const wmat_qstats *st, wmat_qresult *res, float *Wq, wmat_quantize_tensor *rep)
+static int run_job(qjob *j, const wmat_qstats *st, wmat_qresult *res, float *Wq, wmat_quantize_tensor *rep,
+                   double *factor_s)
 {
     const int64_t rows = j->t->shape[0], cols = j->t->shape[1];
     const float *W = j->t->data;
@@ -397,6 +402,7 @@ static int run_job(qjob *j, const wmat_qstats *st, wmat_qresult *res, float *Wq,
     int rc = j->method->fn(res, W, rows, cols, st, &j->qp, &info);
     if (rc) return wmat_set_error(rc, "%s: %s", j->t->name, wmat_last_error());
     rep->seconds = wmat__now() - t0;
+    *factor_s += info.factor_seconds;
     wmat_qresult_dequant(res, Wq);
     double num = 0.0, den = 0.0;
     for (int64_t i = 0; i < rows * cols; i++) {
@@ -529,6 +535,9 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
         rp.ctx = &wc;
         if ((rc = wmat_runtime_create(&rt, m, &rp))) goto done;
         if ((rc = wmat__calib_states_init(&cs, rt, p->calib, n_windows, ctx, c->dim))) goto done;
+        /* stage mode quantizes each slot right after its pass (block mode
+         * quantizes the whole block after one pass: no resuming there) */
+        cs.resume = p->sequential == 2;
     }
     /* the streams need not go past the last block that wants statistics */
     int last_calib = -1;
@@ -545,7 +554,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
 
     /* ---- passes: per layer, per stage (or the whole block) */
     int done_jobs = 0;
-    double calib_s = 0.0, method_s = 0.0;
+    double calib_s = 0.0, method_s = 0.0, stats_s = 0.0, factor_s = 0.0;
     size_t stats_peak = 0;
     const int seq = p->sequential;
     for (int l = -1; l <= L; l++) {
@@ -588,7 +597,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                 if (j->layer != l || j->keep || (j->slot >= 0 && !(stage_mask >> j->slot & 1u))) continue;
                 const int ti = (int)(j->t - wmat_model_tensor(m, 0));
                 const wmat_qstats *st = j->slot >= 0 && slots[j->slot] ? slots[j->slot] : NULL;
-                if ((rc = run_job(j, st, &results[ti], Wq, &trep[i]))) goto done;
+                if ((rc = run_job(j, st, &results[ti], Wq, &trep[i], &factor_s))) goto done;
                 method_s += trep[i].seconds;
                 if (seq > 0) {
                     if ((rc = wmat__tensor_make_writable(j->t))) goto done;
@@ -600,7 +609,10 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                     goto done;
                 }
             }
-            for (int k = 0; k < WMAT_CSLOT_COUNT; k++) wmat__qstats_free(&stats[k]);
+            for (int k = 0; k < WMAT_CSLOT_COUNT; k++) {
+                stats_s += stats[k].seconds;
+                wmat__qstats_free(&stats[k]);
+            }
         }
         /* block l is final (quantized, or fp32 with seq == 0): move the streams past it */
         if (cs.X && l >= 0 && l < last_calib && cs.layer == l) {
@@ -654,6 +666,9 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
         rep->calib_seconds = calib_s;
         rep->method_seconds = method_s;
         rep->block_passes = cs.block_passes;
+        rep->stage_runs = cs.stage_runs;
+        rep->stats_seconds = stats_s;
+        rep->factor_seconds = factor_s;
         rep->state_bytes = cs.bytes;
         rep->calib_windows = n_windows;
         rep->calib_ctx = need_calib ? ctx : 0;

@@ -34,9 +34,28 @@ typedef struct {
     int feedback;      /* 1: inside GPTQ's error-feedback loop (default) */
     int apot;          /* 1: alphas rounded to sums of three powers of two */
     int refit;         /* 1: alphas refitted on the full H once the signs are fixed (default) */
+    /* GPTQ's factorization of H: 0 the default (gptq.c), 1 double, 2 float;
+     * legacy 1: the first sessions' path (potrf, potri, potrf in double on
+     * one thread, no sub-blocks, no shared factorization), for benches */
+    int fact_prec;
+    int legacy;
 } wmat_qparams;
 
 wmat_qparams wmat__qparams_default(void);
+
+/* GPTQ's factorization of one input's damped Hessian, kept with the
+ * statistics so the matrices reading that input (q/k/v, gate/up, AdaDim's
+ * two candidates) factor it once. Filled by the first GPTQ call that needs
+ * it (gptq.c); emptied when the statistics change. */
+typedef struct {
+    int valid;
+    float damp;      /* the damping asked for */
+    int act_order;
+    int prec;        /* 1 double, 2 float */
+    double lambda;   /* the damping used (after retries) */
+    int32_t *perm;   /* (n) column order (identity without act-order) */
+    float *U;        /* (n, n) upper, (H_perm + lambda mean(diag) I)^-1 = U^T U */
+} wmat_gptq_fact;
 
 /* Statistics of one linear input (n features) over N calibration tokens. */
 typedef struct {
@@ -45,6 +64,13 @@ typedef struct {
     double *H;      /* (n, n) 2/N sum x x^T (GPTQ's Hessian), or NULL */
     double *x2;     /* (n) mean x_j^2 (imatrix) */
     float *absmax;  /* (n) max |x_j| */
+    wmat_gptq_fact *fact; /* with H (wmat__qstats_init): GPTQ's shared factorization; NULL: none kept */
+    /* with H: tokens not yet in H (xb, up to xb_cap rows of n) and the
+     * float product of a batch (G, n x n): H gets one double update per
+     * batch of windows, not per window */
+    float *xb, *G;
+    int xb_rows, xb_cap;
+    double seconds; /* spent in wmat__qstats_add and _finish */
 } wmat_qstats;
 
 int wmat__qstats_init(wmat_qstats *s, int64_t n, int with_hessian);
@@ -52,7 +78,9 @@ void wmat__qstats_free(wmat_qstats *s);
 void wmat__qstats_reset(wmat_qstats *s);
 /* Accumulate X (T, n) row-major. */
 void wmat__qstats_add(wmat_qstats *s, const float *X, int T);
-/* Finish: H = 2/N sum x x^T, x2 = sum x^2 / N (idempotent flag inside). */
+/* Finish: H = 2/N sum x x^T, x2 = sum x^2 / N. The one point where the
+ * statistics are complete (every batch in H, both triangles) before they
+ * are scaled: a reduction across processes belongs here. */
 void wmat__qstats_finish(wmat_qstats *s);
 
 /* What a method reports about one tensor. */
@@ -61,6 +89,7 @@ typedef struct {
     double damp;       /* GPTQ: the lambda that was used */
     int chose_ic;      /* AdaDim: 1 when per-IC won */
     double err_in, err_out; /* AdaDim: output errors of the per-OC/group and per-IC candidates */
+    double factor_seconds;  /* GPTQ: time spent factoring H (0 when a shared factorization was reused) */
 } wmat_qmethod_info;
 
 /* A method: quantize W (rows, cols) given statistics st (NULL when the
@@ -138,12 +167,28 @@ int wmat__gptq_inverse_cholesky(const double *H, int64_t n, double *lambda, floa
  * feedback has left it (w[i] is the value to quantize). Called for the rows
  * of a block on up to nt threads at once, each row's columns in order. */
 typedef float (*wmat_gptq_colq)(void *user, int64_t r, int64_t i, const float *w);
+/* The factorization GPTQ uses (see wmat_gptq_fact): dead inputs of H (its
+ * zero diagonal) counted as 1, columns in perm's order (by decreasing H_jj
+ * with act_order, else the identity), damping lambda (raised x10, up to 5
+ * tries), U from one Cholesky of the reversed H and one triangular inverse,
+ * in double (prec 1) or float (prec 2), LAPACK on nt threads. */
+int wmat__gptq_factor(const double *H, int64_t n, int act_order, int prec, int nt, double *lambda, int32_t *perm,
+                      float *U);
+void wmat__gptq_fact_clear(wmat_gptq_fact *f);
 /* GPTQ's column loop over W (m, n): for each block of B columns, column i
  * of each row becomes q(...), its error (w_i - q) / U_ii goes onto the
  * block's later columns, and the block's errors (E, m x B scratch) onto the
  * columns after it in one GEMM. W is left error-fed (not overwritten by q). */
 void wmat__gptq_feedback(float *W, int64_t m, int64_t n, const float *U, int B, float *E, int nt, wmat_gptq_colq q,
                          void *user);
+/* The same loop with each block cut into sub-blocks of `sub` columns
+ * (sub divides B): a column's error goes at once onto its sub-block's later
+ * columns only, and a sub-block's errors onto the rest of the block in one
+ * GEMM. Column i is up to date when q sees it, and so are all columns of
+ * the sub-block it starts, but columns of later sub-blocks are not:
+ * quantizers that read ahead (a group fitted at i) need sub | g. */
+void wmat__gptq_feedback_sub(float *W, int64_t m, int64_t n, const float *U, int B, int sub, float *E, int nt,
+                             wmat_gptq_colq q, void *user);
 
 /* Binary-coding quantization (bcq.c; ShiftAddLLM): out->obj is a bcq weight. */
 int wmat__quant_bcq(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
@@ -190,6 +235,16 @@ typedef struct {
     int layer;         /* blocks the streams have gone through */
     int block_passes;  /* windows x blocks run so far (the head counts as one) */
     size_t bytes;
+    /* Stage mode's kept activations (wmat__calib_collect): the streams
+     * are at the input of stage `stage` of block `layer` (block.h: 0 the
+     * block's input, 1 with the attention output in A, 2 X = xmid, 3 with
+     * silu(gate) * up in Hs), so the next single-slot pass resumes there. */
+    int stage;
+    int resume;        /* set by the caller: it quantizes slot s (and nothing earlier) right
+                          after collecting slot s, so single-slot passes may resume */
+    float *A;          /* (n_windows, ctx, attention width) or NULL */
+    float *Hs;         /* (n_windows, ctx, hidden) or NULL */
+    int64_t stage_runs; /* windows x block stages computed (4 per whole block) */
 } wmat__calib_states;
 
 /* Embed windows w = 0..n_windows-1 (tokens[w*ctx ..]) as the streams. */
@@ -204,7 +259,14 @@ int wmat__calib_advance(wmat__calib_states *st);
  * slot s) into slots[s] (reset first, finished after). advance = 0: the
  * block stops right after the last wanted slot and the streams stay;
  * advance = 1: the whole block runs and the streams move past it (statistics
- * and advance in one pass, for weights that will not change before it). */
+ * and advance in one pass, for weights that will not change before it).
+ * One slot, advance = 0 and st->resume (stage mode): the pass resumes where
+ * the previous one of this block stopped (st->stage) and stops at the slot, so
+ * a block costs one forward however many stages it is cut into. The kept
+ * activations depend only on the slots before the stopping one: the
+ * caller may change the weights of the slot just collected (and later
+ * ones) between passes, not earlier ones. Two or more slots start from the
+ * block's input (a block-mode pass), which must still be there. */
 int wmat__calib_collect(wmat__calib_states *st, int n_layers, wmat_qstats **slots, unsigned want, int advance);
 
 /* ---- the model driver (methods.c)
