@@ -198,6 +198,8 @@ int wmat__calib_collect(wmat__calib_states *st, int n_layers, wmat_qstats **slot
     wmat_runtime_set_hook(st->rt, NULL, NULL);
     if (rc) return rc;
     if (advance && layer < n_layers) st->layer++;
+    /* the sums are complete here: over the ranks too (calib_dp.c) */
+    if ((rc = wmat__calib_reduce(wmat_runtime_context(st->rt), slots, want))) return rc;
     for (int s = 0; s < WMAT_CSLOT_COUNT; s++)
         if ((want >> s & 1u) && slots[s]) wmat__qstats_finish(slots[s]);
     return WMAT_OK;

@@ -205,6 +205,12 @@ int wmat__calib_advance(wmat__calib_states *st);
  * block stops right after the last wanted slot and the streams stay;
  * advance = 1: the whole block runs and the streams move past it (statistics
  * and advance in one pass, for weights that will not change before it). */
+/* Data-parallel calibration (calib_dp.c): rank r's contiguous share
+ * [*w0, *w0 + *nw) of n_windows (the first n_windows % size ranks one
+ * more), and the slots' sums (H, x2, token counts) added and absmax
+ * maxed over the ranks of ctx->comm (NULL or one rank: nothing to do). */
+int wmat__calib_share(const wmat_comm *c, int n_windows, int *w0, int *nw);
+int wmat__calib_reduce(const wmat_context *ctx, wmat_qstats **slots, unsigned want);
 int wmat__calib_collect(wmat__calib_states *st, int n_layers, wmat_qstats **slots, unsigned want, int advance);
 
 /* ---- the model driver (methods.c)
