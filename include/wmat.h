@@ -923,6 +923,7 @@ typedef struct {
     float grad_norm;  /* before clipping */
     double seconds;
     uint64_t tokens;  /* tokens in this step */
+    double comm_seconds; /* data parallel: waiting for the gradient sums past the backward (0: one rank) */
 } wmat_train_step_info;
 
 /* One optimizer step (grad_accum micro-batches). */

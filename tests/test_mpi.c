@@ -258,6 +258,36 @@ static void test_quantize_2ranks_identical(void **state)
     o = tu_run(cmd, &rc);
     if (rc) fail_msg("2-rank quantization differs from one process: %s", o);
     free(o);
+    /* 3 ranks: 10 windows as 4 + 3 + 3 */
+    const char *q3 = tu_tmp("q3");
+    snprintf(cmd, sizeof cmd, "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 300 mpirun -np 3 --oversubscribe %s %s %s 2>&1 && diff -r %s %s 2>&1",
+             tu_cli(), args, q3, q1, q3);
+    o = tu_run(cmd, &rc);
+    if (rc) fail_msg("3-rank quantization failed or differs from one process: %s", o);
+    free(o);
+}
+
+/* A batch that does not split over the ranks: a clear error, no output. */
+static void test_batch_must_split(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(model, "models/stories260K.bin");
+    TU_NEED_DATA(tok, "models/tok512.bin");
+    TU_NEED_DATA(text, "text/tinystories_valid_head.txt");
+    if (!mpi_ready()) {
+        skip();
+        return;
+    }
+    const char *out = tu_tmp("odd.bin");
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd, MPIRUN " %s train %s %s --tokenizer %s --data %s --steps 2 --batch 3 --ctx 32 --threads 1 2>&1",
+             tu_cli(), model, out, tok, text);
+    int rc;
+    char *o = tu_run(cmd, &rc);
+    if (!rc || !strstr(o, "a batch of 3 windows does not split into 2 ranks (give a multiple of 2)"))
+        fail_msg("expected a refusal of --batch 3 over 2 ranks (%d): %s", rc, o);
+    free(o);
+    assert_int_equal(access(out, F_OK), -1);
 }
 
 /* Rank 1 fails after step 3 of 8: the job stops, the error names the rank,
@@ -330,6 +360,7 @@ int main(void)
         cmocka_unit_test(test_train_galore_2ranks),      cmocka_unit_test(test_train_fixed_order_bit_equal),
         cmocka_unit_test(test_checkpoint_resumes_1rank),
         cmocka_unit_test(test_quantize_2ranks_identical), cmocka_unit_test(test_rank_failure_stops_job),
+        cmocka_unit_test(test_batch_must_split),
         cmocka_unit_test(test_no_mpi_build_refuses_ranks),
     };
     return tu_run_tests("mpi", tests, NULL, NULL);

@@ -280,7 +280,7 @@ int cmd_train(int argc, char **argv)
     vx = malloc(((size_t)steps + 2) * sizeof *vx);
     vy = malloc(((size_t)steps + 2) * sizeof *vy);
     if (!xs || !ys || !vx || !vy) goto done;
-    double val0 = NAN, vlast = NAN, tsum = 0, tok_sum = 0;
+    double val0 = NAN, vlast = NAN, tsum = 0, tok_sum = 0, comm_sum = 0;
     wmat_eval_result er;
     if (vids && wmat_trainer_steps_done(t) == 0) {
         if (wmat_trainer_eval(t, vids, vn, T, eval_windows, &er)) {
@@ -308,6 +308,7 @@ int cmd_train(int argc, char **argv)
         }
         tsum += si.seconds;
         tok_sum += (double)si.tokens;
+        comm_sum += si.comm_seconds;
         last_loss = si.loss;
         xs[n_pts] = si.step;
         ys[n_pts++] = si.loss;
@@ -418,10 +419,11 @@ int cmd_train(int argc, char **argv)
         fprintf(jf, "{\"method\": \"%s\", \"steps\": %d, \"final_train_loss\": %.6f, \"val_loss_start\": %.6f, \"val_loss_end\": %.6f, "
                "\"tokens_per_s\": %.1f, \"seconds\": %.3f, \"trainable_params\": %lld, \"bytes_weights\": %zu, \"bytes_grads\": %zu, "
                "\"bytes_optimizer\": %zu, \"bytes_optimizer_scratch\": %zu, \"bytes_activations\": %zu, \"peak_rss\": %zu, "
-               "\"galore_state_bytes\": %zu, \"galore_adamw_equiv_bytes\": %zu}\n",
+               "\"galore_state_bytes\": %zu, \"galore_adamw_equiv_bytes\": %zu, \"ranks\": %d, \"comm_seconds\": %.3f}\n",
                method, wmat_trainer_steps_done(t), last_loss, isnan(val0) ? -1.0 : val0, isnan(vlast) ? -1.0 : vlast,
                tsum > 0 ? tok_sum / tsum : 0.0, tsum, (long long)mem.trainable, mem.weights, mem.grads, mem.optim,
-               mem.optim_scratch, mem.activations, mem.peak_rss, mem.galore_state, mem.galore_adam_equiv);
+               mem.optim_scratch, mem.activations, mem.peak_rss, mem.galore_state, mem.galore_adam_equiv,
+               wmat_comm_size(wc.comm), comm_sum);
         if (cli_json_close("train", &js)) goto done;
     }
     ret = 0;

@@ -1128,10 +1128,12 @@ int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
         wmat__dp_tree_f64(t->sloss, t->spr);
         loss = t->sloss[0];
     }
+    double tc = wmat__now();
     if (t->dp) {
         int rc = wmat__dp_finish(t->dp, &loss);
         if (rc) return rc;
     }
+    tc = wmat__now() - tc;
     loss /= p->grad_accum;
     if (S > 1) loss /= S;
     if (!isfinite(loss)) return wmat_set_error(WMAT_ERR_NUMERIC, "train: the loss is %g at step %d", loss, t->step);
@@ -1165,7 +1167,8 @@ int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
         info->lr = lr;
         info->grad_norm = norm;
         info->seconds = wmat__now() - t0;
-        info->tokens = (uint64_t)t->BT * p->grad_accum * (uint64_t)t->nranks;
+        info->comm_seconds = t->dp ? tc : 0.0;
+        info->tokens = (uint64_t)t->BT * p->grad_accum * (uint64_t)S; /* the global batch */
     }
     return WMAT_OK;
 }
