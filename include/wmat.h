@@ -193,6 +193,12 @@ typedef enum {
  * defaults. The defaults are no wmat setting: the machine, WMAT_GEMM_BACKEND
  * and WMAT_QACT8 in the environment, and the calling thread's OpenMP default
  * thread count (OpenMP's own: OMP_NUM_THREADS, or wmat_linalg_init). */
+/* A communicator for data-parallel work over MPI ranks (src/core/comm.c;
+ * docs/SCALING.md). Built with -DWMAT_WITH_MPI=ON it wraps a duplicate of
+ * MPI_COMM_WORLD; without MPI it is a one-rank stub, so code written for it
+ * runs unchanged in one process. A context without one (NULL) is one rank. */
+typedef struct wmat_comm wmat_comm;
+
 typedef struct {
     int n_threads;               /* <= 0: the calling thread's OpenMP default (all cores unless
                                     OMP_NUM_THREADS or wmat_linalg_init said otherwise) */
@@ -201,11 +207,36 @@ typedef struct {
     wmat_gemm_backend gemm;      /* fp32 GEMMs; AUTO: the process default (wmat_gemm_get_backend) */
     int act8;                    /* int8 activations in quantized decode: 1 on, 0 off, -1 default (on unless
                                     WMAT_QACT8=0 in the environment) */
+    const wmat_comm *comm;       /* data parallelism (training, calibration): NULL: one process */
 } wmat_context;
 
 WMAT_API wmat_context wmat_context_default(void);
 /* Effective thread count of a context (NULL = default). */
 WMAT_API int wmat_context_threads(const wmat_context *ctx);
+
+/* 1 when this build has MPI (-DWMAT_WITH_MPI=ON). */
+WMAT_API int wmat_comm_mpi_built(void);
+/* The communicator of all ranks of the job (a duplicate of MPI_COMM_WORLD;
+ * errors on it return instead of aborting). The library calls MPI_Init
+ * only when init_mpi is 1 and MPI is not initialized yet (it then calls
+ * MPI_Finalize in wmat_comm_free); with init_mpi 0 the program must have
+ * initialized MPI. Without MPI in the build: a one-rank communicator. */
+WMAT_API int wmat_comm_create(wmat_comm **out, int init_mpi);
+WMAT_API void wmat_comm_free(wmat_comm *c);
+/* Rank and size (NULL: 0 and 1). */
+WMAT_API int wmat_comm_rank(const wmat_comm *c);
+WMAT_API int wmat_comm_size(const wmat_comm *c);
+/* In place over all ranks: the sum (float, double) or the maximum (float)
+ * of n elements. Every rank must call with the same n. */
+WMAT_API int wmat_comm_allreduce_sum_f32(const wmat_comm *c, float *buf, size_t n);
+WMAT_API int wmat_comm_allreduce_sum_f64(const wmat_comm *c, double *buf, size_t n);
+WMAT_API int wmat_comm_allreduce_max_f32(const wmat_comm *c, float *buf, size_t n);
+/* root's bytes to every rank. */
+WMAT_API int wmat_comm_bcast(const wmat_comm *c, void *buf, size_t bytes, int root);
+WMAT_API int wmat_comm_barrier(const wmat_comm *c);
+/* For programs, not the library (which never ends the process): end every
+ * rank of the job with this exit code (MPI_Abort; exit() without MPI). */
+WMAT_API void wmat_comm_abort(const wmat_comm *c, int code);
 
 /* ---------------------------------------------------------------- rng */
 
@@ -817,7 +848,12 @@ typedef struct {
     float galore_scale;
     unsigned galore_targets; /* bits (1u << wmat_linear_kind) */
     int galore_randomized;   /* 1: randomized range finder instead of a full SVD */
-    const wmat_context *exec; /* threads (NULL: default) */
+    const wmat_context *exec; /* threads (NULL: default); its comm, with N > 1 ranks: data-parallel
+                                 training (docs/SCALING.md): batch is the global micro-batch, each
+                                 rank runs batch / N of its windows (batch % N == 0), the trainable
+                                 parameters' gradients are summed over the ranks (in one bucket per
+                                 layer, overlapped with the backward), every rank applies the same
+                                 update; losses and tokens in the step info are global */
     /* Registry names (NULL: from the fields above). A name not in its
      * registry is WMAT_ERR_INVALID listing the registered ones. Setting
      * adapter selects WMAT_TRAIN_LORA, projector WMAT_TRAIN_GALORE. */
@@ -833,6 +869,15 @@ typedef struct {
      * (one more block forward per layer but the last; the same gradients,
      * bit for bit, with one layer's activations in memory instead of all). */
     int recompute;
+    /* Data parallelism in a fixed order (docs/SCALING.md): > 0: the global
+     * micro-batch is this many shards (a power of two, a multiple of the
+     * rank count, dividing batch), each shard's gradient accumulated apart
+     * and the shards summed as a binary tree, within a rank and then over
+     * the ranks (recursive doubling instead of MPI's sum and the per-layer
+     * buckets): the same bits under every rank count that divides it, one
+     * process included (which then keeps dp_shards gradient copies).
+     * 0: one shard per rank, MPI's sum (fastest; within ~1e-6 of one process). */
+    int dp_shards;
 } wmat_train_params;
 
 WMAT_API wmat_train_params wmat_train_default_params(void);
@@ -881,6 +926,7 @@ typedef struct {
     float grad_norm;  /* before clipping */
     double seconds;
     uint64_t tokens;  /* tokens in this step */
+    double comm_seconds; /* data parallel: waiting for the gradient sums past the backward (0: one rank) */
 } wmat_train_step_info;
 
 /* One optimizer step (grad_accum micro-batches). */
@@ -1011,6 +1057,13 @@ typedef struct {
     int n_threads;        /* <= 0: all cores */
     wmat_progress_fn progress; /* called per tensor ("q" name) and per calibration pass */
     void *progress_user;
+    /* Data-parallel calibration (NULL: one process): each rank embeds and
+     * runs its contiguous share of the calibration windows, the statistics
+     * are summed over the ranks where they are final, and every rank then
+     * quantizes every matrix as one process would (same result on each;
+     * the caller writes it from rank 0). Every rank passes the same
+     * model, tokens and settings. */
+    const wmat_comm *comm;
 } wmat_quantize_params;
 
 WMAT_API wmat_quantize_params wmat_quantize_default_params(void);

@@ -5,6 +5,7 @@
 #   scripts/setup-deps.sh --fuzz     also clang-14 and libFuzzer runtime
 #   scripts/setup-deps.sh --peer     also Node.js/npm for the llama.cpp peer check
 #   scripts/setup-deps.sh --report   also Chromium, to render the analysis report in tests
+#   scripts/setup-deps.sh --mpi      also Open MPI (-DWMAT_WITH_MPI=ON builds, mpirun for tests/test_mpi.c)
 set -euo pipefail
 
 pkgs=(build-essential cmake pkg-config libopenblas-dev liblapacke-dev libcjson-dev libyaml-dev libcmocka-dev libdnnl-dev)
@@ -15,6 +16,7 @@ for arg in "$@"; do
             if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then pkgs+=(nodejs npm); fi ;;
     --demo) pkgs+=(bible-kjv) ;;
     --report) pkgs+=(chromium) ;;
+    --mpi) pkgs+=(libopenmpi-dev openmpi-bin) ;;
     *) echo "setup-deps: unknown option $arg" >&2; exit 2 ;;
   esac
 done

@@ -3,6 +3,7 @@
  * quantized storage (native directory or GGUF). */
 #include "cli.h"
 #include "cli_inputs.h"
+#include "cli_mpi.h"
 #include "cli_out.h"
 #include "quant/methods.h"
 #include "quant/qmodel.h"
@@ -188,6 +189,7 @@ int cmd_quantize(int argc, char **argv)
     qp.n_calib = n_cal;
     qp.calib_ctx = cctx;
     qp.n_threads = g_cli.threads;
+    qp.comm = cli_mpi_comm(); /* under mpirun: ranks split the calibration windows; rank 0 writes */
     qprogress pr = {wmat__now(), wmat__now(), 0};
     qp.progress = progress_eta;
     qp.progress_user = &pr;
@@ -236,6 +238,10 @@ int cmd_quantize(int argc, char **argv)
             goto out;
         fprintf(txt, "perplexity    %.4f on %s from token %d (ctx %d, %d windows; fake-quant weights)\n", er.ppl,
                 cli_eval_path(&evo), evo.offset, ectx, er.windows);
+    }
+    if (!cli_mpi_writer()) {
+        rc = 0; /* ranks > 0 computed the same result: rank 0 writes it */
+        goto out;
     }
     if (fmt != WMAT_FMT_UNKNOWN) {
         double t0 = wmat__now();

@@ -1,6 +1,7 @@
 /* train: full fine-tuning, LoRA, GaLore, or pretraining from a config. */
 #include "cli.h"
 #include "cli_inputs.h"
+#include "cli_mpi.h"
 #include "cli_out.h"
 
 #include <math.h>
@@ -189,7 +190,13 @@ int cmd_train(int argc, char **argv)
     p.recompute = recompute;
     wmat_context wc = wmat_context_default();
     wc.n_threads = g_cli.threads;
+    wc.comm = cli_mpi_comm(); /* under mpirun: data-parallel, rank 0 prints and writes */
     p.exec = &wc;
+    const int writer = cli_mpi_writer();
+    /* tests of a failing rank: WMAT_MPI_FAIL_AT=RANK:STEP ends that rank with an error after STEP */
+    int fail_rank = -1, fail_step = 0;
+    if (getenv("WMAT_MPI_FAIL_AT") && sscanf(getenv("WMAT_MPI_FAIL_AT"), "%d:%d", &fail_rank, &fail_step) != 2)
+        fail_rank = -1;
 
     wmat_model *m = NULL;
     wmat_trainer *t = NULL;
@@ -267,7 +274,7 @@ int cmd_train(int argc, char **argv)
     snprintf(svg_def, sizeof svg_def, "%s.loss.svg", out);
     if (!csv) csv = csv_def;
     if (!svg) svg = svg_def;
-    fcsv = cli_out_open(&csv_af, csv);
+    fcsv = writer ? cli_out_open(&csv_af, csv) : fopen("/dev/null", "w");
     if (!fcsv) {
         fprintf(stderr, "wmat train: error: cannot write %s: %s\n", csv, wmat_last_error());
         goto done;
@@ -278,7 +285,7 @@ int cmd_train(int argc, char **argv)
     vx = malloc(((size_t)steps + 2) * sizeof *vx);
     vy = malloc(((size_t)steps + 2) * sizeof *vy);
     if (!xs || !ys || !vx || !vy) goto done;
-    double val0 = NAN, vlast = NAN, tsum = 0, tok_sum = 0;
+    double val0 = NAN, vlast = NAN, tsum = 0, tok_sum = 0, comm_sum = 0;
     wmat_eval_result er;
     if (vids && wmat_trainer_steps_done(t) == 0) {
         if (wmat_trainer_eval(t, vids, vn, T, eval_windows, &er)) {
@@ -299,8 +306,14 @@ int cmd_train(int argc, char **argv)
             cli_fail("train");
             goto done;
         }
+        if (fail_rank == wmat_comm_rank(wc.comm) && si.step == fail_step) {
+            fprintf(stderr, "wmat train: error: rank %d: failure injected after step %d (WMAT_MPI_FAIL_AT)\n", fail_rank,
+                    si.step);
+            goto done;
+        }
         tsum += si.seconds;
         tok_sum += (double)si.tokens;
+        comm_sum += si.comm_seconds;
         last_loss = si.loss;
         xs[n_pts] = si.step;
         ys[n_pts++] = si.loss;
@@ -325,7 +338,7 @@ int cmd_train(int argc, char **argv)
             if (do_eval) fprintf(stderr, "  held-out loss %.4f ppl %.2f", vl, exp(vl));
             fprintf(stderr, "\n");
         }
-        if (ckpt && ckpt_every > 0 && si.step % ckpt_every == 0 && wmat_trainer_save_checkpoint(t, ckpt)) {
+        if (writer && ckpt && ckpt_every > 0 && si.step % ckpt_every == 0 && wmat_trainer_save_checkpoint(t, ckpt)) {
             cli_fail("train");
             goto done;
         }
@@ -335,7 +348,7 @@ int cmd_train(int argc, char **argv)
             char def[4200];
             snprintf(def, sizeof def, "%s.ckpt", out);
             const char *cp = ckpt ? ckpt : def;
-            if (wmat_trainer_save_checkpoint(t, cp)) {
+            if (writer && wmat_trainer_save_checkpoint(t, cp)) {
                 fprintf(stderr, "wmat train: error: checkpoint %s: %s\n", cp, wmat_last_error());
             } else {
                 fprintf(stderr, "wmat train: interrupted after step %d; checkpoint %s (continue with the same command and --resume %s)\n",
@@ -352,6 +365,13 @@ int cmd_train(int argc, char **argv)
             fprintf(stderr, "time limit of %d s reached after step %d\n", time_limit, si.step);
             break;
         }
+    }
+    if (!writer) {
+        /* ranks > 0: the same training, nothing to write */
+        fclose(fcsv);
+        fcsv = NULL;
+        ret = 0;
+        goto done;
     }
     if (ckpt && wmat_trainer_save_checkpoint(t, ckpt)) {
         cli_fail("train");
@@ -404,15 +424,17 @@ int cmd_train(int argc, char **argv)
         fprintf(jf, "{\"method\": \"%s\", \"steps\": %d, \"final_train_loss\": %.6f, \"val_loss_start\": %.6f, \"val_loss_end\": %.6f, "
                "\"tokens_per_s\": %.1f, \"seconds\": %.3f, \"trainable_params\": %lld, \"bytes_weights\": %zu, \"bytes_grads\": %zu, "
                "\"bytes_optimizer\": %zu, \"bytes_optimizer_scratch\": %zu, \"bytes_activations\": %zu, \"peak_rss\": %zu, "
-               "\"galore_state_bytes\": %zu, \"galore_adamw_equiv_bytes\": %zu}\n",
+               "\"galore_state_bytes\": %zu, \"galore_adamw_equiv_bytes\": %zu, \"ranks\": %d, \"comm_seconds\": %.3f}\n",
                method, wmat_trainer_steps_done(t), last_loss, isnan(val0) ? -1.0 : val0, isnan(vlast) ? -1.0 : vlast,
                tsum > 0 ? tok_sum / tsum : 0.0, tsum, (long long)mem.trainable, mem.weights, mem.grads, mem.optim,
-               mem.optim_scratch, mem.activations, mem.peak_rss, mem.galore_state, mem.galore_adam_equiv);
+               mem.optim_scratch, mem.activations, mem.peak_rss, mem.galore_state, mem.galore_adam_equiv,
+               wmat_comm_size(wc.comm), comm_sum);
         if (cli_json_close("train", &js)) goto done;
     }
     ret = 0;
 done:
-    if (fcsv) cli_out_abort(&csv_af); /* a failed run leaves no partial loss log */
+    if (fcsv && writer) cli_out_abort(&csv_af); /* a failed run leaves no partial loss log */
+    else if (fcsv) fclose(fcsv);
     free(xs);
     free(ys);
     free(vx);

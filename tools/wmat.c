@@ -1,5 +1,6 @@
 /* wmat: the command line. */
 #include "cli.h"
+#include "cli_mpi.h"
 
 #include <sched.h>
 #include <stdio.h>
@@ -151,11 +152,13 @@ int main(int argc, char **argv)
     if (needs_math && wmat_linalg_init(threads > 0 ? threads : 0) != WMAT_OK)
         fprintf(stderr, "wmat: warning: %s\n", wmat_last_error());
     cli_signals_install();
-    int rc = cmd->run(argc - 1, argv + 1);
+    int rc = cli_mpi_begin(argv[1]); /* under mpirun: train and quantize run data-parallel */
+    if (rc) return rc;
+    rc = cmd->run(argc - 1, argv + 1);
     if (cli_interrupted) {
         fflush(stdout);
         fprintf(stderr, "\nwmat %s: interrupted\n", argv[1]);
-        return 130;
+        return cli_mpi_end(argv[1], 130);
     }
-    return rc;
+    return cli_mpi_end(argv[1], rc);
 }

@@ -307,6 +307,8 @@ int wmat__calib_collect(wmat__calib_states *st, int n_layers, wmat_qstats **slot
     if (rc) return rc;
     if (resume) st->stage = slot;
     if (advance && layer < n_layers) st->layer++;
+    /* the sums are complete here: over the ranks too (calib_dp.c) */
+    if ((rc = wmat__calib_reduce(wmat_runtime_context(st->rt), slots, want))) return rc;
     for (int s = 0; s < WMAT_CSLOT_COUNT; s++)
         if ((want >> s & 1u) && slots[s]) wmat__qstats_finish(slots[s]);
     return WMAT_OK;

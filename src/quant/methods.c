@@ -442,6 +442,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
     const double t_start = wmat__now();
     wmat_context wc = wmat_context_default();
     wc.n_threads = p->n_threads;
+    wc.comm = p->comm; /* calib_dp.c: the runtime's context carries it to the statistics */
     const int nt = wmat_context_threads(&wc);
 
     /* ---- the jobs, in forward order */
@@ -534,7 +535,9 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
         rp.kv_cache_len = 1;
         rp.ctx = &wc;
         if ((rc = wmat_runtime_create(&rt, m, &rp))) goto done;
-        if ((rc = wmat__calib_states_init(&cs, rt, p->calib, n_windows, ctx, c->dim))) goto done;
+        int w0 = 0, nw = n_windows; /* this rank's share (calib_dp.c) */
+        if ((rc = wmat__calib_share(p->comm, n_windows, &w0, &nw))) goto done;
+        if ((rc = wmat__calib_states_init(&cs, rt, p->calib + (size_t)w0 * (size_t)ctx, nw, ctx, c->dim))) goto done;
         /* stage mode quantizes each slot right after its pass (block mode
          * quantizes the whole block after one pass: no resuming there) */
         cs.resume = p->sequential == 2;

@@ -268,6 +268,12 @@ int wmat__calib_advance(wmat__calib_states *st);
  * ones) between passes, not earlier ones. Two or more slots start from the
  * block's input (a block-mode pass), which must still be there. */
 int wmat__calib_collect(wmat__calib_states *st, int n_layers, wmat_qstats **slots, unsigned want, int advance);
+/* Data-parallel calibration (calib_dp.c): rank r's contiguous share
+ * [*w0, *w0 + *nw) of n_windows (the first n_windows % size ranks one
+ * more), and the slots' sums (H, x2, token counts) added and absmax
+ * maxed over the ranks of ctx->comm (NULL or one rank: nothing to do). */
+int wmat__calib_share(const wmat_comm *c, int n_windows, int *w0, int *nw);
+int wmat__calib_reduce(const wmat_context *ctx, wmat_qstats **slots, unsigned want);
 
 /* ---- the model driver (methods.c)
  * wmat_quantize_model, also handing back the result of every tensor:

@@ -6,6 +6,7 @@
 #include "train.h"
 
 #include "adapter.h"
+#include "dp.h"
 #include "optim.h"
 
 #include "../io/model_internal.h"
@@ -123,6 +124,15 @@ struct wmat_trainer {
 
     int step;
     wmat_rng rng;
+
+    /* data parallelism (dp.h): the global micro-batch is nranks * spr
+     * shards of B windows; rank r runs shards r spr .. r spr + spr - 1 */
+    int rank, nranks, spr;
+    float *sacc;                /* spr > 1: each shard's gradient sums (spr x n_params) */
+    double *sloss;              /* spr > 1: each shard's loss sum */
+    wmat__dp_bucket *bk;        /* each layer's gradient ranges */
+    int n_bk;
+    wmat__dp *dp;               /* NULL: one rank */
 };
 
 wmat_train_params wmat_train_default_params(void)
@@ -292,6 +302,10 @@ void wmat_trainer_free(wmat_trainer *t)
     wmat__free(t->slots);
     wmat__free(t->acts);
     wmat__free(t->perm);
+    wmat__free(t->bk);
+    wmat__dp_free(t->dp);
+    wmat__free(t->sacc);
+    wmat__free(t->sloss);
     wmat__free(t);
 }
 
@@ -428,7 +442,24 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->ex = wmat__wexec_from(&t->exec);
     t->acfg = (wmat__adapter_cfg){p.lora_rank, p.lora_alpha, p.adapter_density, t->nt, t->ex.isa};
     t->rep = ad && ad->replaces_base;
-    t->B = p.batch;
+    t->nranks = wmat_comm_size(t->exec.comm);
+    t->rank = wmat_comm_rank(t->exec.comm);
+    const int S = p.dp_shards > 0 ? p.dp_shards : t->nranks;
+    if (p.dp_shards > 0 && ((S & (S - 1)) || (t->nranks & (t->nranks - 1)) || S % t->nranks)) {
+        rc = wmat_set_error(WMAT_ERR_INVALID,
+                            "train: dp_shards %d over %d ranks: the fixed-order sum needs powers of two, the shards a "
+                            "multiple of the ranks",
+                            S, t->nranks);
+        goto fail;
+    }
+    if (p.batch % S) {
+        rc = wmat_set_error(WMAT_ERR_INVALID,
+                            "train: a batch of %d windows does not split into %d %s (give a multiple of %d)", p.batch, S,
+                            p.dp_shards > 0 ? "shards" : "ranks", S);
+        goto fail;
+    }
+    t->spr = S / t->nranks;
+    t->B = p.batch / S;
     t->T = p.ctx;
     t->BT = t->B * t->T;
     wmat_rng_seed(&t->rng, p.seed);
@@ -446,9 +477,10 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->hdr = wmat__calloc((size_t)L * NLIN + 2, sizeof *t->hdr);
     t->aon = wmat__calloc((size_t)L * NLIN, 1);
     t->lcfg = wmat__calloc((size_t)L * NLIN, sizeof *t->lcfg);
+    t->bk = wmat__calloc(2 * (size_t)L + 1, sizeof *t->bk);
     const wmat_tensor **rest = wmat__calloc((size_t)L * NLIN + 1, sizeof *rest);
     if (!t->lw_ || !t->glw_ || !t->aw || !t->gaw || !t->afix || !t->slots || !t->acts || !t->lin_ || !t->hdr ||
-        !t->aon || !t->lcfg || !rest) {
+        !t->aon || !t->lcfg || !t->bk || !rest) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
         goto fail;
     }
@@ -548,7 +580,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             /* everything trains (a replacing adapter: all but the linears it replaces) */
             CARVE(t->emb, t->gemb, (size_t)V * D);
             add_slot(t, t->emb, t->gemb, V, D);
-            for (int l = 0; l < L; l++)
+            for (int l = 0; l < L; l++) {
+                const size_t lo = off;
                 for (int w = 0; w < NROLE; w++) {
                     int r, cc;
                     role_dims(c, w, &r, &cc);
@@ -556,6 +589,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                     CARVE(t->lw_[l * NROLE + w], t->glw_[l * NROLE + w], (size_t)r * (cc ? cc : 1));
                     add_slot(t, t->lw_[l * NROLE + w], t->glw_[l * NROLE + w], r, cc);
                 }
+                t->bk[t->n_bk++] = (wmat__dp_bucket){lo, off, l};
+            }
             CARVE(t->fnorm, t->gfnorm, (size_t)D);
             add_slot(t, t->fnorm, t->gfnorm, D, 0);
             if (!c->tied_embeddings) {
@@ -614,7 +649,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             }
             size_t bco = 0;
             /* the adapter's tensors, in layer order, initialized as they are carved (one RNG stream) */
-            for (int l = 0; l < L; l++)
+            for (int l = 0; l < L; l++) {
+                const size_t lo = off;
                 for (int k = 0; k < NLIN; k++) {
                     if (!AON(l, k)) continue;
                     int o, i, rows[NAT], cols[NAT];
@@ -644,10 +680,23 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                      * base product runs what is left */
                     if (ad->adopt) t->lin_[l * NLIN + k] = rest[l * NLIN + k];
                 }
+                if (off > lo) t->bk[t->n_bk++] = (wmat__dp_bucket){lo, off, l};
+            }
         }
 #undef CARVE
         if (off != np) {
             rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: parameter layout mismatch");
+            goto fail;
+        }
+    }
+    if (t->nranks > 1 &&
+        (rc = wmat__dp_create(&t->dp, t->exec.comm, t->grads, t->n_params, t->bk, t->n_bk, p.dp_shards > 0)))
+        goto fail;
+    if (t->spr > 1) {
+        t->sacc = wmat__malloc((size_t)t->spr * t->n_params * sizeof(float));
+        t->sloss = wmat__malloc((size_t)t->spr * sizeof(double));
+        if (!t->sacc || !t->sloss) {
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory for %d shards' gradients", t->spr);
             goto fail;
         }
     }
@@ -894,10 +943,12 @@ static void make_perm(wmat_trainer *t, uint64_t epoch)
     t->perm_epoch = epoch;
 }
 
-static void next_batch(wmat_trainer *t)
+/* Shard `shard` of the micro-batch at the cursor (which moves on by the
+ * whole micro-batch once its shards have run). */
+static void next_batch(wmat_trainer *t, int shard)
 {
     for (int b = 0; b < t->B; b++) {
-        uint64_t cur = t->cursor++;
+        uint64_t cur = t->cursor + (uint64_t)shard * (uint64_t)t->B + (uint64_t)b;
         uint64_t epoch = cur / t->n_windows, idx = cur % t->n_windows;
         size_t w = idx;
         if (t->perm) {
@@ -1054,6 +1105,11 @@ int wmat__trainer_fwdbwd(wmat_trainer *t, const int32_t *inputs, const int32_t *
         lin_bwd(t, t->dxn, t->dv, a->xn1, l, WMAT_LIN_V, BT, 1);
         gn = GLW(l, WMAT_W_ATTN_NORM) ? GLW(l, WMAT_W_ATTN_NORM) : t->tmp;
         wmat__rmsnorm_backward(t->dx, gn, t->dxn, a->x, LW(l, WMAT_W_ATTN_NORM), a->r1, BT, D, nt);
+        /* layer l's gradients are complete: its bucket can go */
+        if (t->dp) {
+            int rc = wmat__dp_layer_done(t->dp, l);
+            if (rc) return rc;
+        }
     }
     if (t->gemb) wmat__embed_backward(t->gemb, t->dx, inputs, BT, D);
     (void)KV;
@@ -1089,17 +1145,48 @@ int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
     if (!t->data) return wmat_set_error(WMAT_ERR_INVALID, "train: no data (call wmat_trainer_set_data)");
     const wmat_train_params *p = &t->p;
     double t0 = wmat__now();
-    memset(t->grads, 0, t->n_params * sizeof(float));
-    const float dscale = 1.0f / ((float)t->BT * (float)p->grad_accum);
+    const size_t n = t->n_params;
+    const int S = t->nranks * t->spr;
+    memset(t->grads, 0, n * sizeof(float));
+    if (t->spr > 1) {
+        memset(t->sacc, 0, (size_t)t->spr * n * sizeof(float));
+        memset(t->sloss, 0, (size_t)t->spr * sizeof(double));
+    }
+    /* every shard's dscale is the global batch's: the sum is the mean gradient */
+    const float dscale = 1.0f / ((float)t->BT * (float)S * (float)p->grad_accum);
     double loss = 0.0;
     for (int a = 0; a < p->grad_accum; a++) {
-        next_batch(t);
-        double l;
-        int rc = wmat__trainer_fwdbwd(t, t->inp, t->tgt, t->B, t->T, dscale, 0, 0, &l);
-        if (rc) return rc;
-        loss += l;
+        for (int j = 0; j < t->spr; j++) {
+            next_batch(t, t->rank * t->spr + j);
+            if (t->dp) wmat__dp_arm(t->dp, a == p->grad_accum - 1);
+            /* shards of one rank: each accumulates apart, as on its own rank */
+            if (t->spr > 1) memcpy(t->grads, t->sacc + (size_t)j * n, n * sizeof(float));
+            double l;
+            int rc = wmat__trainer_fwdbwd(t, t->inp, t->tgt, t->B, t->T, dscale, 0, 0, &l);
+            if (rc) return rc;
+            if (t->spr > 1) {
+                memcpy(t->sacc + (size_t)j * n, t->grads, n * sizeof(float));
+                t->sloss[j] += l;
+            } else {
+                loss += l;
+            }
+        }
+        t->cursor += (uint64_t)t->B * (uint64_t)S;
     }
+    if (t->spr > 1) {
+        wmat__dp_tree_f32(t->sacc, t->spr, n, t->nt);
+        memcpy(t->grads, t->sacc, n * sizeof(float));
+        wmat__dp_tree_f64(t->sloss, t->spr);
+        loss = t->sloss[0];
+    }
+    double tc = wmat__now();
+    if (t->dp) {
+        int rc = wmat__dp_finish(t->dp, &loss);
+        if (rc) return rc;
+    }
+    tc = wmat__now() - tc;
     loss /= p->grad_accum;
+    if (S > 1) loss /= S;
     if (!isfinite(loss)) return wmat_set_error(WMAT_ERR_NUMERIC, "train: the loss is %g at step %d", loss, t->step);
     /* global norm, serial in double (deterministic) */
     double ss = 0.0;
@@ -1131,7 +1218,8 @@ int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
         info->lr = lr;
         info->grad_norm = norm;
         info->seconds = wmat__now() - t0;
-        info->tokens = (uint64_t)t->BT * p->grad_accum;
+        info->comm_seconds = t->dp ? tc : 0.0;
+        info->tokens = (uint64_t)t->BT * p->grad_accum * (uint64_t)S; /* the global batch */
     }
     return WMAT_OK;
 }
