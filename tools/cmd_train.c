@@ -68,7 +68,7 @@ int cmd_train(int argc, char **argv)
     int stop_after = 0, save_merged = 1, time_limit = 0, eval_offset = 0, merge_dense = 0;
     cli_json js = {0};
     float lr = 0, min_lr = -1, wd = 0, clip = 1.0f, alpha = 16, gscale = 1.0f, b2 = 0.95f, mom = 0.9f, density = 0.03f;
-    char adapters[256], projectors[256], optimizers[256], method_help[768], opt_help[512];
+    char adapters[256], projectors[256], optimizers[256], method_help[1024], opt_help[512];
     reg_list(WMAT_REG_ADAPTER, " | ", adapters, sizeof adapters);
     reg_list(WMAT_REG_PROJECTOR, " | ", projectors, sizeof projectors);
     reg_list(WMAT_REG_OPTIMIZER, " | ", optimizers, sizeof optimizers);

@@ -394,6 +394,8 @@ static int resolve(wmat_train_params *p, const wmat_config *c, const wmat__optim
 int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_params *pp)
 {
     *out = NULL;
+    /* what an adopting adapter leaves of each linear (freed on every path) */
+    const wmat_tensor **rest = NULL;
     wmat_train_params def = wmat_train_default_params();
     if (!pp) pp = &def;
     const wmat_config *c = wmat_model_config(m);
@@ -478,7 +480,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->aon = wmat__calloc((size_t)L * NLIN, 1);
     t->lcfg = wmat__calloc((size_t)L * NLIN, sizeof *t->lcfg);
     t->bk = wmat__calloc(2 * (size_t)L + 1, sizeof *t->bk);
-    const wmat_tensor **rest = wmat__calloc((size_t)L * NLIN + 1, sizeof *rest);
+    rest = wmat__calloc((size_t)L * NLIN + 1, sizeof *rest);
     if (!t->lw_ || !t->glw_ || !t->aw || !t->gaw || !t->afix || !t->slots || !t->acts || !t->lin_ || !t->hdr ||
         !t->aon || !t->lcfg || !t->bk || !rest) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
