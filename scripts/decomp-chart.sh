@@ -11,7 +11,9 @@
 # usage: scripts/decomp-chart.sh [OUT.svg] [TABLE.tsv]
 #   (defaults docs/img/decomp_size_ppl.svg and the same name .tsv)
 #   env: WMAT_DATA (default ../shared/data), WMAT (default build/wmat),
-#        WINDOWS (default 64), ONLY="svd welore ..." to run some series.
+#        WINDOWS (default 64), ONLY="svd welore ..." to run some series (they replace
+#        their rows of an existing TABLE; series: svd welore monarch lqlora lqlora-gptq magnitude
+#        wanda sparsegpt slicegpt dsformer gptq).
 # mix4m, calibration: the first 16384 tokens of TinyStories valid (one
 # slice; the per-method tables of docs/DECOMP.md and docs/QUANT.md give
 # three-slice spreads for the calibrated methods).
@@ -66,6 +68,9 @@ if want lqlora; then
   run lqlora decompose --method lqlora --bits 3 --rank 16 --dtype f16
   run lqlora decompose --method lqlora --bits 4 --rank 16 --dtype f16
 fi
+if want lqlora-gptq; then
+  for b in 2 3 4; do run "lqlora (GPTQ part)" decompose --method lqlora --bits $b --rank 16 --dtype f16 --quant gptq "${cal_args[@]}"; done
+fi
 for m in magnitude wanda sparsegpt; do
   want $m || continue
   c=()
@@ -86,7 +91,16 @@ if want gptq; then
     run "GPTQ (reference)" quantize --method gptq $q "${cal_args[@]}" --calib-tokens 16384
   done
 fi
-mv "$tsv.tmp" "$tsv"
+if [ -n "${ONLY:-}" ] && [ -f "$tsv" ]; then
+  # some series: they replace their own rows of the existing table, the rest stay
+  cut -f1 "$tsv.tmp" | grep -v '^#' | sort -u >"$tmp/redone"
+  { grep -v '^fp32' "$tsv" | awk -F'\t' 'NR == FNR {r[$0] = 1; next} !($1 in r)' "$tmp/redone" -
+    grep -v '^#' "$tsv.tmp"; } >"$tmp/merged"
+  rm -f "$tsv.tmp"
+  mv "$tmp/merged" "$tsv"
+else
+  mv "$tsv.tmp" "$tsv"
+fi
 fp=$("$wmat" eval "$model" "${eval_args[@]}" 2>/dev/null | sed -n 's/^perplexity *\([0-9.]*\).*/\1/p' | tail -1)
 if [ -n "$fp" ]; then
   printf 'fp32\t0\t%s\t(line)\nfp32\t100\t%s\tno change\n' "$fp" "$fp" >>"$tsv"

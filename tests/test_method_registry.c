@@ -545,7 +545,9 @@ static void test_no_method_names_in_tools(void **state)
             if (*c >= 'A' && *c <= 'Z') *c = (char)(*c - 'A' + 'a');
         const wmat_method_desc *md;
         for (int i = 0; (md = wmat__method_at(i)); i++)
-            if (strstr(text, md->name)) fail_msg("%s names the %s method '%s'", path, md->family, md->name);
+            /* a file format of the same name (GPTQ checkpoints: --to gptq) is
+             * the tools' to name; the method's name is then not checked */
+            if (wmat_format_from_name(md->name) == WMAT_FMT_UNKNOWN && strstr(text, md->name)) fail_msg("%s names the %s method '%s'", path, md->family, md->name);
         free(text);
         files++;
     }

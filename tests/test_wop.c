@@ -149,6 +149,17 @@ static void check_kind_shape(const wmat_wkind *k, const shape *sh, int n_threads
     e = rel_err(dX, dXref, (size_t)T * (size_t)C);
     if (!(e < 1e-5)) fail_msg("%s: backward %g from dY W", k->name, e);
     /* f(X) = <dY, forward(X)>: df/dX[t][c] by central differences */
+    /* through the kind's exact path: where the CPU has them, int8 (VNNI)
+     * or bf16 (native bf16 GEMM) activations round X, and rounding x0 +- h
+     * is not what the backward differentiates */
+    wmat_wexec exfd = ex;
+    exfd.act8 = 0;
+    exfd.gemm = WMAT_GEMM_OPENBLAS;
+    if (!(wmat__wkind_batch_tol(k, &exfd) <= 1e-4))
+        fail_msg("%s: no exact batched path (budget %g without int8 or bf16 activations)", k->name,
+                 (double)wmat__wkind_batch_tol(k, &exfd));
+    const size_t wsfd = k->ws_bytes(&W, T, &exfd);
+    if (wsfd > wsb) ws = realloc(ws, wsfd);
     for (int probe = 0; probe < 3; probe++) {
         const int t = probe % T;
         const int64_t c = (probe * 37) % C;
@@ -156,7 +167,7 @@ static void check_kind_shape(const wmat_wkind *k, const shape *sh, int n_threads
         double f[2];
         for (int sgn = 0; sgn < 2; sgn++) {
             X[t * C + c] = x0 + (sgn ? h : -h);
-            k->forward(&W, X, Y, T, 0, ws, &ex);
+            k->forward(&W, X, Y, T, 0, ws, &exfd);
             double s = 0;
             for (size_t i = 0; i < (size_t)T * (size_t)R; i++) s += (double)dY[i] * Y[i];
             f[sgn] = s;

@@ -95,6 +95,8 @@ int cli_method_keys(const char *family, wmat_param_spec *keys, int cap, wmat_pse
 void cli_note_unread_keys(const char *cmd, const char *family, const char *method, const wmat_pset *ps);
 /* 1 when method needs input statistics (calibration). */
 int cli_method_needs_stats(const char *family, const char *method);
+/* The weight kind the method writes ("qpacked", "lowrank"; "" when unknown). */
+const char *cli_method_produces(const char *family, const char *method);
 
 /* Commands */
 int cmd_info(int argc, char **argv);

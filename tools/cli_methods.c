@@ -77,6 +77,12 @@ int cli_method_needs_stats(const char *family, const char *method)
     return d && d->stats;
 }
 
+const char *cli_method_produces(const char *family, const char *method)
+{
+    const wmat_method_desc *d = wmat__method_lookup(family, method);
+    return d && d->produces ? d->produces : "";
+}
+
 /* wmat methods: every method of every family, from the public listing. */
 int cmd_methods(int argc, char **argv)
 {

@@ -124,8 +124,8 @@ int cmd_quantize(int argc, char **argv)
     const char *gptq_why = NULL;
     if (!rc && !strcmp(to, "gptq")) {
         const int64_t bits = wmat__pset_int(&mps, "bits");
-        if (strcmp(method, "rtn") && strcmp(method, "gptq") && strcmp(method, "imatrix"))
-            gptq_why = "a GPTQ checkpoint stores the uniform grids of --method rtn, imatrix or gptq";
+        if (strcmp(cli_method_produces(QFAMILY, method), "qpacked"))
+            gptq_why = "a GPTQ checkpoint stores uniform grids (methods that produce qpacked weights: wmat methods)";
         else if (bits != 2 && bits != 3 && bits != 4 && bits != 8)
             gptq_why = "a GPTQ checkpoint holds 2, 3, 4 or 8 bits";
         else if (wmat__pset_int(&mps, "per_ic"))

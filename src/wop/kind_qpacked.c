@@ -259,6 +259,13 @@ static void qp_gguf_encode(const wmat_tensor *W, void *dst)
     }
 }
 
+/* Fewer than 3 tokens run as one-row products (wmat__qmatmul_x), with
+ * int8 activations where those are on: the row budget then; else exact. */
+static float qp_batch_tol(const wmat_wexec *ex)
+{
+    return wmat__qkernel_act8_at(ex->isa, ex->act8) ? 2e-2f : 1e-5f;
+}
+
 const wmat_wkind wmat__wkind_qpacked = {
     .name = "qpacked",
     .summary = "wmat's packed 2..8-bit codes with fp16 group scales (RTN, GPTQ, AdaDim output)",
@@ -280,4 +287,5 @@ const wmat_wkind wmat__wkind_qpacked = {
     .gguf_type = qp_gguf_type,
     .gguf_encode = qp_gguf_encode,
     .row_tol = 2e-2f, /* int8 activations where the CPU has VNNI */
+    .batch_tol = qp_batch_tol,
 };
