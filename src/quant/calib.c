@@ -26,8 +26,16 @@
 /* Tokens per H update: X^T X of a batch in float (as GPTQ's reference
  * accumulates all of H), batches summed in double. 2048: one update per 8
  * windows of 256, where the per-window update of an n = 5632 input moved
- * 254 MB of doubles for 16 GFLOP of product. */
+ * 254 MB of doubles for 16 GFLOP of product.
+ *
+ * Inputs of at most STATS_WINDOW_N features keep one product per window
+ * (H, 8 MB at most, stays in cache, so the update costs little): a sum of
+ * per-window float products in double does not depend on how the windows
+ * are split over MPI ranks (calib_dp.c), so there 1, 2 or 3 ranks write
+ * the same bytes. Wider inputs trade that for the batched update: ranks
+ * then differ from one process by float rounding of H (about 1e-7). */
 #define STATS_BATCH 2048
+#define STATS_WINDOW_N 1024
 
 int wmat__qstats_init(wmat_qstats *s, int64_t n, int with_hessian)
 {
@@ -114,6 +122,7 @@ void wmat__qstats_add(wmat_qstats *s, const float *X, int T)
             t += k;
             if (s->xb_rows == s->xb_cap) flush_batch(s);
         }
+    if (s->H && n <= STATS_WINDOW_N) flush_batch(s);
     s->n_tokens += (uint64_t)T;
     s->seconds += wmat__now() - t0;
 }
