@@ -595,6 +595,38 @@ static void test_peer_hf_tokenizers_bytes(void **state)
     wmat_tokenizer_free(tok);
 }
 
+/* A vocabulary without the piece " ": run.c spells the dummy prefix and
+ * every space as the byte <0x20>, and so must HF (Prepend(" ") alone). */
+static void test_peer_hf_tokenizers_no_space(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(text_path, TEXT_REL);
+    const char *merged[] = {"th", "he", "the", "an", "and", "in", "ing", "on", "ce", "Once", "On", "nce", "er", "re"};
+    enum { N_MERGED = sizeof merged / sizeof merged[0] };
+    enum { N = 3 + 256 + 52 + N_MERGED };
+    static char store[N][8];
+    const char *pieces[N];
+    float scores[N];
+    for (int i = 0; i < N; i++) {
+        if (i < 3) snprintf(store[i], 8, "%s", (const char *[]){"<unk>", "<s>", "</s>"}[i]);
+        else if (i < 259) snprintf(store[i], 8, "<0x%02X>", i - 3);
+        else if (i < 259 + 52) snprintf(store[i], 8, "%c", i < 259 + 26 ? 'a' + (i - 259) : 'A' + (i - 285));
+        else snprintf(store[i], 8, "%s", merged[i - 311]);
+        pieces[i] = store[i];
+        scores[i] = i < 259 ? 0.0f : i < 311 ? -1000.0f - (float)i : -(float)(i - 311);
+    }
+    wmat_tokenizer *tok;
+    TU_OK(wmat_tokenizer_from_vocab(&tok, N, pieces, NULL, scores, NULL, 1, 2));
+    const char *dir = save_hf_with(tok, "nospace");
+    cJSON *j = read_json_file(dir, "tokenizer.json");
+    const cJSON *norms = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "normalizer"), "normalizers");
+    assert_int_equal(cJSON_GetArraySize(norms), 1);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(norms->child, "prepend")->valuestring, " ");
+    cJSON_Delete(j);
+    check_peer(tok, "peernospace", text_path);
+    wmat_tokenizer_free(tok);
+}
+
 #ifdef WMAT_FAULT_INJECTION
 /* Every allocation and I/O call of an HF save with a tokenizer may fail: the
  * save reports it and leaves no temporary file behind. */
@@ -645,6 +677,7 @@ int main(void)
         cmocka_unit_test(test_peer_hf_tokenizers_tok512),
         cmocka_unit_test(test_peer_hf_tokenizers_llama32000),
         cmocka_unit_test(test_peer_hf_tokenizers_bytes),
+        cmocka_unit_test(test_peer_hf_tokenizers_no_space),
 #ifdef WMAT_FAULT_INJECTION
         cmocka_unit_test(test_faults),
 #endif
