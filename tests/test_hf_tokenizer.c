@@ -595,6 +595,20 @@ static void test_peer_hf_tokenizers_bytes(void **state)
     wmat_tokenizer_free(tok);
 }
 
+/* A vocabulary as GGUF spells it (U+2581, typed tokens, "<s>"). */
+static void test_peer_hf_tokenizers_gguf(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(gguf, "models/stories260K.gguf");
+    TU_NEED_DATA(text_path, TEXT_REL);
+    wmat_load_params lp = wmat_load_default_params();
+    wmat_model *m;
+    TU_OK(wmat_model_load(&m, gguf, &lp));
+    assert_non_null(wmat_model_tokenizer(m));
+    check_peer(wmat_model_tokenizer(m), "peergguf", text_path);
+    wmat_model_free(m);
+}
+
 /* A vocabulary without the piece " ": run.c spells the dummy prefix and
  * every space as the byte <0x20>, and so must HF (Prepend(" ") alone). */
 static void test_peer_hf_tokenizers_no_space(void **state)
@@ -678,6 +692,7 @@ int main(void)
         cmocka_unit_test(test_peer_hf_tokenizers_llama32000),
         cmocka_unit_test(test_peer_hf_tokenizers_bytes),
         cmocka_unit_test(test_peer_hf_tokenizers_no_space),
+        cmocka_unit_test(test_peer_hf_tokenizers_gguf),
 #ifdef WMAT_FAULT_INJECTION
         cmocka_unit_test(test_faults),
 #endif
