@@ -1,7 +1,10 @@
 /* Hugging Face LLaMA directories: config.json + model.safetensors (or shards
  * listed in model.safetensors.index.json), plus wmat's llama2.c-format
- * tokenizer.bin. Weights are used in place from the mappings; q_proj and
+ * tokenizer.bin and, for transformers, tokenizer.json and
+ * tokenizer_config.json (written by hf_tokenizer.c; a tokenizer.json is
+ * read when there is no tokenizer.bin). Weights are used in place from the mappings; q_proj and
  * k_proj stay in HF's rotary row order, flagged, until materialize. */
+#include "hf_tokenizer.h"
 #include "model_internal.h"
 #include "safetensors.h"
 
@@ -18,7 +21,8 @@
 #define WEIGHTS_NAME "model.safetensors"
 #define INDEX_NAME "model.safetensors.index.json"
 #define TOKENIZER_NAME "tokenizer.bin"
-#define TOKENIZER_JSON_NAME "tokenizer.json"
+#define TOKENIZER_JSON_NAME WMAT_HF_TOKENIZER_JSON
+#define TOKENIZER_CONFIG_NAME WMAT_HF_TOKENIZER_CONFIG
 
 
 
@@ -668,11 +672,15 @@ int wmat__hf_save_with(wmat_model *m, const char *dir, const wmat_save_params *p
     char *cfg_text = wmat__malloc(4096);
     char *st_path = wmat__path_join(dir, WEIGHTS_NAME), *cfg_path = wmat__path_join(dir, CONFIG_NAME), *tok_path = wmat__path_join(dir, TOKENIZER_NAME);
     char *extra_path = hook && hook->extra_file ? wmat__path_join(dir, hook->extra_file) : NULL;
+    char *tj_path = wmat__path_join(dir, TOKENIZER_JSON_NAME), *tc_path = wmat__path_join(dir, TOKENIZER_CONFIG_NAME);
+    char *tj_text = NULL, *tc_text = NULL;
+    size_t tj_len = 0, tc_len = 0;
     float *perm = NULL, *fill = NULL;
-    wmat_afile st_af = {0}, cfg_af = {0}, extra_af = {0};
-    bool st_open = false, cfg_open = false, extra_open = false;
+    wmat_afile st_af = {0}, cfg_af = {0}, extra_af = {0}, tj_af = {0}, tc_af = {0};
+    bool st_open = false, cfg_open = false, extra_open = false, tj_open = false, tc_open = false;
     int rc = WMAT_OK, n = 0;
-    if (!ent || !src || !cfg_text || !st_path || !cfg_path || !tok_path || (hook && hook->extra_file && !extra_path)) {
+    if (!ent || !src || !cfg_text || !st_path || !cfg_path || !tok_path || !tj_path || !tc_path ||
+        (hook && hook->extra_file && !extra_path)) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", dir);
         goto done;
     }
@@ -750,6 +758,15 @@ int wmat__hf_save_with(wmat_model *m, const char *dir, const wmat_save_params *p
         rc = wmat_set_error(WMAT_ERR_INTERNAL, "%s: config.json does not fit its buffer", dir);
         goto done;
     }
+    /* The tokenizer for transformers / tokenizers as well (hf_tokenizer.c);
+     * a model without one writes none of the tokenizer files. */
+    if (m->tok && ((rc = wmat__hf_tokenizer_json(m->tok, &tj_text, &tj_len)) ||
+                   (rc = wmat__hf_tokenizer_config_json(m->tok, c->seq_len, &tc_text, &tc_len)))) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", wmat_last_error());
+        rc = wmat_set_error(rc, "%s: %s", dir, msg);
+        goto done;
+    }
 
     if ((rc = wmat__make_dirs(dir))) goto done;
     /* Write every file to its temporary first and rename only when all are
@@ -766,6 +783,14 @@ int wmat__hf_save_with(wmat_model *m, const char *dir, const wmat_save_params *p
         extra_open = true;
         if ((rc = wmat__afile_write(&extra_af, hook->extra_text, strlen(hook->extra_text)))) goto done;
     }
+    if (tj_text) {
+        if ((rc = wmat__afile_open(&tj_af, tj_path))) goto done;
+        tj_open = true;
+        if ((rc = wmat__afile_write(&tj_af, tj_text, tj_len))) goto done;
+        if ((rc = wmat__afile_open(&tc_af, tc_path))) goto done;
+        tc_open = true;
+        if ((rc = wmat__afile_write(&tc_af, tc_text, tc_len))) goto done;
+    }
     if (m->tok && (rc = wmat_tokenizer_save_llama2c(m->tok, tok_path))) goto done;
     st_open = false;
     if ((rc = wmat__afile_commit(&st_af))) goto done;
@@ -773,10 +798,24 @@ int wmat__hf_save_with(wmat_model *m, const char *dir, const wmat_save_params *p
     if ((rc = wmat__afile_commit(&cfg_af))) goto done;
     if (extra_open) {
         extra_open = false;
-        rc = wmat__afile_commit(&extra_af);
+        if ((rc = wmat__afile_commit(&extra_af))) goto done;
+    }
+    if (tj_open) {
+        tj_open = false;
+        if ((rc = wmat__afile_commit(&tj_af))) goto done;
+    }
+    if (tc_open) {
+        tc_open = false;
+        rc = wmat__afile_commit(&tc_af);
     }
 
 done:
+    if (tj_open) wmat__afile_abort(&tj_af);
+    if (tc_open) wmat__afile_abort(&tc_af);
+    wmat__free(tj_text);
+    wmat__free(tc_text);
+    wmat__free(tj_path);
+    wmat__free(tc_path);
     if (st_open) wmat__afile_abort(&st_af);
     if (cfg_open) wmat__afile_abort(&cfg_af);
     if (extra_open) wmat__afile_abort(&extra_af);
