@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -72,6 +73,32 @@ static void on_signal(int sig)
     cli_interrupted = sig;
 }
 
+static void signal_mask(int how)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(how, &set, NULL);
+}
+
+static void *signal_thread(void *arg)
+{
+    (void)arg;
+    signal_mask(SIG_UNBLOCK); /* a mask blocked across an exec would be inherited */
+    for (;;) pause();
+    return NULL;
+}
+
+/* Why the handler runs on a thread of its own: oneDNN's JIT f32 GEMM on
+ * AVX-512 (Debian 12 ships 2.7; fixed upstream by oneDNN PR #4855, issue
+ * #4845) points rsp into a heap buffer while it runs, so a handler that
+ * lands on a thread inside that kernel writes its signal frame over the
+ * heap ("corrupted size vs. prev_size" at the next free). Every thread
+ * started after this call (OpenMP's pool, oneDNN's) blocks SIGINT and
+ * SIGTERM; the kernel delivers them to this idle thread (or to a BLAS
+ * thread started before main, which never runs oneDNN). Called before any
+ * math library starts its threads. */
 void cli_signals_install(void)
 {
     struct sigaction sa;
@@ -81,6 +108,12 @@ void cli_signals_install(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    pthread_attr_t at;
+    pthread_t th;
+    if (pthread_attr_init(&at)) return;
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    if (!pthread_create(&th, &at, signal_thread, NULL)) signal_mask(SIG_BLOCK);
+    pthread_attr_destroy(&at);
 }
 
 int cli_cancel_check(void *user, const char *what, uint64_t done, uint64_t total)

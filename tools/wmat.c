@@ -136,6 +136,7 @@ int main(int argc, char **argv)
     /* May re-execute the program once with OPENBLAS_CORETYPE set (never when
      * the user set it or passed --no-blas-tune). */
     wmat_blas_tune_reexec(argc, argv);
+    cli_signals_install(); /* before the math libraries start threads (cli.c) */
     /* Commands that only read and write files skip the math libraries'
      * start-up (the GEMM self-checks cost ~0.1 s): `wmat info` stays instant. */
     static const char *const no_math[] = {"info", "tokenize", "convert", "methods", NULL};
@@ -151,7 +152,6 @@ int main(int argc, char **argv)
     }
     if (needs_math && wmat_linalg_init(threads > 0 ? threads : 0) != WMAT_OK)
         fprintf(stderr, "wmat: warning: %s\n", wmat_last_error());
-    cli_signals_install();
     int rc = cli_mpi_begin(argv[1]); /* under mpirun: train and quantize run data-parallel */
     if (rc) return rc;
     rc = cmd->run(argc - 1, argv + 1);
