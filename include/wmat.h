@@ -562,6 +562,13 @@ typedef struct {
     int windows;
     double seconds;
     double tokens_per_s;
+    /* Uncertainty of ppl as llama.cpp's perplexity tool prints it ("PPL = X
+     * +/- Y"): ppl * sqrt((mean(nll^2) - mean_nll^2) / (tokens_scored - 1)),
+     * the standard error of the mean NLL carried to the perplexity. It
+     * treats the scored tokens as independent, which they are not, so it is
+     * a floor on the real spread between streams; it is what lets two
+     * perplexities be called different or not. Set by both protocols. */
+    double ppl_err;
 } wmat_eval_result;
 
 /* Perplexity of a token stream: windows of ctx+1 tokens overlapping by one
@@ -569,6 +576,45 @@ typedef struct {
  * predictions scored, a last partial window too. max_windows <= 0: all. */
 WMAT_API int wmat_eval_tokens(wmat_runtime *rt, const int32_t *tokens, size_t n, int ctx_len,
                               int max_windows, wmat_eval_result *res);
+
+/* Which predictions a perplexity counts. Figures under different protocols
+ * are not comparable (docs/ARCHITECTURE.md, "Perplexity protocols"):
+ * - WMAT_EVAL_WMAT: wmat_eval_tokens's windows above; every prediction
+ *   counts, including the early ones with little context, so it reads
+ *   higher than llama.cpp's on the same model and text;
+ * - WMAT_EVAL_LLAMACPP: what `llama-perplexity -f` reports, so a wmat figure
+ *   can be set beside one from llama.cpp: the stream is cut into n / ctx
+ *   chunks of ctx tokens (no overlap; a last partial chunk is dropped; fewer
+ *   than 2 x ctx tokens is an error, as there), each chunk is run from an
+ *   empty cache with its first token replaced by BOS, and only the second
+ *   half is scored: the predictions at positions ctx/2 .. ctx-2, of tokens
+ *   ctx/2+1 .. ctx-1 (ctx - ctx/2 - 1 per chunk). */
+typedef enum { WMAT_EVAL_WMAT = 0, WMAT_EVAL_LLAMACPP = 1 } wmat_eval_protocol;
+
+typedef struct {
+    wmat_eval_protocol protocol;
+    int ctx;        /* window (chunk) length; <= 0: the model's seq_len (llama.cpp's -c) */
+    int max_chunks; /* score only the first K windows/chunks; <= 0: all (llama.cpp's --chunks) */
+    int bos;        /* llama.cpp protocol: the id written over each chunk's first token; -1: the
+                       model's BOS (wmat_config.bos_id, which GGUF's tokenizer.ggml.bos_token_id
+                       sets); -2: none, the chunk's own first token stays (llama.cpp does that
+                       for vocabularies that add no BOS) */
+    int n_threads;  /* <= 0: the context's (whole windows per thread, as wmat_eval_tokens) */
+    const wmat_context *context; /* progress ("eval", windows done), GEMM choice; NULL: defaults */
+    int pack_weights; /* as wmat_runtime_params (default 1: the weights do not change meanwhile) */
+} wmat_eval_params;
+
+WMAT_API wmat_eval_params wmat_eval_default_params(void);
+/* "wmat", "llama.cpp" (NULL for no protocol), and back (WMAT_ERR_INVALID). */
+WMAT_API const char *wmat_eval_protocol_name(wmat_eval_protocol p);
+WMAT_API int wmat_eval_protocol_from_name(const char *name, wmat_eval_protocol *out);
+
+/* Perplexity of m (materialized) on tokens[0..n) under params (NULL:
+ * defaults), on a runtime it creates and frees: res->windows is the number
+ * of windows (chunks) run, res->tokens_scored the predictions counted. With
+ * WMAT_EVAL_WMAT the figures equal wmat_eval_tokens's. */
+WMAT_API int wmat_eval_stream(wmat_model *m, const int32_t *tokens, size_t n, const wmat_eval_params *params,
+                              wmat_eval_result *res);
 
 /* Read a file of little-endian uint16 token ids. *out malloc'd. */
 WMAT_API int wmat_read_tokens_u16(const char *path, int32_t **out, size_t *n);

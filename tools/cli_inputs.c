@@ -69,22 +69,25 @@ int cli_eval_load(const char *cmd, wmat_model *m, const cli_eval *e, int32_t **i
     return 0;
 }
 
-int cli_eval_perplexity(const char *cmd, wmat_model *m, const int32_t *ids, size_t n, int ctx, int max_windows,
-                        wmat_eval_result *res)
+int cli_eval_stream(const char *cmd, wmat_model *m, const int32_t *ids, size_t n, const wmat_eval_params *p,
+                    wmat_eval_result *res)
 {
     wmat_context wc = wmat_context_default();
     wc.n_threads = g_cli.threads;
     wc.progress = cli_progress;
-    wmat_runtime_params rp = wmat_runtime_default_params();
-    rp.max_batch_tokens = ctx;
-    rp.kv_cache_len = 1;
-    rp.pack_weights = 1; /* weights stay fixed during evaluation */
-    rp.ctx = &wc;
-    wmat_runtime *rt = NULL;
-    int rc = wmat_runtime_create(&rt, m, &rp);
-    if (!rc) rc = wmat_eval_tokens(rt, ids, n, ctx, max_windows, res);
-    wmat_runtime_free(rt);
-    return rc ? cli_fail(cmd) : 0;
+    wmat_eval_params ep = *p;
+    ep.context = &wc;
+    ep.pack_weights = 1; /* weights stay fixed during evaluation */
+    return wmat_eval_stream(m, ids, n, &ep, res) ? cli_fail(cmd) : 0;
+}
+
+int cli_eval_perplexity(const char *cmd, wmat_model *m, const int32_t *ids, size_t n, int ctx, int max_windows,
+                        wmat_eval_result *res)
+{
+    wmat_eval_params p = wmat_eval_default_params();
+    p.ctx = ctx;
+    p.max_chunks = max_windows;
+    return cli_eval_stream(cmd, m, ids, n, &p, res);
 }
 
 int cli_json_check(const char *cmd, const cli_json *j)

@@ -56,6 +56,10 @@ int cli_load_token_input(const char *cmd, wmat_model *m, const char *flag, const
  * weights, --threads). 1 (reported) on failure. */
 int cli_eval_perplexity(const char *cmd, wmat_model *m, const int32_t *ids, size_t n, int ctx, int max_windows,
                         wmat_eval_result *res);
+/* The same under any protocol (wmat_eval_params; its context and
+ * pack_weights are the CLI's). */
+int cli_eval_stream(const char *cmd, wmat_model *m, const int32_t *ids, size_t n, const wmat_eval_params *p,
+                    wmat_eval_result *res);
 
 /* --json / --json-out FILE */
 typedef struct {

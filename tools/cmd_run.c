@@ -93,12 +93,18 @@ int cmd_eval(int argc, char **argv)
     const cli_command *cmd = cli_find_command("eval");
     cli_eval ev = {0};
     cli_json js = {0};
-    const char *adapter = NULL;
+    const char *adapter = NULL, *protocol = NULL;
+    int chunks = 0;
     cli_opt opts[] = {
         {"--adapter", OPT_STR, &adapter, "DIR", "a PEFT adapter directory merged into the weights first (LoRA, DoRA, ...)"},
         CLI_EVAL_INPUT_OPTS(&ev, "the stream to score"),
         CLI_EVAL_CTX_OPT(&ev, "window length (default: the model's context)"),
         CLI_EVAL_WINDOW_OPTS(&ev, "score only the first K windows (default: all)"),
+        {"--protocol", OPT_STR, &protocol, "P",
+         "which predictions count: wmat (default: every one, windows overlapping by one token) or llama.cpp (as "
+         "llama-perplexity: chunks of ctx tokens, BOS first, the second half of each scored; prints PPL +/- its "
+         "error; needs 2 x ctx tokens); docs/ARCHITECTURE.md, \"Perplexity protocols\""},
+        {"--chunks", OPT_INT, &chunks, "K", "score only the first K chunks, as llama-perplexity's --chunks (the same as --max-windows)"},
         CLI_JSON_OPTS(&js),
         {NULL, 0, NULL, NULL, NULL},
     };
@@ -107,6 +113,14 @@ int cmd_eval(int argc, char **argv)
     if (rc) return rc == 1 ? 0 : rc;
     if (!cli_eval_path(&ev)) return cli_usage_error("eval", "give exactly one of --text FILE, --tokens FILE or --eval FILE");
     if ((rc = cli_eval_check("eval", &ev)) || (rc = cli_json_check("eval", &js))) return rc;
+    wmat_eval_params ep = wmat_eval_default_params();
+    if (protocol && wmat_eval_protocol_from_name(protocol, &ep.protocol))
+        return cli_usage_error("eval", "--protocol %s: give wmat or llama.cpp", protocol);
+    if (chunks < 0) return cli_usage_error("eval", "--chunks must be >= 0 (got %d; 0: all)", chunks);
+    if (chunks && ev.max_windows && chunks != ev.max_windows)
+        return cli_usage_error("eval", "--chunks %d and --max-windows %d disagree (they are one limit)", chunks,
+                               ev.max_windows);
+    const int llama = ep.protocol == WMAT_EVAL_LLAMACPP;
     wmat_model *m;
     if (cli_load_model("eval", pos[0], adapter ? CLI_LOAD_F32 : CLI_LOAD_STORED, &m)) return 1;
     if (adapter && cli_apply_adapter("eval", m, adapter)) return 1;
@@ -123,14 +137,22 @@ int cmd_eval(int argc, char **argv)
         return 1;
     }
     wmat_eval_result res;
-    rc = cli_eval_perplexity("eval", m, ids, n, ctx, ev.max_windows, &res);
+    ep.ctx = ctx;
+    ep.max_chunks = chunks ? chunks : ev.max_windows;
+    rc = cli_eval_stream("eval", m, ids, n, &ep, &res);
     if (!rc && !js.flag) {
         printf("model         %s\n", wmat_model_path(m));
         printf("stream        %s (%zu tokens", cli_eval_path(&ev), n);
         if (ev.offset) printf(" from token %d", ev.offset);
-        printf("), ctx %d, %d windows\n", ctx, res.windows);
+        if (llama) {
+            printf("), ctx %d, %d chunks\n", ctx, res.windows);
+            printf("protocol      llama.cpp (BOS first in each chunk, positions %d..%d scored)\n", ctx / 2, ctx - 2);
+        } else {
+            printf("), ctx %d, %d windows\n", ctx, res.windows);
+        }
         printf("mean NLL      %.6f\n", res.mean_nll);
-        printf("perplexity    %.4f\n", res.ppl);
+        if (llama) printf("perplexity    %.4f +/- %.5f\n", res.ppl, res.ppl_err);
+        else printf("perplexity    %.4f\n", res.ppl);
         printf("scored        %llu tokens in %.2f s (%.0f tokens/s)\n", (unsigned long long)res.tokens_scored,
                res.seconds, res.tokens_per_s);
     }
@@ -140,6 +162,9 @@ int cmd_eval(int argc, char **argv)
     if (jf) {
         fprintf(jf, "{\"model\": ");
         cli_json_string(jf, wmat_model_path(m));
+        if (llama) /* the wmat protocol's keys stay as they were */
+            fprintf(jf, ", \"protocol\": \"llama.cpp\", \"chunks\": %d, \"ppl_err\": %.6f", res.windows,
+                    res.ppl_err);
         fprintf(jf, ", \"ctx\": %d, \"offset\": %d, \"windows\": %d, \"tokens_scored\": %llu, \"mean_nll\": %.6f, "
                 "\"ppl\": %.6f, \"seconds\": %.4f, \"tokens_per_s\": %.1f}\n",
                 ctx, ev.offset, res.windows, (unsigned long long)res.tokens_scored, res.mean_nll, res.ppl, res.seconds,

@@ -13,7 +13,8 @@ static char g_quantize_summary[384], g_decompose_summary[384];
 
 const cli_command g_commands[] = {
     {"info", "Show a model's architecture and every tensor (name, shape, dtype, bytes).", "MODEL [options]", cmd_info},
-    {"eval", "Perplexity of a text or token stream: windows of ctx+1 tokens overlapping by one, each from an empty cache.",
+    {"eval", "Perplexity of a text or token stream: windows of ctx+1 tokens overlapping by one, each from an empty cache "
+     "(--protocol llama.cpp: scored as llama-perplexity scores).",
      "MODEL (--text FILE | --tokens FILE | --eval FILE) [options]", cmd_eval},
     {"generate", "Continue a prompt (greedy with --temp 0).", "(MODEL | -m MODEL) [-p TEXT] [-n N] [options]", cmd_generate},
     {"tokenize", "Encode a text file as llama2.c does and write little-endian uint16 ids.",

@@ -189,3 +189,99 @@ const char *llamacpp_lcq(const char **why)
     free(out);
     return path;
 }
+
+/* Where node-llama-cpp's node_modules are (NULL, with *why, when absent or
+ * peers are off). */
+static const char *nlc_modules(char *buf, size_t n, const char **why)
+{
+    if (getenv("WMAT_NO_PEER")) {
+        *why = "llama.cpp peer checks disabled by WMAT_NO_PEER";
+        return NULL;
+    }
+    const char *dir = getenv("WMAT_NODE_LLAMA_DIR");
+    if (!dir || !*dir) dir = "/opt/nlc";
+    snprintf(buf, n, "%s", dir);
+    char pkg[1200];
+    snprintf(pkg, sizeof pkg, "%s/node_modules/node-llama-cpp/package.json", dir);
+    struct stat st;
+    if (stat(pkg, &st) != 0) {
+        *why = "node-llama-cpp not installed (set WMAT_NODE_LLAMA_DIR to a folder holding node_modules/node-llama-cpp)";
+        return NULL;
+    }
+    return buf;
+}
+
+const char *llamacpp_lcppl(const char **why)
+{
+    static char path[1200];
+    struct stat st;
+    const char *env = getenv("WMAT_LCPPL");
+    if (env && *env && !getenv("WMAT_NO_PEER")) {
+        if (stat(env, &st) == 0) return env;
+        *why = "WMAT_LCPPL names no file";
+        return NULL;
+    }
+    char dir[1024];
+    if (!nlc_modules(dir, sizeof dir, why)) return NULL;
+    char src[1200], script[1200];
+    snprintf(src, sizeof src, "%s/tests/peer/lcppl.cpp", WMAT_SOURCE_DIR);
+    snprintf(script, sizeof script, "%s/tests/peer/build-lcppl.sh", WMAT_SOURCE_DIR);
+    struct stat ss;
+    if (stat(src, &ss) != 0 || stat(script, &st) != 0) {
+        *why = "tests/peer/lcppl.cpp or build-lcppl.sh missing";
+        return NULL;
+    }
+    /* its own folder (not lcq's), rebuilt when the source is newer */
+    snprintf(path, sizeof path, "%s/lcppl-wmat-build/lcppl", dir);
+    if (stat(path, &st) == 0 && st.st_mtime >= ss.st_mtime) return path;
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "NLC_MODULES='%s/node_modules' LCPPL_BUILD='%s/lcppl-wmat-build' timeout 600 bash '%s' 2>&1",
+             dir, dir, script);
+    int code = 0;
+    char *out = tu_run(cmd, &code);
+    if (code != 0 || stat(path, &st) != 0) {
+        print_message("lcppl build failed:\n%s\n", out ? out : "");
+        free(out);
+        *why = "building tests/peer/lcppl.cpp failed (g++ and node-llama-cpp's libraries needed)";
+        return NULL;
+    }
+    free(out);
+    return path;
+}
+
+static double json_num(const char *s, const char *key, int *ok)
+{
+    char k[64];
+    snprintf(k, sizeof k, "\"%s\": ", key);
+    const char *p = strstr(s, k);
+    if (!p) {
+        *ok = 0;
+        return 0.0;
+    }
+    return strtod(p + strlen(k), NULL);
+}
+
+int llamacpp_perplexity(const char *gguf, const char *tokens_u16, int ctx, int chunks, llamacpp_ppl *r, const char **why)
+{
+    memset(r, 0, sizeof *r);
+    const char *bin = llamacpp_lcppl(why);
+    if (!bin) return 1;
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "timeout 600 '%s' '%s' '%s' --ctx %d --chunks %d --threads 1 2>&1", bin, gguf, tokens_u16,
+             ctx, chunks > 0 ? chunks : -1);
+    int code = -1;
+    char *out = tu_run(cmd, &code);
+    if (!out) return -1;
+    const char *j = strstr(out, "{\"model\"");
+    int ok = j && code == 0;
+    if (ok) {
+        r->ppl = json_num(j, "ppl", &ok);
+        r->ppl_err = json_num(j, "ppl_err", &ok);
+        r->mean_nll = json_num(j, "mean_nll", &ok);
+        r->tokens_scored = (long long)json_num(j, "tokens_scored", &ok);
+        r->chunks = (int)json_num(j, "chunks", &ok);
+    }
+    if (!ok) print_message("lcppl failed (exit %d):\n%s\n", code, out);
+    free(out);
+    return ok ? 0 : -1;
+}

@@ -27,4 +27,22 @@ int llamacpp_greedy(const char *gguf, const char *prompt, int n_tokens, llamacpp
  * node-llama-cpp, the tool's source or a C++ compiler is missing. */
 const char *llamacpp_lcq(const char **why);
 
+/* llama.cpp's perplexity protocol through its C API (tests/peer/lcppl.cpp):
+ * $WMAT_LCPPL, else built (~10 s) with tests/peer/build-lcppl.sh against
+ * node-llama-cpp's libraries into $WMAT_NODE_LLAMA_DIR/lcppl-wmat-build
+ * (again when the source is newer). NULL (with *why) when node-llama-cpp or
+ * g++ is missing or WMAT_NO_PEER is set. */
+const char *llamacpp_lcppl(const char **why);
+
+typedef struct {
+    double ppl, ppl_err, mean_nll; /* "Final estimate: PPL = ppl +/- ppl_err" */
+    long long tokens_scored;
+    int chunks;
+} llamacpp_ppl;
+
+/* llama-perplexity's figures for a GGUF on a uint16 token file: chunks of
+ * ctx (at most `chunks`; <= 0: all), one thread, F32 KV cache. 0: ok; 1:
+ * unavailable (*why; skip); -1: it ran and failed (its output printed). */
+int llamacpp_perplexity(const char *gguf, const char *tokens_u16, int ctx, int chunks, llamacpp_ppl *r, const char **why);
+
 #endif
