@@ -22,7 +22,9 @@
  *   differences of its own loss (h = 1e-2) on an f32 base, all seven
  *   linears (different shapes: VeRA's slices; q/k: VeRA's permuted B);
  *   merged model's logits = base + adapter logits within 1e-5; training
- *   on a q4_0 base lowers the loss and merges exactly as well. */
+ *   on a q4_0 base lowers the loss and merges exactly as well; a run
+ *   interrupted after 9 of 20 steps and resumed from its checkpoint ends
+ *   with the same floats as an uninterrupted one. */
 #include "test_util.h"
 #include "io/model_internal.h"
 #include "io/safetensors.h"
@@ -447,6 +449,45 @@ static void test_lamda(void **state)
     free(d);
 }
 
+/* ------------------------------------------------------------ resume */
+
+/* Interrupted after 9 of 20 steps and resumed from the checkpoint (the
+ * shared and fixed data, the step count that decides LaMDA's frozen
+ * columns): the same floats as an uninterrupted run. */
+static void test_resume(void **state)
+{
+    (void)state;
+    const char *names[2] = {"vera", "lamda"};
+    for (int a = 0; a < 2; a++) {
+        wmat_context oc = wmat_context_default();
+        oc.n_threads = 1;
+        wmat_model *m = tiny(11, 64);
+        wmat_train_params p = params(&oc, names[a]);
+        int32_t *d = tokens(400);
+        wmat_trainer *t, *u, *v;
+        TU_OK(wmat_trainer_create(&t, m, &p));
+        TU_OK(wmat_trainer_set_data(t, d, 400));
+        steps(t, 20, NULL, NULL);
+        TU_OK(wmat_trainer_create(&u, m, &p));
+        TU_OK(wmat_trainer_set_data(u, d, 400));
+        steps(u, 9, NULL, NULL);
+        TU_OK(wmat_trainer_save_checkpoint(u, tu_tmp("resume.ckpt")));
+        wmat_trainer_free(u);
+        TU_OK(wmat_trainer_create(&v, m, &p));
+        TU_OK(wmat_trainer_set_data(v, d, 400));
+        TU_OK(wmat_trainer_load_checkpoint(v, tu_tmp("resume.ckpt")));
+        steps(v, 11, NULL, NULL);
+        size_t n1, n2;
+        const float *p1 = wmat__trainer_params(t, &n1), *p2 = wmat__trainer_params(v, &n2);
+        assert_int_equal(n1, n2);
+        if (memcmp(p1, p2, n1 * sizeof(float))) fail_msg("%s: the resumed run differs from the uninterrupted one", names[a]);
+        wmat_trainer_free(t);
+        wmat_trainer_free(v);
+        wmat_model_free(m);
+        free(d);
+    }
+}
+
 /* ------------------------------------------------------------ quantized base */
 
 static void test_q4_base(void **state)
@@ -481,6 +522,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vera),
         cmocka_unit_test(test_lamda),
+        cmocka_unit_test(test_resume),
         cmocka_unit_test(test_q4_base),
     };
     return tu_run_tests("vera_lamda", tests, NULL, NULL);
