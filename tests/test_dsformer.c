@@ -504,10 +504,13 @@ static void test_ste(void **state)
     assert_true(wmat__adapter_find("dsformer-fixed")->approx_grad == 0u);
     /* refused: density outside (0, 1], rank past min(in, out) */
     const wmat__adapter *a = wmat__adapter_find("dsformer");
-    assert_int_equal(a->check(&(wmat__adapter_cfg){.rank = 4, .alpha = 1, .density = 0.0f, .nt = 1, .isa = 0}, NULL, 8, 8, "x"), WMAT_ERR_INVALID);
+    assert_int_equal(a->check(&(wmat__adapter_cfg){.rank = 4, .alpha = 1, .density = 0.0f, .nt = 1}, NULL, 8, 8, "x"),
+                     WMAT_ERR_INVALID);
     assert_true(strstr(wmat_last_error(), "density") != NULL);
-    assert_int_equal(a->check(&(wmat__adapter_cfg){.rank = 4, .alpha = 1, .density = 1.5f, .nt = 1, .isa = 0}, NULL, 8, 8, "x"), WMAT_ERR_INVALID);
-    assert_int_equal(a->check(&(wmat__adapter_cfg){.rank = 9, .alpha = 1, .density = 0.5f, .nt = 1, .isa = 0}, NULL, 8, 16, "x"), WMAT_ERR_INVALID);
+    assert_int_equal(a->check(&(wmat__adapter_cfg){.rank = 4, .alpha = 1, .density = 1.5f, .nt = 1}, NULL, 8, 8, "x"),
+                     WMAT_ERR_INVALID);
+    assert_int_equal(a->check(&(wmat__adapter_cfg){.rank = 9, .alpha = 1, .density = 0.5f, .nt = 1}, NULL, 8, 16, "x"),
+                     WMAT_ERR_INVALID);
     assert_true(strstr(wmat_last_error(), "rank 9") != NULL);
 }
 

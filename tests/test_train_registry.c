@@ -215,7 +215,11 @@ static void fd_check(const char *what, actx *e, float *x, const float *an, size_
 static void adapter_backward_check(const wmat__adapter *a)
 {
     enum { BT = 5, in = 9, out = 6 }; /* rank 3 divides both (Bone's blocks) */
-    actx e = {.a = a, .c = {.rank = 3, .alpha = 2.1f, .density = 0.3f, .nt = 1, .isa = WMAT_ISA_AVX2}, .BT = BT, .in = in, .out = out};
+    actx e = {.a = a,
+              .c = {.rank = 3, .alpha = 2.1f, .density = 0.3f, .nt = 1, .isa = WMAT_ISA_AVX2},
+              .BT = BT,
+              .in = in,
+              .out = out};
     wmat_rng r;
     wmat_rng_seed(&r, 6);
     int rows[WMAT__ADAPTER_MAX_TENSORS], cols[WMAT__ADAPTER_MAX_TENSORS];

@@ -480,7 +480,8 @@ static void test_resume(void **state)
         size_t n1, n2;
         const float *p1 = wmat__trainer_params(t, &n1), *p2 = wmat__trainer_params(v, &n2);
         assert_int_equal(n1, n2);
-        if (memcmp(p1, p2, n1 * sizeof(float))) fail_msg("%s: the resumed run differs from the uninterrupted one", names[a]);
+        if (memcmp(p1, p2, n1 * sizeof(float)))
+            fail_msg("%s: the resumed run differs from the uninterrupted one", names[a]);
         wmat_trainer_free(t);
         wmat_trainer_free(v);
         wmat_model_free(m);

@@ -19,8 +19,9 @@
 static const wmat__adapter *const adapters[] = {&wmat__adapter_lora,  &wmat__adapter_rslora, &wmat__adapter_sltrain,
                                                 &wmat__adapter_dora,  &wmat__adapter_pissa,  &wmat__adapter_olora,
                                                 &wmat__adapter_svfit, &wmat__adapter_bone,
-                                                &wmat__adapter_factors, &wmat__adapter_dsformer, &wmat__adapter_dsformer_fixed,
-                                                &wmat__adapter_vera,  &wmat__adapter_lamda};
+                                                &wmat__adapter_factors, &wmat__adapter_dsformer,
+                                                &wmat__adapter_dsformer_fixed, &wmat__adapter_vera,
+                                                &wmat__adapter_lamda};
 
 const wmat__adapter *wmat__adapter_at(int i)
 {
@@ -268,7 +269,8 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
         for (int l = 0; l < mc->n_layers; l++)
             for (int k = 0; k < WMAT_LIN_COUNT; k++) {
                 char nm[256];
-                snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.%s%s", l, hf_mod[k], a->tensor_key[0], sfx);
+                snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.%s%s", l, hf_mod[k], a->tensor_key[0],
+                         sfx);
                 if (!wmat__st_find(f, nm)) continue;
                 int o, in;
                 lin_dims(mc, k, &o, &in);
@@ -278,7 +280,8 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
         int rows[2], cols[2];
         a->shared_shapes(&c, rows, cols);
         const size_t nf = wmat__adapter_shared_floats(a, &c);
-        if (!(shared = wmat__malloc(nf * sizeof(float) + 1))) rc = wmat_set_error(WMAT_ERR_NOMEM, "adapter merge: out of memory");
+        if (!(shared = wmat__malloc(nf * sizeof(float) + 1)))
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "adapter merge: out of memory");
         size_t so = 0;
         for (int i = 0; i < a->n_shared && !rc; i++) {
             const wmat_st_tensor *st = wmat__st_find(f, a->shared_key[i]);

@@ -59,8 +59,8 @@ static size_t lamda_scratch_floats(const wmat__adapter_cfg *c, int BT, int in, i
 }
 static float lamda_scale(const wmat__adapter_cfg *c) { return c->alpha / (float)c->rank; }
 
-static int lamda_init(const wmat__adapter_cfg *c, float *const *w, void *fixed, const wmat_tensor *base, float *W, int in,
-                      int out, wmat_rng *rng)
+static int lamda_init(const wmat__adapter_cfg *c, float *const *w, void *fixed, const wmat_tensor *base, float *W,
+                      int in, int out, wmat_rng *rng)
 {
     (void)base, (void)W, (void)out;
     const int r = c->rank;

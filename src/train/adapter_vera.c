@@ -84,8 +84,8 @@ static float vera_scale(const wmat__adapter_cfg *c)
     return 1.0f;
 }
 
-static int vera_init(const wmat__adapter_cfg *c, float *const *w, void *fixed, const wmat_tensor *base, float *W, int in,
-                     int out, wmat_rng *rng)
+static int vera_init(const wmat__adapter_cfg *c, float *const *w, void *fixed, const wmat_tensor *base, float *W,
+                     int in, int out, wmat_rng *rng)
 {
     (void)fixed, (void)base, (void)W, (void)in, (void)out, (void)rng;
     /* b = 0 (zeroed on entry), d = d_initial */

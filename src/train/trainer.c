@@ -448,7 +448,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->exec = p.exec ? *p.exec : wmat_context_default();
     t->nt = wmat_context_threads(&t->exec);
     t->ex = wmat__wexec_from(&t->exec);
-    t->acfg = (wmat__adapter_cfg){.rank = p.lora_rank, .alpha = p.lora_alpha, .density = p.adapter_density, .nt = t->nt, .isa = t->ex.isa};
+    t->acfg = (wmat__adapter_cfg){
+        .rank = p.lora_rank, .alpha = p.lora_alpha, .density = p.adapter_density, .nt = t->nt, .isa = t->ex.isa};
     t->rep = ad && ad->replaces_base;
     t->nranks = wmat_comm_size(t->exec.comm);
     t->rank = wmat_comm_rank(t->exec.comm);
@@ -1229,7 +1230,8 @@ int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
         slot *s = &t->slots[si];
         const int cols = s->cols ? s->cols : 1;
         const int fc = s->atensor < 0 ? 0 : t->adapter->frozen_cols(s->acfg, s->atensor, cols, t->step, p->steps);
-        for (int r = 0; r < s->rows && fc > 0; r++) memset(s->g + (size_t)r * cols, 0, (size_t)(fc < cols ? fc : cols) * sizeof(float));
+        for (int r = 0; r < s->rows && fc > 0; r++)
+            memset(s->g + (size_t)r * cols, 0, (size_t)(fc < cols ? fc : cols) * sizeof(float));
     }
     /* global norm, serial in double (deterministic) */
     double ss = 0.0;
