@@ -57,7 +57,7 @@ static void layer_init(layer *L, const char *name, uint64_t seed)
     memset(L, 0, sizeof *L);
     L->a = wmat__adapter_find(name);
     assert_non_null(L->a);
-    L->c = (wmat__adapter_cfg){RK, 2.5f, 0, 1, 0};
+    L->c = (wmat__adapter_cfg){.rank = RK, .alpha = 2.5f, .density = 0, .nt = 1, .isa = 0};
     wmat_rng r;
     wmat_rng_seed(&r, seed);
     for (int i = 0; i < BT * IN; i++) L->X[i] = wmat_rng_normal(&r);
@@ -309,7 +309,7 @@ static void peft_set_make(peft_set *P, const char *name, wmat_model *m)
 {
     memset(P, 0, sizeof *P);
     P->a = wmat__adapter_find(name);
-    P->c = (wmat__adapter_cfg){4, 6.0f, 0, 1, 0};
+    P->c = (wmat__adapter_cfg){.rank = 4, .alpha = 6.0f, .density = 0, .nt = 1, .isa = 0};
     wmat_rng r;
     wmat_rng_seed(&r, 5);
     for (int l = 0; l < NL; l++)

@@ -390,7 +390,7 @@ static void ste_case(const char *name, float density, int s)
     enum { BT = 4, in = 7, out = 6, k = 5 };
     const wmat__adapter *a = wmat__adapter_find(name);
     assert_non_null(a);
-    const wmat__adapter_cfg c = {k, 1.0f, density, 1, WMAT_ISA_AVX2};
+    const wmat__adapter_cfg c = {.rank = k, .alpha = 1.0f, .density = density, .nt = 1, .isa = WMAT_ISA_AVX2};
     const int fixed_mask = a->fixed_bytes != NULL;
     int rows[4], cols[4];
     a->shapes(&c, in, out, rows, cols);
@@ -504,10 +504,13 @@ static void test_ste(void **state)
     assert_true(wmat__adapter_find("dsformer-fixed")->approx_grad == 0u);
     /* refused: density outside (0, 1], rank past min(in, out) */
     const wmat__adapter *a = wmat__adapter_find("dsformer");
-    assert_int_equal(a->check(&(wmat__adapter_cfg){4, 1, 0.0f, 1, 0}, NULL, 8, 8, "x"), WMAT_ERR_INVALID);
+    assert_int_equal(a->check(&(wmat__adapter_cfg){.rank = 4, .alpha = 1, .density = 0.0f, .nt = 1}, NULL, 8, 8, "x"),
+                     WMAT_ERR_INVALID);
     assert_true(strstr(wmat_last_error(), "density") != NULL);
-    assert_int_equal(a->check(&(wmat__adapter_cfg){4, 1, 1.5f, 1, 0}, NULL, 8, 8, "x"), WMAT_ERR_INVALID);
-    assert_int_equal(a->check(&(wmat__adapter_cfg){9, 1, 0.5f, 1, 0}, NULL, 8, 16, "x"), WMAT_ERR_INVALID);
+    assert_int_equal(a->check(&(wmat__adapter_cfg){.rank = 4, .alpha = 1, .density = 1.5f, .nt = 1}, NULL, 8, 8, "x"),
+                     WMAT_ERR_INVALID);
+    assert_int_equal(a->check(&(wmat__adapter_cfg){.rank = 9, .alpha = 1, .density = 0.5f, .nt = 1}, NULL, 8, 16, "x"),
+                     WMAT_ERR_INVALID);
     assert_true(strstr(wmat_last_error(), "rank 9") != NULL);
 }
 

@@ -228,7 +228,7 @@ static void test_layer_gradients(void **state)
     const wmat__adapter *a = wmat__adapter_find("sltrain");
     assert_non_null(a);
     assert_true(a->replaces_base);
-    const wmat__adapter_cfg cfg = {rk, 5.0f, 0.3f, 1, WMAT_ISA_AVX2};
+    const wmat__adapter_cfg cfg = {.rank = rk, .alpha = 5.0f, .density = 0.3f, .nt = 1, .isa = WMAT_ISA_AVX2};
     int rows[4], cols[4];
     a->shapes(&cfg, in, out, rows, cols);
     assert_int_equal(rows[2], (int)floor(0.3 * in * out));

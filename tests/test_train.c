@@ -298,7 +298,7 @@ static void test_op_linear_lora(void **state)
     /* the trainer's linear layer: base op, then the LoRA adapter's path */
     const wmat__adapter *ad = wmat__adapter_find("lora");
     assert_non_null(ad);
-    const wmat__adapter_cfg cfg = {rk, 2.1f, 0, 1, 0};
+    const wmat__adapter_cfg cfg = {.rank = rk, .alpha = 2.1f, .density = 0, .nt = 1, .isa = 0};
     const float s = ad->scale(&cfg);
     const float *w[2] = {A, B};
     float *dw[2] = {dA, dB};

@@ -215,7 +215,11 @@ static void fd_check(const char *what, actx *e, float *x, const float *an, size_
 static void adapter_backward_check(const wmat__adapter *a)
 {
     enum { BT = 5, in = 9, out = 6 }; /* rank 3 divides both (Bone's blocks) */
-    actx e = {.a = a, .c = {3, 2.1f, 0.3f, 1, WMAT_ISA_AVX2}, .BT = BT, .in = in, .out = out};
+    actx e = {.a = a,
+              .c = {.rank = 3, .alpha = 2.1f, .density = 0.3f, .nt = 1, .isa = WMAT_ISA_AVX2},
+              .BT = BT,
+              .in = in,
+              .out = out};
     wmat_rng r;
     wmat_rng_seed(&r, 6);
     int rows[WMAT__ADAPTER_MAX_TENSORS], cols[WMAT__ADAPTER_MAX_TENSORS];
@@ -239,6 +243,16 @@ static void adapter_backward_check(const wmat__adapter *a)
         dw[k] = calloc(wmat__adapter_nelem(rows[k], cols[k]), sizeof(float));
     }
     e.fixed = a->fixed_bytes ? calloc(a->fixed_bytes(&e.c, in, out), 1) : NULL;
+    /* shared data (VeRA's A, B) sized for a larger layer than this one: the
+     * layer reads its slices */
+    float *shared = NULL;
+    if (a->n_shared > 0) {
+        e.c.in_max = in + 2;
+        e.c.out_max = out + 3;
+        shared = calloc(wmat__adapter_shared_floats(a, &e.c) + 1, sizeof(float));
+        TU_OK(a->init_shared(&e.c, shared));
+        e.c.shared = shared;
+    }
     /* a base-aware entry sees W (and may rewrite it: the layer then runs
      * on the rewritten W, as in the trainer) */
     wmat__tensor_init2(&e.base, WMAT_F32, out, in, e.W);
@@ -285,7 +299,7 @@ static void adapter_backward_check(const wmat__adapter *a)
     }
     wmat__tensor_free_data(&sum);
     for (int k = 0; k < a->n_tensors; k++) free(e.w[k]), free(dw[k]);
-    free(e.X), free(e.W), free(e.R), free(e.Y), free(e.act), free(scratch), free(dX), free(e.fixed);
+    free(e.X), free(e.W), free(e.R), free(e.Y), free(e.act), free(scratch), free(dX), free(e.fixed), free(shared);
 }
 
 static void adapter_merge_peft_check(const char *name)

@@ -19,7 +19,9 @@
 static const wmat__adapter *const adapters[] = {&wmat__adapter_lora,  &wmat__adapter_rslora, &wmat__adapter_sltrain,
                                                 &wmat__adapter_dora,  &wmat__adapter_pissa,  &wmat__adapter_olora,
                                                 &wmat__adapter_svfit, &wmat__adapter_bone,
-                                                &wmat__adapter_factors, &wmat__adapter_dsformer, &wmat__adapter_dsformer_fixed};
+                                                &wmat__adapter_factors, &wmat__adapter_dsformer,
+                                                &wmat__adapter_dsformer_fixed, &wmat__adapter_vera,
+                                                &wmat__adapter_lamda};
 
 const wmat__adapter *wmat__adapter_at(int i)
 {
@@ -31,6 +33,17 @@ const wmat__adapter *wmat__adapter_find(const char *name)
     for (int i = 0; name && wmat__adapter_at(i); i++)
         if (!strcmp(adapters[i]->name, name)) return adapters[i];
     return NULL;
+}
+
+size_t wmat__adapter_shared_floats(const wmat__adapter *a, const wmat__adapter_cfg *c)
+{
+    size_t n = 0;
+    if (a->n_shared > 0 && a->shared_shapes) {
+        int rows[2], cols[2];
+        a->shared_shapes(c, rows, cols);
+        for (int i = 0; i < a->n_shared; i++) n += wmat__adapter_nelem(rows[i], cols[i]);
+    }
+    return n;
 }
 
 int wmat__adapter_check_rank(const wmat__adapter_cfg *c, int in, int out, const char *who, const char *what)
@@ -124,7 +137,7 @@ int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, 
 {
     if (a->peft_as) return peft_save_as(a, c, mc, tensors, fixed, base_path, dir);
     if (mkdir(dir, 0777) && errno != EEXIST) return wmat_set_error(WMAT_ERR_IO, "%s: cannot create directory", dir);
-    const int cap = mc->n_layers * WMAT_LIN_COUNT * a->n_tensors;
+    const int cap = mc->n_layers * WMAT_LIN_COUNT * a->n_tensors + a->n_shared;
     wmat_st_entry *e = wmat__calloc((size_t)cap + 1, sizeof *e);
     permute_fill *pf = wmat__calloc((size_t)cap + 1, sizeof *pf);
     char *names = wmat__calloc((size_t)cap + 1, 160);
@@ -144,7 +157,8 @@ int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, 
             a->shapes(c, in, o, rows, cols);
             for (int i = 0; i < a->n_tensors; i++) {
                 char *nm = names + (size_t)n * 160;
-                snprintf(nm, 160, "base_model.model.model.layers.%d.%s.%s.weight", l, hf_mod[k], a->tensor_key[i]);
+                snprintf(nm, 160, "base_model.model.model.layers.%d.%s.%s%s", l, hf_mod[k], a->tensor_key[i],
+                         a->peft_bare_keys ? "" : ".weight");
                 e[n].name = nm;
                 e[n].dtype = WMAT_ST_F32;
                 e[n].ndim = cols[i] ? 2 : 1;
@@ -161,6 +175,22 @@ int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, 
                 n++;
             }
         }
+    if (a->n_shared > 0) {
+        /* the shared tensors (VeRA's vera_A, vera_B), as PEFT names them */
+        if (!c->shared) {
+            rc = wmat_set_error(WMAT_ERR_INTERNAL, "save adapter: %s has no shared data", a->name);
+            goto done;
+        }
+        int rows[2], cols[2];
+        a->shared_shapes(c, rows, cols);
+        const float *sh = c->shared;
+        for (int i = 0; i < a->n_shared; i++) {
+            e[n] = (wmat_st_entry){.name = a->shared_key[i], .dtype = WMAT_ST_F32, .ndim = cols[i] ? 2 : 1,
+                                   .shape = {rows[i], cols[i]}, .data = (void *)sh};
+            sh += wmat__adapter_nelem(rows[i], cols[i]);
+            n++;
+        }
+    }
     char path[4096];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     wmat_st_meta meta[1] = {{"format", "pt"}};
@@ -215,7 +245,7 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
     if (!j) return wmat_set_error(WMAT_ERR_FORMAT, "%s: not JSON", path);
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(j, "peft_type");
     const wmat__adapter *a = NULL;
-    wmat__adapter_cfg c = {0, 0, 0, 1, 0};
+    wmat__adapter_cfg c = {.nt = 1};
     for (int i = 0; wmat__adapter_at(i) && !a; i++) {
         const wmat__adapter *x = wmat__adapter_at(i);
         /* files without peft_type predate it: LoRA was the only kind */
@@ -229,15 +259,56 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
     wmat_st_file *f;
     if ((rc = wmat__st_open(&f, path))) return rc;
     int merged = 0;
-    float *buf[NT] = {0}, *perm = NULL;
+    float *buf[NT] = {0}, *perm = NULL, *shared = NULL;
+    const char *sfx = a->peft_bare_keys ? "" : ".weight";
+    if (a->n_shared > 0) {
+        /* shared data (VeRA's A, B): its shapes follow the largest adapted
+         * layer, so those of the model's layers the file adapts must give
+         * exactly the file's shapes */
+        c.in_max = c.out_max = 0;
+        for (int l = 0; l < mc->n_layers; l++)
+            for (int k = 0; k < WMAT_LIN_COUNT; k++) {
+                char nm[256];
+                snprintf(nm, sizeof nm, "base_model.model.model.layers.%d.%s.%s%s", l, hf_mod[k], a->tensor_key[0],
+                         sfx);
+                if (!wmat__st_find(f, nm)) continue;
+                int o, in;
+                lin_dims(mc, k, &o, &in);
+                if (in > c.in_max) c.in_max = in;
+                if (o > c.out_max) c.out_max = o;
+            }
+        int rows[2], cols[2];
+        a->shared_shapes(&c, rows, cols);
+        const size_t nf = wmat__adapter_shared_floats(a, &c);
+        if (!(shared = wmat__malloc(nf * sizeof(float) + 1)))
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "adapter merge: out of memory");
+        size_t so = 0;
+        for (int i = 0; i < a->n_shared && !rc; i++) {
+            const wmat_st_tensor *st = wmat__st_find(f, a->shared_key[i]);
+            if (!st)
+                rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: no %s tensor (%s files keep their shared projections)", path,
+                                    a->shared_key[i], a->name);
+            else if (st->dtype != WMAT_ST_F32 || st->ndim != (cols[i] ? 2 : 1) || st->shape[0] != rows[i] ||
+                     (cols[i] && st->shape[1] != cols[i]))
+                rc = wmat_set_error(WMAT_ERR_FORMAT,
+                                    "%s: %s is not the f32 (%d, %d) that rank %d over this model's adapted layers "
+                                    "(largest in %d, out %d) needs: an adapter for another model shape?",
+                                    path, a->shared_key[i], rows[i], cols[i], c.rank, c.in_max, c.out_max);
+            else {
+                memcpy(shared + so, st->data, st->nbytes);
+                so += wmat__adapter_nelem(rows[i], cols[i]);
+            }
+        }
+        c.shared = shared;
+    }
     for (int l = 0; l < mc->n_layers && !rc; l++)
         for (int k = 0; k < WMAT_LIN_COUNT && !rc; k++) {
             char nm[NT][256];
             const wmat_st_tensor *t[NT];
             int found = 0;
             for (int i = 0; i < a->n_tensors; i++) {
-                snprintf(nm[i], sizeof nm[i], "base_model.model.model.layers.%d.%s.%s.weight", l, hf_mod[k],
-                         a->tensor_key[i]);
+                snprintf(nm[i], sizeof nm[i], "base_model.model.model.layers.%d.%s.%s%s", l, hf_mod[k],
+                         a->tensor_key[i], sfx);
                 t[i] = wmat__st_find(f, nm[i]);
                 found += t[i] != NULL;
             }
@@ -281,13 +352,16 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
                     W->flags |= WMAT_TF_OWNED;
                 }
             }
-            if (!rc && !(rc = a->merge(&c, W->data, (const float *const *)buf, NULL, in, o))) merged++;
+            wmat__adapter_cfg lc = c;
+            lc.hf_rope_heads = k == WMAT_LIN_Q ? mc->n_heads : k == WMAT_LIN_K ? mc->n_kv_heads : 0;
+            if (!rc && !(rc = a->merge(&lc, W->data, (const float *const *)buf, NULL, in, o))) merged++;
             for (int i = 0; i < NT; i++) {
                 wmat__free(buf[i]);
                 buf[i] = NULL;
             }
         }
     for (int i = 0; i < NT; i++) wmat__free(buf[i]);
+    wmat__free(shared);
     wmat__st_close(f);
     if (!rc && merged == 0) rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: no adapter weight matches a layer of the model", path);
     return rc;

@@ -29,6 +29,18 @@ typedef struct {
     float density; /* share of positions of a sparse part (sltrain), [0, 1) */
     int nt;        /* threads for the entry's own loops (<= 0: 1) */
     int isa;       /* WMAT_ISA_* level its own kernels may use (0: plain C) */
+    /* Set by the trainer and the PEFT loader for an entry with shared data
+     * (n_shared > 0): the largest in and out over the adapted layers, and
+     * the frozen floats all adapted layers share (VeRA's A and B), laid out
+     * as the shared tensors one after the other (NULL: none). */
+    int in_max, out_max;
+    const float *shared;
+    /* Per layer: q and k (HF permutes their rows for its rotary order):
+     * the number of heads of the layer's output rows; 0 for other layers.
+     * An entry whose shared data has output rows (VeRA's B) reads them
+     * through the permutation, so the shared tensor is HF's for every
+     * layer (wmat__rope_unpermute_hf). */
+    int hf_rope_heads;
 } wmat__adapter_cfg;
 
 typedef struct wmat__adapter {
@@ -69,6 +81,28 @@ typedef struct wmat__adapter {
     /* With fixed_bytes: 1 when fixed (read from a checkpoint) is data init
      * could have made for this layer, so the kernels may trust it. */
     int (*fixed_valid)(const wmat__adapter_cfg *c, const void *fixed, int in, int out);
+    /* Optional: frozen data shared by ALL adapted layers (VeRA's random A
+     * and B, sliced per layer): n_shared tensors of shared_shapes (for
+     * c->in_max, c->out_max), f32, one after the other, filled once by
+     * init_shared (from its own fixed seed: the data does not depend on the
+     * run's seed), handed to every path as c->shared, kept in checkpoints
+     * with the fixed data, and written to PEFT files under shared_key (the
+     * full tensor name, e.g. "base_model.vera_A"). No gradient, no state. */
+    int n_shared;
+    const char *shared_key[2];
+    void (*shared_shapes)(const wmat__adapter_cfg *c, int *rows, int *cols);
+    int (*init_shared)(const wmat__adapter_cfg *c, float *shared);
+    /* 1: the PEFT keys of the per-layer tensors have no ".weight" suffix
+     * (PEFT's nn.ParameterDict entries: VeRA's vera_lambda_b). */
+    int peft_bare_keys;
+    /* Optional: parts of a trained tensor frozen as training goes on
+     * (LaMDA's gradual freezing of B): the number of leading columns of
+     * tensor i (of cols columns) frozen for the optimizer step `step`
+     * (0-based) of `steps`; >= cols freezes the whole tensor. The trainer
+     * zeroes their gradients before clipping and leaves their values (and
+     * their optimizer states) untouched by the step: frozen is frozen, not
+     * "zero gradient" (AdamW's momentum and decay would still move them). */
+    int (*frozen_cols)(const wmat__adapter_cfg *c, int i, int cols, int step, int steps);
     /* Floats saved by forward for backward (act), for BT rows, and the
      * scratch of forward and backward for a layer (in -> out) (the trainer
      * allocates the largest over the layers once). */
@@ -163,6 +197,11 @@ extern const wmat__adapter wmat__adapter_svfit;
 extern const wmat__adapter wmat__adapter_bone;
 extern const wmat__adapter wmat__adapter_factors;
 extern const wmat__adapter wmat__adapter_dsformer, wmat__adapter_dsformer_fixed;
+extern const wmat__adapter wmat__adapter_vera;
+extern const wmat__adapter wmat__adapter_lamda;
+
+/* Floats of an entry's shared data for c (0: none). */
+size_t wmat__adapter_shared_floats(const wmat__adapter *a, const wmat__adapter_cfg *c);
 
 /* Elements of a tensor of shape (rows, cols): cols 0 is a vector. */
 static inline size_t wmat__adapter_nelem(int rows, int cols) { return (size_t)rows * (size_t)(cols ? cols : 1); }

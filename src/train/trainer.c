@@ -38,6 +38,8 @@ typedef struct {
     int proj;           /* 1: updated through the projector */
     size_t n_state;     /* elements the optimizer sees (projected size when proj) */
     void *state[NST];   /* the optimizer's states for this tensor */
+    int atensor;        /* an adapter's tensor: its index in the layer's tensors (-1: not an adapter's) */
+    const wmat__adapter_cfg *acfg; /* its layer's settings */
     float *proj_state;  /* the projector's own state (proj) */
     size_t n_proj;      /* its floats */
 } slot;
@@ -93,6 +95,8 @@ struct wmat_trainer {
     void **afix;
     void *fixed;
     size_t fixed_bytes;
+    size_t shared_bytes;        /* the entry's shared data, at the start of fixed (aligned size) */
+    float *frz;                 /* adapter->frozen_cols: the frozen part of one tensor, kept across its step */
     float *base_copy;           /* rewrites_base: the private f32 copies the layers run on (PiSSA's residual) */
     size_t base_copy_bytes;
 
@@ -298,6 +302,7 @@ void wmat_trainer_free(wmat_trainer *t)
     wmat__free(t->lcfg);
     wmat__free(t->afix);
     wmat__free(t->fixed);
+    wmat__free(t->frz);
     wmat__free(t->base_copy);
     wmat__free(t->slots);
     wmat__free(t->acts);
@@ -319,6 +324,7 @@ static int add_slot(wmat_trainer *t, float *p, float *g, int rows, int cols)
     s->cols = cols;
     s->n = (size_t)rows * (size_t)(cols ? cols : 1);
     s->decay = cols > 0;
+    s->atensor = -1;
     return 0;
 }
 
@@ -442,7 +448,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->exec = p.exec ? *p.exec : wmat_context_default();
     t->nt = wmat_context_threads(&t->exec);
     t->ex = wmat__wexec_from(&t->exec);
-    t->acfg = (wmat__adapter_cfg){p.lora_rank, p.lora_alpha, p.adapter_density, t->nt, t->ex.isa};
+    t->acfg = (wmat__adapter_cfg){
+        .rank = p.lora_rank, .alpha = p.lora_alpha, .density = p.adapter_density, .nt = t->nt, .isa = t->ex.isa};
     t->rep = ad && ad->replaces_base;
     t->nranks = wmat_comm_size(t->exec.comm);
     t->rank = wmat_comm_rank(t->exec.comm);
@@ -500,6 +507,18 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         if (ad->fixed_bytes) t->fixed_bytes += (size_t)L * ((ad->fixed_bytes(&t->acfg, i, o) + 15) & ~(size_t)15);
         if (ad->rewrites_base) t->base_copy_bytes += (size_t)L * o * i * sizeof(float);
     }
+    /* shared data (VeRA's A, B): its size follows the largest targeted linear */
+    if (adapt && ad->n_shared > 0) {
+        for (int k = 0; k < NLIN; k++) {
+            if (!(p.lora_targets & (1u << k))) continue;
+            int o, i;
+            lin_dims(c, k, &o, &i);
+            if (i > t->acfg.in_max) t->acfg.in_max = i;
+            if (o > t->acfg.out_max) t->acfg.out_max = o;
+        }
+        t->shared_bytes = (wmat__adapter_shared_floats(ad, &t->acfg) * sizeof(float) + 15) & ~(size_t)15;
+        t->fixed_bytes += t->shared_bytes;
+    }
     if (rep && !ad->to_weight) {
         rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: adapter %s replaces the base but has no to_weight", ad->name);
         goto fail;
@@ -514,6 +533,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             int o, i;
             lin_dims(c, k, &o, &i);
             *ACFG(l, k) = t->acfg;
+            ACFG(l, k)->hf_rope_heads = k == WMAT_LIN_Q ? c->n_heads : k == WMAT_LIN_K ? c->n_kv_heads : 0;
             AON(l, k) = 1;
             if (ad->adopt) {
                 char what[64];
@@ -538,10 +558,16 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             goto fail;
         }
         memset(t->fixed, 0, t->fixed_bytes);
-        size_t fo = 0;
+        size_t fo = t->shared_bytes;
+        if (t->shared_bytes) {
+            /* one copy for all layers, filled once (its own seed: not the run's) */
+            if ((rc = ad->init_shared(&t->acfg, t->fixed))) goto fail;
+            t->acfg.shared = t->fixed;
+            for (int j = 0; j < L * NLIN; j++) t->lcfg[j].shared = t->fixed;
+        }
         for (int l = 0; l < L; l++)
             for (int k = 0; k < NLIN; k++) {
-                if (!(p.lora_targets & (1u << k))) continue;
+                if (!(p.lora_targets & (1u << k)) || !ad->fixed_bytes) continue;
                 int o, i;
                 lin_dims(c, k, &o, &i);
                 t->afix[l * NLIN + k] = (char *)t->fixed + fo;
@@ -641,6 +667,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                 for (int k = 0; k < NLIN; k++) t->lin_[l * NLIN + k] = wmat_model_linear(m, l, (wmat_linear_kind)k);
             }
         }
+        size_t frz_n = 0; /* the largest tensor that may freeze in part */
         if (adapt) {
             /* an entry that rewrites its base (PiSSA) gets private f32
              * copies, which the layers then run on; the model stays as loaded */
@@ -661,6 +688,10 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                     for (int a = 0; a < ad->n_tensors; a++) {
                         CARVE(AW(l, k)[a], GAW(l, k)[a], wmat__adapter_nelem(rows[a], cols[a]));
                         add_slot(t, AW(l, k)[a], GAW(l, k)[a], rows[a], cols[a]);
+                        t->slots[t->n_slots - 1].atensor = a;
+                        t->slots[t->n_slots - 1].acfg = ACFG(l, k);
+                        if (ad->frozen_cols && wmat__adapter_nelem(rows[a], cols[a]) > frz_n)
+                            frz_n = wmat__adapter_nelem(rows[a], cols[a]);
                     }
                     const wmat_tensor *bw = rep ? NULL : t->lin_[l * NLIN + k];
                     float *Wf = bw && bw->dtype == WMAT_F32 ? bw->data : NULL;
@@ -686,6 +717,10 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             }
         }
 #undef CARVE
+        if (frz_n && !(t->frz = wmat__malloc(frz_n * sizeof(float)))) {
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
+            goto fail;
+        }
         if (off != np) {
             rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: parameter layout mismatch");
             goto fail;
@@ -1190,6 +1225,14 @@ int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
     loss /= p->grad_accum;
     if (S > 1) loss /= S;
     if (!isfinite(loss)) return wmat_set_error(WMAT_ERR_NUMERIC, "train: the loss is %g at step %d", loss, t->step);
+    /* an adapter's frozen parts (LaMDA's leading columns of B): no gradient */
+    for (int si = 0; si < t->n_slots && t->frz; si++) {
+        slot *s = &t->slots[si];
+        const int cols = s->cols ? s->cols : 1;
+        const int fc = s->atensor < 0 ? 0 : t->adapter->frozen_cols(s->acfg, s->atensor, cols, t->step, p->steps);
+        for (int r = 0; r < s->rows && fc > 0; r++)
+            memset(s->g + (size_t)r * cols, 0, (size_t)(fc < cols ? fc : cols) * sizeof(float));
+    }
     /* global norm, serial in double (deterministic) */
     double ss = 0.0;
     for (size_t i = 0; i < t->n_params; i++) ss += (double)t->grads[i] * t->grads[i];
@@ -1205,8 +1248,17 @@ int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
     for (int si = 0; si < t->n_slots; si++) {
         slot *s = &t->slots[si];
         h.weight_decay = s->decay ? p->weight_decay : 0.0f;
+        /* frozen columns: no step at all for a whole frozen tensor; else
+         * their values are put back after it (momentum, decay) */
+        const int cols = s->cols ? s->cols : 1;
+        int fc = t->frz && s->atensor >= 0 ? t->adapter->frozen_cols(s->acfg, s->atensor, cols, t->step, p->steps) : 0;
+        if (fc >= cols) continue;
         if (!s->proj) {
+            for (int r = 0; r < s->rows && fc > 0; r++)
+                memcpy(t->frz + (size_t)r * fc, s->p + (size_t)r * cols, (size_t)fc * sizeof(float));
             t->opt->step(s->p, s->g, s->state, s->n_state, &h);
+            for (int r = 0; r < s->rows && fc > 0; r++)
+                memcpy(s->p + (size_t)r * cols, t->frz + (size_t)r * fc, (size_t)fc * sizeof(float));
             continue;
         }
         const wmat__proj_target tg = {s->p, s->g, s->rows, s->cols, s->state, s->proj_state};
@@ -1314,7 +1366,7 @@ int wmat_trainer_model(wmat_trainer *t, wmat_model **out)
             if (!w[0]) continue;
             int o, i;
             lin_dims(c, k, &o, &i);
-            if ((rc = t->adapter->merge(&t->acfg, wmat_model_linear(t->view, l, (wmat_linear_kind)k)->data,
+            if ((rc = t->adapter->merge(ACFG(l, k), wmat_model_linear(t->view, l, (wmat_linear_kind)k)->data,
                                         (const float *const *)w, t->afix[l * NLIN + k], i, o)))
                 return rc;
         }
