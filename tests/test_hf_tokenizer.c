@@ -535,15 +535,29 @@ static const char *corner_text(void)
     return path;
 }
 
+/* Asked before anything is allocated: cmocka's skip() does not return, so
+ * a test that skipped after loading would leak what it loaded. */
+static int peer_ready(void)
+{
+    const char *why;
+    if (hf_peer(&why)) return 1;
+    print_message("SKIP: %s\n", why);
+    return 0;
+}
+
+#define NEED_PEER()                                                                                                    \
+    do {                                                                                                               \
+        if (!peer_ready()) {                                                                                           \
+            skip();                                                                                                    \
+            return;                                                                                                    \
+        }                                                                                                              \
+    } while (0)
+
 static void check_peer(const wmat_tokenizer *tok, const char *name, const char *text_path)
 {
     const char *why;
     const char *npm = hf_peer(&why);
-    if (!npm) {
-        print_message("SKIP: %s\n", why);
-        skip();
-        return;
-    }
+    assert_non_null(npm);
     const char *dir = save_hf_with(tok, name);
     int n_lines = 0, n_corner = 0;
     long bad = peer_compare(npm, dir, tok, text_path, &n_lines);
@@ -565,6 +579,7 @@ static void check_peer_file(const char *tok_rel, int vocab, const char *name)
 {
     TU_NEED_DATA(tok_path, tok_rel);
     TU_NEED_DATA(text_path, TEXT_REL);
+    NEED_PEER();
     wmat_tokenizer *tok;
     TU_OK(wmat_tokenizer_load_llama2c(&tok, tok_path, vocab));
     check_peer(tok, name, text_path);
@@ -589,6 +604,7 @@ static void test_peer_hf_tokenizers_bytes(void **state)
 {
     (void)state;
     TU_NEED_DATA(text_path, TEXT_REL);
+    NEED_PEER();
     wmat_tokenizer *tok;
     TU_OK(wmat_tokenizer_bytes(&tok));
     check_peer(tok, "peerbytes", text_path);
@@ -601,6 +617,7 @@ static void test_peer_hf_tokenizers_gguf(void **state)
     (void)state;
     TU_NEED_DATA(gguf, "models/stories260K.gguf");
     TU_NEED_DATA(text_path, TEXT_REL);
+    NEED_PEER();
     wmat_load_params lp = wmat_load_default_params();
     wmat_model *m;
     TU_OK(wmat_model_load(&m, gguf, &lp));
@@ -637,8 +654,10 @@ static void test_peer_hf_tokenizers_no_space(void **state)
     assert_int_equal(cJSON_GetArraySize(norms), 1);
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(norms->child, "prepend")->valuestring, " ");
     cJSON_Delete(j);
-    check_peer(tok, "peernospace", text_path);
+    const int ready = peer_ready();
+    if (ready) check_peer(tok, "peernospace", text_path);
     wmat_tokenizer_free(tok);
+    if (!ready) skip();
 }
 
 #ifdef WMAT_FAULT_INJECTION
