@@ -353,7 +353,7 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
                 }
             }
             wmat__adapter_cfg lc = c;
-            lc.hf_rope_heads = k == WMAT_LIN_Q ? mc->n_heads : k == WMAT_LIN_K ? mc->n_kv_heads : 0;
+            lc.hf_rope_heads = wmat__adapter_rope_heads(mc, k);
             if (!rc && !(rc = a->merge(&lc, W->data, (const float *const *)buf, NULL, in, o))) merged++;
             for (int i = 0; i < NT; i++) {
                 wmat__free(buf[i]);

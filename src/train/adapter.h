@@ -203,6 +203,12 @@ extern const wmat__adapter wmat__adapter_lamda;
 /* Floats of an entry's shared data for c (0: none). */
 size_t wmat__adapter_shared_floats(const wmat__adapter *a, const wmat__adapter_cfg *c);
 
+/* cfg.hf_rope_heads of linear k (wmat_linear_kind) of a model of config c. */
+static inline int wmat__adapter_rope_heads(const wmat_config *c, int k)
+{
+    return k == WMAT_LIN_Q ? c->n_heads : k == WMAT_LIN_K ? c->n_kv_heads : 0;
+}
+
 /* Elements of a tensor of shape (rows, cols): cols 0 is a vector. */
 static inline size_t wmat__adapter_nelem(int rows, int cols) { return (size_t)rows * (size_t)(cols ? cols : 1); }
 /* A clear refusal of rank > min(in, out) (entries built on W's spectrum). */

@@ -39,6 +39,7 @@ typedef struct {
     size_t n_state;     /* elements the optimizer sees (projected size when proj) */
     void *state[NST];   /* the optimizer's states for this tensor */
     int atensor;        /* an adapter's tensor: its index in the layer's tensors (-1: not an adapter's) */
+    int frozen;         /* this step: its leading columns frozen (adapter->frozen_cols) */
     const wmat__adapter_cfg *acfg; /* its layer's settings */
     float *proj_state;  /* the projector's own state (proj) */
     size_t n_proj;      /* its floats */
@@ -533,7 +534,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             int o, i;
             lin_dims(c, k, &o, &i);
             *ACFG(l, k) = t->acfg;
-            ACFG(l, k)->hf_rope_heads = k == WMAT_LIN_Q ? c->n_heads : k == WMAT_LIN_K ? c->n_kv_heads : 0;
+            ACFG(l, k)->hf_rope_heads = wmat__adapter_rope_heads(c, k);
             AON(l, k) = 1;
             if (ad->adopt) {
                 char what[64];
@@ -1229,7 +1230,8 @@ int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
     for (int si = 0; si < t->n_slots && t->frz; si++) {
         slot *s = &t->slots[si];
         const int cols = s->cols ? s->cols : 1;
-        const int fc = s->atensor < 0 ? 0 : t->adapter->frozen_cols(s->acfg, s->atensor, cols, t->step, p->steps);
+        const int fc = s->frozen =
+            s->atensor < 0 ? 0 : t->adapter->frozen_cols(s->acfg, s->atensor, cols, t->step, p->steps);
         for (int r = 0; r < s->rows && fc > 0; r++)
             memset(s->g + (size_t)r * cols, 0, (size_t)(fc < cols ? fc : cols) * sizeof(float));
     }
@@ -1251,7 +1253,7 @@ int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
         /* frozen columns: no step at all for a whole frozen tensor; else
          * their values are put back after it (momentum, decay) */
         const int cols = s->cols ? s->cols : 1;
-        int fc = t->frz && s->atensor >= 0 ? t->adapter->frozen_cols(s->acfg, s->atensor, cols, t->step, p->steps) : 0;
+        const int fc = s->frozen; /* set with the gradients above (0 unless frozen_cols) */
         if (fc >= cols) continue;
         if (!s->proj) {
             for (int r = 0; r < s->rows && fc > 0; r++)
