@@ -6,8 +6,8 @@
  * all rows (what the runtime's matvec does per token), best of 30 calls in
  * the thread's CPU time (a shared machine's other work does not count),
  * kinds interleaved per round. Prints ms and the ratio to q4_0's kernel
- * (int8 activations, AVX2) and to fp32's. The K-quant kinds dequantize a
- * block and take a dot product (no fused int8 kernel yet). */
+ * (int8 activations) and to fp32's. Every ggml kind runs its fused int8
+ * kernel (src/wop/kern_ggml.c) at the best ISA of this CPU. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
