@@ -1150,6 +1150,40 @@ typedef struct {
  * tensor gets its dequantized weights. rep may be NULL. */
 WMAT_API int wmat_quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quantize_report *rep);
 WMAT_API void wmat_quantize_report_free(wmat_quantize_report *rep);
+
+/* Measured mixed precision (docs/QUANT.md, "Bit allocation"): each
+ * candidate setting in `candidates` ("SPEC,SPEC,...", SPEC an --override item
+ * without its pattern: METHOD[:BITS[:GROUP|oc|ic]][:KEY=VALUE]...; at most 8)
+ * quantizes the whole model once with p's other settings; for every
+ * quantized tensor and candidate, the calibration loss (log perplexity on
+ * the first loss_windows windows of p->calib; <= 0: 8) of the fp32 model
+ * with only that tensor quantized is measured; then one candidate per tensor
+ * is chosen by an exact multiple-choice knapsack: least summed loss
+ * increase with the stored bits within bpw over the quantized tensors.
+ * *overrides_out: the choice as an override list (full tensor names, then
+ * p->overrides, which win), for wmat_quantize_model; free with free().
+ * m (materialized fp32) is left with its weights as they were. rep may be
+ * NULL. */
+typedef struct {
+    char name[WMAT_NAME_MAX];
+    int64_t n;                   /* elements */
+    int choice;                  /* index of the chosen candidate */
+    double dloss[8];             /* loss increase with this tensor alone at candidate c */
+    double bits_per_weight[8];   /* as stored at candidate c */
+} wmat_alloc_tensor;
+
+typedef struct {
+    int n_tensors, n_candidates;
+    wmat_alloc_tensor *tensors;  /* owned; wmat_alloc_report_free */
+    double loss0;                /* fp32 calibration loss */
+    double predicted_dloss;      /* sum of the chosen tensors' increases */
+    double bits_per_weight;      /* of the choice, over the quantized tensors */
+    double seconds;
+} wmat_alloc_report;
+
+WMAT_API int wmat_quantize_allocate(wmat_model *m, const wmat_quantize_params *p, const char *candidates, double bpw,
+                                    int loss_windows, char **overrides_out, wmat_alloc_report *rep);
+WMAT_API void wmat_alloc_report_free(wmat_alloc_report *rep);
 /* ---------------------------------------------------------------- end quantization methods */
 
 /* ---------------------------------------------------------------- decomposition */

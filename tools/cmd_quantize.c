@@ -58,11 +58,45 @@ static int write_packed(wmat_model *m, wmat_qresult *results, const char *out, w
 
 #define QFAMILY WMAT_FAMILY_QUANTIZATION
 
+/* The allocation's table (one line per tensor: each candidate's loss
+ * increase and bits, the choice starred) and its summary. */
+static void print_allocation(FILE *f, const wmat_alloc_report *ar, const char *cands)
+{
+    double mix[8] = {0}, n = 0;
+    for (int i = 0; i < ar->n_tensors; i++) {
+        mix[ar->tensors[i].choice] += (double)ar->tensors[i].n;
+        n += (double)ar->tensors[i].n;
+    }
+    if (f) {
+        fprintf(f, "allocation    candidates %s; fp32 calibration loss %.5f\n", cands, ar->loss0);
+        fprintf(f, "%-44s", "loss increase alone (bpw); [chosen]");
+        for (const char *s = cands; *s;) {
+            const size_t n = strcspn(s, ",");
+            fprintf(f, "   %-18.*s", (int)(n < 18 ? n : 18), s);
+            s += n + (s[n] == ',');
+        }
+        fputc('\n', f);
+        for (int i = 0; i < ar->n_tensors; i++) {
+            const wmat_alloc_tensor *t = &ar->tensors[i];
+            fprintf(f, "%-44s", t->name);
+            for (int c = 0; c < ar->n_candidates; c++)
+                fprintf(f, "  %c%+.5f (%5.2f)%c", c == t->choice ? '[' : ' ', t->dloss[c], t->bits_per_weight[c], c == t->choice ? ']' : ' ');
+            fputc('\n', f);
+        }
+    }
+    fprintf(stderr, "allocation    %.3f bits per weight chosen; predicted loss increase %+.5f; ", ar->bits_per_weight, ar->predicted_dloss);
+    for (int c = 0; c < ar->n_candidates; c++) fprintf(stderr, "%scandidate %d on %.1f%% of the weights", c ? ", " : "", c, n > 0 ? 100 * mix[c] / n : 0);
+    fprintf(stderr, " (%.1f s)\n", ar->seconds);
+}
+
 int cmd_quantize(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("quantize");
     wmat_quantize_params qp = wmat_quantize_default_params();
-    const char *method = qp.method, *calib = NULL, *to = "native", *seq = "stage", *keep = NULL, *overrides = NULL;
+    const char *method = qp.method, *calib = NULL, *to = "native", *seq = "stage", *keep = NULL, *overrides = NULL,
+               *allocate = NULL;
+    float alloc_bpw = 0;
+    int alloc_windows = 8;
     int calib_tokens = 0, calib_ctx = 0, group_fallback = 0, embeddings = 0, classifier = 0, quiet = 0;
     cli_eval evo = {0};
     cli_json js = {0};
@@ -76,6 +110,9 @@ int cmd_quantize(int argc, char **argv)
         {"--sequential", OPT_STR, &seq, "MODE", "stage (default, 'true-sequential': q/k/v, o, gate/up, down in turn, each on the model quantized so far), block (block l calibrated on blocks < l quantized; fewer passes), off"},
         {"--keep", OPT_STR, &keep, "PATS", "comma-separated name patterns left in fp32 (glob or substring)"},
         {"--override", OPT_STR, &overrides, "LIST", "PATTERN=METHOD[:BITS[:G|oc|ic]][:KEY=VALUE]...,... per-tensor choices (below)"},
+        {"--allocate", OPT_STR, &allocate, "LIST", "bit allocation: candidate settings SPEC,SPEC,... (SPEC as an --override item without PATTERN, e.g. bcq:2:64,bcq:3:oc); each tensor gets the one a measured knapsack picks under --bpw"},
+        {"--bpw", OPT_FLOAT, &alloc_bpw, "B", "with --allocate: budget in bits per weight over the quantized tensors"},
+        {"--allocate-windows", OPT_INT, &alloc_windows, "K", "with --allocate: calibration windows of the sensitivity loss (default 8)"},
         {"--group-fallback", OPT_FLAG, &group_fallback, NULL, "per-channel where G does not divide a width"},
         {"--embeddings", OPT_FLAG, &embeddings, NULL, "also quantize the token embedding"},
         {"--classifier", OPT_FLAG, &classifier, NULL, "also quantize the classifier (the embedding when tied)"},
@@ -143,6 +180,9 @@ int cmd_quantize(int argc, char **argv)
     if (calib_tokens < 0) return cli_usage_error("quantize", "--calib-tokens must be >= 0 (got %d)", calib_tokens);
     if (calib_ctx < 0) return cli_usage_error("quantize", "--calib-ctx must be >= 0 (got %d)", calib_ctx);
     if ((rc = cli_eval_check("quantize", &evo)) || (rc = cli_json_check("quantize", &js))) return rc;
+    if (!allocate != !(alloc_bpw > 0)) return cli_usage_error("quantize", "give --allocate LIST and --bpw B together");
+    if (alloc_windows <= 0) return cli_usage_error("quantize", "--allocate-windows must be > 0 (got %d)", alloc_windows);
+    if (allocate && !calib) return cli_usage_error("quantize", "--allocate measures the calibration loss: --calib FILE");
     if (cli_method_needs_stats(QFAMILY, method) && !calib)
         return cli_usage_error("quantize", "--method %s needs calibration data: --calib FILE", method);
     if (!strcmp(seq, "stage")) qp.sequential = 2;
@@ -156,6 +196,7 @@ int cmd_quantize(int argc, char **argv)
     int32_t *cal = NULL, *ev = NULL;
     size_t n_cal = 0, n_ev = 0;
     wmat_qresult *results = NULL;
+    char *alloc_ov = NULL;
     wmat_quantize_report rep;
     memset(&rep, 0, sizeof rep);
     rc = 1;
@@ -193,6 +234,17 @@ int cmd_quantize(int argc, char **argv)
     qprogress pr = {wmat__now(), wmat__now(), 0};
     qp.progress = progress_eta;
     qp.progress_user = &pr;
+    if (allocate) {
+        wmat_alloc_report ar;
+        if (wmat_quantize_allocate(m, &qp, allocate, alloc_bpw, alloc_windows, &alloc_ov, &ar)) {
+            cli_fail("quantize");
+            goto out;
+        }
+        print_allocation(quiet ? NULL : stderr, &ar, allocate);
+        wmat_alloc_report_free(&ar);
+        qp.overrides = alloc_ov;
+        pr = (qprogress){wmat__now(), wmat__now(), 0};
+    }
     if (wmat__quantize_model(m, &qp, &rep, &results)) {
         cli_fail("quantize");
         goto out;
@@ -278,6 +330,7 @@ out:
     if (results)
         for (int i = 0; i < wmat_model_n_tensors(m); i++) wmat_qresult_free(&results[i]);
     wmat__free(results);
+    free(alloc_ov);
     wmat_quantize_report_free(&rep);
     free(cal);
     free(ev);

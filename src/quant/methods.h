@@ -140,6 +140,15 @@ void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp);
  * WMAT_ERR_INVALID naming the key, the value and what is allowed. */
 int wmat__quantize_check(const wmat_quantize_params *p);
 
+/* Bit allocation's solver (alloc.c): one candidate per item (choice[i] in
+ * 0..nc-1) minimizing sum dloss[i nc + c] with sum bits <= budget, exact
+ * over WMAT_ALLOC_UNITS units of the budget, each item's bits rounded up
+ * to whole units (wmat__alloc_units), so the choice never exceeds the
+ * budget. An error names the least budget when none fits. */
+#define WMAT_ALLOC_UNITS 4096
+int wmat__alloc_knapsack(const double *bits, const double *dloss, int nt, int nc, double budget, int *choice);
+double wmat__alloc_units(double bits, double budget);
+
 /* The methods (rtn.c, gptq.c, adadim.c, pbllm.c). */
 int wmat__quant_rtn(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
                     const wmat_qparams *p, wmat_qmethod_info *info);
