@@ -924,6 +924,19 @@ typedef struct {
      * process included (which then keeps dp_shards gradient copies).
      * 0: one shard per rank, MPI's sum (fastest; within ~1e-6 of one process). */
     int dp_shards;
+    /* Precision of the linear layers' GEMMs (docs/TRAINING.md "bf16 mixed
+     * precision"): WMAT_F32 (default) or WMAT_BF16: the forward, input
+     * gradient and weight gradient GEMMs of the linear layers and the
+     * classifier take bf16 operands (each trainable weight rounded into a
+     * bf16 copy once per optimizer step, a frozen f32 base once; each
+     * activation and output gradient when it enters its GEMMs) and
+     * accumulate in fp32; master weights, gradients, optimizer states,
+     * norms, attention, softmax, loss and every reduction stay fp32. An
+     * adapter's own products and a frozen base of another kind (q4_0 ...)
+     * run as in fp32. Needs a native bf16 GEMM (oneDNN on a CPU with
+     * AVX512-BF16 or AMX): elsewhere WMAT_ERR_UNSUPPORTED (no silent
+     * fallback: widened bf16 would be slower than fp32). */
+    wmat_dtype precision;
 } wmat_train_params;
 
 WMAT_API wmat_train_params wmat_train_default_params(void);
@@ -1005,6 +1018,7 @@ typedef struct {
     int64_t trainable;    /* trainable parameters */
     size_t galore_state;  /* states of projected matrices (projector + optimizer) */
     size_t galore_adam_equiv; /* what the optimizer would keep for them unprojected */
+    size_t bf16;          /* precision bf16: the weights' bf16 copies and the activations' bf16 copies */
 } wmat_train_memory;
 WMAT_API void wmat_trainer_memory(const wmat_trainer *t, wmat_train_memory *mem);
 /* VmHWM from /proc/self/status in bytes (0 if unavailable). */

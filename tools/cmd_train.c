@@ -60,7 +60,7 @@ int cmd_train(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("train");
     const char *data = NULL, *val = NULL, *method = "full", *init = NULL, *to = NULL, *targets = NULL, *gtargets = NULL;
-    const char *ckpt = NULL, *resume = NULL, *csv = NULL, *svg = NULL, *lora_out = NULL;
+    const char *ckpt = NULL, *resume = NULL, *csv = NULL, *svg = NULL, *lora_out = NULL, *precision = "f32";
     const char *opt = reg_default(WMAT_REG_OPTIMIZER);
     int tokenizer_kind = 0;
     int steps = 100, batch = 8, ctx = 0, accum = 1, warmup = -1, seed = 1337, eval_every = 0, eval_windows = 0;
@@ -112,6 +112,7 @@ int cmd_train(int argc, char **argv)
         {"--galore-targets", OPT_STR, &gtargets, "LIST", "projected matrices (default all seven)"},
         {"--galore-randomized", OPT_FLAG, &randomized, NULL, "randomized range finder instead of a full singular value decomposition"},
         {"--recompute", OPT_FLAG, &recompute, NULL, "keep only each block's input in the forward and recompute the block in the backward (less activation memory, same gradients)"},
+        {"--precision", OPT_STR, &precision, "P", "GEMM precision: f32 (default) or bf16 (mixed precision: bf16 operands in the linear layers' forward and backward GEMMs, fp32 accumulation, master weights, optimizer and everything else; needs oneDNN on a CPU with AVX512-BF16 or AMX, refused elsewhere)"},
         {"--eval-every", OPT_INT, &eval_every, "N", "evaluate on --eval every N steps (default steps/10)"},
         {"--max-windows", OPT_INT, &eval_windows, "K", "windows per evaluation (default all)"},
         {"--offset", OPT_INT, &eval_offset, "N", "skip the first N tokens of the --eval stream (a held-out part)"},
@@ -188,6 +189,9 @@ int cmd_train(int argc, char **argv)
     p.galore_scale = gscale;
     p.galore_randomized = randomized;
     p.recompute = recompute;
+    if (!strcmp(precision, "f32") || !strcmp(precision, "fp32")) p.precision = WMAT_F32;
+    else if (!strcmp(precision, "bf16")) p.precision = WMAT_BF16;
+    else return cli_usage_error("train", "--precision must be f32 or bf16 (got %s)", precision);
     wmat_context wc = wmat_context_default();
     wc.n_threads = g_cli.threads;
     wc.comm = cli_mpi_comm(); /* under mpirun: data-parallel, rank 0 prints and writes */
@@ -269,6 +273,9 @@ int cmd_train(int argc, char **argv)
             cli_bytes((double)mem.weights, b1, sizeof b1), cli_bytes((double)mem.grads, b2s, sizeof b2s),
             cli_bytes((double)mem.optim, b3, sizeof b3), cli_bytes((double)mem.activations, b4, sizeof b4),
             cli_bytes((double)mem.peak_rss, b5, sizeof b5));
+    if (p.precision == WMAT_BF16)
+        fprintf(stderr, "precision bf16: GEMM operand copies %s (weights and activations, on top of the above)\n",
+                cli_bytes((double)mem.bf16, b1, sizeof b1));
     char csv_def[4096], svg_def[4096];
     snprintf(csv_def, sizeof csv_def, "%s.loss.csv", out);
     snprintf(svg_def, sizeof svg_def, "%s.loss.svg", out);
@@ -424,11 +431,12 @@ int cmd_train(int argc, char **argv)
         fprintf(jf, "{\"method\": \"%s\", \"steps\": %d, \"final_train_loss\": %.6f, \"val_loss_start\": %.6f, \"val_loss_end\": %.6f, "
                "\"tokens_per_s\": %.1f, \"seconds\": %.3f, \"trainable_params\": %lld, \"bytes_weights\": %zu, \"bytes_grads\": %zu, "
                "\"bytes_optimizer\": %zu, \"bytes_optimizer_scratch\": %zu, \"bytes_activations\": %zu, \"peak_rss\": %zu, "
-               "\"galore_state_bytes\": %zu, \"galore_adamw_equiv_bytes\": %zu, \"ranks\": %d, \"comm_seconds\": %.3f}\n",
+               "\"galore_state_bytes\": %zu, \"galore_adamw_equiv_bytes\": %zu, \"ranks\": %d, \"comm_seconds\": %.3f, "
+               "\"precision\": \"%s\", \"bytes_bf16\": %zu}\n",
                method, wmat_trainer_steps_done(t), last_loss, isnan(val0) ? -1.0 : val0, isnan(vlast) ? -1.0 : vlast,
                tsum > 0 ? tok_sum / tsum : 0.0, tsum, (long long)mem.trainable, mem.weights, mem.grads, mem.optim,
                mem.optim_scratch, mem.activations, mem.peak_rss, mem.galore_state, mem.galore_adam_equiv,
-               wmat_comm_size(wc.comm), comm_sum);
+               wmat_comm_size(wc.comm), comm_sum, p.precision == WMAT_BF16 ? "bf16" : "f32", mem.bf16);
         if (cli_json_close("train", &js)) goto done;
     }
     ret = 0;

@@ -54,7 +54,14 @@ typedef struct {
     float *xn2, *r2;            /* (BT, D), (BT) */
     float *hg, *hu, *hs;        /* (BT, H) */
     float *aact[NLIN];          /* what each adapter keeps for its backward */
+    /* precision bf16: the GEMM inputs of the layer as bf16 (X16_*), each
+     * converted by its first consumer in a block forward (g16: the forward
+     * that converted it) and read again by the weight gradients */
+    uint16_t *x16[4];
+    unsigned g16[4];
 } layer_acts;
+
+enum { X16_XN1, X16_AO, X16_XN2, X16_HS };
 
 struct wmat_trainer {
     wmat_train_params p;
@@ -117,6 +124,19 @@ struct wmat_trainer {
     float *att_scratch;
     float *rope_cos, *rope_sin; /* (T, hd/2) */
     int32_t *inp, *tgt;         /* (BT) */
+
+    /* precision bf16 (wmat_train_params.precision): bf16 copies of the f32
+     * linears and the classifier, refreshed from their sources when stale
+     * (at creation, after a step or a checkpoint load that changed them) */
+    int bf16;
+    uint16_t **lin16;           /* (L * NLIN) a linear's copy; NULL: it runs its own kind */
+    uint16_t *cls16;            /* NULL: the classifier runs its own kind */
+    const float **lin16_src;    /* (L * NLIN + 1) their f32 sources, the classifier's last */
+    int w16_stale, w16_trained; /* trained: the sources are parameters (refresh after each step) */
+    uint16_t *w16, *a16;        /* one block each: the weights' copies, the activations' */
+    size_t w16_bytes, a16_bytes;
+    uint16_t *xnf16, *dy16;     /* the final norm's output; an output gradient (BT x max(D, H, V)) */
+    unsigned gen16;             /* block forwards run (layer_acts.g16) */
 
     size_t galore_state, galore_adam_equiv;
 
@@ -312,7 +332,73 @@ void wmat_trainer_free(wmat_trainer *t)
     wmat__dp_free(t->dp);
     wmat__free(t->sacc);
     wmat__free(t->sloss);
+    wmat__free(t->lin16);
+    wmat__free(t->lin16_src);
+    wmat__free(t->w16);
+    wmat__free(t->a16);
     wmat__free(t);
+}
+
+/* ------------------------------------------------------------ bf16 */
+
+/* dst = bf16(src), n values, split over nt threads (elementwise: the same
+ * bits for any split). */
+static void to_bf16(uint16_t *dst, const float *src, size_t n, int nt)
+{
+    const size_t parts = (size_t)(nt > 0 ? nt : 1), chunk = ((n + parts - 1) / parts + 63) & ~(size_t)63;
+    if (nt <= 1 || n < 65536) {
+        wmat_from_f32(dst, WMAT_BF16, src, n);
+        return;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int c = 0; c < nt; c++) {
+        const size_t a = (size_t)c * chunk, b = a + chunk < n ? a + chunk : n;
+        if (a < b) wmat_from_f32(dst + a, WMAT_BF16, src + a, b - a);
+    }
+}
+
+/* The weights' bf16 copies from their sources, when stale. */
+static void refresh_w16(wmat_trainer *t)
+{
+    if (!t->bf16 || !t->w16_stale) return;
+    const int n = t->c.n_layers * NLIN;
+    for (int j = 0; j <= n; j++) {
+        uint16_t *d = j < n ? t->lin16[j] : t->cls16;
+        const wmat_tensor *W = j < n ? t->lin_[j] : t->cls_t;
+        if (d) to_bf16(d, t->lin16_src[j], (size_t)W->shape[0] * (size_t)W->shape[1], t->nt);
+    }
+    t->w16_stale = 0;
+}
+
+/* C (M, N) f32 = op(A) op(B) (+ C when acc), bf16 operands, on the
+ * trainer's backend and threads. */
+static int gemm16(const wmat_trainer *t, int ta, int tb, int M, int N, int K, const uint16_t *A, int lda,
+                  const uint16_t *B, int ldb, int acc, float *C, int ldc)
+{
+    return wmat__gemm_bf16_on(t->ex.gemm, t->ex.n_threads, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, acc ? 1.0f : 0.0f, C,
+                              ldc);
+}
+
+/* Whether bf16 GEMMs run natively here (why not in `why`). */
+static int bf16_usable(const wmat_trainer *t, char *why, size_t n)
+{
+    wmat_cpu_info ci;
+    wmat__cpu_info(&ci);
+    if (!ci.avx512_bf16 && !ci.amx_bf16) {
+        snprintf(why, n, "this CPU has neither AVX512-BF16 nor AMX-BF16 (oneDNN would emulate bf16, slower than fp32)");
+        return 0;
+    }
+    if (!wmat__gemm_bf16_native(t->ex.gemm)) {
+        const wmat_gemm_backend b = t->ex.gemm;
+        if (b != WMAT_GEMM_AUTO && b != WMAT_GEMM_ONEDNN)
+            snprintf(why, n, "the context's GEMM backend %s has none (oneDNN's matmul has)", wmat_gemm_backend_name(b));
+        else
+            snprintf(why, n, "%s", wmat__dnnl_built() ? "oneDNN's bf16 matmul failed its self-check here"
+                                                     : "oneDNN is not in this build");
+        snprintf(why + strlen(why), n - strlen(why), "; bf16 widened to fp32 would be slower than fp32 training");
+        return 0;
+    }
+    return 1;
 }
 
 static int add_slot(wmat_trainer *t, float *p, float *g, int rows, int cols)
@@ -452,6 +538,20 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->acfg = (wmat__adapter_cfg){
         .rank = p.lora_rank, .alpha = p.lora_alpha, .density = p.adapter_density, .nt = t->nt, .isa = t->ex.isa};
     t->rep = ad && ad->replaces_base;
+    if (p.precision != WMAT_F32 && p.precision != WMAT_BF16) {
+        rc = wmat_set_error(WMAT_ERR_INVALID, "train: precision must be f32 or bf16 (got %s)",
+                            wmat_dtype_info(p.precision) ? wmat_dtype_info(p.precision)->name : "an unknown type");
+        goto fail;
+    }
+    if (p.precision == WMAT_BF16) {
+        char why[256];
+        if (!bf16_usable(t, why, sizeof why)) {
+            rc = wmat_set_error(WMAT_ERR_UNSUPPORTED, "train: bf16 precision needs a native bf16 GEMM: %s; train in f32",
+                                why);
+            goto fail;
+        }
+        t->bf16 = 1;
+    }
     t->nranks = wmat_comm_size(t->exec.comm);
     t->rank = wmat_comm_rank(t->exec.comm);
     const int S = p.dp_shards > 0 ? p.dp_shards : t->nranks;
@@ -739,6 +839,40 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         }
     }
 
+    /* ---- precision bf16: a bf16 copy of every f32 linear the forward runs
+     * and of the classifier (the embedding when tied); others run their kinds */
+    if (t->bf16) {
+        const int n = L * NLIN;
+        t->lin16 = wmat__calloc((size_t)n, sizeof *t->lin16);
+        t->lin16_src = wmat__calloc((size_t)n + 1, sizeof *t->lin16_src);
+        if (!t->lin16 || !t->lin16_src) {
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
+            goto fail;
+        }
+        size_t elems = 0;
+        for (int j = 0; j <= n; j++) {
+            const wmat_tensor *W = j < n ? t->lin_[j] : t->cls_t;
+            if (W && W->dtype == WMAT_F32) elems += ((size_t)W->shape[0] * (size_t)W->shape[1] + 31) & ~(size_t)31;
+        }
+        t->w16_bytes = elems * sizeof(uint16_t);
+        if (!(t->w16 = wmat__aligned_alloc(t->w16_bytes ? t->w16_bytes : 64))) {
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory for the bf16 weight copies (%zu bytes)", t->w16_bytes);
+            goto fail;
+        }
+        size_t o16 = 0;
+        for (int j = 0; j <= n; j++) {
+            const wmat_tensor *W = j < n ? t->lin_[j] : t->cls_t;
+            if (!W || W->dtype != WMAT_F32) continue;
+            uint16_t *d = t->w16 + o16;
+            o16 += ((size_t)W->shape[0] * (size_t)W->shape[1] + 31) & ~(size_t)31;
+            if (j < n) t->lin16[j] = d;
+            else t->cls16 = d;
+            t->lin16_src[j] = W->data;
+        }
+        t->w16_stale = 1;
+        t->w16_trained = !adapt || rep; /* else a frozen base: converted once */
+    }
+
     /* ---- the operators' workspace: the largest any kind asks for at BT rows */
     {
         size_t ws = 0;
@@ -905,6 +1039,33 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         }
         wmat__rope_tables(c, 0, (int)T, t->rope_cos, t->rope_sin);
     }
+    /* ---- precision bf16: the GEMM inputs' bf16 copies (one set per layer,
+     * or one shared set with recompute, as the activations), the final
+     * norm's output and one output gradient */
+    if (t->bf16) {
+        const size_t set = BT * (3 * (size_t)D + H), sets = p.recompute ? 1 : (size_t)L;
+        const size_t dyw = (size_t)(H > V ? H : V) > (size_t)D ? (size_t)(H > V ? H : V) : (size_t)D;
+        const size_t elems = sets * set + BT * (size_t)D + BT * dyw;
+        t->a16_bytes = elems * sizeof(uint16_t);
+        if (!(t->a16 = wmat__aligned_alloc(t->a16_bytes))) {
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory for the bf16 activations (%zu bytes)", t->a16_bytes);
+            goto fail;
+        }
+        uint16_t *q = t->a16;
+        for (int l = 0; l < L; l++) {
+            layer_acts *la = &t->acts[l];
+            if (p.recompute && l > 0) {
+                memcpy(la->x16, t->acts[0].x16, sizeof la->x16);
+                continue;
+            }
+            la->x16[X16_XN1] = q, q += BT * D;
+            la->x16[X16_AO] = q, q += BT * D;
+            la->x16[X16_XN2] = q, q += BT * D;
+            la->x16[X16_HS] = q, q += BT * H;
+        }
+        t->xnf16 = q, q += BT * D;
+        t->dy16 = q;
+    }
 
     /* ---- full / projected: a model whose tensors are views of the params;
      * a replacing adapter: the same, its layers as weights of their small
@@ -1008,34 +1169,76 @@ static void next_batch(wmat_trainer *t, int shard)
 
 /* The linear layer: the base operator's forward (its kind's: a frozen
  * q4_0 base runs as q4_0), then the adapter's path where there is one. */
-static void lin_fwd(wmat_trainer *t, float *Y, const float *X, int l, int k, int BT)
+/* Which bf16 copy of layer l's activations linear k reads. */
+static int x16_slot(int k)
+{
+    switch (k) {
+    case WMAT_LIN_Q: case WMAT_LIN_K: case WMAT_LIN_V: return X16_XN1;
+    case WMAT_LIN_O: return X16_AO;
+    case WMAT_LIN_GATE: case WMAT_LIN_UP: return X16_XN2;
+    default: return X16_HS;
+    }
+}
+
+/* Precision bf16: layer l's input X of linear k as bf16, converted by the
+ * first linear of this block forward that reads it. */
+static const uint16_t *x16_of(wmat_trainer *t, int l, int k, const float *X, int BT, int in)
+{
+    layer_acts *a = &t->acts[l];
+    const int s = x16_slot(k);
+    if (a->g16[s] != t->gen16) {
+        to_bf16(a->x16[s], X, (size_t)BT * in, t->nt);
+        a->g16[s] = t->gen16;
+    }
+    return a->x16[s];
+}
+
+static int lin_fwd(wmat_trainer *t, float *Y, const float *X, int l, int k, int BT)
 {
     int o, i;
     lin_dims(&t->c, k, &o, &i);
     const wmat_tensor *W = LIN(l, k);
-    if (W) wmat__wkind_of(W)->forward(W, X, Y, BT, 0, t->ws, &t->ex);
+    const uint16_t *W16 = t->bf16 ? t->lin16[l * NLIN + k] : NULL;
+    if (W16) {
+        int rc = gemm16(t, 0, 1, BT, o, i, x16_of(t, l, k, X, BT, i), i, W16, i, 0, Y, o);
+        if (rc) return rc;
+    } else if (W) wmat__wkind_of(W)->forward(W, X, Y, BT, 0, t->ws, &t->ex);
     else memset(Y, 0, (size_t)BT * o * sizeof(float)); /* no base: the adapter is the layer */
     float *const *w = AW(l, k);
     if (w[0])
         t->adapter->forward(ACFG(l, k), Y, t->acts[l].aact[k], t->ascratch, X, (const float *const *)w,
                             t->afix[l * NLIN + k], W, BT, i, o);
+    return WMAT_OK;
 }
 
 /* dW += dY^T X where the base trains (f32 params), dX (= or += with acc)
  * dY W through the base kind's backward, then the adapter's backward. */
-static void lin_bwd(wmat_trainer *t, float *dX, const float *dY, const float *X, int l, int k, int BT, int acc)
+static int lin_bwd(wmat_trainer *t, float *dX, const float *dY, const float *X, int l, int k, int BT, int acc)
 {
     int o, i;
     lin_dims(&t->c, k, &o, &i);
     const wmat_tensor *W = LIN(l, k);
     float *gW = GLW(l, lin_role(k));
-    if (gW) wmat__linear_backward(NULL, gW, dY, X, NULL, BT, i, o, 0);
-    if (W) wmat__wkind_of(W)->backward(W, dY, dX, BT, acc, t->ws, &t->ex);
+    const uint16_t *W16 = t->bf16 ? t->lin16[l * NLIN + k] : NULL;
+    if (t->bf16 && (gW || W16)) {
+        /* dY as bf16 once for both products; X's copy is the forward's */
+        to_bf16(t->dy16, dY, (size_t)BT * o, t->nt);
+        int rc = WMAT_OK;
+        if (gW) rc = gemm16(t, 1, 0, o, i, BT, t->dy16, o, t->acts[l].x16[x16_slot(k)], i, 1, gW, i);
+        if (!rc && W16) rc = gemm16(t, 0, 0, BT, i, o, t->dy16, o, W16, i, acc, dX, i);
+        if (rc) return rc;
+    } else if (gW) {
+        wmat__linear_backward(NULL, gW, dY, X, NULL, BT, i, o, 0);
+    }
+    if (W16)
+        ; /* done above */
+    else if (W) wmat__wkind_of(W)->backward(W, dY, dX, BT, acc, t->ws, &t->ex);
     else if (!acc) memset(dX, 0, (size_t)BT * i * sizeof(float));
     float *const *w = AW(l, k);
     if (w[0])
         t->adapter->backward(ACFG(l, k), dX, GAW(l, k), t->ascratch, dY, X, (const float *const *)w,
                              t->afix[l * NLIN + k], W, t->acts[l].aact[k], BT, i, o);
+    return WMAT_OK;
 }
 
 /* The shared block's linear product: the layer's linear (base, then the
@@ -1044,7 +1247,8 @@ static void lin_bwd(wmat_trainer *t, float *dX, const float *dY, const float *X,
 static int tr_linear(void *user, int l, wmat_linear_kind k, float *Y, const float *X, int BT, int acc)
 {
     wmat_trainer *t = user;
-    lin_fwd(t, acc ? t->tmp : Y, X, l, k, BT);
+    int rc = lin_fwd(t, acc ? t->tmp : Y, X, l, k, BT);
+    if (rc) return rc;
     if (acc) {
         int o, i;
         lin_dims(&t->c, k, &o, &i);
@@ -1074,6 +1278,7 @@ int wmat__trainer_fwdbwd(wmat_trainer *t, const int32_t *inputs, const int32_t *
         if (inputs[i] < 0 || inputs[i] >= V || targets[i] < 0 || targets[i] >= V)
             return wmat_set_error(WMAT_ERR_INVALID, "train: token outside the vocabulary (%d)", V);
     if (zero_grad) memset(t->grads, 0, t->n_params * sizeof(float));
+    refresh_w16(t);
     if (t->emb) {
         wmat__embed_forward(t->acts[0].x, inputs, t->emb, BT, D);
     } else {
@@ -1086,12 +1291,19 @@ int wmat__trainer_fwdbwd(wmat_trainer *t, const int32_t *inputs, const int32_t *
         const wmat_block_cfg cfg = {c, LW(l, WMAT_W_ATTN_NORM), LW(l, WMAT_W_FFN_NORM), t->rope_cos, t->rope_sin, 0, nt};
         const wmat_block_bufs b = {a->x,  a->xn1, a->r1, a->q,  a->k,  a->v,  a->ao,
                                    a->xmid, a->xn2, a->r2, a->hg, a->hu, a->hs, t->acts[l + 1].x, NULL};
+        t->gen16++;
         int rc = wmat__block_forward(&cfg, &ops, l, &b, B, T);
         if (rc) return rc;
     }
     wmat__rmsnorm(t->xnf, t->rf, t->acts[L].x, t->fnorm, BT, D, c->norm_eps, 0, nt);
     const wmat_wkind *ck = wmat__wkind_of(t->cls_t);
-    ck->forward(t->cls_t, t->xnf, t->logits, BT, 0, t->ws, &t->ex);
+    if (t->cls16) {
+        to_bf16(t->xnf16, t->xnf, (size_t)BT * D, nt);
+        int rc = gemm16(t, 0, 1, BT, V, D, t->xnf16, D, t->cls16, D, 0, t->logits, V);
+        if (rc) return rc;
+    } else {
+        ck->forward(t->cls_t, t->xnf, t->logits, BT, 0, t->ws, &t->ex);
+    }
     if (no_backward) {
         /* loss only */
         double tot = 0.0;
@@ -1108,8 +1320,15 @@ int wmat__trainer_fwdbwd(wmat_trainer *t, const int32_t *inputs, const int32_t *
     }
     *loss = wmat__xent_forward_backward(t->logits, t->losses, targets, BT, V, dscale, nt);
     /* classifier: dxnf = dlogits cls ; dcls += dlogits^T xnf */
-    if (t->gcls) wmat_sgemm(1, 0, V, D, BT, 1.0f, t->logits, V, t->xnf, D, 1.0f, t->gcls, D);
-    ck->backward(t->cls_t, t->logits, t->dxn, BT, 0, t->ws, &t->ex);
+    if (t->cls16) {
+        to_bf16(t->dy16, t->logits, (size_t)BT * V, nt);
+        int rc = t->gcls ? gemm16(t, 1, 0, V, D, BT, t->dy16, V, t->xnf16, D, 1, t->gcls, D) : WMAT_OK;
+        if (!rc) rc = gemm16(t, 0, 0, BT, D, V, t->dy16, V, t->cls16, D, 0, t->dxn, D);
+        if (rc) return rc;
+    } else {
+        if (t->gcls) wmat_sgemm(1, 0, V, D, BT, 1.0f, t->logits, V, t->xnf, D, 1.0f, t->gcls, D);
+        ck->backward(t->cls_t, t->logits, t->dxn, BT, 0, t->ws, &t->ex);
+    }
     memset(t->dx, 0, (size_t)BT * D * sizeof(float));
     float *gf = t->gfnorm ? t->gfnorm : t->tmp; /* frozen norms: gradient goes to scratch */
     wmat__rmsnorm_backward(t->dx, gf, t->dxn, t->acts[L].x, t->fnorm, t->rf, BT, D, nt);
@@ -1122,25 +1341,29 @@ int wmat__trainer_fwdbwd(wmat_trainer *t, const int32_t *inputs, const int32_t *
             const wmat_block_cfg cfg = {c, LW(l, WMAT_W_ATTN_NORM), LW(l, WMAT_W_FFN_NORM), t->rope_cos, t->rope_sin, 0, nt};
             const wmat_block_bufs b = {a->x,  a->xn1, a->r1, a->q,  a->k,  a->v,  a->ao,
                                        a->xmid, a->xn2, a->r2, a->hg, a->hu, a->hs, t->dq, NULL};
+            t->gen16++;
             int rc = wmat__block_forward(&cfg, &ops, l, &b, B, T);
             if (rc) return rc;
         }
         /* FFN: x[l+1] = xmid + down(swiglu(gate(xn2), up(xn2))) */
-        lin_bwd(t, t->dhs, t->dx, a->hs, l, WMAT_LIN_DOWN, BT, 0);
+        int rc;
+        if ((rc = lin_bwd(t, t->dhs, t->dx, a->hs, l, WMAT_LIN_DOWN, BT, 0))) return rc;
         wmat__swiglu_backward(t->dhg, t->dhu, t->dhs, a->hg, a->hu, (size_t)BT * H, nt);
-        lin_bwd(t, t->dxn, t->dhg, a->xn2, l, WMAT_LIN_GATE, BT, 0);
-        lin_bwd(t, t->dxn, t->dhu, a->xn2, l, WMAT_LIN_UP, BT, 1);
+        if ((rc = lin_bwd(t, t->dxn, t->dhg, a->xn2, l, WMAT_LIN_GATE, BT, 0)) ||
+            (rc = lin_bwd(t, t->dxn, t->dhu, a->xn2, l, WMAT_LIN_UP, BT, 1)))
+            return rc;
         float *gn = GLW(l, WMAT_W_FFN_NORM) ? GLW(l, WMAT_W_FFN_NORM) : t->tmp;
         wmat__rmsnorm_backward(t->dx, gn, t->dxn, a->xmid, LW(l, WMAT_W_FFN_NORM), a->r2, BT, D, nt);
         /* attention: xmid = x + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))) */
-        lin_bwd(t, t->dao, t->dx, a->ao, l, WMAT_LIN_O, BT, 0);
+        if ((rc = lin_bwd(t, t->dao, t->dx, a->ao, l, WMAT_LIN_O, BT, 0))) return rc;
         wmat__attention_backward(t->dq, t->dk, t->dv, t->dao, a->q, a->k, a->v, B, T, c->n_heads, c->n_kv_heads, hd,
                                  t->att_scratch, nt);
         wmat__rope_backward(t->dq, BT, T, c->n_heads, hd, t->rope_cos, t->rope_sin, nt);
         wmat__rope_backward(t->dk, BT, T, c->n_kv_heads, hd, t->rope_cos, t->rope_sin, nt);
-        lin_bwd(t, t->dxn, t->dq, a->xn1, l, WMAT_LIN_Q, BT, 0);
-        lin_bwd(t, t->dxn, t->dk, a->xn1, l, WMAT_LIN_K, BT, 1);
-        lin_bwd(t, t->dxn, t->dv, a->xn1, l, WMAT_LIN_V, BT, 1);
+        if ((rc = lin_bwd(t, t->dxn, t->dq, a->xn1, l, WMAT_LIN_Q, BT, 0)) ||
+            (rc = lin_bwd(t, t->dxn, t->dk, a->xn1, l, WMAT_LIN_K, BT, 1)) ||
+            (rc = lin_bwd(t, t->dxn, t->dv, a->xn1, l, WMAT_LIN_V, BT, 1)))
+            return rc;
         gn = GLW(l, WMAT_W_ATTN_NORM) ? GLW(l, WMAT_W_ATTN_NORM) : t->tmp;
         wmat__rmsnorm_backward(t->dx, gn, t->dxn, a->x, LW(l, WMAT_W_ATTN_NORM), a->r1, BT, D, nt);
         /* layer l's gradients are complete: its bucket can go */
@@ -1158,6 +1381,7 @@ float *wmat__trainer_logits(wmat_trainer *t) { return t->logits; }
 float *wmat__trainer_params(wmat_trainer *t, size_t *n)
 {
     *n = t->n_params;
+    t->w16_stale = 1; /* the caller may write them */
     return t->params;
 }
 float *wmat__trainer_grads(wmat_trainer *t, size_t *n)
@@ -1268,6 +1492,7 @@ int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
         if (rc) return rc;
     }
     t->step++;
+    if (t->w16_trained) t->w16_stale = 1;
     if (info) {
         info->step = t->step;
         info->loss = loss;
@@ -1421,6 +1646,7 @@ void wmat_trainer_memory(const wmat_trainer *t, wmat_train_memory *mem)
     mem->trainable = (int64_t)t->n_params;
     mem->galore_state = t->galore_state;
     mem->galore_adam_equiv = t->galore_adam_equiv;
+    mem->bf16 = t->w16_bytes + t->a16_bytes;
 }
 
 /* ------------------------------------------------------------ checkpoints */
@@ -1538,6 +1764,7 @@ int wmat_trainer_load_checkpoint(wmat_trainer *t, const char *path)
     memcpy(t->rng.s, tr->data, sizeof t->rng.s);
     t->step = (int)st[0];
     t->cursor = (uint64_t)st[1];
+    t->w16_stale = 1;
 done:
     wmat__st_close(f);
     return rc;
