@@ -57,7 +57,7 @@ wmat_dtype wmat__ggml_mix_type(const char *ftype, int role, int layer, const wma
     const int q4m = !strcmp(ftype, "q4_k_m"), q5m = !strcmp(ftype, "q5_k_m"), q4s = !strcmp(ftype, "q4_k_s");
     wmat_dtype t = base;
     if (role == WMAT_GGML_OUTPUT || (role == WMAT_GGML_TOKEN_EMBD && c->tied_embeddings))
-        return cols % 256 ? WMAT_Q8_0 : WMAT_Q6_K;
+        return cols % 256 ? (cols % 32 ? WMAT_F16 : WMAT_Q8_0) : WMAT_Q6_K;
     switch (role) {
     case WMAT_GGML_TOKEN_EMBD: break;
     case WMAT_LIN_V:
