@@ -101,9 +101,11 @@ static int is_kquant(wmat_dtype dt)
     return dt == WMAT_Q2_K || dt == WMAT_Q3_K || dt == WMAT_Q4_K || dt == WMAT_Q5_K || dt == WMAT_Q6_K;
 }
 
-/* Q8_0 / Q5_0 / Q5_1 / Q4_1 blocks of 32 for GPTQ: the block's header from
- * the error-fed values by ggml's reference rule (one value per block is
- * then re-coded on that grid), the codes one at a time. */
+/* GPTQ's quantizer of column i of row r: a K-quant super-block is fitted
+ * when the loop enters it (from the error-fed values, which are all up to
+ * date then: it starts a block of 128 columns) and packed when it leaves;
+ * a Q8_0 / Q4_0 / Q5_0 block of 32 gets its step by ggml's reference rule
+ * from its current values, then each value its code on that step. */
 static float gq_col(void *user, int64_t r, int64_t i, const float *w)
 {
     gq_ctx *c = user;
