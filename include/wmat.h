@@ -1107,6 +1107,14 @@ typedef struct {
     int gguf;             /* 1: the result is for GGUF; settings no GGUF type holds exactly
                              (asymmetric, groups other than 32 inputs, act-order, 2/3 bits)
                              fail before any calibration, naming the flag that would work */
+    const char *ggml;     /* llama.cpp file type ("q4_k_m", "q4_k_s", "q3_k_m", "q3_k_s",
+                             "q3_k_l", "q5_k_m", "q5_k_s", "q2_k", "q4_k", "q5_k", "q6_k"):
+                             each tensor gets the ggml block type llama.cpp's rules choose
+                             for it (token embedding and classifier too), and the method
+                             chooses the values inside those blocks: rtn llama.cpp's
+                             reference search, imatrix its importance-weighted search,
+                             gptq error feedback into the blocks (docs/QUANT.md, "GGUF
+                             K-quants"). NULL: wmat's own grids. */
     int sequential;       /* 2 (default): per stage of a block (q/k/v, o, gate/up, down),
                              GPTQ's "true sequential"; 1: per block (block l calibrated
                              with blocks < l quantized; ~15% faster on mix4m); 0:

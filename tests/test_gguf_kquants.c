@@ -10,6 +10,7 @@
 
 #include "llamacpp.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -165,6 +166,50 @@ static void test_simple_types_byte_equal(void **state)
     wmat_model_free(mf);
 }
 
+static int is_kquant(wmat_dtype dt)
+{
+    return dt == WMAT_Q2_K || dt == WMAT_Q3_K || dt == WMAT_Q4_K || dt == WMAT_Q5_K || dt == WMAT_Q6_K;
+}
+
+/* llama.cpp's searched K-quant scales without an imatrix (its reference
+ * rule, quantize_row_*_ref): wmat writes llama.cpp's bytes for every
+ * K-quant tensor of its Q2_K, Q3_K_M, Q4_K_M, Q5_K_M and Q6_K files. */
+static void test_kquants_byte_equal(void **state)
+{
+    (void)state;
+    NEED_PEER();
+    wmat_model *mf = load(g_f32);
+    static const char *const which[] = {"Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K"};
+    int seen[WMAT_DTYPE_COUNT] = {0};
+    for (size_t i = 0; i < sizeof which / sizeof which[0]; i++) {
+        wmat_model *mq = load(lcq_file(which[i]));
+        int checked = 0;
+        for (int t = 0; t < wmat_model_n_tensors(mq); t++) {
+            wmat_tensor *a = wmat_model_tensor(mq, t);
+            if (!is_kquant(a->dtype)) continue;
+            const wmat_tensor *f = wmat_model_find(mf, a->name);
+            assert_non_null(f);
+            unsigned char *mine = malloc(a->nbytes);
+            assert_non_null(mine);
+            TU_OK(wmat_from_f32(mine, a->dtype, f->data, (uint64_t)wmat_tensor_nelem(a)));
+            if (memcmp(mine, a->data, a->nbytes)) {
+                size_t k = 0;
+                while (((const unsigned char *)a->data)[k] == mine[k]) k++;
+                fail_msg("%s %s (%s): wmat's bytes differ from llama.cpp's at byte %zu of %zu", which[i], a->name,
+                         wmat_dtype_info(a->dtype)->name, k, a->nbytes);
+            }
+            free(mine);
+            seen[a->dtype]++;
+            checked++;
+        }
+        assert_true(checked > 0);
+        print_message("  %-6s %d K-quant tensors byte-equal\n", which[i], checked);
+        wmat_model_free(mq);
+    }
+    assert_true(seen[WMAT_Q2_K] && seen[WMAT_Q3_K] && seen[WMAT_Q4_K] && seen[WMAT_Q5_K] && seen[WMAT_Q6_K]);
+    wmat_model_free(mf);
+}
+
 static double ppl_of(const char *out, const char *key)
 {
     const char *p = out ? strstr(out, key) : NULL;
@@ -311,14 +356,131 @@ static void test_written_files_same_greedy_path(void **state)
     }
 }
 
+/* Types and bytes of two GGUF files, tensor by tensor: the same names,
+ * the same types, the same bytes when `bytes` (returns the tensors seen). */
+static int same_tensors(const char *what, const char *a_path, const char *b_path, int bytes)
+{
+    wmat_model *a = load(a_path), *b = load(b_path);
+    assert_int_equal(wmat_model_n_tensors(a), wmat_model_n_tensors(b));
+    int n = 0;
+    for (int t = 0; t < wmat_model_n_tensors(a); t++) {
+        const wmat_tensor *x = wmat_model_tensor(a, t), *y = wmat_model_find(b, x->name);
+        assert_non_null(y);
+        if (x->dtype != y->dtype)
+            fail_msg("%s %s: llama.cpp chose %s, wmat %s", what, x->name, wmat_dtype_info(x->dtype)->name,
+                     wmat_dtype_info(y->dtype)->name);
+        assert_int_equal(x->nbytes, y->nbytes);
+        if (bytes && memcmp(x->data, y->data, x->nbytes))
+            fail_msg("%s %s (%s): wmat's bytes differ from llama.cpp's", what, x->name, wmat_dtype_info(x->dtype)->name);
+        n++;
+    }
+    wmat_model_free(a);
+    wmat_model_free(b);
+    return n;
+}
+
+/* `wmat quantize --ggml FTYPE --method rtn` writes llama.cpp's file of that
+ * type without an imatrix: every tensor in the type llama.cpp's rules
+ * chose (mix4m: attn_v and ffn_down by layer, the 704-wide ffn_down's
+ * fallbacks, the tied embedding at Q6_K) and in llama.cpp's bytes. On
+ * stories260K's shapes (widths 64 and 172: the 32-block fallbacks and F16)
+ * the types agree too. */
+static void test_ggml_mix_equals_llamacpp(void **state)
+{
+    (void)state;
+    NEED_PEER();
+    TU_NEED_DATA(mix, "models/mix4m.bin");
+    static const char *const ft[] = {"Q4_K_M", "Q4_K_S", "Q3_K_M", "Q3_K_S", "Q5_K_M", "Q2_K"};
+    char cmd[4096], out[1024], ref[1024], lower[16];
+    int code = 0;
+    for (size_t i = 0; i < sizeof ft / sizeof ft[0]; i++) {
+        size_t k = 0;
+        for (; ft[i][k] && k + 1 < sizeof lower; k++) lower[k] = (char)tolower((unsigned char)ft[i][k]);
+        lower[k] = 0;
+        snprintf(ref, sizeof ref, "%s", tu_tmp("mix-ref.gguf"));
+        snprintf(cmd, sizeof cmd, "'%s' quantize '%s' '%s' %s 2>&1", g_lcq, g_f32, ref, ft[i]);
+        free(tu_run(cmd, &code));
+        assert_int_equal(code, 0);
+        snprintf(out, sizeof out, "%s", tu_tmp("mix-wmat.gguf"));
+        snprintf(cmd, sizeof cmd, "'%s' quantize '%s' '%s' --to gguf --ggml %s --method rtn --quiet 2>&1", tu_cli(), mix, out,
+                 lower);
+        char *o = tu_run(cmd, &code);
+        if (code) fail_msg("wmat quantize --ggml %s failed:\n%s", lower, o ? o : "");
+        free(o);
+        const int n = same_tensors(ft[i], ref, out, 1);
+        print_message("  %-6s %d tensors: llama.cpp's types and bytes\n", ft[i], n);
+    }
+    const char *s260 = tu_data("models/stories260K.bin");
+    if (!s260) return;
+    char f32[1024];
+    snprintf(f32, sizeof f32, "%s", tu_tmp("s260-f32.gguf"));
+    snprintf(cmd, sizeof cmd, "'%s' convert '%s' '%s' --to gguf 2>&1", tu_cli(), s260, f32);
+    free(tu_run(cmd, &code));
+    assert_int_equal(code, 0);
+    for (size_t i = 0; i < 4; i++) {
+        size_t k = 0;
+        for (; ft[i][k] && k + 1 < sizeof lower; k++) lower[k] = (char)tolower((unsigned char)ft[i][k]);
+        lower[k] = 0;
+        snprintf(ref, sizeof ref, "%s", tu_tmp("s260-ref.gguf"));
+        snprintf(cmd, sizeof cmd, "'%s' quantize '%s' '%s' %s 2>&1", g_lcq, f32, ref, ft[i]);
+        free(tu_run(cmd, &code));
+        assert_int_equal(code, 0);
+        snprintf(out, sizeof out, "%s", tu_tmp("s260-wmat.gguf"));
+        snprintf(cmd, sizeof cmd, "'%s' quantize '%s' '%s' --to gguf --ggml %s --method rtn --quiet 2>&1", tu_cli(), s260,
+                 out, lower);
+        free(tu_run(cmd, &code));
+        assert_int_equal(code, 0);
+        const int n = same_tensors(ft[i], ref, out, 0);
+        print_message("  stories260K %-6s %d tensors: llama.cpp's types\n", ft[i], n);
+    }
+}
+
+/* wmat's GPTQ-chosen Q4_K_M and Q3_K_M files load in llama.cpp, which
+ * scores them as wmat does (8 windows, within 0.5%). */
+static void test_gptq_ggml_files_load_in_llamacpp(void **state)
+{
+    (void)state;
+    NEED_PEER();
+    TU_NEED_DATA(mix, "models/mix4m.bin");
+    TU_NEED_DATA(tok, "golden/wikitext2_valid_tokenized.tok512.u16");
+    TU_NEED_DATA(cal, "golden/tinystories_valid_head.tok512.u16");
+    static const char *const ft[] = {"q4_k_m", "q3_k_m"};
+    for (size_t i = 0; i < 2; i++) {
+        char out[1024], cmd[4096];
+        int code = 0;
+        snprintf(out, sizeof out, "%s", tu_tmp("gptq-ggml.gguf"));
+        snprintf(cmd, sizeof cmd,
+                 "'%s' quantize '%s' '%s' --to gguf --ggml %s --method gptq --calib '%s' --calib-tokens 4096 "
+                 "--calib-ctx 256 --quiet 2>&1",
+                 tu_cli(), mix, out, ft[i], cal);
+        char *o = tu_run(cmd, &code);
+        if (code) fail_msg("wmat quantize --ggml %s --method gptq failed:\n%s", ft[i], o ? o : "");
+        free(o);
+        snprintf(cmd, sizeof cmd, "'%s' eval '%s' --tokens '%s' --max-windows 8 --json 2>/dev/null", tu_cli(), out, tok);
+        char *a = tu_run(cmd, &code);
+        assert_int_equal(code, 0);
+        snprintf(cmd, sizeof cmd, "'%s' ppl '%s' '%s' --ctx 256 --windows 8 2>/dev/null", g_lcq, out, tok);
+        char *b = tu_run(cmd, &code);
+        if (code) fail_msg("llama.cpp could not score wmat's %s file:\n%s", ft[i], b ? b : "");
+        const double pa = ppl_of(a, "\"ppl\":"), pb = ppl_of(b, "\"ppl\":");
+        free(a);
+        free(b);
+        print_message("  gptq %-6s wmat %.6f llama.cpp %.6f (%+.4f%%)\n", ft[i], pa, pb, 100 * (pa / pb - 1));
+        TU_ASSERT_BELOW(fabs(pa / pb - 1), 5e-3);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dequant_equals_llamacpp),
         cmocka_unit_test(test_simple_types_byte_equal),
+        cmocka_unit_test(test_kquants_byte_equal),
         cmocka_unit_test(test_ppl_matches_llamacpp),
         cmocka_unit_test(test_written_files_load_in_llamacpp),
         cmocka_unit_test(test_written_files_same_greedy_path),
+        cmocka_unit_test(test_ggml_mix_equals_llamacpp),
+        cmocka_unit_test(test_gptq_ggml_files_load_in_llamacpp),
     };
     return tu_run_tests("gguf_kquants", tests, setup, NULL);
 }

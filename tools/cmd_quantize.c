@@ -93,8 +93,8 @@ int cmd_quantize(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("quantize");
     wmat_quantize_params qp = wmat_quantize_default_params();
-    const char *method = qp.method, *calib = NULL, *to = "native", *seq = "stage", *keep = NULL, *overrides = NULL,
-               *allocate = NULL;
+    const char *method = qp.method, *ggml = NULL, *calib = NULL, *to = "native", *seq = "stage", *keep = NULL,
+               *overrides = NULL, *allocate = NULL;
     float alloc_bpw = 0;
     int alloc_windows = 8;
     int calib_tokens = 0, calib_ctx = 0, group_fallback = 0, embeddings = 0, classifier = 0, quiet = 0;
@@ -116,6 +116,7 @@ int cmd_quantize(int argc, char **argv)
         {"--group-fallback", OPT_FLAG, &group_fallback, NULL, "per-channel where G does not divide a width"},
         {"--embeddings", OPT_FLAG, &embeddings, NULL, "also quantize the token embedding"},
         {"--classifier", OPT_FLAG, &classifier, NULL, "also quantize the classifier (the embedding when tied)"},
+        {"--ggml", OPT_STR, &ggml, "FTYPE", "llama.cpp file type (q4_k_m, q4_k_s, q3_k_m, q3_k_s, q3_k_l, q5_k_m, q5_k_s, q2_k, q6_k, q3_k, q4_k, q5_k): each tensor in the ggml block type llama.cpp's rules give it, values chosen by the method (rtn: llama.cpp's search, imatrix: its weighted search, gptq: error feedback into the blocks); with --to gguf"},
         {"--to", OPT_STR, &to, "FMT", "native (default), gguf, gptq (a GPTQ checkpoint: HF directory with qweight/qzeros/scales/g_idx), or none (report / --eval only)"},
         CLI_EVAL_INPUT_OPTS(&evo, "perplexity of the quantized weights on this stream (fake-quant)"),
         CLI_EVAL_CTX_OPT(&evo, "evaluation window (default min(context, 256))"),
@@ -177,12 +178,15 @@ int cmd_quantize(int argc, char **argv)
     else if (!strcmp(to, "gptq")) fmt = WMAT_FMT_GPTQ;
     else if (strcmp(to, "none")) return cli_usage_error("quantize", "--to must be native, gguf, gptq or none (got '%s')", to);
     if (fmt != WMAT_FMT_UNKNOWN && np < 2) return cli_usage_error("quantize", "give OUT (or --to none)");
+    if (ggml && fmt != WMAT_FMT_GGUF && fmt != WMAT_FMT_UNKNOWN)
+        return cli_usage_error("quantize", "--ggml writes ggml block types: use --to gguf (or --to none)");
     if (calib_tokens < 0) return cli_usage_error("quantize", "--calib-tokens must be >= 0 (got %d)", calib_tokens);
     if (calib_ctx < 0) return cli_usage_error("quantize", "--calib-ctx must be >= 0 (got %d)", calib_ctx);
     if ((rc = cli_eval_check("quantize", &evo)) || (rc = cli_json_check("quantize", &js))) return rc;
     if (!allocate != !(alloc_bpw > 0)) return cli_usage_error("quantize", "give --allocate LIST and --bpw B together");
     if (alloc_windows <= 0) return cli_usage_error("quantize", "--allocate-windows must be > 0 (got %d)", alloc_windows);
     if (allocate && !calib) return cli_usage_error("quantize", "--allocate measures the calibration loss: --calib FILE");
+    if (allocate && ggml) return cli_usage_error("quantize", "--ggml takes llama.cpp's per-tensor types; --allocate chooses its own: give one");
     if (cli_method_needs_stats(QFAMILY, method) && !calib)
         return cli_usage_error("quantize", "--method %s needs calibration data: --calib FILE", method);
     if (!strcmp(seq, "stage")) qp.sequential = 2;
@@ -226,6 +230,7 @@ int cmd_quantize(int argc, char **argv)
     qp.embeddings = embeddings;
     qp.classifier = classifier;
     qp.gguf = fmt == WMAT_FMT_GGUF;
+    qp.ggml = ggml;
     qp.calib = cal;
     qp.n_calib = n_cal;
     qp.calib_ctx = cctx;

@@ -9,7 +9,8 @@
  * reference every kernel of these types is compared with. The quantizers
  * follow ggml's reference rules for the three types with a closed form
  * (Q4_1, Q5_0, Q5_1: byte-equal with llama.cpp's); the K- and I-quants
- * get simple closed-form scales (see below), not llama.cpp's search. */
+ * get llama.cpp's searched scales (its reference rule, the same bytes, or
+ * its importance-weighted rule), IQ4 a closed form. */
 #include "internal.h"
 
 #include <math.h>
@@ -287,179 +288,551 @@ static void q_q5_1(const float *x, unsigned char *b)
     put_u32(b + 4, qh);
 }
 
-/* ---- simple quantizers for the K- and I-quants
+/* ---- the K-quants: llama.cpp's searched scales
  *
- * llama.cpp chooses each sub-block's scale (and min) by a search over
- * candidate scales (make_qkx2_quants, make_qx_quants); these use the
- * closed-form choice instead: range-fitting scales and mins, then the
- * 6- or 8-bit codes of those scales relative to the super-block's
- * largest. They make valid blocks of every type (what the conformance
- * suite, `convert --dtype` and tests need); they are not llama.cpp's
- * bytes and not its quality: wmat's quantizers choose values for
- * quality. */
+ * Each type is three steps (wmat_kfit, internal.h): fit the super-block
+ * (the sub-block scales and mins chosen by a search, their 6- or 8-bit
+ * codes, the block header written), code each value on its sub-block's
+ * fixed grid, pack the codes. Without weights the fit is ggml's reference
+ * rule (quantize_row_*_ref: what llama.cpp writes without an imatrix, the
+ * same float operations in the same order, so the same bytes; tested on
+ * every K-quant tensor of llama.cpp's files); with per-input weights qw
+ * (an imatrix) it is ggml's importance-weighted rule (quantize_row_*_impl):
+ * candidate scales scored by sum qw_i sqrt(sigma^2 + x_i^2) (x_i - q_i)^2
+ * (Q6_K: by qw_i alone), scale codes fitted by weighted least squares.
+ * Q2_K's weighted rule is not written: Q2_K fits by the reference rule
+ * whatever the weights. GPTQ (src/quant/gptq_ggml.c) fits each super-block
+ * when its error feedback reaches it and codes the columns one at a time. */
 
 static int nearest_int(float v) { return (int)lrintf(v); }
 static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
-/* per sub-block of n: scale and min (x ~ scale q - min, q in 0..nmax),
- * min >= 0 so that 0 lies in the range */
-static void range_fit(const float *x, int n, int nmax, float *scale, float *min)
+#define KQ_EPS 1e-15f
+
+/* The symmetric search (ggml's make_qx_quants, its "rmse" type 1): codes
+ * l in [-nmax, nmax - 1] for inverse scales -(nmax + k/10) / max,
+ * k = -9..9, the scale refitted by least squares with weights w (x^2 when
+ * w is NULL), the candidate with the largest (sum w x l)^2 / sum w l^2
+ * kept. L gets l + nmax; returns the scale. */
+static float sym_search(int n, int nmax, const float *x, uint8_t *L, const float *w)
 {
-    float lo = x[0], hi = x[0];
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; i++)
+        if (fabsf(x[i]) > amax) amax = fabsf(x[i]), max = x[i];
+    if (amax < KQ_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.0f;
+    }
+    float iscale = (float)-nmax / max, sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        const int l = clampi(nearest_int(iscale * x[i]), -nmax, nmax - 1);
+        L[i] = (uint8_t)(l + nmax);
+        const float wi = w ? w[i] : x[i] * x[i];
+        sumlx += wi * x[i] * (float)l;
+        suml2 += wi * (float)l * (float)l;
+    }
+    float scale = suml2 ? sumlx / suml2 : 0.0f, best = scale * sumlx;
+    for (int k = -9; k <= 9; k++) {
+        if (!k) continue;
+        iscale = -((float)nmax + 0.1f * (float)k) / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; i++) {
+            const int l = clampi(nearest_int(iscale * x[i]), -nmax, nmax - 1);
+            const float wi = w ? w[i] : x[i] * x[i];
+            sumlx += wi * x[i] * (float)l;
+            suml2 += wi * (float)l * (float)l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; i++) L[i] = (uint8_t)(nmax + clampi(nearest_int(iscale * x[i]), -nmax, nmax - 1));
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+/* Q3_K's reference search (make_q3_quants with its rmse pass): start from
+ * -nmax / max, then up to 5 sweeps moving single codes to the value the
+ * least-squares scale of the others asks for, while sum w x l)^2 / sum w
+ * l^2 (w = x^2) grows. */
+static float q3_search(int n, int nmax, const float *x, uint8_t *Lout)
+{
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; i++)
+        if (fabsf(x[i]) > amax) amax = fabsf(x[i]), max = x[i];
+    if (amax < KQ_EPS) {
+        memset(Lout, 0, (size_t)n);
+        return 0.0f;
+    }
+    const float iscale = (float)-nmax / max;
+    int L[16];
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; i++) {
+        L[i] = clampi(nearest_int(iscale * x[i]), -nmax, nmax - 1);
+        const float w = x[i] * x[i];
+        sumlx += w * x[i] * (float)L[i];
+        suml2 += w * (float)L[i] * (float)L[i];
+    }
+    for (int pass = 0; pass < 5; pass++) {
+        int changed = 0;
+        for (int i = 0; i < n; i++) {
+            const float w = x[i] * x[i];
+            float slx = sumlx - w * x[i] * (float)L[i];
+            if (!(slx > 0)) continue;
+            float sl2 = suml2 - w * (float)L[i] * (float)L[i];
+            const int nl = clampi(nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1);
+            if (nl == L[i]) continue;
+            slx += w * x[i] * (float)nl;
+            sl2 += w * (float)nl * (float)nl;
+            if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
+                L[i] = nl;
+                sumlx = slx;
+                suml2 = sl2;
+                changed++;
+            }
+        }
+        if (!changed) break;
+    }
+    for (int i = 0; i < n; i++) Lout[i] = (uint8_t)(L[i] + nmax);
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+/* The asymmetric search (make_qkx2_quants / make_qkx3_quants, which agree
+ * when weights are given): x ~ scale l - min, l in 0..nmax, min <= 0 kept
+ * in the range; inverse scales (nmax + rmin + k rdelta) / (max - min),
+ * k = 0..nstep, each refitted (scale and min) by weighted least squares,
+ * the lowest sum w (x - q)^2 (or |x - q| with mad) kept. *the_min = -min. */
+static float asym_search(int n, int nmax, const float *x, const float *w, uint8_t *L, float *the_min, float rmin,
+                         float rdelta, int nstep, int mad)
+{
+    float min = x[0], max = x[0], sum_w = w[0], sum_x = sum_w * x[0];
     for (int i = 1; i < n; i++) {
-        if (x[i] < lo) lo = x[i];
-        if (x[i] > hi) hi = x[i];
+        if (x[i] < min) min = x[i];
+        if (x[i] > max) max = x[i];
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
     }
-    if (lo > 0) lo = 0;
-    *scale = (hi - lo) / (float)nmax;
-    *min = -lo;
-}
-
-/* the 6-bit codes of 8 (scale, min) pairs and their super-block steps */
-static void k_codes(const float *sc, const float *mn, int n, int maxcode, float *d, float *dmin, int *lsc, int *lmn)
-{
-    float msc = 0, mmn = 0;
+    if (min > 0) min = 0;
+    if (max == min) {
+        memset(L, 0, (size_t)n);
+        *the_min = -min;
+        return 0.0f;
+    }
+    float iscale = (float)nmax / (max - min), scale = 1 / iscale, best = 0;
     for (int i = 0; i < n; i++) {
-        if (sc[i] > msc) msc = sc[i];
-        if (mn[i] > mmn) mmn = mn[i];
+        L[i] = (uint8_t)clampi(nearest_int(iscale * (x[i] - min)), 0, nmax);
+        float d = scale * (float)L[i] + min - x[i];
+        d = mad ? fabsf(d) : d * d;
+        best += w[i] * d;
     }
-    *d = wmat_f16_to_f32(wmat_f32_to_f16(msc / (float)maxcode));
-    *dmin = wmat_f16_to_f32(wmat_f32_to_f16(mmn / (float)maxcode));
+    uint8_t La[32];
+    for (int k = 0; k <= nstep; k++) {
+        iscale = (rmin + rdelta * (float)k + (float)nmax) / (max - min);
+        float sl = 0, sl2 = 0, sxl = 0;
+        for (int i = 0; i < n; i++) {
+            const int l = clampi(nearest_int(iscale * (x[i] - min)), 0, nmax);
+            La[i] = (uint8_t)l;
+            sl += w[i] * (float)l;
+            sl2 += w[i] * (float)l * (float)l;
+            sxl += w[i] * (float)l * x[i];
+        }
+        const float D = sum_w * sl2 - sl * sl;
+        if (!(D > 0)) continue;
+        float s = (sum_w * sxl - sum_x * sl) / D, m = (sl2 * sum_x - sl * sxl) / D;
+        if (m > 0) {
+            m = 0;
+            s = sxl / sl2;
+        }
+        float err = 0;
+        for (int i = 0; i < n; i++) {
+            float d = s * (float)La[i] + m - x[i];
+            d = mad ? fabsf(d) : d * d;
+            err += w[i] * d;
+        }
+        if (err < best) {
+            memcpy(L, La, (size_t)n);
+            best = err;
+            scale = s;
+            min = m;
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+/* Codes of non-negative values on one step (make_qp_quants): the 9
+ * candidate steps max / (nmax + k/10), k = -4..4, by weighted error, then
+ * up to 5 sweeps of single-code moves as in q3_search. */
+static float pos_codes(int n, int nmax, const float *x, uint8_t *L, const float *w)
+{
+    float max = 0;
+    for (int i = 0; i < n; i++) max = fmaxf(max, x[i]);
+    if (max < KQ_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0.0f;
+    }
+    float iscale = (float)nmax / max;
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)nearest_int(iscale * x[i]);
+    const float scale = 1 / iscale;
+    float best = 0;
     for (int i = 0; i < n; i++) {
-        lsc[i] = *d > 0 ? clampi(nearest_int(sc[i] / *d), 0, maxcode) : 0;
-        lmn[i] = *dmin > 0 ? clampi(nearest_int(mn[i] / *dmin), 0, maxcode) : 0;
+        const float d = x[i] - scale * (float)L[i];
+        best += w[i] * d * d;
+    }
+    for (int k = -4; k <= 4; k++) {
+        if (!k) continue;
+        const float is = (0.1f * (float)k + (float)nmax) / max, sk = 1 / is;
+        float e = 0;
+        for (int i = 0; i < n; i++) {
+            const int l = nearest_int(is * x[i]) < nmax ? nearest_int(is * x[i]) : nmax;
+            const float d = x[i] - sk * (float)l;
+            e += w[i] * d * d;
+        }
+        if (e < best) {
+            best = e;
+            iscale = is;
+        }
+    }
+    float sumlx = 0, suml2 = 0;
+    int Li[16];
+    for (int i = 0; i < n; i++) {
+        const int l = nearest_int(iscale * x[i]);
+        Li[i] = l < nmax ? l : nmax;
+        sumlx += w[i] * x[i] * (float)Li[i];
+        suml2 += w[i] * (float)Li[i] * (float)Li[i];
+    }
+    for (int pass = 0; pass < 5; pass++) {
+        int changed = 0;
+        for (int i = 0; i < n; i++) {
+            float slx = sumlx - w[i] * x[i] * (float)Li[i], sl2 = suml2 - w[i] * (float)Li[i] * (float)Li[i];
+            if (!(slx > 0 && sl2 > 0)) continue;
+            int nl = nearest_int(x[i] * sl2 / slx);
+            nl = nl < nmax ? nl : nmax;
+            if (nl == Li[i]) continue;
+            slx += w[i] * x[i] * (float)nl;
+            sl2 += w[i] * (float)nl * (float)nl;
+            if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+                Li[i] = nl;
+                sumlx = slx;
+                suml2 = sl2;
+                changed++;
+            }
+        }
+        if (!changed) break;
+    }
+    for (int i = 0; i < n; i++) L[i] = (uint8_t)Li[i];
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+/* Q4_K / Q5_K header: d, dmin, the 12 bytes of 6-bit scale and min codes */
+static void put_k4_scales(const uint8_t *ls, const uint8_t *lm, unsigned char *s)
+{
+    for (int j = 0; j < 8; j++) {
+        if (j < 4) {
+            s[j] = ls[j];
+            s[j + 4] = lm[j];
+        } else {
+            s[j + 4] = (unsigned char)((ls[j] & 15) | (lm[j] & 15) << 4);
+            s[j - 4] |= (unsigned char)((ls[j] >> 4) << 6);
+            s[j] |= (unsigned char)((lm[j] >> 4) << 6);
+        }
     }
 }
 
-static int code_of(float x, float step, float off, int nmax)
-{
-    return step > 0 ? clampi(nearest_int((x + off) / step), 0, nmax) : 0;
-}
-
-static void pack_k4_scales(const int *lsc, const int *lmn, unsigned char *q)
-{
-    for (int j = 0; j < 4; j++) {
-        q[j] = (unsigned char)(lsc[j] | (lsc[j + 4] >> 4) << 6);
-        q[j + 4] = (unsigned char)(lmn[j] | (lmn[j + 4] >> 4) << 6);
-        q[j + 8] = (unsigned char)((lsc[j + 4] & 15) | (lmn[j + 4] & 15) << 4);
-    }
-}
-
-/* Q4_K and Q5_K (bits 4 or 5): 8 sub-blocks of 32 */
-static void q_k45(const float *x, unsigned char *b, int bits)
+static void fit_k45(const float *x, const float *qw, unsigned char *b, wmat_kfit *f, int bits)
 {
     const int nmax = (1 << bits) - 1;
-    float sc[8], mn[8], d, dmin;
-    int lsc[8], lmn[8];
-    for (int j = 0; j < 8; j++) range_fit(x + 32 * j, 32, nmax, &sc[j], &mn[j]);
-    k_codes(sc, mn, 8, 63, &d, &dmin, lsc, lmn);
-    put_f16(b, d);
-    put_f16(b + 2, dmin);
-    pack_k4_scales(lsc, lmn, b + 4);
-    unsigned char *qh = b + 16, *q = bits == 5 ? b + 48 : b + 16;
-    if (bits == 5) memset(qh, 0, 32);
-    for (int j = 0; j < 8; j += 2, q += 32)
-        for (int l = 0; l < 32; l++) {
-            const int c0 = code_of(x[32 * j + l], d * (float)lsc[j], dmin * (float)lmn[j], nmax);
-            const int c1 = code_of(x[32 * (j + 1) + l], d * (float)lsc[j + 1], dmin * (float)lmn[j + 1], nmax);
-            q[l] = (unsigned char)((c0 & 15) | (c1 & 15) << 4);
-            if (bits == 5) qh[l] |= (unsigned char)(((c0 >> 4) & 1) << j | ((c1 >> 4) & 1) << (j + 1));
+    float sc[8], mn[8], w[32];
+    uint8_t ls[8], lm[8];
+    if (!qw) {
+        float msc = 0, mmn = 0;
+        for (int j = 0; j < 8; j++) {
+            const float *xj = x + 32 * j;
+            float s2 = 0;
+            for (int l = 0; l < 32; l++) s2 += xj[l] * xj[l];
+            const float av = sqrtf(s2 / 32);
+            for (int l = 0; l < 32; l++) w[l] = av + fabsf(xj[l]);
+            sc[j] = bits == 4 ? asym_search(32, nmax, xj, w, f->L + 32 * j, &mn[j], -1.0f, 0.1f, 20, 0)
+                              : asym_search(32, nmax, xj, w, f->L + 32 * j, &mn[j], -0.5f, 0.1f, 15, 0);
+            if (sc[j] > msc) msc = sc[j];
+            if (mn[j] > mmn) mmn = mn[j];
         }
-}
-static void q_q4_k(const float *x, unsigned char *b) { q_k45(x, b, 4); }
-static void q_q5_k(const float *x, unsigned char *b) { q_k45(x, b, 5); }
-
-/* Q6_K and Q3_K: each 16-value sub-block's scale max|x| / qmax (the
- * largest code's magnitude), and the super-block step that codes them,
- * (largest scale) / maxcode rounded to fp16 as the block stores it */
-static float sym_scales16(const float *x, float qmax, float maxcode, float *sc)
-{
-    float msc = 0;
-    for (int j = 0; j < 16; j++) {
-        float amax = 0;
-        for (int l = 0; l < 16; l++) amax = fmaxf(amax, fabsf(x[16 * j + l]));
-        sc[j] = amax / qmax;
-        if (sc[j] > msc) msc = sc[j];
+        const float is = msc > 0 ? 63.f / msc : 0.f, im = mmn > 0 ? 63.f / mmn : 0.f;
+        for (int j = 0; j < 8; j++) {
+            const uint8_t a = (uint8_t)nearest_int(is * sc[j]), c = (uint8_t)nearest_int(im * mn[j]);
+            ls[j] = a < 63 ? a : 63;
+            lm[j] = c < 63 ? c : 63;
+        }
+        put_f16(b, msc / 63.f);
+        put_f16(b + 2, mmn / 63.f);
+    } else {
+        float s2 = 0, sw[8];
+        for (int l = 0; l < 256; l++) s2 += x[l] * x[l];
+        const float sigma2 = 2 * s2 / 256;
+        for (int j = 0; j < 8; j++) {
+            const float *xj = x + 32 * j;
+            for (int l = 0; l < 32; l++) w[l] = qw[32 * j + l] * sqrtf(sigma2 + xj[l] * xj[l]);
+            float sum = 0;
+            for (int l = 0; l < 32; l++) sum += w[l];
+            sw[j] = sum;
+            sc[j] = asym_search(32, nmax, xj, w, f->L + 32 * j, &mn[j], -0.9f, 0.05f, 36, 0);
+        }
+        const float d = pos_codes(8, 63, sc, ls, sw), dm = pos_codes(8, 63, mn, lm, sw);
+        for (int j = 0; j < 8; j++) {
+            ls[j] = ls[j] < 63 ? ls[j] : 63;
+            lm[j] = lm[j] < 63 ? lm[j] : 63;
+        }
+        put_f16(b, d);
+        put_f16(b + 2, dm);
     }
-    return wmat_f16_to_f32(wmat_f32_to_f16(msc / maxcode));
+    memset(b + 4, 0, 12);
+    put_k4_scales(ls, lm, b + 4);
+    const float d = get_f16(b), dm = get_f16(b + 2);
+    f->nsub = 8;
+    f->sub = 32;
+    f->qlo = 0;
+    f->qhi = nmax;
+    for (int j = 0; j < 8; j++) {
+        int s, m;
+        wmat__k4_scale_min(j, b + 4, &s, &m);
+        f->step[j] = d * (float)s;
+        f->off[j] = dm * (float)m;
+    }
 }
 
-/* symmetric sub-block scales (x ~ scale (q - off)) as int8 codes of a
- * super-block step: Q6_K (16 of 16, codes -32..31) */
-static void q_q6_k(const float *x, unsigned char *b)
+static void fit_q6(const float *x, const float *qw, unsigned char *b, wmat_kfit *f)
 {
-    float sc[16];
-    const float d = sym_scales16(x, 31.0f, 127.0f, sc);
+    float sc[16], msc = 0, amsc = 0;
+    for (int j = 0; j < 16; j++) {
+        sc[j] = sym_search(16, 32, x + 16 * j, f->L + 16 * j, qw ? qw + 16 * j : NULL);
+        if (fabsf(sc[j]) > amsc) amsc = fabsf(sc[j]), msc = sc[j];
+    }
+    f->nsub = 16;
+    f->sub = 16;
+    f->qlo = -32;
+    f->qhi = 31;
     int8_t *scb = (int8_t *)(b + 192);
-    int q[256];
-    for (int j = 0; j < 16; j++) {
-        scb[j] = (int8_t)(d > 0 ? clampi(nearest_int(sc[j] / d), 0, 127) : 0);
-        const float step = d * (float)scb[j];
-        for (int l = 0; l < 16; l++) q[16 * j + l] = step > 0 ? clampi(nearest_int(x[16 * j + l] / step), -32, 31) + 32 : 32;
+    if (amsc < KQ_EPS) {
+        memset(b, 0, 210);
+        memset(f->L, 0, 256);
+        for (int j = 0; j < 16; j++) f->step[j] = f->off[j] = 0;
+        return;
     }
-    put_f16(b + 208, d);
-    unsigned char *ql = b, *qh = b + 128;
-    for (int n = 0; n < 256; n += 128, ql += 64, qh += 32)
-        for (int l = 0; l < 32; l++) {
-            const int q1 = q[n + l], q2 = q[n + l + 32], q3 = q[n + l + 64], q4 = q[n + l + 96];
-            ql[l] = (unsigned char)((q1 & 15) | (q3 & 15) << 4);
-            ql[l + 32] = (unsigned char)((q2 & 15) | (q4 & 15) << 4);
-            qh[l] = (unsigned char)((q1 >> 4) | (q2 >> 4) << 2 | (q3 >> 4) << 4 | (q4 >> 4) << 6);
-        }
+    const float is = -128.f / msc;
+    put_f16(b + 208, 1 / is);
+    const float d = get_f16(b + 208);
+    for (int j = 0; j < 16; j++) {
+        const int l = nearest_int(is * sc[j]);
+        scb[j] = (int8_t)(l < 127 ? l : 127);
+        f->step[j] = d * (float)scb[j];
+        f->off[j] = 0;
+    }
 }
 
-/* Q2_K: 16 sub-blocks of 16, 4-bit scale and min codes */
-static void q_q2_k(const float *x, unsigned char *b)
+static void put_q3_scales(const int *l, unsigned char *s)
 {
-    float sc[16], mn[16], d, dmin;
-    int lsc[16], lmn[16];
-    for (int j = 0; j < 16; j++) range_fit(x + 16 * j, 16, 3, &sc[j], &mn[j]);
-    k_codes(sc, mn, 16, 15, &d, &dmin, lsc, lmn);
-    for (int j = 0; j < 16; j++) b[j] = (unsigned char)(lsc[j] | lmn[j] << 4);
-    put_f16(b + 80, d);
-    put_f16(b + 82, dmin);
-    unsigned char *q = b + 16;
-    memset(q, 0, 64);
-    int is = 0;
-    for (int n = 0; n < 256; n += 128, q += 32)
-        for (int shift = 0; shift < 8; shift += 2)
-            for (int half = 0; half < 2; half++, is++)
-                for (int l = 0; l < 16; l++) {
-                    const int v = n + (shift / 2) * 32 + 16 * half + l;
-                    q[l + 16 * half] |= (unsigned char)(code_of(x[v], d * (float)lsc[is], dmin * (float)lmn[is], 3) << shift);
-                }
+    memset(s, 0, 12);
+    for (int j = 0; j < 16; j++) {
+        const int v = l[j];
+        if (j < 8) s[j] = (unsigned char)(v & 15);
+        else s[j - 8] |= (unsigned char)((v & 15) << 4);
+        s[8 + j % 4] |= (unsigned char)((v >> 4) << (2 * (j / 4)));
+    }
 }
 
-/* Q3_K: 16 sub-blocks of 16, signed 6-bit scales, codes -4..3 */
-static void q_q3_k(const float *x, unsigned char *b)
+static void fit_q3(const float *x, const float *qw, unsigned char *b, wmat_kfit *f)
 {
     float sc[16];
-    const float d = sym_scales16(x, 4.0f, 31.0f, sc);
-    int ls[16];
-    for (int j = 0; j < 16; j++) ls[j] = d > 0 ? clampi(nearest_int(sc[j] / d), 0, 31) : 0;
-    unsigned char *hm = b, *q = b + 32, *s = b + 96;
-    memset(b, 0, 108);
-    for (int i = 0; i < 16; i++) {
-        const int v = ls[i] + 32;
-        if (i < 8) s[i] |= (unsigned char)(v & 15);
-        else s[i - 8] |= (unsigned char)((v & 15) << 4);
-        s[8 + i % 4] |= (unsigned char)(((v >> 4) & 3) << (2 * (i / 4)));
+    int l6[16];
+    unsigned char *s = b + 96;
+    if (!qw) {
+        float msc = 0, amax = 0;
+        for (int j = 0; j < 16; j++) {
+            sc[j] = q3_search(16, 4, x + 16 * j, f->L + 16 * j);
+            if (fabsf(sc[j]) > amax) amax = fabsf(sc[j]), msc = sc[j];
+        }
+        if (msc != 0) {
+            const float is = -32.f / msc;
+            for (int j = 0; j < 16; j++) l6[j] = clampi((int8_t)nearest_int(is * sc[j]), -32, 31) + 32;
+            put_q3_scales(l6, s);
+            put_f16(b + 108, 1 / is);
+        } else {
+            memset(s, 0, 12);
+            put_f16(b + 108, 0.f);
+        }
+    } else {
+        float s2 = 0, sw[16], w[16];
+        uint8_t Ls[16];
+        for (int j = 0; j < 256; j++) s2 += x[j] * x[j];
+        const float sigma2 = 2 * s2 / 256;
+        for (int j = 0; j < 16; j++) {
+            for (int l = 0; l < 16; l++) w[l] = qw[16 * j + l] * sqrtf(sigma2 + x[16 * j + l] * x[16 * j + l]);
+            float sum = 0;
+            for (int l = 0; l < 16; l++) sum += w[l];
+            sw[j] = sum;
+            sc[j] = sym_search(16, 4, x + 16 * j, f->L + 16 * j, w);
+        }
+        const float d = sym_search(16, 32, sc, Ls, sw);
+        for (int j = 0; j < 16; j++) l6[j] = Ls[j];
+        put_q3_scales(l6, s);
+        put_f16(b + 108, d);
     }
-    put_f16(b + 108, d);
-    int is = 0;
-    unsigned m = 1;
-    for (int n = 0; n < 256; n += 128, q += 32)
-        for (int shift = 0; shift < 8; shift += 2, m <<= 1)
-            for (int half = 0; half < 2; half++, is++) {
-                const float step = d * (float)ls[is];
-                for (int l = 16 * half; l < 16 * half + 16; l++) {
-                    const int v = n + (shift / 2) * 32 + l;
-                    const int c = step > 0 ? clampi(nearest_int(x[v] / step), -4, 3) + 4 : 4; /* 0..7 */
-                    q[l] |= (unsigned char)((c & 3) << shift);
-                    if (c >= 4) hm[l] |= (unsigned char)m; /* set: no -4 */
-                }
-            }
+    int8_t c[16];
+    q3k_scales(s, c);
+    const float d = get_f16(b + 108);
+    f->nsub = 16;
+    f->sub = 16;
+    f->qlo = -4;
+    f->qhi = 3;
+    for (int j = 0; j < 16; j++) {
+        f->step[j] = d * (float)c[j];
+        f->off[j] = 0;
+    }
 }
+
+static void fit_q2(const float *x, unsigned char *b, wmat_kfit *f)
+{
+    float sc[16], mn[16], w[16], msc = 0, mmn = 0;
+    for (int j = 0; j < 16; j++) {
+        for (int l = 0; l < 16; l++) w[l] = fabsf(x[16 * j + l]);
+        sc[j] = asym_search(16, 3, x + 16 * j, w, f->L + 16 * j, &mn[j], -0.5f, 0.1f, 15, 1);
+        if (sc[j] > msc) msc = sc[j];
+        if (mn[j] > mmn) mmn = mn[j];
+    }
+    if (msc > 0) {
+        const float is = 15.f / msc;
+        for (int j = 0; j < 16; j++) b[j] = (unsigned char)nearest_int(is * sc[j]);
+        put_f16(b + 80, msc / 15.f);
+    } else {
+        memset(b, 0, 16);
+        put_f16(b + 80, 0.f);
+    }
+    if (mmn > 0) {
+        const float im = 15.f / mmn;
+        for (int j = 0; j < 16; j++) b[j] |= (unsigned char)(nearest_int(im * mn[j]) << 4);
+        put_f16(b + 82, mmn / 15.f);
+    } else {
+        put_f16(b + 82, 0.f);
+    }
+    const float d = get_f16(b + 80), dm = get_f16(b + 82);
+    f->nsub = 16;
+    f->sub = 16;
+    f->qlo = 0;
+    f->qhi = 3;
+    for (int j = 0; j < 16; j++) {
+        f->step[j] = d * (float)(b[j] & 15);
+        f->off[j] = dm * (float)(b[j] >> 4);
+    }
+}
+
+int wmat__kq_fit(wmat_dtype dt, const float *x, const float *qw, void *block, wmat_kfit *f)
+{
+    unsigned char *b = block;
+    f->dt = dt;
+    switch (dt) {
+    case WMAT_Q4_K: fit_k45(x, qw, b, f, 4); break;
+    case WMAT_Q5_K: fit_k45(x, qw, b, f, 5); break;
+    case WMAT_Q6_K: fit_q6(x, qw, b, f); break;
+    case WMAT_Q3_K: fit_q3(x, qw, b, f); break;
+    case WMAT_Q2_K: fit_q2(x, b, f); break;
+    default: return WMAT_ERR_UNSUPPORTED;
+    }
+    return WMAT_OK;
+}
+
+float wmat__kq_code(wmat_kfit *f, int i, float x)
+{
+    const int j = i / f->sub;
+    const float step = f->step[j], off = f->off[j];
+    if (step == 0.0f) return step * (float)((int)f->L[i] + f->qlo) - off; /* the search's code stays */
+    const int l = clampi(nearest_int((x + off) / step), f->qlo, f->qhi);
+    f->L[i] = (uint8_t)(l - f->qlo);
+    return step * (float)l - off;
+}
+
+void wmat__kq_pack(const wmat_kfit *f, void *block)
+{
+    unsigned char *b = block;
+    uint8_t L[256];
+    memcpy(L, f->L, 256);
+    switch (f->dt) {
+    case WMAT_Q4_K:
+        for (int j = 0, o = 16; j < 256; j += 64, o += 32)
+            for (int l = 0; l < 32; l++) b[o + l] = (unsigned char)(L[j + l] | L[j + l + 32] << 4);
+        break;
+    case WMAT_Q5_K: {
+        unsigned char *qh = b + 16, *ql = b + 48;
+        memset(qh, 0, 32);
+        unsigned m1 = 1, m2 = 2;
+        for (int n = 0; n < 256; n += 64, ql += 32, m1 <<= 2, m2 <<= 2)
+            for (int j = 0; j < 32; j++) {
+                int a = L[n + j], c = L[n + j + 32];
+                if (a > 15) a -= 16, qh[j] |= (unsigned char)m1;
+                if (c > 15) c -= 16, qh[j] |= (unsigned char)m2;
+                ql[j] = (unsigned char)(a | c << 4);
+            }
+        break;
+    }
+    case WMAT_Q6_K: {
+        unsigned char *ql = b, *qh = b + 128;
+        for (int n = 0; n < 256; n += 128, ql += 64, qh += 32)
+            for (int l = 0; l < 32; l++) {
+                const int q1 = L[n + l], q2 = L[n + l + 32], q3 = L[n + l + 64], q4 = L[n + l + 96];
+                ql[l] = (unsigned char)((q1 & 15) | (q3 & 15) << 4);
+                ql[l + 32] = (unsigned char)((q2 & 15) | (q4 & 15) << 4);
+                qh[l] = (unsigned char)((q1 >> 4) | (q2 >> 4) << 2 | (q3 >> 4) << 4 | (q4 >> 4) << 6);
+            }
+        break;
+    }
+    case WMAT_Q3_K:
+    case WMAT_Q2_K: {
+        unsigned char *q = f->dt == WMAT_Q3_K ? b + 32 : b + 16;
+        if (f->dt == WMAT_Q3_K) {
+            memset(b, 0, 32);
+            for (int j = 0; j < 256; j++)
+                if (L[j] > 3) {
+                    b[j % 32] |= (unsigned char)(1u << (j / 32));
+                    L[j] -= 4;
+                }
+        }
+        for (int j = 0; j < 256; j += 128, q += 32)
+            for (int l = 0; l < 32; l++)
+                q[l] = (unsigned char)(L[j + l] | L[j + l + 32] << 2 | L[j + l + 64] << 4 | L[j + l + 96] << 6);
+        break;
+    }
+    default: break;
+    }
+}
+
+/* one super-block: fit, code every value on the fitted grid, pack */
+static void kq_block(wmat_dtype dt, const float *x, const float *qw, unsigned char *b)
+{
+    wmat_kfit f;
+    wmat__kq_fit(dt, x, qw, b, &f);
+    for (int i = 0; i < 256; i++) wmat__kq_code(&f, i, x[i]);
+    wmat__kq_pack(&f, b);
+}
+static void q_q2_k(const float *x, unsigned char *b) { kq_block(WMAT_Q2_K, x, NULL, b); }
+static void q_q3_k(const float *x, unsigned char *b) { kq_block(WMAT_Q3_K, x, NULL, b); }
+static void q_q4_k(const float *x, unsigned char *b) { kq_block(WMAT_Q4_K, x, NULL, b); }
+static void q_q5_k(const float *x, unsigned char *b) { kq_block(WMAT_Q5_K, x, NULL, b); }
+static void q_q6_k(const float *x, unsigned char *b) { kq_block(WMAT_Q6_K, x, NULL, b); }
+
+int wmat__ggml_quant_rows(wmat_dtype dt, const float *x, void *dst, int64_t nrows, int64_t ncols, const float *qw)
+{
+    const wmat_dtype_traits *tr = wmat_dtype_info(dt);
+    if (!tr) return wmat_set_error(WMAT_ERR_UNSUPPORTED, "no such type");
+    if (ncols % tr->block_size)
+        return wmat_set_error(WMAT_ERR_INVALID, "%s needs rows of a multiple of %d values", tr->name, tr->block_size);
+    const int kq = dt == WMAT_Q2_K || dt == WMAT_Q3_K || dt == WMAT_Q4_K || dt == WMAT_Q5_K || dt == WMAT_Q6_K;
+    if (!qw || !kq) return wmat_from_f32(dst, dt, x, (uint64_t)(nrows * ncols));
+    unsigned char *b = dst;
+    for (int64_t r = 0; r < nrows; r++)
+        for (int64_t c = 0; c < ncols; c += 256, b += tr->block_bytes) kq_block(dt, x + r * ncols + c, qw + c, b);
+    return WMAT_OK;
+}
+
+/* ---- IQ4 (closed form: the largest magnitude onto the grid's -127) */
 
 static int iq4_index(float v)
 {

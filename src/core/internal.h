@@ -98,6 +98,25 @@ int wmat__ggml_block_dtype(int ggml_type);
 int wmat__ggml_block_can_quantize(wmat_dtype dt);
 int wmat__ggml_block_dequant(wmat_dtype dt, const void *src, float *dst, int64_t n);
 int wmat__ggml_block_quant(wmat_dtype dt, const float *src, void *dst, int64_t n);
+/* Rows (nrows, ncols) into ggml blocks; qw (ncols, or NULL): per-input
+ * importance (an imatrix) for the K-quants' weighted scale search
+ * (ggml_kquants.c); other types ignore it. */
+int wmat__ggml_quant_rows(wmat_dtype dt, const float *x, void *dst, int64_t nrows, int64_t ncols, const float *qw);
+/* One K-quant super-block (Q2_K..Q6_K) in three steps, for quantizers that
+ * choose the values themselves (GPTQ): fit writes the block's header (the
+ * searched sub-block scales/mins and their codes; qw NULL: llama.cpp's
+ * reference rule) and the grids; code(i, x) puts value i on its
+ * sub-block's grid and returns its dequantized value; pack writes the
+ * codes. Value of code l of sub-block j: step[j] l - off[j]. */
+typedef struct {
+    wmat_dtype dt;
+    int nsub, sub, qlo, qhi; /* sub-blocks, their length, code range */
+    float step[16], off[16];
+    uint8_t L[256]; /* codes - qlo */
+} wmat_kfit;
+int wmat__kq_fit(wmat_dtype dt, const float *x, const float *qw, void *block, wmat_kfit *f);
+float wmat__kq_code(wmat_kfit *f, int i, float x);
+void wmat__kq_pack(const wmat_kfit *f, void *block);
 /* Q4_K / Q5_K: the 6-bit scale and min of sub-block j (0..7) from the
  * super-block's 12 packed bytes q: j < 4 in the low 6 bits of bytes j and
  * j+4; j >= 4 split between the nibbles of byte j+4 and the top 2 bits of

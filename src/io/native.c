@@ -321,7 +321,16 @@ int wmat_quant_model_save(wmat_model *m, const char *path, wmat_format fmt)
         else n4 += t->dtype == WMAT_Q4_0, n8 += t->dtype == WMAT_Q8_0;
     }
     gguf_ctx c = {path};
-    const wmat_dtype file_dt = n4 + n8 == 0 ? WMAT_F32 : n4 >= n8 ? WMAT_Q4_0 : WMAT_Q8_0;
+    wmat_dtype file_dt = n4 + n8 == 0 ? WMAT_F32 : n4 >= n8 ? WMAT_Q4_0 : WMAT_Q8_0;
+    /* ggml K-quant tensors (quantize --ggml): the K-quant type most matrices
+     * have (general.file_type then names that type's "_S" file type) */
+    int nk[WMAT_DTYPE_COUNT] = {0}, best = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const wmat_dtype d = m->tensors[i].dtype;
+        if (d == WMAT_Q2_K || d == WMAT_Q3_K || d == WMAT_Q4_K || d == WMAT_Q5_K || d == WMAT_Q6_K) nk[d]++;
+    }
+    for (int d = 0; d < WMAT_DTYPE_COUNT; d++)
+        if (nk[d] > best) best = nk[d], file_dt = (wmat_dtype)d;
     return wmat__gguf_save_with(m, path, WMAT_F32, file_dt, gguf_encode, &c);
 }
 

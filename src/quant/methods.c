@@ -177,6 +177,8 @@ typedef struct {
     wmat_qparams qp;
     int keep;
     const char *note;
+    wmat_dtype gdt; /* wmat_quantize_params.ggml: the tensor's ggml type (0: none) */
+    int role;       /* wmat_linear_kind, or WMAT_GGML_TOKEN_EMBD / _OUTPUT */
 } qjob;
 
 /* ---- parameters: a method's schema defaults, then the public fields of
@@ -383,7 +385,7 @@ static int gguf_holds(const qjob *j, int own_axis)
  * byte), fp16 scales, u8 zero points when asymmetric, i32 perm. */
 static double stored_bpw(const wmat_qresult *q)
 {
-    if (q->obj) return 8.0 * (double)wmat_qresult_obj_bytes(q) / ((double)q->rows * (double)q->cols);
+    if (q->obj || q->gbytes) return 8.0 * (double)wmat_qresult_obj_bytes(q) / ((double)q->rows * (double)q->cols);
     const int cb = q->bits == 2 || q->bits == 3 || q->bits == 4 || q->bits == 8 ? q->bits : 8;
     const double ng = (double)wmat_qresult_n_groups(q), nw = (double)q->rows * (double)q->cols;
     return ((double)cb * nw + 16.0 * ng + (q->sym ? 0.0 : 8.0 * ng) + (q->perm ? 32.0 * (double)q->cols : 0.0)) / nw;
@@ -399,7 +401,13 @@ static int run_job(qjob *j, const wmat_qstats *st, wmat_qresult *res, float *Wq,
     wmat_qmethod_info info;
     memset(&info, 0, sizeof info);
     double t0 = wmat__now();
-    int rc = j->method->fn(res, W, rows, cols, st, &j->qp, &info);
+    int rc;
+    if (j->gdt) {
+        const int how = !strcmp(j->method->name, "gptq") ? 2 : !strcmp(j->method->name, "imatrix") ? 1 : 0;
+        rc = wmat__quant_ggml(res, W, rows, cols, st, j->gdt, how, &j->qp, &info);
+    } else {
+        rc = j->method->fn(res, W, rows, cols, st, &j->qp, &info);
+    }
     if (rc) return wmat_set_error(rc, "%s: %s", j->t->name, wmat_last_error());
     rep->seconds = wmat__now() - t0;
     *factor_s += info.factor_seconds;
@@ -439,6 +447,17 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
     int rc = wmat__quantize_check(p);
     if (rc) return rc;
     const wmat_qmethod *method = find_quant(p->method);
+    if (p->ggml) {
+        if (!wmat__ggml_ftype_known(p->ggml))
+            return wmat_set_error(WMAT_ERR_INVALID,
+                                  "unknown ggml file type '%s' (q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, "
+                                  "q5_k_m, q6_k, q3_k, q4_k, q5_k)",
+                                  p->ggml);
+        if (strcmp(method->name, "rtn") && strcmp(method->name, "imatrix") && strcmp(method->name, "gptq"))
+            return wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                                  "method '%s' cannot choose values inside ggml blocks (--ggml takes rtn, imatrix or gptq)",
+                                  method->name);
+    }
     const double t_start = wmat__now();
     wmat_context wc = wmat_context_default();
     wc.n_threads = p->n_threads;
@@ -466,10 +485,15 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
     for (int l = 0; l < L; l++)
         for (int k = 0; k < WMAT_LIN_COUNT; k++)
             jobs[nj++] = (qjob){wmat_model_linear(m, l, (wmat_linear_kind)k), l, wmat__calib_slot((wmat_linear_kind)k),
-                                method, base, 0, NULL};
+                                method, base, 0, NULL, 0, k};
     wmat_tensor *emb = wmat_model_tok_embeddings(m), *cls = wmat_model_classifier(m);
-    if (p->classifier) jobs[nj++] = (qjob){cls, L, WMAT_CSLOT_CLS, method, base, 0, NULL};
-    if (p->embeddings && !(p->classifier && cls == emb)) jobs[nj++] = (qjob){emb, -1, -1, method, base, 0, NULL};
+    /* llama.cpp's file types hold the classifier and the embedding too:
+     * both by its reference search (its imatrix covers the blocks only) */
+    const wmat_qmethod *df = wmat__qmethod_data_free();
+    if (p->ggml && cls != emb) jobs[nj++] = (qjob){cls, L, WMAT_CSLOT_CLS, df, base, 0, NULL, 0, WMAT_GGML_OUTPUT};
+    else if (p->classifier) jobs[nj++] = (qjob){cls, L, WMAT_CSLOT_CLS, method, base, 0, NULL, 0, WMAT_GGML_OUTPUT};
+    if (p->ggml) jobs[nj++] = (qjob){emb, -1, -1, df, base, 0, NULL, 0, WMAT_GGML_TOKEN_EMBD};
+    else if (p->embeddings && !(p->classifier && cls == emb)) jobs[nj++] = (qjob){emb, -1, -1, method, base, 0, NULL, 0, WMAT_GGML_TOKEN_EMBD};
     int need_calib = 0;
     for (int i = 0; i < nj; i++) {
         qjob *j = &jobs[i];
@@ -487,6 +511,13 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
         }
         if ((rc = job_params(j, p, nt))) goto done;
         const int64_t rows = j->t->shape[0], cols = j->t->shape[1];
+        if (p->ggml) {
+            j->gdt = wmat__ggml_mix_type(p->ggml, j->role, j->layer, c, cols);
+            if (j->gdt == WMAT_F32) j->keep = 1;
+            if (j->keep) continue;
+            if (wmat__qmethod_needs_calib(j->method)) need_calib = 1;
+            continue;
+        }
         const int div_in = !(j->qp.group > 0 && cols % j->qp.group), div_out = !(j->qp.group > 0 && rows % j->qp.group);
         const int own_axis = (j->method->flags & WMAT_QM_OWN_AXIS) != 0;
         const int ok = own_axis ? (div_in || div_out) : (j->qp.axis == WMAT_QAXIS_IN ? div_in : div_out);

@@ -199,6 +199,23 @@ void wmat__gptq_feedback(float *W, int64_t m, int64_t n, const float *U, int B, 
 void wmat__gptq_feedback_sub(float *W, int64_t m, int64_t n, const float *U, int B, int sub, float *E, int nt,
                              wmat_gptq_colq q, void *user);
 
+/* ---- ggml block types (ggml_quant.c) */
+
+/* 1 when ftype names a llama.cpp file type wmat writes ("q4_k_m", ...). */
+int wmat__ggml_ftype_known(const char *ftype);
+/* Roles beyond wmat_linear_kind's seven. */
+enum { WMAT_GGML_TOKEN_EMBD = 100, WMAT_GGML_OUTPUT = 101 };
+/* The type llama.cpp's quantizer gives a matrix of role (a wmat_linear_kind
+ * or WMAT_GGML_*) in block `layer` with `cols` inputs, in file type ftype
+ * (its fallback when the rows do not split into 256-blocks). */
+wmat_dtype wmat__ggml_mix_type(const char *ftype, int role, int layer, const wmat_config *c, int64_t cols);
+/* W into ggml type dt (out->ggml, out->gbytes): how 0 llama.cpp's
+ * reference search, 1 its imatrix-weighted search (st->x2), 2 GPTQ error
+ * feedback into the blocks (st->H; K-quants, Q8_0, Q5_0, Q4_0; other types
+ * take 1 or 0). */
+int wmat__quant_ggml(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                     wmat_dtype dt, int how, const wmat_qparams *p, wmat_qmethod_info *info);
+
 /* Binary-coding quantization (bcq.c; ShiftAddLLM): out->obj is a bcq weight. */
 int wmat__quant_bcq(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
                     const wmat_qparams *p, wmat_qmethod_info *info);

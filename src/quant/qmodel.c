@@ -15,6 +15,19 @@ int wmat_model_set_quantized(wmat_model *m, const char *name, wmat_qresult *q)
     if (t->ndim != 2 || t->shape[0] != q->rows || t->shape[1] != q->cols)
         return wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is not a (%lld x %lld) matrix", src, name, (long long)q->rows,
                               (long long)q->cols);
+    if (q->gbytes) {
+        /* a ggml block type: the tensor becomes a plain stored tensor of it */
+        if (t->dtype != WMAT_F32)
+            return wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is not materialized f32", src, name);
+        wmat__tensor_free_data(t);
+        t->data = q->gbytes;
+        t->dtype = q->ggml;
+        t->flags = WMAT_TF_OWNED;
+        t->nbytes = (size_t)wmat_dtype_bytes(q->ggml, (uint64_t)(q->rows * q->cols));
+        q->gbytes = NULL;
+        memset(q, 0, sizeof *q);
+        return WMAT_OK;
+    }
     if (t == wmat_model_tok_embeddings(m))
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "%s: %s is the token embedding (read by rows as f32); it cannot be packed",
                               src, name);

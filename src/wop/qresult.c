@@ -38,6 +38,7 @@ static const wmat_wkind *obj_kind(const wmat_qresult *q) { return ((const wmat_w
 
 uint64_t wmat_qresult_obj_bytes(const wmat_qresult *q)
 {
+    if (q->gbytes) return wmat_dtype_bytes(q->ggml, (uint64_t)(q->rows * q->cols));
     if (!q->obj) return 0;
     wmat_tensor t;
     wmat__tensor_init2(&t, WMAT_OBJ, q->rows, q->cols, q->obj);
@@ -51,11 +52,16 @@ void wmat_qresult_free(wmat_qresult *q)
     wmat__free(q->scales);
     wmat__free(q->zeros);
     wmat__free(q->perm);
+    wmat__free(q->gbytes);
     memset(q, 0, sizeof *q);
 }
 
 void wmat_qresult_dequant(const wmat_qresult *q, float *W)
 {
+    if (q->gbytes) {
+        wmat_to_f32(W, q->gbytes, q->ggml, (uint64_t)(q->rows * q->cols));
+        return;
+    }
     if (q->obj) {
         wmat_tensor t;
         wmat__tensor_init2(&t, WMAT_OBJ, q->rows, q->cols, q->obj);

@@ -49,10 +49,14 @@ typedef struct {
      * of its own weight kind instead (wop.h; owned, freed with the result);
      * codes, scales, zeros and perm stay NULL, bits/sym/axis/group are 0. */
     void *obj;
+    /* A result in a ggml block type (wmat_quantize_params.ggml): the
+     * tensor's bytes as that type stores them (owned); codes and obj NULL. */
+    wmat_dtype ggml;
+    void *gbytes;
 } wmat_qresult;
 
 /* 1 when q holds a result (codes or an object). */
-static inline int wmat_qresult_done(const wmat_qresult *q) { return q->codes != NULL || q->obj != NULL; }
+static inline int wmat_qresult_done(const wmat_qresult *q) { return q->codes != NULL || q->obj != NULL || q->gbytes != NULL; }
 
 static inline int64_t wmat_qresult_n_groups(const wmat_qresult *q)
 {
