@@ -910,6 +910,10 @@ typedef struct {
      * lora_rank, alpha lora_alpha): the share of each targeted matrix's
      * positions in S's fixed random support, [0, 1) (default 0.03). */
     float adapter_density;
+    /* Adapters with an L1 penalty on per-layer coefficients (s2lora: mu of
+     * mu sum ||lambda||_1, applied as soft-thresholding by lr * mu after
+     * every step), >= 0 (default 0: none). */
+    float adapter_l1;
     /* 1: activation recomputation per block: the forward keeps only each
      * block's input, the backward recomputes a block's activations from it
      * (one more block forward per layer but the last; the same gradients,
@@ -949,8 +953,11 @@ WMAT_API int wmat_train_parse_targets(const char *list, unsigned *mask);
  * in their small form, the rest of the model trains as in full training,
  * and the trained model keeps the small form), 2 when it trains the
  * low-rank factors a decomposition left in the base (factors: the rest
- * frozen, the trained model keeps the base's kinds), 0 when it adds to a
- * base, WMAT_ERR_INVALID for a name not in the registry. */
+ * frozen, the trained model keeps the base's kinds), 3 when it is not a
+ * weight delta (compacter: a nonlinear path on the layer's output; no
+ * merged model or PEFT file, the trained adapter lives in a training
+ * checkpoint), 0 when it adds to a base, WMAT_ERR_INVALID for a name not in
+ * the registry. */
 WMAT_API int wmat_train_adapter_replaces_base(const char *name);
 
 /* The registries of the trainer. */

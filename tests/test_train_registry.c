@@ -214,9 +214,11 @@ static void fd_check(const char *what, actx *e, float *x, const float *an, size_
 
 static void adapter_backward_check(const wmat__adapter *a)
 {
-    enum { BT = 5, in = 9, out = 6 }; /* rank 3 divides both (Bone's blocks) */
+    /* rank 4 divides both (Bone's blocks); out and rank are multiples of 4
+     * (Compacter's PHM size) */
+    enum { BT = 5, in = 12, out = 8 };
     actx e = {.a = a,
-              .c = {.rank = 3, .alpha = 2.1f, .density = 0.3f, .nt = 1, .isa = WMAT_ISA_AVX2},
+              .c = {.rank = 4, .alpha = 2.1f, .density = 0.3f, .nt = 1, .isa = WMAT_ISA_AVX2},
               .BT = BT,
               .in = in,
               .out = out};
@@ -229,6 +231,11 @@ static void adapter_backward_check(const wmat__adapter *a)
     e.W = malloc(sizeof(float) * out * in);
     e.R = malloc(sizeof(float) * BT * out);
     e.Y = malloc(sizeof(float) * BT * out);
+    if (a->n_tshared > 0) {
+        /* as the trainer: the largest adapted layer (act_floats has no out) */
+        e.c.in_max = in;
+        e.c.out_max = out;
+    }
     e.act = calloc(a->act_floats(&e.c, BT) + 1, sizeof(float));
     float *scratch = calloc(a->scratch_floats(&e.c, BT, in, out) + 1, sizeof(float));
     e.scratch = scratch;
@@ -252,6 +259,22 @@ static void adapter_backward_check(const wmat__adapter *a)
         shared = calloc(wmat__adapter_shared_floats(a, &e.c) + 1, sizeof(float));
         TU_OK(a->init_shared(&e.c, shared));
         e.c.shared = shared;
+    }
+    /* trained shared tensors (S2-LoRA's A, B; Compacter's PHM rule): one
+     * group, with gradients the backward adds to */
+    float *tw[WMAT__ADAPTER_MAX_TENSORS] = {0}, *tg[WMAT__ADAPTER_MAX_TENSORS] = {0};
+    int trows[WMAT__ADAPTER_MAX_TENSORS], tcols[WMAT__ADAPTER_MAX_TENSORS];
+    if (a->n_tshared > 0) {
+        a->tshared_shapes(&e.c, in, out, trows, tcols);
+        for (int k = 0; k < a->n_tshared; k++) {
+            tw[k] = calloc(wmat__adapter_nelem(trows[k], tcols[k]), sizeof(float));
+            tg[k] = calloc(wmat__adapter_nelem(trows[k], tcols[k]), sizeof(float));
+        }
+        TU_OK(a->init_tshared(&e.c, tw, in, out, &r));
+        for (int k = 0; k < a->n_tshared; k++)
+            for (size_t i = 0; i < wmat__adapter_nelem(trows[k], tcols[k]); i++) tw[k][i] += 0.5f * wmat_rng_normal(&r);
+        e.c.tw = tw;
+        e.c.tg = tg;
     }
     /* a base-aware entry sees W (and may rewrite it: the layer then runs
      * on the rewritten W, as in the trainer) */
@@ -286,8 +309,17 @@ static void adapter_backward_check(const wmat__adapter *a)
     for (int k = 0; k < a->n_tensors; k++)
         for (size_t i = 0; i < wmat__adapter_nelem(rows[k], cols[k]); i++) e.w[k][i] += 0.5f * wmat_rng_normal(&r);
     f_adapter(&e);
-    wmat__linear_backward(dX, NULL, e.R, e.X, e.W, BT, in, out, 0);
-    a->backward(&e.c, dX, dw, scratch, e.R, e.X, (const float *const *)e.w, e.fixed, &e.base, e.act, BT, in, out);
+    if (a->output_side) {
+        /* the entry maps the base output: its backward gives that output's
+         * gradient, the base's backward runs from it */
+        float *dy = calloc((size_t)BT * out, sizeof(float));
+        a->backward(&e.c, dy, dw, scratch, e.R, NULL, (const float *const *)e.w, e.fixed, &e.base, e.act, BT, in, out);
+        wmat__linear_backward(dX, NULL, dy, e.X, e.W, BT, in, out, 0);
+        free(dy);
+    } else {
+        wmat__linear_backward(dX, NULL, e.R, e.X, e.W, BT, in, out, 0);
+        a->backward(&e.c, dX, dw, scratch, e.R, e.X, (const float *const *)e.w, e.fixed, &e.base, e.act, BT, in, out);
+    }
     fd_check("dX", &e, e.X, dX, (size_t)BT * in);
     for (int k = 0; k < a->n_tensors; k++) {
         char what[48];
@@ -297,6 +329,12 @@ static void adapter_backward_check(const wmat__adapter *a)
         if (a->approx_grad & (1u << k)) continue;
         fd_check(what, &e, e.w[k], dw[k], wmat__adapter_nelem(rows[k], cols[k]));
     }
+    for (int k = 0; k < a->n_tshared; k++) {
+        char what[48];
+        snprintf(what, sizeof what, "d%s (shared)", a->tshared_key[k]);
+        fd_check(what, &e, tw[k], tg[k], wmat__adapter_nelem(trows[k], tcols[k]));
+    }
+    for (int k = 0; k < a->n_tshared; k++) free(tw[k]), free(tg[k]);
     wmat__tensor_free_data(&sum);
     for (int k = 0; k < a->n_tensors; k++) free(e.w[k]), free(dw[k]);
     free(e.X), free(e.W), free(e.R), free(e.Y), free(e.act), free(scratch), free(dX), free(e.fixed), free(shared);
@@ -332,6 +370,27 @@ static void adapter_merge_peft_check(const char *name)
     for (int i = 0; i < 12; i++) inp[i] = d[i], tgt[i] = d[i + 1];
     double loss;
     TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 1, 12, 1, 1, 1, &loss));
+    if (wmat__adapter_find(name)->not_mergeable) {
+        /* not a weight delta: no merged model, no PEFT file, each refused
+         * with the entry's reason; evaluation runs the trainer's forward
+         * (one window: the loss of the forward above) */
+        wmat_model *mm = NULL;
+        assert_int_equal(wmat_train_adapter_replaces_base(name), 3);
+        assert_int_equal(wmat_trainer_model(t, &mm), WMAT_ERR_UNSUPPORTED);
+        assert_null(mm);
+        assert_non_null(strstr(wmat_last_error(), "not a weight delta"));
+        assert_int_not_equal(wmat_trainer_save_lora(t, tu_tmp("peft_none")), WMAT_OK);
+        assert_non_null(strstr(wmat_last_error(), "not a weight delta"));
+        wmat_eval_result er;
+        TU_OK(wmat_trainer_eval(t, d, 13, 12, 1, &er));
+        assert_int_equal(er.windows, 1);
+        assert_true(fabs(er.mean_nll - loss) < 1e-9 * (1 + loss));
+        assert_int_not_equal(wmat_trainer_eval(t, d, 20, 12, 0, &er), WMAT_OK); /* a partial window */
+        wmat_trainer_free(t);
+        wmat_model_free(m);
+        free(d);
+        return;
+    }
     float unmerged[12 * 13], lg[12 * 13];
     memcpy(unmerged, wmat__trainer_logits(t), sizeof unmerged);
     wmat_model *merged;

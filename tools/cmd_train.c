@@ -67,7 +67,7 @@ int cmd_train(int argc, char **argv)
     int recompute = 0, ckpt_every = 0, rank = 8, grank = 0, ggap = 50, rslora = 0, randomized = 0, no_shuffle = 0;
     int stop_after = 0, save_merged = 1, time_limit = 0, eval_offset = 0, merge_dense = 0;
     cli_json js = {0};
-    float lr = 0, min_lr = -1, wd = 0, clip = 1.0f, alpha = 16, gscale = 1.0f, b2 = 0.95f, mom = 0.9f, density = 0.03f;
+    float lr = 0, min_lr = -1, wd = 0, clip = 1.0f, alpha = 16, gscale = 1.0f, b2 = 0.95f, mom = 0.9f, density = 0.03f, l1 = 0;
     char adapters[256], projectors[256], optimizers[256], method_help[1024], opt_help[512];
     reg_list(WMAT_REG_ADAPTER, " | ", adapters, sizeof adapters);
     reg_list(WMAT_REG_PROJECTOR, " | ", projectors, sizeof projectors);
@@ -97,13 +97,14 @@ int cmd_train(int argc, char **argv)
         {"--clip", OPT_FLOAT, &clip, "C", "global gradient-norm clip, 0 off (default 1)"},
         {"--seed", OPT_INT, &seed, "S", "seed of init, shuffling and LoRA init (default 1337)"},
         {"--no-shuffle", OPT_FLAG, &no_shuffle, NULL, "take windows in order"},
-        {"--lora-rank", OPT_INT, &rank, "R", "adapter rank (default 8)"},
+        {"--lora-rank", OPT_INT, &rank, "R", "adapter rank (default 8; compacter: the bottleneck width, a multiple of 4)"},
         {"--rank", OPT_INT, &rank, "R", "the same as --lora-rank"},
         {"--lora-alpha", OPT_FLOAT, &alpha, "A", "adapter alpha, scale alpha/r (default 16)"},
         {"--alpha", OPT_FLOAT, &alpha, "A", "the same as --lora-alpha"},
         {"--density", OPT_FLOAT, &density, "D", "share of each matrix in the sparse part of an adapter that has one (of a dense x sparse factorization: the share of the sparse factor's rows kept in each column) (default 0.03)"},
+        {"--l1", OPT_FLOAT, &l1, "MU", "an adapter with per-layer coefficients under an L1 penalty (s2lora's lambda): mu, applied as soft-thresholding by lr * mu after every step (default 0: none)"},
         {"--merge-dense", OPT_FLAG, &merge_dense, NULL, "an adapter that replaces the linears (or factors): write them as dense f32 instead of their small form"},
-        {"--lora-targets", OPT_STR, &targets, "LIST", "adapted layers: q,k,v,o,gate,up,down or all, or PEFT's q_proj,...,all-linear (default q,v)"},
+        {"--lora-targets", OPT_STR, &targets, "LIST", "adapted layers: q,k,v,o,gate,up,down or all, or PEFT's q_proj,...,all-linear (default q,v; compacter: down, Compacter++)"},
         {"--rslora", OPT_FLAG, &rslora, NULL, "rank-stabilized scale alpha/sqrt(r) for the default adapter"},
         {"--lora-out", OPT_STR, &lora_out, "DIR", "also write the adapter in PEFT's layout"},
         {"--galore-rank", OPT_INT, &grank, "R", "projector rank (default dim/4)"},
@@ -163,6 +164,14 @@ int cmd_train(int argc, char **argv)
     if (merge_dense && !keeps)
         return cli_usage_error("train", "--merge-dense is for an adapter that replaces the linears or trains a decomposition's factors");
     if (keeps && !targets) p.lora_targets = (1u << WMAT_LIN_COUNT) - 1;
+    /* one that is not a weight delta (compacter) has no merged model or
+     * PEFT file: its trained form is the checkpoint; after the FFN unless told */
+    const int nomerge = p.adapter && wmat_train_adapter_replaces_base(p.adapter) == 3;
+    if (nomerge && lora_out)
+        return cli_usage_error("train", "%s is not a weight delta: PEFT has no such adapter and it cannot be merged (no --lora-out); the trained adapter is kept in the training checkpoint", method);
+    if (nomerge && !targets) p.lora_targets = 1u << WMAT_LIN_DOWN;
+    if (l1 < 0) return cli_usage_error("train", "--l1 must be >= 0");
+    p.adapter_l1 = l1;
     if (steps <= 0 || batch <= 0 || accum <= 0 || ctx < 0) return cli_usage_error("train", "--steps, --batch, --accum must be positive");
     if (targets && wmat_train_parse_targets(targets, &p.lora_targets)) return cli_usage_error("train", "--lora-targets: %s", wmat_last_error());
     if (gtargets && wmat_train_parse_targets(gtargets, &p.galore_targets))
@@ -396,6 +405,19 @@ int cmd_train(int argc, char **argv)
         goto done;
     }
     wmat_model *trained;
+    if (nomerge) {
+        /* no merged model: the adapter lives in the checkpoint */
+        char def[4200];
+        snprintf(def, sizeof def, "%s.ckpt", out);
+        if (!ckpt && wmat_trainer_save_checkpoint(t, def)) {
+            cli_fail("train");
+            goto done;
+        }
+        fprintf(stderr, "wmat train: %s is not a weight delta: no merged %s written; the trained adapter is in the "
+                        "checkpoint %s (resume or evaluate from it with the same command and --resume)\n",
+                method, out, ckpt ? ckpt : def);
+        save_merged = 0;
+    }
     if (save_merged) {
         wmat_save_params sp = wmat_save_default_params();
         sp.format = out_format(out, to);
@@ -421,9 +443,12 @@ int cmd_train(int argc, char **argv)
         }
     }
     wmat_trainer_memory(t, &mem);
-    fprintf(stderr, "saved %s (%s); loss curve %s, %s; peak RSS %s\n", out,
-            wmat_format_name(keeps && !merge_dense && !to ? WMAT_FMT_QUANT : out_format(out, to)), csv, svg,
-            cli_bytes((double)mem.peak_rss, b5, sizeof b5));
+    if (nomerge)
+        fprintf(stderr, "loss curve %s, %s; peak RSS %s\n", csv, svg, cli_bytes((double)mem.peak_rss, b5, sizeof b5));
+    else
+        fprintf(stderr, "saved %s (%s); loss curve %s, %s; peak RSS %s\n", out,
+                wmat_format_name(keeps && !merge_dense && !to ? WMAT_FMT_QUANT : out_format(out, to)), csv, svg,
+                cli_bytes((double)mem.peak_rss, b5, sizeof b5));
     int jfail;
     FILE *jf = cli_json_open("train", &js, &jfail);
     if (jfail) goto done;

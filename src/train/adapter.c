@@ -21,7 +21,8 @@ static const wmat__adapter *const adapters[] = {&wmat__adapter_lora,  &wmat__ada
                                                 &wmat__adapter_svfit, &wmat__adapter_bone,
                                                 &wmat__adapter_factors, &wmat__adapter_dsformer,
                                                 &wmat__adapter_dsformer_fixed, &wmat__adapter_vera,
-                                                &wmat__adapter_lamda};
+                                                &wmat__adapter_lamda,     &wmat__adapter_s2lora,
+                                                &wmat__adapter_compacter};
 
 const wmat__adapter *wmat__adapter_at(int i)
 {

@@ -41,6 +41,13 @@ typedef struct {
      * through the permutation, so the shared tensor is HF's for every
      * layer (wmat__rope_unpermute_hf). */
     int hf_rope_heads;
+    /* Set by the trainer for an entry with trained shared tensors
+     * (n_tshared > 0): the tensors of this layer's sharing group and their
+     * gradients (tg NULL: not wanted). backward ADDS to tg, so a group's
+     * gradient is the sum over the layers that share it. */
+    float *const *tw;
+    float *const *tg;
+    float l1; /* weight of an entry's L1 penalty (S2-LoRA's mu; 0: none) */
 } wmat__adapter_cfg;
 
 typedef struct wmat__adapter {
@@ -92,6 +99,35 @@ typedef struct wmat__adapter {
     const char *shared_key[2];
     void (*shared_shapes)(const wmat__adapter_cfg *c, int *rows, int *cols);
     int (*init_shared)(const wmat__adapter_cfg *c, float *shared);
+    /* Optional: TRAINED tensors shared by a group of layers (S2-LoRA's A, B
+     * per kind of linear; Compacter's PHM rule for all): n_tshared tensors
+     * per group, group = tshared_group(k) of linear kind k (NULL: one group
+     * for all kinds), of tshared_shapes for the (in, out) of the group's
+     * first targeted kind (an entry whose group mixes shapes must not
+     * depend on them). The trainer keeps them once per group with the other
+     * parameters (gradient, optimizer state, checkpoint) and hands every
+     * layer of the group their values and gradients as c->tw, c->tg;
+     * init_tshared fills them (zeroed on entry) from the run's rng. */
+    int n_tshared;
+    const char *tshared_key[WMAT__ADAPTER_MAX_TENSORS];
+    int (*tshared_group)(int k);
+    void (*tshared_shapes)(const wmat__adapter_cfg *c, int in, int out, int *rows, int *cols);
+    int (*init_tshared)(const wmat__adapter_cfg *c, float *const *tw, int in, int out, wmat_rng *rng);
+    /* Optional: a proximal step after every optimizer step on tensor i of
+     * a layer (n floats at p; lr: the step's learning rate), for a penalty
+     * kept out of the loss (S2-LoRA's soft-thresholding of lambda). */
+    void (*prox)(const wmat__adapter_cfg *c, int i, float *p, size_t n, float lr);
+    /* 1: the entry transforms its linear's OUTPUT, y -> f(y) (Compacter's
+     * bottleneck after the FFN), instead of adding a path from its input:
+     * forward maps Y (the base product) in place; backward runs BEFORE the
+     * base's, with dX a (BT, out) buffer it WRITES with the gradient of the
+     * base output (dY + J_f^T dY), from which the trainer then runs the
+     * base's backward; X is NULL there (act keeps what it needs). */
+    int output_side;
+    /* Non-NULL: the adapted layer is not W' x for any W' (a nonlinear
+     * path): no merge, no merged model, no PEFT file; the trainer refuses
+     * them with this reason and evaluates through its own forward. */
+    const char *not_mergeable;
     /* 1: the PEFT keys of the per-layer tensors have no ".weight" suffix
      * (PEFT's nn.ParameterDict entries: VeRA's vera_lambda_b). */
     int peft_bare_keys;
@@ -199,6 +235,17 @@ extern const wmat__adapter wmat__adapter_factors;
 extern const wmat__adapter wmat__adapter_dsformer, wmat__adapter_dsformer_fixed;
 extern const wmat__adapter wmat__adapter_vera;
 extern const wmat__adapter wmat__adapter_lamda;
+extern const wmat__adapter wmat__adapter_s2lora;
+extern const wmat__adapter wmat__adapter_compacter;
+
+/* Compacter's PHM weight (adapter_compacter.c): W (in_a, out_a) =
+ * sum_{i<n} A_i (x) s_i t_i^T, n = WMAT__PHM_N, A (n, n n) the rules A_i
+ * row-major, st (n, in_a/n + out_a/n) the rows [s_i | t_i]. */
+#define WMAT__PHM_N 4
+void wmat__phm_weight(const float *A, const float *st, int in_a, int out_a, float *W);
+
+/* Group of linear kind k for an entry with trained shared tensors. */
+static inline int wmat__adapter_tgroup(const struct wmat__adapter *a, int k) { return a->tshared_group ? a->tshared_group(k) : 0; }
 
 /* Floats of an entry's shared data for c (0: none). */
 size_t wmat__adapter_shared_floats(const wmat__adapter *a, const wmat__adapter_cfg *c);

@@ -104,6 +104,10 @@ struct wmat_trainer {
     void *fixed;
     size_t fixed_bytes;
     size_t shared_bytes;        /* the entry's shared data, at the start of fixed (aligned size) */
+    /* the entry's trained shared tensors (n_tshared) and their gradients,
+     * per group (NLIN groups at most), in the param / grad arenas */
+    float *tw[NLIN * NAT], *tg[NLIN * NAT];
+    float *dyo;                 /* output_side: (BT, max out) gradient of a base output */
     float *frz;                 /* adapter->frozen_cols: the frozen part of one tensor, kept across its step */
     float *base_copy;           /* rewrites_base: the private f32 copies the layers run on (PiSSA's residual) */
     size_t base_copy_bytes;
@@ -415,6 +419,23 @@ static int add_slot(wmat_trainer *t, float *p, float *g, int rows, int cols)
     return 0;
 }
 
+/* Floats of an entry's trained shared tensors over the groups the targets
+ * touch (each group's shapes from its first targeted kind). */
+static size_t tshared_floats(const wmat_trainer *t, const wmat__adapter *ad, unsigned targets)
+{
+    size_t n = 0;
+    for (int g = 0; g < NLIN && ad->n_tshared > 0; g++)
+        for (int k = 0; k < NLIN; k++)
+            if ((targets & (1u << k)) && wmat__adapter_tgroup(ad, k) == g) {
+                int o, i, rows[NAT], cols[NAT];
+                lin_dims(&t->c, k, &o, &i);
+                ad->tshared_shapes(&t->acfg, i, o, rows, cols);
+                for (int a = 0; a < ad->n_tshared; a++) n += wmat__adapter_nelem(rows[a], cols[a]);
+                break;
+            }
+    return n;
+}
+
 static size_t state_elems(const wmat__optimizer *o, int k, size_t n) { return o->state_elems ? o->state_elems(k, n) : n; }
 
 /* "a, b, c": the names of a registry, for error messages. */
@@ -536,7 +557,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->nt = wmat_context_threads(&t->exec);
     t->ex = wmat__wexec_from(&t->exec);
     t->acfg = (wmat__adapter_cfg){
-        .rank = p.lora_rank, .alpha = p.lora_alpha, .density = p.adapter_density, .nt = t->nt, .isa = t->ex.isa};
+        .rank = p.lora_rank, .alpha = p.lora_alpha, .density = p.adapter_density, .nt = t->nt, .isa = t->ex.isa,
+        .l1 = p.adapter_l1};
     t->rep = ad && ad->replaces_base;
     if (p.precision != WMAT_F32 && p.precision != WMAT_BF16) {
         rc = wmat_set_error(WMAT_ERR_INVALID, "train: precision must be f32 or bf16 (got %s)",
@@ -581,7 +603,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->aw = wmat__calloc((size_t)L * NLIN * NAT, sizeof(float *));
     t->gaw = wmat__calloc((size_t)L * NLIN * NAT, sizeof(float *));
     t->afix = wmat__calloc((size_t)L * NLIN, sizeof(void *));
-    t->slots = wmat__calloc((size_t)L * (NROLE + NAT * NLIN) + 3, sizeof(slot));
+    t->slots = wmat__calloc((size_t)L * (NROLE + NAT * NLIN) + NAT * NLIN + 3, sizeof(slot));
     t->acts = wmat__calloc((size_t)L + 1, sizeof(layer_acts));
     t->lin_ = wmat__calloc((size_t)L * NLIN, sizeof *t->lin_);
     t->hdr = wmat__calloc((size_t)L * NLIN + 2, sizeof *t->hdr);
@@ -608,8 +630,13 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         if (ad->fixed_bytes) t->fixed_bytes += (size_t)L * ((ad->fixed_bytes(&t->acfg, i, o) + 15) & ~(size_t)15);
         if (ad->rewrites_base) t->base_copy_bytes += (size_t)L * o * i * sizeof(float);
     }
-    /* shared data (VeRA's A, B): its size follows the largest targeted linear */
-    if (adapt && ad->n_shared > 0) {
+    if (adapt && ad->n_tshared > 0 && (ad->replaces_base || ad->adopt)) {
+        rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: adapter %s: trained shared tensors with a replaced or adopted base",
+                            ad->name);
+        goto fail;
+    }
+    /* shared data (VeRA's A, B), trained shared tensors: sized by the largest targeted linear */
+    if (adapt && (ad->n_shared > 0 || ad->n_tshared > 0))
         for (int k = 0; k < NLIN; k++) {
             if (!(p.lora_targets & (1u << k))) continue;
             int o, i;
@@ -617,6 +644,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             if (i > t->acfg.in_max) t->acfg.in_max = i;
             if (o > t->acfg.out_max) t->acfg.out_max = o;
         }
+    if (adapt && ad->n_shared > 0) {
         t->shared_bytes = (wmat__adapter_shared_floats(ad, &t->acfg) * sizeof(float) + 15) & ~(size_t)15;
         t->fixed_bytes += t->shared_bytes;
     }
@@ -695,6 +723,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                     ad->shapes(ACFG(l, k), i, o, rows, cols);
                     for (int a = 0; a < ad->n_tensors; a++) np += wmat__adapter_nelem(rows[a], cols[a]);
                 }
+        np += tshared_floats(t, ad, p.lora_targets);
     }
     t->n_params = np;
     if ((rc = wmat_arena_create(&t->a_param, np * sizeof(float) + 2 * WMAT_ALIGN)) ||
@@ -816,6 +845,31 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                 }
                 if (off > lo) t->bk[t->n_bk++] = (wmat__dp_bucket){lo, off, l};
             }
+            /* trained shared tensors, once per group, after all layers'
+             * (their gradient is complete when layer 0's backward is done:
+             * a bucket of layer 0); every layer of a group gets them */
+            const size_t lo = off;
+            for (int g = 0; g < NLIN && ad->n_tshared > 0; g++) {
+                int k0 = -1;
+                for (int k = 0; k < NLIN && k0 < 0; k++)
+                    if ((p.lora_targets & (1u << k)) && wmat__adapter_tgroup(ad, k) == g) k0 = k;
+                if (k0 < 0) continue;
+                int o, i, rows[NAT], cols[NAT];
+                lin_dims(c, k0, &o, &i);
+                ad->tshared_shapes(&t->acfg, i, o, rows, cols);
+                for (int a = 0; a < ad->n_tshared; a++) {
+                    CARVE(t->tw[g * NAT + a], t->tg[g * NAT + a], wmat__adapter_nelem(rows[a], cols[a]));
+                    add_slot(t, t->tw[g * NAT + a], t->tg[g * NAT + a], rows[a], cols[a]);
+                }
+                if ((rc = ad->init_tshared(&t->acfg, t->tw + g * NAT, i, o, &t->rng))) goto fail;
+                for (int l = 0; l < L; l++)
+                    for (int k = 0; k < NLIN; k++)
+                        if (AON(l, k) && wmat__adapter_tgroup(ad, k) == g) {
+                            ACFG(l, k)->tw = t->tw + g * NAT;
+                            ACFG(l, k)->tg = t->tg + g * NAT;
+                        }
+            }
+            if (off > lo) t->bk[t->n_bk++] = (wmat__dp_bucket){lo, off, 0};
         }
 #undef CARVE
         if (frz_n && !(t->frz = wmat__malloc(frz_n * sizeof(float)))) {
@@ -979,7 +1033,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         size_t fl = stored + BT * (size_t)D /* final x */ + BT * (size_t)D + BT /* xnf rf */ +
                     BT * (size_t)V + BT /* logits, losses */ +
                     BT * (6 * (size_t)D + 2 * KV + 3 * (size_t)H) + ascr /* backward */ +
-                    (size_t)t->nt * 2 * T * T + T * (size_t)hd + 2 * BT;
+                    (size_t)t->nt * 2 * T * T + T * (size_t)hd + 2 * BT +
+                    (adapt && ad->output_side ? BT * (size_t)(H > D ? H : D) : 0);
         size_t bytes = fl * sizeof(float) + (size_t)(40 + 20 * L) * WMAT_ALIGN;
         if ((rc = wmat_arena_create(&t->a_act, bytes))) goto fail;
         wmat_arena *a = t->a_act;
@@ -1028,6 +1083,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         t->dhg = take(a, BT * H);
         t->dhu = take(a, BT * H);
         t->ascratch = take(a, ascr);
+        if (adapt && ad->output_side) t->dyo = take(a, BT * (size_t)(H > D ? H : D));
         t->att_scratch = take(a, (size_t)t->nt * 2 * T * T);
         t->rope_cos = take(a, T * hd / 2);
         t->rope_sin = take(a, T * hd / 2);
@@ -1219,6 +1275,14 @@ static int lin_bwd(wmat_trainer *t, float *dX, const float *dY, const float *X, 
     lin_dims(&t->c, k, &o, &i);
     const wmat_tensor *W = LIN(l, k);
     float *gW = GLW(l, lin_role(k));
+    float *const *w = AW(l, k);
+    if (w[0] && t->adapter->output_side) {
+        /* the adapter transformed the base output: its backward gives the
+         * gradient of that output, from which the base's runs */
+        t->adapter->backward(ACFG(l, k), t->dyo, GAW(l, k), t->ascratch, dY, NULL, (const float *const *)w,
+                             t->afix[l * NLIN + k], W, t->acts[l].aact[k], BT, i, o);
+        dY = t->dyo;
+    }
     const uint16_t *W16 = t->bf16 ? t->lin16[l * NLIN + k] : NULL;
     if (t->bf16 && (gW || W16)) {
         /* dY as bf16 once for both products; X's copy is the forward's */
@@ -1234,8 +1298,7 @@ static int lin_bwd(wmat_trainer *t, float *dX, const float *dY, const float *X, 
         ; /* done above */
     else if (W) wmat__wkind_of(W)->backward(W, dY, dX, BT, acc, t->ws, &t->ex);
     else if (!acc) memset(dX, 0, (size_t)BT * i * sizeof(float));
-    float *const *w = AW(l, k);
-    if (w[0])
+    if (w[0] && !t->adapter->output_side)
         t->adapter->backward(ACFG(l, k), dX, GAW(l, k), t->ascratch, dY, X, (const float *const *)w,
                              t->afix[l * NLIN + k], W, t->acts[l].aact[k], BT, i, o);
     return WMAT_OK;
@@ -1485,11 +1548,13 @@ int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
             t->opt->step(s->p, s->g, s->state, s->n_state, &h);
             for (int r = 0; r < s->rows && fc > 0; r++)
                 memcpy(s->p + (size_t)r * cols, t->frz + (size_t)r * fc, (size_t)fc * sizeof(float));
-            continue;
+        } else {
+            const wmat__proj_target tg = {s->p, s->g, s->rows, s->cols, s->state, s->proj_state};
+            int rc = t->proj->step(&t->pp, &t->pctx, &tg, &h, t->opt);
+            if (rc) return rc;
         }
-        const wmat__proj_target tg = {s->p, s->g, s->rows, s->cols, s->state, s->proj_state};
-        int rc = t->proj->step(&t->pp, &t->pctx, &tg, &h, t->opt);
-        if (rc) return rc;
+        /* an adapter's penalty as its proximal step (S2-LoRA's L1 on lambda) */
+        if (s->atensor >= 0 && t->adapter->prox) t->adapter->prox(s->acfg, s->atensor, s->p, s->n, lr);
     }
     t->step++;
     if (t->w16_trained) t->w16_stale = 1;
@@ -1571,6 +1636,7 @@ int wmat_trainer_model(wmat_trainer *t, wmat_model **out)
         return WMAT_OK;
     }
     if (t->adapter->adopt) return adopted_view(t, out);
+    if (t->adapter->not_mergeable) return wmat_set_error(WMAT_ERR_UNSUPPORTED, "train: %s", t->adapter->not_mergeable);
     const wmat_config *c = &t->c;
     int rc;
     if (!t->view) {
@@ -1601,8 +1667,61 @@ int wmat_trainer_model(wmat_trainer *t, wmat_model **out)
     return WMAT_OK;
 }
 
+/* A model the runtime cannot run (an adapter that is not a weight delta):
+ * wmat_eval_tokens's windows through the trainer's own forward, one window
+ * at a time at the trainer's context; whole windows only. */
+static int own_eval(wmat_trainer *t, const int32_t *tokens, size_t n, int ctx, int max_windows, wmat_eval_result *res)
+{
+    const int T = t->T, V = t->c.vocab_size;
+    if (ctx != T)
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                              "train: %s is evaluated through the trainer's forward, at its context %d only (asked %d)",
+                              t->adapter->name, T, ctx);
+    if (n < 2) return wmat_set_error(WMAT_ERR_INVALID, "eval: need at least 2 tokens, got %zu", n);
+    size_t nw = (n - 1 + (size_t)T - 1) / (size_t)T;
+    if (max_windows > 0 && nw > (size_t)max_windows) nw = (size_t)max_windows;
+    if (nw * (size_t)T + 1 > n)
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                              "train: %s's evaluation through the trainer's forward scores whole windows of %d only: "
+                              "the stream of %zu tokens ends in a partial one (give --max-windows %zu)",
+                              t->adapter->name, T, n, (n - 1) / (size_t)T);
+    const double t0 = wmat__now();
+    double tot = 0, tot2 = 0;
+    for (size_t w = 0; w < nw; w++) {
+        const int32_t *wt = tokens + w * (size_t)T;
+        double l;
+        int rc = wmat__trainer_fwdbwd(t, wt, wt + 1, 1, T, 1.0f, 0, 1, &l);
+        if (rc) return rc;
+        for (int i = 0; i < T; i++) {
+            const float *row = t->logits + (size_t)i * V;
+            float mx = row[0];
+            for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+            double se = 0.0;
+            for (int j = 0; j < V; j++) se += exp((double)row[j] - mx);
+            const double nll = log(se) + mx - row[wt[i + 1]];
+            tot += nll;
+            tot2 += nll * nll;
+        }
+    }
+    memset(res, 0, sizeof *res);
+    const uint64_t scored = (uint64_t)nw * (uint64_t)T;
+    res->seconds = wmat__now() - t0;
+    res->tokens_scored = scored;
+    res->windows = (int)nw;
+    res->mean_nll = tot / (double)scored;
+    res->ppl = exp(res->mean_nll);
+    res->tokens_per_s = res->seconds > 0 ? (double)scored / res->seconds : 0.0;
+    const double var = tot2 / (double)scored - res->mean_nll * res->mean_nll;
+    res->ppl_err = var > 0 && scored > 1 ? res->ppl * sqrt(var / (double)(scored - 1)) : 0.0;
+    return WMAT_OK;
+}
+
 int wmat_trainer_eval(wmat_trainer *t, const int32_t *tokens, size_t n, int ctx, int max_windows, wmat_eval_result *res)
 {
+    if (t->adapter && t->adapter->not_mergeable) {
+        if (ctx <= 0 || ctx > t->c.seq_len) ctx = t->T;
+        return own_eval(t, tokens, n, ctx, max_windows, res);
+    }
     wmat_model *m;
     int rc = wmat_trainer_model(t, &m);
     if (rc) return rc;
@@ -1775,6 +1894,7 @@ done:
 int wmat_trainer_save_lora(wmat_trainer *t, const char *dir)
 {
     if (!t->adapter) return wmat_set_error(WMAT_ERR_INVALID, "save adapter: this run trains no adapter");
+    if (t->adapter->not_mergeable) return wmat_set_error(WMAT_ERR_UNSUPPORTED, "save adapter: %s", t->adapter->not_mergeable);
     if (!t->adapter->peft_type)
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "save adapter: PEFT has no %s adapter (the trained model keeps it)",
                               t->adapter->name);
@@ -1787,7 +1907,7 @@ int wmat_train_adapter_replaces_base(const char *name)
 {
     const wmat__adapter *a = wmat__adapter_find(name);
     if (!a) return wmat_set_error(WMAT_ERR_INVALID, "train: unknown adapter '%s'", name ? name : "(null)");
-    return a->replaces_base ? 1 : a->adopt ? 2 : 0;
+    return a->replaces_base ? 1 : a->adopt ? 2 : a->not_mergeable ? 3 : 0;
 }
 
 int wmat_train_registry_entry(wmat_train_registry which, int i, const char **name, const char **summary)
