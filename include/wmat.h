@@ -910,6 +910,13 @@ typedef struct {
      * lora_rank, alpha lora_alpha): the share of each targeted matrix's
      * positions in S's fixed random support, [0, 1) (default 0.03). */
     float adapter_density;
+    /* AdaLoRA (adapter "adalora", initial rank lora_rank): the final
+     * average rank (0: round(2 lora_rank / 3), PEFT's 12 -> 8), the steps
+     * at the initial budget (< 0: steps / 10) and at the final one (< 0:
+     * steps / 5), steps between budget allocations (<= 0: 1), and the
+     * weight of the orthogonality penalty (< 0: PEFT's 0.5). */
+    int adalora_target_r, adalora_tinit, adalora_tfinal, adalora_deltat;
+    float adalora_orth;
     /* 1: activation recomputation per block: the forward keeps only each
      * block's input, the backward recomputes a block's activations from it
      * (one more block forward per layer but the last; the same gradients,
@@ -967,7 +974,8 @@ WMAT_API int wmat_trainer_set_data(wmat_trainer *t, const int32_t *tokens, size_
 
 typedef struct {
     int step;         /* steps done after this one */
-    double loss;      /* mean training loss of the step */
+    double loss;      /* mean training loss of the step (with aux_loss) */
+    double aux_loss;  /* the adapter's own term in loss (AdaLoRA's orthogonality penalty; else 0) */
     float lr;
     float grad_norm;  /* before clipping */
     double seconds;
