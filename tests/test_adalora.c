@@ -15,7 +15,8 @@
  *   others' E as they were, and writes the pattern;
  * - orthogonality penalty: its value is 0 for orthonormal A, B and matches
  *   a hand formula otherwise; its gradient (extra_loss) against central
- *   differences;
+ *   differences; the trainer's gradient of batch loss + penalty over a
+ *   whole tiny model (all seven linears) against central differences;
  * - training: after every masking step of the budgeting phase the count of
  *   nonzero E is the budget of that step; at the end it is target_r x the
  *   adapted matrices (the final budget); the rank pattern of the PEFT file
@@ -494,6 +495,81 @@ static void test_train(void **state)
     free(d);
 }
 
+/* The trainer's gradient of loss + penalty (the batch's backward plus
+ * extra_loss over the trainer's own tensors) against central differences
+ * of that sum, every trainable float, h = 3e-3: |analytic - fd| <= 2e-3
+ * max|fd| + 2e-5. */
+static void test_trainer_fd(void **state)
+{
+    (void)state;
+    wmat_context oc = wmat_context_default();
+    oc.n_threads = 1;
+    wmat_model *m = tiny(5);
+    wmat_train_params p = params(&oc);
+    wmat_trainer *t;
+    TU_OK(wmat_trainer_create(&t, m, &p));
+    size_t n;
+    float *pp = wmat__trainer_params(t, &n), *g = wmat__trainer_grads(t, &n);
+    wmat_rng r;
+    wmat_rng_seed(&r, 17);
+    for (size_t i = 0; i < n; i++) pp[i] = 0.3f * wmat_rng_normal(&r); /* E, A, B all away from 0 */
+    /* the adapted layers over the flat parameters (A, E, B per linear, layer order) */
+    wmat__adapter_cfg c = {.rank = RK, .alpha = 8, .ada = {TGT, 3, 6, 2, -1.0f}, .steps = STEPS};
+    wmat__adapter_layer ly[NL * 7];
+    float *w[NL * 7][3], *gw[NL * 7][3];
+    size_t off = 0;
+    for (int l = 0; l < NL; l++)
+        for (int k = 0; k < 7; k++) {
+            const wmat_tensor *wt = wmat_model_linear(m, l, (wmat_linear_kind)k);
+            const int in = (int)wt->shape[1], out = (int)wt->shape[0], j = l * 7 + k;
+            w[j][0] = pp + off, gw[j][0] = g + off;
+            off += (size_t)RK * in;
+            w[j][1] = pp + off, gw[j][1] = g + off;
+            off += RK;
+            w[j][2] = pp + off, gw[j][2] = g + off;
+            off += (size_t)out * RK;
+            ly[j] = (wmat__adapter_layer){&c, w[j], gw[j], NULL, l, k, in, out};
+        }
+    assert_int_equal(off, n);
+    int32_t inp[16], tgt[16];
+    int32_t *d = tokens(17);
+    for (int i = 0; i < 16; i++) inp[i] = d[i], tgt[i] = d[i + 1];
+    free(d);
+    double loss;
+    TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 2, 8, 1.0f / 16, 1, 0, &loss));
+    const double pen = ada()->extra_loss(&c, ly, NL * 7);
+    assert_true(pen > 0);
+    float *an = malloc(n * sizeof(float));
+    memcpy(an, g, n * sizeof(float));
+    wmat__adapter_layer nog[NL * 7];
+    for (int j = 0; j < NL * 7; j++) nog[j] = ly[j], nog[j].g = NULL;
+    double mx = 0, err = 0;
+    size_t worst = 0;
+    double *fd = malloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) {
+        const float s0 = pp[i], h = 3e-3f; /* the penalty is curved: 1e-2 is too coarse */
+        double lp, lm;
+        pp[i] = s0 + h;
+        TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 2, 8, 1.0f / 16, 0, 1, &lp));
+        lp += ada()->extra_loss(&c, nog, NL * 7);
+        pp[i] = s0 - h;
+        TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 2, 8, 1.0f / 16, 0, 1, &lm));
+        lm += ada()->extra_loss(&c, nog, NL * 7);
+        pp[i] = s0;
+        fd[i] = (lp - lm) / (2.0 * h);
+        mx = fmax(mx, fabs(fd[i]));
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs(an[i] - fd[i]) <= err)) err = fabs(an[i] - fd[i]), worst = i;
+    print_message("loss %.4f + penalty %.4f: %zu gradients, max |fd| %.3g, max |analytic - fd| %.3g\n", loss, pen, n, mx,
+                  err);
+    if (!(mx > 1e-3 && err <= 2e-3 * mx + 2e-5))
+        fail_msg("max |analytic - fd| = %.3g at %zu (%.6g vs %.6g), max |fd| %.3g", err, worst, an[worst], fd[worst], mx);
+    free(an), free(fd);
+    wmat_trainer_free(t);
+    wmat_model_free(m);
+}
+
 static unsigned char *slurp(const char *path, size_t *n)
 {
     FILE *f = fopen(path, "rb");
@@ -556,7 +632,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_budget),      cmocka_unit_test(test_importance), cmocka_unit_test(test_mask_threshold),
-        cmocka_unit_test(test_orth),        cmocka_unit_test(test_train),      cmocka_unit_test(test_resume),
+        cmocka_unit_test(test_orth),        cmocka_unit_test(test_trainer_fd), cmocka_unit_test(test_train),
+        cmocka_unit_test(test_resume),
     };
     return tu_run_tests("adalora", tests, NULL, NULL);
 }
