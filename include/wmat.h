@@ -914,6 +914,13 @@ typedef struct {
      * mu sum ||lambda||_1, applied as soft-thresholding by lr * mu after
      * every step), >= 0 (default 0: none). */
     float adapter_l1;
+    /* AdaLoRA (adapter "adalora", initial rank lora_rank): the final
+     * average rank (0: round(2 lora_rank / 3), PEFT's 12 -> 8), the steps
+     * at the initial budget (< 0: steps / 10) and at the final one (< 0:
+     * steps / 5), steps between budget allocations (<= 0: 1), and the
+     * weight of the orthogonality penalty (< 0: PEFT's 0.5). */
+    int adalora_target_r, adalora_tinit, adalora_tfinal, adalora_deltat;
+    float adalora_orth;
     /* 1: activation recomputation per block: the forward keeps only each
      * block's input, the backward recomputes a block's activations from it
      * (one more block forward per layer but the last; the same gradients,
@@ -987,7 +994,8 @@ WMAT_API int wmat_trainer_set_data(wmat_trainer *t, const int32_t *tokens, size_
 
 typedef struct {
     int step;         /* steps done after this one */
-    double loss;      /* mean training loss of the step */
+    double loss;      /* mean training loss of the step (with aux_loss) */
+    double aux_loss;  /* the adapter's own term in loss (AdaLoRA's orthogonality penalty; else 0) */
     float lr;
     float grad_norm;  /* before clipping */
     double seconds;

@@ -66,6 +66,8 @@ int cmd_train(int argc, char **argv)
     int steps = 100, batch = 8, ctx = 0, accum = 1, warmup = -1, seed = 1337, eval_every = 0, eval_windows = 0;
     int recompute = 0, ckpt_every = 0, rank = 8, grank = 0, ggap = 50, rslora = 0, randomized = 0, no_shuffle = 0;
     int stop_after = 0, save_merged = 1, time_limit = 0, eval_offset = 0, merge_dense = 0;
+    int ada_target = 0, ada_tinit = -1, ada_tfinal = -1, ada_deltat = 1;
+    float ada_orth = 0.5f;
     cli_json js = {0};
     float lr = 0, min_lr = -1, wd = 0, clip = 1.0f, alpha = 16, gscale = 1.0f, b2 = 0.95f, mom = 0.9f, density = 0.03f, l1 = 0;
     char adapters[256], projectors[256], optimizers[256], method_help[1024], opt_help[512];
@@ -103,6 +105,11 @@ int cmd_train(int argc, char **argv)
         {"--alpha", OPT_FLOAT, &alpha, "A", "the same as --lora-alpha"},
         {"--density", OPT_FLOAT, &density, "D", "share of each matrix in the sparse part of an adapter that has one (of a dense x sparse factorization: the share of the sparse factor's rows kept in each column) (default 0.03)"},
         {"--l1", OPT_FLOAT, &l1, "MU", "an adapter with per-layer coefficients under an L1 penalty (s2lora's lambda): mu, applied as soft-thresholding by lr * mu after every step (default 0: none)"},
+        {"--adalora-target-r", OPT_INT, &ada_target, "R", "adalora: final average rank per matrix, from --lora-rank (the initial one) (default round(2/3 of it): 12 -> 8)"},
+        {"--adalora-tinit", OPT_INT, &ada_tinit, "N", "adalora: steps at the initial budget before ranks are cut (default steps/10)"},
+        {"--adalora-tfinal", OPT_INT, &ada_tfinal, "N", "adalora: last steps at the final budget, the rank pattern fixed (default steps/5)"},
+        {"--adalora-deltat", OPT_INT, &ada_deltat, "N", "adalora: steps between budget allocations (default 1)"},
+        {"--adalora-orth", OPT_FLOAT, &ada_orth, "W", "adalora: weight of the orthogonality penalty on A and B (default 0.5)"},
         {"--merge-dense", OPT_FLAG, &merge_dense, NULL, "an adapter that replaces the linears (or factors): write them as dense f32 instead of their small form"},
         {"--lora-targets", OPT_STR, &targets, "LIST", "adapted layers: q,k,v,o,gate,up,down or all, or PEFT's q_proj,...,all-linear (default q,v; compacter: down, Compacter++)"},
         {"--rslora", OPT_FLAG, &rslora, NULL, "rank-stabilized scale alpha/sqrt(r) for the default adapter"},
@@ -192,6 +199,11 @@ int cmd_train(int argc, char **argv)
     p.lora_rank = rank;
     p.lora_alpha = alpha;
     p.adapter_density = density;
+    p.adalora_target_r = ada_target;
+    p.adalora_tinit = ada_tinit;
+    p.adalora_tfinal = ada_tfinal;
+    p.adalora_deltat = ada_deltat;
+    p.adalora_orth = ada_orth;
     p.lora_rslora = rslora;
     p.galore_rank = grank;
     p.galore_gap = ggap;

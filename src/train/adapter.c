@@ -22,7 +22,7 @@ static const wmat__adapter *const adapters[] = {&wmat__adapter_lora,  &wmat__ada
                                                 &wmat__adapter_factors, &wmat__adapter_dsformer,
                                                 &wmat__adapter_dsformer_fixed, &wmat__adapter_vera,
                                                 &wmat__adapter_lamda,     &wmat__adapter_s2lora,
-                                                &wmat__adapter_compacter};
+                                                &wmat__adapter_compacter, &wmat__adapter_adalora};
 
 const wmat__adapter *wmat__adapter_at(int i)
 {
@@ -69,6 +69,8 @@ int wmat__adapter_check_f32(const wmat_tensor *base, const char *who, const char
 static const char *const hf_mod[WMAT_LIN_COUNT] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                                    "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
                                                    "mlp.down_proj"};
+
+const char *wmat__adapter_hf_module(int k) { return k >= 0 && k < WMAT_LIN_COUNT ? hf_mod[k] : "?"; }
 
 static void lin_dims(const wmat_config *c, int k, int *out, int *in)
 {
@@ -139,23 +141,63 @@ int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, 
     if (a->peft_as) return peft_save_as(a, c, mc, tensors, fixed, base_path, dir);
     if (mkdir(dir, 0777) && errno != EEXIST) return wmat_set_error(WMAT_ERR_IO, "%s: cannot create directory", dir);
     const int cap = mc->n_layers * WMAT_LIN_COUNT * a->n_tensors + a->n_shared;
+    const size_t nl = (size_t)mc->n_layers * WMAT_LIN_COUNT;
     wmat_st_entry *e = wmat__calloc((size_t)cap + 1, sizeof *e);
     permute_fill *pf = wmat__calloc((size_t)cap + 1, sizeof *pf);
     char *names = wmat__calloc((size_t)cap + 1, 160);
-    int rc = WMAT_OK, n = 0;
+    wmat__adapter_layer *al = wmat__calloc(nl + 1, sizeof *al);
+    /* peft_rank: each layer's tensors cut to its rank (one block) */
+    float *cut = NULL, **cutw = a->peft_rank ? wmat__calloc(nl * NT + 1, sizeof *cutw) : NULL;
+    wmat__adapter_cfg *lcs = a->peft_rank ? wmat__calloc(nl + 1, sizeof *lcs) : NULL;
+    char *js = NULL;
+    int rc = WMAT_OK, n = 0, nal = 0;
     unsigned targets = 0;
-    if (!e || !pf || !names) {
+    if (!e || !pf || !names || !al || (a->peft_rank && (!cutw || !lcs))) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "save adapter: out of memory");
         goto done;
     }
+    if (a->peft_rank) {
+        size_t total = 0;
+        for (size_t j = 0; j < nl; j++)
+            if (tensors[j * NT]) {
+                int o, in, rows[NT], cols[NT];
+                lin_dims(mc, (int)(j % WMAT_LIN_COUNT), &o, &in);
+                lcs[j] = *c;
+                lcs[j].rank = a->peft_rank(c, fixed ? fixed[j] : NULL, in, o);
+                lcs[j].rank_init = c->rank;
+                a->shapes(&lcs[j], in, o, rows, cols);
+                for (int i = 0; i < a->n_tensors; i++) total += wmat__adapter_nelem(rows[i], cols[i]);
+            }
+        if (!(cut = wmat__malloc(total * sizeof(float) + 1))) {
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "save adapter: out of memory");
+            goto done;
+        }
+        size_t off = 0;
+        for (size_t j = 0; j < nl; j++)
+            if (tensors[j * NT]) {
+                int o, in, rows[NT], cols[NT];
+                lin_dims(mc, (int)(j % WMAT_LIN_COUNT), &o, &in);
+                a->shapes(&lcs[j], in, o, rows, cols);
+                for (int i = 0; i < a->n_tensors; i++) {
+                    cutw[j * NT + i] = cut + off;
+                    off += wmat__adapter_nelem(rows[i], cols[i]);
+                }
+                a->peft_export(c, (const float *const *)(tensors + j * NT), fixed ? fixed[j] : NULL, in, o,
+                               cutw + j * NT);
+            }
+    }
     for (int l = 0; l < mc->n_layers; l++)
         for (int k = 0; k < WMAT_LIN_COUNT; k++) {
-            float *const *w = tensors + (size_t)(l * WMAT_LIN_COUNT + k) * NT;
-            if (!w[0]) continue;
+            const size_t j = (size_t)(l * WMAT_LIN_COUNT + k);
+            float *const *w = a->peft_rank ? cutw + j * NT : tensors + j * NT;
+            if (!tensors[j * NT]) continue;
             targets |= 1u << k;
             int o, in, rows[NT], cols[NT];
             lin_dims(mc, k, &o, &in);
-            a->shapes(c, in, o, rows, cols);
+            a->shapes(a->peft_rank ? &lcs[j] : c, in, o, rows, cols);
+            al[nal++] = (wmat__adapter_layer){a->peft_rank ? &lcs[j] : c, tensors + j * NT, NULL, fixed ? fixed[j] : NULL,
+                                              l, k, in, o};
+            if (a->peft_rank && lcs[j].rank == 0) continue; /* pruned to nothing: no tensors (PEFT loads it as rank 0) */
             for (int i = 0; i < a->n_tensors; i++) {
                 char *nm = names + (size_t)n * 160;
                 snprintf(nm, 160, "base_model.model.model.layers.%d.%s.%s%s", l, hf_mod[k], a->tensor_key[i],
@@ -197,23 +239,29 @@ int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, 
     wmat_st_meta meta[1] = {{"format", "pt"}};
     if ((rc = wmat__st_write(path, e, n, meta, 1))) goto done;
     {
-        char js[2048];
-        size_t k = (size_t)snprintf(js, sizeof js, "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"CAUSAL_LM\",\n",
+        /* the common fields fit in 2 KB; the per-layer ones say what they need */
+        const size_t jn = 2048 + (a->peft_config_layers ? a->peft_config_layers(c, al, nal, NULL, 0) : 0);
+        if (!(js = wmat__malloc(jn + 1))) {
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "save adapter: out of memory");
+            goto done;
+        }
+        size_t k = (size_t)snprintf(js, jn, "{\n  \"peft_type\": \"%s\",\n  \"task_type\": \"CAUSAL_LM\",\n",
                                     a->peft_type);
-        k += a->peft_config(c, js + k, sizeof js - k);
-        if (k < sizeof js)
-            k += (size_t)snprintf(js + k, sizeof js - k, "  \"base_model_name_or_path\": \"%s\",\n  \"target_modules\": [",
+        k += a->peft_config(c, js + k, jn - k);
+        if (k < jn && a->peft_config_layers) k += a->peft_config_layers(c, al, nal, js + k, jn - k);
+        if (k < jn)
+            k += (size_t)snprintf(js + k, jn - k, "  \"base_model_name_or_path\": \"%s\",\n  \"target_modules\": [",
                                   base_path ? base_path : "");
         int first = 1;
-        for (int kk = 0; kk < WMAT_LIN_COUNT && k < sizeof js; kk++)
+        for (int kk = 0; kk < WMAT_LIN_COUNT && k < jn; kk++)
             if (targets & (1u << kk)) {
-                k += (size_t)snprintf(js + k, sizeof js - k, "%s\"%s_proj\"", first ? "" : ", ",
+                k += (size_t)snprintf(js + k, jn - k, "%s\"%s_proj\"", first ? "" : ", ",
                                       wmat_linear_name((wmat_linear_kind)kk));
                 first = 0;
             }
-        if (k < sizeof js) k += (size_t)snprintf(js + k, sizeof js - k, "]\n}\n");
-        if (k >= sizeof js) {
-            rc = wmat_set_error(WMAT_ERR_INTERNAL, "save adapter: adapter_config.json longer than %zu bytes", sizeof js);
+        if (k < jn) k += (size_t)snprintf(js + k, jn - k, "]\n}\n");
+        if (k >= jn) {
+            rc = wmat_set_error(WMAT_ERR_INTERNAL, "save adapter: adapter_config.json longer than %zu bytes", jn);
             goto done;
         }
         snprintf(path, sizeof path, "%s/adapter_config.json", dir);
@@ -229,6 +277,11 @@ done:
     wmat__free(e);
     wmat__free(pf);
     wmat__free(names);
+    wmat__free(al);
+    wmat__free(cut);
+    wmat__free(cutw);
+    wmat__free(lcs);
+    wmat__free(js);
     return rc;
 }
 
@@ -317,13 +370,29 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
             wmat_tensor *W = wmat_model_linear(m, l, (wmat_linear_kind)k);
             const int o = (int)W->shape[0], in = (int)W->shape[1];
             int rows[NT], cols[NT], ok = found == a->n_tensors && W->dtype == WMAT_F32;
-            a->shapes(&c, in, o, rows, cols);
+            wmat__adapter_cfg lc = c;
+            lc.hf_rope_heads = wmat__adapter_rope_heads(mc, k);
+            if (ok && a->peft_rank) {
+                /* the layer's own rank (AdaLoRA's rank_pattern), the file's r the scale's */
+                lc.rank = t[0]->ndim >= 1 ? (int)t[0]->shape[0] : -1;
+                lc.rank_init = c.rank;
+                if (lc.rank < 0 || lc.rank > c.rank) {
+                    rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: %s has rank %d, above the file's %d", path, nm[0], lc.rank,
+                                        c.rank);
+                    break;
+                }
+                if (lc.rank == 0) { /* pruned to nothing (PEFT #1539): the layer stays as it is */
+                    merged++;
+                    continue;
+                }
+            }
+            a->shapes(&lc, in, o, rows, cols);
             for (int i = 0; i < a->n_tensors && ok; i++)
                 ok = t[i]->ndim == (cols[i] ? 2 : 1) && t[i]->dtype == WMAT_ST_F32 && t[i]->shape[0] == rows[i] &&
                      (!cols[i] || t[i]->shape[1] == cols[i]);
             if (!ok) {
                 rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: the %s tensors of %s (layer %d) do not fit %s (f32, rank %d)",
-                                    path, a->name, hf_mod[k], l, W->name, c.rank);
+                                    path, a->name, hf_mod[k], l, W->name, lc.rank);
                 break;
             }
             for (int i = 0; i < a->n_tensors && !rc; i++) {
@@ -353,8 +422,6 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
                     W->flags |= WMAT_TF_OWNED;
                 }
             }
-            wmat__adapter_cfg lc = c;
-            lc.hf_rope_heads = wmat__adapter_rope_heads(mc, k);
             if (!rc && !(rc = a->merge(&lc, W->data, (const float *const *)buf, NULL, in, o))) merged++;
             for (int i = 0; i < NT; i++) {
                 wmat__free(buf[i]);

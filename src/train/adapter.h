@@ -48,7 +48,31 @@ typedef struct {
     float *const *tw;
     float *const *tg;
     float l1; /* weight of an entry's L1 penalty (S2-LoRA's mu; 0: none) */
+    /* The rank the entry's scale is computed from when the layer's own
+     * rank is smaller (AdaLoRA's pruned layers read from a PEFT file keep
+     * the initial rank's scale); 0: rank. */
+    int rank_init;
+    /* AdaLoRA's schedule (wmat_train_params adalora_*; 0 or < 0: the
+     * entry's defaults) and the run's optimizer steps (total_step). */
+    struct {
+        int target_r, tinit, tfinal, deltat;
+        float orth;
+    } ada;
+    int steps;
 } wmat__adapter_cfg;
+
+/* One adapted layer as the whole-model hooks see it (after_step,
+ * extra_loss, peft_config_layers): its settings, tensors, their gradients
+ * of the current step, its per-layer data (writable: an entry with per-step
+ * state keeps it there, so checkpoints carry it), its place in the model
+ * (layer, wmat_linear_kind) and shape. */
+typedef struct {
+    const wmat__adapter_cfg *cfg;
+    float *const *w;
+    float *const *g;
+    void *fixed;
+    int layer, kind, in, out;
+} wmat__adapter_layer;
 
 typedef struct wmat__adapter {
     const char *name;
@@ -139,6 +163,32 @@ typedef struct wmat__adapter {
      * their optimizer states) untouched by the step: frozen is frozen, not
      * "zero gradient" (AdamW's momentum and decay would still move them). */
     int (*frozen_cols)(const wmat__adapter_cfg *c, int i, int cols, int step, int steps);
+    /* Optional, whole-model hooks (AdaLoRA), over the n adapted layers in
+     * layer order:
+     * extra_loss: a term the entry adds to the training loss (AdaLoRA's
+     * orthogonality regularizer): returns its value and ADDS its gradient to
+     * the layers' g. The trainer calls it once per optimizer step, on the
+     * weights the step's batches ran on, after the batch gradients are
+     * summed (over micro-batches and ranks) and before clipping; the step's
+     * reported loss includes it (wmat_train_step_info.aux_loss says how much).
+     * after_step: called after every optimizer step `step` (0-based) of
+     * `steps`, with the step's gradients (clipped, as the optimizer saw
+     * them) still in g and the updated weights in w, which it may rewrite
+     * (AdaLoRA: importance averages in fixed, masking of E to the budget).
+     * peft_config_layers: more adapter_config.json fields (each line ending
+     * ",\n") that depend on every layer (AdaLoRA's rank_pattern), snprintf
+     * style: writes at most n bytes, returns the length it needs. */
+    double (*extra_loss)(const wmat__adapter_cfg *c, const wmat__adapter_layer *layers, int n);
+    int (*after_step)(const wmat__adapter_cfg *c, const wmat__adapter_layer *layers, int n, int step, int steps);
+    size_t (*peft_config_layers)(const wmat__adapter_cfg *c, const wmat__adapter_layer *layers, int n, char *buf,
+                                 size_t cap);
+    /* Optional: the layer's rank in PEFT files when it is less than c->rank
+     * (AdaLoRA drops pruned triplets, as PEFT's rank_pattern resize does);
+     * with it, peft_export (peft_as NULL) writes the layer's tensors at that
+     * rank (shapes for c with rank = that). The loader then takes each
+     * layer's rank from the rows of its tensor 0 (at most the file's rank,
+     * which becomes rank_init; 0: the layer adds nothing). */
+    int (*peft_rank)(const wmat__adapter_cfg *c, const void *fixed, int in, int out);
     /* Floats saved by forward for backward (act), for BT rows, and the
      * scratch of forward and backward for a layer (in -> out) (the trainer
      * allocates the largest over the layers once). */
@@ -246,6 +296,7 @@ void wmat__phm_weight(const float *A, const float *st, int in_a, int out_a, floa
 
 /* Group of linear kind k for an entry with trained shared tensors. */
 static inline int wmat__adapter_tgroup(const struct wmat__adapter *a, int k) { return a->tshared_group ? a->tshared_group(k) : 0; }
+extern const wmat__adapter wmat__adapter_adalora;
 
 /* Floats of an entry's shared data for c (0: none). */
 size_t wmat__adapter_shared_floats(const wmat__adapter *a, const wmat__adapter_cfg *c);
@@ -255,6 +306,13 @@ static inline int wmat__adapter_rope_heads(const wmat_config *c, int k)
 {
     return k == WMAT_LIN_Q ? c->n_heads : k == WMAT_LIN_K ? c->n_kv_heads : 0;
 }
+
+/* AdaLoRA's budget at step t (PEFT's budget_schedule) of b0 initial and
+ * bT final triplets, and whether step t masks (adapter_adalora.c). */
+int wmat__adalora_budget(const wmat__adapter_cfg *c, int b0, int bT, int t, int *mask);
+
+/* HF's module name of linear k ("self_attn.q_proj", ...). */
+const char *wmat__adapter_hf_module(int k);
 
 /* Elements of a tensor of shape (rows, cols): cols 0 is a vector. */
 static inline size_t wmat__adapter_nelem(int rows, int cols) { return (size_t)rows * (size_t)(cols ? cols : 1); }

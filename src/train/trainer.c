@@ -85,6 +85,10 @@ struct wmat_trainer {
      * and its settings (such an entry's rank is the layer's own) */
     unsigned char *aon;
     wmat__adapter_cfg *lcfg;
+    /* the adapted layers for the entry's whole-model hooks (extra_loss,
+     * after_step); NULL when it has none */
+    wmat__adapter_layer *al;
+    int n_al;
 
     /* weights the forward reads (trainable or frozen) and their grads */
     float *emb, *fnorm, *cls;   /* (V, D), (D), (V, D) (cls == emb when tied); NULL: a frozen base of another kind */
@@ -195,6 +199,11 @@ wmat_train_params wmat_train_default_params(void)
     p.galore_targets = (1u << NLIN) - 1;
     p.galore_randomized = 0;
     p.adapter_density = 0.03f;
+    p.adalora_target_r = 0;
+    p.adalora_tinit = -1;
+    p.adalora_tfinal = -1;
+    p.adalora_deltat = 1;
+    p.adalora_orth = -1.0f;
     return p;
 }
 
@@ -325,6 +334,7 @@ void wmat_trainer_free(wmat_trainer *t)
     wmat__free(t->gaw);
     wmat__free(t->aon);
     wmat__free(t->lcfg);
+    wmat__free(t->al);
     wmat__free(t->afix);
     wmat__free(t->fixed);
     wmat__free(t->frz);
@@ -556,9 +566,15 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->exec = p.exec ? *p.exec : wmat_context_default();
     t->nt = wmat_context_threads(&t->exec);
     t->ex = wmat__wexec_from(&t->exec);
-    t->acfg = (wmat__adapter_cfg){
-        .rank = p.lora_rank, .alpha = p.lora_alpha, .density = p.adapter_density, .nt = t->nt, .isa = t->ex.isa,
-        .l1 = p.adapter_l1};
+    t->acfg = (wmat__adapter_cfg){.rank = p.lora_rank,
+                                  .alpha = p.lora_alpha,
+                                  .density = p.adapter_density,
+                                  .nt = t->nt,
+                                  .isa = t->ex.isa,
+                                  .l1 = p.adapter_l1,
+                                  .ada = {p.adalora_target_r, p.adalora_tinit, p.adalora_tfinal, p.adalora_deltat,
+                                          p.adalora_orth},
+                                  .steps = p.steps};
     t->rep = ad && ad->replaces_base;
     if (p.precision != WMAT_F32 && p.precision != WMAT_BF16) {
         rc = wmat_set_error(WMAT_ERR_INVALID, "train: precision must be f32 or bf16 (got %s)",
@@ -872,6 +888,20 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             if (off > lo) t->bk[t->n_bk++] = (wmat__dp_bucket){lo, off, 0};
         }
 #undef CARVE
+        if (adapt && (ad->extra_loss || ad->after_step)) {
+            if (!(t->al = wmat__calloc((size_t)L * NLIN + 1, sizeof *t->al))) {
+                rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
+                goto fail;
+            }
+            for (int l = 0; l < L; l++)
+                for (int k = 0; k < NLIN; k++)
+                    if (AON(l, k)) {
+                        int o, i;
+                        lin_dims(c, k, &o, &i);
+                        t->al[t->n_al++] = (wmat__adapter_layer){ACFG(l, k), AW(l, k), GAW(l, k), t->afix[l * NLIN + k],
+                                                                 l, k, i, o};
+                    }
+        }
         if (frz_n && !(t->frz = wmat__malloc(frz_n * sizeof(float)))) {
             rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
             goto fail;
@@ -1512,6 +1542,11 @@ int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
     tc = wmat__now() - tc;
     loss /= p->grad_accum;
     if (S > 1) loss /= S;
+    /* the adapter's own loss term (AdaLoRA's orthogonality penalty), once
+     * per step on the summed gradients: the same on every rank */
+    double aux = 0.0;
+    if (t->adapter && t->adapter->extra_loss) aux = t->adapter->extra_loss(&t->acfg, t->al, t->n_al);
+    loss += aux;
     if (!isfinite(loss)) return wmat_set_error(WMAT_ERR_NUMERIC, "train: the loss is %g at step %d", loss, t->step);
     /* an adapter's frozen parts (LaMDA's leading columns of B): no gradient */
     for (int si = 0; si < t->n_slots && t->frz; si++) {
@@ -1558,9 +1593,16 @@ int wmat_trainer_step(wmat_trainer *t, wmat_train_step_info *info)
     }
     t->step++;
     if (t->w16_trained) t->w16_stale = 1;
+    /* the adapter's per-step hook (AdaLoRA's importance and budget), with
+     * this step's gradients and the updated weights */
+    if (t->adapter && t->adapter->after_step) {
+        int rc = t->adapter->after_step(&t->acfg, t->al, t->n_al, t->step - 1, p->steps);
+        if (rc) return rc;
+    }
     if (info) {
         info->step = t->step;
         info->loss = loss;
+        info->aux_loss = aux;
         info->lr = lr;
         info->grad_norm = norm;
         info->seconds = wmat__now() - t0;
@@ -1781,10 +1823,15 @@ static void fingerprint(const wmat_trainer *t, char *buf, size_t n)
              t->opt_bytes, t->adapter ? t->acfg.rank : 0, t->adapter ? t->p.lora_targets : 0u,
              t->proj ? t->pp.rank : 0);
     /* entries with frozen data (a sparse support) also depend on these */
-    const size_t k = strlen(buf);
+    size_t k = strlen(buf);
     if (t->fixed_bytes && k < n)
         snprintf(buf + k, n - k, " adapter_alpha=%g adapter_density=%g fixed_bytes=%zu", (double)t->acfg.alpha,
                  (double)t->acfg.density, t->fixed_bytes);
+    /* an entry with a per-step schedule (AdaLoRA) also on its settings */
+    k = strlen(buf);
+    if (t->adapter && t->adapter->after_step && k < n)
+        snprintf(buf + k, n - k, " schedule=%d,%d,%d,%d,%g,%d", t->acfg.ada.target_r, t->acfg.ada.tinit,
+                 t->acfg.ada.tfinal, t->acfg.ada.deltat, (double)t->acfg.ada.orth, t->acfg.steps);
 }
 
 /* The adapter's frozen data of a checkpoint (data, fixed_bytes, any
