@@ -78,6 +78,7 @@ struct wmat_trainer {
      * and its settings (such an entry's rank is the layer's own) */
     unsigned char *aon;
     wmat__adapter_cfg *lcfg;
+    char *areport;                 /* what the adapter's plan decided (EVA's ranks), NUL-ended; NULL: none */
 
     /* weights the forward reads (trainable or frozen) and their grads */
     float *emb, *fnorm, *cls;   /* (V, D), (D), (V, D) (cls == emb when tied); NULL: a frozen base of another kind */
@@ -171,6 +172,9 @@ wmat_train_params wmat_train_default_params(void)
     p.galore_targets = (1u << NLIN) - 1;
     p.galore_randomized = 0;
     p.adapter_density = 0.03f;
+    p.adapter_calib_batches = 32;
+    p.eva_rho = 2.0f;
+    p.eva_tau = 0.99f;
     return p;
 }
 
@@ -301,6 +305,7 @@ void wmat_trainer_free(wmat_trainer *t)
     wmat__free(t->gaw);
     wmat__free(t->aon);
     wmat__free(t->lcfg);
+    wmat__free(t->areport);
     wmat__free(t->afix);
     wmat__free(t->fixed);
     wmat__free(t->frz);
@@ -403,6 +408,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     *out = NULL;
     /* what an adopting adapter leaves of each linear (freed on every path) */
     const wmat_tensor **rest = NULL;
+    /* what an adapter's plan made for its init (freed on every path) */
+    void *plan_owned = NULL;
     wmat_train_params def = wmat_train_default_params();
     if (!pp) pp = &def;
     const wmat_config *c = wmat_model_config(m);
@@ -449,8 +456,13 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->exec = p.exec ? *p.exec : wmat_context_default();
     t->nt = wmat_context_threads(&t->exec);
     t->ex = wmat__wexec_from(&t->exec);
-    t->acfg = (wmat__adapter_cfg){
-        .rank = p.lora_rank, .alpha = p.lora_alpha, .density = p.adapter_density, .nt = t->nt, .isa = t->ex.isa};
+    t->acfg = (wmat__adapter_cfg){.rank = p.lora_rank,
+                                  .alpha = p.lora_alpha,
+                                  .density = p.adapter_density,
+                                  .nt = t->nt,
+                                  .isa = t->ex.isa,
+                                  .rho = p.eva_rho,
+                                  .tau = p.eva_tau};
     t->rep = ad && ad->replaces_base;
     t->nranks = wmat_comm_size(t->exec.comm);
     t->rank = wmat_comm_rank(t->exec.comm);
@@ -547,6 +559,20 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             }
             any_on += AON(l, k);
         }
+    /* an entry that plans from data (EVA) sets the layers' ranks and
+     * init rows from calibration windows through the frozen model */
+    if (adapt && ad->plan) {
+        const size_t cap = 256 + (size_t)L * 512;
+        if (!(t->areport = wmat__malloc(cap))) {
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
+            goto fail;
+        }
+        const wmat__adapter_plan_in pin = {m, p.lora_targets, p.adapter_calib, p.adapter_calib_n, p.ctx, p.batch,
+                                           p.adapter_calib_batches, &t->exec};
+        if ((rc = ad->plan(&t->acfg, &pin, t->lcfg, t->aon, &plan_owned, t->areport, cap))) goto fail;
+        any_on = 0;
+        for (int j = 0; j < L * NLIN; j++) any_on += t->aon[j];
+    }
     if (adapt && !any_on) {
         rc = wmat_set_error(WMAT_ERR_INVALID, "train: adapter %s finds nothing to train in the targeted layers of %s",
                             ad->name, wmat_model_path(m) ? wmat_model_path(m) : "the model");
@@ -718,6 +744,10 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             }
         }
 #undef CARVE
+        /* the plan's init rows are used up */
+        for (int j = 0; j < L * NLIN; j++) t->lcfg[j].init_rows = NULL;
+        wmat__free(plan_owned);
+        plan_owned = NULL;
         if (frz_n && !(t->frz = wmat__malloc(frz_n * sizeof(float)))) {
             rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
             goto fail;
@@ -938,6 +968,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     return WMAT_OK;
 fail:
     wmat__free(rest);
+    wmat__free(plan_owned);
     wmat_trainer_free(t);
     return rc;
 }
@@ -1551,10 +1582,18 @@ int wmat_trainer_save_lora(wmat_trainer *t, const char *dir)
     if (!t->adapter->peft_type)
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "save adapter: PEFT has no %s adapter (the trained model keeps it)",
                               t->adapter->name);
-    return wmat__adapter_peft_save(t->adapter, &t->acfg, &t->c, t->aw, t->afix, wmat_model_path(t->base), dir);
+    return wmat__adapter_peft_save(t->adapter, &t->acfg, t->lcfg, &t->c, t->aw, t->afix, wmat_model_path(t->base), dir);
 }
 
 int wmat_lora_merge_peft(wmat_model *m, const char *dir) { return wmat__adapter_peft_merge(m, dir); }
+
+const char *wmat_trainer_adapter_report(const wmat_trainer *t) { return t->areport ? t->areport : ""; }
+
+int wmat_trainer_adapter_rank(const wmat_trainer *t, int layer, int kind)
+{
+    if (!t->adapter || layer < 0 || layer >= t->c.n_layers || kind < 0 || kind >= NLIN) return 0;
+    return t->aon[layer * NLIN + kind] ? t->lcfg[layer * NLIN + kind].rank : 0;
+}
 
 int wmat_train_adapter_replaces_base(const char *name)
 {
