@@ -562,7 +562,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     /* an entry that plans from data (EVA) sets the layers' ranks and
      * init rows from calibration windows through the frozen model */
     if (adapt && ad->plan) {
-        const size_t cap = 256 + (size_t)L * 512;
+        const size_t cap = 512 + (size_t)L * 768;
         if (!(t->areport = wmat__malloc(cap))) {
             rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
             goto fail;
