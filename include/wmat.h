@@ -948,6 +948,17 @@ typedef struct {
      * AVX512-BF16 or AMX): elsewhere WMAT_ERR_UNSUPPORTED (no silent
      * fallback: widened bf16 would be slower than fp32). */
     wmat_dtype precision;
+    /* Adapters that plan their layers from data (eva): calibration tokens
+     * (borrowed, read during wmat_trainer_create only; NULL: such an
+     * adapter is refused), windows of ctx tokens in order from the start,
+     * batches of `batch` windows, at most adapter_calib_batches batches
+     * (default 32); EVA's rho (components per input = round(rank * rho),
+     * default 2) and tau (a component has converged when its cosine with
+     * the previous batch's is >= tau, default 0.99). */
+    const int32_t *adapter_calib;
+    size_t adapter_calib_n;
+    int adapter_calib_batches;
+    float eva_rho, eva_tau;
 } wmat_train_params;
 
 WMAT_API wmat_train_params wmat_train_default_params(void);
@@ -1045,6 +1056,13 @@ WMAT_API int wmat_trainer_save_lora(wmat_trainer *t, const char *dir);
 /* Merge a PEFT adapter directory (any registered adapter that reads its
  * config; LoRA: W += s B A) into m in place. */
 WMAT_API int wmat_lora_merge_peft(wmat_model *m, const char *dir);
+/* What the adapter decided from data when the trainer was created (eva:
+ * calibration, convergence and the rank of every matrix), lines of text;
+ * "" for adapters that decide nothing. */
+WMAT_API const char *wmat_trainer_adapter_report(const wmat_trainer *t);
+/* The adapter rank of linear kind (wmat_linear_kind) of layer; 0 where
+ * the layer is not adapted (not targeted, or eva gave it rank 0). */
+WMAT_API int wmat_trainer_adapter_rank(const wmat_trainer *t, int layer, int kind);
 
 /* Random init for pretraining: N(0, std) for matrices, residual
  * projections (o, down) scaled by 1/sqrt(2 L), norms 1. */

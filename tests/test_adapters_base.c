@@ -407,7 +407,7 @@ static void test_peft_dora(void **state)
     peft_set P;
     peft_set_make(&P, "dora", m);
     const char *dir = tu_tmp("peft_dora_keys");
-    TU_OK(wmat__adapter_peft_save(P.a, &P.c, mc, P.tensors, P.fixed, "base", dir));
+    TU_OK(wmat__adapter_peft_save(P.a, &P.c, NULL, mc, P.tensors, P.fixed, "base", dir));
     cJSON *j = read_config(dir);
     assert_string_equal(cJSON_GetObjectItem(j, "peft_type")->valuestring, "LORA");
     assert_true(cJSON_IsTrue(cJSON_GetObjectItem(j, "use_dora")));
@@ -452,7 +452,7 @@ static void test_peft_pissa(void **state)
         char dn[64];
         snprintf(dn, sizeof dn, "peft_%s_conv", names[q]);
         const char *dir = tu_tmp(dn);
-        TU_OK(wmat__adapter_peft_save(P.a, &P.c, mc, P.tensors, P.fixed, "base", dir));
+        TU_OK(wmat__adapter_peft_save(P.a, &P.c, NULL, mc, P.tensors, P.fixed, "base", dir));
         /* PEFT's conversion: a plain LoRA of rank 2r, alpha 2 alpha */
         cJSON *j = read_config(dir);
         assert_string_equal(cJSON_GetObjectItem(j, "peft_type")->valuestring, "LORA");
@@ -493,7 +493,7 @@ static void test_peft_pissa(void **state)
         raw.peft_as = NULL;
         snprintf(dn, sizeof dn, "peft_%s_raw", names[q]);
         dir = tu_tmp(dn);
-        TU_OK(wmat__adapter_peft_save(&raw, &P.c, mc, P.tensors, NULL, "base", dir));
+        TU_OK(wmat__adapter_peft_save(&raw, &P.c, NULL, mc, P.tensors, NULL, "base", dir));
         j = read_config(dir);
         assert_string_equal(cJSON_GetObjectItem(j, "init_lora_weights")->valuestring, names[q]);
         assert_int_equal(cJSON_GetObjectItem(j, "r")->valueint, 4);

@@ -352,6 +352,9 @@ static void adapter_merge_peft_check(const char *name)
     p.grad_accum = 1;
     p.lr = 5e-2f;
     int32_t *d = synthetic_tokens(500, 13);
+    /* an entry that plans from data (EVA) calibrates on the training tokens */
+    p.adapter_calib = d;
+    p.adapter_calib_n = 500;
     wmat_model *m = tiny_model(61);
     const int adopts = wmat_train_adapter_replaces_base(name) == 2;
     if (adopts) {

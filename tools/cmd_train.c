@@ -60,7 +60,10 @@ int cmd_train(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("train");
     const char *data = NULL, *val = NULL, *method = "full", *init = NULL, *to = NULL, *targets = NULL, *gtargets = NULL;
-    const char *ckpt = NULL, *resume = NULL, *csv = NULL, *svg = NULL, *lora_out = NULL, *precision = "f32";
+    const char *ckpt = NULL, *resume = NULL, *csv = NULL, *svg = NULL, *lora_out = NULL, *precision = "f32",
+               *eva_data = NULL;
+    int eva_batches = 32;
+    float eva_rho = 2.0f, eva_tau = 0.99f;
     const char *opt = reg_default(WMAT_REG_OPTIMIZER);
     int tokenizer_kind = 0;
     int steps = 100, batch = 8, ctx = 0, accum = 1, warmup = -1, seed = 1337, eval_every = 0, eval_windows = 0;
@@ -114,6 +117,10 @@ int cmd_train(int argc, char **argv)
         {"--lora-targets", OPT_STR, &targets, "LIST", "adapted layers: q,k,v,o,gate,up,down or all, or PEFT's q_proj,...,all-linear (default q,v; compacter: down, Compacter++)"},
         {"--rslora", OPT_FLAG, &rslora, NULL, "rank-stabilized scale alpha/sqrt(r) for the default adapter"},
         {"--lora-out", OPT_STR, &lora_out, "DIR", "also write the adapter in PEFT's layout"},
+        {"--eva-data", OPT_STR, &eva_data, "FILE", "eva: calibration stream (the same rule as --data; default: the training data), read as windows of --ctx in batches of --batch"},
+        {"--eva-batches", OPT_INT, &eva_batches, "N", "eva: at most N calibration batches (default 32; fewer when every input has converged)"},
+        {"--eva-rho", OPT_FLOAT, &eva_rho, "RHO", "eva: components per input = round(rank * RHO), the most rank one matrix can get (default 2)"},
+        {"--eva-tau", OPT_FLOAT, &eva_tau, "TAU", "eva: a component has converged when its cosine with the previous batch's is >= TAU (default 0.99)"},
         {"--galore-rank", OPT_INT, &grank, "R", "projector rank (default dim/4)"},
         {"--galore-gap", OPT_INT, &ggap, "T", "steps between projector updates (default 50)"},
         {"--galore-scale", OPT_FLOAT, &gscale, "S", "projected update scale (default 1)"},
@@ -204,6 +211,9 @@ int cmd_train(int argc, char **argv)
     p.adalora_tfinal = ada_tfinal;
     p.adalora_deltat = ada_deltat;
     p.adalora_orth = ada_orth;
+    p.adapter_calib_batches = eva_batches;
+    p.eva_rho = eva_rho;
+    p.eva_tau = eva_tau;
     p.lora_rslora = rslora;
     p.galore_rank = grank;
     p.galore_gap = ggap;
@@ -225,8 +235,8 @@ int cmd_train(int argc, char **argv)
 
     wmat_model *m = NULL;
     wmat_trainer *t = NULL;
-    int32_t *ids = NULL, *vids = NULL;
-    size_t n = 0, vn = 0;
+    int32_t *ids = NULL, *vids = NULL, *cids = NULL;
+    size_t n = 0, vn = 0, cn = 0;
     int *xs = NULL, *vx = NULL;
     double *ys = NULL, *vy = NULL;
     int n_pts = 0, n_v = 0;
@@ -274,10 +284,15 @@ int cmd_train(int argc, char **argv)
         memmove(vids, vids + eval_offset, (vn - (size_t)eval_offset) * sizeof *vids);
         vn -= (size_t)eval_offset;
     }
+    /* an adapter that plans from data (eva) calibrates on --eva-data or the training data */
+    if (eva_data && cli_load_token_input("train", m, "--eva-data", eva_data, &cids, &cn)) goto done;
+    p.adapter_calib = cids ? cids : ids;
+    p.adapter_calib_n = cids ? cn : n;
     if (wmat_trainer_create(&t, m, &p) || wmat_trainer_set_data(t, ids, n)) {
         cli_fail("train");
         goto done;
     }
+    if (writer && *wmat_trainer_adapter_report(t)) fputs(wmat_trainer_adapter_report(t), stderr);
     if (resume && wmat_trainer_load_checkpoint(t, resume)) {
         cli_fail("train");
         goto done;
@@ -487,6 +502,7 @@ done:
     wmat_trainer_free(t);
     free(ids);
     free(vids);
+    free(cids);
     wmat_model_free(m);
     return ret;
 }

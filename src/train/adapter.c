@@ -9,6 +9,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +23,8 @@ static const wmat__adapter *const adapters[] = {&wmat__adapter_lora,  &wmat__ada
                                                 &wmat__adapter_factors, &wmat__adapter_dsformer,
                                                 &wmat__adapter_dsformer_fixed, &wmat__adapter_vera,
                                                 &wmat__adapter_lamda,     &wmat__adapter_s2lora,
-                                                &wmat__adapter_compacter, &wmat__adapter_adalora};
+                                                &wmat__adapter_compacter, &wmat__adapter_adalora,
+                                                &wmat__adapter_miss,      &wmat__adapter_eva};
 
 const wmat__adapter *wmat__adapter_at(int i)
 {
@@ -80,14 +82,45 @@ static void lin_dims(const wmat_config *c, int k, int *out, int *in)
 typedef struct {
     const float *src;
     int heads, head_dim, cols;
+    int rows; /* >= 0: permute the columns of each of rows rows instead */
 } permute_fill;
 
 static int fill_permuted(void *user, const wmat_st_entry *e, void *dst)
 {
     const permute_fill *pf = user;
     (void)e;
-    wmat__rope_permute_hf(dst, pf->src, pf->heads, pf->head_dim, pf->cols);
+    if (pf->rows < 0) {
+        wmat__rope_permute_hf(dst, pf->src, pf->heads, pf->head_dim, pf->cols);
+        return WMAT_OK;
+    }
+    /* the columns are the output features (MiSS's D): each row is permuted */
+    const int n = pf->heads * pf->head_dim;
+    for (int r = 0; r < pf->rows; r++)
+        wmat__rope_permute_hf((float *)dst + (size_t)r * n, pf->src + (size_t)r * n, pf->heads, pf->head_dim, 1);
     return WMAT_OK;
+}
+
+/* The inverse for a (rows, heads * head_dim) matrix whose columns are permuted. */
+static void unpermute_cols(float *dst, const float *src, int rows, int heads, int head_dim)
+{
+    const int n = heads * head_dim;
+    for (int r = 0; r < rows; r++)
+        wmat__rope_unpermute_hf(dst + (size_t)r * n, src + (size_t)r * n, heads, head_dim, 1);
+}
+
+/* A rank_pattern / alpha_pattern key ("model.layers.3.mlp.up_proj", any
+ * prefix) as layer l and linear kind k; 0 when it names no linear. */
+static int pattern_lk(const char *key, int *l, int *k)
+{
+    const char *p = strstr(key, "layers.");
+    int n = 0;
+    if (!p || sscanf(p, "layers.%d.%n", l, &n) != 1 || n == 0) return 0;
+    for (int kk = 0; kk < WMAT_LIN_COUNT; kk++)
+        if (!strcmp(p + n, hf_mod[kk])) {
+            *k = kk;
+            return 1;
+        }
+    return 0;
 }
 
 #define NT WMAT__ADAPTER_MAX_TENSORS
@@ -128,15 +161,16 @@ static int peft_save_as(const wmat__adapter *a, const wmat__adapter_cfg *c, cons
             }
             a->peft_export(c, (const float *const *)(tensors + j * NT), fixed ? fixed[j] : NULL, in, o, tb + j * NT);
         }
-    rc = wmat__adapter_peft_save(b, &cb, mc, tb, NULL, base_path, dir);
+    rc = wmat__adapter_peft_save(b, &cb, NULL, mc, tb, NULL, base_path, dir);
 done:
     wmat__free(tb);
     wmat__free(data);
     return rc;
 }
 
-int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, const wmat_config *mc,
-                            float *const *tensors, void *const *fixed, const char *base_path, const char *dir)
+int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, const wmat__adapter_cfg *lcfg,
+                            const wmat_config *mc, float *const *tensors, void *const *fixed, const char *base_path,
+                            const char *dir)
 {
     if (a->peft_as) return peft_save_as(a, c, mc, tensors, fixed, base_path, dir);
     if (mkdir(dir, 0777) && errno != EEXIST) return wmat_set_error(WMAT_ERR_IO, "%s: cannot create directory", dir);
@@ -194,9 +228,11 @@ int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, 
             targets |= 1u << k;
             int o, in, rows[NT], cols[NT];
             lin_dims(mc, k, &o, &in);
-            a->shapes(a->peft_rank ? &lcs[j] : c, in, o, rows, cols);
-            al[nal++] = (wmat__adapter_layer){a->peft_rank ? &lcs[j] : c, tensors + j * NT, NULL, fixed ? fixed[j] : NULL,
-                                              l, k, in, o};
+            /* the layer's settings: cut to its PEFT rank (AdaLoRA), or its own
+             * rank and alpha (EVA's plan), or the run's */
+            const wmat__adapter_cfg *lc = a->peft_rank ? &lcs[j] : lcfg ? &lcfg[j] : c;
+            a->shapes(lc, in, o, rows, cols);
+            al[nal++] = (wmat__adapter_layer){lc, tensors + j * NT, NULL, fixed ? fixed[j] : NULL, l, k, in, o};
             if (a->peft_rank && lcs[j].rank == 0) continue; /* pruned to nothing: no tensors (PEFT loads it as rank 0) */
             for (int i = 0; i < a->n_tensors; i++) {
                 char *nm = names + (size_t)n * 160;
@@ -207,9 +243,9 @@ int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, 
                 e[n].ndim = cols[i] ? 2 : 1;
                 e[n].shape[0] = rows[i];
                 e[n].shape[1] = cols[i];
-                if (a->rows_are_out[i] && (k == WMAT_LIN_Q || k == WMAT_LIN_K)) {
+                if ((a->rows_are_out[i] || a->cols_are_out[i]) && (k == WMAT_LIN_Q || k == WMAT_LIN_K)) {
                     pf[n] = (permute_fill){w[i], k == WMAT_LIN_Q ? mc->n_heads : mc->n_kv_heads, mc->head_dim,
-                                           cols[i] ? cols[i] : 1};
+                                           cols[i] ? cols[i] : 1, a->cols_are_out[i] ? rows[i] : -1};
                     e[n].fill = fill_permuted;
                     e[n].user = &pf[n];
                 } else {
@@ -239,8 +275,10 @@ int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, 
     wmat_st_meta meta[1] = {{"format", "pt"}};
     if ((rc = wmat__st_write(path, e, n, meta, 1))) goto done;
     {
-        /* the common fields fit in 2 KB; the per-layer ones say what they need */
-        const size_t jn = 2048 + (a->peft_config_layers ? a->peft_config_layers(c, al, nal, NULL, 0) : 0);
+        /* the common fields fit in 2 KB; the per-layer ones say what they
+         * need; EVA's patterns take two short lines per layer */
+        const size_t jn = 2048 + (a->peft_config_layers ? a->peft_config_layers(c, al, nal, NULL, 0) : 0) +
+                          (lcfg ? nl * 160 : 0);
         if (!(js = wmat__malloc(jn + 1))) {
             rc = wmat_set_error(WMAT_ERR_NOMEM, "save adapter: out of memory");
             goto done;
@@ -249,6 +287,22 @@ int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, 
                                     a->peft_type);
         k += a->peft_config(c, js + k, jn - k);
         if (k < jn && a->peft_config_layers) k += a->peft_config_layers(c, al, nal, js + k, jn - k);
+        /* per-layer ranks and alphas that differ from the run's (EVA) */
+        for (int pat = 0; pat < 2 && lcfg && k < jn; pat++) {
+            int any = 0;
+            for (size_t jj = 0; jj < nl && k < jn; jj++) {
+                const wmat__adapter_cfg *lc = &lcfg[jj];
+                if (!tensors[jj * NT] || (pat ? lc->alpha == c->alpha : lc->rank == c->rank)) continue;
+                char v[32];
+                if (pat) snprintf(v, sizeof v, "%.9g", (double)lc->alpha);
+                else snprintf(v, sizeof v, "%d", lc->rank);
+                k += (size_t)snprintf(js + k, jn - k, "%s\n    \"model.layers.%d.%s\": %s",
+                                      any ? "," : pat ? "  \"alpha_pattern\": {" : "  \"rank_pattern\": {",
+                                      (int)(jj / WMAT_LIN_COUNT), hf_mod[jj % WMAT_LIN_COUNT], v);
+                any = 1;
+            }
+            if (any && k < jn) k += (size_t)snprintf(js + k, jn - k, "\n  },\n");
+        }
         if (k < jn)
             k += (size_t)snprintf(js + k, jn - k, "  \"base_model_name_or_path\": \"%s\",\n  \"target_modules\": [",
                                   base_path ? base_path : "");
@@ -306,12 +360,42 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
         const char *want = cJSON_IsString(pt) ? pt->valuestring : "LORA";
         if (x->peft_type && !strcmp(x->peft_type, want) && x->peft_parse(j, &c)) a = x;
     }
+    /* PEFT's per-module overrides of r and lora_alpha (EVA's ranks) */
+    const int nlk = mc->n_layers * WMAT_LIN_COUNT;
+    int *prank = wmat__calloc((size_t)nlk + 1, sizeof *prank);
+    float *palpha = wmat__malloc(((size_t)nlk + 1) * sizeof *palpha);
+    if (!prank || !palpha) {
+        cJSON_Delete(j);
+        wmat__free(prank);
+        wmat__free(palpha);
+        return wmat_set_error(WMAT_ERR_NOMEM, "adapter merge: out of memory");
+    }
+    for (int i = 0; i < nlk; i++) palpha[i] = NAN;
+    for (int pat = 0; pat < 2; pat++) {
+        const cJSON *o = cJSON_GetObjectItemCaseSensitive(j, pat ? "alpha_pattern" : "rank_pattern"), *it;
+        cJSON_ArrayForEach(it, o)
+        {
+            int l, k;
+            if (!cJSON_IsNumber(it) || !it->string || !pattern_lk(it->string, &l, &k) || l < 0 || l >= mc->n_layers)
+                continue;
+            if (pat) palpha[l * WMAT_LIN_COUNT + k] = (float)it->valuedouble;
+            else prank[l * WMAT_LIN_COUNT + k] = it->valueint;
+        }
+    }
     cJSON_Delete(j);
-    if (!a) return wmat_set_error(WMAT_ERR_FORMAT, "%s: no registered adapter reads this peft_type", path);
-    if (c.rank <= 0) return wmat_set_error(WMAT_ERR_FORMAT, "%s: missing or bad rank r", path);
+    if (!a || c.rank <= 0) {
+        wmat__free(prank);
+        wmat__free(palpha);
+        return a ? wmat_set_error(WMAT_ERR_FORMAT, "%s: missing or bad rank r", path)
+                 : wmat_set_error(WMAT_ERR_FORMAT, "%s: no registered adapter reads this peft_type", path);
+    }
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     wmat_st_file *f;
-    if ((rc = wmat__st_open(&f, path))) return rc;
+    if ((rc = wmat__st_open(&f, path))) {
+        wmat__free(prank);
+        wmat__free(palpha);
+        return rc;
+    }
     int merged = 0;
     float *buf[NT] = {0}, *perm = NULL, *shared = NULL;
     const char *sfx = a->peft_bare_keys ? "" : ".weight";
@@ -372,6 +456,9 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
             int rows[NT], cols[NT], ok = found == a->n_tensors && W->dtype == WMAT_F32;
             wmat__adapter_cfg lc = c;
             lc.hf_rope_heads = wmat__adapter_rope_heads(mc, k);
+            /* PEFT's rank_pattern / alpha_pattern for this module (EVA) */
+            if (prank[l * WMAT_LIN_COUNT + k] > 0) lc.rank = prank[l * WMAT_LIN_COUNT + k];
+            if (!isnan(palpha[l * WMAT_LIN_COUNT + k])) lc.alpha = palpha[l * WMAT_LIN_COUNT + k];
             if (ok && a->peft_rank) {
                 /* the layer's own rank (AdaLoRA's rank_pattern), the file's r the scale's */
                 lc.rank = t[0]->ndim >= 1 ? (int)t[0]->shape[0] : -1;
@@ -399,14 +486,18 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
                 buf[i] = wmat__malloc(t[i]->nbytes);
                 if (!buf[i]) rc = wmat_set_error(WMAT_ERR_NOMEM, "adapter merge: out of memory");
                 else memcpy(buf[i], t[i]->data, t[i]->nbytes); /* the mapping is unaligned in general */
-                if (!rc && a->rows_are_out[i] && (k == WMAT_LIN_Q || k == WMAT_LIN_K)) {
+                if (!rc && (a->rows_are_out[i] || a->cols_are_out[i]) && (k == WMAT_LIN_Q || k == WMAT_LIN_K)) {
                     perm = wmat__malloc(t[i]->nbytes);
                     if (!perm) {
                         rc = wmat_set_error(WMAT_ERR_NOMEM, "adapter merge: out of memory");
                         break;
                     }
-                    wmat__rope_unpermute_hf(perm, buf[i], k == WMAT_LIN_Q ? mc->n_heads : mc->n_kv_heads, mc->head_dim,
-                                            cols[i] ? cols[i] : 1);
+                    if (a->cols_are_out[i])
+                        unpermute_cols(perm, buf[i], rows[i], k == WMAT_LIN_Q ? mc->n_heads : mc->n_kv_heads,
+                                       mc->head_dim);
+                    else
+                        wmat__rope_unpermute_hf(perm, buf[i], k == WMAT_LIN_Q ? mc->n_heads : mc->n_kv_heads,
+                                                mc->head_dim, cols[i] ? cols[i] : 1);
                     wmat__free(buf[i]);
                     buf[i] = perm;
                     perm = NULL;
@@ -430,6 +521,8 @@ int wmat__adapter_peft_merge(wmat_model *m, const char *dir)
         }
     for (int i = 0; i < NT; i++) wmat__free(buf[i]);
     wmat__free(shared);
+    wmat__free(prank);
+    wmat__free(palpha);
     wmat__st_close(f);
     if (!rc && merged == 0) rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: no adapter weight matches a layer of the model", path);
     return rc;

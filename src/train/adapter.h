@@ -59,6 +59,14 @@ typedef struct {
         float orth;
     } ada;
     int steps;
+    /* EVA (an entry with plan): the share of extra components (rho) and the
+     * convergence threshold (tau) of its calibration; others ignore them. */
+    float rho, tau;
+    /* Set by an entry's plan for its init (EVA: the layer's top principal
+     * directions of its calibration inputs, rank rows of in floats); NULL
+     * otherwise (init then starts as the entry does without a plan). Not
+     * valid after init. */
+    const float *init_rows;
 } wmat__adapter_cfg;
 
 /* One adapted layer as the whole-model hooks see it (after_step,
@@ -74,6 +82,18 @@ typedef struct {
     int layer, kind, in, out;
 } wmat__adapter_layer;
 
+/* What an entry's plan sees: the frozen model, the targeted linears and
+ * calibration tokens (windows of ctx, batches of `batch` windows, at most
+ * max_batches of them). */
+typedef struct {
+    wmat_model *m;
+    unsigned targets;
+    const int32_t *tokens;
+    size_t n_tokens;
+    int ctx, batch, max_batches;
+    const wmat_context *exec;
+} wmat__adapter_plan_in;
+
 typedef struct wmat__adapter {
     const char *name;
     const char *summary;
@@ -83,6 +103,9 @@ typedef struct wmat__adapter {
      * HF's rotary permutation of q/k applies to them in PEFT files). */
     const char *tensor_key[WMAT__ADAPTER_MAX_TENSORS];
     int rows_are_out[WMAT__ADAPTER_MAX_TENSORS];
+    /* ... or whether its COLUMNS are the output features (MiSS's D (r, out)):
+     * q/k columns are then permuted in PEFT files. */
+    int cols_are_out[WMAT__ADAPTER_MAX_TENSORS];
     /* 1: the entry is the whole linear layer, not an addition to a frozen
      * base (a parameterization trained from scratch, SLTrain's B A + S):
      * the trainer keeps no base weight for the layers it targets, and the
@@ -189,6 +212,15 @@ typedef struct wmat__adapter {
      * layer's rank from the rows of its tensor 0 (at most the file's rank,
      * which becomes rank_init; 0: the layer adds nothing). */
     int (*peft_rank)(const wmat__adapter_cfg *c, const void *fixed, int in, int out);
+    /* Optional: per-layer settings decided from data before the trainer
+     * lays out its tensors (EVA: ranks from calibration activations). lcfg
+     * and on (n_layers x WMAT_LIN_COUNT, layer-major) come filled with the
+     * run's settings and the targets; plan may change each layer's rank,
+     * alpha and init_rows, and turn layers off (on = 0: not adapted).
+     * *owned: memory the init_rows point into (the trainer frees it after
+     * init); report: lines for the log (what plan decided), NUL-ended. */
+    int (*plan)(const wmat__adapter_cfg *c, const wmat__adapter_plan_in *in, wmat__adapter_cfg *lcfg,
+                unsigned char *on, void **owned, char *report, size_t report_cap);
     /* Floats saved by forward for backward (act), for BT rows, and the
      * scratch of forward and backward for a layer (in -> out) (the trainer
      * allocates the largest over the layers once). */
@@ -266,9 +298,13 @@ const wmat__adapter *wmat__adapter_find(const char *name);
 /* PEFT files of an adapter over a model's layers. tensors[(l * 7 + k) *
  * WMAT__ADAPTER_MAX_TENSORS + i] points to tensor i of layer l, linear kind
  * k (NULL where that linear is not adapted). Keys are
- * base_model.model.model.layers.L.<module>.<tensor_key>.weight. */
-int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, const wmat_config *mc,
-                            float *const *tensors, void *const *fixed, const char *base_path, const char *dir);
+ * base_model.model.model.layers.L.<module>.<tensor_key>.weight. lcfg: the
+ * layers' own settings (n_layers x 7, NULL: c for every layer); ranks or
+ * alphas that differ from c's go to the config's rank_pattern /
+ * alpha_pattern (PEFT's per-module overrides), which the merge reads. */
+int wmat__adapter_peft_save(const wmat__adapter *a, const wmat__adapter_cfg *c, const wmat__adapter_cfg *lcfg,
+                            const wmat_config *mc, float *const *tensors, void *const *fixed, const char *base_path,
+                            const char *dir);
 /* Merge a PEFT directory into m in place (any registered adapter whose
  * peft_parse accepts the config). */
 int wmat__adapter_peft_merge(wmat_model *m, const char *dir);
@@ -297,6 +333,14 @@ void wmat__phm_weight(const float *A, const float *st, int in_a, int out_a, floa
 /* Group of linear kind k for an entry with trained shared tensors. */
 static inline int wmat__adapter_tgroup(const struct wmat__adapter *a, int k) { return a->tshared_group ? a->tshared_group(k) : 0; }
 extern const wmat__adapter wmat__adapter_adalora;
+extern const wmat__adapter wmat__adapter_miss;
+extern const wmat__adapter wmat__adapter_eva;
+
+/* EVA's rank redistribution (adapter_eva.c): matrix m reads input
+ * mat_g[m], whose K explained-variance ratios (descending) are ratio[mat_g[m]];
+ * the largest `budget` of all matrices' ratios (ties: the lower component
+ * index, then the lower matrix) give each matrix its rank[m] in [0, K]. */
+int wmat__eva_distribute(const double *const *ratio, const int *mat_g, int n_m, int K, int budget, int *rank);
 
 /* Floats of an entry's shared data for c (0: none). */
 size_t wmat__adapter_shared_floats(const wmat__adapter *a, const wmat__adapter_cfg *c);
@@ -329,6 +373,9 @@ void wmat__lora_path_forward(float s, const wmat__adapter_cfg *c, float *Y, floa
 /* LoRA's shapes, act and scratch sizes and PEFT config (r, lora_alpha,
  * ...; extra: more fields, e.g. "  \"use_dora\": true,\n"). */
 void wmat__lora_shapes(const wmat__adapter_cfg *c, int in, int out, int *rows, int *cols);
+/* LoRA's init: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0 (w zeroed on entry). */
+int wmat__lora_init(const wmat__adapter_cfg *c, float *const *w, void *fixed, const wmat_tensor *base, float *W, int in,
+                    int out, wmat_rng *rng);
 size_t wmat__lora_act_floats(const wmat__adapter_cfg *c, int BT);
 size_t wmat__lora_scratch_floats(const wmat__adapter_cfg *c, int BT, int in, int out);
 float wmat__lora_scale(const wmat__adapter_cfg *c);

@@ -30,7 +30,7 @@ size_t wmat__lora_scratch_floats(const wmat__adapter_cfg *c, int BT, int in, int
 float wmat__lora_scale(const wmat__adapter_cfg *c) { return c->alpha / (float)c->rank; }
 static float rslora_scale(const wmat__adapter_cfg *c) { return c->alpha / sqrtf((float)c->rank); }
 
-static int lora_init(const wmat__adapter_cfg *c, float *const *w, void *fixed, const wmat_tensor *base, float *W, int in,
+int wmat__lora_init(const wmat__adapter_cfg *c, float *const *w, void *fixed, const wmat_tensor *base, float *W, int in,
                      int out, wmat_rng *rng)
 {
     (void)fixed, (void)base, (void)W, (void)out;
@@ -132,7 +132,7 @@ const wmat__adapter wmat__adapter_lora = {
     .act_floats = wmat__lora_act_floats,
     .scratch_floats = wmat__lora_scratch_floats,
     .scale = wmat__lora_scale,
-    .init = lora_init,
+    .init = wmat__lora_init,
     .forward = lora_forward,
     .backward = lora_backward,
     .merge = lora_merge,
@@ -151,7 +151,7 @@ const wmat__adapter wmat__adapter_rslora = {
     .act_floats = wmat__lora_act_floats,
     .scratch_floats = wmat__lora_scratch_floats,
     .scale = rslora_scale,
-    .init = lora_init,
+    .init = wmat__lora_init,
     .forward = rslora_forward,
     .backward = rslora_backward,
     .merge = rslora_merge,

@@ -89,6 +89,7 @@ struct wmat_trainer {
      * after_step); NULL when it has none */
     wmat__adapter_layer *al;
     int n_al;
+    char *areport;                 /* what the adapter's plan decided (EVA's ranks), NUL-ended; NULL: none */
 
     /* weights the forward reads (trainable or frozen) and their grads */
     float *emb, *fnorm, *cls;   /* (V, D), (D), (V, D) (cls == emb when tied); NULL: a frozen base of another kind */
@@ -204,6 +205,9 @@ wmat_train_params wmat_train_default_params(void)
     p.adalora_tfinal = -1;
     p.adalora_deltat = 1;
     p.adalora_orth = -1.0f;
+    p.adapter_calib_batches = 32;
+    p.eva_rho = 2.0f;
+    p.eva_tau = 0.99f;
     return p;
 }
 
@@ -335,6 +339,7 @@ void wmat_trainer_free(wmat_trainer *t)
     wmat__free(t->aon);
     wmat__free(t->lcfg);
     wmat__free(t->al);
+    wmat__free(t->areport);
     wmat__free(t->afix);
     wmat__free(t->fixed);
     wmat__free(t->frz);
@@ -520,6 +525,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     *out = NULL;
     /* what an adopting adapter leaves of each linear (freed on every path) */
     const wmat_tensor **rest = NULL;
+    /* what an adapter's plan made for its init (freed on every path) */
+    void *plan_owned = NULL;
     wmat_train_params def = wmat_train_default_params();
     if (!pp) pp = &def;
     const wmat_config *c = wmat_model_config(m);
@@ -574,7 +581,9 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                                   .l1 = p.adapter_l1,
                                   .ada = {p.adalora_target_r, p.adalora_tinit, p.adalora_tfinal, p.adalora_deltat,
                                           p.adalora_orth},
-                                  .steps = p.steps};
+                                  .steps = p.steps,
+                                  .rho = p.eva_rho,
+                                  .tau = p.eva_tau};
     t->rep = ad && ad->replaces_base;
     if (p.precision != WMAT_F32 && p.precision != WMAT_BF16) {
         rc = wmat_set_error(WMAT_ERR_INVALID, "train: precision must be f32 or bf16 (got %s)",
@@ -691,6 +700,20 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             }
             any_on += AON(l, k);
         }
+    /* an entry that plans from data (EVA) sets the layers' ranks and
+     * init rows from calibration windows through the frozen model */
+    if (adapt && ad->plan) {
+        const size_t cap = 512 + (size_t)L * 768;
+        if (!(t->areport = wmat__malloc(cap))) {
+            rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
+            goto fail;
+        }
+        const wmat__adapter_plan_in pin = {m, p.lora_targets, p.adapter_calib, p.adapter_calib_n, p.ctx, p.batch,
+                                           p.adapter_calib_batches, &t->exec};
+        if ((rc = ad->plan(&t->acfg, &pin, t->lcfg, t->aon, &plan_owned, t->areport, cap))) goto fail;
+        any_on = 0;
+        for (int j = 0; j < L * NLIN; j++) any_on += t->aon[j];
+    }
     if (adapt && !any_on) {
         rc = wmat_set_error(WMAT_ERR_INVALID, "train: adapter %s finds nothing to train in the targeted layers of %s",
                             ad->name, wmat_model_path(m) ? wmat_model_path(m) : "the model");
@@ -902,6 +925,10 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                                                                  l, k, i, o};
                     }
         }
+        /* the plan's init rows are used up */
+        for (int j = 0; j < L * NLIN; j++) t->lcfg[j].init_rows = NULL;
+        wmat__free(plan_owned);
+        plan_owned = NULL;
         if (frz_n && !(t->frz = wmat__malloc(frz_n * sizeof(float)))) {
             rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
             goto fail;
@@ -1185,6 +1212,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     return WMAT_OK;
 fail:
     wmat__free(rest);
+    wmat__free(plan_owned);
     wmat_trainer_free(t);
     return rc;
 }
@@ -1945,10 +1973,18 @@ int wmat_trainer_save_lora(wmat_trainer *t, const char *dir)
     if (!t->adapter->peft_type)
         return wmat_set_error(WMAT_ERR_UNSUPPORTED, "save adapter: PEFT has no %s adapter (the trained model keeps it)",
                               t->adapter->name);
-    return wmat__adapter_peft_save(t->adapter, &t->acfg, &t->c, t->aw, t->afix, wmat_model_path(t->base), dir);
+    return wmat__adapter_peft_save(t->adapter, &t->acfg, t->lcfg, &t->c, t->aw, t->afix, wmat_model_path(t->base), dir);
 }
 
 int wmat_lora_merge_peft(wmat_model *m, const char *dir) { return wmat__adapter_peft_merge(m, dir); }
+
+const char *wmat_trainer_adapter_report(const wmat_trainer *t) { return t->areport ? t->areport : ""; }
+
+int wmat_trainer_adapter_rank(const wmat_trainer *t, int layer, int kind)
+{
+    if (!t->adapter || layer < 0 || layer >= t->c.n_layers || kind < 0 || kind >= NLIN) return 0;
+    return t->aon[layer * NLIN + kind] ? t->lcfg[layer * NLIN + kind].rank : 0;
+}
 
 int wmat_train_adapter_replaces_base(const char *name)
 {
