@@ -197,9 +197,15 @@ static int eval_layer_major(wmat_runtime *rt, const eval_stream *es, size_t n_wi
                                                wnll);
                     if (wrc) {
 #pragma omp critical(wmat_eval_lm_error)
-                        if (!err) {
-                            snprintf(msg, sizeof msg, "%s", wmat_last_error());
-                            err = wrc;
+                        {
+                            int first;
+#pragma omp atomic read
+                            first = err;
+                            if (!first) {
+                                snprintf(msg, sizeof msg, "%s", wmat_last_error());
+#pragma omp atomic write
+                                err = wrc;
+                            }
                         }
                     }
                 }
