@@ -602,6 +602,13 @@ typedef struct {
     int n_threads;  /* <= 0: the context's (whole windows per thread, as wmat_eval_tokens) */
     const wmat_context *context; /* progress ("eval", windows done), GEMM choice; NULL: defaults */
     int pack_weights; /* as wmat_runtime_params (default 1: the weights do not change meanwhile) */
+    /* Out of core (docs/SCALING.md): 1: layer-major, every window of a
+     * group through block l (the residual streams kept, at most 256 MiB of
+     * them), block l's mapped pages released, then the next block; no packed
+     * weight copies. The windows compute the same floats as the window-major
+     * path without packing. -1: never; 0 (default): when the model maps
+     * 2 GiB of weights or more. */
+    int low_mem;
 } wmat_eval_params;
 
 WMAT_API wmat_eval_params wmat_eval_default_params(void);
@@ -1165,6 +1172,14 @@ typedef struct {
      * the caller writes it from rank 0). Every rank passes the same
      * model, tokens and settings. */
     const wmat_comm *comm;
+    /* Out of core (docs/SCALING.md): 1: each block's quantized weights are
+     * packed as soon as the calibration streams have passed the block (its
+     * fp32 copy freed, its mapped pages released), so the model ends packed
+     * (wmat_model_set_quantized) rather than holding fake-quant fp32
+     * weights, and the results handed back hold only what could not be
+     * packed (the token embedding); -1: never; 0 (default): when the model
+     * maps 2 GiB of weights or more. The codes are the same either way. */
+    int low_mem;
 } wmat_quantize_params;
 
 WMAT_API wmat_quantize_params wmat_quantize_default_params(void);

@@ -98,6 +98,7 @@ int cmd_quantize(int argc, char **argv)
     float alloc_bpw = 0;
     int alloc_windows = 8;
     int calib_tokens = 0, calib_ctx = 0, group_fallback = 0, embeddings = 0, classifier = 0, quiet = 0;
+    int low_mem = 0, no_low_mem = 0;
     cli_eval evo = {0};
     cli_json js = {0};
     char method_help[96];
@@ -122,6 +123,10 @@ int cmd_quantize(int argc, char **argv)
         CLI_EVAL_CTX_OPT(&evo, "evaluation window (default min(context, 256))"),
         CLI_EVAL_WINDOW_OPTS(&evo, "evaluate the first K windows (default all)"),
         {"--quiet", OPT_FLAG, &quiet, NULL, "no per-tensor table"},
+        {"--low-mem", OPT_FLAG, &low_mem, NULL,
+         "out of core: pack each block once the calibration has passed it and release its pages (the model then "
+         "holds packed weights, not fake-quant fp32; default when the model maps >= 2 GiB of weights; docs/SCALING.md)"},
+        {"--no-low-mem", OPT_FLAG, &no_low_mem, NULL, "keep fake-quant fp32 weights of every block until the end"},
         CLI_JSON_OPTS(&js),
         {NULL, 0, NULL, NULL, NULL},
     };
@@ -193,6 +198,9 @@ int cmd_quantize(int argc, char **argv)
     else if (!strcmp(seq, "block")) qp.sequential = 1;
     else if (!strcmp(seq, "off")) qp.sequential = 0;
     else return cli_usage_error("quantize", "--sequential must be stage, block or off");
+
+    if (low_mem && no_low_mem) return cli_usage_error("quantize", "give --low-mem or --no-low-mem, not both");
+    qp.low_mem = low_mem ? 1 : no_low_mem ? -1 : 0;
 
     wmat_model *m;
     if (cli_load_model("quantize", pos[0], 1, &m)) return 1;
@@ -293,8 +301,10 @@ int cmd_quantize(int argc, char **argv)
         if (cli_eval_load("quantize", m, &evo, &ev, &n_ev) ||
             cli_eval_perplexity("quantize", m, ev, n_ev, ectx, evo.max_windows, &er))
             goto out;
-        fprintf(txt, "perplexity    %.4f on %s from token %d (ctx %d, %d windows; fake-quant weights)\n", er.ppl,
-                cli_eval_path(&evo), evo.offset, ectx, er.windows);
+        wmat_quant_size qs;
+        wmat_model_quant_size(m, &qs); /* out of core, the blocks are packed as they are done */
+        fprintf(txt, "perplexity    %.4f on %s from token %d (ctx %d, %d windows; %s)\n", er.ppl, cli_eval_path(&evo),
+                evo.offset, ectx, er.windows, qs.n_packed ? "packed weights, as written" : "fake-quant weights");
     }
     if (!cli_mpi_writer()) {
         rc = 0; /* ranks > 0 computed the same result: rank 0 writes it */

@@ -94,7 +94,7 @@ int cmd_eval(int argc, char **argv)
     cli_eval ev = {0};
     cli_json js = {0};
     const char *adapter = NULL, *protocol = NULL;
-    int chunks = 0;
+    int chunks = 0, low_mem = 0, no_low_mem = 0;
     cli_opt opts[] = {
         {"--adapter", OPT_STR, &adapter, "DIR", "a PEFT adapter directory merged into the weights first (LoRA, DoRA, ...)"},
         CLI_EVAL_INPUT_OPTS(&ev, "the stream to score"),
@@ -105,6 +105,10 @@ int cmd_eval(int argc, char **argv)
          "llama-perplexity: chunks of ctx tokens, BOS first, the second half of each scored; prints PPL +/- its "
          "error; needs 2 x ctx tokens); docs/ARCHITECTURE.md, \"Perplexity protocols\""},
         {"--chunks", OPT_INT, &chunks, "K", "score only the first K chunks, as llama-perplexity's --chunks (the same as --max-windows)"},
+        {"--low-mem", OPT_FLAG, &low_mem, NULL,
+         "out of core: all windows through one block at a time, each block's pages released after it, no packed "
+         "weight copies (default when the model maps >= 2 GiB of weights; docs/SCALING.md)"},
+        {"--no-low-mem", OPT_FLAG, &no_low_mem, NULL, "window by window with packed weights, whatever the model's size"},
         CLI_JSON_OPTS(&js),
         {NULL, 0, NULL, NULL, NULL},
     };
@@ -120,6 +124,8 @@ int cmd_eval(int argc, char **argv)
     if (chunks && ev.max_windows && chunks != ev.max_windows)
         return cli_usage_error("eval", "--chunks %d and --max-windows %d disagree (they are one limit)", chunks,
                                ev.max_windows);
+    if (low_mem && no_low_mem) return cli_usage_error("eval", "give --low-mem or --no-low-mem, not both");
+    ep.low_mem = low_mem ? 1 : no_low_mem ? -1 : 0;
     const int llama = ep.protocol == WMAT_EVAL_LLAMACPP;
     wmat_model *m;
     if (cli_load_model("eval", pos[0], adapter ? CLI_LOAD_F32 : CLI_LOAD_STORED, &m)) return 1;

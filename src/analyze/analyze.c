@@ -3,6 +3,7 @@
  * circuits and composition scores), and the analysis object. */
 #include "analyze.h"
 
+#include "../io/model_internal.h"
 #include "../linalg/dense.h"
 #include "../linalg/linalg.h"
 
@@ -148,6 +149,7 @@ static double rtn4_err(const double *A, int nch, int len, size_t ss, size_t es)
 
 typedef struct {
     const wmat_tensor *w, *b;
+    const wmat_model *wm, *bm; /* their models (NULL: loose tensors), whose mapped pages are released */
     char role[16];
     int layer;
     int status;
@@ -175,6 +177,7 @@ static int analyze_one(const an_job *job, const wmat_analyze_params *p, wmat_mat
     st->oc_ratio = wmat__malloc((size_t)rows * sizeof(double));
     if (!st->sv || !st->ic_ratio || !st->oc_ratio) goto nomem;
     if ((rc = tensor_double(t, &A))) goto done;
+    wmat__model_release(job->wm, t); /* out of core: the mapped source is not read again */
     int want_u = job->b != NULL;
     if (want_u && !(U = wmat__malloc((size_t)rows * r * sizeof(double)))) goto nomem;
     if ((rc = wmat__an_spectrum(A, rows, cols, p->exact, st->sv, U))) goto done;
@@ -197,6 +200,7 @@ static int analyze_one(const an_job *job, const wmat_analyze_params *p, wmat_mat
     if (job->b) {
         st->has_base = 1;
         if ((rc = tensor_double(job->b, &B))) goto done;
+        wmat__model_release(job->bm, job->b);
         size_t ne = (size_t)rows * cols;
         D = wmat__malloc(ne * sizeof(double));
         st->delta_sv = wmat__malloc((size_t)r * sizeof(double));
@@ -714,6 +718,8 @@ int wmat_analyze_model(wmat_analysis **out, wmat_model *m, wmat_model *base, con
         if (t->ndim != 2) continue;
         an_job *j = &jobs[n];
         j->w = t;
+        j->wm = m;
+        j->bm = base;
         if (base) {
             j->b = wmat_model_find(base, t->name);
             if (!j->b) {

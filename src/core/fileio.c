@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,19 @@ void wmat__unmap(wmat_map *m)
     if (m->addr) munmap(m->addr, m->len);
     m->addr = NULL;
     m->len = 0;
+}
+
+void wmat__map_release(const wmat_map *m, const void *addr, size_t len)
+{
+    if (!m->addr || !addr || !len) return;
+    const uintptr_t base = (uintptr_t)m->addr, end = base + m->len, a = (uintptr_t)addr;
+    if (a < base || a >= end) return;
+    const long pg = sysconf(_SC_PAGESIZE);
+    const uintptr_t ps = pg > 0 ? (uintptr_t)pg : 4096u;
+    uintptr_t lo = a & ~(ps - 1), hi = a + len < end ? a + len : end;
+    hi = (hi + ps - 1) & ~(ps - 1); /* the mapping itself extends to a whole page */
+    if (lo < base) lo = base;        /* mmap's address is page-aligned: never taken */
+    if (hi > lo) (void)madvise((void *)lo, (size_t)(hi - lo), MADV_DONTNEED);
 }
 
 int wmat__afile_open(wmat_afile *af, const char *path)

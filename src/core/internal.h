@@ -51,6 +51,14 @@ typedef struct {
 /* Map `path` read-only. Empty files map to addr == NULL, len == 0. */
 int wmat__map_file(const char *path, wmat_map *out);
 void wmat__unmap(wmat_map *m);
+/* Drop the pages of [addr, addr + len) that lie in map m from the process's
+ * resident set (madvise MADV_DONTNEED, widened to whole pages and clamped to
+ * the mapping). Only for wmat__map_file's mappings: they are private and
+ * read-only, so nothing is lost; a later read faults the bytes in again from
+ * the page cache or the file. Does nothing when the range is not inside m.
+ * What keeps a streaming command's resident set at one block of weights
+ * (docs/SCALING.md, "Out of core"). */
+void wmat__map_release(const wmat_map *m, const void *addr, size_t len);
 
 /* Atomic output: data goes to "<path>.tmp.<pid>" in the same directory and
  * is renamed over `path` only by wmat__afile_commit after fsync. */

@@ -1177,6 +1177,7 @@ static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat
             rc = e < 0 ? e : WMAT_OK;
             if (!rc) rc = wmat__afile_write(&af, buf, (size_t)ts[i].nbytes);
             if (!rc) rc = wmat__afile_pad(&af, GG_DEFAULT_ALIGNMENT);
+            wmat__model_release(m, t); /* out of core: the source is not read again */
             continue;
         }
         size_t bad;
@@ -1198,6 +1199,7 @@ static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat
         }
         rc = wmat__afile_write(&af, buf, (size_t)ts[i].nbytes);
         if (!rc) rc = wmat__afile_pad(&af, GG_DEFAULT_ALIGNMENT);
+        wmat__model_release(m, t);
     }
     if (rc) wmat__afile_abort(&af);
     else rc = wmat__afile_commit(&af);

@@ -643,7 +643,9 @@ static int fill_tensor(void *user, const wmat_st_entry *e, void *dst)
         wmat__rope_permute_hf(s->perm, x, s->rope_heads, s->head_dim, s->t->shape[1]);
         x = s->perm;
     }
-    return wmat_from_f32(dst, s->dt, x, n);
+    rc = wmat_from_f32(dst, s->dt, x, n);
+    wmat__model_release(s->m, s->t); /* out of core: the source is not read again */
+    return rc;
 }
 
 

@@ -156,7 +156,9 @@ static int write_tensor(wmat_afile *af, const wmat_model *m, const wmat_tensor *
 {
     const float *x;
     int rc = wmat__tensor_f32_for_save(m, t, fill, &x);
-    return rc ? rc : wmat__afile_write(af, x, (size_t)wmat_tensor_nelem(t) * sizeof(float));
+    if (!rc) rc = wmat__afile_write(af, x, (size_t)wmat_tensor_nelem(t) * sizeof(float));
+    wmat__model_release(m, t); /* out of core: the source is not read again */
+    return rc;
 }
 
 int wmat__llama2c_save(wmat_model *m, const char *path, const wmat_save_params *p)

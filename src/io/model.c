@@ -113,6 +113,55 @@ int wmat__model_add_tensor(wmat_model *m, const char *name, wmat_dtype dtype, in
     return WMAT_OK;
 }
 
+static const wmat_map *map_of(const wmat_model *m, const wmat_tensor *t)
+{
+    if (!t->data || (t->flags & WMAT_TF_OWNED) || t->dtype == WMAT_OBJ) return NULL;
+    const uintptr_t a = (uintptr_t)t->data;
+    for (int i = 0; i < m->n_maps; i++) {
+        const uintptr_t b = (uintptr_t)m->maps[i].addr;
+        if (m->maps[i].addr && a >= b && a < b + m->maps[i].len) return &m->maps[i];
+    }
+    return NULL;
+}
+
+void wmat__model_release(const wmat_model *m, const wmat_tensor *t)
+{
+    if (!m) return;
+    if (!t) {
+        for (int i = 0; i < m->n_maps; i++) wmat__map_release(&m->maps[i], m->maps[i].addr, m->maps[i].len);
+        return;
+    }
+    const wmat_map *mp = map_of(m, t);
+    if (mp) wmat__map_release(mp, t->data, t->nbytes);
+}
+
+void wmat__model_release_layer(const wmat_model *m, int layer)
+{
+    if (!m || !m->layer_idx || layer < 0 || layer >= m->cfg.n_layers) return;
+    for (int k = 0; k < WMAT_W_LAYER_COUNT; k++) {
+        const int i = m->layer_idx[(size_t)layer * WMAT_W_LAYER_COUNT + (size_t)k];
+        if (i >= 0) wmat__model_release(m, &m->tensors[i]);
+    }
+    if (m->sc_idx)
+        for (int k = 0; k < 2; k++) {
+            const int i = m->sc_idx[2 * layer + k];
+            if (i >= 0) wmat__model_release(m, &m->tensors[i]);
+        }
+}
+
+uint64_t wmat__model_mapped_bytes(const wmat_model *m)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < m->n_tensors; i++)
+        if (map_of(m, &m->tensors[i])) n += m->tensors[i].nbytes;
+    return n;
+}
+
+int wmat__model_low_mem(const wmat_model *m, int low_mem)
+{
+    return low_mem > 0 || (low_mem == 0 && wmat__model_mapped_bytes(m) >= WMAT_LOW_MEM_AUTO_BYTES);
+}
+
 int wmat__model_add_map(wmat_model *m, wmat_map *map)
 {
     wmat_map *maps = wmat__realloc(m->maps, (size_t)(m->n_maps + 1) * sizeof *maps);
@@ -292,6 +341,7 @@ static int unpermute_stored(wmat_model *m, wmat_tensor *t)
     void *buf = wmat__aligned_alloc(t->nbytes);
     if (!buf) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory reordering %s", m->path ? m->path : "model", t->name);
     wmat__rope_unpermute_rows(buf, t->data, (int)(t->shape[0] / m->cfg.head_dim), m->cfg.head_dim, row_bytes);
+    wmat__model_release(m, t);
     if (t->flags & WMAT_TF_OWNED) wmat__free(t->data);
     t->data = buf;
     t->flags = (t->flags | WMAT_TF_OWNED) & ~WMAT_TF_HF_ROPE;
@@ -330,6 +380,7 @@ static int materialize(wmat_model *m, int keep_stored)
             wmat__free(buf);
             buf = perm;
         }
+        wmat__model_release(m, t); /* the mapped source is not read again */
         if (t->flags & WMAT_TF_OWNED) wmat__free(t->data);
         t->data = buf;
         t->dtype = WMAT_F32;
@@ -413,13 +464,17 @@ static int check_finite(wmat_model *m)
             if (!wmat__all_finite(t->data, (size_t)wmat_tensor_nelem(t), &bad))
                 rc = wmat_set_error(WMAT_ERR_NUMERIC, "%s: tensor %s has a non-finite value (%g) at index %zu", src, t->name,
                                     ((const float *)t->data)[bad], bad);
+            wmat__model_release(m, t); /* read once here: not resident until used */
             continue;
         }
         const wmat_wkind *k = wmat__wkind_of(t);
         if (!k) continue;
         const int64_t cols = t->shape[1];
         const int64_t first = first_nonfinite_stored(t);
-        if (first == -1) continue;
+        if (first == -1) {
+            wmat__model_release(m, t);
+            continue;
+        }
         if (first >= 0) {
             rc = wmat_set_error(WMAT_ERR_NUMERIC, "%s: tensor %s (%s) has a non-finite value at row %lld, column %lld", src,
                                 t->name, wmat_dtype_info(t->dtype)->name, (long long)(first / cols), (long long)(first % cols));
@@ -441,6 +496,7 @@ static int check_finite(wmat_model *m)
                 rc = wmat_set_error(WMAT_ERR_NUMERIC, "%s: tensor %s has a non-finite value (%g) at row %lld, column %lld",
                                     src, t->name, buf[bad], (long long)(r0 + (int64_t)bad / cols), (long long)((int64_t)bad % cols));
         }
+        wmat__model_release(m, t);
     }
     wmat__free(buf);
     return rc;

@@ -41,6 +41,23 @@ int wmat__tensor_f32_for_save(const wmat_model *m, const wmat_tensor *t, float *
 /* Elements of the largest tensor that only `fill` provides (0: none). */
 int64_t wmat__model_max_fill(const wmat_model *m);
 
+/* Out of core (docs/SCALING.md): drop the pages of tensor t that lie in
+ * one of m's file mappings from the resident set once a streaming consumer
+ * is done with them (an owned tensor, or one outside every mapping, is left
+ * alone). t == NULL: every page of every mapping of m. Results never
+ * change: the pages are read again from the file when needed. */
+void wmat__model_release(const wmat_model *m, const wmat_tensor *t);
+/* The same for every tensor of block `layer` (its weights, norms and
+ * shortcut matrices). */
+void wmat__model_release_layer(const wmat_model *m, int layer);
+/* Bytes of m's tensors that point into its file mappings. */
+uint64_t wmat__model_mapped_bytes(const wmat_model *m);
+/* The size above which eval and quantize go out of core on their own
+ * (wmat_eval_params.low_mem, wmat_quantize_params.low_mem = 0): 2 GiB of
+ * mapped weights. */
+#define WMAT_LOW_MEM_AUTO_BYTES ((uint64_t)2 << 30)
+int wmat__model_low_mem(const wmat_model *m, int low_mem);
+
 /* Canonical names: "model.embed_tokens.weight", "model.norm.weight",
  * "lm_head.weight", "model.layers.N.<role>.weight". */
 extern const char *const wmat__layer_role_names[WMAT_W_LAYER_COUNT];

@@ -91,12 +91,6 @@ static void release_range(const void *p, size_t n)
     if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
-static void release_pages(const wmat_tensor *t)
-{
-    if (t->dtype == WMAT_OBJ || (t->flags & WMAT_TF_OWNED) || !t->data) return;
-    release_range(t->data, t->nbytes);
-}
-
 /* Tensor t of input model m as fp32 in wmat's canonical row order, nt
  * threads converting (and faulting in) chunks of a mapped matrix. */
 static int read_f32(const wmat_model *m, const wmat_tensor *t, float *dst, float *scratch, int nt)
@@ -200,7 +194,7 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
     if (j->m->passes == 2 && j->pass == 0) {
         /* the measuring pass writes nothing and reports no tensor; progress
          * (and cancelling) goes through the tensors once for each pass */
-        for (int i = 0; i < n_all; i++) release_pages(&j->in[i]->tensors[j->idx[i][ti]]);
+        for (int i = 0; i < n_all; i++) wmat__model_release(j->in[i], &j->in[i]->tensors[j->idx[i][ti]]);
         if (s->ctx && s->ctx->progress &&
             s->ctx->progress(s->ctx->progress_user, ot->name, (uint64_t)ti + 1, (uint64_t)j->out->n_tensors))
             return wmat_set_error(WMAT_ERR_CANCELLED, "merge: cancelled at %s (first pass)", ot->name);
@@ -218,7 +212,7 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
     if (bad < n)
         return wmat_set_error(WMAT_ERR_NUMERIC, "%s: merged tensor %s has a non-finite value at index %lld", j->out_path,
                               ot->name, (long long)bad);
-    for (int i = 0; i < n_all; i++) release_pages(&j->in[i]->tensors[j->idx[i][ti]]);
+    for (int i = 0; i < n_all; i++) wmat__model_release(j->in[i], &j->in[i]->tensors[j->idx[i][ti]]);
     wmat_merge_tensor_report *r = &j->rep->tensors[ti];
     snprintf(r->name, sizeof r->name, "%s", ot->name);
     r->nelem = n;

@@ -18,6 +18,7 @@
  * window. */
 #include "core/internal.h"
 
+#include "io/model_internal.h"
 #include "kernels.h"
 #include "runtime.h"
 
@@ -63,19 +64,35 @@ static eval_span window_span(const eval_stream *es, size_t w)
     return s;
 }
 
+static int score_window(const eval_stream *es, size_t w, const float *logits, double out[2]);
+
+/* The ids window w's forward reads: the stream's, or (llama.cpp) a copy in
+ * scratch with BOS first. */
+static const int32_t *window_input(const eval_stream *es, const eval_span *sp, int32_t *scratch)
+{
+    const int32_t *in = es->tokens + sp->start;
+    if (es->llama && es->bos >= 0) {
+        memcpy(scratch, in, (size_t)sp->len * sizeof *scratch);
+        scratch[0] = es->bos;
+        in = scratch;
+    }
+    return in;
+}
+
 /* Sum of the NLLs of window w and of their squares (for the standard error);
  * logits is (ctx_len, V) scratch, input ctx_len ids of scratch. */
 static int eval_window(wmat_runtime *rt, const eval_stream *es, size_t w, float *logits, int32_t *input, double out[2])
 {
     const eval_span sp = window_span(es, w);
-    const int32_t *in = es->tokens + sp.start;
-    if (es->llama && es->bos >= 0) {
-        memcpy(input, in, (size_t)sp.len * sizeof *input);
-        input[0] = es->bos;
-        in = input;
-    }
+    const int32_t *in = window_input(es, &sp, input);
     int rc = wmat_forward(rt, in, sp.len, logits);
-    if (rc) return rc;
+    return rc ? rc : score_window(es, w, logits, out);
+}
+
+/* The NLL sums of window w from its logits (sp.len, V). */
+static int score_window(const eval_stream *es, size_t w, const float *logits, double out[2])
+{
+    const eval_span sp = window_span(es, w);
     double wsum = 0.0, wsum2 = 0.0;
     for (int t = sp.lo; t < sp.hi; t++) {
         int target = es->tokens[sp.start + (size_t)t + 1];
@@ -111,6 +128,100 @@ static int eval_serial(wmat_runtime *rt, const eval_stream *es, size_t n_windows
     }
     wmat__free(input);
     wmat__free(logits);
+    return rc;
+}
+
+/* Out of core (wmat_eval_params.low_mem): windows in groups whose residual
+ * streams fit LOWMEM_STREAM_BYTES; each group is embedded, then runs block
+ * by block (every window through block l, then block l's mapped pages are
+ * released), then through the final norm and classifier. Each window
+ * computes what wmat_forward computes on a runtime of the same threads
+ * (wmat_forward_layers copies the stream into the runtime's buffer and runs
+ * the same block code): with one thread the sums are eval_serial's, with
+ * several each window runs on a single-threaded worker as in
+ * eval_parallel. The weights are read once per group, not once per window.
+ */
+#define LOWMEM_STREAM_BYTES ((size_t)256 << 20)
+
+/* One step of the layer-major pass on window g0 + i of the group:
+ * step -1 embeds it, 0 .. L-1 run that block, L runs the head and scores. */
+static int layer_major_step(wmat_runtime *rt, const eval_stream *es, size_t w, float *X, int step, int L, float *logits,
+                            int32_t *input, double *wnll)
+{
+    const eval_span sp = window_span(es, w);
+    if (step < 0) return wmat_forward_embed(rt, window_input(es, &sp, input), sp.len, X);
+    if (step < L) return wmat_forward_layers(rt, X, X, sp.len, step, step + 1);
+    int rc = wmat_forward_head(rt, X, sp.len, logits);
+    return rc ? rc : score_window(es, w, logits, &wnll[2 * w]);
+}
+
+static int eval_layer_major(wmat_runtime *rt, const eval_stream *es, size_t n_windows, double *wnll, int nt)
+{
+    const wmat_config *c = wmat__runtime_config(rt);
+    wmat_model *m = wmat__runtime_model(rt);
+    const int L = c->n_layers;
+    const size_t per_win = (size_t)es->ctx_len * (size_t)c->dim, per_log = (size_t)es->ctx_len * (size_t)es->V;
+    size_t G = LOWMEM_STREAM_BYTES / (per_win * sizeof(float));
+    if (G < 1) G = 1;
+    if (G > n_windows) G = n_windows;
+    if (nt < 1 || wmat__runtime_has_hook(rt)) nt = 1;
+    if ((size_t)nt > G) nt = (int)G;
+    /* several threads: whole windows on single-threaded workers, as
+     * eval_parallel (no barrier inside a window) */
+    wmat_runtime *workers[64] = {NULL};
+    float *X = wmat__malloc(G * per_win * sizeof(float));
+    float *logits = wmat__malloc((size_t)nt * per_log * sizeof(float));
+    int32_t *input = wmat__malloc((size_t)nt * (size_t)es->ctx_len * sizeof *input);
+    int rc = X && logits && input ? WMAT_OK
+                                  : wmat_set_error(WMAT_ERR_NOMEM, "eval: out of memory for %zu residual streams of %d x %d",
+                                                   G, es->ctx_len, c->dim);
+    for (int i = 0; i < nt && nt > 1 && !rc; i++) rc = wmat__runtime_worker_create(&workers[i], rt);
+    for (size_t g0 = 0; g0 < n_windows && !rc; g0 += G) {
+        const size_t ng = n_windows - g0 < G ? n_windows - g0 : G;
+        for (int step = -1; step <= L && !rc; step++) {
+            if (nt == 1) {
+                for (size_t i = 0; i < ng && !rc; i++)
+                    rc = layer_major_step(rt, es, g0 + i, X + i * per_win, step, L, logits, input, wnll);
+            } else {
+                int err = WMAT_OK;
+                char msg[512] = "";
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+                for (size_t i = 0; i < ng; i++) {
+                    const int tid = omp_get_thread_num();
+                    int stop;
+#pragma omp atomic read
+                    stop = err;
+                    if (stop) continue;
+                    int wrc = layer_major_step(workers[tid], es, g0 + i, X + i * per_win, step, L,
+                                               logits + (size_t)tid * per_log, input + (size_t)tid * (size_t)es->ctx_len,
+                                               wnll);
+                    if (wrc) {
+#pragma omp critical(wmat_eval_lm_error)
+                        {
+                            int first;
+#pragma omp atomic read
+                            first = err;
+                            if (!first) {
+                                snprintf(msg, sizeof msg, "%s", wmat_last_error());
+#pragma omp atomic write
+                                err = wrc;
+                            }
+                        }
+                    }
+                }
+                if (err) rc = wmat_set_error(err, "%s", msg);
+            }
+            /* the block is done for this group: its pages may go */
+            if (step < 0) wmat__model_release(m, wmat_model_tok_embeddings(m));
+            else if (step < L) wmat__model_release_layer(m, step);
+            else wmat__model_release(m, wmat_model_classifier(m));
+        }
+        if (!rc) rc = progress(wmat_runtime_context(rt), g0 + ng, n_windows);
+    }
+    for (int i = 0; i < nt; i++) wmat_runtime_free(workers[i]);
+    wmat__free(input);
+    wmat__free(logits);
+    wmat__free(X);
     return rc;
 }
 
@@ -190,7 +301,8 @@ int wmat_eval_protocol_from_name(const char *name, wmat_eval_protocol *out)
 }
 
 /* Both protocols on a runtime; p->ctx is the window (> 0), p->bos resolved. */
-static int eval_run(wmat_runtime *rt, const int32_t *tokens, size_t n, const wmat_eval_params *p, wmat_eval_result *res)
+static int eval_run(wmat_runtime *rt, const int32_t *tokens, size_t n, const wmat_eval_params *p, int low_mem,
+                    wmat_eval_result *res)
 {
     memset(res, 0, sizeof *res);
     const int ctx_len = p->ctx, llama = p->protocol == WMAT_EVAL_LLAMACPP;
@@ -231,8 +343,9 @@ static int eval_run(wmat_runtime *rt, const int32_t *tokens, size_t n, const wma
     if (nt > 64) nt = 64;
     if ((size_t)nt > n_windows) nt = (int)n_windows;
     const double t0 = wmat__now();
-    int rc = nt > 1 && !wmat__runtime_has_hook(rt) ? eval_parallel(rt, &es, n_windows, wnll, nt)
-                                                  : eval_serial(rt, &es, n_windows, wnll);
+    int rc = low_mem                                      ? eval_layer_major(rt, &es, n_windows, wnll, nt)
+             : nt > 1 && !wmat__runtime_has_hook(rt) ? eval_parallel(rt, &es, n_windows, wnll, nt)
+                                                     : eval_serial(rt, &es, n_windows, wnll);
     if (rc) {
         wmat__free(wnll);
         return rc;
@@ -266,7 +379,7 @@ int wmat_eval_tokens(wmat_runtime *rt, const int32_t *tokens, size_t n, int ctx_
     wmat_eval_params p = wmat_eval_default_params();
     p.ctx = ctx_len;
     p.max_chunks = max_windows;
-    return eval_run(rt, tokens, n, &p, res);
+    return eval_run(rt, tokens, n, &p, 0, res);
 }
 
 int wmat_eval_stream(wmat_model *m, const int32_t *tokens, size_t n, const wmat_eval_params *params,
@@ -287,11 +400,13 @@ int wmat_eval_stream(wmat_model *m, const int32_t *tokens, size_t n, const wmat_
     wmat_runtime_params rp = wmat_runtime_default_params();
     rp.max_batch_tokens = p.ctx;
     rp.kv_cache_len = 1; /* every window is one batched forward: no decode */
-    rp.pack_weights = p.pack_weights;
+    /* out of core: no packed copies of the weights, blocks one at a time */
+    const int low_mem = wmat__model_low_mem(m, p.low_mem);
+    rp.pack_weights = low_mem ? 0 : p.pack_weights;
     rp.ctx = &wc;
     wmat_runtime *rt = NULL;
     int rc = wmat_runtime_create(&rt, m, &rp);
-    if (!rc) rc = eval_run(rt, tokens, n, &p, res);
+    if (!rc) rc = eval_run(rt, tokens, n, &p, low_mem, res);
     wmat_runtime_free(rt);
     return rc;
 }

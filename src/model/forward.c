@@ -251,6 +251,7 @@ int wmat__runtime_worker_create(wmat_runtime **out, const wmat_runtime *parent)
 int wmat__runtime_has_hook(const wmat_runtime *rt) { return rt->hook != NULL; }
 int wmat__runtime_threads(const wmat_runtime *rt) { return rt->n_threads; }
 const wmat_config *wmat__runtime_config(const wmat_runtime *rt) { return &rt->c; }
+wmat_model *wmat__runtime_model(const wmat_runtime *rt) { return rt->m; }
 
 int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_params *p)
 {

@@ -12,6 +12,7 @@ int wmat__runtime_worker_create(wmat_runtime **out, const wmat_runtime *parent);
 int wmat__runtime_has_hook(const wmat_runtime *rt);
 int wmat__runtime_threads(const wmat_runtime *rt);
 const wmat_config *wmat__runtime_config(const wmat_runtime *rt);
+wmat_model *wmat__runtime_model(const wmat_runtime *rt);
 /* Stages [from, to) of block `layer` (block.h's wmat__block_forward_part)
  * on one window of T tokens, for the calibration's stage mode
  * (src/quant/calib.c): x (T, dim), the window's residual stream, is updated

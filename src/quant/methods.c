@@ -8,6 +8,7 @@
 
 #include "core/shapes.h"
 #include "io/model_internal.h"
+#include "qmodel.h"
 #include "wop/wop.h"
 
 #include <math.h>
@@ -392,6 +393,16 @@ static double stored_bpw(const wmat_qresult *q)
 }
 
 
+/* t as an owned copy that the fake-quant weights are written into; the
+ * mapped pages it was copied from are released (docs/SCALING.md). */
+static int writable_copy(wmat_model *m, wmat_tensor *t)
+{
+    const wmat_tensor was = *t;
+    int rc = wmat__tensor_make_writable(t);
+    if (!rc) wmat__model_release(m, &was);
+    return rc;
+}
+
 /* Quantize one job; Wq gets the dequantized weights. */
 static int run_job(qjob *j, const wmat_qstats *st, wmat_qresult *res, float *Wq, wmat_quantize_tensor *rep,
                    double *factor_s)
@@ -470,6 +481,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
     qjob *jobs = wmat__calloc((size_t)max_jobs, sizeof *jobs);
     wmat_qresult *results = wmat__calloc((size_t)n_tensors, sizeof *results);
     wmat_quantize_tensor *trep = wmat__calloc((size_t)max_jobs, sizeof *trep);
+    double *tbpw = wmat__calloc((size_t)n_tensors, sizeof *tbpw); /* stored bits/weight of each quantized tensor */
     float *Wq = NULL;
     wmat_runtime *rt = NULL;
     wmat__calib_states cs;
@@ -477,7 +489,11 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
     wmat_qstats stats[WMAT_CSLOT_COUNT];
     memset(stats, 0, sizeof stats);
     int nj = 0;
-    if (!jobs || !results || !trep) {
+    /* out of core: decided before any tensor is copied (docs/SCALING.md) */
+    const int low_mem = wmat__model_low_mem(m, p->low_mem);
+    double bytes_before = 0.0;
+    for (int i = 0; i < n_tensors; i++) bytes_before += (double)wmat_model_tensor(m, i)->nbytes;
+    if (!jobs || !results || !trep || !tbpw) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "quantize: out of memory");
         goto done;
     }
@@ -632,9 +648,10 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                 const int ti = (int)(j->t - wmat_model_tensor(m, 0));
                 const wmat_qstats *st = j->slot >= 0 && slots[j->slot] ? slots[j->slot] : NULL;
                 if ((rc = run_job(j, st, &results[ti], Wq, &trep[i], &factor_s))) goto done;
+                tbpw[ti] = trep[i].bits_per_weight;
                 method_s += trep[i].seconds;
                 if (seq > 0) {
-                    if ((rc = wmat__tensor_make_writable(j->t))) goto done;
+                    if ((rc = writable_copy(m, j->t))) goto done;
                     memcpy(j->t->data, Wq, j->t->nbytes);
                 }
                 done_jobs++;
@@ -655,6 +672,21 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
             calib_s += wmat__now() - t0;
             if (rc) goto done;
         }
+        /* out of core: nothing reads block l's fp32 weights again (the
+         * streams are past it): pack them now and let their pages go */
+        if (low_mem && l >= 0) {
+            for (int i = 0; i < nj && !rc; i++) {
+                qjob *j = &jobs[i];
+                const int ti = (int)(j->t - wmat_model_tensor(m, 0));
+                if (j->layer != l || j->keep || j->t == emb || !wmat_qresult_done(&results[ti])) continue;
+                const wmat_tensor was = *j->t; /* still mapped when seq == 0 */
+                if (!(rc = wmat_model_set_quantized(m, j->t->name, &results[ti]))) wmat_qresult_free(&results[ti]);
+                if (!rc) wmat__model_release(m, &was);
+            }
+            if (rc) goto done;
+            if (l < L) wmat__model_release_layer(m, l);
+            else wmat__model_release(m, cls);
+        }
     }
     /* statistics of the fp32 model: write the weights back only now */
     if (seq == 0)
@@ -662,20 +694,20 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
             qjob *j = &jobs[i];
             if (j->keep) continue;
             const int ti = (int)(j->t - wmat_model_tensor(m, 0));
+            if (!wmat_qresult_done(&results[ti])) continue; /* packed already (low_mem) */
             wmat_qresult_dequant(&results[ti], Wq);
-            if ((rc = wmat__tensor_make_writable(j->t))) goto done;
+            if ((rc = writable_copy(m, j->t))) goto done;
             memcpy(j->t->data, Wq, j->t->nbytes);
         }
 
     if (rep) {
-        double before = 0.0, after = 0.0, qbits = 0.0, qw = 0.0;
+        double before = bytes_before, after = 0.0, qbits = 0.0, qw = 0.0;
         for (int i = 0; i < n_tensors; i++) {
             const wmat_tensor *t = wmat_model_tensor(m, i);
-            before += (double)t->nbytes;
-            if (wmat_qresult_done(&results[i])) {
+            if (tbpw[i] > 0) {
                 const double nw = (double)wmat_tensor_nelem(t);
-                after += stored_bpw(&results[i]) * nw / 8.0;
-                qbits += stored_bpw(&results[i]) * nw;
+                after += tbpw[i] * nw / 8.0;
+                qbits += tbpw[i] * nw;
                 qw += nw;
             } else {
                 after += (double)t->nbytes;
@@ -714,6 +746,7 @@ done:
     wmat__calib_states_free(&cs);
     wmat_runtime_free(rt);
     wmat__free(Wq);
+    wmat__free(tbpw);
     wmat__free(trep);
     wmat__free(jobs);
     if (results && (rc || !results_out)) {

@@ -1,0 +1,384 @@
+/* Out of core (docs/SCALING.md): eval's layer-major path computes what the
+ * window-major path computes, releasing mapped pages never changes a
+ * result, quantization packing each block as it goes writes the same
+ * bytes, and the streaming commands (eval, convert, analyze, quantize) run
+ * on a generated model with a peak resident set (less the program's own)
+ * under half the model's size, and `wmat eval` succeeds inside a memory cgroup whose limit is
+ * smaller than the model (skipped where no memory cgroup can be made). */
+#include "test_util.h"
+#include "io/model_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Sanitizer builds: shadow memory and the free quarantine are resident
+ * memory no model size bounds, so the memory cases skip there. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifndef SANITIZED
+#define SANITIZED 0
+#endif
+
+static int skip_sanitized(void)
+{
+    if (!SANITIZED) return 0;
+    print_message("SKIP: sanitizer build (its shadow memory and quarantine are not bounded by the model)\n");
+    skip();
+    return 1;
+}
+
+static char g_model[512];  /* generated llama2.c model, ~219 MB */
+static char g_tokens[512]; /* random token ids */
+static long g_model_bytes;
+
+static long file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+/* Drop the file's pages from the page cache, so that a child charged to a
+ * cgroup reads (and pays for) them itself. */
+static void drop_cache(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return;
+    fdatasync(fd);
+    (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+}
+
+/* Run the CLI with argv (NULL-terminated, argv[0] ignored), stdout and
+ * stderr to log; returns the exit status (-1: signal) and the child's peak
+ * RSS in bytes. cgroup_procs: a cgroup.procs file the child joins first. */
+static int run_cli(char *const argv[], const char *log, long *peak_rss, const char *cgroup_procs)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (cgroup_procs) {
+            FILE *f = fopen(cgroup_procs, "w");
+            if (!f || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0) _exit(126);
+        }
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(tu_cli(), argv);
+        _exit(127);
+    }
+    int status = 0;
+    struct rusage ru;
+    memset(&ru, 0, sizeof ru);
+    assert_int_equal(wait4(pid, &status, 0, &ru), pid);
+    if (peak_rss) *peak_rss = ru.ru_maxrss * 1024L;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void print_log(const char *log)
+{
+    char *txt = NULL;
+    size_t n = 0;
+    if (wmat_read_file(log, &txt, &n) == WMAT_OK) print_message("%s\n", txt);
+    free(txt);
+}
+
+/* The "ppl" value of a --json-out file. */
+static double json_ppl(const char *path)
+{
+    char *txt = NULL;
+    size_t n = 0;
+    TU_OK(wmat_read_file(path, &txt, &n));
+    const char *p = strstr(txt, "\"ppl\": ");
+    assert_non_null(p);
+    double v = strtod(p + 7, NULL);
+    free(txt);
+    return v;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    /* 12 blocks of 1.77 M weights, vocabulary 4096: 24.4 M weights, 98 MB */
+    wmat_config c = tu_config(384, 1024, 12, 6, 6, 4096, 128);
+    wmat_model *m = NULL;
+    if (wmat_model_create(&m, &c) != WMAT_OK || wmat_model_init_random(m, 7, 0.02f) != WMAT_OK) {
+        print_error("setup: %s\n", wmat_last_error());
+        wmat_model_free(m);
+        return -1;
+    }
+    snprintf(g_model, sizeof g_model, "%s", tu_tmp("big.bin"));
+    wmat_save_params sp = wmat_save_default_params();
+    sp.format = WMAT_FMT_LLAMA2C;
+    int rc = wmat_model_save(m, g_model, &sp);
+    wmat_model_free(m);
+    int32_t ids[1024];
+    uint64_t s = 12345;
+    for (int i = 0; i < 1024; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((s >> 33) % 4096u);
+    }
+    snprintf(g_tokens, sizeof g_tokens, "%s", tu_tmp("tokens.u16"));
+    if (rc == WMAT_OK) rc = wmat_write_tokens_u16(g_tokens, ids, 1024);
+    if (rc != WMAT_OK) {
+        print_error("setup: %s\n", wmat_last_error());
+        return -1;
+    }
+    g_model_bytes = file_size(g_model);
+    print_message("model: %s, %ld bytes\n", g_model, g_model_bytes);
+    return 0;
+}
+
+static wmat_model *load_stored(const char *path)
+{
+    wmat_load_params lp = wmat_load_default_params();
+    lp.keep_stored = 1;
+    wmat_model *m = NULL;
+    TU_OK(wmat_model_load(&m, path, &lp));
+    return m;
+}
+
+static wmat_eval_protocol g_proto = WMAT_EVAL_WMAT;
+
+static wmat_eval_result eval_with(wmat_model *m, const int32_t *ids, size_t n, int low_mem, int pack, int threads)
+{
+    wmat_eval_params p = wmat_eval_default_params();
+    p.protocol = g_proto;
+    p.ctx = 64;
+    p.max_chunks = 5;
+    p.low_mem = low_mem;
+    p.pack_weights = pack;
+    p.n_threads = threads;
+    wmat_eval_result r;
+    TU_OK(wmat_eval_stream(m, ids, n, &p, &r));
+    return r;
+}
+
+/* Layer-major against window-major: the same floats on one thread without
+ * packing (every window runs the same block code on the same runtime), and
+ * within float reassociation against the default packed, threaded path. */
+static void test_eval_layer_major_matches(void **state)
+{
+    (void)state;
+    wmat_model *m = load_stored(g_model);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    TU_OK(wmat_read_tokens_u16(g_tokens, &ids, &n));
+    for (int proto = 0; proto < 2; proto++) {
+        g_proto = proto ? WMAT_EVAL_LLAMACPP : WMAT_EVAL_WMAT;
+        wmat_eval_result a = eval_with(m, ids, n, -1, 0, 1), b = eval_with(m, ids, n, 1, 0, 1);
+        assert_int_equal(a.tokens_scored, b.tokens_scored);
+        assert_true(a.mean_nll == b.mean_nll);
+        wmat_eval_result c = eval_with(m, ids, n, -1, 1, 2), d = eval_with(m, ids, n, 1, 1, 2);
+        TU_ASSERT_NEAR(d.ppl, c.ppl, 1e-6 * c.ppl);
+        TU_ASSERT_NEAR(d.ppl, a.ppl, 1e-6 * a.ppl);
+    }
+    g_proto = WMAT_EVAL_WMAT;
+    free(ids);
+    wmat_model_free(m);
+}
+
+/* Releasing every mapped page between and during runs changes nothing. */
+static void test_release_keeps_results(void **state)
+{
+    (void)state;
+    wmat_model *m = load_stored(g_model);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    TU_OK(wmat_read_tokens_u16(g_tokens, &ids, &n));
+    wmat_eval_result a = eval_with(m, ids, n, -1, 0, 1);
+    wmat__model_release(m, NULL);
+    for (int l = 0; l < wmat_model_config(m)->n_layers; l++) wmat__model_release_layer(m, l);
+    wmat_eval_result b = eval_with(m, ids, n, -1, 0, 1);
+    assert_true(a.mean_nll == b.mean_nll);
+    /* an owned tensor is never touched: make one writable, release, read */
+    wmat_tensor *t = wmat_model_linear(m, 0, WMAT_LIN_Q);
+    TU_OK(wmat__tensor_make_writable(t));
+    ((float *)t->data)[0] = 0.5f;
+    wmat__model_release(m, t);
+    wmat__model_release(m, NULL);
+    assert_true(((float *)t->data)[0] == 0.5f);
+    free(ids);
+    wmat_model_free(m);
+}
+
+/* Quantization packing each block as soon as it is done writes the bytes
+ * of the fake-quant path. */
+static void test_quantize_low_mem_same_bytes(void **state)
+{
+    (void)state;
+    char out[2][600], logf[600];
+    const char *mode[2] = {"--low-mem", "--no-low-mem"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(out[i], sizeof out[i], "%s", tu_tmp(i ? "q_full" : "q_low"));
+        snprintf(logf, sizeof logf, "%s", tu_tmp("q.log"));
+        char *const argv[] = {"wmat", "quantize", g_model, out[i], "--method", "gptq", "--bits", "4", "--group", "128",
+                              "--calib", g_tokens, "--calib-tokens", "256", "--calib-ctx", "64", "--threads", "1",
+                              "--quiet", (char *)mode[i], NULL};
+        long rss = 0;
+        int rc = run_cli(argv, logf, &rss, NULL);
+        print_message("wmat quantize %s: peak RSS %.1f MB of a %.1f MB model\n", mode[i], rss / 1e6, g_model_bytes / 1e6);
+        if (rc) print_log(logf);
+        assert_int_equal(rc, 0);
+    }
+    char a[700], b[700];
+    snprintf(a, sizeof a, "%s/model.safetensors", out[0]);
+    snprintf(b, sizeof b, "%s/model.safetensors", out[1]);
+    char *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    TU_OK(wmat_read_file(a, &x, &nx));
+    TU_OK(wmat_read_file(b, &y, &ny));
+    assert_int_equal(nx, ny);
+    assert_true(memcmp(x, y, nx) == 0);
+    free(x);
+    free(y);
+}
+
+/* Each streaming command's peak RSS, less the program's own, stays under
+ * half the model (before this, eval and convert held all of it). */
+static void test_peak_rss_below_half_model(void **state)
+{
+    (void)state;
+    if (skip_sanitized()) return;
+    char logf[600], gguf[600], qout[600];
+    snprintf(logf, sizeof logf, "%s", tu_tmp("rss.log"));
+    snprintf(gguf, sizeof gguf, "%s", tu_tmp("rss.gguf"));
+    snprintf(qout, sizeof qout, "%s", tu_tmp("rss_q"));
+    char *const eval[] = {"wmat", "eval", g_model, "--tokens", g_tokens, "--ctx", "64", "--max-windows", "3",
+                          "--threads", "1", "--low-mem", NULL};
+    char *const convert[] = {"wmat", "convert", g_model, gguf, "--to", "gguf", "--dtype", "f16", "--no-tokenizer",
+                             "--threads", "1", NULL};
+    char *const analyze[] = {"wmat", "analyze", g_model, "--quiet", "--no-heads", "--threads", "1", NULL};
+    /* RTN: GPTQ's statistics of a 1024-wide input (H, its batch and its
+     * factors, ~40 MB) outweigh this model's blocks (7 MB each); its bytes
+     * are test_quantize_low_mem_same_bytes's */
+    char *const quant[] = {"wmat", "quantize", g_model, qout, "--method", "rtn", "--bits", "4", "--group", "128",
+                           "--threads", "1", "--quiet", "--low-mem", NULL};
+    /* the program itself (libraries, OpenBLAS and oneDNN state): `wmat
+     * info` maps the model and reads only its header */
+    char *const info[] = {"wmat", "info", g_model, NULL};
+    long base = 0;
+    assert_int_equal(run_cli(info, logf, &base, NULL), 0);
+    print_message("wmat info: peak RSS %.1f MB (the program)\n", base / 1e6);
+    char *const *cmds[] = {eval, convert, analyze, quant};
+    for (int i = 0; i < 4; i++) {
+        long rss = 0;
+        int rc = run_cli(cmds[i], logf, &rss, NULL);
+        print_message("wmat %s: peak RSS %.1f MB, %.1f MB above the program, of a %.1f MB model\n", cmds[i][1],
+                      rss / 1e6, (rss - base) / 1e6, g_model_bytes / 1e6);
+        if (rc) print_log(logf);
+        assert_int_equal(rc, 0);
+        /* a block is 7 MB here, the classifier 6 MB; half the model leaves
+         * room for the BLAS libraries' state (~15-20 MB once they start),
+         * buffers and the packed outputs (11 MB at 4 bits), not for the
+         * model */
+        if (!(rss - base < g_model_bytes / 2))
+            fail_msg("wmat %s: peak RSS %ld bytes, %ld above the program, not below half the model (%ld)",
+                     cmds[i][1], rss, rss - base, g_model_bytes);
+    }
+}
+
+/* A memory cgroup (v1, else v2) limited to `limit` bytes; its cgroup.procs
+ * path in procs, its directory in dir. 0 when made. */
+static int make_cgroup(long limit, char *dir, size_t nd, char *procs, size_t np)
+{
+    static const struct {
+        const char *root, *limit_file;
+    } kinds[2] = {{"/sys/fs/cgroup/memory", "memory.limit_in_bytes"}, {"/sys/fs/cgroup", "memory.max"}};
+    for (int k = 0; k < 2; k++) {
+        char f[700];
+        snprintf(f, sizeof f, "%s/%s", kinds[k].root, k ? "cgroup.controllers" : "memory.limit_in_bytes");
+        if (access(f, F_OK) != 0) continue;
+        snprintf(dir, nd, "%s/wmat_test_outofcore_%ld", kinds[k].root, (long)getpid());
+        if (mkdir(dir, 0755) != 0 && errno != EEXIST) continue;
+        snprintf(f, sizeof f, "%s/%s", dir, kinds[k].limit_file);
+        FILE *lf = fopen(f, "w");
+        if (!lf || fprintf(lf, "%ld\n", limit) < 0 || fclose(lf) != 0) {
+            rmdir(dir);
+            continue;
+        }
+        if (k == 1) { /* no swap to escape to */
+            snprintf(f, sizeof f, "%s/memory.swap.max", dir);
+            FILE *sf = fopen(f, "w");
+            if (sf) {
+                fprintf(sf, "0\n");
+                fclose(sf);
+            }
+        }
+        snprintf(procs, np, "%s/cgroup.procs", dir);
+        return 0;
+    }
+    return -1;
+}
+
+/* `wmat eval --low-mem` on the 98 MB model inside a 64 MB memory cgroup
+ * succeeds with the perplexity of the same command unlimited (which
+ * test_eval_layer_major_matches holds to the window-major path). */
+static void test_eval_in_memory_cgroup(void **state)
+{
+    (void)state;
+    if (skip_sanitized()) return;
+    const long limit = 64L << 20;
+    assert_true(limit < g_model_bytes);
+    char dir[600], procs[700];
+    if (make_cgroup(limit, dir, sizeof dir, procs, sizeof procs)) {
+        print_message("SKIP: cannot create a memory cgroup (needs root and cgroup v1 memory or v2 with the memory "
+                      "controller: /sys/fs/cgroup/memory or /sys/fs/cgroup/cgroup.controllers)\n");
+        skip();
+        return;
+    }
+    char logf[600], j0[600], j1[600];
+    snprintf(logf, sizeof logf, "%s", tu_tmp("cg.log"));
+    snprintf(j0, sizeof j0, "%s", tu_tmp("free.json"));
+    snprintf(j1, sizeof j1, "%s", tu_tmp("limited.json"));
+    char *const free_run[] = {"wmat", "eval", g_model, "--tokens", g_tokens, "--ctx", "64", "--max-windows", "3",
+                              "--threads", "1", "--low-mem", "--json-out", j0, NULL};
+    char *const limited[] = {"wmat", "eval", g_model, "--tokens", g_tokens, "--ctx", "64", "--max-windows", "3",
+                             "--threads", "1", "--low-mem", "--json-out", j1, NULL};
+    int rc = run_cli(free_run, logf, NULL, NULL);
+    if (rc) print_log(logf);
+    assert_int_equal(rc, 0);
+    drop_cache(g_model);
+    long rss = 0;
+    rc = run_cli(limited, logf, &rss, procs);
+    char f[700];
+    snprintf(f, sizeof f, "%s/memory.max_usage_in_bytes", dir);
+    FILE *uf = fopen(f, "r"); /* v1 only */
+    long usage = -1;
+    if (uf) {
+        if (fscanf(uf, "%ld", &usage) != 1) usage = -1;
+        fclose(uf);
+    }
+    print_message("cgroup limit %ld bytes, peak usage %ld bytes (v1; -1: not reported)\n", limit, usage);
+    print_message("limited eval: exit %d, peak RSS %.1f MB, model %.1f MB\n", rc, rss / 1e6, g_model_bytes / 1e6);
+    rmdir(dir);
+    if (rc) print_log(logf);
+    assert_int_equal(rc, 0);
+    assert_true(json_ppl(j0) == json_ppl(j1));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_eval_layer_major_matches),
+        cmocka_unit_test(test_release_keeps_results),
+        cmocka_unit_test(test_quantize_low_mem_same_bytes),
+        cmocka_unit_test(test_peak_rss_below_half_model),
+        cmocka_unit_test(test_eval_in_memory_cgroup),
+    };
+    return tu_run_tests("outofcore", tests, setup, NULL);
+}
