@@ -6,13 +6,23 @@
  *
  * Selection and trimming also run on `threads` threads against one.
  *
- *   bench_merge [N] [density] [threads]      (default 45000000 0.5 2) */
+ * Then TIES on one tensor of N entries with a base and two models, the way
+ * the merge driver ran it before (the `ties` kernel: task vectors, trim by
+ * selection, combine; then the driver's separate finite / norm pass) against
+ * the one-pass path (ties_fused.c: task vectors with the histogram, the
+ * threshold's second read, one fused trim + election + mean pass with the
+ * checks), in its SIMD and its plain C form, in the same run; all three
+ * outputs must be the same bytes before a time is printed.
+ *
+ *   bench_merge [N] [density] [threads] [ties]   (default 45000000 0.5 2; "ties": only the TIES part) */
 #include "wmat.h"
 #include "merge/merge.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static double now_s(void)
@@ -28,15 +38,124 @@ static int cmp_float(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* The TIES comparison; returns nonzero on a mismatch. */
+static int bench_ties(int64_t n, double density, int threads)
+{
+    float *base = malloc((size_t)n * 4), *x[2], *c[2], *ref = malloc((size_t)n * 4), *out = malloc((size_t)n * 4);
+    uint32_t *hist = malloc((size_t)(threads + 1) * WMAT_TIES_HIST * sizeof *hist);
+    for (int i = 0; i < 2; i++) {
+        x[i] = malloc((size_t)n * 4);
+        c[i] = malloc((size_t)n * 4);
+    }
+    if (!base || !ref || !out || !hist || !x[0] || !x[1] || !c[0] || !c[1]) {
+        fprintf(stderr, "out of memory for 7 x %lld floats\n", (long long)n);
+        return 1;
+    }
+    wmat_rng r;
+    wmat_rng_seed(&r, 2);
+    for (int64_t j = 0; j < n; j++) base[j] = 0.02f * wmat_rng_normal(&r);
+    for (int i = 0; i < 2; i++)
+        for (int64_t j = 0; j < n; j++) x[i][j] = base[j] + 0.01f * wmat_rng_normal(&r);
+    const double w[2] = {1, 1}, dens[2] = {density, density};
+    double best[3] = {1e30, 1e30, 1e30};
+    for (int rep = 0; rep < 3; rep++) {
+        /* the multi-pass path: the kernel on copies, then the driver's check pass */
+        for (int i = 0; i < 2; i++) memcpy(c[i], x[i], (size_t)n * 4);
+        wmat_merge_args a;
+        memset(&a, 0, sizeof a);
+        a.n = n;
+        a.n_in = 2;
+        a.base = base;
+        a.x = c;
+        a.weight = w;
+        a.density = dens;
+        a.lambda = 1;
+        a.normalize = 1;
+        a.n_threads = threads;
+        wmat_merge_tinfo info;
+        double t0 = now_s();
+        if (wmat__merge_method_find("ties")->fn(&a, ref, &info)) return 1;
+        double dn = 0, bn = 0;
+        int64_t bad = n;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : dn, bn) reduction(min : bad)
+        for (int64_t k = 0; k < n; k++) {
+            if (!isfinite(ref[k]) && k < bad) bad = k;
+            const double d = (double)ref[k] - base[k];
+            dn += d * d;
+            bn += (double)base[k] * base[k];
+        }
+        const double t_multi = now_s() - t0;
+        if (t_multi < best[0]) best[0] = t_multi;
+        /* the one-pass path, SIMD then plain C */
+        for (int impl = 0; impl < 2; impl++) {
+            for (int i = 0; i < 2; i++) memcpy(c[i], x[i], (size_t)n * 4);
+            t0 = now_s();
+            float thr[2];
+            int64_t cut[2];
+            int none[2];
+            uint32_t *hsum = hist + (size_t)threads * WMAT_TIES_HIST;
+            for (int i = 0; i < 2; i++) {
+                const int64_t pieces = (n + 16383) / 16384;
+                memset(hist, 0, (size_t)threads * WMAT_TIES_HIST * sizeof *hist);
+#pragma omp parallel for num_threads(threads) schedule(static)
+                for (int64_t p = 0; p < pieces; p++) {
+                    const int64_t s0 = p * 16384, s1 = n - s0 < 16384 ? n : s0 + 16384;
+                    wmat__ties_delta_hist(c[i] + s0, base + s0, s1 - s0, hist + (size_t)omp_get_thread_num() * WMAT_TIES_HIST);
+                }
+                for (int q = 0; q < WMAT_TIES_HIST; q++) {
+                    uint32_t v = 0;
+                    for (int t = 0; t < threads; t++) v += hist[(size_t)t * WMAT_TIES_HIST + q];
+                    hsum[q] = v;
+                }
+                const double kd = density * (double)n;
+                if (wmat__ties_threshold(c[i], n, kd >= (double)n ? n : (int64_t)kd, hsum, threads, &thr[i], &cut[i], &none[i]))
+                    return 1;
+            }
+            const wmat_ties_fuse f = {2, base, (const float *const *)c, w, thr, cut, none, 1.0, 1};
+            const int64_t nb = (n + 16383) / 16384;
+#pragma omp parallel for num_threads(threads) schedule(static)
+            for (int64_t b = 0; b < nb; b++) {
+                wmat_ties_stats st = {0, 0, 0, INT64_MAX};
+                wmat__ties_fused_range(&f, out, b * 16384, n - b * 16384 < 16384 ? n : (b + 1) * 16384,
+                                       impl ? WMAT_TIES_IMPL_C : WMAT_TIES_IMPL_AUTO, &st);
+            }
+            const double t = now_s() - t0;
+            if (t < best[1 + impl]) best[1 + impl] = t;
+            if (memcmp(out, ref, (size_t)n * 4)) {
+                fprintf(stderr, "MISMATCH: the one-pass TIES (%s) differs from the kernel\n", impl ? "C" : "SIMD");
+                return 1;
+            }
+        }
+    }
+    printf("TIES, base + 2 models of %lld entries, density %.2f, %d threads (best of 3; outputs identical):\n",
+           (long long)n, density, threads);
+    printf("  multi-pass (kernel + check pass)  %8.3f s  %6.2f ns/entry\n", best[0], 1e9 * best[0] / (double)n);
+    printf("  one pass, %-4s                   %8.3f s  %6.2f ns/entry  (%.2fx)\n", wmat__ties_fused_has_simd() ? "AVX2" : "C",
+           best[1], 1e9 * best[1] / (double)n, best[0] / best[1]);
+    printf("  one pass, plain C                 %8.3f s  %6.2f ns/entry  (%.2fx)\n", best[2], 1e9 * best[2] / (double)n,
+           best[0] / best[2]);
+    for (int i = 0; i < 2; i++) {
+        free(x[i]);
+        free(c[i]);
+    }
+    free(base);
+    free(ref);
+    free(out);
+    free(hist);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const int64_t n = argc > 1 ? atoll(argv[1]) : 45000000;
     const double density = argc > 2 ? atof(argv[2]) : 0.5;
     const int threads = argc > 3 ? atoi(argv[3]) : 2;
     if (n < 1 || !(density > 0 && density <= 1) || threads < 1) {
-        fprintf(stderr, "usage: bench_merge [N] [density] [threads]\n");
+        fprintf(stderr, "usage: bench_merge [N] [density] [threads] [ties]\n");
         return 2;
     }
+    if (bench_ties(n, density, threads)) return 1;
+    if (argc > 4 && !strcmp(argv[4], "ties")) return 0;
     const int64_t k = (int64_t)(density * (double)n) > 0 ? (int64_t)(density * (double)n) : 1;
     float *x = malloc((size_t)n * sizeof *x), *s = malloc((size_t)n * sizeof *s), *d = malloc((size_t)n * sizeof *d);
     if (!x || !s || !d) {

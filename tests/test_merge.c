@@ -456,6 +456,262 @@ static void test_driver_end_to_end(void **state)
     wmat_model_free(mbb);
 }
 
+
+/* The one-pass TIES (ties_fused.c) against the `ties` kernel (trim, then
+ * combine) bit for bit, in its plain C and its SIMD form, on normal data and
+ * on data where many magnitudes equal the threshold (the surplus dropped
+ * from the end), with k = 0, k = n, negative weights, normalize on and off,
+ * one to three inputs, and ranges split anywhere. */
+static void fused_case(int64_t n, int n_in, int quantized, const double *dens, const double *w, int normalize,
+                       uint64_t seed)
+{
+    wmat_rng r;
+    wmat_rng_seed(&r, seed);
+    float *base = malloc((size_t)n * 4), *x[3], *d[3], *ref = malloc((size_t)n * 4), *out = malloc((size_t)n * 4);
+    uint32_t *h = malloc(WMAT_TIES_HIST * sizeof *h);
+    for (int64_t j = 0; j < n; j++) base[j] = quantized ? 0.25f * (float)(j % 5) : 0.1f * wmat_rng_normal(&r);
+    for (int i = 0; i < n_in; i++) {
+        x[i] = malloc((size_t)n * 4);
+        d[i] = malloc((size_t)n * 4);
+        for (int64_t j = 0; j < n; j++) {
+            const float e = quantized ? 0.125f * (float)((int)(wmat_rng_u64(&r) % 9) - 4) : 0.01f * wmat_rng_normal(&r);
+            x[i][j] = base[j] + e;
+        }
+        memcpy(d[i], x[i], (size_t)n * 4);
+    }
+    /* the reference: the kernel on copies (it overwrites them) */
+    float *xc[3];
+    for (int i = 0; i < n_in; i++) {
+        xc[i] = malloc((size_t)n * 4);
+        memcpy(xc[i], x[i], (size_t)n * 4);
+    }
+    wmat_merge_args a = args(n, n_in, base, xc, w, dens, NULL);
+    a.lambda = 0.7;
+    a.normalize = normalize;
+    a.n_threads = 2;
+    wmat_merge_tinfo info = {0, 0, 0};
+    TU_OK(wmat__merge_method_find("ties")->fn(&a, ref, &info));
+    float thr[3];
+    int64_t cut[3];
+    int none[3], surplus = 0;
+    for (int i = 0; i < n_in; i++) {
+        memset(h, 0, WMAT_TIES_HIST * sizeof *h);
+        wmat__ties_delta_hist(d[i], base, n, h);
+        const double kd = dens[i] * (double)n;
+        const int64_t k = kd >= (double)n ? n : (int64_t)kd;
+        TU_OK(wmat__ties_threshold(d[i], n, k, h, 2, &thr[i], &cut[i], &none[i]));
+        surplus |= cut[i] != INT64_MAX;
+        assert_int_equal(none[i], k == 0);
+    }
+    if (quantized) assert_true(surplus); /* the tie-breaking path did run */
+    const wmat_ties_fuse f = {n_in, base, (const float *const *)d, w, thr, cut, none, 0.7, normalize};
+    for (int impl = 0; impl < 2; impl++) {
+        memset(out, 0xff, (size_t)n * 4);
+        wmat_ties_stats st = {0, 0, 0, INT64_MAX};
+        /* uneven pieces: a cut may fall anywhere in one */
+        const int64_t split[4] = {0, n / 3 + 1 < n ? n / 3 + 1 : n, n / 3 + 6 < n ? n / 3 + 6 : n, n};
+        for (int p = 0; p < 3; p++)
+            wmat__ties_fused_range(&f, out, split[p], split[p + 1], impl ? WMAT_TIES_IMPL_C : WMAT_TIES_IMPL_AUTO, &st);
+        assert_memory_equal(out, ref, (size_t)n * 4);
+        assert_true(st.bad == INT64_MAX);
+        TU_ASSERT_NEAR((double)st.conflicts / (double)n, info.sign_conflicts, 1e-12);
+        double dn = 0, bn = 0;
+        for (int64_t j = 0; j < n; j++) {
+            dn += ((double)ref[j] - base[j]) * ((double)ref[j] - base[j]);
+            bn += (double)base[j] * base[j];
+        }
+        TU_ASSERT_NEAR(st.dn, dn, 1e-9 * (dn + 1));
+        TU_ASSERT_NEAR(st.bn, bn, 1e-9 * (bn + 1));
+    }
+    for (int i = 0; i < n_in; i++) {
+        free(x[i]);
+        free(d[i]);
+        free(xc[i]);
+    }
+    free(base);
+    free(ref);
+    free(out);
+    free(h);
+}
+
+static void test_ties_fused_matches_kernel(void **state)
+{
+    (void)state;
+    const double w1[3] = {1, 1, 1}, w2[3] = {2, -0.5, 0.75};
+    const double dh[3] = {0.5, 0.5, 0.5}, dm[3] = {0.3, 1.0, 0.61}, dz[3] = {1e-4, 0.9, 0.2};
+    fused_case(200003, 2, 0, dh, w1, 1, 1);
+    fused_case(200003, 3, 0, dm, w2, 1, 2);
+    fused_case(200003, 3, 0, dm, w2, 0, 3);
+    fused_case(70001, 2, 1, dh, w1, 1, 4);  /* many magnitudes equal the threshold */
+    fused_case(70001, 3, 1, dm, w2, 0, 5);
+    fused_case(1001, 3, 1, dz, w2, 1, 6);   /* k = 0 for the first input */
+    fused_case(1001, 1, 0, dh, w1, 1, 7);
+    fused_case(3, 2, 0, dh, w2, 1, 8);      /* shorter than a SIMD vector */
+    print_message("fused TIES: SIMD twin %s on this CPU\n", wmat__ties_fused_has_simd() ? "ran" : "did not run");
+}
+
+/* A NaN in a task vector: the NaN magnitude sorts above every number, so it
+ * is kept, and the output's first non-finite entry is reported (the driver
+ * turns that into its "non-finite value" error). */
+static void test_ties_fused_nan(void **state)
+{
+    (void)state;
+    enum { N = 4099 };
+    float base[N], x0[N], x1[N], out[N];
+    uint32_t h[WMAT_TIES_HIST];
+    for (int j = 0; j < N; j++) {
+        base[j] = 0.001f * (float)j;
+        x0[j] = base[j] + (j % 2 ? 0.5f : -0.25f);
+        x1[j] = base[j] + 0.125f;
+    }
+    x0[37] = NAN;
+    x1[2000] = NAN;
+    float *d[2] = {x0, x1}, thr[2];
+    int64_t cut[2];
+    int none[2];
+    for (int i = 0; i < 2; i++) {
+        memset(h, 0, sizeof h);
+        wmat__ties_delta_hist(d[i], base, N, h);
+        TU_OK(wmat__ties_threshold(d[i], N, N / 4, h, 1, &thr[i], &cut[i], &none[i]));
+    }
+    const double w[2] = {1, 1};
+    const wmat_ties_fuse f = {2, base, (const float *const *)d, w, thr, cut, none, 1.0, 1};
+    for (int impl = 0; impl < 2; impl++) {
+        wmat_ties_stats st = {0, 0, 0, INT64_MAX};
+        wmat__ties_fused_range(&f, out, 0, N, impl ? WMAT_TIES_IMPL_C : WMAT_TIES_IMPL_AUTO, &st);
+        assert_int_equal(st.bad, 37);
+        assert_true(isnan(out[37]) && isnan(out[2000]));
+    }
+}
+
+/* A model of the given shape: base + noise, or (quant > 0) base + noise
+ * rounded to multiples of 1/quant, so that many task-vector magnitudes tie. */
+static void make_model_q(const char *path, wmat_format fmt, wmat_dtype dt, uint64_t seed, const wmat_model *like, int vocab,
+                         float quant, int nan_at)
+{
+    wmat_config cfg = tu_config(256, 512, 2, 4, 2, vocab, 32);
+    wmat_model *m = NULL;
+    TU_OK(wmat_model_create(&m, &cfg));
+    wmat_rng r;
+    wmat_rng_seed(&r, seed);
+    for (int i = 0; i < wmat_model_n_tensors(m); i++) {
+        wmat_tensor *t = wmat_model_tensor(m, i);
+        float *d = t->data;
+        const float *base = like ? wmat_model_find((wmat_model *)like, t->name)->data : NULL;
+        for (int64_t j = 0; j < wmat_tensor_nelem(t); j++) {
+            float e = (base ? 0.02f : 0.5f) * wmat_rng_normal(&r);
+            if (quant > 0) e = roundf(e * quant) / quant;
+            d[j] = (base ? base[j] : 0.0f) + e;
+        }
+        if (nan_at >= 0 && i == 1) d[nan_at] = NAN;
+    }
+    wmat_save_params sp = wmat_save_default_params();
+    sp.format = fmt;
+    sp.dtype = dt;
+    TU_OK(wmat_model_save(m, path, &sp));
+    wmat_model_free(m);
+}
+
+static unsigned char *slurp(const char *path, size_t *n)
+{
+    char *buf = NULL;
+    TU_OK(wmat_read_file(path, &buf, n));
+    return (unsigned char *)buf;
+}
+
+
+/* The overlapped path (read-ahead thread, one-pass TIES, write-behind)
+ * writes the same bytes as the sequential one (--sequential), for GGUF f16
+ * and f32 and llama2.c output, on two threads, with inputs as f32 llama2.c,
+ * f16 GGUF (mapped matrices of several chunks) and HF (rotary rows: the
+ * converted-whole branch), and on data with many ties at the threshold. A
+ * NaN in an input fails both paths with the same message and no output. */
+static void test_driver_overlap_same_bytes(void **state)
+{
+    (void)state;
+    char base[512], a[512], b[512], o1[512], o2[512];
+    snprintf(base, sizeof base, "%s", tu_tmp("ob.bin"));
+    snprintf(a, sizeof a, "%s", tu_tmp("oa.gguf"));
+    snprintf(b, sizeof b, "%s", tu_tmp("ob_hf"));
+    snprintf(o1, sizeof o1, "%s", tu_tmp("o_seq.gguf"));
+    snprintf(o2, sizeof o2, "%s", tu_tmp("o_ovl.gguf"));
+    make_model_q(base, WMAT_FMT_LLAMA2C, WMAT_F32, 1, NULL, 4096, 0, -1);
+    wmat_model *mb = tu_load_f32(base);
+    wmat_context ctx = wmat_context_default();
+    ctx.n_threads = 2;
+    for (int q = 0; q < 2; q++) {
+        make_model_q(a, WMAT_FMT_GGUF, WMAT_F16, 2, mb, 4096, q ? 64.0f : 0, -1);
+        make_model_q(b, WMAT_FMT_HF, WMAT_F32, 3, mb, 4096, q ? 64.0f : 0, -1);
+        wmat_merge_model mm[2] = {{a, {1, {1.0}}, {1, {0.4}}}, {b, {1, {0.5}}, {2, {0.2, 0.9}}}};
+        const wmat_dtype dts[3] = {WMAT_F16, WMAT_F32, WMAT_F32};
+        const char *ext[3] = {".gguf", ".gguf", ".bin"};
+        for (int o = 0; o < 3; o++) {
+            /* one path (the GGUF header names the model after its file) */
+            snprintf(o1, sizeof o1, "%s", tu_tmp(o == 2 ? "o_merge.bin" : "o_merge.gguf"));
+            (void)ext;
+            wmat_merge_report rep[2];
+            unsigned char *bytes[2];
+            size_t nbytes[2];
+            for (int p = 0; p < 2; p++) {
+                wmat_merge_spec s;
+                memset(&s, 0, sizeof s);
+                s.method = "ties";
+                s.base = base;
+                s.n_models = 2;
+                s.models = mm;
+                s.normalize = -1;
+                s.lambda = (wmat_mvalue){1, {0.9}};
+                s.out_dtype = dts[o];
+                s.ctx = &ctx;
+                s.sequential = p == 0;
+                TU_OK(wmat__merge_run(&s, o1, &rep[p]));
+                bytes[p] = slurp(o1, &nbytes[p]);
+            }
+            assert_int_equal(nbytes[0], nbytes[1]);
+            assert_memory_equal(bytes[0], bytes[1], nbytes[0]);
+            free(bytes[0]);
+            free(bytes[1]);
+            assert_int_equal(rep[0].n_tensors, rep[1].n_tensors);
+            for (int i = 0; i < rep[0].n_tensors; i++) {
+                TU_ASSERT_NEAR(rep[0].tensors[i].trimmed, rep[1].tensors[i].trimmed, 1e-12);
+                TU_ASSERT_NEAR(rep[0].tensors[i].sign_conflicts, rep[1].tensors[i].sign_conflicts, 1e-12);
+                TU_ASSERT_NEAR(rep[0].tensors[i].delta_norm, rep[1].tensors[i].delta_norm,
+                               1e-9 * (1 + rep[0].tensors[i].delta_norm));
+            }
+            assert_int_equal(rep[0].bytes_read, rep[1].bytes_read);
+            wmat__merge_report_free(&rep[0]);
+            wmat__merge_report_free(&rep[1]);
+        }
+    }
+    /* NaN in an input */
+    make_model_q(a, WMAT_FMT_GGUF, WMAT_F32, 2, mb, 4096, 0, 77);
+    wmat_merge_model mm[1] = {{a, {1, {1.0}}, {1, {0.5}}}};
+    char msg[2][512];
+    snprintf(o1, sizeof o1, "%s", tu_tmp("o_nan.gguf"));
+    for (int p = 0; p < 2; p++) {
+        wmat_merge_spec s;
+        memset(&s, 0, sizeof s);
+        s.method = "ties";
+        s.base = base;
+        s.n_models = 1;
+        s.models = mm;
+        s.normalize = -1;
+        s.out_dtype = WMAT_F16;
+        s.ctx = &ctx;
+        s.sequential = p == 0;
+        wmat_merge_report rep;
+        const int nrc = wmat__merge_run(&s, o1, &rep);
+        if (nrc != WMAT_ERR_NUMERIC) print_message("%s\n", wmat_last_error());
+        assert_int_equal(nrc, WMAT_ERR_NUMERIC);
+        snprintf(msg[p], sizeof msg[p], "%s", wmat_last_error());
+        assert_non_null(strstr(msg[p], "non-finite value at index 77"));
+        struct stat st;
+        assert_int_not_equal(stat(o1, &st), 0); /* no output */
+    }
+    assert_string_equal(msg[0], msg[1]);
+    wmat_model_free(mb);
+}
+
 /* Different architectures or vocabularies: an error naming both files, and
  * no output. A key the method does not read is refused before any load. */
 static void test_driver_refuses_mismatch(void **state)
@@ -649,6 +905,9 @@ int main(void)
         cmocka_unit_test(test_yaml_config),
         cmocka_unit_test(test_driver_end_to_end),
         cmocka_unit_test(test_driver_refuses_mismatch),
+        cmocka_unit_test(test_ties_fused_matches_kernel),
+        cmocka_unit_test(test_ties_fused_nan),
+        cmocka_unit_test(test_driver_overlap_same_bytes),
         cmocka_unit_test(test_cli_yaml_and_flags),
         cmocka_unit_test(test_signature_roundtrip_as_linear),
     };

@@ -33,8 +33,8 @@ static void on_tensor(void *user, const wmat_merge_tensor_report *r, int i, int 
                 i, n, r->name, r->delta_norm, r->base_norm > 0 ? 100 * r->delta_norm / r->base_norm : 0, 100 * r->trimmed,
                 100 * r->sign_conflicts, r->slerp_linear ? "  (linear)" : "", eta);
     if (ps->csv)
-        fprintf(ps->csv, "%s,%lld,%.9g,%.9g,%.6f,%.6f,%d,%.6f\n", r->name, (long long)r->nelem, r->delta_norm, r->base_norm,
-                r->trimmed, r->sign_conflicts, r->slerp_linear, r->seconds);
+        fprintf(ps->csv, "%s,%lld,%.9g,%.9g,%.6f,%.6f,%d,%.6f,%.6f,%.6f\n", r->name, (long long)r->nelem, r->delta_norm,
+                r->base_norm, r->trimmed, r->sign_conflicts, r->slerp_linear, r->seconds, r->read_seconds, r->kernel_seconds);
 }
 
 static int ends_with(const char *s, const char *suf)
@@ -90,7 +90,7 @@ int cmd_merge(int argc, char **argv)
     const cli_command *cmd = cli_find_command("merge");
     const char *method = NULL, *base = NULL, *weights = NULL, *densities = NULL, *dtype = NULL, *to = NULL, *tok_src = NULL,
                *csv = NULL;
-    int quiet = 0;
+    int quiet = 0, sequential = 0;
     cli_opt opts[] = {
         {"--method", OPT_STR, &method, "M", "merge method (see below)"},
         {"--base", OPT_STR, &base, "MODEL", "the model the others were fine-tuned from"},
@@ -101,6 +101,7 @@ int cmd_merge(int argc, char **argv)
         {"--tokenizer-source", OPT_STR, &tok_src, "SRC", "base (default) or a model's path"},
         {"--csv", OPT_STR, &csv, "FILE", "per-tensor summary as CSV"},
         {"--quiet", OPT_FLAG, &quiet, NULL, "no line per tensor"},
+        {"--sequential", OPT_FLAG, &sequential, NULL, "no read-ahead, TIES in separate passes (the reference path: same bytes, slower)"},
         {NULL, 0, NULL, NULL, NULL},
     };
     wmat_param_spec keys[32];
@@ -192,9 +193,10 @@ int cmd_merge(int argc, char **argv)
             cli_usage_error("merge", "cannot write %s", csv);
             goto out;
         }
-        fprintf(st.csv, "tensor,nelem,delta_norm,ref_norm,trimmed,sign_conflicts,slerp_linear,seconds\n");
+        fprintf(st.csv, "tensor,nelem,delta_norm,ref_norm,trimmed,sign_conflicts,slerp_linear,seconds,read_seconds,kernel_seconds\n");
     }
     s->on_tensor = on_tensor;
+    s->sequential = sequential;
     s->user = &st;
     wmat_merge_report rep;
     rc = wmat__merge_run(s, out, &rep);
@@ -207,6 +209,9 @@ int cmd_merge(int argc, char **argv)
     printf("merged %d tensors (%s) in %.2f s: read %s, peak RSS %s, largest tensor %s (fp32)\n", rep.n_tensors, s->method,
            rep.seconds, cli_bytes((double)rep.bytes_read, b1, sizeof b1), cli_bytes((double)rep.peak_rss, b2, sizeof b2),
            cli_bytes((double)rep.largest_tensor, b3, sizeof b3));
+    printf("time: inputs %.2f s, merging %.2f s, writer %.2f s (summed over the tensors; the inputs' time includes "
+           "waiting for the disk)\n",
+           rep.read_seconds, rep.kernel_seconds, rep.write_seconds);
     if (s->shuffle) {
         printf("order:");
         for (int i = 0; i < s->n_models; i++) printf(" %s", s->models[rep.order[i]].path);

@@ -96,6 +96,16 @@ int wmat__afile_write(wmat_afile *af, const void *data, size_t n)
                               errno ? strerror(errno) : "injected I/O fault");
     }
     af->written += n;
+#ifdef __linux__
+    /* Write-behind: start the write-back of every 64 MiB written at once
+     * (asynchronously; no fsync until the commit), so that a large output
+     * reaches the disk while the producer computes the next tensors, and
+     * the commit's fsync has little left to wait for. */
+    if (af->written - af->kicked >= ((uint64_t)64 << 20) && fflush(af->f) == 0) {
+        sync_file_range(fileno(af->f), (off_t)af->kicked, (off_t)(af->written - af->kicked), SYNC_FILE_RANGE_WRITE);
+        af->kicked = af->written;
+    }
+#endif
     return WMAT_OK;
 }
 

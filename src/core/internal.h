@@ -68,6 +68,7 @@ typedef struct {
     char *tmp_path;
     int failed;
     uint64_t written;
+    uint64_t kicked; /* bytes handed to the kernel's write-back so far (wmat__afile_write) */
 } wmat_afile;
 
 int wmat__afile_open(wmat_afile *af, const char *path);

@@ -1043,6 +1043,40 @@ static void model_name(const wmat_model *m, char *buf, size_t n)
     snprintf(buf, n, "%.*s", (int)(end - start), src + start);
 }
 
+/* The tensors in the order the writer writes them: llama.cpp's own
+ * converters' order, the globals, then each block. */
+static size_t plan_size(const wmat_model *m) { return 3 + (size_t)m->cfg.n_layers * WMAT_W_LAYER_COUNT; }
+
+static size_t plan_build(const wmat_model *m, gw_tensor *ts)
+{
+    static const wmat_layer_weight order[WMAT_W_LAYER_COUNT] = {
+        WMAT_W_Q, WMAT_W_K, WMAT_W_V, WMAT_W_O, WMAT_W_ATTN_NORM, WMAT_W_GATE, WMAT_W_DOWN, WMAT_W_UP, WMAT_W_FFN_NORM,
+    };
+    const wmat_config *c = &m->cfg;
+    wmat_model *mm = (wmat_model *)m; /* the role accessors take a mutable model; nothing is changed */
+    size_t count = 0;
+    plan_add(ts, &count, wmat_model_tok_embeddings(mm), GG_TOK_EMBD, 0);
+    plan_add(ts, &count, wmat_model_final_norm(mm), GG_OUT_NORM, 0);
+    if (!c->tied_embeddings && m->classifier_idx >= 0) plan_add(ts, &count, &m->tensors[m->classifier_idx], GG_OUTPUT, 0);
+    for (int l = 0; l < c->n_layers; l++)
+        for (int w = 0; w < WMAT_W_LAYER_COUNT; w++)
+            plan_add(ts, &count, wmat_model_layer_tensor(mm, l, order[w]), g_blk_suffix[order[w]], l + 1);
+    return count;
+}
+
+int wmat__gguf_write_order(const wmat_model *m, int *idx, int cap)
+{
+    if (!m->layer_idx || m->tok_embd_idx < 0 || m->final_norm_idx < 0) return 0;
+    gw_tensor *ts = wmat__calloc(plan_size(m), sizeof *ts);
+    if (!ts) return 0;
+    const size_t count = plan_build(m, ts);
+    int n = 0;
+    for (size_t i = 0; i < count && n < cap; i++)
+        if (ts[i].t) idx[n++] = (int)(ts[i].t - m->tensors);
+    wmat__free(ts);
+    return n;
+}
+
 static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat_dtype file_dt, wmat_gguf_encode_fn enc,
                           void *user);
 
@@ -1074,20 +1108,9 @@ static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat
         return wmat_set_error(WMAT_ERR_INVALID, "%s: the tokenizer has %d tokens but the model's vocabulary is %d", path,
                               wmat_tokenizer_vocab_size(m->tok), c->vocab_size);
 
-    /* Tensor order of llama.cpp's own converters: globals, then each block. */
-    static const wmat_layer_weight order[WMAT_W_LAYER_COUNT] = {
-        WMAT_W_Q, WMAT_W_K, WMAT_W_V, WMAT_W_O, WMAT_W_ATTN_NORM, WMAT_W_GATE, WMAT_W_DOWN, WMAT_W_UP, WMAT_W_FFN_NORM,
-    };
-    const size_t n_t = 3 + (size_t)c->n_layers * WMAT_W_LAYER_COUNT;
-    gw_tensor *ts = wmat__calloc(n_t, sizeof *ts);
+    gw_tensor *ts = wmat__calloc(plan_size(m), sizeof *ts);
     if (!ts) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", path);
-    size_t count = 0;
-    plan_add(ts, &count, wmat_model_tok_embeddings(m), GG_TOK_EMBD, 0);
-    plan_add(ts, &count, wmat_model_final_norm(m), GG_OUT_NORM, 0);
-    if (!c->tied_embeddings && m->classifier_idx >= 0) plan_add(ts, &count, &m->tensors[m->classifier_idx], GG_OUTPUT, 0);
-    for (int l = 0; l < c->n_layers; l++)
-        for (int w = 0; w < WMAT_W_LAYER_COUNT; w++)
-            plan_add(ts, &count, wmat_model_layer_tensor(m, l, order[w]), g_blk_suffix[order[w]], l + 1);
+    const size_t count = plan_build(m, ts);
 
     int rc = WMAT_OK;
     uint64_t off = 0, max_bytes = 0;

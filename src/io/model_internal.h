@@ -155,6 +155,9 @@ int wmat__quant_load(wmat_model **out, const char *dir, const wmat_load_params *
  * matrix, f32 if a vector), or a negative status. `file_dtype` is what
  * general.file_type records. */
 typedef int (*wmat_gguf_encode_fn)(void *user, const wmat_tensor *t, wmat_dtype *dt, void *dst);
+/* The indices of m's tensors in the order the GGUF writer writes them
+ * (at most cap; 0 when m is not bound to the LLaMA roles). */
+int wmat__gguf_write_order(const wmat_model *m, int *idx, int cap);
 int wmat__gguf_save_with(wmat_model *m, const char *path, wmat_dtype matrix_dtype, wmat_dtype file_dtype,
                          wmat_gguf_encode_fn enc, void *user);
 

@@ -11,6 +11,8 @@
 #include "io/model_internal.h"
 
 #include <math.h>
+#include <omp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +68,11 @@ typedef struct {
     /* two-pass methods (opcm): the pass under way and the whole-model sums */
     int pass;
     double acc[WMAT_MERGE_N_ACC];
+    /* the one-pass TIES (ties_fused.c): per-thread histograms */
+    int fused;
+    uint32_t *hist;
+    struct readahead *ra; /* NULL: the inputs are read as they are converted */
+    double fill_seconds;  /* time inside merge_fill (the rest of the save is the writer's) */
 } merge_job;
 
 static int layer_of(const char *name, int L)
@@ -138,6 +145,242 @@ static int read_f32(const wmat_model *m, const wmat_tensor *t, float *dst, float
     return WMAT_OK;
 }
 
+/* ---- read-ahead
+ *
+ * A thread asks the kernel to read the next tensors of every input (in the
+ * order the writer will ask for them) into the page cache while the
+ * current one is merged: madvise(MADV_WILLNEED) on a tensor's byte range of
+ * a mapped input starts its read and returns, so the disk works while the
+ * CPUs convert and merge. It keeps RA_BYTES of input ahead of the tensor
+ * being merged (at least the next tensor); the pages are the page cache's,
+ * not the process's, until the conversion touches (and then drops) them. */
+#define RA_BYTES ((uint64_t)512 << 20)
+
+struct readahead {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stop, want, issued; /* positions [0, want) asked for, [0, issued) advised */
+    int n;
+    int *order, *pos;       /* order[p]: the tensor written p-th; pos[ti]: its position */
+    const merge_job *j;
+};
+
+static uint64_t tensor_bytes(const merge_job *j, int ti)
+{
+    uint64_t b = 0;
+    for (int i = 0; i < j->n_in + j->has_base; i++) b += j->in[i]->tensors[j->idx[i][ti]].nbytes;
+    return b;
+}
+
+static void advise(const merge_job *j, int ti)
+{
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < j->n_in + j->has_base; i++) {
+        const wmat_tensor *t = &j->in[i]->tensors[j->idx[i][ti]];
+        if (t->dtype == WMAT_OBJ || (t->flags & WMAT_TF_OWNED) || !t->data || !t->nbytes) continue;
+        const uintptr_t a = (uintptr_t)t->data / pg * pg, b = (uintptr_t)t->data + t->nbytes;
+        madvise((void *)a, b - a, MADV_WILLNEED);
+    }
+}
+
+static void *ra_main(void *arg)
+{
+    struct readahead *r = arg;
+    pthread_mutex_lock(&r->mu);
+    while (!r->stop) {
+        if (r->issued < r->want) {
+            const int p = r->issued++;
+            pthread_mutex_unlock(&r->mu);
+            advise(r->j, r->order[p]);
+            pthread_mutex_lock(&r->mu);
+            continue;
+        }
+        pthread_cond_wait(&r->cv, &r->mu);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+/* Tensor ti is being merged: ask for what follows it. */
+static void ra_at(struct readahead *r, int ti)
+{
+    if (!r) return;
+    int p = ti >= 0 && ti < r->n ? r->pos[ti] : -1;
+    uint64_t ahead = 0;
+    int q = p + 1;
+    while (q < r->n && (q == p + 1 || ahead < RA_BYTES)) ahead += tensor_bytes(r->j, r->order[q++]);
+    pthread_mutex_lock(&r->mu);
+    if (q > r->want) {
+        r->want = q;
+        pthread_cond_signal(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void ra_stop(struct readahead *r)
+{
+    if (!r) return;
+    pthread_mutex_lock(&r->mu);
+    r->stop = 1;
+    pthread_cond_signal(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    pthread_join(r->th, NULL);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    wmat__free(r->order);
+    wmat__free(r->pos);
+    wmat__free(r);
+}
+
+/* Start the read-ahead for a save in format fmt (GGUF: its writer's order;
+ * the others: the tensors' order). NULL when it cannot start: the merge
+ * then reads as it converts, as the sequential path does. */
+static struct readahead *ra_start(const merge_job *j, wmat_format fmt)
+{
+    struct readahead *r = wmat__calloc(1, sizeof *r);
+    const int n = j->out->n_tensors;
+    if (!r) return NULL;
+    r->order = wmat__calloc((size_t)n, sizeof *r->order);
+    r->pos = wmat__calloc((size_t)n, sizeof *r->pos);
+    if (!r->order || !r->pos) goto fail;
+    int k = fmt == WMAT_FMT_GGUF ? wmat__gguf_write_order(j->out, r->order, n) : 0;
+    if (k != n)
+        for (int t = 0; t < n; t++) r->order[t] = t;
+    for (int t = 0; t < n; t++) r->pos[t] = -1;
+    for (int p = 0; p < n; p++)
+        if (r->order[p] >= 0 && r->order[p] < n) r->pos[r->order[p]] = p;
+    r->n = n;
+    r->j = j;
+    if (pthread_mutex_init(&r->mu, NULL)) goto fail;
+    if (pthread_cond_init(&r->cv, NULL)) {
+        pthread_mutex_destroy(&r->mu);
+        goto fail;
+    }
+    if (pthread_create(&r->th, NULL, ra_main, r)) {
+        pthread_cond_destroy(&r->cv);
+        pthread_mutex_destroy(&r->mu);
+        goto fail;
+    }
+    ra_at(r, -1);
+    return r;
+fail:
+    wmat__free(r->order);
+    wmat__free(r->pos);
+    wmat__free(r);
+    return NULL;
+}
+
+/* ---- the one-pass TIES */
+
+/* Input i's tensor ti minus the base (fp32, in d) with the histogram of its
+ * magnitudes' high bits summed into hsum. A mapped matrix is converted a
+ * few rows at a time, each piece made a task vector and counted while it
+ * is in cache, and its pages dropped; other tensors are converted whole
+ * first (read_f32), then the same. */
+#define TIES_PIECE 16384
+static int delta_hist(merge_job *j, int i, int ti, float *d, const float *base, uint32_t *hsum, int nt)
+{
+    const wmat_model *m = j->in[i];
+    const wmat_tensor *t = &m->tensors[j->idx[i][ti]];
+    const int64_t n = wmat_tensor_nelem(t);
+    uint32_t *hist = j->hist;
+    memset(hist, 0, (size_t)nt * WMAT_TIES_HIST * sizeof *hist);
+    int rc = WMAT_OK;
+    if (t->dtype != WMAT_OBJ && !(t->flags & (WMAT_TF_HF_ROPE | WMAT_TF_OWNED)) && t->ndim == 2) {
+        const int64_t cols = t->shape[1];
+        const size_t row_bytes = wmat_dtype_bytes(t->dtype, (uint64_t)cols);
+        int64_t step = row_bytes ? (int64_t)(((size_t)1 << 20) / row_bytes) : 1, sub = TIES_PIECE / (cols > 0 ? cols : 1);
+        if (step < 1) step = 1;
+        if (sub < 1) sub = 1;
+        const int64_t chunks = (t->shape[0] + step - 1) / step;
+        int bad = WMAT_OK;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (chunks > 1)
+        for (int64_t c = 0; c < chunks; c++) {
+            uint32_t *h = hist + (size_t)omp_get_thread_num() * WMAT_TIES_HIST;
+            const int64_t r0 = c * step, r1 = t->shape[0] - r0 < step ? t->shape[0] : r0 + step;
+            const unsigned char *src = (const unsigned char *)t->data + (size_t)r0 * row_bytes;
+            for (int64_t r = r0; r < r1; r += sub) {
+                const int64_t nr = r1 - r < sub ? r1 - r : sub;
+                float *x = d + r * cols;
+                if (wmat_to_f32(x, (const unsigned char *)t->data + (size_t)r * row_bytes, t->dtype, (uint64_t)(nr * cols)))
+                    __atomic_store_n(&bad, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
+                wmat__ties_delta_hist(x, base + r * cols, nr * cols, h);
+            }
+            release_range(src, (size_t)(r1 - r0) * row_bytes);
+        }
+        if (bad)
+            rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor %s: %s rows of %lld values do not convert",
+                                m->path ? m->path : "model", t->name, wmat_dtype_info(t->dtype)->name, (long long)cols);
+    } else {
+        rc = read_f32(m, t, d, j->scratch, nt);
+        if (!rc) {
+            const int64_t pieces = (n + TIES_PIECE - 1) / TIES_PIECE;
+#pragma omp parallel for num_threads(nt) schedule(static) if (pieces > 4)
+            for (int64_t p = 0; p < pieces; p++) {
+                const int64_t a = p * TIES_PIECE, b = n - a < TIES_PIECE ? n : a + TIES_PIECE;
+                wmat__ties_delta_hist(d + a, base + a, b - a, hist + (size_t)omp_get_thread_num() * WMAT_TIES_HIST);
+            }
+        }
+    }
+    for (int q = 0; q < WMAT_TIES_HIST; q++) {
+        uint32_t c = 0;
+        for (int th = 0; th < nt; th++) c += hist[(size_t)th * WMAT_TIES_HIST + q];
+        hsum[q] = c;
+    }
+    return rc;
+}
+
+/* TIES for output tensor ti (a->... as the kernel would get them, without
+ * the inputs' data): read, trim, elect and combine into dst. */
+static int ties_fused_tensor(merge_job *j, int ti, const wmat_merge_args *a, float *dst, wmat_merge_tinfo *info,
+                             double *dn, double *bn, double *t_read)
+{
+    const int nt = a->n_threads;
+    const int64_t n = a->n;
+    const double t0 = now_s();
+    uint32_t *hsum = j->hist + (size_t)nt * WMAT_TIES_HIST;
+    float thr[64];
+    int64_t cut[64];
+    int none[64];
+    double trimmed = 0, t_sel = 0;
+    int rc = read_f32(j->in[0], &j->in[0]->tensors[j->idx[0][ti]], j->xbuf[0], j->scratch, nt);
+    for (int i = 0; i < j->n_in && !rc; i++) {
+        rc = delta_hist(j, i + 1, ti, j->xbuf[i + 1], j->xbuf[0], hsum, nt);
+        const double ts = now_s();
+        const double kd = a->density[i] * (double)n;
+        const int64_t k = kd >= (double)n ? n : (int64_t)kd;
+        if (!rc) rc = wmat__ties_threshold(j->xbuf[i + 1], n, k, hsum, nt, &thr[i], &cut[i], &none[i]);
+        trimmed += (double)(n - k);
+        t_sel += now_s() - ts;
+    }
+    for (int i = 0; i < j->n_in + 1; i++) j->rep->bytes_read += j->in[i]->tensors[j->idx[i][ti]].nbytes;
+    *t_read = now_s() - t0 - t_sel;
+    if (rc) return rc;
+    const wmat_ties_fuse f = {j->n_in, j->xbuf[0], (const float *const *)(j->xbuf + 1), a->weight, thr, cut, none,
+                              a->lambda, a->normalize};
+    const int64_t blk = 16384, nb = (n + blk - 1) / blk;
+    int64_t conflicts = 0, bad = INT64_MAX;
+    double sdn = 0, sbn = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : conflicts, sdn, sbn) reduction(min : bad) if (nb > 4)
+    for (int64_t b = 0; b < nb; b++) {
+        wmat_ties_stats st = {0, 0, 0, INT64_MAX};
+        wmat__ties_fused_range(&f, dst, b * blk, n - b * blk < blk ? n : (b + 1) * blk, WMAT_TIES_IMPL_AUTO, &st);
+        conflicts += st.conflicts;
+        sdn += st.dn;
+        sbn += st.bn;
+        if (st.bad < bad) bad = st.bad;
+    }
+    if (bad < n)
+        return wmat_set_error(WMAT_ERR_NUMERIC, "%s: merged tensor %s has a non-finite value at index %lld", j->out_path,
+                              j->out->tensors[ti].name, (long long)bad);
+    info->trimmed = trimmed / ((double)n * j->n_in);
+    info->sign_conflicts = (double)conflicts / (double)n;
+    *dn = sdn;
+    *bn = sbn;
+    return WMAT_OK;
+}
+
 /* Merge output tensor ti into dst (fp32). */
 static int merge_tensor(merge_job *j, int ti, float *dst)
 {
@@ -148,12 +391,15 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
     const int layer = layer_of(ot->name, L);
     const int n_all = j->n_in + j->has_base;
     const int nt = wmat_context_threads(j->s->ctx);
-    for (int i = 0; i < n_all; i++) {
+    double t_read = 0;
+    if (j->pass == 1 || j->m->passes != 2) ra_at(j->ra, ti);
+    for (int i = 0; i < n_all && !j->fused; i++) {
         const wmat_tensor *it = &j->in[i]->tensors[j->idx[i][ti]];
         int rc = read_f32(j->in[i], it, j->xbuf[i], j->scratch, nt);
         if (rc) return rc;
         j->rep->bytes_read += it->nbytes;
     }
+    if (!j->fused) t_read = now_s() - t0;
     double w[64], dens[64];
     const wmat_merge_spec *s = j->s;
     for (int i = 0; i < j->n_in; i++) {
@@ -189,6 +435,13 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
     /* (the base, or input 0 for methods without one: linear leaves its inputs alone) */
     const float *ref = j->xbuf[0];
     wmat_merge_tinfo info = {0, 0, 0};
+    double dn = 0, bn = 0;
+    if (j->fused) {
+        int rc = ties_fused_tensor(j, ti, &a, dst, &info, &dn, &bn, &t_read);
+        if (rc) return rc;
+        for (int i = 0; i < n_all; i++) wmat__model_release(j->in[i], &j->in[i]->tensors[j->idx[i][ti]]);
+        goto report;
+    }
     int rc = j->m->fn(&a, dst, &info);
     if (rc) return rc;
     if (j->m->passes == 2 && j->pass == 0) {
@@ -200,7 +453,6 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
             return wmat_set_error(WMAT_ERR_CANCELLED, "merge: cancelled at %s (first pass)", ot->name);
         return WMAT_OK;
     }
-    double dn = 0, bn = 0;
     int64_t bad = n;
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : dn, bn) reduction(min : bad) if (n > 65536)
     for (int64_t k = 0; k < n; k++) {
@@ -213,6 +465,7 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
         return wmat_set_error(WMAT_ERR_NUMERIC, "%s: merged tensor %s has a non-finite value at index %lld", j->out_path,
                               ot->name, (long long)bad);
     for (int i = 0; i < n_all; i++) wmat__model_release(j->in[i], &j->in[i]->tensors[j->idx[i][ti]]);
+report:;
     wmat_merge_tensor_report *r = &j->rep->tensors[ti];
     snprintf(r->name, sizeof r->name, "%s", ot->name);
     r->nelem = n;
@@ -222,6 +475,10 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
     r->sign_conflicts = info.sign_conflicts;
     r->slerp_linear = info.slerp_linear;
     r->seconds = now_s() - t0;
+    r->read_seconds = t_read;
+    r->kernel_seconds = r->seconds - t_read;
+    j->rep->read_seconds += r->read_seconds;
+    j->rep->kernel_seconds += r->kernel_seconds;
     j->done++;
     j->done_elems += n;
     r->done_share = j->total_elems ? (double)j->done_elems / (double)j->total_elems : 1.0;
@@ -240,7 +497,10 @@ static int merge_fill(void *user, const wmat_tensor *t, float *dst)
     const int ti = (int)(t - j->out->tensors);
     if (ti < 0 || ti >= j->out->n_tensors)
         return wmat_set_error(WMAT_ERR_INTERNAL, "%s: tensor %s is not the merge's", j->out_path, t->name);
-    return merge_tensor(j, ti, dst);
+    const double t0 = now_s();
+    const int rc = merge_tensor(j, ti, dst);
+    j->fill_seconds += now_s() - t0;
+    return rc;
 }
 
 static int cfg_diff(const wmat_config *a, const wmat_config *b, char *buf, size_t n)
@@ -508,7 +768,10 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
     for (int i = 0; i < n_all; i++)
         for (int t = 0; t < j.in[i]->n_tensors; t++) need_scratch |= (j.in[i]->tensors[t].flags & WMAT_TF_HF_ROPE) != 0;
     j.scratch = need_scratch ? wmat__malloc((size_t)j.max_n * sizeof(float)) : NULL;
-    int ok = rep->tensors && (j.scratch || !need_scratch) && (j.work || m->passes != 2);
+    const int nt = wmat_context_threads(s->ctx);
+    j.fused = m->ties_fused && !s->sequential && j.has_base && j.n_in <= 64;
+    if (j.fused) j.hist = wmat__malloc((size_t)(nt + 1) * WMAT_TIES_HIST * sizeof *j.hist);
+    int ok = rep->tensors && (j.scratch || !need_scratch) && (j.work || m->passes != 2) && (j.hist || !j.fused);
     for (int i = 0; i < n_all && ok; i++) ok = (j.xbuf[i] = wmat__malloc((size_t)j.max_n * sizeof(float))) != NULL;
     if (!ok) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "merge: out of memory for %d buffers of %lld floats", n_all + 2,
@@ -526,14 +789,19 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
     }
     j.out->fill = merge_fill;
     j.out->fill_user = &j;
+    if (!s->sequential) j.ra = ra_start(&j, fmt);
     {
         wmat_save_params sp = wmat_save_default_params();
         sp.format = fmt;
         sp.dtype = odt;
+        const double ts = now_s();
         rc = wmat_model_save(j.out, out_path, &sp);
+        rep->write_seconds = now_s() - ts - j.fill_seconds;
     }
 
 done:
+    ra_stop(j.ra);
+    wmat__free(j.hist);
     if (j.xbuf)
         for (int i = 0; i < n_all; i++) wmat__free(j.xbuf[i]);
     if (j.idx)

@@ -78,6 +78,7 @@ typedef struct {
     const wmat_param_spec *schema; /* keys the method reads */
     const char *summary;
     int passes;             /* 0 or 1: one pass; 2: a measuring pass first (wmat_merge_args.pass) */
+    int ties_fused;         /* 1: the driver may run it as the one-pass TIES (ties_fused.c) instead of fn */
 } wmat_merge_method;
 
 extern const wmat_merge_method wmat__merge_methods[];
@@ -98,6 +99,48 @@ void wmat__merge_trim_topk(float *d, int64_t n, int64_t k, int n_threads);
  * by 1 / density; the mask is a function of seed alone (not of n_threads).
  * Returns the count dropped. */
 int64_t wmat__merge_dare(float *d, int64_t n, double density, uint64_t seed, int n_threads);
+
+/* ---- TIES in one pass (ties_fused.c)
+ *
+ * The driver's TIES path: the task vectors d_i = x_i - base are formed while
+ * each input is converted (with the histogram of the high 15 bits of |d_i|),
+ * the exact top-k threshold of each input is found from that histogram and
+ * one more read of d_i, and one pass over the untrimmed d_i then trims,
+ * elects signs, takes the disjoint mean and writes the output. Same bits as
+ * the `ties` kernel (tests/test_merge.c holds them equal). */
+typedef struct {
+    int n_in;
+    const float *base;
+    const float *const *d;  /* untrimmed task vectors */
+    const double *w;        /* weights */
+    const float *thr;       /* per input: entries with !(|d| < thr) are kept ... */
+    const int64_t *cut;     /* ... up to index cut; past it those with !(|d| <= thr) */
+    const int *none;        /* per input: nothing kept (k = 0) */
+    double lambda;
+    int normalize;
+} wmat_ties_fuse;
+
+typedef struct {
+    int64_t conflicts; /* entries whose kept deltas disagree in sign */
+    double dn, bn;     /* sums of (out - base)^2 and base^2 */
+    int64_t bad;       /* first non-finite output (INT64_MAX: none) */
+} wmat_ties_stats;
+
+enum { WMAT_TIES_IMPL_AUTO = 0, WMAT_TIES_IMPL_C = 1 };
+/* out[j0..j1) and the stats of that range (added to *st); impl C forces
+ * the plain C twin, AUTO takes AVX2 where the CPU has it. */
+void wmat__ties_fused_range(const wmat_ties_fuse *f, float *out, int64_t j0, int64_t j1, int impl, wmat_ties_stats *st);
+/* 1 when the AVX2 twin runs on this CPU. */
+int wmat__ties_fused_has_simd(void);
+/* x[j] -= base[j] (x becomes the task vector), and the histogram of the
+ * high 15 bits of |x[j]|'s pattern (WMAT_TIES_HIST bins) added to h. */
+#define WMAT_TIES_HIST 32768
+void wmat__ties_delta_hist(float *x, const float *base, int64_t n, uint32_t *h);
+/* Input i's trim test from its histogram (summed over threads) and one read
+ * of d: thr, cut and none as in wmat_ties_fuse, for keeping exactly k of n
+ * (wmat__merge_trim_topk's rule). */
+int wmat__ties_threshold(const float *d, int64_t n, int64_t k, const uint32_t *hist_hi, int n_threads, float *thr,
+                         int64_t *cut, int *none);
 
 /* ---- OPCM (opcm.c) */
 
@@ -127,6 +170,8 @@ typedef struct {
     double trimmed, sign_conflicts;
     int slerp_linear;
     double seconds;
+    double read_seconds;   /* of seconds: the inputs converted (waiting for the disk included; TIES: with the task vectors) */
+    double kernel_seconds; /* of seconds: the method (TIES: selection, trim, election, mean) and the checks */
     double done_share;     /* elements merged so far over all elements (for an ETA) */
 } wmat_merge_tensor_report;
 
@@ -146,6 +191,8 @@ typedef struct {
     wmat_dtype out_dtype;       /* weights of the output */
     const char *tokenizer_source; /* NULL or "base": the base's (else the first model's); or a model path */
     const wmat_context *ctx;    /* threads, progress ("merge <tensor>", done, total) */
+    int sequential;             /* 1: no read-ahead of the next tensors and TIES in separate passes (the
+                                   reference path; the output is the same bytes) */
     /* called after each tensor (may be NULL) */
     void (*on_tensor)(void *user, const wmat_merge_tensor_report *r, int i, int n);
     void *user;
@@ -155,6 +202,8 @@ typedef struct {
     int n_tensors;
     wmat_merge_tensor_report *tensors; /* owned; wmat__merge_report_free */
     double seconds;
+    double read_seconds, kernel_seconds; /* summed over the tensors */
+    double write_seconds;   /* the writer's share of the output phase: its time outside the fill hook */
     size_t peak_rss;        /* VmHWM at the end */
     size_t largest_tensor;  /* bytes of the largest tensor as fp32 */
     uint64_t bytes_read;    /* inputs as stored */

@@ -382,20 +382,20 @@ static int m_slerp(const wmat_merge_args *a, float *out, wmat_merge_tinfo *info)
 }
 
 const wmat_merge_method wmat__merge_methods[] = {
-    {"linear", m_linear, WMAT_MB_NONE, 1, 64, k_linear, "weighted average of the models: sum w_i x_i / sum w_i", 0},
+    {"linear", m_linear, WMAT_MB_NONE, 1, 64, k_linear, "weighted average of the models: sum w_i x_i / sum w_i", 0, 0},
     {"task_arithmetic", m_task_arithmetic, WMAT_MB_REQUIRED, 1, 64, k_task,
-     "base + lambda sum_i w_i (x_i - base)", 0},
+     "base + lambda sum_i w_i (x_i - base)", 0, 0},
     {"ties", m_ties, WMAT_MB_REQUIRED, 1, 64, k_ties,
-     "TIES: trim task vectors to their top-density magnitudes, elect signs by mass, disjoint mean", 0},
+     "TIES: trim task vectors to their top-density magnitudes, elect signs by mass, disjoint mean", 0, 1},
     {"dare_linear", m_dare_linear, WMAT_MB_REQUIRED, 1, 64, k_dare,
-     "DARE: drop delta entries with p = 1 - density, rescale by 1/density, then task arithmetic", 0},
+     "DARE: drop delta entries with p = 1 - density, rescale by 1/density, then task arithmetic", 0, 0},
     {"dare_ties", m_dare_ties, WMAT_MB_REQUIRED, 1, 64, k_dare_ties,
-     "DARE's drop and rescale, then TIES's sign election and disjoint mean", 0},
+     "DARE's drop and rescale, then TIES's sign election and disjoint mean", 0, 0},
     {"slerp", m_slerp, WMAT_MB_REQUIRED, 1, 1, k_slerp,
-     "spherical interpolation from the base (t=0) to one model (t=1), linear when near parallel", 0},
+     "spherical interpolation from the base (t=0) to one model (t=1), linear when near parallel", 0, 0},
     {"opcm", wmat__merge_opcm, WMAT_MB_REQUIRED, 1, 64, k_opcm,
-     "OPCM: models in order, each task vector projected off the merged one's top singular directions, norm-rescaled", 2},
-    {NULL, NULL, 0, 0, 0, NULL, NULL, 0},
+     "OPCM: models in order, each task vector projected off the merged one's top singular directions, norm-rescaled", 2, 0},
+    {NULL, NULL, 0, 0, 0, NULL, NULL, 0, 0},
 };
 
 const wmat_merge_method *wmat__merge_method_find(const char *name)
