@@ -27,7 +27,7 @@
  * - resume: interrupted after 9 of 20 steps (inside the budgeting phase)
  *   and resumed from its checkpoint (importance averages and pattern
  *   included), the run ends with the same checkpoint bytes. */
-#include "test_util.h"
+#include "train_util.h"
 #include "io/safetensors.h"
 #include "train/adapter.h"
 #include "train/train.h"
@@ -296,22 +296,7 @@ static void test_orth(void **state)
 
 enum { RK = 4, TGT = 2, NL = 2, STEPS = 30 };
 
-static wmat_model *tiny(uint64_t seed)
-{
-    wmat_config c = tu_config(16, 24, NL, 4, 2, 13, 16);
-    c.tied_embeddings = 1;
-    wmat_model *m;
-    TU_OK(wmat_model_create(&m, &c));
-    TU_OK(wmat_model_init_random(m, seed, 0.3f));
-    return m;
-}
-
-static int32_t *tokens(size_t n)
-{
-    int32_t *d = malloc(n * sizeof(int32_t));
-    for (size_t i = 0; i < n; i++) d[i] = (int32_t)((i * i + 3 * i) % 7 + (i % 3)) % 13;
-    return d;
-}
+static wmat_model *tiny(uint64_t seed) { return tu_tiny_model(seed, 16, 24, NL); }
 
 static wmat_train_params params(wmat_context *oc)
 {
@@ -357,7 +342,7 @@ static void test_train(void **state)
     oc.n_threads = 1;
     wmat_model *m = tiny(21);
     wmat_train_params p = params(&oc);
-    int32_t *d = tokens(600);
+    int32_t *d = tu_pattern_tokens(600);
     wmat_trainer *t;
     TU_OK(wmat_trainer_create(&t, m, &p));
     TU_OK(wmat_trainer_set_data(t, d, 600));
@@ -532,7 +517,7 @@ static void test_trainer_fd(void **state)
         }
     assert_int_equal(off, n);
     int32_t inp[16], tgt[16];
-    int32_t *d = tokens(17);
+    int32_t *d = tu_pattern_tokens(17);
     for (int i = 0; i < 16; i++) inp[i] = d[i], tgt[i] = d[i + 1];
     free(d);
     double loss;
@@ -594,7 +579,7 @@ static void test_resume(void **state)
     p.steps = 20;
     p.adalora_tinit = 2;
     p.adalora_tfinal = 4;
-    int32_t *d = tokens(400);
+    int32_t *d = tu_pattern_tokens(400);
     wmat_trainer *t, *u, *v;
     TU_OK(wmat_trainer_create(&t, m, &p));
     TU_OK(wmat_trainer_set_data(t, d, 400));

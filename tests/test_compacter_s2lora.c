@@ -18,7 +18,7 @@
  *   weight delta"); eval through the trainer's forward equals its loss.
  * - Both: a run interrupted after 9 of 20 steps and resumed from its
  *   checkpoint ends with the same floats as an uninterrupted one. */
-#include "test_util.h"
+#include "train_util.h"
 #include "train/adapter.h"
 #include "train/train.h"
 
@@ -29,22 +29,7 @@
 
 enum { RK = 4, L = 2 };
 
-static wmat_model *tiny(uint64_t seed)
-{
-    wmat_config c = tu_config(16, 24, L, 4, 2, 13, 16);
-    c.tied_embeddings = 1;
-    wmat_model *m;
-    TU_OK(wmat_model_create(&m, &c));
-    TU_OK(wmat_model_init_random(m, seed, 0.3f));
-    return m;
-}
-
-static int32_t *tokens(size_t n)
-{
-    int32_t *d = malloc(n * sizeof(int32_t));
-    for (size_t i = 0; i < n; i++) d[i] = (int32_t)((i * i + 3 * i) % 7 + (i % 3)) % 13;
-    return d;
-}
+static wmat_model *tiny(uint64_t seed) { return tu_tiny_model(seed, 16, 24, L); }
 
 static wmat_train_params params(wmat_context *oc, const char *adapter)
 {
@@ -172,40 +157,6 @@ static void test_shared_sum(void **state)
 
 /* Every trainable float against central differences of the trainer's
  * loss, h = 1e-2: |analytic - fd| <= 2e-3 max|fd| + 2e-5. */
-static void fd_all(wmat_trainer *t, const char *who)
-{
-    int32_t inp[16], tgt[16];
-    int32_t *d = tokens(17);
-    for (int i = 0; i < 16; i++) inp[i] = d[i], tgt[i] = d[i + 1];
-    free(d);
-    double loss;
-    TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 2, 8, 1.0f / 16, 1, 0, &loss));
-    size_t n;
-    float *pp = wmat__trainer_params(t, &n), *g = wmat__trainer_grads(t, &n);
-    float *an = malloc(n * sizeof(float));
-    double *fd = malloc(n * sizeof(double)), mx = 0, err = 0;
-    memcpy(an, g, n * sizeof(float));
-    size_t worst = 0;
-    for (size_t i = 0; i < n; i++) {
-        const float s = pp[i], h = 1e-2f;
-        double lp, lm;
-        pp[i] = s + h;
-        TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 2, 8, 1.0f / 16, 0, 1, &lp));
-        pp[i] = s - h;
-        TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 2, 8, 1.0f / 16, 0, 1, &lm));
-        pp[i] = s;
-        fd[i] = (lp - lm) / (2.0 * h);
-        mx = fmax(mx, fabs(fd[i]));
-    }
-    for (size_t i = 0; i < n; i++)
-        if (!(fabs(an[i] - fd[i]) <= err)) err = fabs(an[i] - fd[i]), worst = i;
-    print_message("%s: %zu gradients, max |fd| %.3g, max |analytic - fd| %.3g\n", who, n, mx, err);
-    if (!(mx > 1e-4 && err <= 2e-3 * mx + 2e-5))
-        fail_msg("%s: max |analytic - fd| = %.3g at %zu (%.6g vs %.6g), max |fd| %.3g", who, err, worst, an[worst],
-                 fd[worst], mx);
-    free(an), free(fd);
-}
-
 /* ------------------------------------------------------------ S2-LoRA */
 
 static void test_s2lora(void **state)
@@ -225,7 +176,7 @@ static void test_s2lora(void **state)
     wmat_context oc = wmat_context_default();
     oc.n_threads = 1;
     wmat_model *m = tiny(21);
-    int32_t *d = tokens(400);
+    int32_t *d = tu_pattern_tokens(400);
     wmat_train_params p = params(&oc, "s2lora");
     wmat_trainer *t;
     TU_OK(wmat_trainer_create(&t, m, &p));
@@ -242,7 +193,7 @@ static void test_s2lora(void **state)
     const size_t nlam = (size_t)L * WMAT_LIN_COUNT * RK; /* the lambdas come first, the shared A, B after */
     for (size_t j = 0; j < nlam; j++) assert_true(pp[j] == 1.0f);
     steps(t, 8);
-    fd_all(t, "s2lora");
+    tu_trainer_fd_check(t, "s2lora");
     int moved = 0;
     for (size_t j = 0; j < nlam; j++) moved += pp[j] != 1.0f;
     assert_true(moved > 0);
@@ -298,7 +249,7 @@ static void test_compacter(void **state)
     wmat_context oc = wmat_context_default();
     oc.n_threads = 1;
     wmat_model *m = tiny(23);
-    int32_t *d = tokens(400);
+    int32_t *d = tu_pattern_tokens(400);
     wmat_train_params p = params(&oc, "compacter");
     wmat_trainer *t;
     p.lora_rank = 6; /* the bottleneck: not a multiple of 4 */
@@ -317,7 +268,7 @@ static void test_compacter(void **state)
     assert_int_equal(n, want);
     /* at init (rule ~1e-4) the layer is within ~1e-4 of the base */
     steps(t, 8);
-    fd_all(t, "compacter");
+    tu_trainer_fd_check(t, "compacter");
     wmat_model *mm = NULL;
     assert_int_equal(wmat_trainer_model(t, &mm), WMAT_ERR_UNSUPPORTED);
     assert_non_null(strstr(wmat_last_error(), "Compacter is not a weight delta"));
@@ -351,7 +302,7 @@ static void test_resume(void **state)
         wmat_model *m = tiny(11);
         wmat_train_params p = params(&oc, names[a]);
         p.adapter_l1 = 0.05f;
-        int32_t *d = tokens(400);
+        int32_t *d = tu_pattern_tokens(400);
         wmat_trainer *t, *u, *v;
         TU_OK(wmat_trainer_create(&t, m, &p));
         TU_OK(wmat_trainer_set_data(t, d, 400));

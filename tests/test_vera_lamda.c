@@ -25,7 +25,7 @@
  *   on a q4_0 base lowers the loss and merges exactly as well; a run
  *   interrupted after 9 of 20 steps and resumed from its checkpoint ends
  *   with the same floats as an uninterrupted one. */
-#include "test_util.h"
+#include "train_util.h"
 #include "io/model_internal.h"
 #include "io/safetensors.h"
 #include "train/adapter.h"
@@ -42,15 +42,7 @@ enum { RK = 4, L = 2 };
 
 /* dim 32, hidden 64 (q4_0 takes 32-wide rows), 4 heads over 2 KV heads,
  * vocab 13, tied */
-static wmat_model *tiny(uint64_t seed, int hidden)
-{
-    wmat_config c = tu_config(32, hidden, L, 4, 2, 13, 16);
-    c.tied_embeddings = 1;
-    wmat_model *m;
-    TU_OK(wmat_model_create(&m, &c));
-    TU_OK(wmat_model_init_random(m, seed, 0.3f));
-    return m;
-}
+static wmat_model *tiny(uint64_t seed, int hidden) { return tu_tiny_model(seed, 32, hidden, L); }
 
 /* every 2-D weight as q4_0 */
 static void to_q4(wmat_model *m)
@@ -69,13 +61,6 @@ static void to_q4(wmat_model *m)
         *t = nt;
         memcpy(t->name, name, sizeof name);
     }
-}
-
-static int32_t *tokens(size_t n)
-{
-    int32_t *d = malloc(n * sizeof(int32_t));
-    for (size_t i = 0; i < n; i++) d[i] = (int32_t)((i * i + 3 * i) % 7 + (i % 3)) % 13;
-    return d;
 }
 
 static wmat_train_params params(wmat_context *oc, const char *adapter)
@@ -115,44 +100,10 @@ static void lin_shape(const wmat_model *m, int k, int *out, int *in)
 /* Gradients of every trainable float against central differences of the
  * trainer's loss (float forward, double loss sum), h = 1e-2:
  * |analytic - fd| <= 2e-3 max|fd| + 2e-5 (a 1% error in the largest fails). */
-static void fd_all(wmat_trainer *t, const char *who)
-{
-    int32_t inp[16], tgt[16];
-    const int32_t *d = tokens(17);
-    for (int i = 0; i < 16; i++) inp[i] = d[i], tgt[i] = d[i + 1];
-    free((void *)d);
-    double loss;
-    TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 2, 8, 1.0f / 16, 1, 0, &loss));
-    size_t n;
-    float *pp = wmat__trainer_params(t, &n), *g = wmat__trainer_grads(t, &n);
-    float *an = malloc(n * sizeof(float));
-    double *fd = malloc(n * sizeof(double)), mx = 0, err = 0;
-    memcpy(an, g, n * sizeof(float));
-    size_t worst = 0;
-    for (size_t i = 0; i < n; i++) {
-        const float s = pp[i], h = 1e-2f;
-        double lp, lm;
-        pp[i] = s + h;
-        TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 2, 8, 1.0f / 16, 0, 1, &lp));
-        pp[i] = s - h;
-        TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 2, 8, 1.0f / 16, 0, 1, &lm));
-        pp[i] = s;
-        fd[i] = (lp - lm) / (2.0 * h);
-        mx = fmax(mx, fabs(fd[i]));
-    }
-    for (size_t i = 0; i < n; i++)
-        if (!(fabs(an[i] - fd[i]) <= err)) err = fabs(an[i] - fd[i]), worst = i;
-    print_message("%s: %zu gradients, max |fd| %.3g, max |analytic - fd| %.3g\n", who, n, mx, err);
-    if (!(mx > 1e-4 && err <= 2e-3 * mx + 2e-5))
-        fail_msg("%s: max |analytic - fd| = %.3g at %zu (%.6g vs %.6g), max |fd| %.3g", who, err, worst, an[worst],
-                 fd[worst], mx);
-    free(an), free(fd);
-}
-
 /* The loss of the trainer on fixed windows (no backward). */
 static double fixed_loss(wmat_trainer *t)
 {
-    int32_t *d = tokens(64), inp[16], tgt[16];
+    int32_t *d = tu_pattern_tokens(64), inp[16], tgt[16];
     double s = 0, loss;
     for (int w = 0; w < 3; w++) {
         for (int i = 0; i < 16; i++) inp[i] = d[w * 16 + i], tgt[i] = d[w * 16 + i + 1];
@@ -221,7 +172,7 @@ static void test_vera(void **state)
     wmat_train_params p = params(&oc, "vera");
     wmat_trainer *t;
     TU_OK(wmat_trainer_create(&t, m, &p));
-    int32_t *d = tokens(400);
+    int32_t *d = tu_pattern_tokens(400);
     TU_OK(wmat_trainer_set_data(t, d, 400));
     /* trainable: r + out per adapted layer */
     size_t n, want = 0;
@@ -330,7 +281,7 @@ static void test_vera(void **state)
     wmat__st_close(f0);
     wmat__st_close(f1);
     merged_equals_adapter(t, "vera");
-    fd_all(t, "vera");
+    tu_trainer_fd_check(t, "vera");
 
     /* another seed: other batches, the same A and B */
     wmat_train_params p2 = p;
@@ -381,7 +332,7 @@ static void test_lamda(void **state)
     wmat_train_params p = params(&oc, "lamda");
     wmat_trainer *t;
     TU_OK(wmat_trainer_create(&t, m, &p));
-    int32_t *d = tokens(400);
+    int32_t *d = tu_pattern_tokens(400);
     TU_OK(wmat_trainer_set_data(t, d, 400));
     size_t n, want = 0, fixed_want = 0;
     for (int k = 0; k < 7; k++) {
@@ -440,7 +391,7 @@ static void test_lamda(void **state)
     wmat__st_close(c0);
     wmat__st_close(c1);
     merged_equals_adapter(t, "lamda");
-    fd_all(t, "lamda");
+    tu_trainer_fd_check(t, "lamda");
     /* PEFT has no LaMDA */
     assert_int_not_equal(wmat_trainer_save_lora(t, tu_tmp("lamda_peft")), WMAT_OK);
     for (int s = 0; s < 3; s++) free(snap[s]);
@@ -463,7 +414,7 @@ static void test_resume(void **state)
         oc.n_threads = 1;
         wmat_model *m = tiny(11, 64);
         wmat_train_params p = params(&oc, names[a]);
-        int32_t *d = tokens(400);
+        int32_t *d = tu_pattern_tokens(400);
         wmat_trainer *t, *u, *v;
         TU_OK(wmat_trainer_create(&t, m, &p));
         TU_OK(wmat_trainer_set_data(t, d, 400));
@@ -504,7 +455,7 @@ static void test_q4_base(void **state)
         wmat_train_params p = params(&oc, names[a]);
         wmat_trainer *t;
         TU_OK(wmat_trainer_create(&t, m, &p));
-        int32_t *d = tokens(400);
+        int32_t *d = tu_pattern_tokens(400);
         TU_OK(wmat_trainer_set_data(t, d, 400));
         const double before = fixed_loss(t);
         steps(t, 20, NULL, NULL);
