@@ -1226,7 +1226,7 @@ WMAT_API void wmat_quantize_report_free(wmat_quantize_report *rep);
  * without its pattern: METHOD[:BITS[:GROUP|oc|ic]][:KEY=VALUE]...; at most 8)
  * quantizes the whole model once with p's other settings; for every
  * quantized tensor and candidate, the calibration loss (log perplexity on
- * the first loss_windows windows of p->calib; <= 0: 8) of the fp32 model
+ * the first loss_windows windows of p->calib; <= 0: 32) of the fp32 model
  * with only that tensor quantized is measured; then one candidate per tensor
  * is chosen by an exact multiple-choice knapsack: least summed loss
  * increase with the stored bits within bpw over the quantized tensors.

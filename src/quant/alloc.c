@@ -228,7 +228,7 @@ int wmat_quantize_allocate(wmat_model *m, const wmat_quantize_params *p, const c
         return wmat_set_error(WMAT_ERR_INVALID, "bit allocation measures the calibration loss: give calibration tokens");
     if (p->comm) return wmat_set_error(WMAT_ERR_UNSUPPORTED, "bit allocation runs in one process (not under MPI)");
     if (!(bpw > 0) || !isfinite(bpw)) return wmat_set_error(WMAT_ERR_INVALID, "bit allocation: bits per weight must be > 0");
-    if (loss_windows <= 0) loss_windows = 8;
+    if (loss_windows <= 0) loss_windows = 32;
     char specs[MAX_CAND][160];
     int nc, rc = split_candidates(candidates, specs, &nc);
     if (rc) return rc;
