@@ -39,6 +39,7 @@ gemm.c g_blas_use    the lock that makes lending OpenBLAS threads to LAPACK excl
 gemm_dnnl.c g_engine the oneDNN CPU engine, created once by the linalg probe, never changed
 kern_dense.c g_isa_bits the CPU ISA level of the dense weight kernels, detected once and stored atomically (same value from every thread)
 dtype.c g_f16c      whether the CPU has F16C for the f16 array conversions, detected once and stored atomically (same value from every thread)
+dtype.c isa         the CPU ISA of the f32 -> bf16 array conversion (core cannot ask src/wop), detected once and stored atomically (same value from every thread)
 kernels.c isa        src/model: the decode kernels ISA (CPU features, WMAT_MATVEC read once), stored atomically (same value from every thread)
 ?alloc.c g_alloc_fail_at   fault injection (WMAT_FAULT_INJECTION builds only): test hook, the number of the allocation to fail
 ?alloc.c g_io_fail_at      fault injection: the same for I/O

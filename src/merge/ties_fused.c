@@ -11,6 +11,7 @@
  * then combine_block), so both give the same bits; the AVX2 twin does the
  * same operations four entries at a time (no FMA). */
 #include "merge.h"
+#include "wop/kern_dense.h"
 
 #include <math.h>
 #include <string.h>
@@ -121,17 +122,8 @@ __attribute__((target("avx2"))) static void range_avx2(const wmat_ties_fuse *f, 
     if (j < j1) range_c(f, mode, out, j, j1, st);
 }
 
-static int cpu_avx2(void)
-{
-    static int v; /* 0 unknown, 1 no, 2 yes */
-    int r = __atomic_load_n(&v, __ATOMIC_RELAXED);
-    if (!r) {
-        __builtin_cpu_init();
-        r = __builtin_cpu_supports("avx2") ? 2 : 1;
-        __atomic_store_n(&v, r, __ATOMIC_RELAXED);
-    }
-    return r == 2;
-}
+/* the weight kernels' CPU probe (detected once, src/wop/kern_dense.c) */
+static int cpu_avx2(void) { return wmat__isa_best() >= WMAT_ISA_AVX2; }
 #endif
 
 int wmat__ties_fused_has_simd(void)
