@@ -31,22 +31,7 @@ enum { RK = 4, L = 2 };
 
 static wmat_model *tiny(uint64_t seed) { return tu_tiny_model(seed, 16, 24, L); }
 
-static wmat_train_params params(wmat_context *oc, const char *adapter)
-{
-    wmat_train_params p = wmat_train_default_params();
-    p.exec = oc;
-    p.adapter = adapter;
-    p.batch = 2;
-    p.ctx = 8;
-    p.steps = 20;
-    p.warmup = 2;
-    p.lr = 2e-2f;
-    p.weight_decay = 0.1f;
-    p.lora_rank = RK;
-    p.lora_alpha = 8;
-    p.lora_targets = 0x7f;
-    return p;
-}
+static wmat_train_params params(wmat_context *oc, const char *adapter) { return tu_adapter_params(oc, adapter, RK); }
 
 static void steps(wmat_trainer *t, int n)
 {

@@ -63,22 +63,7 @@ static void to_q4(wmat_model *m)
     }
 }
 
-static wmat_train_params params(wmat_context *oc, const char *adapter)
-{
-    wmat_train_params p = wmat_train_default_params();
-    p.exec = oc;
-    p.adapter = adapter;
-    p.batch = 2;
-    p.ctx = 8;
-    p.steps = 20;
-    p.warmup = 2;
-    p.lr = 2e-2f;
-    p.weight_decay = 0.1f;
-    p.lora_rank = RK;
-    p.lora_alpha = 8;
-    p.lora_targets = 0x7f;
-    return p;
-}
+static wmat_train_params params(wmat_context *oc, const char *adapter) { return tu_adapter_params(oc, adapter, RK); }
 
 static void steps(wmat_trainer *t, int n, double *first, double *last)
 {

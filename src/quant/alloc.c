@@ -89,7 +89,6 @@ static int calib_loss(wmat_runtime *rt, const wmat_quantize_params *p, int windo
 int wmat__alloc_knapsack(const double *bits, const double *dloss, int nt, int nc, double budget, int *choice)
 {
     enum { U = WMAT_ALLOC_UNITS };
-    const double unit = budget / U;
     double *best = wmat__malloc(sizeof(double) * (U + 1)), *next = wmat__malloc(sizeof(double) * (U + 1));
     unsigned char *pick = wmat__malloc((size_t)nt * (U + 1));
     int rc = WMAT_OK;
@@ -137,7 +136,6 @@ int wmat__alloc_knapsack(const double *bits, const double *dloss, int nt, int nc
         choice[i] = c;
         u -= (int)wmat__alloc_units(bits[i * nc + c], budget);
     }
-    (void)unit;
 done:
     wmat__free(best);
     wmat__free(next);

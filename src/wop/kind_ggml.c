@@ -11,8 +11,6 @@
 #include "kern_dense.h"
 #include "kern_ggml.h"
 
-#include <string.h>
-
 static size_t row_bytes(const wmat_tensor *W) { return wmat_dtype_bytes(W->dtype, (uint64_t)W->shape[1]); }
 
 static void deq_rows(const wmat_tensor *W, int64_t r0, int64_t nr, float *out)

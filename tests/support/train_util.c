@@ -14,6 +14,23 @@ wmat_model *tu_tiny_model(uint64_t seed, int dim, int hidden, int layers)
     return m;
 }
 
+wmat_train_params tu_adapter_params(wmat_context *oc, const char *adapter, int rank)
+{
+    wmat_train_params p = wmat_train_default_params();
+    p.exec = oc;
+    p.adapter = adapter;
+    p.batch = 2;
+    p.ctx = 8;
+    p.steps = 20;
+    p.warmup = 2;
+    p.lr = 2e-2f;
+    p.weight_decay = 0.1f;
+    p.lora_rank = rank;
+    p.lora_alpha = 8;
+    p.lora_targets = 0x7f;
+    return p;
+}
+
 int32_t *tu_pattern_tokens(size_t n)
 {
     int32_t *d = malloc(n * sizeof(int32_t));

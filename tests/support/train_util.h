@@ -12,6 +12,9 @@
 /* dim x hidden, `layers` blocks, 4 heads over 2 KV heads, vocab 13, ctx 16,
  * tied embeddings, weights N(0, 0.3) from seed */
 wmat_model *tu_tiny_model(uint64_t seed, int dim, int hidden, int layers);
+/* The adapter tests' run: `adapter` at rank (alpha 8) on all seven linears,
+ * batch 2 x 8, 20 steps (warmup 2), lr 2e-2, weight decay 0.1, on oc */
+wmat_train_params tu_adapter_params(wmat_context *oc, const char *adapter, int rank);
 /* n ids in 0..12 in a fixed pattern (malloc'd) */
 int32_t *tu_pattern_tokens(size_t n);
 /* Every trainable float of t: the gradient of two windows of 8 tokens
