@@ -788,6 +788,30 @@ WMAT_API int wmat_analyze_tensors(wmat_analysis **out, const wmat_tensor *const 
                                   const wmat_analyze_params *p);
 WMAT_API void wmat_analysis_free(wmat_analysis *a);
 
+/* Propagation tightness of interval bounds (Mao et al., ICLR 2024): for a
+ * linear chain M = W[L-1] ... W[0] and an input box of radius 1, per output
+ * i, tau_i = (|M| 1)_i / (|W[L-1]| ... |W[0]| 1)_i in (0, 1]; 1 means
+ * interval bound propagation is exact. W[i] is dims[i+1] x dims[i] fp32
+ * row-major; mean, min and max over the outputs (any may be NULL).
+ * docs/EXPERIMENTS.md. */
+WMAT_API int wmat_ibp_tightness(const float *const *W, const int64_t *dims, int L, double *mean, double *min,
+                                double *max);
+
+/* Tightness per block of a LLaMA-style model, RMS normalisation at rms 1
+ * with its weights g kept: the attention value path O V diag(g) (GQA rows
+ * repeated), the FFN path D U diag(g) (gate as identity), the block's
+ * residual map (I + F)(I + A), and blocks 0..layer chained; *_init is the
+ * prediction for iid Gaussian weights of those shapes, sqrt(pi / (2 k)) with
+ * k the inner width. Weights of any kind are read dequantized. */
+typedef struct {
+    int layer;
+    double attn, attn_min, ffn, ffn_min;
+    double block, stack;
+    double attn_init, ffn_init;
+} wmat_ibp_block;
+/* out: room for n_out >= n_layers blocks. */
+WMAT_API int wmat_ibp_model(wmat_model *m, wmat_ibp_block *out, int n_out);
+
 WMAT_API int wmat_analysis_n_matrices(const wmat_analysis *a);
 WMAT_API const wmat_matrix_stats *wmat_analysis_matrix(const wmat_analysis *a, int i);
 WMAT_API int wmat_analysis_n_heads(const wmat_analysis *a);

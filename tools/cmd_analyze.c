@@ -27,12 +27,37 @@ static int json_to_stdout(const wmat_analysis *a)
     return rc;
 }
 
+/* Interval-bound tightness per block: the branches, the block, the stack. */
+static int print_ibp(wmat_model *m)
+{
+    int L = wmat_model_config(m)->n_layers;
+    wmat_ibp_block *b = calloc(L > 0 ? (size_t)L : 1, sizeof *b);
+    if (!b) {
+        fprintf(stderr, "wmat analyze: error: out of memory\n");
+        return 1;
+    }
+    int rc = wmat_ibp_model(m, b, L);
+    if (rc) {
+        cli_fail("analyze --ibp");
+        free(b);
+        return 1;
+    }
+    printf("\ninterval bound tightness (1 = exact; input box of radius 1, rms 1):\n");
+    printf("%5s %9s %9s %9s %9s %9s %9s %9s %9s\n", "layer", "attn", "attn min", "attn iid", "ffn", "ffn min",
+           "ffn iid", "block", "stack");
+    for (int l = 0; l < L; l++)
+        printf("%5d %9.4f %9.4f %9.4f %9.4f %9.4f %9.4f %9.3g %9.3g\n", b[l].layer, b[l].attn, b[l].attn_min,
+               b[l].attn_init, b[l].ffn, b[l].ffn_min, b[l].ffn_init, b[l].block, b[l].stack);
+    free(b);
+    return 0;
+}
+
 int cmd_analyze(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("analyze");
     const char *base_path = NULL, *csv = NULL, *html = NULL, *title = NULL;
     cli_json js = {0};
-    int exact = 0, no_heads = 0, heads = 0, rows = 60, quiet = 0;
+    int exact = 0, no_heads = 0, heads = 0, rows = 60, quiet = 0, ibp = 0;
     int ik = 10;
     float ithr = 0.5f;
     cli_opt opts[] = {
@@ -48,6 +73,7 @@ int cmd_analyze(int argc, char **argv)
         {"--no-heads", OPT_FLAG, &no_heads, NULL, "skip the attention-head analysis"},
         {"--rows", OPT_INT, &rows, "N", "matrices in the terminal table (default 60; 0: all)"},
         {"--quiet", OPT_FLAG, &quiet, NULL, "no terminal summary"},
+        {"--ibp", OPT_FLAG, &ibp, NULL, "tightness of interval bounds per block (docs/EXPERIMENTS.md)"},
         {NULL, 0, NULL, NULL, NULL},
     };
     const char *pos[1];
@@ -59,6 +85,7 @@ int cmd_analyze(int argc, char **argv)
     if (rows < 0) return cli_usage_error("analyze", "--rows must be >= 0");
     if (heads && no_heads) return cli_usage_error("analyze", "give at most one of --heads and --no-heads");
     if ((rc = cli_json_check("analyze", &js))) return rc;
+    if (ibp && js.flag) return cli_usage_error("analyze", "--ibp prints a table; it cannot share stdout with --json");
     /* --json: stdout carries only the JSON (everything, singular values and heads included) */
     if (js.flag) quiet = 1;
     wmat_model *m = NULL, *b = NULL;
@@ -107,6 +134,7 @@ int cmd_analyze(int argc, char **argv)
         if ((rc = wmat_analysis_write_html(a, html, title ? title : t))) cli_fail("analyze");
         else fprintf(stderr, "wrote %s\n", html);
     }
+    if (!rc && ibp) rc = print_ibp(m);
     if (!rc && js.flag) rc = json_to_stdout(a);
     wmat_analysis_free(a);
     wmat_model_free(m);
