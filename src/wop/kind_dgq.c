@@ -15,13 +15,13 @@
  * model around it).
  *
  * Storage (nbytes counts every byte):
- *   .dgq_codes  u8  (rows, cols/2)      per 32 inputs, byte j: c_j | c_(j+16) << 4
+ *   .dgq_codes  u8  (rows, ceil(cols/32) 16)  per 32 inputs, byte j: c_j | c_(j+16) << 4 (0-padded)
  *   .dgq_zero   u8  (rows, ceil(ng/2))  zero points, two per byte (low nibble: even group)
  *   .dgq_k      u8  (rows, ng)          k_g as int8 (1..127)
  *   .dgq_s8     f16 (rows)
  *   .dgq_smooth f32 (cols)              only when "smooth" is 1
  *   description: group, smooth (0/1), act_scale (s_x, a float >= 0)
- * group is a multiple of 32 dividing cols.
+ * group is a multiple of 32 dividing cols, or cols (one group per row, any width).
  *
  * Run: with int8 activations (ex->act8) the batched path quantizes X once,
  * decodes tiles of rows into W8 and multiplies on linalg's int8 GEMM
@@ -50,7 +50,7 @@ extern const wmat_wkind wmat__wkind_dgq;
 
 typedef struct {
     wmat_wobj obj;
-    int64_t rows, cols, group, ng, zb; /* zb: zero bytes per row */
+    int64_t rows, cols, group, ng, zb, rb; /* zb: zero bytes per row, rb: code bytes per row */
     int smooth;
     float act_scale;
     const uint8_t *codes; /* (rows, cols / 2) */
@@ -84,7 +84,7 @@ static void w8_rows(const dgqobj *o, int64_t r0, int64_t nr, int8_t *out)
 {
     for (int64_t i = 0; i < nr; i++) {
         const int64_t r = r0 + i;
-        const uint8_t *cr = o->codes + r * (o->cols / 2);
+        const uint8_t *cr = o->codes + r * o->rb;
         int8_t *w = out + i * o->cols;
         for (int64_t g = 0; g < o->ng; g++) {
             const int z = (int)zero_at(o, r, g), k = o->k[r * o->ng + g];
@@ -100,7 +100,7 @@ static void dg_dequant(const wmat_tensor *W, int64_t r0, int64_t nr, float *out)
     const dgqobj *o = dg_of(W);
     for (int64_t i = 0; i < nr; i++) {
         const int64_t r = r0 + i;
-        const uint8_t *cr = o->codes + r * (o->cols / 2);
+        const uint8_t *cr = o->codes + r * o->rb;
         float *w = out + i * o->cols;
         const float s = o->s8f[r];
         for (int64_t g = 0; g < o->ng; g++) {
@@ -170,8 +170,11 @@ static void dg_prepare(const wmat_tensor *W, const float *x, void *prep, const w
 static int32_t gdot_ref(const uint8_t *cb, const int8_t *x8, int64_t n)
 {
     int32_t s = 0;
-    for (int64_t b = 0; b < n; b += 32, cb += 16)
-        for (int j = 0; j < 16; j++) s += (int32_t)(cb[j] & 15u) * x8[b + j] + (int32_t)(cb[j] >> 4) * x8[b + 16 + j];
+    int64_t b = 0;
+    for (; b + 32 <= n; b += 32)
+        for (int j = 0; j < 16; j++)
+            s += (int32_t)(cb[b / 2 + j] & 15u) * x8[b + j] + (int32_t)(cb[b / 2 + j] >> 4) * x8[b + 16 + j];
+    for (; b < n; b++) s += (int32_t)code_at(cb, b) * x8[b];
     return s;
 }
 
@@ -181,8 +184,9 @@ KD_AVX2 static int32_t gdot_avx2(const uint8_t *cb, const int8_t *x8, int64_t n)
     const __m128i m4 = _mm_set1_epi8(15);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc = _mm256_setzero_si256();
-    for (int64_t b = 0; b < n; b += 32, cb += 16) {
-        const __m128i v = _mm_loadu_si128((const __m128i *)cb);
+    int64_t b = 0;
+    for (; b + 32 <= n; b += 32) {
+        const __m128i v = _mm_loadu_si128((const __m128i *)(cb + b / 2));
         const __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
         const __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(x8 + b))); /* |.| <= 3810 */
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
@@ -190,14 +194,16 @@ KD_AVX2 static int32_t gdot_avx2(const uint8_t *cb, const int8_t *x8, int64_t n)
     __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
     h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
     h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
-    return _mm_cvtsi128_si32(h);
+    int32_t s = _mm_cvtsi128_si32(h);
+    for (; b < n; b++) s += (int32_t)code_at(cb, b) * x8[b];
+    return s;
 }
 #endif
 
 /* The integer row product sum_c W8[r, c] x8_c (exact). isa WMAT_ISA_*. */
 static int64_t row_dot8(const dgqobj *o, int64_t r, const int8_t *x8, const int32_t *xs, int avx2)
 {
-    const uint8_t *cr = o->codes + r * (o->cols / 2);
+    const uint8_t *cr = o->codes + r * o->rb;
     int64_t acc = 0;
     for (int64_t g = 0; g < o->ng; g++) {
         const uint8_t *cb = cr + g * (o->group / 2);
@@ -247,7 +253,7 @@ static void dg_rows(const wmat_tensor *W, const float *x, const void *prep, floa
     }
     const float *xf = (const float *)(p + prep_xf_off(o));
     for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *cr = o->codes + r * (o->cols / 2);
+        const uint8_t *cr = o->codes + r * o->rb;
         float a = 0.0f;
         for (int64_t g = 0; g < o->ng; g++) {
             const float z = (float)zero_at(o, r, g);
@@ -361,7 +367,7 @@ static float dg_batch_tol(const wmat_wexec *ex) { return ex->act8 ? 3e-2f : 1e-5
 static uint64_t dg_nbytes(const wmat_tensor *W)
 {
     const dgqobj *o = dg_of(W);
-    return (uint64_t)(o->rows * (o->cols / 2)) + (uint64_t)(o->rows * o->zb) + (uint64_t)(o->rows * o->ng) +
+    return (uint64_t)(o->rows * o->rb) + (uint64_t)(o->rows * o->zb) + (uint64_t)(o->rows * o->ng) +
            (uint64_t)o->rows * 2u + (o->smooth ? (uint64_t)o->cols * 4u : 0u) + 4u;
 }
 
@@ -428,7 +434,7 @@ static int build_index(dgqobj *o, const char *what)
         o->rs[c] = 1.0f / s;
     }
     for (int64_t r = 0; r < o->rows; r++) {
-        const uint8_t *cr = o->codes + r * (o->cols / 2);
+        const uint8_t *cr = o->codes + r * o->rb;
         if (o->ng % 2 && (o->zero[r * o->zb + o->zb - 1] >> 4))
             return wmat_set_error(WMAT_ERR_FORMAT, "%s: row %lld has a zero point past its last group", what, (long long)r);
         for (int64_t g = 0; g < o->ng; g++) {
@@ -450,9 +456,10 @@ static int build_index(dgqobj *o, const char *what)
 
 static int shape_ok(int64_t rows, int64_t cols, int64_t group)
 {
-    return rows >= 1 && cols >= 32 && rows <= INT32_MAX && cols <= INT32_MAX && group >= 32 && group % 32 == 0 &&
-           group <= cols && cols % group == 0;
+    return rows >= 1 && cols >= 1 && rows <= INT32_MAX && cols <= INT32_MAX &&
+           (group == cols || (group >= 32 && group % 32 == 0 && group <= cols && cols % group == 0));
 }
+static int64_t row_bytes(int64_t cols) { return (cols + 31) / 32 * 16; }
 
 int wmat__dgq_create(int64_t rows, int64_t cols, int64_t group, const uint8_t *codes, const uint8_t *zeros,
                      const int8_t *k, const float *s8, const float *smooth, float act_scale, void **obj)
@@ -464,8 +471,8 @@ int wmat__dgq_create(int64_t rows, int64_t cols, int64_t group, const uint8_t *c
                               (long long)rows, (long long)cols, (long long)group);
     if (!(act_scale >= 0.0f && act_scale < FLT_MAX))
         return wmat_set_error(WMAT_ERR_INVALID, "dgq: activation scale %g is not finite and >= 0", (double)act_scale);
-    const int64_t ng = cols / group, zb = (ng + 1) / 2;
-    const size_t cb = align64((size_t)(rows * cols / 2)), zbb = align64((size_t)(rows * zb)), kb = align64((size_t)(rows * ng)),
+    const int64_t ng = cols / group, zb = (ng + 1) / 2, rb = row_bytes(cols);
+    const size_t cb = align64((size_t)(rows * rb)), zbb = align64((size_t)(rows * zb)), kb = align64((size_t)(rows * ng)),
                  sb = align64((size_t)rows * 2), mb = smooth ? (size_t)cols * 4 : 0;
     dgqobj *o = wmat__calloc(1, sizeof *o);
     char *buf = wmat__aligned_alloc(cb + zbb + kb + sb + mb + 64);
@@ -482,7 +489,7 @@ int wmat__dgq_create(int64_t rows, int64_t cols, int64_t group, const uint8_t *c
     for (int64_t r = 0; r < rows; r++) {
         for (int64_t c = 0; c < cols; c++) {
             const uint8_t q = codes[r * cols + c] & 15u;
-            pc[r * (cols / 2) + (c >> 5) * 16 + (c & 15)] |= (uint8_t)((c & 16) ? q << 4 : q);
+            pc[r * rb + (c >> 5) * 16 + (c & 15)] |= (uint8_t)((c & 16) ? q << 4 : q);
         }
         for (int64_t g = 0; g < ng; g++) {
             const uint8_t z = zeros[r * ng + g] & 15u;
@@ -493,7 +500,7 @@ int wmat__dgq_create(int64_t rows, int64_t cols, int64_t group, const uint8_t *c
     }
     if (pm) memcpy(pm, smooth, (size_t)cols * 4);
     o->obj.kind = &wmat__wkind_dgq;
-    o->rows = rows, o->cols = cols, o->group = group, o->ng = ng, o->zb = zb;
+    o->rows = rows, o->cols = cols, o->group = group, o->ng = ng, o->zb = zb, o->rb = rb;
     o->smooth = smooth != NULL, o->act_scale = act_scale;
     o->codes = pc, o->zero = pz, o->k = pk, o->s8 = ps, o->sm = pm, o->own = buf;
     int rc = build_index(o, "dgq");
@@ -510,9 +517,9 @@ int wmat__dgq_create(int64_t rows, int64_t cols, int64_t group, const uint8_t *c
  * group 64 where it divides cols, else 32 (cols a multiple of 32). */
 static int dg_from_f32(const float *W, int64_t rows, int64_t cols, wmat_tensor *out)
 {
-    const int64_t group = cols % 64 == 0 ? 64 : 32;
+    const int64_t group = cols % 64 == 0 ? 64 : cols % 32 == 0 ? 32 : cols;
     if (!shape_ok(rows, cols, group))
-        return wmat_set_error(WMAT_ERR_INVALID, "dgq: %lld inputs are not a multiple of 32", (long long)cols);
+        return wmat_set_error(WMAT_ERR_INVALID, "dgq: bad shape (%lld x %lld)", (long long)rows, (long long)cols);
     const int64_t ng = cols / group;
     uint8_t *q = wmat__malloc((size_t)(rows * cols)), *z = wmat__malloc((size_t)(rows * ng));
     int8_t *k = wmat__malloc((size_t)(rows * ng));
@@ -564,7 +571,7 @@ static int dg_save(const wmat_tensor *W, cJSON *desc, wmat_wpart *parts, int *n_
         !cJSON_AddNumberToObject(desc, "smooth", (double)o->smooth) ||
         !cJSON_AddNumberToObject(desc, "act_scale", (double)o->act_scale))
         return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", what);
-    parts[0] = (wmat_wpart){".dgq_codes", WMAT_U8, 2, {o->rows, o->cols / 2}, o->codes};
+    parts[0] = (wmat_wpart){".dgq_codes", WMAT_U8, 2, {o->rows, o->rb}, o->codes};
     parts[1] = (wmat_wpart){".dgq_zero", WMAT_U8, 2, {o->rows, o->zb}, o->zero};
     parts[2] = (wmat_wpart){".dgq_k", WMAT_U8, 2, {o->rows, o->ng}, o->k};
     parts[3] = (wmat_wpart){".dgq_s8", WMAT_F16, 1, {o->rows, 0}, o->s8};
@@ -589,7 +596,7 @@ static int dg_load(const cJSON *desc, int64_t rows, int64_t cols, wmat_wpart_get
 {
     *obj = NULL;
     double g = 0, sm = 0, as = 0;
-    int rc = jnum(desc, "group", 32, (double)INT32_MAX, 1, &g, what);
+    int rc = jnum(desc, "group", 1, (double)INT32_MAX, 1, &g, what);
     if (!rc) rc = jnum(desc, "smooth", 0, 1, 1, &sm, what);
     if (!rc) rc = jnum(desc, "act_scale", 0, FLT_MAX, 0, &as, what);
     if (rc) return rc;
@@ -597,9 +604,9 @@ static int dg_load(const cJSON *desc, int64_t rows, int64_t cols, wmat_wpart_get
     if (!shape_ok(rows, cols, group))
         return wmat_set_error(WMAT_ERR_FORMAT, "%s: bad shape (%lld x %lld, group %lld)", what, (long long)rows,
                               (long long)cols, (long long)group);
-    const int64_t ng = cols / group, zb = (ng + 1) / 2;
+    const int64_t ng = cols / group, zb = (ng + 1) / 2, rb = row_bytes(cols);
     const void *codes, *zero, *k, *s8, *smv = NULL;
-    rc = get(user, ".dgq_codes", WMAT_U8, 2, rows, cols / 2, &codes);
+    rc = get(user, ".dgq_codes", WMAT_U8, 2, rows, rb, &codes);
     if (!rc) rc = get(user, ".dgq_zero", WMAT_U8, 2, rows, zb, &zero);
     if (!rc) rc = get(user, ".dgq_k", WMAT_U8, 2, rows, ng, &k);
     if (!rc) rc = get(user, ".dgq_s8", WMAT_F16, 1, rows, 0, &s8);
@@ -610,7 +617,7 @@ static int dg_load(const cJSON *desc, int64_t rows, int64_t cols, wmat_wpart_get
     dgqobj *o = wmat__calloc(1, sizeof *o);
     if (!o) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", what);
     o->obj.kind = &wmat__wkind_dgq;
-    o->rows = rows, o->cols = cols, o->group = group, o->ng = ng, o->zb = zb;
+    o->rows = rows, o->cols = cols, o->group = group, o->ng = ng, o->zb = zb, o->rb = rb;
     o->smooth = sm > 0, o->act_scale = (float)as;
     o->codes = codes, o->zero = zero, o->k = k, o->s8 = s8, o->sm = smv;
     if ((rc = build_index(o, what))) {
