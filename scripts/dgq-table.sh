@@ -38,10 +38,10 @@ for model in $MODELS; do
       bpw=$(awk '/^bits\/weight/ {print $2}' <<< "$out")
       ppl=$(awk '/^perplexity/ {print $2}' <<< "$out")
       # groups with k_g >= 17, weighted by each tensor's group count (rows x cols / group)
-      k17=$(awk '/ dgq a8w4 g/ {g = $3; sub("g", "", g); f = $5; sub("%", "", f);
+      k17=$(awk '/ dgq a8w4 g/ {g = $4; sub("g", "", g); f = $6; sub("%", "", f);
                  for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+x[0-9]+$/) { split($i, d, "x"); n = d[1] * d[2] / g }
                  s += f * n; t += n} END {if (t) printf "%.2f", s / t}' <<< "$out")
-      echo "$model $s $bpw $ppl $c ${k17:+k17avg=$k17}"
+      echo "$model $s $bpw $ppl $c${k17:+ k17=$k17%}"
     done
   done
 done

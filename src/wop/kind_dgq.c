@@ -79,19 +79,66 @@ static unsigned zero_at(const dgqobj *o, int64_t r, int64_t g)
     return (g & 1) ? b >> 4 : b & 15u;
 }
 
-/* W8 of rows r0 .. r0+nr-1 (nr, cols). */
-static void w8_rows(const dgqobj *o, int64_t r0, int64_t nr, int8_t *out)
+/* A group's 16 possible W8 values, (q - z) k (codes outside the clamp
+ * never occur in a loaded weight; their entries are saturated). */
+static void group_table(int z, int k, int8_t *tab)
 {
+    for (int q = 0; q < 16; q++) {
+        const int v = (q - z) * k;
+        tab[q] = (int8_t)(v > 127 ? 127 : v < -128 ? -128 : v);
+    }
+}
+
+#ifdef KD_X86
+/* n (a multiple of 32) codes of a group through the table: one byte
+ * shuffle per 16 codes. */
+KD_AVX2 static void decode_avx2(const uint8_t *cb, const int8_t *tab, int64_t n, int8_t *w)
+{
+    const __m128i m4 = _mm_set1_epi8(15), t = _mm_loadu_si128((const __m128i *)tab);
+    for (int64_t b = 0; b < n; b += 32) {
+        const __m128i v = _mm_loadu_si128((const __m128i *)(cb + b / 2));
+        _mm_storeu_si128((__m128i *)(w + b), _mm_shuffle_epi8(t, _mm_and_si128(v, m4)));
+        _mm_storeu_si128((__m128i *)(w + b + 16), _mm_shuffle_epi8(t, _mm_and_si128(_mm_srli_epi16(v, 4), m4)));
+    }
+}
+#endif
+
+/* W8 of rows r0 .. r0+nr-1 (nr, cols). */
+static void w8_rows_at(const dgqobj *o, int64_t r0, int64_t nr, int8_t *out, int avx2)
+{
+    int8_t tab[16];
     for (int64_t i = 0; i < nr; i++) {
         const int64_t r = r0 + i;
         const uint8_t *cr = o->codes + r * o->rb;
         int8_t *w = out + i * o->cols;
         for (int64_t g = 0; g < o->ng; g++) {
-            const int z = (int)zero_at(o, r, g), k = o->k[r * o->ng + g];
-            for (int64_t c = g * o->group; c < (g + 1) * o->group; c++) w[c] = (int8_t)(((int)code_at(cr, c) - z) * k);
+            group_table((int)zero_at(o, r, g), o->k[r * o->ng + g], tab);
+            int64_t c = g * o->group;
+            const int64_t e = (g + 1) * o->group;
+#ifdef KD_X86
+            if (avx2) {
+                const int64_t n32 = (e - c) / 32 * 32;
+                decode_avx2(cr + c / 2, tab, n32, w + c);
+                c += n32;
+            }
+#endif
+            for (; c < e; c++) w[c] = tab[code_at(cr, c)];
         }
     }
+    (void)avx2;
 }
+
+static int use_avx2(int isa)
+{
+#ifdef KD_X86
+    return isa >= WMAT_ISA_AVX2 && wmat__isa_best() >= WMAT_ISA_AVX2;
+#else
+    (void)isa;
+    return 0;
+#endif
+}
+
+static void w8_rows(const dgqobj *o, int64_t r0, int64_t nr, int8_t *out) { w8_rows_at(o, r0, nr, out, 0); }
 
 void wmat__dgq_w8_rows(const wmat_tensor *W, int64_t r0, int64_t nr, int8_t *out) { w8_rows(dg_of(W), r0, nr, out); }
 
@@ -327,10 +374,11 @@ static void dg_forward(const wmat_tensor *W, const float *X, float *Y, int T, in
 #pragma omp parallel for num_threads(nt) if (nt > 1 && T > 1) schedule(static)
     for (int t = 0; t < T; t++) w.sx[t] = quant_act(o, X + (int64_t)t * in, w.x8 + (int64_t)t * in);
     const wmat_gemm_backend gb = wmat__gemm_int8_native(ex->gemm) ? ex->gemm : WMAT_GEMM_AUTO;
+    const int avx2 = use_avx2(ex->isa);
     for (int64_t r0 = 0; r0 < o->rows; r0 += tr) {
         const int64_t nr = o->rows - r0 < tr ? o->rows - r0 : tr;
 #pragma omp parallel for num_threads(nt) if (nt > 1 && nr >= 2 * nt) schedule(static)
-        for (int64_t i = 0; i < nr; i++) w8_rows(o, r0 + i, 1, w.w8 + i * in);
+        for (int64_t i = 0; i < nr; i++) w8_rows_at(o, r0 + i, 1, w.w8 + i * in, avx2);
         wmat__gemm_s8s8s32_on(gb, ex->n_threads, 0, 1, T, (int)nr, (int)in, w.x8, (int)in, w.w8, (int)in, 0, w.C,
                               (int)nr);
         for (int t = 0; t < T; t++) {
