@@ -53,7 +53,7 @@ typedef struct {
     int64_t rows, cols, group, ng, zb, rb; /* zb: zero bytes per row, rb: code bytes per row */
     int smooth;
     float act_scale;
-    const uint8_t *codes; /* (rows, cols / 2) */
+    const uint8_t *codes; /* (rows, rb) */
     const uint8_t *zero;  /* (rows, zb) */
     const int8_t *k;      /* (rows, ng) */
     const uint16_t *s8;   /* (rows) f16 */
