@@ -43,6 +43,7 @@ int wmat__qstats_init(wmat_qstats *s, int64_t n, int with_hessian)
     s->n = n;
     s->x2 = wmat__calloc((size_t)n, sizeof(double));
     s->absmax = wmat__calloc((size_t)n, sizeof(float));
+    s->wmaxmin = wmat__calloc((size_t)n, sizeof(float));
     if (with_hessian) {
         s->H = wmat__calloc((size_t)(n * n), sizeof(double));
         s->fact = wmat__calloc(1, sizeof *s->fact);
@@ -50,7 +51,7 @@ int wmat__qstats_init(wmat_qstats *s, int64_t n, int with_hessian)
         s->xb = wmat__malloc((size_t)s->xb_cap * (size_t)n * sizeof(float));
         s->G = wmat__malloc((size_t)(n * n) * sizeof(float));
     }
-    if (!s->x2 || !s->absmax || (with_hessian && (!s->H || !s->fact || !s->xb || !s->G))) {
+    if (!s->x2 || !s->absmax || !s->wmaxmin || (with_hessian && (!s->H || !s->fact || !s->xb || !s->G))) {
         wmat__qstats_free(s);
         return wmat_set_error(WMAT_ERR_NOMEM, "calibration: out of memory for statistics of %lld inputs", (long long)n);
     }
@@ -62,6 +63,7 @@ void wmat__qstats_free(wmat_qstats *s)
     wmat__free(s->H);
     wmat__free(s->x2);
     wmat__free(s->absmax);
+    wmat__free(s->wmaxmin);
     if (s->fact) wmat__gptq_fact_clear(s->fact);
     wmat__free(s->fact);
     wmat__free(s->xb);
@@ -74,6 +76,7 @@ void wmat__qstats_reset(wmat_qstats *s)
     if (s->H) memset(s->H, 0, (size_t)(s->n * s->n) * sizeof(double));
     memset(s->x2, 0, (size_t)s->n * sizeof(double));
     memset(s->absmax, 0, (size_t)s->n * sizeof(float));
+    memset(s->wmaxmin, 0, (size_t)s->n * sizeof(float));
     if (s->fact) wmat__gptq_fact_clear(s->fact);
     s->xb_rows = 0;
     s->n_tokens = 0;
@@ -108,12 +111,17 @@ void wmat__qstats_add(wmat_qstats *s, const float *X, int T)
 {
     const double t0 = wmat__now();
     const int64_t n = s->n;
-    for (int t = 0; t < T; t++)
-        for (int64_t j = 0; j < n; j++) {
+    const int first = s->n_tokens == 0;
+    for (int64_t j = 0; j < n && T > 0; j++) {
+        float m = 0.0f;
+        for (int t = 0; t < T; t++) {
             const float v = X[(int64_t)t * n + j];
             s->x2[j] += (double)v * v;
-            if (fabsf(v) > s->absmax[j]) s->absmax[j] = fabsf(v);
+            if (fabsf(v) > m) m = fabsf(v);
         }
+        if (m > s->absmax[j]) s->absmax[j] = m;
+        if (first || m < s->wmaxmin[j]) s->wmaxmin[j] = m;
+    }
     if (s->H)
         for (int t = 0; t < T;) {
             const int k = T - t < s->xb_cap - s->xb_rows ? T - t : s->xb_cap - s->xb_rows;

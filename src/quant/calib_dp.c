@@ -50,6 +50,10 @@ int wmat__calib_reduce(const wmat_context *ctx, wmat_qstats **slots, unsigned wa
         if (!rc && q->H) rc = wmat__comm_allreduce(c, q->H, n * n, WMAT_COMM_F64, WMAT_COMM_SUM);
         if (!rc) rc = wmat__comm_allreduce(c, q->x2, n, WMAT_COMM_F64, WMAT_COMM_SUM);
         if (!rc) rc = wmat__comm_allreduce(c, q->absmax, n, WMAT_COMM_F32, WMAT_COMM_MAX);
+        /* a minimum: the maximum of the negated values */
+        for (size_t j = 0; j < n && !rc; j++) q->wmaxmin[j] = -q->wmaxmin[j];
+        if (!rc) rc = wmat__comm_allreduce(c, q->wmaxmin, n, WMAT_COMM_F32, WMAT_COMM_MAX);
+        for (size_t j = 0; j < n && !rc; j++) q->wmaxmin[j] = -q->wmaxmin[j];
         if (rc) return rc;
     }
     return WMAT_OK;

@@ -62,6 +62,11 @@ static const wmat_param_spec k_adadim_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, Q
 static const wmat_param_spec k_pbllm_keys[] = {QP_SALIENT, QP_METRIC, QP_MU_ALPHA, QP_DAMP, QP_BLOCK, QP_END};
 static const wmat_param_spec k_adadim_gptq_keys[] = {QP_BITS,          QP_GROUP, QP_SYM,   QP_CLIP, QP_ACT_ORDER,
                                                      QP_STATIC_GROUPS, QP_DAMP,  QP_BLOCK, QP_FACTOR, QP_END};
+#define QP_DGQ                                                                                                        \
+    {"smooth", WMAT_PARAM_BOOL, "true", 0, 0, NULL, "DGQ: percentile-clipping smoothing of the top 0.5% input channels", "no_smooth"}, \
+    {"search", WMAT_PARAM_BOOL, "true", 0, 0, NULL, "DGQ: the fine (20) and coarse (80) ratio searches; no_search: min-max", "no_search"}, \
+    {"act", WMAT_PARAM_ENUM, "static", 0, 0, "static|dynamic", "DGQ: int8 activation scale per tensor from calibration, or per token", NULL}
+static const wmat_param_spec k_dgq_keys[] = {QP_GROUP, QP_DGQ, QP_END};
 static const wmat_param_spec k_bcq_keys[] = {QP_BITS, QP_GROUP, QP_BCQ, QP_DAMP, QP_BLOCK, QP_END};
 
 #define QUANT WMAT_FAMILY_QUANTIZATION
@@ -82,6 +87,7 @@ const wmat_qmethod wmat__qmethods[] = {
      .fn = wmat__quant_adadim_gptq},
     {.desc = {"pbllm", QUANT, WMAT_QSTAT_HESSIAN, 0, k_pbllm_keys, "pbllm", "PB-LLM: binarized rows + an 8-bit salient fraction, in GPTQ's error feedback"}, .fn = wmat__quant_pbllm},
     {.desc = {"bcq", QUANT, WMAT_QSTAT_HESSIAN, 0, k_bcq_keys, "bcq", "ShiftAddLLM binary coding sum_k alpha_k b_k, 2..4 planes, alphas per input group, GPTQ feedback"}, .fn = wmat__quant_bcq},
+    {.desc = {"dgq", QUANT, WMAT_QSTAT_HESSIAN, 0, k_dgq_keys, "dgq", "DGQ A8W4: 4-bit codes, int8 group scales under an fp16 row scale, smoothed int8 activations"}, .fn = wmat__quant_dgq},
     {.desc = {NULL, NULL, 0, 0, NULL, NULL, NULL}, .fn = NULL},
 };
 #undef QUANT
@@ -138,6 +144,9 @@ void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp)
     if (wmat__pset_has(ps, "feedback")) qp->feedback = (int)wmat__pset_int(ps, "feedback");
     if (wmat__pset_has(ps, "apot")) qp->apot = (int)wmat__pset_int(ps, "apot");
     if (wmat__pset_has(ps, "refit")) qp->refit = (int)wmat__pset_int(ps, "refit");
+    if (wmat__pset_has(ps, "smooth")) qp->dgq_smooth = (int)wmat__pset_int(ps, "smooth");
+    if (wmat__pset_has(ps, "search")) qp->dgq_search = (int)wmat__pset_int(ps, "search");
+    if (wmat__pset_has(ps, "act")) qp->dgq_dynamic = wmat__pset_int(ps, "act") == 1;
 }
 
 const char *wmat_quantize_method_name(int i, int *needs_calibration)

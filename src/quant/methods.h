@@ -39,6 +39,10 @@ typedef struct {
      * one thread, no sub-blocks, no shared factorization), for benches */
     int fact_prec;
     int legacy;
+    /* DGQ (dgq.c) */
+    int dgq_smooth;  /* 1: percentile-clipping smoothing (default) */
+    int dgq_search;  /* 1: the two ratio searches (default); 0: r = 1 */
+    int dgq_dynamic; /* 1: per-token activation scales; 0: static per tensor (default) */
 } wmat_qparams;
 
 wmat_qparams wmat__qparams_default(void);
@@ -64,6 +68,7 @@ typedef struct {
     double *H;      /* (n, n) 2/N sum x x^T (GPTQ's Hessian), or NULL */
     double *x2;     /* (n) mean x_j^2 (imatrix) */
     float *absmax;  /* (n) max |x_j| */
+    float *wmaxmin; /* (n) min over wmat__qstats_add calls (windows) of that call's max |x_j| (DGQ's a_j) */
     wmat_gptq_fact *fact; /* with H (wmat__qstats_init): GPTQ's shared factorization; NULL: none kept */
     /* with H: tokens not yet in H (xb, up to xb_cap rows of n) and the
      * float product of a batch (G, n x n): H gets one double update per
@@ -219,6 +224,23 @@ int wmat__quant_ggml(wmat_qresult *out, const float *W, int64_t rows, int64_t co
 /* Binary-coding quantization (bcq.c; ShiftAddLLM): out->obj is a bcq weight. */
 int wmat__quant_bcq(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
                     const wmat_qparams *p, wmat_qmethod_info *info);
+
+/* DGQ (dgq.c; SPECS.md G6): out->obj is a dgq weight (A8W4). Its pieces,
+ * for the tests: the smoothing factors s (n) from a_j (the count of s_j !=
+ * 1); the ratios of the two searches (search 0: 1); the fine phase (scale,
+ * zero per group, row-major (rows, cols/group); ratio: the chosen index or
+ * NULL); the coarse phase (s8 per row, codes (rows, cols), k per group;
+ * ratio per row, -1 with one group per row). H (cols, cols) as in
+ * wmat_qstats (any positive multiple of X^T X). */
+int wmat__quant_dgq(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                    const wmat_qparams *p, wmat_qmethod_info *info);
+int64_t wmat__dgq_smooth_factors(const float *a, int64_t n, float *s);
+double wmat__dgq_fine_ratio(int i, int search);
+double wmat__dgq_coarse_ratio(int i, int search);
+void wmat__dgq_fine(const float *W, int64_t rows, int64_t cols, int64_t group, const double *H, int search,
+                    float *scale, uint8_t *zero, int *ratio);
+int wmat__dgq_coarse(const float *W, int64_t rows, int64_t cols, int64_t group, const double *H, const float *scale,
+                     const uint8_t *zero, int search, float *s8, uint8_t *codes, int8_t *k, int *ratio);
 
 /* ---- shared pieces of the grids (rtn.c) */
 

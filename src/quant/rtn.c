@@ -25,6 +25,8 @@ wmat_qparams wmat__qparams_default(void)
     p.n_threads = 1;
     p.salient = 0.1;
     p.salient_hessian = 1;
+    p.dgq_smooth = 1;
+    p.dgq_search = 1;
     return p;
 }
 

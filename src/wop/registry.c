@@ -13,6 +13,7 @@ extern const wmat_wkind wmat__wkind_q4_1, wmat__wkind_q5_0, wmat__wkind_q5_1, wm
     wmat__wkind_q4_k, wmat__wkind_q5_k, wmat__wkind_q6_k, wmat__wkind_iq4_nl, wmat__wkind_iq4_xs;
 extern const wmat_wkind wmat__wkind_pbllm;
 extern const wmat_wkind wmat__wkind_dsf;
+extern const wmat_wkind wmat__wkind_dgq;
 
 static const wmat_wkind *const g_kinds[] = {
     &wmat__wkind_f32,     /* kind_f32.c */
@@ -31,6 +32,7 @@ static const wmat_wkind *const g_kinds[] = {
     &wmat__wkind_pbllm,   /* kind_pbllm.c */
     &wmat__wkind_bcq,     /* kind_bcq.c (declared in wop.h) */
     &wmat__wkind_dsf,     /* kind_dsf.c */
+    &wmat__wkind_dgq,     /* kind_dgq.c */
 };
 #define N_KINDS ((int)(sizeof g_kinds / sizeof g_kinds[0]))
 

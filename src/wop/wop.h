@@ -227,6 +227,25 @@ const wmat_tensor *wmat__dsf_d(const wmat_tensor *W);
 void wmat__dsf_s_forward(const wmat_tensor *W, const float *X, float *Z, int T, float *ws, int nt, int isa);
 void wmat__dsf_s_backward(const wmat_tensor *W, const float *dZ, float *dX, int T, int acc, float *ws, int nt, int isa);
 
+/* A DGQ weight (kind_dgq.c; A8W4): codes (rows x cols, 0..15 unpacked),
+ * zeros and k (rows x cols/group: 4-bit zero points, int8 group scales
+ * 1..127 with every |q - z| k <= 127), s8 (rows; rounded to f16 here),
+ * smooth (cols: W's columns were multiplied by it, inputs are divided; NULL:
+ * none) and the activation scale (0: per token). group a multiple of 32
+ * dividing cols. Nothing is kept from the arguments. */
+int wmat__dgq_create(int64_t rows, int64_t cols, int64_t group, const uint8_t *codes, const uint8_t *zeros,
+                     const int8_t *k, const float *s8, const float *smooth, float act_scale, void **obj);
+/* The int8 weight W8 = (q - z) k of rows r0 .. r0+nr-1 (nr, cols). */
+void wmat__dgq_w8_rows(const wmat_tensor *W, int64_t r0, int64_t nr, int8_t *out);
+/* x (cols) as the kernels quantize it (divided by the smoothing, then by
+ * the static or per-token scale, which is returned). */
+float wmat__dgq_quant_act(const wmat_tensor *W, const float *x, int8_t *x8);
+/* sum_c W8[r, c] x8_c by the one-row kernel at isa (xs: x8's sums per group). */
+int64_t wmat__dgq_row_dot8(const wmat_tensor *W, int64_t r, const int8_t *x8, const int32_t *xs, int isa);
+/* Groups with k_g >= kmin (and all groups in *n_groups); -1 for another kind. */
+int64_t wmat__dgq_count_k(const wmat_tensor *W, int kmin, int64_t *n_groups);
+float wmat__dgq_act_scale(const wmat_tensor *W);
+
 /* Replace t's data by an object of kind k (t takes ownership; the old
  * owned data is freed). */
 void wmat__tensor_set_obj(wmat_tensor *t, void *obj);
