@@ -335,6 +335,7 @@ int cmd_quantize(int argc, char **argv)
         fprintf(jf, ", \"bytes_before\": %.0f, \"bytes_after\": %.0f, \"bits_per_weight\": %.6f, "
                 "\"seconds\": %.4f, \"calib_windows\": %d, \"calib_ctx\": %d",
                 rep.bytes_before, rep.bytes_after, rep.bits_per_weight, rep.seconds, rep.calib_windows, rep.calib_ctx);
+        if (rep.calib_windows) fprintf(jf, ", \"calib_dtype\": \"%s\"", calib_dtype);
         if (cli_eval_path(&evo))
             fprintf(jf, ", \"ctx\": %d, \"offset\": %d, \"windows\": %d, \"ppl\": %.6f", ectx, evo.offset, er.windows, er.ppl);
         fprintf(jf, ", \"tensors\": [");
