@@ -14,7 +14,20 @@
  * (time and max |U_f32 - U_f64| / max |U|), then whole GPTQ calls: legacy
  * (--legacy 0 skips it; it takes ~15 s on down_proj), new in double, new
  * in float; each with the calibration output error tr(dW H dW^T) /
- * tr(W H W^T) and the share of codes that differ from the legacy result. */
+ * tr(W H W^T) and the share of codes that differ from the legacy result.
+ *
+ *   bench_gptq --calib [--threads N] [--tokens T] [--reps R]
+ *
+ * The calibration forward's products instead (`wmat quantize --calib-dtype`,
+ * src/quant/calib.c), fp32 against bf16 in the same run: per window of T
+ * tokens (default 256) one block's linear products at the 1.1B shapes (q,
+ * k, v, o, gate, up, down) as the runtime's fp32 kind runs them (an sgemm
+ * on the default backend) and as the bf16 forward does (X converted, then
+ * oneDNN's bf16 matmul on weights converted once per block, whose
+ * conversion is timed apart); then the statistics' X^T X of a batch of
+ * 2048 tokens (n = 2048 and 5632) in fp32 (what calib.c does) and in bf16
+ * (the alternative it does not take), with the bf16 product's relative
+ * Frobenius error. R repetitions (default 3), the best of each. */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -108,10 +121,120 @@ static run_out run(float **W, const int *rows, int k, int n, double *H, wmat_qpa
     return o;
 }
 
+/* ---- --calib: the calibration forward's GEMMs, fp32 against bf16 */
+
+typedef struct {
+    double sec, cpu;
+} tpair;
+
+static void tmin(tpair *best, double sec, double cpu)
+{
+    if (best->sec == 0 || sec < best->sec) best->sec = sec;
+    if (best->cpu == 0 || cpu < best->cpu) best->cpu = cpu;
+}
+
+static int calib_bench(int nt, int T, int reps)
+{
+    static const struct {
+        const char *name;
+        int out, in;
+    } lin[] = {{"q", 2048, 2048}, {"k", 256, 2048}, {"v", 256, 2048}, {"o", 2048, 2048},
+               {"gate", 5632, 2048}, {"up", 5632, 2048}, {"down", 2048, 5632}};
+    const int nl = (int)(sizeof lin / sizeof lin[0]);
+    char why[256];
+    if (!wmat__gemm_bf16_fast(WMAT_GEMM_AUTO, why, sizeof why)) {
+        printf("no native bf16 GEMM here: %s\n", why);
+        return 0;
+    }
+    printf("calibration forward products of one 1.1B block (dim 2048, hidden 5632, kv 256), window of %d tokens, %d "
+           "threads, best of %d\n",
+           T, nt, reps);
+    printf("wall seconds (CPU seconds of the process); GFLOP/s from wall\n");
+    printf("%-6s %-11s | %17s %8s | %17s %8s | %6s | %9s\n", "linear", "shape", "fp32", "GFLOP/s", "bf16 (+X conv)",
+           "GFLOP/s", "ratio", "W conv");
+    tpair sum32 = {0, 0}, sum16 = {0, 0};
+    double wconv = 0, flops = 0;
+    for (int i = 0; i < nl; i++) {
+        const int o = lin[i].out, n = lin[i].in;
+        float *W = malloc((size_t)o * n * 4), *X = malloc((size_t)T * n * 4), *Y = malloc((size_t)T * o * 4);
+        uint16_t *W16 = malloc((size_t)o * n * 2), *X16 = malloc((size_t)T * n * 2);
+        if (!W || !X || !Y || !W16 || !X16) abort();
+        for (size_t e = 0; e < (size_t)o * n; e++) W[e] = rnd() * 0.05f;
+        for (size_t e = 0; e < (size_t)T * n; e++) X[e] = rnd();
+        double t0 = wmat__now();
+        wmat_from_f32(W16, WMAT_BF16, W, (uint64_t)o * n);
+        const double wc = wmat__now() - t0;
+        tpair b32 = {0, 0}, b16 = {0, 0};
+        for (int r = 0; r < reps; r++) {
+            t0 = wmat__now();
+            double c0 = cpu_now();
+            wmat__sgemm_cfg(WMAT_GEMM_AUTO, nt, 0, 1, T, o, n, 1.0f, X, n, W, n, 0.0f, Y, o);
+            tmin(&b32, wmat__now() - t0, cpu_now() - c0);
+            t0 = wmat__now();
+            c0 = cpu_now();
+            wmat_from_f32(X16, WMAT_BF16, X, (uint64_t)T * n);
+            if (wmat__gemm_bf16_on(WMAT_GEMM_AUTO, nt, 0, 1, T, o, n, 1.0f, X16, n, W16, n, 0.0f, Y, o)) {
+                fprintf(stderr, "bf16 gemm: %s\n", wmat_last_error());
+                return 1;
+            }
+            tmin(&b16, wmat__now() - t0, cpu_now() - c0);
+        }
+        const double gf = 2.0 * T * (double)o * n * 1e-9;
+        char shape[32];
+        snprintf(shape, sizeof shape, "%dx%d", o, n);
+        printf("%-6s %-11s | %7.4f (%7.4f) %8.1f | %7.4f (%7.4f) %8.1f | %5.2fx | %8.4fs\n", lin[i].name, shape, b32.sec,
+               b32.cpu, gf / b32.sec, b16.sec, b16.cpu, gf / b16.sec, b32.sec / b16.sec, wc);
+        sum32.sec += b32.sec, sum32.cpu += b32.cpu, sum16.sec += b16.sec, sum16.cpu += b16.cpu;
+        wconv += wc;
+        flops += gf;
+        free(W), free(X), free(Y), free(W16), free(X16);
+    }
+    printf("%-6s %-11s | %7.4f (%7.4f) %8.1f | %7.4f (%7.4f) %8.1f | %5.2fx | %8.4fs (once per block)\n", "block",
+           "all 7", sum32.sec, sum32.cpu, flops / sum32.sec, sum16.sec, sum16.cpu, flops / sum16.sec,
+           sum32.sec / sum16.sec, wconv);
+    /* statistics: X^T X of a batch */
+    const int K = 2048;
+    printf("\nstatistics X^T X of %d tokens (full product; calib.c computes the upper panels in fp32)\n", K);
+    printf("%-6s | %17s | %17s | %6s | %s\n", "n", "fp32", "bf16 (+X conv)", "ratio", "|G_bf16 - G_f32| / |G_f32|");
+    for (int n = 2048; n <= 5632; n += 3584) {
+        float *X = malloc((size_t)K * n * 4), *G = malloc((size_t)n * n * 4), *G16 = malloc((size_t)n * n * 4);
+        uint16_t *X16 = malloc((size_t)K * n * 2);
+        if (!X || !G || !G16 || !X16) abort();
+        /* activation-like: a shared part plus noise, outlier channels */
+        for (size_t t = 0; t < (size_t)K; t++) {
+            const float c = rnd();
+            for (int j = 0; j < n; j++) X[t * n + j] = (rnd() + 0.5f * c) * (j % 97 == 0 ? 8.0f : 1.0f);
+        }
+        tpair b32 = {0, 0}, b16 = {0, 0};
+        for (int r = 0; r < reps; r++) {
+            double t0 = wmat__now(), c0 = cpu_now();
+            wmat__sgemm_cfg(WMAT_GEMM_AUTO, nt, 1, 0, n, n, K, 1.0f, X, n, X, n, 0.0f, G, n);
+            tmin(&b32, wmat__now() - t0, cpu_now() - c0);
+            t0 = wmat__now();
+            c0 = cpu_now();
+            wmat_from_f32(X16, WMAT_BF16, X, (uint64_t)K * n);
+            if (wmat__gemm_bf16_on(WMAT_GEMM_AUTO, nt, 1, 0, n, n, K, 1.0f, X16, n, X16, n, 0.0f, G16, n)) {
+                fprintf(stderr, "bf16 gemm: %s\n", wmat_last_error());
+                return 1;
+            }
+            tmin(&b16, wmat__now() - t0, cpu_now() - c0);
+        }
+        double d = 0, r2 = 0;
+        for (size_t e = 0; e < (size_t)n * n; e++) {
+            d += ((double)G16[e] - G[e]) * ((double)G16[e] - G[e]);
+            r2 += (double)G[e] * G[e];
+        }
+        printf("%-6d | %7.4f (%7.4f) | %7.4f (%7.4f) | %5.2fx | %.2e\n", n, b32.sec, b32.cpu, b16.sec, b16.cpu,
+               b32.sec / b16.sec, sqrt(d / r2));
+        free(X), free(G), free(G16), free(X16);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *shapes = "q,kv,gate,down,qkv,gateup";
-    int bits = 4, group = 128, act = 0, nt = omp_get_max_threads(), T = 4096, legacy = 1;
+    int bits = 4, group = 128, act = 0, nt = omp_get_max_threads(), T = 0, legacy = 1, calib = 0, reps = 3;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--shapes") && i + 1 < argc) shapes = argv[++i];
         else if (!strcmp(argv[i], "--bits") && i + 1 < argc) bits = atoi(argv[++i]);
@@ -120,13 +243,18 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) nt = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) T = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--legacy") && i + 1 < argc) legacy = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--calib")) calib = 1;
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: bench_gptq [--shapes q,kv,o,gate,down,qkv,gateup] [--bits B] [--group G] "
-                            "[--act-order] [--threads N] [--tokens T] [--legacy 0|1]\n");
+                            "[--act-order] [--threads N] [--tokens T] [--legacy 0|1]\n"
+                            "       bench_gptq --calib [--threads N] [--tokens T] [--reps R]\n");
             return 2;
         }
     }
     omp_set_num_threads(nt);
+    if (calib) return calib_bench(nt, T > 0 ? T : 256, reps > 0 ? reps : 1);
+    if (T <= 0) T = 4096;
     printf("GPTQ %d bits, %s%s, %d threads, H from %d synthetic tokens\n", bits, group ? "groups" : "per-OC",
            act ? ", act-order" : "", nt, T);
     if (group) printf("group %d\n", group);

@@ -1204,6 +1204,14 @@ typedef struct {
      * packed (the token embedding); -1: never; 0 (default): when the model
      * maps 2 GiB of weights or more. The codes are the same either way. */
     int low_mem;
+    /* The calibration forward's linear products (docs/QUANT.md, "GPTQ at
+     * 1.1B scale"): WMAT_F32 (default) or WMAT_BF16: each block's weights
+     * and each product's input rounded to bf16, accumulated in fp32
+     * (oneDNN's matmul); norms, attention and the statistics (x x^T of the
+     * fp32 activations, summed in double) stay as in fp32. Needs a native
+     * bf16 GEMM (AVX512-BF16 or AMX): elsewhere WMAT_ERR_UNSUPPORTED; any
+     * other dtype WMAT_ERR_INVALID, both before any calibration. */
+    wmat_dtype calib_dtype;
 } wmat_quantize_params;
 
 WMAT_API wmat_quantize_params wmat_quantize_default_params(void);

@@ -8,7 +8,11 @@
 #   env: WMAT (default build/wmat), CALIB (default ../shared/data/golden/tinystories_valid_head.tok512.u16:
 #        its ids are < 512, valid in the 32000-token vocabulary), TOKENS (default 16384 = 64 windows),
 #        CTX (256), BITS (4), GROUP (128), THREADS (2), EXTRA (more `wmat quantize` options, e.g.
-#        "--factor double"),
+#        "--factor double"), CALIB_DTYPE (f32: the calibration forward's products, `--calib-dtype`;
+#        "f32 bf16" runs wmat once with each, one after the other, and prints the ratio of their
+#        calibration forward times and of their wall times), BLOCKS (quantize only blocks
+#        0..BLOCKS-1, the others kept fp32 with --keep, so the calibration stops after them: a short
+#        timing of the per-block costs; default all),
 #        REF_CMD: a shell command that runs the reference flow (IST-DASLab's gptq.py with llama.py's
 #        --true-sequential loop) on the same model, data and settings; it is timed with /usr/bin/time
 #        in the same run, one after the other. When REF_CMD is unset and INSTALL_REF=1, the script's
@@ -33,6 +37,15 @@ bits=${BITS:-4}
 group=${GROUP:-128}
 threads=${THREADS:-2}
 extra=${EXTRA:-}
+dtypes=${CALIB_DTYPE:-f32}
+blocks=${BLOCKS:-}
+keep=()
+if [ -n "$blocks" ]; then
+    # blocks >= BLOCKS (up to 255) stay fp32: --keep globs on the tensor names ("model.layers.N.")
+    pats=""
+    for ((b = blocks; b < 256; b++)); do pats="$pats${pats:+,}*.layers.$b.*"; done
+    keep=(--keep "$pats")
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 out=${2:-$tmp/out}
@@ -47,16 +60,28 @@ if [ -z "${REF_CMD:-}" ] && [ "${INSTALL_REF:-0}" = 1 ]; then
     echo "reference source in $ref_dir/gptq; set REF_CMD to run it on this model (it reads Hugging Face checkpoints)"
 fi
 
-echo "wmat: GPTQ ${bits} bits, groups of ${group}, $((tokens / ctx)) windows of ${ctx} tokens, stage (true-sequential), ${threads} threads"
-# shellcheck disable=SC2086
-/usr/bin/time -f "process       %e s wall, %U s user, peak RSS %M KB" -o "$tmp/time" \
-    "$wmat" quantize "$model" "$out" --method gptq --bits "$bits" --group "$group" --calib "$calib" \
-    --calib-tokens "$tokens" --calib-ctx "$ctx" --threads "$threads" $extra > "$tmp/wmat.txt" 2>&1
-rc=$?
-grep -E '^(calibration|time|breakdown|wrote|size) ' "$tmp/wmat.txt"
-cat "$tmp/time"
-[ $rc = 0 ] || { echo "bench-gptq-1b: wmat failed (exit $rc):" >&2; tail -5 "$tmp/wmat.txt" >&2; exit $rc; }
-wall=$(awk '{print $2}' "$tmp/time")
+declare -A fwd walls
+for dt in $dtypes; do
+    echo "wmat: GPTQ ${bits} bits, groups of ${group}, $((tokens / ctx)) windows of ${ctx} tokens, stage (true-sequential), ${threads} threads, calibration forward $dt${blocks:+, blocks 0..$((blocks - 1)) only}"
+    echo "load          $(uptime | sed 's/.*load average: //') (load average before the run)"
+    # shellcheck disable=SC2086
+    /usr/bin/time -f "process       %e s wall, %U s user, peak RSS %M KB" -o "$tmp/time" \
+        "$wmat" quantize "$model" "$out" --method gptq --bits "$bits" --group "$group" --calib "$calib" \
+        --calib-tokens "$tokens" --calib-ctx "$ctx" --threads "$threads" --calib-dtype "$dt" "${keep[@]}" $extra \
+        > "$tmp/wmat.txt" 2>&1
+    rc=$?
+    grep -E '^(calibration|time|breakdown|wrote|size) ' "$tmp/wmat.txt"
+    cat "$tmp/time"
+    [ $rc = 0 ] || { echo "bench-gptq-1b: wmat failed (exit $rc):" >&2; tail -5 "$tmp/wmat.txt" >&2; exit $rc; }
+    fwd[$dt]=$(awk '/^breakdown/ {print $4}' "$tmp/wmat.txt")
+    walls[$dt]=$(awk '{print $2}' "$tmp/time")
+done
+if [ -n "${fwd[f32]:-}" ] && [ -n "${fwd[bf16]:-}" ]; then
+    awk -v a="${fwd[f32]}" -v b="${fwd[bf16]}" -v c="${walls[f32]}" -v d="${walls[bf16]}" 'BEGIN {
+        printf "calib dtype   calibration forward f32 %.2f s, bf16 %.2f s: %.2fx; wall %.1f s against %.1f s: %.2fx (same run)\n",
+               a, b, a / b, c, d, c / d }'
+fi
+wall=$(awk '{print $2}' "$tmp/time") # the last run's
 
 if [ -n "${REF_CMD:-}" ]; then
     echo "reference: $REF_CMD"

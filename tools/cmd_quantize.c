@@ -94,7 +94,7 @@ int cmd_quantize(int argc, char **argv)
     const cli_command *cmd = cli_find_command("quantize");
     wmat_quantize_params qp = wmat_quantize_default_params();
     const char *method = qp.method, *ggml = NULL, *calib = NULL, *to = "native", *seq = "stage", *keep = NULL,
-               *overrides = NULL, *allocate = NULL;
+               *overrides = NULL, *allocate = NULL, *calib_dtype = "f32";
     float alloc_bpw = 0;
     int alloc_windows = 32;
     int calib_tokens = 0, calib_ctx = 0, group_fallback = 0, embeddings = 0, classifier = 0, quiet = 0;
@@ -108,6 +108,7 @@ int cmd_quantize(int argc, char **argv)
         {"--calib", OPT_STR, &calib, "FILE", "calibration stream (" CLI_TOKEN_RULE ")"},
         {"--calib-tokens", OPT_INT, &calib_tokens, "N", "calibration tokens (default 64 windows, or the file if shorter)"},
         {"--calib-ctx", OPT_INT, &calib_ctx, "T", "calibration window (default min(context, 256))"},
+        {"--calib-dtype", OPT_STR, &calib_dtype, "DT", "f32 (default) or bf16: the calibration forward's linear products on bf16 operands (oneDNN, fp32 accumulation; norms, attention and the statistics stay fp32); needs AVX512-BF16 or AMX"},
         {"--sequential", OPT_STR, &seq, "MODE", "stage (default, 'true-sequential': q/k/v, o, gate/up, down in turn, each on the model quantized so far), block (block l calibrated on blocks < l quantized; fewer passes), off"},
         {"--keep", OPT_STR, &keep, "PATS", "comma-separated name patterns left in fp32 (glob or substring)"},
         {"--override", OPT_STR, &overrides, "LIST", "PATTERN=METHOD[:BITS[:G|oc|ic]][:KEY=VALUE]...,... per-tensor choices (below)"},
@@ -157,6 +158,12 @@ int cmd_quantize(int argc, char **argv)
     qp.method = method;
     qp.method_params = kv;
     qp.overrides = overrides;
+    if (!strcmp(calib_dtype, "f32")) qp.calib_dtype = WMAT_F32;
+    else if (!strcmp(calib_dtype, "bf16")) qp.calib_dtype = WMAT_BF16;
+    else {
+        wmat__pset_free(&mps);
+        return cli_usage_error("quantize", "--calib-dtype must be f32 or bf16 (got '%s')", calib_dtype);
+    }
     rc = wmat__quantize_check(&qp);
     /* a key the method does not read is harmless (it may be meant for an
      * --override method), so it is only noted, and only without --override */
@@ -284,9 +291,10 @@ int cmd_quantize(int argc, char **argv)
     if (rep.calib_windows) {
         char b3[32];
         fprintf(txt, "calibration   %s: %d windows x %d tokens, %d block passes (%s), %.2f s; statistics peak %s, "
-               "streams %s\n",
+               "streams %s; forward %s\n",
                calib, rep.calib_windows, rep.calib_ctx, rep.block_passes, seq, rep.calib_seconds,
-               cli_bytes((double)rep.stats_bytes, b1, sizeof b1), cli_bytes((double)rep.state_bytes, b3, sizeof b3));
+               cli_bytes((double)rep.stats_bytes, b1, sizeof b1), cli_bytes((double)rep.state_bytes, b3, sizeof b3),
+               calib_dtype);
     }
     fprintf(txt, "time          %.2f s total, %.2f s in the method; peak RSS %s\n", rep.seconds, rep.method_seconds,
            cli_bytes((double)wmat_peak_rss(), b2, sizeof b2));
@@ -327,6 +335,7 @@ int cmd_quantize(int argc, char **argv)
         fprintf(jf, ", \"bytes_before\": %.0f, \"bytes_after\": %.0f, \"bits_per_weight\": %.6f, "
                 "\"seconds\": %.4f, \"calib_windows\": %d, \"calib_ctx\": %d",
                 rep.bytes_before, rep.bytes_after, rep.bits_per_weight, rep.seconds, rep.calib_windows, rep.calib_ctx);
+        if (rep.calib_windows) fprintf(jf, ", \"calib_dtype\": \"%s\"", calib_dtype);
         if (cli_eval_path(&evo))
             fprintf(jf, ", \"ctx\": %d, \"offset\": %d, \"windows\": %d, \"ppl\": %.6f", ectx, evo.offset, er.windows, er.ppl);
         fprintf(jf, ", \"tensors\": [");

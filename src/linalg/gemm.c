@@ -302,6 +302,26 @@ bool wmat__gemm_bf16_native(wmat_gemm_backend b)
     return (b == WMAT_GEMM_ONEDNN || b == WMAT_GEMM_AUTO) && g.dnnl_bf16;
 }
 
+int wmat__gemm_bf16_fast(wmat_gemm_backend b, char *why, size_t n)
+{
+    wmat_cpu_info ci;
+    wmat__cpu_info(&ci);
+    if (!ci.avx512_bf16 && !ci.amx_bf16) {
+        snprintf(why, n, "this CPU has neither AVX512-BF16 nor AMX-BF16 (oneDNN would emulate bf16, slower than fp32)");
+        return 0;
+    }
+    if (!wmat__gemm_bf16_native(b)) {
+        if (b != WMAT_GEMM_AUTO && b != WMAT_GEMM_ONEDNN)
+            snprintf(why, n, "the context's GEMM backend %s has none (oneDNN's matmul has)", wmat_gemm_backend_name(b));
+        else
+            snprintf(why, n, "%s", wmat__dnnl_built() ? "oneDNN's bf16 matmul failed its self-check here"
+                                                     : "oneDNN is not in this build");
+        snprintf(why + strlen(why), n - strlen(why), "; bf16 widened to fp32 would be slower than fp32");
+        return 0;
+    }
+    return 1;
+}
+
 /* ---------------------------------------------------------------- self-checks */
 
 static void fill_f32(float *x, size_t n, uint64_t seed)

@@ -103,6 +103,10 @@ wmat_gemm_backend wmat__sgemm_pick(wmat_gemm_backend b, int M, int N, int K);
  * OpenBLAS has no int8 GEMM. */
 bool wmat__gemm_int8_native(wmat_gemm_backend b);
 bool wmat__gemm_bf16_native(wmat_gemm_backend b);
+/* Whether bf16 GEMMs on b are worth running here: a CPU with AVX512-BF16
+ * or AMX-BF16 and b's own kernel (above). 0 with the reason in why (n
+ * bytes, a phrase) otherwise. What bf16 training and bf16 calibration ask. */
+int wmat__gemm_bf16_fast(wmat_gemm_backend b, char *why, size_t n);
 
 /* ---- threads */
 

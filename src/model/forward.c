@@ -74,6 +74,8 @@ struct wmat_runtime {
 
     wmat_linear_hook hook;
     void *hook_user;
+    wmat__linear_override lin_fn; /* wmat__runtime_set_linear */
+    void *lin_user;
 };
 
 wmat_runtime_params wmat_runtime_default_params(void)
@@ -308,6 +310,12 @@ void wmat_runtime_set_hook(wmat_runtime *rt, wmat_linear_hook fn, void *user)
     rt->hook_user = user;
 }
 
+void wmat__runtime_set_linear(wmat_runtime *rt, wmat__linear_override fn, void *user)
+{
+    rt->lin_fn = fn;
+    rt->lin_user = user;
+}
+
 size_t wmat_runtime_bytes(const wmat_runtime *rt) { return wmat_arena_capacity(rt->arena); }
 size_t wmat_runtime_packed_bytes(const wmat_runtime *rt) { return rt->packed_bytes; }
 int wmat_runtime_max_tokens(const wmat_runtime *rt) { return rt->T_max; }
@@ -350,13 +358,15 @@ int wmat_forward_embed(wmat_runtime *rt, const int32_t *tokens, int T, float *X)
 }
 
 /* The block's linear products on the runtime: the observation hook, then
- * the weight's packed GEMM or its kind's batched forward. */
+ * the override (wmat__runtime_set_linear) or the weight's packed GEMM or
+ * its kind's batched forward. */
 static int rt_linear(void *user, int layer, wmat_linear_kind k, float *Y, const float *X, int T, int acc)
 {
     wmat_runtime *rt = user;
     const wmat_tensor *W = wmat_model_linear(rt->m, layer, k);
     int rc = call_hook(rt, layer, k, X, T, (int)W->shape[1], W);
     if (rc) return rc;
+    if (rt->lin_fn && (rc = rt->lin_fn(rt->lin_user, layer, k, Y, X, T, acc, W)) <= 0) return rc;
     linear_batch(rt, layer * WMAT_LIN_COUNT + k, Y, X, W, T, acc);
     return WMAT_OK;
 }

@@ -22,4 +22,15 @@ wmat_model *wmat__runtime_model(const wmat_runtime *rt);
  * results are those of wmat_forward_layers bit for bit. */
 int wmat__forward_block_part(wmat_runtime *rt, float *x, float *ao, float *hs, int T, int layer, int from, int to);
 
+/* A private override of the block's batched linear products (the
+ * calibration's bf16 forward, src/quant/calib.c): after the observation
+ * hook, fn computes Y (T, out) = X (T, in) W^T (+= when acc) for linear k of
+ * `layer` (W its current weight) and returns WMAT_OK, or declines with a
+ * positive value (the runtime's own product runs), or fails with a negative
+ * status (the block ends with it). NULL restores the runtime's products.
+ * The classifier's and the decode path's products never go through it. */
+typedef int (*wmat__linear_override)(void *user, int layer, wmat_linear_kind k, float *Y, const float *X, int T,
+                                     int acc, const wmat_tensor *W);
+void wmat__runtime_set_linear(wmat_runtime *rt, wmat__linear_override fn, void *user);
+
 #endif

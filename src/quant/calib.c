@@ -14,10 +14,21 @@
  * stops right after the last of them, and once block l is quantized the
  * streams advance through it. So calibrating the whole model costs about one
  * forward per stage, not the (L + 1) / 2 forwards of re-running blocks
- * 0..l-1 each time. */
+ * 0..l-1 each time.
+ *
+ * bf16 calibration forward (wmat__calib_states_dtype, `--calib-dtype
+ * bf16`): the blocks' linear products take bf16 operands (oneDNN's matmul,
+ * fp32 accumulation) through the runtime's product override; everything
+ * else (norms, RoPE, attention, SwiGLU, residuals) stays fp32, and so do the
+ * statistics: the hook sees each product's fp32 input, and X^T X of it is
+ * the fp32 product summed in double as in an fp32 calibration. Rounding X
+ * to bf16 for X^T X as well would change H by about 2^-9 relative per
+ * element product where the forward only moves the activations (docs/QUANT.md
+ * "GPTQ at 1.1B scale" measures both). */
 #include "methods.h"
 
 #include "core/shapes.h"
+#include "linalg/linalg.h"
 #include "model/runtime.h"
 
 #include <math.h>
@@ -216,10 +227,85 @@ int wmat__calib_states_init(wmat__calib_states *st, wmat_runtime *rt, const int3
 
 void wmat__calib_states_free(wmat__calib_states *st)
 {
+    if (st->rt && st->bf16) wmat__runtime_set_linear(st->rt, NULL, NULL);
+    for (int k = 0; k < WMAT_LIN_COUNT; k++) wmat__free(st->w16[k]);
+    wmat__free(st->x16);
     wmat__free(st->X);
     wmat__free(st->A);
     wmat__free(st->Hs);
     memset(st, 0, sizeof *st);
+}
+
+/* ---- bf16 forward */
+
+int wmat__calib_dtype_check(wmat_dtype dt)
+{
+    if (dt == WMAT_F32) return WMAT_OK;
+    if (dt != WMAT_BF16) {
+        const wmat_dtype_traits *di = wmat_dtype_info(dt);
+        return wmat_set_error(WMAT_ERR_INVALID, "calibration dtype must be f32 or bf16 (got %s)",
+                              di ? di->name : "an unknown dtype");
+    }
+    char why[256];
+    if (!wmat__gemm_bf16_fast(WMAT_GEMM_AUTO, why, sizeof why))
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                              "bf16 calibration needs a native bf16 GEMM: %s; calibrate in f32", why);
+    return WMAT_OK;
+}
+
+/* Grow a uint16 buffer to n values (contents not kept). */
+static int grow16(uint16_t **buf, size_t *cap, size_t n)
+{
+    if (n <= *cap) return WMAT_OK;
+    wmat__free(*buf);
+    *cap = 0;
+    if (!(*buf = wmat__malloc(n * sizeof(uint16_t))))
+        return wmat_set_error(WMAT_ERR_NOMEM, "calibration: out of memory for %zu bf16 values", n);
+    *cap = n;
+    return WMAT_OK;
+}
+
+/* The runtime's product override: Y (T, out) = bf16(X) bf16(W)^T (+ Y),
+ * fp32 accumulation. W is converted at its first product of a pass; a
+ * weight that is not dense fp32 goes through the runtime's own product. */
+static int linear16(void *user, int layer, wmat_linear_kind k, float *Y, const float *X, int T, int acc,
+                    const wmat_tensor *W)
+{
+    wmat__calib_states *st = user;
+    if (W->dtype != WMAT_F32 || W->ndim != 2 || (unsigned)k >= WMAT_LIN_COUNT) return 1;
+    const int64_t out = W->shape[0], in = W->shape[1];
+    const double t0 = wmat__now();
+    int rc;
+    if (st->w16_layer != layer) {
+        st->w16_layer = layer;
+        st->w16_valid = 0;
+    }
+    if (!(st->w16_valid >> k & 1u)) {
+        const size_t n = (size_t)out * (size_t)in;
+        if ((rc = grow16(&st->w16[k], &st->w16_cap[k], n))) return rc;
+        wmat_from_f32(st->w16[k], WMAT_BF16, W->data, n);
+        st->w16_valid |= 1u << k;
+    }
+    const size_t nx = (size_t)T * (size_t)in;
+    if ((rc = grow16(&st->x16, &st->x16_cap, nx))) return rc;
+    wmat_from_f32(st->x16, WMAT_BF16, X, nx);
+    st->convert_seconds += wmat__now() - t0;
+    return wmat__gemm_bf16_on(st->gemm, st->n_threads, 0, 1, T, (int)out, (int)in, 1.0f, st->x16, (int)in, st->w16[k],
+                              (int)in, acc ? 1.0f : 0.0f, Y, (int)out);
+}
+
+int wmat__calib_states_dtype(wmat__calib_states *st, wmat_dtype dt)
+{
+    int rc = wmat__calib_dtype_check(dt);
+    if (rc) return rc;
+    st->bf16 = dt == WMAT_BF16;
+    const wmat_context *ctx = wmat_runtime_context(st->rt);
+    st->gemm = ctx->gemm;
+    st->n_threads = wmat__runtime_threads(st->rt);
+    st->w16_layer = -1;
+    st->w16_valid = 0;
+    wmat__runtime_set_linear(st->rt, st->bf16 ? linear16 : NULL, st->bf16 ? st : NULL);
+    return WMAT_OK;
 }
 
 float *wmat__calib_state(wmat__calib_states *st, int w)
@@ -265,6 +351,7 @@ static int kept_alloc(wmat__calib_states *st, int to)
 int wmat__calib_advance(wmat__calib_states *st)
 {
     const int L = st->layer;
+    st->w16_valid = 0; /* the weights may have changed since the last pass */
     int rc = st->stage > 0 ? kept_alloc(st, 4) : WMAT_OK;
     for (int w = 0; w < st->n_windows && !rc; w++) {
         float *X = wmat__calib_state(st, w);
@@ -284,6 +371,7 @@ int wmat__calib_collect(wmat__calib_states *st, int n_layers, wmat_qstats **slot
 {
     const int layer = st->layer;
     if (!want) return WMAT_OK;
+    st->w16_valid = 0; /* the weights may have changed since the last pass */
     hook_state h = {layer, want, -1, slots, 0};
     if (!advance)
         for (int s = 0; s < WMAT_CSLOT_COUNT; s++)

@@ -274,6 +274,8 @@ int wmat__quantize_check(const wmat_quantize_params *p)
 {
     char names[256];
     method_list(names, sizeof names);
+    int rc = wmat__calib_dtype_check(p->calib_dtype);
+    if (rc) return rc;
     const wmat_qmethod *m = find_quant(p->method);
     if (!m)
         return wmat_set_error(WMAT_ERR_INVALID, "unknown quantization method '%s' (methods: %s)",
@@ -283,7 +285,7 @@ int wmat__quantize_check(const wmat_quantize_params *p)
                               m->name);
     /* the global keys against all methods' keys: each must mean something */
     wmat_param_spec keys[64];
-    int rc = wmat__qmethod_keys(keys, 64);
+    rc = wmat__qmethod_keys(keys, 64);
     if (rc) return rc;
     wmat_pset all;
     if ((rc = wmat__pset_init(&all, keys))) return rc;
@@ -594,6 +596,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
         int w0 = 0, nw = n_windows; /* this rank's share (calib_dp.c) */
         if ((rc = wmat__calib_share(p->comm, n_windows, &w0, &nw))) goto done;
         if ((rc = wmat__calib_states_init(&cs, rt, p->calib + (size_t)w0 * (size_t)ctx, nw, ctx, c->dim))) goto done;
+        if ((rc = wmat__calib_states_dtype(&cs, p->calib_dtype))) goto done;
         /* stage mode quantizes each slot right after its pass (block mode
          * quantizes the whole block after one pass: no resuming there) */
         cs.resume = p->sequential == 2;

@@ -293,7 +293,33 @@ typedef struct {
     float *A;          /* (n_windows, ctx, attention width) or NULL */
     float *Hs;         /* (n_windows, ctx, hidden) or NULL */
     int64_t stage_runs; /* windows x block stages computed (4 per whole block) */
+    /* bf16 calibration forward (wmat__calib_states_dtype): the block's
+     * linear products on bf16 operands, fp32 accumulation. w16[k]: linear
+     * k's weight of block w16_layer as bf16, converted at its first product
+     * of a pass (bit k of w16_valid; every pass starts with none, since the
+     * caller quantizes weights between passes); x16: one GEMM's input. */
+    int bf16;
+    wmat_gemm_backend gemm;
+    int n_threads;
+    uint16_t *w16[WMAT_LIN_COUNT];
+    size_t w16_cap[WMAT_LIN_COUNT];
+    unsigned w16_valid;
+    int w16_layer;
+    uint16_t *x16;
+    size_t x16_cap;
+    double convert_seconds; /* the bf16 conversions (weights and activations) */
 } wmat__calib_states;
+
+/* Whether calibration can run its forward in dtype dt: WMAT_F32, or
+ * WMAT_BF16 where a native bf16 GEMM exists (oneDNN on AVX512-BF16 or AMX;
+ * WMAT_ERR_UNSUPPORTED otherwise, saying why); any other value
+ * WMAT_ERR_INVALID. Called before any calibration. */
+int wmat__calib_dtype_check(wmat_dtype dt);
+/* Run the calibration forward of st in dt (after wmat__calib_states_init;
+ * WMAT_F32 is the default): WMAT_BF16 rounds each linear product's weights
+ * and inputs to bf16 and accumulates in fp32; the statistics (x x^T) stay
+ * those of the fp32 activations the hook sees, accumulated as in fp32. */
+int wmat__calib_states_dtype(wmat__calib_states *st, wmat_dtype dt);
 
 /* Embed windows w = 0..n_windows-1 (tokens[w*ctx ..]) as the streams. */
 int wmat__calib_states_init(wmat__calib_states *st, wmat_runtime *rt, const int32_t *tokens, int n_windows, int ctx,

@@ -401,23 +401,7 @@ static int gemm16(const wmat_trainer *t, int ta, int tb, int M, int N, int K, co
 /* Whether bf16 GEMMs run natively here (why not in `why`). */
 static int bf16_usable(const wmat_trainer *t, char *why, size_t n)
 {
-    wmat_cpu_info ci;
-    wmat__cpu_info(&ci);
-    if (!ci.avx512_bf16 && !ci.amx_bf16) {
-        snprintf(why, n, "this CPU has neither AVX512-BF16 nor AMX-BF16 (oneDNN would emulate bf16, slower than fp32)");
-        return 0;
-    }
-    if (!wmat__gemm_bf16_native(t->ex.gemm)) {
-        const wmat_gemm_backend b = t->ex.gemm;
-        if (b != WMAT_GEMM_AUTO && b != WMAT_GEMM_ONEDNN)
-            snprintf(why, n, "the context's GEMM backend %s has none (oneDNN's matmul has)", wmat_gemm_backend_name(b));
-        else
-            snprintf(why, n, "%s", wmat__dnnl_built() ? "oneDNN's bf16 matmul failed its self-check here"
-                                                     : "oneDNN is not in this build");
-        snprintf(why + strlen(why), n - strlen(why), "; bf16 widened to fp32 would be slower than fp32 training");
-        return 0;
-    }
-    return 1;
+    return wmat__gemm_bf16_fast(t->ex.gemm, why, n);
 }
 
 static int add_slot(wmat_trainer *t, float *p, float *g, int rows, int cols)
