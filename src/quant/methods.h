@@ -39,6 +39,10 @@ typedef struct {
      * one thread, no sub-blocks, no shared factorization), for benches */
     int fact_prec;
     int legacy;
+    /* BitStack (bitstack.c) */
+    int stack_rank;    /* k of each block's |R| factors (1) */
+    int stack_blocks;  /* blocks per matrix (16) */
+    int order_windows; /* calibration windows the measured order is scored on (8; 0: level order, unmeasured) */
 } wmat_qparams;
 
 wmat_qparams wmat__qparams_default(void);
@@ -115,9 +119,17 @@ enum {
 /* One row of the registry: the only place a method's name is written. The
  * descriptor (core/method.h: name, family WMAT_FAMILY_QUANTIZATION, stats,
  * flags WMAT_QM_*, schema, produces, summary) and the function. */
+/* A model-level step after every tensor is done (optional): results holds
+ * each tensor's result (wmat_model_tensor order), the model the fake-quant
+ * weights; calib (n_windows windows of ctx tokens) is NULL without
+ * calibration data, rt the runtime over the model that calibrated it. */
+typedef int (*wmat_qmethod_finish_fn)(wmat_model *m, wmat_qresult *results, const int32_t *calib, int n_windows, int ctx,
+                                      wmat_runtime *rt, const wmat_qparams *p);
+
 typedef struct {
     WMAT_METHOD_ROW;
     wmat_qmethod_fn fn;
+    wmat_qmethod_finish_fn finish;
 } wmat_qmethod;
 
 /* The registry, terminated by a row with name == NULL. Its first row is the
@@ -219,6 +231,13 @@ int wmat__quant_ggml(wmat_qresult *out, const float *W, int64_t rows, int64_t co
 /* Binary-coding quantization (bcq.c; ShiftAddLLM): out->obj is a bcq weight. */
 int wmat__quant_bcq(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
                     const wmat_qparams *p, wmat_qmethod_info *info);
+
+/* BitStack (bitstack.c): out->obj is a bitstack weight holding every block;
+ * the finish step measures the model's order of the blocks. */
+int wmat__quant_bitstack(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                         const wmat_qparams *p, wmat_qmethod_info *info);
+int wmat__bitstack_finish(wmat_model *m, wmat_qresult *results, const int32_t *calib, int n_windows, int ctx,
+                          wmat_runtime *rt, const wmat_qparams *p);
 
 /* ---- shared pieces of the grids (rtn.c) */
 
