@@ -515,12 +515,15 @@ done:
 }
 
 /* The generic conversion: the decomposition without activation scaling,
- * rank 1, 8 blocks, all active. */
+ * rank 1, 8 blocks (fewer where 8 would pass 48 bits per weight: tiny
+ * matrices, whose factors cost more than their signs), all active. */
 static int bs_from_f32(const float *W, int64_t rows, int64_t cols, wmat_tensor *out)
 {
     void *obj;
-    const int64_t mn = rows < cols ? rows : cols;
-    int rc = wmat__bitstack_decompose(W, rows, cols, NULL, 1, mn >= 1 ? 8 : 1, &obj);
+    const double per = 8.0 * (double)(rows * ((cols + 7) / 8) + 2 * (rows + cols)) / ((double)rows * (double)cols);
+    int nb = (int)(48.0 / per);
+    nb = nb < 1 ? 1 : nb > 8 ? 8 : nb;
+    int rc = wmat__bitstack_decompose(W, rows, cols, NULL, 1, nb, &obj);
     if (!rc) wmat__tensor_own_obj(out, rows, cols, obj);
     return rc;
 }
