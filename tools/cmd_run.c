@@ -246,9 +246,12 @@ int cmd_generate(int argc, char **argv)
     const char *prompt = "", *model = NULL;
     int steps = 0, n_new = -1, seed_set = 0, seed = 0;
     wmat_sampler_params sp = wmat_sampler_default_params();
-    const char *adapter = NULL;
+    const char *adapter = NULL, *budget = NULL;
+    float bpw = 0.0f;
     cli_opt opts[] = {
         {"--prompt", OPT_STR, &prompt, "TEXT", "text to continue (default: empty)"},
+        {"--budget", OPT_STR, &budget, "BYTES", "a model stored as stacks of blocks runs the longest prefix of its block order that fits (as eval)"},
+        {"--bpw", OPT_FLOAT, &bpw, "B", "the same budget in bits per weight over the stacked weights"},
         {"--adapter", OPT_STR, &adapter, "DIR", "a PEFT adapter directory merged into the weights first (LoRA, DoRA, ...)"},
         {"-p", OPT_STR, &prompt, "TEXT", "same as --prompt"},
         {"-m", OPT_STR, &model, "MODEL", "the model (instead of the positional MODEL), as llama.cpp's -m"},
@@ -281,6 +284,11 @@ int cmd_generate(int argc, char **argv)
     wmat_model *m;
     if (cli_load_model("generate", model, adapter ? CLI_LOAD_F32 : CLI_LOAD_STORED, &m)) return 1;
     if (adapter && cli_apply_adapter("generate", m, adapter)) return 1;
+    if ((budget && bpw > 0 && cli_usage_error("generate", "give --budget or --bpw, not both")) ||
+        apply_budget("generate", m, budget, bpw, 1)) {
+        wmat_model_free(m);
+        return 1;
+    }
     const wmat_config *c = wmat_model_config(m);
     wmat_tokenizer *tok = wmat_model_tokenizer(m);
     if (!tok) {
