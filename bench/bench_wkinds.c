@@ -365,6 +365,7 @@ static void run_shape(int rows, int in, int maxt, int T, double budget, int quic
     /* batched: one copy of each kind is enough (compute-bound) */
     float *X = malloc(sizeof(float) * (size_t)T * in), *Y = malloc(sizeof(float) * (size_t)T * rows);
     for (size_t i = 0; i < (size_t)T * in; i++) X[i] = wmat_rng_normal(&r);
+    bench_bitstack(rows, in, w32, x, X, T, budget / 4);
     for (int k = 1; k < NK; k++) {
         wmat__wrow_dequant(k_dt[k], m[k].w, in, 0, rows, wq32);
         validate_batched(k, &m[k], wq32, X, quick ? 8 : 32, maxt, isa);
@@ -393,7 +394,6 @@ static void run_shape(int rows, int in, int maxt, int T, double budget, int quic
         for (int k = 0; k < NK; k++)
             printf("  %-20s %8d %7.1f ms %7.2fx %9.1f\n", k == K_F32 ? "f32 (wmat_sgemm)" : k_name[k], nts[a],
                    bt[a][k] * 1e3, bt[a][K_F32] / bt[a][k], 2.0 * T * rows * (double)in / bt[a][k] / 1e9);
-    bench_bitstack(rows, in, w32, x, X, T, budget / 4);
     for (int k = 0; k < NK; k++) kind_free(&m[k]);
     free(w32), free(wq32), free(x), free(y), free(X), free(Y);
 }

@@ -219,10 +219,15 @@ static void dequant_n(const bsobj *o, int nblocks, int64_t r0, int64_t nr, float
         for (int i = 0; i < nblocks; i++) {
             const uint8_t *s = o->sign + ((int64_t)i * m + r) * o->sb;
             const float *u = o->uf + ((int64_t)i * m + r) * k, *v = o->vf + (int64_t)i * k * n;
+            if (k == 1) { /* no branch on the (random) bits: +-1 from the bit */
+                const float u0 = u[0];
+                for (int64_t c = 0; c < n; c++) w[c] += (float)(2 * sign_at(s, c) - 1) * (u0 * v[c]);
+                continue;
+            }
             for (int64_t c = 0; c < n; c++) {
                 float mag = 0.0f;
                 for (int64_t q = 0; q < k; q++) mag += u[q] * v[q * n + c];
-                w[c] += sign_at(s, c) ? mag : -mag;
+                w[c] += (float)(2 * sign_at(s, c) - 1) * mag;
             }
         }
     }
