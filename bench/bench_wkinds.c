@@ -33,6 +33,7 @@
 #include "core/internal.h"
 #include "model/kernels.h"
 #include "wop/kern_dense.h"
+#include "wop/wop.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -238,6 +239,84 @@ static void validate_batched(int k, kind_mat *m, const float *wq32, const float 
     free(Y), free(Yr), free(ws);
 }
 
+/* ---- the bitstack kind (object kind, through the kind table) against
+ * the f32 kind in the same run: one-row path (prepare + rows, one thread)
+ * at 1, 2 and 4 active blocks of rank 1, and the batched forward (tiles
+ * dequantized for a GEMM) at 4. A random stack (signs and fp16 factors):
+ * the kernels' cost does not depend on the values. The stack is a few MB,
+ * so unlike the rows above it is not cycled through copies: its decode
+ * figure is a cache-resident kernel speed. */
+extern const wmat_wkind wmat__wkind_f32; /* kind_f32.c */
+
+static double time_rows(const wmat_wkind *k, const wmat_tensor *W, const float *x, void *prep, float *y, double budget)
+{
+    wmat_wexec ex = wmat__wexec_from(NULL);
+    ex.n_threads = 1;
+    double best = 1e30;
+    const double end = now() + budget;
+    for (int i = 0; i < 3 || now() < end; i++) {
+        const double t0 = now();
+        k->prepare(W, x, prep, &ex);
+        k->rows(W, x, prep, y, 0, W->shape[0], 0, &ex);
+        const double dt = now() - t0;
+        if (dt < best) best = dt;
+    }
+    return best;
+}
+
+static void bench_bitstack(int rows, int in, const float *w32, const float *x, const float *X, int T, double budget)
+{
+    wmat_rng r;
+    wmat_rng_seed(&r, 7);
+    const int nb = 4;
+    const int64_t sb = (in + 7) / 8;
+    uint8_t *sign = malloc((size_t)nb * rows * sb);
+    float *u = malloc(sizeof(float) * (size_t)nb * rows), *v = malloc(sizeof(float) * (size_t)nb * in);
+    for (size_t i = 0; i < (size_t)nb * rows * sb; i++) sign[i] = (uint8_t)wmat_rng_u64(&r);
+    if (in % 8)
+        for (int64_t i = 0; i < (int64_t)nb * rows; i++) sign[i * sb + sb - 1] &= (uint8_t)(0xFFu >> (8 - in % 8));
+    for (size_t i = 0; i < (size_t)nb * rows; i++) u[i] = 0.1f * fabsf(wmat_rng_normal(&r));
+    for (size_t i = 0; i < (size_t)nb * in; i++) v[i] = 0.1f * fabsf(wmat_rng_normal(&r));
+    void *obj;
+    wmat_tensor B, F;
+    if (wmat__bitstack_create(rows, in, 1, nb, sign, u, v, NULL, &obj) ||
+        wmat__wkind_f32.from_f32(w32, rows, in, &F)) {
+        fprintf(stderr, "bitstack: %s\n", wmat_last_error());
+        exit(1);
+    }
+    wmat__tensor_own_obj(&B, rows, in, obj);
+    const wmat_wkind *kb = wmat__wkind_of(&B), *kf = &wmat__wkind_f32;
+    wmat_wexec ex = wmat__wexec_from(NULL);
+    ex.n_threads = 1;
+    void *pb = malloc(kb->prep_bytes(&B, &ex) + 64), *pf = malloc(kf->prep_bytes(&F, &ex) + 64);
+    float *y = malloc(sizeof(float) * (size_t)rows), *Y = malloc(sizeof(float) * (size_t)T * rows);
+    const double tf = time_rows(kf, &F, x, pf, y, budget);
+    printf("  bitstack rank 1, one thread (cache-resident)   time   vs f32   bpw\n");
+    printf("  %-28s decode %7.3f ms %7.2fx %6.2f\n", "f32 (kind table)", tf * 1e3, 1.0, 32.0);
+    for (int a = 1; a <= nb; a *= 2) {
+        kb->set_active(&B, a);
+        const double t = time_rows(kb, &B, x, pb, y, budget);
+        char name[40];
+        snprintf(name, sizeof name, "bitstack %d block%s", a, a > 1 ? "s" : "");
+        printf("  %-28s decode %7.3f ms %7.2fx %6.2f\n", name, t * 1e3, tf / t, 8.0 * (double)B.nbytes / ((double)rows * in));
+    }
+    kb->set_active(&B, nb);
+    void *ws = malloc(kb->ws_bytes(&B, T, &ex) + 64), *wsf = malloc(kf->ws_bytes(&F, T, &ex) + 64);
+    double bf = 1e30, bb = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = now();
+        kf->forward(&F, X, Y, T, 0, wsf, &ex);
+        bf = fmin(bf, now() - t0);
+        t0 = now();
+        kb->forward(&B, X, Y, T, 0, ws, &ex);
+        bb = fmin(bb, now() - t0);
+    }
+    printf("  %-28s T=%-4d %7.1f ms %7.2fx (f32 %.1f ms)\n", "bitstack 4 blocks batched", T, bb * 1e3, bf / bb, bf * 1e3);
+    wmat__tensor_free_data(&B);
+    wmat__tensor_free_data(&F);
+    free(sign), free(u), free(v), free(pb), free(pf), free(y), free(Y), free(ws), free(wsf);
+}
+
 static void run_shape(int rows, int in, int maxt, int T, double budget, int quick)
 {
     const int isa = wmat__isa_best();
@@ -286,6 +365,7 @@ static void run_shape(int rows, int in, int maxt, int T, double budget, int quic
     /* batched: one copy of each kind is enough (compute-bound) */
     float *X = malloc(sizeof(float) * (size_t)T * in), *Y = malloc(sizeof(float) * (size_t)T * rows);
     for (size_t i = 0; i < (size_t)T * in; i++) X[i] = wmat_rng_normal(&r);
+    bench_bitstack(rows, in, w32, x, X, T, budget / 4);
     for (int k = 1; k < NK; k++) {
         wmat__wrow_dequant(k_dt[k], m[k].w, in, 0, rows, wq32);
         validate_batched(k, &m[k], wq32, X, quick ? 8 : 32, maxt, isa);

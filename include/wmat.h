@@ -868,6 +868,16 @@ typedef struct {
 
 WMAT_API void wmat_model_quant_size(const wmat_model *m, wmat_quant_size *out);
 
+/* Any-size loading (weights stored as stacks of blocks, e.g. BitStack):
+ * run, of every stacked weight, the blocks of the longest prefix of the
+ * model's stored block order whose bytes fit the budget, given in bytes
+ * (bits_per_weight <= 0) or in bits per weight over the stacked weights
+ * (bytes <= 0). Each weight keeps at least its first block: a budget below
+ * that is WMAT_ERR_INVALID naming the least one; a model without stacked
+ * weights WMAT_ERR_UNSUPPORTED. *bytes_used (may be NULL): the stacked
+ * weights' bytes now. Nothing is freed: a later call may raise the size. */
+WMAT_API int wmat_model_set_budget(wmat_model *m, double bytes, double bits_per_weight, double *bytes_used);
+
 /* Save a model holding packed tensors (the others must be materialized f32).
  *   WMAT_FMT_QUANT: the native directory `path` (config.json,
  *     quant_config.json, model.safetensors, tokenizer.bin), loadable by

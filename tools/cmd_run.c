@@ -88,6 +88,40 @@ int cmd_info(int argc, char **argv)
     return 0;
 }
 
+/* "1.5MB", "800KiB", "123456": bytes (K/M/G decimal, KiB/MiB/GiB binary); -1 when malformed. */
+static double parse_bytes(const char *s)
+{
+    char *end;
+    const double v = strtod(s, &end);
+    if (end == s || !(v > 0)) return -1.0;
+    static const struct { const char *suf; double mul; } units[] = {
+        {"", 1.0}, {"B", 1.0}, {"K", 1e3}, {"KB", 1e3}, {"KiB", 1024.0}, {"M", 1e6}, {"MB", 1e6},
+        {"MiB", 1048576.0}, {"G", 1e9}, {"GB", 1e9}, {"GiB", 1073741824.0}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (!strcmp(end, units[i].suf)) return v * units[i].mul;
+    return -1.0;
+}
+
+/* --budget / --bpw: run the longest prefix of a stacked model's blocks that fits. */
+static int apply_budget(const char *cmd, wmat_model *m, const char *budget, float bpw, int quiet)
+{
+    if (!budget && !(bpw > 0)) return 0;
+    double bytes = 0.0, used = 0.0;
+    if (budget && (bytes = parse_bytes(budget)) <= 0)
+        return cli_usage_error(cmd, "--budget %s: give bytes, e.g. 1500000, 1.5MB or 1.4MiB", budget);
+    if (wmat_model_set_budget(m, bytes, budget ? 0.0 : (double)bpw, &used)) {
+        fprintf(stderr, "wmat %s: %s\n", cmd, wmat_last_error());
+        return 1;
+    }
+    if (!quiet) {
+        wmat_quant_size qs;
+        wmat_model_quant_size(m, &qs);
+        printf("budget        %.0f bytes of stacked weights (%.4f b/w over the packed tensors)\n", used,
+               qs.packed_bits_per_weight);
+    }
+    return 0;
+}
+
 int cmd_eval(int argc, char **argv)
 {
     const cli_command *cmd = cli_find_command("eval");
@@ -95,8 +129,14 @@ int cmd_eval(int argc, char **argv)
     cli_json js = {0};
     const char *adapter = NULL, *protocol = NULL;
     int chunks = 0, low_mem = 0, no_low_mem = 0;
+    const char *budget = NULL;
+    float bpw = 0.0f;
     cli_opt opts[] = {
         {"--adapter", OPT_STR, &adapter, "DIR", "a PEFT adapter directory merged into the weights first (LoRA, DoRA, ...)"},
+        {"--budget", OPT_STR, &budget, "BYTES",
+         "a model stored as stacks of blocks runs the longest prefix of its block order that fits BYTES of stacked "
+         "weights (1.5MB, 1.4MiB, 1500000); docs/QUANT.md"},
+        {"--bpw", OPT_FLOAT, &bpw, "B", "the same budget in bits per weight over the stacked weights"},
         CLI_EVAL_INPUT_OPTS(&ev, "the stream to score"),
         CLI_EVAL_CTX_OPT(&ev, "window length (default: the model's context)"),
         CLI_EVAL_WINDOW_OPTS(&ev, "score only the first K windows (default: all)"),
@@ -130,6 +170,14 @@ int cmd_eval(int argc, char **argv)
     wmat_model *m;
     if (cli_load_model("eval", pos[0], adapter ? CLI_LOAD_F32 : CLI_LOAD_STORED, &m)) return 1;
     if (adapter && cli_apply_adapter("eval", m, adapter)) return 1;
+    if (budget && bpw > 0) {
+        wmat_model_free(m);
+        return cli_usage_error("eval", "give --budget or --bpw, not both");
+    }
+    if (apply_budget("eval", m, budget, bpw, js.flag)) {
+        wmat_model_free(m);
+        return 1;
+    }
     const wmat_config *c = wmat_model_config(m);
     int ctx = ev.ctx ? ev.ctx : c->seq_len;
     if (ctx > c->seq_len) {
@@ -198,9 +246,12 @@ int cmd_generate(int argc, char **argv)
     const char *prompt = "", *model = NULL;
     int steps = 0, n_new = -1, seed_set = 0, seed = 0;
     wmat_sampler_params sp = wmat_sampler_default_params();
-    const char *adapter = NULL;
+    const char *adapter = NULL, *budget = NULL;
+    float bpw = 0.0f;
     cli_opt opts[] = {
         {"--prompt", OPT_STR, &prompt, "TEXT", "text to continue (default: empty)"},
+        {"--budget", OPT_STR, &budget, "BYTES", "a model stored as stacks of blocks runs the longest prefix of its block order that fits (as eval)"},
+        {"--bpw", OPT_FLOAT, &bpw, "B", "the same budget in bits per weight over the stacked weights"},
         {"--adapter", OPT_STR, &adapter, "DIR", "a PEFT adapter directory merged into the weights first (LoRA, DoRA, ...)"},
         {"-p", OPT_STR, &prompt, "TEXT", "same as --prompt"},
         {"-m", OPT_STR, &model, "MODEL", "the model (instead of the positional MODEL), as llama.cpp's -m"},
@@ -233,6 +284,11 @@ int cmd_generate(int argc, char **argv)
     wmat_model *m;
     if (cli_load_model("generate", model, adapter ? CLI_LOAD_F32 : CLI_LOAD_STORED, &m)) return 1;
     if (adapter && cli_apply_adapter("generate", m, adapter)) return 1;
+    if ((budget && bpw > 0 && cli_usage_error("generate", "give --budget or --bpw, not both")) ||
+        apply_budget("generate", m, budget, bpw, 1)) {
+        wmat_model_free(m);
+        return 1;
+    }
     const wmat_config *c = wmat_model_config(m);
     wmat_tokenizer *tok = wmat_model_tokenizer(m);
     if (!tok) {

@@ -68,6 +68,11 @@ static const wmat_param_spec k_adadim_gptq_keys[] = {QP_BITS,          QP_GROUP,
     {"act", WMAT_PARAM_ENUM, "static", 0, 0, "static|dynamic", "DGQ: int8 activation scale per tensor from calibration, or per token", NULL}
 static const wmat_param_spec k_dgq_keys[] = {QP_GROUP, QP_DGQ, QP_END};
 static const wmat_param_spec k_bcq_keys[] = {QP_BITS, QP_GROUP, QP_BCQ, QP_DAMP, QP_BLOCK, QP_END};
+static const wmat_param_spec k_bitstack_keys[] = {
+    {"stack_rank", WMAT_PARAM_INT, "1", 1, 64, NULL, "BitStack: rank k of each block's magnitude (scale it to width: 1 or 2 on small models)", NULL},
+    {"stack_blocks", WMAT_PARAM_INT, "16", 1, 256, NULL, "BitStack: blocks (sign matrix + rank-k magnitude) per matrix", NULL},
+    {"order_windows", WMAT_PARAM_INT, "8", 0, 1 << 20, NULL, "BitStack: calibration windows (the last ones) scoring the measured block order; 0: level order unmeasured", NULL},
+    QP_END};
 
 #define QUANT WMAT_FAMILY_QUANTIZATION
 const wmat_qmethod wmat__qmethods[] = {
@@ -88,6 +93,7 @@ const wmat_qmethod wmat__qmethods[] = {
     {.desc = {"pbllm", QUANT, WMAT_QSTAT_HESSIAN, 0, k_pbllm_keys, "pbllm", "PB-LLM: binarized rows + an 8-bit salient fraction, in GPTQ's error feedback"}, .fn = wmat__quant_pbllm},
     {.desc = {"bcq", QUANT, WMAT_QSTAT_HESSIAN, 0, k_bcq_keys, "bcq", "ShiftAddLLM binary coding sum_k alpha_k b_k, 2..4 planes, alphas per input group, GPTQ feedback"}, .fn = wmat__quant_bcq},
     {.desc = {"dgq", QUANT, WMAT_QSTAT_HESSIAN, 0, k_dgq_keys, "dgq", "DGQ A8W4: 4-bit codes, int8 group scales under an fp16 row scale, smoothed int8 activations"}, .fn = wmat__quant_dgq},
+    {.desc = {"bitstack", QUANT, WMAT_QSTAT_ACT_NORMS, 0, k_bitstack_keys, "bitstack", "BitStack: stacked sign x rank-k blocks of the activation-scaled residual, one stored stack loaded at any budget"}, .fn = wmat__quant_bitstack, .finish = wmat__bitstack_finish},
     {.desc = {NULL, NULL, 0, 0, NULL, NULL, NULL}, .fn = NULL},
 };
 #undef QUANT
@@ -147,6 +153,9 @@ void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp)
     if (wmat__pset_has(ps, "smooth")) qp->dgq_smooth = (int)wmat__pset_int(ps, "smooth");
     if (wmat__pset_has(ps, "search")) qp->dgq_search = (int)wmat__pset_int(ps, "search");
     if (wmat__pset_has(ps, "act")) qp->dgq_dynamic = wmat__pset_int(ps, "act") == 1;
+    if (wmat__pset_has(ps, "stack_rank")) qp->stack_rank = (int)wmat__pset_int(ps, "stack_rank");
+    if (wmat__pset_has(ps, "stack_blocks")) qp->stack_blocks = (int)wmat__pset_int(ps, "stack_blocks");
+    if (wmat__pset_has(ps, "order_windows")) qp->order_windows = (int)wmat__pset_int(ps, "order_windows");
 }
 
 const char *wmat_quantize_method_name(int i, int *needs_calibration)
@@ -712,6 +721,13 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
             memcpy(j->t->data, Wq, j->t->nbytes);
         }
 
+    /* a method's model-level step (BitStack's measured order) */
+    if (method->finish && !low_mem) {
+        const wmat_qparams *fq = NULL;
+        for (int i = 0; i < nj && !fq; i++)
+            if (!jobs[i].keep && jobs[i].method == method) fq = &jobs[i].qp;
+        if (fq && (rc = method->finish(m, results, n_windows ? p->calib : NULL, n_windows, ctx, rt, fq))) goto done;
+    }
     if (rep) {
         double before = bytes_before, after = 0.0, qbits = 0.0, qw = 0.0;
         for (int i = 0; i < n_tensors; i++) {

@@ -43,6 +43,10 @@ typedef struct {
     int dgq_smooth;  /* 1: percentile-clipping smoothing (default) */
     int dgq_search;  /* 1: the two ratio searches (default); 0: r = 1 */
     int dgq_dynamic; /* 1: per-token activation scales; 0: static per tensor (default) */
+    /* BitStack (bitstack.c) */
+    int stack_rank;    /* k of each block's |R| factors (1) */
+    int stack_blocks;  /* blocks per matrix (16) */
+    int order_windows; /* calibration windows the measured order is scored on (8; 0: level order, unmeasured) */
 } wmat_qparams;
 
 wmat_qparams wmat__qparams_default(void);
@@ -120,9 +124,17 @@ enum {
 /* One row of the registry: the only place a method's name is written. The
  * descriptor (core/method.h: name, family WMAT_FAMILY_QUANTIZATION, stats,
  * flags WMAT_QM_*, schema, produces, summary) and the function. */
+/* A model-level step after every tensor is done (optional): results holds
+ * each tensor's result (wmat_model_tensor order), the model the fake-quant
+ * weights; calib (n_windows windows of ctx tokens) is NULL without
+ * calibration data, rt the runtime over the model that calibrated it. */
+typedef int (*wmat_qmethod_finish_fn)(wmat_model *m, wmat_qresult *results, const int32_t *calib, int n_windows, int ctx,
+                                      wmat_runtime *rt, const wmat_qparams *p);
+
 typedef struct {
     WMAT_METHOD_ROW;
     wmat_qmethod_fn fn;
+    wmat_qmethod_finish_fn finish;
 } wmat_qmethod;
 
 /* The registry, terminated by a row with name == NULL. Its first row is the
@@ -241,6 +253,12 @@ void wmat__dgq_fine(const float *W, int64_t rows, int64_t cols, int64_t group, c
                     float *scale, uint8_t *zero, int *ratio);
 int wmat__dgq_coarse(const float *W, int64_t rows, int64_t cols, int64_t group, const double *H, const float *scale,
                      const uint8_t *zero, int search, float *s8, uint8_t *codes, int8_t *k, int *ratio);
+/* BitStack (bitstack.c): out->obj is a bitstack weight holding every block;
+ * the finish step measures the model's order of the blocks. */
+int wmat__quant_bitstack(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                         const wmat_qparams *p, wmat_qmethod_info *info);
+int wmat__bitstack_finish(wmat_model *m, wmat_qresult *results, const int32_t *calib, int n_windows, int ctx,
+                          wmat_runtime *rt, const wmat_qparams *p);
 
 /* ---- shared pieces of the grids (rtn.c) */
 

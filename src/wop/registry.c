@@ -33,6 +33,7 @@ static const wmat_wkind *const g_kinds[] = {
     &wmat__wkind_bcq,     /* kind_bcq.c (declared in wop.h) */
     &wmat__wkind_dsf,     /* kind_dsf.c */
     &wmat__wkind_dgq,     /* kind_dgq.c */
+    &wmat__wkind_bitstack, /* kind_bitstack.c (declared in wop.h) */
 };
 #define N_KINDS ((int)(sizeof g_kinds / sizeof g_kinds[0]))
 

@@ -121,6 +121,15 @@ struct wmat_wkind {
      * bytes. NULL: no ggml type (plain kinds are written as their dtype). */
     int (*gguf_type)(const wmat_tensor *W, wmat_dtype *dt, const char **why);
     void (*gguf_encode)(const wmat_tensor *W, void *dst);
+
+    /* ---- stacks (optional; NULL for kinds of one fixed size): a weight
+     * stored as blocks of which the first `active` run (BitStack). stack
+     * returns the number of blocks and fills, when non-NULL, the active
+     * count, each block's place in the model's order (pos < 0: always
+     * loaded) and its bytes; set_active runs the first n (1..blocks) and
+     * updates W->nbytes. wmat_model_set_budget works over these. */
+    int (*stack)(const wmat_tensor *W, int *active, int32_t *pos, uint64_t *bytes);
+    int (*set_active)(wmat_tensor *W, int n);
 };
 
 /* First member of every object kind's struct. */
@@ -245,6 +254,29 @@ int64_t wmat__dgq_row_dot8(const wmat_tensor *W, int64_t r, const int8_t *x8, co
 /* Groups with k_g >= kmin (and all groups in *n_groups); -1 for another kind. */
 int64_t wmat__dgq_count_k(const wmat_tensor *W, int kmin, int64_t *n_groups);
 float wmat__dgq_act_scale(const wmat_tensor *W);
+/* BitStack weights (kind_bitstack.c): W ~ sum_{i < active} S_i .* (u_i v_i),
+ * nb blocks of a sign matrix (packed bits, row r of block i at i*rows + r,
+ * bit set = +1) and rank-k factors u (nb, rows, k), v (nb, k, cols) stored
+ * as fp16 (rounded here); pos (nb) each block's place in the model's order
+ * (NULL: i - 1, the level order). All blocks active. */
+extern const wmat_wkind wmat__wkind_bitstack;
+int wmat__bitstack_create(int64_t rows, int64_t cols, int k, int nb, const uint8_t *sign, const float *u, const float *v,
+                          const int32_t *pos, void **obj);
+/* The decomposition (SPECS.md G3 step 2) of W (rows, cols) with its columns
+ * scaled by colscale (NULL: 1): R = W diag(s); nb times S = sign(R)
+ * (sign(0) = +1), |R| = U S V^T (LAPACK), u = U_k sqrt(S_k), v = sqrt(S_k)
+ * V_k^T / s (so the scale is folded into the stored block), R -= S .* (u
+ * v s) with the stored (fp16) factors. */
+int wmat__bitstack_decompose(const float *W, int64_t rows, int64_t cols, const float *colscale, int k, int nb, void **obj);
+int wmat__bitstack_shape(const wmat_tensor *W, int *rank, int *blocks, int *active);
+/* The sum of the first nblocks blocks (rows, cols), whatever is active. */
+int wmat__bitstack_dequant_n(const wmat_tensor *W, int nblocks, float *out);
+/* Each block's place in the order (strictly increasing from block 1 on). */
+int wmat__bitstack_set_order(wmat_tensor *W, const int32_t *pos);
+/* The kernels alone (tests, benchmarks): the masked sum of t over the set
+ * bits, and rows r0..r1 of y from an input prepared by the kind's prepare. */
+float wmat__bitstack_masked_sum(const uint8_t *bits, const float *t, int64_t n, int isa);
+void wmat__bitstack_rows(const wmat_tensor *W, const void *prep, float *y, int64_t r0, int64_t r1, int acc, int isa);
 
 /* Replace t's data by an object of kind k (t takes ownership; the old
  * owned data is freed). */
