@@ -212,6 +212,10 @@ int cmd_merge(int argc, char **argv)
     printf("time: inputs %.2f s, merging %.2f s, writer %.2f s (summed over the tensors; the inputs' time includes "
            "waiting for the disk)\n",
            rep.read_seconds, rep.kernel_seconds, rep.write_seconds);
+    if (rep.stage_cpu[0] + rep.stage_cpu[1] + rep.stage_cpu[2] > 0)
+        printf("cpu (merging thread): fill %.2f s, of it ties passes: task vectors + histogram %.2f s, threshold %.2f s, "
+               "trim/elect/mean %.2f s (with --threads 1 these are the merge's whole CPU time)\n",
+               rep.fill_cpu, rep.stage_cpu[0], rep.stage_cpu[1], rep.stage_cpu[2]);
     if (s->shuffle) {
         printf("order:");
         for (int i = 0; i < s->n_models; i++) printf(" %s", s->models[rep.order[i]].path);
