@@ -223,7 +223,7 @@ static int bench_stream(int64_t n, double density, int threads)
             if (!ti && c < cpu_old) cpu_old = c;
             const void *xs[NIN] = {st[1], st[2]};
             const wmat_dtype xdt[NIN] = {WMAT_F16, WMAT_F16};
-            const wmat_ties_src src = {NIN, n, st[0], WMAT_F16, xs, xdt, k, w, 1.0, 1, 0};
+            const wmat_ties_src src = {NIN, n, st[0], WMAT_F16, xs, xdt, k, w, 1.0, 1};
             wmat_ties_stream_out so;
             t0 = now_s();
             c0 = thread_cpu_s();

@@ -607,7 +607,7 @@ static void stream_case(int64_t n, int n_in, const wmat_dtype *dts, const double
     if (quantized) assert_true(surplus);
     const void *xs[3] = {stored[1], stored[2], stored[3]};
     for (int nt = 1; nt <= 2; nt++) {
-        const wmat_ties_src s = {n_in, n, stored[0], dts[0], xs, dts + 1, k, w, 0.9, 1, 0};
+        const wmat_ties_src s = {n_in, n, stored[0], dts[0], xs, dts + 1, k, w, 0.9, 1};
         wmat_ties_stream_out so;
         memset(out, 0xff, (size_t)n * 4);
         TU_OK(wmat__ties_stream(&s, out, nt, &so));

@@ -363,10 +363,8 @@ static int ties_fused_tensor(merge_job *j, int ti, const wmat_merge_args *a, flo
         const void *xs[64];
         wmat_dtype xdt[64];
         int64_t ks[64];
-        int mapped = 1;
         for (int i = 0; i < j->n_in + 1; i++) {
             const wmat_tensor *t = &j->in[i]->tensors[j->idx[i][ti]];
-            mapped &= !(t->flags & WMAT_TF_OWNED);
             if (i) {
                 xs[i - 1] = t->data;
                 xdt[i - 1] = t->dtype;
@@ -377,7 +375,7 @@ static int ties_fused_tensor(merge_job *j, int ti, const wmat_merge_args *a, flo
             j->rep->bytes_read += t->nbytes;
         }
         const wmat_tensor *bt = &j->in[0]->tensors[j->idx[0][ti]];
-        const wmat_ties_src src = {j->n_in, n, bt->data, bt->dtype, xs, xdt, ks, a->weight, a->lambda, a->normalize, mapped};
+        const wmat_ties_src src = {j->n_in, n, bt->data, bt->dtype, xs, xdt, ks, a->weight, a->lambda, a->normalize};
         wmat_ties_stream_out so;
         const int rc = wmat__ties_stream(&src, dst, nt, &so);
         if (rc) {

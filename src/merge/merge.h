@@ -161,7 +161,6 @@ typedef struct {
     const double *w;
     double lambda;
     int normalize;
-    int release;           /* drop the inputs' pages of each chunk after its last pass (mapped inputs) */
 } wmat_ties_src;
 
 typedef struct {

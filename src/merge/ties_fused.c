@@ -331,7 +331,10 @@ int wmat__ties_threshold(const float *d, int64_t n, int64_t k, const uint32_t *h
  * entries equal to it per chunk and finds the cut; pass D is the fused
  * trim / elect / mean of wmat__ties_fused_range on the chunk. The same
  * operations on the same values as the whole-tensor path, so the same
- * bits. Inputs are read four times: from the page cache, not the disk. */
+ * bits. Inputs are read three times (four with pass C): from the page
+ * cache, not the disk. Their pages are the caller's to release, once per
+ * tensor: a madvise per chunk cost more system time than the whole merge
+ * (a TLB shootdown each, on a virtual machine). */
 
 #define TS_CHUNK 16384
 
@@ -698,12 +701,6 @@ int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ti
         sdn += st.dn;
         sbn += st.bn;
         if (st.bad < INT64_MAX && j0 + st.bad < bad) bad = j0 + st.bad;
-        if (s->release)
-            for (int i = -1; i < k_in; i++) {
-                const wmat_dtype dt = i < 0 ? s->base_dt : s->x_dt[i];
-                const unsigned char *p = (const unsigned char *)(i < 0 ? s->base : s->x[i]);
-                wmat__pages_release(p + wmat_dtype_bytes(dt, (uint64_t)j0), wmat_dtype_bytes(dt, (uint64_t)m), 0);
-            }
     }
     r->cpu[2] = thread_cpu() - t;
     r->wall[2] = wall_now() - tw;
