@@ -383,7 +383,12 @@ static int ties_fused_tensor(merge_job *j, int ti, const wmat_merge_args *a, flo
             snprintf(msg, sizeof msg, "%s", wmat_last_error());
             return wmat_set_error(rc, "%s: tensor %s: %s", j->out_path, j->out->tensors[ti].name, msg);
         }
-        for (int q = 0; q < 3; q++) j->rep->stage_cpu[q] += so.cpu[q];
+        for (int q = 0; q < 3; q++) {
+            j->rep->stage_cpu[q] += so.cpu[q];
+            j->rep->stage_sys[q] += so.sys[q];
+            j->rep->stage_minflt[q] += so.minflt[q];
+            j->rep->stage_majflt[q] += so.majflt[q];
+        }
         *t_read = so.wall[0];
         if (so.st.bad < n)
             return wmat_set_error(WMAT_ERR_NUMERIC, "%s: merged tensor %s has a non-finite value at index %lld", j->out_path,

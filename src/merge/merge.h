@@ -171,6 +171,8 @@ typedef struct {
     double cpu[3];         /* CPU seconds of the calling thread: pass A (convert, task vectors, high
                               histogram); B + C (threshold); D (fused); exact with one thread */
     double wall[3];        /* the same passes' wall seconds */
+    double sys[3];         /* of cpu: in the kernel (getrusage RUSAGE_THREAD) */
+    long minflt[3], majflt[3]; /* the calling thread's page faults in each pass */
 } wmat_ties_stream_out;
 
 /* Whether stored data (n values of dt, nbytes long) can be streamed: a
@@ -239,6 +241,8 @@ typedef struct {
     wmat_merge_tensor_report *tensors; /* owned; wmat__merge_report_free */
     double seconds;
     double read_seconds, kernel_seconds; /* summed over the tensors */
+    double stage_sys[3];    /* of stage_cpu: system time */
+    long stage_minflt[3], stage_majflt[3]; /* page faults of the merging thread in those passes */
     double stage_cpu[3];    /* streamed TIES: CPU seconds of the merging thread in its passes A, B + C, D
                                (wmat_ties_stream_out.cpu), summed over the tensors; 0 on other paths */
     double fill_cpu;        /* CPU seconds of the writer's thread inside the fill hook (the merge);

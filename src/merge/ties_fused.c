@@ -14,6 +14,7 @@
 #include "wop/kern_dense.h"
 #include "core/internal.h"
 
+#include <sys/resource.h>
 #include <time.h>
 
 #include <math.h>
@@ -472,6 +473,17 @@ static double wall_now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The calling thread's system seconds and page faults so far. */
+static void thread_sys(double *sys, long *minflt, long *majflt)
+{
+    struct rusage ru;
+    memset(&ru, 0, sizeof ru);
+    getrusage(RUSAGE_THREAD, &ru);
+    *sys = (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
+    *minflt = ru.ru_minflt;
+    *majflt = ru.ru_majflt;
+}
+
 static double thread_cpu(void)
 {
     struct timespec ts;
@@ -530,7 +542,9 @@ int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ti
     int none[64], full[64], need_eq[64];
     float thr[64];
     int bad_rc = WMAT_OK;
-    double t = thread_cpu(), tw = wall_now();
+    double t = thread_cpu(), tw = wall_now(), sy0, sy1;
+    long mi0, mi1, ma0, ma1;
+    thread_sys(&sy0, &mi0, &ma0);
 
     /* pass A: high-bits histograms */
     memset(hh, 0, (size_t)nt * (size_t)k_in * WMAT_TIES_HIST * sizeof *hh);
@@ -544,6 +558,11 @@ int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ti
         for (int i = 0; i < k_in; i++) ts_delta_hist(d[i], b, m, hh + ((size_t)th * k_in + i) * WMAT_TIES_HIST);
     }
     r->cpu[0] = thread_cpu() - t;
+    thread_sys(&sy1, &mi1, &ma1);
+    r->sys[0] = sy1 - sy0;
+    r->minflt[0] = mi1 - mi0;
+    r->majflt[0] = ma1 - ma0;
+    sy0 = sy1, mi0 = mi1, ma0 = ma1;
     r->wall[0] = wall_now() - tw;
     tw = wall_now();
     t = thread_cpu();
@@ -676,6 +695,11 @@ int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ti
         }
     }
     r->cpu[1] = thread_cpu() - t;
+    thread_sys(&sy1, &mi1, &ma1);
+    r->sys[1] = sy1 - sy0;
+    r->minflt[1] = mi1 - mi0;
+    r->majflt[1] = ma1 - ma0;
+    sy0 = sy1, mi0 = mi1, ma0 = ma1;
     r->wall[1] = wall_now() - tw;
     tw = wall_now();
     t = thread_cpu();
@@ -703,6 +727,11 @@ int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ti
         if (st.bad < INT64_MAX && j0 + st.bad < bad) bad = j0 + st.bad;
     }
     r->cpu[2] = thread_cpu() - t;
+    thread_sys(&sy1, &mi1, &ma1);
+    r->sys[2] = sy1 - sy0;
+    r->minflt[2] = mi1 - mi0;
+    r->majflt[2] = ma1 - ma0;
+    sy0 = sy1, mi0 = mi1, ma0 = ma1;
     r->wall[2] = wall_now() - tw;
     if (bad_rc) goto fail_format;
     r->st.conflicts = conflicts;
