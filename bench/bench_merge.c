@@ -14,7 +14,10 @@
  * checks), in its SIMD and its plain C form, in the same run; all three
  * outputs must be the same bytes before a time is printed.
  *
- *   bench_merge [N] [density] [threads] [ties]   (default 45000000 0.5 2; "ties": only the TIES part) */
+ * With "stream": TIES from f16 inputs, the per-tensor fp32 path against the
+ * streamed one (wmat__ties_stream), nothing else.
+ *
+ *   bench_merge [N] [density] [threads] [ties|stream]   (default 45000000 0.5 2; "ties": only the TIES part) */
 #include "wmat.h"
 #include "merge/merge.h"
 
@@ -29,6 +32,13 @@ static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -130,7 +140,7 @@ static int bench_ties(int64_t n, double density, int threads)
     printf("TIES, base + 2 models of %lld entries, density %.2f, %d threads (best of 3; outputs identical):\n",
            (long long)n, density, threads);
     printf("  multi-pass (kernel + check pass)  %8.3f s  %6.2f ns/entry\n", best[0], 1e9 * best[0] / (double)n);
-    printf("  one pass, %-4s                   %8.3f s  %6.2f ns/entry  (%.2fx)\n", wmat__ties_fused_has_simd() ? "AVX2" : "C",
+    printf("  one pass, %-4s                   %8.3f s  %6.2f ns/entry  (%.2fx)\n", wmat__ties_fused_has_simd() ? "SIMD" : "C",
            best[1], 1e9 * best[1] / (double)n, best[0] / best[1]);
     printf("  one pass, plain C                 %8.3f s  %6.2f ns/entry  (%.2fx)\n", best[2], 1e9 * best[2] / (double)n,
            best[0] / best[2]);
@@ -145,15 +155,124 @@ static int bench_ties(int64_t n, double density, int threads)
     return 0;
 }
 
+/* TIES from f16 inputs (a GGUF f16 merge's tensors), per tensor: the
+ * driver's one-pass path before the streamed one (the base converted whole
+ * to fp32, each model converted piece by piece into a whole fp32 task vector
+ * with its histogram, the threshold's second read, the fused pass over the
+ * fp32 task vectors) against wmat__ties_stream (chunks converted from the
+ * f16 bytes in each of its passes, nothing stored as fp32), on one thread
+ * and on `threads`, in the same run; the outputs must be the same bytes. */
+static int bench_stream(int64_t n, double density, int threads)
+{
+    enum { NIN = 2 };
+    float *tmp = malloc((size_t)n * 4), *base = malloc((size_t)n * 4), *d[NIN], *ref = malloc((size_t)n * 4),
+          *out = malloc((size_t)n * 4);
+    unsigned char *st[NIN + 1];
+    uint32_t *hist = malloc((size_t)(threads + 1) * WMAT_TIES_HIST * sizeof *hist);
+    for (int i = 0; i < NIN; i++) d[i] = malloc((size_t)n * 4);
+    for (int i = 0; i <= NIN; i++) st[i] = malloc((size_t)n * 2);
+    if (!tmp || !base || !ref || !out || !hist || !d[0] || !d[1] || !st[0] || !st[1] || !st[2]) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    wmat_rng r;
+    wmat_rng_seed(&r, 3);
+    for (int64_t j = 0; j < n; j++) base[j] = 0.02f * wmat_rng_normal(&r);
+    wmat_from_f32(st[0], WMAT_F16, base, (uint64_t)n);
+    for (int i = 1; i <= NIN; i++) {
+        for (int64_t j = 0; j < n; j++) tmp[j] = base[j] + 0.01f * wmat_rng_normal(&r);
+        wmat_from_f32(st[i], WMAT_F16, tmp, (uint64_t)n);
+    }
+    const double w[NIN] = {1, 1};
+    const double kd = density * (double)n;
+    const int64_t k[NIN] = {kd >= (double)n ? n : (int64_t)kd, kd >= (double)n ? n : (int64_t)kd};
+    const int64_t P = 16384, np = (n + P - 1) / P;
+    double best_old[2] = {1e30, 1e30}, best_new[2] = {1e30, 1e30}, cpu[3] = {0, 0, 0}, cpu_old = 1e30, cpu_new = 1e30;
+    for (int ti = 0; ti < 2; ti++) {
+        const int nt = ti ? threads : 1;
+        for (int rep = 0; rep < 3; rep++) {
+            double t0 = now_s(), c0 = thread_cpu_s();
+            wmat_to_f32(base, st[0], WMAT_F16, (uint64_t)n);
+            float thr[NIN];
+            int64_t cut[NIN];
+            int none[NIN];
+            uint32_t *hsum = hist + (size_t)nt * WMAT_TIES_HIST;
+            for (int i = 0; i < NIN; i++) {
+                memset(hist, 0, (size_t)nt * WMAT_TIES_HIST * sizeof *hist);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
+                for (int64_t p = 0; p < np; p++) {
+                    const int64_t s0 = p * P, s1 = n - s0 < P ? n : s0 + P;
+                    wmat_to_f32(d[i] + s0, st[i + 1] + 2 * s0, WMAT_F16, (uint64_t)(s1 - s0));
+                    wmat__ties_delta_hist(d[i] + s0, base + s0, s1 - s0, hist + (size_t)omp_get_thread_num() * WMAT_TIES_HIST);
+                }
+                for (int q = 0; q < WMAT_TIES_HIST; q++) {
+                    uint32_t v = 0;
+                    for (int t = 0; t < nt; t++) v += hist[(size_t)t * WMAT_TIES_HIST + q];
+                    hsum[q] = v;
+                }
+                if (wmat__ties_threshold(d[i], n, k[i], hsum, nt, &thr[i], &cut[i], &none[i])) return 1;
+            }
+            const wmat_ties_fuse f = {NIN, base, (const float *const *)d, w, thr, cut, none, 1.0, 1};
+#pragma omp parallel for num_threads(nt) schedule(static)
+            for (int64_t b = 0; b < np; b++) {
+                wmat_ties_stats sts = {0, 0, 0, INT64_MAX};
+                wmat__ties_fused_range(&f, ref, b * P, n - b * P < P ? n : (b + 1) * P, WMAT_TIES_IMPL_AVX2, &sts);
+            }
+            double t = now_s() - t0, c = thread_cpu_s() - c0;
+            if (t < best_old[ti]) best_old[ti] = t;
+            if (!ti && c < cpu_old) cpu_old = c;
+            const void *xs[NIN] = {st[1], st[2]};
+            const wmat_dtype xdt[NIN] = {WMAT_F16, WMAT_F16};
+            const wmat_ties_src src = {NIN, n, st[0], WMAT_F16, xs, xdt, k, w, 1.0, 1};
+            wmat_ties_stream_out so;
+            t0 = now_s();
+            c0 = thread_cpu_s();
+            if (wmat__ties_stream(&src, out, nt, &so)) return 1;
+            t = now_s() - t0;
+            c = thread_cpu_s() - c0;
+            if (!ti && c < cpu_new) cpu_new = c;
+            if (t < best_new[ti]) {
+                best_new[ti] = t;
+                if (!ti) memcpy(cpu, so.cpu, sizeof cpu);
+            }
+            if (memcmp(out, ref, (size_t)n * 4)) {
+                fprintf(stderr, "MISMATCH: the streamed TIES differs from the one-pass path\n");
+                return 1;
+            }
+        }
+    }
+    printf("TIES from f16, base + %d models of %lld entries, density %.2f (best of 3; outputs identical):\n", NIN,
+           (long long)n, density);
+    for (int ti = 0; ti < 2; ti++)
+        printf("  %d thread%s: fp32 task vectors %8.3f s %6.2f ns/entry | streamed %8.3f s %6.2f ns/entry (%.2fx)\n",
+               ti ? threads : 1, ti && threads > 1 ? "s" : " ", best_old[ti], 1e9 * best_old[ti] / (double)n, best_new[ti],
+               1e9 * best_new[ti] / (double)n, best_old[ti] / best_new[ti]);
+    printf("  1 thread, CPU time (the thread's; best of 3): fp32 task vectors %.3f s %.2f ns/entry | streamed %.3f s "
+           "%.2f ns/entry (%.2fx)\n",
+           cpu_old, 1e9 * cpu_old / (double)n, cpu_new, 1e9 * cpu_new / (double)n, cpu_old / cpu_new);
+    printf("  streamed, 1 thread, CPU by pass: convert + task vectors + histogram %.3f s, threshold %.3f s, "
+           "convert + trim/elect/mean %.3f s\n",
+           cpu[0], cpu[1], cpu[2]);
+    for (int i = 0; i < NIN; i++) free(d[i]);
+    for (int i = 0; i <= NIN; i++) free(st[i]);
+    free(tmp);
+    free(base);
+    free(ref);
+    free(out);
+    free(hist);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const int64_t n = argc > 1 ? atoll(argv[1]) : 45000000;
     const double density = argc > 2 ? atof(argv[2]) : 0.5;
     const int threads = argc > 3 ? atoi(argv[3]) : 2;
     if (n < 1 || !(density > 0 && density <= 1) || threads < 1) {
-        fprintf(stderr, "usage: bench_merge [N] [density] [threads] [ties]\n");
+        fprintf(stderr, "usage: bench_merge [N] [density] [threads] [ties|stream]\n");
         return 2;
     }
+    if (argc > 4 && !strcmp(argv[4], "stream")) return bench_stream(n, density, threads) ? 1 : 0;
     if (bench_ties(n, density, threads)) return 1;
     if (argc > 4 && !strcmp(argv[4], "ties")) return 0;
     const int64_t k = (int64_t)(density * (double)n) > 0 ? (int64_t)(density * (double)n) : 1;

@@ -505,13 +505,13 @@ static void fused_case(int64_t n, int n_in, int quantized, const double *dens, c
     }
     if (quantized) assert_true(surplus); /* the tie-breaking path did run */
     const wmat_ties_fuse f = {n_in, base, (const float *const *)d, w, thr, cut, none, 0.7, normalize};
-    for (int impl = 0; impl < 2; impl++) {
+    for (int impl = 0; impl < 3; impl++) { /* AUTO (AVX-512 where the CPU has it), C, AVX2 */
         memset(out, 0xff, (size_t)n * 4);
         wmat_ties_stats st = {0, 0, 0, INT64_MAX};
         /* uneven pieces: a cut may fall anywhere in one */
         const int64_t split[4] = {0, n / 3 + 1 < n ? n / 3 + 1 : n, n / 3 + 6 < n ? n / 3 + 6 : n, n};
         for (int p = 0; p < 3; p++)
-            wmat__ties_fused_range(&f, out, split[p], split[p + 1], impl ? WMAT_TIES_IMPL_C : WMAT_TIES_IMPL_AUTO, &st);
+            wmat__ties_fused_range(&f, out, split[p], split[p + 1], impl == 1 ? WMAT_TIES_IMPL_C : impl == 2 ? WMAT_TIES_IMPL_AVX2 : WMAT_TIES_IMPL_AUTO, &st);
         assert_memory_equal(out, ref, (size_t)n * 4);
         assert_true(st.bad == INT64_MAX);
         TU_ASSERT_NEAR((double)st.conflicts / (double)n, info.sign_conflicts, 1e-12);
@@ -550,6 +550,104 @@ static void test_ties_fused_matches_kernel(void **state)
     print_message("fused TIES: SIMD twin %s on this CPU\n", wmat__ties_fused_has_simd() ? "ran" : "did not run");
 }
 
+/* The streamed TIES (wmat__ties_stream: chunks converted from the stored
+ * bytes, no fp32 task vectors) gives the `ties` kernel's bits on the
+ * decoded values, for f32, f16 and q8_0 storage, mixed types, one and two
+ * threads, sizes that end inside a chunk or fit in one, densities that keep
+ * nothing or everything, and data with many magnitudes equal to the
+ * threshold (the cut from the recorded bucket entries, and from pass C where
+ * the bucket holds too many to record); its thresholds and cuts equal
+ * wmat__ties_threshold's. */
+static void stream_case(int64_t n, int n_in, const wmat_dtype *dts, const double *dens, int quantized, uint64_t seed)
+{
+    wmat_rng r;
+    wmat_rng_seed(&r, seed);
+    float *src[4], *dec[4], *d = malloc((size_t)n * 4), *ref = malloc((size_t)n * 4), *out = malloc((size_t)n * 4);
+    void *stored[4];
+    uint32_t *h = malloc(WMAT_TIES_HIST * sizeof *h);
+    for (int i = 0; i <= n_in; i++) {
+        src[i] = malloc((size_t)n * 4);
+        dec[i] = malloc((size_t)n * 4);
+        stored[i] = malloc(wmat_dtype_bytes(dts[i], (uint64_t)n));
+        for (int64_t j = 0; j < n; j++) {
+            float e = (i ? 0.01f : 0.05f) * wmat_rng_normal(&r);
+            if (quantized && i) e = roundf(e * (float)quantized) / (float)quantized;
+            src[i][j] = (i ? src[0][j] : 0.0f) + e;
+        }
+        TU_OK(wmat_from_f32(stored[i], dts[i], src[i], (uint64_t)n));
+        TU_OK(wmat_to_f32(dec[i], stored[i], dts[i], (uint64_t)n));
+    }
+    const double w[3] = {1.0, -0.5, 0.75};
+    int64_t k[3];
+    for (int i = 0; i < n_in; i++) {
+        const double kd = dens[i] * (double)n;
+        k[i] = kd >= (double)n ? n : (int64_t)kd;
+    }
+    float *xc[3];
+    for (int i = 0; i < n_in; i++) {
+        xc[i] = malloc((size_t)n * 4);
+        memcpy(xc[i], dec[i + 1], (size_t)n * 4);
+    }
+    wmat_merge_args a = args(n, n_in, dec[0], xc, w, dens, NULL);
+    a.lambda = 0.9;
+    a.normalize = 1;
+    a.n_threads = 1;
+    wmat_merge_tinfo info = {0, 0, 0};
+    TU_OK(wmat__merge_method_find("ties")->fn(&a, ref, &info));
+    float thr[3];
+    int64_t cut[3];
+    int none[3], surplus = 0;
+    for (int i = 0; i < n_in; i++) {
+        memcpy(d, dec[i + 1], (size_t)n * 4);
+        memset(h, 0, WMAT_TIES_HIST * sizeof *h);
+        wmat__ties_delta_hist(d, dec[0], n, h);
+        TU_OK(wmat__ties_threshold(d, n, k[i], h, 1, &thr[i], &cut[i], &none[i]));
+        surplus |= cut[i] != INT64_MAX;
+    }
+    if (quantized) assert_true(surplus);
+    const void *xs[3] = {stored[1], stored[2], stored[3]};
+    for (int nt = 1; nt <= 2; nt++) {
+        const wmat_ties_src s = {n_in, n, stored[0], dts[0], xs, dts + 1, k, w, 0.9, 1};
+        wmat_ties_stream_out so;
+        memset(out, 0xff, (size_t)n * 4);
+        TU_OK(wmat__ties_stream(&s, out, nt, &so));
+        assert_memory_equal(out, ref, (size_t)n * 4);
+        assert_true(so.st.bad == INT64_MAX);
+        TU_ASSERT_NEAR((double)so.st.conflicts / (double)n, info.sign_conflicts, 1e-12);
+        for (int i = 0; i < n_in; i++) {
+            assert_memory_equal(&so.thr[i], &thr[i], sizeof thr[i]);
+            assert_int_equal(so.cut[i], cut[i]);
+            assert_int_equal(so.none[i], none[i]);
+        }
+    }
+    for (int i = 0; i <= n_in; i++) {
+        free(src[i]);
+        free(dec[i]);
+        free(stored[i]);
+    }
+    for (int i = 0; i < n_in; i++) free(xc[i]);
+    free(d);
+    free(ref);
+    free(out);
+    free(h);
+}
+
+static void test_ties_stream_matches_kernel(void **state)
+{
+    (void)state;
+    const wmat_dtype f16[4] = {WMAT_F16, WMAT_F16, WMAT_F16, WMAT_F16}, f32[4] = {WMAT_F32, WMAT_F32, WMAT_F32, WMAT_F32};
+    const wmat_dtype mix[4] = {WMAT_F16, WMAT_F32, WMAT_Q8_0, WMAT_F16};
+    const double dh[3] = {0.5, 0.5, 0.5}, dm[3] = {0.3, 1.0, 0.61}, dz[3] = {1e-6, 0.9, 0.2};
+    const int64_t n_odd = 3 * 16384 + 37 * 32; /* ends inside the fourth chunk (whole q8_0 blocks) */
+    stream_case(n_odd, 2, f16, dh, 0, 1);
+    stream_case(n_odd, 2, f16, dh, 512, 2); /* many magnitudes equal the threshold: the cut from the bucket's entries */
+    stream_case(n_odd, 3, mix, dm, 512, 3);
+    stream_case(n_odd, 2, f16, dm, 64, 7);  /* most entries in the threshold's bucket: the cut pass (C) */
+    stream_case(n_odd, 3, f32, dz, 0, 4);  /* k = 0 for the first input, everything kept by the second */
+    stream_case(64, 3, mix, dm, 0, 5);     /* one short chunk */
+    stream_case(5 * 16384, 1, f16, dh, 512, 6);
+}
+
 /* A NaN in a task vector: the NaN magnitude sorts above every number, so it
  * is kept, and the output's first non-finite entry is reported (the driver
  * turns that into its "non-finite value" error). */
@@ -576,9 +674,9 @@ static void test_ties_fused_nan(void **state)
     }
     const double w[2] = {1, 1};
     const wmat_ties_fuse f = {2, base, (const float *const *)d, w, thr, cut, none, 1.0, 1};
-    for (int impl = 0; impl < 2; impl++) {
+    for (int impl = 0; impl < 3; impl++) { /* AUTO (AVX-512 where the CPU has it), C, AVX2 */
         wmat_ties_stats st = {0, 0, 0, INT64_MAX};
-        wmat__ties_fused_range(&f, out, 0, N, impl ? WMAT_TIES_IMPL_C : WMAT_TIES_IMPL_AUTO, &st);
+        wmat__ties_fused_range(&f, out, 0, N, impl == 1 ? WMAT_TIES_IMPL_C : impl == 2 ? WMAT_TIES_IMPL_AVX2 : WMAT_TIES_IMPL_AUTO, &st);
         assert_int_equal(st.bad, 37);
         assert_true(isnan(out[37]) && isnan(out[2000]));
     }
@@ -679,6 +777,7 @@ static void test_driver_overlap_same_bytes(void **state)
                                1e-9 * (1 + rep[0].tensors[i].delta_norm));
             }
             assert_int_equal(rep[0].bytes_read, rep[1].bytes_read);
+            assert_true(rep[1].fill_cpu > 0); /* the streamed TIES ran (its passes' times are CPU time) */
             wmat__merge_report_free(&rep[0]);
             wmat__merge_report_free(&rep[1]);
         }
@@ -709,6 +808,56 @@ static void test_driver_overlap_same_bytes(void **state)
         assert_int_not_equal(stat(o1, &st), 0); /* no output */
     }
     assert_string_equal(msg[0], msg[1]);
+    wmat_model_free(mb);
+}
+
+/* Every input a GGUF of f16 or q8_0 (every tensor streamed from its stored
+ * bytes, no fp32 input buffer allocated), one and two threads: the same
+ * bytes as the sequential path, and the streamed passes reported. */
+static void test_driver_stream_same_bytes(void **state)
+{
+    (void)state;
+    char base[512], a[512], b[512], o1[512];
+    snprintf(base, sizeof base, "%s", tu_tmp("sb.gguf"));
+    snprintf(a, sizeof a, "%s", tu_tmp("sa.gguf"));
+    snprintf(b, sizeof b, "%s", tu_tmp("sc.gguf"));
+    snprintf(o1, sizeof o1, "%s", tu_tmp("s_merge.gguf"));
+    make_model_q(base, WMAT_FMT_GGUF, WMAT_F16, 11, NULL, 512, 0, -1);
+    wmat_model *mb = tu_load_f32(base);
+    make_model_q(a, WMAT_FMT_GGUF, WMAT_F16, 12, mb, 512, 256.0f, -1);
+    make_model_q(b, WMAT_FMT_GGUF, WMAT_Q8_0, 13, mb, 512, 0, -1);
+    wmat_merge_model mm[2] = {{a, {1, {1.0}}, {1, {0.3}}}, {b, {1, {0.7}}, {2, {0.5, 0.8}}}};
+    for (int nt = 1; nt <= 2; nt++) {
+        wmat_context ctx = wmat_context_default();
+        ctx.n_threads = nt;
+        unsigned char *bytes[2];
+        size_t nbytes[2];
+        wmat_merge_report rep[2];
+        for (int p = 0; p < 2; p++) {
+            wmat_merge_spec s;
+            memset(&s, 0, sizeof s);
+            s.method = "ties";
+            s.base = base;
+            s.n_models = 2;
+            s.models = mm;
+            s.normalize = -1;
+            s.lambda = (wmat_mvalue){1, {1.0}};
+            s.out_dtype = WMAT_F16;
+            s.ctx = &ctx;
+            s.sequential = p == 0;
+            TU_OK(wmat__merge_run(&s, o1, &rep[p]));
+            bytes[p] = slurp(o1, &nbytes[p]);
+        }
+        assert_int_equal(nbytes[0], nbytes[1]);
+        assert_memory_equal(bytes[0], bytes[1], nbytes[0]);
+        assert_true(rep[0].stage_cpu[2] == 0 && rep[1].stage_cpu[2] > 0);
+        for (int i = 0; i < rep[0].n_tensors; i++)
+            TU_ASSERT_NEAR(rep[0].tensors[i].sign_conflicts, rep[1].tensors[i].sign_conflicts, 1e-12);
+        free(bytes[0]);
+        free(bytes[1]);
+        wmat__merge_report_free(&rep[0]);
+        wmat__merge_report_free(&rep[1]);
+    }
     wmat_model_free(mb);
 }
 
@@ -907,7 +1056,9 @@ int main(void)
         cmocka_unit_test(test_driver_refuses_mismatch),
         cmocka_unit_test(test_ties_fused_matches_kernel),
         cmocka_unit_test(test_ties_fused_nan),
+        cmocka_unit_test(test_ties_stream_matches_kernel),
         cmocka_unit_test(test_driver_overlap_same_bytes),
+        cmocka_unit_test(test_driver_stream_same_bytes),
         cmocka_unit_test(test_cli_yaml_and_flags),
         cmocka_unit_test(test_signature_roundtrip_as_linear),
     };

@@ -212,6 +212,14 @@ int cmd_merge(int argc, char **argv)
     printf("time: inputs %.2f s, merging %.2f s, writer %.2f s (summed over the tensors; the inputs' time includes "
            "waiting for the disk)\n",
            rep.read_seconds, rep.kernel_seconds, rep.write_seconds);
+    if (rep.stage_cpu[0] + rep.stage_cpu[1] + rep.stage_cpu[2] > 0)
+        printf("cpu (merging thread): fill %.2f s, of it ties passes: task vectors + histogram %.2f s, threshold %.2f s, "
+               "trim/elect/mean %.2f s (with --threads 1 these are the merge's whole CPU time)\n",
+               rep.fill_cpu, rep.stage_cpu[0], rep.stage_cpu[1], rep.stage_cpu[2]);
+    if (rep.stage_cpu[0] + rep.stage_cpu[1] + rep.stage_cpu[2] > 0)
+        printf("  of which system time %.2f / %.2f / %.2f s; page faults (minor, major) %ld, %ld / %ld, %ld / %ld, %ld\n",
+               rep.stage_sys[0], rep.stage_sys[1], rep.stage_sys[2], rep.stage_minflt[0], rep.stage_majflt[0],
+               rep.stage_minflt[1], rep.stage_majflt[1], rep.stage_minflt[2], rep.stage_majflt[2]);
     if (s->shuffle) {
         printf("order:");
         for (int i = 0; i < s->n_models; i++) printf(" %s", s->models[rep.order[i]].path);

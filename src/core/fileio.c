@@ -47,17 +47,24 @@ void wmat__unmap(wmat_map *m)
     m->len = 0;
 }
 
+void wmat__pages_release(const void *addr, size_t len, int outward)
+{
+    if (!addr || !len) return;
+    const long pg = sysconf(_SC_PAGESIZE);
+    const uintptr_t ps = pg > 0 ? (uintptr_t)pg : 4096u, a = (uintptr_t)addr, e = a + len;
+    const uintptr_t lo = outward ? a & ~(ps - 1) : (a + ps - 1) & ~(ps - 1);
+    const uintptr_t hi = outward ? (e + ps - 1) & ~(ps - 1) : e & ~(ps - 1);
+    if (hi > lo) (void)madvise((void *)lo, (size_t)(hi - lo), MADV_DONTNEED);
+}
+
 void wmat__map_release(const wmat_map *m, const void *addr, size_t len)
 {
     if (!m->addr || !addr || !len) return;
     const uintptr_t base = (uintptr_t)m->addr, end = base + m->len, a = (uintptr_t)addr;
     if (a < base || a >= end) return;
-    const long pg = sysconf(_SC_PAGESIZE);
-    const uintptr_t ps = pg > 0 ? (uintptr_t)pg : 4096u;
-    uintptr_t lo = a & ~(ps - 1), hi = a + len < end ? a + len : end;
-    hi = (hi + ps - 1) & ~(ps - 1); /* the mapping itself extends to a whole page */
-    if (lo < base) lo = base;        /* mmap's address is page-aligned: never taken */
-    if (hi > lo) (void)madvise((void *)lo, (size_t)(hi - lo), MADV_DONTNEED);
+    /* outward: the mapping is page-aligned at its start and extends to a
+     * whole page at its end, so the widened range stays inside it */
+    wmat__pages_release(addr, (a + len < end ? a + len : end) - a, 1);
 }
 
 int wmat__afile_open(wmat_afile *af, const char *path)

@@ -59,6 +59,11 @@ void wmat__unmap(wmat_map *m);
  * What keeps a streaming command's resident set at one block of weights
  * (docs/SCALING.md, "Out of core"). */
 void wmat__map_release(const wmat_map *m, const void *addr, size_t len);
+/* The same on any range of a read-only private mapping, without the
+ * clamping: outward drops every page the range touches, inward only the
+ * pages wholly inside it (what a thread may drop while others still read
+ * the pages its range shares with theirs). */
+void wmat__pages_release(const void *addr, size_t len, int outward);
 
 /* Atomic output: data goes to "<path>.tmp.<pid>" in the same directory and
  * is renamed over `path` only by wmat__afile_commit after fsync. */

@@ -89,13 +89,22 @@ static uint64_t name_hash(const char *s, uint64_t seed)
     return h;
 }
 
-/* Drop the resident pages of part of a read-only mapping (whole pages
- * inside the range only): they are read again from the file if touched. */
-static void release_range(const void *p, size_t n)
+static double thread_cpu_s(void)
 {
-    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = ((uintptr_t)p + pg - 1) / pg * pg, b = ((uintptr_t)p + n) / pg * pg;
-    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The inputs' fp32 buffers (one tensor each), allocated when the first
+ * tensor that needs them comes: the streamed TIES never does. */
+static int ensure_xbufs(merge_job *j)
+{
+    for (int i = 0; i < j->n_in + j->has_base; i++)
+        if (!j->xbuf[i] && !(j->xbuf[i] = wmat__malloc((size_t)j->max_n * sizeof(float))))
+            return wmat_set_error(WMAT_ERR_NOMEM, "merge: out of memory for %d buffers of %lld floats",
+                                  j->n_in + j->has_base, (long long)j->max_n);
+    return WMAT_OK;
 }
 
 /* Tensor t of input model m as fp32 in wmat's canonical row order, nt
@@ -129,7 +138,7 @@ static int read_f32(const wmat_model *m, const wmat_tensor *t, float *dst, float
              * the model loaded; a failure is kept, not raced over */
             if (wmat_to_f32(dst + r0 * t->shape[1], src, t->dtype, (uint64_t)(nr * t->shape[1])))
                 __atomic_store_n(&bad, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
-            release_range(src, (size_t)nr * row_bytes);
+            wmat__pages_release(src, (size_t)nr * row_bytes, 0);
         }
         rc = bad ? wmat_set_error(bad, "%s rows of %lld values do not convert", wmat_dtype_info(t->dtype)->name,
                                   (long long)t->shape[1])
@@ -307,7 +316,7 @@ static int delta_hist(merge_job *j, int i, int ti, float *d, const float *base, 
                     __atomic_store_n(&bad, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
                 wmat__ties_delta_hist(x, base + r * cols, nr * cols, h);
             }
-            release_range(src, (size_t)(r1 - r0) * row_bytes);
+            wmat__pages_release(src, (size_t)(r1 - r0) * row_bytes, 0);
         }
         if (bad)
             rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor %s: %s rows of %lld values do not convert",
@@ -344,7 +353,55 @@ static int ties_fused_tensor(merge_job *j, int ti, const wmat_merge_args *a, flo
     int64_t cut[64];
     int none[64];
     double trimmed = 0, t_sel = 0;
-    int rc = read_f32(j->in[0], &j->in[0]->tensors[j->idx[0][ti]], j->xbuf[0], j->scratch, nt);
+    /* stored data that converts chunk by chunk: the streamed passes */
+    int stream = 1;
+    for (int i = 0; i < j->n_in + 1 && stream; i++) {
+        const wmat_tensor *t = &j->in[i]->tensors[j->idx[i][ti]];
+        stream = !(t->flags & WMAT_TF_HF_ROPE) && wmat__ties_stream_ok(t->data, t->dtype, n, t->nbytes);
+    }
+    if (stream) {
+        const void *xs[64];
+        wmat_dtype xdt[64];
+        int64_t ks[64];
+        for (int i = 0; i < j->n_in + 1; i++) {
+            const wmat_tensor *t = &j->in[i]->tensors[j->idx[i][ti]];
+            if (i) {
+                xs[i - 1] = t->data;
+                xdt[i - 1] = t->dtype;
+                const double kd = a->density[i - 1] * (double)n;
+                ks[i - 1] = kd >= (double)n ? n : (int64_t)kd;
+                trimmed += (double)(n - ks[i - 1]);
+            }
+            j->rep->bytes_read += t->nbytes;
+        }
+        const wmat_tensor *bt = &j->in[0]->tensors[j->idx[0][ti]];
+        const wmat_ties_src src = {j->n_in, n, bt->data, bt->dtype, xs, xdt, ks, a->weight, a->lambda, a->normalize};
+        wmat_ties_stream_out so;
+        const int rc = wmat__ties_stream(&src, dst, nt, &so);
+        if (rc) {
+            char msg[400];
+            snprintf(msg, sizeof msg, "%s", wmat_last_error());
+            return wmat_set_error(rc, "%s: tensor %s: %s", j->out_path, j->out->tensors[ti].name, msg);
+        }
+        for (int q = 0; q < 3; q++) {
+            j->rep->stage_cpu[q] += so.cpu[q];
+            j->rep->stage_sys[q] += so.sys[q];
+            j->rep->stage_minflt[q] += so.minflt[q];
+            j->rep->stage_majflt[q] += so.majflt[q];
+        }
+        *t_read = so.wall[0];
+        if (so.st.bad < n)
+            return wmat_set_error(WMAT_ERR_NUMERIC, "%s: merged tensor %s has a non-finite value at index %lld", j->out_path,
+                                  j->out->tensors[ti].name, (long long)so.st.bad);
+        info->trimmed = trimmed / ((double)n * j->n_in);
+        info->sign_conflicts = (double)so.st.conflicts / (double)n;
+        *dn = so.st.dn;
+        *bn = so.st.bn;
+        return WMAT_OK;
+    }
+    int rc = ensure_xbufs(j);
+    if (rc) return rc;
+    rc = read_f32(j->in[0], &j->in[0]->tensors[j->idx[0][ti]], j->xbuf[0], j->scratch, nt);
     for (int i = 0; i < j->n_in && !rc; i++) {
         rc = delta_hist(j, i + 1, ti, j->xbuf[i + 1], j->xbuf[0], hsum, nt);
         const double ts = now_s();
@@ -497,9 +554,10 @@ static int merge_fill(void *user, const wmat_tensor *t, float *dst)
     const int ti = (int)(t - j->out->tensors);
     if (ti < 0 || ti >= j->out->n_tensors)
         return wmat_set_error(WMAT_ERR_INTERNAL, "%s: tensor %s is not the merge's", j->out_path, t->name);
-    const double t0 = now_s();
+    const double t0 = now_s(), c0 = thread_cpu_s();
     const int rc = merge_tensor(j, ti, dst);
     j->fill_seconds += now_s() - t0;
+    j->rep->fill_cpu += thread_cpu_s() - c0;
     return rc;
 }
 
@@ -772,7 +830,8 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
     j.fused = m->ties_fused && !s->sequential && j.has_base && j.n_in <= 64;
     if (j.fused) j.hist = wmat__malloc((size_t)(nt + 1) * WMAT_TIES_HIST * sizeof *j.hist);
     int ok = rep->tensors && (j.scratch || !need_scratch) && (j.work || m->passes != 2) && (j.hist || !j.fused);
-    for (int i = 0; i < n_all && ok; i++) ok = (j.xbuf[i] = wmat__malloc((size_t)j.max_n * sizeof(float))) != NULL;
+    /* the one-pass TIES allocates them only for a tensor it cannot stream */
+    for (int i = 0; i < n_all && ok && !j.fused; i++) ok = (j.xbuf[i] = wmat__malloc((size_t)j.max_n * sizeof(float))) != NULL;
     if (!ok) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "merge: out of memory for %d buffers of %lld floats", n_all + 2,
                             (long long)j.max_n);

@@ -126,9 +126,10 @@ typedef struct {
     int64_t bad;       /* first non-finite output (INT64_MAX: none) */
 } wmat_ties_stats;
 
-enum { WMAT_TIES_IMPL_AUTO = 0, WMAT_TIES_IMPL_C = 1 };
+enum { WMAT_TIES_IMPL_AUTO = 0, WMAT_TIES_IMPL_C = 1, WMAT_TIES_IMPL_AVX2 = 2 };
 /* out[j0..j1) and the stats of that range (added to *st); impl C forces
- * the plain C twin, AUTO takes AVX2 where the CPU has it. */
+ * the plain C twin, AVX2 the AVX2 one (where the CPU has it), AUTO takes
+ * AVX-512, else AVX2, where the CPU has them. */
 void wmat__ties_fused_range(const wmat_ties_fuse *f, float *out, int64_t j0, int64_t j1, int impl, wmat_ties_stats *st);
 /* 1 when the AVX2 twin runs on this CPU. */
 int wmat__ties_fused_has_simd(void);
@@ -141,6 +142,43 @@ void wmat__ties_delta_hist(float *x, const float *base, int64_t n, uint32_t *h);
  * (wmat__merge_trim_topk's rule). */
 int wmat__ties_threshold(const float *d, int64_t n, int64_t k, const uint32_t *hist_hi, int n_threads, float *thr,
                          int64_t *cut, int *none);
+
+/* TIES streamed from the inputs as stored (ties_fused.c): no fp32 copy of
+ * a whole tensor; chunks of TS_CHUNK entries of the base and of every model
+ * are converted, made task vectors and used in cache, in four passes (high
+ * histogram, low histogram in the k-th largest's bucket, the cut where the
+ * threshold's value has a surplus, the fused trim / elect / mean), on
+ * n_threads threads. Same bits as wmat__ties_threshold + fused_range on
+ * whole fp32 task vectors. */
+typedef struct {
+    int n_in;              /* models besides the base (1..64) */
+    int64_t n;             /* entries of the tensor */
+    const void *base;      /* the base tensor's stored data */
+    wmat_dtype base_dt;
+    const void *const *x;  /* each model's stored data */
+    const wmat_dtype *x_dt;
+    const int64_t *k;      /* entries kept per model (top-k magnitudes) */
+    const double *w;
+    double lambda;
+    int normalize;
+} wmat_ties_src;
+
+typedef struct {
+    wmat_ties_stats st;    /* whole tensor; st.bad an index into out */
+    float thr[64];
+    int64_t cut[64];
+    int none[64];
+    double cpu[3];         /* CPU seconds of the calling thread: pass A (convert, task vectors, high
+                              histogram); B + C (threshold); D (fused); exact with one thread */
+    double wall[3];        /* the same passes' wall seconds */
+    double sys[3];         /* of cpu: in the kernel (getrusage RUSAGE_THREAD) */
+    long minflt[3], majflt[3]; /* the calling thread's page faults in each pass */
+} wmat_ties_stream_out;
+
+/* Whether stored data (n values of dt, nbytes long) can be streamed: a
+ * type wmat_to_f32 converts in whole blocks that divide the chunk. */
+int wmat__ties_stream_ok(const void *data, wmat_dtype dt, int64_t n, size_t nbytes);
+int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ties_stream_out *r);
 
 /* ---- OPCM (opcm.c) */
 
@@ -203,6 +241,12 @@ typedef struct {
     wmat_merge_tensor_report *tensors; /* owned; wmat__merge_report_free */
     double seconds;
     double read_seconds, kernel_seconds; /* summed over the tensors */
+    double stage_sys[3];    /* of stage_cpu: system time */
+    long stage_minflt[3], stage_majflt[3]; /* page faults of the merging thread in those passes */
+    double stage_cpu[3];    /* streamed TIES: CPU seconds of the merging thread in its passes A, B + C, D
+                               (wmat_ties_stream_out.cpu), summed over the tensors; 0 on other paths */
+    double fill_cpu;        /* CPU seconds of the writer's thread inside the fill hook (the merge);
+                               the process's CPU time less this is the writer's and the helpers' */
     double write_seconds;   /* the writer's share of the output phase: its time outside the fill hook */
     size_t peak_rss;        /* VmHWM at the end */
     size_t largest_tensor;  /* bytes of the largest tensor as fp32 */

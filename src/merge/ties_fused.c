@@ -9,9 +9,13 @@
  * when !(|d| <= thr_i). Every entry is computed with the same double
  * operations in the same order as the multi-pass path in methods.c (trim,
  * then combine_block), so both give the same bits; the AVX2 twin does the
- * same operations four entries at a time (no FMA). */
+ * same operations four entries at a time (no FMA), the AVX-512 twin eight. */
 #include "merge.h"
 #include "wop/kern_dense.h"
+#include "core/internal.h"
+
+#include <sys/resource.h>
+#include <time.h>
 
 #include <math.h>
 #include <string.h>
@@ -122,6 +126,68 @@ __attribute__((target("avx2"))) static void range_avx2(const wmat_ties_fuse *f, 
     if (j < j1) range_c(f, mode, out, j, j1, st);
 }
 
+/* The AVX-512 twin: eight entries at a time, the values in double from the
+ * start (a float's conversion is exact, so |x| against the threshold
+ * compares the same); every add, multiply and divide is an explicitly
+ * rounded intrinsic, which the compiler never contracts into an FMA, and a
+ * masked-out term is added as +0 as the AVX2 twin adds it: the same bits. */
+#define RN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+__attribute__((target("avx512f,avx512vl"))) static void range_avx512(const wmat_ties_fuse *f, const int *mode, float *out,
+                                                                     int64_t j0, int64_t j1, wmat_ties_stats *st)
+{
+    const __m512d zd = _mm512_setzero_pd(), one = _mm512_set1_pd(1.0), lam = _mm512_set1_pd(f->lambda);
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m512d dn = zd, bn = zd;
+    int64_t conflicts = 0;
+    int64_t j = j0;
+    for (; j + 8 <= j1; j += 8) {
+        __m512d s = zd;
+        __mmask8 pos = 0, neg = 0;
+        __m512d dk[64];
+        for (int i = 0; i < f->n_in; i++) {
+            const __m512d x = _mm512_cvtps_pd(_mm256_loadu_ps(f->d[i] + j)), a = _mm512_abs_pd(x),
+                          t = _mm512_set1_pd((double)f->thr[i]);
+            const __mmask8 m = mode[i] == KEEP_GE ? _mm512_cmp_pd_mask(a, t, _CMP_NLT_UQ)
+                               : mode[i] == KEEP_GT ? _mm512_cmp_pd_mask(a, t, _CMP_NLE_UQ)
+                                                    : (__mmask8)0;
+            dk[i] = _mm512_maskz_mov_pd(m, x);
+            pos |= _mm512_cmp_pd_mask(dk[i], zd, _CMP_GT_OQ);
+            neg |= _mm512_cmp_pd_mask(dk[i], zd, _CMP_LT_OQ);
+            s = _mm512_add_round_pd(s, _mm512_mul_round_pd(_mm512_set1_pd(f->w[i]), dk[i], RN), RN);
+        }
+        conflicts += __builtin_popcount((unsigned)(pos & neg));
+        const __mmask8 sgt = _mm512_cmp_pd_mask(s, zd, _CMP_GT_OQ);
+        __m512d num = zd, den = zd;
+        for (int i = 0; i < f->n_in; i++) {
+            const __m512d w = _mm512_set1_pd(f->w[i]);
+            const __mmask8 agree = (__mmask8)(~(_mm512_cmp_pd_mask(dk[i], zd, _CMP_GT_OQ) ^ sgt) &
+                                              _mm512_cmp_pd_mask(dk[i], zd, _CMP_NEQ_UQ));
+            num = _mm512_add_round_pd(num, _mm512_maskz_mov_pd(agree, _mm512_mul_round_pd(w, dk[i], RN)), RN);
+            den = _mm512_add_round_pd(den, _mm512_maskz_mov_pd(agree, w), RN);
+        }
+        if (f->normalize) {
+            const __mmask8 nz = _mm512_cmp_pd_mask(den, zd, _CMP_NEQ_UQ);
+            num = _mm512_maskz_mov_pd(nz, _mm512_div_round_pd(num, _mm512_mask_blend_pd(nz, one, den), RN));
+        }
+        const __m512d r = _mm512_maskz_mov_pd((__mmask8)~_mm512_cmp_pd_mask(s, zd, _CMP_EQ_OQ), num);
+        const __m512d b = _mm512_cvtps_pd(_mm256_loadu_ps(f->base + j));
+        const __m256 o = _mm512_cvtpd_ps(_mm512_add_round_pd(b, _mm512_mul_round_pd(lam, r, RN), RN));
+        _mm256_storeu_ps(out + j, o);
+        const int fin = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(o, absm), _mm256_set1_ps(3.40282347e38f), _CMP_LE_OQ));
+        if (fin != 0xff)
+            for (int q = 0; q < 8; q++)
+                if (!(fin >> q & 1)) stats_bad(st, j + q);
+        const __m512d dd = _mm512_sub_round_pd(_mm512_cvtps_pd(o), b, RN);
+        dn = _mm512_add_round_pd(dn, _mm512_mul_round_pd(dd, dd, RN), RN);
+        bn = _mm512_add_round_pd(bn, _mm512_mul_round_pd(b, b, RN), RN);
+    }
+    st->dn += _mm512_reduce_add_pd(dn);
+    st->bn += _mm512_reduce_add_pd(bn);
+    st->conflicts += conflicts;
+    if (j < j1) range_avx2(f, mode, out, j, j1, st);
+}
+#undef RN
+
 /* the weight kernels' CPU probe (detected once, src/wop/kern_dense.c) */
 static int cpu_avx2(void) { return wmat__isa_best() >= WMAT_ISA_AVX2; }
 #endif
@@ -153,7 +219,8 @@ void wmat__ties_fused_range(const wmat_ties_fuse *f, float *out, int64_t j0, int
             }
         }
 #ifdef TIES_HAVE_AVX2
-        if (impl != WMAT_TIES_IMPL_C && cpu_avx2()) range_avx2(f, mode, out, j0, end, st);
+        if (impl == WMAT_TIES_IMPL_AUTO && wmat__isa_best() >= WMAT_ISA_AVX512) range_avx512(f, mode, out, j0, end, st);
+        else if (impl != WMAT_TIES_IMPL_C && cpu_avx2()) range_avx2(f, mode, out, j0, end, st);
         else
 #endif
             range_c(f, mode, out, j0, end, st);
@@ -250,4 +317,445 @@ int wmat__ties_threshold(const float *d, int64_t n, int64_t k, const uint32_t *h
             }
     }
     return WMAT_OK;
+}
+
+/* ---- TIES streamed from the stored inputs, chunk by chunk
+ *
+ * No fp32 copy of a whole task vector: every pass converts a chunk of the
+ * base and of each model from their stored bytes (wmat_to_f32: F16C for
+ * f16), forms the chunk's task vectors in a per-thread buffer that stays in
+ * cache and uses them at once. Pass A counts the high 15 bits of each
+ * |d_i|; pass B counts the low 16 bits of the entries in the bucket that
+ * holds the k-th largest (the AVX-512 twin compares 16 patterns at a time
+ * and only touches the few that match); pass C, only for an input whose
+ * threshold value occurs more often than the top k can keep, counts the
+ * entries equal to it per chunk and finds the cut; pass D is the fused
+ * trim / elect / mean of wmat__ties_fused_range on the chunk. The same
+ * operations on the same values as the whole-tensor path, so the same
+ * bits. Inputs are read three times (four with pass C): from the page
+ * cache, not the disk. Their pages are the caller's to release, once per
+ * tensor: a madvise per chunk cost more system time than the whole merge
+ * (a TLB shootdown each, on a virtual machine). */
+
+#define TS_CHUNK 16384
+
+/* The entries of the k-th largest's bucket, in index order (index << 16 |
+ * low 16 bits), so that the cut needs no pass of its own; over: more than
+ * cap of them (then pass C finds the cut). */
+typedef struct {
+    uint64_t *v;
+    int64_t n, cap;
+    int over;
+} ts_cand;
+
+static inline void cand_put(ts_cand *c, int64_t j, uint32_t lo)
+{
+    if (c->n < c->cap) c->v[c->n++] = (uint64_t)j << 16 | lo;
+    else c->over = 1;
+}
+
+#ifdef TIES_HAVE_AVX2
+__attribute__((target("avx512f"))) static void delta_hist_avx512(float *x, const float *base, int64_t n, uint32_t *h)
+{
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + j), _mm512_loadu_ps(base + j));
+        _mm512_storeu_ps(x + j, d);
+        uint32_t idx[16];
+        _mm512_storeu_si512((void *)idx, _mm512_srli_epi32(_mm512_and_si512(_mm512_castps_si512(d), absm), 16));
+        for (int q = 0; q < 16; q++) h[idx[q]]++;
+    }
+    if (j < n) wmat__ties_delta_hist(x + j, base + j, n - j, h);
+}
+
+__attribute__((target("avx512f"))) static void lo_hist_avx512(const float *d, int64_t n, uint32_t prefix, uint32_t *h, ts_cand *cd,
+                                                            int64_t j0)
+{
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff), him = _mm512_set1_epi32((int)0xffff0000u),
+                  pre = _mm512_set1_epi32((int)prefix);
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        const __m512i u = _mm512_and_si512(_mm512_loadu_si512((const void *)(d + j)), absm);
+        unsigned m = _mm512_cmpeq_epi32_mask(_mm512_and_si512(u, him), pre);
+        if (!m) continue;
+        uint32_t v[16];
+        _mm512_storeu_si512((void *)v, u);
+        while (m) {
+            const int q = __builtin_ctz(m);
+            h[v[q] & 0xffffu]++;
+            cand_put(cd, j0 + j + q, v[q] & 0xffffu);
+            m &= m - 1;
+        }
+    }
+    for (; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, &d[j], sizeof u);
+        u &= 0x7fffffffu;
+        if ((u & 0xffff0000u) == prefix) {
+            h[u & 0xffffu]++;
+            cand_put(cd, j0 + j, u & 0xffffu);
+        }
+    }
+}
+
+__attribute__((target("avx512f"))) static int64_t count_eq_avx512(const float *d, int64_t n, float v)
+{
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    uint32_t vb;
+    memcpy(&vb, &v, sizeof vb);
+    const __m512i t = _mm512_set1_epi32((int)vb);
+    int64_t c = 0, j = 0;
+    /* v is a number (not NaN) here: |d| == v as floats is the same as the
+     * patterns' equality, except for v = 0 (a -0 delta also equals 0) */
+    for (; j + 16 <= n; j += 16)
+        c += __builtin_popcount(
+            _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_loadu_si512((const void *)(d + j)), absm), t));
+    for (; j < n; j++) c += fabsf(d[j]) == v;
+    return c;
+}
+
+static int cpu_avx512(void) { return wmat__isa_best() >= WMAT_ISA_AVX512; }
+#endif
+
+static void ts_delta_hist(float *x, const float *base, int64_t n, uint32_t *h)
+{
+#ifdef TIES_HAVE_AVX2
+    if (cpu_avx512()) {
+        delta_hist_avx512(x, base, n, h);
+        return;
+    }
+#endif
+    wmat__ties_delta_hist(x, base, n, h);
+}
+
+static void ts_lo_hist(const float *d, int64_t n, uint32_t prefix, uint32_t *h, ts_cand *cd, int64_t j0)
+{
+#ifdef TIES_HAVE_AVX2
+    if (cpu_avx512()) {
+        lo_hist_avx512(d, n, prefix, h, cd, j0);
+        return;
+    }
+#endif
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, &d[j], sizeof u);
+        u &= 0x7fffffffu;
+        if ((u & 0xffff0000u) == prefix) {
+            h[u & 0xffffu]++;
+            cand_put(cd, j0 + j, u & 0xffffu);
+        }
+    }
+}
+
+static int64_t ts_count_eq(const float *d, int64_t n, float v)
+{
+#ifdef TIES_HAVE_AVX2
+    if (v != 0.0f && cpu_avx512()) return count_eq_avx512(d, n, v);
+#endif
+    int64_t c = 0;
+    for (int64_t j = 0; j < n; j++) c += fabsf(d[j]) == v;
+    return c;
+}
+
+int wmat__ties_stream_ok(const void *data, wmat_dtype dt, int64_t n, size_t nbytes)
+{
+    const wmat_dtype_traits *tr = wmat_dtype_info(dt);
+    if (!data || !tr || !tr->block_bytes || dt == WMAT_OBJ || dt == WMAT_QPACKED) return 0;
+    if (TS_CHUNK % tr->block_size || n % tr->block_size) return 0;
+    return wmat_dtype_bytes(dt, (uint64_t)n) == nbytes && nbytes > 0;
+}
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The calling thread's system seconds and page faults so far. */
+static void thread_sys(double *sys, long *minflt, long *majflt)
+{
+    struct rusage ru;
+    memset(&ru, 0, sizeof ru);
+    getrusage(RUSAGE_THREAD, &ru);
+    *sys = (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
+    *minflt = ru.ru_minflt;
+    *majflt = ru.ru_majflt;
+}
+
+static double thread_cpu(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Chunk c's task vectors: base into b, model i's deltas into d[i] (only
+ * the inputs with want[i]); m entries from index j0. */
+static int ts_load(const wmat_ties_src *s, int64_t j0, int64_t m, float *b, float **d, const int *want)
+{
+    int rc = wmat_to_f32(b, (const unsigned char *)s->base + wmat_dtype_bytes(s->base_dt, (uint64_t)j0), s->base_dt,
+                         (uint64_t)m);
+    for (int i = 0; i < s->n_in && !rc; i++)
+        if (!want || want[i])
+            rc = wmat_to_f32(d[i], (const unsigned char *)s->x[i] + wmat_dtype_bytes(s->x_dt[i], (uint64_t)j0), s->x_dt[i],
+                             (uint64_t)m);
+    return rc;
+}
+
+static void ts_sub(float *d, const float *b, int64_t m)
+{
+    for (int64_t j = 0; j < m; j++) d[j] = d[j] - b[j];
+}
+
+int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ties_stream_out *r)
+{
+    const int k_in = s->n_in;
+    const int64_t n = s->n, nc = (n + TS_CHUNK - 1) / TS_CHUNK;
+    const int nt = n_threads < 1 || nc < 2 ? 1 : n_threads;
+    memset(r, 0, sizeof *r);
+    r->st.bad = INT64_MAX;
+    if (k_in < 1 || k_in > 64) return wmat_set_error(WMAT_ERR_INVALID, "ties: 1..64 models");
+    /* per thread: base + k_in chunk buffers; histograms per thread and input */
+    const size_t nbuf = (size_t)nt * (size_t)(k_in + 1) * TS_CHUNK;
+    float *buf = wmat__aligned_alloc(nbuf * sizeof *buf);
+    uint32_t *hh = wmat__malloc((size_t)nt * (size_t)k_in * WMAT_TIES_HIST * sizeof *hh);
+    uint32_t *hl = wmat__malloc((size_t)nt * (size_t)k_in * 65536 * sizeof *hl);
+    int64_t *eqc = wmat__malloc((size_t)k_in * (size_t)nc * sizeof *eqc);
+    /* candidates: room for a sixteenth of each thread's share (the bucket
+     * of the k-th largest holds ~1% of a tensor's entries) */
+    const int64_t ccap = n / (16 * (int64_t)nt) + 1024;
+    ts_cand *cand = wmat__calloc((size_t)nt * (size_t)k_in, sizeof *cand);
+    uint64_t *cbuf = wmat__malloc((size_t)nt * (size_t)k_in * (size_t)ccap * sizeof *cbuf);
+    if (!buf || !hh || !hl || !eqc || !cand || !cbuf) {
+        wmat__free(cand);
+        wmat__free(cbuf);
+        wmat__free(buf);
+        wmat__free(hh);
+        wmat__free(hl);
+        wmat__free(eqc);
+        return wmat_set_error(WMAT_ERR_NOMEM, "ties: out of memory for the streamed passes' buffers");
+    }
+    int64_t kk[64], cut[64], n_eq[64];
+    uint32_t prefix[64];
+    int none[64], full[64], need_eq[64];
+    float thr[64];
+    int bad_rc = WMAT_OK;
+    double t = thread_cpu(), tw = wall_now(), sy0, sy1;
+    long mi0, mi1, ma0, ma1;
+    thread_sys(&sy0, &mi0, &ma0);
+
+    /* pass A: high-bits histograms */
+    memset(hh, 0, (size_t)nt * (size_t)k_in * WMAT_TIES_HIST * sizeof *hh);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t c = 0; c < nc; c++) {
+        const int th = omp_get_thread_num();
+        float *b = buf + (size_t)th * (size_t)(k_in + 1) * TS_CHUNK, *d[64];
+        for (int i = 0; i < k_in; i++) d[i] = b + (size_t)(i + 1) * TS_CHUNK;
+        const int64_t j0 = c * TS_CHUNK, m = n - j0 < TS_CHUNK ? n - j0 : TS_CHUNK;
+        if (ts_load(s, j0, m, b, d, NULL)) __atomic_store_n(&bad_rc, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
+        for (int i = 0; i < k_in; i++) ts_delta_hist(d[i], b, m, hh + ((size_t)th * k_in + i) * WMAT_TIES_HIST);
+    }
+    r->cpu[0] = thread_cpu() - t;
+    thread_sys(&sy1, &mi1, &ma1);
+    r->sys[0] = sy1 - sy0;
+    r->minflt[0] = mi1 - mi0;
+    r->majflt[0] = ma1 - ma0;
+    sy0 = sy1, mi0 = mi1, ma0 = ma1;
+    r->wall[0] = wall_now() - tw;
+    tw = wall_now();
+    t = thread_cpu();
+    if (bad_rc) goto fail_format;
+    /* the bucket of the k-th largest, per input (as wmat__ties_threshold) */
+    int any_b = 0;
+    for (int i = 0; i < k_in; i++) {
+        const int64_t k = s->k[i];
+        none[i] = 0;
+        full[i] = 0;
+        cut[i] = INT64_MAX;
+        if (k >= n) {
+            full[i] = 1;
+            thr[i] = 0.0f;
+            continue;
+        }
+        if (k <= 0) {
+            none[i] = 1;
+            thr[i] = INFINITY;
+            continue;
+        }
+        int64_t q = k;
+        uint32_t bk = (WMAT_TIES_HIST)-1;
+        for (; bk > 0; bk--) {
+            uint64_t c = 0;
+            for (int th = 0; th < nt; th++) c += hh[((size_t)th * k_in + i) * WMAT_TIES_HIST + bk];
+            if (q <= (int64_t)c) break;
+            q -= (int64_t)c;
+        }
+        kk[i] = q;
+        prefix[i] = bk << 16;
+        any_b = 1;
+    }
+    /* pass B: low-bits histograms inside each input's bucket */
+    if (any_b) {
+        int want[64];
+        for (int i = 0; i < k_in; i++) want[i] = !full[i] && !none[i];
+        memset(hl, 0, (size_t)nt * (size_t)k_in * 65536 * sizeof *hl);
+        for (size_t q = 0; q < (size_t)nt * (size_t)k_in; q++) cand[q] = (ts_cand){cbuf + q * (size_t)ccap, 0, ccap, 0};
+        /* static schedule: thread th holds the th-th run of chunks, so the
+         * candidates of threads 0, 1, ... in turn are in index order */
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t c = 0; c < nc; c++) {
+            const int th = omp_get_thread_num();
+            float *b = buf + (size_t)th * (size_t)(k_in + 1) * TS_CHUNK, *d[64];
+            for (int i = 0; i < k_in; i++) d[i] = b + (size_t)(i + 1) * TS_CHUNK;
+            const int64_t j0 = c * TS_CHUNK, m = n - j0 < TS_CHUNK ? n - j0 : TS_CHUNK;
+            if (ts_load(s, j0, m, b, d, want)) __atomic_store_n(&bad_rc, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
+            for (int i = 0; i < k_in; i++)
+                if (want[i]) {
+                    ts_sub(d[i], b, m);
+                    ts_lo_hist(d[i], m, prefix[i], hl + ((size_t)th * k_in + i) * 65536, &cand[(size_t)th * k_in + i], j0);
+                }
+        }
+        if (bad_rc) goto fail_format;
+    }
+    int any_c = 0;
+    for (int i = 0; i < k_in; i++) {
+        need_eq[i] = 0;
+        if (full[i] || none[i]) continue;
+        int64_t q = kk[i], c = 0;
+        uint32_t lo = 65535;
+        for (;; lo--) {
+            c = 0;
+            for (int th = 0; th < nt; th++) c += hl[((size_t)th * k_in + i) * 65536 + lo];
+            if (lo == 0 || q <= c) break;
+            q -= c;
+        }
+        const uint32_t pat = prefix[i] | lo;
+        memcpy(&thr[i], &pat, sizeof thr[i]);
+        kk[i] = q;
+        n_eq[i] = c;
+        need_eq[i] = n_eq[i] > kk[i] && !isnan(thr[i]);
+        if (!need_eq[i]) continue;
+        int over = 0;
+        for (int th = 0; th < nt; th++) over |= cand[(size_t)th * k_in + i].over;
+        if (over) { /* too many in the bucket to keep: pass C */
+            any_c = 1;
+            continue;
+        }
+        int64_t seen = 0;
+        for (int th = 0; th < nt && cut[i] == INT64_MAX; th++) {
+            const ts_cand *cd = &cand[(size_t)th * k_in + i];
+            for (int64_t q2 = 0; q2 < cd->n; q2++)
+                if ((cd->v[q2] & 0xffffu) == lo && ++seen == kk[i]) {
+                    cut[i] = (int64_t)(cd->v[q2] >> 16);
+                    break;
+                }
+        }
+        need_eq[i] = 0;
+    }
+    /* pass C: where the threshold's value has a surplus, the index of the
+     * kk-th entry equal to it (the first kk in index order are kept) */
+    if (any_c) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t c = 0; c < nc; c++) {
+            const int th = omp_get_thread_num();
+            float *b = buf + (size_t)th * (size_t)(k_in + 1) * TS_CHUNK, *d[64];
+            for (int i = 0; i < k_in; i++) d[i] = b + (size_t)(i + 1) * TS_CHUNK;
+            const int64_t j0 = c * TS_CHUNK, m = n - j0 < TS_CHUNK ? n - j0 : TS_CHUNK;
+            if (ts_load(s, j0, m, b, d, need_eq)) __atomic_store_n(&bad_rc, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
+            for (int i = 0; i < k_in; i++)
+                if (need_eq[i]) {
+                    ts_sub(d[i], b, m);
+                    eqc[(size_t)i * (size_t)nc + (size_t)c] = ts_count_eq(d[i], m, thr[i]);
+                }
+        }
+        if (bad_rc) goto fail_format;
+        for (int i = 0; i < k_in; i++) {
+            if (!need_eq[i]) continue;
+            int64_t seen = 0, c = 0;
+            for (; c < nc; c++) {
+                const int64_t e = eqc[(size_t)i * (size_t)nc + (size_t)c];
+                if (seen + e >= kk[i]) break;
+                seen += e;
+            }
+            /* c < nc: the counts sum to n_eq > kk */
+            const int64_t j0 = c * TS_CHUNK, m = n - j0 < TS_CHUNK ? n - j0 : TS_CHUNK;
+            float *b = buf, *d[64];
+            int one[64] = {0};
+            one[i] = 1;
+            for (int q = 0; q < k_in; q++) d[q] = b + (size_t)(q + 1) * TS_CHUNK;
+            if (ts_load(s, j0, m, b, d, one)) goto fail_format;
+            ts_sub(d[i], b, m);
+            for (int64_t j = 0; j < m; j++)
+                if (fabsf(d[i][j]) == thr[i] && ++seen == kk[i]) {
+                    cut[i] = j0 + j;
+                    break;
+                }
+        }
+    }
+    r->cpu[1] = thread_cpu() - t;
+    thread_sys(&sy1, &mi1, &ma1);
+    r->sys[1] = sy1 - sy0;
+    r->minflt[1] = mi1 - mi0;
+    r->majflt[1] = ma1 - ma0;
+    sy0 = sy1, mi0 = mi1, ma0 = ma1;
+    r->wall[1] = wall_now() - tw;
+    tw = wall_now();
+    t = thread_cpu();
+    /* pass D: trim, elect, disjoint mean, per chunk */
+    int64_t conflicts = 0, bad = INT64_MAX;
+    double sdn = 0, sbn = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : conflicts, sdn, sbn) reduction(min : bad)
+    for (int64_t c = 0; c < nc; c++) {
+        const int th = omp_get_thread_num();
+        float *b = buf + (size_t)th * (size_t)(k_in + 1) * TS_CHUNK, *d[64];
+        for (int i = 0; i < k_in; i++) d[i] = b + (size_t)(i + 1) * TS_CHUNK;
+        const int64_t j0 = c * TS_CHUNK, m = n - j0 < TS_CHUNK ? n - j0 : TS_CHUNK;
+        if (ts_load(s, j0, m, b, d, NULL)) __atomic_store_n(&bad_rc, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
+        int64_t lcut[64];
+        for (int i = 0; i < k_in; i++) {
+            ts_sub(d[i], b, m);
+            lcut[i] = cut[i] == INT64_MAX ? INT64_MAX : cut[i] - j0; /* negative: the cut is behind */
+        }
+        const wmat_ties_fuse f = {k_in, b, (const float *const *)d, s->w, thr, lcut, none, s->lambda, s->normalize};
+        wmat_ties_stats st = {0, 0, 0, INT64_MAX};
+        wmat__ties_fused_range(&f, out + j0, 0, m, WMAT_TIES_IMPL_AUTO, &st);
+        conflicts += st.conflicts;
+        sdn += st.dn;
+        sbn += st.bn;
+        if (st.bad < INT64_MAX && j0 + st.bad < bad) bad = j0 + st.bad;
+    }
+    r->cpu[2] = thread_cpu() - t;
+    thread_sys(&sy1, &mi1, &ma1);
+    r->sys[2] = sy1 - sy0;
+    r->minflt[2] = mi1 - mi0;
+    r->majflt[2] = ma1 - ma0;
+    sy0 = sy1, mi0 = mi1, ma0 = ma1;
+    r->wall[2] = wall_now() - tw;
+    if (bad_rc) goto fail_format;
+    r->st.conflicts = conflicts;
+    r->st.dn = sdn;
+    r->st.bn = sbn;
+    r->st.bad = bad;
+    for (int i = 0; i < k_in; i++) {
+        r->thr[i] = thr[i];
+        r->cut[i] = cut[i];
+        r->none[i] = none[i];
+    }
+    wmat__free(buf);
+    wmat__free(hh);
+    wmat__free(hl);
+    wmat__free(eqc);
+    wmat__free(cand);
+    wmat__free(cbuf);
+    return WMAT_OK;
+fail_format:
+    wmat__free(buf);
+    wmat__free(hh);
+    wmat__free(hl);
+    wmat__free(eqc);
+    wmat__free(cand);
+    wmat__free(cbuf);
+    return wmat_set_error(WMAT_ERR_FORMAT, "ties: an input's stored values do not convert");
 }
