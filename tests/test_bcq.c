@@ -43,7 +43,7 @@ static double rel_err(const float *a, const double *b, size_t n)
 }
 
 /* A random bcq weight: random signs, alphas decreasing by plane. */
-static void random_bcq(int64_t rows, int64_t cols, int q, int group, uint64_t seed, wmat_tensor *W)
+static void random_bcq_alpha(int64_t rows, int64_t cols, int q, int group, uint64_t seed, wmat_tensor *W, float *alpha_out)
 {
     const int64_t ng = cols / group;
     uint8_t *codes = malloc((size_t)(rows * cols));
@@ -57,8 +57,15 @@ static void random_bcq(int64_t rows, int64_t cols, int q, int group, uint64_t se
     TU_OK(wmat__bcq_create(rows, cols, q, group, codes, alpha, &obj));
     wmat__tensor_init2(W, WMAT_OBJ, rows, cols, obj);
     W->flags = WMAT_TF_OWNED;
+    if (alpha_out) /* as stored (fp16) */
+        for (int64_t i = 0; i < rows * ng * q; i++) alpha_out[i] = wmat_f16_to_f32(wmat_f32_to_f16(alpha[i]));
     free(codes);
     free(alpha);
+}
+
+static void random_bcq(int64_t rows, int64_t cols, int q, int group, uint64_t seed, wmat_tensor *W)
+{
+    random_bcq_alpha(rows, cols, q, group, seed, W, NULL);
 }
 
 static void test_lut_kernels(void **state)
@@ -134,6 +141,128 @@ static void test_lut_kernels(void **state)
         }
     assert_int_equal(checked, 24);
     if (!have_avx2) print_message("no AVX2 on this CPU: only the C twin was checked\n");
+}
+
+
+/* The int8-table kernel (the one-row path under act8 on AVX-512 VBMI +
+ * VNNI): the AVX-512 tables and rows equal the C twin's bit for bit (row
+ * ranges that cut 16-row tiles, accumulating); every row within the bound
+ * the table rounding gives, sum_B (blk / 4) (d_B / 2) sum_k |alpha|, of the
+ * product with the dequantized matrix in double (plus 1e-5 relative for the
+ * fp32 sums); the kind's one-row path under act8 is this kernel, with act8
+ * off the exact fp32 tables (1e-5); a NaN input gives NaN rows; shapes whose
+ * width or group 32 does not divide have no int8 layout. */
+static void test_i8_kernels(void **state)
+{
+    (void)state;
+    const struct {
+        int64_t rows, cols;
+        int group;
+    } shapes[] = {{37, 64, 32}, {70, 256, 64}, {33, 512, 512}, {50, 384, 384}, {16, 96, 96},
+                  {20, 160, 32}, {64, 4096, 128}, {3, 256, 256}};
+    const int vbmi = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni") &&
+                     wmat__isa_best() >= WMAT_ISA_AVX512;
+    int checked = 0;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int q = 1; q <= 4; q++) {
+            const int64_t R = shapes[s].rows, C = shapes[s].cols, G = shapes[s].group, ng = C / G;
+            const int blk = G % 128 == 0 ? 128 : G % 64 == 0 ? 64 : 32;
+            wmat_tensor W;
+            float *alpha = malloc((size_t)(R * ng * q) * sizeof(float));
+            random_bcq_alpha(R, C, q, (int)G, 500 + s * 10 + (uint64_t)q, &W, alpha);
+            const wmat_wkind *k = wmat__wkind_of(&W);
+            const size_t pb = wmat__bcq_i8_prep_bytes(&W);
+            assert_int_equal(pb, (size_t)(C / 32) * 128 + 2 * (size_t)(C / blk) * sizeof(float));
+            float *D = malloc((size_t)(R * C) * sizeof(float)), *x = malloc((size_t)C * sizeof(float));
+            float *y0 = malloc((size_t)R * sizeof(float)), *y1 = malloc((size_t)R * sizeof(float));
+            float *y2 = malloc((size_t)R * sizeof(float));
+            char *p0 = malloc(pb), *p1 = malloc(pb);
+            k->dequant_rows(&W, 0, R, D);
+            for (int rep = 0; rep < 3; rep++) {
+                /* rep 2: activations with outliers (one block's scale set by one input) */
+                fill(x, (size_t)C, 31 + s * 7 + (uint64_t)(q * 3 + rep), 1.0f);
+                if (rep == 2)
+                    for (int64_t c = 0; c < C; c += 97) x[c] *= 50.0f;
+                wmat__bcq_i8_prepare(&W, x, p0, WMAT_ISA_REF);
+                wmat__bcq_i8_rows(&W, p0, y0, 0, R, 0, WMAT_ISA_REF);
+                const float *d = (const float *)(p0 + (size_t)(C / 32) * 128);
+                for (int64_t r = 0; r < R; r++) {
+                    double ref = 0, mag = 0, bound = 0;
+                    for (int64_t c = 0; c < C; c++) {
+                        ref += (double)D[r * C + c] * x[c];
+                        mag += fabs((double)D[r * C + c] * x[c]);
+                    }
+                    for (int64_t B = 0; B < C / blk; B++) {
+                        double as = 0;
+                        for (int kk = 0; kk < q; kk++) as += fabs(alpha[(r * ng + B * blk / G) * q + kk]);
+                        bound += (blk / 4) * (d[B] / 2) * as;
+                    }
+                    if (!(fabs(y0[r] - ref) <= bound * 1.001 + 1e-5 * mag))
+                        fail_msg("%lld x %lld g%lld q %d row %lld: %g from the reference, bound %g", (long long)R,
+                                 (long long)C, (long long)G, q, (long long)r, fabs(y0[r] - ref), bound);
+                }
+                if (vbmi) {
+                    wmat__bcq_i8_prepare(&W, x, p1, WMAT_ISA_AVX512);
+                    assert_memory_equal(p0, p1, pb);
+                    /* ranges cutting tiles, accumulating onto 1 */
+                    const int64_t cut1 = R / 3, cut2 = R / 3 + 17 < R ? R / 3 + 17 : R;
+                    for (int64_t r = 0; r < R; r++) y1[r] = 1.0f, y2[r] = 1.0f + y0[r];
+                    wmat__bcq_i8_rows(&W, p1, y1, 0, cut1, 1, WMAT_ISA_AVX512);
+                    wmat__bcq_i8_rows(&W, p1, y1, cut1, cut2, 1, WMAT_ISA_AVX512);
+                    wmat__bcq_i8_rows(&W, p1, y1, cut2, R, 1, WMAT_ISA_AVX512);
+                    assert_memory_equal(y1, y2, (size_t)R * sizeof(float));
+                    wmat__bcq_i8_rows(&W, p1, y1, 0, R, 0, WMAT_ISA_AVX512);
+                    assert_memory_equal(y1, y0, (size_t)R * sizeof(float));
+                    /* the kind's one-row path under act8 is this kernel */
+                    wmat_wexec ex = wmat__wexec_from(NULL);
+                    ex.act8 = 1, ex.isa = WMAT_ISA_AVX512, ex.n_threads = 2;
+                    assert_int_equal(k->prep_bytes(&W, &ex), pb);
+                    k->prepare(&W, x, p1, &ex);
+                    wmat__wop_rows_all(k, &W, x, p1, y1, 0, &ex);
+                    assert_memory_equal(y1, y0, (size_t)R * sizeof(float));
+                }
+            }
+            /* act8 off: the exact fp32 tables */
+            {
+                wmat_wexec ex = wmat__wexec_from(NULL);
+                ex.act8 = 0;
+                void *pf = malloc(k->prep_bytes(&W, &ex));
+                k->prepare(&W, x, pf, &ex);
+                k->rows(&W, x, pf, y1, 0, R, 0, &ex);
+                double *ref = malloc((size_t)R * sizeof(double));
+                for (int64_t r = 0; r < R; r++) {
+                    ref[r] = 0;
+                    for (int64_t c = 0; c < C; c++) ref[r] += (double)D[r * C + c] * x[c];
+                }
+                const double e = rel_err(y1, ref, (size_t)R);
+                if (!(e < 1e-5)) fail_msg("act8 off, %lld x %lld q %d: %g", (long long)R, (long long)C, q, e);
+                free(ref);
+                free(pf);
+            }
+            /* a NaN input: NaN rows, in both twins */
+            x[C / 2] = NAN;
+            wmat__bcq_i8_prepare(&W, x, p0, WMAT_ISA_REF);
+            wmat__bcq_i8_rows(&W, p0, y0, 0, R, 0, WMAT_ISA_REF);
+            for (int64_t r = 0; r < R; r++) assert_true(isnan(y0[r]));
+            if (vbmi) {
+                wmat__bcq_i8_prepare(&W, x, p1, WMAT_ISA_AVX512);
+                wmat__bcq_i8_rows(&W, p1, y1, 0, R, 0, WMAT_ISA_AVX512);
+                for (int64_t r = 0; r < R; r++) assert_true(isnan(y1[r]));
+            }
+            wmat__tensor_free_data(&W);
+            free(alpha), free(D), free(x), free(y0), free(y1), free(y2), free(p0), free(p1);
+            checked++;
+        }
+    assert_int_equal(checked, 32);
+    /* no int8 layout: widths or groups that 32 does not divide */
+    const int64_t none[][3] = {{16, 172, 172}, {8, 64, 8}, {8, 48, 16}, {4, 40, 40}};
+    for (size_t s = 0; s < sizeof none / sizeof none[0]; s++) {
+        wmat_tensor W;
+        random_bcq(none[s][0], none[s][1], 2, (int)none[s][2], 3, &W);
+        assert_int_equal(wmat__bcq_i8_prep_bytes(&W), 0);
+        wmat__tensor_free_data(&W);
+    }
+    if (!vbmi) print_message("no AVX-512 VBMI + VNNI on this CPU: only the C twin of the int8 kernel was checked\n");
 }
 
 /* ---- the method against a literal version of the paper's algorithm */
@@ -502,6 +631,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lut_kernels),
+        cmocka_unit_test(test_i8_kernels),
         cmocka_unit_test(test_method_matches_literal),
         cmocka_unit_test(test_error_falls),
         cmocka_unit_test(test_hostile),

@@ -1,5 +1,5 @@
 /* PB-LLM: the pbllm weight kind (kernels against the dequantized product,
- * the plain C and AVX2 twins, exact bits-per-weight accounting, hostile
+ * the plain C, AVX2 and AVX-512 twins, exact bits-per-weight accounting, hostile
  * parts) and the pbllm method against a slow literal restatement of the
  * algorithm (SPECS.md G1) on a fixed small matrix, and its salient mask
  * against the rule. */
@@ -110,7 +110,9 @@ static void test_kernel(void **state)
     /* widths: multiples of 32, of 8 only, of neither (stories260K's 172), long rows */
     static const int64_t shapes[][2] = {{16, 64}, {7, 40}, {9, 172}, {5, 37}, {33, 4096}, {1, 3}};
     static const double fracs[] = {0.0, 0.001, 0.1, 0.5, 1.0};
-    int levels[2] = {WMAT_ISA_REF, WMAT_ISA_AVX2}, nl = wmat__isa_best() >= WMAT_ISA_AVX2 ? 2 : 1;
+    const int best = wmat__isa_best();
+    int levels[3] = {WMAT_ISA_REF, WMAT_ISA_AVX2, WMAT_ISA_AVX512},
+        nl = best >= WMAT_ISA_AVX512 ? 3 : best >= WMAT_ISA_AVX2 ? 2 : 1;
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (size_t f = 0; f < sizeof fracs / sizeof fracs[0]; f++) {
             const int64_t R = shapes[s][0], C = shapes[s][1];
@@ -123,6 +125,7 @@ static void test_kernel(void **state)
             free(sal);
         }
     if (nl < 2) print_message("  (no AVX2 on this CPU: the C twin only)\n");
+    else if (nl < 3) print_message("  (no AVX-512 on this CPU: the AVX-512 twin unchecked)\n");
 }
 
 /* nbytes is every stored byte: sign bits, 7 bytes of row parameters and

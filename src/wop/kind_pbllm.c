@@ -23,8 +23,9 @@
  * y_r = (mu - alpha) (sum(x) - X_s) + 2 alpha sum_{s_c = +1} x_c
  *       + scale (sum_salient code_c x_c - zero X_s),  X_s = sum_salient x_c.
  * sum(x) is the prepared input, shared by all rows. The masked sums have an AVX2 path (each 32-bit word of signs
- * shifted so that bit c lands in lane c's sign bit, a blend picks x) and a
- * plain C twin; the batched paths dequantize tiles of rows for a GEMM. */
+ * shifted so that bit c lands in lane c's sign bit, a blend picks x), an
+ * AVX-512 path (masked adds; the salient stream decoded 16 entries at a time
+ * with a gather: sal_sums_avx512) and a plain C twin; the batched paths dequantize tiles of rows for a GEMM. */
 #include "wop.h"
 
 #include "kern_dense.h" /* wmat__isa_best */
@@ -41,6 +42,7 @@
 #include <immintrin.h>
 #define KP_X86 1
 #define KP_AVX2 __attribute__((target("avx2,fma")))
+#define KP_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
 #endif
 
 #define PB_FILL 255 /* a filler's gap */
@@ -181,6 +183,70 @@ KP_AVX2 static float bin_sum_avx2(const uint8_t *s, const float *x, int64_t cols
 }
 #endif
 
+#ifdef KP_X86
+/* The AVX-512 twin of a row: the binary plane's sum as masked adds (a
+ * 16-bit word of signs is the mask of 16 inputs), and the salient stream 16
+ * entries at a time: each 16-bit (gap, code) pair widened to a lane, the
+ * cursor steps min(gap + 1, 255) prefix-summed across the lanes (four
+ * shifted adds), x gathered at the columns of the non-filler lanes, code x
+ * and x summed in 16 chains; the last partial 16 entries walk as in C. */
+KP_AVX512 static float bin_sum_avx512(const uint8_t *s, const float *x, int64_t cols)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 32 <= cols; c += 32) {
+        uint32_t w;
+        memcpy(&w, s + (c >> 3), 4);
+        a0 = _mm512_mask_add_ps(a0, (__mmask16)(w & 0xffff), a0, _mm512_loadu_ps(x + c));
+        a1 = _mm512_mask_add_ps(a1, (__mmask16)(w >> 16), a1, _mm512_loadu_ps(x + c + 16));
+    }
+    for (; c + 16 <= cols; c += 16) {
+        uint16_t w;
+        memcpy(&w, s + (c >> 3), 2);
+        a0 = _mm512_mask_add_ps(a0, (__mmask16)w, a0, _mm512_loadu_ps(x + c));
+    }
+    float r = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    for (; c < cols; c++)
+        if (sign_at(s, c)) r += x[c];
+    return r;
+}
+
+KP_AVX512 static void sal_sums_avx512(const pbobj *o, int64_t r, const float *x, float *csum, float *xsum)
+{
+    const int64_t rb = r * o->cols, k1 = o->first[r + 1];
+    int64_t k = o->first[r], pos = o->base[r];
+    const __m512i ff = _mm512_set1_epi32(0xff), one = _mm512_set1_epi32(1), z = _mm512_setzero_si512(),
+                  last = _mm512_set1_epi32(15);
+    __m512 cx = _mm512_setzero_ps(), sx = _mm512_setzero_ps();
+    for (; k + 16 <= k1; k += 16) {
+        const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(o->ent + 2 * k)));
+        const __m512i g = _mm512_and_si512(w, ff), code = _mm512_srli_epi32(w, 8);
+        const __mmask16 valid = _mm512_cmplt_epu32_mask(g, ff);
+        __m512i st = _mm512_min_epu32(_mm512_add_epi32(g, one), ff);
+        st = _mm512_add_epi32(st, _mm512_alignr_epi32(st, z, 15));
+        st = _mm512_add_epi32(st, _mm512_alignr_epi32(st, z, 14));
+        st = _mm512_add_epi32(st, _mm512_alignr_epi32(st, z, 12));
+        st = _mm512_add_epi32(st, _mm512_alignr_epi32(st, z, 8));
+        const __m512i col = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(pos - rb)), st);
+        const __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, col, x, 4);
+        cx = _mm512_fmadd_ps(_mm512_cvtepi32_ps(code), xv, cx);
+        sx = _mm512_add_ps(sx, xv);
+        pos += _mm512_cvtsi512_si32(_mm512_permutexvar_epi32(last, st));
+    }
+    float c_t = _mm512_reduce_add_ps(cx), s_t = _mm512_reduce_add_ps(sx);
+    for (; k < k1; k++) {
+        const unsigned g = o->ent[2 * k];
+        pos += g < PB_FILL ? (int64_t)g + 1 : PB_FILL;
+        if (g < PB_FILL) {
+            const float xc = x[pos - rb];
+            c_t += (float)o->ent[2 * k + 1] * xc;
+            s_t += xc;
+        }
+    }
+    *csum = c_t, *xsum = s_t;
+}
+#endif
+
 static size_t pb_prep_bytes(const wmat_tensor *W, const wmat_wexec *ex)
 {
     (void)W, (void)ex;
@@ -201,9 +267,10 @@ static void pb_rows(const wmat_tensor *W, const float *x, const void *prep, floa
 {
     const pbobj *o = pb_of(W);
     const float S = *(const float *)prep;
-    int avx2 = 0;
+    int avx2 = 0, avx512 = 0;
 #ifdef KP_X86
     avx2 = ex->isa >= WMAT_ISA_AVX2 && wmat__isa_best() >= WMAT_ISA_AVX2;
+    avx512 = ex->isa >= WMAT_ISA_AVX512 && wmat__isa_best() >= WMAT_ISA_AVX512;
 #else
     (void)ex;
 #endif
@@ -212,6 +279,14 @@ static void pb_rows(const wmat_tensor *W, const float *x, const void *prep, floa
         const uint8_t *s = o->sign + r * o->sb;
         float m;
 #ifdef KP_X86
+        if (avx512) {
+            float csum, xsum;
+            m = bin_sum_avx512(s, x, o->cols);
+            sal_sums_avx512(o, r, x, &csum, &xsum);
+            const float d = (f[0] - f[1]) * (S - xsum) + 2.0f * f[1] * m + f[2] * (csum - f[3] * xsum);
+            y[r] = acc ? y[r] + d : d;
+            continue;
+        }
         if (avx2) m = bin_sum_avx2(s, x, o->cols);
         else
 #endif
@@ -230,7 +305,7 @@ static void pb_rows(const wmat_tensor *W, const float *x, const void *prep, floa
         const float d = (f[0] - f[1]) * (S - xsum) + 2.0f * f[1] * m + f[2] * (csum - f[3] * xsum);
         y[r] = acc ? y[r] + d : d;
     }
-    (void)avx2;
+    (void)avx2, (void)avx512;
 }
 
 static void pb_dequant(const wmat_tensor *W, int64_t r0, int64_t nr, float *out)

@@ -204,6 +204,14 @@ double wmat__bcq_fit(const float *w, const float *wt, int64_t n, int q, int roun
  * (ceil(cols/8) of them, 256 floats each) and y[r0..r1) from them; isa WMAT_ISA_*. */
 void wmat__bcq_lut(const wmat_tensor *W, const float *x, float *T, int isa);
 void wmat__bcq_rows_lut(const wmat_tensor *W, const float *T, float *y, int64_t r0, int64_t r1, int acc, int isa);
+/* The int8-table kernel alone (the one-row path under act8 on AVX-512 VBMI +
+ * VNNI): prep_bytes is 0 when the shape has no int8 layout (cols or group not
+ * a multiple of 32); isa WMAT_ISA_AVX512 runs the AVX-512 twin where the CPU
+ * has it, anything else the C twin (the same integers and fmaf's: equal bit
+ * for bit). */
+size_t wmat__bcq_i8_prep_bytes(const wmat_tensor *W);
+void wmat__bcq_i8_prepare(const wmat_tensor *W, const float *x, void *prep, int isa);
+void wmat__bcq_i8_rows(const wmat_tensor *W, const void *prep, float *y, int64_t r0, int64_t r1, int acc, int isa);
 
 /* A sum W = A + B (kind_sum.c) of two weights of one shape, of any kinds;
  * the sum takes over what A and B own (both are cleared). */
