@@ -4,6 +4,7 @@
 #include "core/shapes.h"
 #include "wop/wop.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -131,8 +132,35 @@ void wmat__model_release(const wmat_model *m, const wmat_tensor *t)
         for (int i = 0; i < m->n_maps; i++) wmat__map_release(&m->maps[i], m->maps[i].addr, m->maps[i].len);
         return;
     }
+    if (t->dtype == WMAT_OBJ) {
+        /* an object kind whose arrays lie in a mapping (a native directory,
+         * or a spilled block: wmat__model_spill): each part's pages */
+        const wmat_wkind *k = wmat__wkind_of(t);
+        if (!k || !k->save || !m->n_maps) return;
+        cJSON *desc = cJSON_CreateObject();
+        wmat_wpart parts[WMAT_WPART_MAX];
+        int np = 0;
+        if (desc && k->save(t, desc, parts, &np, "release") == WMAT_OK)
+            for (int i = 0; i < np; i++) {
+                const wmat_map *pm = wmat__model_map_at(m, parts[i].data);
+                const uint64_t n = (uint64_t)parts[i].shape[0] * (uint64_t)(parts[i].ndim == 2 ? parts[i].shape[1] : 1);
+                if (pm) wmat__map_release(pm, parts[i].data, (size_t)wmat_dtype_bytes(parts[i].dtype, n));
+            }
+        cJSON_Delete(desc);
+        return;
+    }
     const wmat_map *mp = map_of(m, t);
     if (mp) wmat__map_release(mp, t->data, t->nbytes);
+}
+
+const wmat_map *wmat__model_map_at(const wmat_model *m, const void *p)
+{
+    const uintptr_t a = (uintptr_t)p;
+    for (int i = 0; p && i < m->n_maps; i++) {
+        const uintptr_t b = (uintptr_t)m->maps[i].addr;
+        if (m->maps[i].addr && a >= b && a < b + m->maps[i].len) return &m->maps[i];
+    }
+    return NULL;
 }
 
 void wmat__model_release_layer(const wmat_model *m, int layer)

@@ -682,6 +682,8 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                 const wmat_tensor was = *j->t; /* still mapped when seq == 0 */
                 if (!(rc = wmat_model_set_quantized(m, j->t->name, &results[ti]))) wmat_qresult_free(&results[ti]);
                 if (!rc) wmat__model_release(m, &was);
+                /* the packed weight goes to a temporary file, mapped back */
+                if (!rc) rc = wmat__model_spill(m, j->t, p->spill_dir);
             }
             if (rc) goto done;
             if (l < L) wmat__model_release_layer(m, l);
