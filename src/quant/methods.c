@@ -395,6 +395,17 @@ static double stored_bpw(const wmat_qresult *q)
 
 /* t as an owned copy that the fake-quant weights are written into; the
  * mapped pages it was copied from are released (docs/SCALING.md). */
+/* Out of a finished statistics' buffers, what only accumulation uses
+ * (wmat__qstats_add): it is freed until the next wmat__qstats_init. */
+static void stats_trim(wmat_qstats *s)
+{
+    wmat__free(s->xb);
+    wmat__free(s->G);
+    s->xb = NULL;
+    s->G = NULL;
+    s->xb_cap = s->xb_rows = 0;
+}
+
 static int writable_copy(wmat_model *m, wmat_tensor *t)
 {
     const wmat_tensor was = *t;
@@ -641,6 +652,10 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                 rc = wmat__calib_collect(&cs, L, slots, want, seq == 0 && l < last_calib);
                 calib_s += wmat__now() - t0;
                 if (rc) goto done;
+                /* the statistics are final: their accumulation buffers (the
+                 * batch and its n x n float product, 173 MB for a 5632-wide
+                 * input) go before the methods factor H */
+                for (int k = 0; k < WMAT_CSLOT_COUNT; k++) stats_trim(&stats[k]);
             }
             for (int i = 0; i < nj; i++) {
                 qjob *j = &jobs[i];
