@@ -12,6 +12,9 @@
 #include "wop/wop.h"
 
 #include <math.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -395,6 +398,18 @@ static double stored_bpw(const wmat_qresult *q)
 
 /* t as an owned copy that the fake-quant weights are written into; the
  * mapped pages it was copied from are released (docs/SCALING.md). */
+/* Out of core: hand the allocator's free memory back to the system. A
+ * stage frees buffers of up to tens of MB (statistics, copies, codes) that
+ * glibc keeps in its heap (its mmap threshold grows to 32 MB as large
+ * blocks are freed), so without this the heap's free space, not the data,
+ * set the resident peak (about 150-200 MB at the 1.1B shape). */
+static void heap_trim(void)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
 /* Out of a finished statistics' buffers, what only accumulation uses
  * (wmat__qstats_add): it is freed until the next wmat__qstats_init. */
 static void stats_trim(wmat_qstats *s)
@@ -679,6 +694,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                 stats_s += stats[k].seconds;
                 wmat__qstats_free(&stats[k]);
             }
+            if (low_mem) heap_trim();
         }
         /* block l is final (quantized, or fp32 with seq == 0): move the streams past it */
         if (cs.X && l >= 0 && l < last_calib && cs.layer == l) {
@@ -703,6 +719,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
             if (rc) goto done;
             if (l < L) wmat__model_release_layer(m, l);
             else wmat__model_release(m, cls);
+            heap_trim();
         }
     }
     /* statistics of the fp32 model: write the weights back only now */
