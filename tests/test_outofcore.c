@@ -473,6 +473,45 @@ static void test_quantize_in_memory_cgroup(void **state)
     assert_same_file(a, b);
 }
 
+/* `wmat convert` from an f16 GGUF converts one tensor at a time: its peak
+ * RSS above the program stays under half the f16 file (an f32 copy of the
+ * model, what wmat_model_save made before, is twice the file), and the
+ * output holds the values of the f32 source converted once. */
+static void test_convert_f16_no_f32_copy(void **state)
+{
+    (void)state;
+    if (skip_sanitized()) return;
+    char logf[600], f16[600], q8[600], q8ref[600];
+    snprintf(logf, sizeof logf, "%s", tu_tmp("cv.log"));
+    snprintf(f16, sizeof f16, "%s", tu_tmp("cv_f16.gguf"));
+    snprintf(q8, sizeof q8, "%s", tu_tmp("cv_q8_from_f16.gguf"));
+    snprintf(q8ref, sizeof q8ref, "%s", tu_tmp("cv_q8_ref.gguf"));
+    char *const to_f16[] = {"wmat", "convert", g_model, f16, "--to", "gguf", "--dtype", "f16", "--no-tokenizer", NULL};
+    char *const to_q8[] = {"wmat", "convert", f16, q8, "--to", "gguf", "--dtype", "q8_0", "--no-tokenizer",
+                           "--threads", "1", NULL};
+    char *const info[] = {"wmat", "info", f16, NULL};
+    assert_int_equal(run_cli(to_f16, logf, NULL, NULL), 0);
+    long base = 0, rss = 0;
+    assert_int_equal(run_cli(info, logf, &base, NULL), 0);
+    int rc = run_cli(to_q8, logf, &rss, NULL);
+    if (rc) print_log(logf);
+    assert_int_equal(rc, 0);
+    const long f16_bytes = file_size(f16);
+    print_message("wmat convert f16 -> q8_0: peak RSS %.1f MB, %.1f MB above the program, of a %.1f MB f16 file\n",
+                  rss / 1e6, (rss - base) / 1e6, f16_bytes / 1e6);
+    if (!(rss - base < f16_bytes / 2))
+        fail_msg("convert from f16: %ld bytes above the program, not below half the f16 file (%ld)", rss - base, f16_bytes);
+    /* the same bytes as converting the f16 model materialized in memory */
+    wmat_model *m = load_stored(f16);
+    TU_OK(wmat_model_materialize(m));
+    wmat_save_params sp = wmat_save_default_params();
+    sp.format = WMAT_FMT_GGUF;
+    sp.dtype = WMAT_Q8_0;
+    TU_OK(wmat_model_save(m, q8ref, &sp));
+    wmat_model_free(m);
+    assert_same_file(q8, q8ref);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -482,6 +521,7 @@ int main(void)
         cmocka_unit_test(test_peak_rss_below_half_model),
         cmocka_unit_test(test_eval_in_memory_cgroup),
         cmocka_unit_test(test_quantize_in_memory_cgroup),
+        cmocka_unit_test(test_convert_f16_no_f32_copy),
     };
     return tu_run_tests("outofcore", tests, setup, NULL);
 }
