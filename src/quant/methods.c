@@ -671,6 +671,14 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                  * batch and its n x n float product, 173 MB for a 5632-wide
                  * input) go before the methods factor H */
                 for (int k = 0; k < WMAT_CSLOT_COUNT; k++) stats_trim(&stats[k]);
+                if (low_mem) {
+                    /* the forward read this stage's mapped weights; the
+                     * methods read them again from the page cache */
+                    for (int i = 0; i < nj; i++)
+                        if (jobs[i].layer == l && (jobs[i].slot < 0 || (stage_mask >> jobs[i].slot & 1u)))
+                            wmat__model_release(m, jobs[i].t);
+                    heap_trim();
+                }
             }
             for (int i = 0; i < nj; i++) {
                 qjob *j = &jobs[i];
