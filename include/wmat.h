@@ -1212,8 +1212,14 @@ typedef struct {
      * (wmat_model_set_quantized) rather than holding fake-quant fp32
      * weights, and the results handed back hold only what could not be
      * packed (the token embedding); -1: never; 0 (default): when the model
-     * maps 2 GiB of weights or more. The codes are the same either way. */
+     * maps 2 GiB of weights or more. The codes are the same either way.
+     * Out of core, each packed weight is also moved at once into a
+     * temporary file in spill_dir (NULL: $TMPDIR, else /tmp; unlinked when
+     * made, so nothing is left behind) and mapped back read-only: the
+     * packed model is never resident whole, and a writer streams it from
+     * the page cache. Put spill_dir on the output's file system. */
     int low_mem;
+    const char *spill_dir;
     /* The calibration forward's linear products (docs/QUANT.md, "GPTQ at
      * 1.1B scale"): WMAT_F32 (default) or WMAT_BF16: each block's weights
      * and each product's input rounded to bf16, accumulated in fp32

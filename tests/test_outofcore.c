@@ -8,6 +8,7 @@
 #include "test_util.h"
 #include "io/model_internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -216,36 +217,94 @@ static void test_release_keeps_results(void **state)
     wmat_model_free(m);
 }
 
-/* Quantization packing each block as soon as it is done writes the bytes
- * of the fake-quant path. */
-static void test_quantize_low_mem_same_bytes(void **state)
+static void assert_same_file(const char *a, const char *b)
 {
-    (void)state;
-    char out[2][600], logf[600];
-    const char *mode[2] = {"--low-mem", "--no-low-mem"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(out[i], sizeof out[i], "%s", tu_tmp(i ? "q_full" : "q_low"));
-        snprintf(logf, sizeof logf, "%s", tu_tmp("q.log"));
-        char *const argv[] = {"wmat", "quantize", g_model, out[i], "--method", "gptq", "--bits", "4", "--group", "128",
-                              "--calib", g_tokens, "--calib-tokens", "256", "--calib-ctx", "64", "--threads", "1",
-                              "--quiet", (char *)mode[i], NULL};
-        long rss = 0;
-        int rc = run_cli(argv, logf, &rss, NULL);
-        print_message("wmat quantize %s: peak RSS %.1f MB of a %.1f MB model\n", mode[i], rss / 1e6, g_model_bytes / 1e6);
-        if (rc) print_log(logf);
-        assert_int_equal(rc, 0);
-    }
-    char a[700], b[700];
-    snprintf(a, sizeof a, "%s/model.safetensors", out[0]);
-    snprintf(b, sizeof b, "%s/model.safetensors", out[1]);
     char *x = NULL, *y = NULL;
     size_t nx = 0, ny = 0;
     TU_OK(wmat_read_file(a, &x, &nx));
     TU_OK(wmat_read_file(b, &y, &ny));
-    assert_int_equal(nx, ny);
-    assert_true(memcmp(x, y, nx) == 0);
+    if (nx != ny || memcmp(x, y, nx)) fail_msg("%s (%zu bytes) and %s (%zu bytes) differ", a, nx, b, ny);
     free(x);
     free(y);
+}
+
+/* Entries of directory dir whose names start with prefix. */
+static int count_prefixed(const char *dir, const char *prefix)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+    closedir(d);
+    return n;
+}
+
+/* The three outputs quantize streams out of core, by the commands' tails:
+ * GPTQ to the native directory (packed objects), RTN 4-bit sym g32 to GGUF
+ * (packed objects written as Q4_0) and --ggml q4_k_m (plain ggml block
+ * tensors). */
+static const char *const g_qcase[3][12] = {
+    {"--method", "gptq", "--bits", "4", "--group", "128", "--calib", NULL /* tokens */, "--calib-tokens", "256", NULL},
+    {"--to", "gguf", "--method", "rtn", "--bits", "4", "--group", "32", "--sym", NULL},
+    {"--to", "gguf", "--ggml", "q4_k_m", "--method", "rtn", NULL},
+};
+
+static int run_quantize(int c, const char *out, const char *mode, const char *logf, long *rss, const char *procs)
+{
+    char *argv[40];
+    int n = 0;
+    argv[n++] = "wmat";
+    argv[n++] = "quantize";
+    argv[n++] = g_model;
+    argv[n++] = (char *)out;
+    for (int i = 0; g_qcase[c][i] || (c == 0 && i == 7); i++) argv[n++] = (char *)(g_qcase[c][i] ? g_qcase[c][i] : g_tokens);
+    char *const tail[] = {"--calib-ctx", "64", "--threads", "1", "--quiet", (char *)mode};
+    for (int i = c == 0 ? 0 : 2; i < 6; i++) argv[n++] = tail[i];
+    argv[n] = NULL;
+    return run_cli(argv, logf, rss, procs);
+}
+
+static const char *qout_name(int c, int low)
+{
+    static const char *const names[3][2] = {{"q_full", "q_low"}, {"q_full.gguf", "q_low.gguf"}, {"k_full.gguf", "k_low.gguf"}};
+    return tu_tmp(names[c][low]);
+}
+
+/* Quantization packing each block as soon as it is done, spilling it to a
+ * temporary file beside the output and writing the output from there,
+ * writes the bytes of the fake-quant path, for each output kind, and
+ * leaves no temporary file behind. */
+static void test_quantize_low_mem_same_bytes(void **state)
+{
+    (void)state;
+    char logf[600], a[700], b[700];
+    snprintf(logf, sizeof logf, "%s", tu_tmp("q.log"));
+    const char *mode[2] = {"--no-low-mem", "--low-mem"};
+    for (int c = 0; c < 3; c++) {
+        for (int low = 0; low < 2; low++) {
+            long rss = 0;
+            int rc = run_quantize(c, qout_name(c, low), mode[low], logf, &rss, NULL);
+            print_message("wmat quantize %s %s: peak RSS %.1f MB of a %.1f MB model\n", qout_name(c, low), mode[low],
+                          rss / 1e6, g_model_bytes / 1e6);
+            if (rc) print_log(logf);
+            assert_int_equal(rc, 0);
+        }
+        if (c == 0) {
+            snprintf(a, sizeof a, "%s/model.safetensors", qout_name(c, 0));
+            snprintf(b, sizeof b, "%s/model.safetensors", qout_name(c, 1));
+            assert_same_file(a, b);
+            snprintf(a, sizeof a, "%s/quant_config.json", qout_name(c, 0));
+            snprintf(b, sizeof b, "%s/quant_config.json", qout_name(c, 1));
+            assert_same_file(a, b);
+        } else {
+            assert_same_file(qout_name(c, 0), qout_name(c, 1));
+        }
+    }
+    /* the spill files are unlinked as they are made */
+    snprintf(a, sizeof a, "%s", qout_name(0, 0));
+    char *slash = strrchr(a, '/');
+    if (slash) *slash = '\0';
+    assert_int_equal(count_prefixed(a, ".wmat-spill"), 0);
 }
 
 /* Each streaming command's peak RSS, less the program's own, stays under
@@ -371,6 +430,88 @@ static void test_eval_in_memory_cgroup(void **state)
     assert_true(json_ppl(j0) == json_ppl(j1));
 }
 
+/* `wmat quantize --low-mem` (GPTQ with calibration, native output) inside
+ * a memory cgroup whose limit is smaller than the model succeeds and writes
+ * the bytes of the same command unlimited. */
+static void test_quantize_in_memory_cgroup(void **state)
+{
+    (void)state;
+    if (skip_sanitized()) return;
+    const long limit = 64L << 20;
+    assert_true(limit < g_model_bytes);
+    char dir[600], procs[700];
+    if (make_cgroup(limit, dir, sizeof dir, procs, sizeof procs)) {
+        print_message("SKIP: cannot create a memory cgroup (needs root and cgroup v1 memory or v2 with the memory "
+                      "controller)\n");
+        skip();
+        return;
+    }
+    char logf[600], out[600], a[700], b[700];
+    snprintf(logf, sizeof logf, "%s", tu_tmp("cgq.log"));
+    snprintf(out, sizeof out, "%s", tu_tmp("q_cgroup"));
+    long rss = 0;
+    int rc = run_quantize(0, qout_name(0, 1), "--low-mem", logf, NULL, NULL); /* unlimited (also in the test above) */
+    if (rc) print_log(logf);
+    assert_int_equal(rc, 0);
+    drop_cache(g_model);
+    rc = run_quantize(0, out, "--low-mem", logf, &rss, procs);
+    char f[700];
+    snprintf(f, sizeof f, "%s/memory.max_usage_in_bytes", dir);
+    FILE *uf = fopen(f, "r"); /* v1 only */
+    long usage = -1;
+    if (uf) {
+        if (fscanf(uf, "%ld", &usage) != 1) usage = -1;
+        fclose(uf);
+    }
+    print_message("cgroup limit %ld bytes, peak usage %ld bytes (v1; -1: not reported)\n", limit, usage);
+    print_message("limited quantize: exit %d, peak RSS %.1f MB, model %.1f MB\n", rc, rss / 1e6, g_model_bytes / 1e6);
+    rmdir(dir);
+    if (rc) print_log(logf);
+    assert_int_equal(rc, 0);
+    snprintf(a, sizeof a, "%s/model.safetensors", qout_name(0, 1));
+    snprintf(b, sizeof b, "%s/model.safetensors", out);
+    assert_same_file(a, b);
+}
+
+/* `wmat convert` from an f16 GGUF converts one tensor at a time: its peak
+ * RSS above the program stays under half the f16 file (an f32 copy of the
+ * model, what wmat_model_save made before, is twice the file), and the
+ * output holds the values of the f32 source converted once. */
+static void test_convert_f16_no_f32_copy(void **state)
+{
+    (void)state;
+    if (skip_sanitized()) return;
+    char logf[600], f16[600], q8[600], q8ref[600];
+    snprintf(logf, sizeof logf, "%s", tu_tmp("cv.log"));
+    snprintf(f16, sizeof f16, "%s", tu_tmp("cv_f16.gguf"));
+    snprintf(q8, sizeof q8, "%s", tu_tmp("cv_q8_from_f16.gguf"));
+    snprintf(q8ref, sizeof q8ref, "%s", tu_tmp("cv_q8_ref.gguf"));
+    char *const to_f16[] = {"wmat", "convert", g_model, f16, "--to", "gguf", "--dtype", "f16", "--no-tokenizer", NULL};
+    char *const to_q8[] = {"wmat", "convert", f16, q8, "--to", "gguf", "--dtype", "q8_0", "--no-tokenizer",
+                           "--threads", "1", NULL};
+    char *const info[] = {"wmat", "info", f16, NULL};
+    assert_int_equal(run_cli(to_f16, logf, NULL, NULL), 0);
+    long base = 0, rss = 0;
+    assert_int_equal(run_cli(info, logf, &base, NULL), 0);
+    int rc = run_cli(to_q8, logf, &rss, NULL);
+    if (rc) print_log(logf);
+    assert_int_equal(rc, 0);
+    const long f16_bytes = file_size(f16);
+    print_message("wmat convert f16 -> q8_0: peak RSS %.1f MB, %.1f MB above the program, of a %.1f MB f16 file\n",
+                  rss / 1e6, (rss - base) / 1e6, f16_bytes / 1e6);
+    if (!(rss - base < f16_bytes / 2))
+        fail_msg("convert from f16: %ld bytes above the program, not below half the f16 file (%ld)", rss - base, f16_bytes);
+    /* the same bytes as converting the f16 model materialized in memory */
+    wmat_model *m = load_stored(f16);
+    TU_OK(wmat_model_materialize(m));
+    wmat_save_params sp = wmat_save_default_params();
+    sp.format = WMAT_FMT_GGUF;
+    sp.dtype = WMAT_Q8_0;
+    TU_OK(wmat_model_save(m, q8ref, &sp));
+    wmat_model_free(m);
+    assert_same_file(q8, q8ref);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -379,6 +520,8 @@ int main(void)
         cmocka_unit_test(test_quantize_low_mem_same_bytes),
         cmocka_unit_test(test_peak_rss_below_half_model),
         cmocka_unit_test(test_eval_in_memory_cgroup),
+        cmocka_unit_test(test_quantize_in_memory_cgroup),
+        cmocka_unit_test(test_convert_f16_no_f32_copy),
     };
     return tu_run_tests("outofcore", tests, setup, NULL);
 }

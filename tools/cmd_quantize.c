@@ -251,6 +251,18 @@ int cmd_quantize(int argc, char **argv)
     qp.calib_ctx = cctx;
     qp.n_threads = g_cli.threads;
     qp.comm = cli_mpi_comm(); /* under mpirun: ranks split the calibration windows; rank 0 writes */
+    /* out of core, packed blocks wait in temporary files beside OUT (the
+     * output's file system, not a RAM-backed /tmp) */
+    char spill[4096];
+    if (fmt != WMAT_FMT_UNKNOWN) {
+        snprintf(spill, sizeof spill, "%s", pos[1]);
+        size_t n = strlen(spill);
+        while (n > 1 && spill[n - 1] == '/') spill[--n] = '\0';
+        char *slash = strrchr(spill, '/');
+        if (!slash) snprintf(spill, sizeof spill, ".");
+        else slash[slash == spill] = '\0';
+        qp.spill_dir = spill;
+    }
     qprogress pr = {wmat__now(), wmat__now(), 0};
     qp.progress = progress_eta;
     qp.progress_user = &pr;

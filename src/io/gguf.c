@@ -1129,7 +1129,8 @@ static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat
         }
         if (g->encoded) {
             /* the encoder vouched for the type */
-        } else if (t->dtype != WMAT_F32 || (!t->data && (t->nbytes || !m->fill)) || t->ndim < 1 || t->ndim > 2) {
+        } else if (t->dtype == WMAT_OBJ || (t->flags & WMAT_TF_HF_ROPE) || (!t->data && (t->nbytes || !m->fill)) ||
+                   t->ndim < 1 || t->ndim > 2) {
             rc = wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is not a materialized f32 matrix or vector", path, t->name);
             break;
         }

@@ -714,7 +714,7 @@ int wmat__hf_save_with(wmat_model *m, const char *dir, const wmat_save_params *p
             n += k;
             continue;
         }
-        if (t->dtype != WMAT_F32 || (t->flags & WMAT_TF_HF_ROPE) || t->ndim > 2) {
+        if (t->dtype == WMAT_OBJ || (t->flags & WMAT_TF_HF_ROPE) || t->ndim > 2) {
             rc = wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s is not materialized (f32, canonical layout)", dir, t->name);
             goto done;
         }
@@ -730,8 +730,9 @@ int wmat__hf_save_with(wmat_model *m, const char *dir, const wmat_save_params *p
         s->rope_heads = rope_heads;
         s->head_dim = c->head_dim;
         e->dtype = (wmat_st_dtype)wmat__st_from_wmat_dtype(s->dt);
-        if (s->dt == WMAT_F32 && !rope_heads && t->data) {
+        if (s->dt == WMAT_F32 && !rope_heads && t->data && t->dtype == WMAT_F32 && (uintptr_t)t->data % sizeof(float) == 0) {
             e->data = t->data;
+            e->release = wmat__model_map_at(m, t->data); /* out of core: its pages go once written */
         } else {
             e->fill = fill_tensor;
             e->user = s;

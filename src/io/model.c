@@ -4,6 +4,7 @@
 #include "core/shapes.h"
 #include "wop/wop.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -131,8 +132,35 @@ void wmat__model_release(const wmat_model *m, const wmat_tensor *t)
         for (int i = 0; i < m->n_maps; i++) wmat__map_release(&m->maps[i], m->maps[i].addr, m->maps[i].len);
         return;
     }
+    if (t->dtype == WMAT_OBJ) {
+        /* an object kind whose arrays lie in a mapping (a native directory,
+         * or a spilled block: wmat__model_spill): each part's pages */
+        const wmat_wkind *k = wmat__wkind_of(t);
+        if (!k || !k->save || !m->n_maps) return;
+        cJSON *desc = cJSON_CreateObject();
+        wmat_wpart parts[WMAT_WPART_MAX];
+        int np = 0;
+        if (desc && k->save(t, desc, parts, &np, "release") == WMAT_OK)
+            for (int i = 0; i < np; i++) {
+                const wmat_map *pm = wmat__model_map_at(m, parts[i].data);
+                const uint64_t n = (uint64_t)parts[i].shape[0] * (uint64_t)(parts[i].ndim == 2 ? parts[i].shape[1] : 1);
+                if (pm) wmat__map_release(pm, parts[i].data, (size_t)wmat_dtype_bytes(parts[i].dtype, n));
+            }
+        cJSON_Delete(desc);
+        return;
+    }
     const wmat_map *mp = map_of(m, t);
     if (mp) wmat__map_release(mp, t->data, t->nbytes);
+}
+
+const wmat_map *wmat__model_map_at(const wmat_model *m, const void *p)
+{
+    const uintptr_t a = (uintptr_t)p;
+    for (int i = 0; p && i < m->n_maps; i++) {
+        const uintptr_t b = (uintptr_t)m->maps[i].addr;
+        if (m->maps[i].addr && a >= b && a < b + m->maps[i].len) return &m->maps[i];
+    }
+    return NULL;
 }
 
 void wmat__model_release_layer(const wmat_model *m, int layer)
@@ -348,12 +376,17 @@ static int unpermute_stored(wmat_model *m, wmat_tensor *t)
     return WMAT_OK;
 }
 
+/* keep_stored 0: every plain tensor f32; 1: weights the runtime can use
+ * as stored stay so; 2 (saving): only tensors in HF's rotary row order are
+ * rewritten, the rest stay as they are and the writers convert each
+ * (wmat__tensor_f32_for_save) when they write it. */
 static int materialize(wmat_model *m, int keep_stored)
 {
     const char *src = m->path ? m->path : "model";
     for (int i = 0; i < m->n_tensors; i++) {
         wmat_tensor *t = &m->tensors[i];
         if (t->dtype == WMAT_OBJ) continue; /* object kinds (packed, low-rank) run as they are */
+        if (keep_stored == 2 && !(t->flags & WMAT_TF_HF_ROPE)) continue;
         if (keep_stored && runs_as_stored(t)) {
             int rc = (t->flags & WMAT_TF_HF_ROPE) ? unpermute_stored(m, t) : WMAT_OK;
             if (rc) return rc;
@@ -526,9 +559,26 @@ int wmat_model_load(wmat_model **out, const char *path, const wmat_load_params *
     return WMAT_OK;
 }
 
+/* A tensor a writer reads through a buffer: produced by `fill`, stored in
+ * another plain type (f16, bf16, ggml blocks), or f32 off its alignment. */
+static int needs_save_buffer(const wmat_model *m, const wmat_tensor *t)
+{
+    if (!t->data) return m->fill != NULL;
+    if (t->dtype == WMAT_OBJ) return 0;
+    return t->dtype != WMAT_F32 || ((uintptr_t)t->data % sizeof(float)) != 0;
+}
+
 int wmat__tensor_f32_for_save(const wmat_model *m, const wmat_tensor *t, float *buf, const float **out)
 {
     *out = t->data;
+    if (t->data && needs_save_buffer(m, t)) {
+        /* converted here, one tensor at a time: no f32 copy of the model */
+        if (!buf) return wmat_set_error(WMAT_ERR_INTERNAL, "%s: no buffer for tensor %s", m->path ? m->path : "model", t->name);
+        int rc = wmat_to_f32(buf, t->data, t->dtype, (uint64_t)wmat_tensor_nelem(t));
+        if (rc) return wmat_set_error(rc, "%s: tensor %s: %s", m->path ? m->path : "model", t->name, wmat_last_error());
+        *out = buf;
+        return WMAT_OK;
+    }
     if (t->data) return WMAT_OK;
     if (!m->fill)
         return wmat_set_error(WMAT_ERR_INVALID, "%s: tensor %s has no data", m->path ? m->path : "model", t->name);
@@ -541,9 +591,8 @@ int wmat__tensor_f32_for_save(const wmat_model *m, const wmat_tensor *t, float *
 int64_t wmat__model_max_fill(const wmat_model *m)
 {
     int64_t mx = 0;
-    if (!m->fill) return 0;
     for (int i = 0; i < m->n_tensors; i++)
-        if (!m->tensors[i].data && wmat_tensor_nelem(&m->tensors[i]) > mx) mx = wmat_tensor_nelem(&m->tensors[i]);
+        if (needs_save_buffer(m, &m->tensors[i]) && wmat_tensor_nelem(&m->tensors[i]) > mx) mx = wmat_tensor_nelem(&m->tensors[i]);
     return mx;
 }
 
@@ -563,7 +612,9 @@ int wmat_model_save(wmat_model *m, const char *path, const wmat_save_params *p)
                               c->shortcuts ? ", residual shortcut matrices" : "",
                               c->shortcuts || c->norm_dim ? "only in the native directory ('quant')" : "as HF, GGUF or 'quant'",
                               wmat_format_name(p->format));
-    int rc = wmat_model_materialize(m);
+    /* a source in another type (f16, bf16, ggml blocks) is converted by the
+     * writer one tensor at a time, never into an f32 copy of the model */
+    int rc = materialize(m, 2);
     if (rc) return rc;
     /* Models holding packed tensors (or asking for the native quantized
      * directory) go through the quantized-storage saver. */

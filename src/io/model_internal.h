@@ -47,6 +47,15 @@ int64_t wmat__model_max_fill(const wmat_model *m);
  * alone). t == NULL: every page of every mapping of m. Results never
  * change: the pages are read again from the file when needed. */
 void wmat__model_release(const wmat_model *m, const wmat_tensor *t);
+/* The mapping of m that holds address p (NULL: none; p may be anywhere). */
+const wmat_map *wmat__model_map_at(const wmat_model *m, const void *p);
+/* Out of core: move tensor t's owned storage (an object kind with files,
+ * or a plain non-f32 kind such as ggml blocks) into a new temporary file in
+ * dir (NULL: $TMPDIR, else /tmp), unlinked at once, and point t at a
+ * read-only mapping of it that m keeps (so wmat__model_release applies).
+ * The values are unchanged; a kind without save/load, f32 and tensors that
+ * are not owned are left as they are. On error t is unchanged. */
+int wmat__model_spill(wmat_model *m, wmat_tensor *t, const char *dir);
 /* The same for every tensor of block `layer` (its weights, norms and
  * shortcut matrices). */
 void wmat__model_release_layer(const wmat_model *m, int layer);

@@ -180,6 +180,7 @@ static int save_native(wmat_model *m, const char *dir)
             e->ndim = t->ndim;
             for (int d = 0; d < t->ndim; d++) e->shape[d] = t->shape[d];
             e->data = t->data;
+            e->release = wmat__model_map_at(m, t->data);
             continue;
         }
         if (!k) {
@@ -217,6 +218,7 @@ static int save_native(wmat_model *m, const char *dir)
             e->shape[0] = parts[p].shape[0];
             e->shape[1] = parts[p].shape[1];
             e->data = parts[p].data;
+            e->release = wmat__model_map_at(m, parts[p].data);
         }
     }
     qtext = cJSON_Print(qroot);

@@ -551,6 +551,7 @@ int wmat__st_write_afile(wmat_afile *af, const wmat_st_entry *entries, int n, co
             src = scratch;
         }
         if ((rc = wmat__afile_write(af, src, nb))) goto done;
+        if (e->release && !e->fill) wmat__map_release(e->release, src, nb);
     }
 
 done:

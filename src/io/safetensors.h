@@ -108,6 +108,8 @@ typedef struct wmat_st_entry {
     const void *data;
     wmat_st_fill_fn fill;
     void *user;
+    const wmat_map *release; /* `data` lies in this private file mapping: its pages leave the
+                                resident set once written (out of core, docs/SCALING.md) */
 } wmat_st_entry;
 
 /* Write entries and __metadata__ (n_meta key/value pairs, may be 0) as a

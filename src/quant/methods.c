@@ -12,6 +12,9 @@
 #include "wop/wop.h"
 
 #include <math.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -415,6 +418,29 @@ static double stored_bpw(const wmat_qresult *q)
 
 /* t as an owned copy that the fake-quant weights are written into; the
  * mapped pages it was copied from are released (docs/SCALING.md). */
+/* Out of core: hand the allocator's free memory back to the system. A
+ * stage frees buffers of up to tens of MB (statistics, copies, codes) that
+ * glibc keeps in its heap (its mmap threshold grows to 32 MB as large
+ * blocks are freed), so without this the heap's free space, not the data,
+ * set the resident peak (about 150-200 MB at the 1.1B shape). */
+static void heap_trim(void)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
+/* Out of a finished statistics' buffers, what only accumulation uses
+ * (wmat__qstats_add): it is freed until the next wmat__qstats_init. */
+static void stats_trim(wmat_qstats *s)
+{
+    wmat__free(s->xb);
+    wmat__free(s->G);
+    s->xb = NULL;
+    s->G = NULL;
+    s->xb_cap = s->xb_rows = 0;
+}
+
 static int writable_copy(wmat_model *m, wmat_tensor *t)
 {
     const wmat_tensor was = *t;
@@ -662,6 +688,18 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                 rc = wmat__calib_collect(&cs, L, slots, want, seq == 0 && l < last_calib);
                 calib_s += wmat__now() - t0;
                 if (rc) goto done;
+                /* the statistics are final: their accumulation buffers (the
+                 * batch and its n x n float product, 173 MB for a 5632-wide
+                 * input) go before the methods factor H */
+                for (int k = 0; k < WMAT_CSLOT_COUNT; k++) stats_trim(&stats[k]);
+                if (low_mem) {
+                    /* the forward read this stage's mapped weights; the
+                     * methods read them again from the page cache */
+                    for (int i = 0; i < nj; i++)
+                        if (jobs[i].layer == l && (jobs[i].slot < 0 || (stage_mask >> jobs[i].slot & 1u)))
+                            wmat__model_release(m, jobs[i].t);
+                    heap_trim();
+                }
             }
             for (int i = 0; i < nj; i++) {
                 qjob *j = &jobs[i];
@@ -685,6 +723,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                 stats_s += stats[k].seconds;
                 wmat__qstats_free(&stats[k]);
             }
+            if (low_mem) heap_trim();
         }
         /* block l is final (quantized, or fp32 with seq == 0): move the streams past it */
         if (cs.X && l >= 0 && l < last_calib && cs.layer == l) {
@@ -703,10 +742,13 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                 const wmat_tensor was = *j->t; /* still mapped when seq == 0 */
                 if (!(rc = wmat_model_set_quantized(m, j->t->name, &results[ti]))) wmat_qresult_free(&results[ti]);
                 if (!rc) wmat__model_release(m, &was);
+                /* the packed weight goes to a temporary file, mapped back */
+                if (!rc) rc = wmat__model_spill(m, j->t, p->spill_dir);
             }
             if (rc) goto done;
             if (l < L) wmat__model_release_layer(m, l);
             else wmat__model_release(m, cls);
+            heap_trim();
         }
     }
     /* statistics of the fp32 model: write the weights back only now */
