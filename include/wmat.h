@@ -1077,6 +1077,17 @@ WMAT_API int wmat_model_init_random(wmat_model *m, uint64_t seed, float std);
 /* A config from a preset name ("tiny", "small", "mix4m") or a JSON file in
  * HF's config.json keys; vocab_size <= 0 in the file keeps cfg's. */
 WMAT_API int wmat_train_config(const char *name_or_path, wmat_config *cfg);
+/* dL/dW of the LM loss for every linear weight (and the classifier; the
+ * embedding's gradient, both uses summed, when tied) with the weights frozen:
+ * the trainer's forward and backward on min(n_seq, (n-1)/ctx) windows of
+ * ctx tokens from the start of tokens (targets shifted by one), the loss the
+ * mean over all their predictions, no step taken. *grads: one array per
+ * tensor of m in wmat_model_tensor order (rows x cols), NULL where none;
+ * *loss (may be NULL) the batch's mean loss. m as for wmat_trainer_create.
+ * Free with wmat_model_weight_gradients_free. */
+WMAT_API int wmat_model_weight_gradients(wmat_model *m, const int32_t *tokens, size_t n, int ctx, int n_seq,
+                                         int n_threads, float ***grads, double *loss);
+WMAT_API void wmat_model_weight_gradients_free(const wmat_model *m, float **grads);
 /* A byte-level llama2.c-style tokenizer: <unk>, <s>, </s>, then 256 byte
  * pieces (printable ASCII as themselves, others "<0xXX>"): 259 ids. */
 WMAT_API int wmat_tokenizer_bytes(wmat_tokenizer **out);
@@ -1180,6 +1191,12 @@ typedef struct {
      * packed (the token embedding); -1: never; 0 (default): when the model
      * maps 2 GiB of weights or more. The codes are the same either way. */
     int low_mem;
+    /* Methods whose statistics include gradients (docs/QUANT.md "GWQ"):
+     * dL/dW per tensor of the model, in wmat_model_tensor order (NULL
+     * entries where none), e.g. from wmat_model_weight_gradients on the
+     * fp32 model; borrowed. NULL: none (such a method then refuses the
+     * settings that need them). */
+    const float *const *gradients;
 } wmat_quantize_params;
 
 WMAT_API wmat_quantize_params wmat_quantize_default_params(void);

@@ -25,6 +25,10 @@ wmat_qparams wmat__qparams_default(void)
     p.n_threads = 1;
     p.salient = 0.1;
     p.salient_hessian = 1;
+    p.outliers = 0.01;
+    p.dense_gptq = 1;
+    p.tau = 1.5;
+    p.min_group = 64;
     return p;
 }
 
