@@ -83,6 +83,7 @@ static void test_gradient_fd(void **state)
         assert_true(!g[i] == !g2[i]);
         if (g[i]) assert_memory_equal(g[i], g2[i], (size_t)wmat_tensor_nelem(wmat_model_tensor(m, i)) * sizeof(float));
     }
+    wmat_model_weight_gradients_free(m, g2);
     /* too short a stream, bad windows */
     assert_int_not_equal(wmat_model_weight_gradients(m, tok, 4, ctx, 1, 1, &g2, NULL), WMAT_OK);
     assert_int_not_equal(wmat_model_weight_gradients(m, tok, 100, 0, 1, 1, &g2, NULL), WMAT_OK);
