@@ -2,7 +2,8 @@
 # docs/QUANT.md "GWQ (issue 13)" and "FineQuant-style adaptive groups (issue 13)":
 # every cell one `wmat quantize ... --to none --eval`, one thread.
 # usage: scripts/gwq-table.sh [BUILD_DIR] [gwq|finequant|all] [MODELS...]
-# (docs/QUANT.md's mix4m GWQ table has slices 0 and 1 only: the run was cut for time)
+# (docs/QUANT.md's mix4m GWQ table: the ablation rows have slices 0 and 1 only, cut for time; the main rows'
+# slice 2 came from the same commands run alone)
 # GWQ rows: three disjoint calibration slices of the TinyStories stream (tokens [16384 s, 16384 (s+1)),
 # 64 windows of 256; the gradients on the first 8 of them); stories260K evaluated on the same stream
 # from token 65536 (64 windows of 256), mix4m on the first 64 windows of WikiText-2 valid.
