@@ -1087,6 +1087,11 @@ WMAT_API int wmat_train_config(const char *name_or_path, wmat_config *cfg);
  * Free with wmat_model_weight_gradients_free. */
 WMAT_API int wmat_model_weight_gradients(wmat_model *m, const int32_t *tokens, size_t n, int ctx, int n_seq,
                                          int n_threads, float ***grads, double *loss);
+/* The same windows one at a time: the mean over them of each window's
+ * squared dL/dW (the empirical Fisher's diagonal), same layout; *loss the
+ * mean of the windows' losses. */
+WMAT_API int wmat_model_weight_fisher(wmat_model *m, const int32_t *tokens, size_t n, int ctx, int n_seq,
+                                      int n_threads, float ***grads, double *loss);
 WMAT_API void wmat_model_weight_gradients_free(const wmat_model *m, float **grads);
 /* A byte-level llama2.c-style tokenizer: <unk>, <s>, </s>, then 256 byte
  * pieces (printable ASCII as themselves, others "<0xXX>"): 259 ids. */

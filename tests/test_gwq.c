@@ -84,6 +84,26 @@ static void test_gradient_fd(void **state)
         if (g[i]) assert_memory_equal(g[i], g2[i], (size_t)wmat_tensor_nelem(wmat_model_tensor(m, i)) * sizeof(float));
     }
     wmat_model_weight_gradients_free(m, g2);
+    /* the Fisher form: the mean over windows of each window's squared gradient */
+    float **F = NULL;
+    TU_OK(wmat_model_weight_fisher(m, tok, (size_t)(nseq * ctx + 1), ctx, nseq, 1, &F, NULL));
+    for (int w = 0; w < nseq; w++) {
+        TU_OK(wmat_model_weight_gradients(m, tok + w * ctx, (size_t)(ctx + 1), ctx, 1, 1, &g2, NULL));
+        for (int i = 0; i < wmat_model_n_tensors(m); i++) {
+            assert_true(!F[i] == !g2[i]);
+            if (!g2[i]) continue;
+            const int64_t ne = wmat_tensor_nelem(wmat_model_tensor(m, i));
+            for (int64_t e = 0; e < ne; e++) F[i][e] -= g2[i][e] * g2[i][e] / nseq;
+        }
+        wmat_model_weight_gradients_free(m, g2);
+    }
+    for (int i = 0; i < wmat_model_n_tensors(m); i++)
+        if (F[i]) {
+            const int64_t ne = wmat_tensor_nelem(wmat_model_tensor(m, i));
+            const double d = tu_max_abs(F[i], (size_t)ne), ref = tu_max_abs(g[i], (size_t)ne);
+            if (!(d <= 1e-5 * ref * ref + 1e-12)) fail_msg("%s: Fisher off by %g (max |G| %g)", wmat_model_tensor(m, i)->name, d, ref);
+        }
+    wmat_model_weight_gradients_free(m, F);
     /* too short a stream, bad windows */
     assert_int_not_equal(wmat_model_weight_gradients(m, tok, 4, ctx, 1, 1, &g2, NULL), WMAT_OK);
     assert_int_not_equal(wmat_model_weight_gradients(m, tok, 100, 0, 1, 1, &g2, NULL), WMAT_OK);

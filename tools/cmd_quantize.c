@@ -254,13 +254,16 @@ int cmd_quantize(int argc, char **argv)
     if (need_grads && cal) {
         const double t0 = wmat__now();
         double gl = 0.0;
-        if (wmat_model_weight_gradients(m, cal, n_cal, cctx, 8, g_cli.threads, &grads, &gl)) {
+        /* a score that reads per-window squared gradients gets those instead */
+        const int fisher = strstr(kv, "score=fisher") != NULL;
+        if ((fisher ? wmat_model_weight_fisher : wmat_model_weight_gradients)(m, cal, n_cal, cctx, 8, g_cli.threads,
+                                                                              &grads, &gl)) {
             cli_fail("quantize");
             goto out;
         }
         qp.gradients = (const float *const *)grads;
         if (!quiet)
-            fprintf(stderr, "gradients     dL/dW on %d windows x %d tokens (loss %.4f), %.2f s\n",
+            fprintf(stderr, "gradients     %s on %d windows x %d tokens (loss %.4f), %.2f s\n", fisher ? "mean (dL/dW)^2 per window" : "dL/dW",
                     (int)((n_cal - 1) / (size_t)cctx < 8 ? (n_cal - 1) / (size_t)cctx : 8), cctx, gl, wmat__now() - t0);
     }
     qprogress pr = {wmat__now(), wmat__now(), 0};

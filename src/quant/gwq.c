@@ -49,7 +49,7 @@ static int thread_id(void)
 #endif
 }
 
-static const char *const k_score_names[] = {"|G|", "|G*W|", "G^2", "W^2*H_jj", "|W|", "random"};
+static const char *const k_score_names[] = {"|G|", "|G*W|", "G^2", "W^2*H_jj", "|W|", "random", "Fisher"};
 
 static uint64_t mix64(uint64_t x)
 {
@@ -63,7 +63,7 @@ int wmat__gwq_scores(const float *W, int64_t rows, int64_t cols, const wmat_qsta
                      float *s)
 {
     const int64_t n = rows * cols;
-    const int needs_g = score == WMAT_GWQ_GRAD || score == WMAT_GWQ_GRAD_W || score == WMAT_GWQ_GRAD2;
+    const int needs_g = score == WMAT_GWQ_GRAD || score == WMAT_GWQ_GRAD_W || score == WMAT_GWQ_GRAD2 || score == WMAT_GWQ_FISHER;
     if (needs_g && (!st || !st->grad))
         return wmat_set_error(WMAT_ERR_INVALID,
                               "gwq: score %s needs dL/dW of this matrix (wmat_quantize_params.gradients, from "
@@ -79,6 +79,7 @@ int wmat__gwq_scores(const float *W, int64_t rows, int64_t cols, const wmat_qsta
         case WMAT_GWQ_GRAD2: s[i] = st->grad[i] * st->grad[i]; break;
         case WMAT_GWQ_HESSIAN: s[i] = (float)((double)w * w * st->H[(i % cols) * cols + i % cols]); break;
         case WMAT_GWQ_MAGNITUDE: s[i] = fabsf(w); break;
+        case WMAT_GWQ_FISHER: s[i] = st->grad[i]; break;
         default: s[i] = (float)(mix64(seed ^ mix64((uint64_t)i)) >> 40) * (1.0f / 16777216.0f); break;
         }
         if (!(s[i] == s[i])) s[i] = 0.0f; /* NaN: never kept */
@@ -179,7 +180,7 @@ int wmat__quant_gwq(wmat_qresult *out, const float *W, int64_t rows, int64_t col
     if (p->act_order) return wmat_set_error(WMAT_ERR_UNSUPPORTED, "gwq: no act-order");
     if (!(p->outliers >= 0.0 && p->outliers <= 0.5))
         return wmat_set_error(WMAT_ERR_INVALID, "gwq: outliers %g outside [0, 0.5]", p->outliers);
-    if (p->score < WMAT_GWQ_GRAD || p->score > WMAT_GWQ_RANDOM)
+    if (p->score < WMAT_GWQ_GRAD || p->score > WMAT_GWQ_FISHER)
         return wmat_set_error(WMAT_ERR_INVALID, "gwq: unknown score %d", p->score);
     if (cols % 32)
         return wmat_set_error(WMAT_ERR_UNSUPPORTED,

@@ -57,8 +57,9 @@
 
 #define QP_GWQ                                                                                                        \
     {"outliers", WMAT_PARAM_FLOAT, "0.01", 0, 0.5, NULL, "GWQ: fraction of each matrix kept in fp16 (sparse)", NULL},   \
-    {"score", WMAT_PARAM_ENUM, "grad", 0, 0, "grad|grad_w|grad2|hessian|magnitude|random",                            \
-     "GWQ: the kept weights by |dL/dW|, |dL/dW * W|, (dL/dW)^2, W^2 H_jj, |W| or a seeded random draw", NULL},         \
+    {"score", WMAT_PARAM_ENUM, "grad", 0, 0, "grad|grad_w|grad2|hessian|magnitude|random|fisher",                     \
+     "GWQ: the kept weights by |dL/dW|, |dL/dW * W|, (dL/dW)^2, W^2 H_jj, |W|, a seeded random draw, or the "       \
+     "per-window mean of (dL/dW)^2 (gradients then hold it: wmat_model_weight_fisher)", NULL},                        \
     {"dense", WMAT_PARAM_ENUM, "gptq", 0, 0, "gptq|rtn", "GWQ: the rest by GPTQ (kept weights fixed) or RTN", NULL}
 #define QP_FINEQUANT                                                                                                  \
     {"tau", WMAT_PARAM_FLOAT, "1.5", 1, 1000, NULL,                                                                   \

@@ -50,7 +50,8 @@ typedef struct {
 } wmat_qparams;
 
 /* GWQ's scores (larger = kept in fp16) */
-enum { WMAT_GWQ_GRAD = 0, WMAT_GWQ_GRAD_W, WMAT_GWQ_GRAD2, WMAT_GWQ_HESSIAN, WMAT_GWQ_MAGNITUDE, WMAT_GWQ_RANDOM };
+/* FISHER: st->grad already holds a per-window mean of squared gradients */
+enum { WMAT_GWQ_GRAD = 0, WMAT_GWQ_GRAD_W, WMAT_GWQ_GRAD2, WMAT_GWQ_HESSIAN, WMAT_GWQ_MAGNITUDE, WMAT_GWQ_RANDOM, WMAT_GWQ_FISHER };
 
 wmat_qparams wmat__qparams_default(void);
 

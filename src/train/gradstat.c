@@ -43,8 +43,26 @@ static int keep_copy(wmat_model *m, const wmat_tensor *t, const float *g, float 
     return WMAT_OK;
 }
 
+static int grads_run(wmat_model *m, const int32_t *tokens, size_t n, int ctx, int n_seq, int n_threads,
+                     float ***out, double *loss, int fisher);
+
 int wmat_model_weight_gradients(wmat_model *m, const int32_t *tokens, size_t n, int ctx, int n_seq, int n_threads,
                                 float ***out, double *loss)
+{
+    return grads_run(m, tokens, n, ctx, n_seq, n_threads, out, loss, 0);
+}
+
+int wmat_model_weight_fisher(wmat_model *m, const int32_t *tokens, size_t n, int ctx, int n_seq, int n_threads,
+                             float ***out, double *loss)
+{
+    return grads_run(m, tokens, n, ctx, n_seq, n_threads, out, loss, 1);
+}
+
+/* fisher 0: the gradient of the mean loss over all windows (one batch);
+ * 1: the mean over windows of each window's squared gradient (one window
+ * a batch, the empirical Fisher's diagonal per window). */
+static int grads_run(wmat_model *m, const int32_t *tokens, size_t n, int ctx, int n_seq, int n_threads,
+                     float ***out, double *loss, int fisher)
 {
     if (!m || !out) return wmat_set_error(WMAT_ERR_INVALID, "gradients: no model or output");
     *out = NULL;
@@ -65,7 +83,7 @@ int wmat_model_weight_gradients(wmat_model *m, const int32_t *tokens, size_t n, 
     wmat_train_params tp = wmat_train_default_params();
     tp.method = WMAT_TRAIN_FULL;
     tp.optimizer_name = "sgd";
-    tp.batch = B;
+    tp.batch = fisher ? 1 : B;
     tp.ctx = ctx;
     tp.steps = 1;
     tp.exec = &ex;
@@ -83,14 +101,33 @@ int wmat_model_weight_gradients(wmat_model *m, const int32_t *tokens, size_t n, 
         memcpy(tgt + (size_t)b * ctx, tokens + (size_t)b * ctx + 1, (size_t)ctx * sizeof(int32_t));
     }
     if ((rc = wmat_trainer_create(&t, m, &tp))) goto done;
-    double l = 0.0;
-    if ((rc = wmat__trainer_fwdbwd(t, inp, tgt, B, ctx, 1.0f / ((float)B * (float)ctx), 1, 0, &l))) goto done;
-    if (loss) *loss = l;
-    for (int li = 0; li < c->n_layers && !rc; li++)
-        for (int k = 0; k < WMAT_LIN_COUNT && !rc; k++)
-            rc = keep_copy(m, wmat_model_linear(m, li, (wmat_linear_kind)k),
-                           wmat__trainer_linear_grad(t, li, k), grads);
-    if (!rc) rc = keep_copy(m, wmat_model_classifier(m), wmat__trainer_classifier_grad(t), grads);
+    double l = 0.0, lsum = 0.0;
+    for (int b = 0; b < (fisher ? B : 1) && !rc; b++) {
+        const size_t o = fisher ? (size_t)b * ctx : 0;
+        const int nb = fisher ? 1 : B;
+        if ((rc = wmat__trainer_fwdbwd(t, inp + o, tgt + o, nb, ctx, 1.0f / ((float)nb * (float)ctx), 1, 0, &l)))
+            goto done;
+        lsum += l;
+        for (int li = 0; li <= c->n_layers && !rc; li++)
+            for (int k = 0; k < (li < c->n_layers ? WMAT_LIN_COUNT : 1) && !rc; k++) {
+                const wmat_tensor *wt = li < c->n_layers ? wmat_model_linear(m, li, (wmat_linear_kind)k)
+                                                         : wmat_model_classifier(m);
+                const float *g = li < c->n_layers ? wmat__trainer_linear_grad(t, li, k) : wmat__trainer_classifier_grad(t);
+                if (!fisher) {
+                    rc = keep_copy(m, wt, g, grads);
+                    continue;
+                }
+                const int i = tensor_index(m, wt);
+                if (i < 0 || !g) continue;
+                const size_t ne = (size_t)wmat_tensor_nelem(wt);
+                if (!grads[i] && !(grads[i] = wmat__calloc(ne, sizeof(float)))) {
+                    rc = wmat_set_error(WMAT_ERR_NOMEM, "gradients: out of memory");
+                    break;
+                }
+                for (size_t e = 0; e < ne; e++) grads[i][e] += g[e] * g[e] / (float)B;
+            }
+    }
+    if (loss) *loss = fisher ? lsum / B : l;
 done:
     wmat_trainer_free(t);
     wmat__free(inp);
