@@ -43,7 +43,7 @@ for model in $MODELS; do
     for s in 0 1 2; do
       cal="--calib $tmp/cal$s.u16 --calib-tokens 16384 --calib-ctx 256"
       for bits in 3 2; do
-        for sc in grad grad_w hessian magnitude random; do
+        for sc in grad grad_w hessian magnitude random fisher; do  # fisher: stories260K only in QUANT.md
           echo "$model $s gwq ${bits}b g64 1% $sc: $(run "$model" "$ev" "$cal" gwq --bits $bits "${gw[@]}" --score $sc)"
         done
         echo "$model $s gwq ${bits}b g64 1% grad rtn: $(run "$model" "$ev" "$cal" gwq --bits $bits "${gw[@]}" --dense rtn)"
