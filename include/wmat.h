@@ -1111,6 +1111,22 @@ WMAT_API int wmat_model_init_random(wmat_model *m, uint64_t seed, float std);
 /* A config from a preset name ("tiny", "small", "mix4m") or a JSON file in
  * HF's config.json keys; vocab_size <= 0 in the file keeps cfg's. */
 WMAT_API int wmat_train_config(const char *name_or_path, wmat_config *cfg);
+/* dL/dW of the LM loss for every linear weight (and the classifier; the
+ * embedding's gradient, both uses summed, when tied) with the weights frozen:
+ * the trainer's forward and backward on min(n_seq, (n-1)/ctx) windows of
+ * ctx tokens from the start of tokens (targets shifted by one), the loss the
+ * mean over all their predictions, no step taken. *grads: one array per
+ * tensor of m in wmat_model_tensor order (rows x cols), NULL where none;
+ * *loss (may be NULL) the batch's mean loss. m as for wmat_trainer_create.
+ * Free with wmat_model_weight_gradients_free. */
+WMAT_API int wmat_model_weight_gradients(wmat_model *m, const int32_t *tokens, size_t n, int ctx, int n_seq,
+                                         int n_threads, float ***grads, double *loss);
+/* The same windows one at a time: the mean over them of each window's
+ * squared dL/dW (the empirical Fisher's diagonal), same layout; *loss the
+ * mean of the windows' losses. */
+WMAT_API int wmat_model_weight_fisher(wmat_model *m, const int32_t *tokens, size_t n, int ctx, int n_seq,
+                                      int n_threads, float ***grads, double *loss);
+WMAT_API void wmat_model_weight_gradients_free(const wmat_model *m, float **grads);
 /* A byte-level llama2.c-style tokenizer: <unk>, <s>, </s>, then 256 byte
  * pieces (printable ASCII as themselves, others "<0xXX>"): 259 ids. */
 WMAT_API int wmat_tokenizer_bytes(wmat_tokenizer **out);
@@ -1228,6 +1244,12 @@ typedef struct {
      * bf16 GEMM (AVX512-BF16 or AMX): elsewhere WMAT_ERR_UNSUPPORTED; any
      * other dtype WMAT_ERR_INVALID, both before any calibration. */
     wmat_dtype calib_dtype;
+    /* Methods whose statistics include gradients (docs/QUANT.md "GWQ"):
+     * dL/dW per tensor of the model, in wmat_model_tensor order (NULL
+     * entries where none), e.g. from wmat_model_weight_gradients on the
+     * fp32 model; borrowed. NULL: none (such a method then refuses the
+     * settings that need them). */
+    const float *const *gradients;
 } wmat_quantize_params;
 
 WMAT_API wmat_quantize_params wmat_quantize_default_params(void);

@@ -357,9 +357,12 @@ static void test_adadim_and_registry(void **state)
         assert_true(e[2] <= fmin(e[0], e[1]) * (1 + 1e-9));
     }
     int n_methods = 0;
+    float *G = malloc(m * n * 4); /* methods that read dL/dW (GWQ): a stand-in */
+    rand_matrix(G, m * n, 17, 1e-3f);
     for (const wmat_qmethod *qm = wmat__qmethods; qm->name; qm++, n_methods++) {
         wmat_qparams p = wmat__qparams_default();
         wmat_qresult q;
+        st.grad = qm->stats & WMAT_QSTAT_GRADIENTS ? G : NULL;
         TU_OK(qm->fn(&q, W, m, n, &st, &p, NULL));
         wmat_qresult_dequant(&q, D);
         const double e = wmat__qoutput_error(W, D, m, n, H);
@@ -369,6 +372,7 @@ static void test_adadim_and_registry(void **state)
         assert_string_equal(wmat_quantize_method_name(n_methods, NULL), qm->name);
     }
     assert_true(n_methods >= 5);
+    free(G);
     free(st.x2);
     free(W);
     free(D);
@@ -469,6 +473,14 @@ static void test_driver_stories260k(void **state)
         p.n_calib = 8 * 128;
         p.calib_ctx = 128;
         p.keep = "layers.4.mlp";
+        /* methods that read dL/dW: from the trainer, on the fp32 model; GWQ's
+         * packed dense part needs inputs in multiples of 32 (not down_proj's 172) */
+        float **grads = NULL;
+        if (wmat__qmethod_find(p.method)->stats & WMAT_QSTAT_GRADIENTS) {
+            TU_OK(wmat_model_weight_gradients(m, cal, 4 * 128 + 1, 128, 4, 1, &grads, NULL));
+            p.gradients = (const float *const *)grads;
+            p.overrides = "*layers.[0-3].mlp.down_proj*=gptq"; /* layer 4's MLP stays kept */
+        }
         /* without the fallback: a clear error naming the tensor (AdaDim
          * only needs one of its two axes to divide, and 32 divides 64) */
         int has_group = 0; /* a method without groups (PB-LLM) has nothing to fall back from */
@@ -487,6 +499,7 @@ static void test_driver_stories260k(void **state)
         assert_true(rep.bytes_after < rep.bytes_before);
         print_message("stories260K %-11s: %.3f bits/weight, %d block passes\n", p.method, rep.bits_per_weight, rep.block_passes);
         wmat_quantize_report_free(&rep);
+        wmat_model_weight_gradients_free(m, grads);
         wmat_model_free(m);
     }
     /* no calibration for a method that needs it */

@@ -215,6 +215,7 @@ int cmd_quantize(int argc, char **argv)
     int32_t *cal = NULL, *ev = NULL;
     size_t n_cal = 0, n_ev = 0;
     wmat_qresult *results = NULL;
+    float **grads = NULL;
     char *alloc_ov = NULL;
     wmat_quantize_report rep;
     memset(&rep, 0, sizeof rep);
@@ -262,6 +263,27 @@ int cmd_quantize(int argc, char **argv)
         if (!slash) snprintf(spill, sizeof spill, ".");
         else slash[slash == spill] = '\0';
         qp.spill_dir = spill;
+    }
+    /* methods that read dL/dW: the trainer's backward on the fp32 model,
+     * the first 8 calibration windows (src/train/gradstat.c), once */
+    int need_grads = 0;
+    for (const wmat_qmethod *qm = wmat__qmethods; qm->name; qm++)
+        if ((qm->stats & WMAT_QSTAT_GRADIENTS) && (!strcmp(qm->name, method) || (overrides && strstr(overrides, qm->name))))
+            need_grads = 1;
+    if (need_grads && cal) {
+        const double t0 = wmat__now();
+        double gl = 0.0;
+        /* a score that reads per-window squared gradients gets those instead */
+        const int fisher = strstr(kv, "score=fisher") != NULL;
+        if ((fisher ? wmat_model_weight_fisher : wmat_model_weight_gradients)(m, cal, n_cal, cctx, 8, g_cli.threads,
+                                                                              &grads, &gl)) {
+            cli_fail("quantize");
+            goto out;
+        }
+        qp.gradients = (const float *const *)grads;
+        if (!quiet)
+            fprintf(stderr, "gradients     %s on %d windows x %d tokens (loss %.4f), %.2f s\n", fisher ? "mean (dL/dW)^2 per window" : "dL/dW",
+                    (int)((n_cal - 1) / (size_t)cctx < 8 ? (n_cal - 1) / (size_t)cctx : 8), cctx, gl, wmat__now() - t0);
     }
     qprogress pr = {wmat__now(), wmat__now(), 0};
     qp.progress = progress_eta;
@@ -370,6 +392,7 @@ out:
     wmat_quantize_report_free(&rep);
     free(cal);
     free(ev);
+    wmat_model_weight_gradients_free(m, grads);
     wmat_model_free(m);
     return rc;
 }

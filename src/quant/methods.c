@@ -58,6 +58,17 @@
     {"apot", WMAT_PARAM_BOOL, "false", 0, 0, NULL, "BCQ: alphas as sums of three powers of two (shift-adds)", NULL}, \
     {"refit", WMAT_PARAM_BOOL, "true", 0, 0, NULL, "BCQ: alphas refitted on the full H once the signs are fixed", "no_refit"}
 
+#define QP_GWQ                                                                                                        \
+    {"outliers", WMAT_PARAM_FLOAT, "0.01", 0, 0.5, NULL, "GWQ: fraction of each matrix kept in fp16 (sparse)", NULL},   \
+    {"score", WMAT_PARAM_ENUM, "grad", 0, 0, "grad|grad_w|grad2|hessian|magnitude|random|fisher",                     \
+     "GWQ: the kept weights by |dL/dW|, |dL/dW * W|, (dL/dW)^2, W^2 H_jj, |W|, a seeded random draw, or the "       \
+     "per-window mean of (dL/dW)^2 (gradients then hold it: wmat_model_weight_fisher)", NULL},                        \
+    {"dense", WMAT_PARAM_ENUM, "gptq", 0, 0, "gptq|rtn", "GWQ: the rest by GPTQ (kept weights fixed) or RTN", NULL}
+#define QP_FINEQUANT                                                                                                  \
+    {"tau", WMAT_PARAM_FLOAT, "1.5", 1, 1000, NULL,                                                                   \
+     "FineQuant-style: coarsest group whose relative error <= tau x the finest group's", NULL},                       \
+    {"min_group", WMAT_PARAM_INT, "64", 32, 1 << 20, NULL, "FineQuant-style: finest group tried", NULL}
+
 static const wmat_param_spec k_rtn_keys[] = {QP_BITS, QP_GROUP, QP_SYM, QP_PER_IC, QP_CLIP, QP_END};
 static const wmat_param_spec k_gptq_keys[] = {QP_BITS, QP_GROUP,         QP_SYM,  QP_PER_IC, QP_CLIP,
                                               QP_ACT_ORDER, QP_STATIC_GROUPS, QP_DAMP, QP_BLOCK, QP_FACTOR, QP_END};
@@ -76,6 +87,8 @@ static const wmat_param_spec k_bitstack_keys[] = {
     {"stack_blocks", WMAT_PARAM_INT, "16", 1, 256, NULL, "BitStack: blocks (sign matrix + rank-k magnitude) per matrix", NULL},
     {"order_windows", WMAT_PARAM_INT, "8", 0, 1 << 20, NULL, "BitStack: calibration windows (the last ones) scoring the measured block order; 0: level order unmeasured", NULL},
     QP_END};
+static const wmat_param_spec k_gwq_keys[] = {QP_BITS, QP_GROUP, QP_SYM, QP_CLIP, QP_GWQ, QP_DAMP, QP_BLOCK, QP_END};
+static const wmat_param_spec k_finequant_keys[] = {QP_BITS, QP_FINEQUANT, QP_END};
 
 #define QUANT WMAT_FAMILY_QUANTIZATION
 const wmat_qmethod wmat__qmethods[] = {
@@ -97,6 +110,8 @@ const wmat_qmethod wmat__qmethods[] = {
     {.desc = {"bcq", QUANT, WMAT_QSTAT_HESSIAN, 0, k_bcq_keys, "bcq", "ShiftAddLLM binary coding sum_k alpha_k b_k, 2..4 planes, alphas per input group, GPTQ feedback"}, .fn = wmat__quant_bcq},
     {.desc = {"dgq", QUANT, WMAT_QSTAT_HESSIAN, 0, k_dgq_keys, "dgq", "DGQ A8W4: 4-bit codes, int8 group scales under an fp16 row scale, smoothed int8 activations"}, .fn = wmat__quant_dgq},
     {.desc = {"bitstack", QUANT, WMAT_QSTAT_ACT_NORMS, 0, k_bitstack_keys, "bitstack", "BitStack: stacked sign x rank-k blocks of the activation-scaled residual, one stored stack loaded at any budget"}, .fn = wmat__quant_bitstack, .finish = wmat__bitstack_finish},
+    {.desc = {"gwq", QUANT, WMAT_QSTAT_HESSIAN | WMAT_QSTAT_GRADIENTS, 0, k_gwq_keys, "sum", "GWQ: top fraction by |dL/dW| in fp16 (sparse), the rest GPTQ or RTN"}, .fn = wmat__quant_gwq},
+    {.desc = {"finequant", QUANT, 0, 0, k_finequant_keys, "qpacked", "FineQuant-style: symmetric grid, group per matrix from n halved while the error spikes"}, .fn = wmat__quant_finequant},
     {.desc = {NULL, NULL, 0, 0, NULL, NULL, NULL}, .fn = NULL},
 };
 #undef QUANT
@@ -159,6 +174,11 @@ void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp)
     if (wmat__pset_has(ps, "stack_rank")) qp->stack_rank = (int)wmat__pset_int(ps, "stack_rank");
     if (wmat__pset_has(ps, "stack_blocks")) qp->stack_blocks = (int)wmat__pset_int(ps, "stack_blocks");
     if (wmat__pset_has(ps, "order_windows")) qp->order_windows = (int)wmat__pset_int(ps, "order_windows");
+    if (wmat__pset_has(ps, "outliers")) qp->outliers = wmat__pset_float(ps, "outliers");
+    if (wmat__pset_has(ps, "score")) qp->score = (int)wmat__pset_int(ps, "score");
+    if (wmat__pset_has(ps, "dense")) qp->dense_gptq = wmat__pset_int(ps, "dense") == 0;
+    if (wmat__pset_has(ps, "tau")) qp->tau = wmat__pset_float(ps, "tau");
+    if (wmat__pset_has(ps, "min_group")) qp->min_group = (int)wmat__pset_int(ps, "min_group");
 }
 
 const char *wmat_quantize_method_name(int i, int *needs_calibration)
@@ -292,9 +312,6 @@ int wmat__quantize_check(const wmat_quantize_params *p)
     if (!m)
         return wmat_set_error(WMAT_ERR_INVALID, "unknown quantization method '%s' (methods: %s)",
                               p->method ? p->method : "", names);
-    if (m->stats & WMAT_QSTAT_GRADIENTS)
-        return wmat_set_error(WMAT_ERR_UNSUPPORTED, "method '%s' needs gradients, which quantize does not collect",
-                              m->name);
     /* the global keys against all methods' keys: each must mean something */
     wmat_param_spec keys[64];
     rc = wmat__qmethod_keys(keys, 64);
@@ -319,9 +336,6 @@ int wmat__quantize_check(const wmat_quantize_params *p)
         if (!om)
             return wmat_set_error(WMAT_ERR_INVALID, "override for '%s': unknown method '%s' (methods: %s, or keep)",
                                   it.pattern, it.method, names);
-        if (om->stats & WMAT_QSTAT_GRADIENTS)
-            return wmat_set_error(WMAT_ERR_UNSUPPORTED, "override for '%s': method '%s' needs gradients", it.pattern,
-                                  om->name);
         wmat_pset ps;
         if ((rc = wmat__pset_init(&ps, om->schema))) return rc;
         rc = ov_fields(&ps, &it, 1);
@@ -450,9 +464,17 @@ static int writable_copy(wmat_model *m, wmat_tensor *t)
 }
 
 /* Quantize one job; Wq gets the dequantized weights. */
-static int run_job(qjob *j, const wmat_qstats *st, wmat_qresult *res, float *Wq, wmat_quantize_tensor *rep,
-                   double *factor_s)
+static int run_job(qjob *j, const wmat_qstats *st, const float *grad, wmat_qresult *res, float *Wq,
+                   wmat_quantize_tensor *rep, double *factor_s)
 {
+    /* the tensor's own dL/dW goes with its input's statistics */
+    wmat_qstats stg;
+    if (j->method->stats & WMAT_QSTAT_GRADIENTS) {
+        if (st) stg = *st;
+        else memset(&stg, 0, sizeof stg);
+        stg.grad = grad;
+        st = &stg;
+    }
     const int64_t rows = j->t->shape[0], cols = j->t->shape[1];
     const float *W = j->t->data;
     wmat_qmethod_info info;
@@ -706,7 +728,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
                 if (j->layer != l || j->keep || (j->slot >= 0 && !(stage_mask >> j->slot & 1u))) continue;
                 const int ti = (int)(j->t - wmat_model_tensor(m, 0));
                 const wmat_qstats *st = j->slot >= 0 && slots[j->slot] ? slots[j->slot] : NULL;
-                if ((rc = run_job(j, st, &results[ti], Wq, &trep[i], &factor_s))) goto done;
+                if ((rc = run_job(j, st, p->gradients ? p->gradients[ti] : NULL, &results[ti], Wq, &trep[i], &factor_s))) goto done;
                 tbpw[ti] = trep[i].bits_per_weight;
                 method_s += trep[i].seconds;
                 if (seq > 0) {

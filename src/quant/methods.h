@@ -47,7 +47,19 @@ typedef struct {
     int stack_rank;    /* k of each block's |R| factors (1) */
     int stack_blocks;  /* blocks per matrix (16) */
     int order_windows; /* calibration windows the measured order is scored on (8; 0: level order, unmeasured) */
+    /* GWQ (gwq.c) */
+    double outliers;   /* fraction kept in fp16 (0.01) */
+    int score;         /* WMAT_GWQ_* */
+    int dense_gptq;    /* 1: the dense part by GPTQ (default), 0: RTN */
+    uint64_t seed;     /* score random */
+    /* FineQuant (finequant.c) */
+    double tau;        /* coarsest group with error <= tau x the finest's (1.5) */
+    int min_group;     /* finest group tried (64) */
 } wmat_qparams;
+
+/* GWQ's scores (larger = kept in fp16) */
+/* FISHER: st->grad already holds a per-window mean of squared gradients */
+enum { WMAT_GWQ_GRAD = 0, WMAT_GWQ_GRAD_W, WMAT_GWQ_GRAD2, WMAT_GWQ_HESSIAN, WMAT_GWQ_MAGNITUDE, WMAT_GWQ_RANDOM, WMAT_GWQ_FISHER };
 
 wmat_qparams wmat__qparams_default(void);
 
@@ -80,6 +92,9 @@ typedef struct {
     float *xb, *G;
     int xb_rows, xb_cap;
     double seconds; /* spent in wmat__qstats_add and _finish */
+    /* dL/dW of the tensor being quantized (rows x cols), set per tensor by
+     * the driver from wmat_quantize_params.gradients (NULL: none) */
+    const float *grad;
 } wmat_qstats;
 
 int wmat__qstats_init(wmat_qstats *s, int64_t n, int with_hessian);
@@ -111,7 +126,7 @@ typedef int (*wmat_qmethod_fn)(wmat_qresult *out, const float *W, int64_t rows, 
 enum {
     WMAT_QSTAT_HESSIAN = WMAT_MSTAT_HESSIAN,     /* st->H, 2/N sum x x^T */
     WMAT_QSTAT_ACT_NORMS = WMAT_MSTAT_ACT_NORMS, /* st->x2, mean x_j^2 (llama.cpp's imatrix) */
-    WMAT_QSTAT_GRADIENTS = WMAT_MSTAT_GRADIENTS, /* gradients of the loss (not collected by the driver yet) */
+    WMAT_QSTAT_GRADIENTS = WMAT_MSTAT_GRADIENTS, /* dL/dW (st->grad): from wmat_quantize_params.gradients */
 };
 
 /* Behaviour the driver must know about. */
@@ -232,6 +247,21 @@ wmat_dtype wmat__ggml_mix_type(const char *ftype, int role, int layer, const wma
  * take 1 or 0). */
 int wmat__quant_ggml(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
                      wmat_dtype dt, int how, const wmat_qparams *p, wmat_qmethod_info *info);
+
+/* GWQ (gwq.c): the top fraction of weights by a score (|dL/dW| by default)
+ * kept in fp16, the rest RTN or GPTQ; out->obj is a sum of qpacked +
+ * sparse. The mask alone (tests): mask (rows x cols, 1 = kept) of the
+ * `keep` highest scores, ties to the lower index. */
+int wmat__quant_gwq(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                    const wmat_qparams *p, wmat_qmethod_info *info);
+int wmat__gwq_scores(const float *W, int64_t rows, int64_t cols, const wmat_qstats *st, int score, uint64_t seed,
+                     float *s);
+void wmat__gwq_mask(const float *s, int64_t n, int64_t keep, uint8_t *mask);
+/* FineQuant-style adaptive groups (finequant.c): per matrix, the coarsest
+ * group n / 2^k (>= min_group, dividing n) whose relative RTN error is at
+ * most tau x that of the finest such group; symmetric grid. */
+int wmat__quant_finequant(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,
+                          const wmat_qparams *p, wmat_qmethod_info *info);
 
 /* Binary-coding quantization (bcq.c; ShiftAddLLM): out->obj is a bcq weight. */
 int wmat__quant_bcq(wmat_qresult *out, const float *W, int64_t rows, int64_t cols, const wmat_qstats *st,

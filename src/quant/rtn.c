@@ -27,6 +27,10 @@ wmat_qparams wmat__qparams_default(void)
     p.salient_hessian = 1;
     p.dgq_smooth = 1;
     p.dgq_search = 1;
+    p.outliers = 0.01;
+    p.dense_gptq = 1;
+    p.tau = 1.5;
+    p.min_group = 64;
     return p;
 }
 

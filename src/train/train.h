@@ -71,5 +71,10 @@ float *wmat__trainer_logits(struct wmat_trainer *t);
 /* Flat trainable parameters and their gradients (same layout), n floats. */
 float *wmat__trainer_params(struct wmat_trainer *t, size_t *n);
 float *wmat__trainer_grads(struct wmat_trainer *t, size_t *n);
+/* Full training: the gradient of linear k of layer l (rows x cols of the
+ * weight, wmat layout) and of the classifier (the embedding's when tied: both
+ * uses summed); NULL with an adapter. */
+float *wmat__trainer_linear_grad(struct wmat_trainer *t, int l, int k);
+float *wmat__trainer_classifier_grad(struct wmat_trainer *t);
 
 #endif

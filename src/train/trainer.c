@@ -1494,6 +1494,12 @@ float *wmat__trainer_grads(wmat_trainer *t, size_t *n)
     *n = t->n_params;
     return t->grads;
 }
+float *wmat__trainer_linear_grad(wmat_trainer *t, int l, int k)
+{
+    if (t->adapter || l < 0 || l >= t->c.n_layers || k < 0 || k >= NLIN) return NULL;
+    return GLW(l, lin_role(k));
+}
+float *wmat__trainer_classifier_grad(wmat_trainer *t) { return t->adapter ? NULL : t->gcls; }
 
 /* ------------------------------------------------------------ optimizer */
 
