@@ -17,7 +17,8 @@
 # tool: wmat, llama.cpp or fp32 (a horizontal reference line); bpw over the
 # quantized linear matrices; n: calibration slices (sd empty or 0 when n = 1);
 # ppl_ts_*: held-out TinyStories (empty when not measured; not drawn).
-# The points are labelled with `method`; x and y ranges follow the data.
+# The points are labelled with `method`; x and y ranges follow the data;
+# rows above YMAX (default 23.2; 0: none) are named in a note under the chart.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 if [ "${1:-}" = --summarize ]; then
@@ -45,10 +46,11 @@ csv=${1:-$root/docs/data/quant-size-quality.csv}
 svg=${2:-$root/docs/img/quant-size-quality.svg}
 tmp=$svg.tmp.$$
 trap 'rm -f "$tmp"' EXIT
-awk -F, -v title="${TITLE:-mix4m: bits per weight against WikiText-2 perplexity (mean +- sd over calibration slices)}" '
+awk -F, -v ymax="${YMAX:-23.2}" -v title="${TITLE:-mix4m: bits per weight against WikiText-2 perplexity (mean +- sd over calibration slices)}" '
   function esc(s) { gsub(/&/, "\\&amp;", s); gsub(/</, "\\&lt;", s); gsub(/>/, "\\&gt;", s); return s }
   NR == 1 || /^#/ || NF < 5 { next }
   $1 == "fp32" { fp32 = $5 + 0; next }
+  ymax > 0 && $5 + 0 > ymax { cut = cut (cut ? ", " : "") $2 " " $3 " bpw: " $5; next }
   {
     k++; tool[k] = $1; name[k] = $2; x[k] = $3 + 0; y[k] = $5 + 0; e[k] = ($6 == "" ? 0 : $6 + 0)
     if (k == 1 || x[k] < x0) x0 = x[k]; if (k == 1 || x[k] > x1) x1 = x[k]
@@ -61,7 +63,7 @@ awk -F, -v title="${TITLE:-mix4m: bits per weight against WikiText-2 perplexity 
     x0 = int(x0 * 2) / 2; x1 = int(x1 * 2 + 1) / 2
     ys = 0.1; while ((y1 - y0) / ys > 12) ys *= 2
     y0 = int(y0 / ys) * ys; y1 = (int(y1 / ys) + 1) * ys
-    W = 900; H = 560; L = 70; R = 860; T = 40; B = 480
+    W = 900; H = 580; L = 70; R = 860; T = 40; B = 480
     printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H
     print "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>"
     printf "<text x=\"%d\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">%s</text>\n", W / 2, esc(title)
@@ -95,13 +97,24 @@ awk -F, -v title="${TITLE:-mix4m: bits per weight against WikiText-2 perplexity 
       }
       if (tool[i] == "wmat") printf "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"%s\"/>\n", px, py, c
       else printf "<rect x=\"%.1f\" y=\"%.1f\" width=\"8\" height=\"8\" fill=\"%s\"/>\n", px - 4, py - 4, c
-      # labels alternate right/left of the point so neighbours overlap less
-      anchor = (i % 2) ? "start" : "end"; dx = (i % 2) ? 7 : -7
-      printf "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"%s\" font-size=\"10\" fill=\"%s\">%s</text>\n", px + dx, py - 5, anchor, c, esc(name[i])
+      # the label: the first of eight places around the point whose box
+      # (10 px font, ~5.6 px a character) meets no label placed before it
+      lw = 5.6 * length(name[i])
+      for (p = 0; p < 8; p++) {
+        lx = (p % 2) ? px - 7 - lw : px + 7; ly = py + (p < 2 ? -5 : p < 4 ? 12 : p < 6 ? -16 : 22)
+        ok = 1
+        for (q = 1; q < i; q++)
+          if (lx < bx1[q] && bx0[q] < lx + lw && ly - 9 < by1[q] && by0[q] < ly + 1) { ok = 0; break }
+        if (ok) break
+      }
+      if (!ok) { lx = px + 7; ly = py - 5 }
+      bx0[i] = lx; bx1[i] = lx + lw; by0[i] = ly - 9; by1[i] = ly + 1
+      printf "<text x=\"%.1f\" y=\"%.1f\" font-size=\"10\" fill=\"%s\">%s</text>\n", lx, ly, c, esc(name[i])
     }
     printf "<circle cx=\"%d\" cy=\"%d\" r=\"4\" fill=\"#1f77b4\"/><text x=\"%d\" y=\"%d\">wmat</text>\n", L + 10, B + 60, L + 20, B + 64
     printf "<rect x=\"%d\" y=\"%d\" width=\"8\" height=\"8\" fill=\"#d62728\"/><text x=\"%d\" y=\"%d\">llama.cpp (imatrix, lcq)</text>\n", L + 86, B + 56, L + 100, B + 64
     printf "<text x=\"%d\" y=\"%d\" fill=\"#666\">bars: +- one sd over the calibration slices (none: one slice)</text>\n", L + 300, B + 64
+    if (cut) printf "<text x=\"%d\" y=\"%d\" fill=\"#666\" font-size=\"11\">above the chart: %s</text>\n", L, B + 84, esc(cut)
     print "</svg>"
   }' "$csv" > "$tmp"
 mv "$tmp" "$svg"

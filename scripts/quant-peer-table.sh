@@ -35,7 +35,8 @@ lbpw() { "$LCQ" bpw "$1" 2>/dev/null | grep -o '"linear_bpw": *[0-9.]*' | grep -
 # wmat quantize MODEL, saved natively, scored on both streams; extra args after the label
 wq() {  # part label slice model evalWT(1/0) args...
   local part=$1 label=$2 s=$3 model=$4 wt=$5; shift 5
-  local f="$OUT/w-$part-$s.wm" log="$OUT/w-$part-$s-$(echo "$label" | tr -c 'A-Za-z0-9.\n' _).log"
+  local f="$OUT/w-$part-$s.wm" log
+  log="$OUT/w-$part-$s-$(echo "$label" | tr -c 'A-Za-z0-9.\n' _).log"
   "$W" quantize "$D/models/$model.bin" "$f" --calib "$OUT/cal$s.u16" --calib-tokens 16384 --calib-ctx 256 \
     --threads 1 "$@" > "$log" 2>&1
   local bpw a b="-"
@@ -45,6 +46,18 @@ wq() {  # part label slice model evalWT(1/0) args...
   b=$(wppl "$f" "$OUT/heldout.u16")
   echo "$model wmat $label $s $bpw $a $b"
   rm -rf "$f"
+}
+# the same, fake-quant (--to none), scored on held-out TinyStories only: for
+# choices wmat cannot write natively (3-bit GPTQ codes of stories260K's
+# 172-input down_proj: packed rows are 32-code chunks)
+wqn() {  # label slice model args...
+  local label=$1 s=$2 model=$3; shift 3
+  local log
+  log="$OUT/n-$model-$s-$(echo "$label" | tr -c 'A-Za-z0-9.\n' _).log"
+  "$W" quantize "$D/models/$model.bin" "$OUT/none" --to none --calib "$OUT/cal$s.u16" --calib-tokens 16384 \
+    --calib-ctx 256 --eval "$OUT/heldout.u16" --ctx 256 --max-windows 64 --threads 1 "$@" > "$log" 2>&1
+  grep '^allocation ' "$log" | tail -1 >&2 || true
+  echo "$model wmat $label $s $(awk '/^bits\/weight/{print $2}' "$log") - $(awk '/^perplexity/{print $2}' "$log")"
 }
 for P in $PARTS; do
   s=${P##*-}
@@ -84,9 +97,9 @@ for P in $PARTS; do
       wq s260k bcq:2:oc "$s" stories260K 0 --method bcq --bits 2 --quiet
       wq s260k bcq:3:oc "$s" stories260K 0 --method bcq --bits 3 --quiet ;;
     s260ka-*)  # stories260K: the allocation at ~2.45 and ~3.6 bpw (the cheapest candidates need 2.338 / 3.338)
-      wq s260k allocate:gptq:2:oc,bcq:2:oc,gptq:3:oc@2.45 "$s" stories260K 0 --method gptq --bits 2 \
-        --allocate gptq:2:oc,bcq:2:oc,gptq:3:oc --bpw 2.45 --quiet
-      wq s260k allocate:gptq:3:oc,bcq:3:oc,gptq:4:oc@3.6 "$s" stories260K 0 --method gptq --bits 3 \
-        --allocate gptq:3:oc,bcq:3:oc,gptq:4:oc --bpw 3.6 --quiet ;;
+      wqn allocate:gptq:2:oc,bcq:2:oc,gptq:3:oc@2.45 "$s" stories260K --method gptq --bits 2 \
+        --allocate gptq:2:oc,bcq:2:oc,gptq:3:oc --bpw 2.45
+      wqn allocate:gptq:3:oc,bcq:3:oc,gptq:4:oc@3.6 "$s" stories260K --method gptq --bits 3 \
+        --allocate gptq:3:oc,bcq:3:oc,gptq:4:oc --bpw 3.6 ;;
   esac
 done
