@@ -1250,6 +1250,11 @@ typedef struct {
      * fp32 model; borrowed. NULL: none (such a method then refuses the
      * settings that need them). */
     const float *const *gradients;
+    /* 1: the result will be packed (a native directory): a tensor whose
+     * method stores the packed kind but whose inputs are no multiple of 32
+     * (packed rows are 32-code chunks) fails before any calibration, naming
+     * the ways out (keep it, another method for it, or no output). */
+    int pack;
 } wmat_quantize_params;
 
 WMAT_API wmat_quantize_params wmat_quantize_default_params(void);

@@ -525,6 +525,24 @@ static void test_quantize_gguf_fails_early(void **state)
     expect_exit(0, "wrote", "%s quantize %s %s --method rtn --bits 4 --group 32 --sym --to gguf --quiet", w, m, out);
 }
 
+/* A packed output refuses, before calibration, a tensor whose width the
+ * packed kind cannot hold (stories260K's down_proj: 172 inputs), and names
+ * the ways out; one of them (another kind for that tensor) then writes. */
+static void test_quantize_pack_width_fails_early(void **state)
+{
+    (void)state;
+    TU_NEED_DATA(m, "models/stories260K.bin");
+    TU_NEED_DATA(cal, "golden/tinystories_valid_head.tok512.u16");
+    const char *w = tu_cli(), *out = tu_tmp("pack172");
+    expect_exit(1, "172 inputs is not a multiple of 32", "%s quantize %s %s --method gptq --bits 3 --calib %s --calib-tokens 4096 --threads 1",
+                w, m, out, cal);
+    FILE *f = fopen(out, "rb");
+    if (f) fclose(f);
+    assert_null(f);
+    expect_exit(0, "wrote", "%s quantize %s %s --method gptq --bits 3 --calib %s --calib-tokens 4096 --threads 1 --keep down_proj",
+                w, m, out, cal);
+}
+
 /* A packed model converts to dense llama2.c and HF files (dequantized, with
  * a note) that score exactly as the packed model does. */
 static void test_convert_dequantizes_packed(void **state)
@@ -704,6 +722,7 @@ int main(void)
         cmocka_unit_test(test_convert_roundtrips),
         cmocka_unit_test(test_convert_dequantizes_packed),
         cmocka_unit_test(test_quantize_gguf_fails_early),
+        cmocka_unit_test(test_quantize_pack_width_fails_early),
         cmocka_unit_test(test_plot_chart),
         cmocka_unit_test(test_llamacpp_continues_like_wmat),
     };

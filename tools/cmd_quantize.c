@@ -246,6 +246,7 @@ int cmd_quantize(int argc, char **argv)
     qp.embeddings = embeddings;
     qp.classifier = classifier;
     qp.gguf = fmt == WMAT_FMT_GGUF;
+    qp.pack = fmt != WMAT_FMT_UNKNOWN && fmt != WMAT_FMT_GGUF;
     qp.ggml = ggml;
     qp.calib = cal;
     qp.n_calib = n_cal;

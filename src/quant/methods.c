@@ -619,6 +619,14 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
             j->note = "(group does not divide: per-channel fallback)";
         }
         if (p->gguf && (rc = gguf_holds(j, own_axis))) goto done;
+        if (p->pack && !p->gguf && !strcmp(j->method->produces, "qpacked") && cols % 32) {
+            rc = wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                                "%s (%lld x %lld): %lld inputs is not a multiple of 32, which packed storage needs "
+                                "(rows of 32-code chunks); keep this tensor (--keep), give it a method with its own "
+                                "weight kind (--override PATTERN=METHOD), or quantize without writing (--to none)",
+                                j->t->name, (long long)rows, (long long)cols, (long long)cols);
+            goto done;
+        }
         if (wmat__qmethod_needs_calib(j->method)) need_calib = 1;
     }
 
