@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "core/internal.h"
+#include "linalg/linalg.h"
 #include "model/kernels.h"
 #include "wop/kern_dense.h"
 #include "wop/wop.h"
@@ -225,7 +226,13 @@ static void validate_batched(int k, kind_mat *m, const float *wq32, const float 
     float *Y = malloc(sizeof(float) * (size_t)T * rows), *Yr = malloc(sizeof(float) * (size_t)T * rows);
     void *ws = malloc(wmat__wtile_ws_bytes(k_dt[k], rows, in, T, nt));
     wmat__wtile_forward(k_dt[k], m->w, rows, in, X, Y, T, 0, ws, nt, isa, WMAT_GEMM_AUTO);
-    wmat_sgemm(0, 1, T, rows, in, 1.0f, X, in, wq32, in, 0.0f, Yr, rows);
+    /* bf16 weights on a native bf16 matmul take X rounded to bf16 too: the
+     * reference rounds it the same way */
+    const int xbf16 = k_dt[k] == WMAT_BF16 && T > 1 && wmat__gemm_bf16_native(WMAT_GEMM_AUTO);
+    float *Xr = malloc(sizeof(float) * (size_t)T * in);
+    for (size_t i = 0; i < (size_t)T * in; i++) Xr[i] = xbf16 ? wmat_bf16_to_f32(wmat_f32_to_bf16(X[i])) : X[i];
+    wmat_sgemm(0, 1, T, rows, in, 1.0f, Xr, in, wq32, in, 0.0f, Yr, rows);
+    free(Xr);
     double e = 0, mx = 0;
     for (size_t i = 0; i < (size_t)T * rows; i++) {
         if (!isfinite(Y[i])) e = INFINITY;
@@ -375,7 +382,11 @@ static void run_shape(int rows, int in, int maxt, int T, double budget, int quic
     for (int a = 0; a < (maxt > 1 ? 2 : 1); a++) {
         const int nt = nts[a];
         wmat_linalg_init(nt); /* wmat_sgemm's own thread count */
-        void *ws = malloc(wmat__wtile_ws_bytes(WMAT_F16, rows, in, T, nt));
+        /* one workspace for every kind: the largest (bf16's holds X in bf16) */
+        size_t wsb = 0;
+        for (int k = 0; k < NK; k++)
+            if (k != K_F32 && wmat__wtile_ws_bytes(k_dt[k], rows, in, T, nt) > wsb) wsb = wmat__wtile_ws_bytes(k_dt[k], rows, in, T, nt);
+        void *ws = malloc(wsb);
         for (int k = 0; k < NK; k++) bt[a][k] = 1e30;
         for (int rep = 0; rep < breps; rep++)
             for (int k = 0; k < NK; k++) {
