@@ -17,9 +17,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -222,66 +219,24 @@ void wmat__spm_dequant(const wmat_spm *s, int64_t r0, int64_t nr, float *out)
     }
 }
 
-/* ---- batched: tiles of rows dequantized into ws, one per thread */
+/* ---- batched: tiles of rows dequantized into ws (tiles.c) */
 
-#define TILE_BYTES (256u << 10)
-
-static int64_t tile_rows(const wmat_spm *s)
-{
-    int64_t tr = (int64_t)(TILE_BYTES / ((size_t)s->cols * 4)) / 16 * 16;
-    if (tr < 16) tr = 16;
-    return tr < s->rows ? tr : s->rows;
-}
-
-static size_t tile_floats(const wmat_spm *s) { return (size_t)tile_rows(s) * (size_t)s->cols + 16; }
+static void spm_rows(const void *obj, int64_t r0, int64_t nr, float *out) { wmat__spm_dequant(obj, r0, nr, out); }
 
 size_t wmat__spm_ws_bytes(const wmat_spm *s, int T, const wmat_wexec *ex)
 {
     (void)T;
-    const int nt = ex->n_threads > 1 ? ex->n_threads : 1;
-    return (size_t)nt * tile_floats(s) * 4 + 64;
-}
-
-static float *tile_of(const wmat_spm *s, void *ws, int t)
-{
-    uintptr_t p = ((uintptr_t)ws + 63) & ~(uintptr_t)63;
-    return (float *)p + (size_t)t * tile_floats(s);
+    return wmat__tiles_ws_bytes(s->rows, s->cols, ex);
 }
 
 void wmat__spm_forward(const wmat_spm *s, const float *X, float *Y, int T, int acc, void *ws, const wmat_wexec *ex)
 {
-    const int64_t tr = tile_rows(s), ntile = (s->rows + tr - 1) / tr, in = s->cols;
-    const int nt = ex->n_threads > 1 && ntile > 1 ? (ex->n_threads < ntile ? ex->n_threads : (int)ntile) : 1;
-    /* one tile: the GEMM gets every thread; several: a thread per tile */
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        int t = 0;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-#endif
-        float *tile = tile_of(s, ws, t);
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < ntile; i++) {
-            const int64_t r0 = i * tr, nr = s->rows - r0 < tr ? s->rows - r0 : tr;
-            wmat__spm_dequant(s, r0, nr, tile);
-            wmat__sgemm_cfg(ex->gemm, nt > 1 ? 1 : ex->n_threads, 0, 1, T, (int)nr, (int)in, 1.0f, X, (int)in, tile,
-                            (int)in, acc ? 1.0f : 0.0f, Y + r0, (int)s->rows);
-        }
-    }
+    wmat__tiles_forward(spm_rows, s, s->rows, s->cols, X, Y, T, acc, ws, ex);
 }
 
-/* dX = dY W: the tiles' contributions add up, so they run in turn, each
- * GEMM on every thread. */
 void wmat__spm_backward(const wmat_spm *s, const float *dY, float *dX, int T, int acc, void *ws, const wmat_wexec *ex)
 {
-    const int64_t tr = tile_rows(s), in = s->cols;
-    float *tile = tile_of(s, ws, 0);
-    for (int64_t r0 = 0; r0 < s->rows; r0 += tr) {
-        const int64_t nr = s->rows - r0 < tr ? s->rows - r0 : tr;
-        wmat__spm_dequant(s, r0, nr, tile);
-        wmat__sgemm_cfg(ex->gemm, ex->n_threads, 0, 0, T, (int)in, (int)nr, 1.0f, dY + r0, (int)s->rows, tile, (int)in,
-                        r0 == 0 && !acc ? 0.0f : 1.0f, dX, (int)in);
-    }
+    wmat__tiles_backward(spm_rows, s, s->rows, s->cols, dY, dX, T, acc, ws, ex);
 }
 
 /* ---- masks */

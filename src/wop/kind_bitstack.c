@@ -33,9 +33,6 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -249,65 +246,30 @@ int wmat__bitstack_dequant_n(const wmat_tensor *W, int nblocks, float *out)
     return WMAT_OK;
 }
 
-/* ---- run: batched, tiles of rows dequantized into ws (one per thread) */
+/* ---- run: batched, tiles of rows dequantized into ws (tiles.c) */
 
-#define TILE_BYTES (256u << 10)
-
-static int64_t tile_rows(const bsobj *o)
+static void bs_rows_deq(const void *obj, int64_t r0, int64_t nr, float *out)
 {
-    int64_t tr = (int64_t)(TILE_BYTES / ((size_t)o->cols * 4)) / 16 * 16;
-    if (tr < 16) tr = 16;
-    return tr < o->rows ? tr : o->rows;
+    const bsobj *o = obj;
+    dequant_n(o, o->active, r0, nr, out);
 }
-
-static size_t tile_floats(const bsobj *o) { return (size_t)tile_rows(o) * (size_t)o->cols + 16; }
 
 static size_t bs_ws(const wmat_tensor *W, int T, const wmat_wexec *ex)
 {
     (void)T;
-    const int nt = ex->n_threads > 1 ? ex->n_threads : 1;
-    return (size_t)nt * tile_floats(bs_of(W)) * 4 + 64;
-}
-
-static float *tile_of(const bsobj *o, void *ws, int t)
-{
-    const uintptr_t p = ((uintptr_t)ws + 63) & ~(uintptr_t)63;
-    return (float *)p + (size_t)t * tile_floats(o);
+    return wmat__tiles_ws_bytes(bs_of(W)->rows, bs_of(W)->cols, ex);
 }
 
 static void bs_forward(const wmat_tensor *W, const float *X, float *Y, int T, int acc, void *ws, const wmat_wexec *ex)
 {
     const bsobj *o = bs_of(W);
-    const int64_t tr = tile_rows(o), ntile = (o->rows + tr - 1) / tr, in = o->cols;
-    const int nt = ex->n_threads > 1 && ntile > 1 ? (ex->n_threads < ntile ? ex->n_threads : (int)ntile) : 1;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        int t = 0;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-#endif
-        float *tile = tile_of(o, ws, t);
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < ntile; i++) {
-            const int64_t r0 = i * tr, nr = o->rows - r0 < tr ? o->rows - r0 : tr;
-            dequant_n(o, o->active, r0, nr, tile);
-            wmat__sgemm_cfg(ex->gemm, nt > 1 ? 1 : ex->n_threads, 0, 1, T, (int)nr, (int)in, 1.0f, X, (int)in, tile,
-                            (int)in, acc ? 1.0f : 0.0f, Y + r0, (int)o->rows);
-        }
-    }
+    wmat__tiles_forward(bs_rows_deq, o, o->rows, o->cols, X, Y, T, acc, ws, ex);
 }
 
 static void bs_backward(const wmat_tensor *W, const float *dY, float *dX, int T, int acc, void *ws, const wmat_wexec *ex)
 {
     const bsobj *o = bs_of(W);
-    const int64_t tr = tile_rows(o), in = o->cols;
-    float *tile = tile_of(o, ws, 0);
-    for (int64_t r0 = 0; r0 < o->rows; r0 += tr) {
-        const int64_t nr = o->rows - r0 < tr ? o->rows - r0 : tr;
-        dequant_n(o, o->active, r0, nr, tile);
-        wmat__sgemm_cfg(ex->gemm, ex->n_threads, 0, 0, T, (int)in, (int)nr, 1.0f, dY + r0, (int)o->rows, tile, (int)in,
-                        r0 == 0 && !acc ? 0.0f : 1.0f, dX, (int)in);
-    }
+    wmat__tiles_backward(bs_rows_deq, o, o->rows, o->cols, dY, dX, T, acc, ws, ex);
 }
 
 /* ---- inspect */

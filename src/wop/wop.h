@@ -47,6 +47,16 @@ typedef struct {
  * the best ISA, its int8-activation choice (-1: on unless WMAT_QACT8=0). */
 wmat_wexec wmat__wexec_from(const wmat_context *ctx);
 
+/* Batched products of a kind that dequantizes rows (tiles.c): rows r0 ..
+ * r0+nr-1 of obj's matrix into out (nr, cols); the tiles go through the
+ * GEMM, one per thread. ws of wmat__tiles_ws_bytes. */
+typedef void (*wmat_rows_dequant)(const void *obj, int64_t r0, int64_t nr, float *out);
+size_t wmat__tiles_ws_bytes(int64_t rows, int64_t cols, const wmat_wexec *ex);
+void wmat__tiles_forward(wmat_rows_dequant deq, const void *obj, int64_t rows, int64_t cols, const float *X, float *Y,
+                         int T, int acc, void *ws, const wmat_wexec *ex);
+void wmat__tiles_backward(wmat_rows_dequant deq, const void *obj, int64_t rows, int64_t cols, const float *dY, float *dX,
+                          int T, int acc, void *ws, const wmat_wexec *ex);
+
 /* One named array of an object kind's storage (a "component"), as it is
  * written to and read from a native directory: "<tensor name><suffix>". */
 typedef struct {
