@@ -38,7 +38,6 @@
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #define KP_X86 1
-#define KP_AVX2 __attribute__((target("avx2,fma")))
 #define KP_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
 #endif
 
@@ -137,49 +136,6 @@ static int build_index(pbobj *o, const char *what)
 
 /* ---- run: one row */
 
-static float bin_sum_ref(const uint8_t *s, const float *x, int64_t cols)
-{
-    float a = 0.0f;
-    for (int64_t c = 0; c < cols; c++) a += (float)sign_at(s, c) * x[c]; /* no branch: the bits are random */
-    return a;
-}
-
-#ifdef KP_X86
-/* Sum of x_c over the set bits of s: a 32-bit word of bits is broadcast and
- * shifted per lane so that bit 8k + i of the word lands in lane i's sign
- * bit for chunk k; blendv keeps x there and 0 elsewhere. */
-KP_AVX2 static float bin_sum_avx2(const uint8_t *s, const float *x, int64_t cols)
-{
-    const __m256i sh0 = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24), eight = _mm256_set1_epi32(8);
-    const __m256i sh1 = _mm256_sub_epi32(sh0, eight), sh2 = _mm256_sub_epi32(sh1, eight),
-                  sh3 = _mm256_sub_epi32(sh2, eight);
-    const __m256 z = _mm256_setzero_ps();
-    __m256 a0 = z, a1 = z, a2 = z, a3 = z;
-    int64_t c = 0;
-    for (; c + 32 <= cols; c += 32) {
-        uint32_t w;
-        memcpy(&w, s + (c >> 3), 4);
-        const __m256i b = _mm256_set1_epi32((int)w);
-        a0 = _mm256_add_ps(a0, _mm256_blendv_ps(z, _mm256_loadu_ps(x + c), _mm256_castsi256_ps(_mm256_sllv_epi32(b, sh0))));
-        a1 = _mm256_add_ps(a1, _mm256_blendv_ps(z, _mm256_loadu_ps(x + c + 8), _mm256_castsi256_ps(_mm256_sllv_epi32(b, sh1))));
-        a2 = _mm256_add_ps(a2, _mm256_blendv_ps(z, _mm256_loadu_ps(x + c + 16), _mm256_castsi256_ps(_mm256_sllv_epi32(b, sh2))));
-        a3 = _mm256_add_ps(a3, _mm256_blendv_ps(z, _mm256_loadu_ps(x + c + 24), _mm256_castsi256_ps(_mm256_sllv_epi32(b, sh3))));
-    }
-    for (; c + 8 <= cols; c += 8) {
-        const __m256i b = _mm256_set1_epi32(s[c >> 3]);
-        a0 = _mm256_add_ps(a0, _mm256_blendv_ps(z, _mm256_loadu_ps(x + c), _mm256_castsi256_ps(_mm256_sllv_epi32(b, sh0))));
-    }
-    const __m256 a = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    float r = _mm_cvtss_f32(h);
-    for (; c < cols; c++)
-        if (sign_at(s, c)) r += x[c];
-    return r;
-}
-#endif
-
 #ifdef KP_X86
 /* The AVX-512 twin of a row: the binary plane's sum as masked adds (a
  * 16-bit word of signs is the mask of 16 inputs), and the salient stream 16
@@ -187,26 +143,6 @@ KP_AVX2 static float bin_sum_avx2(const uint8_t *s, const float *x, int64_t cols
  * cursor steps min(gap + 1, 255) prefix-summed across the lanes (four
  * shifted adds), x gathered at the columns of the non-filler lanes, code x
  * and x summed in 16 chains; the last partial 16 entries walk as in C. */
-KP_AVX512 static float bin_sum_avx512(const uint8_t *s, const float *x, int64_t cols)
-{
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    int64_t c = 0;
-    for (; c + 32 <= cols; c += 32) {
-        uint32_t w;
-        memcpy(&w, s + (c >> 3), 4);
-        a0 = _mm512_mask_add_ps(a0, (__mmask16)(w & 0xffff), a0, _mm512_loadu_ps(x + c));
-        a1 = _mm512_mask_add_ps(a1, (__mmask16)(w >> 16), a1, _mm512_loadu_ps(x + c + 16));
-    }
-    for (; c + 16 <= cols; c += 16) {
-        uint16_t w;
-        memcpy(&w, s + (c >> 3), 2);
-        a0 = _mm512_mask_add_ps(a0, (__mmask16)w, a0, _mm512_loadu_ps(x + c));
-    }
-    float r = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-    for (; c < cols; c++)
-        if (sign_at(s, c)) r += x[c];
-    return r;
-}
 
 KP_AVX512 static void sal_sums_avx512(const pbobj *o, int64_t r, const float *x, float *csum, float *xsum)
 {
@@ -264,30 +200,24 @@ static void pb_rows(const wmat_tensor *W, const float *x, const void *prep, floa
 {
     const pbobj *o = pb_of(W);
     const float S = *(const float *)prep;
-    int avx2 = 0, avx512 = 0;
+    int avx512 = 0;
 #ifdef KP_X86
-    avx2 = ex->isa >= WMAT_ISA_AVX2 && wmat__isa_best() >= WMAT_ISA_AVX2;
     avx512 = ex->isa >= WMAT_ISA_AVX512 && wmat__isa_best() >= WMAT_ISA_AVX512;
-#else
-    (void)ex;
 #endif
+    const wmat_bits_sum_fn bsum = wmat__bits_sum_for(ex->isa);
     for (int64_t r = r0; r < r1; r++) {
         const float *f = o->rowf + r * 4;
         const uint8_t *s = o->sign + r * o->sb;
-        float m;
+        const float m = bsum(s, x, o->cols);
 #ifdef KP_X86
         if (avx512) {
             float csum, xsum;
-            m = bin_sum_avx512(s, x, o->cols);
             sal_sums_avx512(o, r, x, &csum, &xsum);
             const float d = (f[0] - f[1]) * (S - xsum) + 2.0f * f[1] * m + f[2] * (csum - f[3] * xsum);
             y[r] = acc ? y[r] + d : d;
             continue;
         }
-        if (avx2) m = bin_sum_avx2(s, x, o->cols);
-        else
 #endif
-            m = bin_sum_ref(s, x, o->cols);
         /* salient positions have sign bit 0 (checked on load), so the binary
          * plane gave them mu - alpha: each adds scale (code - zero) x_c -
          * (mu - alpha) x_c; sum code x_c and sum x_c over four chains each */
@@ -302,7 +232,6 @@ static void pb_rows(const wmat_tensor *W, const float *x, const void *prep, floa
         const float d = (f[0] - f[1]) * (S - xsum) + 2.0f * f[1] * m + f[2] * (csum - f[3] * xsum);
         y[r] = acc ? y[r] + d : d;
     }
-    (void)avx2, (void)avx512;
 }
 
 static void pb_dequant(const wmat_tensor *W, int64_t r0, int64_t nr, float *out)

@@ -47,6 +47,11 @@ typedef struct {
  * the best ISA, its int8-activation choice (-1: on unless WMAT_QACT8=0). */
 wmat_wexec wmat__wexec_from(const wmat_context *ctx);
 
+/* Sum of x[c] over the set bits of a packed bit row of n bits (kern_bits.c),
+ * at the ISA level (clamped to the CPU's). */
+typedef float (*wmat_bits_sum_fn)(const uint8_t *bits, const float *x, int64_t n);
+wmat_bits_sum_fn wmat__bits_sum_for(int isa);
+
 /* Batched products of a kind that dequantizes rows (tiles.c): rows r0 ..
  * r0+nr-1 of obj's matrix into out (nr, cols); the tiles go through the
  * GEMM, one per thread. ws of wmat__tiles_ws_bytes. */
