@@ -137,9 +137,8 @@ static int build_index(pbobj *o, const char *what)
 /* ---- run: one row */
 
 #ifdef KP_X86
-/* The AVX-512 twin of a row: the binary plane's sum as masked adds (a
- * 16-bit word of signs is the mask of 16 inputs), and the salient stream 16
- * entries at a time: each 16-bit (gap, code) pair widened to a lane, the
+/* The AVX-512 twin of a row's salient stream (the binary plane's sum is
+ * kern_bits.c's, masked adds at this level), 16 entries at a time: each 16-bit (gap, code) pair widened to a lane, the
  * cursor steps min(gap + 1, 255) prefix-summed across the lanes (four
  * shifted adds), x gathered at the columns of the non-filler lanes, code x
  * and x summed in 16 chains; the last partial 16 entries walk as in C. */
