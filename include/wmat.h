@@ -1166,6 +1166,36 @@ WMAT_API int wmat_method_info(int i, wmat_method_about *out);
 WMAT_API int wmat_method_key_info(int i, int k, wmat_method_key *out);
 /* ---------------------------------------------------------------- end method registry */
 
+/* ---------------------------------------------------------------- experiments */
+/* Measured studies of the papers' claims (docs/EXPERIMENTS.md), listed by
+ * wmat_method_info as the family "experiment" (their keys by
+ * wmat_method_key_info). Each fills a table of numbers: rows, each with a
+ * series label, and named columns; a chart plots column y_col against x_col
+ * with one line per series. */
+typedef struct {
+    char *title;          /* one line */
+    char *note;           /* the claim under test and how to read the table; may be NULL */
+    int ncols, nrows;
+    char **cols;          /* ncols column names */
+    char **series;        /* nrows labels */
+    double *v;            /* nrows x ncols, row-major; NaN: not measured */
+    int x_col, y_col;     /* the chart's columns; -1: no chart */
+    int log_x, log_y;
+    int cap;              /* rows allocated (internal) */
+} wmat_table;
+
+typedef struct {
+    const char *params;   /* "key=value;..." of the experiment's keys (";" between items, so values
+                             may hold commas: "widths=16,64"); NULL: defaults */
+    uint64_t seed;        /* 0: the experiment's default (1) */
+    const wmat_context *ctx; /* threads and progress; NULL: defaults */
+} wmat_experiment_params;
+
+/* Run experiment `name` into *out (zeroed first; free with wmat_table_free,
+ * also after a failure). */
+WMAT_API int wmat_experiment_run(const char *name, const wmat_experiment_params *p, wmat_table *out);
+WMAT_API void wmat_table_free(wmat_table *t);
+
 /* ---------------------------------------------------------------- quantization methods */
 /* Post-training weight quantization (docs/QUANT.md): RTN, imatrix-weighted
  * RTN, GPTQ and AdaDim over every linear layer, with calibration through the

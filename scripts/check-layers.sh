@@ -11,7 +11,7 @@ root=${1:-$(cd "$(dirname "$0")/.." && pwd)}
 cd "$root" || exit 2
 
 # The allowed order, lowest first: the one place it is written.
-LAYERS="core linalg wop io model quant decomp train analyze merge catalog tools"
+LAYERS="core linalg wop io model quant decomp train analyze merge experiment catalog tools"
 
 # Headers only src/linalg may include (extended regular expression).
 BACKEND_HEADERS='^(cblas|lapacke|lapacke_[a-z_]*|lapack|f77blas|openblas_config|dnnl|dnnl_[a-z_]*)\.h$|^oneapi/dnnl/'

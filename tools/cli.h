@@ -115,6 +115,7 @@ int cmd_signature(int argc, char **argv);
 int cmd_adapter(int argc, char **argv);
 int cmd_align(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
+int cmd_experiment(int argc, char **argv);
 
 extern const cli_command g_commands[];
 const cli_command *cli_find_command(const char *name);

@@ -36,6 +36,8 @@ const cli_command g_commands[] = {
     {"adapter", "PEFT adapters: describe one, or merge adapters into a base and write it (generate/eval take --adapter DIR).",
      "(info DIR | merge BASE DIR... OUT [--to FMT] [--dtype T]) [options]", cmd_adapter},
     {"align", "Weight matching: permute B's channels and heads to match A (git re-basin); loss along the linear path before and after.", "A B OUT [--lmc-text FILE [--report lmc.svg]] [options]", cmd_align},
+    {"experiment", "Run a measured study of a paper's claim (a table; CSV, JSON, SVG chart); without NAME, list them.",
+     "NAME [experiment keys] [--csv F] [--svg F] [--json | --json-out F] [--seed N] [options]", cmd_experiment},
     {"plot", "Draw a line chart (SVG) of a table of points: lines SERIES<TAB>X<TAB>Y (the docs' size-quality curves).",
      "TABLE.tsv OUT.svg [--xlabel T] [--ylabel T] [--title T] [--ymax Y] [--dashed NAMES]", cmd_plot},
     {NULL, NULL, NULL, NULL},

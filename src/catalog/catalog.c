@@ -2,6 +2,7 @@
 #include "catalog.h"
 
 #include "decomp/decomp.h"
+#include "experiment/experiment.h"
 #include "quant/methods.h"
 
 #include <stdio.h>
@@ -14,6 +15,8 @@ const wmat_method_desc *wmat__method_at(int i)
         if (i-- == 0) return &q->desc;
     for (const wmat_dmethod *d = wmat__dmethods; d->name; d++)
         if (i-- == 0) return &d->desc;
+    for (const wmat_experiment *const *e = wmat__experiments; *e; e++)
+        if (i-- == 0) return &(*e)->desc;
     return NULL;
 }
 

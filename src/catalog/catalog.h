@@ -1,6 +1,6 @@
 /* The catalogue: every registered method of every family, read from the
  * families' own registries (src/quant's wmat__qmethods, src/decomp's
- * wmat__dmethods) as shared descriptors (core/method.h). It sits above the
+ * wmat__dmethods, src/experiment's wmat__experiments) as shared descriptors (core/method.h). It sits above the
  * families so that they stay peers; the public listing (wmat_method_count,
  * wmat_method_info, wmat_method_key_info) and the CLI read it. A new family
  * adds one loop to wmat__method_at. */

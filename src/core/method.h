@@ -17,6 +17,7 @@
 /* The families (the strings are what users see: --help, wmat_method_info). */
 #define WMAT_FAMILY_QUANTIZATION "quantization"
 #define WMAT_FAMILY_DECOMPOSITION "decomposition"
+#define WMAT_FAMILY_EXPERIMENT "experiment"
 
 /* Statistics of a layer's input (or of the loss) a method needs. */
 enum {

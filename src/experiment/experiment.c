@@ -1,0 +1,142 @@
+/* The experiment registry, its runner and the result table (experiment.h). */
+#include "experiment.h"
+#include "core/internal.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern const wmat_experiment wmat__exp_ibp_init;
+
+/* One line per experiment; the catalogue lists them in this order. */
+const wmat_experiment *const wmat__experiments[] = {
+    &wmat__exp_ibp_init,
+    NULL,
+};
+
+const wmat_experiment *wmat__experiment_find(const char *name)
+{
+    for (int i = 0; name && wmat__experiments[i]; i++)
+        if (!strcmp(wmat__experiments[i]->name, name)) return wmat__experiments[i];
+    return NULL;
+}
+
+void wmat_table_free(wmat_table *t)
+{
+    if (!t) return;
+    for (int i = 0; t->cols && i < t->ncols; i++) free(t->cols[i]);
+    for (int i = 0; t->series && i < t->nrows; i++) free(t->series[i]);
+    free(t->cols);
+    free(t->series);
+    free(t->v);
+    free(t->title);
+    free(t->note);
+    memset(t, 0, sizeof *t);
+    t->x_col = t->y_col = -1;
+}
+
+int wmat__table_init(wmat_table *t, const char *title, const char *cols)
+{
+    wmat_table_free(t);
+    int n = 1;
+    for (const char *c = cols; *c; c++) n += *c == '|';
+    t->cols = calloc((size_t)n, sizeof *t->cols);
+    t->title = strdup(title ? title : "");
+    if (!t->cols || !t->title) return wmat_set_error(WMAT_ERR_NOMEM, "experiment table: out of memory");
+    const char *c = cols;
+    for (int i = 0; i < n; i++) {
+        const char *e = strchr(c, '|');
+        const size_t len = e ? (size_t)(e - c) : strlen(c);
+        if (!len) return wmat_set_error(WMAT_ERR_INVALID, "experiment table: empty column name in '%s'", cols);
+        if (!(t->cols[i] = strndup(c, len))) return wmat_set_error(WMAT_ERR_NOMEM, "experiment table: out of memory");
+        t->ncols = i + 1;
+        c = e ? e + 1 : c + len;
+    }
+    return WMAT_OK;
+}
+
+int wmat__table_add(wmat_table *t, const char *series, const double *v)
+{
+    if (t->ncols < 1) return wmat_set_error(WMAT_ERR_INVALID, "experiment table: no columns");
+    if (t->nrows == t->cap) {
+        const int cap = t->cap ? 2 * t->cap : 16;
+        double *nv = realloc(t->v, (size_t)cap * (size_t)t->ncols * sizeof *nv);
+        if (!nv) return wmat_set_error(WMAT_ERR_NOMEM, "experiment table: out of memory");
+        t->v = nv;
+        char **ns = realloc(t->series, (size_t)cap * sizeof *ns);
+        if (!ns) return wmat_set_error(WMAT_ERR_NOMEM, "experiment table: out of memory");
+        t->series = ns;
+        t->cap = cap;
+    }
+    if (!(t->series[t->nrows] = strdup(series ? series : "")))
+        return wmat_set_error(WMAT_ERR_NOMEM, "experiment table: out of memory");
+    memcpy(t->v + (size_t)t->nrows * (size_t)t->ncols, v, (size_t)t->ncols * sizeof *v);
+    t->nrows++;
+    return WMAT_OK;
+}
+
+static int col_index(const wmat_table *t, const char *name)
+{
+    for (int i = 0; i < t->ncols; i++)
+        if (!strcmp(t->cols[i], name)) return i;
+    return -1;
+}
+
+int wmat__table_chart(wmat_table *t, const char *x, const char *y, int log_x, int log_y)
+{
+    t->x_col = col_index(t, x);
+    t->y_col = col_index(t, y);
+    if (t->x_col < 0 || t->y_col < 0)
+        return wmat_set_error(WMAT_ERR_INVALID, "experiment table: chart columns '%s' / '%s' are not columns", x, y);
+    t->log_x = log_x;
+    t->log_y = log_y;
+    return WMAT_OK;
+}
+
+int wmat__table_note(wmat_table *t, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    const int n = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    if (n < 0) return wmat_set_error(WMAT_ERR_NOMEM, "experiment table: out of memory");
+    free(t->note);
+    t->note = s;
+    return WMAT_OK;
+}
+
+int wmat_experiment_run(const char *name, const wmat_experiment_params *p, wmat_table *out)
+{
+    if (!out) return wmat_set_error(WMAT_ERR_INVALID, "experiment: no table to fill");
+    memset(out, 0, sizeof *out);
+    out->x_col = out->y_col = -1;
+    const wmat_experiment *e = wmat__experiment_find(name);
+    if (!e) {
+        char names[512] = "";
+        size_t k = 0;
+        for (int i = 0; wmat__experiments[i] && k < sizeof names; i++)
+            k += (size_t)snprintf(names + k, sizeof names - k, "%s%s", i ? ", " : "", wmat__experiments[i]->name);
+        return wmat_set_error(WMAT_ERR_INVALID, "experiment '%s' does not exist (experiments: %s)", name ? name : "(null)",
+                              names);
+    }
+    wmat_pset ps;
+    int rc = wmat__pset_init(&ps, e->schema);
+    if (rc) return rc;
+    if (p && p->params && (rc = wmat__pset_parse_kv(&ps, p->params, ';', 0))) {
+        wmat__pset_free(&ps);
+        return wmat_set_error(rc, "experiment %s: %s", e->name, wmat_last_error());
+    }
+    const wmat_context ctx = p && p->ctx ? *p->ctx : wmat_context_default();
+    const wmat_exp_env env = {.ctx = &ctx, .seed = p && p->seed ? p->seed : 1};
+    rc = e->run(&ps, &env, out);
+    wmat__pset_free(&ps);
+    if (rc) return rc;
+    for (int64_t i = 0; i < (int64_t)out->nrows * out->ncols; i++)
+        if (isinf(out->v[i]))
+            return wmat_set_error(WMAT_ERR_NUMERIC, "experiment %s: an infinite value in column %s", e->name,
+                                  out->cols[i % out->ncols]);
+    return WMAT_OK;
+}

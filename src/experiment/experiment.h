@@ -1,0 +1,44 @@
+/* Experiments: measured studies that answer a paper's claim with a table
+ * (`wmat experiment NAME`), registered as the method catalogue's family
+ * "experiment" (core/method.h), so listing, help, flags and checks come
+ * from each row's parameter schema like any other method's. A row adds a
+ * run function that fills a wmat_table, and `smoke`: settings small enough
+ * for tests/test_experiment.c to run every entry in seconds.
+ *
+ * Adding one: a file exp_<name>.c defining a const wmat_experiment and one
+ * line in the table of experiment.c. The module sits above train, analyze
+ * and merge (an experiment may train, analyze or merge) and below the
+ * catalogue. */
+#ifndef WMAT_EXPERIMENT_H
+#define WMAT_EXPERIMENT_H
+
+#include "core/method.h"
+#include "wmat.h"
+
+typedef struct {
+    const wmat_context *ctx;     /* threads, progress; never NULL here */
+    uint64_t seed;
+} wmat_exp_env;
+
+typedef int (*wmat_exp_fn)(const wmat_pset *ps, const wmat_exp_env *env, wmat_table *out);
+
+typedef struct {
+    WMAT_METHOD_ROW;
+    wmat_exp_fn run;
+    const char *smoke; /* "key=value;..." that runs in a few seconds (tests) */
+} wmat_experiment;
+
+/* The table, ended by a row with name == NULL. */
+extern const wmat_experiment *const wmat__experiments[];
+const wmat_experiment *wmat__experiment_find(const char *name);
+
+/* ---- building a table (the functions set wmat's error on failure) */
+/* Columns from a '|'-separated list ("depth|width|measured|predicted"). */
+int wmat__table_init(wmat_table *t, const char *title, const char *cols);
+/* One row: its series label (copied) and ncols values. */
+int wmat__table_add(wmat_table *t, const char *series, const double *v);
+/* The chart: y against x (column names), one line per series. */
+int wmat__table_chart(wmat_table *t, const char *x, const char *y, int log_x, int log_y);
+int wmat__table_note(wmat_table *t, const char *fmt, ...);
+
+#endif
