@@ -1292,6 +1292,13 @@ WMAT_API wmat_quantize_params wmat_quantize_default_params(void);
  * takes): name i (NULL past the end) and whether it needs calibration data.
  * `wmat quantize --help` lists each one's keys. */
 WMAT_API const char *wmat_quantize_method_name(int i, int *needs_calibration);
+/* What p.gradients must hold for the run p describes (its method, keys and
+ * override items): 0 nothing, WMAT_GRADS_MEAN dL/dW
+ * (wmat_model_weight_gradients), WMAT_GRADS_FISHER the per-window mean of
+ * (dL/dW)^2 (wmat_model_weight_fisher); a negative status for settings
+ * wmat_quantize_model would refuse (unknown method, bad key). */
+enum { WMAT_GRADS_MEAN = 1, WMAT_GRADS_FISHER = 2 };
+WMAT_API int wmat_quantize_gradients_wanted(const wmat_quantize_params *p);
 
 typedef struct {
     char name[WMAT_NAME_MAX];

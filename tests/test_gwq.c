@@ -426,6 +426,42 @@ static void test_model_roundtrip(void **state)
     free(tok);
 }
 
+/* The library says which gradient statistic a run reads, from the method,
+ * its keys and the override items (the CLI computes only that one). */
+static void test_gradients_wanted(void **state)
+{
+    (void)state;
+    wmat_quantize_params p = wmat_quantize_default_params();
+    p.method = "rtn";
+    assert_int_equal(wmat_quantize_gradients_wanted(&p), 0);
+    p.method = "gwq";
+    assert_int_equal(wmat_quantize_gradients_wanted(&p), WMAT_GRADS_MEAN);
+    p.method_params = "score=fisher";
+    assert_int_equal(wmat_quantize_gradients_wanted(&p), WMAT_GRADS_FISHER);
+    p.method_params = "score=magnitude";
+    assert_int_equal(wmat_quantize_gradients_wanted(&p), 0);
+    p.method_params = "score=hessian";
+    assert_int_equal(wmat_quantize_gradients_wanted(&p), 0);
+    /* an override item brings its own method and keys */
+    p.method = "rtn";
+    p.method_params = NULL;
+    p.overrides = "down=gwq:score=fisher";
+    assert_int_equal(wmat_quantize_gradients_wanted(&p), WMAT_GRADS_FISHER);
+    p.overrides = "down=gwq:3:64,up=gwq:score=random";
+    assert_int_equal(wmat_quantize_gradients_wanted(&p), WMAT_GRADS_MEAN);
+    p.overrides = "down=keep";
+    assert_int_equal(wmat_quantize_gradients_wanted(&p), 0);
+    /* a method named in a pattern is not a method that runs */
+    p.overrides = "gwq_like_name=rtn";
+    assert_int_equal(wmat_quantize_gradients_wanted(&p), 0);
+    p.overrides = "down=nosuchmethod";
+    assert_int_equal(wmat_quantize_gradients_wanted(&p), WMAT_ERR_INVALID);
+    p.overrides = NULL;
+    p.method = "nosuchmethod";
+    assert_int_equal(wmat_quantize_gradients_wanted(&p), WMAT_ERR_INVALID);
+    assert_int_equal(wmat_quantize_gradients_wanted(NULL), WMAT_ERR_INVALID);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -433,6 +469,7 @@ int main(void)
         cmocka_unit_test(test_mask_topk),
         cmocka_unit_test(test_method_vs_literal),
         cmocka_unit_test(test_model_roundtrip),
+        cmocka_unit_test(test_gradients_wanted),
     };
     return tu_run_tests("gwq", tests, NULL, NULL);
 }

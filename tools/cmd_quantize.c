@@ -267,15 +267,15 @@ int cmd_quantize(int argc, char **argv)
     }
     /* methods that read dL/dW: the trainer's backward on the fp32 model,
      * the first 8 calibration windows (src/train/gradstat.c), once */
-    int need_grads = 0;
-    for (const wmat_qmethod *qm = wmat__qmethods; qm->name; qm++)
-        if ((qm->stats & WMAT_QSTAT_GRADIENTS) && (!strcmp(qm->name, method) || (overrides && strstr(overrides, qm->name))))
-            need_grads = 1;
-    if (need_grads && cal) {
+    const int grads_wanted = wmat_quantize_gradients_wanted(&qp);
+    if (grads_wanted < 0) {
+        cli_fail("quantize");
+        goto out;
+    }
+    if (grads_wanted && cal) {
         const double t0 = wmat__now();
         double gl = 0.0;
-        /* a score that reads per-window squared gradients gets those instead */
-        const int fisher = strstr(kv, "score=fisher") != NULL;
+        const int fisher = grads_wanted == WMAT_GRADS_FISHER;
         if ((fisher ? wmat_model_weight_fisher : wmat_model_weight_gradients)(m, cal, n_cal, cctx, 8, g_cli.threads,
                                                                               &grads, &gl)) {
             cli_fail("quantize");

@@ -392,6 +392,49 @@ static int job_params(qjob *j, const wmat_quantize_params *p, int n_threads)
     return rc;
 }
 
+/* The gradient statistic one method's settings read (pset ps of that
+ * method): the scores that read dL/dW, or the Fisher diagonal. */
+static int grads_of(const wmat_qmethod *m, const wmat_pset *ps)
+{
+    if (!(m->stats & WMAT_QSTAT_GRADIENTS)) return 0;
+    wmat_qparams qp;
+    wmat__qparams_from(ps, &qp);
+    if (qp.score == WMAT_GWQ_FISHER) return WMAT_GRADS_FISHER;
+    const int reads = qp.score == WMAT_GWQ_GRAD || qp.score == WMAT_GWQ_GRAD_W || qp.score == WMAT_GWQ_GRAD2;
+    return reads ? WMAT_GRADS_MEAN : 0;
+}
+
+/* One method's settings as job_params builds them (fields: an override
+ * item's, or NULL for the command line's method). */
+static int method_grads(const wmat_qmethod *m, const wmat_quantize_params *p, wmat_override_item *it)
+{
+    wmat_pset ps;
+    int rc = wmat__pset_init(&ps, m->schema);
+    if (rc) return rc;
+    char kv[512];
+    struct_kv(p, kv, sizeof kv);
+    if (!(rc = wmat__pset_parse_kv(&ps, kv, ',', 1))) rc = wmat__pset_parse_kv(&ps, p->method_params, ',', 1);
+    if (!rc && it) rc = ov_fields(&ps, it, 0);
+    if (!rc) rc = grads_of(m, &ps);
+    wmat__pset_free(&ps);
+    return rc;
+}
+
+int wmat_quantize_gradients_wanted(const wmat_quantize_params *p)
+{
+    if (!p) return wmat_set_error(WMAT_ERR_INVALID, "quantize: no parameters");
+    int rc = wmat__quantize_check(p);
+    if (rc) return rc;
+    int want = method_grads(find_quant(p->method), p, NULL);
+    wmat_override_item it;
+    for (const char *s = p->overrides; want >= 0 && (rc = wmat__override_next(&s, &it, OV_SYNTAX)) > 0;) {
+        if (wmat__override_is_keep(&it)) continue;
+        const int w = method_grads(find_quant(it.method), p, &it);
+        want = w < 0 ? w : w > want ? w : want;
+    }
+    return rc < 0 ? rc : want;
+}
+
 /* With a GGUF output, settings that no GGUF type holds exactly are refused
  * before any calibration (the rules of the packed kind's GGUF export:
  * Q4_0 / Q8_0, symmetric, 32-input blocks, no column permutation). */
