@@ -16,10 +16,12 @@
 #        REF_CMD: a shell command that runs the reference flow (IST-DASLab's gptq.py with llama.py's
 #        --true-sequential loop) on the same model, data and settings; it is timed with /usr/bin/time
 #        in the same run, one after the other. When REF_CMD is unset and INSTALL_REF=1, the script's
-#        own set-up installs Debian's python3-torch (apt-get) and fetches the reference's source into
-#        REF_DIR (default ~/.cache/wmat-gptq-ref, git clone https://github.com/IST-DASLab/gptq), and
-#        prints what REF_CMD needs to be: the reference reads Hugging Face checkpoints, so running it on
-#        a GGUF needs a converter that this repository does not have. CI does not run this script.
+#        own set-up installs Debian's python3-torch (apt-get), fetches the reference's source into
+#        REF_DIR (default ~/.cache/wmat-gptq-ref; git clone of REF_SRC, default
+#        https://github.com/IST-DASLab/gptq) and runs it with scripts/gptq-ref/llama_gguf_seq.py: the
+#        reference's own GPTQ and Quantizer classes in llama.py's loop, on this GGUF (the reference
+#        itself reads Hugging Face checkpoints through transformers, which Debian does not package;
+#        the driver's docstring says what it adds). CI does not run this script.
 #
 # Prints wmat's report lines (calibration, time, breakdown, wrote), wall time and peak RSS of the
 # whole process (/usr/bin/time), and the reference's wall time and peak RSS when it ran, with the
@@ -54,10 +56,17 @@ out=${2:-$tmp/out}
 [ -x /usr/bin/time ] || { echo "bench-gptq-1b: /usr/bin/time is needed for the peak RSS" >&2; exit 1; }
 
 if [ -z "${REF_CMD:-}" ] && [ "${INSTALL_REF:-0}" = 1 ]; then
+    # the reference flow: its own gptq.py / quant.py, driven by scripts/gptq-ref/llama_gguf_seq.py
+    # (llama.py's true-sequential loop on this GGUF, with a torch LLaMA layer: no transformers)
     ref_dir=${REF_DIR:-$HOME/.cache/wmat-gptq-ref}
-    python3 -c 'import torch' 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-torch; }
-    [ -d "$ref_dir/gptq" ] || git clone -q https://github.com/IST-DASLab/gptq "$ref_dir/gptq"
-    echo "reference source in $ref_dir/gptq; set REF_CMD to run it on this model (it reads Hugging Face checkpoints)"
+    python3 -c 'import torch, numpy' 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-torch python3-numpy; }
+    if [ ! -f "$ref_dir/gptq/gptq.py" ]; then
+        mkdir -p "$ref_dir"
+        git clone -q "${REF_SRC:-https://github.com/IST-DASLab/gptq}" "$ref_dir/gptq" ||
+            { echo "bench-gptq-1b: could not fetch the reference (set REF_SRC to a local clone)" >&2; exit 1; }
+    fi
+    echo "reference source: $ref_dir/gptq at $(git -C "$ref_dir/gptq" rev-parse --short HEAD 2>/dev/null)"
+    REF_CMD="python3 $root/scripts/gptq-ref/llama_gguf_seq.py $model $calib --ref-dir $ref_dir/gptq --nsamples $((tokens / ctx)) --seqlen $ctx --wbits $bits --groupsize $group --threads $threads${blocks:+ --blocks $blocks}"
 fi
 
 declare -A fwd walls
@@ -91,6 +100,7 @@ if [ -n "${REF_CMD:-}" ]; then
         exit 1
     }
     read -r rwall rrss < "$tmp/rtime"
+    grep '^reference breakdown' "$tmp/ref.txt"
     echo "reference     $rwall s wall, peak RSS $rrss KB"
     awk -v a="$rwall" -v b="$wall" 'BEGIN { printf "ratio         wmat is %.2fx faster end to end (same run)\n", a / b }'
 else

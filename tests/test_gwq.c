@@ -431,34 +431,35 @@ static void test_model_roundtrip(void **state)
 static void test_gradients_wanted(void **state)
 {
     (void)state;
-    wmat_quantize_params p = wmat_quantize_default_params();
-    p.method = "rtn";
-    assert_int_equal(wmat_quantize_gradients_wanted(&p), 0);
-    p.method = "gwq";
-    assert_int_equal(wmat_quantize_gradients_wanted(&p), WMAT_GRADS_MEAN);
-    p.method_params = "score=fisher";
-    assert_int_equal(wmat_quantize_gradients_wanted(&p), WMAT_GRADS_FISHER);
-    p.method_params = "score=magnitude";
-    assert_int_equal(wmat_quantize_gradients_wanted(&p), 0);
-    p.method_params = "score=hessian";
-    assert_int_equal(wmat_quantize_gradients_wanted(&p), 0);
-    /* an override item brings its own method and keys */
-    p.method = "rtn";
-    p.method_params = NULL;
-    p.overrides = "down=gwq:score=fisher";
-    assert_int_equal(wmat_quantize_gradients_wanted(&p), WMAT_GRADS_FISHER);
-    p.overrides = "down=gwq:3:64,up=gwq:score=random";
-    assert_int_equal(wmat_quantize_gradients_wanted(&p), WMAT_GRADS_MEAN);
-    p.overrides = "down=keep";
-    assert_int_equal(wmat_quantize_gradients_wanted(&p), 0);
-    /* a method named in a pattern is not a method that runs */
-    p.overrides = "gwq_like_name=rtn";
-    assert_int_equal(wmat_quantize_gradients_wanted(&p), 0);
-    p.overrides = "down=nosuchmethod";
-    assert_int_equal(wmat_quantize_gradients_wanted(&p), WMAT_ERR_INVALID);
-    p.overrides = NULL;
-    p.method = "nosuchmethod";
-    assert_int_equal(wmat_quantize_gradients_wanted(&p), WMAT_ERR_INVALID);
+    static const struct {
+        const char *method, *keys, *overrides;
+        int want;
+    } cases[] = {
+        {"rtn", NULL, NULL, 0},
+        {"gwq", NULL, NULL, WMAT_GRADS_MEAN},
+        {"gwq", "score=fisher", NULL, WMAT_GRADS_FISHER},
+        {"gwq", "score=magnitude", NULL, 0},
+        {"gwq", "score=hessian", NULL, 0},
+        /* an override item brings its own method and keys */
+        {"rtn", NULL, "down=gwq:score=fisher", WMAT_GRADS_FISHER},
+        {"rtn", NULL, "down=gwq:3:64,up=gwq:score=random", WMAT_GRADS_MEAN},
+        {"gwq", NULL, "down=keep", WMAT_GRADS_MEAN},
+        {"rtn", NULL, "down=keep", 0},
+        /* a method named in a pattern is not a method that runs */
+        {"rtn", NULL, "gwq_like_name=rtn", 0},
+        {"rtn", NULL, "down=nosuchmethod", WMAT_ERR_INVALID},
+        {"nosuchmethod", NULL, NULL, WMAT_ERR_INVALID},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        wmat_quantize_params p = wmat_quantize_default_params();
+        p.method = cases[i].method;
+        p.method_params = cases[i].keys;
+        p.overrides = cases[i].overrides;
+        const int got = wmat_quantize_gradients_wanted(&p);
+        if (got != cases[i].want)
+            fail_msg("%s %s %s: %d, expected %d", p.method, p.method_params ? p.method_params : "",
+                     p.overrides ? p.overrides : "", got, cases[i].want);
+    }
     assert_int_equal(wmat_quantize_gradients_wanted(NULL), WMAT_ERR_INVALID);
 }
 
