@@ -59,14 +59,16 @@ if [ -z "${REF_CMD:-}" ] && [ "${INSTALL_REF:-0}" = 1 ]; then
     # the reference flow: its own gptq.py / quant.py, driven by scripts/gptq-ref/llama_gguf_seq.py
     # (llama.py's true-sequential loop on this GGUF, with a torch LLaMA layer: no transformers)
     ref_dir=${REF_DIR:-$HOME/.cache/wmat-gptq-ref}
-    python3 -c 'import torch, numpy' 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-torch python3-numpy; }
+    # Debian's python (a python3 earlier on PATH, e.g. pyenv's, does not see Debian's torch)
+    py=${PYTHON:-/usr/bin/python3}
+    "$py" -c 'import torch, numpy' 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-torch python3-numpy; }
     if [ ! -f "$ref_dir/gptq/gptq.py" ]; then
         mkdir -p "$ref_dir"
         git clone -q "${REF_SRC:-https://github.com/IST-DASLab/gptq}" "$ref_dir/gptq" ||
             { echo "bench-gptq-1b: could not fetch the reference (set REF_SRC to a local clone)" >&2; exit 1; }
     fi
     echo "reference source: $ref_dir/gptq at $(git -C "$ref_dir/gptq" rev-parse --short HEAD 2>/dev/null)"
-    REF_CMD="python3 $root/scripts/gptq-ref/llama_gguf_seq.py $model $calib --ref-dir $ref_dir/gptq --nsamples $((tokens / ctx)) --seqlen $ctx --wbits $bits --groupsize $group --threads $threads${blocks:+ --blocks $blocks}"
+    REF_CMD="$py $root/scripts/gptq-ref/llama_gguf_seq.py $model $calib --ref-dir $ref_dir/gptq --nsamples $((tokens / ctx)) --seqlen $ctx --wbits $bits --groupsize $group --threads $threads${blocks:+ --blocks $blocks}"
 fi
 
 declare -A fwd walls

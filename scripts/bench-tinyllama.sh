@@ -6,7 +6,9 @@
 #   DIR holds tinyllama-rand-{f32,f16,q8_0,q4_0}.gguf; N_TOKENS generated per run (default 64).
 #   env: WMAT (default build/wmat), WMAT_NODE_LLAMA_DIR (default ~/.cache/wmat-node-llama; holds
 #        node_modules/node-llama-cpp, installed there with npm install node-llama-cpp@3.22.1 when
-#        absent, as .ci/run does), THREADS (default "1 2"), TYPES (default "f32 f16 q8_0 q4_0"),
+#        absent, as .ci/run does), THREADS (default "1 2"), TYPES (default "f32 f16 q8_0 q4_0";
+#        an entry with a '/' is a model path: a GGUF runs in both, a native directory written by
+#        `wmat quantize` in wmat only, e.g. TYPES="q4_0 /tmp/iq2xxs.gguf /tmp/bcq2-g128"),
 #        NO_PEER=1 skips llama.cpp, NO_WMAT=1 skips wmat.
 #
 # llama.cpp: the model's prompt ids for "Once upon a time", then greedy tokens from the context
@@ -91,10 +93,11 @@ printf '%-8s %7s | %14s %14s | %10s %12s %12s %9s\n' type threads "llama.cpp tg"
   "wmat pp256" "pp % peak"
 for t in $types; do
   f="$dir/tinyllama-rand-$t.gguf"
-  if [ ! -f "$f" ]; then echo "bench-tinyllama: $f missing (scripts/make-tinyllama.sh $dir)" >&2; continue; fi
+  case $t in */*) f=$t; t=$(basename "$t") ;; esac
+  if [ ! -e "$f" ]; then echo "bench-tinyllama: $f missing (scripts/make-tinyllama.sh $dir)" >&2; continue; fi
   for n in $threads; do
     lt="-" lp="-" wt="-" wr="-"
-    if [ $peer = 1 ]; then
+    if [ $peer = 1 ] && [ -f "$f" ]; then
       if NODE_PATH="$nld/node_modules" timeout 900 node "$tmp/speed.mjs" "$f" "$n" "$ntok" >"$tmp/peer.json" 2>"$tmp/peer.err"; then
         lt=$(sed -n 's/.*"decode_tok_s":\([0-9.]*\).*/\1/p' "$tmp/peer.json")
         lp=$(sed -n 's/.*"pp256_tok_s":\([0-9.]*\).*/\1/p' "$tmp/peer.json")

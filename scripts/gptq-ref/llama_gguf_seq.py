@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """The reference GPTQ flow (IST-DASLab/gptq, llama.py's --true-sequential loop) on a LLaMA GGUF.
 
 The reference reads Hugging Face checkpoints through transformers, which Debian 12 does not
@@ -108,6 +108,10 @@ def main():
     ap.add_argument("--sym", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--blocks", type=int, default=0, help="quantize blocks 0..N-1 only (0: all)")
+    ap.add_argument("--no-quant", action="store_true", help="run the blocks unquantized (checks the driver's forward)")
+    ap.add_argument("--ppl", action="store_true",
+                    help="then the perplexity of the calibration windows (every block, quantized or not), as "
+                         "`wmat eval --tokens CALIB --ctx SEQLEN --max-windows NSAMPLES` scores them")
     args = ap.parse_args()
     t_start = time.time()
 
@@ -206,14 +210,15 @@ def main():
     with torch.no_grad():
         inps = torch.from_numpy(np.asarray(emb[ids[:need]], dtype=np.float32)).view(args.nsamples, args.seqlen, dim)
         outs = torch.zeros_like(inps)
-        blocks = args.blocks or n_layers
+        blocks = n_layers if args.ppl else (args.blocks or n_layers)
+        quant_blocks = 0 if args.no_quant else (args.blocks or n_layers)
         t_fwd = t_method = 0.0
         sequential = [["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj"], ["self_attn.o_proj"],
                       ["mlp.up_proj", "mlp.gate_proj"], ["mlp.down_proj"]]
         for i in range(blocks):
             layer = Block(i)
             full = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
-            for names in sequential:
+            for names in (sequential if i < quant_blocks else []):
                 gptq = {}
                 for n in names:
                     gptq[n] = GPTQ(full[n])
@@ -238,6 +243,19 @@ def main():
             t_fwd += time.time() - t0
             inps, outs = outs, inps
             print("block %d/%d done, %.1f s" % (i + 1, blocks, time.time() - t_start), file=sys.stderr, flush=True)
+        if args.ppl:
+            # inps holds the last block's outputs; the windows' own next tokens are the targets
+            h = rms(inps, W("output_norm.weight"))
+            head = W("output.weight") if "output.weight" in T else W("token_embd.weight")
+            nll, count = 0.0, 0
+            for j in range(args.nsamples):
+                logits = h[j] @ head.T
+                tgt = torch.from_numpy(ids[j * args.seqlen + 1:(j + 1) * args.seqlen + 1])
+                n = min(tgt.shape[0], args.seqlen)
+                nll += torch.nn.functional.cross_entropy(logits[:n], tgt[:n], reduction="sum").item()
+                count += n
+            print("perplexity %.6f over %d windows of %d (%d blocks quantized)"
+                  % (np.exp(nll / count), args.nsamples, args.seqlen, quant_blocks))
     total = time.time() - t_start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print("reference breakdown: calibration forward %.2f s, method (fasterquant) %.2f s, total %.2f s, peak RSS %d KB, "
