@@ -404,6 +404,13 @@ typedef struct {
     int norm_dim;  /* the RMSNorms' divisor x / sqrt(sum x^2 / norm_dim + eps) (0: dim) */
     int shortcuts; /* 1: every block maps its residual through a (dim x dim) matrix
                       before each sum: xmid = S_attn x + o(..), out = S_mlp xmid + down(..) */
+    /* Gaussian-mixture attention mask (docs/EXPERIMENTS.md, "gmm-mask"): K
+     * kernels per head (1..16) scale each head's scores by a learned mixture
+     * of Gaussians over the distance i - j; its parameters are one f32
+     * vector per layer ("model.layers.N.self_attn.gmm_mask", n_heads K 2).
+     * Stored only in the native directory ('quant'); 0: plain causal
+     * attention. */
+    int gmm_kernels;
 } wmat_config;
 
 /* Canonical tensor roles, per layer or global. Names are Hugging Face's
@@ -1106,7 +1113,10 @@ WMAT_API const char *wmat_trainer_adapter_report(const wmat_trainer *t);
 WMAT_API int wmat_trainer_adapter_rank(const wmat_trainer *t, int layer, int kind);
 
 /* Random init for pretraining: N(0, std) for matrices, residual
- * projections (o, down) scaled by 1/sqrt(2 L), norms 1. */
+ * projections (o, down) scaled by 1/sqrt(2 L), norms 1; a Gaussian-mixture
+ * attention mask (gmm_kernels) as its paper does (sigma ~ N(10, 10^2),
+ * alpha ~ N(0, 2^2)) from a stream of its own, so the other weights equal
+ * those of the same seed without the mask. */
 WMAT_API int wmat_model_init_random(wmat_model *m, uint64_t seed, float std);
 /* A config from a preset name ("tiny", "small", "mix4m") or a JSON file in
  * HF's config.json keys; vocab_size <= 0 in the file keeps cfg's. */

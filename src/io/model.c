@@ -38,6 +38,11 @@ void wmat__shortcut_name(char *buf, size_t n, int layer, int mlp)
     snprintf(buf, n, "model.layers.%d.%s.weight", layer, mlp ? "mlp_shortcut" : "attn_shortcut");
 }
 
+void wmat__gmm_mask_name(char *buf, size_t n, int layer)
+{
+    snprintf(buf, n, "model.layers.%d.self_attn.gmm_mask", layer);
+}
+
 wmat_tensor *wmat__model_shortcut(wmat_model *m, int layer, int mlp)
 {
     if (!m->sc_idx || layer < 0 || layer >= m->cfg.n_layers) return NULL;
@@ -223,6 +228,9 @@ int wmat__config_check(wmat_config *c, const char *what)
         c->shortcuts > 1)
         return wmat_set_error(WMAT_ERR_FORMAT, "%s: bad sliced-model config (attention width %d, norm divisor %d, shortcuts %d)",
                               what, c->attn_dim, c->norm_dim, c->shortcuts);
+    if (c->gmm_kernels < 0 || c->gmm_kernels > 16)
+        return wmat_set_error(WMAT_ERR_FORMAT, "%s: a Gaussian-mixture attention mask has 1..16 kernels per head (got %d)",
+                              what, c->gmm_kernels);
     if (c->attn_dim == c->dim) c->attn_dim = 0;
     if (c->norm_dim == c->dim) c->norm_dim = 0;
     const int attn = c->attn_dim ? c->attn_dim : c->dim;
@@ -294,6 +302,14 @@ int wmat__model_bind(wmat_model *m)
             wmat__layer_tensor_name(name, sizeof name, l, (wmat_layer_weight)w);
             rc = expect(m, name, d0, d1, &m->layer_idx[l * WMAT_W_LAYER_COUNT + w], 1);
         }
+    }
+    for (int l = 0; l < c->n_layers && !rc && c->gmm_kernels; l++) {
+        char name[WMAT_NAME_MAX];
+        int idx;
+        wmat__gmm_mask_name(name, sizeof name, l);
+        rc = expect(m, name, (int64_t)c->n_heads * c->gmm_kernels * 2, 0, &idx, 1);
+        if (!rc && m->tensors[idx].dtype != WMAT_F32)
+            rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: tensor %s must be f32", src, name);
     }
     wmat__free(m->sc_idx);
     m->sc_idx = NULL;
@@ -612,6 +628,11 @@ int wmat_model_save(wmat_model *m, const char *path, const wmat_save_params *p)
                               c->shortcuts ? ", residual shortcut matrices" : "",
                               c->shortcuts || c->norm_dim ? "only in the native directory ('quant')" : "as HF, GGUF or 'quant'",
                               wmat_format_name(p->format));
+    if (c->gmm_kernels && p->format != WMAT_FMT_QUANT)
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                              "%s: a model with a Gaussian-mixture attention mask (%d kernels per head) is stored only in "
+                              "the native directory ('quant'): %s cannot express it",
+                              path, c->gmm_kernels, wmat_format_name(p->format));
     /* a source in another type (f16, bf16, ggml blocks) is converted by the
      * writer one tensor at a time, never into an f32 copy of the model */
     int rc = materialize(m, 2);
@@ -660,6 +681,15 @@ int wmat_model_create(wmat_model **out, const wmat_config *cfg)
             size_t n = (size_t)(d0 * (d1 ? d1 : 1));
             void *d = wmat__aligned_alloc(n * sizeof(float));
             rc = d ? wmat__model_add_tensor(m, name, WMAT_F32, d1 ? 2 : 1, shape, d, WMAT_TF_OWNED)
+                   : wmat_set_error(WMAT_ERR_NOMEM, "out of memory creating a model");
+        }
+        if (c.gmm_kernels && !rc) {
+            int64_t shape[2] = {(int64_t)c.n_heads * c.gmm_kernels * 2, 0};
+            char name[WMAT_NAME_MAX];
+            wmat__gmm_mask_name(name, sizeof name, l);
+            void *d = wmat__aligned_alloc((size_t)shape[0] * sizeof(float));
+            if (d) memset(d, 0, (size_t)shape[0] * sizeof(float));
+            rc = d ? wmat__model_add_tensor(m, name, WMAT_F32, 1, shape, d, WMAT_TF_OWNED)
                    : wmat_set_error(WMAT_ERR_NOMEM, "out of memory creating a model");
         }
         for (int s = 0; s < 2 && c.shortcuts && !rc; s++) {

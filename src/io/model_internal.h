@@ -79,6 +79,9 @@ void wmat__layer_tensor_name(char *buf, size_t n, int layer, wmat_layer_weight w
  * attention's sum) and "...mlp_shortcut.weight" (mlp = 1). NULL when the
  * model has none. */
 void wmat__shortcut_name(char *buf, size_t n, int layer, int mlp);
+/* The Gaussian-mixture attention mask's vector of a layer (wmat_config.gmm_kernels):
+ * "model.layers.N.self_attn.gmm_mask". */
+void wmat__gmm_mask_name(char *buf, size_t n, int layer);
 wmat_tensor *wmat__model_shortcut(wmat_model *m, int layer, int mlp);
 
 /* New empty model: copies cfg (may be NULL and set later) and path. */

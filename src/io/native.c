@@ -128,6 +128,15 @@ static int read_config(const char *dir, wmat_config *cfg)
         c.norm_dim = (int)nd;
         c.shortcuts = cJSON_IsTrue(sc);
     }
+    const cJSON *gm = cJSON_GetObjectItemCaseSensitive(root, "wmat_gmm_mask");
+    if (gm) {
+        int64_t kk = 0;
+        if (!cJSON_IsObject(gm) || jint(gm, "kernels", 1, 1, 16, &kk, path)) {
+            rc = wmat_set_error(WMAT_ERR_FORMAT, "%s: \"wmat_gmm_mask\" must be {\"kernels\": K} with K in 1..16", path);
+            goto done;
+        }
+        c.gmm_kernels = (int)kk;
+    }
     rc = wmat__config_check(&c, path);
     if (!rc) *cfg = c;
 done:
@@ -222,7 +231,7 @@ static int save_native(wmat_model *m, const char *dir)
         }
     }
     qtext = cJSON_Print(qroot);
-    char qcfg[320];
+    char qcfg[400];
     snprintf(qcfg, sizeof qcfg, "\"quantization_config\": {\"quant_method\": \"wmat\", \"format\": \"" Q_FORMAT "\", \"version\": %d}",
              Q_VERSION);
     if (m->cfg.norm_dim || m->cfg.shortcuts) {
@@ -230,6 +239,11 @@ static int save_native(wmat_model *m, const char *dir)
         const size_t k = strlen(qcfg);
         snprintf(qcfg + k, sizeof qcfg - k, ",\n  \"wmat_sliced\": {\"norm_dim\": %d, \"shortcuts\": %s}",
                  m->cfg.norm_dim ? m->cfg.norm_dim : m->cfg.dim, m->cfg.shortcuts ? "true" : "false");
+    }
+    if (m->cfg.gmm_kernels) {
+        /* the Gaussian-mixture attention mask: its vectors are plain tensors above */
+        const size_t k = strlen(qcfg);
+        snprintf(qcfg + k, sizeof qcfg - k, ",\n  \"wmat_gmm_mask\": {\"kernels\": %d}", m->cfg.gmm_kernels);
     }
     int cfg_len = wmat__hf_config_json(&m->cfg, WMAT_F32, qcfg, cfg_text, 4096);
     if (!qtext || cfg_len < 0) {

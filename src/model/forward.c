@@ -6,6 +6,7 @@
 #include "io/model_internal.h"
 
 #include "block.h"
+#include "gmm_mask.h"
 #include "core/shapes.h"
 #include "kernels.h"
 #include "linalg/linalg.h"
@@ -178,7 +179,8 @@ static int alloc_buffers(wmat_runtime *rt, const wmat_runtime *parent)
     const size_t L = (size_t)c->n_layers;
     const size_t NT = (size_t)rt->n_threads;
     const size_t ca = wmat__causal_attention_scratch(rt->T_max, c->head_dim);
-    rt->att_per_thread = T * T > ca ? T * T : ca;
+    /* a Gaussian-mixture mask: scores (T, T) and the mask's table (T) */
+    rt->att_per_thread = T * T + (c->gmm_kernels ? T : 0) > ca ? T * T + (c->gmm_kernels ? T : 0) : ca;
     size_t floats = 2 * P * half + T * (D + DA + A + XS + 2 * KV + 2 * H) + NT * rt->att_per_thread + 2 * L * S * KV +
                     D + DA + A + XS + NT * D + 2 * H + (size_t)c->n_heads * S;
     kind_buffers(rt);
@@ -383,6 +385,19 @@ static void rt_attention(void *user, int layer, float *out, const float *q, cons
     const wmat_config *c = &rt->c;
     const int D = wmat__attn_width(c), hd = c->head_dim, KV = c->n_kv_heads * hd, kv_mul = c->n_heads / c->n_kv_heads;
     const float scale = 1.0f / sqrtf((float)hd);
+    if (c->gmm_kernels) {
+        /* the Gaussian-mixture mask (gmm_mask.h): the trainer's per-head forward */
+        char name[WMAT_NAME_MAX];
+        wmat__gmm_mask_name(name, sizeof name, layer);
+        const float *par = wmat_model_find(rt->m, name)->data;
+        const int K = c->gmm_kernels;
+#pragma omp parallel for num_threads(rt->n_threads) schedule(static)
+        for (int h = 0; h < c->n_heads; h++)
+            wmat__gmm_head_forward(out + (size_t)h * hd, D, q + (size_t)h * hd, D, k + (size_t)(h / kv_mul) * hd,
+                                   v + (size_t)(h / kv_mul) * hd, KV, T, hd, par + (size_t)h * 2 * K, K,
+                                   rt->att + (size_t)omp_get_thread_num() * rt->att_per_thread);
+        return;
+    }
 #pragma omp parallel for num_threads(rt->n_threads) schedule(static)
     for (int h = 0; h < c->n_heads; h++) {
         const int kvh = h / kv_mul;
@@ -562,6 +577,11 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
         return wmat_set_error(WMAT_ERR_INVALID, "decode: position %d outside the KV cache (0..%d)", pos, rt->kv_len - 1);
     if (token < 0 || token >= c->vocab_size)
         return wmat_set_error(WMAT_ERR_INVALID, "decode: token %d outside the vocabulary (%d)", token, c->vocab_size);
+    if (c->gmm_kernels)
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                              "decode: %s has a Gaussian-mixture attention mask, which only the batched forward runs "
+                              "(eval; generation is not implemented for it)",
+                              wmat_model_path(m));
     const int D = c->dim, KV = c->n_kv_heads * c->head_dim, H = c->hidden_dim, hd = c->head_dim;
     const int half = hd / 2, kv_mul = c->n_heads / c->n_kv_heads, S = rt->kv_len, ND = wmat__norm_div(c);
     const int nt = rt->n_threads;

@@ -3,6 +3,7 @@
 #include "train.h"
 
 #include "../io/model_internal.h"
+#include "../model/gmm_mask.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -16,12 +17,21 @@ int wmat_model_init_random(wmat_model *m, uint64_t seed, float std)
     wmat_rng r;
     wmat_rng_seed(&r, seed);
     const float res_std = std / sqrtf(2.0f * (float)c->n_layers);
+    wmat_rng gr; /* the Gaussian-mixture mask's own stream */
+    wmat_rng_seed(&gr, seed ^ 0x9e3779b97f4a7c15ull);
     for (int i = 0; i < wmat_model_n_tensors(m); i++) {
         wmat_tensor *t = wmat_model_tensor(m, i);
         if (t->dtype != WMAT_F32) return wmat_set_error(WMAT_ERR_INVALID, "init: tensor %s is not f32", t->name);
         if (!(t->flags & WMAT_TF_OWNED)) return wmat_set_error(WMAT_ERR_INVALID, "init: tensor %s is read-only", t->name);
         float *d = t->data;
         int64_t n = wmat_tensor_nelem(t);
+        const size_t nl = strlen(t->name);
+        if (c->gmm_kernels && t->ndim == 1 && nl > 9 && !strcmp(t->name + nl - 9, ".gmm_mask")) {
+            /* the Gaussian-mixture mask: the paper's init, from its own stream
+             * (the other weights are those of the same seed without a mask) */
+            wmat__gmm_init(d, c->n_heads, c->gmm_kernels, &gr);
+            continue;
+        }
         if (t->ndim == 1) {
             for (int64_t j = 0; j < n; j++) d[j] = 1.0f;
             continue;

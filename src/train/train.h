@@ -41,6 +41,14 @@ void wmat__attention_forward(float *out, const float *q, const float *k, const f
 void wmat__attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                               const float *v, int B, int T, int nh, int nkv, int hd, float *scratch, int nt);
 
+/* The same attention under a Gaussian-mixture mask (src/model/gmm_mask.h;
+ * forward: wmat__gmm_head_forward per head): dq, dk, dv OVERWRITTEN, dpar
+ * (nh K 2) += the mask parameters' gradient; par (nh K 2). Its own scratch
+ * (nt (3 T^2 + T) floats); WMAT_ERR_NOMEM when that fails. */
+int wmat__gmm_attention_backward(float *dq, float *dk, float *dv, float *dpar, const float *dout, const float *q,
+                                 const float *k, const float *v, int B, int T, int nh, int nkv, int hd,
+                                 const float *par, int K, int nt);
+
 /* of out = silu(g) * u: dg, du (N) OVERWRITTEN */
 void wmat__swiglu_backward(float *dg, float *du, const float *dout, const float *g, const float *u, size_t N, int nt);
 

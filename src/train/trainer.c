@@ -13,6 +13,7 @@
 #include "../io/safetensors.h"
 #include "../linalg/linalg.h"
 #include "../model/block.h"
+#include "../model/gmm_mask.h"
 #include "../model/kernels.h"
 #include "../wop/wop.h"
 #include "core/shapes.h"
@@ -21,6 +22,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static inline int omp_get_thread_num(void) { return 0; }
+#endif
 
 #define NROLE WMAT_W_LAYER_COUNT
 #define NLIN WMAT_LIN_COUNT
@@ -94,6 +100,7 @@ struct wmat_trainer {
     /* weights the forward reads (trainable or frozen) and their grads */
     float *emb, *fnorm, *cls;   /* (V, D), (D), (V, D) (cls == emb when tied); NULL: a frozen base of another kind */
     float **lw_, **glw_;        /* (L * NROLE): trainable params (full), the norms (adapter) */
+    float **gmm_, **ggmm_;      /* (L) the Gaussian-mixture mask's parameters and grads (c.gmm_kernels); NULL: none */
     /* the linear weights as operators: the frozen base's own tensors, of
      * any registered kind (adapter), or f32 headers over the params (full) */
     const wmat_tensor **lin_;   /* (L * NLIN) */
@@ -331,6 +338,8 @@ void wmat_trainer_free(wmat_trainer *t)
     wmat_arena_free(t->a_scratch);
     wmat__free(t->lw_);
     wmat__free(t->glw_);
+    wmat__free(t->gmm_);
+    wmat__free(t->ggmm_);
     wmat__free(t->lin_);
     wmat__free(t->hdr);
     wmat__free(t->ws);
@@ -530,6 +539,11 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                               "train: %s is a sliced model (residual width %d, attention width %d, shortcuts %d), "
                               "which the trainer does not run",
                               wmat_model_path(m), c->dim, c->attn_dim ? c->attn_dim : c->dim, c->shortcuts);
+    if (c->gmm_kernels && (pp->method == WMAT_TRAIN_LORA || pp->adapter))
+        return wmat_set_error(WMAT_ERR_UNSUPPORTED,
+                              "train: %s has a Gaussian-mixture attention mask, which trains with full training only "
+                              "(full or galore; not adapters)",
+                              wmat_model_path(m));
     wmat_train_params p = *pp;
     if (p.ctx <= 0) p.ctx = c->seq_len < 128 ? c->seq_len : 128;
     if (p.ctx > c->seq_len)
@@ -620,6 +634,12 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
     t->lcfg = wmat__calloc((size_t)L * NLIN, sizeof *t->lcfg);
     t->bk = wmat__calloc(2 * (size_t)L + 1, sizeof *t->bk);
     rest = wmat__calloc((size_t)L * NLIN + 1, sizeof *rest);
+    const int GM = c->gmm_kernels ? c->n_heads * c->gmm_kernels * 2 : 0; /* mask floats per layer */
+    if (GM && (!(t->gmm_ = wmat__calloc((size_t)L, sizeof *t->gmm_)) ||
+               !(t->ggmm_ = wmat__calloc((size_t)L, sizeof *t->ggmm_)))) {
+        rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
+        goto fail;
+    }
     if (!t->lw_ || !t->glw_ || !t->aw || !t->gaw || !t->afix || !t->slots || !t->acts || !t->lin_ || !t->hdr ||
         !t->aon || !t->lcfg || !t->bk || !rest) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
@@ -736,6 +756,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             role_dims(c, w, &r, &cc);
             if (!replaced_role(t, w)) np += (size_t)L * r * (cc ? cc : 1);
         }
+        np += (size_t)L * GM;
     }
     if (adapt) {
         for (int l = 0; l < L; l++)
@@ -770,6 +791,10 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                     CARVE(t->lw_[l * NROLE + w], t->glw_[l * NROLE + w], (size_t)r * (cc ? cc : 1));
                     add_slot(t, t->lw_[l * NROLE + w], t->glw_[l * NROLE + w], r, cc);
                 }
+                if (GM) { /* the layer's mask parameters, a vector (no weight decay) */
+                    CARVE(t->gmm_[l], t->ggmm_[l], (size_t)GM);
+                    add_slot(t, t->gmm_[l], t->ggmm_[l], GM, 0);
+                }
                 t->bk[t->n_bk++] = (wmat__dp_bucket){lo, off, l};
             }
             CARVE(t->fnorm, t->gfnorm, (size_t)D);
@@ -789,6 +814,11 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                 for (int w = 0; w < NROLE; w++)
                     if (t->lw_[l * NROLE + w])
                         copy_f32(t->lw_[l * NROLE + w], wmat_model_layer_tensor(m, l, (wmat_layer_weight)w));
+            for (int l = 0; l < L && GM; l++) {
+                char name[WMAT_NAME_MAX];
+                wmat__gmm_mask_name(name, sizeof name, l);
+                copy_f32(t->gmm_[l], wmat_model_find(m, name));
+            }
             /* the forward multiplies by the params through f32 operator
              * headers; a replaced linear has none (the adapter is the layer) */
             wmat_tensor *h = t->hdr;
@@ -1178,6 +1208,11 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             for (int l = 0; l < L && !dst; l++)
                 for (int w = 0; w < NROLE; w++)
                     if (tt == wmat_model_layer_tensor(t->view, l, (wmat_layer_weight)w)) dst = t->lw_[l * NROLE + w];
+            for (int l = 0; l < L && !dst && t->gmm_; l++) {
+                char name[WMAT_NAME_MAX];
+                wmat__gmm_mask_name(name, sizeof name, l);
+                if (tt == wmat_model_find(t->view, name)) dst = t->gmm_[l];
+            }
             if (!dst && rep) continue; /* a replaced linear: refresh_replaced() below */
             if (!dst) {
                 rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: tensor %s has no parameter", tt->name);
@@ -1365,9 +1400,22 @@ static int tr_linear(void *user, int l, wmat_linear_kind k, float *Y, const floa
 /* The attention whose probabilities wmat__attention_backward recomputes. */
 static void tr_attention(void *user, int l, float *out, const float *q, const float *k, const float *v, int B, int T)
 {
-    (void)l;
     wmat_trainer *t = user;
     const wmat_config *c = &t->c;
+    if (t->gmm_) {
+        /* the Gaussian-mixture mask: the runtime's own per-head forward */
+        const int nh = c->n_heads, hd = c->head_dim, QD = nh * hd, KV = c->n_kv_heads * hd, grp = nh / c->n_kv_heads;
+        const int K = c->gmm_kernels;
+        const float *par = t->gmm_[l];
+#pragma omp parallel for num_threads(t->nt) schedule(static) collapse(2)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < nh; h++)
+                wmat__gmm_head_forward(out + (size_t)b * T * QD + (size_t)h * hd, QD, q + (size_t)b * T * QD + (size_t)h * hd,
+                                       QD, k + (size_t)b * T * KV + (size_t)(h / grp) * hd,
+                                       v + (size_t)b * T * KV + (size_t)(h / grp) * hd, KV, T, hd, par + (size_t)h * 2 * K,
+                                       K, t->att_scratch + (size_t)omp_get_thread_num() * 2 * T * T);
+        return;
+    }
     wmat__attention_forward(out, q, k, v, B, T, c->n_heads, c->n_kv_heads, c->head_dim, t->att_scratch, t->nt);
 }
 
@@ -1461,8 +1509,14 @@ int wmat__trainer_fwdbwd(wmat_trainer *t, const int32_t *inputs, const int32_t *
         wmat__rmsnorm_backward(t->dx, gn, t->dxn, a->xmid, LW(l, WMAT_W_FFN_NORM), a->r2, BT, D, nt);
         /* attention: xmid = x + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))) */
         if ((rc = lin_bwd(t, t->dao, t->dx, a->ao, l, WMAT_LIN_O, BT, 0))) return rc;
-        wmat__attention_backward(t->dq, t->dk, t->dv, t->dao, a->q, a->k, a->v, B, T, c->n_heads, c->n_kv_heads, hd,
-                                 t->att_scratch, nt);
+        if (t->gmm_) {
+            if ((rc = wmat__gmm_attention_backward(t->dq, t->dk, t->dv, t->ggmm_[l], t->dao, a->q, a->k, a->v, B, T,
+                                                   c->n_heads, c->n_kv_heads, hd, t->gmm_[l], c->gmm_kernels, nt)))
+                return rc;
+        } else {
+            wmat__attention_backward(t->dq, t->dk, t->dv, t->dao, a->q, a->k, a->v, B, T, c->n_heads, c->n_kv_heads, hd,
+                                     t->att_scratch, nt);
+        }
         wmat__rope_backward(t->dq, BT, T, c->n_heads, hd, t->rope_cos, t->rope_sin, nt);
         wmat__rope_backward(t->dk, BT, T, c->n_kv_heads, hd, t->rope_cos, t->rope_sin, nt);
         if ((rc = lin_bwd(t, t->dxn, t->dq, a->xn1, l, WMAT_LIN_Q, BT, 0)) ||
