@@ -9,10 +9,12 @@
 #include <string.h>
 
 extern const wmat_experiment wmat__exp_ibp_init;
+extern const wmat_experiment wmat__exp_memoryformer;
 
 /* One line per experiment; the catalogue lists them in this order. */
 const wmat_experiment *const wmat__experiments[] = {
     &wmat__exp_ibp_init,
+    &wmat__exp_memoryformer,
     NULL,
 };
 
