@@ -11,12 +11,14 @@
 extern const wmat_experiment wmat__exp_ibp_init;
 extern const wmat_experiment wmat__exp_gmm_mask;
 extern const wmat_experiment wmat__exp_rf_attention;
+extern const wmat_experiment wmat__exp_memoryformer;
 
 /* One line per experiment; the catalogue lists them in this order. */
 const wmat_experiment *const wmat__experiments[] = {
     &wmat__exp_ibp_init,
     &wmat__exp_gmm_mask,
     &wmat__exp_rf_attention,
+    &wmat__exp_memoryformer,
     NULL,
 };
 

@@ -253,7 +253,8 @@ typedef struct wmat__adapter {
      * merging a PEFT file (an entry that needs its init data recomputes it
      * from W, as PEFT does on load). Fails only on memory or LAPACK. */
     int (*merge)(const wmat__adapter_cfg *c, float *W, const float *const *w, const void *fixed, int in, int out);
-    /* Optional (required with replaces_base): the layer's weight in its
+    /* Optional (required with replaces_base, unless not_mergeable: a
+     * replacing entry with no weight form, MemoryFormer): the layer's weight in its
      * small form as a weight operator of a registered kind (sltrain: a
      * `sum` of a `lowrank` and a `sparse` weight), owning its data, so the
      * trained model saves, loads and runs without a dense matrix. */
@@ -335,6 +336,10 @@ static inline int wmat__adapter_tgroup(const struct wmat__adapter *a, int k) { r
 extern const wmat__adapter wmat__adapter_adalora;
 extern const wmat__adapter wmat__adapter_miss;
 extern const wmat__adapter wmat__adapter_eva;
+extern const wmat__adapter wmat__adapter_memoryformer;
+/* Forward FLOPs per token of one MemoryFormer Memory Layer (in -> out, tau
+ * bits a code; adapter_memoryformer.c); a dense linear's is 2 in out. */
+double wmat__memoryformer_flops(int tau, int in, int out);
 
 /* EVA's rank redistribution (adapter_eva.c): matrix m reads input
  * mat_g[m], whose K explained-variance ratios (descending) are ratio[mat_g[m]];

@@ -677,7 +677,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         t->shared_bytes = (wmat__adapter_shared_floats(ad, &t->acfg) * sizeof(float) + 15) & ~(size_t)15;
         t->fixed_bytes += t->shared_bytes;
     }
-    if (rep && !ad->to_weight) {
+    if (rep && !ad->to_weight && !ad->not_mergeable) {
         rc = wmat_set_error(WMAT_ERR_INTERNAL, "train: adapter %s replaces the base but has no to_weight", ad->name);
         goto fail;
     }
@@ -1224,7 +1224,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
         }
         wmat_tokenizer *tk = wmat_model_tokenizer(m), *cp = NULL;
         if (tk && !wmat_tokenizer_clone(tk, &cp)) wmat_model_set_tokenizer(t->view, cp);
-        if (rep && (rc = refresh_replaced(t))) goto fail;
+        if (rep && !ad->not_mergeable && (rc = refresh_replaced(t))) goto fail; /* MemoryFormer: no weight form */
     }
     wmat__free(rest);
     *out = t;
@@ -1743,6 +1743,7 @@ int wmat_trainer_model(wmat_trainer *t, wmat_model **out)
         *out = t->view;
         return WMAT_OK;
     }
+    if (t->adapter->not_mergeable) return wmat_set_error(WMAT_ERR_UNSUPPORTED, "train: %s", t->adapter->not_mergeable);
     if (t->rep) {
         int rc = refresh_replaced(t);
         if (rc) return rc;
@@ -1750,7 +1751,6 @@ int wmat_trainer_model(wmat_trainer *t, wmat_model **out)
         return WMAT_OK;
     }
     if (t->adapter->adopt) return adopted_view(t, out);
-    if (t->adapter->not_mergeable) return wmat_set_error(WMAT_ERR_UNSUPPORTED, "train: %s", t->adapter->not_mergeable);
     const wmat_config *c = &t->c;
     int rc;
     if (!t->view) {
@@ -2034,7 +2034,7 @@ int wmat_train_adapter_replaces_base(const char *name)
 {
     const wmat__adapter *a = wmat__adapter_find(name);
     if (!a) return wmat_set_error(WMAT_ERR_INVALID, "train: unknown adapter '%s'", name ? name : "(null)");
-    return a->replaces_base ? 1 : a->adopt ? 2 : a->not_mergeable ? 3 : 0;
+    return a->not_mergeable ? 3 : a->replaces_base ? 1 : a->adopt ? 2 : 0;
 }
 
 int wmat_train_registry_entry(wmat_train_registry which, int i, const char **name, const char **summary)
