@@ -76,7 +76,7 @@ for dt in $dtypes; do
     echo "wmat: GPTQ ${bits} bits, groups of ${group}, $((tokens / ctx)) windows of ${ctx} tokens, stage (true-sequential), ${threads} threads, calibration forward $dt${blocks:+, blocks 0..$((blocks - 1)) only}"
     echo "load          $(uptime | sed 's/.*load average: //') (load average before the run)"
     # shellcheck disable=SC2086
-    /usr/bin/time -f "process       %e s wall, %U s user, peak RSS %M KB" -o "$tmp/time" \
+    /usr/bin/time -f "process       %e s wall, %U s user, %S s system, peak RSS %M KB" -o "$tmp/time" \
         "$wmat" quantize "$model" "$out" --method gptq --bits "$bits" --group "$group" --calib "$calib" \
         --calib-tokens "$tokens" --calib-ctx "$ctx" --threads "$threads" --calib-dtype "$dt" "${keep[@]}" $extra \
         > "$tmp/wmat.txt" 2>&1
@@ -93,20 +93,25 @@ if [ -n "${fwd[f32]:-}" ] && [ -n "${fwd[bf16]:-}" ]; then
                a, b, a / b, c, d, c / d }'
 fi
 wall=$(awk '{print $2}' "$tmp/time") # the last run's
+cpu=$(awk '{print $5 + $8}' "$tmp/time")
 
 if [ -n "${REF_CMD:-}" ]; then
     echo "reference: $REF_CMD"
-    /usr/bin/time -f "%e %M" -o "$tmp/rtime" bash -c "$REF_CMD" > "$tmp/ref.txt" 2>&1 || {
+    /usr/bin/time -f "%e %M %U %S" -o "$tmp/rtime" bash -c "$REF_CMD" > "$tmp/ref.txt" 2>&1 || {
         echo "bench-gptq-1b: the reference failed:" >&2
         tail -5 "$tmp/ref.txt" >&2
         exit 1
     }
-    read -r rwall rrss < "$tmp/rtime"
+    read -r rwall rrss ruser rsys < "$tmp/rtime"
     grep '^reference breakdown' "$tmp/ref.txt"
-    echo "reference     $rwall s wall, peak RSS $rrss KB"
-    awk -v a="$rwall" -v b="$wall" 'BEGIN { printf "ratio         wmat is %.2fx faster end to end (same run)\n", a / b }'
+    echo "reference     $rwall s wall, $ruser s user, $rsys s system, peak RSS $rrss KB"
+    echo "load          $(uptime | sed 's/.*load average: //') (load average after the reference)"
+    awk -v a="$rwall" -v b="$wall" 'BEGIN { printf "ratio         wmat is %.2fx faster end to end (same run, wall)\n", a / b }'
+    # on a shared machine the process CPU seconds are the comparable figure
+    awk -v a="$ruser" -v b="$rsys" -v c="$cpu" 'BEGIN { printf "ratio (CPU)   %.1f s against %.1f s of process CPU (user + system): %.2fx\n", a + b, c, (a + b) / c }'
 else
-    echo "reference     not run (REF_CMD unset); recorded in issue 20 on this machine class: 1631 s end to end,"
-    echo "              268 s in the method, peak RSS 9.2 GB (22 blocks, 64 x 256 tokens, 4 bits, g128)"
+    echo "reference     not run (REF_CMD unset; INSTALL_REF=1 sets it up and runs it); recorded in issue 20 on this"
+    echo "              machine class: 1631 s end to end, 268 s in the method, peak RSS 9.2 GB (22 blocks, 64 x 256 tokens,"
+    echo "              4 bits, g128)"
     awk -v b="$wall" 'BEGIN { printf "ratio         1631 s / %.1f s = %.2fx against the recorded figure (not the same run)\n", b, 1631 / b }'
 fi
