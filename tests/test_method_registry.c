@@ -9,6 +9,7 @@
 
 #include "catalog/catalog.h"
 #include "decomp/decomp.h"
+#include "experiment/experiment.h"
 #include "quant/methods.h"
 
 #include <dirent.h>
@@ -161,16 +162,22 @@ static void test_decomp_rows(void **state)
 static void test_public_listing(void **state)
 {
     (void)state;
+    int ne = 0;
+    while (wmat__experiments[ne]) ne++;
     const int nq = n_methods(), nd = n_dmethods(), n = wmat_method_count();
-    assert_int_equal(n, nq + nd);
-    int per[2] = {0, 0};
+    assert_int_equal(n, nq + nd + ne);
+    int per[3] = {0, 0, 0};
     for (int i = 0; i < n; i++) {
         wmat_method_about a;
         TU_OK(wmat_method_info(i, &a));
-        const int fam = !strcmp(a.family, WMAT_FAMILY_DECOMPOSITION);
+        const int fam = !strcmp(a.family, WMAT_FAMILY_DECOMPOSITION) ? 1 : !strcmp(a.family, WMAT_FAMILY_EXPERIMENT) ? 2 : 0;
         if (!fam) assert_string_equal(a.family, WMAT_FAMILY_QUANTIZATION);
-        /* the i-th of its family is the family's i-th registry row */
-        const wmat_method_desc *want = fam ? &wmat__dmethods[per[1]].desc : &wmat__qmethods[per[0]].desc;
+        /* the i-th of its family is the family's i-th registry row, families in catalogue order */
+        const wmat_method_desc *want = fam == 0   ? &wmat__qmethods[per[0]].desc
+                                       : fam == 1 ? &wmat__dmethods[per[1]].desc
+                                                  : &wmat__experiments[per[2]]->desc;
+        if (fam < 2) assert_int_equal(per[fam + 1], 0);
+        if (fam == 0) assert_int_equal(per[2], 0);
         per[fam]++;
         assert_string_equal(a.name, want->name);
         assert_string_equal(a.summary, want->summary);
@@ -195,6 +202,7 @@ static void test_public_listing(void **state)
     }
     assert_int_equal(per[0], nq);
     assert_int_equal(per[1], nd);
+    assert_int_equal(per[2], ne);
     wmat_method_about a;
     assert_int_equal(wmat_method_info(n, &a), WMAT_ERR_INVALID);
     assert_int_equal(wmat_method_info(-1, &a), WMAT_ERR_INVALID);
