@@ -335,6 +335,7 @@ static inline int wmat__adapter_tgroup(const struct wmat__adapter *a, int k) { r
 extern const wmat__adapter wmat__adapter_adalora;
 extern const wmat__adapter wmat__adapter_miss;
 extern const wmat__adapter wmat__adapter_eva;
+extern const wmat__adapter wmat__adapter_s2ft, wmat__adapter_s2ft_wnorm, wmat__adapter_s2ft_anorm;
 
 /* EVA's rank redistribution (adapter_eva.c): matrix m reads input
  * mat_g[m], whose K explained-variance ratios (descending) are ratio[mat_g[m]];
