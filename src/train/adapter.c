@@ -25,7 +25,8 @@ static const wmat__adapter *const adapters[] = {&wmat__adapter_lora,  &wmat__ada
                                                 &wmat__adapter_lamda,     &wmat__adapter_s2lora,
                                                 &wmat__adapter_compacter, &wmat__adapter_adalora,
                                                 &wmat__adapter_miss,      &wmat__adapter_eva,
-                                                &wmat__adapter_memoryformer};
+                                                &wmat__adapter_memoryformer,
+                                                &wmat__adapter_s2ft, &wmat__adapter_s2ft_wnorm, &wmat__adapter_s2ft_anorm};
 
 const wmat__adapter *wmat__adapter_at(int i)
 {

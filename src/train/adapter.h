@@ -340,6 +340,7 @@ extern const wmat__adapter wmat__adapter_memoryformer;
 /* Forward FLOPs per token of one MemoryFormer Memory Layer (in -> out, tau
  * bits a code; adapter_memoryformer.c); a dense linear's is 2 in out. */
 double wmat__memoryformer_flops(int tau, int in, int out);
+extern const wmat__adapter wmat__adapter_s2ft, wmat__adapter_s2ft_wnorm, wmat__adapter_s2ft_anorm;
 
 /* EVA's rank redistribution (adapter_eva.c): matrix m reads input
  * mat_g[m], whose K explained-variance ratios (descending) are ratio[mat_g[m]];
