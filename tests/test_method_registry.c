@@ -41,6 +41,7 @@ static const struct {
     {"bitstack", 0.03, 0.0005}, /* the full stack at its defaults (16 blocks of rank 1, ~22 b/w); measured 0.0213, 0.00034 */
     {"gwq", 0.23, 0.05},       /* 1% fp16, the rest GPTQ per-OC; measured 0.197, 0.044 */
     {"finequant", 0.29, 0.13}, /* symmetric RTN, per-OC here (n = 96); measured 0.257, 0.113 */
+    {"cbq", 0.21, 0.075},      /* CFP + RTN per-OC (the reconstruction is not a per-tensor step); measured 0.185, 0.064 */
 };
 
 static void rand_matrix(float *W, int64_t n, uint64_t seed, float sd)

@@ -7,6 +7,7 @@
 #include "cli_out.h"
 #include "quant/methods.h"
 #include "quant/qmodel.h"
+#include "train/reconstruct.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +43,16 @@ static int progress_eta(void *user, const char *what, uint64_t done, uint64_t to
     fprintf(stderr, "] %llu/%llu %-40.40s ETA %5.1fs", (unsigned long long)done, (unsigned long long)total, what, eta);
     if (done == total) fputc('\n', stderr);
     fflush(stderr);
+    return 0;
+}
+
+/* A line per reconstruction window, with the time left. */
+static int recon_progress(void *user, const char *what, uint64_t done, uint64_t total)
+{
+    qprogress *q = user;
+    if (cli_interrupted) return 1;
+    const double el = wmat__now() - q->t0, eta = done ? el / (double)done * (double)(total - done) : 0.0;
+    fprintf(stderr, "%s, %.1f s, ETA %.0f s\n", what, el, eta);
     return 0;
 }
 
@@ -201,6 +212,14 @@ int cmd_quantize(int argc, char **argv)
     if (allocate && ggml) return cli_usage_error("quantize", "--ggml takes llama.cpp's per-tensor types; --allocate chooses its own: give one");
     if (cli_method_needs_stats(QFAMILY, method) && !calib)
         return cli_usage_error("quantize", "--method %s needs calibration data: --calib FILE", method);
+    /* a method whose results a reconstruction over blocks refines (the
+     * descriptor's flag): calibration data, fp32 weights until the end */
+    const wmat_qmethod *qmeth = wmat__qmethod_find(method);
+    const int recon = qmeth && (qmeth->flags & WMAT_QM_RECONSTRUCT);
+    if (recon && !calib)
+        return cli_usage_error("quantize", "--method %s refines its rounding on calibration data: --calib FILE", method);
+    if (recon && (low_mem || ggml || allocate))
+        return cli_usage_error("quantize", "--method %s reconstructs over blocks on fake-quant weights: no --low-mem, --ggml or --allocate", method);
     if (!strcmp(seq, "stage")) qp.sequential = 2;
     else if (!strcmp(seq, "block")) qp.sequential = 1;
     else if (!strcmp(seq, "off")) qp.sequential = 0;
@@ -208,9 +227,15 @@ int cmd_quantize(int argc, char **argv)
 
     if (low_mem && no_low_mem) return cli_usage_error("quantize", "give --low-mem or --no-low-mem, not both");
     qp.low_mem = low_mem ? 1 : no_low_mem ? -1 : 0;
+    if (recon) qp.low_mem = -1;
 
-    wmat_model *m;
+    wmat_model *m, *fpm = NULL;
     if (cli_load_model("quantize", pos[0], 1, &m)) return 1;
+    /* the reconstruction's targets: the fp model, loaded once more */
+    if (recon && cli_load_model("quantize", pos[0], 1, &fpm)) {
+        wmat_model_free(m);
+        return 1;
+    }
     const wmat_config *c = wmat_model_config(m);
     int32_t *cal = NULL, *ev = NULL;
     size_t n_cal = 0, n_ev = 0;
@@ -304,6 +329,27 @@ int cmd_quantize(int argc, char **argv)
         cli_fail("quantize");
         goto out;
     }
+    wmat_reconstruct_info ri;
+    memset(&ri, 0, sizeof ri);
+    if (recon) {
+        wmat_qparams rq;
+        wmat_pset rps;
+        if (wmat__pset_init(&rps, qmeth->schema)) {
+            cli_fail("quantize");
+            goto out;
+        }
+        int prc = wmat__pset_parse_kv(&rps, kv, ',', 1);
+        if (!prc) wmat__qparams_from(&rps, &rq);
+        wmat__pset_free(&rps);
+        pr = (qprogress){wmat__now(), wmat__now(), 0};
+        if (prc || wmat__reconstruct(fpm, m, results, cal, n_cal, cctx, &rq, g_cli.threads, recon_progress, &pr, &ri)) {
+            cli_fail("quantize");
+            goto out;
+        }
+        rep.seconds += ri.seconds;
+        wmat_model_free(fpm);
+        fpm = NULL;
+    }
     char b1[32], b2[32];
     /* --json: stdout carries only the JSON, the report goes to stderr */
     FILE *txt = js.flag ? stderr : stdout;
@@ -330,6 +376,17 @@ int cmd_quantize(int argc, char **argv)
                calib, rep.calib_windows, rep.calib_ctx, rep.block_passes, seq, rep.calib_seconds,
                cli_bytes((double)rep.stats_bytes, b1, sizeof b1), cli_bytes((double)rep.state_bytes, b3, sizeof b3),
                calib_dtype);
+    }
+    if (recon) {
+        double eb = 0.0, ea = 0.0;
+        for (int i = 0; i < ri.n_windows; i++) {
+            eb += ri.err_before[i];
+            ea += ri.err_after[i];
+        }
+        fprintf(txt, "reconstruct   %d windows of %d blocks; mean window output error (hard rounding) %.4e -> %.4e; "
+                     "rounding variables still soft %.2f%% of %lld; %.2f s\n",
+                ri.n_windows, ri.n_windows ? ri.blocks[0] : 0, ri.n_windows ? eb / ri.n_windows : 0.0,
+                ri.n_windows ? ea / ri.n_windows : 0.0, 100.0 * ri.soft_fraction, (long long)ri.n_rounding, ri.seconds);
     }
     fprintf(txt, "time          %.2f s total, %.2f s in the method; peak RSS %s\n", rep.seconds, rep.method_seconds,
            cli_bytes((double)wmat_peak_rss(), b2, sizeof b2));
@@ -395,5 +452,6 @@ out:
     free(ev);
     wmat_model_weight_gradients_free(m, grads);
     wmat_model_free(m);
+    wmat_model_free(fpm);
     return rc;
 }

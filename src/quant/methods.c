@@ -6,6 +6,7 @@
  * fake-quant write-back and the per-tensor report. */
 #include "methods.h"
 
+#include "cbq.h"
 #include "core/shapes.h"
 #include "io/model_internal.h"
 #include "qmodel.h"
@@ -89,6 +90,23 @@ static const wmat_param_spec k_bitstack_keys[] = {
     QP_END};
 static const wmat_param_spec k_gwq_keys[] = {QP_BITS, QP_GROUP, QP_SYM, QP_CLIP, QP_GWQ, QP_DAMP, QP_BLOCK, QP_END};
 static const wmat_param_spec k_finequant_keys[] = {QP_BITS, QP_FINEQUANT, QP_END};
+static const wmat_param_spec k_cbq_keys[] = {
+    QP_BITS, QP_GROUP, QP_SYM,
+    {"cfp", WMAT_PARAM_BOOL, "true", 0, 0, NULL, "CBQ: coarse-to-fine truncation of weight outliers (IQR rule, then the best split)", "no_cfp"},
+    {"cfp_lambda", WMAT_PARAM_FLOAT, "1.5", 0, 100, NULL, "CBQ: coarse outlier threshold Q3 + lambda IQR of |W|", NULL},
+    {"cbq_window", WMAT_PARAM_INT, "2", 1, 64, NULL, "CBQ: blocks reconstructed jointly; windows overlap by one block (1: block-wise)", NULL},
+    {"cbq_iters", WMAT_PARAM_INT, "100", 0, 1000000, NULL, "CBQ: Adam steps per window", NULL},
+    {"cbq_rank", WMAT_PARAM_INT, "4", 1, 1024, NULL, "CBQ: rank of the LoRA-Rounding matrices A1 A2", NULL},
+    {"cbq_batch", WMAT_PARAM_INT, "1", 1, 1024, NULL, "CBQ: calibration windows per step", NULL},
+    {"cbq_windows", WMAT_PARAM_INT, "0", 0, 1 << 20, NULL, "CBQ: calibration windows the reconstruction uses (0: all)", NULL},
+    {"cbq_lr", WMAT_PARAM_FLOAT, "0.01", 0, 10, NULL, "CBQ: Adam step of A1, A2", NULL},
+    {"cbq_scale_lr", WMAT_PARAM_FLOAT, "0.001", 0, 10, NULL, "CBQ: Adam step of the log step sizes (0: scales fixed)", NULL},
+    {"cbq_kl", WMAT_PARAM_FLOAT, "1", 0, 1000, NULL, "CBQ: weight of the KL divergence of softmax over the hidden dimension", NULL},
+    {"cbq_reg", WMAT_PARAM_FLOAT, "0.01", 0, 1000, NULL, "CBQ: weight of the rounding regularizer mean(1 - |2h-1|^beta)", NULL},
+    {"cbq_homologous", WMAT_PARAM_FLOAT, "0", 0, 1000, NULL, "CBQ: weight of the MSE of the window fed the fp input (homologous term; 0: off)", NULL},
+    {"cbq_ste", WMAT_PARAM_BOOL, "true", 0, 0, NULL, "CBQ: each step's forward on the hard rounding, gradients straight through the soft one (false: AdaRound's soft forward)", "cbq_soft"},
+    {"cbq_seed", WMAT_PARAM_INT, "1", 0, 1 << 30, NULL, "CBQ: seed of A2 and the window order", NULL},
+    QP_END};
 
 #define QUANT WMAT_FAMILY_QUANTIZATION
 const wmat_qmethod wmat__qmethods[] = {
@@ -112,6 +130,7 @@ const wmat_qmethod wmat__qmethods[] = {
     {.desc = {"bitstack", QUANT, WMAT_QSTAT_ACT_NORMS, 0, k_bitstack_keys, "bitstack", "BitStack: stacked sign x rank-k blocks of the activation-scaled residual, one stored stack loaded at any budget"}, .fn = wmat__quant_bitstack, .finish = wmat__bitstack_finish},
     {.desc = {"gwq", QUANT, WMAT_QSTAT_HESSIAN | WMAT_QSTAT_GRADIENTS, 0, k_gwq_keys, "sum", "GWQ: top fraction by |dL/dW| in fp16 (sparse), the rest GPTQ or RTN"}, .fn = wmat__quant_gwq},
     {.desc = {"finequant", QUANT, 0, 0, k_finequant_keys, "qpacked", "FineQuant-style: symmetric grid, group per matrix from n halved while the error spikes"}, .fn = wmat__quant_finequant},
+    {.desc = {"cbq", QUANT, 0, WMAT_QM_RECONSTRUCT, k_cbq_keys, "qpacked", "CBQ: CFP + RTN, then cross-block reconstruction with LoRA-Rounding and learned scales (needs --calib)"}, .fn = wmat__quant_cbq},
     {.desc = {NULL, NULL, 0, 0, NULL, NULL, NULL}, .fn = NULL},
 };
 #undef QUANT
@@ -179,6 +198,7 @@ void wmat__qparams_from(const wmat_pset *ps, wmat_qparams *qp)
     if (wmat__pset_has(ps, "dense")) qp->dense_gptq = wmat__pset_int(ps, "dense") == 0;
     if (wmat__pset_has(ps, "tau")) qp->tau = wmat__pset_float(ps, "tau");
     if (wmat__pset_has(ps, "min_group")) qp->min_group = (int)wmat__pset_int(ps, "min_group");
+    wmat__cbq_params_from(ps, qp);
 }
 
 const char *wmat_quantize_method_name(int i, int *needs_calibration)

@@ -55,6 +55,24 @@ typedef struct {
     /* FineQuant (finequant.c) */
     double tau;        /* coarsest group with error <= tau x the finest's (1.5) */
     int min_group;     /* finest group tried (64) */
+    /* CBQ (cbq.c: the initial grid and CFP; src/train/reconstruct.c: the
+     * cross-block reconstruction the descriptor's WMAT_QM_RECONSTRUCT asks for) */
+    struct {
+        int cfp;             /* 1: coarse-to-fine truncation of weight outliers (default) */
+        double cfp_lambda;   /* coarse threshold Q3 + lambda IQR of |W| (1.5) */
+        int window;          /* blocks per window (2); consecutive windows share one block */
+        int iters;           /* optimizer steps per window (100) */
+        int rank;            /* rank of the LoRA-rounding matrices A1 A2 (4) */
+        int batch;           /* calibration windows per step (1) */
+        int windows;         /* calibration windows the reconstruction uses (0: all) */
+        double lr;           /* Adam step of A1, A2 (1e-2) */
+        double scale_lr;     /* Adam step of the log-scales (1e-3; 0: scales fixed) */
+        double kl;           /* weight of the KL term over the hidden dimension (1) */
+        double reg;          /* weight of the rounding regularizer (0.01) */
+        double homologous;   /* weight of the fp-input (homologous) MSE term (0: off) */
+        int ste;             /* 1: steps on the hard rounding, gradients straight through the soft one */
+        uint64_t seed;
+    } cbq;
 } wmat_qparams;
 
 /* GWQ's scores (larger = kept in fp16) */
@@ -134,6 +152,11 @@ enum {
     /* The method picks the grouping axis itself (AdaDim): a group size has
      * to divide only one of the two widths, and per_ic is not read. */
     WMAT_QM_OWN_AXIS = 1u << 0,
+    /* After the per-tensor pass, the method's results are refined by a
+     * reconstruction over consecutive blocks (CBQ): the caller above train
+     * (the CLI, a test) runs wmat__reconstruct (src/train/reconstruct.h) on
+     * them, with calibration data. */
+    WMAT_QM_RECONSTRUCT = 1u << 1,
 };
 
 /* One row of the registry: the only place a method's name is written. The
