@@ -4,9 +4,14 @@
  * bytes, and the streaming commands (eval, convert, analyze, quantize) run
  * on a generated model with a peak resident set (less the program's own)
  * under half the model's size, and `wmat eval` succeeds inside a memory cgroup whose limit is
- * smaller than the model (skipped where no memory cgroup can be made). */
+ * smaller than the model (skipped where no memory cgroup can be made). Calibration's streams kept
+ * in spill files give the statistics and streams of the in-memory ones while only about a window
+ * of them is resident, and GPTQ's factorization in H's own storage gives the factor of the copy
+ * and leaves H as it was. */
 #include "test_util.h"
+#include "core/shapes.h"
 #include "io/model_internal.h"
+#include "quant/methods.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -244,7 +249,8 @@ static int count_prefixed(const char *dir, const char *prefix)
  * (packed objects written as Q4_0) and --ggml q4_k_m (plain ggml block
  * tensors). */
 static const char *const g_qcase[3][12] = {
-    {"--method", "gptq", "--bits", "4", "--group", "128", "--calib", NULL /* tokens */, "--calib-tokens", "256", NULL},
+    /* 16 windows of 64: the low-mem run keeps them in spill files */
+    {"--method", "gptq", "--bits", "4", "--group", "128", "--calib", NULL /* tokens */, "--calib-tokens", "1024", NULL},
     {"--to", "gguf", "--method", "rtn", "--bits", "4", "--group", "32", "--sym", NULL},
     {"--to", "gguf", "--ggml", "q4_k_m", "--method", "rtn", NULL},
 };
@@ -273,7 +279,10 @@ static const char *qout_name(int c, int low)
 /* Quantization packing each block as soon as it is done, spilling it to a
  * temporary file beside the output and writing the output from there,
  * writes the bytes of the fake-quant path, for each output kind, and
- * leaves no temporary file behind. */
+ * leaves no temporary file behind. The GPTQ case calibrates on 16 windows,
+ * which the low-mem run keeps in spill files (the streams and stage mode's
+ * kept activations; test_calib_streams_spilled holds that path to the
+ * in-memory one directly). */
 static void test_quantize_low_mem_same_bytes(void **state)
 {
     (void)state;
@@ -305,6 +314,179 @@ static void test_quantize_low_mem_same_bytes(void **state)
     char *slash = strrchr(a, '/');
     if (slash) *slash = '\0';
     assert_int_equal(count_prefixed(a, ".wmat-spill"), 0);
+}
+
+/* Bytes of this process's resident pages in mappings whose path holds
+ * `name` (/proc/self/smaps; -1 where it cannot be read), and how many such
+ * mappings there are. */
+static long smaps_rss(const char *name, int *n_maps)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[1024];
+    long kb = 0;
+    int in = 0;
+    *n_maps = 0;
+    while (fgets(line, sizeof line, f)) {
+        long v;
+        if ((line[0] >= '0' && line[0] <= '9') || (line[0] >= 'a' && line[0] <= 'f')) {
+            /* a mapping's header: "start-end perms offset dev inode path"
+             * (field lines start with a capital: "Rss:", "VmFlags:") */
+            in = strstr(line, name) != NULL;
+            *n_maps += in;
+        } else if (in && sscanf(line, "Rss: %ld kB", &v) == 1) {
+            kb += v;
+        }
+    }
+    fclose(f);
+    return kb * 1024L;
+}
+
+/* Out of core calibration (quantize's low-mem mode): the streams and stage
+ * mode's kept activations in unlinked spill files give every slot's
+ * statistics and the streams after each block bit for bit as in memory,
+ * while the spill files' resident pages stay near one window's, and
+ * nothing is left in the directory. */
+static void test_calib_streams_spilled(void **state)
+{
+    (void)state;
+    wmat_model *m = load_stored(g_model);
+    const wmat_config *c = wmat_model_config(m);
+    int32_t *ids = NULL;
+    size_t nc = 0;
+    TU_OK(wmat_read_tokens_u16(g_tokens, &ids, &nc));
+    const int ctx = 64, nw = 16, blocks = 3;
+    assert_true(nc >= (size_t)(ctx * nw));
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s", tu_tmp("calib_spill"));
+    assert_int_equal(mkdir(dir, 0755), 0);
+    wmat_runtime_params rp = wmat_runtime_default_params();
+    rp.max_batch_tokens = ctx;
+    rp.kv_cache_len = 1;
+    wmat_runtime *ra, *rb;
+    TU_OK(wmat_runtime_create(&ra, m, &rp));
+    TU_OK(wmat_runtime_create(&rb, m, &rp));
+    wmat__calib_states a, b;
+    TU_OK(wmat__calib_states_init(&a, ra, ids, nw, ctx, c->dim));
+    TU_OK(wmat__calib_states_init_spill(&b, rb, ids, nw, ctx, c->dim, 1, dir));
+    a.resume = b.resume = 1;
+    assert_int_equal(b.x_map > 0, 1);
+    assert_int_equal(a.x_map, 0);
+    const size_t per_tok = (size_t)(c->dim + wmat__attn_width(c) + c->hidden_dim) * sizeof(float);
+    const size_t all = per_tok * (size_t)ctx * (size_t)nw, window = per_tok * (size_t)ctx;
+    long worst = 0;
+    for (int l = 0; l < blocks; l++) {
+        for (int s = 0; s < 4; s++) {
+            const int64_t n = s == WMAT_CSLOT_DOWN ? c->hidden_dim : s == WMAT_CSLOT_O ? wmat__attn_width(c) : c->dim;
+            wmat_qstats sa, sb;
+            TU_OK(wmat__qstats_init(&sa, n, 1));
+            TU_OK(wmat__qstats_init(&sb, n, 1));
+            wmat_qstats *slots_a[WMAT_CSLOT_COUNT] = {0}, *slots_b[WMAT_CSLOT_COUNT] = {0};
+            slots_a[s] = &sa;
+            slots_b[s] = &sb;
+            TU_OK(wmat__calib_collect(&a, c->n_layers, slots_a, 1u << s, 0));
+            TU_OK(wmat__calib_collect(&b, c->n_layers, slots_b, 1u << s, 0));
+            assert_memory_equal(sa.H, sb.H, (size_t)(n * n) * sizeof(double));
+            assert_memory_equal(sa.x2, sb.x2, (size_t)n * sizeof(double));
+            assert_memory_equal(sa.absmax, sb.absmax, (size_t)n * sizeof(float));
+            wmat__qstats_free(&sa);
+            wmat__qstats_free(&sb);
+            int maps = 0;
+            const long rss = smaps_rss(".wmat-spill-", &maps);
+            if (rss > worst) worst = rss;
+        }
+        TU_OK(wmat__calib_advance(&a));
+        TU_OK(wmat__calib_advance(&b));
+        for (int w = 0; w < nw; w++)
+            assert_memory_equal(wmat__calib_state(&a, w), wmat__calib_state(&b, w), (size_t)ctx * (size_t)c->dim * sizeof(float));
+    }
+    int maps = 0;
+    const long rss = smaps_rss(".wmat-spill-", &maps);
+    print_message("spilled streams: %d mappings, %zu bytes in all, resident at most %ld bytes after a pass (%ld now; "
+                  "a window is %zu)\n", maps, all, worst, rss, window);
+    assert_int_equal(maps, 3); /* X, A, Hs */
+    assert_int_equal(a.stage_runs, b.stage_runs);
+    /* a window (plus the pages the windows share) at most, of 16 */
+    if (worst >= 0) TU_ASSERT_BELOW((double)worst, (double)(2 * window + 6 * 4096));
+    assert_int_equal(count_prefixed(dir, ".wmat-spill"), 0);
+    wmat__calib_states_free(&a);
+    wmat__calib_states_free(&b);
+    assert_int_equal(smaps_rss(".wmat-spill-", &maps) <= 0 && maps == 0, 1);
+    wmat_runtime_free(ra);
+    wmat_runtime_free(rb);
+    wmat_model_free(m);
+    free(ids);
+}
+
+/* A random symmetric positive semi-definite H (n, n): X^T X of T < n rows,
+ * so damping is needed, minus sub x mean(diag) on the diagonal (then the
+ * first dampings fail), with dead inputs (zero rows and columns). */
+static double *gptq_h(int64_t n, int T, double sub, uint64_t seed)
+{
+    double *X = malloc((size_t)T * (size_t)n * sizeof(double)), *H = calloc((size_t)(n * n), sizeof(double));
+    assert_non_null(X);
+    assert_non_null(H);
+    for (int64_t i = 0; i < (int64_t)T * n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        X[i] = ((double)(seed >> 11) / 9007199254740992.0 - 0.5) * (1.0 + (double)(i % n) / (double)n);
+    }
+    for (int64_t j = 3; j < n; j += 37)
+        for (int t = 0; t < T; t++) X[t * n + j] = 0.0; /* dead */
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j <= i; j++) {
+            double v = 0.0;
+            for (int t = 0; t < T; t++) v += X[t * n + i] * X[t * n + j];
+            H[i * n + j] = H[j * n + i] = v;
+        }
+    double mean = 0.0;
+    for (int64_t j = 0; j < n; j++) mean += H[j * n + j];
+    mean /= (double)n;
+    for (int64_t j = 0; j < n; j++)
+        if (H[j * n + j] != 0.0) H[j * n + j] -= sub * mean;
+    free(X);
+    return H;
+}
+
+/* GPTQ's factorization in H's own storage (a bit-symmetric H, double)
+ * gives U, perm and the damping of the copy path (taken for an H whose
+ * triangle the factorization does not read differs), and leaves H bit for
+ * bit as it was: with and without act-order, with retried dampings. */
+static void test_gptq_factor_in_place(void **state)
+{
+    (void)state;
+    const int64_t n = 300; /* not a multiple of the transposes' tiles */
+    for (int act = 0; act < 2; act++)
+        for (int hard = 0; hard < 2; hard++) {
+            double *H = gptq_h(n, 200, hard ? 0.05 : 0.0, 11 + (uint64_t)act), *H0 = malloc((size_t)(n * n) * sizeof(double)),
+                   *H2 = malloc((size_t)(n * n) * sizeof(double));
+            float *U1 = malloc((size_t)(n * n) * sizeof(float)), *U2 = malloc((size_t)(n * n) * sizeof(float));
+            int32_t *p1 = malloc((size_t)n * sizeof(int32_t)), *p2 = malloc((size_t)n * sizeof(int32_t));
+            assert_true(H0 && H2 && U1 && U2 && p1 && p2);
+            memcpy(H0, H, (size_t)(n * n) * sizeof(double));
+            double l1 = 0.01, l2 = 0.01;
+            TU_OK(wmat__gptq_factor(H, n, act, 1, 1, &l1, p1, U1));
+            assert_memory_equal(H, H0, (size_t)(n * n) * sizeof(double));
+            /* the entries J P H P^T J's strict lower triangle holds, changed:
+             * H is no longer symmetric, so the copy path runs on the values
+             * the in-place path factored */
+            memcpy(H2, H0, (size_t)(n * n) * sizeof(double));
+            for (int64_t x = 0; x < n; x++)
+                for (int64_t y = 0; y < x; y++) H2[(int64_t)p1[n - 1 - x] * n + p1[n - 1 - y]] += 1.0;
+            TU_OK(wmat__gptq_factor(H2, n, act, 1, 1, &l2, p2, U2));
+            print_message("act-order %d, %s: damping %g in place, %g copied\n", act, hard ? "indefinite" : "semi-definite",
+                          l1, l2);
+            assert_true(l1 == l2);
+            if (hard) assert_true(l1 > 0.05); /* retried */
+            assert_memory_equal(p1, p2, (size_t)n * sizeof(int32_t));
+            assert_memory_equal(U1, U2, (size_t)(n * n) * sizeof(float));
+            free(H);
+            free(H0);
+            free(H2);
+            free(U1);
+            free(U2);
+            free(p1);
+            free(p2);
+        }
 }
 
 /* Each streaming command's peak RSS, less the program's own, stays under
@@ -518,6 +700,8 @@ int main(void)
         cmocka_unit_test(test_eval_layer_major_matches),
         cmocka_unit_test(test_release_keeps_results),
         cmocka_unit_test(test_quantize_low_mem_same_bytes),
+        cmocka_unit_test(test_calib_streams_spilled),
+        cmocka_unit_test(test_gptq_factor_in_place),
         cmocka_unit_test(test_peak_rss_below_half_model),
         cmocka_unit_test(test_eval_in_memory_cgroup),
         cmocka_unit_test(test_quantize_in_memory_cgroup),

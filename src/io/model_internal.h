@@ -56,6 +56,12 @@ const wmat_map *wmat__model_map_at(const wmat_model *m, const void *p);
  * The values are unchanged; a kind without save/load, f32 and tensors that
  * are not owned are left as they are. On error t is unchanged. */
 int wmat__model_spill(wmat_model *m, wmat_tensor *t, const char *dir);
+/* Scratch memory in a new unlinked file of `bytes` in dir (NULL or "": as
+ * above), reserved on disk and mapped shared read-write into *out (free it
+ * with wmat__unmap). Pages dropped with wmat__pages_release keep their
+ * contents (they stay in the page cache and the file); what the calibration
+ * streams use out of core (src/quant/calib.c). */
+int wmat__spill_scratch(const char *dir, size_t bytes, const char *what, wmat_map *out);
 /* The same for every tensor of block `layer` (its weights, norms and
  * shortcut matrices). */
 void wmat__model_release_layer(const wmat_model *m, int layer);

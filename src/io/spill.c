@@ -147,3 +147,48 @@ int wmat__model_spill(wmat_model *m, wmat_tensor *t, const char *dir)
     wmat__tensor_set_obj(t, obj); /* frees the in-memory object */
     return WMAT_OK;
 }
+
+/* Scratch memory out of core: `bytes` of a new file in dir, unlinked at
+ * once and reserved on disk (posix_fallocate: a full disk is an error
+ * here, not a SIGBUS at a later page fault), mapped shared and writable.
+ * The caller writes and reads it like memory and drops the pages it is
+ * done with (wmat__pages_release): on a shared file mapping madvise's
+ * MADV_DONTNEED only unmaps them, their contents stay in the page cache
+ * (and go to the file), and the next access maps them again. */
+int wmat__spill_scratch(const char *dir, size_t bytes, const char *what, wmat_map *out)
+{
+    out->addr = NULL;
+    out->len = 0;
+    if (!dir || !*dir) dir = getenv("TMPDIR");
+    if (!dir || !*dir) dir = "/tmp";
+    if (!bytes) return wmat_set_error(WMAT_ERR_INTERNAL, "%s: an empty scratch file", what);
+    if (wmat__fault_io()) return wmat_set_error(WMAT_ERR_IO, "%s: cannot create a spill file: injected I/O fault", what);
+    const size_t dl = strlen(dir);
+    char *path = wmat__malloc(dl + 32);
+    if (!path) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", what);
+    snprintf(path, dl + 32, "%s%s.wmat-spill-XXXXXX", dir, dl && dir[dl - 1] == '/' ? "" : "/");
+    const int fd = mkostemp(path, O_CLOEXEC);
+    if (fd < 0) {
+        const int e = errno;
+        int rc = wmat_set_error(WMAT_ERR_IO, "%s: cannot create a spill file in %s: %s", what, dir, strerror(e));
+        wmat__free(path);
+        return rc;
+    }
+    unlink(path); /* gone with the mapping, whatever happens */
+    wmat__free(path);
+    int rc = WMAT_OK;
+    const int e = posix_fallocate(fd, 0, (off_t)bytes);
+    if (e)
+        rc = wmat_set_error(WMAT_ERR_IO, "%s: cannot reserve %zu MB for a spill file in %s: %s", what, bytes >> 20,
+                            dir, strerror(e));
+    if (!rc) {
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) rc = wmat_set_error(WMAT_ERR_IO, "%s: cannot map the spill file: %s", what, strerror(errno));
+        else {
+            out->addr = p;
+            out->len = bytes;
+        }
+    }
+    close(fd);
+    return rc;
+}

@@ -24,10 +24,18 @@
  * the fp32 product summed in double as in an fp32 calibration. Rounding X
  * to bf16 for X^T X as well would change H by about 2^-9 relative per
  * element product where the forward only moves the activations (docs/QUANT.md
- * "GPTQ at 1.1B scale" measures both). */
+ * "GPTQ at 1.1B scale" measures both).
+ *
+ * Out of core (wmat__calib_states_init_spill, quantize's low-mem mode): the
+ * streams and the kept activations (608 MiB for 64 windows of 256 at the
+ * 1.1B shape) live in unlinked files beside the output, mapped shared, and
+ * each pass drops a window's pages as soon as it is done with that window
+ * (window_done): the values are the same floats, only where they rest
+ * between passes changes. */
 #include "methods.h"
 
 #include "core/shapes.h"
+#include "io/model_internal.h"
 #include "linalg/linalg.h"
 #include "model/runtime.h"
 
@@ -199,17 +207,76 @@ static int calib_hook(void *user, int layer, wmat_linear_kind kind, const float 
     return 0;
 }
 
+/* ---- where the streams rest: memory, or (out of core) unlinked files */
+
+/* `bytes` for one of the streams' buffers into *buf: malloc'ed, or a spill
+ * file's mapping when st->spill (*map its length; 0 when malloc'ed). A
+ * spill file's failure sets its message; WMAT_ERR_NOMEM from malloc is the
+ * caller's to say. */
+static int streams_buf(wmat__calib_states *st, size_t bytes, float **buf, size_t *map, const char *what)
+{
+    *buf = NULL;
+    *map = 0;
+    if (!st->spill || !bytes) {
+        *buf = wmat__malloc(bytes);
+        return *buf ? WMAT_OK : WMAT_ERR_NOMEM;
+    }
+    wmat_map mp;
+    char w[96];
+    snprintf(w, sizeof w, "calibration: %s", what);
+    int rc = wmat__spill_scratch(st->spill_dir, bytes, w, &mp);
+    if (rc) return rc;
+    *buf = mp.addr;
+    *map = mp.len;
+    return WMAT_OK;
+}
+
+static void streams_buf_free(float *buf, size_t map)
+{
+    if (map) {
+        wmat_map mp = {buf, map};
+        wmat__unmap(&mp);
+    } else {
+        wmat__free(buf);
+    }
+}
+
+static float *kept_a(wmat__calib_states *st, int w);
+static float *kept_hs(wmat__calib_states *st, int w);
+
+/* Out of core: a pass is done with window w, whose pages (streams and kept
+ * activations) leave the resident set; their contents stay in the page
+ * cache and the file, and the next pass maps them back. */
+static void window_done(wmat__calib_states *st, int w)
+{
+    if (!st->spill) return;
+    const wmat_config *c = wmat__runtime_config(st->rt);
+    const size_t tok = (size_t)st->ctx;
+    wmat__pages_release(wmat__calib_state(st, w), tok * (size_t)st->dim * sizeof(float), 1);
+    if (st->A) wmat__pages_release(kept_a(st, w), tok * (size_t)wmat__attn_width(c) * sizeof(float), 1);
+    if (st->Hs) wmat__pages_release(kept_hs(st, w), tok * (size_t)c->hidden_dim * sizeof(float), 1);
+}
+
 int wmat__calib_states_init(wmat__calib_states *st, wmat_runtime *rt, const int32_t *tokens, int n_windows, int ctx,
                             int dim)
 {
+    return wmat__calib_states_init_spill(st, rt, tokens, n_windows, ctx, dim, 0, NULL);
+}
+
+int wmat__calib_states_init_spill(wmat__calib_states *st, wmat_runtime *rt, const int32_t *tokens, int n_windows,
+                                  int ctx, int dim, int spill, const char *dir)
+{
     memset(st, 0, sizeof *st);
+    st->spill = spill;
+    st->spill_dir = dir;
     const size_t n = (size_t)n_windows * (size_t)ctx * (size_t)dim;
-    st->X = wmat__malloc(n * sizeof(float));
-    if (!st->X)
+    int rc0 = streams_buf(st, n * sizeof(float), &st->X, &st->x_map, "the residual streams");
+    if (rc0 == WMAT_ERR_NOMEM && !spill)
         return wmat_set_error(WMAT_ERR_NOMEM,
                               "calibration: out of memory for the residual streams of %d windows x %d tokens x %d "
                               "(%zu MB); lower --calib-tokens",
                               n_windows, ctx, dim, (n * sizeof(float)) >> 20);
+    if (rc0) return rc0;
     st->rt = rt;
     st->n_windows = n_windows;
     st->ctx = ctx;
@@ -217,6 +284,7 @@ int wmat__calib_states_init(wmat__calib_states *st, wmat_runtime *rt, const int3
     st->bytes = n * sizeof(float);
     for (int w = 0; w < n_windows; w++) {
         int rc = wmat_forward_embed(rt, tokens + (size_t)w * (size_t)ctx, ctx, wmat__calib_state(st, w));
+        window_done(st, w);
         if (rc) {
             wmat__calib_states_free(st);
             return rc;
@@ -230,9 +298,9 @@ void wmat__calib_states_free(wmat__calib_states *st)
     if (st->rt && st->bf16) wmat__runtime_set_linear(st->rt, NULL, NULL);
     for (int k = 0; k < WMAT_LIN_COUNT; k++) wmat__free(st->w16[k]);
     wmat__free(st->x16);
-    wmat__free(st->X);
-    wmat__free(st->A);
-    wmat__free(st->Hs);
+    streams_buf_free(st->X, st->x_map);
+    streams_buf_free(st->A, st->a_map);
+    streams_buf_free(st->Hs, st->hs_map);
     memset(st, 0, sizeof *st);
 }
 
@@ -331,18 +399,23 @@ static int kept_alloc(wmat__calib_states *st, int to)
 {
     const wmat_config *c = wmat__runtime_config(st->rt);
     const size_t tok = (size_t)st->n_windows * (size_t)st->ctx;
+    int rc;
     if (st->stage <= 0 && to > 1 && !st->A) {
         const size_t n = tok * (size_t)wmat__attn_width(c);
-        if (!(st->A = wmat__malloc(n * sizeof(float))))
-            return wmat_set_error(WMAT_ERR_NOMEM, "calibration: out of memory for the kept attention outputs (%zu MB)",
-                                  (n * sizeof(float)) >> 20);
+        if ((rc = streams_buf(st, n * sizeof(float), &st->A, &st->a_map, "the kept attention outputs")))
+            return rc == WMAT_ERR_NOMEM && !st->spill
+                       ? wmat_set_error(WMAT_ERR_NOMEM, "calibration: out of memory for the kept attention outputs (%zu MB)",
+                                        (n * sizeof(float)) >> 20)
+                       : rc;
         st->bytes += n * sizeof(float);
     }
     if (st->stage <= 2 && to > 3 && !st->Hs) {
         const size_t n = tok * (size_t)c->hidden_dim;
-        if (!(st->Hs = wmat__malloc(n * sizeof(float))))
-            return wmat_set_error(WMAT_ERR_NOMEM, "calibration: out of memory for the kept FFN activations (%zu MB)",
-                                  (n * sizeof(float)) >> 20);
+        if ((rc = streams_buf(st, n * sizeof(float), &st->Hs, &st->hs_map, "the kept FFN activations")))
+            return rc == WMAT_ERR_NOMEM && !st->spill
+                       ? wmat_set_error(WMAT_ERR_NOMEM, "calibration: out of memory for the kept FFN activations (%zu MB)",
+                                        (n * sizeof(float)) >> 20)
+                       : rc;
         st->bytes += n * sizeof(float);
     }
     return WMAT_OK;
@@ -358,6 +431,7 @@ int wmat__calib_advance(wmat__calib_states *st)
         /* from where the last stage-mode pass stopped, else the whole block */
         rc = st->stage > 0 ? wmat__forward_block_part(st->rt, X, kept_a(st, w), kept_hs(st, w), st->ctx, L, st->stage, 4)
                            : wmat_forward_layers(st->rt, X, X, st->ctx, L, L + 1);
+        window_done(st, w);
         st->block_passes++;
         st->stage_runs += 4 - st->stage;
     }
@@ -402,6 +476,7 @@ int wmat__calib_collect(wmat__calib_states *st, int n_layers, wmat_qstats **slot
                                    : wmat_forward_layers(st->rt, X, advance ? X : NULL, st->ctx, layer, layer + 1);
             st->stage_runs += 4;
         }
+        window_done(st, w);
         st->block_passes++;
         if (rc == WMAT_ERR_CANCELLED && h.stopped) {
             wmat_clear_error();

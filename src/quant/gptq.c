@@ -125,8 +125,170 @@ static void fill_reversed(const double *H, int64_t n, const int32_t *perm, doubl
     }
 }
 
-int wmat__gptq_factor(const double *H, int64_t n, int act_order, int prec, int nt, double *lambda, int32_t *perm,
-                      float *U)
+/* ---- factoring H in its own storage (double precision, H symmetric):
+ * the n x n copy the factorization would otherwise make (254 MB for a
+ * 5632-wide input, the largest buffer of a GPTQ run beside H itself) is
+ * not made. J P H P^T J is formed in place (a symmetric permutation),
+ * and the wrappers factor and invert its upper triangle (row-major), which
+ * is all LAPACK reads and writes there (uplo 'L' in column-major): its
+ * strict lower triangle keeps J P H P^T J, and a saved diagonal the rest,
+ * so a retry with more damping rebuilds the upper triangle from them, and
+ * at the end H is put back bit for bit (the inverse permutation). The
+ * matrix factored holds the same values as fill_reversed's copy, so U is
+ * the same bytes. */
+
+/* Square tiles for the transposed passes over H (two 32 KB tiles of
+ * doubles stay in cache). */
+#define SYM_TILE 64
+
+/* Whether H equals its transpose bit for bit (then its strict lower
+ * triangle can stand in for the upper one). */
+static int bit_symmetric(const double *H, int64_t n)
+{
+    for (int64_t i0 = 0; i0 < n; i0 += SYM_TILE)
+        for (int64_t j0 = i0; j0 < n; j0 += SYM_TILE) {
+            const int64_t i1 = i0 + SYM_TILE < n ? i0 + SYM_TILE : n, j1 = j0 + SYM_TILE < n ? j0 + SYM_TILE : n;
+            for (int64_t i = i0; i < i1; i++)
+                for (int64_t j = j0 > i + 1 ? j0 : i + 1; j < j1; j++)
+                    if (memcmp(&H[i * n + j], &H[j * n + i], sizeof(double))) return 0;
+        }
+    return 1;
+}
+
+/* A's strict upper triangle <- its strict lower one, transposed. */
+static void upper_from_lower(double *A, int64_t n)
+{
+    for (int64_t i0 = 0; i0 < n; i0 += SYM_TILE)
+        for (int64_t j0 = i0; j0 < n; j0 += SYM_TILE) {
+            const int64_t i1 = i0 + SYM_TILE < n ? i0 + SYM_TILE : n, j1 = j0 + SYM_TILE < n ? j0 + SYM_TILE : n;
+            for (int64_t i = i0; i < i1; i++)
+                for (int64_t j = j0 > i + 1 ? j0 : i + 1; j < j1; j++) A[i * n + j] = A[j * n + i];
+        }
+}
+
+/* A (n, n) <- its rows and columns in order s: A'[a][b] = A[s[a]][s[b]].
+ * Rows move along the cycles of s (one row of scratch), then each row's
+ * columns are gathered. row: n doubles, seen: n bytes. */
+static void sym_permute(double *A, int64_t n, const int32_t *s, double *row, unsigned char *seen)
+{
+    const size_t rb = (size_t)n * sizeof(double);
+    memset(seen, 0, (size_t)n);
+    for (int64_t a0 = 0; a0 < n; a0++) {
+        if (seen[a0]) continue;
+        seen[a0] = 1;
+        if (s[a0] == a0) continue;
+        memcpy(row, A + a0 * n, rb);
+        for (int64_t a = a0;;) {
+            const int64_t next = s[a];
+            seen[a] = 1;
+            if (next == a0) {
+                memcpy(A + a * n, row, rb);
+                break;
+            }
+            memcpy(A + a * n, A + next * n, rb);
+            a = next;
+        }
+    }
+    for (int64_t a = 0; a < n; a++) {
+        double *r = A + a * n;
+        memcpy(row, r, rb);
+        for (int64_t b = 0; b < n; b++) r[b] = row[s[b]];
+    }
+}
+
+/* U from the factored upper triangle A (R^-1, row-major, in float or
+ * double): U[i][j] = R^-1[n-1-j][n-1-i] for j >= i. 0: a non-finite value. */
+static int extract_u(const void *A, int f32, int64_t n, float *U)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float *u = U + i * n;
+        for (int64_t j = 0; j < i; j++) u[j] = 0.0f;
+        for (int64_t j = i; j < n; j++) {
+            const int64_t src = (n - 1 - j) * n + (n - 1 - i);
+            u[j] = f32 ? ((const float *)A)[src] : (float)((const double *)A)[src];
+        }
+        for (int64_t j = i; j < n; j++)
+            if (!isfinite(u[j])) return 0;
+    }
+    return 1;
+}
+
+/* The double factorization of H's damped, reordered copy, made in H's own
+ * storage; H is as it was on return, whatever happened. */
+static int factor_in_place(double *H, int64_t n, const int32_t *perm, double mean, double *lambda, float *U)
+{
+    int32_t *s = wmat__malloc((size_t)n * sizeof(int32_t)), *inv = wmat__malloc((size_t)n * sizeof(int32_t));
+    double *d = wmat__malloc((size_t)n * sizeof(double)), *row = wmat__malloc((size_t)n * sizeof(double));
+    unsigned char *seen = wmat__malloc((size_t)n);
+    int rc = WMAT_ERR_NUMERIC;
+    if (!s || !inv || !d || !row || !seen) {
+        rc = wmat_set_error(WMAT_ERR_NOMEM, "GPTQ: out of memory");
+        goto out;
+    }
+    for (int64_t a = 0; a < n; a++) {
+        s[a] = perm[n - 1 - a];
+        inv[s[a]] = (int32_t)a;
+    }
+    sym_permute(H, n, s, row, seen); /* H = J P H P^T J */
+    for (int64_t a = 0; a < n; a++) d[a] = H[a * n + a];
+    for (int attempt = 0; attempt < 5; attempt++, *lambda *= 10.0) {
+        /* a failed Cholesky stops at the first bad pivot and has spoilt the
+         * upper triangle: rebuilt from the lower one for the next damping */
+        if (attempt) upper_from_lower(H, n);
+        const double shift = *lambda * mean;
+        for (int64_t a = 0; a < n; a++) H[a * n + a] = (d[a] == 0.0 ? 1.0 : d[a]) + shift;
+        int st = wmat__dpotrf_upper_nc((int)n, H, (int)n);
+        if (!st) st = wmat__dtrtri_upper((int)n, H, (int)n);
+        if (st == WMAT_ERR_NUMERIC) continue; /* more damping may cure it */
+        if (st) {
+            rc = st; /* out of memory: the wrapper's message stands */
+            break;
+        }
+        if (!extract_u(H, 0, n, U)) continue;
+        rc = WMAT_OK;
+        break;
+    }
+    /* H back as it came */
+    upper_from_lower(H, n);
+    for (int64_t a = 0; a < n; a++) H[a * n + a] = d[a];
+    sym_permute(H, n, inv, row, seen);
+out:
+    wmat__free(s);
+    wmat__free(inv);
+    wmat__free(d);
+    wmat__free(row);
+    wmat__free(seen);
+    return rc;
+}
+
+/* The same from a copy of H (float, or an H that is not symmetric). */
+static int factor_copy(const double *H, int64_t n, const int32_t *perm, int f32, double mean, double *lambda, float *U)
+{
+    void *A = wmat__malloc((size_t)(n * n) * (f32 ? sizeof(float) : sizeof(double)));
+    if (!A)
+        return wmat_set_error(WMAT_ERR_NOMEM, "GPTQ: out of memory for a %lld x %lld Hessian", (long long)n,
+                              (long long)n);
+    int rc = WMAT_ERR_NUMERIC;
+    for (int attempt = 0; attempt < 5; attempt++, *lambda *= 10.0) {
+        /* a failed Cholesky stops at the first bad pivot and has spoilt A:
+         * only A is rebuilt (from H) for the next damping, nothing else */
+        fill_reversed(H, n, perm, *lambda * mean, A, f32);
+        int st = f32 ? wmat__spotrf_upper((int)n, A, (int)n) : wmat__dpotrf_upper_nc((int)n, A, (int)n);
+        if (!st) st = f32 ? wmat__strtri_upper((int)n, A, (int)n) : wmat__dtrtri_upper((int)n, A, (int)n);
+        if (st == WMAT_ERR_NUMERIC) continue; /* more damping may cure it */
+        if (st) {
+            rc = st; /* out of memory: the wrapper's message stands */
+            break;
+        }
+        if (!extract_u(A, f32, n, U)) continue;
+        rc = WMAT_OK;
+        break;
+    }
+    wmat__free(A);
+    return rc;
+}
+
+int wmat__gptq_factor(double *H, int64_t n, int act_order, int prec, int nt, double *lambda, int32_t *perm, float *U)
 {
     const int f32 = prec == 2;
     double mean = 0.0;
@@ -142,42 +304,10 @@ int wmat__gptq_factor(const double *H, int64_t n, int act_order, int prec, int n
         for (int64_t j = 0; j < n; j++) perm[j] = di[j].i;
         wmat__free(di);
     }
-    void *A = wmat__malloc((size_t)(n * n) * (f32 ? sizeof(float) : sizeof(double)));
-    if (!A)
-        return wmat_set_error(WMAT_ERR_NOMEM, "GPTQ: out of memory for a %lld x %lld Hessian", (long long)n,
-                              (long long)n);
-    int rc = WMAT_ERR_NUMERIC;
     const int tok = wmat__blas_threads_begin(nt);
-    for (int attempt = 0; attempt < 5; attempt++, *lambda *= 10.0) {
-        /* a failed Cholesky stops at the first bad pivot and has spoilt A:
-         * only A is rebuilt (from H) for the next damping, nothing else */
-        fill_reversed(H, n, perm, *lambda * mean, A, f32);
-        int st = f32 ? wmat__spotrf_upper((int)n, A, (int)n) : wmat__dpotrf_upper_nc((int)n, A, (int)n);
-        if (!st) st = f32 ? wmat__strtri_upper((int)n, A, (int)n) : wmat__dtrtri_upper((int)n, A, (int)n);
-        if (st == WMAT_ERR_NUMERIC) continue; /* more damping may cure it */
-        if (st) {
-            rc = st; /* out of memory: the wrapper's message stands */
-            break;
-        }
-        /* U[i][j] = R^-1[n-1-j][n-1-i] for j >= i (R^-1 upper) */
-        int ok = 1;
-        for (int64_t i = 0; i < n; i++) {
-            float *u = U + i * n;
-            for (int64_t j = 0; j < i; j++) u[j] = 0.0f;
-            for (int64_t j = i; j < n; j++) {
-                const int64_t src = (n - 1 - j) * n + (n - 1 - i);
-                u[j] = f32 ? ((const float *)A)[src] : (float)((const double *)A)[src];
-            }
-            for (int64_t j = i; j < n && ok; j++)
-                if (!isfinite(u[j])) ok = 0;
-            if (!ok) break;
-        }
-        if (!ok) continue;
-        rc = WMAT_OK;
-        break;
-    }
+    const int rc = !f32 && bit_symmetric(H, n) ? factor_in_place(H, n, perm, mean, lambda, U)
+                                               : factor_copy(H, n, perm, f32, mean, lambda, U);
     wmat__blas_threads_end(tok);
-    wmat__free(A);
     if (rc == WMAT_ERR_NUMERIC)
         return wmat_set_error(WMAT_ERR_NUMERIC,
                               "GPTQ: the Hessian of a %lld-input layer is not positive definite even with damping "

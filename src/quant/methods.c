@@ -723,7 +723,10 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
         if ((rc = wmat_runtime_create(&rt, m, &rp))) goto done;
         int w0 = 0, nw = n_windows; /* this rank's share (calib_dp.c) */
         if ((rc = wmat__calib_share(p->comm, n_windows, &w0, &nw))) goto done;
-        if ((rc = wmat__calib_states_init(&cs, rt, p->calib + (size_t)w0 * (size_t)ctx, nw, ctx, c->dim))) goto done;
+        /* out of core: the streams in unlinked files beside the output too */
+        if ((rc = wmat__calib_states_init_spill(&cs, rt, p->calib + (size_t)w0 * (size_t)ctx, nw, ctx, c->dim, low_mem,
+                                                p->spill_dir)))
+            goto done;
         if ((rc = wmat__calib_states_dtype(&cs, p->calib_dtype))) goto done;
         /* stage mode quantizes each slot right after its pass (block mode
          * quantizes the whole block after one pass: no resuming there) */

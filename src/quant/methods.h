@@ -235,8 +235,12 @@ typedef float (*wmat_gptq_colq)(void *user, int64_t r, int64_t i, const float *w
  * zero diagonal) counted as 1, columns in perm's order (by decreasing H_jj
  * with act_order, else the identity), damping lambda (raised x10, up to 5
  * tries), U from one Cholesky of the reversed H and one triangular inverse,
- * in double (prec 1) or float (prec 2), LAPACK on nt threads. */
-int wmat__gptq_factor(const double *H, int64_t n, int act_order, int prec, int nt, double *lambda, int32_t *perm,
+ * in double (prec 1) or float (prec 2), LAPACK on nt threads. In double,
+ * a bit-symmetric H is factored in its own storage (no n x n copy) and
+ * restored bit for bit before the return, so H is unchanged for the caller
+ * but must not be read by another thread meanwhile; U is the same bytes
+ * either way. */
+int wmat__gptq_factor(double *H, int64_t n, int act_order, int prec, int nt, double *lambda, int32_t *perm,
                       float *U);
 void wmat__gptq_fact_clear(wmat_gptq_fact *f);
 /* GPTQ's column loop over W (m, n): for each block of B columns, column i
@@ -379,6 +383,13 @@ typedef struct {
     uint16_t *x16;
     size_t x16_cap;
     double convert_seconds; /* the bf16 conversions (weights and activations) */
+    /* Out of core (wmat__calib_states_init_spill): X, A and Hs are shared
+     * mappings of unlinked files in spill_dir (their lengths here; 0: in
+     * memory), and every pass drops a window's pages once it is done with
+     * the window, so the streams are resident one window at a time. */
+    int spill;
+    const char *spill_dir;
+    size_t x_map, a_map, hs_map;
 } wmat__calib_states;
 
 /* Whether calibration can run its forward in dtype dt: WMAT_F32, or
@@ -395,6 +406,12 @@ int wmat__calib_states_dtype(wmat__calib_states *st, wmat_dtype dt);
 /* Embed windows w = 0..n_windows-1 (tokens[w*ctx ..]) as the streams. */
 int wmat__calib_states_init(wmat__calib_states *st, wmat_runtime *rt, const int32_t *tokens, int n_windows, int ctx,
                             int dim);
+/* The same, out of core when spill is set: the streams and stage mode's
+ * kept activations go to unlinked files in dir (NULL or "": $TMPDIR, else
+ * /tmp; docs/SCALING.md, "Out of core"). The values are those of the
+ * in-memory streams, so every result is the same. */
+int wmat__calib_states_init_spill(wmat__calib_states *st, wmat_runtime *rt, const int32_t *tokens, int n_windows,
+                                  int ctx, int dim, int spill, const char *dir);
 void wmat__calib_states_free(wmat__calib_states *st);
 float *wmat__calib_state(wmat__calib_states *st, int w);
 /* Run block st->layer on every stream, in place (with the current weights). */
