@@ -5,9 +5,10 @@
 # QAT runs fine-tune on it (STEPS steps of 4 windows of 256, seed s), GPTQ
 # calibrates on the same tokens. Evaluation: the first 64 windows of
 # WikiText-2 valid, ctx 256, by `wmat eval` on the written model (GPTQ:
-# quantize --eval; gptq: the symmetric grid QAT trains on, gptq-asym: its
+# the native directory quantize writes; gptq: the symmetric grid QAT trains on, gptq-asym: its
 # default min-max grid; full: fp32 fine-tuning on the same tokens, the
-# domain shift alone). Prints "setting | bits | slice | perplexity |
+# domain shift alone). Prints "setting | bits | slice | WikiText-2 perplexity | held-out
+# TinyStories perplexity (64 windows of 256 from token 65536) |
 # oscillations per step (whole run) | (last steps) | frozen" lines.
 # Usage: [S0=first slice] scripts/ofq-matrix.sh [BUILD_DIR] [SLICES] [STEPS] [PATTERN] [BITS]
 # (PATTERN: a shell pattern of the settings to run, e.g. 'ofq|gptq' needs @(...): give one name or '*')
@@ -38,9 +39,11 @@ for bits in $BITS; do
       if [[ "$setting" == gptq* ]]; then
         sym=--sym
         [[ "$setting" == gptq-asym ]] && sym=--asym
-        out=$("$B/wmat" quantize $D/models/mix4m.bin "$tmp/q" --method gptq --bits "$bits" $sym \
-            --calib "$tmp/cal$s.u16" --calib-tokens "$T" --calib-ctx 256 --eval "$WT" --max-windows 64 --to none \
-            --threads 1 2>&1)
+        rm -rf "$tmp/m"
+        "$B/wmat" quantize $D/models/mix4m.bin "$tmp/m" --method gptq --bits "$bits" $sym \
+            --calib "$tmp/cal$s.u16" --calib-tokens "$T" --calib-ctx 256 --threads 1 > /dev/null 2>&1
+        o="$tmp/m"
+        out=$("$B/wmat" eval "$o" --tokens "$WT" --ctx 256 --max-windows 64 --threads 1 2>&1)
         ppl=$(awk '/^perplexity/ {print $2}' <<< "$out")
       else
         rm -rf "$tmp/m" "$tmp/m.bin"
@@ -55,7 +58,10 @@ for bits in $BITS; do
         late=$(grep 'qat: last' <<< "$log" | tail -1 | grep -o '([0-9.]* per step)' | tr -dc '0-9.' || true)
         frozen=$(grep -o 'frozen at the last step ([0-9.]*%)' <<< "$log" | tail -1 | tr -dc '0-9.' || true)
       fi
-      echo "$setting | $bits | $s | $ppl | ${osc:--} | ${late:--} | ${frozen:--}"
+      # held-out TinyStories (the fine-tuning domain): 64 windows from token 65536
+      ts=$("$B/wmat" eval "$o" --tokens "$TS" --offset 65536 --ctx 256 --max-windows 64 --threads 1 2>&1 \
+          | awk '/^perplexity/ {print $2}')
+      echo "$setting | $bits | $s | $ppl | $ts | ${osc:--} | ${late:--} | ${frozen:--}"
     done
   done
 done
