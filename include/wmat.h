@@ -1007,6 +1007,15 @@ typedef struct {
     size_t adapter_calib_n;
     int adapter_calib_batches;
     float eva_rho, eva_tau;
+    /* Quantization-aware training (adapters ofq, ofq-statsq, ofq-lsq: the
+     * targeted linears trained through fake-quantized weights, written as
+     * packed quantized weights): bits 2..8 (default 4), group along inputs
+     * (0, default: one step per output channel; else a multiple of 32), the
+     * optimizer steps of the annealing stage at the end of the schedule
+     * (< 0, default: steps / 5) and the boundary range of its rule (levels,
+     * default 0.005). */
+    int qat_bits, qat_group, qat_cga_steps;
+    float qat_cga_range;
 } wmat_train_params;
 
 WMAT_API wmat_train_params wmat_train_default_params(void);
@@ -1107,7 +1116,9 @@ WMAT_API int wmat_trainer_save_lora(wmat_trainer *t, const char *dir);
 WMAT_API int wmat_lora_merge_peft(wmat_model *m, const char *dir);
 /* What the adapter decided from data when the trainer was created (eva:
  * calibration, convergence and the rank of every matrix), lines of text;
- * "" for adapters that decide nothing. */
+ * "" for adapters that decide nothing. An adapter with a running status
+ * (ofq*: oscillation counts, the annealing stage's frozen weights) appends
+ * it, as of the steps done, rewritten by each call (valid until the next). */
 WMAT_API const char *wmat_trainer_adapter_report(const wmat_trainer *t);
 /* The adapter rank of linear kind (wmat_linear_kind) of layer; 0 where
  * the layer is not adapted (not targeted, or eva gave it rank 0). */

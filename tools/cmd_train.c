@@ -71,9 +71,11 @@ int cmd_train(int argc, char **argv)
     int stop_after = 0, save_merged = 1, time_limit = 0, eval_offset = 0, merge_dense = 0;
     int ada_target = 0, ada_tinit = -1, ada_tfinal = -1, ada_deltat = 1;
     float ada_orth = 0.5f;
+    int qat_bits = 4, qat_group = 0, qat_anneal = -1;
+    float qat_range = 0.005f;
     cli_json js = {0};
     float lr = 0, min_lr = -1, wd = 0, clip = 1.0f, alpha = 16, gscale = 1.0f, b2 = 0.95f, mom = 0.9f, density = 0.03f, l1 = 0;
-    char adapters[256], projectors[256], optimizers[256], method_help[1024], opt_help[512];
+    char adapters[512], projectors[256], optimizers[256], method_help[1536], opt_help[512];
     reg_list(WMAT_REG_ADAPTER, " | ", adapters, sizeof adapters);
     reg_list(WMAT_REG_PROJECTOR, " | ", projectors, sizeof projectors);
     reg_list(WMAT_REG_OPTIMIZER, " | ", optimizers, sizeof optimizers);
@@ -113,6 +115,10 @@ int cmd_train(int argc, char **argv)
         {"--adalora-tfinal", OPT_INT, &ada_tfinal, "N", "adalora: last steps at the final budget, the rank pattern fixed (default steps/5)"},
         {"--adalora-deltat", OPT_INT, &ada_deltat, "N", "adalora: steps between budget allocations (default 1)"},
         {"--adalora-orth", OPT_FLOAT, &ada_orth, "W", "adalora: weight of the orthogonality penalty on A and B (default 0.5)"},
+        {"--qat-bits", OPT_INT, &qat_bits, "B", "a quantization-aware adapter: bits of the fake-quantized (and written) weights, 2..8 (default 4)"},
+        {"--qat-group", OPT_INT, &qat_group, "G", "a quantization-aware adapter: inputs per step, a multiple of 32 (default 0: one step per output channel)"},
+        {"--cga-steps", OPT_INT, &qat_anneal, "N", "a quantization-aware adapter with confidence-guided annealing: the last N steps anneal (default steps/5)"},
+        {"--cga-range", OPT_FLOAT, &qat_range, "R", "its boundary range in levels: weights within R of a decision boundary keep training, the rest are frozen (default 0.005)"},
         {"--merge-dense", OPT_FLAG, &merge_dense, NULL, "an adapter that replaces the linears (or factors): write them as dense f32 instead of their small form"},
         {"--lora-targets", OPT_STR, &targets, "LIST", "adapted layers: q,k,v,o,gate,up,down or all, or PEFT's q_proj,...,all-linear (default q,v; compacter: down, Compacter++)"},
         {"--rslora", OPT_FLAG, &rslora, NULL, "rank-stabilized scale alpha/sqrt(r) for the default adapter"},
@@ -214,6 +220,10 @@ int cmd_train(int argc, char **argv)
     p.adapter_calib_batches = eva_batches;
     p.eva_rho = eva_rho;
     p.eva_tau = eva_tau;
+    p.qat_bits = qat_bits;
+    p.qat_group = qat_group;
+    p.qat_cga_steps = qat_anneal;
+    p.qat_cga_range = qat_range;
     p.lora_rslora = rslora;
     p.galore_rank = grank;
     p.galore_gap = ggap;
@@ -238,6 +248,7 @@ int cmd_train(int argc, char **argv)
     int32_t *ids = NULL, *vids = NULL, *cids = NULL;
     size_t n = 0, vn = 0, cn = 0;
     int *xs = NULL, *vx = NULL;
+    char *report0 = NULL; /* the adapter's report before training (an entry with a running status updates it) */
     double *ys = NULL, *vy = NULL;
     int n_pts = 0, n_v = 0;
     FILE *fcsv = NULL;
@@ -293,6 +304,7 @@ int cmd_train(int argc, char **argv)
         goto done;
     }
     if (writer && *wmat_trainer_adapter_report(t)) fputs(wmat_trainer_adapter_report(t), stderr);
+    report0 = strdup(wmat_trainer_adapter_report(t));
     if (resume && wmat_trainer_load_checkpoint(t, resume)) {
         cli_fail("train");
         goto done;
@@ -409,6 +421,7 @@ int cmd_train(int argc, char **argv)
             break;
         }
     }
+    if (writer && report0 && strcmp(report0, wmat_trainer_adapter_report(t))) fputs(wmat_trainer_adapter_report(t), stderr);
     if (!writer) {
         /* ranks > 0: the same training, nothing to write */
         fclose(fcsv);
@@ -495,6 +508,7 @@ int cmd_train(int argc, char **argv)
 done:
     if (fcsv && writer) cli_out_abort(&csv_af); /* a failed run leaves no partial loss log */
     else if (fcsv) fclose(fcsv);
+    free(report0);
     free(xs);
     free(ys);
     free(vx);

@@ -67,6 +67,14 @@ typedef struct {
      * otherwise (init then starts as the entry does without a plan). Not
      * valid after init. */
     const float *init_rows;
+    /* Quantization-aware entries (ofq*, adapter_ofq.c): bits (0: 4), group
+     * along inputs (0: one step per output channel), the steps of the
+     * annealing stage at the end (< 0: steps / 5) and CGA's boundary range
+     * (levels). */
+    struct {
+        int bits, group, cga_steps;
+        float cga_range;
+    } qat;
 } wmat__adapter_cfg;
 
 /* One adapted layer as the whole-model hooks see it (after_step,
@@ -205,6 +213,10 @@ typedef struct wmat__adapter {
     int (*after_step)(const wmat__adapter_cfg *c, const wmat__adapter_layer *layers, int n, int step, int steps);
     size_t (*peft_config_layers)(const wmat__adapter_cfg *c, const wmat__adapter_layer *layers, int n, char *buf,
                                  size_t cap);
+    /* Optional: lines about the run so far for the log (OFQ's oscillation
+     * counts, kept in the layers' fixed data by after_step), snprintf style;
+     * wmat_trainer_adapter_report appends them to the plan's report. */
+    size_t (*status)(const wmat__adapter_cfg *c, const wmat__adapter_layer *layers, int n, char *buf, size_t cap);
     /* Optional: the layer's rank in PEFT files when it is less than c->rank
      * (AdaLoRA drops pruned triplets, as PEFT's rank_pattern resize does);
      * with it, peft_export (peft_as NULL) writes the layer's tensors at that
@@ -341,6 +353,7 @@ extern const wmat__adapter wmat__adapter_memoryformer;
  * bits a code; adapter_memoryformer.c); a dense linear's is 2 in out. */
 double wmat__memoryformer_flops(int tau, int in, int out);
 extern const wmat__adapter wmat__adapter_s2ft, wmat__adapter_s2ft_wnorm, wmat__adapter_s2ft_anorm;
+extern const wmat__adapter wmat__adapter_ofq, wmat__adapter_ofq_statsq, wmat__adapter_ofq_lsq;
 
 /* EVA's rank redistribution (adapter_eva.c): matrix m reads input
  * mat_g[m], whose K explained-variance ratios (descending) are ratio[mat_g[m]];

@@ -96,6 +96,8 @@ struct wmat_trainer {
     wmat__adapter_layer *al;
     int n_al;
     char *areport;                 /* what the adapter's plan decided (EVA's ranks), NUL-ended; NULL: none */
+    char *astatus;                 /* adapter->status: the report and the status lines, rewritten by each call */
+#define ASTATUS_CAP 4096
 
     /* weights the forward reads (trainable or frozen) and their grads */
     float *emb, *fnorm, *cls;   /* (V, D), (D), (V, D) (cls == emb when tied); NULL: a frozen base of another kind */
@@ -215,6 +217,10 @@ wmat_train_params wmat_train_default_params(void)
     p.adapter_calib_batches = 32;
     p.eva_rho = 2.0f;
     p.eva_tau = 0.99f;
+    p.qat_bits = 4;
+    p.qat_group = 0;
+    p.qat_cga_steps = -1;
+    p.qat_cga_range = 0.005f;
     return p;
 }
 
@@ -349,6 +355,7 @@ void wmat_trainer_free(wmat_trainer *t)
     wmat__free(t->lcfg);
     wmat__free(t->al);
     wmat__free(t->areport);
+    wmat__free(t->astatus);
     wmat__free(t->afix);
     wmat__free(t->fixed);
     wmat__free(t->frz);
@@ -581,7 +588,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                                           p.adalora_orth},
                                   .steps = p.steps,
                                   .rho = p.eva_rho,
-                                  .tau = p.eva_tau};
+                                  .tau = p.eva_tau,
+                                  .qat = {p.qat_bits, p.qat_group, p.qat_cga_steps, p.qat_cga_range}};
     t->rep = ad && ad->replaces_base;
     if (p.precision != WMAT_F32 && p.precision != WMAT_BF16) {
         rc = wmat_set_error(WMAT_ERR_INVALID, "train: precision must be f32 or bf16 (got %s)",
@@ -925,7 +933,7 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
             if (off > lo) t->bk[t->n_bk++] = (wmat__dp_bucket){lo, off, 0};
         }
 #undef CARVE
-        if (adapt && (ad->extra_loss || ad->after_step)) {
+        if (adapt && (ad->extra_loss || ad->after_step || ad->status)) {
             if (!(t->al = wmat__calloc((size_t)L * NLIN + 1, sizeof *t->al))) {
                 rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
                 goto fail;
@@ -938,6 +946,10 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                         t->al[t->n_al++] = (wmat__adapter_layer){ACFG(l, k), AW(l, k), GAW(l, k), t->afix[l * NLIN + k],
                                                                  l, k, i, o};
                     }
+            if (ad->status && !(t->astatus = wmat__malloc(ASTATUS_CAP))) {
+                rc = wmat_set_error(WMAT_ERR_NOMEM, "train: out of memory");
+                goto fail;
+            }
         }
         /* the plan's init rows are used up */
         for (int j = 0; j < L * NLIN; j++) t->lcfg[j].init_rows = NULL;
@@ -2022,7 +2034,16 @@ int wmat_trainer_save_lora(wmat_trainer *t, const char *dir)
 
 int wmat_lora_merge_peft(wmat_model *m, const char *dir) { return wmat__adapter_peft_merge(m, dir); }
 
-const char *wmat_trainer_adapter_report(const wmat_trainer *t) { return t->areport ? t->areport : ""; }
+const char *wmat_trainer_adapter_report(const wmat_trainer *t)
+{
+    const char *plan = t->areport ? t->areport : "";
+    if (!t->adapter || !t->adapter->status || !t->astatus) return plan;
+    /* the entry's status (OFQ's oscillation counts) after the plan's lines */
+    const int k = snprintf(t->astatus, ASTATUS_CAP, "%s", plan);
+    if (k >= 0 && k < ASTATUS_CAP)
+        t->adapter->status(&t->acfg, t->al, t->n_al, t->astatus + k, (size_t)(ASTATUS_CAP - k));
+    return t->astatus;
+}
 
 int wmat_trainer_adapter_rank(const wmat_trainer *t, int layer, int kind)
 {
