@@ -17,7 +17,14 @@
  * With "stream": TIES from f16 inputs, the per-tensor fp32 path against the
  * streamed one (wmat__ties_stream), nothing else.
  *
- *   bench_merge [N] [density] [threads] [ties|stream]   (default 45000000 0.5 2; "ties": only the TIES part) */
+ * With "f16out": the streamed TIES from f16 inputs to an f16 output, as the
+ * GGUF merge ran it before (each chunk converted into fp32 buffers, the
+ * fp32 tensor, then the writer's whole-tensor f32 -> f16 on one thread)
+ * against the current form (the passes read the f16 halves directly, each
+ * chunk's result encoded to f16 in cache: the writer's encoder hook), in
+ * the same run; the f16 bytes must be the same.
+ *
+ *   bench_merge [N] [density] [threads] [ties|stream|f16out]   (default 45000000 0.5 2; "ties": only the TIES part) */
 #include "wmat.h"
 #include "merge/merge.h"
 
@@ -121,7 +128,7 @@ static int bench_ties(int64_t n, double density, int threads)
                 if (wmat__ties_threshold(c[i], n, kd >= (double)n ? n : (int64_t)kd, hsum, threads, &thr[i], &cut[i], &none[i]))
                     return 1;
             }
-            const wmat_ties_fuse f = {2, base, (const float *const *)c, w, thr, cut, none, 1.0, 1};
+            const wmat_ties_fuse f = {2, base, (const float *const *)c, w, thr, cut, none, 1.0, 1, NULL, NULL};
             const int64_t nb = (n + 16383) / 16384;
 #pragma omp parallel for num_threads(threads) schedule(static)
             for (int64_t b = 0; b < nb; b++) {
@@ -212,7 +219,7 @@ static int bench_stream(int64_t n, double density, int threads)
                 }
                 if (wmat__ties_threshold(d[i], n, k[i], hsum, nt, &thr[i], &cut[i], &none[i])) return 1;
             }
-            const wmat_ties_fuse f = {NIN, base, (const float *const *)d, w, thr, cut, none, 1.0, 1};
+            const wmat_ties_fuse f = {NIN, base, (const float *const *)d, w, thr, cut, none, 1.0, 1, NULL, NULL};
 #pragma omp parallel for num_threads(nt) schedule(static)
             for (int64_t b = 0; b < np; b++) {
                 wmat_ties_stats sts = {0, 0, 0, INT64_MAX};
@@ -223,7 +230,7 @@ static int bench_stream(int64_t n, double density, int threads)
             if (!ti && c < cpu_old) cpu_old = c;
             const void *xs[NIN] = {st[1], st[2]};
             const wmat_dtype xdt[NIN] = {WMAT_F16, WMAT_F16};
-            const wmat_ties_src src = {NIN, n, st[0], WMAT_F16, xs, xdt, k, w, 1.0, 1};
+            const wmat_ties_src src = {NIN, n, st[0], WMAT_F16, xs, xdt, k, w, 1.0, 1, NULL, WMAT_F32, 0};
             wmat_ties_stream_out so;
             t0 = now_s();
             c0 = thread_cpu_s();
@@ -263,16 +270,88 @@ static int bench_stream(int64_t n, double density, int threads)
     return 0;
 }
 
+/* "f16out": see the header. */
+static int bench_f16out(int64_t n, double density, int threads)
+{
+    enum { NIN = 2 };
+    float *tmp = malloc((size_t)n * 4);
+    unsigned char *st[NIN + 1], *ref = malloc((size_t)n * 2), *got = malloc((size_t)n * 2);
+    for (int i = 0; i <= NIN; i++) st[i] = malloc((size_t)n * 2);
+    if (!tmp || !ref || !got || !st[0] || !st[1] || !st[2]) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    wmat_rng r;
+    wmat_rng_seed(&r, 5);
+    float *base = malloc((size_t)n * 4);
+    if (!base) return 1;
+    for (int64_t j = 0; j < n; j++) base[j] = 0.02f * wmat_rng_normal(&r);
+    wmat_from_f32(st[0], WMAT_F16, base, (uint64_t)n);
+    for (int i = 1; i <= NIN; i++) {
+        for (int64_t j = 0; j < n; j++) tmp[j] = base[j] + 0.01f * wmat_rng_normal(&r);
+        wmat_from_f32(st[i], WMAT_F16, tmp, (uint64_t)n);
+    }
+    free(base);
+    const double w[NIN] = {1, 1};
+    const double kd = density * (double)n;
+    const int64_t k[NIN] = {kd >= (double)n ? n : (int64_t)kd, kd >= (double)n ? n : (int64_t)kd};
+    const void *xs[NIN] = {st[1], st[2]};
+    const wmat_dtype xdt[NIN] = {WMAT_F16, WMAT_F16};
+    double best[2][2] = {{1e30, 1e30}, {1e30, 1e30}}, cpu[2] = {1e30, 1e30}, pass[2][3];
+    for (int ti = 0; ti < 2; ti++) {
+        const int nt = ti ? threads : 1;
+        for (int rep = 0; rep < 3; rep++) {
+            for (int v = 0; v < 2; v++) {
+                wmat_ties_src src = {NIN, n, st[0], WMAT_F16, xs, xdt, k, w, 1.0, 1, NULL, WMAT_F32, 1};
+                if (v) {
+                    src.no_fused_load = 0;
+                    src.enc = got;
+                    src.enc_dt = WMAT_F16;
+                }
+                wmat_ties_stream_out so;
+                const double t0 = now_s(), c0 = thread_cpu_s();
+                if (wmat__ties_stream(&src, v ? NULL : tmp, nt, &so)) return 1;
+                if (!v) wmat_from_f32(ref, WMAT_F16, tmp, (uint64_t)n); /* the writer's encoding */
+                const double t = now_s() - t0, c = thread_cpu_s() - c0;
+                if (t < best[ti][v]) best[ti][v] = t;
+                if (!ti && c < cpu[v]) {
+                    cpu[v] = c;
+                    memcpy(pass[v], so.cpu, sizeof pass[v]);
+                }
+            }
+            if (memcmp(got, ref, (size_t)n * 2)) {
+                fprintf(stderr, "MISMATCH: the f16 output encoded by the merge differs from the writer's\n");
+                return 1;
+            }
+        }
+    }
+    printf("TIES f16 -> f16, base + %d models of %lld entries, density %.2f (best of 3; f16 outputs identical):\n", NIN,
+           (long long)n, density);
+    for (int ti = 0; ti < 2; ti++)
+        printf("  %d thread%s: buffers + fp32 tensor + writer's f16 %8.3f s %6.2f ns/entry | f16 read and written "
+               "directly %8.3f s %6.2f ns/entry (%.2fx)\n",
+               ti ? threads : 1, ti && threads > 1 ? "s" : " ", best[ti][0], 1e9 * best[ti][0] / (double)n, best[ti][1],
+               1e9 * best[ti][1] / (double)n, best[ti][0] / best[ti][1]);
+    printf("  1 thread, CPU time (best of 3): %.3f s | %.3f s (%.2fx); by pass A / B+C / D: %.3f %.3f %.3f | %.3f %.3f %.3f\n",
+           cpu[0], cpu[1], cpu[0] / cpu[1], pass[0][0], pass[0][1], pass[0][2], pass[1][0], pass[1][1], pass[1][2]);
+    for (int i = 0; i <= NIN; i++) free(st[i]);
+    free(tmp);
+    free(ref);
+    free(got);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const int64_t n = argc > 1 ? atoll(argv[1]) : 45000000;
     const double density = argc > 2 ? atof(argv[2]) : 0.5;
     const int threads = argc > 3 ? atoi(argv[3]) : 2;
     if (n < 1 || !(density > 0 && density <= 1) || threads < 1) {
-        fprintf(stderr, "usage: bench_merge [N] [density] [threads] [ties|stream]\n");
+        fprintf(stderr, "usage: bench_merge [N] [density] [threads] [ties|stream|f16out]\n");
         return 2;
     }
     if (argc > 4 && !strcmp(argv[4], "stream")) return bench_stream(n, density, threads) ? 1 : 0;
+    if (argc > 4 && !strcmp(argv[4], "f16out")) return bench_f16out(n, density, threads) ? 1 : 0;
     if (bench_ties(n, density, threads)) return 1;
     if (argc > 4 && !strcmp(argv[4], "ties")) return 0;
     const int64_t k = (int64_t)(density * (double)n) > 0 ? (int64_t)(density * (double)n) : 1;

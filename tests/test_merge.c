@@ -504,7 +504,7 @@ static void fused_case(int64_t n, int n_in, int quantized, const double *dens, c
         assert_int_equal(none[i], k == 0);
     }
     if (quantized) assert_true(surplus); /* the tie-breaking path did run */
-    const wmat_ties_fuse f = {n_in, base, (const float *const *)d, w, thr, cut, none, 0.7, normalize};
+    const wmat_ties_fuse f = {n_in, base, (const float *const *)d, w, thr, cut, none, 0.7, normalize, NULL, NULL};
     for (int impl = 0; impl < 3; impl++) { /* AUTO (AVX-512 where the CPU has it), C, AVX2 */
         memset(out, 0xff, (size_t)n * 4);
         wmat_ties_stats st = {0, 0, 0, INT64_MAX};
@@ -606,12 +606,35 @@ static void stream_case(int64_t n, int n_in, const wmat_dtype *dts, const double
     }
     if (quantized) assert_true(surplus);
     const void *xs[3] = {stored[1], stored[2], stored[3]};
-    for (int nt = 1; nt <= 2; nt++) {
-        const wmat_ties_src s = {n_in, n, stored[0], dts[0], xs, dts + 1, k, w, 0.9, 1};
+    /* nf = 1: every chunk through the conversion buffers (the reference
+     * for the passes that read f16 storage directly) */
+    for (int run = 0; run < 4; run++) {
+        const int nt = 1 + run % 2, nf = run / 2;
+        wmat_ties_src s = {n_in, n, stored[0], dts[0], xs, dts + 1, k, w, 0.9, 1, NULL, WMAT_F32, nf};
         wmat_ties_stream_out so;
         memset(out, 0xff, (size_t)n * 4);
         TU_OK(wmat__ties_stream(&s, out, nt, &so));
         assert_memory_equal(out, ref, (size_t)n * 4);
+        /* the output encoded chunk by chunk: the bytes of the whole fp32
+         * result encoded at once (out is not written) */
+        const wmat_dtype edts[3] = {WMAT_F16, WMAT_BF16, WMAT_F32};
+        for (int e = 0; e < 3 && !nf; e++) {
+            unsigned char *want = malloc((size_t)n * 4), *got = malloc((size_t)n * 4);
+            const size_t eb = wmat_dtype_bytes(edts[e], (uint64_t)n);
+            TU_OK(wmat_from_f32(want, edts[e], ref, (uint64_t)n));
+            memset(got, 0xab, eb);
+            s.enc = got;
+            s.enc_dt = edts[e];
+            wmat_ties_stream_out so2;
+            TU_OK(wmat__ties_stream(&s, NULL, nt, &so2));
+            assert_memory_equal(got, want, eb);
+            assert_int_equal(so2.st.conflicts, so.st.conflicts);
+            TU_ASSERT_NEAR(so2.st.dn, so.st.dn, 1e-12 * (1 + so.st.dn)); /* (the threads' sums meet in any order) */
+            TU_ASSERT_NEAR(so2.st.bn, so.st.bn, 1e-12 * (1 + so.st.bn));
+            s.enc = NULL;
+            free(want);
+            free(got);
+        }
         assert_true(so.st.bad == INT64_MAX);
         TU_ASSERT_NEAR((double)so.st.conflicts / (double)n, info.sign_conflicts, 1e-12);
         for (int i = 0; i < n_in; i++) {
@@ -646,6 +669,13 @@ static void test_ties_stream_matches_kernel(void **state)
     stream_case(n_odd, 3, f32, dz, 0, 4);  /* k = 0 for the first input, everything kept by the second */
     stream_case(64, 3, mix, dm, 0, 5);     /* one short chunk */
     stream_case(5 * 16384, 1, f16, dh, 512, 6);
+    /* f16 everywhere (the passes read the halves directly where the CPU
+     * has AVX-512): a size that is no multiple of 8 or 16, cuts inside a
+     * vector, one chunk shorter than a vector */
+    stream_case(2 * 16384 + 4101, 3, f16, dm, 512, 8);
+    stream_case(2 * 16384 + 4101, 2, f16, dm, 64, 9);
+    stream_case(13, 3, f16, dm, 0, 10);
+    print_message("streamed TIES: f16 read directly %s on this CPU\n", wmat__ties_f16_direct() ? "ran" : "did not run");
 }
 
 /* A NaN in a task vector: the NaN magnitude sorts above every number, so it
@@ -673,7 +703,7 @@ static void test_ties_fused_nan(void **state)
         TU_OK(wmat__ties_threshold(d[i], N, N / 4, h, 1, &thr[i], &cut[i], &none[i]));
     }
     const double w[2] = {1, 1};
-    const wmat_ties_fuse f = {2, base, (const float *const *)d, w, thr, cut, none, 1.0, 1};
+    const wmat_ties_fuse f = {2, base, (const float *const *)d, w, thr, cut, none, 1.0, 1, NULL, NULL};
     for (int impl = 0; impl < 3; impl++) { /* AUTO (AVX-512 where the CPU has it), C, AVX2 */
         wmat_ties_stats st = {0, 0, 0, INT64_MAX};
         wmat__ties_fused_range(&f, out, 0, N, impl == 1 ? WMAT_TIES_IMPL_C : impl == 2 ? WMAT_TIES_IMPL_AVX2 : WMAT_TIES_IMPL_AUTO, &st);
@@ -853,6 +883,68 @@ static void test_driver_stream_same_bytes(void **state)
         assert_true(rep[0].stage_cpu[2] == 0 && rep[1].stage_cpu[2] > 0);
         for (int i = 0; i < rep[0].n_tensors; i++)
             TU_ASSERT_NEAR(rep[0].tensors[i].sign_conflicts, rep[1].tensors[i].sign_conflicts, 1e-12);
+        free(bytes[0]);
+        free(bytes[1]);
+        wmat__merge_report_free(&rep[0]);
+        wmat__merge_report_free(&rep[1]);
+    }
+    wmat_model_free(mb);
+}
+
+/* GGUF inputs all f16 (the passes read the halves directly) and a GGUF
+ * output in f16, bf16 or f32: the merge writes every matrix in the output
+ * type itself through the writer's encoder hook (no fp32 tensor); the
+ * same bytes as the sequential path, on one and two threads. q8_0 output
+ * keeps the fp32 fill (no matrix encoded by the merge), the same bytes. */
+static void test_driver_encode_same_bytes(void **state)
+{
+    (void)state;
+    char base[512], a[512], b[512], o1[512];
+    snprintf(base, sizeof base, "%s", tu_tmp("eb.gguf"));
+    snprintf(a, sizeof a, "%s", tu_tmp("ea.gguf"));
+    snprintf(b, sizeof b, "%s", tu_tmp("ec.gguf"));
+    snprintf(o1, sizeof o1, "%s", tu_tmp("e_merge.gguf"));
+    make_model_q(base, WMAT_FMT_GGUF, WMAT_F16, 21, NULL, 1000, 0, -1);
+    wmat_model *mb = tu_load_f32(base);
+    make_model_q(a, WMAT_FMT_GGUF, WMAT_F16, 22, mb, 1000, 256.0f, -1);
+    make_model_q(b, WMAT_FMT_GGUF, WMAT_F16, 23, mb, 1000, 0, -1);
+    wmat_merge_model mm[2] = {{a, {1, {1.0}}, {1, {0.3}}}, {b, {1, {0.7}}, {2, {0.5, 0.8}}}};
+    const wmat_dtype odts[4] = {WMAT_F16, WMAT_BF16, WMAT_F32, WMAT_Q8_0};
+    for (int run = 0; run < 8; run++) {
+        const int nt = 1 + run % 2;
+        const wmat_dtype odt = odts[run / 2];
+        wmat_context ctx = wmat_context_default();
+        ctx.n_threads = nt;
+        unsigned char *bytes[2];
+        size_t nbytes[2];
+        wmat_merge_report rep[2];
+        for (int p = 0; p < 2; p++) {
+            wmat_merge_spec s;
+            memset(&s, 0, sizeof s);
+            s.method = "ties";
+            s.base = base;
+            s.n_models = 2;
+            s.models = mm;
+            s.normalize = -1;
+            s.lambda = (wmat_mvalue){1, {0.8}};
+            s.out_dtype = odt;
+            s.ctx = &ctx;
+            s.sequential = p == 0;
+            TU_OK(wmat__merge_run(&s, o1, &rep[p]));
+            bytes[p] = slurp(o1, &nbytes[p]);
+        }
+        assert_int_equal(nbytes[0], nbytes[1]);
+        assert_memory_equal(bytes[0], bytes[1], nbytes[0]);
+        int matrices = 0;
+        for (int i = 0; i < rep[1].n_tensors; i++) {
+            const wmat_tensor *t = wmat_model_find(mb, rep[1].tensors[i].name);
+            matrices += t && t->ndim == 2;
+            TU_ASSERT_NEAR(rep[0].tensors[i].sign_conflicts, rep[1].tensors[i].sign_conflicts, 1e-12);
+            TU_ASSERT_NEAR(rep[0].tensors[i].delta_norm, rep[1].tensors[i].delta_norm, 1e-9 * (1 + rep[0].tensors[i].delta_norm));
+        }
+        assert_int_equal(rep[0].encoded_tensors, 0);
+        assert_int_equal(rep[1].encoded_tensors, odt == WMAT_Q8_0 ? 0 : matrices);
+        assert_true(matrices > 0);
         free(bytes[0]);
         free(bytes[1]);
         wmat__merge_report_free(&rep[0]);
@@ -1059,6 +1151,7 @@ int main(void)
         cmocka_unit_test(test_ties_stream_matches_kernel),
         cmocka_unit_test(test_driver_overlap_same_bytes),
         cmocka_unit_test(test_driver_stream_same_bytes),
+        cmocka_unit_test(test_driver_encode_same_bytes),
         cmocka_unit_test(test_cli_yaml_and_flags),
         cmocka_unit_test(test_signature_roundtrip_as_linear),
     };

@@ -15,6 +15,8 @@
 
 #include <stdlib.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 
 #define GG_DEFAULT_ALIGNMENT 32u
@@ -1080,6 +1082,95 @@ int wmat__gguf_write_order(const wmat_model *m, int *idx, int cap)
 static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat_dtype file_dt, wmat_gguf_encode_fn enc,
                           void *user);
 
+/* ---- write-behind for saves with an encoder hook (a merge or a quantized
+ * model produces tensor k + 1 while tensor k is written)
+ *
+ * Two buffers of the largest tensor's bytes. The producer (the saving
+ * thread) fills slot p, then hands it over under the mutex (len[p] = its
+ * size, a broadcast); the writer thread writes and pads it in file order
+ * (slots alternate), and hands it back (len[p] = 0, a broadcast). A
+ * buffer is only touched by the thread that holds it, and every handoff
+ * goes through the mutex: no data race. The writer alone uses the file
+ * between the start and the join; its first failure stops the producer
+ * at the next handoff, and its message (the error text is per thread)
+ * is set again on the saving thread. */
+typedef struct {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    wmat_afile *af;
+    void *buf[2];
+    size_t len[2]; /* > 0: held by the writer */
+    int next;      /* the slot the writer takes next */
+    int stop;
+    int rc;
+    char msg[1024];
+} gw_behind;
+
+static void *gwb_main(void *arg)
+{
+    gw_behind *b = arg;
+    pthread_mutex_lock(&b->mu);
+    for (;;) {
+        while (!b->len[b->next] && !b->stop) pthread_cond_wait(&b->cv, &b->mu);
+        if (!b->len[b->next]) break; /* stopped, nothing left to write */
+        const int sl = b->next;
+        const size_t n = b->len[sl];
+        const int failed = b->rc;
+        pthread_mutex_unlock(&b->mu);
+        int rc = WMAT_OK;
+        char msg[1024];
+        msg[0] = 0;
+        if (!failed) {
+            rc = wmat__afile_write(b->af, b->buf[sl], n);
+            if (!rc) rc = wmat__afile_pad(b->af, GG_DEFAULT_ALIGNMENT);
+            if (rc) snprintf(msg, sizeof msg, "%s", wmat_last_error());
+        }
+        pthread_mutex_lock(&b->mu);
+        if (rc && !b->rc) {
+            b->rc = rc;
+            memcpy(b->msg, msg, sizeof msg);
+        }
+        b->len[sl] = 0;
+        b->next = sl ^ 1;
+        pthread_cond_broadcast(&b->cv);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return NULL;
+}
+
+/* Wait until slot sl is the producer's again; the writer's failure, if any. */
+static int gwb_take(gw_behind *b, int sl)
+{
+    pthread_mutex_lock(&b->mu);
+    while (b->len[sl] && !b->rc) pthread_cond_wait(&b->cv, &b->mu);
+    const int rc = b->rc;
+    pthread_mutex_unlock(&b->mu);
+    return rc;
+}
+
+static void gwb_give(gw_behind *b, int sl, size_t n)
+{
+    pthread_mutex_lock(&b->mu);
+    b->len[sl] = n;
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* Write what was handed over, stop the thread; the writer's status (its
+ * message set on this thread). */
+static int gwb_finish(gw_behind *b)
+{
+    pthread_mutex_lock(&b->mu);
+    b->stop = 1;
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    pthread_join(b->th, NULL);
+    pthread_cond_destroy(&b->cv);
+    pthread_mutex_destroy(&b->mu);
+    return b->rc ? wmat_set_error(b->rc, "%s", b->msg) : WMAT_OK;
+}
+
 int wmat__gguf_save(wmat_model *m, const char *path, const wmat_save_params *p)
 {
     return gguf_save_core(m, path, p->dtype, p->dtype, NULL, NULL);
@@ -1193,14 +1284,42 @@ static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat
         fill = wmat__aligned_alloc((size_t)n_fill * sizeof(float));
         if (!fill) rc = wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory for a %lld-value tensor", path, (long long)n_fill);
     }
+    /* an encoder hook: write-behind on a second buffer (gw_behind) */
+    gw_behind wb;
+    memset(&wb, 0, sizeof wb);
+    int behind = 0, slot = 0;
+    void *buf2 = NULL;
+    if (!rc && enc && count > 1) {
+        buf2 = wmat__malloc((size_t)max_bytes);
+        wb.af = &af;
+        wb.buf[0] = buf;
+        wb.buf[1] = buf2;
+        if (buf2 && !pthread_mutex_init(&wb.mu, NULL)) {
+            if (!pthread_cond_init(&wb.cv, NULL)) {
+                if (!pthread_create(&wb.th, NULL, gwb_main, &wb)) behind = 1;
+                else pthread_cond_destroy(&wb.cv);
+            }
+            if (!behind) pthread_mutex_destroy(&wb.mu);
+        }
+        /* without the thread (no memory for the second buffer): in turn */
+    }
     for (size_t i = 0; i < count && !rc; i++) {
         const wmat_tensor *t = ts[i].t;
+        if (behind) {
+            if ((rc = gwb_take(&wb, slot))) break;
+            buf = wb.buf[slot];
+        }
         if (ts[i].encoded) {
             wmat_dtype edt = ts[i].dt;
             int e = enc(user, t, &edt, buf);
             rc = e < 0 ? e : WMAT_OK;
-            if (!rc) rc = wmat__afile_write(&af, buf, (size_t)ts[i].nbytes);
-            if (!rc) rc = wmat__afile_pad(&af, GG_DEFAULT_ALIGNMENT);
+            if (!rc && behind) {
+                gwb_give(&wb, slot, (size_t)ts[i].nbytes);
+                slot ^= 1;
+            } else {
+                if (!rc) rc = wmat__afile_write(&af, buf, (size_t)ts[i].nbytes);
+                if (!rc) rc = wmat__afile_pad(&af, GG_DEFAULT_ALIGNMENT);
+            }
             wmat__model_release(m, t); /* out of core: the source is not read again */
             continue;
         }
@@ -1221,12 +1340,28 @@ static int gguf_save_core(wmat_model *m, const char *path, wmat_dtype want, wmat
             rc = wmat_set_error(rc, "%s: tensor %s: %s", path, t->name, msg);
             break;
         }
-        rc = wmat__afile_write(&af, buf, (size_t)ts[i].nbytes);
-        if (!rc) rc = wmat__afile_pad(&af, GG_DEFAULT_ALIGNMENT);
+        if (behind) {
+            gwb_give(&wb, slot, (size_t)ts[i].nbytes);
+            slot ^= 1;
+        } else {
+            rc = wmat__afile_write(&af, buf, (size_t)ts[i].nbytes);
+            if (!rc) rc = wmat__afile_pad(&af, GG_DEFAULT_ALIGNMENT);
+        }
         wmat__model_release(m, t);
+    }
+    if (behind) {
+        /* the writer's failure comes first (the producer saw it or stopped
+         * for its own); a producer's failure keeps its message */
+        char keep[1024];
+        snprintf(keep, sizeof keep, "%s", wmat_last_error());
+        const int wrc = gwb_finish(&wb);
+        if (rc && wrc != rc) wmat_set_error(rc, "%s", keep);
+        if (!rc) rc = wrc;
+        buf = wb.buf[0];
     }
     if (rc) wmat__afile_abort(&af);
     else rc = wmat__afile_commit(&af);
+    wmat__free(buf2);
 fail_open:
     wmat__free(buf);
     wmat__free(fill);

@@ -72,6 +72,7 @@ typedef struct {
     int fused;
     uint32_t *hist;
     struct readahead *ra; /* NULL: the inputs are read as they are converted */
+    void *enc_dst;        /* set during merge_encode: the output tensor's bytes (out_dtype) */
     double fill_seconds;  /* time inside merge_fill (the rest of the save is the writer's) */
 } merge_job;
 
@@ -340,8 +341,22 @@ static int delta_hist(merge_job *j, int i, int ti, float *d, const float *base, 
     return rc;
 }
 
+/* Whether every input's tensor ti streams (wmat__ties_stream's passes on
+ * the stored bytes, chunk by chunk). */
+static int ties_streams(const merge_job *j, int ti)
+{
+    const int64_t n = wmat_tensor_nelem(&j->out->tensors[ti]);
+    int stream = 1;
+    for (int i = 0; i < j->n_in + 1 && stream; i++) {
+        const wmat_tensor *t = &j->in[i]->tensors[j->idx[i][ti]];
+        stream = !(t->flags & WMAT_TF_HF_ROPE) && wmat__ties_stream_ok(t->data, t->dtype, n, t->nbytes);
+    }
+    return stream;
+}
+
 /* TIES for output tensor ti (a->... as the kernel would get them, without
- * the inputs' data): read, trim, elect and combine into dst. */
+ * the inputs' data): read, trim, elect and combine into dst (fp32), or,
+ * during merge_encode, straight into the output's bytes (j->enc_dst). */
 static int ties_fused_tensor(merge_job *j, int ti, const wmat_merge_args *a, float *dst, wmat_merge_tinfo *info,
                              double *dn, double *bn, double *t_read)
 {
@@ -354,12 +369,10 @@ static int ties_fused_tensor(merge_job *j, int ti, const wmat_merge_args *a, flo
     int none[64];
     double trimmed = 0, t_sel = 0;
     /* stored data that converts chunk by chunk: the streamed passes */
-    int stream = 1;
-    for (int i = 0; i < j->n_in + 1 && stream; i++) {
-        const wmat_tensor *t = &j->in[i]->tensors[j->idx[i][ti]];
-        stream = !(t->flags & WMAT_TF_HF_ROPE) && wmat__ties_stream_ok(t->data, t->dtype, n, t->nbytes);
-    }
-    if (stream) {
+    if (j->enc_dst && !ties_streams(j, ti))
+        return wmat_set_error(WMAT_ERR_INTERNAL, "%s: tensor %s was to be encoded by the merge", j->out_path,
+                              j->out->tensors[ti].name);
+    if (ties_streams(j, ti)) {
         const void *xs[64];
         wmat_dtype xdt[64];
         int64_t ks[64];
@@ -375,7 +388,8 @@ static int ties_fused_tensor(merge_job *j, int ti, const wmat_merge_args *a, flo
             j->rep->bytes_read += t->nbytes;
         }
         const wmat_tensor *bt = &j->in[0]->tensors[j->idx[0][ti]];
-        const wmat_ties_src src = {j->n_in, n, bt->data, bt->dtype, xs, xdt, ks, a->weight, a->lambda, a->normalize};
+        const wmat_ties_src src = {j->n_in,     n,         bt->data,     bt->dtype,  xs, xdt, ks, a->weight,
+                                   a->lambda,   a->normalize, j->enc_dst, j->out_dtype, 0};
         wmat_ties_stream_out so;
         const int rc = wmat__ties_stream(&src, dst, nt, &so);
         if (rc) {
@@ -415,7 +429,7 @@ static int ties_fused_tensor(merge_job *j, int ti, const wmat_merge_args *a, flo
     *t_read = now_s() - t0 - t_sel;
     if (rc) return rc;
     const wmat_ties_fuse f = {j->n_in, j->xbuf[0], (const float *const *)(j->xbuf + 1), a->weight, thr, cut, none,
-                              a->lambda, a->normalize};
+                              a->lambda, a->normalize, NULL, NULL};
     const int64_t blk = 16384, nb = (n + blk - 1) / blk;
     int64_t conflicts = 0, bad = INT64_MAX;
     double sdn = 0, sbn = 0;
@@ -559,6 +573,32 @@ static int merge_fill(void *user, const wmat_tensor *t, float *dst)
     j->fill_seconds += now_s() - t0;
     j->rep->fill_cpu += thread_cpu_s() - c0;
     return rc;
+}
+
+/* The GGUF writer's encoder hook (wmat__gguf_save_with): a matrix whose
+ * inputs all stream is merged straight into the output's bytes (the
+ * streamed TIES encodes each chunk while it is in cache: no fp32 tensor,
+ * no whole-tensor conversion on the writer's thread); everything else
+ * (the norms, tensors that do not stream) goes through merge_fill. */
+static int merge_encode(void *user, const wmat_tensor *t, wmat_dtype *dt, void *dst)
+{
+    merge_job *j = user;
+    const int ti = (int)(t - j->out->tensors);
+    if (ti < 0 || ti >= j->out->n_tensors)
+        return wmat_set_error(WMAT_ERR_INTERNAL, "%s: tensor %s is not the merge's", j->out_path, t->name);
+    if (!dst) {
+        if (t->ndim != 2 || !ties_streams(j, ti)) return 0;
+        *dt = j->out_dtype;
+        return 1;
+    }
+    const double t0 = now_s(), c0 = thread_cpu_s();
+    j->enc_dst = dst;
+    const int rc = merge_tensor(j, ti, NULL);
+    j->enc_dst = NULL;
+    j->fill_seconds += now_s() - t0;
+    j->rep->fill_cpu += thread_cpu_s() - c0;
+    if (!rc) j->rep->encoded_tensors++;
+    return rc ? rc : 1;
 }
 
 static int cfg_diff(const wmat_config *a, const wmat_config *b, char *buf, size_t n)
@@ -854,7 +894,13 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
         sp.format = fmt;
         sp.dtype = odt;
         const double ts = now_s();
-        rc = wmat_model_save(j.out, out_path, &sp);
+        /* GGUF in f16, bf16 or f32 from the streamed TIES: the merge fills
+         * the writer's buffer in the output type itself (merge_encode) */
+        if (fmt == WMAT_FMT_GGUF && j.fused && !s->sequential && (odt == WMAT_F16 || odt == WMAT_BF16 || odt == WMAT_F32) &&
+            !j.out->cfg.shortcuts && !j.out->cfg.norm_dim && !j.out->cfg.attn_dim)
+            rc = wmat__gguf_save_with(j.out, out_path, odt, odt, merge_encode, &j);
+        else
+            rc = wmat_model_save(j.out, out_path, &sp);
         rep->write_seconds = now_s() - ts - j.fill_seconds;
     }
 

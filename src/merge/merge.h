@@ -118,6 +118,11 @@ typedef struct {
     const int *none;        /* per input: nothing kept (k = 0) */
     double lambda;
     int normalize;
+    /* optional: base and task vectors from f16 storage (AVX-512 only; d_i =
+     * f16(x_i) - f16(base) formed in registers, the same float subtraction
+     * as the buffers' path); when hbase is set, base and d are not read */
+    const uint16_t *hbase;
+    const uint16_t *const *hx;
 } wmat_ties_fuse;
 
 typedef struct {
@@ -133,6 +138,8 @@ enum { WMAT_TIES_IMPL_AUTO = 0, WMAT_TIES_IMPL_C = 1, WMAT_TIES_IMPL_AVX2 = 2 };
 void wmat__ties_fused_range(const wmat_ties_fuse *f, float *out, int64_t j0, int64_t j1, int impl, wmat_ties_stats *st);
 /* 1 when the AVX2 twin runs on this CPU. */
 int wmat__ties_fused_has_simd(void);
+/* 1 when the passes read f16 storage directly (AVX-512 with F16C). */
+int wmat__ties_f16_direct(void);
 /* x[j] -= base[j] (x becomes the task vector), and the histogram of the
  * high 15 bits of |x[j]|'s pattern (WMAT_TIES_HIST bins) added to h. */
 #define WMAT_TIES_HIST 32768
@@ -161,6 +168,13 @@ typedef struct {
     const double *w;
     double lambda;
     int normalize;
+    /* optional: the output encoded as enc_dt (wmat_from_f32, chunk by chunk
+     * in cache: the same bytes as encoding the whole fp32 tensor) into enc
+     * instead of fp32 into out (out may then be NULL) */
+    void *enc;
+    wmat_dtype enc_dt;
+    int no_fused_load;     /* 1: convert every chunk into buffers even where the f16 loads
+                              could be fused (the reference for tests and bench_merge) */
 } wmat_ties_src;
 
 typedef struct {
@@ -243,6 +257,8 @@ typedef struct {
     double read_seconds, kernel_seconds; /* summed over the tensors */
     double stage_sys[3];    /* of stage_cpu: system time */
     long stage_minflt[3], stage_majflt[3]; /* page faults of the merging thread in those passes */
+    int encoded_tensors;    /* GGUF output: tensors the merge wrote in the output type itself (no
+                               fp32 tensor for the writer) */
     double stage_cpu[3];    /* streamed TIES: CPU seconds of the merging thread in its passes A, B + C, D
                                (wmat_ties_stream_out.cpu), summed over the tensors; 0 on other paths */
     double fill_cpu;        /* CPU seconds of the writer's thread inside the fill hook (the merge);

@@ -132,9 +132,33 @@ __attribute__((target("avx2"))) static void range_avx2(const wmat_ties_fuse *f, 
  * rounded intrinsic, which the compiler never contracts into an FMA, and a
  * masked-out term is added as +0 as the AVX2 twin adds it: the same bits. */
 #define RN (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-__attribute__((target("avx512f,avx512vl"))) static void range_avx512(const wmat_ties_fuse *f, const int *mode, float *out,
-                                                                     int64_t j0, int64_t j1, wmat_ties_stats *st)
+
+/* The last j1 - j0 (< 8) entries of a range read from f16 storage: those
+ * halves converted (exactly) and subtracted in float into small arrays,
+ * then the AVX2 twin on them, as the buffers' path runs its tail: the same
+ * operations on the same values, the sums added to *st in the same order. */
+static void range_f16_tail(const wmat_ties_fuse *f, const int *mode, float *out, int64_t j0, int64_t j1, wmat_ties_stats *st)
 {
+    const int64_t r = j1 - j0;
+    float tb[8], td[64][8], tx[8];
+    const float *tdp[64];
+    wmat_to_f32(tb, f->hbase + j0, WMAT_F16, (uint64_t)r);
+    for (int i = 0; i < f->n_in; i++) {
+        wmat_to_f32(tx, f->hx[i] + j0, WMAT_F16, (uint64_t)r);
+        for (int64_t q = 0; q < r; q++) td[i][q] = tx[q] - tb[q];
+        tdp[i] = td[i];
+    }
+    const wmat_ties_fuse ft = {f->n_in, tb, tdp, f->w, f->thr, f->cut, f->none, f->lambda, f->normalize, NULL, NULL};
+    const int64_t bad0 = st->bad;
+    st->bad = INT64_MAX;
+    range_avx2(&ft, mode, out + j0, 0, r, st);
+    st->bad = st->bad == INT64_MAX ? bad0 : (j0 + st->bad < bad0 ? j0 + st->bad : bad0);
+}
+
+__attribute__((target("avx512f,avx512vl,f16c"))) static void range_avx512(const wmat_ties_fuse *f, const int *mode, float *out,
+                                                                          int64_t j0, int64_t j1, wmat_ties_stats *st)
+{
+    const int h16 = f->hbase != NULL;
     const __m512d zd = _mm512_setzero_pd(), one = _mm512_set1_pd(1.0), lam = _mm512_set1_pd(f->lambda);
     const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m512d dn = zd, bn = zd;
@@ -144,9 +168,14 @@ __attribute__((target("avx512f,avx512vl"))) static void range_avx512(const wmat_
         __m512d s = zd;
         __mmask8 pos = 0, neg = 0;
         __m512d dk[64];
+        /* f16 storage: d = f16(x) - f16(base) in float, as ts_sub forms it */
+        const __m256 bf = h16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(f->hbase + j)))
+                              : _mm256_loadu_ps(f->base + j);
         for (int i = 0; i < f->n_in; i++) {
-            const __m512d x = _mm512_cvtps_pd(_mm256_loadu_ps(f->d[i] + j)), a = _mm512_abs_pd(x),
-                          t = _mm512_set1_pd((double)f->thr[i]);
+            const __m256 xf =
+                h16 ? _mm256_sub_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(f->hx[i] + j))), bf)
+                    : _mm256_loadu_ps(f->d[i] + j);
+            const __m512d x = _mm512_cvtps_pd(xf), a = _mm512_abs_pd(x), t = _mm512_set1_pd((double)f->thr[i]);
             const __mmask8 m = mode[i] == KEEP_GE ? _mm512_cmp_pd_mask(a, t, _CMP_NLT_UQ)
                                : mode[i] == KEEP_GT ? _mm512_cmp_pd_mask(a, t, _CMP_NLE_UQ)
                                                     : (__mmask8)0;
@@ -170,7 +199,7 @@ __attribute__((target("avx512f,avx512vl"))) static void range_avx512(const wmat_
             num = _mm512_maskz_mov_pd(nz, _mm512_div_round_pd(num, _mm512_mask_blend_pd(nz, one, den), RN));
         }
         const __m512d r = _mm512_maskz_mov_pd((__mmask8)~_mm512_cmp_pd_mask(s, zd, _CMP_EQ_OQ), num);
-        const __m512d b = _mm512_cvtps_pd(_mm256_loadu_ps(f->base + j));
+        const __m512d b = _mm512_cvtps_pd(bf);
         const __m256 o = _mm512_cvtpd_ps(_mm512_add_round_pd(b, _mm512_mul_round_pd(lam, r, RN), RN));
         _mm256_storeu_ps(out + j, o);
         const int fin = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(o, absm), _mm256_set1_ps(3.40282347e38f), _CMP_LE_OQ));
@@ -184,13 +213,27 @@ __attribute__((target("avx512f,avx512vl"))) static void range_avx512(const wmat_
     st->dn += _mm512_reduce_add_pd(dn);
     st->bn += _mm512_reduce_add_pd(bn);
     st->conflicts += conflicts;
-    if (j < j1) range_avx2(f, mode, out, j, j1, st);
+    if (j < j1) {
+        if (h16) range_f16_tail(f, mode, out, j, j1, st);
+        else range_avx2(f, mode, out, j, j1, st);
+    }
 }
 #undef RN
 
 /* the weight kernels' CPU probe (detected once, src/wop/kern_dense.c) */
 static int cpu_avx2(void) { return wmat__isa_best() >= WMAT_ISA_AVX2; }
 #endif
+
+int wmat__ties_f16_direct(void)
+{
+#ifdef TIES_HAVE_AVX2
+    /* the AVX-512 level (F, BW, VL) comes with F16C on every CPU that has
+     * it; the dense kernels make the same assumption (kern_dense.c) */
+    return wmat__isa_best() >= WMAT_ISA_AVX512;
+#else
+    return 0;
+#endif
+}
 
 int wmat__ties_fused_has_simd(void)
 {
@@ -219,7 +262,9 @@ void wmat__ties_fused_range(const wmat_ties_fuse *f, float *out, int64_t j0, int
             }
         }
 #ifdef TIES_HAVE_AVX2
-        if (impl == WMAT_TIES_IMPL_AUTO && wmat__isa_best() >= WMAT_ISA_AVX512) range_avx512(f, mode, out, j0, end, st);
+        /* f16 storage (only set where wmat__ties_f16_direct): the AVX-512 twin */
+        if (f->hbase || (impl == WMAT_TIES_IMPL_AUTO && wmat__isa_best() >= WMAT_ISA_AVX512))
+            range_avx512(f, mode, out, j0, end, st);
         else if (impl != WMAT_TIES_IMPL_C && cpu_avx2()) range_avx2(f, mode, out, j0, end, st);
         else
 #endif
@@ -416,6 +461,51 @@ __attribute__((target("avx512f"))) static int64_t count_eq_avx512(const float *d
 }
 
 static int cpu_avx512(void) { return wmat__isa_best() >= WMAT_ISA_AVX512; }
+
+/* f16 storage read directly (wmat__ties_f16_direct; pass B here, pass D in
+ * range_avx512): sixteen halves of the model and of the base converted in
+ * registers and subtracted in float (exact conversions, the same
+ * subtraction as ts_sub), no chunk buffers. */
+#define TS_F16 __attribute__((target("avx512f,avx512bw,avx512vl,f16c")))
+
+/* |x - base|'s patterns of the r (< 16) entries left at the end */
+TS_F16 static __m512i f16_tail_abs(const uint16_t *x, const uint16_t *b, int64_t r)
+{
+    uint16_t tx[16] = {0}, tb[16] = {0};
+    memcpy(tx, x, (size_t)r * sizeof *tx);
+    memcpy(tb, b, (size_t)r * sizeof *tb);
+    const __m512 d = _mm512_sub_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)tx)),
+                                   _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)tb)));
+    return _mm512_and_si512(_mm512_castps_si512(d), _mm512_set1_epi32(0x7fffffff));
+}
+
+TS_F16 static inline __m512i f16_abs16(const uint16_t *x, const uint16_t *b)
+{
+    const __m512 d = _mm512_sub_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)x)),
+                                   _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)b)));
+    return _mm512_and_si512(_mm512_castps_si512(d), _mm512_set1_epi32(0x7fffffff));
+}
+
+/* pass B on f16 storage (as lo_hist_avx512) */
+TS_F16 static void lo_hist_f16_avx512(const uint16_t *x, const uint16_t *b, int64_t n, uint32_t prefix, uint32_t *h,
+                                      ts_cand *cd, int64_t j0)
+{
+    const __m512i him = _mm512_set1_epi32((int)0xffff0000u), pre = _mm512_set1_epi32((int)prefix);
+    uint32_t v[16];
+    for (int64_t j = 0; j < n; j += 16) {
+        const int64_t r = n - j < 16 ? n - j : 16;
+        const __m512i u = r == 16 ? f16_abs16(x + j, b + j) : f16_tail_abs(x + j, b + j, r);
+        unsigned m = _mm512_cmpeq_epi32_mask(_mm512_and_si512(u, him), pre) & (r == 16 ? 0xffffu : (1u << r) - 1);
+        if (!m) continue;
+        _mm512_storeu_si512((void *)v, u);
+        while (m) {
+            const int q = __builtin_ctz(m);
+            h[v[q] & 0xffffu]++;
+            cand_put(cd, j0 + j + q, v[q] & 0xffffu);
+            m &= m - 1;
+        }
+    }
+}
 #endif
 
 static void ts_delta_hist(float *x, const float *base, int64_t n, uint32_t *h)
@@ -517,8 +607,19 @@ int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ti
     memset(r, 0, sizeof *r);
     r->st.bad = INT64_MAX;
     if (k_in < 1 || k_in > 64) return wmat_set_error(WMAT_ERR_INVALID, "ties: 1..64 models");
-    /* per thread: base + k_in chunk buffers; histograms per thread and input */
-    const size_t nbuf = (size_t)nt * (size_t)(k_in + 1) * TS_CHUNK;
+    if (s->enc) {
+        const wmat_dtype_traits *et = wmat_dtype_info(s->enc_dt);
+        if (!et || !et->block_size || TS_CHUNK % et->block_size || n % et->block_size)
+            return wmat_set_error(WMAT_ERR_INVALID, "ties: the output type does not encode in whole chunks");
+    }
+    /* f16 storage everywhere: the passes read the halves directly */
+    int h16 = !s->no_fused_load && wmat__ties_f16_direct() && s->base_dt == WMAT_F16;
+    for (int i = 0; i < k_in && h16; i++) h16 = s->x_dt[i] == WMAT_F16;
+    /* an encoded output other than f32: each chunk's fp32 result in a
+     * per-thread buffer first */
+    const int enc_buf = s->enc && s->enc_dt != WMAT_F32;
+    /* per thread: base + k_in chunk buffers (+ the output's); histograms per thread and input */
+    const size_t nbuf = (size_t)nt * (size_t)(k_in + 1 + enc_buf) * TS_CHUNK;
     float *buf = wmat__aligned_alloc(nbuf * sizeof *buf);
     uint32_t *hh = wmat__malloc((size_t)nt * (size_t)k_in * WMAT_TIES_HIST * sizeof *hh);
     uint32_t *hl = wmat__malloc((size_t)nt * (size_t)k_in * 65536 * sizeof *hl);
@@ -537,6 +638,7 @@ int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ti
         wmat__free(eqc);
         return wmat_set_error(WMAT_ERR_NOMEM, "ties: out of memory for the streamed passes' buffers");
     }
+    const size_t bstride = (size_t)(k_in + 1 + enc_buf) * TS_CHUNK;
     int64_t kk[64], cut[64], n_eq[64];
     uint32_t prefix[64];
     int none[64], full[64], need_eq[64];
@@ -551,9 +653,13 @@ int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ti
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t c = 0; c < nc; c++) {
         const int th = omp_get_thread_num();
-        float *b = buf + (size_t)th * (size_t)(k_in + 1) * TS_CHUNK, *d[64];
+        float *b = buf + (size_t)th * bstride, *d[64];
         for (int i = 0; i < k_in; i++) d[i] = b + (size_t)(i + 1) * TS_CHUNK;
         const int64_t j0 = c * TS_CHUNK, m = n - j0 < TS_CHUNK ? n - j0 : TS_CHUNK;
+        /* (f16 read in place was slower here, 6.1 against 4.5 s of user time
+         * on the 1.1B merge: this pass touches the mapped pages first, and
+         * the conversion's tight loop streams them in faster than the
+         * histogram's increments do; passes B and D read in place) */
         if (ts_load(s, j0, m, b, d, NULL)) __atomic_store_n(&bad_rc, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
         for (int i = 0; i < k_in; i++) ts_delta_hist(d[i], b, m, hh + ((size_t)th * k_in + i) * WMAT_TIES_HIST);
     }
@@ -607,9 +713,18 @@ int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ti
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int64_t c = 0; c < nc; c++) {
             const int th = omp_get_thread_num();
-            float *b = buf + (size_t)th * (size_t)(k_in + 1) * TS_CHUNK, *d[64];
+            float *b = buf + (size_t)th * bstride, *d[64];
             for (int i = 0; i < k_in; i++) d[i] = b + (size_t)(i + 1) * TS_CHUNK;
             const int64_t j0 = c * TS_CHUNK, m = n - j0 < TS_CHUNK ? n - j0 : TS_CHUNK;
+#ifdef TIES_HAVE_AVX2
+            if (h16) {
+                for (int i = 0; i < k_in; i++)
+                    if (want[i])
+                        lo_hist_f16_avx512((const uint16_t *)s->x[i] + j0, (const uint16_t *)s->base + j0, m, prefix[i],
+                                           hl + ((size_t)th * k_in + i) * 65536, &cand[(size_t)th * k_in + i], j0);
+                continue;
+            }
+#endif
             if (ts_load(s, j0, m, b, d, want)) __atomic_store_n(&bad_rc, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
             for (int i = 0; i < k_in; i++)
                 if (want[i]) {
@@ -660,7 +775,7 @@ int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ti
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int64_t c = 0; c < nc; c++) {
             const int th = omp_get_thread_num();
-            float *b = buf + (size_t)th * (size_t)(k_in + 1) * TS_CHUNK, *d[64];
+            float *b = buf + (size_t)th * bstride, *d[64];
             for (int i = 0; i < k_in; i++) d[i] = b + (size_t)(i + 1) * TS_CHUNK;
             const int64_t j0 = c * TS_CHUNK, m = n - j0 < TS_CHUNK ? n - j0 : TS_CHUNK;
             if (ts_load(s, j0, m, b, d, need_eq)) __atomic_store_n(&bad_rc, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
@@ -709,18 +824,31 @@ int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ti
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : conflicts, sdn, sbn) reduction(min : bad)
     for (int64_t c = 0; c < nc; c++) {
         const int th = omp_get_thread_num();
-        float *b = buf + (size_t)th * (size_t)(k_in + 1) * TS_CHUNK, *d[64];
+        float *b = buf + (size_t)th * bstride, *d[64];
         for (int i = 0; i < k_in; i++) d[i] = b + (size_t)(i + 1) * TS_CHUNK;
         const int64_t j0 = c * TS_CHUNK, m = n - j0 < TS_CHUNK ? n - j0 : TS_CHUNK;
-        if (ts_load(s, j0, m, b, d, NULL)) __atomic_store_n(&bad_rc, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
         int64_t lcut[64];
+        const uint16_t *hx[64];
         for (int i = 0; i < k_in; i++) {
-            ts_sub(d[i], b, m);
             lcut[i] = cut[i] == INT64_MAX ? INT64_MAX : cut[i] - j0; /* negative: the cut is behind */
+            hx[i] = h16 ? (const uint16_t *)s->x[i] + j0 : NULL;
         }
-        const wmat_ties_fuse f = {k_in, b, (const float *const *)d, s->w, thr, lcut, none, s->lambda, s->normalize};
+        if (!h16) {
+            if (ts_load(s, j0, m, b, d, NULL)) __atomic_store_n(&bad_rc, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
+            for (int i = 0; i < k_in; i++) ts_sub(d[i], b, m);
+        }
+        const wmat_ties_fuse f = {k_in,      b,           (const float *const *)d,
+                                  s->w,      thr,         lcut,
+                                  none,      s->lambda,   s->normalize,
+                                  h16 ? (const uint16_t *)s->base + j0 : NULL, h16 ? hx : NULL};
+        /* the chunk's fp32 result: into out, or (an encoded output) into the
+         * output's bytes directly (f32) or this thread's buffer, encoded next */
+        float *o = !s->enc ? out + j0 : enc_buf ? b + (size_t)(k_in + 1) * TS_CHUNK : (float *)s->enc + j0;
         wmat_ties_stats st = {0, 0, 0, INT64_MAX};
-        wmat__ties_fused_range(&f, out + j0, 0, m, WMAT_TIES_IMPL_AUTO, &st);
+        wmat__ties_fused_range(&f, o, 0, m, WMAT_TIES_IMPL_AUTO, &st);
+        if (enc_buf &&
+            wmat_from_f32((unsigned char *)s->enc + wmat_dtype_bytes(s->enc_dt, (uint64_t)j0), s->enc_dt, o, (uint64_t)m))
+            __atomic_store_n(&bad_rc, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
         conflicts += st.conflicts;
         sdn += st.dn;
         sbn += st.bn;
