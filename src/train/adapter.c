@@ -2,6 +2,7 @@
  * adapter_config.json + adapter_model.safetensors with HF's module names,
  * the output rows of q/k tensors in HF's rotary order. */
 #include "adapter.h"
+#include "sparse_update.h" /* sara, pst */
 
 #include "../io/model_internal.h"
 #include "../io/safetensors.h"
@@ -24,7 +25,8 @@ static const wmat__adapter *const adapters[] = {&wmat__adapter_lora,  &wmat__ada
                                                 &wmat__adapter_dsformer_fixed, &wmat__adapter_vera,
                                                 &wmat__adapter_lamda,     &wmat__adapter_s2lora,
                                                 &wmat__adapter_compacter, &wmat__adapter_adalora,
-                                                &wmat__adapter_miss,      &wmat__adapter_eva};
+                                                &wmat__adapter_miss,      &wmat__adapter_eva,
+                                                &wmat__adapter_sara,      &wmat__adapter_pst};
 
 const wmat__adapter *wmat__adapter_at(int i)
 {
