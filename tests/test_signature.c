@@ -348,9 +348,9 @@ static void test_sig_refusals(void **state)
         static float zeros[32 * 64];
         wmat_st_entry e[3];
         memset(e, 0, sizeof e);
-        e[0] = (wmat_st_entry){"model.layers.0.mlp.down_proj.weight.A", WMAT_ST_F32, 2, {32, 2}, zeros, NULL, NULL};
-        e[1] = (wmat_st_entry){"model.layers.0.mlp.down_proj.weight.B", WMAT_ST_F32, 2, {2, 64}, zeros, NULL, NULL};
-        e[2] = (wmat_st_entry){nm, WMAT_ST_F32, 2, {32, 64}, zeros, NULL, NULL};
+        e[0] = (wmat_st_entry){"model.layers.0.mlp.down_proj.weight.A", WMAT_ST_F32, 2, {32, 2}, zeros, NULL, NULL, NULL};
+        e[1] = (wmat_st_entry){"model.layers.0.mlp.down_proj.weight.B", WMAT_ST_F32, 2, {2, 64}, zeros, NULL, NULL, NULL};
+        e[2] = (wmat_st_entry){nm, WMAT_ST_F32, 2, {32, 64}, zeros, NULL, NULL, NULL};
         const wmat_st_meta meta[2] = {{"format", "wmat.signature"}, {"config", cfg}};
         const wmat_st_meta meta_v[3] = {{"format", "wmat.signature"}, {"version", "1"}, {"config", cfg}};
         const char *hand = tu_tmp("hand.st");

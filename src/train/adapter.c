@@ -2,6 +2,7 @@
  * adapter_config.json + adapter_model.safetensors with HF's module names,
  * the output rows of q/k tensors in HF's rotary order. */
 #include "adapter.h"
+#include "sparse_update.h" /* sara, pst */
 
 #include "../io/model_internal.h"
 #include "../io/safetensors.h"
@@ -27,7 +28,8 @@ static const wmat__adapter *const adapters[] = {&wmat__adapter_lora,  &wmat__ada
                                                 &wmat__adapter_miss,      &wmat__adapter_eva,
                                                 &wmat__adapter_memoryformer,
                                                 &wmat__adapter_s2ft, &wmat__adapter_s2ft_wnorm, &wmat__adapter_s2ft_anorm,
-                                                &wmat__adapter_ofq, &wmat__adapter_ofq_statsq, &wmat__adapter_ofq_lsq};
+                                                &wmat__adapter_ofq, &wmat__adapter_ofq_statsq, &wmat__adapter_ofq_lsq,
+                                                &wmat__adapter_sara,      &wmat__adapter_pst};
 
 const wmat__adapter *wmat__adapter_at(int i)
 {
