@@ -26,18 +26,12 @@ void wmat__gmm_init(float *par, int n_heads, int K, wmat_rng *r)
     }
 }
 
-size_t wmat__gmm_head_scratch(int T) { return (size_t)T * (size_t)T + (size_t)T; }
-
-void wmat__gmm_head_forward(float *out, int os, const float *q, int qs, const float *k, const float *v, int ks, int T,
-                            int hd, const float *par, int K, float *scratch)
+void wmat__gmm_softmax(const float *S, const float *m, float *P, int T)
 {
-    float *S = scratch, *m = scratch + (size_t)T * T;
-    const float scale = 1.0f / sqrtf((float)hd);
-    wmat__gmm_table(par, K, T, m);
-    wmat_sgemm(0, 1, T, T, hd, scale, q, qs, k, ks, 0.0f, S, T);
     for (int t = 0; t < T; t++) {
-        float *row = S + (size_t)t * T;
-        for (int j = 0; j <= t; j++) row[j] *= m[t - j];
+        const float *s = S + (size_t)t * T;
+        float *row = P + (size_t)t * T;
+        for (int j = 0; j <= t; j++) row[j] = s[j] * m[t - j];
         float mx = row[0];
         for (int j = 1; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
         float sum = 0.0f;
@@ -49,5 +43,17 @@ void wmat__gmm_head_forward(float *out, int os, const float *q, int qs, const fl
         for (int j = 0; j <= t; j++) row[j] *= inv;
         for (int j = t + 1; j < T; j++) row[j] = 0.0f;
     }
+}
+
+size_t wmat__gmm_head_scratch(int T) { return (size_t)T * (size_t)T + (size_t)T; }
+
+void wmat__gmm_head_forward(float *out, int os, const float *q, int qs, const float *k, const float *v, int ks, int T,
+                            int hd, const float *par, int K, float *scratch)
+{
+    float *S = scratch, *m = scratch + (size_t)T * T;
+    const float scale = 1.0f / sqrtf((float)hd);
+    wmat__gmm_table(par, K, T, m);
+    wmat_sgemm(0, 1, T, T, hd, scale, q, qs, k, ks, 0.0f, S, T);
+    wmat__gmm_softmax(S, m, S, T);
     wmat_sgemm(0, 0, T, hd, T, 1.0f, S, T, v, ks, 0.0f, out, os);
 }

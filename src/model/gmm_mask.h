@@ -29,6 +29,10 @@ void wmat__gmm_table(const float *par, int K, int T, float *m);
  * N(0, 2^2). */
 void wmat__gmm_init(float *par, int n_heads, int K, wmat_rng *r);
 
+/* P = the causal softmax, row by row, of S (T, T) times the mask m[t - j]
+ * (P may be S); the upper triangle of P zeroed. The forward and the
+ * trainer's backward both recompute P with it, so they agree bit for bit. */
+void wmat__gmm_softmax(const float *S, const float *m, float *P, int T);
 /* Scratch floats of wmat__gmm_head_forward for a window of T. */
 size_t wmat__gmm_head_scratch(int T);
 /* One head of one window from position 0: out[t] (row stride os) = sum_{j

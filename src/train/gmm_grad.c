@@ -59,22 +59,7 @@ int wmat__gmm_attention_backward(float *dq, float *dk, float *dv, float *dpar, c
                 const float beta = h == g * grp ? 0.0f : 1.0f;
                 wmat__gmm_table(par + (size_t)h * 2 * K, K, T, m);
                 wmat_sgemm(0, 1, T, T, hd, scale, qb, QD, kb, KV, 0.0f, S0, T);
-                /* P as the forward computes it */
-                for (int t = 0; t < T; t++) {
-                    const float *s0 = S0 + (size_t)t * T;
-                    float *row = P + (size_t)t * T;
-                    for (int j = 0; j <= t; j++) row[j] = s0[j] * m[t - j];
-                    float mx = row[0];
-                    for (int j = 1; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
-                    float sum = 0.0f;
-                    for (int j = 0; j <= t; j++) {
-                        row[j] = expf(row[j] - mx);
-                        sum += row[j];
-                    }
-                    const float inv = 1.0f / sum;
-                    for (int j = 0; j <= t; j++) row[j] *= inv;
-                    for (int j = t + 1; j < T; j++) row[j] = 0.0f;
-                }
+                wmat__gmm_softmax(S0, m, P, T); /* P as the forward computes it */
                 /* dV += P^T dO ; dP = dO V^T */
                 wmat_sgemm(1, 0, T, hd, T, 1.0f, P, T, dob, QD, beta, dvb, KV);
                 wmat_sgemm(0, 1, T, T, hd, 1.0f, dob, QD, vb, KV, 0.0f, dP, T);
