@@ -60,6 +60,27 @@ static int pwrite_all(int fd, const void *p, size_t n, size_t off, const char *w
     return WMAT_OK;
 }
 
+/* A new file in dir, unlinked at once (its space goes with the last
+ * descriptor or mapping, whatever happens); the descriptor, or a negative
+ * status naming what and dir. */
+static int unlinked_file(const char *dir, const char *what)
+{
+    const size_t dl = strlen(dir);
+    char *path = wmat__malloc(dl + 32);
+    if (!path) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", what);
+    snprintf(path, dl + 32, "%s%s.wmat-spill-XXXXXX", dir, dl && dir[dl - 1] == '/' ? "" : "/");
+    const int fd = mkostemp(path, O_CLOEXEC);
+    if (fd < 0) {
+        const int e = errno;
+        int rc = wmat_set_error(WMAT_ERR_IO, "%s: cannot create a spill file in %s: %s", what, dir, strerror(e));
+        wmat__free(path);
+        return rc;
+    }
+    unlink(path);
+    wmat__free(path);
+    return fd;
+}
+
 /* parts -> a new unlinked file in dir, mapped read-only (*map, *off) */
 static int spill_write(const wmat_wpart *parts, int np, const char *dir, const char *what, wmat_map *map, size_t *off)
 {
@@ -72,19 +93,8 @@ static int spill_write(const wmat_wpart *parts, int np, const char *dir, const c
         total = (total + part_bytes(&parts[i]) + SPILL_ALIGN - 1) / SPILL_ALIGN * SPILL_ALIGN;
     }
     if (!total) return wmat_set_error(WMAT_ERR_INTERNAL, "%s: nothing to spill", what);
-    const size_t dl = strlen(dir);
-    char *path = wmat__malloc(dl + 32);
-    if (!path) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", what);
-    snprintf(path, dl + 32, "%s%s.wmat-spill-XXXXXX", dir, dl && dir[dl - 1] == '/' ? "" : "/");
-    const int fd = mkostemp(path, O_CLOEXEC);
-    if (fd < 0) {
-        const int e = errno;
-        int rc = wmat_set_error(WMAT_ERR_IO, "%s: cannot create a spill file in %s: %s", what, dir, strerror(e));
-        wmat__free(path);
-        return rc;
-    }
-    unlink(path); /* gone with the mapping, whatever happens */
-    wmat__free(path);
+    const int fd = unlinked_file(dir, what);
+    if (fd < 0) return fd;
     int rc = WMAT_OK;
     for (int i = 0; i < np && !rc; i++) rc = pwrite_all(fd, parts[i].data, part_bytes(&parts[i]), off[i], what);
     if (!rc && ftruncate(fd, (off_t)total) != 0)
@@ -163,19 +173,8 @@ int wmat__spill_scratch(const char *dir, size_t bytes, const char *what, wmat_ma
     if (!dir || !*dir) dir = "/tmp";
     if (!bytes) return wmat_set_error(WMAT_ERR_INTERNAL, "%s: an empty scratch file", what);
     if (wmat__fault_io()) return wmat_set_error(WMAT_ERR_IO, "%s: cannot create a spill file: injected I/O fault", what);
-    const size_t dl = strlen(dir);
-    char *path = wmat__malloc(dl + 32);
-    if (!path) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", what);
-    snprintf(path, dl + 32, "%s%s.wmat-spill-XXXXXX", dir, dl && dir[dl - 1] == '/' ? "" : "/");
-    const int fd = mkostemp(path, O_CLOEXEC);
-    if (fd < 0) {
-        const int e = errno;
-        int rc = wmat_set_error(WMAT_ERR_IO, "%s: cannot create a spill file in %s: %s", what, dir, strerror(e));
-        wmat__free(path);
-        return rc;
-    }
-    unlink(path); /* gone with the mapping, whatever happens */
-    wmat__free(path);
+    const int fd = unlinked_file(dir, what);
+    if (fd < 0) return fd;
     int rc = WMAT_OK;
     const int e = posix_fallocate(fd, 0, (off_t)bytes);
     if (e)
