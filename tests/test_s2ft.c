@@ -21,6 +21,7 @@
  * - bad input: s2ft-anorm without calibration tokens, a rank above the
  *   input width. */
 #include "test_util.h"
+#include "train_util.h"
 #include "core/shapes.h"
 #include "train/adapter.h"
 #include "train/train.h"
@@ -34,22 +35,8 @@
 enum { DIM = 16, HID = 24, LAYERS = 2, HEADS = 4, HD = DIM / HEADS, R = 4 };
 #define TARGETS ((1u << WMAT_LIN_O) | (1u << WMAT_LIN_DOWN))
 
-static wmat_model *tiny_model(uint64_t seed)
-{
-    wmat_config c = tu_config(DIM, HID, LAYERS, HEADS, 2, 13, 16);
-    c.tied_embeddings = 1;
-    wmat_model *m;
-    TU_OK(wmat_model_create(&m, &c));
-    TU_OK(wmat_model_init_random(m, seed, 0.3f));
-    return m;
-}
-
-static int32_t *tokens(size_t n)
-{
-    int32_t *d = malloc(n * sizeof(int32_t));
-    for (size_t i = 0; i < n; i++) d[i] = (int32_t)((i * i + 3 * i) % 7 + (i % 3) + (i / 11) % 4) % 13;
-    return d;
-}
+/* the adapter tests' tiny tied model (tests/support/train_util.h) */
+static wmat_model *tiny_model(uint64_t seed) { return tu_tiny_model(seed, DIM, HID, LAYERS); }
 
 static wmat_train_params params(wmat_context *oc, const char *adapter, uint64_t seed)
 {
@@ -115,7 +102,7 @@ static void selection_of(const char *name, uint64_t seed, int sel[LAYERS][2][HID
     memset(sel, 0, sizeof(int) * LAYERS * 2 * HID);
     wmat_context oc = wmat_context_default();
     oc.n_threads = 1;
-    int32_t *d = tokens(500);
+    int32_t *d = tu_pattern_tokens(500);
     wmat_model *m = tiny_model(5);
     wmat_train_params p = params(&oc, name, seed);
     p.adapter_calib = d;
@@ -263,7 +250,7 @@ static void test_gradient_columns(void **state)
     (void)state;
     wmat_context oc = wmat_context_default();
     oc.n_threads = 1;
-    int32_t *d = tokens(500);
+    int32_t *d = tu_pattern_tokens(500);
     wmat_model *m = tiny_model(7);
     int sel[LAYERS][2][HID], ksel[LAYERS][2];
     /* at the base (D = 0), weight-norm units, computed here */
@@ -333,7 +320,7 @@ static void test_rules(void **state)
     (void)state;
     wmat_context oc = wmat_context_default();
     oc.n_threads = 1;
-    int32_t *d = tokens(500);
+    int32_t *d = tu_pattern_tokens(500);
     wmat_model *m = tiny_model(13);
     const wmat__adapter *an = wmat__adapter_find("s2ft-anorm"), *wn = wmat__adapter_find("s2ft-wnorm");
     assert_non_null(an);
@@ -454,7 +441,7 @@ static void resume_check(const char *name)
 {
     wmat_context oc = wmat_context_default();
     oc.n_threads = 1;
-    int32_t *d = tokens(500);
+    int32_t *d = tu_pattern_tokens(500);
     wmat_model *m = tiny_model(17);
     wmat_train_params p = params(&oc, name, 5);
     p.lora_targets = 0x7f; /* every linear: q/k/v/gate/up train input columns */
