@@ -841,6 +841,34 @@ static void test_driver_overlap_same_bytes(void **state)
     wmat_model_free(mb);
 }
 
+/* TIES of two models over base into out, by the sequential path (rep[0])
+ * and the streamed one (rep[1]): the two files are the same bytes. */
+static void ties_both_paths(const char *base, wmat_merge_model *mm, double lambda, wmat_dtype odt, wmat_context *ctx,
+                            const char *out, wmat_merge_report rep[2])
+{
+    unsigned char *bytes[2];
+    size_t nbytes[2];
+    for (int p = 0; p < 2; p++) {
+        wmat_merge_spec s;
+        memset(&s, 0, sizeof s);
+        s.method = "ties";
+        s.base = base;
+        s.n_models = 2;
+        s.models = mm;
+        s.normalize = -1;
+        s.lambda = (wmat_mvalue){1, {lambda}};
+        s.out_dtype = odt;
+        s.ctx = ctx;
+        s.sequential = p == 0;
+        TU_OK(wmat__merge_run(&s, out, &rep[p]));
+        bytes[p] = slurp(out, &nbytes[p]);
+    }
+    assert_int_equal(nbytes[0], nbytes[1]);
+    assert_memory_equal(bytes[0], bytes[1], nbytes[0]);
+    free(bytes[0]);
+    free(bytes[1]);
+}
+
 /* Every input a GGUF of f16 or q8_0 (every tensor streamed from its stored
  * bytes, no fp32 input buffer allocated), one and two threads: the same
  * bytes as the sequential path, and the streamed passes reported. */
@@ -860,31 +888,11 @@ static void test_driver_stream_same_bytes(void **state)
     for (int nt = 1; nt <= 2; nt++) {
         wmat_context ctx = wmat_context_default();
         ctx.n_threads = nt;
-        unsigned char *bytes[2];
-        size_t nbytes[2];
         wmat_merge_report rep[2];
-        for (int p = 0; p < 2; p++) {
-            wmat_merge_spec s;
-            memset(&s, 0, sizeof s);
-            s.method = "ties";
-            s.base = base;
-            s.n_models = 2;
-            s.models = mm;
-            s.normalize = -1;
-            s.lambda = (wmat_mvalue){1, {1.0}};
-            s.out_dtype = WMAT_F16;
-            s.ctx = &ctx;
-            s.sequential = p == 0;
-            TU_OK(wmat__merge_run(&s, o1, &rep[p]));
-            bytes[p] = slurp(o1, &nbytes[p]);
-        }
-        assert_int_equal(nbytes[0], nbytes[1]);
-        assert_memory_equal(bytes[0], bytes[1], nbytes[0]);
+        ties_both_paths(base, mm, 1.0, WMAT_F16, &ctx, o1, rep);
         assert_true(rep[0].stage_cpu[2] == 0 && rep[1].stage_cpu[2] > 0);
         for (int i = 0; i < rep[0].n_tensors; i++)
             TU_ASSERT_NEAR(rep[0].tensors[i].sign_conflicts, rep[1].tensors[i].sign_conflicts, 1e-12);
-        free(bytes[0]);
-        free(bytes[1]);
         wmat__merge_report_free(&rep[0]);
         wmat__merge_report_free(&rep[1]);
     }
@@ -915,26 +923,8 @@ static void test_driver_encode_same_bytes(void **state)
         const wmat_dtype odt = odts[run / 2];
         wmat_context ctx = wmat_context_default();
         ctx.n_threads = nt;
-        unsigned char *bytes[2];
-        size_t nbytes[2];
         wmat_merge_report rep[2];
-        for (int p = 0; p < 2; p++) {
-            wmat_merge_spec s;
-            memset(&s, 0, sizeof s);
-            s.method = "ties";
-            s.base = base;
-            s.n_models = 2;
-            s.models = mm;
-            s.normalize = -1;
-            s.lambda = (wmat_mvalue){1, {0.8}};
-            s.out_dtype = odt;
-            s.ctx = &ctx;
-            s.sequential = p == 0;
-            TU_OK(wmat__merge_run(&s, o1, &rep[p]));
-            bytes[p] = slurp(o1, &nbytes[p]);
-        }
-        assert_int_equal(nbytes[0], nbytes[1]);
-        assert_memory_equal(bytes[0], bytes[1], nbytes[0]);
+        ties_both_paths(base, mm, 0.8, odt, &ctx, o1, rep);
         int matrices = 0;
         for (int i = 0; i < rep[1].n_tensors; i++) {
             const wmat_tensor *t = wmat_model_find(mb, rep[1].tensors[i].name);
@@ -945,8 +935,6 @@ static void test_driver_encode_same_bytes(void **state)
         assert_int_equal(rep[0].encoded_tensors, 0);
         assert_int_equal(rep[1].encoded_tensors, odt == WMAT_Q8_0 ? 0 : matrices);
         assert_true(matrices > 0);
-        free(bytes[0]);
-        free(bytes[1]);
         wmat__merge_report_free(&rep[0]);
         wmat__merge_report_free(&rep[1]);
     }
