@@ -1344,6 +1344,7 @@ typedef struct {
     int calib_windows, calib_ctx;
     size_t stats_bytes;      /* peak bytes of calibration statistics held at once */
     size_t state_bytes;      /* the calibration windows' residual streams (windows x ctx x dim floats) */
+    int state_spilled;       /* 1: those streams lived in unlinked files (out of core), not in memory */
     /* parts of calib_seconds and method_seconds: accumulating and finishing
      * the statistics (x x^T), factoring H (GPTQ's Cholesky and inverse) */
     double stats_seconds, factor_seconds;

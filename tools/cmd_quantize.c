@@ -372,10 +372,10 @@ int cmd_quantize(int argc, char **argv)
     if (rep.calib_windows) {
         char b3[32];
         fprintf(txt, "calibration   %s: %d windows x %d tokens, %d block passes (%s), %.2f s; statistics peak %s, "
-               "streams %s; forward %s\n",
+               "streams %s%s; forward %s\n",
                calib, rep.calib_windows, rep.calib_ctx, rep.block_passes, seq, rep.calib_seconds,
                cli_bytes((double)rep.stats_bytes, b1, sizeof b1), cli_bytes((double)rep.state_bytes, b3, sizeof b3),
-               calib_dtype);
+               rep.state_spilled ? " (spilled to disk)" : "", calib_dtype);
     }
     if (recon) {
         double eb = 0.0, ea = 0.0;

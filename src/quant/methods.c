@@ -902,6 +902,7 @@ int wmat__quantize_model(wmat_model *m, const wmat_quantize_params *p, wmat_quan
         rep->stats_seconds = stats_s;
         rep->factor_seconds = factor_s;
         rep->state_bytes = cs.bytes;
+        rep->state_spilled = cs.spill;
         rep->calib_windows = n_windows;
         rep->calib_ctx = need_calib ? ctx : 0;
         rep->stats_bytes = stats_peak;
