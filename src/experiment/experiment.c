@@ -12,6 +12,7 @@ extern const wmat_experiment wmat__exp_ibp_init;
 extern const wmat_experiment wmat__exp_gmm_mask;
 extern const wmat_experiment wmat__exp_rf_attention;
 extern const wmat_experiment wmat__exp_memoryformer;
+extern const wmat_experiment wmat__exp_precrop;
 
 /* One line per experiment; the catalogue lists them in this order. */
 const wmat_experiment *const wmat__experiments[] = {
@@ -19,6 +20,7 @@ const wmat_experiment *const wmat__experiments[] = {
     &wmat__exp_gmm_mask,
     &wmat__exp_rf_attention,
     &wmat__exp_memoryformer,
+    &wmat__exp_precrop,
     NULL,
 };
 

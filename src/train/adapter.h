@@ -75,6 +75,9 @@ typedef struct {
         int bits, group, cga_steps;
         float cga_range;
     } qat;
+    /* PreCropping (adapter_precrop.c, set by its plan): 1 when the layer's
+     * kept channels are its input columns (down), 0: its output rows. */
+    int crop_cols;
 } wmat__adapter_cfg;
 
 /* One adapted layer as the whole-model hooks see it (after_step,
@@ -354,6 +357,13 @@ extern const wmat__adapter wmat__adapter_memoryformer;
 double wmat__memoryformer_flops(int tau, int in, int out);
 extern const wmat__adapter wmat__adapter_s2ft, wmat__adapter_s2ft_wnorm, wmat__adapter_s2ft_anorm;
 extern const wmat__adapter wmat__adapter_ofq, wmat__adapter_ofq_statsq, wmat__adapter_ofq_lsq;
+extern const wmat__adapter wmat__adapter_precrop, wmat__adapter_precrop_uniform;
+/* PreCropping's layer-wise counts (adapter_precrop.c): count[l] channels of
+ * layer l kept out of H, summing to budget (L <= budget <= L H), from the
+ * channel scores score (L, H): uniform, an even split (the lower layers
+ * take the remainder); else each layer's best channel, then the rest by one
+ * global order of all scores (ties: the lower layer, then channel). */
+int wmat__precrop_counts(const double *score, int L, int H, int budget, int uniform, int *count);
 
 /* EVA's rank redistribution (adapter_eva.c): matrix m reads input
  * mat_g[m], whose K explained-variance ratios (descending) are ratio[mat_g[m]];
