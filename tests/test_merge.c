@@ -607,10 +607,11 @@ static void stream_case(int64_t n, int n_in, const wmat_dtype *dts, const double
     if (quantized) assert_true(surplus);
     const void *xs[3] = {stored[1], stored[2], stored[3]};
     /* nf = 1: every chunk through the conversion buffers (the reference
-     * for the passes that read f16 storage directly) */
-    for (int run = 0; run < 4; run++) {
-        const int nt = 1 + run % 2, nf = run / 2;
-        wmat_ties_src s = {n_in, n, stored[0], dts[0], xs, dts + 1, k, w, 0.9, 1, NULL, WMAT_F32, nf};
+     * for the passes that read f16 storage directly); pa = 1: pass A
+     * through the buffers, B and D in place */
+    for (int run = 0; run < 6; run++) {
+        const int nt = 1 + run % 2, nf = run / 2 == 1, pa = run / 2 == 2;
+        wmat_ties_src s = {n_in, n, stored[0], dts[0], xs, dts + 1, k, w, 0.9, 1, NULL, WMAT_F32, nf, pa};
         wmat_ties_stream_out so;
         memset(out, 0xff, (size_t)n * 4);
         TU_OK(wmat__ties_stream(&s, out, nt, &so));
@@ -676,6 +677,103 @@ static void test_ties_stream_matches_kernel(void **state)
     stream_case(2 * 16384 + 4101, 2, f16, dm, 64, 9);
     stream_case(13, 3, f16, dm, 0, 10);
     print_message("streamed TIES: f16 read directly %s on this CPU\n", wmat__ties_f16_direct() ? "ran" : "did not run");
+}
+
+/* The element-wise methods streamed (wmat__merge_stream_linear) against
+ * their kernels on the decoded inputs, byte for byte: task arithmetic,
+ * DARE-linear and DARE-TIES, inputs stored as f16, f32, q8_0 and a mix,
+ * one and two threads, sizes that end inside a chunk of 65536 (DARE's mask
+ * chunk) and below one chunk, densities below 1 and of 1 (no drop), the
+ * output also encoded chunk by chunk to f16, bf16 and f32; the dropped
+ * share and the sign conflicts equal the kernel's report. */
+static void lin_case(const char *method, int64_t n, int n_in, const wmat_dtype *dts, int normalize, uint64_t seed)
+{
+    const wmat_merge_method *mt = wmat__merge_method_find(method);
+    assert_non_null(mt);
+    assert_true(mt->stream & WMAT_MS_LIN);
+    wmat_rng r;
+    wmat_rng_seed(&r, seed);
+    float *src[4], *dec[4], *ref = malloc((size_t)n * 4), *out = malloc((size_t)n * 4);
+    void *stored[4];
+    for (int i = 0; i <= n_in; i++) {
+        src[i] = malloc((size_t)n * 4);
+        dec[i] = malloc((size_t)n * 4);
+        stored[i] = malloc(wmat_dtype_bytes(dts[i], (uint64_t)n));
+        for (int64_t j = 0; j < n; j++) src[i][j] = (i ? src[0][j] : 0.0f) + (i ? 0.01f : 0.05f) * wmat_rng_normal(&r);
+        TU_OK(wmat_from_f32(stored[i], dts[i], src[i], (uint64_t)n));
+        TU_OK(wmat_to_f32(dec[i], stored[i], dts[i], (uint64_t)n));
+    }
+    const double w[3] = {1.0, -0.5, 0.75}, dens[3] = {0.3, 1.0, 0.61};
+    float *xc[3];
+    for (int i = 0; i < n_in; i++) {
+        xc[i] = malloc((size_t)n * 4);
+        memcpy(xc[i], dec[i + 1], (size_t)n * 4);
+    }
+    wmat_merge_args a = args(n, n_in, dec[0], xc, w, dens, NULL);
+    a.lambda = 0.9;
+    a.normalize = normalize;
+    a.seed = 0x5eed0000u + seed;
+    a.n_threads = 2;
+    wmat_merge_tinfo info = {0, 0, 0};
+    TU_OK(mt->fn(&a, ref, &info));
+    uint64_t seeds[3];
+    for (int i = 0; i < n_in; i++) seeds[i] = wmat__merge_dare_seed(a.seed, i);
+    const wmat_lin_how how = {mt->stream, dens, seeds};
+    const void *xs[3] = {stored[1], stored[2], stored[3]};
+    for (int nt = 1; nt <= 2; nt++) {
+        wmat_ties_src s = {n_in, n, stored[0], dts[0], xs, dts + 1, NULL, w, 0.9, normalize, NULL, WMAT_F32, 0, 0};
+        wmat_lin_stream_out so;
+        memset(out, 0xff, (size_t)n * 4);
+        TU_OK(wmat__merge_stream_linear(&s, &how, out, nt, &so));
+        assert_memory_equal(out, ref, (size_t)n * 4);
+        assert_true(so.bad == INT64_MAX);
+        TU_ASSERT_NEAR((double)so.dropped / ((double)n * n_in), info.trimmed, 1e-12);
+        TU_ASSERT_NEAR((double)so.conflicts / (double)n, info.sign_conflicts, 1e-12);
+        if (mt->stream & WMAT_MS_DROP) assert_true(so.dropped > 0);
+        const wmat_dtype edts[3] = {WMAT_F16, WMAT_BF16, WMAT_F32};
+        for (int e = 0; e < 3; e++) {
+            unsigned char *want = malloc((size_t)n * 4), *got = malloc((size_t)n * 4);
+            const size_t eb = wmat_dtype_bytes(edts[e], (uint64_t)n);
+            TU_OK(wmat_from_f32(want, edts[e], ref, (uint64_t)n));
+            memset(got, 0xab, eb);
+            s.enc = got;
+            s.enc_dt = edts[e];
+            wmat_lin_stream_out so2;
+            TU_OK(wmat__merge_stream_linear(&s, &how, NULL, nt, &so2));
+            assert_memory_equal(got, want, eb);
+            assert_int_equal(so2.conflicts, so.conflicts);
+            assert_int_equal(so2.dropped, so.dropped);
+            TU_ASSERT_NEAR(so2.dn, so.dn, 1e-12 * (1 + so.dn));
+            s.enc = NULL;
+            free(want);
+            free(got);
+        }
+    }
+    for (int i = 0; i <= n_in; i++) {
+        free(src[i]);
+        free(dec[i]);
+        free(stored[i]);
+    }
+    for (int i = 0; i < n_in; i++) free(xc[i]);
+    free(ref);
+    free(out);
+}
+
+static void test_lin_stream_matches_kernel(void **state)
+{
+    (void)state;
+    const wmat_dtype f16[4] = {WMAT_F16, WMAT_F16, WMAT_F16, WMAT_F16}, f32[4] = {WMAT_F32, WMAT_F32, WMAT_F32, WMAT_F32};
+    const wmat_dtype mix[4] = {WMAT_F16, WMAT_F32, WMAT_Q8_0, WMAT_F16};
+    const int64_t n_odd = 2 * 65536 + 37 * 32; /* ends inside the third chunk (whole q8_0 blocks) */
+    const char *methods[3] = {"task_arithmetic", "dare_linear", "dare_ties"};
+    for (int q = 0; q < 3; q++) {
+        const int norm = q == 2;
+        lin_case(methods[q], n_odd, 3, mix, norm, 1 + (uint64_t)q);
+        lin_case(methods[q], n_odd, 2, f16, norm, 4 + (uint64_t)q);
+        lin_case(methods[q], n_odd, 2, f32, !norm, 7 + (uint64_t)q); /* the other normalize */
+        lin_case(methods[q], 64, 3, mix, norm, 10 + (uint64_t)q);    /* one short chunk */
+        lin_case(methods[q], 13, 1, f16, norm, 13 + (uint64_t)q);
+    }
 }
 
 /* A NaN in a task vector: the NaN magnitude sorts above every number, so it
@@ -843,15 +941,20 @@ static void test_driver_overlap_same_bytes(void **state)
 
 /* TIES of two models over base into out, by the sequential path (rep[0])
  * and the streamed one (rep[1]): the two files are the same bytes. */
-static void ties_both_paths(const char *base, wmat_merge_model *mm, double lambda, wmat_dtype odt, wmat_context *ctx,
-                            const char *out, wmat_merge_report rep[2])
+static void method_both_paths(const char *method, const char *base, wmat_merge_model *mm, double lambda, wmat_dtype odt,
+                              wmat_context *ctx, const char *out, wmat_merge_report rep[2])
 {
-    unsigned char *bytes[2];
-    size_t nbytes[2];
-    for (int p = 0; p < 2; p++) {
+    /* p = 0: sequential; 1: the default (streamed; O_DIRECT reads where the
+     * file system takes them); 2: streamed through the mappings (no_direct,
+     * with the read-ahead mapping the next tensor's pages) */
+    unsigned char *bytes[3];
+    size_t nbytes[3];
+    wmat_merge_report r2;
+    for (int p = 0; p < 3; p++) {
         wmat_merge_spec s;
         memset(&s, 0, sizeof s);
-        s.method = "ties";
+        s.method = method;
+        s.seed = 77;
         s.base = base;
         s.n_models = 2;
         s.models = mm;
@@ -860,13 +963,29 @@ static void ties_both_paths(const char *base, wmat_merge_model *mm, double lambd
         s.out_dtype = odt;
         s.ctx = ctx;
         s.sequential = p == 0;
-        TU_OK(wmat__merge_run(&s, out, &rep[p]));
+        s.no_direct = p == 2;
+        TU_OK(wmat__merge_run(&s, out, p < 2 ? &rep[p] : &r2));
         bytes[p] = slurp(out, &nbytes[p]);
     }
-    assert_int_equal(nbytes[0], nbytes[1]);
-    assert_memory_equal(bytes[0], bytes[1], nbytes[0]);
-    free(bytes[0]);
-    free(bytes[1]);
+    for (int p = 1; p < 3; p++) {
+        assert_int_equal(nbytes[0], nbytes[p]);
+        assert_memory_equal(bytes[0], bytes[p], nbytes[0]);
+    }
+    assert_int_equal(rep[0].direct_bytes, 0);
+    assert_int_equal(r2.direct_bytes, 0);
+    assert_int_equal(r2.streamed_tensors, rep[1].streamed_tensors);
+    /* (r2.populated: tensors the read-ahead mapped ahead; it may skip them
+     * all when the merge runs ahead of it, so it is not asserted) */
+    if (!rep[1].direct_bytes) print_message("O_DIRECT reads did not run (the file system of TMPDIR refused them?)\n");
+    else assert_true(rep[1].populated == 0);
+    wmat__merge_report_free(&r2);
+    for (int p = 0; p < 3; p++) free(bytes[p]);
+}
+
+static void ties_both_paths(const char *base, wmat_merge_model *mm, double lambda, wmat_dtype odt, wmat_context *ctx,
+                            const char *out, wmat_merge_report rep[2])
+{
+    method_both_paths("ties", base, mm, lambda, odt, ctx, out, rep);
 }
 
 /* Every input a GGUF of f16 or q8_0 (every tensor streamed from its stored
@@ -938,6 +1057,57 @@ static void test_driver_encode_same_bytes(void **state)
         wmat__merge_report_free(&rep[0]);
         wmat__merge_report_free(&rep[1]);
     }
+    wmat_model_free(mb);
+}
+
+/* Task arithmetic, DARE-linear and DARE-TIES streamed (GGUF inputs in f16
+ * and q8_0: every tensor streams) against the sequential path (the
+ * kernels on fp32 copies): the same bytes for GGUF f16 output (the matrices
+ * encoded by the merge), f32 and q8_0 (the fill hook), one and two threads;
+ * the dropped share and the sign conflicts agree per tensor. */
+static void test_driver_lin_stream_same_bytes(void **state)
+{
+    (void)state;
+    char base[512], a[512], b[512], o1[512];
+    snprintf(base, sizeof base, "%s", tu_tmp("lb.gguf"));
+    snprintf(a, sizeof a, "%s", tu_tmp("la.gguf"));
+    snprintf(b, sizeof b, "%s", tu_tmp("lc.gguf"));
+    snprintf(o1, sizeof o1, "%s", tu_tmp("l_merge.gguf"));
+    make_model_q(base, WMAT_FMT_GGUF, WMAT_F16, 31, NULL, 1000, 0, -1);
+    wmat_model *mb = tu_load_f32(base);
+    make_model_q(a, WMAT_FMT_GGUF, WMAT_F16, 32, mb, 1000, 0, -1);
+    make_model_q(b, WMAT_FMT_GGUF, WMAT_Q8_0, 33, mb, 1000, 0, -1);
+    wmat_merge_model mm[2] = {{a, {1, {1.0}}, {1, {0.3}}}, {b, {1, {0.7}}, {2, {0.5, 0.8}}}};
+    const char *methods[3] = {"task_arithmetic", "dare_linear", "dare_ties"};
+    const wmat_dtype odts[3] = {WMAT_F16, WMAT_F32, WMAT_Q8_0};
+    for (int q = 0; q < 3; q++)
+        for (int run = 0; run < 6; run++) {
+            const int nt = 1 + run % 2;
+            const wmat_dtype odt = odts[run / 2];
+            wmat_context ctx = wmat_context_default();
+            ctx.n_threads = nt;
+            wmat_merge_report rep[2];
+            /* task arithmetic reads no density */
+            wmat_merge_model m2[2] = {mm[0], mm[1]};
+            if (q == 0) m2[0].density.n = m2[1].density.n = 0;
+            method_both_paths(methods[q], base, m2, 0.8, odt, &ctx, o1, rep);
+            int matrices = 0;
+            for (int i = 0; i < rep[1].n_tensors; i++) {
+                const wmat_tensor *t = wmat_model_find(mb, rep[1].tensors[i].name);
+                matrices += t && t->ndim == 2;
+                TU_ASSERT_NEAR(rep[0].tensors[i].trimmed, rep[1].tensors[i].trimmed, 1e-12);
+                TU_ASSERT_NEAR(rep[0].tensors[i].sign_conflicts, rep[1].tensors[i].sign_conflicts, 1e-12);
+                TU_ASSERT_NEAR(rep[0].tensors[i].delta_norm, rep[1].tensors[i].delta_norm,
+                               1e-9 * (1 + rep[0].tensors[i].delta_norm));
+                if (q) assert_true(rep[1].tensors[i].trimmed > 0);
+            }
+            assert_int_equal(rep[0].streamed_tensors, 0);
+            assert_int_equal(rep[1].streamed_tensors, rep[1].n_tensors);
+            assert_int_equal(rep[0].encoded_tensors, 0);
+            assert_int_equal(rep[1].encoded_tensors, odt == WMAT_F16 || odt == WMAT_F32 ? matrices : 0);
+            wmat__merge_report_free(&rep[0]);
+            wmat__merge_report_free(&rep[1]);
+        }
     wmat_model_free(mb);
 }
 
@@ -1137,9 +1307,11 @@ int main(void)
         cmocka_unit_test(test_ties_fused_matches_kernel),
         cmocka_unit_test(test_ties_fused_nan),
         cmocka_unit_test(test_ties_stream_matches_kernel),
+        cmocka_unit_test(test_lin_stream_matches_kernel),
         cmocka_unit_test(test_driver_overlap_same_bytes),
         cmocka_unit_test(test_driver_stream_same_bytes),
         cmocka_unit_test(test_driver_encode_same_bytes),
+        cmocka_unit_test(test_driver_lin_stream_same_bytes),
         cmocka_unit_test(test_cli_yaml_and_flags),
         cmocka_unit_test(test_signature_roundtrip_as_linear),
     };

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct {
     double t0;
@@ -85,8 +86,48 @@ static char *methods_help(void)
     return h;
 }
 
+/* The merge's OpenMP threads meet at a barrier after every pass of every
+ * tensor (~600 on a 1.1B model); with libgomp's default wait policy a
+ * thread that arrives first spins there (up to ~3 ms each time) while the
+ * other runs or waits for the CPU, which on a loaded machine inflated the
+ * two-thread merge's user time by 3-5 s of ~13 (docs/MERGING.md). libgomp
+ * reads OMP_WAIT_POLICY once, when it loads, before main: setting it here
+ * would change nothing, so the program runs itself again with
+ * OMP_WAIT_POLICY=passive (threads sleep at once) unless the user set it
+ * or GOMP_SPINCOUNT. Only for merge: the other commands keep the default. */
+static void merge_passive_reexec(int argc, char **argv)
+{
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+    char **args = malloc(((size_t)argc + 2) * sizeof *args);
+    if (!args) return;
+    args[0] = (char *)"wmat";
+    for (int i = 0; i < argc; i++) args[i + 1] = argv[i]; /* argv[0] is "merge" */
+    args[argc + 1] = NULL;
+    if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) {
+        free(args);
+        return;
+    }
+    fflush(NULL);
+    execv("/proc/self/exe", args);
+    /* could not: go on with the default policy */
+    unsetenv("OMP_WAIT_POLICY");
+    free(args);
+}
+
+/* WMAT_MERGE_TUNE=no_direct,no_populate,pass_a_buffers: the alternatives the
+ * measurements in docs/MERGING.md compare against, in the same binary. */
+static void merge_tune(wmat_merge_spec *s)
+{
+    const char *t = getenv("WMAT_MERGE_TUNE");
+    if (!t) return;
+    if (strstr(t, "no_direct")) s->no_direct = 1;
+    if (strstr(t, "no_populate")) s->no_populate = 1;
+    if (strstr(t, "pass_a_buffers")) s->pass_a_buffers = 1;
+}
+
 int cmd_merge(int argc, char **argv)
 {
+    merge_passive_reexec(argc, argv);
     const cli_command *cmd = cli_find_command("merge");
     const char *method = NULL, *base = NULL, *weights = NULL, *densities = NULL, *dtype = NULL, *to = NULL, *tok_src = NULL,
                *csv = NULL;
@@ -197,6 +238,7 @@ int cmd_merge(int argc, char **argv)
     }
     s->on_tensor = on_tensor;
     s->sequential = sequential;
+    merge_tune(s);
     s->user = &st;
     wmat_merge_report rep;
     rc = wmat__merge_run(s, out, &rep);
@@ -212,6 +254,11 @@ int cmd_merge(int argc, char **argv)
     printf("time: inputs %.2f s, merging %.2f s, writer %.2f s (summed over the tensors; the inputs' time includes "
            "waiting for the disk)\n",
            rep.read_seconds, rep.kernel_seconds, rep.write_seconds);
+    if (rep.streamed_tensors || rep.populated || rep.direct_bytes)
+        printf("streamed %d of %d tensors from the stored inputs; %s read directly (O_DIRECT); read-ahead mapped %d "
+               "tensors ahead; OpenMP wait policy %s\n",
+               rep.streamed_tensors, rep.n_tensors, cli_bytes((double)rep.direct_bytes, b1, sizeof b1), rep.populated,
+               getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "default");
     if (rep.stage_cpu[0] + rep.stage_cpu[1] + rep.stage_cpu[2] > 0)
         printf("cpu (merging thread): fill %.2f s, of it ties passes: task vectors + histogram %.2f s, threshold %.2f s, "
                "trim/elect/mean %.2f s (with --threads 1 these are the merge's whole CPU time)\n",

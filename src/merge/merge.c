@@ -10,6 +10,8 @@
 #include "merge.h"
 #include "io/model_internal.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
@@ -17,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -70,8 +73,11 @@ typedef struct {
     double acc[WMAT_MERGE_N_ACC];
     /* the one-pass TIES (ties_fused.c): per-thread histograms */
     int fused;
+    int lin;              /* the method's WMAT_MS_* flags where it streams (wmat__merge_stream_linear) */
     uint32_t *hist;
     struct readahead *ra; /* NULL: the inputs are read as they are converted */
+    struct dio *dio;      /* NULL: the streamed paths read the mappings */
+    const void *cur_data[65]; /* the tensor being merged: input i's bytes in a direct-read buffer (NULL: its mapping) */
     void *enc_dst;        /* set during merge_encode: the output tensor's bytes (out_dtype) */
     double fill_seconds;  /* time inside merge_fill (the rest of the save is the writer's) */
 } merge_job;
@@ -171,6 +177,9 @@ struct readahead {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stop, want, issued; /* positions [0, want) asked for, [0, issued) advised */
+    int cur;                /* the position being merged */
+    int populate, pop_next; /* map the next tensor's pages ahead; the next position to consider */
+    int n_pop;              /* tensors populated */
     int n;
     int *order, *pos;       /* order[p]: the tensor written p-th; pos[ti]: its position */
     const merge_job *j;
@@ -194,6 +203,28 @@ static void advise(const merge_job *j, int ti)
     }
 }
 
+/* Map tensor ti's pages of every input into the process ahead of the merge
+ * (MADV_POPULATE_READ, Linux 5.14: it waits for the reads the advice
+ * started and fills the page tables in one call, so the merging threads
+ * take no page faults on it). 0 when the kernel does not know the advice. */
+static int populate(const merge_job *j, int ti)
+{
+#ifdef MADV_POPULATE_READ
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < j->n_in + j->has_base; i++) {
+        const wmat_tensor *t = &j->in[i]->tensors[j->idx[i][ti]];
+        if (t->dtype == WMAT_OBJ || (t->flags & WMAT_TF_OWNED) || !t->data || !t->nbytes) continue;
+        const uintptr_t a = (uintptr_t)t->data / pg * pg, b = (uintptr_t)t->data + t->nbytes;
+        if (madvise((void *)a, b - a, MADV_POPULATE_READ) != 0 && errno == EINVAL) return 0;
+    }
+    return 1;
+#else
+    (void)j;
+    (void)ti;
+    return 0;
+#endif
+}
+
 static void *ra_main(void *arg)
 {
     struct readahead *r = arg;
@@ -204,6 +235,20 @@ static void *ra_main(void *arg)
             pthread_mutex_unlock(&r->mu);
             advise(r->j, r->order[p]);
             pthread_mutex_lock(&r->mu);
+            continue;
+        }
+        /* then the tensor after the one being merged (only that one: its
+         * pages count in the resident memory once mapped); positions the
+         * merge has reached are skipped */
+        if (r->populate && r->pop_next < r->n && r->pop_next <= r->cur + 1) {
+            const int p = r->pop_next++;
+            if (p > r->cur) {
+                pthread_mutex_unlock(&r->mu);
+                const int ok = populate(r->j, r->order[p]);
+                pthread_mutex_lock(&r->mu);
+                if (ok) r->n_pop++;
+                else r->populate = 0;
+            }
             continue;
         }
         pthread_cond_wait(&r->cv, &r->mu);
@@ -221,26 +266,28 @@ static void ra_at(struct readahead *r, int ti)
     int q = p + 1;
     while (q < r->n && (q == p + 1 || ahead < RA_BYTES)) ahead += tensor_bytes(r->j, r->order[q++]);
     pthread_mutex_lock(&r->mu);
-    if (q > r->want) {
-        r->want = q;
-        pthread_cond_signal(&r->cv);
-    }
+    r->cur = p;
+    if (q > r->want) r->want = q;
+    pthread_cond_signal(&r->cv);
     pthread_mutex_unlock(&r->mu);
 }
 
-static void ra_stop(struct readahead *r)
+/* Stop the read-ahead; returns the number of tensors it populated. */
+static int ra_stop(struct readahead *r)
 {
-    if (!r) return;
+    if (!r) return 0;
     pthread_mutex_lock(&r->mu);
     r->stop = 1;
     pthread_cond_signal(&r->cv);
     pthread_mutex_unlock(&r->mu);
     pthread_join(r->th, NULL);
+    const int n_pop = r->n_pop;
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     wmat__free(r->order);
     wmat__free(r->pos);
     wmat__free(r);
+    return n_pop;
 }
 
 /* Start the read-ahead for a save in format fmt (GGUF: its writer's order;
@@ -262,6 +309,8 @@ static struct readahead *ra_start(const merge_job *j, wmat_format fmt)
         if (r->order[p] >= 0 && r->order[p] < n) r->pos[r->order[p]] = p;
     r->n = n;
     r->j = j;
+    r->cur = -1;
+    r->populate = !j->s->no_populate;
     if (pthread_mutex_init(&r->mu, NULL)) goto fail;
     if (pthread_cond_init(&r->cv, NULL)) {
         pthread_mutex_destroy(&r->mu);
@@ -279,6 +328,220 @@ fail:
     wmat__free(r->pos);
     wmat__free(r);
     return NULL;
+}
+
+/* ---- direct reads
+ *
+ * Instead of the mapping (page cache, page faults, MADV_DONTNEED), a
+ * thread reads each tensor of every input with pread() on a descriptor
+ * opened with O_DIRECT into one of two reused buffers per input (the
+ * tensor being merged and the next one, in the writer's order): the disk's
+ * DMA lands in the buffer, no page-cache page is allocated, filled, mapped
+ * or dropped, which is most of the system time of a merge through the
+ * mapping (the kernel's share of `cat`). Only for inputs that are one
+ * file mapped whole (GGUF, llama2.c) on a file system that takes O_DIRECT,
+ * and all inputs or none; only the streamed paths use the buffers (a
+ * tensor whose read failed, or any other path, reads the mapping). */
+#define DIO_ALIGN ((size_t)4096)
+
+enum { DIO_FREE = 0, DIO_READING, DIO_READY, DIO_FAILED };
+
+struct dio {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stop;
+    int n_all, n;
+    int fd[65];
+    unsigned char *buf[2][65]; /* DIO_ALIGN-aligned, cap[i] bytes */
+    size_t cap[65];
+    int slot_pos[2], slot_state[2];
+    int released;          /* positions [0, released) merged */
+    int next;              /* the position the reader takes next */
+    int *order, *pos;
+    uint64_t bytes;        /* read */
+    const merge_job *j;
+};
+
+/* Read input i's tensor ti into dst (aligned); *at: where its bytes start. */
+static int dio_read(struct dio *d, int i, int ti, unsigned char *dst, const void **at)
+{
+    const merge_job *j = d->j;
+    const wmat_model *m = j->in[i];
+    const wmat_tensor *t = &m->tensors[j->idx[i][ti]];
+    if (t->dtype == WMAT_OBJ || (t->flags & WMAT_TF_OWNED) || !t->data || !t->nbytes) return -1;
+    const wmat_map *mp = wmat__model_map_at(m, t->data);
+    if (!mp) return -1;
+    const size_t off = (size_t)((const unsigned char *)t->data - (const unsigned char *)mp->addr);
+    const size_t a0 = off / DIO_ALIGN * DIO_ALIGN, need = off + t->nbytes - a0;
+    const size_t len = (need + DIO_ALIGN - 1) / DIO_ALIGN * DIO_ALIGN;
+    if (len > d->cap[i]) return -1;
+    size_t done = 0;
+    while (done < need) {
+        const ssize_t r = pread(d->fd[i], dst + done, len - done, (off_t)(a0 + done));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1; /* an error, or the file ends early */
+        done += (size_t)r;
+        if (done % DIO_ALIGN && done < need) return -1; /* a short read inside the file: give up */
+    }
+    d->bytes += need;
+    *at = dst + (off - a0);
+    return 0;
+}
+
+static void *dio_main(void *arg)
+{
+    struct dio *d = arg;
+    const void *at[65];
+    pthread_mutex_lock(&d->mu);
+    for (int p = 0; p < d->n && !d->stop; p++) {
+        const int s = p & 1;
+        while (!d->stop && p >= d->released + 2) pthread_cond_wait(&d->cv, &d->mu);
+        if (d->stop) break;
+        d->slot_pos[s] = p;
+        d->slot_state[s] = DIO_READING;
+        d->next = p + 1;
+        pthread_mutex_unlock(&d->mu);
+        int ok = 1;
+        for (int i = 0; i < d->n_all && ok; i++) ok = dio_read(d, i, d->order[p], d->buf[s][i], &at[i]) == 0;
+        pthread_mutex_lock(&d->mu);
+        d->slot_state[s] = ok ? DIO_READY : DIO_FAILED;
+        pthread_cond_broadcast(&d->cv);
+    }
+    pthread_mutex_unlock(&d->mu);
+    return NULL;
+}
+
+/* Tensor ti is next: wait for its buffers; cur_data[i] then point into
+ * them (all NULL: read the mappings). */
+static void dio_get(merge_job *j, int ti)
+{
+    struct dio *d = j->dio;
+    memset(j->cur_data, 0, sizeof j->cur_data);
+    if (!d || ti < 0 || ti >= d->n) return;
+    const int p = d->pos[ti], s = p & 1;
+    if (p < 0) return;
+    pthread_mutex_lock(&d->mu);
+    /* wait while the reader will still bring p without another release (a
+     * tensor asked out of the writer's order, or one the reader has passed,
+     * reads its mapping) */
+    for (;;) {
+        if (d->slot_pos[s] == p && d->slot_state[s] != DIO_READING) break;
+        if (d->stop || p >= d->released + 2 || (d->next > p && d->slot_pos[s] != p)) break;
+        pthread_cond_wait(&d->cv, &d->mu);
+    }
+    const int ready = d->slot_pos[s] == p && d->slot_state[s] == DIO_READY;
+    pthread_mutex_unlock(&d->mu);
+    if (!ready) return;
+    /* where each input's bytes start in the buffer (as dio_read put them) */
+    for (int i = 0; i < d->n_all; i++) {
+        const wmat_tensor *t = &j->in[i]->tensors[j->idx[i][ti]];
+        const wmat_map *mp = wmat__model_map_at(j->in[i], t->data);
+        const size_t off = (size_t)((const unsigned char *)t->data - (const unsigned char *)mp->addr);
+        j->cur_data[i] = d->buf[s][i] + (off - off / DIO_ALIGN * DIO_ALIGN);
+    }
+}
+
+/* Tensor ti is merged: its slot may take the tensor after the next. */
+static void dio_put(merge_job *j, int ti)
+{
+    struct dio *d = j->dio;
+    memset(j->cur_data, 0, sizeof j->cur_data);
+    if (!d || ti < 0 || ti >= d->n || d->pos[ti] < 0) return;
+    pthread_mutex_lock(&d->mu);
+    if (d->pos[ti] + 1 > d->released) d->released = d->pos[ti] + 1;
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+}
+
+static void dio_free(struct dio *d)
+{
+    for (int i = 0; i < 65; i++) {
+        if (d->fd[i] >= 0) close(d->fd[i]);
+        free(d->buf[0][i]);
+        free(d->buf[1][i]);
+    }
+    wmat__free(d->order);
+    wmat__free(d->pos);
+    wmat__free(d);
+}
+
+/* Stop the reader; returns the bytes it read. */
+static uint64_t dio_stop(struct dio *d)
+{
+    if (!d) return 0;
+    pthread_mutex_lock(&d->mu);
+    d->stop = 1;
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+    pthread_join(d->th, NULL);
+    const uint64_t b = d->bytes;
+    pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->cv);
+    dio_free(d);
+    return b;
+}
+
+/* Start direct reads for a save in format fmt, or NULL where they cannot
+ * be used (then the read-ahead runs instead). */
+static struct dio *dio_start(const merge_job *j, wmat_format fmt)
+{
+    const int n_all = j->n_in + j->has_base, n = j->out->n_tensors;
+    if (n_all > 65) return NULL;
+    struct dio *d = wmat__calloc(1, sizeof *d);
+    if (!d) return NULL;
+    for (int i = 0; i < 65; i++) d->fd[i] = -1;
+    d->order = wmat__calloc((size_t)n, sizeof *d->order);
+    d->pos = wmat__calloc((size_t)n, sizeof *d->pos);
+    if (!d->order || !d->pos) goto fail;
+    for (int i = 0; i < n_all; i++) {
+        const wmat_model *m = j->in[i];
+        if ((m->format != WMAT_FMT_GGUF && m->format != WMAT_FMT_LLAMA2C) || m->n_maps != 1 || !m->path) goto fail;
+        d->fd[i] = open(m->path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+        struct stat st;
+        if (d->fd[i] < 0 || fstat(d->fd[i], &st) != 0 || (size_t)st.st_size != m->maps[0].len) goto fail;
+        size_t big = 0;
+        for (int t = 0; t < n; t++) {
+            const size_t b = m->tensors[j->idx[i][t]].nbytes;
+            if (b > big) big = b;
+        }
+        d->cap[i] = (big + 2 * DIO_ALIGN) / DIO_ALIGN * DIO_ALIGN;
+        for (int s = 0; s < 2; s++)
+            if (posix_memalign((void **)&d->buf[s][i], DIO_ALIGN, d->cap[i])) {
+                d->buf[s][i] = NULL;
+                goto fail;
+            }
+    }
+    int k = fmt == WMAT_FMT_GGUF ? wmat__gguf_write_order(j->out, d->order, n) : 0;
+    if (k != n)
+        for (int t = 0; t < n; t++) d->order[t] = t;
+    for (int t = 0; t < n; t++) d->pos[t] = -1;
+    for (int p = 0; p < n; p++)
+        if (d->order[p] >= 0 && d->order[p] < n) d->pos[d->order[p]] = p;
+    d->n_all = n_all;
+    d->n = n;
+    d->j = j;
+    d->slot_pos[0] = d->slot_pos[1] = -1;
+    if (pthread_mutex_init(&d->mu, NULL)) goto fail;
+    if (pthread_cond_init(&d->cv, NULL)) {
+        pthread_mutex_destroy(&d->mu);
+        goto fail;
+    }
+    if (pthread_create(&d->th, NULL, dio_main, d)) {
+        pthread_cond_destroy(&d->cv);
+        pthread_mutex_destroy(&d->mu);
+        goto fail;
+    }
+    return d;
+fail:
+    dio_free(d);
+    return NULL;
+}
+
+/* Input i's stored bytes of tensor ti for the streamed paths. */
+static const void *in_data(const merge_job *j, int i, int ti)
+{
+    return j->cur_data[i] ? j->cur_data[i] : j->in[i]->tensors[j->idx[i][ti]].data;
 }
 
 /* ---- the one-pass TIES */
@@ -379,7 +642,7 @@ static int ties_fused_tensor(merge_job *j, int ti, const wmat_merge_args *a, flo
         for (int i = 0; i < j->n_in + 1; i++) {
             const wmat_tensor *t = &j->in[i]->tensors[j->idx[i][ti]];
             if (i) {
-                xs[i - 1] = t->data;
+                xs[i - 1] = in_data(j, i, ti);
                 xdt[i - 1] = t->dtype;
                 const double kd = a->density[i - 1] * (double)n;
                 ks[i - 1] = kd >= (double)n ? n : (int64_t)kd;
@@ -388,8 +651,8 @@ static int ties_fused_tensor(merge_job *j, int ti, const wmat_merge_args *a, flo
             j->rep->bytes_read += t->nbytes;
         }
         const wmat_tensor *bt = &j->in[0]->tensors[j->idx[0][ti]];
-        const wmat_ties_src src = {j->n_in,     n,         bt->data,     bt->dtype,  xs, xdt, ks, a->weight,
-                                   a->lambda,   a->normalize, j->enc_dst, j->out_dtype, 0};
+        const wmat_ties_src src = {j->n_in,     n,         in_data(j, 0, ti), bt->dtype,  xs, xdt, ks, a->weight,
+                                   a->lambda,   a->normalize, j->enc_dst, j->out_dtype, 0, j->s->pass_a_buffers};
         wmat_ties_stream_out so;
         const int rc = wmat__ties_stream(&src, dst, nt, &so);
         if (rc) {
@@ -404,6 +667,7 @@ static int ties_fused_tensor(merge_job *j, int ti, const wmat_merge_args *a, flo
             j->rep->stage_majflt[q] += so.majflt[q];
         }
         *t_read = so.wall[0];
+        j->rep->streamed_tensors++;
         if (so.st.bad < n)
             return wmat_set_error(WMAT_ERR_NUMERIC, "%s: merged tensor %s has a non-finite value at index %lld", j->out_path,
                                   j->out->tensors[ti].name, (long long)so.st.bad);
@@ -452,6 +716,47 @@ static int ties_fused_tensor(merge_job *j, int ti, const wmat_merge_args *a, flo
     return WMAT_OK;
 }
 
+/* An element-wise method (task arithmetic, DARE) on tensor ti streamed from
+ * the stored inputs (every input streams: ties_streams): into dst (fp32),
+ * or during merge_encode into the output's bytes. */
+static int lin_tensor(merge_job *j, int ti, const wmat_merge_args *a, float *dst, wmat_merge_tinfo *info, double *dn,
+                      double *bn)
+{
+    const int64_t n = a->n;
+    const void *xs[64];
+    wmat_dtype xdt[64];
+    uint64_t seeds[64];
+    for (int i = 0; i < j->n_in + 1; i++) {
+        const wmat_tensor *t = &j->in[i]->tensors[j->idx[i][ti]];
+        if (i) {
+            xs[i - 1] = in_data(j, i, ti);
+            xdt[i - 1] = t->dtype;
+            seeds[i - 1] = wmat__merge_dare_seed(a->seed, i - 1);
+        }
+        j->rep->bytes_read += t->nbytes;
+    }
+    const wmat_tensor *bt = &j->in[0]->tensors[j->idx[0][ti]];
+    const wmat_ties_src src = {j->n_in,   n,           in_data(j, 0, ti), bt->dtype,    xs, xdt, NULL, a->weight,
+                               a->lambda, a->normalize, j->enc_dst, j->out_dtype, 0,  0};
+    const wmat_lin_how how = {j->lin, a->density, seeds};
+    wmat_lin_stream_out so;
+    const int rc = wmat__merge_stream_linear(&src, &how, dst, a->n_threads, &so);
+    if (rc) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "%s", wmat_last_error());
+        return wmat_set_error(rc, "%s: tensor %s: %s", j->out_path, j->out->tensors[ti].name, msg);
+    }
+    if (so.bad < n)
+        return wmat_set_error(WMAT_ERR_NUMERIC, "%s: merged tensor %s has a non-finite value at index %lld", j->out_path,
+                              j->out->tensors[ti].name, (long long)so.bad);
+    j->rep->streamed_tensors++;
+    info->trimmed = (double)so.dropped / ((double)n * j->n_in);
+    info->sign_conflicts = (double)so.conflicts / (double)n;
+    *dn = so.dn;
+    *bn = so.bn;
+    return WMAT_OK;
+}
+
 /* Merge output tensor ti into dst (fp32). */
 static int merge_tensor(merge_job *j, int ti, float *dst)
 {
@@ -464,13 +769,21 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
     const int nt = wmat_context_threads(j->s->ctx);
     double t_read = 0;
     if (j->pass == 1 || j->m->passes != 2) ra_at(j->ra, ti);
-    for (int i = 0; i < n_all && !j->fused; i++) {
+    /* an element-wise method streams where every input does */
+    const int lin = j->lin && ties_streams(j, ti);
+    if (j->lin && !lin) {
+        if (j->enc_dst)
+            return wmat_set_error(WMAT_ERR_INTERNAL, "%s: tensor %s was to be encoded by the merge", j->out_path, ot->name);
+        int rc = ensure_xbufs(j);
+        if (rc) return rc;
+    }
+    for (int i = 0; i < n_all && !j->fused && !lin; i++) {
         const wmat_tensor *it = &j->in[i]->tensors[j->idx[i][ti]];
         int rc = read_f32(j->in[i], it, j->xbuf[i], j->scratch, nt);
         if (rc) return rc;
         j->rep->bytes_read += it->nbytes;
     }
-    if (!j->fused) t_read = now_s() - t0;
+    if (!j->fused && !lin) t_read = now_s() - t0;
     double w[64], dens[64];
     const wmat_merge_spec *s = j->s;
     for (int i = 0; i < j->n_in; i++) {
@@ -507,8 +820,10 @@ static int merge_tensor(merge_job *j, int ti, float *dst)
     const float *ref = j->xbuf[0];
     wmat_merge_tinfo info = {0, 0, 0};
     double dn = 0, bn = 0;
-    if (j->fused) {
-        int rc = ties_fused_tensor(j, ti, &a, dst, &info, &dn, &bn, &t_read);
+    if (j->fused || lin) {
+        dio_get(j, ti);
+        int rc = j->fused ? ties_fused_tensor(j, ti, &a, dst, &info, &dn, &bn, &t_read) : lin_tensor(j, ti, &a, dst, &info, &dn, &bn);
+        dio_put(j, ti);
         if (rc) return rc;
         for (int i = 0; i < n_all; i++) wmat__model_release(j->in[i], &j->in[i]->tensors[j->idx[i][ti]]);
         goto report;
@@ -868,10 +1183,11 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
     j.scratch = need_scratch ? wmat__malloc((size_t)j.max_n * sizeof(float)) : NULL;
     const int nt = wmat_context_threads(s->ctx);
     j.fused = m->ties_fused && !s->sequential && j.has_base && j.n_in <= 64;
+    j.lin = !j.fused && !s->sequential && j.has_base && j.n_in <= 64 && m->passes != 2 ? m->stream : 0;
     if (j.fused) j.hist = wmat__malloc((size_t)(nt + 1) * WMAT_TIES_HIST * sizeof *j.hist);
     int ok = rep->tensors && (j.scratch || !need_scratch) && (j.work || m->passes != 2) && (j.hist || !j.fused);
     /* the one-pass TIES allocates them only for a tensor it cannot stream */
-    for (int i = 0; i < n_all && ok && !j.fused; i++) ok = (j.xbuf[i] = wmat__malloc((size_t)j.max_n * sizeof(float))) != NULL;
+    for (int i = 0; i < n_all && ok && !j.fused && !j.lin; i++) ok = (j.xbuf[i] = wmat__malloc((size_t)j.max_n * sizeof(float))) != NULL;
     if (!ok) {
         rc = wmat_set_error(WMAT_ERR_NOMEM, "merge: out of memory for %d buffers of %lld floats", n_all + 2,
                             (long long)j.max_n);
@@ -888,7 +1204,8 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
     }
     j.out->fill = merge_fill;
     j.out->fill_user = &j;
-    if (!s->sequential) j.ra = ra_start(&j, fmt);
+    if (!s->sequential && (j.fused || j.lin) && !s->no_direct) j.dio = dio_start(&j, fmt);
+    if (!s->sequential && !j.dio) j.ra = ra_start(&j, fmt);
     {
         wmat_save_params sp = wmat_save_default_params();
         sp.format = fmt;
@@ -896,7 +1213,7 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
         const double ts = now_s();
         /* GGUF in f16, bf16 or f32 from the streamed TIES: the merge fills
          * the writer's buffer in the output type itself (merge_encode) */
-        if (fmt == WMAT_FMT_GGUF && j.fused && !s->sequential && (odt == WMAT_F16 || odt == WMAT_BF16 || odt == WMAT_F32) &&
+        if (fmt == WMAT_FMT_GGUF && (j.fused || j.lin) && !s->sequential && (odt == WMAT_F16 || odt == WMAT_BF16 || odt == WMAT_F32) &&
             !j.out->cfg.shortcuts && !j.out->cfg.norm_dim && !j.out->cfg.attn_dim)
             rc = wmat__gguf_save_with(j.out, out_path, odt, odt, merge_encode, &j);
         else
@@ -905,7 +1222,8 @@ int wmat__merge_run(const wmat_merge_spec *s, const char *out_path, wmat_merge_r
     }
 
 done:
-    ra_stop(j.ra);
+    rep->populated = ra_stop(j.ra);
+    rep->direct_bytes = dio_stop(j.dio);
     wmat__free(j.hist);
     if (j.xbuf)
         for (int i = 0; i < n_all; i++) wmat__free(j.xbuf[i]);

@@ -79,7 +79,14 @@ typedef struct {
     const char *summary;
     int passes;             /* 0 or 1: one pass; 2: a measuring pass first (wmat_merge_args.pass) */
     int ties_fused;         /* 1: the driver may run it as the one-pass TIES (ties_fused.c) instead of fn */
+    int stream;             /* WMAT_MS_* flags: the driver may run it element-wise from the stored inputs
+                               (wmat__merge_stream_linear) instead of fn; 0: never */
 } wmat_merge_method;
+
+/* The element-wise methods' streamed form: LIN task vectors combined as
+ * combine() does (weighted sum, or with ELECT TIES's sign election and
+ * disjoint mean), DROP DARE's seeded drop and rescale first. */
+enum { WMAT_MS_LIN = 1, WMAT_MS_DROP = 2, WMAT_MS_ELECT = 4 };
 
 extern const wmat_merge_method wmat__merge_methods[];
 const wmat_merge_method *wmat__merge_method_find(const char *name);
@@ -99,6 +106,19 @@ void wmat__merge_trim_topk(float *d, int64_t n, int64_t k, int n_threads);
  * by 1 / density; the mask is a function of seed alone (not of n_threads).
  * Returns the count dropped. */
 int64_t wmat__merge_dare(float *d, int64_t n, double density, uint64_t seed, int n_threads);
+/* The masks are drawn per chunk of WMAT_DARE_CHUNK entries from a stream
+ * seeded by (seed, chunk index c): chunk c of a tensor (m entries, the last
+ * may be short) dropped on its own gives the same entries as the whole. */
+#define WMAT_DARE_CHUNK ((int64_t)1 << 16)
+int64_t wmat__merge_dare_chunk(float *d, int64_t m, double density, uint64_t seed, int64_t c);
+/* The mask seed of input i from a tensor's seed (the kernels' rule). */
+uint64_t wmat__merge_dare_seed(uint64_t seed, int i);
+/* The kernels' combination of task vectors a->x[i] (a->n entries) into out
+ * on the calling thread: the weighted sum (elect 0) or TIES's election and
+ * disjoint mean (elect 1), times lambda, plus the base; the same bits as
+ * the kernels for any split of a tensor at multiples of 256 entries.
+ * Returns the entries whose deltas disagree in sign. */
+int64_t wmat__merge_combine_serial(const wmat_merge_args *a, float *out, int elect);
 
 /* ---- TIES in one pass (ties_fused.c)
  *
@@ -175,6 +195,8 @@ typedef struct {
     wmat_dtype enc_dt;
     int no_fused_load;     /* 1: convert every chunk into buffers even where the f16 loads
                               could be fused (the reference for tests and bench_merge) */
+    int pass_a_buffers;    /* 1: pass A converts into the chunk buffers even where it could
+                              read f16 storage in place (the measured alternative) */
 } wmat_ties_src;
 
 typedef struct {
@@ -193,6 +215,28 @@ typedef struct {
  * type wmat_to_f32 converts in whole blocks that divide the chunk. */
 int wmat__ties_stream_ok(const void *data, wmat_dtype dt, int64_t n, size_t nbytes);
 int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ties_stream_out *r);
+
+/* The element-wise methods streamed from the stored inputs (stream_lin.c):
+ * chunks of WMAT_DARE_CHUNK entries of the base and every model converted
+ * into per-thread buffers, made task vectors, dropped (DARE, the mask of
+ * that chunk), combined (wmat__merge_combine_serial) and written to out or
+ * encoded into s->enc; one pass, the same bits as the kernels. s->k and
+ * s->no_fused_load are not read. */
+typedef struct {
+    int flags;              /* WMAT_MS_* */
+    const double *density;  /* per model (DROP) */
+    const uint64_t *seed;   /* per model: the mask seeds (wmat__merge_dare_seed) */
+} wmat_lin_how;
+
+typedef struct {
+    int64_t conflicts, dropped;
+    double dn, bn;          /* sums of (out - base)^2 and base^2 */
+    int64_t bad;            /* first non-finite output (INT64_MAX: none) */
+    double cpu;             /* CPU seconds of the calling thread */
+} wmat_lin_stream_out;
+
+int wmat__merge_stream_linear(const wmat_ties_src *s, const wmat_lin_how *how, float *out, int n_threads,
+                              wmat_lin_stream_out *r);
 
 /* ---- OPCM (opcm.c) */
 
@@ -245,6 +289,11 @@ typedef struct {
     const wmat_context *ctx;    /* threads, progress ("merge <tensor>", done, total) */
     int sequential;             /* 1: no read-ahead of the next tensors and TIES in separate passes (the
                                    reference path; the output is the same bytes) */
+    int no_populate;            /* 1: the read-ahead only advises (MADV_WILLNEED), it does not map the
+                                   next tensor's pages ahead (MADV_POPULATE_READ); for measuring */
+    int pass_a_buffers;         /* 1: TIES's pass A through the chunk buffers (wmat_ties_src); for measuring */
+    int no_direct;              /* 1: the streamed paths read the inputs' mappings (page cache, read-ahead)
+                                   instead of O_DIRECT reads into two reused buffers per input */
     /* called after each tensor (may be NULL) */
     void (*on_tensor)(void *user, const wmat_merge_tensor_report *r, int i, int n);
     void *user;
@@ -259,6 +308,10 @@ typedef struct {
     long stage_minflt[3], stage_majflt[3]; /* page faults of the merging thread in those passes */
     int encoded_tensors;    /* GGUF output: tensors the merge wrote in the output type itself (no
                                fp32 tensor for the writer) */
+    int streamed_tensors;   /* tensors merged from the stored inputs chunk by chunk (streamed TIES,
+                               or the element-wise methods' wmat__merge_stream_linear) */
+    int populated;          /* tensors whose input pages the read-ahead mapped ahead (MADV_POPULATE_READ) */
+    uint64_t direct_bytes;  /* bytes read with O_DIRECT into the reused buffers (0: through the mappings) */
     double stage_cpu[3];    /* streamed TIES: CPU seconds of the merging thread in its passes A, B + C, D
                                (wmat_ties_stream_out.cpu), summed over the tensors; 0 on other paths */
     double fill_cpu;        /* CPU seconds of the writer's thread inside the fill hook (the merge);

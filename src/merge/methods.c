@@ -173,26 +173,34 @@ void wmat__merge_trim_topk(float *d, int64_t n, int64_t k, int n_threads)
  * the number of threads. */
 #define DARE_CHUNK ((int64_t)1 << 16)
 
-int64_t wmat__merge_dare(float *d, int64_t n, double density, uint64_t seed, int n_threads)
+int64_t wmat__merge_dare_chunk(float *d, int64_t m, double density, uint64_t seed, int64_t c)
 {
     if (density >= 1.0) return 0;
     const float keep = (float)density, scale = (float)(1.0 / density);
+    wmat_rng r;
+    wmat_rng_seed(&r, seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(c + 1)));
+    int64_t dropped = 0;
+    for (int64_t j = 0; j < m; j++) {
+        if (wmat_rng_uniform(&r) < keep) {
+            d[j] *= scale;
+        } else {
+            d[j] = 0.0f;
+            dropped++;
+        }
+    }
+    return dropped;
+}
+
+int64_t wmat__merge_dare(float *d, int64_t n, double density, uint64_t seed, int n_threads)
+{
+    if (density >= 1.0) return 0;
     const int64_t chunks = (n + DARE_CHUNK - 1) / DARE_CHUNK;
     if (n_threads < 1 || chunks < 2) n_threads = 1;
     int64_t dropped = 0;
 #pragma omp parallel for num_threads(n_threads) schedule(static) reduction(+ : dropped)
     for (int64_t c = 0; c < chunks; c++) {
-        wmat_rng r;
-        wmat_rng_seed(&r, seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(c + 1)));
         const int64_t end = (c + 1) * DARE_CHUNK < n ? (c + 1) * DARE_CHUNK : n;
-        for (int64_t j = c * DARE_CHUNK; j < end; j++) {
-            if (wmat_rng_uniform(&r) < keep) {
-                d[j] *= scale;
-            } else {
-                d[j] = 0.0f;
-                dropped++;
-            }
-        }
+        dropped += wmat__merge_dare_chunk(d + c * DARE_CHUNK, end - c * DARE_CHUNK, density, seed, c);
     }
     return dropped;
 }
@@ -270,6 +278,17 @@ static int64_t combine_block(const wmat_merge_args *a, float *out, int elect, do
     return (int64_t)c;
 }
 
+int64_t wmat__merge_combine_serial(const wmat_merge_args *a, float *out, int elect)
+{
+    double wsum = 0;
+    for (int i = 0; i < a->n_in; i++) wsum += a->weight[i];
+    const double inv = (a->normalize && wsum != 0) ? 1.0 / wsum : 1.0;
+    int64_t conflicts = 0;
+    for (int64_t j0 = 0; j0 < a->n; j0 += CB)
+        conflicts += combine_block(a, out, elect, inv, j0, (int)(a->n - j0 < CB ? a->n - j0 : CB));
+    return conflicts;
+}
+
 static int64_t combine(const wmat_merge_args *a, float *out, int elect)
 {
     double wsum = 0;
@@ -323,7 +342,7 @@ static int m_ties(const wmat_merge_args *a, float *out, wmat_merge_tinfo *info)
 }
 
 /* The seed of input i's mask: a->seed is per tensor already. */
-static uint64_t input_seed(uint64_t seed, int i)
+uint64_t wmat__merge_dare_seed(uint64_t seed, int i)
 {
     uint64_t z = seed + 0x9E3779B97F4A7C15ull * (uint64_t)(i + 1);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -335,7 +354,7 @@ static int dare_common(const wmat_merge_args *a, float *out, wmat_merge_tinfo *i
 {
     to_deltas(a);
     double dropped = 0;
-    for (int i = 0; i < a->n_in; i++) dropped += (double)wmat__merge_dare(a->x[i], a->n, a->density[i], input_seed(a->seed, i), a->n_threads);
+    for (int i = 0; i < a->n_in; i++) dropped += (double)wmat__merge_dare(a->x[i], a->n, a->density[i], wmat__merge_dare_seed(a->seed, i), a->n_threads);
     info->trimmed = dropped / ((double)a->n * a->n_in);
     info->sign_conflicts = (double)combine(a, out, elect) / (double)a->n;
     return WMAT_OK;
@@ -382,20 +401,22 @@ static int m_slerp(const wmat_merge_args *a, float *out, wmat_merge_tinfo *info)
 }
 
 const wmat_merge_method wmat__merge_methods[] = {
-    {"linear", m_linear, WMAT_MB_NONE, 1, 64, k_linear, "weighted average of the models: sum w_i x_i / sum w_i", 0, 0},
+    {"linear", m_linear, WMAT_MB_NONE, 1, 64, k_linear, "weighted average of the models: sum w_i x_i / sum w_i", 0, 0, 0},
     {"task_arithmetic", m_task_arithmetic, WMAT_MB_REQUIRED, 1, 64, k_task,
-     "base + lambda sum_i w_i (x_i - base)", 0, 0},
+     "base + lambda sum_i w_i (x_i - base)", 0, 0, WMAT_MS_LIN},
     {"ties", m_ties, WMAT_MB_REQUIRED, 1, 64, k_ties,
-     "TIES: trim task vectors to their top-density magnitudes, elect signs by mass, disjoint mean", 0, 1},
+     "TIES: trim task vectors to their top-density magnitudes, elect signs by mass, disjoint mean", 0, 1, 0},
     {"dare_linear", m_dare_linear, WMAT_MB_REQUIRED, 1, 64, k_dare,
-     "DARE: drop delta entries with p = 1 - density, rescale by 1/density, then task arithmetic", 0, 0},
+     "DARE: drop delta entries with p = 1 - density, rescale by 1/density, then task arithmetic", 0, 0,
+     WMAT_MS_LIN | WMAT_MS_DROP},
     {"dare_ties", m_dare_ties, WMAT_MB_REQUIRED, 1, 64, k_dare_ties,
-     "DARE's drop and rescale, then TIES's sign election and disjoint mean", 0, 0},
+     "DARE's drop and rescale, then TIES's sign election and disjoint mean", 0, 0,
+     WMAT_MS_LIN | WMAT_MS_DROP | WMAT_MS_ELECT},
     {"slerp", m_slerp, WMAT_MB_REQUIRED, 1, 1, k_slerp,
-     "spherical interpolation from the base (t=0) to one model (t=1), linear when near parallel", 0, 0},
+     "spherical interpolation from the base (t=0) to one model (t=1), linear when near parallel", 0, 0, 0},
     {"opcm", wmat__merge_opcm, WMAT_MB_REQUIRED, 1, 64, k_opcm,
-     "OPCM: models in order, each task vector projected off the merged one's top singular directions, norm-rescaled", 2, 0},
-    {NULL, NULL, 0, 0, 0, NULL, NULL, 0, 0},
+     "OPCM: models in order, each task vector projected off the merged one's top singular directions, norm-rescaled", 2, 0, 0},
+    {NULL, NULL, 0, 0, 0, NULL, NULL, 0, 0, 0},
 };
 
 const wmat_merge_method *wmat__merge_method_find(const char *name)

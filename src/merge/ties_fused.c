@@ -486,6 +486,27 @@ TS_F16 static inline __m512i f16_abs16(const uint16_t *x, const uint16_t *b)
     return _mm512_and_si512(_mm512_castps_si512(d), _mm512_set1_epi32(0x7fffffff));
 }
 
+/* pass A on f16 storage: every model's |x - base| patterns sixteen at a
+ * time, the high 15 bits counted into that model's table (h + i *
+ * WMAT_TIES_HIST); the base's halves converted once per model (cheap), the
+ * next lines of every input prefetched while the scalar increments run. */
+TS_F16 static void hi_hist_f16_avx512(const uint16_t *b, const uint16_t *const *x, int k_in, int64_t n, uint32_t *h)
+{
+    uint32_t idx[16];
+    for (int64_t j = 0; j < n; j += 16) {
+        const int64_t r = n - j < 16 ? n - j : 16;
+        _mm_prefetch((const char *)(const void *)(b + j + 512), _MM_HINT_T0);
+        for (int i = 0; i < k_in; i++) {
+            const uint16_t *xi = x[i] + j;
+            _mm_prefetch((const char *)(const void *)(xi + 512), _MM_HINT_T0);
+            const __m512i u = r == 16 ? f16_abs16(xi, b + j) : f16_tail_abs(xi, b + j, r);
+            _mm512_storeu_si512((void *)idx, _mm512_srli_epi32(u, 16));
+            uint32_t *hi = h + (size_t)i * WMAT_TIES_HIST;
+            for (int q = 0; q < r; q++) hi[idx[q]]++;
+        }
+    }
+}
+
 /* pass B on f16 storage (as lo_hist_avx512) */
 TS_F16 static void lo_hist_f16_avx512(const uint16_t *x, const uint16_t *b, int64_t n, uint32_t prefix, uint32_t *h,
                                       ts_cand *cd, int64_t j0)
@@ -656,10 +677,17 @@ int wmat__ties_stream(const wmat_ties_src *s, float *out, int n_threads, wmat_ti
         float *b = buf + (size_t)th * bstride, *d[64];
         for (int i = 0; i < k_in; i++) d[i] = b + (size_t)(i + 1) * TS_CHUNK;
         const int64_t j0 = c * TS_CHUNK, m = n - j0 < TS_CHUNK ? n - j0 : TS_CHUNK;
-        /* (f16 read in place was slower here, 6.1 against 4.5 s of user time
-         * on the 1.1B merge: this pass touches the mapped pages first, and
-         * the conversion's tight loop streams them in faster than the
-         * histogram's increments do; passes B and D read in place) */
+#ifdef TIES_HAVE_AVX2
+        /* f16 read in place (pass_a_buffers: through the buffers; in place
+         * was slower when this pass was the one that faulted the mapped
+         * pages in, before the read-ahead populated them) */
+        if (h16 && !s->pass_a_buffers) {
+            const uint16_t *hx[64];
+            for (int i = 0; i < k_in; i++) hx[i] = (const uint16_t *)s->x[i] + j0;
+            hi_hist_f16_avx512((const uint16_t *)s->base + j0, hx, k_in, m, hh + (size_t)th * k_in * WMAT_TIES_HIST);
+            continue;
+        }
+#endif
         if (ts_load(s, j0, m, b, d, NULL)) __atomic_store_n(&bad_rc, WMAT_ERR_FORMAT, __ATOMIC_RELAXED);
         for (int i = 0; i < k_in; i++) ts_delta_hist(d[i], b, m, hh + ((size_t)th * k_in + i) * WMAT_TIES_HIST);
     }
