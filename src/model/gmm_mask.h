@@ -13,7 +13,8 @@
  * sigma per (head, kernel), head-major.
  *
  * The forward of one head is here, used by the runtime's batched forward
- * and by the trainer alike (so both evaluate a model the same); the
+ * and by the trainer alike (so both evaluate a model the same), and one
+ * query's attention over the KV cache (the runtime's decode); the
  * backward is the trainer's (src/train/gmm_grad.c). */
 #ifndef WMAT_MODEL_GMM_MASK_H
 #define WMAT_MODEL_GMM_MASK_H
@@ -42,5 +43,12 @@ size_t wmat__gmm_head_scratch(int T);
  * (single-threaded inside a parallel region). */
 void wmat__gmm_head_forward(float *out, int os, const float *q, int qs, const float *k, const float *v, int ks, int T,
                             int hd, const float *par, int K, float *scratch);
+/* One head at decode: out (hd) = the attention of the query q at position
+ * n - 1 over keys and values 0..n-1 (rows of stride ks), masked as
+ * wmat__gmm_head_forward masks row n - 1 of a window (the same table and
+ * softmax; the scores summed in order instead of by the GEMM). scratch: 2 n
+ * floats. */
+void wmat__gmm_attend_one(float *out, const float *q, const float *k, const float *v, int ks, int n, int hd,
+                          const float *par, int K, float *scratch);
 
 #endif
