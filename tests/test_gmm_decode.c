@@ -8,7 +8,7 @@
  *   width at which the unmasked decode runs as one parallel region
  *   (decode_team), past the 64 positions where heads go parallel;
  * - the mask is in effect (the same weights without it give other logits);
- * - `wmat train --init ... --gmm-mask K` trains a masked model from the
+ * - `wmat train --init ... --gmm-kernels K` trains a masked model from the
  *   CLI, writes it as a native directory that `eval` and `generate` run,
  *   and refuses other formats and a pretrained model. */
 #include "test_util.h"
@@ -150,11 +150,11 @@ static void test_cli_train_gmm_mask(void **state)
     snprintf(dir, sizeof dir, "%s", tu_tmp("gmm_cli_model"));
     int rc;
     snprintf(cmd, sizeof cmd,
-             "%s train --init tiny %s --byte-tokenizer --gmm-mask 2 --data %s --eval %s --steps 6 --batch 2 --ctx 32 "
+             "%s train --init tiny %s --byte-tokenizer --gmm-kernels 2 --data %s --eval %s --steps 6 --batch 2 --ctx 32 "
              "--max-windows 4 --threads 1 --json 2>/dev/null",
              tu_cli(), dir, txt, txt);
     char *o = tu_run(cmd, &rc);
-    if (rc) fail_msg("wmat train --gmm-mask failed (%d): %s", rc, o);
+    if (rc) fail_msg("wmat train --gmm-kernels failed (%d): %s", rc, o);
     assert_non_null(strstr(o, "\"val_loss_end\""));
     free(o);
     /* the native directory holds the mask; eval and generate run it */
@@ -173,19 +173,19 @@ static void test_cli_train_gmm_mask(void **state)
     assert_non_null(strstr(o, "the cat"));
     free(o);
     /* refused: a format that cannot store the mask, a pretrained model, an adapter */
-    snprintf(cmd, sizeof cmd, "%s train --init tiny %s --byte-tokenizer --gmm-mask 2 --data %s --steps 2 2>&1", tu_cli(),
+    snprintf(cmd, sizeof cmd, "%s train --init tiny %s --byte-tokenizer --gmm-kernels 2 --data %s --steps 2 2>&1", tu_cli(),
              tu_tmp("gmm.gguf"), txt);
     o = tu_run(cmd, &rc);
     assert_int_not_equal(rc, 0);
     assert_non_null(strstr(o, "native directory"));
     free(o);
-    snprintf(cmd, sizeof cmd, "%s train %s %s --gmm-mask 2 --data %s --steps 2 2>&1", tu_cli(), dir,
+    snprintf(cmd, sizeof cmd, "%s train %s %s --gmm-kernels 2 --data %s --steps 2 2>&1", tu_cli(), dir,
              tu_tmp("gmm_again"), txt);
     o = tu_run(cmd, &rc);
     assert_int_not_equal(rc, 0);
     assert_non_null(strstr(o, "--init"));
     free(o);
-    snprintf(cmd, sizeof cmd, "%s train --init tiny %s --byte-tokenizer --gmm-mask 2 --method sltrain --data %s --steps 2 2>&1",
+    snprintf(cmd, sizeof cmd, "%s train --init tiny %s --byte-tokenizer --gmm-kernels 2 --method sltrain --data %s --steps 2 2>&1",
              tu_cli(), tu_tmp("gmm_sl"), txt);
     o = tu_run(cmd, &rc);
     assert_int_not_equal(rc, 0);

@@ -89,7 +89,7 @@ int cmd_train(int argc, char **argv)
         {"--eval", OPT_STR, &val, "FILE", "held-out stream for periodic evaluation (the same rule)"},
         {"--init", OPT_STR, &init, "CONFIG", "train a new model: preset (tiny, small, mix4m) or HF-style config.json"},
         {"--byte-tokenizer", OPT_FLAG, &tokenizer_kind, NULL, "with --init: a byte-level tokenizer (259 ids)"},
-        {"--gmm-mask", OPT_INT, &gmm, "K", "with --init: a Gaussian-mixture attention mask, K kernels per head (1..16; the paper's default 5), two parameters each (alpha ~ N(0, 2^2), sigma ~ N(10, 10^2) at init, as its paper), trained with the model (full training or a projector); OUT is a native directory (quant), the one format that stores the mask"},
+        {"--gmm-kernels", OPT_INT, &gmm, "K", "with --init: a Gaussian-mixture attention mask, K kernels per head (1..16; the paper's default 5), two parameters each (alpha ~ N(0, 2^2), sigma ~ N(10, 10^2) at init, as its paper), trained with the model (full training or a projector); OUT is a native directory (quant), the one format that stores the mask"},
         {"--method", OPT_STR, &method, "M", method_help},
         {"--optimizer", OPT_STR, &opt, "O", opt_help},
         {"--steps", OPT_INT, &steps, "N", "optimizer steps (default 100)"},
@@ -160,11 +160,11 @@ int cmd_train(int argc, char **argv)
     if (eval_windows < 0) return cli_usage_error("train", "--max-windows must be >= 0 (got %d; 0: all)", eval_windows);
     if (eval_offset < 0) return cli_usage_error("train", "--offset must be >= 0 (got %d)", eval_offset);
     if ((rc = cli_json_check("train", &js))) return rc;
-    if (gmm && !init) return cli_usage_error("train", "--gmm-mask is for a new model (--init)");
-    if (gmm < 0 || gmm > 16) return cli_usage_error("train", "--gmm-mask must be 1..16 kernels per head (got %d)", gmm);
+    if (gmm && !init) return cli_usage_error("train", "--gmm-kernels is for a new model (--init)");
+    if (gmm < 0 || gmm > 16) return cli_usage_error("train", "--gmm-kernels must be 1..16 kernels per head (got %d)", gmm);
     /* a masked model is stored only in the native directory: a directory OUT is one */
     if (gmm && (to ? out_format(out, to) != WMAT_FMT_QUANT : out_format(out, NULL) != WMAT_FMT_HF))
-        return cli_usage_error("train", "--gmm-mask: only the native directory (quant) stores the mask: give a directory "
+        return cli_usage_error("train", "--gmm-kernels: only the native directory (quant) stores the mask: give a directory "
                                         "as OUT (or --to quant), not %s", out);
     wmat_train_params p = wmat_train_default_params();
     if (!strcmp(method, "full")) {
@@ -190,12 +190,12 @@ int cmd_train(int argc, char **argv)
     /* one that is not a weight delta has no merged model or PEFT file: its
      * trained form is the checkpoint. Added to a base (compacter): after
      * the FFN unless told; replacing the linears from scratch
-     * (memoryformer): as sltrain, it fits --init and targets every linear */
+     * (hashed tables): as sltrain, it fits --init and targets every linear */
     const int nomerge = akind == 3 || akind == 4, scratch = replaces || akind == 4;
     if (init && p.method == WMAT_TRAIN_LORA && !scratch)
         return cli_usage_error("train", "an adapter needs a pretrained MODEL, not --init");
     if (gmm && p.method == WMAT_TRAIN_LORA)
-        return cli_usage_error("train", "--gmm-mask: adapters do not train a masked model (full training or a projector do)");
+        return cli_usage_error("train", "--gmm-kernels: adapters do not train a masked model (full training or a projector do)");
     if (merge_dense && !keeps)
         return cli_usage_error("train", "--merge-dense is for an adapter that replaces the linears or trains a decomposition's factors");
     if ((keeps || scratch) && !targets) p.lora_targets = (1u << WMAT_LIN_COUNT) - 1;
