@@ -27,10 +27,8 @@ void wmat__gmm_init(float *par, int n_heads, int K, wmat_rng *r)
     }
 }
 
-/* Query t's weights over keys 0..t: softmax_j(s[j] M(t - j)) (row may be s). */
-static void masked_softmax_row(const float *s, const float *m, float *row, int t)
+void wmat__causal_row_softmax(float *row, int t)
 {
-    for (int j = 0; j <= t; j++) row[j] = s[j] * m[t - j];
     float mx = row[0];
     for (int j = 1; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
     float sum = 0.0f;
@@ -40,6 +38,13 @@ static void masked_softmax_row(const float *s, const float *m, float *row, int t
     }
     const float inv = 1.0f / sum;
     for (int j = 0; j <= t; j++) row[j] *= inv;
+}
+
+/* Query t's weights over keys 0..t: softmax_j(s[j] M(t - j)) (row may be s). */
+static void masked_softmax_row(const float *s, const float *m, float *row, int t)
+{
+    for (int j = 0; j <= t; j++) row[j] = s[j] * m[t - j];
+    wmat__causal_row_softmax(row, t);
 }
 
 void wmat__gmm_softmax(const float *S, const float *m, float *P, int T)

@@ -30,6 +30,10 @@ void wmat__gmm_table(const float *par, int K, int T, float *m);
  * N(0, 2^2). */
 void wmat__gmm_init(float *par, int n_heads, int K, wmat_rng *r);
 
+/* row[0..t] = its softmax in place (libm expf, the sum in order, times
+ * 1/sum): the masked rows below, and the trainer's unmasked attention
+ * (src/train/ops.c), so the two differ only by the mask. */
+void wmat__causal_row_softmax(float *row, int t);
 /* P = the causal softmax, row by row, of S (T, T) times the mask m[t - j]
  * (P may be S); the upper triangle of P zeroed. The forward and the
  * trainer's backward both recompute P with it, so they agree bit for bit. */
