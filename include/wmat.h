@@ -1029,11 +1029,12 @@ WMAT_API int wmat_train_parse_targets(const char *list, unsigned *mask);
  * and the trained model keeps the small form), 2 when it trains the
  * low-rank factors a decomposition left in the base (factors: the rest
  * frozen, the trained model keeps the base's kinds), 3 when it is not a
- * weight delta (compacter: a nonlinear path on the layer's output;
- * memoryformer: hashed tables that replace the linears, trained from
- * scratch; no merged model or PEFT file, the trained adapter lives in a
- * training checkpoint), 0 when it adds to a base, WMAT_ERR_INVALID for a name not in
- * the registry. */
+ * weight delta but adds to a base (compacter: a nonlinear path on the
+ * layer's output), 4 when it is not a weight delta and replaces the linears
+ * it targets, trained from scratch as with 1 (memoryformer: hashed tables;
+ * it fits a new model); with 3 and 4 there is no merged model or PEFT file,
+ * the trained adapter lives in a training checkpoint. 0 when it adds to a
+ * base, WMAT_ERR_INVALID for a name not in the registry. */
 WMAT_API int wmat_train_adapter_replaces_base(const char *name);
 
 /* The registries of the trainer. */

@@ -3,7 +3,8 @@
  * differences (q, k, v and the mask parameters), the trainer's gradient of
  * the mask parameters against the loss's finite differences, the runtime
  * evaluating a masked model as the trainer does, storage (native directory
- * only) and the refusals (other formats, adapters, decode). */
+ * only) and the refusals (other formats, adapters). Decode:
+ * tests/test_gmm_decode.c. */
 #include "test_util.h"
 
 #include "io/model_internal.h"
@@ -198,11 +199,7 @@ static void test_trainer_mask_grad_and_runtime(void **state)
     TU_OK(wmat_eval_tokens(rt, tok, (size_t)T + 1, T, 1, &res));
     print_message("runtime loss %.9f, trainer loss %.9f\n", res.mean_nll, loss);
     TU_ASSERT_NEAR(res.mean_nll, loss, 1e-5);
-    /* and decode says it does not run the mask */
-    float *logits = malloc((size_t)c.vocab_size * sizeof *logits);
-    assert_int_equal(wmat_decode(rt, 1, 0, logits), WMAT_ERR_UNSUPPORTED);
-    assert_non_null(strstr(wmat_last_error(), "Gaussian-mixture"));
-    free(logits);
+    /* (decode runs the mask too: tests/test_gmm_decode.c) */
     wmat_runtime_free(rt);
     wmat_trainer_free(t);
     free(tok);

@@ -11,6 +11,10 @@
  *   falls), has exactly the tables' parameters besides the rest of the
  *   model, is refused as a weight (not a weight delta) and evaluates
  *   through its own forward; tau that does not divide a layer is refused;
+ * - the CLI: `wmat train --init tiny OUT --method memoryformer` starts a new
+ *   model whose every linear is a Memory Layer, trains it (held-out loss
+ *   falls), keeps it in OUT.ckpt (no merged model), and the checkpoint
+ *   resumed with nothing left to train evaluates to the same loss;
  * - the experiment's rows: equal FFN parameters within 2%, fewer FFN
  *   FLOPs than either dense model, and, on real text, a held-out loss well
  *   below uniform. */
@@ -213,7 +217,7 @@ static void test_trainer_ffn_memory_layers(void **state)
     p.adapter = "memoryformer";
     p.lora_rank = 4;
     p.lora_targets = (1u << WMAT_LIN_GATE) | (1u << WMAT_LIN_UP) | (1u << WMAT_LIN_DOWN);
-    assert_int_equal(wmat_train_adapter_replaces_base("memoryformer"), 3);
+    assert_int_equal(wmat_train_adapter_replaces_base("memoryformer"), 4); /* not a delta, replaces: fits --init */
     int32_t *d = pattern_tokens(600, 13);
     wmat_trainer *t;
     /* tau 5 divides neither 16 nor 24: refused naming the layer */
@@ -251,6 +255,68 @@ static void test_trainer_ffn_memory_layers(void **state)
     wmat_trainer_free(t);
     wmat_model_free(m);
     free(d);
+}
+
+static double json_num(const char *o, const char *key)
+{
+    char k[64];
+    snprintf(k, sizeof k, "\"%s\": ", key);
+    const char *p = o ? strstr(o, k) : NULL;
+    return p ? atof(p + strlen(k)) : NAN;
+}
+
+static void test_cli_init(void **state)
+{
+    (void)state;
+    char txt[4096], out[4096], ck[4200], cmd[32768];
+    snprintf(txt, sizeof txt, "%s", tu_tmp("mf_text.txt"));
+    snprintf(out, sizeof out, "%s", tu_tmp("mf_cli"));
+    snprintf(ck, sizeof ck, "%s.ckpt", out);
+    {
+        const char *lines[] = {"the cat sat on the mat. ", "the dog sat on the log. ", "a cat and a dog ran. "};
+        char buf[24000];
+        size_t n = 0;
+        for (int i = 0; n + 32 < sizeof buf; i++) {
+            const size_t k = strlen(lines[(i * 7 / 3) % 3]);
+            memcpy(buf + n, lines[(i * 7 / 3) % 3], k);
+            n += k;
+        }
+        assert_int_equal(tu_write_file(txt, buf, n), 0);
+    }
+    char base[16384];
+    snprintf(base, sizeof base,
+             "%s train --init tiny %s --byte-tokenizer --method memoryformer --rank 4 --data %s --eval %s --steps 8 "
+             "--batch 2 --ctx 32 --max-windows 4 --threads 1 --json",
+             tu_cli(), out, txt, txt);
+    int rc;
+    snprintf(cmd, sizeof cmd, "%s 2>/dev/null", base);
+    char *o = tu_run(cmd, &rc);
+    if (rc) fail_msg("wmat train --init --method memoryformer failed (%d): %s", rc, o);
+    const double v0 = json_num(o, "val_loss_start"), v1 = json_num(o, "val_loss_end");
+    const double tr = json_num(o, "trainable_params");
+    free(o);
+    print_message("memoryformer from the CLI: held-out %.4f -> %.4f, %.0f trainable\n", v0, v1, tr);
+    assert_true(v1 < v0);
+    /* every linear is a Memory Layer: (in / 4) 2^4 out + out each, more
+     * than the dense linears' in out (tiny: dim 64, hidden 172, 5 layers) */
+    const double D = 64, H = 172, L = 5;
+    const double tables = L * ((D / 4) * 16 * D * 2 + (D / 4) * 16 * 32 * 2 + 2 * ((D / 4) * 16 * H) + (H / 4) * 16 * D);
+    assert_true(tr > tables);
+    FILE *f = fopen(ck, "rb");
+    assert_non_null(f); /* the trained form: the checkpoint */
+    fclose(f);
+    f = fopen(out, "rb");
+    assert_null(f); /* no merged model */
+    /* the checkpoint resumed with nothing left to train: its held-out loss */
+    snprintf(cmd, sizeof cmd, "%s --resume %s 2>/dev/null", base, ck);
+    o = tu_run(cmd, &rc);
+    if (rc) fail_msg("resuming the finished run failed (%d): %s", rc, o);
+    const double r0 = json_num(o, "val_loss_start"), r1 = json_num(o, "val_loss_end");
+    assert_int_equal((int)json_num(o, "steps"), 8);
+    free(o);
+    print_message("resumed checkpoint: held-out %.6f (at the end of training %.6f)\n", r0, v1);
+    TU_ASSERT_NEAR(r0, v1, 2e-6);
+    TU_ASSERT_NEAR(r1, v1, 2e-6);
 }
 
 static void test_flops(void **state)
@@ -338,6 +404,7 @@ int main(void)
         cmocka_unit_test(test_hash_picks_sign_row),
         cmocka_unit_test(test_backward_finite_differences),
         cmocka_unit_test(test_trainer_ffn_memory_layers),
+        cmocka_unit_test(test_cli_init),
         cmocka_unit_test(test_flops),
         cmocka_unit_test(test_experiment_smoke_rows),
         cmocka_unit_test(test_experiment_real_text),

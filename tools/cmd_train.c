@@ -65,7 +65,7 @@ int cmd_train(int argc, char **argv)
     int eva_batches = 32;
     float eva_rho = 2.0f, eva_tau = 0.99f;
     const char *opt = reg_default(WMAT_REG_OPTIMIZER);
-    int tokenizer_kind = 0;
+    int tokenizer_kind = 0, gmm = 0;
     int steps = 100, batch = 8, ctx = 0, accum = 1, warmup = -1, seed = 1337, eval_every = 0, eval_windows = 0;
     int recompute = 0, ckpt_every = 0, rank = 8, grank = 0, ggap = 50, rslora = 0, randomized = 0, no_shuffle = 0;
     int stop_after = 0, save_merged = 1, time_limit = 0, eval_offset = 0, merge_dense = 0;
@@ -89,6 +89,7 @@ int cmd_train(int argc, char **argv)
         {"--eval", OPT_STR, &val, "FILE", "held-out stream for periodic evaluation (the same rule)"},
         {"--init", OPT_STR, &init, "CONFIG", "train a new model: preset (tiny, small, mix4m) or HF-style config.json"},
         {"--byte-tokenizer", OPT_FLAG, &tokenizer_kind, NULL, "with --init: a byte-level tokenizer (259 ids)"},
+        {"--gmm-kernels", OPT_INT, &gmm, "K", "with --init: a Gaussian-mixture attention mask, K kernels per head (1..16; the paper's default 5), two parameters each (alpha ~ N(0, 2^2), sigma ~ N(10, 10^2) at init, as its paper), trained with the model (full training or a projector); OUT is a native directory (quant), the one format that stores the mask"},
         {"--method", OPT_STR, &method, "M", method_help},
         {"--optimizer", OPT_STR, &opt, "O", opt_help},
         {"--steps", OPT_INT, &steps, "N", "optimizer steps (default 100)"},
@@ -159,6 +160,12 @@ int cmd_train(int argc, char **argv)
     if (eval_windows < 0) return cli_usage_error("train", "--max-windows must be >= 0 (got %d; 0: all)", eval_windows);
     if (eval_offset < 0) return cli_usage_error("train", "--offset must be >= 0 (got %d)", eval_offset);
     if ((rc = cli_json_check("train", &js))) return rc;
+    if (gmm && !init) return cli_usage_error("train", "--gmm-kernels is for a new model (--init)");
+    if (gmm < 0 || gmm > 16) return cli_usage_error("train", "--gmm-kernels must be 1..16 kernels per head (got %d)", gmm);
+    /* a masked model is stored only in the native directory: a directory OUT is one */
+    if (gmm && (to ? out_format(out, to) != WMAT_FMT_QUANT : out_format(out, NULL) != WMAT_FMT_HF))
+        return cli_usage_error("train", "--gmm-kernels: only the native directory (quant) stores the mask: give a directory "
+                                        "as OUT (or --to quant), not %s", out);
     wmat_train_params p = wmat_train_default_params();
     if (!strcmp(method, "full")) {
         p.method = WMAT_TRAIN_FULL;
@@ -173,23 +180,28 @@ int cmd_train(int argc, char **argv)
     }
     if (!in_registry(WMAT_REG_OPTIMIZER, opt)) return cli_usage_error("train", "--optimizer must be one of %s", optimizers);
     p.optimizer_name = opt;
+    const int akind = p.adapter ? wmat_train_adapter_replaces_base(p.adapter) : 0;
     /* an adapter that replaces the linears (sltrain) trains them from
      * scratch: it fits --init, and targets every linear unless told */
-    const int replaces = p.adapter && wmat_train_adapter_replaces_base(p.adapter) == 1;
+    const int replaces = akind == 1;
     /* one that trains the factors a decomposition left (factors) keeps the
      * base's kinds too, and finds its layers itself among all linears */
-    const int adopts = p.adapter && wmat_train_adapter_replaces_base(p.adapter) == 2, keeps = replaces || adopts;
-    if (init && p.method == WMAT_TRAIN_LORA && !replaces)
+    const int adopts = akind == 2, keeps = replaces || adopts;
+    /* one that is not a weight delta has no merged model or PEFT file: its
+     * trained form is the checkpoint. Added to a base (compacter): after
+     * the FFN unless told; replacing the linears from scratch
+     * (hashed tables): as sltrain, it fits --init and targets every linear */
+    const int nomerge = akind == 3 || akind == 4, scratch = replaces || akind == 4;
+    if (init && p.method == WMAT_TRAIN_LORA && !scratch)
         return cli_usage_error("train", "an adapter needs a pretrained MODEL, not --init");
+    if (gmm && p.method == WMAT_TRAIN_LORA)
+        return cli_usage_error("train", "--gmm-kernels: adapters do not train a masked model (full training or a projector do)");
     if (merge_dense && !keeps)
         return cli_usage_error("train", "--merge-dense is for an adapter that replaces the linears or trains a decomposition's factors");
-    if (keeps && !targets) p.lora_targets = (1u << WMAT_LIN_COUNT) - 1;
-    /* one that is not a weight delta (compacter) has no merged model or
-     * PEFT file: its trained form is the checkpoint; after the FFN unless told */
-    const int nomerge = p.adapter && wmat_train_adapter_replaces_base(p.adapter) == 3;
+    if ((keeps || scratch) && !targets) p.lora_targets = (1u << WMAT_LIN_COUNT) - 1;
     if (nomerge && lora_out)
         return cli_usage_error("train", "%s is not a weight delta: PEFT has no such adapter and it cannot be merged (no --lora-out); the trained adapter is kept in the training checkpoint", method);
-    if (nomerge && !targets) p.lora_targets = 1u << WMAT_LIN_DOWN;
+    if (nomerge && !scratch && !targets) p.lora_targets = 1u << WMAT_LIN_DOWN;
     if (l1 < 0) return cli_usage_error("train", "--l1 must be >= 0");
     p.adapter_l1 = l1;
     if (steps <= 0 || batch <= 0 || accum <= 0 || ctx < 0) return cli_usage_error("train", "--steps, --batch, --accum must be positive");
@@ -200,7 +212,7 @@ int cmd_train(int argc, char **argv)
     p.batch = batch;
     p.ctx = ctx;
     p.grad_accum = accum;
-    p.lr = lr > 0 ? lr : replaces ? 3e-3f : adopts ? 1e-3f : (p.method == WMAT_TRAIN_LORA ? 2e-3f : 1e-3f);
+    p.lr = lr > 0 ? lr : scratch ? 3e-3f : adopts ? 1e-3f : (p.method == WMAT_TRAIN_LORA ? 2e-3f : 1e-3f);
     p.min_lr = min_lr;
     p.warmup = warmup >= 0 ? warmup : steps / 20;
     p.weight_decay = wd;
@@ -257,7 +269,7 @@ int cmd_train(int argc, char **argv)
     /* an adapter trains over the frozen base as stored (a q4_0 or packed
      * base stays that size); full training and projectors update the
      * weights themselves, in f32 */
-    const int load_as = p.method == WMAT_TRAIN_LORA && !replaces ? CLI_LOAD_STORED : CLI_LOAD_F32;
+    const int load_as = p.method == WMAT_TRAIN_LORA && !scratch ? CLI_LOAD_STORED : CLI_LOAD_F32;
     if (init) {
         wmat_config c;
         memset(&c, 0, sizeof c);
@@ -270,7 +282,9 @@ int cmd_train(int argc, char **argv)
             return cli_usage_error("train", "--init needs a tokenizer: --byte-tokenizer or --tokenizer FILE");
         }
         c.vocab_size = wmat_tokenizer_vocab_size(tok);
-        if (wmat_train_config(init, &c) || wmat_model_create(&m, &c) || wmat_model_init_random(m, (uint64_t)seed, 0.02f)) {
+        int crc = wmat_train_config(init, &c);
+        c.gmm_kernels = gmm; /* its parameters: wmat_model_init_random draws them as the paper */
+        if (crc || wmat_model_create(&m, &c) || wmat_model_init_random(m, (uint64_t)seed, 0.02f)) {
             wmat_tokenizer_free(tok);
             wmat_model_free(m);
             return cli_fail("train");
@@ -342,16 +356,20 @@ int cmd_train(int argc, char **argv)
     if (!xs || !ys || !vx || !vy) goto done;
     double val0 = NAN, vlast = NAN, tsum = 0, tok_sum = 0, comm_sum = 0;
     wmat_eval_result er;
-    if (vids && wmat_trainer_steps_done(t) == 0) {
+    /* the held-out loss before training, or that of a finished run resumed
+     * from its checkpoint (nothing left to train: the way to evaluate an
+     * adapter whose trained form is the checkpoint) */
+    const int done0 = wmat_trainer_steps_done(t);
+    if (vids && (done0 == 0 || done0 >= steps)) {
         if (wmat_trainer_eval(t, vids, vn, T, eval_windows, &er)) {
             cli_fail("train");
             goto done;
         }
         val0 = vlast = er.mean_nll;
-        vx[n_v] = 0;
+        vx[n_v] = done0;
         vy[n_v++] = er.mean_nll;
-        fprintf(stderr, "step %5d  held-out loss %.4f  ppl %.2f\n", 0, er.mean_nll, er.ppl);
-        fprintf(fcsv, "0,,%.6f,,,\n", er.mean_nll);
+        fprintf(stderr, "step %5d  held-out loss %.4f  ppl %.2f\n", done0, er.mean_nll, er.ppl);
+        fprintf(fcsv, "%d,,%.6f,,,\n", done0, er.mean_nll);
     }
     double last_loss = NAN;
     int start = wmat_trainer_steps_done(t);
@@ -472,6 +490,7 @@ int cmd_train(int argc, char **argv)
             }
             if (!to) sp.format = WMAT_FMT_QUANT;
         }
+        if (gmm && !to) sp.format = WMAT_FMT_QUANT; /* checked above: OUT is a directory */
         if (sp.format == WMAT_FMT_UNKNOWN) {
             cli_usage_error("train", "--to must be llama2c, gguf, hf or quant");
             goto done;
@@ -487,7 +506,7 @@ int cmd_train(int argc, char **argv)
         fprintf(stderr, "loss curve %s, %s; peak RSS %s\n", csv, svg, cli_bytes((double)mem.peak_rss, b5, sizeof b5));
     else
         fprintf(stderr, "saved %s (%s); loss curve %s, %s; peak RSS %s\n", out,
-                wmat_format_name(keeps && !merge_dense && !to ? WMAT_FMT_QUANT : out_format(out, to)), csv, svg,
+                wmat_format_name((keeps && !merge_dense) || gmm ? (to ? out_format(out, to) : WMAT_FMT_QUANT) : out_format(out, to)), csv, svg,
                 cli_bytes((double)mem.peak_rss, b5, sizeof b5));
     int jfail;
     FILE *jf = cli_json_open("train", &js, &jfail);
@@ -498,7 +517,7 @@ int cmd_train(int argc, char **argv)
                "\"bytes_optimizer\": %zu, \"bytes_optimizer_scratch\": %zu, \"bytes_activations\": %zu, \"peak_rss\": %zu, "
                "\"galore_state_bytes\": %zu, \"galore_adamw_equiv_bytes\": %zu, \"ranks\": %d, \"comm_seconds\": %.3f, "
                "\"precision\": \"%s\", \"bytes_bf16\": %zu}\n",
-               method, wmat_trainer_steps_done(t), last_loss, isnan(val0) ? -1.0 : val0, isnan(vlast) ? -1.0 : vlast,
+               method, wmat_trainer_steps_done(t), isnan(last_loss) ? -1.0 : last_loss, isnan(val0) ? -1.0 : val0, isnan(vlast) ? -1.0 : vlast,
                tsum > 0 ? tok_sum / tsum : 0.0, tsum, (long long)mem.trainable, mem.weights, mem.grads, mem.optim,
                mem.optim_scratch, mem.activations, mem.peak_rss, mem.galore_state, mem.galore_adam_equiv,
                wmat_comm_size(wc.comm), comm_sum, p.precision == WMAT_BF16 ? "bf16" : "f32", mem.bf16);

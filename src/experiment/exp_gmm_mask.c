@@ -18,9 +18,7 @@
 #define MAX_CKPT 64
 
 static const wmat_param_spec k_schema[] = {
-    {"text", WMAT_PARAM_STRING, "../shared/data/text/tinyshakespeare.txt", 0, 0, NULL,
-     "UTF-8 text to train on (bytes as tokens), or 'synthetic' for generated text", NULL},
-    {"bytes", WMAT_PARAM_INT, "300000", 1000, 1 << 30, NULL, "bytes of the text used (the last 10% held out)", NULL},
+    WMAT_EXP_TEXT_KEYS("300000"),
     {"steps", WMAT_PARAM_INT, "400", 1, 1000000, NULL, "optimizer steps per run", NULL},
     {"eval_every", WMAT_PARAM_INT, "50", 1, 1000000, NULL, "steps between held-out evaluations", NULL},
     {"eval_windows", WMAT_PARAM_INT, "32", 1, 100000, NULL, "held-out windows per evaluation", NULL},
@@ -35,41 +33,24 @@ static const wmat_param_spec k_schema[] = {
     {NULL, 0, NULL, 0, 0, NULL, NULL, NULL},
 };
 
-/* Bytes of the text as tokens (byte + 3: the byte-level tokenizer's ids). */
-static int load_tokens(const char *path, int64_t max_bytes, uint64_t seed, int32_t **out, size_t *n)
+/* The synthetic text: words from a small lexicon, a local pattern the
+ * mask can use: each word followed by a word that depends on the one
+ * before. */
+static size_t synth_text(char *buf, size_t cap, uint64_t seed)
 {
-    *out = NULL;
-    *n = 0;
-    int32_t *tok = malloc((size_t)max_bytes * sizeof *tok);
-    if (!tok) return wmat_set_error(WMAT_ERR_NOMEM, "experiment gmm-mask: out of memory");
+    static const char *const words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat ", "and ", "dog ", "ran ",
+                                        "to ", "its ", "red ", "ball ", "then ", "slept. "};
+    const int nw = (int)(sizeof words / sizeof words[0]);
+    wmat_rng r;
+    wmat_rng_seed(&r, seed * 7919u + 17u);
     size_t k = 0;
-    if (!strcmp(path, "synthetic")) {
-        /* words from a small lexicon, a local pattern the mask can use:
-         * each word followed by a word that depends on the one before */
-        static const char *const words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat ", "and ", "dog ", "ran ",
-                                            "to ", "its ", "red ", "ball ", "then ", "slept. "};
-        const int nw = (int)(sizeof words / sizeof words[0]);
-        wmat_rng r;
-        wmat_rng_seed(&r, seed * 7919u + 17u);
-        int prev = 0;
-        while (k < (size_t)max_bytes) {
-            const int w = (int)((prev * 5 + (wmat_rng_u64(&r) % 3)) % (uint64_t)nw);
-            for (const char *c = words[w]; *c && k < (size_t)max_bytes; c++) tok[k++] = (unsigned char)*c + 3;
-            prev = w;
-        }
-    } else {
-        FILE *f = fopen(path, "rb");
-        if (!f) {
-            free(tok);
-            return wmat_set_error(WMAT_ERR_IO, "experiment gmm-mask: cannot open the text %s", path);
-        }
-        int c;
-        while (k < (size_t)max_bytes && (c = fgetc(f)) != EOF) tok[k++] = c + 3;
-        fclose(f);
+    int prev = 0;
+    while (k < cap) {
+        const int w = (int)((prev * 5 + (wmat_rng_u64(&r) % 3)) % (uint64_t)nw);
+        for (const char *c = words[w]; *c && k < cap; c++) buf[k++] = *c;
+        prev = w;
     }
-    *out = tok;
-    *n = k;
-    return WMAT_OK;
+    return k;
 }
 
 /* One training run; loss[i] the held-out loss at checkpoint i (step i * every). */
@@ -135,7 +116,7 @@ static int run(const wmat_pset *ps, const wmat_exp_env *env, wmat_table *out)
                               c.dim, c.n_heads);
     int32_t *tok = NULL;
     size_t n = 0;
-    int rc = load_tokens(wmat__pset_str(ps, "text"), wmat__pset_int(ps, "bytes"), env->seed, &tok, &n);
+    int rc = wmat__exp_byte_tokens(ps, "gmm-mask", synth_text, env->seed, 0, &tok, &n);
     if (rc) return rc;
     const size_t n_held = n / 10, n_train = n - n_held;
     if (n_held < (size_t)ctx + 1 || n_train < (size_t)ctx + 1) {
@@ -160,15 +141,11 @@ static int run(const wmat_pset *ps, const wmat_exp_env *env, wmat_table *out)
                               "step|tokens|heldout_loss|sd|min|max|gmm-causal");
     for (int v = 0; !rc && v < 2; v++)
         for (int i = 0; !rc && i < n_ckpt; i++) {
-            double a = 0, a2 = 0, mn = INFINITY, mx = -INFINITY, diff = 0;
-            for (int s = 0; s < seeds; s++) {
-                const double x = loss[((size_t)v * seeds + s) * n_ckpt + i];
-                a += x, a2 += x * x;
-                mn = fmin(mn, x), mx = fmax(mx, x);
+            const wmat_exp_stats st = wmat__exp_stats(loss + (size_t)v * seeds * n_ckpt + i, seeds, (size_t)n_ckpt);
+            double diff = 0;
+            for (int s = 0; s < seeds; s++)
                 diff += loss[((size_t)1 * seeds + s) * n_ckpt + i] - loss[(size_t)s * n_ckpt + i];
-            }
-            const double mean = a / seeds, sd = seeds > 1 ? sqrt(fmax(0, (a2 - seeds * mean * mean) / (seeds - 1))) : 0;
-            const double row[] = {(double)i * every, (double)i * every * batch * ctx, mean, sd, mn, mx,
+            const double row[] = {(double)i * every, (double)i * every * batch * ctx, st.mean, st.sd, st.min, st.max,
                                   v ? diff / seeds : NAN};
             rc = wmat__table_add(out, v ? "gmm" : "causal", row);
         }
@@ -194,6 +171,6 @@ const wmat_experiment wmat__exp_gmm_mask = {
     .summary = "a small LM trained from scratch with and without the Gaussian-mixture attention mask: held-out loss "
                "vs tokens",
     .run = run,
-    .smoke = "text=synthetic;bytes=4000;steps=4;eval_every=2;eval_windows=2;dim=16;layers=1;heads=2;ctx=16;batch=2;"
+    .smoke = "data=synthetic;max_bytes=4000;steps=4;eval_every=2;eval_windows=2;dim=16;layers=1;heads=2;ctx=16;batch=2;"
              "seeds=1;kernels=2",
 };

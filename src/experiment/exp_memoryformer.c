@@ -28,9 +28,7 @@
 #include <string.h>
 
 static const wmat_param_spec k_schema[] = {
-    {"data", WMAT_PARAM_STRING, "../shared/data/text/tinyshakespeare.txt", 0, 0, NULL,
-     "UTF-8 text to train on (byte tokens; the last 10% held out), or 'synthetic' for a generated stream", NULL},
-    {"max_bytes", WMAT_PARAM_INT, "400000", 1000, 100000000, NULL, "bytes of the text read from its start", NULL},
+    WMAT_EXP_TEXT_KEYS("400000"),
     {"dim", WMAT_PARAM_INT, "64", 8, 1024, NULL, "model width", NULL},
     {"layers", WMAT_PARAM_INT, "2", 1, 16, NULL, "blocks", NULL},
     {"heads", WMAT_PARAM_INT, "4", 1, 64, NULL, "attention heads (dim must be a multiple)", NULL},
@@ -49,49 +47,23 @@ static const wmat_param_spec k_schema[] = {
 
 enum { M_MF = 0, M_DENSE, M_NARROW, N_MODELS };
 
-static int load_tokens(const char *path, int64_t max_bytes, uint64_t seed, int32_t **ids, size_t *n)
+/* The synthetic text: a learnable byte stream, words from a small
+ * vocabulary in a seeded order. */
+static size_t synth_text(char *buf, size_t cap, uint64_t seed)
 {
-    if (!strcmp(path, "synthetic")) {
-        /* a learnable byte stream: words from a small vocabulary in a seeded order */
-        static const char *const words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat ", "and ", "dog ", "ran ", ". "};
-        const size_t cap = (size_t)max_bytes;
-        char *text = malloc(cap + 16);
-        if (!text) return wmat_set_error(WMAT_ERR_NOMEM, "experiment memoryformer: out of memory");
-        wmat_rng r;
-        wmat_rng_seed(&r, seed ^ 0x5eedu);
-        size_t len = 0;
-        int prev = 0;
-        while (len < cap) {
-            const int w = (prev * 3 + (int)(wmat_rng_uniform(&r) * 3.0f)) % 10;
-            const size_t l = strlen(words[w]);
-            memcpy(text + len, words[w], l);
-            len += l;
-            prev = w;
-        }
-        wmat_tokenizer *tk = NULL;
-        int rc = wmat_tokenizer_bytes(&tk);
-        if (!rc) rc = wmat_tokenizer_encode(tk, text, cap, 0, 0, ids, n);
-        wmat_tokenizer_free(tk);
-        free(text);
-        return rc;
+    static const char *const words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat ", "and ", "dog ", "ran ", ". "};
+    wmat_rng r;
+    wmat_rng_seed(&r, seed ^ 0x5eedu);
+    size_t len = 0;
+    int prev = 0;
+    while (len < cap) {
+        const int w = (prev * 3 + (int)(wmat_rng_uniform(&r) * 3.0f)) % 10;
+        const size_t l = strlen(words[w]) < cap - len ? strlen(words[w]) : cap - len;
+        memcpy(buf + len, words[w], l);
+        len += l;
+        prev = w;
     }
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return wmat_set_error(WMAT_ERR_IO, "experiment memoryformer: cannot open %s (give data=FILE, or data=synthetic)",
-                              path);
-    char *text = malloc((size_t)max_bytes + 1);
-    if (!text) {
-        fclose(f);
-        return wmat_set_error(WMAT_ERR_NOMEM, "experiment memoryformer: out of memory");
-    }
-    const size_t len = fread(text, 1, (size_t)max_bytes, f);
-    fclose(f);
-    wmat_tokenizer *tk = NULL;
-    int rc = wmat_tokenizer_bytes(&tk);
-    if (!rc) rc = wmat_tokenizer_encode(tk, text, len, 0, 0, ids, n);
-    wmat_tokenizer_free(tk);
-    free(text);
-    return rc;
+    return len;
 }
 
 typedef struct {
@@ -224,7 +196,8 @@ static int run(const wmat_pset *ps, const wmat_exp_env *env, wmat_table *out)
     }
     int32_t *ids = NULL;
     size_t n = 0;
-    int rc = load_tokens(wmat__pset_str(ps, "data"), wmat__pset_int(ps, "max_bytes"), env->seed, &ids, &n);
+    /* a leading space, as the tokenizer's encode (which this experiment used) starts a text */
+    int rc = wmat__exp_byte_tokens(ps, "memoryformer", synth_text, env->seed, 1, &ids, &n);
     if (rc) return rc;
     const size_t n_held = n / 10;
     R.train = ids;
@@ -232,11 +205,12 @@ static int run(const wmat_pset *ps, const wmat_exp_env *env, wmat_table *out)
     R.held = ids + R.n_train;
     R.n_held = n_held;
     const int nck = (R.steps + R.eval_every - 1) / R.eval_every;
-    double *acc = calloc((size_t)N_MODELS * nck * 5, sizeof(double)); /* train, held, held^2, tok/s, count */
+    /* [model][seed][checkpoint]: train loss, held-out loss, tokens/s */
+    double *res = calloc((size_t)N_MODELS * seeds * nck * 3, sizeof(double));
     double *tl = malloc((size_t)nck * sizeof(double)), *hl = malloc((size_t)nck * sizeof(double)),
            *tp = malloc((size_t)nck * sizeof(double));
     int64_t params[N_MODELS] = {0};
-    if (!acc || !tl || !hl || !tp) rc = wmat_set_error(WMAT_ERR_NOMEM, "experiment memoryformer: out of memory");
+    if (!res || !tl || !hl || !tp) rc = wmat_set_error(WMAT_ERR_NOMEM, "experiment memoryformer: out of memory");
     if (!rc)
         rc = wmat__table_init(out, "MemoryFormer vs dense FFNs, trained from scratch on the same tokens",
                               "step|tokens|train_loss|heldout_loss|heldout_sd|params|ffn_params|ffn_flops_per_token|"
@@ -246,8 +220,8 @@ static int run(const wmat_pset *ps, const wmat_exp_env *env, wmat_table *out)
         for (int s = 0; !rc && s < seeds; s++) {
             if ((rc = train_one(&R, k, hid[k], env->seed * 1000 + (uint64_t)s, tl, hl, tp, &params[k]))) break;
             for (int j = 0; j < nck; j++) {
-                double *a = acc + ((size_t)k * nck + j) * 5;
-                a[0] += tl[j], a[1] += hl[j], a[2] += hl[j] * hl[j], a[3] += tp[j], a[4] += 1;
+                double *r = res + (((size_t)k * seeds + s) * nck + j) * 3;
+                r[0] = tl[j], r[1] = hl[j], r[2] = tp[j];
             }
             if (env->ctx->progress &&
                 env->ctx->progress(env->ctx->progress_user, "memoryformer", (uint64_t)(k * seeds + s + 1),
@@ -260,22 +234,24 @@ static int run(const wmat_pset *ps, const wmat_exp_env *env, wmat_table *out)
         if (k == M_MF) snprintf(series, sizeof series, "%s H=%d tau=%d", label[k], hid[k], tau);
         else snprintf(series, sizeof series, "%s H=%d", label[k], hid[k]);
         for (int j = 0; !rc && j < nck; j++) {
-            const double *a = acc + ((size_t)k * nck + j) * 5, cnt = a[4];
+            const double *r = res + ((size_t)k * seeds * nck + j) * 3;
+            const size_t stride = (size_t)nck * 3;
+            const wmat_exp_stats tr = wmat__exp_stats(r, seeds, stride), held = wmat__exp_stats(r + 1, seeds, stride),
+                                 tps = wmat__exp_stats(r + 2, seeds, stride);
             const int step = j == nck - 1 ? R.steps : (j + 1) * R.eval_every;
-            const double mean = a[1] / cnt, var = cnt > 1 ? (a[2] - cnt * mean * mean) / (cnt - 1) : 0;
             const double row[] = {step,
                                   (double)step * R.batch * R.ctx,
-                                  a[0] / cnt,
-                                  mean,
-                                  sqrt(fmax(var, 0)),
+                                  tr.mean,
+                                  held.mean,
+                                  held.sd,
                                   (double)params[k],
                                   ffn_p[k],
                                   ffn_f[k],
-                                  a[3] / cnt};
+                                  tps.mean};
             rc = wmat__table_add(out, series, row);
         }
     }
-    free(acc), free(tl), free(hl), free(tp), free(ids);
+    free(res), free(tl), free(hl), free(tp), free(ids);
     if (rc) return rc;
     if ((rc = wmat__table_chart(out, "tokens", "heldout_loss", 0, 0))) return rc;
     return wmat__table_note(out,

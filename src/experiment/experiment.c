@@ -148,3 +148,57 @@ int wmat_experiment_run(const char *name, const wmat_experiment_params *p, wmat_
                                   out->cols[i % out->ncols]);
     return WMAT_OK;
 }
+
+int wmat__exp_byte_tokens(const wmat_pset *ps, const char *who, wmat_exp_synth_fn synth, uint64_t seed, int lead_space,
+                          int32_t **ids, size_t *n)
+{
+    *ids = NULL;
+    *n = 0;
+    const char *src = wmat__pset_str(ps, "data");
+    const size_t cap = (size_t)wmat__pset_int(ps, "max_bytes");
+    char *text = malloc(cap);
+    int32_t *tok = malloc((cap + 1) * sizeof *tok);
+    if (!text || !tok) {
+        free(text), free(tok);
+        return wmat_set_error(WMAT_ERR_NOMEM, "experiment %s: out of memory for %zu bytes of text", who, cap);
+    }
+    size_t len;
+    if (!strcmp(src, "synthetic")) {
+        len = synth(text, cap, seed);
+    } else {
+        FILE *f = fopen(src, "rb");
+        if (!f) {
+            free(text), free(tok);
+            return wmat_set_error(WMAT_ERR_IO, "experiment %s: cannot open the text %s (give data=FILE, or data=synthetic)",
+                                  who, src);
+        }
+        len = fread(text, 1, cap, f);
+        const int bad = ferror(f);
+        fclose(f);
+        if (bad) {
+            free(text), free(tok);
+            return wmat_set_error(WMAT_ERR_IO, "experiment %s: cannot read the text %s", who, src);
+        }
+    }
+    size_t k = 0;
+    if (lead_space && len) tok[k++] = ' ' + 3;
+    for (size_t i = 0; i < len; i++) tok[k++] = (unsigned char)text[i] + 3;
+    free(text);
+    *ids = tok;
+    *n = k;
+    return WMAT_OK;
+}
+
+wmat_exp_stats wmat__exp_stats(const double *x, int n, size_t stride)
+{
+    wmat_exp_stats st = {0, 0, INFINITY, -INFINITY};
+    double a = 0, a2 = 0;
+    for (int i = 0; i < n; i++) {
+        const double v = x[(size_t)i * stride];
+        a += v, a2 += v * v;
+        st.min = fmin(st.min, v), st.max = fmax(st.max, v);
+    }
+    st.mean = a / n;
+    st.sd = n > 1 ? sqrt(fmax((a2 - n * st.mean * st.mean) / (n - 1), 0)) : 0;
+    return st;
+}

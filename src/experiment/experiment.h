@@ -41,4 +41,31 @@ int wmat__table_add(wmat_table *t, const char *series, const double *v);
 int wmat__table_chart(wmat_table *t, const char *x, const char *y, int log_x, int log_y);
 int wmat__table_note(wmat_table *t, const char *fmt, ...);
 
+/* ---- helpers of the experiments that train small models */
+/* The schema rows of their text: "data", a UTF-8 file (default Tiny
+ * Shakespeare) or "synthetic", and "max_bytes", how much of it (default
+ * `bytes`, a string as in a schema). */
+#define WMAT_EXP_TEXT_KEYS(bytes)                                                                                      \
+    {"data", WMAT_PARAM_STRING, "../shared/data/text/tinyshakespeare.txt", 0, 0, NULL,                                 \
+     "UTF-8 text to train on (its bytes as tokens; the last 10% held out), or 'synthetic' for a generated stream",     \
+     NULL},                                                                                                            \
+    {"max_bytes", WMAT_PARAM_INT, bytes, 1000, 1 << 30, NULL, "bytes of the text read from its start", NULL}
+/* An experiment's own generated text: at most cap bytes into buf, from
+ * seed; returns how many. */
+typedef size_t (*wmat_exp_synth_fn)(char *buf, size_t cap, uint64_t seed);
+/* Those keys' text as byte-level ids (byte + 3: wmat_tokenizer_bytes's),
+ * into *ids (malloc'd) and *n: the first max_bytes bytes of the file, or of
+ * synth's text from seed for "synthetic". lead_space: a space's id first
+ * (as wmat_tokenizer_encode starts a text; the memoryformer experiment's
+ * streams do). who: the experiment, for errors. */
+int wmat__exp_byte_tokens(const wmat_pset *ps, const char *who, wmat_exp_synth_fn synth, uint64_t seed, int lead_space,
+                          int32_t **ids, size_t *n);
+
+/* Over seeds: the mean, the sample sd (0 for one value), min and max of
+ * x[0], x[stride], ..., x[(n - 1) stride], summed in that order. */
+typedef struct {
+    double mean, sd, min, max;
+} wmat_exp_stats;
+wmat_exp_stats wmat__exp_stats(const double *x, int n, size_t stride);
+
 #endif

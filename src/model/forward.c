@@ -63,7 +63,7 @@ struct wmat_runtime {
     float *dxs; /* (dim) decode's shortcut product (sliced models) */
     float *dnorm;    /* (n_threads, dim): each thread's copy of the normed x (decode_team) */
     int use_team;    /* decode in one parallel region (decode_team) */
-    float *datt; /* (n_heads, kv_len) */
+    float *datt; /* (n_heads, kv_len); a Gaussian-mixture mask: (n_heads, 2 kv_len), scores and the mask's table */
 
     /* pack_weights: [l * WMAT_LIN_COUNT + kind], the classifier last; a
      * NULL entry goes through wmat__linear_batch */
@@ -181,8 +181,9 @@ static int alloc_buffers(wmat_runtime *rt, const wmat_runtime *parent)
     const size_t ca = wmat__causal_attention_scratch(rt->T_max, c->head_dim);
     /* a Gaussian-mixture mask: scores (T, T) and the mask's table (T) */
     rt->att_per_thread = T * T + (c->gmm_kernels ? T : 0) > ca ? T * T + (c->gmm_kernels ? T : 0) : ca;
+    const size_t DATT = (size_t)c->n_heads * S * (c->gmm_kernels ? 2 : 1);
     size_t floats = 2 * P * half + T * (D + DA + A + XS + 2 * KV + 2 * H) + NT * rt->att_per_thread + 2 * L * S * KV +
-                    D + DA + A + XS + NT * D + 2 * H + (size_t)c->n_heads * S;
+                    D + DA + A + XS + NT * D + 2 * H + DATT;
     kind_buffers(rt);
     size_t bytes = floats * sizeof(float) + rt->ws_bytes + 4 * rt->prep_bytes + 40 * WMAT_ALIGN;
     int rc = wmat_arena_create(&rt->arena, bytes);
@@ -216,7 +217,7 @@ static int alloc_buffers(wmat_runtime *rt, const wmat_runtime *parent)
     rt->dq = take(rt, A);
     rt->dhb = take(rt, H);
     rt->dhb2 = take(rt, H);
-    rt->datt = take(rt, (size_t)c->n_heads * S);
+    rt->datt = take(rt, DATT);
     rt->ws = rt->ws_bytes ? wmat_arena_alloc(rt->arena, rt->ws_bytes) : NULL;
     for (int i = 0; i < 4; i++) rt->prep[i] = rt->prep_bytes ? wmat_arena_alloc(rt->arena, rt->prep_bytes) : NULL;
     if (!rt->datt || (rt->ws_bytes && !rt->ws) || (rt->prep_bytes && !rt->prep[3])) {
@@ -290,7 +291,8 @@ int wmat_runtime_create(wmat_runtime **out, wmat_model *m, const wmat_runtime_pa
     /* one parallel region per decoded token pays off once the matvecs are
      * big enough to split (the same 64K multiply-adds wmat__matvec_multi
      * uses) and all of them are fp32 (packed types thread on their own) */
-    rt->use_team = rt->n_threads > 1 && (long)c->dim * c->dim >= 65536 && !c->shortcuts && !c->attn_dim && !c->norm_dim;
+    rt->use_team = rt->n_threads > 1 && (long)c->dim * c->dim >= 65536 && !c->shortcuts && !c->attn_dim && !c->norm_dim &&
+                   !c->gmm_kernels;
     for (int i = 0; i < linear_slots(c) && rt->use_team; i++) rt->use_team = packed_source(m, i)->dtype == WMAT_F32;
     *out = rt;
     return WMAT_OK;
@@ -569,6 +571,27 @@ static void decode_team(wmat_runtime *rt, int pos, float *logits)
     }
 }
 
+/* Decode's attention of layer l under the Gaussian-mixture mask
+ * (gmm_mask.h): each head's query at pos over the cached keys 0..pos, the
+ * scores times the mask's M(pos - j) before the softmax, as the batched
+ * forward masks row pos of a window. Only a masked model comes here (the
+ * unmasked decode never does; such a runtime never uses decode_team). */
+static void decode_gmm_attention(wmat_runtime *rt, int l, int pos, const float *kbase, const float *vbase)
+{
+    const wmat_config *c = &rt->c;
+    const int hd = c->head_dim, KV = c->n_kv_heads * hd, kv_mul = c->n_heads / c->n_kv_heads, K = c->gmm_kernels;
+    const size_t S = (size_t)rt->kv_len;
+    char name[WMAT_NAME_MAX];
+    wmat__gmm_mask_name(name, sizeof name, l);
+    const float *par = wmat_model_find(rt->m, name)->data;
+#pragma omp parallel for num_threads(rt->n_threads) schedule(static) if (pos > 64)
+    for (int h = 0; h < c->n_heads; h++) {
+        const size_t koff = (size_t)(h / kv_mul) * hd;
+        wmat__gmm_attend_one(rt->dxb + (size_t)h * hd, rt->dq + (size_t)h * hd, kbase + koff, vbase + koff, KV, pos + 1,
+                             hd, par + (size_t)h * 2 * K, K, rt->datt + (size_t)h * 2 * S);
+    }
+}
+
 int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
 {
     const wmat_config *c = &rt->c;
@@ -577,11 +600,6 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
         return wmat_set_error(WMAT_ERR_INVALID, "decode: position %d outside the KV cache (0..%d)", pos, rt->kv_len - 1);
     if (token < 0 || token >= c->vocab_size)
         return wmat_set_error(WMAT_ERR_INVALID, "decode: token %d outside the vocabulary (%d)", token, c->vocab_size);
-    if (c->gmm_kernels)
-        return wmat_set_error(WMAT_ERR_UNSUPPORTED,
-                              "decode: %s has a Gaussian-mixture attention mask, which only the batched forward runs "
-                              "(eval; generation is not implemented for it)",
-                              wmat_model_path(m));
     const int D = c->dim, KV = c->n_kv_heads * c->head_dim, H = c->hidden_dim, hd = c->head_dim;
     const int half = hd / 2, kv_mul = c->n_heads / c->n_kv_heads, S = rt->kv_len, ND = wmat__norm_div(c);
     const int nt = rt->n_threads;
@@ -610,11 +628,15 @@ int wmat_decode(wmat_runtime *rt, int32_t token, int pos, float *logits)
         wmat__rope_row(kc, c->n_kv_heads, hd, cs, sn);
         const float *kbase = rt->key_cache + (size_t)l * S * KV, *vbase = rt->value_cache + (size_t)l * S * KV;
         const float inv = 1.0f / sqrtf((float)hd);
+        if (c->gmm_kernels) {
+            decode_gmm_attention(rt, l, pos, kbase, vbase);
+        } else {
 #pragma omp parallel for num_threads(nt) schedule(static) if (pos > 64)
-        for (int h = 0; h < c->n_heads; h++) {
-            const size_t koff = (size_t)(h / kv_mul) * hd;
-            wmat__attend_one(rt->dxb + (size_t)h * hd, rt->dq + (size_t)h * hd, kbase + koff, vbase + koff, KV, pos + 1,
-                             hd, inv, rt->datt + (size_t)h * S);
+            for (int h = 0; h < c->n_heads; h++) {
+                const size_t koff = (size_t)(h / kv_mul) * hd;
+                wmat__attend_one(rt->dxb + (size_t)h * hd, rt->dq + (size_t)h * hd, kbase + koff, vbase + koff, KV,
+                                 pos + 1, hd, inv, rt->datt + (size_t)h * S);
+            }
         }
         if (c->shortcuts) shortcut_vec(rt, x, l, 0);
         linear_vec(rt, x, rt->dxb, wmat_model_linear(m, l, WMAT_LIN_O), 1);

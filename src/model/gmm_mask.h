@@ -13,7 +13,8 @@
  * sigma per (head, kernel), head-major.
  *
  * The forward of one head is here, used by the runtime's batched forward
- * and by the trainer alike (so both evaluate a model the same); the
+ * and by the trainer alike (so both evaluate a model the same), and one
+ * query's attention over the KV cache (the runtime's decode); the
  * backward is the trainer's (src/train/gmm_grad.c). */
 #ifndef WMAT_MODEL_GMM_MASK_H
 #define WMAT_MODEL_GMM_MASK_H
@@ -29,6 +30,10 @@ void wmat__gmm_table(const float *par, int K, int T, float *m);
  * N(0, 2^2). */
 void wmat__gmm_init(float *par, int n_heads, int K, wmat_rng *r);
 
+/* row[0..t] = its softmax in place (libm expf, the sum in order, times
+ * 1/sum): the masked rows below, and the trainer's unmasked attention
+ * (src/train/ops.c), so the two differ only by the mask. */
+void wmat__causal_row_softmax(float *row, int t);
 /* P = the causal softmax, row by row, of S (T, T) times the mask m[t - j]
  * (P may be S); the upper triangle of P zeroed. The forward and the
  * trainer's backward both recompute P with it, so they agree bit for bit. */
@@ -42,5 +47,12 @@ size_t wmat__gmm_head_scratch(int T);
  * (single-threaded inside a parallel region). */
 void wmat__gmm_head_forward(float *out, int os, const float *q, int qs, const float *k, const float *v, int ks, int T,
                             int hd, const float *par, int K, float *scratch);
+/* One head at decode: out (hd) = the attention of the query q at position
+ * n - 1 over keys and values 0..n-1 (rows of stride ks), masked as
+ * wmat__gmm_head_forward masks row n - 1 of a window (the same table and
+ * softmax; the scores summed in order instead of by the GEMM). scratch: 2 n
+ * floats. */
+void wmat__gmm_attend_one(float *out, const float *q, const float *k, const float *v, int ks, int n, int hd,
+                          const float *par, int K, float *scratch);
 
 #endif

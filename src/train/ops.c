@@ -4,6 +4,7 @@
 #include "train.h"
 
 #include "../linalg/linalg.h"
+#include "../model/gmm_mask.h"
 #include "../model/kernels.h"
 
 #include <math.h>
@@ -75,15 +76,7 @@ static void causal_softmax(float *S, int T)
 {
     for (int t = 0; t < T; t++) {
         float *row = S + (size_t)t * T;
-        float mx = row[0];
-        for (int j = 1; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
-        float sum = 0.0f;
-        for (int j = 0; j <= t; j++) {
-            row[j] = expf(row[j] - mx);
-            sum += row[j];
-        }
-        const float inv = 1.0f / sum;
-        for (int j = 0; j <= t; j++) row[j] *= inv;
+        wmat__causal_row_softmax(row, t);
         for (int j = t + 1; j < T; j++) row[j] = 0.0f;
     }
 }

@@ -2055,7 +2055,7 @@ int wmat_train_adapter_replaces_base(const char *name)
 {
     const wmat__adapter *a = wmat__adapter_find(name);
     if (!a) return wmat_set_error(WMAT_ERR_INVALID, "train: unknown adapter '%s'", name ? name : "(null)");
-    return a->not_mergeable ? 3 : a->replaces_base ? 1 : a->adopt ? 2 : 0;
+    return a->not_mergeable ? (a->replaces_base ? 4 : 3) : a->replaces_base ? 1 : a->adopt ? 2 : 0;
 }
 
 int wmat_train_registry_entry(wmat_train_registry which, int i, const char **name, const char **summary)
