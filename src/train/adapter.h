@@ -75,6 +75,18 @@ typedef struct {
         int bits, group, cga_steps;
         float cga_range;
     } qat;
+    /* SPT (adapter_spt.c): the run's budget of trained floats over the
+     * targeted matrices (<= 0: LoRA's at rank, r (in + out) each) and the
+     * structured threshold (a matrix whose selected positions number at
+     * least threshold x (in + out) gets a LoRA); per layer, set by its plan
+     * (planned 1): the layer's sparse positions nnz (its LoRA rank is rank,
+     * 0: none). planned 0: rank and floor(density x out x in) random positions. */
+    struct {
+        double budget;
+        float threshold;
+        int planned;
+        int64_t nnz;
+    } spt;
 } wmat__adapter_cfg;
 
 /* One adapted layer as the whole-model hooks see it (after_step,
@@ -354,6 +366,24 @@ extern const wmat__adapter wmat__adapter_memoryformer;
 double wmat__memoryformer_flops(int tau, int in, int out);
 extern const wmat__adapter wmat__adapter_s2ft, wmat__adapter_s2ft_wnorm, wmat__adapter_s2ft_anorm;
 extern const wmat__adapter wmat__adapter_ofq, wmat__adapter_ofq_statsq, wmat__adapter_ofq_lsq;
+extern const wmat__adapter wmat__adapter_spt;
+
+/* SPT's two stages (adapter_spt.c), for its plan and its test:
+ * sensitivity: sens[j] (out x in of matrix j = linear mk[j] of layer ml[j])
+ * += the squared gradient of each calibration batch's mean loss, summed over
+ * at most max_batches batches of `batch` windows of ctx tokens (targets the
+ * next tokens), from a full-training trainer on m (frozen: no step);
+ * *used: the batches run. allocate: the largest tau such that the top tau
+ * of all matrices' sensitivities (ties: the lower matrix, then the lower
+ * position) cost at most budget, matrix j costing, for its count[j]
+ * selected positions: rank[j] (in + out) with rank[j] = clamp(floor(count /
+ * (in + out)), 1, min(in, out)) when count > 0 and count >= threshold x
+ * (in + out) (structured), else count (unstructured, rank[j] = 0); *tau:
+ * the positions selected, *total: their cost. */
+int wmat__spt_sensitivity(wmat_model *m, const int32_t *tokens, size_t n_tokens, int ctx, int batch, int max_batches,
+                          const wmat_context *exec, const int *ml, const int *mk, int nm, float *const *sens, int *used);
+int wmat__spt_allocate(const float *const *sens, const int *in, const int *out, int nm, double budget, float threshold,
+                       int64_t *count, int *rank, int64_t *tau, double *total);
 
 /* EVA's rank redistribution (adapter_eva.c): matrix m reads input
  * mat_g[m], whose K explained-variance ratios (descending) are ratio[mat_g[m]];
