@@ -1016,6 +1016,14 @@ typedef struct {
      * default 0.005). */
     int qat_bits, qat_group, qat_cga_steps;
     float qat_cga_range;
+    /* SPT (adapter "spt", calibrating on adapter_calib): the budget of
+     * trained floats over the targeted matrices (<= 0, default: LoRA's at
+     * lora_rank on them, lora_rank (in + out) each) and the threshold of
+     * structured tuning: a matrix whose selected positions number at least
+     * spt_threshold x (in + out) gets a LoRA of the rank those positions pay
+     * for, the others train their positions as a sparse update (default 1). */
+    double spt_budget;
+    float spt_threshold;
 } wmat_train_params;
 
 WMAT_API wmat_train_params wmat_train_default_params(void);

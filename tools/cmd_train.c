@@ -63,7 +63,7 @@ int cmd_train(int argc, char **argv)
     const char *ckpt = NULL, *resume = NULL, *csv = NULL, *svg = NULL, *lora_out = NULL, *precision = "f32",
                *eva_data = NULL;
     int eva_batches = 32;
-    float eva_rho = 2.0f, eva_tau = 0.99f;
+    float eva_rho = 2.0f, eva_tau = 0.99f, spt_budget = 0, spt_threshold = 1.0f;
     const char *opt = reg_default(WMAT_REG_OPTIMIZER);
     int tokenizer_kind = 0, gmm = 0;
     int steps = 100, batch = 8, ctx = 0, accum = 1, warmup = -1, seed = 1337, eval_every = 0, eval_windows = 0;
@@ -128,6 +128,8 @@ int cmd_train(int argc, char **argv)
         {"--eva-batches", OPT_INT, &eva_batches, "N", "eva: at most N calibration batches (default 32; fewer when every input has converged)"},
         {"--eva-rho", OPT_FLOAT, &eva_rho, "RHO", "eva: components per input = round(rank * RHO), the most rank one matrix can get (default 2)"},
         {"--eva-tau", OPT_FLOAT, &eva_tau, "TAU", "eva: a component has converged when its cosine with the previous batch's is >= TAU (default 0.99)"},
+        {"--spt-budget", OPT_FLOAT, &spt_budget, "N", "spt: trained floats over the targeted matrices (default 0: LoRA's at --lora-rank on them); calibrates on --eva-data or the training data, at most 8 batches (fewer with --eva-batches)"},
+        {"--spt-threshold", OPT_FLOAT, &spt_threshold, "T", "spt: a matrix whose selected positions number at least T x (in + out) gets a LoRA of the rank they pay for, the others a sparse update of their positions (default 1)"},
         {"--galore-rank", OPT_INT, &grank, "R", "projector rank (default dim/4)"},
         {"--galore-gap", OPT_INT, &ggap, "T", "steps between projector updates (default 50)"},
         {"--galore-scale", OPT_FLOAT, &gscale, "S", "projected update scale (default 1)"},
@@ -232,6 +234,8 @@ int cmd_train(int argc, char **argv)
     p.adapter_calib_batches = eva_batches;
     p.eva_rho = eva_rho;
     p.eva_tau = eva_tau;
+    p.spt_budget = spt_budget;
+    p.spt_threshold = spt_threshold;
     p.qat_bits = qat_bits;
     p.qat_group = qat_group;
     p.qat_cga_steps = qat_anneal;

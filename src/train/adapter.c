@@ -30,7 +30,8 @@ static const wmat__adapter *const adapters[] = {&wmat__adapter_lora,  &wmat__ada
                                                 &wmat__adapter_s2ft, &wmat__adapter_s2ft_wnorm, &wmat__adapter_s2ft_anorm,
                                                 &wmat__adapter_ofq, &wmat__adapter_ofq_statsq, &wmat__adapter_ofq_lsq,
                                                 &wmat__adapter_sara,      &wmat__adapter_pst,
-                                                &wmat__adapter_precrop, &wmat__adapter_precrop_uniform};
+                                                &wmat__adapter_precrop, &wmat__adapter_precrop_uniform,
+                                                &wmat__adapter_spt};
 
 const wmat__adapter *wmat__adapter_at(int i)
 {

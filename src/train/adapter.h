@@ -78,6 +78,18 @@ typedef struct {
     /* PreCropping (adapter_precrop.c, set by its plan): 1 when the layer's
      * kept channels are its input columns (down), 0: its output rows. */
     int crop_cols;
+    /* SPT (adapter_spt.c): the run's budget of trained floats over the
+     * targeted matrices (<= 0: LoRA's at rank, r (in + out) each) and the
+     * structured threshold (a matrix whose selected positions number at
+     * least threshold x (in + out) gets a LoRA); per layer, set by its plan
+     * (planned 1): the layer's sparse positions nnz (its LoRA rank is rank,
+     * 0: none). planned 0: rank and floor(density x out x in) random positions. */
+    struct {
+        double budget;
+        float threshold;
+        int planned;
+        int64_t nnz;
+    } spt;
 } wmat__adapter_cfg;
 
 /* One adapted layer as the whole-model hooks see it (after_step,
@@ -364,6 +376,24 @@ extern const wmat__adapter wmat__adapter_precrop, wmat__adapter_precrop_uniform;
  * take the remainder); else each layer's best channel, then the rest by one
  * global order of all scores (ties: the lower layer, then channel). */
 int wmat__precrop_counts(const double *score, int L, int H, int budget, int uniform, int *count);
+extern const wmat__adapter wmat__adapter_spt;
+
+/* SPT's two stages (adapter_spt.c), for its plan and its test:
+ * sensitivity: sens[j] (out x in of matrix j = linear mk[j] of layer ml[j])
+ * += the squared gradient of each calibration batch's mean loss, summed over
+ * at most max_batches batches of `batch` windows of ctx tokens (targets the
+ * next tokens), from a full-training trainer on m (frozen: no step);
+ * *used: the batches run. allocate: the largest tau such that the top tau
+ * of all matrices' sensitivities (ties: the lower matrix, then the lower
+ * position) cost at most budget, matrix j costing, for its count[j]
+ * selected positions: rank[j] (in + out) with rank[j] = clamp(floor(count /
+ * (in + out)), 1, min(in, out)) when count > 0 and count >= threshold x
+ * (in + out) (structured), else count (unstructured, rank[j] = 0); *tau:
+ * the positions selected, *total: their cost. */
+int wmat__spt_sensitivity(wmat_model *m, const int32_t *tokens, size_t n_tokens, int ctx, int batch, int max_batches,
+                          const wmat_context *exec, const int *ml, const int *mk, int nm, float *const *sens, int *used);
+int wmat__spt_allocate(const float *const *sens, const int *in, const int *out, int nm, double budget, float threshold,
+                       int64_t *count, int *rank, int64_t *tau, double *total);
 
 /* EVA's rank redistribution (adapter_eva.c): matrix m reads input
  * mat_g[m], whose K explained-variance ratios (descending) are ratio[mat_g[m]];

@@ -217,6 +217,7 @@ wmat_train_params wmat_train_default_params(void)
     p.adapter_calib_batches = 32;
     p.eva_rho = 2.0f;
     p.eva_tau = 0.99f;
+    p.spt_threshold = 1.0f;
     p.qat_bits = 4;
     p.qat_group = 0;
     p.qat_cga_steps = -1;
@@ -589,7 +590,8 @@ int wmat_trainer_create(wmat_trainer **out, wmat_model *m, const wmat_train_para
                                   .steps = p.steps,
                                   .rho = p.eva_rho,
                                   .tau = p.eva_tau,
-                                  .qat = {p.qat_bits, p.qat_group, p.qat_cga_steps, p.qat_cga_range}};
+                                  .qat = {p.qat_bits, p.qat_group, p.qat_cga_steps, p.qat_cga_range},
+                                  .spt = {p.spt_budget, p.spt_threshold, 0, 0}};
     t->rep = ad && ad->replaces_base;
     if (p.precision != WMAT_F32 && p.precision != WMAT_BF16) {
         rc = wmat_set_error(WMAT_ERR_INVALID, "train: precision must be f32 or bf16 (got %s)",
