@@ -11,7 +11,8 @@
  * synthetic tokens (a rank-64 shared part plus noise, every 97th feature an
  * outlier at 8x), so it is SPD and as ill-conditioned as real ones; W is
  * uniform +-0.05. Per case: the factorization alone in double and in float
- * (time and max |U_f32 - U_f64| / max |U|), then whole GPTQ calls: legacy
+ * (GPTQ's: the unit factor of wmat__gptq_factor_unit, one Cholesky; time
+ * and max |U_f32 - U_f64| / max |U|), then whole GPTQ calls: legacy
  * (--legacy 0 skips it; it takes ~15 s on down_proj), new in double, new
  * in float; each with the calibration output error tr(dW H dW^T) /
  * tr(W H W^T) and the share of codes that differ from the legacy result.
@@ -289,10 +290,10 @@ int main(int argc, char **argv)
         int32_t *perm = malloc((size_t)n * 4);
         double l64 = 0.01, l32 = 0.01;
         double t0 = wmat__now();
-        if (wmat__gptq_factor(H, n, act, 1, nt, &l64, perm, U64)) return 1;
+        if (wmat__gptq_factor_unit(H, n, act, 1, nt, &l64, perm, U64)) return 1;
         const double f64 = wmat__now() - t0;
         t0 = wmat__now();
-        if (wmat__gptq_factor(H, n, act, 2, nt, &l32, perm, U32)) return 1;
+        if (wmat__gptq_factor_unit(H, n, act, 2, nt, &l32, perm, U32)) return 1;
         const double f32 = wmat__now() - t0;
         double dmax = 0, umax = 0;
         for (size_t e = 0; e < (size_t)n * n; e++) {

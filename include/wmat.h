@@ -1338,7 +1338,9 @@ typedef struct {
     int quantized;
     double bits_per_weight; /* codes + fp16 scales + zero points (+ perm), as stored */
     double rel_error;       /* ||W - Q||_F / ||W||_F */
-    double out_error;       /* tr(dW H dW^T) / tr(W H W^T) on the calibration data; -1 without */
+    double out_error;       /* tr(dW H dW^T) / tr(W H W^T) on the calibration data; -1 without.
+                             * Tensors of more than 1024 rows: both traces over every s-th row,
+                             * s = ceil(rows / 1024) (an estimate; rows are quantized apart) */
     double seconds;         /* the method's time for this tensor */
     double damp;            /* GPTQ: lambda used */
 } wmat_quantize_tensor;

@@ -450,13 +450,18 @@ static double *gptq_h(int64_t n, int T, double sub, uint64_t seed)
 /* GPTQ's factorization in H's own storage (a bit-symmetric H, double)
  * gives U, perm and the damping of the copy path (taken for an H whose
  * triangle the factorization does not read differs), and leaves H bit for
- * bit as it was: with and without act-order, with retried dampings. */
+ * bit as it was: with and without act-order, with retried dampings; the
+ * inverse factor (wmat__gptq_factor) and the unit one GPTQ reads
+ * (wmat__gptq_factor_unit). */
 static void test_gptq_factor_in_place(void **state)
 {
     (void)state;
     const int64_t n = 300; /* not a multiple of the transposes' tiles */
+    for (int unit = 0; unit < 2; unit++)
     for (int act = 0; act < 2; act++)
         for (int hard = 0; hard < 2; hard++) {
+            int (*factor)(double *, int64_t, int, int, int, double *, int32_t *, float *) =
+                unit ? wmat__gptq_factor_unit : wmat__gptq_factor;
             double *H = gptq_h(n, 200, hard ? 0.05 : 0.0, 11 + (uint64_t)act), *H0 = malloc((size_t)(n * n) * sizeof(double)),
                    *H2 = malloc((size_t)(n * n) * sizeof(double));
             float *U1 = malloc((size_t)(n * n) * sizeof(float)), *U2 = malloc((size_t)(n * n) * sizeof(float));
@@ -464,7 +469,7 @@ static void test_gptq_factor_in_place(void **state)
             assert_true(H0 && H2 && U1 && U2 && p1 && p2);
             memcpy(H0, H, (size_t)(n * n) * sizeof(double));
             double l1 = 0.01, l2 = 0.01;
-            TU_OK(wmat__gptq_factor(H, n, act, 1, 1, &l1, p1, U1));
+            TU_OK(factor(H, n, act, 1, 1, &l1, p1, U1));
             assert_memory_equal(H, H0, (size_t)(n * n) * sizeof(double));
             /* the entries J P H P^T J's strict lower triangle holds, changed:
              * H is no longer symmetric, so the copy path runs on the values
@@ -472,9 +477,9 @@ static void test_gptq_factor_in_place(void **state)
             memcpy(H2, H0, (size_t)(n * n) * sizeof(double));
             for (int64_t x = 0; x < n; x++)
                 for (int64_t y = 0; y < x; y++) H2[(int64_t)p1[n - 1 - x] * n + p1[n - 1 - y]] += 1.0;
-            TU_OK(wmat__gptq_factor(H2, n, act, 1, 1, &l2, p2, U2));
-            print_message("act-order %d, %s: damping %g in place, %g copied\n", act, hard ? "indefinite" : "semi-definite",
-                          l1, l2);
+            TU_OK(factor(H2, n, act, 1, 1, &l2, p2, U2));
+            print_message("%s, act-order %d, %s: damping %g in place, %g copied\n", unit ? "unit" : "inverse", act,
+                          hard ? "indefinite" : "semi-definite", l1, l2);
             assert_true(l1 == l2);
             if (hard) assert_true(l1 > 0.05); /* retried */
             assert_memory_equal(p1, p2, (size_t)n * sizeof(int32_t));

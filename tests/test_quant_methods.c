@@ -230,6 +230,89 @@ static void test_gptq_matches_literal(void **state)
     check_gptq_vs_literal(48, 160, 4, 16, 1, 1, 0.999);  /* groups of 16 outputs, act-order */
 }
 
+/* GPTQ's unit factor (wmat__gptq_factor_unit, what the left-looking loop
+ * reads) against the inverse factor (wmat__gptq_factor): upper, unit
+ * diagonal, and U Vs = diag(U) (Vs = V diag(V)^-1 with V = U^-1), in both
+ * precisions, with and without act-order (the same perm and damping). */
+static void test_gptq_unit_factor(void **state)
+{
+    (void)state;
+    const int64_t n = 300; /* not a multiple of the transposes' tiles */
+    double *H = malloc((size_t)(n * n) * sizeof(double));
+    float *U = malloc((size_t)(n * n) * sizeof(float)), *V = malloc((size_t)(n * n) * sizeof(float));
+    int32_t *p1 = malloc((size_t)n * sizeof(int32_t)), *p2 = malloc((size_t)n * sizeof(int32_t));
+    make_hessian(H, n, 2 * (int)n, 5);
+    for (int prec = 1; prec <= 2; prec++)
+        for (int act = 0; act < 2; act++) {
+            double l1 = 0.01, l2 = 0.01;
+            TU_OK(wmat__gptq_factor(H, n, act, prec, 2, &l1, p1, U));
+            TU_OK(wmat__gptq_factor_unit(H, n, act, prec, 2, &l2, p2, V));
+            assert_true(l1 == l2);
+            assert_memory_equal(p1, p2, (size_t)n * sizeof(int32_t));
+            double err = 0.0, dmax = 0.0;
+            for (int64_t i = 0; i < n; i++) {
+                assert_true(V[i * n + i] == 1.0f);
+                for (int64_t j = 0; j < i; j++) assert_true(V[i * n + j] == 0.0f);
+                dmax = fmax(dmax, U[i * n + i]);
+            }
+            for (int64_t i = 0; i < n; i++)
+                for (int64_t j = i; j < n; j++) {
+                    double acc = 0.0;
+                    for (int64_t k = i; k <= j; k++) acc += (double)U[i * n + k] * V[k * n + j];
+                    if (j == i) acc -= U[i * n + i];
+                    err = fmax(err, fabs(acc));
+                }
+            print_message("prec %d act-order %d: max |U Vs - diag(U)| / max U_ii = %.3g\n", prec, act, err / dmax);
+            assert_true(err / dmax < (prec == 1 ? 1e-4 : 1e-3));
+        }
+    free(H);
+    free(U);
+    free(V);
+    free(p1);
+    free(p2);
+}
+
+/* The report's output errors (wmat__qoutput_errors): tr(dW H dW^T) and
+ * tr(W H W^T) equal wmat__qoutput_error's full products up to float
+ * rounding for rows <= 1024; above, they are those of every s-th row
+ * (s = ceil(rows / 1024)), the same on 1 and 2 threads. */
+static void test_output_errors(void **state)
+{
+    (void)state;
+    const int64_t n = 300;
+    double *H = malloc((size_t)(n * n) * sizeof(double));
+    make_hessian(H, n, 2 * (int)n, 9);
+    const int64_t rows_list[2] = {700, 2500};
+    for (int t = 0; t < 2; t++) {
+        const int64_t m = rows_list[t], s = m > 1024 ? (m + 1023) / 1024 : 1, k = (m + s - 1) / s;
+        float *W = malloc((size_t)(m * n) * sizeof(float)), *Q = malloc((size_t)(m * n) * sizeof(float));
+        float *Ws = malloc((size_t)(k * n) * sizeof(float)), *Qs = malloc((size_t)(k * n) * sizeof(float));
+        float *Z = calloc((size_t)(k * n), sizeof(float));
+        rand_matrix(W, m * n, 3 + (uint64_t)t, 0.05f);
+        rand_matrix(Q, m * n, 4 + (uint64_t)t, 0.005f);
+        for (int64_t i = 0; i < m * n; i++) Q[i] += W[i];
+        for (int64_t r = 0; r < k; r++) {
+            memcpy(Ws + r * n, W + r * s * n, (size_t)n * sizeof(float));
+            memcpy(Qs + r * n, Q + r * s * n, (size_t)n * sizeof(float));
+        }
+        const double e_ref = wmat__qoutput_error(Ws, Qs, k, n, H), e0_ref = wmat__qoutput_error(Ws, Z, k, n, H);
+        double e1, e01, e2, e02;
+        TU_OK(wmat__qoutput_errors(W, Q, m, n, H, 1, &e1, &e01));
+        TU_OK(wmat__qoutput_errors(W, Q, m, n, H, 2, &e2, &e02));
+        print_message("rows %lld (every %lld-th): e %.6g vs %.6g, e0 %.6g vs %.6g\n", (long long)m, (long long)s, e1,
+                      e_ref, e01, e0_ref);
+        assert_true(e1 == e2 && e01 == e02);
+        TU_ASSERT_NEAR(e1 / e_ref, 1.0, 1e-4);
+        TU_ASSERT_NEAR(e01 / e0_ref, 1.0, 1e-4);
+        free(W);
+        free(Q);
+        free(Ws);
+        free(Qs);
+        free(Z);
+    }
+    free(H);
+}
+
 /* ---- grids */
 
 static void test_rtn_grid(void **state)
@@ -736,6 +819,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gptq_matches_literal),
+        cmocka_unit_test(test_gptq_unit_factor),
+        cmocka_unit_test(test_output_errors),
         cmocka_unit_test(test_rtn_grid),
         cmocka_unit_test(test_imatrix_weighted),
         cmocka_unit_test(test_adadim_and_registry),

@@ -6,25 +6,35 @@
  *   dead inputs (H_jj = 0): H_jj = 1, W[:, j] = 0
  *   act-order: columns by decreasing H_jj (perm), groups over permuted positions
  *   H += lambda mean(diag H) I, lambda = p->damp, times 10 while Cholesky fails
- *   U = upper Cholesky factor of H^-1 (H^-1 = U^T U), computed as
- *       J R^-T J with J H J = R^T R (J reverses the order): one Cholesky and
- *       one triangular inverse (2n^3/3 flops) instead of the reference's
- *       Cholesky, inverse and Cholesky (4n^3/3); U is unique, so only the
- *       rounding differs. Kept with the statistics (st->fact) so q/k/v and
- *       gate/up, which share H, factor it once.
+ *   The reference: U = upper Cholesky factor of H^-1 (H^-1 = U^T U), and
  *   for each block of B columns [i1, i2):
  *     for i in block: q = quant(w_i); e = (w_i - q) / U_ii;
  *                     W[:, i+1:i2] -= e U[i, i+1:i2]
  *     W[:, i2:] -= E_block U[i1:i2, i2:]          (lazy batch update, one GEMM)
+ *   Here the same values without U (issue 20): with V = U^-1 (upper,
+ *   H = V V^T) and D = W - Q, the loop's errors are E = D V (D = E U), so
+ *   column j reaches quantization as w_j + sum_{k<j} d_k Vs_kj with
+ *   Vs = V diag(V)^-1 (unit diagonal). Vs comes from one Cholesky,
+ *   J R^T J with J H J = R^T R (J reverses the order), rows of R scaled by
+ *   its diagonal: n^3/3 flops instead of the reference's Cholesky, inverse
+ *   and Cholesky (4n^3/3), or Cholesky and triangular inverse (2n^3/3, the
+ *   form this file used before and gwq / ggml's GPTQ use:
+ *   wmat__gptq_factor). Kept with the statistics (st->fact) so q/k/v and
+ *   gate/up, which share H, factor it once. The loop is left-looking:
+ *   for each block [i1, i2): C = W[:, i1:i2] + D[:, :i1] Vs[:i1, i1:i2]
+ *     (one GEMM), then for i in block: q = quant(c_i); d_i = w_i - q;
+ *                     C[:, i+1:i2] += d_i Vs[i, i+1:i2]
  *   inside a block, the same split once more (sub-blocks of 16 columns, the
  *   rest of the block updated by a GEMM after each), so the per-column
- *   scalar work is m n 8 multiply-adds instead of m n 64
+ *   scalar work is m n 8 multiply-adds instead of m n 64. Only the order of
+ *   float operations differs from the reference's loop (the literal test in
+ *   tests/test_quant_methods.c). legacy keeps the right-looking loop on U.
  *
  * Grids: per-OC (group = cols): one scale per row from the whole W before
  * the loop. Groups along inputs: refitted from the current (error-fed)
  * columns when the loop enters a new group; the block size is chosen so a
- * group never straddles a block boundary (B = 128 when g divides 128 or 128
- * divides g, else B = g), so the group's columns are fully updated when it is
+ * group never straddles a block boundary (B = 128 when g divides 128, else
+ * B = g), so the group's columns are fully updated when it is
  * fitted (the reference code fits from the lazily updated matrix and misses
  * the in-block updates of groups that start inside a block). Static groups:
  * from the original W; codes are then stored in the original column order
@@ -196,27 +206,68 @@ static void sym_permute(double *A, int64_t n, const int32_t *s, double *row, uns
     }
 }
 
-/* U from the factored upper triangle A (R^-1, row-major, in float or
- * double): U[i][j] = R^-1[n-1-j][n-1-i] for j >= i. 0: a non-finite value. */
-static int extract_u(const void *A, int f32, int64_t n, float *U)
+/* From the factored upper triangle A (row-major, float or double): with
+ * inv, A holds R^-1 and U[i][j] = R^-1[n-1-j][n-1-i]; without, A holds R
+ * and U is the unit factor V diag(V)^-1 of V[i][j] = R[n-1-j][n-1-i]
+ * (V V^T = H), U[i][j] = R[n-1-j][n-1-i] / R[n-1-j][n-1-j]; j >= i, zero
+ * below. In square tiles (the transposed reads stay in cache). 0: a
+ * non-finite value. */
+static int extract_u(const void *A, int f32, int inv, int64_t n, float *U)
 {
-    for (int64_t i = 0; i < n; i++) {
-        float *u = U + i * n;
-        for (int64_t j = 0; j < i; j++) u[j] = 0.0f;
-        for (int64_t j = i; j < n; j++) {
-            const int64_t src = (n - 1 - j) * n + (n - 1 - i);
-            u[j] = f32 ? ((const float *)A)[src] : (float)((const double *)A)[src];
+    const float *Af = A;
+    const double *Ad = A;
+    int ok = 1;
+    for (int64_t i = 0; i < n; i++) memset(U + i * n, 0, (size_t)i * sizeof(float));
+    for (int64_t j0 = 0; j0 < n; j0 += SYM_TILE) {
+        const int64_t j1 = j0 + SYM_TILE < n ? j0 + SYM_TILE : n;
+        for (int64_t i0 = 0; i0 < j1; i0 += SYM_TILE) {
+            const int64_t i1 = i0 + SYM_TILE < n ? i0 + SYM_TILE : n;
+            for (int64_t j = j0; j < j1; j++) {
+                const int64_t a = n - 1 - j;
+                const int64_t ie = i1 < j + 1 ? i1 : j + 1;
+                if (f32) {
+                    const float *row = Af + a * n;
+                    const float sc = inv ? 1.0f : 1.0f / row[a];
+                    for (int64_t i = i0; i < ie; i++) U[i * n + j] = inv ? row[n - 1 - i] : row[n - 1 - i] * sc;
+                    if (!inv) U[j * n + j] = 1.0f;
+                } else {
+                    const double *row = Ad + a * n;
+                    const double sc = inv ? 1.0 : 1.0 / row[a];
+                    for (int64_t i = i0; i < ie; i++) U[i * n + j] = (float)(inv ? row[n - 1 - i] : row[n - 1 - i] * sc);
+                    if (!inv) U[j * n + j] = 1.0f;
+                }
+                for (int64_t i = i0; i < ie; i++)
+                    if (!isfinite(U[i * n + j])) ok = 0;
+            }
         }
-        for (int64_t j = i; j < n; j++)
-            if (!isfinite(u[j])) return 0;
     }
-    return 1;
+    return ok;
+}
+
+/* Without act-order (perm the identity) J H J's upper triangle is H's
+ * strict lower one read backwards, row by row: A[a][b] = H[n-1-a][n-1-b]
+ * for b > a, written over H's upper triangle (the lower one stays as the
+ * backup), the diagonal from d (H's, saved) with the damping. One pass of
+ * contiguous reads and writes instead of the two symmetric permutations. */
+static void reversed_upper(double *H, int64_t n, const double *d, double shift)
+{
+    for (int64_t a = 0; a < n; a++) {
+        double *row = H + a * n;
+        const double *src = H + (n - 1 - a) * n + (n - 1);
+        const double v = d[n - 1 - a];
+        row[a] = (v == 0.0 ? 1.0 : v) + shift;
+        for (int64_t b = a + 1; b < n; b++) row[b] = src[-b];
+    }
 }
 
 /* The double factorization of H's damped, reordered copy, made in H's own
- * storage; H is as it was on return, whatever happened. */
-static int factor_in_place(double *H, int64_t n, const int32_t *perm, double mean, double *lambda, float *U)
+ * storage; H is as it was on return, whatever happened. want_inv: U (the
+ * triangular inverse too), else the unit factor (extract_u). */
+static int factor_in_place(double *H, int64_t n, const int32_t *perm, int want_inv, double mean, double *lambda,
+                           float *U)
 {
+    int ident = 1;
+    for (int64_t a = 0; a < n && ident; a++) ident = perm[a] == a;
     int32_t *s = wmat__malloc((size_t)n * sizeof(int32_t)), *inv = wmat__malloc((size_t)n * sizeof(int32_t));
     double *d = wmat__malloc((size_t)n * sizeof(double)), *row = wmat__malloc((size_t)n * sizeof(double));
     unsigned char *seen = wmat__malloc((size_t)n);
@@ -229,29 +280,36 @@ static int factor_in_place(double *H, int64_t n, const int32_t *perm, double mea
         s[a] = perm[n - 1 - a];
         inv[s[a]] = (int32_t)a;
     }
-    sym_permute(H, n, s, row, seen); /* H = J P H P^T J */
-    for (int64_t a = 0; a < n; a++) d[a] = H[a * n + a];
+    if (ident) {
+        for (int64_t a = 0; a < n; a++) d[a] = H[a * n + a]; /* H's own order */
+    } else {
+        sym_permute(H, n, s, row, seen); /* H = J P H P^T J */
+        for (int64_t a = 0; a < n; a++) d[a] = H[a * n + a];
+    }
     for (int attempt = 0; attempt < 5; attempt++, *lambda *= 10.0) {
         /* a failed Cholesky stops at the first bad pivot and has spoilt the
          * upper triangle: rebuilt from the lower one for the next damping */
-        if (attempt) upper_from_lower(H, n);
         const double shift = *lambda * mean;
-        for (int64_t a = 0; a < n; a++) H[a * n + a] = (d[a] == 0.0 ? 1.0 : d[a]) + shift;
+        if (ident) reversed_upper(H, n, d, shift);
+        else {
+            if (attempt) upper_from_lower(H, n);
+            for (int64_t a = 0; a < n; a++) H[a * n + a] = (d[a] == 0.0 ? 1.0 : d[a]) + shift;
+        }
         int st = wmat__dpotrf_upper_nc((int)n, H, (int)n);
-        if (!st) st = wmat__dtrtri_upper((int)n, H, (int)n);
+        if (!st && want_inv) st = wmat__dtrtri_upper((int)n, H, (int)n);
         if (st == WMAT_ERR_NUMERIC) continue; /* more damping may cure it */
         if (st) {
             rc = st; /* out of memory: the wrapper's message stands */
             break;
         }
-        if (!extract_u(H, 0, n, U)) continue;
+        if (!extract_u(H, 0, want_inv, n, U)) continue;
         rc = WMAT_OK;
         break;
     }
     /* H back as it came */
     upper_from_lower(H, n);
     for (int64_t a = 0; a < n; a++) H[a * n + a] = d[a];
-    sym_permute(H, n, inv, row, seen);
+    if (!ident) sym_permute(H, n, inv, row, seen);
 out:
     wmat__free(s);
     wmat__free(inv);
@@ -262,7 +320,8 @@ out:
 }
 
 /* The same from a copy of H (float, or an H that is not symmetric). */
-static int factor_copy(const double *H, int64_t n, const int32_t *perm, int f32, double mean, double *lambda, float *U)
+static int factor_copy(const double *H, int64_t n, const int32_t *perm, int f32, int want_inv, double mean,
+                       double *lambda, float *U)
 {
     void *A = wmat__malloc((size_t)(n * n) * (f32 ? sizeof(float) : sizeof(double)));
     if (!A)
@@ -274,13 +333,13 @@ static int factor_copy(const double *H, int64_t n, const int32_t *perm, int f32,
          * only A is rebuilt (from H) for the next damping, nothing else */
         fill_reversed(H, n, perm, *lambda * mean, A, f32);
         int st = f32 ? wmat__spotrf_upper((int)n, A, (int)n) : wmat__dpotrf_upper_nc((int)n, A, (int)n);
-        if (!st) st = f32 ? wmat__strtri_upper((int)n, A, (int)n) : wmat__dtrtri_upper((int)n, A, (int)n);
+        if (!st && want_inv) st = f32 ? wmat__strtri_upper((int)n, A, (int)n) : wmat__dtrtri_upper((int)n, A, (int)n);
         if (st == WMAT_ERR_NUMERIC) continue; /* more damping may cure it */
         if (st) {
             rc = st; /* out of memory: the wrapper's message stands */
             break;
         }
-        if (!extract_u(A, f32, n, U)) continue;
+        if (!extract_u(A, f32, want_inv, n, U)) continue;
         rc = WMAT_OK;
         break;
     }
@@ -288,7 +347,8 @@ static int factor_copy(const double *H, int64_t n, const int32_t *perm, int f32,
     return rc;
 }
 
-int wmat__gptq_factor(double *H, int64_t n, int act_order, int prec, int nt, double *lambda, int32_t *perm, float *U)
+static int gptq_factor(double *H, int64_t n, int act_order, int prec, int want_inv, int nt, double *lambda,
+                       int32_t *perm, float *U)
 {
     const int f32 = prec == 2;
     double mean = 0.0;
@@ -305,8 +365,8 @@ int wmat__gptq_factor(double *H, int64_t n, int act_order, int prec, int nt, dou
         wmat__free(di);
     }
     const int tok = wmat__blas_threads_begin(nt);
-    const int rc = !f32 && bit_symmetric(H, n) ? factor_in_place(H, n, perm, mean, lambda, U)
-                                               : factor_copy(H, n, perm, f32, mean, lambda, U);
+    const int rc = !f32 && bit_symmetric(H, n) ? factor_in_place(H, n, perm, want_inv, mean, lambda, U)
+                                               : factor_copy(H, n, perm, f32, want_inv, mean, lambda, U);
     wmat__blas_threads_end(tok);
     if (rc == WMAT_ERR_NUMERIC)
         return wmat_set_error(WMAT_ERR_NUMERIC,
@@ -314,6 +374,17 @@ int wmat__gptq_factor(double *H, int64_t n, int act_order, int prec, int nt, dou
                               "%g x mean(diag); the calibration data may be degenerate",
                               (long long)n, *lambda / 10.0);
     return rc;
+}
+
+int wmat__gptq_factor(double *H, int64_t n, int act_order, int prec, int nt, double *lambda, int32_t *perm, float *U)
+{
+    return gptq_factor(H, n, act_order, prec, 1, nt, lambda, perm, U);
+}
+
+int wmat__gptq_factor_unit(double *H, int64_t n, int act_order, int prec, int nt, double *lambda, int32_t *perm,
+                           float *U)
+{
+    return gptq_factor(H, n, act_order, prec, 0, nt, lambda, perm, U);
 }
 
 void wmat__gptq_dead_inputs(double *H, float *W, int64_t m, int64_t n)
@@ -385,9 +456,10 @@ typedef struct {
     const float *st_scale, *st_zero;
 } gptq_in;
 
-static float gptq_in_q(void *user, int64_t r, int64_t i, const float *w)
+/* Column i of row r quantized; x points at its current value (and the
+ * group's, x[0..g), when a group starts at i). */
+static inline float gptq_in_at(const gptq_in *c, int64_t r, int64_t i, const float *x)
 {
-    const gptq_in *c = user;
     const wmat_qparams *p = c->p;
     int64_t gi;
     if (c->per_oc) gi = r;
@@ -395,12 +467,88 @@ static float gptq_in_q(void *user, int64_t r, int64_t i, const float *w)
     else {
         gi = r * c->gpr + i / c->g;
         if (i % c->g == 0)
-            wmat__qfit(w + i, c->g, 1, NULL, 0, p->bits, p->sym, p->clip, 0, &c->out->scales[gi], &c->out->zeros[gi]);
+            wmat__qfit(x, c->g, 1, NULL, 0, p->bits, p->sym, p->clip, 0, &c->out->scales[gi], &c->out->zeros[gi]);
     }
     const float s = c->stat ? c->st_scale[gi] : c->out->scales[gi], z = c->stat ? c->st_zero[gi] : c->out->zeros[gi];
-    const uint8_t code = wmat__qcode(w[i], s, z, c->maxq);
+    const uint8_t code = wmat__qcode(x[0], s, z, c->maxq);
     c->out->codes[r * c->n + i] = code;
     return s * ((float)code - z);
+}
+
+static float gptq_in_q(void *user, int64_t r, int64_t i, const float *w) { return gptq_in_at(user, r, i, w + i); }
+
+/* The column loop in its left-looking form (the file's comment), from the
+ * unit factor V (upper, unit diagonal: wmat__gptq_factor_unit) instead of
+ * the inverse factor U: column j reaches quantization as
+ *     w_j + sum_{k<j} d_k V_kj,    d = w - q,
+ * no triangular inverse, the same multiply-adds. For each block of B
+ * columns [i1, i2): C = W[:, i1:i2] + D[:, :i1] V[:i1, i1:i2] (one GEMM,
+ * K = i1), then column by column d_i = w_i - q(c_i), C[:, i+1:s2] += d_i
+ * V[i, i+1:s2] inside sub-blocks of `sub` columns, a GEMM onto the rest of
+ * the block after each. Wk: the weights in loop order, left holding D;
+ * C: (m, B) scratch. A group fitted at i reads C's current values of
+ * columns [i, i + g): g must divide B (or equal it) and sub divide g. */
+static void gptq_left_in(float *Wk, int64_t m, int64_t n, const float *V, int B, int sub, float *C, int nt,
+                         const gptq_in *qc, const float *T, float *X, float *F)
+{
+    if (sub <= 0 || sub > B) sub = B;
+    const int refit = !qc->per_oc && !qc->stat;
+    const int64_t g = qc->g;
+    for (int64_t i1 = 0; i1 < n; i1 += B) {
+        const int64_t i2 = i1 + B < n ? i1 + B : n, cnt = i2 - i1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t r = 0; r < m; r++) memcpy(C + r * B, Wk + r * n + i1, (size_t)cnt * sizeof(float));
+        if (i1 > 0) wmat_sgemm(0, 0, (int)m, (int)cnt, (int)i1, 1.0f, Wk, (int)n, V + i1, (int)n, 1.0f, C, B);
+        for (int64_t s1 = i1; s1 < i2; s1 += sub) {
+            const int64_t s2 = s1 + sub < i2 ? s1 + sub : i2;
+            if (refit && s1 % g == 0) {
+                /* the group's values as the reference's loop has them when
+                 * it enters the group (its columns updated by every column
+                 * before s1, not by each other): F = W_G + (C_G - W_G) T_G,
+                 * T_G the inverse of V's unit diagonal block (see T) */
+#pragma omp parallel for num_threads(nt) schedule(static)
+                for (int64_t r = 0; r < m; r++)
+                    for (int64_t l = 0; l < g; l++) {
+                        const float w = Wk[r * n + s1 + l];
+                        X[r * g + l] = C[r * B + (s1 - i1) + l] - w;
+                        F[r * g + l] = w;
+                    }
+                wmat_sgemm(0, 0, (int)m, (int)g, (int)g, 1.0f, X, (int)g, T + (s1 / g) * g * g, (int)g, 1.0f, F, (int)g);
+            }
+#pragma omp parallel for num_threads(nt) schedule(static)
+            for (int64_t r = 0; r < m; r++) {
+                float *c = C + r * B, *d = Wk + r * n;
+                if (qc->stat) {
+                    for (int64_t i = s1; i < s2; i++) {
+                        const float di = d[i] - gptq_in_at(qc, r, i, c + (i - i1));
+                        d[i] = di;
+                        const float *v = V + i * n;
+                        for (int64_t j = i + 1; j < s2; j++) c[j - i1] += di * v[j];
+                    }
+                    continue;
+                }
+                /* one grid for the whole sub-block (sub divides g, or the
+                 * block is the group), fitted where its group starts */
+                const int64_t gi = qc->per_oc ? r : r * qc->gpr + s1 / qc->g;
+                if (refit && s1 % g == 0)
+                    wmat__qfit(F + r * g, g, 1, NULL, 0, qc->p->bits, qc->p->sym, qc->p->clip, 0, &qc->out->scales[gi],
+                               &qc->out->zeros[gi]);
+                const float sc = qc->out->scales[gi], z = qc->out->zeros[gi];
+                uint8_t *code = qc->out->codes + r * n;
+                for (int64_t i = s1; i < s2; i++) {
+                    const uint8_t q = wmat__qcode(c[i - i1], sc, z, qc->maxq);
+                    code[i] = q;
+                    const float di = d[i] - sc * ((float)q - z);
+                    d[i] = di;
+                    const float *v = V + i * n;
+                    for (int64_t j = i + 1; j < s2; j++) c[j - i1] += di * v[j];
+                }
+            }
+            if (s2 < i2)
+                wmat_sgemm(0, 0, (int)m, (int)(i2 - s2), (int)(s2 - s1), 1.0f, Wk + s1, (int)n, V + s1 * n + s2, (int)n,
+                           1.0f, C + (s2 - i1), B);
+        }
+    }
 }
 
 int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t cols, const wmat_qstats *st,
@@ -421,6 +569,9 @@ int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t c
     const int use_perm = p->act_order && !stat;
     int B = p->block > 0 ? p->block : 128;
     if (axis_in && !per_oc && !stat && B % g && g % B) B = g;
+    /* the left-looking loop fits a group from the block's current values:
+     * a group wider than the block makes the block (legacy keeps B) */
+    if (!p->legacy && axis_in && !per_oc && !stat && g > B) B = g;
     if (B > n) B = (int)n;
 
     const int legacy = p->legacy;
@@ -433,6 +584,7 @@ int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t c
     float *U = NULL;
     diag_idx *di = NULL;
     float *st_scale = NULL, *st_zero = NULL;
+    float *Tg = NULL, *Xg = NULL, *Fg = NULL;
     wmat_gptq_fact local;
     memset(&local, 0, sizeof local);
     /* the factorization: the statistics' shared one when it was made with
@@ -484,7 +636,7 @@ int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t c
             }
             rc = wmat__gptq_inverse_cholesky(H, n, &fact->lambda, fact->U);
         } else {
-            rc = wmat__gptq_factor(st->H, n, p->act_order, prec, nt, &fact->lambda, fact->perm, fact->U);
+            rc = wmat__gptq_factor_unit(st->H, n, p->act_order, prec, nt, &fact->lambda, fact->perm, fact->U);
         }
         if (rc) goto fail;
         fact->valid = 1;
@@ -560,8 +712,37 @@ int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t c
         int sub = legacy ? B : 16;
         if (!per_oc && !stat && g < B)
             while (g % sub) sub /= 2;
-        wmat__gptq_feedback_sub(Wk, m, n, U, B, sub, E, nt, gptq_in_q, &qc);
-    } else {
+        if (legacy) wmat__gptq_feedback_sub(Wk, m, n, U, B, sub, E, nt, gptq_in_q, &qc);
+        else {
+            if (!per_oc && !stat) {
+                /* groups refitted in the loop: T_k (g x g) = the inverse of
+                 * V's unit upper diagonal block of group k (double sums) */
+                Tg = wmat__malloc((size_t)(n * g) * sizeof(float));
+                Xg = wmat__malloc((size_t)(m * g) * sizeof(float));
+                Fg = wmat__malloc((size_t)(m * g) * sizeof(float));
+                if (!Tg || !Xg || !Fg) {
+                    rc = wmat_set_error(WMAT_ERR_NOMEM, "GPTQ: out of memory");
+                    goto fail;
+                }
+#pragma omp parallel for num_threads(nt) schedule(static)
+                for (int64_t k = 0; k < n / g; k++) {
+                    const float *Vk = U + k * g * n + k * g;
+                    float *Tk = Tg + k * g * g;
+                    for (int64_t j = 0; j < g; j++) {
+                        /* column j of T: T_jj = 1, T_lj = -sum_{l<q<=j} V_lq T_qj */
+                        Tk[j * g + j] = 1.0f;
+                        for (int64_t l = j + 1; l < g; l++) Tk[l * g + j] = 0.0f;
+                        for (int64_t l = j - 1; l >= 0; l--) {
+                            double acc = (double)Vk[l * n + j];
+                            for (int64_t q = l + 1; q < j; q++) acc += (double)Vk[l * n + q] * Tk[q * g + j];
+                            Tk[l * g + j] = (float)-acc;
+                        }
+                    }
+                }
+            }
+            gptq_left_in(Wk, m, n, U, B, sub, E, nt, &qc, Tg, Xg, Fg);
+        }
+    } else if (legacy) {
         for (int64_t i1 = 0; i1 < n; i1 += B) {
             const int64_t i2 = i1 + B < n ? i1 + B : n, cnt = i2 - i1;
             for (int64_t i = i1; i < i2; i++) {
@@ -586,6 +767,34 @@ int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t c
             if (i2 < n)
                 wmat_sgemm(0, 0, (int)m, (int)(n - i2), (int)cnt, -1.0f, E, B, U + i1 * n + i2, (int)n, 1.0f, Wk + i2,
                            (int)n);
+        }
+    } else {
+        /* per-IC, left-looking (gptq_left_in): E holds the block's current
+         * values, column i's scales are fitted from them */
+        for (int64_t i1 = 0; i1 < n; i1 += B) {
+            const int64_t i2 = i1 + B < n ? i1 + B : n, cnt = i2 - i1;
+#pragma omp parallel for num_threads(nt) schedule(static) if (m * cnt > 65536)
+            for (int64_t r = 0; r < m; r++) memcpy(E + r * B, Wk + r * n + i1, (size_t)cnt * sizeof(float));
+            if (i1 > 0) wmat_sgemm(0, 0, (int)m, (int)cnt, (int)i1, 1.0f, Wk, (int)n, U + i1, (int)n, 1.0f, E, B);
+            for (int64_t i = i1; i < i2; i++) {
+                const int64_t c = perm[i];
+                float *sc = stat ? st_scale + c * gpc : out->scales + (use_perm ? i : c) * gpc;
+                float *zc = stat ? st_zero + c * gpc : out->zeros + (use_perm ? i : c) * gpc;
+                if (!stat)
+                    for (int64_t k = 0; k < gpc; k++)
+                        wmat__qfit(E + k * g * B + (i - i1), g, B, NULL, 0, p->bits, p->sym, p->clip, 0, &sc[k], &zc[k]);
+                const float *v = U + i * n;
+#pragma omp parallel for num_threads(nt) schedule(static) if (m * cnt > 65536)
+                for (int64_t r = 0; r < m; r++) {
+                    float *cr = E + r * B, *d = Wk + r * n;
+                    const float s = sc[r / g], z = zc[r / g];
+                    const uint8_t code = wmat__qcode(cr[i - i1], s, z, maxq);
+                    out->codes[r * n + i] = code;
+                    const float di = d[i] - s * ((float)code - z);
+                    d[i] = di;
+                    for (int64_t j = i + 1; j < i2; j++) cr[j - i1] += di * v[j];
+                }
+            }
         }
     }
 
@@ -627,5 +836,8 @@ done:
     wmat__free(di);
     wmat__free(st_scale);
     wmat__free(st_zero);
+    wmat__free(Tg);
+    wmat__free(Xg);
+    wmat__free(Fg);
     return rc;
 }

@@ -526,6 +526,25 @@ static int writable_copy(wmat_model *m, wmat_tensor *t)
     return rc;
 }
 
+/* wmat_qresult_dequant on nt threads (rows apart; the same values). */
+static void dequant_par(const wmat_qresult *q, float *W, int nt)
+{
+    if (q->gbytes || q->obj) {
+        wmat_qresult_dequant(q, W);
+        return;
+    }
+    const int64_t rows = q->rows, cols = q->cols;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *cd = q->codes + r * cols;
+        float *w = W + r * cols;
+        for (int64_t k = 0; k < cols; k++) {
+            const int64_t g = wmat_qresult_group_of(q, r, k);
+            w[q->perm ? q->perm[k] : k] = q->scales[g] * ((float)cd[k] - q->zeros[g]);
+        }
+    }
+}
+
 /* Quantize one job; Wq gets the dequantized weights. */
 static int run_job(qjob *j, const wmat_qstats *st, const float *grad, wmat_qresult *res, float *Wq,
                    wmat_quantize_tensor *rep, double *factor_s)
@@ -553,23 +572,36 @@ static int run_job(qjob *j, const wmat_qstats *st, const float *grad, wmat_qresu
     if (rc) return wmat_set_error(rc, "%s: %s", j->t->name, wmat_last_error());
     rep->seconds = wmat__now() - t0;
     *factor_s += info.factor_seconds;
-    wmat_qresult_dequant(res, Wq);
-    double num = 0.0, den = 0.0;
-    for (int64_t i = 0; i < rows * cols; i++) {
-        const double d = (double)W[i] - Wq[i];
-        num += d * d;
-        den += (double)W[i] * W[i];
+    const int nt = j->qp.n_threads > 0 ? j->qp.n_threads : 1;
+    dequant_par(res, Wq, nt);
+    /* per-row sums added in row order: the same value on any thread count */
+    double *rs = wmat__malloc((size_t)(2 * rows) * sizeof(double));
+    if (!rs) return wmat_set_error(WMAT_ERR_NOMEM, "%s: out of memory", j->t->name);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *w = W + r * cols, *wq = Wq + r * cols;
+        double nr = 0.0, dr = 0.0;
+        for (int64_t c = 0; c < cols; c++) {
+            const double d = (double)w[c] - wq[c];
+            nr += d * d;
+            dr += (double)w[c] * w[c];
+        }
+        rs[2 * r] = nr;
+        rs[2 * r + 1] = dr;
     }
+    double num = 0.0, den = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        num += rs[2 * r];
+        den += rs[2 * r + 1];
+    }
+    wmat__free(rs);
     rep->rel_error = den > 0 ? sqrt(num / den) : 0.0;
     rep->out_error = -1.0;
     if (st && st->H) {
-        float *zero = wmat__calloc((size_t)(rows * cols), sizeof(float));
-        if (zero) {
-            const double e = wmat__qoutput_error(W, Wq, rows, cols, st->H);
-            const double e0 = wmat__qoutput_error(W, zero, rows, cols, st->H);
-            rep->out_error = e0 > 0 ? e / e0 : 0.0;
-            wmat__free(zero);
-        }
+        /* exact up to 1024 rows, else on every s-th row (methods.h) */
+        double e, e0;
+        if (!wmat__qoutput_errors(W, Wq, rows, cols, st->H, nt, &e, &e0)) rep->out_error = e0 > 0 ? e / e0 : 0.0;
+        else wmat_clear_error(); /* out of memory: reported as none (-1), as before */
     }
     rep->quantized = 1;
     rep->bits_per_weight = stored_bpw(res);

@@ -92,7 +92,8 @@ typedef struct {
     int prec;        /* 1 double, 2 float */
     double lambda;   /* the damping used (after retries) */
     int32_t *perm;   /* (n) column order (identity without act-order) */
-    float *U;        /* (n, n) upper, (H_perm + lambda mean(diag) I)^-1 = U^T U */
+    float *U;        /* (n, n) upper, unit diagonal: V diag(V)^-1 for V V^T = H_perm + lambda mean(diag) I
+                      * (wmat__gptq_factor_unit) */
 } wmat_gptq_fact;
 
 /* Statistics of one linear input (n features) over N calibration tokens. */
@@ -242,6 +243,12 @@ typedef float (*wmat_gptq_colq)(void *user, int64_t r, int64_t i, const float *w
  * either way. */
 int wmat__gptq_factor(double *H, int64_t n, int act_order, int prec, int nt, double *lambda, int32_t *perm,
                       float *U);
+/* The same without the triangular inverse (one Cholesky, n^3/3 flops): U
+ * is the unit upper factor Vs = V diag(V)^-1 of V = (the factor above)^-1,
+ * V V^T = H_perm + lambda mean(diag) I, what GPTQ's left-looking loop reads
+ * (gptq.c). */
+int wmat__gptq_factor_unit(double *H, int64_t n, int act_order, int prec, int nt, double *lambda, int32_t *perm,
+                           float *U);
 void wmat__gptq_fact_clear(wmat_gptq_fact *f);
 /* GPTQ's column loop over W (m, n): for each block of B columns, column i
  * of each row becomes q(...), its error (w_i - q) / U_ii goes onto the
@@ -342,6 +349,14 @@ int wmat__qgroup(const wmat_qparams *p, int64_t rows, int64_t cols, int *group);
 /* tr(dW H dW^T) for dW = W - deq(q) (rows, cols), H (cols, cols) double:
  * the calibration output error sum ||W x - Q x||^2 * 2 / N. */
 double wmat__qoutput_error(const float *W, const float *Wq, int64_t rows, int64_t cols, const double *H);
+/* The report's pair (run_job): *e = tr(dW H dW^T) and *e0 = tr(W H W^T),
+ * from G = Z^T Z's upper triangle (half the multiply-adds of Z H, no float
+ * copy of H), nt threads for the loops. Exact (up to float
+ * rounding) for rows <= 1024; above, both on the same every s-th row,
+ * s = ceil(rows / 1024) (an estimate of the ratio e / e0 from 1024 rows or
+ * fewer: rows are quantized independently). */
+int wmat__qoutput_errors(const float *W, const float *Wq, int64_t rows, int64_t cols, const double *H, int nt,
+                         double *e, double *e0);
 
 /* ---- calibration through the runtime's observation hook (calib.c) */
 

@@ -7,6 +7,7 @@
 #include "methods.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 wmat_qparams wmat__qparams_default(void)
@@ -225,4 +226,68 @@ done:
     wmat__free(E);
     wmat__free(Hf);
     return err;
+}
+
+/* Rows of a matrix the report's output error reads exactly; above, every
+ * s-th row with s = ceil(rows / WMAT_QOUT_ROWS). */
+#define WMAT_QOUT_ROWS 1024
+/* Column strips of Z^T Z made at once (strip x cols floats). */
+#define QOUT_STRIP 256
+
+/* tr(Z H Z^T) for Z (k rows, ld apart, n columns) = sum_ab H_ab G_ab with
+ * G = Z^T Z symmetric: only G's upper triangle, in strips of rows (one
+ * GEMM each, k n^2 multiply-adds in all, half of Z H's), summed against
+ * H_ab + H_ba. part (n): per-column partial sums, added in column order
+ * (the same value on any number of threads). */
+static double trace_zhz(const float *Z, int64_t k, int64_t ld, int64_t n, const double *H, float *G, double *part,
+                        int nt)
+{
+    memset(part, 0, (size_t)n * sizeof(double));
+    for (int64_t a0 = 0; a0 < n; a0 += QOUT_STRIP) {
+        const int64_t a1 = a0 + QOUT_STRIP < n ? a0 + QOUT_STRIP : n, w = n - a0;
+        wmat_sgemm(1, 0, (int)(a1 - a0), (int)w, (int)k, 1.0f, Z + a0, (int)ld, Z + a0, (int)ld, 0.0f, G, (int)w);
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t b = a0; b < n; b++) {
+            double acc = 0.0;
+            const int64_t ae = a1 < b + 1 ? a1 : b + 1;
+            for (int64_t a = a0; a < ae; a++) {
+                const double h = a == b ? H[a * n + a] : H[a * n + b] + H[b * n + a];
+                acc += h * (double)G[(a - a0) * w + (b - a0)];
+            }
+            part[b] += acc;
+        }
+    }
+    double t = 0.0;
+    for (int64_t b = 0; b < n; b++) t += part[b];
+    return t;
+}
+
+int wmat__qoutput_errors(const float *W, const float *Wq, int64_t rows, int64_t cols, const double *H, int nt,
+                         double *e, double *e0)
+{
+    const int64_t s = rows > WMAT_QOUT_ROWS ? (rows + WMAT_QOUT_ROWS - 1) / WMAT_QOUT_ROWS : 1;
+    const int64_t k = (rows + s - 1) / s;
+    const int64_t strip = QOUT_STRIP < cols ? QOUT_STRIP : cols;
+    float *dW = wmat__malloc((size_t)(k * cols) * sizeof(float));
+    float *G = wmat__malloc((size_t)(strip * cols) * sizeof(float));
+    double *part = wmat__malloc((size_t)cols * sizeof(double));
+    int rc = WMAT_OK;
+    if (!dW || !G || !part) {
+        rc = wmat_set_error(WMAT_ERR_NOMEM, "output error: out of memory for a %lld x %lld matrix", (long long)rows,
+                            (long long)cols);
+        goto done;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t r = 0; r < k; r++) {
+        const float *w = W + r * s * cols, *wq = Wq + r * s * cols;
+        float *d = dW + r * cols;
+        for (int64_t j = 0; j < cols; j++) d[j] = w[j] - wq[j];
+    }
+    *e = trace_zhz(dW, k, cols, cols, H, G, part, nt);
+    *e0 = trace_zhz(W, k, s * cols, cols, H, G, part, nt);
+done:
+    wmat__free(dW);
+    wmat__free(G);
+    wmat__free(part);
+    return rc;
 }
