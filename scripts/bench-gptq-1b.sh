@@ -71,6 +71,10 @@ if [ -z "${REF_CMD:-}" ] && [ "${INSTALL_REF:-0}" = 1 ]; then
     REF_CMD="$py $root/scripts/gptq-ref/llama_gguf_seq.py $model $calib --ref-dir $ref_dir/gptq --nsamples $((tokens / ctx)) --seqlen $ctx --wbits $bits --groupsize $group --threads $threads${blocks:+ --blocks $blocks}"
 fi
 
+# Both flows do their products in OpenBLAS (the reference through torch). A forced
+# OPENBLAS_CORETYPE (some shells here set Haswell) holds torch's sgemm at AVX2 (measured 154
+# against 227 GFLOP/s at 2 threads): run the benchmark with it unset for a fair comparison.
+echo "blas          OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset} for both runs (unset is the fair setting)"
 declare -A fwd walls
 for dt in $dtypes; do
     echo "wmat: GPTQ ${bits} bits, groups of ${group}, $((tokens / ctx)) windows of ${ctx} tokens, stage (true-sequential), ${threads} threads, calibration forward $dt${blocks:+, blocks 0..$((blocks - 1)) only}"
