@@ -80,39 +80,14 @@ static int train_one(const run_cfg *R, int model, int hidden, uint64_t seed, dou
                      double *tokps, int64_t *params)
 {
     wmat_config c;
-    memset(&c, 0, sizeof c);
-    c.dim = R->dim;
-    c.hidden_dim = hidden;
-    c.n_layers = R->layers;
-    c.n_heads = R->heads;
-    c.n_kv_heads = R->heads;
-    c.head_dim = R->dim / R->heads;
-    c.vocab_size = 259; /* wmat_tokenizer_bytes */
-    c.seq_len = R->ctx;
-    c.rope_theta = 10000.0f;
-    c.norm_eps = 1e-5f;
-    c.tied_embeddings = 1;
-    c.bos_id = 1;
-    c.eos_id = 2;
+    wmat__exp_byte_config(&c, R->dim, hidden, R->layers, R->heads, R->ctx);
     wmat_model *m = NULL;
     wmat_trainer *t = NULL;
     int rc = wmat_model_create(&m, &c);
     if (!rc) rc = wmat_model_init_random(m, seed, 0.02f);
     wmat_context ec = wmat_context_default();
     ec.n_threads = R->threads;
-    wmat_train_params p = wmat_train_default_params();
-    p.exec = &ec;
-    p.batch = R->batch;
-    p.ctx = R->ctx;
-    p.grad_accum = 1;
-    p.steps = R->steps;
-    p.lr = R->lr;
-    p.min_lr = R->lr / 10;
-    p.warmup = R->steps / 10;
-    p.weight_decay = 0.1f;
-    p.grad_clip = 1.0f;
-    p.seed = seed;
-    p.shuffle = 1;
+    wmat_train_params p = wmat__exp_train_params(&ec, R->batch, R->ctx, R->steps, R->lr, seed);
     if (model == M_MF) {
         p.method = WMAT_TRAIN_LORA;
         p.adapter = "memoryformer";
@@ -128,32 +103,9 @@ static int train_one(const run_cfg *R, int model, int hidden, uint64_t seed, dou
         wmat_trainer_memory(t, &mem);
         *params = mem.trainable;
     }
-    const int windows = (int)(((R->n_held - 1) / (size_t)R->ctx) < (size_t)R->eval_windows
-                                  ? (R->n_held - 1) / (size_t)R->ctx
-                                  : (size_t)R->eval_windows);
-    if (!rc && windows < 1)
-        rc = wmat_set_error(WMAT_ERR_INVALID, "experiment memoryformer: the held-out text has no window of %d tokens",
-                            R->ctx);
-    double secs = 0, sum = 0;
-    uint64_t toks = 0;
-    int since = 0, j = 0;
-    for (int s = 1; !rc && s <= R->steps; s++) {
-        wmat_train_step_info si;
-        if ((rc = wmat_trainer_step(t, &si))) break;
-        secs += si.seconds;
-        toks += si.tokens;
-        sum += si.loss;
-        since++;
-        if (s % R->eval_every && s != R->steps) continue;
-        wmat_eval_result er;
-        if ((rc = wmat_trainer_eval(t, R->held, (size_t)windows * R->ctx + 1, R->ctx, windows, &er))) break;
-        train_l[j] = sum / since;
-        held_l[j] = er.mean_nll;
-        tokps[j] = secs > 0 ? (double)toks / secs : 0;
-        j++;
-        sum = 0;
-        since = 0;
-    }
+    if (!rc)
+        rc = wmat__exp_train_curve(t, R->steps, R->eval_every, R->held, R->n_held, R->ctx, R->eval_windows, "memoryformer",
+                                   train_l, held_l, tokps);
     wmat_trainer_free(t);
     wmat_model_free(m);
     return rc;

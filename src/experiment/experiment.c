@@ -202,3 +202,71 @@ wmat_exp_stats wmat__exp_stats(const double *x, int n, size_t stride)
     st.sd = n > 1 ? sqrt(fmax((a2 - n * st.mean * st.mean) / (n - 1), 0)) : 0;
     return st;
 }
+
+void wmat__exp_byte_config(wmat_config *c, int dim, int hidden, int layers, int heads, int ctx)
+{
+    memset(c, 0, sizeof *c);
+    c->dim = dim;
+    c->hidden_dim = hidden;
+    c->n_layers = layers;
+    c->n_heads = heads;
+    c->n_kv_heads = heads;
+    c->head_dim = dim / heads;
+    c->vocab_size = 259;
+    c->seq_len = ctx;
+    c->rope_theta = 10000.0f;
+    c->norm_eps = 1e-5f;
+    c->tied_embeddings = 1;
+    c->bos_id = 1;
+    c->eos_id = 2;
+}
+
+wmat_train_params wmat__exp_train_params(const wmat_context *ec, int batch, int ctx, int steps, float lr,
+                                         uint64_t seed)
+{
+    wmat_train_params p = wmat_train_default_params();
+    p.exec = ec;
+    p.method = WMAT_TRAIN_FULL;
+    p.batch = batch;
+    p.ctx = ctx;
+    p.grad_accum = 1;
+    p.steps = steps;
+    p.lr = lr;
+    p.min_lr = lr / 10;
+    p.warmup = steps / 10;
+    p.weight_decay = 0.1f;
+    p.grad_clip = 1.0f;
+    p.seed = seed;
+    p.shuffle = 1;
+    return p;
+}
+
+int wmat__exp_train_curve(wmat_trainer *t, int steps, int eval_every, const int32_t *held, size_t n_held, int ctx,
+                          int eval_windows, const char *who, double *train_l, double *held_l, double *tokps)
+{
+    const size_t fit = n_held > 0 ? (n_held - 1) / (size_t)ctx : 0;
+    const int windows = (int)(fit < (size_t)eval_windows ? fit : (size_t)eval_windows);
+    if (windows < 1)
+        return wmat_set_error(WMAT_ERR_INVALID, "experiment %s: the held-out text has no window of %d tokens", who, ctx);
+    double secs = 0, sum = 0;
+    uint64_t toks = 0;
+    int since = 0, j = 0, rc = WMAT_OK;
+    for (int s = 1; !rc && s <= steps; s++) {
+        wmat_train_step_info si;
+        if ((rc = wmat_trainer_step(t, &si))) break;
+        secs += si.seconds;
+        toks += si.tokens;
+        sum += si.loss;
+        since++;
+        if (s % eval_every && s != steps) continue;
+        wmat_eval_result er;
+        if ((rc = wmat_trainer_eval(t, held, (size_t)windows * ctx + 1, ctx, windows, &er))) break;
+        train_l[j] = sum / since;
+        held_l[j] = er.mean_nll;
+        tokps[j] = secs > 0 ? (double)toks / secs : 0;
+        j++;
+        sum = 0;
+        since = 0;
+    }
+    return rc;
+}

@@ -68,4 +68,20 @@ typedef struct {
 } wmat_exp_stats;
 wmat_exp_stats wmat__exp_stats(const double *x, int n, size_t stride);
 
+/* The small model the from-scratch experiments train: byte vocabulary
+ * (259 ids, wmat_tokenizer_bytes), tied embeddings, n_kv_heads = heads. */
+void wmat__exp_byte_config(wmat_config *c, int dim, int hidden, int layers, int heads, int ctx);
+/* Their shared schedule: AdamW at lr, warm-up steps/10 then cosine to
+ * lr/10, weight decay 0.1, clip 1, shuffled windows; method full (the
+ * caller sets an adapter). ec outlives the trainer. */
+wmat_train_params wmat__exp_train_params(const wmat_context *ec, int batch, int ctx, int steps, float lr,
+                                         uint64_t seed);
+/* Train t for `steps` steps; at every eval_every-th step and the last, a
+ * checkpoint j: train_l[j] the mean training loss since the previous one,
+ * held_l[j] the held-out loss on up to eval_windows windows of ctx tokens
+ * of held, tokps[j] training tokens per second of the steps so far. who:
+ * the experiment, for errors. */
+int wmat__exp_train_curve(wmat_trainer *t, int steps, int eval_every, const int32_t *held, size_t n_held, int ctx,
+                          int eval_windows, const char *who, double *train_l, double *held_l, double *tokps);
+
 #endif
