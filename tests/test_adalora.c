@@ -555,20 +555,6 @@ static void test_trainer_fd(void **state)
     wmat_model_free(m);
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)len + 1);
-    assert_int_equal(fread(b, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return b;
-}
-
 static void test_resume(void **state)
 {
     (void)state;
@@ -596,7 +582,7 @@ static void test_resume(void **state)
     TU_OK(wmat_trainer_save_checkpoint(t, tu_tmp("ada_full.ckpt")));
     TU_OK(wmat_trainer_save_checkpoint(v, tu_tmp("ada_resumed.ckpt")));
     size_t na, nb;
-    unsigned char *fa = slurp(tu_tmp("ada_full.ckpt"), &na), *fb = slurp(tu_tmp("ada_resumed.ckpt"), &nb);
+    unsigned char *fa = tu_slurp(tu_tmp("ada_full.ckpt"), &na), *fb = tu_slurp(tu_tmp("ada_resumed.ckpt"), &nb);
     assert_int_equal(na, nb);
     if (memcmp(fa, fb, na)) fail_msg("adalora: the resumed run's checkpoint differs from the uninterrupted one's");
     free(fa), free(fb);

@@ -77,13 +77,6 @@ static void assert_fails_naming(int rc, const char *what)
     if (!strstr(wmat_last_error(), what)) fail_msg("error \"%s\" does not name %s", wmat_last_error(), what);
 }
 
-static unsigned char *slurp(const char *path, size_t *len)
-{
-    char *buf;
-    TU_OK(wmat_read_file(path, &buf, len));
-    return (unsigned char *)buf;
-}
-
 /* Save m as an HF directory tu_tmp(name) in dtype and read back its
  * model.safetensors whole; *hlen is the JSON header's length. */
 static unsigned char *saved_safetensors(wmat_model *m, const char *name, wmat_dtype dtype, size_t *len, uint64_t *hlen)
@@ -95,7 +88,7 @@ static unsigned char *saved_safetensors(wmat_model *m, const char *name, wmat_dt
     TU_OK(wmat_model_save(m, dir, &sp));
     char p[1024];
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
-    unsigned char *b = slurp(p, len);
+    unsigned char *b = tu_slurp(p, len);
     *hlen = 0;
     for (int i = 7; i >= 0; i--) *hlen = *hlen << 8 | b[i];
     return b;
@@ -104,7 +97,7 @@ static unsigned char *saved_safetensors(wmat_model *m, const char *name, wmat_dt
 static void copy_file(const char *from, const char *to)
 {
     size_t n;
-    unsigned char *b = slurp(from, &n);
+    unsigned char *b = tu_slurp(from, &n);
     assert_int_equal(tu_write_file(to, b, n), 0);
     free(b);
 }
@@ -305,7 +298,7 @@ static void test_roundtrip_f16_bf16(void **state)
         wmat__st_close(f);
         snprintf(cfgp, sizeof cfgp, "%s/config.json", dir);
         size_t len;
-        char *cfg = (char *)slurp(cfgp, &len);
+        char *cfg = (char *)tu_slurp(cfgp, &len);
         assert_non_null(strstr(cfg, k ? "\"torch_dtype\": \"bfloat16\"" : "\"torch_dtype\": \"float16\""));
         assert_non_null(strstr(cfg, "\"rms_norm_eps\": 1e-05"));
         assert_non_null(strstr(cfg, "\"rope_theta\": 10000.0"));
@@ -1117,7 +1110,7 @@ static void check_tokenizer_json(const char *tok_rel, int vocab, int array_merge
         const char *tp = tu_data(rel);
         if (!tp) continue;
         size_t len;
-        char *text = (char *)slurp(tp, &len);
+        char *text = (char *)tu_slurp(tp, &len);
         int32_t *a, *b;
         size_t na, nb;
         TU_OK(wmat_tokenizer_encode(ref, text, len, 1, 0, &a, &na));
@@ -1130,7 +1123,7 @@ static void check_tokenizer_json(const char *tok_rel, int vocab, int array_merge
         const char *ip = tu_data(rel);
         if (ip) {
             size_t il;
-            char *ids = (char *)slurp(ip, &il), *q = ids;
+            char *ids = (char *)tu_slurp(ip, &il), *q = ids;
             for (size_t i = 0; i < nb; i++) assert_int_equal(strtol(q, &q, 10), b[i]);
             free(ids);
         }

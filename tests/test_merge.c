@@ -838,13 +838,6 @@ static void make_model_q(const char *path, wmat_format fmt, wmat_dtype dt, uint6
     wmat_model_free(m);
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    char *buf = NULL;
-    TU_OK(wmat_read_file(path, &buf, n));
-    return (unsigned char *)buf;
-}
-
 
 /* The overlapped path (read-ahead thread, one-pass TIES, write-behind)
  * writes the same bytes as the sequential one (--sequential), for GGUF f16
@@ -891,7 +884,7 @@ static void test_driver_overlap_same_bytes(void **state)
                 s.ctx = &ctx;
                 s.sequential = p == 0;
                 TU_OK(wmat__merge_run(&s, o1, &rep[p]));
-                bytes[p] = slurp(o1, &nbytes[p]);
+                bytes[p] = tu_slurp(o1, &nbytes[p]);
             }
             assert_int_equal(nbytes[0], nbytes[1]);
             assert_memory_equal(bytes[0], bytes[1], nbytes[0]);
@@ -965,7 +958,7 @@ static void method_both_paths(const char *method, const char *base, wmat_merge_m
         s.sequential = p == 0;
         s.no_direct = p == 2;
         TU_OK(wmat__merge_run(&s, out, p < 2 ? &rep[p] : &r2));
-        bytes[p] = slurp(out, &nbytes[p]);
+        bytes[p] = tu_slurp(out, &nbytes[p]);
     }
     for (int p = 1; p < 3; p++) {
         assert_int_equal(nbytes[0], nbytes[p]);

@@ -423,20 +423,6 @@ static void test_rules(void **state)
 
 /* ------------------------------------------------------------ checkpoints, bad input */
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)len + 1);
-    assert_int_equal(fread(b, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return b;
-}
-
 static void resume_check(const char *name)
 {
     wmat_context oc = wmat_context_default();
@@ -462,7 +448,7 @@ static void resume_check(const char *name)
     const char *ck2 = tu_tmp(nm2);
     TU_OK(wmat_trainer_save_checkpoint(b, ck2));
     size_t na, nb;
-    unsigned char *fa = slurp(ck, &na), *fb = slurp(ck2, &nb);
+    unsigned char *fa = tu_slurp(ck, &na), *fb = tu_slurp(ck2, &nb);
     assert_int_equal(na, nb);
     if (memcmp(fa, fb, na)) fail_msg("%s: the reloaded checkpoint differs from the saved one", name);
     free(fa), free(fb);

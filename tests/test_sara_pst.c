@@ -596,20 +596,6 @@ static void test_train(void **state)
     }
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    const long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)len + 1);
-    assert_int_equal(fread(b, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return b;
-}
-
 static void test_resume(void **state)
 {
     (void)state;
@@ -640,7 +626,7 @@ static void test_resume(void **state)
         TU_OK(wmat_trainer_save_checkpoint(t, tu_tmp(b)));
         TU_OK(wmat_trainer_save_checkpoint(v, tu_tmp(c)));
         size_t na, nb;
-        unsigned char *fa = slurp(tu_tmp(b), &na), *fb = slurp(tu_tmp(c), &nb);
+        unsigned char *fa = tu_slurp(tu_tmp(b), &na), *fb = tu_slurp(tu_tmp(c), &nb);
         assert_int_equal(na, nb);
         if (memcmp(fa, fb, na)) fail_msg("%s: the resumed run's checkpoint differs from the uninterrupted one's", names[e]);
         free(fa), free(fb);

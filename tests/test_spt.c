@@ -276,37 +276,9 @@ static void free_expect(expect *e)
  * 0.6892), while float rounding of the loss stays far below 2e-3 max|fd|. */
 static void fd_check(wmat_trainer *t, float thr)
 {
-    int32_t inp[16], tgt[16];
-    int32_t *d = tu_pattern_tokens(17);
-    for (int i = 0; i < 16; i++) inp[i] = d[i], tgt[i] = d[i + 1];
-    free(d);
-    double loss;
-    TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 2, 8, 1.0f / 16, 1, 0, &loss));
-    size_t n;
-    float *pp = wmat__trainer_params(t, &n), *g = wmat__trainer_grads(t, &n);
-    float *an = malloc(n * sizeof(float));
-    memcpy(an, g, n * sizeof(float));
-    double mx = 0, err = 0;
-    size_t worst = 0;
-    double *fd = malloc(n * sizeof(double));
-    for (size_t i = 0; i < n; i++) {
-        const float s = pp[i], h = 2e-3f;
-        double lp, lm;
-        pp[i] = s + h;
-        TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 2, 8, 1.0f / 16, 0, 1, &lp));
-        pp[i] = s - h;
-        TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 2, 8, 1.0f / 16, 0, 1, &lm));
-        pp[i] = s;
-        fd[i] = (lp - lm) / (2.0 * h);
-        mx = fmax(mx, fabs(fd[i]));
-    }
-    for (size_t i = 0; i < n; i++)
-        if (!(fabs(an[i] - fd[i]) <= err)) err = fabs(an[i] - fd[i]), worst = i;
-    print_message("spt thr %g: %zu gradients, max |fd| %.3g, max |analytic - fd| %.3g\n", (double)thr, n, mx, err);
-    if (!(mx > 1e-4 && err <= 2e-3 * mx + 2e-5))
-        fail_msg("spt thr %g: max |analytic - fd| = %.3g at %zu (%.6g vs %.6g), max |fd| %.3g", (double)thr, err, worst,
-                 an[worst], fd[worst], mx);
-    free(an), free(fd);
+    char who[32];
+    snprintf(who, sizeof who, "spt thr %g", (double)thr);
+    tu_trainer_fd_check_h(t, who, 2e-3f);
 }
 
 static void test_trainer(void **state)
@@ -442,20 +414,6 @@ static void test_trainer(void **state)
     assert_true(kinds_lora > 0 && kinds_sparse > 0);
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    const long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)len + 1);
-    assert_int_equal(fread(b, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return b;
-}
-
 static void test_resume(void **state)
 {
     (void)state;
@@ -480,7 +438,7 @@ static void test_resume(void **state)
     TU_OK(wmat_trainer_save_checkpoint(t, tu_tmp("spt_full.ckpt")));
     TU_OK(wmat_trainer_save_checkpoint(v, tu_tmp("spt_resumed.ckpt")));
     size_t na, nb;
-    unsigned char *a = slurp(tu_tmp("spt_full.ckpt"), &na), *b = slurp(tu_tmp("spt_resumed.ckpt"), &nb);
+    unsigned char *a = tu_slurp(tu_tmp("spt_full.ckpt"), &na), *b = tu_slurp(tu_tmp("spt_resumed.ckpt"), &nb);
     assert_int_equal(na, nb);
     assert_memory_equal(a, b, na);
     free(a), free(b);

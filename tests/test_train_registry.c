@@ -71,20 +71,6 @@ static double run(wmat_trainer *t, int n, double *first)
     return last;
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)len + 1);
-    assert_int_equal(fread(b, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return b;
-}
-
 /* Loss falls by 0.3+ over 40 steps at the first of a few learning rates
  * that works (an entry declares no scale of its own: SGD wants ~10x
  * Adam's); then a checkpoint at step 7 reloads bit for bit. */
@@ -125,7 +111,7 @@ static void optimizer_check(const char *opt, const char *proj)
     TU_OK(wmat_trainer_load_checkpoint(b, ca));
     TU_OK(wmat_trainer_save_checkpoint(b, cb));
     size_t na, nb;
-    unsigned char *fa = slurp(ca, &na), *fb = slurp(cb, &nb);
+    unsigned char *fa = tu_slurp(ca, &na), *fb = tu_slurp(cb, &nb);
     assert_int_equal(na, nb);
     if (memcmp(fa, fb, na)) fail_msg("%s: the reloaded checkpoint differs from the saved one", opt);
     free(fa);

@@ -81,6 +81,13 @@ int tu_write_file(const char *path, const void *data, size_t n)
     return (fclose(f) == 0 && w == n) ? 0 : -1;
 }
 
+unsigned char *tu_slurp(const char *path, size_t *n)
+{
+    char *buf = NULL;
+    TU_OK(wmat_read_file(path, &buf, n));
+    return (unsigned char *)buf;
+}
+
 wmat_config tu_config(int dim, int hidden, int layers, int heads, int kv_heads, int vocab, int seq_len)
 {
     wmat_config c;

@@ -118,6 +118,9 @@ wmat_model *tu_load_f32(const char *path);
 char *tu_run(const char *cmd, int *exit_code);
 /* Write bytes to a file; returns 0 on success. */
 int tu_write_file(const char *path, const void *data, size_t n);
+/* A whole file (malloc'd, NUL-terminated; free()); fails the test when it
+ * cannot be read. */
+unsigned char *tu_slurp(const char *path, size_t *n);
 /* A LLaMA config for synthetic test models: rope theta 10000, eps 1e-5,
  * BOS 1, EOS 2, untied. */
 wmat_config tu_config(int dim, int hidden, int layers, int heads, int kv_heads, int vocab, int seq_len);

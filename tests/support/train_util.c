@@ -40,6 +40,11 @@ int32_t *tu_pattern_tokens(size_t n)
 
 void tu_trainer_fd_check(wmat_trainer *t, const char *who)
 {
+    tu_trainer_fd_check_h(t, who, 1e-2f);
+}
+
+void tu_trainer_fd_check_h(wmat_trainer *t, const char *who, float h)
+{
     int32_t inp[16], tgt[16];
     int32_t *d = tu_pattern_tokens(17);
     for (int i = 0; i < 16; i++) inp[i] = d[i], tgt[i] = d[i + 1];
@@ -53,7 +58,7 @@ void tu_trainer_fd_check(wmat_trainer *t, const char *who)
     memcpy(an, g, n * sizeof(float));
     size_t worst = 0;
     for (size_t i = 0; i < n; i++) {
-        const float s = pp[i], h = 1e-2f;
+        const float s = pp[i];
         double lp, lm;
         pp[i] = s + h;
         TU_OK(wmat__trainer_fwdbwd(t, inp, tgt, 2, 8, 1.0f / 16, 0, 1, &lp));

@@ -22,5 +22,7 @@ int32_t *tu_pattern_tokens(size_t n);
  * 2e-5 (and max|fd| > 1e-4, so that the check can fail); `who` names the
  * case in the messages. */
 void tu_trainer_fd_check(wmat_trainer *t, const char *who);
+/* The same check with step h */
+void tu_trainer_fd_check_h(wmat_trainer *t, const char *who, float h);
 
 #endif
