@@ -488,6 +488,15 @@ static float gptq_in_q(void *user, int64_t r, int64_t i, const float *w) { retur
  * the block after each. Wk: the weights in loop order, left holding D;
  * C: (m, B) scratch. A group fitted at i reads C's current values of
  * columns [i, i + g): g must divide B (or equal it) and sub divide g. */
+/* Per-IC grids of one column: its gpc groups of g rows, read from x with
+ * row stride ld (the weights, or the left-looking block's current values),
+ * fitted into sc[0..gpc) and zc[0..gpc). */
+static void fit_column(const float *x, int64_t ld, int64_t g, int64_t gpc, const wmat_qparams *p, float *sc, float *zc)
+{
+    for (int64_t k = 0; k < gpc; k++)
+        wmat__qfit(x + k * g * ld, g, ld, NULL, 0, p->bits, p->sym, p->clip, 0, &sc[k], &zc[k]);
+}
+
 static void gptq_left_in(float *Wk, int64_t m, int64_t n, const float *V, int B, int sub, float *C, int nt,
                          const gptq_in *qc, const float *T, float *X, float *F)
 {
@@ -671,9 +680,7 @@ int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t c
                                &st_scale[r * (n / g) + k], &st_zero[r * (n / g) + k]);
         } else {
             for (int64_t c = 0; c < n; c++)
-                for (int64_t k = 0; k < m / g; k++)
-                    wmat__qfit(Wk + k * g * n + c, g, n, NULL, 0, p->bits, p->sym, p->clip, 0,
-                               &st_scale[c * (m / g) + k], &st_zero[c * (m / g) + k]);
+                fit_column(Wk + c, n, g, m / g, p, &st_scale[c * (m / g)], &st_zero[c * (m / g)]);
         }
     }
 
@@ -749,9 +756,7 @@ int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t c
                 const int64_t c = perm[i];
                 float *sc = stat ? st_scale + c * gpc : out->scales + (use_perm ? i : c) * gpc;
                 float *zc = stat ? st_zero + c * gpc : out->zeros + (use_perm ? i : c) * gpc;
-                if (!stat)
-                    for (int64_t k = 0; k < gpc; k++)
-                        wmat__qfit(Wk + k * g * n + i, g, n, NULL, 0, p->bits, p->sym, p->clip, 0, &sc[k], &zc[k]);
+                if (!stat) fit_column(Wk + i, n, g, gpc, p, sc, zc);
                 const float *u = U + i * n;
 #pragma omp parallel for num_threads(nt) schedule(static) if (m * cnt > 65536)
                 for (int64_t r = 0; r < m; r++) {
@@ -780,9 +785,7 @@ int wmat__quant_gptq(wmat_qresult *out, const float *W0, int64_t rows, int64_t c
                 const int64_t c = perm[i];
                 float *sc = stat ? st_scale + c * gpc : out->scales + (use_perm ? i : c) * gpc;
                 float *zc = stat ? st_zero + c * gpc : out->zeros + (use_perm ? i : c) * gpc;
-                if (!stat)
-                    for (int64_t k = 0; k < gpc; k++)
-                        wmat__qfit(E + k * g * B + (i - i1), g, B, NULL, 0, p->bits, p->sym, p->clip, 0, &sc[k], &zc[k]);
+                if (!stat) fit_column(E + (i - i1), B, g, gpc, p, sc, zc);
                 const float *v = U + i * n;
 #pragma omp parallel for num_threads(nt) schedule(static) if (m * cnt > 65536)
                 for (int64_t r = 0; r < m; r++) {
