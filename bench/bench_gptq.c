@@ -286,7 +286,8 @@ int main(int argc, char **argv)
             mtot += rows[i];
         }
         /* the factorization alone, both precisions */
-        float *U64 = malloc((size_t)n * n * 4), *U32 = malloc((size_t)n * n * 4);
+        /* as the library allocates its factors (wmat__malloc: huge pages) */
+        float *U64 = wmat__malloc((size_t)n * n * 4), *U32 = wmat__malloc((size_t)n * n * 4);
         int32_t *perm = malloc((size_t)n * 4);
         double l64 = 0.01, l32 = 0.01;
         double t0 = wmat__now();

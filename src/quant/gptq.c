@@ -120,8 +120,9 @@ void wmat__gptq_fact_clear(wmat_gptq_fact *f)
 
 /* A = J (H_perm + shift I) J, the row-major upper triangle (what the
  * wrappers factor), in double or float. Dead inputs (zero diagonal) read 1. */
-static void fill_reversed(const double *H, int64_t n, const int32_t *perm, double shift, void *A, int f32)
+static void fill_reversed(const double *H, int64_t n, const int32_t *perm, double shift, void *A, int f32, int nt)
 {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16)
     for (int64_t a = 0; a < n; a++) {
         const int64_t pa = perm[n - 1 - a];
         const double *h = H + pa * n;
@@ -153,21 +154,24 @@ static void fill_reversed(const double *H, int64_t n, const int32_t *perm, doubl
 
 /* Whether H equals its transpose bit for bit (then its strict lower
  * triangle can stand in for the upper one). */
-static int bit_symmetric(const double *H, int64_t n)
+static int bit_symmetric(const double *H, int64_t n, int nt)
 {
+    int sym = 1;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(&& : sym)
     for (int64_t i0 = 0; i0 < n; i0 += SYM_TILE)
-        for (int64_t j0 = i0; j0 < n; j0 += SYM_TILE) {
+        for (int64_t j0 = i0; j0 < n && sym; j0 += SYM_TILE) {
             const int64_t i1 = i0 + SYM_TILE < n ? i0 + SYM_TILE : n, j1 = j0 + SYM_TILE < n ? j0 + SYM_TILE : n;
             for (int64_t i = i0; i < i1; i++)
                 for (int64_t j = j0 > i + 1 ? j0 : i + 1; j < j1; j++)
-                    if (memcmp(&H[i * n + j], &H[j * n + i], sizeof(double))) return 0;
+                    if (memcmp(&H[i * n + j], &H[j * n + i], sizeof(double))) sym = 0;
         }
-    return 1;
+    return sym;
 }
 
 /* A's strict upper triangle <- its strict lower one, transposed. */
-static void upper_from_lower(double *A, int64_t n)
+static void upper_from_lower(double *A, int64_t n, int nt)
 {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (int64_t i0 = 0; i0 < n; i0 += SYM_TILE)
         for (int64_t j0 = i0; j0 < n; j0 += SYM_TILE) {
             const int64_t i1 = i0 + SYM_TILE < n ? i0 + SYM_TILE : n, j1 = j0 + SYM_TILE < n ? j0 + SYM_TILE : n;
@@ -212,12 +216,14 @@ static void sym_permute(double *A, int64_t n, const int32_t *s, double *row, uns
  * (V V^T = H), U[i][j] = R[n-1-j][n-1-i] / R[n-1-j][n-1-j]; j >= i, zero
  * below. In square tiles (the transposed reads stay in cache). 0: a
  * non-finite value. */
-static int extract_u(const void *A, int f32, int inv, int64_t n, float *U)
+static int extract_u(const void *A, int f32, int inv, int64_t n, float *U, int nt)
 {
     const float *Af = A;
     const double *Ad = A;
     int ok = 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t i = 0; i < n; i++) memset(U + i * n, 0, (size_t)i * sizeof(float));
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(&& : ok)
     for (int64_t j0 = 0; j0 < n; j0 += SYM_TILE) {
         const int64_t j1 = j0 + SYM_TILE < n ? j0 + SYM_TILE : n;
         for (int64_t i0 = 0; i0 < j1; i0 += SYM_TILE) {
@@ -249,8 +255,10 @@ static int extract_u(const void *A, int f32, int inv, int64_t n, float *U)
  * for b > a, written over H's upper triangle (the lower one stays as the
  * backup), the diagonal from d (H's, saved) with the damping. One pass of
  * contiguous reads and writes instead of the two symmetric permutations. */
-static void reversed_upper(double *H, int64_t n, const double *d, double shift)
+static void reversed_upper(double *H, int64_t n, const double *d, double shift, int nt)
 {
+    /* writes only above the diagonal, reads only below it: rows in parallel */
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16)
     for (int64_t a = 0; a < n; a++) {
         double *row = H + a * n;
         const double *src = H + (n - 1 - a) * n + (n - 1);
@@ -264,7 +272,7 @@ static void reversed_upper(double *H, int64_t n, const double *d, double shift)
  * storage; H is as it was on return, whatever happened. want_inv: U (the
  * triangular inverse too), else the unit factor (extract_u). */
 static int factor_in_place(double *H, int64_t n, const int32_t *perm, int want_inv, double mean, double *lambda,
-                           float *U)
+                           float *U, int nt)
 {
     int ident = 1;
     for (int64_t a = 0; a < n && ident; a++) ident = perm[a] == a;
@@ -290,9 +298,9 @@ static int factor_in_place(double *H, int64_t n, const int32_t *perm, int want_i
         /* a failed Cholesky stops at the first bad pivot and has spoilt the
          * upper triangle: rebuilt from the lower one for the next damping */
         const double shift = *lambda * mean;
-        if (ident) reversed_upper(H, n, d, shift);
+        if (ident) reversed_upper(H, n, d, shift, nt);
         else {
-            if (attempt) upper_from_lower(H, n);
+            if (attempt) upper_from_lower(H, n, nt);
             for (int64_t a = 0; a < n; a++) H[a * n + a] = (d[a] == 0.0 ? 1.0 : d[a]) + shift;
         }
         int st = wmat__dpotrf_upper_nc((int)n, H, (int)n);
@@ -302,12 +310,12 @@ static int factor_in_place(double *H, int64_t n, const int32_t *perm, int want_i
             rc = st; /* out of memory: the wrapper's message stands */
             break;
         }
-        if (!extract_u(H, 0, want_inv, n, U)) continue;
+        if (!extract_u(H, 0, want_inv, n, U, nt)) continue;
         rc = WMAT_OK;
         break;
     }
     /* H back as it came */
-    upper_from_lower(H, n);
+    upper_from_lower(H, n, nt);
     for (int64_t a = 0; a < n; a++) H[a * n + a] = d[a];
     if (!ident) sym_permute(H, n, inv, row, seen);
 out:
@@ -321,7 +329,7 @@ out:
 
 /* The same from a copy of H (float, or an H that is not symmetric). */
 static int factor_copy(const double *H, int64_t n, const int32_t *perm, int f32, int want_inv, double mean,
-                       double *lambda, float *U)
+                       double *lambda, float *U, int nt)
 {
     void *A = wmat__malloc((size_t)(n * n) * (f32 ? sizeof(float) : sizeof(double)));
     if (!A)
@@ -331,7 +339,7 @@ static int factor_copy(const double *H, int64_t n, const int32_t *perm, int f32,
     for (int attempt = 0; attempt < 5; attempt++, *lambda *= 10.0) {
         /* a failed Cholesky stops at the first bad pivot and has spoilt A:
          * only A is rebuilt (from H) for the next damping, nothing else */
-        fill_reversed(H, n, perm, *lambda * mean, A, f32);
+        fill_reversed(H, n, perm, *lambda * mean, A, f32, nt);
         int st = f32 ? wmat__spotrf_upper((int)n, A, (int)n) : wmat__dpotrf_upper_nc((int)n, A, (int)n);
         if (!st && want_inv) st = f32 ? wmat__strtri_upper((int)n, A, (int)n) : wmat__dtrtri_upper((int)n, A, (int)n);
         if (st == WMAT_ERR_NUMERIC) continue; /* more damping may cure it */
@@ -339,7 +347,7 @@ static int factor_copy(const double *H, int64_t n, const int32_t *perm, int f32,
             rc = st; /* out of memory: the wrapper's message stands */
             break;
         }
-        if (!extract_u(A, f32, want_inv, n, U)) continue;
+        if (!extract_u(A, f32, want_inv, n, U, nt)) continue;
         rc = WMAT_OK;
         break;
     }
@@ -365,8 +373,8 @@ static int gptq_factor(double *H, int64_t n, int act_order, int prec, int want_i
         wmat__free(di);
     }
     const int tok = wmat__blas_threads_begin(nt);
-    const int rc = !f32 && bit_symmetric(H, n) ? factor_in_place(H, n, perm, want_inv, mean, lambda, U)
-                                               : factor_copy(H, n, perm, f32, want_inv, mean, lambda, U);
+    const int rc = !f32 && bit_symmetric(H, n, nt) ? factor_in_place(H, n, perm, want_inv, mean, lambda, U, nt)
+                                                   : factor_copy(H, n, perm, f32, want_inv, mean, lambda, U, nt);
     wmat__blas_threads_end(tok);
     if (rc == WMAT_ERR_NUMERIC)
         return wmat_set_error(WMAT_ERR_NUMERIC,
