@@ -485,17 +485,6 @@ static inline float gptq_in_at(const gptq_in *c, int64_t r, int64_t i, const flo
 
 static float gptq_in_q(void *user, int64_t r, int64_t i, const float *w) { return gptq_in_at(user, r, i, w + i); }
 
-/* The column loop in its left-looking form (the file's comment), from the
- * unit factor V (upper, unit diagonal: wmat__gptq_factor_unit) instead of
- * the inverse factor U: column j reaches quantization as
- *     w_j + sum_{k<j} d_k V_kj,    d = w - q,
- * no triangular inverse, the same multiply-adds. For each block of B
- * columns [i1, i2): C = W[:, i1:i2] + D[:, :i1] V[:i1, i1:i2] (one GEMM,
- * K = i1), then column by column d_i = w_i - q(c_i), C[:, i+1:s2] += d_i
- * V[i, i+1:s2] inside sub-blocks of `sub` columns, a GEMM onto the rest of
- * the block after each. Wk: the weights in loop order, left holding D;
- * C: (m, B) scratch. A group fitted at i reads C's current values of
- * columns [i, i + g): g must divide B (or equal it) and sub divide g. */
 /* Per-IC grids of one column: its gpc groups of g rows, read from x with
  * row stride ld (the weights, or the left-looking block's current values),
  * fitted into sc[0..gpc) and zc[0..gpc). */
@@ -512,16 +501,16 @@ static void fit_column(const float *x, int64_t ld, int64_t g, int64_t gpc, const
  * rows the chains are independent, and a tile of rows in vector lanes runs
  * them side by side. cc, ww: [ns][GPTQ_RT] (column-major tiles) holding the
  * current values and the weights in, the errors d = w - q out; Vs: V's
- * diagonal sub-block (row stride ldv); sc, zc: each lane's grid. The same
- * float operations as gptq_in_at in the same order, so the codes are the
- * scalar loop's bit for bit. */
+ * diagonal sub-block (row stride ldv); sc, zc: each lane's grid. Each lane
+ * is gptq_in_at's step (wmat__qcode, then the error) in the same order, so
+ * the codes are the scalar loop's bit for bit. */
 #define GPTQ_RT 16
 #define GPTQ_SUB_MAX 16
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
 static void quant_tile(int64_t ns, const float *Vs, int64_t ldv, float *cc, float *ww, const float *sc,
-                       const float *zc, float maxq, uint8_t *cd)
+                       const float *zc, int maxq, uint8_t *cd)
 {
     for (int64_t i = 0; i < ns; i++) {
         const float *ci = cc + i * GPTQ_RT;
@@ -529,11 +518,8 @@ static void quant_tile(int64_t ns, const float *Vs, int64_t ldv, float *cc, floa
         uint8_t *ki = cd + i * GPTQ_RT;
         float di[GPTQ_RT];
         for (int t = 0; t < GPTQ_RT; t++) {
-            float q = __builtin_rintf(ci[t] / sc[t]) + zc[t];
-            q = q < 0.0f ? 0.0f : q;
-            q = q > maxq ? maxq : q;
-            ki[t] = (uint8_t)q;
-            di[t] = wi[t] - sc[t] * (q - zc[t]);
+            ki[t] = wmat__qcode(ci[t], sc[t], zc[t], maxq);
+            di[t] = wi[t] - sc[t] * ((float)ki[t] - zc[t]);
             wi[t] = di[t];
         }
         const float *v = Vs + i * ldv;
@@ -545,6 +531,17 @@ static void quant_tile(int64_t ns, const float *Vs, int64_t ldv, float *cc, floa
     }
 }
 
+/* The column loop in its left-looking form (the file's comment), from the
+ * unit factor V (upper, unit diagonal: wmat__gptq_factor_unit) instead of
+ * the inverse factor U: column j reaches quantization as
+ *     w_j + sum_{k<j} d_k V_kj,    d = w - q,
+ * no triangular inverse, the same multiply-adds. For each block of B
+ * columns [i1, i2): C = W[:, i1:i2] + D[:, :i1] V[:i1, i1:i2] (one GEMM,
+ * K = i1), then column by column d_i = w_i - q(c_i), C[:, i+1:s2] += d_i
+ * V[i, i+1:s2] inside sub-blocks of `sub` columns, a GEMM onto the rest of
+ * the block after each. Wk: the weights in loop order, left holding D;
+ * C: (m, B) scratch. A group fitted at i reads C's current values of
+ * columns [i, i + g): g must divide B (or equal it) and sub divide g. */
 static void gptq_left_in(float *Wk, int64_t m, int64_t n, const float *V, int B, int sub, float *C, int nt,
                          const gptq_in *qc, const float *T, float *X, float *F)
 {
@@ -614,7 +611,7 @@ static void gptq_left_in(float *Wk, int64_t m, int64_t n, const float *V, int B,
                             ww[i * GPTQ_RT + t] = d[i];
                         }
                     }
-                    quant_tile(ns, V + s1 * n + s1, n, cc, ww, sc, zc, (float)qc->maxq, cd);
+                    quant_tile(ns, V + s1 * n + s1, n, cc, ww, sc, zc, qc->maxq, cd);
                     for (int64_t t = 0; t < nr; t++) {
                         float *d = Wk + (r0 + t) * n + s1;
                         uint8_t *code = qc->out->codes + (r0 + t) * n + s1;
